@@ -1,0 +1,69 @@
+"""Regenerate the README's results block from a real run (never typed by hand):
+every experiments/*.yaml on the frozen episodes of $FSL_DATA, a table of mean ± 95% CI, the paired
+difference of each experiment against the image-only prototype baseline, and docs/results.png.
+
+    python benchmarks/update_readme.py [--data DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from fsl.catalog import load_catalog
+from fsl.config import load_config
+from fsl.evaluate import paired_difference, plot_summary, results_frame, summary_table
+from fsl.io import atomic_path
+from fsl.pipeline import run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = "protonet-image"
+
+
+def markdown(catalog, frame) -> str:
+    summary = summary_table(frame)
+    sets = list(dict.fromkeys(summary["episode_set"]))
+    lines = [f"| experiment | {' | '.join(sets)} |", "|---|" + "---|" * len(sets)]
+    for method, group in summary.groupby("method", sort=False):
+        cells = group.set_index("episode_set").reindex(sets)
+        lines.append(f"| {method} | " + " | ".join(
+            f"{100 * r.accuracy:.1f} ± {100 * r.ci95:.1f}" for r in cells.itertuples()) + " |")
+    lines += ["", f"Paired difference against `{BASELINE}` on the same episodes (points, 95% CI):", "",
+              f"| experiment | {' | '.join(sets)} |", "|---|" + "---|" * len(sets)]
+    base = frame[frame["method"] == BASELINE]
+    for method, group in frame[frame["method"] != BASELINE].groupby("method", sort=False):
+        cells = []
+        for name in sets:
+            a = group[group["episode_set"] == name].sort_values("episode")["accuracy"].to_numpy()
+            b = base[base["episode_set"] == name].sort_values("episode")["accuracy"].to_numpy()
+            mean, ci = paired_difference(a, b)
+            cells.append(f"{100 * mean:+.1f} ± {100 * ci:.1f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data")
+    args = parser.parse_args()
+    catalog = load_catalog(args.data)
+    results = []
+    for path in sorted((ROOT / "experiments").glob("*.yaml")):
+        results += run_experiment(load_config(path), catalog, ROOT / "episodes", progress=False)
+    frame = results_frame(results)
+    plot_summary(summary_table(frame), ROOT / "docs" / "results.png")
+    encoders = sorted({r.hparams["encoder"] for r in results})
+    block = (f"Encoder: `{', '.join(encoders)}`; catalog `{catalog.fingerprint}` ({len(catalog)} products); "
+             f"600 frozen novel-class episodes per column, 15 queries per class. Accuracy in %, mean ± 95% CI.\n\n"
+             + markdown(catalog, frame) + "\n\n![accuracy per method](docs/results.png)")
+    readme = (ROOT / "README.md").read_text()
+    updated = re.sub(r"(<!-- results:start -->\n).*?(\n<!-- results:end -->)",
+                     lambda m: m.group(1) + block + m.group(2), readme, flags=re.S)
+    with atomic_path(ROOT / "README.md") as tmp:
+        tmp.write_text(updated)
+    print(block)
+
+
+if __name__ == "__main__":
+    main()

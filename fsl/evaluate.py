@@ -1,0 +1,176 @@
+"""The common harness: any head on frozen episodes, accuracy per episode, mean ± 95% CI,
+paired differences between methods on the same episodes. The harness never knows the head."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+from tqdm.auto import tqdm
+
+from fsl import FslError
+from fsl.episodes import EpisodeSet
+from fsl.io import atomic_path
+from fsl.methods.base import FewShotHead
+
+
+def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and the half-width of its t-based confidence interval over episodes."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return float(values.mean()), float("nan")
+    half = stats.t.ppf((1 + confidence) / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean()), float(half)
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Mean of a - b over the same episodes, with its CI: far tighter than comparing two CIs."""
+    if len(a) != len(b):
+        raise FslError(f"a paired comparison needs the same episodes; got {len(a)} and {len(b)}")
+    return mean_ci(np.asarray(a) - np.asarray(b), confidence)
+
+
+def store_rows(store_ids: np.ndarray, product_ids: np.ndarray) -> np.ndarray:
+    """Product ids -> row numbers of a store whose ids are sorted (catalog order)."""
+    rows = np.searchsorted(store_ids, product_ids)
+    rows = np.clip(rows, 0, len(store_ids) - 1)
+    if not np.array_equal(store_ids[rows], product_ids):
+        missing = np.setdiff1d(product_ids, store_ids)[:5]
+        raise FslError(f"episodes name products the feature store lacks (e.g. ids {missing.tolist()})")
+    return rows
+
+
+@torch.inference_mode()
+def run_episodes(head: FewShotHead, features: np.ndarray, store_ids: np.ndarray, episode_set: EpisodeSet,
+                 batch_size: int = 64, progress: bool = True) -> np.ndarray:
+    """Per-episode query accuracy [E] of a head over a frozen episode set."""
+    episodes = episode_set.episodes
+    support_labels = torch.as_tensor(episodes.support_labels)
+    query_labels = torch.as_tensor(episodes.query_labels)
+    support_rows = store_rows(store_ids, episodes.support)
+    query_rows = store_rows(store_ids, episodes.query)
+    accuracy = np.empty(len(episodes))
+    head.eval()
+    for start in tqdm(range(0, len(episodes), batch_size), desc=episode_set.name, unit="batch",
+                      disable=not progress):
+        stop = min(start + batch_size, len(episodes))
+        support = torch.from_numpy(np.asarray(features[support_rows[start:stop]], dtype=np.float32))
+        query = torch.from_numpy(np.asarray(features[query_rows[start:stop]], dtype=np.float32))
+        labels = support_labels.expand(stop - start, -1)
+        logits = head(support, labels, query, episodes.n_way)  # [E, Q, N]
+        accuracy[start:stop] = (logits.argmax(-1) == query_labels).double().mean(-1).numpy()
+    return accuracy
+
+
+@dataclass
+class EvalResult:
+    """One method on one episode set: per-episode accuracy and how it was run."""
+
+    method: str
+    episode_set: str
+    accuracy: np.ndarray  # [E]
+    hparams: dict
+
+    @property
+    def summary(self) -> dict:
+        mean, ci = mean_ci(self.accuracy)
+        return {"method": self.method, "episode_set": self.episode_set, "accuracy": mean, "ci95": ci,
+                "episodes": len(self.accuracy)}
+
+
+def results_frame(results: list[EvalResult]) -> pd.DataFrame:
+    """Long table: one row per method, episode set and episode."""
+    return pd.concat([pd.DataFrame({"method": r.method, "episode_set": r.episode_set,
+                                    "episode": np.arange(len(r.accuracy)), "accuracy": r.accuracy})
+                      for r in results], ignore_index=True)
+
+
+def save_results(results: list[EvalResult], path: str | os.PathLike) -> Path:
+    with atomic_path(path) as tmp:
+        results_frame(results).to_csv(tmp, index=False)
+    return Path(path)
+
+
+def load_results(paths: list[str | os.PathLike]) -> pd.DataFrame:
+    frames = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise FslError(f"no results file at {path}; `fsl eval` writes them under results/")
+        frame = pd.read_csv(path)
+        missing = {"method", "episode_set", "episode", "accuracy"} - set(frame.columns)
+        if missing:
+            raise FslError(f"{path} is no results file: it lacks columns {sorted(missing)}")
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True).drop_duplicates(["method", "episode_set", "episode"], keep="last")
+
+
+def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (method, episode_set), group in frame.groupby(["method", "episode_set"], sort=False):
+        mean, ci = mean_ci(group.sort_values("episode")["accuracy"].to_numpy())
+        rows.append({"method": method, "episode_set": episode_set, "accuracy": mean, "ci95": ci,
+                     "episodes": len(group)})
+    return pd.DataFrame(rows)
+
+
+def paired_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every pair of methods on every episode set both ran: mean difference ± 95% CI."""
+    rows = []
+    for episode_set, group in frame.groupby("episode_set", sort=False):
+        by_method = {m: g.set_index("episode")["accuracy"] for m, g in group.groupby("method", sort=False)}
+        for a, b in itertools.combinations(by_method, 2):
+            joined = pd.concat([by_method[a], by_method[b]], axis=1, join="inner")
+            mean, ci = paired_difference(joined.iloc[:, 0].to_numpy(), joined.iloc[:, 1].to_numpy())
+            rows.append({"episode_set": episode_set, "a": a, "b": b, "a_minus_b": mean, "ci95": ci,
+                         "episodes": len(joined), "significant": abs(mean) > ci})
+    return pd.DataFrame(rows)
+
+
+def format_table(table: pd.DataFrame) -> str:
+    return table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
+def log_to_tensorboard(result: EvalResult, logdir: str | os.PathLike) -> Path:
+    """Scalars per episode set, and the hparams view that puts methods side by side."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    summary = result.summary
+    run_dir = Path(logdir) / f"{result.method}" / result.episode_set
+    with SummaryWriter(str(run_dir)) as writer:
+        for step, value in enumerate(result.accuracy):
+            writer.add_scalar(f"eval/{result.episode_set}/episode_accuracy", value, step)
+        writer.add_hparams({**result.hparams, "method": result.method, "episode_set": result.episode_set},
+                           {"hparam/accuracy": summary["accuracy"], "hparam/ci95": summary["ci95"]},
+                           run_name=".")
+    return run_dir
+
+
+def plot_summary(summary: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Bar chart of accuracy with 95% CI bars, one group per episode set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(dict.fromkeys(summary["episode_set"]))
+    methods = list(dict.fromkeys(summary["method"]))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(sets) * max(1, len(methods) / 2)), 4))
+    for i, method in enumerate(methods):
+        part = summary[summary["method"] == method].set_index("episode_set").reindex(sets)
+        ax.bar(np.arange(len(sets)) + i * width, part["accuracy"], width, yerr=part["ci95"], capsize=3, label=method)
+    ax.set_xticks(np.arange(len(sets)) + width * (len(methods) - 1) / 2, sets)
+    ax.set_ylabel("accuracy (mean ± 95% CI)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,39 @@
+"""Prototypical networks (Snell et al., 2017).
+
+Each class is the mean of its support features; a query's logits are its negative squared
+Euclidean distances to those prototypes. Without training this is nearest-prototype
+classification on frozen features.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fsl.methods.base import FewShotHead
+
+
+def squared_distances(query: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """[E, Q, D], [E, N, D] -> [E, Q, N] as |q|² - 2 q·p + |p|²: two matmuls, no [E, Q, N, D] tensor."""
+    cross = query @ prototypes.transpose(1, 2)
+    return query.pow(2).sum(-1, keepdim=True) - 2 * cross + prototypes.pow(2).sum(-1).unsqueeze(1)
+
+
+class ProtoNet(FewShotHead):
+    def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
+                n_way: int) -> torch.Tensor:
+        prototypes = self.prototypes(support, support_labels, n_way)  # [E, N, D]
+        return -squared_distances(query, prototypes)  # [E, Q, N]
+
+    @staticmethod
+    def logits_from_gram(gram: torch.Tensor, support_rows: torch.Tensor, query_rows: torch.Tensor,
+                         n_way: int) -> torch.Tensor:
+        """The same logits from a precomputed Gram matrix [P, P] of the features and row indices
+        (support [E, N*K] class-major, query [E, Q]): |q - mean_k s_k|² needs only inner products,
+        so an episode reads about Q*N*K numbers instead of (N*K + Q) * D."""
+        n_episodes, width = support_rows.shape[0], gram.shape[0]
+        support = support_rows.view(n_episodes, n_way, -1)  # [E, N, K]
+        query_support = torch.take(gram, query_rows.unsqueeze(-1) * width + support_rows.unsqueeze(1))
+        query_prototype = query_support.view(n_episodes, -1, n_way, support.shape[-1]).mean(-1)  # [E, Q, N]
+        prototype_norm = torch.take(gram, support.unsqueeze(-1) * width + support.unsqueeze(-2)).mean((-1, -2))
+        query_norm = torch.take(gram, query_rows * (width + 1)).unsqueeze(-1)  # [E, Q, 1]
+        return -(query_norm - 2 * query_prototype + prototype_norm.unsqueeze(1))

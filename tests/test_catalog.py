@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fsl import FslError
+from fsl.catalog import label_word_pattern, load_catalog, mask_label_words, resolve_data_dir
+
+HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName\n"
+
+
+@pytest.fixture()
+def messy_dump(tmp_path, small_dump) -> Path:
+    """A crafted styles.csv with the faults of the original Kaggle file, over real photos."""
+    ids = sorted(int(p.stem) for p in (small_dump / "images").glob("*.jpg"))[:6]
+    (tmp_path / "images").mkdir()
+    for i in ids:
+        shutil.copy(small_dump / "images" / f"{i}.jpg", tmp_path / "images" / f"{i}.jpg")
+    (tmp_path / "images" / "900.jpg").write_bytes(b"this is not a jpeg")
+    good = (small_dump / "images" / f"{ids[0]}.jpg").read_bytes()
+    (tmp_path / "images" / "901.jpg").write_bytes(good[: len(good) // 3])  # truncated JPEG
+    rows = [
+        f"{ids[0]},Men,Apparel,Topwear,Tshirts,Grey,Summer,2012,Casual,Puma Men Grey T-shirt",
+        f"{ids[1]},Men,Apparel,Topwear,Tshirts,Blue,Summer,2012,Casual,Peter England, Men, Blue Tshirt",
+        f"{ids[2]},Women,Accessories,Watches,Watches,Black,Winter,2016,Casual,",
+        f"{ids[3]},Men,Apparel",
+        f"x{ids[4]},Men,Apparel,Topwear,Tshirts,Red,Summer,2012,Casual,Bad Id Tee",
+        f"{ids[5]},Men,Footwear,Shoes,Casual Shoes,White,Summer,2012,Casual,Nike Men White Casual Shoes",
+        "777,Men,Apparel,Topwear,Tshirts,Red,Summer,2012,Casual,No Photo Tshirt",
+        "900,Men,Apparel,Topwear,Tshirts,Red,Summer,2012,Casual,Not A Jpeg Tshirt",
+        "901,Men,Apparel,Topwear,Tshirts,Red,Summer,2012,Casual,Truncated Tshirt",
+    ]
+    (tmp_path / "styles.csv").write_text(HEADER + "\n".join(rows) + "\n")
+    return tmp_path
+
+
+def test_messy_rows_are_repaired_or_skipped_and_each_is_reported(messy_dump, tmp_path):
+    catalog = load_catalog(messy_dump)
+    report = catalog.report.astype({"id": str})
+    names = dict(zip(catalog.products["id"], catalog.products["productDisplayName"]))
+    ids = sorted(int(p.stem) for p in (messy_dump / "images").glob("*.jpg") if p.stem not in {"900", "901"})
+
+    assert names[ids[1]] == "Peter England, Men, Blue Tshirt"  # commas joined back into the name
+    assert set(catalog.ids) == {ids[0], ids[1], ids[2], ids[5]}
+    by_issue = report.groupby("issue")["id"].apply(set).to_dict()
+    assert by_issue["unquoted comma in productDisplayName"] == {str(ids[1])}
+    assert by_issue["too few fields"] == {str(ids[3])}
+    assert by_issue["id is not a whole number"] == {f"x{ids[4]}"}
+    assert by_issue["image missing"] == {"777"}
+    assert by_issue["image unreadable"] == {"900", "901"}
+    assert by_issue["empty productDisplayName"] == {str(ids[2])}
+    assert "2 image unreadable (skipped)" in catalog.summary()
+
+    saved = pd.read_csv(catalog.save_report(tmp_path / "report.csv"), dtype=str)
+    assert len(saved) == len(report)
+
+
+def test_text_of_a_row_with_an_empty_name_comes_from_other_fields(messy_dump):
+    catalog = load_catalog(messy_dump)
+    texts = dict(zip(catalog.ids, catalog.texts()))
+    empty_name_id = int(catalog.report.loc[catalog.report["issue"] == "empty productDisplayName", "id"].iloc[0])
+    assert texts[empty_name_id] == "(Women, Black, Casual)"
+
+
+def test_masking_catches_plurals_hyphens_and_variants():
+    pattern = label_word_pattern(["Tshirts", "Casual Shoes", "Watches", "Flip Flops", "Perfume and Body Mist"],
+                                 other_values=["Casual", "Sports"])
+    assert mask_label_words("Puma Men Grey T-shirt", pattern) == "Puma Men Grey [MASK]"
+    assert mask_label_words("Nike Men Tshirts and Tees", pattern) == "Nike Men [MASK] and [MASK]"
+    assert mask_label_words("Roadster Men T Shirt", pattern) == "Roadster Men [MASK]"
+    assert mask_label_words("Fastrack Women Watch", pattern) == "Fastrack Women [MASK]"
+    assert mask_label_words("Nike Men White Casual Shoes", pattern) == "Nike Men White [MASK]"
+    assert mask_label_words("Crocs Unisex Flip-Flop", pattern) == "Crocs Unisex [MASK]"
+    assert mask_label_words("Davidoff Men Perfume", pattern) == "Davidoff Men [MASK]"
+    # "Casual" is also a usage value: alone it is not a label word; "and" is never one.
+    assert mask_label_words("Casual wear and more", pattern) == "Casual wear and more"
+    assert mask_label_words("Nike brand Watchmen", pattern) == "Nike brand Watchmen"  # whole words only
+
+
+def test_masked_texts_hide_the_task_label_in_real_rows(small_dump):
+    catalog = load_catalog(small_dump)
+    masked = catalog.texts(mask_column="articleType")
+    for label, text in zip(catalog.labels("articleType"), masked):
+        for word in ("tshirt", "t-shirt", "watch", "handbag", "shoe"):
+            assert word not in text.lower(), (label, text)
+    assert sum("[MASK]" in t for t in masked) >= 0.9 * len(masked)
+
+
+def test_fingerprint_follows_content(small_dump, tmp_path):
+    copy = Path(shutil.copytree(small_dump, tmp_path / "copy"))
+    assert load_catalog(copy).fingerprint == load_catalog(small_dump).fingerprint
+    photo = sorted((copy / "images").glob("*.jpg"))[0]
+    photo.write_bytes((sorted((copy / "images").glob("*.jpg"))[1]).read_bytes())
+    assert load_catalog(copy).fingerprint != load_catalog(small_dump).fingerprint
+
+
+def test_missing_data_names_the_folder_and_the_next_step(tmp_path, monkeypatch):
+    monkeypatch.delenv("FSL_DATA", raising=False)
+    with pytest.raises(FslError, match=r"nowhere.*--data DIR or set FSL_DATA.*fsl download"):
+        resolve_data_dir(tmp_path / "nowhere")
+    monkeypatch.setenv("FSL_DATA", str(tmp_path))
+    with pytest.raises(FslError, match=str(tmp_path)):
+        resolve_data_dir()
+
+
+def test_unknown_label_column_or_template_field_is_a_clear_error(small_dump):
+    catalog = load_catalog(small_dump)
+    with pytest.raises(FslError, match="unknown label column 'colour'"):
+        catalog.labels("colour")
+    with pytest.raises(FslError, match="unknown field 'brand'"):
+        catalog.texts("{brand} {productDisplayName}")

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fsl.cli import main
+from fsl.episodes import EpisodeSet
+from tests.conftest import make_slice
+
+TINY_CONFIG = """\
+method: protonet
+fusion: {fusion}
+text_variant: masked-articleType
+episodes: [novel-5w1s, novel-5w5s]
+encoder: {{name: clip, model: FSL-Tiny, pretrained: none}}
+"""
+
+
+def test_prepare_prints_a_summary_and_writes_the_report(small_dump, tmp_path, capsys):
+    report = tmp_path / "report.csv"
+    assert main(["prepare", "--data", str(small_dump), "--report", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "40 products from" in out and "catalog fingerprint" in out
+    assert list(pd.read_csv(report).columns) == ["id", "issue", "action", "detail"]
+
+
+def test_missing_data_is_a_message_not_a_traceback(tmp_path, monkeypatch):
+    monkeypatch.delenv("FSL_DATA", raising=False)
+    done = subprocess.run([sys.executable, "-m", "fsl.cli", "prepare", "--data", str(tmp_path / "none")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "fsl prepare: error: No Fashion Product Images dump" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_download_offline_fails_fast_and_says_where_to_put_a_dump(tmp_path, capsys):
+    assert main(["download", "--dest", str(tmp_path / "dump")]) == 2
+    err = capsys.readouterr().err
+    assert "Put a dump there by hand" in err and str(tmp_path / "dump" / "styles.csv") in err
+    assert not (tmp_path / "dump").exists()
+
+
+@pytest.fixture(scope="module")
+def twelve_class_dump(tmp_path_factory):
+    from tests.conftest import real_styles
+
+    counts = real_styles()["articleType"].value_counts()
+    return make_slice(tmp_path_factory.mktemp("dump12"), list(counts.index[:12]), 20)
+
+
+def test_episodes_eval_compare_end_to_end_and_reproducible(twelve_class_dump, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    data = ["--data", str(twelve_class_dump)]
+    assert main(["episodes", *data, "--stratify", "none", "--episodes", "50", "--out", "eps"]) == 0
+    files = sorted((tmp_path / "eps").glob("*/*.npz"))
+    assert [f.name for f in files] == ["articleType-novel-5w1s.npz", "articleType-novel-5w5s.npz"]
+    first = [f.read_bytes() for f in files]
+    assert main(["episodes", *data, "--stratify", "none", "--episodes", "50", "--out", "eps"]) == 0
+    assert [f.read_bytes() for f in files] == first  # same config and seed: the same bytes
+    assert len(EpisodeSet.load(files[0]).episodes) == 50
+
+    for fusion in ("image", "concat"):
+        (tmp_path / f"tiny-{fusion}.yaml").write_text(TINY_CONFIG.format(fusion=fusion))
+    capsys.readouterr()
+    run = ["eval", "tiny-image.yaml", "tiny-concat.yaml", *data, "--episodes-dir", "eps",
+           "--store-root", "store", "--results", "res", "--runs", "runs"]
+    assert main(run) == 0
+    out = capsys.readouterr().out
+    assert "tiny-image" in out and "tiny-concat" in out and "ci95" in out
+    first_results = pd.read_csv(tmp_path / "res" / "tiny-image.csv")
+    assert len(first_results) == 100 and first_results["accuracy"].between(0, 1).all()
+    assert main(run) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "res" / "tiny-image.csv"), first_results)
+    assert any((tmp_path / "runs" / "tiny-image").rglob("events.out.tfevents.*"))
+
+    assert main(["compare", "res/tiny-image.csv", "res/tiny-concat.csv", "--plot", "cmp.png"]) == 0
+    out = capsys.readouterr().out
+    assert "paired differences" in out and (tmp_path / "cmp.png").stat().st_size > 1000
+
+
+def test_eval_refuses_a_config_with_an_unknown_key_before_any_work(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("method: protonet\nshots: 5\n")
+    assert main(["eval", str(tmp_path / "bad.yaml"), "--data", str(tmp_path / "nowhere")]) == 2
+    assert "unknown key 'shots'" in capsys.readouterr().err
+
+
+def test_quickstart_runs_end_to_end_on_the_sample_and_says_numbers_mean_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(Path(__file__).resolve().parents[1] / "experiments", tmp_path / "experiments")
+    env = {k: v for k, v in os.environ.items() if k != "FSL_DATA"}
+    done = subprocess.run([sys.executable, "-m", "fsl.cli", "quickstart"], capture_output=True, text=True,
+                          env={**env, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("SYNTHETIC SAMPLE CATALOG") == 2
+    results = pd.read_csv(tmp_path / "results/quickstart/results.csv")
+    assert set(results["method"]) == {"protonet-image", "protonet-text-masked", "protonet-concat-masked"}
+    assert (tmp_path / "results/quickstart/accuracy.png").is_file()

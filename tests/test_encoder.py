@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fsl import FslError
+from fsl.catalog import load_catalog
+from fsl.encoder import create_encoder
+
+
+def _check_unit_vectors(features: np.ndarray, rows: int, dim: int) -> None:
+    assert features.shape == (rows, dim) and features.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, atol=1e-5)
+
+
+def test_tiny_clip_embeds_images_and_texts_as_unit_vectors(tiny_clip, small_dump):
+    catalog = load_catalog(small_dump)
+    images = tiny_clip.encode_images(catalog.image_paths[:8], batch_size=3, num_workers=0, progress=False)
+    texts = tiny_clip.encode_texts(catalog.texts()[:5], batch_size=2, progress=False)
+    _check_unit_vectors(images, 8, tiny_clip.image_dim)
+    _check_unit_vectors(texts, 5, tiny_clip.text_dim)
+    assert tiny_clip.id == "clip:FSL-Tiny:random"
+    assert not any(p.requires_grad for p in tiny_clip.model.parameters()) and not tiny_clip.model.training
+
+
+def test_batching_does_not_change_features(tiny_clip, small_dump):
+    paths = load_catalog(small_dump).image_paths[:6]
+    one = tiny_clip.encode_images(paths, batch_size=1, num_workers=0, progress=False)
+    many = tiny_clip.encode_images(paths, batch_size=6, num_workers=1, progress=False)
+    np.testing.assert_allclose(one, many, atol=1e-5)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_clip_loads_a_local_checkpoint_file_through_pretrained(tiny_clip, small_dump, tmp_path, suffix):
+    torch.manual_seed(123)
+    trained = {k: v + 0.01 * torch.randn_like(v) for k, v in tiny_clip.model.state_dict().items()}
+    path = tmp_path / f"tiny{suffix}"
+    if suffix == ".pt":
+        torch.save(trained, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in trained.items()}, path)
+    loaded = create_encoder("clip", model="FSL-Tiny", pretrained=str(path))
+    assert loaded.id.startswith("clip:FSL-Tiny:file-")
+    for name, value in loaded.model.state_dict().items():
+        torch.testing.assert_close(value, trained[name])
+    paths = load_catalog(small_dump).image_paths[:2]
+    assert not np.allclose(loaded.encode_images(paths, num_workers=0, progress=False),
+                           tiny_clip.encode_images(paths, num_workers=0, progress=False))
+
+
+def test_clip_without_weights_offline_fails_fast_and_says_how_to_pass_a_file(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FslError, match=r"(?s)ViT-B-32.*openai.*--pretrained /path"):
+        create_encoder("clip", model="ViT-B-32", pretrained="openai")
+
+
+def test_clip_names_valid_tags_for_an_unknown_one():
+    with pytest.raises(FslError, match=r"'nope' is neither a pretrained tag of ViT-B-32 \(openai"):
+        create_encoder("clip", model="ViT-B-32", pretrained="nope")
+    with pytest.raises(FslError, match="unknown encoder 'vit'"):
+        create_encoder("vit")
+
+
+def test_offline_pair_embeds_real_photos_and_texts(offline_encoder, small_dump):
+    catalog = load_catalog(small_dump)
+    images = offline_encoder.encode_images(catalog.image_paths[:4], num_workers=0, progress=False)
+    texts = offline_encoder.encode_texts(catalog.texts()[:4], progress=False)
+    _check_unit_vectors(images, 4, 1280)
+    _check_unit_vectors(texts, 4, 384)
+    assert not any(p.requires_grad for p in offline_encoder.image_model.parameters())
+    # Real pretrained text features: a paraphrase sits closer than an unrelated product.
+    a, b, c = offline_encoder.encode_texts(["men's blue denim jeans", "blue jeans for men", "gold wrist watch"],
+                                           progress=False)
+    assert a @ b > a @ c + 0.2

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fsl import FslError
+from fsl.episodes import EpisodeSampler, EpisodeSet, draw_episode_set, split_classes
+
+
+def toy_labels(n_classes: int = 30, per_class: int = 25, seed: int = 0) -> tuple[np.ndarray, pd.Series, pd.Series]:
+    rng = np.random.default_rng(seed)
+    counts = per_class + rng.integers(0, 10, n_classes)
+    labels = pd.Series(np.repeat([f"class{i:02d}" for i in range(n_classes)], counts), name="articleType")
+    parents = pd.Series(np.repeat([f"parent{i % 3}" for i in range(n_classes)], counts), name="masterCategory")
+    ids = np.arange(10_000, 10_000 + len(labels))
+    return ids, labels, parents
+
+
+def test_splits_are_disjoint_cover_eligible_classes_and_are_stratified():
+    ids, labels, parents = toy_labels()
+    rare = pd.Series(["rare"] * 5, name="articleType")
+    split = split_classes(pd.concat([labels, rare], ignore_index=True), min_count=20, seed=3,
+                          parents=pd.concat([parents, pd.Series(["parent0"] * 5)], ignore_index=True))
+    base, val, novel = (set(split.classes(s)) for s in ("base", "val", "novel"))
+    assert not (base & val or base & novel or val & novel)
+    assert base | val | novel == set(labels)  # "rare" has too few examples
+    for name in ("base", "val", "novel"):
+        assert set(split.table.loc[split.table["split"] == name, "parent"]) == {"parent0", "parent1", "parent2"}
+    assert split_classes(labels, 20, seed=3).table.equals(split_classes(labels, 20, seed=3).table)
+    assert not split_classes(labels, 20, seed=3).table.equals(split_classes(labels, 20, seed=4).table)
+
+
+def test_sampler_shapes_labels_and_no_support_query_overlap():
+    ids, labels, _ = toy_labels()
+    classes = sorted(set(labels))[:12]
+    episodes = EpisodeSampler(ids, labels, classes, n_way=5, k_shot=3, q_query=7, seed=0).sample(64)
+    assert episodes.support.shape == (64, 15) and episodes.query.shape == (64, 35)
+    assert episodes.classes.shape == (64, 5)
+    label_of = dict(zip(ids, labels))
+    for e in range(64):
+        assert len(set(episodes.classes[e])) == 5
+        assert not set(episodes.support[e]) & set(episodes.query[e])
+        assert len(set(episodes.support[e]) | set(episodes.query[e])) == 50
+        wanted = [classes[c] for c in episodes.classes[e]]
+        assert [label_of[i] for i in episodes.support[e]] == [c for c in wanted for _ in range(3)]
+        assert [label_of[i] for i in episodes.query[e]] == [c for c in wanted for _ in range(7)]
+    # every class and many different products show up: the draw is not stuck on a few
+    assert set(episodes.classes.ravel()) == set(range(12))
+    assert len(set(episodes.support.ravel())) > 200
+
+
+def test_all_way_uses_every_class_of_the_split():
+    ids, labels, _ = toy_labels(n_classes=8)
+    episodes = EpisodeSampler(ids, labels, sorted(set(labels)), n_way=None, k_shot=10, q_query=5).sample(3)
+    assert episodes.n_way == 8 and episodes.support.shape == (3, 80)
+    assert all(sorted(row) == list(range(8)) for row in episodes.classes)
+
+
+def test_same_seed_same_episodes_and_byte_identical_files(tmp_path):
+    ids, labels, parents = toy_labels()
+    split = split_classes(labels, 20, seed=0, parents=parents)
+    a = draw_episode_set("t-novel-5w5s", ids, labels, split, "novel", "fp", 5, 5, 15, 100, seed=7)
+    b = draw_episode_set("t-novel-5w5s", ids, labels, split, "novel", "fp", 5, 5, 15, 100, seed=7)
+    c = draw_episode_set("t-novel-5w5s", ids, labels, split, "novel", "fp", 5, 5, 15, 100, seed=8)
+    assert a.save(tmp_path / "a.npz").read_bytes() == b.save(tmp_path / "b.npz").read_bytes()
+    assert not np.array_equal(a.episodes.support, c.episodes.support)
+
+
+def test_asking_for_too_many_shots_or_ways_names_the_classes_and_counts():
+    ids, labels, _ = toy_labels(n_classes=6, per_class=20)
+    classes = sorted(set(labels))
+    counts = labels.value_counts()
+    smallest = counts.idxmin()
+    with pytest.raises(FslError, match=rf"need 40 examples per class; too few in: .*{smallest} \({counts.min()}\)"):
+        EpisodeSampler(ids, labels, classes, n_way=5, k_shot=25, q_query=15)
+    with pytest.raises(FslError, match=r"10-way episodes need 10 classes but the split has 6: class00, "):
+        EpisodeSampler(ids, labels, classes, n_way=10, k_shot=1, q_query=1)
+
+
+def test_episode_file_round_trip_and_refusal_on_another_catalog(tmp_path):
+    ids, labels, parents = toy_labels()
+    split = split_classes(labels, 20, seed=0, parents=parents)
+    saved = draw_episode_set("t-novel-5w1s", ids, labels, split, "novel", "catalog-a", 5, 1, 15, 50, seed=1)
+    path = saved.save(tmp_path / "set.npz")
+    loaded = EpisodeSet.load(path, "catalog-a")
+    assert loaded.name == "t-novel-5w1s" and loaded.meta["classes"] == split.classes("novel")
+    assert loaded.meta["sampler_version"] == 1 and loaded.meta["seed"] == 1
+    np.testing.assert_array_equal(loaded.episodes.support, saved.episodes.support)
+    np.testing.assert_array_equal(loaded.episodes.query, saved.episodes.query)
+    with pytest.raises(FslError, match="drawn from catalog catalog-a, not catalog-b"):
+        EpisodeSet.load(path, "catalog-b")
+
+
+def test_committed_episode_sets_belong_to_the_shared_data_and_its_split():
+    from pathlib import Path
+
+    from fsl.catalog import load_catalog
+    from fsl.pipeline import episodes_dir_for
+    from tests.conftest import REAL_DATA, real_styles
+
+    real_styles()  # skips when the shared data is absent
+    catalog = load_catalog(REAL_DATA)
+    folder = episodes_dir_for(catalog, Path(__file__).resolve().parents[1] / "episodes")
+    split = pd.read_csv(next(folder.glob("*-split.csv")))
+    for name in ("novel-5w1s", "novel-5w5s", "novel-15w5s", "val-5w5s"):
+        episode_set = EpisodeSet.load(folder / f"articleType-{name}.npz", catalog.fingerprint)
+        assert len(episode_set.episodes) == 600
+        assert set(episode_set.meta["classes"]) == set(split.loc[split["split"] == name.split("-")[0], "class"])
+        assert np.isin(episode_set.episodes.query, catalog.ids).all()

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fsl import FslError
+from fsl.catalog import load_catalog
+from fsl.features import DEFAULT_TEXT_VARIANTS, FeatureStore, TextVariant, embed_catalog, store_path
+from tests.conftest import make_slice
+
+
+def test_store_round_trip_matches_the_encoder(tiny_clip, small_dump, tmp_path):
+    catalog = load_catalog(small_dump)
+    store = embed_catalog(catalog, tiny_clip, tmp_path, chunk_size=16, num_workers=0, progress=False)
+    assert list(store.ids) == catalog.ids
+    assert isinstance(store.image, np.memmap)
+    np.testing.assert_allclose(store.image, tiny_clip.encode_images(catalog.image_paths, num_workers=0,
+                                                                    progress=False), atol=1e-5)
+    masked = tiny_clip.encode_texts(catalog.texts(mask_column="articleType"), progress=False)
+    np.testing.assert_allclose(store.text("masked-articleType"), masked, atol=1e-5)
+    assert not (store.path / "chunks").exists()
+    reopened = FeatureStore.open(store.path, tiny_clip.id, catalog.fingerprint)
+    np.testing.assert_array_equal(reopened.text("plain"), store.text("plain"))
+
+
+class CountingEncoder:
+    """Wraps an encoder and counts the work it is asked to do."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+        self.id, self.image_dim, self.text_dim = inner.id, inner.image_dim, inner.text_dim
+
+    def image_batches(self, *args):
+        self.calls += 1
+        return self.inner.image_batches(*args)
+
+    def embed_pixels(self, pixels):
+        return self.inner.embed_pixels(pixels)
+
+    def encode_texts(self, texts, **kwargs):
+        self.calls += 1
+        return self.inner.encode_texts(texts, **kwargs)
+
+
+def test_warm_store_does_no_encoding_and_a_new_text_variant_encodes_only_texts(tiny_clip, small_dump, tmp_path):
+    catalog = load_catalog(small_dump)
+    embed_catalog(catalog, tiny_clip, tmp_path, num_workers=0, progress=False)
+    counting = CountingEncoder(tiny_clip)
+    embed_catalog(catalog, counting, tmp_path, num_workers=0, progress=False)
+    assert counting.calls == 0
+    variants = (*DEFAULT_TEXT_VARIANTS, TextVariant("{productDisplayName}", None))
+    store = embed_catalog(catalog, counting, tmp_path, variants, num_workers=0, progress=False)
+    assert counting.calls == 1  # one text pass, no image pass
+    assert store.text(variants[-1].name).shape == (len(catalog), tiny_clip.text_dim)
+
+
+def test_store_of_another_encoder_or_catalog_is_refused_naming_both(tiny_clip, small_dump, tmp_path):
+    catalog = load_catalog(small_dump)
+    store = embed_catalog(catalog, tiny_clip, tmp_path, num_workers=0, progress=False)
+    with pytest.raises(FslError, match=r"encoder 'clip:FSL-Tiny:random', not 'offline:x'"):
+        FeatureStore.open(store.path, "offline:x", catalog.fingerprint)
+    with pytest.raises(FslError, match=rf"catalog '{catalog.fingerprint}', not 'feedface'"):
+        FeatureStore.open(store.path, tiny_clip.id, "feedface")
+    with pytest.raises(FslError, match="no complete feature store"):
+        FeatureStore.open(tmp_path / "empty")
+
+
+def test_embed_resumes_after_being_killed_mid_run(tmp_path, tiny_clip):
+    dump = make_slice(tmp_path / "dump", ["Tshirts", "Shirts", "Watches"], 120)
+    catalog = load_catalog(dump)
+    root = tmp_path / "store"
+    path = store_path(root, tiny_clip.id, catalog.fingerprint)
+    command = [sys.executable, "-m", "fsl.cli", "embed", "--data", str(dump), "--encoder", "clip",
+               "--model", "FSL-Tiny", "--pretrained", "none", "--store-root", str(root),
+               "--chunk-size", "8", "--batch-size", "8", "--workers", "0"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((path / "chunks").glob("chunk-*.npz"))) < 3:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = sorted(p.name for p in (path / "chunks").glob("chunk-*.npz"))
+    assert 3 <= len(done_before) < 45, "the kill must land mid-run"
+    assert not json.loads((path / "manifest.json").read_text())["complete"]
+
+    class Spy(CountingEncoder):
+        def image_batches(self, paths, *args):
+            self.paths = list(paths)
+            return super().image_batches(paths, *args)
+
+    spy = Spy(tiny_clip)
+    store = embed_catalog(catalog, spy, root, chunk_size=8, batch_size=8, num_workers=0, progress=False)
+    assert len(spy.paths) == len(catalog) - 8 * len(done_before)  # finished chunks are not redone
+    fresh = tiny_clip.encode_images(catalog.image_paths, num_workers=0, progress=False)
+    np.testing.assert_allclose(store.image, fresh, atol=1e-5)
+
+
+def test_ranks_split_the_chunks_and_the_last_one_joins(tiny_clip, small_dump, tmp_path):
+    catalog = load_catalog(small_dump)
+    assert embed_catalog(catalog, tiny_clip, tmp_path, chunk_size=8, num_workers=0, rank=0, world_size=2,
+                         progress=False) is None
+    path = store_path(tmp_path, tiny_clip.id, catalog.fingerprint)
+    assert sorted(p.name for p in (path / "chunks").glob("*.npz")) == [f"chunk-{i:05d}.npz" for i in (0, 2, 4)]
+    store = embed_catalog(catalog, tiny_clip, tmp_path, chunk_size=8, num_workers=0, rank=1, world_size=2,
+                          progress=False)
+    assert store is not None and store.image.shape == (len(catalog), tiny_clip.image_dim)
