@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["embed_speed.py", "sampler_speed.py"]
+BENCHMARKS = ["embed_speed.py", "sampler_speed.py", "heads_speed.py"]
 
 if __name__ == "__main__":
     here = Path(__file__).parent

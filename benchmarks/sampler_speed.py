@@ -20,6 +20,7 @@ from fsl.catalog import load_catalog
 from fsl.config import EncoderConfig
 from fsl.episodes import EpisodeSampler, EpisodeSet
 from fsl.evaluate import run_episodes, store_rows
+from fsl.fusion import create_fusion
 from fsl.methods import create_head
 from fsl.methods.protonet import ProtoNet
 from fsl.pipeline import episodes_dir_for, open_store
@@ -28,7 +29,7 @@ from fsl.pipeline import episodes_dir_for, open_store
 def ours(features: torch.Tensor, ids, labels, classes, n_episodes: int, batch: int = 256,
          gram: bool = False) -> tuple[float, float]:
     """Sample, gather, classify, score. The Gram matrix, made once per class split, is timed apart."""
-    head = create_head("protonet")
+    head = create_head("protonet", create_fusion("image", features.shape[1], 0))
     rows = np.arange(len(ids))  # sample store rows directly: ids -> rows is a one-off map per split
     sampler = EpisodeSampler(rows, labels, classes, 5, 5, 15, seed=1)
     support_labels = torch.arange(5).repeat_interleave(5)
@@ -146,7 +147,7 @@ def main() -> None:
     l2l_speed = learn2learn_run(features, label_ids, args.episodes // 4)
 
     full = np.asarray(store.image)
-    frozen_ours = run_episodes(create_head("protonet"), full, store.ids, episode_set, progress=False)
+    frozen_ours = run_episodes(create_head("protonet", create_fusion("image", full.shape[1], 0)), full, store.ids, episode_set, progress=False)
     frozen_easy = easyfsl_on_frozen(full, store.ids, episode_set)
 
     print(f"\n{'pipeline':52s} {'episodes/s':>11s} {'ratio':>7s} {'accuracy':>9s}")

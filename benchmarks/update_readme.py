@@ -11,6 +11,7 @@ import argparse
 import re
 from pathlib import Path
 
+import numpy as np
 from fsl.catalog import load_catalog
 from fsl.config import load_config
 from fsl.evaluate import paired_difference, plot_summary, results_frame, summary_table
@@ -28,7 +29,8 @@ def markdown(catalog, frame) -> str:
     for method, group in summary.groupby("method", sort=False):
         cells = group.set_index("episode_set").reindex(sets)
         lines.append(f"| {method} | " + " | ".join(
-            f"{100 * r.accuracy:.1f} ± {100 * r.ci95:.1f}" for r in cells.itertuples()) + " |")
+            "—" if np.isnan(r.accuracy) else f"{100 * r.accuracy:.1f} ± {100 * r.ci95:.1f}"
+            for r in cells.itertuples()) + " |")
     lines += ["", f"Paired difference against `{BASELINE}` on the same episodes (points, 95% CI):", "",
               f"| experiment | {' | '.join(sets)} |", "|---|" + "---|" * len(sets)]
     base = frame[frame["method"] == BASELINE]
@@ -37,6 +39,9 @@ def markdown(catalog, frame) -> str:
         for name in sets:
             a = group[group["episode_set"] == name].sort_values("episode")["accuracy"].to_numpy()
             b = base[base["episode_set"] == name].sort_values("episode")["accuracy"].to_numpy()
+            if len(a) == 0 or len(a) != len(b):
+                cells.append("—")
+                continue
             mean, ci = paired_difference(a, b)
             cells.append(f"{100 * mean:+.1f} ± {100 * ci:.1f}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")

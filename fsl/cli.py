@@ -111,8 +111,23 @@ def cmd_eval(args) -> None:
     catalog = load_catalog(args.data)
     results = []
     for config in configs:
-        results += run_experiment(config, catalog, args.episodes_dir, args.store_root)
+        results += run_experiment(config, catalog, args.episodes_dir, args.store_root,
+                                  checkpoints_root=args.checkpoints)
     _print_and_save(results, args)
+
+
+def cmd_train(args) -> None:
+    from fsl.catalog import load_catalog
+    from fsl.config import load_config
+    from fsl.train import train
+
+    configs = [load_config(path) for path in args.configs]
+    catalog = load_catalog(args.data)
+    for config in configs:
+        summary = train(config, catalog, args.episodes_dir, args.store_root, args.checkpoints, args.runs,
+                        resume=not args.restart)
+        print(f"{config.name}: best validation accuracy {summary['best_val_accuracy']:.4f} at step "
+              f"{summary['best_step']} of {summary['steps']}; checkpoint {Path(args.checkpoints) / config.name / 'best'}")
 
 
 def cmd_compare(args) -> None:
@@ -192,7 +207,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--store-root", default=str(CACHE / "features"), help="feature stores (default .fsl/features)")
     evaluate.add_argument("--results", default="results", help="per-episode CSVs go here (default results/)")
     evaluate.add_argument("--runs", default="runs/eval", help="TensorBoard log dir (default runs/eval)")
+    evaluate.add_argument("--checkpoints", default="checkpoints", help="where trained heads are (default checkpoints/)")
     evaluate.set_defaults(run=cmd_eval)
+
+    training = commands.add_parser("train", help="meta-train heads on base-class episodes",
+                                   description="Episodic meta-training of each experiment's head on base-class "
+                                               "episodes; validation episodes choose the checkpoint. Resumes "
+                                               "from checkpoints/NAME/last unless --restart.")
+    training.add_argument("configs", nargs="+", metavar="CONFIG", help="experiments/*.yaml with a train: section")
+    _add_data(training)
+    training.add_argument("--episodes-dir", default="episodes", help="root of episode sets (default episodes/)")
+    training.add_argument("--store-root", default=str(CACHE / "features"), help="feature stores (default .fsl/features)")
+    training.add_argument("--checkpoints", default="checkpoints", help="checkpoint root (default checkpoints/)")
+    training.add_argument("--runs", default="runs/train", help="TensorBoard log dir (default runs/train)")
+    training.add_argument("--restart", action="store_true", help="ignore an earlier run's last checkpoint")
+    training.set_defaults(run=cmd_train)
 
     compare = commands.add_parser("compare", help="paired comparison of result files, with a plot",
                                   description="Mean ± 95%% CI per method and the paired difference of every two "

@@ -22,6 +22,22 @@ class EncoderConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """Episodic meta-training on base classes; model selection on validation-class episodes."""
+
+    steps: int = 300
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    episodes_per_step: int = 16
+    n_way: int = 5
+    k_shot: int = 5
+    q_query: int = 15
+    val_every: int = 50
+    val_episodes: str = "val-5w5s"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """One experiment: a head, the features it sees, and the frozen episode sets it is judged on."""
 
@@ -29,11 +45,17 @@ class ExperimentConfig:
     method: str = "protonet"
     method_options: dict = field(default_factory=dict)
     fusion: str = "image"
+    fusion_options: dict = field(default_factory=dict)
     text_variant: str = "masked-articleType"
+    class_prompt: str = "{}"  # how class names are put to the text tower (zero-shot, text-initialised probes)
     label_column: str = "articleType"
     episodes: tuple[str, ...] = ("novel-5w1s", "novel-5w5s", "novel-15w5s")
     encoder: EncoderConfig = EncoderConfig()
     batch_size: int = 64
+    train: TrainConfig | None = None  # set for heads with meta-parameters to learn
+
+
+POSITIVE_INTS = {"batch_size", "steps", "episodes_per_step", "n_way", "k_shot", "q_query", "val_every"}
 
 
 def _build(cls, values: Any, source: str, where: str):
@@ -47,10 +69,14 @@ def _build(cls, values: Any, source: str, where: str):
     for key, value in values.items():
         if key == "encoder":
             value = _build(EncoderConfig, value, source, "encoder.")
+        elif key == "train":
+            value = _build(TrainConfig, value, source, "train.")
+        elif key in ("method_options", "fusion_options") and not isinstance(value, dict):
+            raise FslError(f"{source}: {where}{key} must be a mapping, got {value!r}")
         elif key == "episodes":
             value = tuple([value] if isinstance(value, str) else value)
-        elif key == "batch_size" and not (isinstance(value, int) and value > 0):
-            raise FslError(f"{source}: {where}batch_size must be a positive whole number, got {value!r}")
+        elif key in POSITIVE_INTS and not (isinstance(value, int) and value > 0):
+            raise FslError(f"{source}: {where}{key} must be a positive whole number, got {value!r}")
         kwargs[key] = value
     return cls(**kwargs)
 

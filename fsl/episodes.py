@@ -201,5 +201,5 @@ def draw_episode_set(name: str, ids: np.ndarray, labels: pd.Series, split: Class
 # name: (split, n_way or None for all-way, k_shot)
 STANDARD_BENCHMARKS = {
     "novel-5w1s": ("novel", 5, 1), "novel-5w5s": ("novel", 5, 5), "novel-15w5s": ("novel", 15, 5),
-    "val-5w5s": ("val", 5, 5),
+    "val-5w5s": ("val", 5, 5), "novel-allway-5s": ("novel", None, 5),  # the original notebook's setting
 }

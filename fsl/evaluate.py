@@ -46,10 +46,13 @@ def store_rows(store_ids: np.ndarray, product_ids: np.ndarray) -> np.ndarray:
     return rows
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: probes and MAML take gradients inside their forward
 def run_episodes(head: FewShotHead, features: np.ndarray, store_ids: np.ndarray, episode_set: EpisodeSet,
-                 batch_size: int = 64, progress: bool = True) -> np.ndarray:
-    """Per-episode query accuracy [E] of a head over a frozen episode set."""
+                 batch_size: int = 64, progress: bool = True, class_text: torch.Tensor | None = None) -> np.ndarray:
+    """Per-episode query accuracy [E] of a head over a frozen episode set.
+
+    features [P, D] are the store's rows; class_text [C, Dt] embeds the set's class names, for
+    heads that read them."""
     episodes = episode_set.episodes
     support_labels = torch.as_tensor(episodes.support_labels)
     query_labels = torch.as_tensor(episodes.query_labels)
@@ -63,7 +66,8 @@ def run_episodes(head: FewShotHead, features: np.ndarray, store_ids: np.ndarray,
         support = torch.from_numpy(np.asarray(features[support_rows[start:stop]], dtype=np.float32))
         query = torch.from_numpy(np.asarray(features[query_rows[start:stop]], dtype=np.float32))
         labels = support_labels.expand(stop - start, -1)
-        logits = head(support, labels, query, episodes.n_way)  # [E, Q, N]
+        names = None if class_text is None else class_text[torch.as_tensor(episodes.classes[start:stop])]
+        logits = head(support, labels, query, episodes.n_way, names)  # [E, Q, N]
         accuracy[start:stop] = (logits.argmax(-1) == query_labels).double().mean(-1).numpy()
     return accuracy
 

@@ -6,16 +6,20 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+
 from fsl.catalog import Catalog
+from fsl.checkpoint import load_head
 from fsl.config import EncoderConfig, ExperimentConfig
 from fsl.encoder import Encoder, create_encoder
 from fsl.episodes import STANDARD_BENCHMARKS, ClassSplit, EpisodeSet, draw_episode_set, split_classes
 from fsl.evaluate import EvalResult, run_episodes
 from fsl.features import DEFAULT_ROOT, FeatureStore, embed_catalog
-from fsl.fusion import fused_features
-from fsl.methods import create_head
+from fsl.fusion import create_fusion, store_features
+from fsl.methods import FewShotHead, create_head
 
 DEFAULT_EPISODES_DIR = Path("episodes")
+DEFAULT_CHECKPOINTS = Path("checkpoints")
 MIN_COUNT = 20  # 5 shots + 15 queries: every class of a split serves every standard benchmark
 
 
@@ -57,19 +61,46 @@ def draw_standard_episodes(catalog: Catalog, root: str | os.PathLike = DEFAULT_E
     return split, written
 
 
+def build_head(config: ExperimentConfig, store: FeatureStore) -> FewShotHead:
+    """The config's fusion and head, sized for the store's features."""
+    fusion = create_fusion(config.fusion, store.manifest["image_dim"], store.manifest["text_dim"],
+                           **config.fusion_options)
+    return create_head(config.method, fusion, shared_space=store.encoder_id.startswith("clip:"),
+                       **config.method_options)
+
+
+def class_text_table(config: ExperimentConfig, classes: list[str]) -> torch.Tensor:
+    """[C, Dt] text-tower embeddings of the class names, put through the config's prompt."""
+    prompts = [config.class_prompt.format(name) for name in classes]
+    return torch.from_numpy(encoder_from_config(config.encoder).encode_texts(prompts, progress=False))
+
+
+def checkpoint_dir(config: ExperimentConfig, root: str | os.PathLike = DEFAULT_CHECKPOINTS) -> Path:
+    return Path(root) / config.name
+
+
+def load_episode_set(config: ExperimentConfig, catalog: Catalog, name: str,
+                     episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> EpisodeSet:
+    path = episodes_dir_for(catalog, episodes_root) / f"{config.label_column}-{name}.npz"
+    return EpisodeSet.load(path, catalog.fingerprint)
+
+
 def run_experiment(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
-                   store_root: str | os.PathLike = DEFAULT_ROOT, progress: bool = True) -> list[EvalResult]:
-    """One config's head on each of its frozen episode sets."""
+                   store_root: str | os.PathLike = DEFAULT_ROOT, progress: bool = True,
+                   checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS) -> list[EvalResult]:
+    """One config's head on each of its frozen episode sets; a trained head loads its best checkpoint."""
     store = open_store(catalog, config.encoder, store_root)
-    features = fused_features(store, config.fusion, config.text_variant)
-    head = create_head(config.method, **config.method_options)
+    features = store_features(store, config.text_variant)
+    head = build_head(config, store)
+    if config.train is not None:
+        load_head(checkpoint_dir(config, checkpoints_root) / "best", head, store.encoder_id)
     hparams = {"fusion": config.fusion, "text_variant": config.text_variant if config.fusion != "image" else "-",
                "encoder": store.encoder_id}
     results = []
     for name in config.episodes:
-        episode_set = EpisodeSet.load(episodes_dir_for(catalog, episodes_root) / f"{config.label_column}-{name}.npz",
-                                      catalog.fingerprint)
-        accuracy = run_episodes(head, features, store.ids, episode_set, config.batch_size, progress)
+        episode_set = load_episode_set(config, catalog, name, episodes_root)
+        class_text = class_text_table(config, episode_set.meta["classes"]) if head.needs_class_text else None
+        accuracy = run_episodes(head, features, store.ids, episode_set, config.batch_size, progress, class_text)
         results.append(EvalResult(config.name, name, accuracy,
                                   {**hparams, "n_way": episode_set.episodes.n_way,
                                    "k_shot": episode_set.episodes.k_shot}))

@@ -14,7 +14,7 @@ from fsl.pipeline import draw_standard_episodes, episodes_dir_for, run_experimen
 from fsl.sample import SAMPLE_NOTICE, make_sample_catalog
 
 CACHE = Path(os.environ.get("FSL_CACHE", ".fsl"))
-QUICKSTART_CONFIGS = ("protonet-image.yaml", "protonet-text-masked.yaml", "protonet-concat-masked.yaml")
+QUICKSTART_CONFIGS = ("protonet-image.yaml", "protonet-text-masked.yaml", "protonet-fused-masked.yaml")
 
 
 def _banner(text: str) -> None:

@@ -59,7 +59,8 @@ def test_episodes_eval_compare_end_to_end_and_reproducible(twelve_class_dump, tm
     data = ["--data", str(twelve_class_dump)]
     assert main(["episodes", *data, "--stratify", "none", "--episodes", "50", "--out", "eps"]) == 0
     files = sorted((tmp_path / "eps").glob("*/*.npz"))
-    assert [f.name for f in files] == ["articleType-novel-5w1s.npz", "articleType-novel-5w5s.npz"]
+    assert [f.name for f in files] == ["articleType-novel-5w1s.npz", "articleType-novel-5w5s.npz",
+                                      "articleType-novel-allway-5s.npz"]
     first = [f.read_bytes() for f in files]
     assert main(["episodes", *data, "--stratify", "none", "--episodes", "50", "--out", "eps"]) == 0
     assert [f.read_bytes() for f in files] == first  # same config and seed: the same bytes
@@ -99,5 +100,5 @@ def test_quickstart_runs_end_to_end_on_the_sample_and_says_numbers_mean_nothing(
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("SYNTHETIC SAMPLE CATALOG") == 2
     results = pd.read_csv(tmp_path / "results/quickstart/results.csv")
-    assert set(results["method"]) == {"protonet-image", "protonet-text-masked", "protonet-concat-masked"}
+    assert set(results["method"]) == {"protonet-image", "protonet-text-masked", "protonet-fused-masked"}
     assert (tmp_path / "results/quickstart/accuracy.png").is_file()

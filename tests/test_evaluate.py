@@ -9,7 +9,12 @@ from scipy import stats
 from fsl.episodes import draw_episode_set, split_classes
 from fsl.evaluate import (EvalResult, log_to_tensorboard, mean_ci, paired_difference, paired_table,
                           plot_summary, results_frame, run_episodes, summary_table)
+from fsl.fusion import create_fusion
 from fsl.methods import create_head
+
+
+def image_protonet(dim: int):
+    return create_head("protonet", create_fusion("image", dim, 0))
 
 
 def test_ci_matches_scipy_t_interval():
@@ -44,7 +49,7 @@ def test_prototype_head_solves_separable_episodes_and_chance_on_noise():
     ids, features, labels = _clustered()
     split = split_classes(labels, 20, fractions=(0.0, 0.0, 1.0))
     episodes = draw_episode_set("toy", ids, labels, split, "novel", "fp", 5, 5, 10, 100, seed=0)
-    head = create_head("protonet")
+    head = image_protonet(16)
     assert run_episodes(head, features, ids, episodes, batch_size=16, progress=False).mean() > 0.98
     noise = np.random.default_rng(1).normal(size=features.shape).astype(np.float32)
     assert abs(run_episodes(head, noise, ids, episodes, progress=False).mean() - 0.2) < 0.05
@@ -54,7 +59,7 @@ def test_batch_size_does_not_change_results():
     ids, features, labels = _clustered(noise=2.0)
     split = split_classes(labels, 20, fractions=(0.0, 0.0, 1.0))
     episodes = draw_episode_set("toy", ids, labels, split, "novel", "fp", 5, 1, 10, 50, seed=0)
-    head = create_head("protonet")
+    head = image_protonet(16)
     one = run_episodes(head, features, ids, episodes, batch_size=1, progress=False)
     np.testing.assert_array_equal(one, run_episodes(head, features, ids, episodes, batch_size=50, progress=False))
 
@@ -83,7 +88,7 @@ def test_summary_and_plot(tmp_path):
 
 
 def test_head_contract_shapes():
-    head = create_head("protonet")
+    head = image_protonet(8)
     support, query = torch.randn(4, 15, 8), torch.randn(4, 20, 8)
     labels = torch.arange(5).repeat_interleave(3).expand(4, -1)
     assert head(support, labels, query, 5).shape == (4, 20, 5)

@@ -1,17 +1,29 @@
-"""Few-shot heads by name: `create_head("protonet")`."""
+"""Few-shot heads by name: `create_head("protonet", fusion)`; one file per head."""
 
 from __future__ import annotations
 
 from typing import Callable
 
 from fsl import FslError
+from fsl.fusion import Fusion
 from fsl.methods.base import FewShotHead
+from fsl.methods.linear_probe import LinearProbe
+from fsl.methods.maml import MAML
 from fsl.methods.protonet import ProtoNet
+from fsl.methods.zero_shot import ZeroShot
 
-HEADS: dict[str, Callable[..., FewShotHead]] = {"protonet": ProtoNet}
+HEADS: dict[str, Callable[..., FewShotHead]] = {
+    "zero_shot": ZeroShot, "linear_probe": LinearProbe, "protonet": ProtoNet, "maml": MAML,
+}
+SHARED_SPACE_OPTION = {"zero_shot", "linear_probe"}  # heads that compare class-name text to features
 
 
-def create_head(name: str, **options) -> FewShotHead:
+def create_head(name: str, fusion: Fusion, shared_space: bool = False, **options) -> FewShotHead:
     if name not in HEADS:
         raise FslError(f"unknown method {name!r}; choose one of {sorted(HEADS)}")
-    return HEADS[name](**options)
+    if name in SHARED_SPACE_OPTION:
+        options["shared_space"] = shared_space
+    try:
+        return HEADS[name](fusion, **options)
+    except TypeError as error:
+        raise FslError(f"method {name!r}: bad method_options {options} ({error})") from None

@@ -1,6 +1,8 @@
 """The head contract: batched over episodes, no state kept between calls.
 
-support [E, N*K, D] with labels [E, N*K] in 0..N-1, query [E, Q, D] -> logits [E, Q, N].
+support [E, N*K, D] with labels [E, N*K] in 0..N-1, query [E, Q, D] -> logits [E, Q, N], where
+D = image_dim + text_dim and the head's own Fusion turns those columns into its features.
+Heads that read class names (zero-shot, text-initialised probes) also get class_text [E, N, Dt].
 """
 
 from __future__ import annotations
@@ -8,16 +10,35 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fsl.fusion import Fusion
+
 
 class FewShotHead(nn.Module):
-    """Base of every head. A head with meta-parameters registers them as ordinary parameters."""
+    """Base of every head. Meta-parameters (projection, initialisation, a fusion gate) are ordinary
+    parameters, so train.py optimises whatever a head registers."""
+
+    needs_class_text = False
+
+    def __init__(self, fusion: Fusion):
+        super().__init__()
+        self.fusion = fusion
 
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
-                n_way: int) -> torch.Tensor:
+                n_way: int, class_text: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    @property
+    def meta_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
 
     @staticmethod
     def prototypes(support: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> torch.Tensor:
         """Mean support feature per class: [E, N*K, D] -> [E, N, D]."""
         one_hot = nn.functional.one_hot(support_labels, n_way).to(support.dtype)  # [E, N*K, N]
         return one_hot.transpose(1, 2) @ support / one_hot.sum(dim=1).unsqueeze(-1)
+
+    def class_features(self, class_text: torch.Tensor, shared_space: bool) -> torch.Tensor:
+        """Class-name text embeddings [E, N, Dt] as fused features: the text slot always, the image
+        slot too where image and text share one space (CLIP)."""
+        image = class_text if shared_space else torch.zeros(*class_text.shape[:-1], self.fusion.image_dim)
+        return self.fusion(torch.cat([image, class_text], dim=-1))

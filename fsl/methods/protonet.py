@@ -1,14 +1,18 @@
 """Prototypical networks (Snell et al., 2017).
 
 Each class is the mean of its support features; a query's logits are its negative squared
-Euclidean distances to those prototypes. Without training this is nearest-prototype
-classification on frozen features.
+Euclidean distances to those prototypes. Without a projection this is nearest-prototype
+classification on frozen features; with one (a diagonal metric or a linear map, both starting as
+the identity), the projection is meta-trained on base classes.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
+from fsl import FslError
+from fsl.fusion import Fusion
 from fsl.methods.base import FewShotHead
 
 
@@ -18,11 +22,43 @@ def squared_distances(query: torch.Tensor, prototypes: torch.Tensor) -> torch.Te
     return query.pow(2).sum(-1, keepdim=True) - 2 * cross + prototypes.pow(2).sum(-1).unsqueeze(1)
 
 
+class Diagonal(nn.Module):
+    """A learned per-feature scale (a diagonal metric), starting at 1: few parameters, hard to overfit."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(dim))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features * self.scale
+
+
+def make_projection(kind: str, dim: int, projection_dim: int | None) -> nn.Module:
+    """none | diagonal | linear (to projection_dim, starting as the truncated identity)."""
+    if kind == "diagonal":
+        return Diagonal(dim)
+    if kind == "linear":
+        layer = nn.Linear(dim, projection_dim or dim)
+        with torch.no_grad():
+            layer.weight.copy_(torch.eye(projection_dim or dim, dim))
+            layer.bias.zero_()
+        return layer
+    if kind == "none":
+        return nn.Identity()
+    raise FslError(f"unknown protonet projection {kind!r}; choose none, diagonal or linear")
+
+
 class ProtoNet(FewShotHead):
-    def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
-                n_way: int) -> torch.Tensor:
-        prototypes = self.prototypes(support, support_labels, n_way)  # [E, N, D]
-        return -squared_distances(query, prototypes)  # [E, Q, N]
+    def __init__(self, fusion: Fusion, projection: str = "none", projection_dim: int | None = None):
+        super().__init__(fusion)
+        self.projection = make_projection(projection, fusion.out_dim, projection_dim)
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.fusion(features))
+
+    def forward(self, support, support_labels, query, n_way, class_text=None):
+        prototypes = self.prototypes(self.embed(support), support_labels, n_way)  # [E, N, D']
+        return -squared_distances(self.embed(query), prototypes)  # [E, Q, N]
 
     @staticmethod
     def logits_from_gram(gram: torch.Tensor, support_rows: torch.Tensor, query_rows: torch.Tensor,

@@ -1,0 +1,99 @@
+"""Episodic meta-training: a head's meta-parameters learn on base-class episodes drawn fresh from
+the sampler; validation-class episodes pick the best step (never the novel classes). TensorBoard
+under runs/train/<name>; checkpoints/<name>/{best,last}; an interrupted run resumes from last."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import trange
+
+from fsl import FslError
+from fsl.catalog import Catalog
+from fsl.checkpoint import load_head, load_train_state, save_head, save_train_state
+from fsl.config import ExperimentConfig
+from fsl.episodes import EpisodeSampler
+from fsl.evaluate import run_episodes
+from fsl.features import DEFAULT_ROOT
+from fsl.fusion import store_features
+from fsl.pipeline import (DEFAULT_CHECKPOINTS, DEFAULT_EPISODES_DIR, build_head, checkpoint_dir, episodes_dir_for,
+                          load_episode_set, open_store)
+
+
+def base_classes(catalog: Catalog, config: ExperimentConfig, split_seed: int, episodes_root) -> list[str]:
+    path = episodes_dir_for(catalog, episodes_root) / f"{config.label_column}-seed{split_seed}-split.csv"
+    if not path.is_file():
+        raise FslError(f"no class split at {path}; run `fsl episodes` first")
+    split = pd.read_csv(path)
+    return sorted(split.loc[split["split"] == "base", "class"])
+
+
+def train(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+          store_root: str | os.PathLike = DEFAULT_ROOT, checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS,
+          runs_root: str | os.PathLike = "runs/train", resume: bool = True, progress: bool = True) -> dict:
+    """Meta-train the config's head; returns {"best_val_accuracy", "best_step", "steps"}."""
+    settings = config.train
+    if settings is None:
+        raise FslError(f"experiment {config.name!r} has no train: section, so nothing to train")
+    store = open_store(catalog, config.encoder, store_root)
+    head = build_head(config, store)
+    if not head.meta_trainable:
+        raise FslError(f"{config.method} with fusion {config.fusion!r} has no meta-parameters to train")
+    features_np = store_features(store, config.text_variant)
+    features = torch.from_numpy(np.ascontiguousarray(features_np))
+    val_set = load_episode_set(config, catalog, settings.val_episodes, episodes_root)
+    classes = base_classes(catalog, config, val_set.meta["split_seed"], episodes_root)
+    if not np.array_equal(store.ids, catalog.products["id"].to_numpy()):
+        raise FslError(f"feature store {store.path} rows do not follow the catalog; re-run `fsl embed`")
+    sampler = EpisodeSampler(np.arange(len(store.ids)), catalog.labels(config.label_column).to_numpy(), classes,
+                             settings.n_way, settings.k_shot, settings.q_query, settings.seed)
+    torch.manual_seed(settings.seed)
+    optimizer = torch.optim.Adam(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+
+    folder = checkpoint_dir(config, checkpoints_root)
+    meta = {"encoder_id": store.encoder_id, "catalog_fingerprint": catalog.fingerprint, "method": config.method,
+            "fusion": config.fusion, "text_variant": config.text_variant, "label_column": config.label_column,
+            "base_classes": classes, "config": dataclasses.asdict(config)}
+    start, best, best_step = 0, -1.0, 0
+    state = load_train_state(folder / "last") if resume else None
+    if state is not None:
+        load_head(folder / "last", head, store.encoder_id)
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.generator.set_state(state["sampler_rng"])
+        start, best, best_step = int(state["step"]), float(state["best"]), int(state["best_step"])
+        print(f"resuming {config.name} at step {start} (best val accuracy {best:.4f} at step {best_step})")
+
+    support_labels = torch.arange(settings.n_way).repeat_interleave(settings.k_shot)
+    query_labels = torch.arange(settings.n_way).repeat_interleave(settings.q_query)
+    with SummaryWriter(str(Path(runs_root) / config.name)) as writer:
+        for step in trange(start, settings.steps, desc=f"train {config.name}", disable=not progress):
+            head.train()
+            episodes = sampler.sample(settings.episodes_per_step)
+            logits = head(features[torch.from_numpy(episodes.support)],
+                          support_labels.expand(len(episodes), -1),
+                          features[torch.from_numpy(episodes.query)], settings.n_way)
+            loss = F.cross_entropy(logits.flatten(0, 1), query_labels.repeat(len(episodes)))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            writer.add_scalar("train/loss", loss.item(), step + 1)
+            writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step + 1)
+
+            if (step + 1) % settings.val_every == 0 or step + 1 == settings.steps:
+                accuracy = float(run_episodes(head, features_np, store.ids, val_set, progress=False).mean())
+                writer.add_scalar("val/accuracy", accuracy, step + 1)
+                if accuracy > best:
+                    best, best_step = accuracy, step + 1
+                    save_head(folder / "best", head, {**meta, "step": best_step, "val_accuracy": best})
+                save_head(folder / "last", head, {**meta, "step": step + 1, "val_accuracy": accuracy})
+                save_train_state(folder / "last", {"optimizer": optimizer.state_dict(), "step": step + 1,
+                                                   "best": best, "best_step": best_step,
+                                                   "sampler_rng": sampler.generator.get_state()})
+    return {"best_val_accuracy": best, "best_step": best_step, "steps": settings.steps}

@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import copy
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fsl import FslError
+from fsl.fusion import create_fusion
+from fsl.methods import create_head
+from fsl.methods.maml import MAML
+from fsl.methods.protonet import ProtoNet
+
+IMAGE_DIM, TEXT_DIM = 12, 8
+
+
+def toy_episodes(n_episodes=8, n_way=5, k_shot=3, q_query=6, noise=0.3, seed=0, text_signal=True):
+    """Separable episodes: each class has an image centre and a text centre."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n_episodes, n_way, IMAGE_DIM + TEXT_DIM, generator=g)
+    if not text_signal:
+        centres[..., IMAGE_DIM:] = 0
+    def draw(k):
+        points = centres.repeat_interleave(k, dim=1)
+        return points + noise * torch.randn(points.shape, generator=g)
+    support_labels = torch.arange(n_way).repeat_interleave(k_shot).expand(n_episodes, -1)
+    query_labels = torch.arange(n_way).repeat_interleave(q_query)
+    return draw(k_shot), support_labels, draw(q_query), query_labels
+
+
+def accuracy(logits, query_labels):
+    return (logits.argmax(-1) == query_labels).float().mean().item()
+
+
+@pytest.mark.parametrize("method,options", [
+    ("protonet", {}), ("protonet", {"projection": "diagonal"}), ("protonet", {"projection": "linear", "projection_dim": 6}),
+    ("linear_probe", {}),
+    ("linear_probe", {"init": "prototypes"}), ("maml", {"inner_steps": 5}), ("maml", {"hidden": 16}),
+])
+@pytest.mark.parametrize("fusion", ["image", "concat"])
+def test_each_head_learns_a_separable_toy_task(method, options, fusion):
+    torch.manual_seed(0)
+    head = create_head(method, create_fusion(fusion, IMAGE_DIM, TEXT_DIM), **options)
+    support, labels, query, query_labels = toy_episodes()
+    with torch.no_grad():
+        logits = head(support, labels, query, 5)
+    assert logits.shape == (8, 30, 5)
+    if "projection_dim" not in options and "hidden" not in options:  # random layers need meta-training first
+        assert accuracy(logits, query_labels) > 0.95
+
+
+def test_zero_shot_reads_class_names_and_refuses_images_without_a_shared_space():
+    support, labels, query, query_labels = toy_episodes(text_signal=True)
+    class_text = query.view(8, 5, 6, -1).mean(2)[..., IMAGE_DIM:]  # the class's text centre as its "name"
+    head = create_head("zero_shot", create_fusion("text", IMAGE_DIM, TEXT_DIM))
+    assert accuracy(head(support, labels, query, 5, class_text), query_labels) > 0.9
+    with pytest.raises(FslError, match="needs an encoder whose image and text towers share"):
+        create_head("zero_shot", create_fusion("image", IMAGE_DIM, TEXT_DIM))
+    create_head("zero_shot", create_fusion("image", 8, 8), shared_space=True)  # CLIP: allowed
+
+
+def test_linear_probe_matches_scikit_learn_on_the_same_episodes():
+    from sklearn.linear_model import LogisticRegression
+
+    support, labels, query, query_labels = toy_episodes(n_episodes=6, noise=1.2, seed=3)
+    head = create_head("linear_probe", create_fusion("image", IMAGE_DIM + TEXT_DIM, 0), C=0.5, max_iter=200)
+    ours = head(support, labels, query, 5).argmax(-1)
+    agree = []
+    for e in range(6):
+        model = LogisticRegression(C=0.5, max_iter=1000, tol=1e-8).fit(support[e].numpy(), labels[e].numpy())
+        sklearn = torch.from_numpy(model.predict(query[e].numpy()))
+        agree.append((sklearn == ours[e]).float().mean().item())
+        logits = head(support[e:e + 1], labels[e:e + 1], query[e:e + 1], 5)[0]
+        np.testing.assert_allclose(F.softmax(logits, -1).numpy(), model.predict_proba(query[e].numpy()), atol=2e-3)
+    assert np.mean(agree) > 0.99
+
+
+def test_protonet_gram_form_gives_the_same_logits():
+    features = F.normalize(torch.randn(40, 16), dim=-1)
+    support_rows, query_rows = torch.randperm(40)[:15].view(1, 15), torch.randperm(40)[:10].view(1, 10)
+    head = create_head("protonet", create_fusion("image", 16, 0))
+    labels = torch.arange(5).repeat_interleave(3).view(1, 15)
+    expected = head(features[support_rows], labels, features[query_rows], 5)
+    torch.testing.assert_close(ProtoNet.logits_from_gram(features @ features.T, support_rows, query_rows, 5),
+                               expected, atol=1e-5, rtol=1e-5)
+
+
+def _maml_meta_gradient(first_order: bool, hidden: int):
+    torch.manual_seed(0)
+    head = MAML(create_fusion("image", 4, 0), hidden=hidden, inner_steps=3, inner_lr=0.4, first_order=first_order)
+    with torch.no_grad():
+        head.w0.normal_()
+        head.b0.fill_(0.1)
+    support, labels, query, query_labels = toy_episodes(n_episodes=1, n_way=3, k_shot=2, q_query=2, seed=1)
+    support, query = support[..., :4], query[..., :4]
+    loss = F.cross_entropy(head(support, labels, query, 3)[0], query_labels)
+    grads = torch.autograd.grad(loss, [head.w0, head.b0, *head.body.parameters()])
+    return head, support[0], labels[0], query[0], query_labels, grads
+
+
+class ExpandedLinear(torch.nn.Module):
+    """The MAML head as higher / learn2learn see it: a body and an [N, D] classifier whose initial
+    rows are copies of (w0, b0); the meta-gradient of w0 is the sum over those rows."""
+
+    def __init__(self, head: MAML, n_way: int):
+        super().__init__()
+        self.body = copy.deepcopy(head.body)
+        self.weight = torch.nn.Parameter(head.w0.detach().expand(n_way, -1).clone())
+        self.bias = torch.nn.Parameter(head.b0.detach().expand(n_way).clone())
+
+    def forward(self, x):
+        return self.body(x) @ self.weight.T + self.bias
+
+
+@pytest.mark.parametrize("hidden", [0, 5])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_maml_meta_gradient_matches_higher(first_order, hidden):
+    import higher
+
+    head, support, labels, query, query_labels, ours = _maml_meta_gradient(first_order, hidden)
+    model = ExpandedLinear(head, 3)
+    inner = torch.optim.SGD(model.parameters(), lr=0.4)
+    with higher.innerloop_ctx(model, inner, copy_initial_weights=False,
+                              track_higher_grads=not first_order) as (fmodel, diffopt):
+        for _ in range(3):
+            diffopt.step(F.cross_entropy(fmodel(support), labels))
+        loss = F.cross_entropy(fmodel(query), query_labels)
+        # first order: the query gradient at the adapted weights (in order weight, bias, body...)
+        wrt = fmodel.fast_params if first_order else [model.weight, model.bias, *model.body.parameters()]
+        reference = torch.autograd.grad(loss, wrt)
+    expected = [reference[0].sum(0), reference[1].sum(), *reference[2:]]
+    for mine, theirs in zip(ours, expected):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_maml_meta_gradient_matches_learn2learn():
+    l2l = pytest.importorskip("learn2learn")
+    head, support, labels, query, query_labels, ours = _maml_meta_gradient(False, 0)
+    maml = l2l.algorithms.MAML(ExpandedLinear(head, 3), lr=0.4, first_order=False)
+    learner = maml.clone()
+    for _ in range(3):
+        learner.adapt(F.cross_entropy(learner(support), labels))
+    loss = F.cross_entropy(learner(query), query_labels)
+    weight, bias = torch.autograd.grad(loss, [maml.module.weight, maml.module.bias])
+    torch.testing.assert_close(ours[0], weight.sum(0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ours[1], bias.sum(), atol=1e-5, rtol=1e-4)
+
+
+def test_bad_method_name_or_options_are_clear_errors():
+    fusion = create_fusion("image", 4, 0)
+    with pytest.raises(FslError, match="unknown method 'knn'"):
+        create_head("knn", fusion)
+    with pytest.raises(FslError, match="method 'protonet': bad method_options"):
+        create_head("protonet", fusion, steps=3)
+    with pytest.raises(FslError, match="unknown linear_probe init 'ones'"):
+        create_head("linear_probe", fusion, init="ones")

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fsl import FslError
+from fsl.catalog import load_catalog
+from fsl.checkpoint import load_head
+from fsl.config import EncoderConfig, ExperimentConfig, TrainConfig
+from fsl.evaluate import run_episodes
+from fsl.fusion import store_features
+from fsl.pipeline import build_head, draw_standard_episodes, load_episode_set, open_store, run_experiment
+from fsl.train import train
+from tests.conftest import make_slice
+
+TINY = EncoderConfig("clip", "FSL-Tiny", "none")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A 12-class real slice, its tiny-CLIP store, a split and small episode sets."""
+    from tests.conftest import real_styles
+
+    root = tmp_path_factory.mktemp("train")
+    counts = real_styles()["articleType"].value_counts()
+    catalog = load_catalog(make_slice(root / "dump", list(counts.index[:12]), 20))
+    open_store(catalog, TINY, root / "store")
+    draw_standard_episodes(catalog, root / "episodes", stratify=None, n_episodes=40,
+                           benchmarks={"val-2w5s": ("val", 2, 5), "novel-5w5s": ("novel", 5, 5)})
+    return root, catalog
+
+
+def config(steps: int, name: str = "proto-proj", **changes) -> ExperimentConfig:
+    settings = TrainConfig(steps=steps, lr=3e-3, episodes_per_step=4, val_every=5, val_episodes="val-2w5s")
+    return ExperimentConfig(name=name, method="protonet", method_options={"projection": "linear", "projection_dim": 16}, fusion="gate",
+                            episodes=("novel-5w5s",), encoder=TINY, train=settings, **changes)
+
+
+def run(workspace, cfg, tag, resume=True):
+    root, catalog = workspace
+    return train(cfg, catalog, root / "episodes", root / "store", root / tag / "ckpt", root / tag / "runs",
+                 resume=resume, progress=False)
+
+
+def test_training_logs_to_tensorboard_and_saves_best_and_last(workspace):
+    root, _ = workspace
+    summary = run(workspace, config(20), "a")
+    assert 0 <= summary["best_val_accuracy"] <= 1 and summary["best_step"] in (5, 10, 15, 20)
+    for kind in ("best", "last"):
+        assert (root / "a/ckpt/proto-proj" / kind / "head.safetensors").is_file()
+    events = EventAccumulator(str(root / "a/runs/proto-proj"))
+    events.Reload()
+    assert len(events.Scalars("train/loss")) == 20 and len(events.Scalars("val/accuracy")) == 4
+    losses = [s.value for s in events.Scalars("train/loss")]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])  # it learns on base classes
+
+
+def test_training_resumes_where_it_stopped_with_the_same_result(workspace):
+    root, _ = workspace
+    run(workspace, config(10), "b")
+    resumed = run(workspace, config(20), "b")
+    straight = run(workspace, config(20), "c")
+    assert resumed == straight
+    from safetensors.torch import load_file
+
+    a = load_file(str(root / "b/ckpt/proto-proj/last/head.safetensors"))
+    b = load_file(str(root / "c/ckpt/proto-proj/last/head.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+
+
+def test_checkpoint_round_trip_gives_identical_predictions_and_refuses_another_encoder(workspace):
+    root, catalog = workspace
+    cfg = config(10)
+    run(workspace, cfg, "d")
+    store = open_store(catalog, TINY, root / "store")
+    trained, fresh = build_head(cfg, store), build_head(cfg, store)
+    load_head(root / "d/ckpt/proto-proj/best", trained, store.encoder_id)
+    load_head(root / "d/ckpt/proto-proj/best", fresh, store.encoder_id)
+    episodes = load_episode_set(cfg, catalog, "novel-5w5s", root / "episodes")
+    features = store_features(store, cfg.text_variant)
+    np.testing.assert_array_equal(run_episodes(trained, features, store.ids, episodes, progress=False),
+                                  run_episodes(fresh, features, store.ids, episodes, progress=False))
+    with pytest.raises(FslError, match="trained on features of encoder 'clip:FSL-Tiny:random', not 'offline:x'"):
+        load_head(root / "d/ckpt/proto-proj/best", fresh, "offline:x")
+    results = run_experiment(cfg, catalog, root / "episodes", root / "store", progress=False,
+                             checkpoints_root=root / "d/ckpt")
+    assert len(results[0].accuracy) == 40
+
+
+def test_untrained_or_untrainable_configs_are_clear_errors(workspace):
+    root, catalog = workspace
+    with pytest.raises(FslError, match="no checkpoint at .*fsl train"):
+        run_experiment(config(5, name="never-trained"), catalog, root / "episodes", root / "store",
+                       checkpoints_root=root / "none")
+    with pytest.raises(FslError, match="has no train: section"):
+        run(workspace, dataclasses.replace(config(5), train=None), "e")
+    with pytest.raises(FslError, match="no meta-parameters to train"):
+        run(workspace, dataclasses.replace(config(5), method_options={}, fusion="concat"), "e")
