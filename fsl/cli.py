@@ -33,6 +33,16 @@ def _add_encoder(parser: argparse.ArgumentParser) -> None:
                        help="where feature stores live (default .fsl/features)")
 
 
+def _add_experiments(parser: argparse.ArgumentParser, runs: str) -> None:
+    """What `eval` and `train` share: configs and where their inputs and outputs live."""
+    parser.add_argument("configs", nargs="+", metavar="CONFIG", help="experiments/*.yaml")
+    _add_data(parser)
+    parser.add_argument("--episodes-dir", default="episodes", help="root of episode sets (default episodes/)")
+    parser.add_argument("--store-root", default=str(CACHE / "features"), help="feature stores (default .fsl/features)")
+    parser.add_argument("--checkpoints", default="checkpoints", help="trained heads (default checkpoints/)")
+    parser.add_argument("--runs", default=runs, help=f"TensorBoard log dir (default {runs})")
+
+
 def _encoder(args):
     from fsl.encoder import create_encoder
 
@@ -143,6 +153,30 @@ def cmd_compare(args) -> None:
     print(f"plot: {plot_summary(summary, args.plot)}")
 
 
+def cmd_demo(args) -> None:
+    from fsl.catalog import load_catalog
+    from fsl.config import EncoderConfig
+    from fsl.demo import launch, make_backend
+
+    started = time.perf_counter()
+    catalog = load_catalog(args.data)
+    backend = make_backend(catalog, EncoderConfig(args.encoder, args.model, args.pretrained, args.device),
+                           args.store_root)
+    print(f"demo ready in {time.perf_counter() - started:.1f} s on http://{args.host}:{args.port} "
+          "(Ctrl+C to stop)")
+    launch(backend, args.host, args.port)
+
+
+def cmd_predict(args) -> None:
+    from fsl.catalog import load_catalog
+    from fsl.predict import predict_folder
+
+    catalog = load_catalog(args.data)
+    out = predict_folder(catalog, args.checkpoint, args.config, args.images, args.texts, args.out, args.top_k,
+                         args.shots, args.store_root)
+    print(f"wrote {out}")
+
+
 def cmd_quickstart(args) -> None:
     from fsl.quickstart import quickstart
 
@@ -201,25 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="run experiment configs on the frozen episodes",
                                    description="Evaluate each experiment (YAML) on its frozen episode sets: "
                                                "mean accuracy ± 95%% CI, per-episode CSV, TensorBoard.")
-    evaluate.add_argument("configs", nargs="+", metavar="CONFIG", help="experiments/*.yaml")
-    _add_data(evaluate)
-    evaluate.add_argument("--episodes-dir", default="episodes", help="root of episode sets (default episodes/)")
-    evaluate.add_argument("--store-root", default=str(CACHE / "features"), help="feature stores (default .fsl/features)")
+    _add_experiments(evaluate, "runs/eval")
     evaluate.add_argument("--results", default="results", help="per-episode CSVs go here (default results/)")
-    evaluate.add_argument("--runs", default="runs/eval", help="TensorBoard log dir (default runs/eval)")
-    evaluate.add_argument("--checkpoints", default="checkpoints", help="where trained heads are (default checkpoints/)")
     evaluate.set_defaults(run=cmd_eval)
 
     training = commands.add_parser("train", help="meta-train heads on base-class episodes",
                                    description="Episodic meta-training of each experiment's head on base-class "
                                                "episodes; validation episodes choose the checkpoint. Resumes "
                                                "from checkpoints/NAME/last unless --restart.")
-    training.add_argument("configs", nargs="+", metavar="CONFIG", help="experiments/*.yaml with a train: section")
-    _add_data(training)
-    training.add_argument("--episodes-dir", default="episodes", help="root of episode sets (default episodes/)")
-    training.add_argument("--store-root", default=str(CACHE / "features"), help="feature stores (default .fsl/features)")
-    training.add_argument("--checkpoints", default="checkpoints", help="checkpoint root (default checkpoints/)")
-    training.add_argument("--runs", default="runs/train", help="TensorBoard log dir (default runs/train)")
+    _add_experiments(training, "runs/train")
     training.add_argument("--restart", action="store_true", help="ignore an earlier run's last checkpoint")
     training.set_defaults(run=cmd_train)
 
@@ -229,6 +253,31 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("results", nargs="+", metavar="RESULTS_CSV")
     compare.add_argument("--plot", default="results/compare.png", help="PNG to write (default results/compare.png)")
     compare.set_defaults(run=cmd_compare)
+
+    demo = commands.add_parser("demo", help="the Gradio app: teach, predict, search",
+                               description="Serve the demo: teach new categories from a few photos or texts, "
+                                           "predict with confidences, search the embedded catalog.")
+    _add_data(demo)
+    _add_encoder(demo)
+    demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    demo.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    demo.set_defaults(run=cmd_demo)
+
+    predict = commands.add_parser("predict", help="classify a folder of photos into a CSV (batch inference)",
+                                  description="Classify every photo in --images (and its text from --texts) "
+                                              "among the catalog classes a head was trained or configured for; "
+                                              "writes top-k labels and confidences.")
+    _add_data(predict)
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a trained head: checkpoints/NAME/best")
+    source.add_argument("--config", help="an experiment YAML (for heads without training)")
+    predict.add_argument("--images", required=True, help="folder of photos (.jpg, .jpeg, .png, .webp)")
+    predict.add_argument("--texts", help="CSV with columns file,text giving each photo's product text")
+    predict.add_argument("--out", default="results/predictions.csv", help="CSV to write (default results/predictions.csv)")
+    predict.add_argument("--top-k", type=int, default=3, help="labels per photo (default 3)")
+    predict.add_argument("--shots", type=int, default=5, help="catalog examples per class as support (default 5)")
+    predict.add_argument("--store-root", default=str(CACHE / "features"), help="feature stores (default .fsl/features)")
+    predict.set_defaults(run=cmd_predict)
 
     quick = commands.add_parser("quickstart", help="prepare, embed, draw episodes and evaluate, in one go",
                                 description="The main job on the default data: $FSL_DATA or "

@@ -92,3 +92,8 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     if isinstance(values, dict):
         values.setdefault("name", path.stem)
     return _build(ExperimentConfig, values, str(path), "")
+
+
+def config_from_dict(values: dict, source: str) -> ExperimentConfig:
+    """A config saved beside a checkpoint (dataclasses.asdict) back into its dataclass."""
+    return _build(ExperimentConfig, values, source, "")

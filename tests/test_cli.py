@@ -102,3 +102,28 @@ def test_quickstart_runs_end_to_end_on_the_sample_and_says_numbers_mean_nothing(
     results = pd.read_csv(tmp_path / "results/quickstart/results.csv")
     assert set(results["method"]) == {"protonet-image", "protonet-text-masked", "protonet-fused-masked"}
     assert (tmp_path / "results/quickstart/accuracy.png").is_file()
+
+
+def test_predict_classifies_a_folder_into_a_csv_and_reports_bad_files(small_dump, tmp_path, capsys):
+    images = tmp_path / "photos"
+    images.mkdir()
+    photos = sorted((small_dump / "images").glob("*.jpg"))[:3]
+    for photo in photos:
+        shutil.copy(photo, images / photo.name)
+    (images / "broken.jpg").write_text("no image")
+    (tmp_path / "texts.csv").write_text(f"file,text\n{photos[0].name},Puma Men Grey T-shirt\n")
+    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG.format(fusion="concat"))
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", "--config", str(tmp_path / "tiny.yaml"), "--data", str(small_dump), "--images",
+                 str(images), "--texts", str(tmp_path / "texts.csv"), "--out", str(out), "--top-k", "2",
+                 "--store-root", str(tmp_path / "store")]) == 0
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table.columns) == ["file", "label_1", "confidence_1", "label_2", "confidence_2", "error"]
+    assert table.loc[table["file"] == "broken.jpg", "error"].item().startswith("broken.jpg is not an image")
+    good = table[table["file"] != "broken.jpg"]
+    assert len(good) == 3 and set(good["label_1"]) <= {"Tshirts", "Watches", "Casual Shoes", "Handbags"}
+    assert (good["confidence_1"] >= good["confidence_2"]).all()
+    (tmp_path / "texts.csv").write_text("name,description\n")
+    assert main(["predict", "--config", str(tmp_path / "tiny.yaml"), "--data", str(small_dump), "--images",
+                 str(images), "--texts", str(tmp_path / "texts.csv"), "--store-root", str(tmp_path / "store")]) == 2
+    assert "needs the columns file,text" in capsys.readouterr().err

@@ -18,40 +18,28 @@ def test_every_shipped_experiment_config_is_valid():
         assert config.name == path.stem and config.episodes
 
 
-def test_unknown_key_names_the_key_and_the_file(tmp_path):
+BAD_CONFIGS = [
+    ("method: protonet\nfusoin: image\n", r"bad.yaml: unknown key 'fusoin'"),
+    ("method: protonet\nencoder: {name: clip, modle: ViT-B-32}\n", r"unknown key encoder\.'modle'"),
+    ("method: maml\ntrain: {stpes: 20}\n", r"unknown key train\.'stpes'"),
+    ("batch_size: -3\n", "batch_size must be a positive whole number"),
+    ("method: maml\ntrain: {steps: 0}\n", "train.steps must be a positive whole number"),
+    ("method: protonet\nmethod_options: [projection]\n", "method_options must be a mapping"),
+    ("method: [unclosed\n", "not valid YAML"),
+    ("!!python/object/apply:os.system ['echo hacked']\n", "not valid YAML"),  # safe_load refuses
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_CONFIGS)
+def test_bad_configs_are_errors_naming_the_key_and_the_file(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
-    path.write_text("method: protonet\nfusoin: image\n")
-    with pytest.raises(FslError, match=rf"{path}: unknown key 'fusoin'"):
-        load_config(path)
-    path.write_text("method: protonet\nencoder: {name: clip, modle: ViT-B-32}\n")
-    with pytest.raises(FslError, match=r"unknown key encoder\.'modle'"):
+    path.write_text(text)
+    with pytest.raises(FslError, match=message):
         load_config(path)
 
 
-def test_bad_values_and_bad_yaml_are_clear_errors(tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text("batch_size: -3\n")
-    with pytest.raises(FslError, match="batch_size must be a positive whole number"):
-        load_config(path)
-    path.write_text("method: [unclosed\n")
-    with pytest.raises(FslError, match="not valid YAML"):
-        load_config(path)
-    path.write_text("!!python/object/apply:os.system ['echo hacked']\n")
-    with pytest.raises(FslError, match="not valid YAML"):
-        load_config(path)
-
-
-def test_train_section_is_typed_and_validated(tmp_path):
+def test_train_section_is_typed(tmp_path):
     path = tmp_path / "meta.yaml"
     path.write_text("method: maml\nfusion: gate\ntrain: {steps: 20, lr: 0.01}\n")
     config = load_config(path)
     assert config.train.steps == 20 and config.train.lr == 0.01 and config.train.val_episodes == "val-5w5s"
-    path.write_text("method: maml\ntrain: {stpes: 20}\n")
-    with pytest.raises(FslError, match=r"unknown key train\.'stpes'"):
-        load_config(path)
-    path.write_text("method: maml\ntrain: {steps: 0}\n")
-    with pytest.raises(FslError, match="train.steps must be a positive whole number"):
-        load_config(path)
-    path.write_text("method: protonet\nmethod_options: [projection]\n")
-    with pytest.raises(FslError, match="method_options must be a mapping"):
-        load_config(path)

@@ -1,0 +1,103 @@
+"""Batch inference (`fsl predict`): classify a folder of photos, with optional product texts,
+among the catalog's classes, using a trained head (or a configured one) and a few catalog
+examples per class as support. Unreadable files are reported in the CSV and skipped."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fsl import FslError
+from fsl.catalog import Catalog, label_word_pattern, mask_label_words, DESCRIPTIVE_COLUMNS
+from fsl.checkpoint import load_head, read_meta
+from fsl.config import config_from_dict, load_config
+from fsl.features import DEFAULT_ROOT
+from fsl.fusion import store_features
+from fsl.io import atomic_path
+from fsl.pipeline import build_head, encoder_from_config, open_store
+from fsl.teach import embed_image, open_image
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+def read_texts(path: str | os.PathLike | None) -> dict[str, str]:
+    if path is None:
+        return {}
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not {"file", "text"} <= set(table.columns):
+        raise FslError(f"{path} needs the columns file,text (found {list(table.columns)})")
+    return dict(zip(table["file"], table["text"]))
+
+
+def support_rows(labels: pd.Series, shots: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """`shots` catalog rows per class with enough examples: (classes, rows [N*K] class-major)."""
+    rng = np.random.default_rng(seed)
+    counts = labels.value_counts()
+    classes = sorted(counts[counts >= shots].index)
+    if len(classes) < 2:
+        raise FslError(f"fewer than two classes have {shots} catalog examples; lower --shots")
+    rows = [rng.choice(np.flatnonzero(labels.to_numpy() == c), shots, replace=False) for c in classes]
+    return classes, np.concatenate(rows)
+
+
+def predict_folder(catalog: Catalog, checkpoint: str | None, config_path: str | None, images: str | os.PathLike,
+                   texts: str | None = None, out: str | os.PathLike = "results/predictions.csv", top_k: int = 3,
+                   shots: int = 5, store_root: str | os.PathLike = DEFAULT_ROOT) -> Path:
+    config = (config_from_dict(read_meta(checkpoint)["config"], f"{checkpoint}/head.json") if checkpoint
+              else load_config(config_path))
+    store = open_store(catalog, config.encoder, store_root)
+    head = build_head(config, store)
+    if checkpoint:
+        load_head(checkpoint, head, store.encoder_id)
+    head.eval()
+    features = store_features(store, config.text_variant)
+    classes, rows = support_rows(catalog.labels(config.label_column), shots)
+    support = torch.from_numpy(np.asarray(features[rows], dtype=np.float32)).unsqueeze(0)
+    support_labels = torch.arange(len(classes)).repeat_interleave(shots).unsqueeze(0)
+
+    folder = Path(images)
+    if not folder.is_dir():
+        raise FslError(f"--images {folder} is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FslError(f"no photos ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    text_of = read_texts(texts)
+    encoder = encoder_from_config(config.encoder)
+    mask = None
+    if config.text_variant.startswith("masked-"):
+        other = {v for c in DESCRIPTIVE_COLUMNS for v in catalog.products[c].unique()}
+        mask = label_word_pattern(catalog.labels(config.text_variant.split("-", 1)[1]).unique(), other)
+
+    records, queries = [], []
+    for path in files:
+        try:
+            image = embed_image(encoder, open_image(path))
+        except FslError as error:
+            records.append({"file": path.name, "error": str(error)})
+            continue
+        text = text_of.get(path.name, "")
+        text = mask_label_words(text, mask) if mask and text else text
+        text_feature = (encoder.encode_texts([text], progress=False)[0] if text
+                        else np.zeros(store.manifest["text_dim"], dtype=np.float32))
+        queries.append(np.concatenate([image, text_feature]))
+        records.append({"file": path.name, "error": ""})
+    if queries:
+        with torch.no_grad():
+            logits = head(support, support_labels, torch.from_numpy(np.stack(queries)).unsqueeze(0), len(classes))[0]
+        probabilities = torch.softmax(logits, -1)
+        top = probabilities.topk(min(top_k, len(classes)), dim=-1)
+        good = iter(range(len(queries)))
+        for record in records:
+            if record["error"]:
+                continue
+            i = next(good)
+            for rank, (value, index) in enumerate(zip(top.values[i], top.indices[i]), 1):
+                record[f"label_{rank}"], record[f"confidence_{rank}"] = classes[int(index)], round(float(value), 4)
+    columns = ["file"] + [f"{kind}_{r}" for r in range(1, top_k + 1) for kind in ("label", "confidence")] + ["error"]
+    with atomic_path(out) as tmp:
+        pd.DataFrame(records).reindex(columns=columns).to_csv(tmp, index=False)
+    return Path(out)

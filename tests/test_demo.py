@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from fsl.catalog import load_catalog
+from fsl.config import EncoderConfig
+from tests.conftest import make_slice
+
+gradio_client = pytest.importorskip("gradio_client")
+CLASSES = ["Watches", "Handbags", "Casual Shoes"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The demo on 127.0.0.1 over 3 real classes x 12 products, offline encoder."""
+    from fsl.demo import launch, make_backend
+
+    root = tmp_path_factory.mktemp("demo")
+    catalog = load_catalog(make_slice(root / "dump", CLASSES, 12))
+    backend = make_backend(catalog, EncoderConfig("offline"), root / "store", root / "episodes")
+    app, url = launch(backend, port=None, block=False)
+    yield url, catalog
+    app.close()
+
+
+def photos(catalog, name):
+    return [p for p, label in zip(catalog.image_paths, catalog.labels()) if label == name]
+
+
+def client(url):
+    return gradio_client.Client(url, verbose=False)
+
+
+def teach(session, name, files=(), texts=""):
+    return session.predict(name, [gradio_client.handle_file(str(f)) for f in files], texts, api_name="/teach")
+
+
+def test_demo_binds_to_localhost(served):
+    assert served[0].startswith("http://127.0.0.1:")
+
+
+def test_teach_three_categories_then_predict_held_out_photos(served):
+    url, catalog = served
+    session = client(url)
+    for name in CLASSES:
+        status, table, _ = teach(session, name, photos(catalog, name)[:5])
+        assert status.startswith("✅")
+    assert [row[0] for row in table["data"]] == CLASSES
+    correct = total = 0
+    for name in CLASSES:
+        for path in photos(catalog, name)[5:9]:
+            label, status, neighbours = session.predict(gradio_client.handle_file(str(path)), "",
+                                                        api_name="/predict")
+            correct += label["label"] == name
+            total += 1
+            assert len(label["confidences"]) == 3 and len(neighbours) == 4
+    assert correct / total > 0.7  # chance is 1/3
+
+
+def test_text_only_examples_and_queries_work(served):
+    session = client(served[0])
+    teach(session, "Watch", texts="Titan Men Silver Analog Watch\nFastrack Women Black Digital Watch")
+    teach(session, "Bag", texts="Baggit Women Brown Handbag\nLavie Women Red Tote Bag")
+    label, status, _ = session.predict(None, "Casio men's steel watch", api_name="/predict")
+    assert label["label"] == "Watch" and "Best guess" in status
+
+
+def test_search_returns_the_right_class_first(served):
+    url, catalog = served
+    session = client(url)
+    gallery, status = session.predict(None, "leather handbag for women", 5, api_name="/search")
+    assert gallery[0]["caption"].startswith("Handbags")
+    watch = photos(catalog, "Watches")[-1]
+    gallery, _ = session.predict(gradio_client.handle_file(str(watch)), "", 3, api_name="/search")
+    assert gallery[0]["caption"].startswith("Watches") and len(gallery) == 3
+
+
+def test_example_categories_load_in_one_click(served):
+    session = client(served[0])
+    status, table, gallery = session.predict(api_name="/load_examples")
+    assert status.startswith("✅ Loaded 3") and len(table["data"]) == 3 and gallery
+
+
+def test_every_bad_input_gets_a_message(served, tmp_path):
+    url, catalog = served
+    session = client(url)
+    _, status, _ = session.predict(None, "a shirt", api_name="/predict")
+    assert "No categories yet" in status
+
+    not_image = tmp_path / "notes.jpg"
+    not_image.write_text("not an image")
+    status, _, _ = teach(session, "Broken", [not_image])
+    assert "not an image this app can read" in status
+
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (8000, 6000), "white").save(huge)
+    status, _, _ = teach(session, "Huge", [huge])
+    assert "megapixels" in status
+
+    assert "has no examples" in teach(session, "Empty")[0]
+    assert "Give the category a name" in teach(session, "", photos(catalog, "Watches")[:1])[0]
+
+    teach(session, "Watches", photos(catalog, "Watches")[:2])
+    _, status, _ = session.predict(gradio_client.handle_file(str(photos(catalog, "Watches")[3])), "",
+                                   api_name="/predict")
+    assert "at least two categories" in status
+    assert "already exists" in teach(session, "watches", photos(catalog, "Watches")[2:3])[0]
+    teach(session, "Bags", photos(catalog, "Handbags")[:2])
+    assert "Give a photo, a product text, or both" in session.predict(None, " ", api_name="/predict")[1]
+    assert "Search by a photo, a text, or both" in session.predict(None, "", 3, api_name="/search")[1]
+
+
+def test_a_person_in_a_real_browser_teaches_predicts_and_gets_a_screenshot(served, tmp_path):
+    from tests.browser import CHROMEDRIVER, CHROMIUM, drive_demo
+
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+    url, catalog = served
+    watches = photos(catalog, "Watches")
+    shot = tmp_path / "demo.png"
+    message = drive_demo(url, watches[:4], watches[-1], shot)
+    assert "Best guess" in message
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
