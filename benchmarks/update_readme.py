@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +64,10 @@ def main() -> None:
              f"600 frozen novel-class episodes per column, 15 queries per class. Accuracy in %, mean ± 95% CI.\n\n"
              + markdown(catalog, frame) + "\n\n![accuracy per method](docs/results.png)")
     readme = (ROOT / "README.md").read_text()
-    updated = re.sub(r"(<!-- results:start -->\n).*?(\n<!-- results:end -->)",
-                     lambda m: m.group(1) + block + m.group(2), readme, flags=re.S)
+    updated, found = re.subn(r"<!-- results:start -->\n.*?<!-- results:end -->",
+                             lambda m: f"<!-- results:start -->\n{block}\n<!-- results:end -->", readme, flags=re.S)
+    if not found:
+        sys.exit("README.md has no <!-- results:start --> ... <!-- results:end --> block to fill")
     with atomic_path(ROOT / "README.md") as tmp:
         tmp.write_text(updated)
     print(block)

@@ -1,4 +1,4 @@
-"""`fsl`: the command line over the data flow: prepare, embed, episodes, eval, compare, quickstart."""
+"""`fsl`: the command line over the data flow: prepare, embed, episodes, train, eval, compare, demo, predict."""
 
 from __future__ import annotations
 
@@ -159,9 +159,12 @@ def cmd_demo(args) -> None:
     from fsl.demo import launch, make_backend
 
     started = time.perf_counter()
+    from fsl.predict import CatalogClassifier
+
     catalog = load_catalog(args.data)
+    classifier = CatalogClassifier(catalog, args.checkpoint, None, store_root=args.store_root) if args.checkpoint else None
     backend = make_backend(catalog, EncoderConfig(args.encoder, args.model, args.pretrained, args.device),
-                           args.store_root)
+                           args.store_root, classifier=classifier)
     print(f"demo ready in {time.perf_counter() - started:.1f} s on http://{args.host}:{args.port} "
           "(Ctrl+C to stop)")
     launch(backend, args.host, args.port)
@@ -205,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(default '{productDisplayName} ({gender}, {baseColour}, {usage})')")
     embed.add_argument("--mask-labels", nargs="*", default=["articleType"], metavar="COLUMN",
                        help="also embed the text with the label words of these columns masked "
-                            "(default articleType; none to skip)")
+                            "(default articleType; the flag alone, with no column, embeds plain text only)")
     embed.add_argument("--chunk-size", type=int, default=512, help="products per resumable chunk (default 512)")
     embed.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     embed.add_argument("--workers", type=int, help="image decoding workers (default cores - 1)")
@@ -261,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_encoder(demo)
     demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     demo.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    demo.add_argument("--checkpoint", help="also classify among the catalog's classes with this trained head "
+                                           "(checkpoints/NAME/best)")
     demo.set_defaults(run=cmd_demo)
 
     predict = commands.add_parser("predict", help="classify a folder of photos into a CSV (batch inference)",

@@ -15,8 +15,10 @@ from fsl import FslError
 from fsl.catalog import Catalog
 from fsl.encoder import Encoder
 from fsl.features import FeatureStore
+from fsl.predict import CatalogClassifier
 from fsl.teach import IMAGE_WEIGHT, Category, confidences, embed_image, embed_text, open_image
 
+TAUGHT = "taught categories"
 EXAMPLE_CATEGORIES = 3
 EXAMPLES_PER_CATEGORY = 5
 
@@ -29,6 +31,13 @@ class DemoBackend:
     catalog: Catalog
     store: FeatureStore
     example_classes: list[str]
+    classifier: CatalogClassifier | None = None  # a trained head over the catalog's classes, if given
+
+    @property
+    def sources(self) -> list[str]:
+        """What the Predict tab can classify among."""
+        extra = [f"{self.classifier.name}: {len(self.classifier.classes)} catalog classes"] if self.classifier else []
+        return [TAUGHT, *extra]
 
     def embed(self, image_path: str | None, text: str | None) -> tuple[np.ndarray | None, np.ndarray | None]:
         image = embed_image(self.encoder, open_image(image_path)) if image_path else None
@@ -59,7 +68,8 @@ class DemoBackend:
         return categories
 
 
-def make_backend(catalog: Catalog, encoder_config, store_root=None, episodes_root=None) -> DemoBackend:
+def make_backend(catalog: Catalog, encoder_config, store_root=None, episodes_root=None,
+                 classifier: CatalogClassifier | None = None) -> DemoBackend:
     """The encoder and store of the same config as the CLI; example classes from the novel split."""
     from fsl.features import DEFAULT_ROOT
     from fsl.pipeline import DEFAULT_EPISODES_DIR, encoder_from_config, episodes_dir_for, open_store
@@ -73,7 +83,7 @@ def make_backend(catalog: Catalog, encoder_config, store_root=None, episodes_roo
     else:
         novel = counts.index.tolist()
     examples = [c for c in novel if counts.get(c, 0) >= 2 * EXAMPLES_PER_CATEGORY][:EXAMPLE_CATEGORIES]
-    return DemoBackend(encoder_from_config(encoder_config), catalog, store, examples)
+    return DemoBackend(encoder_from_config(encoder_config), catalog, store, examples, classifier)
 
 
 def summary(categories: list[Category]) -> pd.DataFrame:
@@ -110,8 +120,10 @@ def teach(backend: DemoBackend, categories: list[Category], name: str, files, te
 
 
 def predict(backend: DemoBackend, categories: list[Category], image_path: str | None, text: str | None,
-            k: int = 4):
+            source: str = TAUGHT, k: int = 4):
     """Returns (confidences, message, nearest catalog examples)."""
+    if source != TAUGHT:
+        return predict_with_classifier(backend, image_path, text, k)
     if not categories:
         return {}, "⚠️ No categories yet: teach some, or load the examples.", []
     if len(categories) < 2:
@@ -128,6 +140,24 @@ def predict(backend: DemoBackend, categories: list[Category], image_path: str | 
         return {}, f"⚠️ You gave {given}, but no category was taught with that kind of example.", []
     best = next(iter(result))
     return result, f"Best guess: **{best}** ({result[best]:.0%}).", backend.nearest(image, text_feature, k)
+
+
+def predict_with_classifier(backend: DemoBackend, image_path: str | None, text: str | None, k: int):
+    classifier = backend.classifier
+    if classifier is None:
+        return {}, "⚠️ No checkpoint was given to `fsl demo` (--checkpoint).", []
+    if not image_path:
+        return {}, "⚠️ The checkpoint classifies photos: give one (the text is optional).", []
+    try:
+        image, text_feature = backend.embed(image_path, text)
+    except FslError as error:
+        return {}, f"⚠️ {error}.", []
+    probabilities = classifier.probabilities(classifier.features(image, (text or "").strip())[None])[0]
+    top = probabilities.topk(min(5, len(classifier.classes)))
+    result = {classifier.classes[int(i)]: float(p) for p, i in zip(top.values, top.indices)}
+    best = next(iter(result))
+    return result, f"Best guess ({classifier.name}): **{best}** ({result[best]:.0%}).", \
+        backend.nearest(image, text_feature, k)
 
 
 def search(backend: DemoBackend, image_path: str | None, text: str | None, k: int = 8):
@@ -166,6 +196,8 @@ def build_app(backend: DemoBackend):
                 with gr.Column():
                     query_image = gr.Image(label="Product photo", type="filepath", elem_id="query-image")
                     query_text = gr.Textbox(label="Product text (optional)")
+                    source = gr.Radio(backend.sources, value=TAUGHT, label="Classify among",
+                                      visible=len(backend.sources) > 1)
                     predict_button = gr.Button("Predict", variant="primary", elem_id="predict-button")
                 with gr.Column():
                     label = gr.Label(label="Confidence", num_top_classes=5, elem_id="confidence")
@@ -200,7 +232,7 @@ def build_app(backend: DemoBackend):
         teach_button.click(on_teach, [state, name, files, texts], teach_outputs, api_name="teach")
         examples_button.click(on_examples, [state], teach_outputs, api_name="load_examples")
         clear_button.click(on_clear, [state], teach_outputs, api_name="clear")
-        predict_button.click(lambda c, i, t: predict(backend, c, i, t), [state, query_image, query_text],
+        predict_button.click(lambda c, i, t, s: predict(backend, c, i, t, s), [state, query_image, query_text, source],
                              [label, predict_status, neighbours], api_name="predict")
         search_button.click(lambda i, t, k: search(backend, i, t, k), [search_image, search_text, search_k],
                             [results, search_status], api_name="search")

@@ -156,7 +156,7 @@ def log_to_tensorboard(result: EvalResult, logdir: str | os.PathLike) -> Path:
 
 
 def plot_summary(summary: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Bar chart of accuracy with 95% CI bars, one group per episode set."""
+    """Accuracy with 95% CI bars: one panel per episode set, one horizontal bar per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,17 +164,20 @@ def plot_summary(summary: pd.DataFrame, path: str | os.PathLike) -> Path:
 
     sets = list(dict.fromkeys(summary["episode_set"]))
     methods = list(dict.fromkeys(summary["method"]))
-    width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(sets) * max(1, len(methods) / 2)), 4))
-    for i, method in enumerate(methods):
-        part = summary[summary["method"] == method].set_index("episode_set").reindex(sets)
-        ax.bar(np.arange(len(sets)) + i * width, part["accuracy"], width, yerr=part["ci95"], capsize=3, label=method)
-    ax.set_xticks(np.arange(len(sets)) + width * (len(methods) - 1) / 2, sets)
-    ax.set_ylabel("accuracy (mean ± 95% CI)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, loc="lower right")
+    fig, axes = plt.subplots(1, len(sets), sharey=True, squeeze=False,
+                             figsize=(3.2 * len(sets) + 2.5, 0.28 * len(methods) + 1.2))
+    for ax, name in zip(axes[0], sets):
+        part = summary[summary["episode_set"] == name].set_index("method").reindex(methods)
+        ax.barh(np.arange(len(methods)), part["accuracy"], xerr=part["ci95"], capsize=2, color="tab:blue")
+        low = max(0.0, float(np.nanmin(part["accuracy"])) - 0.05)
+        ax.set_xlim(low, 1.0)
+        ax.set_title(name, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(np.arange(len(methods)), methods, fontsize=8)
+    axes[0][0].invert_yaxis()
+    fig.supxlabel("accuracy (mean ± 95% CI over episodes)", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return Path(path)

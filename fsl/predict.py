@@ -44,21 +44,48 @@ def support_rows(labels: pd.Series, shots: int, seed: int = 0) -> tuple[list[str
     return classes, np.concatenate(rows)
 
 
+class CatalogClassifier:
+    """A head (trained, or configured) over the catalog's classes, with `shots` catalog examples per
+    class as its support set: what `fsl predict` and the demo's checkpoint mode classify with."""
+
+    def __init__(self, catalog: Catalog, checkpoint: str | None, config_path: str | None, shots: int = 5,
+                 store_root: str | os.PathLike = DEFAULT_ROOT):
+        config = (config_from_dict(read_meta(checkpoint)["config"], f"{checkpoint}/head.json") if checkpoint
+                  else load_config(config_path))
+        self.store = open_store(catalog, config.encoder, store_root)
+        self.head = build_head(config, self.store)
+        if checkpoint:
+            load_head(checkpoint, self.head, self.store.encoder_id)
+        self.head.eval()
+        self.encoder = encoder_from_config(config.encoder)
+        self.name = Path(checkpoint).parent.name if checkpoint else config.name
+        self.classes, rows = support_rows(catalog.labels(config.label_column), shots)
+        features = store_features(self.store, config.text_variant)
+        self.support = torch.from_numpy(np.asarray(features[rows], dtype=np.float32)).unsqueeze(0)
+        self.support_labels = torch.arange(len(self.classes)).repeat_interleave(shots).unsqueeze(0)
+        self.mask = None
+        if config.text_variant.startswith("masked-"):  # query texts are masked as the support texts were
+            other = {v for c in DESCRIPTIVE_COLUMNS for v in catalog.products[c].unique()}
+            self.mask = label_word_pattern(catalog.labels(config.text_variant.split("-", 1)[1]).unique(), other)
+
+    def features(self, image: np.ndarray, text: str) -> np.ndarray:
+        """One query's [image | text] features; a missing text leaves the text part at zero."""
+        text = mask_label_words(text, self.mask) if self.mask and text else text
+        text_feature = (self.encoder.encode_texts([text], progress=False)[0] if text
+                        else np.zeros(self.store.manifest["text_dim"], dtype=np.float32))
+        return np.concatenate([image, text_feature])
+
+    @torch.no_grad()
+    def probabilities(self, queries: np.ndarray) -> torch.Tensor:
+        """[Q, image_dim + text_dim] -> [Q, classes]."""
+        logits = self.head(self.support, self.support_labels, torch.from_numpy(queries).unsqueeze(0),
+                           len(self.classes))[0]
+        return torch.softmax(logits, -1)
+
+
 def predict_folder(catalog: Catalog, checkpoint: str | None, config_path: str | None, images: str | os.PathLike,
                    texts: str | None = None, out: str | os.PathLike = "results/predictions.csv", top_k: int = 3,
                    shots: int = 5, store_root: str | os.PathLike = DEFAULT_ROOT) -> Path:
-    config = (config_from_dict(read_meta(checkpoint)["config"], f"{checkpoint}/head.json") if checkpoint
-              else load_config(config_path))
-    store = open_store(catalog, config.encoder, store_root)
-    head = build_head(config, store)
-    if checkpoint:
-        load_head(checkpoint, head, store.encoder_id)
-    head.eval()
-    features = store_features(store, config.text_variant)
-    classes, rows = support_rows(catalog.labels(config.label_column), shots)
-    support = torch.from_numpy(np.asarray(features[rows], dtype=np.float32)).unsqueeze(0)
-    support_labels = torch.arange(len(classes)).repeat_interleave(shots).unsqueeze(0)
-
     folder = Path(images)
     if not folder.is_dir():
         raise FslError(f"--images {folder} is not a folder")
@@ -66,37 +93,27 @@ def predict_folder(catalog: Catalog, checkpoint: str | None, config_path: str | 
     if not files:
         raise FslError(f"no photos ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
     text_of = read_texts(texts)
-    encoder = encoder_from_config(config.encoder)
-    mask = None
-    if config.text_variant.startswith("masked-"):
-        other = {v for c in DESCRIPTIVE_COLUMNS for v in catalog.products[c].unique()}
-        mask = label_word_pattern(catalog.labels(config.text_variant.split("-", 1)[1]).unique(), other)
+    classifier = CatalogClassifier(catalog, checkpoint, config_path, shots, store_root)
 
     records, queries = [], []
     for path in files:
         try:
-            image = embed_image(encoder, open_image(path))
+            image = embed_image(classifier.encoder, open_image(path))
         except FslError as error:
             records.append({"file": path.name, "error": str(error)})
             continue
-        text = text_of.get(path.name, "")
-        text = mask_label_words(text, mask) if mask and text else text
-        text_feature = (encoder.encode_texts([text], progress=False)[0] if text
-                        else np.zeros(store.manifest["text_dim"], dtype=np.float32))
-        queries.append(np.concatenate([image, text_feature]))
+        queries.append(classifier.features(image, text_of.get(path.name, "")))
         records.append({"file": path.name, "error": ""})
     if queries:
-        with torch.no_grad():
-            logits = head(support, support_labels, torch.from_numpy(np.stack(queries)).unsqueeze(0), len(classes))[0]
-        probabilities = torch.softmax(logits, -1)
-        top = probabilities.topk(min(top_k, len(classes)), dim=-1)
+        top = classifier.probabilities(np.stack(queries)).topk(min(top_k, len(classifier.classes)), dim=-1)
         good = iter(range(len(queries)))
         for record in records:
             if record["error"]:
                 continue
             i = next(good)
             for rank, (value, index) in enumerate(zip(top.values[i], top.indices[i]), 1):
-                record[f"label_{rank}"], record[f"confidence_{rank}"] = classes[int(index)], round(float(value), 4)
+                record[f"label_{rank}"] = classifier.classes[int(index)]
+                record[f"confidence_{rank}"] = round(float(value), 4)
     columns = ["file"] + [f"{kind}_{r}" for r in range(1, top_k + 1) for kind in ("label", "confidence")] + ["error"]
     with atomic_path(out) as tmp:
         pd.DataFrame(records).reindex(columns=columns).to_csv(tmp, index=False)

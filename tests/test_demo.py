@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
@@ -9,16 +11,21 @@ from tests.conftest import make_slice
 
 gradio_client = pytest.importorskip("gradio_client")
 CLASSES = ["Watches", "Handbags", "Casual Shoes"]
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+TAUGHT = "taught categories"
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """The demo on 127.0.0.1 over 3 real classes x 12 products, offline encoder."""
     from fsl.demo import launch, make_backend
+    from fsl.predict import CatalogClassifier
 
     root = tmp_path_factory.mktemp("demo")
     catalog = load_catalog(make_slice(root / "dump", CLASSES, 12))
-    backend = make_backend(catalog, EncoderConfig("offline"), root / "store", root / "episodes")
+    classifier = CatalogClassifier(catalog, None, str(EXPERIMENTS / "protonet-fused-masked.yaml"),
+                                   store_root=root / "store")
+    backend = make_backend(catalog, EncoderConfig("offline"), root / "store", root / "episodes", classifier)
     app, url = launch(backend, port=None, block=False)
     yield url, catalog
     app.close()
@@ -51,7 +58,7 @@ def test_teach_three_categories_then_predict_held_out_photos(served):
     for name in CLASSES:
         for path in photos(catalog, name)[5:9]:
             label, status, neighbours = session.predict(gradio_client.handle_file(str(path)), "",
-                                                        api_name="/predict")
+                                                        TAUGHT, api_name="/predict")
             correct += label["label"] == name
             total += 1
             assert len(label["confidences"]) == 3 and len(neighbours) == 4
@@ -62,7 +69,7 @@ def test_text_only_examples_and_queries_work(served):
     session = client(served[0])
     teach(session, "Watch", texts="Titan Men Silver Analog Watch\nFastrack Women Black Digital Watch")
     teach(session, "Bag", texts="Baggit Women Brown Handbag\nLavie Women Red Tote Bag")
-    label, status, _ = session.predict(None, "Casio men's steel watch", api_name="/predict")
+    label, status, _ = session.predict(None, "Casio men's steel watch", TAUGHT, api_name="/predict")
     assert label["label"] == "Watch" and "Best guess" in status
 
 
@@ -85,7 +92,7 @@ def test_example_categories_load_in_one_click(served):
 def test_every_bad_input_gets_a_message(served, tmp_path):
     url, catalog = served
     session = client(url)
-    _, status, _ = session.predict(None, "a shirt", api_name="/predict")
+    _, status, _ = session.predict(None, "a shirt", TAUGHT, api_name="/predict")
     assert "No categories yet" in status
 
     not_image = tmp_path / "notes.jpg"
@@ -103,11 +110,11 @@ def test_every_bad_input_gets_a_message(served, tmp_path):
 
     teach(session, "Watches", photos(catalog, "Watches")[:2])
     _, status, _ = session.predict(gradio_client.handle_file(str(photos(catalog, "Watches")[3])), "",
-                                   api_name="/predict")
+                                   TAUGHT, api_name="/predict")
     assert "at least two categories" in status
     assert "already exists" in teach(session, "watches", photos(catalog, "Watches")[2:3])[0]
     teach(session, "Bags", photos(catalog, "Handbags")[:2])
-    assert "Give a photo, a product text, or both" in session.predict(None, " ", api_name="/predict")[1]
+    assert "Give a photo, a product text, or both" in session.predict(None, " ", TAUGHT, api_name="/predict")[1]
     assert "Search by a photo, a text, or both" in session.predict(None, "", 3, api_name="/search")[1]
 
 
@@ -122,3 +129,15 @@ def test_a_person_in_a_real_browser_teaches_predicts_and_gets_a_screenshot(serve
     message = drive_demo(url, watches[:4], watches[-1], shot)
     assert "Best guess" in message
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_predict_among_the_catalog_classes_of_a_checkpoint(served):
+    url, catalog = served
+    session = client(url)
+    source = "protonet-fused-masked: 3 catalog classes"  # the head's name and the classes it chooses among
+    for name in CLASSES:
+        label, status, _ = session.predict(gradio_client.handle_file(str(photos(catalog, name)[-1])), "",
+                                           source, api_name="/predict")
+        assert label["label"] == name and "protonet-fused-masked" in status
+    _, status, _ = session.predict(None, "a watch", source, api_name="/predict")
+    assert "classifies photos" in status
