@@ -28,6 +28,8 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     """A product photo as RGB, or an FslError that says what is wrong with the file."""
     path = Path(path)
     name = path.name
+    if not path.is_file():
+        raise FslError(f"{name} was not found")
     if path.stat().st_size > MAX_IMAGE_BYTES:
         raise FslError(f"{name} is {path.stat().st_size / 2**20:.0f} MB; images up to "
                        f"{MAX_IMAGE_BYTES // 2**20} MB are accepted")

@@ -126,7 +126,7 @@ def test_maml_meta_gradient_matches_higher(first_order, hidden):
         wrt = fmodel.fast_params if first_order else [model.weight, model.bias, *model.body.parameters()]
         reference = torch.autograd.grad(loss, wrt)
     expected = [reference[0].sum(0), reference[1].sum(), *reference[2:]]
-    for mine, theirs in zip(ours, expected):
+    for mine, theirs in zip(ours, expected, strict=True):
         torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
 
 
