@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from fsl.catalog import load_catalog
 from fsl.config import load_config
 from fsl.evaluate import paired_difference, plot_summary, results_frame, summary_table

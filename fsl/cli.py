@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 from fsl import FslError
-
-CACHE = Path(os.environ.get("FSL_CACHE", ".fsl"))
+from fsl.io import CACHE_DIR as CACHE
 
 
 def _add_data(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +100,13 @@ def cmd_episodes(args) -> None:
 
 
 def _print_and_save(results, args) -> None:
-    from fsl.evaluate import format_table, log_to_tensorboard, save_results, summary_table, results_frame
+    from fsl.evaluate import (
+        format_table,
+        log_to_tensorboard,
+        results_frame,
+        save_results,
+        summary_table,
+    )
 
     print(format_table(summary_table(results_frame(results))))
     for method in dict.fromkeys(r.method for r in results):
@@ -141,7 +146,13 @@ def cmd_train(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from fsl.evaluate import format_table, load_results, paired_table, plot_summary, summary_table
+    from fsl.evaluate import (
+        format_table,
+        load_results,
+        paired_table,
+        plot_summary,
+        summary_table,
+    )
 
     frame = load_results(args.results)
     summary = summary_table(frame)

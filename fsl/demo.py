@@ -16,7 +16,14 @@ from fsl.catalog import Catalog
 from fsl.encoder import Encoder
 from fsl.features import FeatureStore
 from fsl.predict import CatalogClassifier
-from fsl.teach import IMAGE_WEIGHT, Category, confidences, embed_image, embed_text, open_image
+from fsl.teach import (
+    IMAGE_WEIGHT,
+    Category,
+    confidences,
+    embed_image,
+    embed_text,
+    open_image,
+)
 
 TAUGHT = "taught categories"
 EXAMPLE_CATEGORIES = 3
@@ -72,7 +79,12 @@ def make_backend(catalog: Catalog, encoder_config, store_root=None, episodes_roo
                  classifier: CatalogClassifier | None = None) -> DemoBackend:
     """The encoder and store of the same config as the CLI; example classes from the novel split."""
     from fsl.features import DEFAULT_ROOT
-    from fsl.pipeline import DEFAULT_EPISODES_DIR, encoder_from_config, episodes_dir_for, open_store
+    from fsl.pipeline import (
+        DEFAULT_EPISODES_DIR,
+        encoder_from_config,
+        episodes_dir_for,
+        open_store,
+    )
 
     store = open_store(catalog, encoder_config, store_root or DEFAULT_ROOT)
     split_files = sorted(episodes_dir_for(catalog, episodes_root or DEFAULT_EPISODES_DIR).glob("articleType-*-split.csv"))

@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 from fsl import FslError
 from fsl.catalog import DEFAULT_TEXT_TEMPLATE, Catalog
 from fsl.encoder import Encoder
-from fsl.io import atomic_path, write_json, write_npy
+from fsl.io import CACHE_DIR, atomic_path, write_json, write_npy
 
 STORE_VERSION = 1
-DEFAULT_ROOT = Path(".fsl/features")
+DEFAULT_ROOT = CACHE_DIR / "features"
 
 
 @dataclass(frozen=True)

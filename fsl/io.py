@@ -11,6 +11,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+CACHE_DIR = Path(os.environ.get("FSL_CACHE", ".fsl"))  # feature stores, reports, the synthetic sample
+
 
 @contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:

@@ -12,7 +12,13 @@ from fsl.catalog import Catalog
 from fsl.checkpoint import load_head
 from fsl.config import EncoderConfig, ExperimentConfig
 from fsl.encoder import Encoder, create_encoder
-from fsl.episodes import STANDARD_BENCHMARKS, ClassSplit, EpisodeSet, draw_episode_set, split_classes
+from fsl.episodes import (
+    STANDARD_BENCHMARKS,
+    ClassSplit,
+    EpisodeSet,
+    draw_episode_set,
+    split_classes,
+)
 from fsl.evaluate import EvalResult, run_episodes
 from fsl.features import DEFAULT_ROOT, FeatureStore, embed_catalog
 from fsl.fusion import create_fusion, store_features

@@ -12,7 +12,12 @@ import pandas as pd
 import torch
 
 from fsl import FslError
-from fsl.catalog import Catalog, label_word_pattern, mask_label_words, DESCRIPTIVE_COLUMNS
+from fsl.catalog import (
+    DESCRIPTIVE_COLUMNS,
+    Catalog,
+    label_word_pattern,
+    mask_label_words,
+)
 from fsl.checkpoint import load_head, read_meta
 from fsl.config import config_from_dict, load_config
 from fsl.features import DEFAULT_ROOT

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 from fsl import FslError
 from fsl.catalog import load_catalog, resolve_data_dir
 from fsl.config import EncoderConfig, load_config
-from fsl.evaluate import format_table, plot_summary, results_frame, save_results, summary_table
+from fsl.evaluate import (
+    format_table,
+    plot_summary,
+    results_frame,
+    save_results,
+    summary_table,
+)
+from fsl.io import CACHE_DIR
 from fsl.pipeline import draw_standard_episodes, episodes_dir_for, run_experiment
 from fsl.sample import SAMPLE_NOTICE, make_sample_catalog
 
-CACHE = Path(os.environ.get("FSL_CACHE", ".fsl"))
 QUICKSTART_CONFIGS = ("protonet-image.yaml", "protonet-text-masked.yaml", "protonet-fused-masked.yaml")
 
 
@@ -29,13 +34,13 @@ def quickstart(data: str | None = None, encoder: str = "offline", experiments: P
         if data:
             raise
         print(f"{missing}\nFalling back to the embedded sample catalog.")
-        root, sample = make_sample_catalog(CACHE / "sample"), True
+        root, sample = make_sample_catalog(CACHE_DIR / "sample"), True
         _banner(SAMPLE_NOTICE)
     catalog = load_catalog(root)
     print(catalog.summary())
-    print(f"report of skipped and repaired rows: {catalog.save_report(CACHE / 'prepare-report.csv')}")
+    print(f"report of skipped and repaired rows: {catalog.save_report(CACHE_DIR / 'prepare-report.csv')}")
 
-    episodes_root = CACHE / "episodes" if sample else Path("episodes")
+    episodes_root = CACHE_DIR / "episodes" if sample else Path("episodes")
     if not episodes_dir_for(catalog, episodes_root).is_dir():
         draw_standard_episodes(catalog, episodes_root, stratify=None if sample else "masterCategory",
                                n_episodes=200 if sample else 600)

@@ -23,8 +23,15 @@ from fsl.episodes import EpisodeSampler
 from fsl.evaluate import run_episodes
 from fsl.features import DEFAULT_ROOT
 from fsl.fusion import store_features
-from fsl.pipeline import (DEFAULT_CHECKPOINTS, DEFAULT_EPISODES_DIR, build_head, checkpoint_dir, episodes_dir_for,
-                          load_episode_set, open_store)
+from fsl.pipeline import (
+    DEFAULT_CHECKPOINTS,
+    DEFAULT_EPISODES_DIR,
+    build_head,
+    checkpoint_dir,
+    episodes_dir_for,
+    load_episode_set,
+    open_store,
+)
 
 
 def base_classes(catalog: Catalog, config: ExperimentConfig, split_seed: int, episodes_root) -> list[str]:

@@ -7,7 +7,12 @@ import pandas as pd
 import pytest
 
 from fsl import FslError
-from fsl.catalog import label_word_pattern, load_catalog, mask_label_words, resolve_data_dir
+from fsl.catalog import (
+    label_word_pattern,
+    load_catalog,
+    mask_label_words,
+    resolve_data_dir,
+)
 
 HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName\n"
 

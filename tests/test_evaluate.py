@@ -7,8 +7,17 @@ import torch
 from scipy import stats
 
 from fsl.episodes import draw_episode_set, split_classes
-from fsl.evaluate import (EvalResult, log_to_tensorboard, mean_ci, paired_difference, paired_table,
-                          plot_summary, results_frame, run_episodes, summary_table)
+from fsl.evaluate import (
+    EvalResult,
+    log_to_tensorboard,
+    mean_ci,
+    paired_difference,
+    paired_table,
+    plot_summary,
+    results_frame,
+    run_episodes,
+    summary_table,
+)
 from fsl.fusion import create_fusion
 from fsl.methods import create_head
 

@@ -12,7 +12,13 @@ import pytest
 
 from fsl import FslError
 from fsl.catalog import load_catalog
-from fsl.features import DEFAULT_TEXT_VARIANTS, FeatureStore, TextVariant, embed_catalog, store_path
+from fsl.features import (
+    DEFAULT_TEXT_VARIANTS,
+    FeatureStore,
+    TextVariant,
+    embed_catalog,
+    store_path,
+)
 from tests.conftest import make_slice
 
 

@@ -13,7 +13,13 @@ from fsl.checkpoint import load_head
 from fsl.config import EncoderConfig, ExperimentConfig, TrainConfig
 from fsl.evaluate import run_episodes
 from fsl.fusion import store_features
-from fsl.pipeline import build_head, draw_standard_episodes, load_episode_set, open_store, run_experiment
+from fsl.pipeline import (
+    build_head,
+    draw_standard_episodes,
+    load_episode_set,
+    open_store,
+    run_experiment,
+)
 from fsl.train import train
 from tests.conftest import make_slice
 
