@@ -149,10 +149,14 @@ class Catalog:
                            f"fields are {list(self.products.columns)}") from None
         texts = [re.sub(r"\s+", " ", t.replace("()", "")).strip(" ,") for t in texts]
         if mask_column:
-            other_values = {v for c in DESCRIPTIVE_COLUMNS for v in self.products[c].unique()}
-            pattern = label_word_pattern(self.labels(mask_column).unique(), other_values)
+            pattern = self.label_mask(mask_column)
             texts = [mask_label_words(t, pattern) for t in texts]
         return texts
+
+    def label_mask(self, column: str) -> re.Pattern:
+        """The regex that masks the label words of `column` (for catalog texts and new queries alike)."""
+        other_values = {v for c in DESCRIPTIVE_COLUMNS for v in self.products[c].unique()}
+        return label_word_pattern(self.labels(column).unique(), other_values)
 
     def summary(self) -> str:
         counts = self.report.groupby(["issue", "action"]).size() if len(self.report) else {}

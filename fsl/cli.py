@@ -42,11 +42,10 @@ def _add_experiments(parser: argparse.ArgumentParser, runs: str) -> None:
     parser.add_argument("--runs", default=runs, help=f"TensorBoard log dir (default {runs})")
 
 
-def _encoder(args):
-    from fsl.encoder import create_encoder
+def _encoder_config(args):
+    from fsl.config import EncoderConfig
 
-    options = {"model": args.model, "pretrained": args.pretrained} if args.encoder == "clip" else {}
-    return create_encoder(args.encoder, device=args.device, **options)
+    return EncoderConfig(args.encoder, args.model, args.pretrained, args.device)
 
 
 def cmd_prepare(args) -> None:
@@ -66,7 +65,9 @@ def cmd_embed(args) -> None:
     print(catalog.summary())
     variants = [TextVariant(args.text_template or DEFAULT_TEXT_TEMPLATE, None)]
     variants += [TextVariant(args.text_template or DEFAULT_TEXT_TEMPLATE, column) for column in args.mask_labels]
-    encoder = _encoder(args)
+    from fsl.pipeline import encoder_from_config
+
+    encoder = encoder_from_config(_encoder_config(args))
     started = time.perf_counter()
     store = embed_catalog(catalog, encoder, args.store_root, variants, chunk_size=args.chunk_size,
                           batch_size=args.batch_size, num_workers=args.workers,
@@ -166,7 +167,6 @@ def cmd_compare(args) -> None:
 
 def cmd_demo(args) -> None:
     from fsl.catalog import load_catalog
-    from fsl.config import EncoderConfig
     from fsl.demo import launch, make_backend
 
     started = time.perf_counter()
@@ -174,8 +174,7 @@ def cmd_demo(args) -> None:
 
     catalog = load_catalog(args.data)
     classifier = CatalogClassifier(catalog, args.checkpoint, None, store_root=args.store_root) if args.checkpoint else None
-    backend = make_backend(catalog, EncoderConfig(args.encoder, args.model, args.pretrained, args.device),
-                           args.store_root, classifier=classifier)
+    backend = make_backend(catalog, _encoder_config(args), args.store_root, classifier=classifier)
     print(f"demo ready in {time.perf_counter() - started:.1f} s on http://{args.host}:{args.port} "
           "(Ctrl+C to stop)")
     launch(backend, args.host, args.port)

@@ -17,9 +17,28 @@ from fsl import FslError
 from fsl.features import FeatureStore
 
 
-def store_features(store: FeatureStore, text_variant: str = "plain") -> np.ndarray:
-    """[P, image_dim + text_dim]: what the harness gathers episodes from."""
-    return np.concatenate([store.image, store.text(text_variant)], axis=1)
+class StoreFeatures:
+    """[P, image_dim + text_dim] rows, gathered on demand from the memory-mapped store, so the
+    harness's memory does not grow with the catalog; `np.asarray` gives the whole matrix."""
+
+    def __init__(self, image: np.ndarray, text: np.ndarray):
+        self.image, self.text = image, text
+        self.shape = (image.shape[0], image.shape[1] + text.shape[1])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return np.concatenate([self.image[rows], self.text[rows]], axis=-1)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = np.concatenate([self.image, self.text], axis=1)
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def store_features(store: FeatureStore, text_variant: str = "plain") -> StoreFeatures:
+    """What the harness gathers episodes from: image then text features of every product."""
+    return StoreFeatures(store.image, store.text(text_variant))
 
 
 class Fusion(nn.Module):

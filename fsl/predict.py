@@ -12,19 +12,14 @@ import pandas as pd
 import torch
 
 from fsl import FslError
-from fsl.catalog import (
-    DESCRIPTIVE_COLUMNS,
-    Catalog,
-    label_word_pattern,
-    mask_label_words,
-)
+from fsl.catalog import Catalog, mask_label_words
 from fsl.checkpoint import load_head, read_meta
 from fsl.config import config_from_dict, load_config
 from fsl.features import DEFAULT_ROOT
 from fsl.fusion import store_features
 from fsl.io import atomic_path
 from fsl.pipeline import build_head, encoder_from_config, open_store
-from fsl.teach import embed_image, open_image
+from fsl.teach import embed_image, embed_text, open_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
@@ -68,15 +63,13 @@ class CatalogClassifier:
         features = store_features(self.store, config.text_variant)
         self.support = torch.from_numpy(np.asarray(features[rows], dtype=np.float32)).unsqueeze(0)
         self.support_labels = torch.arange(len(self.classes)).repeat_interleave(shots).unsqueeze(0)
-        self.mask = None
-        if config.text_variant.startswith("masked-"):  # query texts are masked as the support texts were
-            other = {v for c in DESCRIPTIVE_COLUMNS for v in catalog.products[c].unique()}
-            self.mask = label_word_pattern(catalog.labels(config.text_variant.split("-", 1)[1]).unique(), other)
+        masked = config.text_variant.startswith("masked-")  # mask query texts as the support texts were
+        self.mask = catalog.label_mask(config.text_variant.split("-", 1)[1]) if masked else None
 
     def features(self, image: np.ndarray, text: str) -> np.ndarray:
         """One query's [image | text] features; a missing text leaves the text part at zero."""
         text = mask_label_words(text, self.mask) if self.mask and text else text
-        text_feature = (self.encoder.encode_texts([text], progress=False)[0] if text
+        text_feature = (embed_text(self.encoder, text) if text
                         else np.zeros(self.store.manifest["text_dim"], dtype=np.float32))
         return np.concatenate([image, text_feature])
 

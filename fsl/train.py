@@ -53,8 +53,8 @@ def train(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.Pa
     head = build_head(config, store)
     if not head.meta_trainable:
         raise FslError(f"{config.method} with fusion {config.fusion!r} has no meta-parameters to train")
-    features_np = store_features(store, config.text_variant)
-    features = torch.from_numpy(np.ascontiguousarray(features_np))
+    # training samples rows at random for many steps: hold the features in memory once
+    features = torch.from_numpy(np.asarray(store_features(store, config.text_variant), dtype=np.float32))
     val_set = load_episode_set(config, catalog, settings.val_episodes, episodes_root)
     classes = base_classes(catalog, config, val_set.meta["split_seed"], episodes_root)
     if not np.array_equal(store.ids, catalog.products["id"].to_numpy()):
@@ -94,7 +94,7 @@ def train(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.Pa
             writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step + 1)
 
             if (step + 1) % settings.val_every == 0 or step + 1 == settings.steps:
-                accuracy = float(run_episodes(head, features_np, store.ids, val_set, progress=False).mean())
+                accuracy = float(run_episodes(head, features.numpy(), store.ids, val_set, progress=False).mean())
                 writer.add_scalar("val/accuracy", accuracy, step + 1)
                 if accuracy > best:
                     best, best_step = accuracy, step + 1
