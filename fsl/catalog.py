@@ -7,6 +7,7 @@ dropped silently.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import re
@@ -18,7 +19,7 @@ import pandas as pd
 from PIL import Image
 
 from fsl import FslError
-from fsl.io import atomic_path
+from fsl.io import write_csv
 
 STYLES_COLUMNS = (
     "id", "gender", "masterCategory", "subCategory", "articleType",
@@ -48,49 +49,98 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def read_styles(csv_path: Path) -> tuple[pd.DataFrame, list[dict]]:
-    """Parse styles.csv, joining the extra fields of unquoted-comma rows back into the name.
+REPORT_COLUMNS = ["line", "id", "issue", "action", "detail"]
+# What each reported issue means, for the summary a person reads.
+ISSUE_HELP = {
+    "image missing": "the dump has no photo for that id, so the row is left out (the rest is unaffected)",
+    "image unreadable": "the photo cannot be decoded",
+    "unquoted comma in productDisplayName": "the name's commas were joined back",
+    "stray quote": "a quote character was kept as part of the text",
+    "id is not a whole number": "",
+    "too few fields": "",
+    "duplicate id": "an earlier row has the same id",
+    "empty productDisplayName": "its text comes from the other fields",
+}
 
-    Returns the table (all columns as str, index = row's line number) and one issue dict per
-    row repaired or skipped.
-    """
-    issues: list[dict] = []
-    n_fields = len(STYLES_COLUMNS)
 
-    def repair(fields: list[str]) -> list[str]:
-        name = ",".join(fields[n_fields - 1:])
-        issues.append({"id": fields[0], "issue": "unquoted comma in productDisplayName",
-                       "action": "repaired", "detail": name})
-        return fields[: n_fields - 1] + [name]
+def _split_line(line: str, n_fields: int, name_index: int) -> tuple[list[str] | None, str]:
+    """One styles.csv line into fields, repairing what can be repaired: (fields or None, issue).
 
+    Each line is parsed on its own, so a stray quote can never swallow the lines after it. Extra
+    fields are the unquoted commas of the name (the last column) and are joined back into it."""
+    def join_name(fields: list[str]) -> list[str] | None:
+        if len(fields) > n_fields and name_index == n_fields - 1:
+            return fields[: n_fields - 1] + [",".join(fields[n_fields - 1:])]
+        return None
+
+    fields = next(csv.reader([line]))
+    if len(fields) == n_fields:
+        return fields, ""
+    if join_name(fields):
+        return join_name(fields), "unquoted comma in productDisplayName"
+    literal = next(csv.reader([line], quoting=csv.QUOTE_NONE))  # quotes as plain characters
+    if len(literal) == n_fields:
+        return literal, "stray quote"
+    if join_name(literal):
+        return join_name(literal), "unquoted comma in productDisplayName"
+    return None, f"{len(literal)} of {n_fields} fields"
+
+
+def read_styles(csv_path: Path) -> tuple[pd.DataFrame, list[dict], int]:
+    """Parse styles.csv line by line: every data line is kept (perhaps repaired) or reported.
+
+    Returns the table (all columns as str, plus `line`, the line number in the file), one issue
+    dict per line repaired, kept with a note, or skipped, and the number of data lines."""
     try:
-        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, engine="python",
-                            on_bad_lines=repair, skip_blank_lines=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
-        raise FslError(f"{csv_path}: cannot be parsed as CSV ({error})") from error
-    missing = [c for c in STYLES_COLUMNS if c not in table.columns]
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise FslError(f"{csv_path}: not UTF-8 text (byte {error.start}); save it as UTF-8 CSV") from None
+    lines = text.splitlines()
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    if not numbered:
+        raise FslError(f"{csv_path} is empty; expected a header {','.join(STYLES_COLUMNS)} and one row per product")
+    header = [h.strip() for h in next(csv.reader([numbered[0][1]]))]
+    missing = [c for c in STYLES_COLUMNS if c not in header]
     if missing:
         raise FslError(f"{csv_path}: header lacks columns {missing}; expected {list(STYLES_COLUMNS)}")
-    table = table.fillna("")
+    data = numbered[1:]
+    if not data:
+        raise FslError(f"{csv_path} has a header but no data rows")
+
+    issues: list[dict] = []
+    rows: list[list[str]] = []
+    for number, line in data:
+        fields, issue = _split_line(line, len(header), header.index(NAME_COLUMN))
+        first = line.split(",", 1)[0]
+        if fields is None:
+            issues.append({"line": number, "id": first, "issue": "too few fields", "action": "skipped",
+                           "detail": f"{issue}; needs {', '.join(header)}"})
+            continue
+        if issue:
+            issues.append({"line": number, "id": fields[0], "issue": issue, "action": "repaired",
+                           "detail": fields[header.index(NAME_COLUMN)]})
+        rows.append([str(number), *fields])
+    table = pd.DataFrame(rows, columns=["line", *header], dtype=str)
 
     bad_id = ~table["id"].str.strip().str.fullmatch(r"\d+")
-    short = (table[list(REQUIRED_COLUMNS)] == "").any(axis=1)
+    short = (table[list(REQUIRED_COLUMNS)].apply(lambda c: c.str.strip()) == "").any(axis=1)
     for row in table[bad_id | short].itertuples():
         reason = "id is not a whole number" if bad_id[row.Index] else "too few fields"
-        detail = "" if bad_id[row.Index] else f"needs {', '.join(REQUIRED_COLUMNS)}"
-        issues.append({"id": row.id, "issue": reason, "action": "skipped", "detail": detail})
+        detail = f"id {row.id!r}" if bad_id[row.Index] else f"needs {', '.join(REQUIRED_COLUMNS)}"
+        issues.append({"line": int(row.line), "id": row.id, "issue": reason, "action": "skipped", "detail": detail})
     table = table[~(bad_id | short)].copy()
     table["id"] = table["id"].str.strip().astype("int64")
+    table["line"] = table["line"].astype("int64")
 
     duplicated = table["id"].duplicated(keep="first")
-    for product_id in table.loc[duplicated, "id"]:
-        issues.append({"id": product_id, "issue": "duplicate id", "action": "skipped",
+    for row in table[duplicated].itertuples():
+        issues.append({"line": row.line, "id": row.id, "issue": "duplicate id", "action": "skipped",
                        "detail": "kept the first row"})
     table = table[~duplicated]
-    for product_id in table.loc[table[NAME_COLUMN].str.strip() == "", "id"]:
-        issues.append({"id": product_id, "issue": "empty productDisplayName",
+    for row in table[table[NAME_COLUMN].str.strip() == ""].itertuples():
+        issues.append({"line": row.line, "id": row.id, "issue": "empty productDisplayName",
                        "action": "kept", "detail": "text comes from the other fields"})
-    return table, issues
+    return table, issues, len(data)
 
 
 def image_problem(path: Path) -> str | None:
@@ -112,7 +162,8 @@ class Catalog:
 
     root: Path
     products: pd.DataFrame  # columns: id, image_path, LABEL_COLUMNS, year, productDisplayName
-    report: pd.DataFrame  # columns: id, issue, action, detail
+    report: pd.DataFrame  # columns: line, id, issue, action, detail
+    data_rows: int = 0  # non-blank lines under the header: each is a product or a skipped row of the report
 
     def __len__(self) -> int:
         return len(self.products)
@@ -159,34 +210,40 @@ class Catalog:
         return label_word_pattern(self.labels(column).unique(), other_values)
 
     def summary(self) -> str:
-        counts = self.report.groupby(["issue", "action"]).size() if len(self.report) else {}
-        parts = [f"{n} {issue} ({action})" for (issue, action), n in dict(counts).items()]
-        return f"{len(self)} products from {self.root}" + (f"; {'; '.join(parts)}" if parts else "")
+        """What was kept, repaired and skipped, in words a person reads once."""
+        lines = [f"{len(self)} products from {self.root} ({self.data_rows} data rows in styles.csv)"]
+        counts = self.report.groupby(["action", "issue"], sort=False).size() if len(self.report) else {}
+        for (action, issue), n in sorted(dict(counts).items()):
+            row_s = "row" if n == 1 else "rows"
+            explained = f" — {ISSUE_HELP[issue]}" if ISSUE_HELP.get(issue) else ""
+            lines.append(f"  {action} {n} {row_s}: {issue}{explained}")
+        return "\n".join(lines)
 
     def save_report(self, path: str | os.PathLike) -> Path:
-        with atomic_path(path) as tmp:
-            self.report.to_csv(tmp, index=False)
-        return Path(path)
+        return write_csv(self.report, path)
 
 
 def load_catalog(data_dir: str | os.PathLike | None = None) -> Catalog:
     """Read, repair and check a dump; only products with a readable photo are kept."""
     root = resolve_data_dir(data_dir)
-    table, issues = read_styles(root / "styles.csv")
+    table, issues, data_rows = read_styles(root / "styles.csv")
     table["image_path"] = [str(root / "images" / f"{i}.jpg") for i in table["id"]]
     usable = []
     for row in table.itertuples():
         problem = image_problem(Path(row.image_path))
         if problem:
-            issues.append({"id": row.id, "issue": problem.split(" (")[0], "action": "skipped",
+            issues.append({"line": row.line, "id": row.id, "issue": problem.split(" (")[0], "action": "skipped",
                            "detail": problem})
         usable.append(problem is None)
     products = table[usable].sort_values("id").reset_index(drop=True)
     products = products[["id", "image_path", *LABEL_COLUMNS, "year", NAME_COLUMN]]
-    report = pd.DataFrame(issues, columns=["id", "issue", "action", "detail"])
+    report = pd.DataFrame(issues, columns=REPORT_COLUMNS).sort_values("line", kind="stable", ignore_index=True)
     if products.empty:
-        raise FslError(f"{root}: no product has a readable image under {root / 'images'}")
-    return Catalog(root=root, products=products, report=report)
+        reasons = report.loc[report["action"] == "skipped", "issue"].value_counts()
+        raise FslError(f"{root}: none of the {data_rows} rows of styles.csv is usable "
+                       f"({', '.join(f'{n} {issue}' for issue, n in reasons.items())}); "
+                       f"photos are expected at {root / 'images'}/<id>.jpg")
+    return Catalog(root=root, products=products, report=report, data_rows=data_rows)
 
 
 # Label masking ---------------------------------------------------------------------------------

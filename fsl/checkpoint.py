@@ -3,20 +3,29 @@ classes and config, and the training state through `torch.load(weights_only=True
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fsl import FslError
-from fsl.io import atomic_path, write_json
+from fsl.io import atomic_path, read_json, write_json
+
+
+def non_finite(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the tensors holding NaN or infinite values: such a head answers at chance."""
+    return [name for name, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
 
 
 def save_head(folder: str | os.PathLike, head: torch.nn.Module, meta: dict) -> Path:
+    """Weights (safetensors) + sidecar; a head with non-finite weights is never saved."""
     folder = Path(folder)
     state = {k: v.detach().contiguous().clone() for k, v in head.state_dict().items()}
+    bad = non_finite(state)
+    if bad:
+        raise FslError(f"refusing to save {folder}: {', '.join(bad)} hold NaN or infinite values")
     with atomic_path(folder / "head.safetensors") as tmp:
         save_file(state, str(tmp))
     write_json(folder / "head.json", meta)
@@ -28,7 +37,10 @@ def read_meta(folder: str | os.PathLike) -> dict:
     if not sidecar.is_file():
         raise FslError(f"no checkpoint at {folder} (expected head.safetensors + head.json); "
                        "train one with `fsl train CONFIG`")
-    return json.loads(sidecar.read_text())
+    meta = read_json(sidecar, "checkpoint sidecar")
+    if not isinstance(meta, dict):
+        raise FslError(f"{sidecar}: the checkpoint sidecar is damaged (expected a JSON object)")
+    return meta
 
 
 def load_head(folder: str | os.PathLike, head: torch.nn.Module, encoder_id: str) -> dict:
@@ -37,7 +49,16 @@ def load_head(folder: str | os.PathLike, head: torch.nn.Module, encoder_id: str)
     if meta.get("encoder_id") != encoder_id:
         raise FslError(f"checkpoint {folder} was trained on features of encoder {meta.get('encoder_id')!r}, "
                        f"not {encoder_id!r}; retrain it for this encoder or choose that encoder")
-    state = load_file(str(Path(folder) / "head.safetensors"))
+    weights = Path(folder) / "head.safetensors"
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise FslError(f"{weights} cannot be read ({error}); it is truncated or not a checkpoint. "
+                       "Train it again with `fsl train CONFIG --restart`") from None
+    bad = non_finite(state)
+    if bad:
+        raise FslError(f"checkpoint {folder} holds NaN or infinite weights ({', '.join(bad)}); it would answer "
+                       "at chance. Train it again with a lower train.lr")
     missing, unexpected = head.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise FslError(f"checkpoint {folder} does not fit this head (missing {missing}, unexpected "
@@ -52,4 +73,10 @@ def save_train_state(folder: str | os.PathLike, state: dict) -> None:
 
 def load_train_state(folder: str | os.PathLike) -> dict | None:
     path = Path(folder) / "train_state.pt"
-    return torch.load(path, weights_only=True) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
+        raise FslError(f"{path} cannot be read ({type(error).__name__}); it is damaged. Start over with "
+                       "`fsl train CONFIG --restart`") from None

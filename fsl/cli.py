@@ -12,6 +12,32 @@ from fsl import FslError
 from fsl.io import CACHE_DIR as CACHE
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1, checked before any work starts."""
+    return _bounded_int(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _bounded_int(text, 0)
+
+
+def _bounded_int(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = _bounded_int(text, 1)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
+    return value
+
+
 def _add_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="DIR",
                         help="Fashion Product Images dump (styles.csv + images/); default $FSL_DATA, "
@@ -71,13 +97,20 @@ def cmd_embed(args) -> None:
     started = time.perf_counter()
     store = embed_catalog(catalog, encoder, args.store_root, variants, chunk_size=args.chunk_size,
                           batch_size=args.batch_size, num_workers=args.workers,
-                          rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)))
+                          rank=_env_int("RANK", 0), world_size=_env_int("WORLD_SIZE", 1), full_check=args.verify)
     seconds = time.perf_counter() - started
     if store is None:
         print("this rank's chunks are done; run `fsl embed` again once every rank has finished to join them")
         return
     print(f"{len(store.ids)} products embedded by {store.encoder_id} in {seconds:.1f} s "
           f"({len(store.ids) / seconds:.1f} products/s): {store.path}")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, str(default))
+    if not value.isdigit():
+        raise FslError(f"environment variable {name}={value!r} must be a whole number (torchrun sets it)")
+    return int(value)
 
 
 def cmd_download(args) -> None:
@@ -93,7 +126,8 @@ def cmd_episodes(args) -> None:
 
     catalog = load_catalog(args.data)
     split, written = draw_standard_episodes(catalog, args.out, args.column, args.seed, args.episodes,
-                                            args.queries, None if args.stratify == "none" else args.stratify)
+                                            args.queries, None if args.stratify == "none" else args.stratify,
+                                            force=args.force)
     print(format_table(split.table))
     print(f"split: {', '.join(f'{s} {len(split.classes(s))} classes' for s in ('base', 'val', 'novel'))}")
     for path in written:
@@ -219,9 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--mask-labels", nargs="*", default=["articleType"], metavar="COLUMN",
                        help="also embed the text with the label words of these columns masked "
                             "(default articleType; the flag alone, with no column, embeds plain text only)")
-    embed.add_argument("--chunk-size", type=int, default=512, help="products per resumable chunk (default 512)")
-    embed.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    embed.add_argument("--workers", type=int, help="image decoding workers (default cores - 1)")
+    embed.add_argument("--chunk-size", type=positive_int, default=512, help="products per resumable chunk (default 512)")
+    embed.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
+    embed.add_argument("--workers", type=non_negative_int, help="image decoding workers (default cores - 1)")
+    embed.add_argument("--verify", action="store_true",
+                       help="check every byte of a warm store against its sha256 checksums (rebuilt if damaged)")
     embed.set_defaults(run=cmd_embed)
 
     download = commands.add_parser("download", help="fetch the Kaggle dump (needs internet)",
@@ -239,10 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     episodes.add_argument("--column", default="articleType", help="label column to classify (default articleType)")
     episodes.add_argument("--stratify", default="masterCategory",
                           help="parent column every split must see, or 'none' (default masterCategory)")
-    episodes.add_argument("--seed", type=int, default=0, help="seed of the split and the draws (default 0)")
-    episodes.add_argument("--episodes", type=int, default=600, help="episodes per benchmark (default 600)")
-    episodes.add_argument("--queries", type=int, default=15, help="queries per class (default 15)")
+    episodes.add_argument("--seed", type=non_negative_int, default=0, help="seed of the split and the draws (default 0)")
+    episodes.add_argument("--episodes", type=positive_int, default=600, help="episodes per benchmark (default 600)")
+    episodes.add_argument("--queries", type=positive_int, default=15, help="queries per class (default 15)")
     episodes.add_argument("--out", default="episodes", help="root folder of episode sets (default episodes/)")
+    episodes.add_argument("--force", action="store_true",
+                          help="replace frozen episode files that exist with other content (they are test sets)")
     episodes.set_defaults(run=cmd_episodes)
 
     evaluate = commands.add_parser("eval", help="run experiment configs on the frozen episodes",
@@ -273,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(demo)
     _add_encoder(demo)
     demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    demo.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    demo.add_argument("--port", type=port_number, default=7860, help="port (default 7860)")
     demo.add_argument("--checkpoint", help="also classify among the catalog's classes with this trained head "
                                            "(checkpoints/NAME/best)")
     demo.set_defaults(run=cmd_demo)
@@ -289,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--images", required=True, help="folder of photos (.jpg, .jpeg, .png, .webp)")
     predict.add_argument("--texts", help="CSV with columns file,text giving each photo's product text")
     predict.add_argument("--out", default="results/predictions.csv", help="CSV to write (default results/predictions.csv)")
-    predict.add_argument("--top-k", type=int, default=3, help="labels per photo (default 3)")
-    predict.add_argument("--shots", type=int, default=5, help="catalog examples per class as support (default 5)")
+    predict.add_argument("--top-k", type=positive_int, default=3, help="labels per photo (default 3)")
+    predict.add_argument("--shots", type=positive_int, default=5, help="catalog examples per class as support (default 5)")
     predict.add_argument("--store-root", default=str(CACHE / "features"), help="feature stores (default .fsl/features)")
     predict.set_defaults(run=cmd_predict)
 
@@ -313,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fsl {args.command}: interrupted; run it again to resume", file=sys.stderr)
         return 130
+    except OSError as error:  # a disk, permission or network fault the user can see and fix
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"fsl {args.command}: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import yaml
 
 from fsl import FslError
+from fsl.io import safe_name
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,42 @@ class ExperimentConfig:
 
 
 POSITIVE_INTS = {"batch_size", "steps", "episodes_per_step", "n_way", "k_shot", "q_query", "val_every"}
+POSITIVE_FLOATS = {"lr"}
+NON_NEGATIVE_FLOATS = {"weight_decay"}
+NON_NEGATIVE_INTS = {"seed"}
+STRINGS = {"name", "method", "fusion", "text_variant", "class_prompt", "label_column", "val_episodes"}
+PATH_PARTS = {"name", "text_variant", "label_column", "val_episodes"}  # they become parts of file names
+
+
+def _check_value(key: str, value: Any, source: str, where: str) -> None:
+    """Numbers must be finite and in range; booleans are not numbers (YAML `true` is no batch size)."""
+    def fail(expected: str):
+        raise FslError(f"{source}: {where}{key} must be {expected}, got {value!r}")
+
+    is_int = type(value) is int
+    is_number = is_int or type(value) is float
+    if key in POSITIVE_INTS and not (is_int and value > 0):
+        fail("a positive whole number")
+    if key in NON_NEGATIVE_INTS and not (is_int and value >= 0):
+        fail("a whole number >= 0")
+    if key in POSITIVE_FLOATS and not (is_number and math.isfinite(value) and value > 0):
+        fail("a finite number > 0")
+    if key in NON_NEGATIVE_FLOATS and not (is_number and math.isfinite(value) and value >= 0):
+        fail("a finite number >= 0")
+    if key in STRINGS and not isinstance(value, str):
+        fail("a text")
+    if key in PATH_PARTS:
+        safe_name(value, f"{source}: {where}{key}")
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """YAML 1.1 reads `3e-4` as text: accept it where a number is meant."""
+    if key in POSITIVE_FLOATS | NON_NEGATIVE_FLOATS and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _build(cls, values: Any, source: str, where: str):
@@ -74,9 +112,14 @@ def _build(cls, values: Any, source: str, where: str):
         elif key in ("method_options", "fusion_options") and not isinstance(value, dict):
             raise FslError(f"{source}: {where}{key} must be a mapping, got {value!r}")
         elif key == "episodes":
+            if not isinstance(value, (str, list)):
+                raise FslError(f"{source}: {where}episodes must be a name or a list of names, got {value!r}")
             value = tuple([value] if isinstance(value, str) else value)
-        elif key in POSITIVE_INTS and not (isinstance(value, int) and value > 0):
-            raise FslError(f"{source}: {where}{key} must be a positive whole number, got {value!r}")
+            for name in value:
+                safe_name(name, f"{source}: {where}episodes entry")
+        else:
+            value = _coerce(key, value)
+            _check_value(key, value, source, where)
         kwargs[key] = value
     return cls(**kwargs)
 

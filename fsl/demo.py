@@ -15,6 +15,7 @@ from fsl import FslError
 from fsl.catalog import Catalog
 from fsl.encoder import Encoder
 from fsl.features import FeatureStore
+from fsl.io import read_csv
 from fsl.predict import CatalogClassifier
 from fsl.teach import (
     IMAGE_WEIGHT,
@@ -90,7 +91,7 @@ def make_backend(catalog: Catalog, encoder_config, store_root=None, episodes_roo
     split_files = sorted(episodes_dir_for(catalog, episodes_root or DEFAULT_EPISODES_DIR).glob("articleType-*-split.csv"))
     counts = catalog.labels("articleType").value_counts()
     if split_files:
-        split = pd.read_csv(split_files[0])
+        split = read_csv(split_files[0])
         novel = split[split["split"] == "novel"].sort_values("count", ascending=False)["class"].tolist()
     else:
         novel = counts.index.tolist()

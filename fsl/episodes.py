@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from fsl import FslError
-from fsl.io import atomic_path
+from fsl.io import escape_cell, write_bytes
 
 SAMPLER_VERSION = 1
 DEFAULT_FRACTIONS = (0.4, 0.15, 0.45)  # base, val, novel: the 39 real classes with >= 20 photos leave 17 novel, enough for 15-way
@@ -45,10 +45,8 @@ class ClassSplit:
     def name(self) -> str:
         return f"{self.column}-seed{self.seed}"
 
-    def save(self, path: str | os.PathLike) -> Path:
-        with atomic_path(path) as tmp:
-            self.table.to_csv(tmp, index=False)
-        return Path(path)
+    def to_bytes(self) -> bytes:
+        return self.table.map(escape_cell).to_csv(index=False).encode()
 
 
 def split_classes(labels: pd.Series, min_count: int, seed: int = 0,
@@ -120,6 +118,11 @@ class EpisodeSampler:
         members = [np.asarray(ids)[labels == c] for c in self.class_names]
         counts = np.array([len(m) for m in members])
         short = [f"{c} ({n})" for c, n in zip(self.class_names, counts) if n < k_shot + q_query]
+        if self.n_way < 2:
+            raise FslError(f"an episode needs at least 2 classes to choose between; got {self.n_way}-way "
+                           f"over {len(self.class_names)} class(es)")
+        if type(k_shot) is not int or type(q_query) is not int or k_shot < 1 or q_query < 1:
+            raise FslError(f"shots and queries must be whole numbers >= 1, got {k_shot} and {q_query}")
         if self.n_way > len(self.class_names):
             raise FslError(f"{self.n_way}-way episodes need {self.n_way} classes but the split has "
                            f"{len(self.class_names)}: {', '.join(self.class_names)}")
@@ -160,17 +163,21 @@ class EpisodeSet:
                            f"not {fingerprint}; draw episodes for this catalog with `fsl episodes`")
 
     def save(self, path: str | os.PathLike) -> Path:
+        return write_bytes(path, self.to_bytes())
+
+    def to_bytes(self) -> bytes:
         """A deterministic .npz: fixed zip timestamps, so the same draw gives the same bytes."""
         arrays = {"support": self.episodes.support.astype(np.int32), "query": self.episodes.query.astype(np.int32),
                   "classes": self.episodes.classes.astype(np.int16),
                   "meta": np.array(json.dumps({**self.meta, "name": self.name}, sort_keys=True))}
-        with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
             for key, array in arrays.items():
                 buffer = io.BytesIO()
                 np.lib.format.write_array(buffer, array, allow_pickle=False)
                 archive.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue(),
                                  compress_type=zipfile.ZIP_DEFLATED)
-        return Path(path)
+        return out.getvalue()
 
     @classmethod
     def load(cls, path: str | os.PathLike, catalog_fingerprint: str | None = None) -> "EpisodeSet":

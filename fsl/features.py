@@ -2,29 +2,48 @@
 
 A store lives under `<root>/<encoder>-<catalog fingerprint>/` and is written in chunks: each
 chunk file is written atomically, so an interrupted `fsl embed` resumes from the last finished
-chunk, and chunk i can be done by rank i mod world size. When every chunk is there the chunks
-are joined into one `.npy` per feature kind and the manifest is marked complete.
+chunk, and chunk i can be done by rank i mod world size. When every chunk is there and checked,
+the chunks are joined into one `.npy` per feature kind and the manifest, with a checksum per
+array, is marked complete. One writer at a time (a lock naming its holder); opening a store
+checks shapes, id order and sampled checksums, so a damaged store is refused, never used.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
+import sys
+import time
+import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
-from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
 from fsl import FslError
 from fsl.catalog import DEFAULT_TEXT_TEMPLATE, Catalog
 from fsl.encoder import Encoder
-from fsl.io import CACHE_DIR, atomic_path, write_json, write_npy
+from fsl.io import (
+    CACHE_DIR,
+    atomic_path,
+    disk_error,
+    read_json,
+    remove_stale_temp_files,
+    write_json,
+    write_npy,
+)
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: checksums, dtype and row count in the manifest
+DTYPE = np.dtype("<f4")
+SAMPLE_BLOCKS, BLOCK_BYTES = 32, 1 << 16  # the cheap check on open reads 32 blocks of 64 KiB per array
 DEFAULT_ROOT = CACHE_DIR / "features"
 
 
@@ -72,8 +91,10 @@ class FeatureStore:
 
     @classmethod
     def open(cls, path: str | os.PathLike, encoder_id: str | None = None,
-             catalog_fingerprint: str | None = None) -> "FeatureStore":
-        """Load a complete store; refuse one made by another encoder or from another catalog."""
+             catalog_fingerprint: str | None = None, full_check: bool = False) -> "FeatureStore":
+        """Load a complete store; refuse one made by another encoder or catalog, or a damaged one.
+
+        The check reads sizes and a sample of each array's bytes (full_check: every byte)."""
         path = Path(path)
         manifest = _read_manifest(path)
         if manifest is None or not manifest.get("complete"):
@@ -83,13 +104,110 @@ class FeatureStore:
             if wanted is not None and wanted != found:
                 raise FslError(f"feature store {path} was made for {what} {found!r}, not {wanted!r}; "
                                f"embed this {what} with `fsl embed` or point to its own store")
+        problem = store_problem(path, manifest, full_check)
+        if problem:
+            raise FslError(f"feature store {path} is damaged: {problem}. Run `fsl embed` with the same "
+                           "options to repair it")
         texts = {name: np.load(path / f"text-{name}.npy", mmap_mode="r") for name in manifest["text_variants"]}
         return cls(path, manifest, np.load(path / "ids.npy"), np.load(path / "image.npy", mmap_mode="r"), texts)
 
 
+MANIFEST_KEYS = {"version", "encoder_id", "catalog_fingerprint", "products", "chunk_size", "chunks",
+                 "image_dim", "text_dim", "text_variants", "complete"}
+
+
 def _read_manifest(path: Path) -> dict | None:
     file = path / "manifest.json"
-    return json.loads(file.read_text()) if file.is_file() else None
+    if not file.is_file():
+        return None
+    manifest = read_json(file, "feature store manifest")
+    if not isinstance(manifest, dict) or not MANIFEST_KEYS <= set(manifest):
+        raise FslError(f"{file}: the feature store manifest is damaged (it lacks "
+                       f"{sorted(MANIFEST_KEYS - set(manifest if isinstance(manifest, dict) else {}))}); "
+                       "run `fsl embed` with the same options to rebuild the store")
+    return manifest
+
+
+def _array_keys(manifest: dict) -> list[str]:
+    return ["ids", "image"] + [f"text-{name}" for name in manifest["text_variants"]]
+
+
+def _sample_digest(file: Path) -> str:
+    """sha256 of a few spread-out blocks (header and tail included): cheap enough for every open."""
+    size = file.stat().st_size
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        if size <= SAMPLE_BLOCKS * BLOCK_BYTES:
+            digest.update(f.read())
+        else:
+            for offset in np.linspace(0, size - BLOCK_BYTES, SAMPLE_BLOCKS).astype(np.int64):
+                f.seek(int(offset))
+                digest.update(f.read(BLOCK_BYTES))
+    return digest.hexdigest()
+
+
+def _array_record(file: Path) -> dict:
+    with open(file, "rb") as f:
+        full = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"bytes": file.stat().st_size, "sha256": full, "sample_sha256": _sample_digest(file)}
+
+
+def store_problem(path: Path, manifest: dict, full_check: bool = False) -> str | None:
+    """What is wrong with a complete store on disk, or None: versions, files, sizes, checksums, id order."""
+    if manifest.get("version") != STORE_VERSION:
+        return f"it was written by store version {manifest.get('version')}, this fsl writes {STORE_VERSION}"
+    records = manifest.get("arrays", {})
+    for key in _array_keys(manifest):
+        file, record = path / f"{key}.npy", records.get(key)
+        if record is None:
+            return f"the manifest has no checksum for {file.name}"
+        if not file.is_file():
+            return f"{file.name} is missing"
+        if file.stat().st_size != record["bytes"]:
+            return (f"{file.name} has {file.stat().st_size} bytes, the manifest says {record['bytes']} "
+                    "(truncated or replaced)")
+        if full_check:
+            with open(file, "rb") as f:
+                if hashlib.file_digest(f, "sha256").hexdigest() != record["sha256"]:
+                    return f"{file.name} does not match its sha256 checksum"
+        elif _sample_digest(file) != record["sample_sha256"]:
+            return f"{file.name} does not match its checksum"
+    ids = np.load(path / "ids.npy", mmap_mode="r")
+    if ids.shape != (manifest["products"],) or not np.all(np.diff(ids) > 0):
+        return f"ids.npy must hold {manifest['products']} product ids in increasing order"
+    return None
+
+
+@contextmanager
+def _file_lock(file: Path, shared: bool = False, wait: bool = True, holder: str = "") -> Iterator[None]:
+    """An flock on `file`; the OS drops it when the process dies, even by kill -9."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with open(file, "a+") as handle:
+        mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(handle, mode)
+        except BlockingIOError:
+            handle.seek(0)
+            who = handle.read().strip() or "another process"
+            raise FslError(f"feature store {file.parent} is being written by {who}; wait for it to finish "
+                           "(or stop it), then run the command again") from None
+        if holder:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(holder)
+            handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def writer_lock(path: Path, rank: int = 0, world_size: int = 1):
+    """One writer per store: a second `fsl embed` fails at once, naming the first. The ranks of
+    one torchrun job share it (each writes its own chunks)."""
+    who = "fsl embed" + (f" rank {rank} of {world_size}" if world_size > 1 else "")
+    holder = f"{who} (pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})"
+    return _file_lock(path / "writer.lock", shared=world_size > 1, wait=False, holder=holder)
 
 
 def store_path(root: str | os.PathLike, encoder_id: str, catalog_fingerprint: str) -> Path:
@@ -97,45 +215,126 @@ def store_path(root: str | os.PathLike, encoder_id: str, catalog_fingerprint: st
     return Path(root) / f"{re.sub(r'[^A-Za-z0-9.+-]+', '_', encoder_id)}-{catalog_fingerprint}"
 
 
+def check_embed_options(chunk_size: int, batch_size: int, num_workers: int | None, rank: int, world_size: int) -> None:
+    """Every option checked before any work, so a bad one can never leave a wrong store behind."""
+    for name, value, low in (("chunk size", chunk_size, 1), ("batch size", batch_size, 1),
+                             ("world size", world_size, 1), ("rank", rank, 0)):
+        if type(value) is not int or value < low:
+            raise FslError(f"{name} must be a whole number >= {low}, got {value!r}")
+    if num_workers is not None and (type(num_workers) is not int or num_workers < 0):
+        raise FslError(f"workers must be a whole number >= 0, got {num_workers!r}")
+    if rank >= world_size:
+        raise FslError(f"rank {rank} is not below the world size {world_size}")
+
+
+def _say(message: str) -> None:
+    print(f"fsl: {message}", file=sys.stderr)
+
+
 def embed_catalog(catalog: Catalog, encoder: Encoder, root: str | os.PathLike = DEFAULT_ROOT,
                   text_variants=DEFAULT_TEXT_VARIANTS, chunk_size: int = 512, batch_size: int = 32,
                   num_workers: int | None = None, rank: int = 0, world_size: int = 1,
-                  progress: bool = True) -> FeatureStore | None:
+                  progress: bool = True, full_check: bool = False) -> FeatureStore | None:
     """Embed every product once (images and each text variant); resumable, cached by content.
 
-    Returns the store, or None when this rank is done but other ranks' chunks are missing.
+    A warm store is checked (full_check: every byte) and reused; a damaged one is rebuilt, with a
+    message. Returns the store, or None when this rank is done but other ranks' chunks are missing.
     """
+    check_embed_options(chunk_size, batch_size, num_workers, rank, world_size)
     path = store_path(root, encoder.id, catalog.fingerprint)
     variants = {v.name: v for v in text_variants}
-    manifest = _read_manifest(path)
-    if manifest and manifest.get("complete"):
-        missing = [v for name, v in variants.items() if name not in manifest["text_variants"]]
-        if missing:
-            _add_text_variants(path, manifest, catalog, encoder, missing, progress)
-        return FeatureStore.open(path, encoder.id, catalog.fingerprint)
-
-    n_chunks = -(-len(catalog) // chunk_size)
-    if manifest is None or manifest["chunk_size"] != chunk_size or set(manifest["text_variants"]) != set(variants):
-        manifest = {
-            "version": STORE_VERSION, "encoder_id": encoder.id, "catalog_fingerprint": catalog.fingerprint,
-            "catalog_root": str(catalog.root), "products": len(catalog), "chunk_size": chunk_size,
-            "chunks": n_chunks, "image_dim": encoder.image_dim, "text_dim": encoder.text_dim,
-            "text_variants": {n: {"template": v.template, "mask_column": v.mask_column} for n, v in variants.items()},
-            "complete": False,
-        }
-        shutil.rmtree(path / "chunks", ignore_errors=True)
-        write_json(path / "manifest.json", manifest)
-        write_npy(path / "ids.npy", np.asarray(catalog.ids, dtype=np.int64))
-
-    chunk_dir = path / "chunks"
-    chunk_file = lambda i: chunk_dir / f"chunk-{i:05d}.npz"  # noqa: E731
-    mine = [i for i in range(n_chunks) if i % world_size == rank and not chunk_file(i).exists()]
-    if mine:
-        _embed_chunks(catalog, encoder, variants, mine, chunk_size, chunk_file, batch_size, num_workers, progress)
-    if not all(chunk_file(i).exists() for i in range(n_chunks)):
-        return None
-    _join_chunks(path, manifest, n_chunks, chunk_file)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise disk_error(error, path) from None
+    with writer_lock(path, rank, world_size):
+        store = _warm_store(path, catalog, encoder, variants, progress, full_check)
+        if store is not None:
+            return store
+        n_chunks = -(-len(catalog) // chunk_size)
+        chunk_dir = path / "chunks"
+        chunk_file = lambda i: chunk_dir / f"chunk-{i:05d}.npz"  # noqa: E731
+        with _file_lock(path / "join.lock"):
+            manifest = _start_manifest(path, catalog, encoder, variants, chunk_size, n_chunks)
+            if world_size == 1:  # nobody else writes here: leftovers of a killed run can go
+                remove_stale_temp_files(chunk_dir)
+                remove_stale_temp_files(path)
+        mine = [i for i in range(n_chunks) if i % world_size == rank and not chunk_file(i).exists()]
+        if mine:
+            _embed_chunks(catalog, encoder, variants, mine, chunk_size, chunk_file, batch_size, num_workers, progress)
+        with _file_lock(path / "join.lock"):
+            if not (_read_manifest(path) or {}).get("complete"):
+                if not all(chunk_file(i).exists() for i in range(n_chunks)):
+                    return None
+                _join_chunks(path, manifest, n_chunks, chunk_size, chunk_file)
     return FeatureStore.open(path, encoder.id, catalog.fingerprint)
+
+
+def _warm_store(path: Path, catalog: Catalog, encoder: Encoder, variants: dict, progress: bool,
+                full_check: bool) -> FeatureStore | None:
+    """The complete store at `path` with every text variant, or None when it must be (re)built."""
+    try:
+        manifest = _read_manifest(path)
+    except FslError as error:
+        _say(f"{error}; rebuilding it")
+        (path / "manifest.json").unlink()
+        return None
+    if not manifest or not manifest.get("complete"):
+        return None
+    if manifest.get("version") == 1:
+        manifest = _upgrade_v1(path, manifest, catalog)
+        if manifest is None:
+            return None
+    problem = store_problem(path, manifest, full_check)
+    if problem is None and not np.array_equal(np.load(path / "ids.npy"), np.asarray(catalog.ids)):
+        problem = "its ids are not the catalog's"
+    if problem:
+        _say(f"feature store {path} is damaged ({problem}); rebuilding it")
+        write_json(path / "manifest.json", {**manifest, "complete": False, "chunk_size": None})
+        return None
+    if full_check:
+        _say(f"verified every byte of {path} against its sha256 checksums")
+    missing = [v for name, v in variants.items() if name not in manifest["text_variants"]]
+    if missing:
+        _add_text_variants(path, manifest, catalog, encoder, missing, progress)
+    return FeatureStore.open(path, encoder.id, catalog.fingerprint)
+
+
+def _upgrade_v1(path: Path, manifest: dict, catalog: Catalog) -> dict | None:
+    """A store of fsl's first version had no checksums: check its shapes and ids, then add them."""
+    try:
+        ids = np.load(path / "ids.npy")
+        shapes = {key: np.load(path / f"{key}.npy", mmap_mode="r").shape for key in _array_keys(manifest)[1:]}
+    except (OSError, ValueError) as error:
+        _say(f"feature store {path} (version 1) cannot be read ({error}); rebuilding it")
+        return None
+    dims = {key: manifest["image_dim"] if key == "image" else manifest["text_dim"] for key in shapes}
+    if not np.array_equal(ids, np.asarray(catalog.ids)) or any(s != (len(ids), dims[k]) for k, s in shapes.items()):
+        _say(f"feature store {path} (version 1) does not fit the catalog; rebuilding it")
+        return None
+    arrays = {key: _array_record(path / f"{key}.npy") for key in _array_keys(manifest)}
+    manifest = {**manifest, "version": STORE_VERSION, "dtype": DTYPE.str, "arrays": arrays}
+    write_json(path / "manifest.json", manifest)
+    _say(f"feature store {path} upgraded to version {STORE_VERSION} (checksums added)")
+    return manifest
+
+
+def _start_manifest(path: Path, catalog: Catalog, encoder: Encoder, variants: dict, chunk_size: int,
+                    n_chunks: int) -> dict:
+    """The incomplete manifest this run writes chunks for; a different earlier run's chunks are dropped."""
+    wanted = {
+        "version": STORE_VERSION, "encoder_id": encoder.id, "catalog_fingerprint": catalog.fingerprint,
+        "catalog_root": str(catalog.root), "products": len(catalog), "chunk_size": chunk_size,
+        "chunks": n_chunks, "image_dim": encoder.image_dim, "text_dim": encoder.text_dim, "dtype": DTYPE.str,
+        "text_variants": {n: {"template": v.template, "mask_column": v.mask_column} for n, v in variants.items()},
+        "complete": False,
+    }
+    manifest = _read_manifest(path)
+    if manifest != wanted:
+        shutil.rmtree(path / "chunks", ignore_errors=True)
+        write_npy(path / "ids.npy", np.asarray(catalog.ids, dtype=np.int64))
+        write_json(path / "manifest.json", wanted)
+    return wanted
 
 
 def _embed_chunks(catalog, encoder, variants, chunks, chunk_size, chunk_file, batch_size, num_workers, progress):
@@ -160,28 +359,58 @@ def _embed_chunks(catalog, encoder, variants, chunks, chunk_size, chunk_file, ba
             arrays = {"image": image}
             for name in variants:
                 arrays[f"text-{name}"] = encoder.encode_texts(texts[name][start:stop], progress=False)
-            chunk_file(index).parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(chunk_file(index)) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **arrays)
     bar.close()
 
 
-def _join_chunks(path: Path, manifest: dict, n_chunks: int, chunk_file) -> None:
-    """Stream the chunks into one memory-mappable .npy per feature kind, then mark complete."""
-    keys = ["image"] + [f"text-{name}" for name in manifest["text_variants"]]
+def _check_chunks(path: Path, manifest: dict, n_chunks: int, chunk_size: int, chunk_file) -> None:
+    """Every chunk has its rows, its arrays and finite values; a bad one is removed, to be redone."""
+    for i in range(n_chunks):
+        rows = min(chunk_size, manifest["products"] - i * chunk_size)
+        try:
+            with np.load(chunk_file(i)) as chunk:
+                for key in _array_keys(manifest)[1:]:
+                    dim = manifest["image_dim"] if key == "image" else manifest["text_dim"]
+                    if key not in chunk.files:
+                        raise ValueError(f"it has no {key} array")
+                    block = chunk[key]
+                    if block.shape != (rows, dim):
+                        raise ValueError(f"{key} has shape {block.shape}, expected {(rows, dim)}")
+                    if not np.isfinite(block).all():
+                        raise ValueError(f"{key} holds NaN or infinite values")
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            chunk_file(i).unlink(missing_ok=True)
+            raise FslError(f"chunk {i} of {path} is damaged ({error}); it was removed: run `fsl embed` "
+                           "again to redo it") from None
+
+
+def _join_chunks(path: Path, manifest: dict, n_chunks: int, chunk_size: int, chunk_file) -> None:
+    """Stream the checked chunks into one memory-mappable .npy per feature kind, then mark complete.
+
+    Plain writes, not a memory map: a full disk is then an error to report, not a SIGBUS."""
+    _check_chunks(path, manifest, n_chunks, chunk_size, chunk_file)
+    rows = manifest["products"]
+    keys = _array_keys(manifest)[1:]
+    needed = sum(rows * (manifest["image_dim"] if k == "image" else manifest["text_dim"]) * DTYPE.itemsize
+                 for k in keys)
+    free = shutil.disk_usage(path).free
+    if free < needed + (16 << 20):
+        raise FslError(f"joining {path} needs {needed / 2**20:.0f} MiB but the disk has {free / 2**20:.0f} MiB "
+                       "free; free some space and run `fsl embed` again (finished chunks are kept)")
+    remove_stale_temp_files(path)
     for key in keys:
         dim = manifest["image_dim"] if key == "image" else manifest["text_dim"]
-        with atomic_path(path / f"{key}.npy") as tmp:
-            out = open_memmap(tmp, mode="w+", dtype=np.float32, shape=(manifest["products"], dim))
-            row = 0
+        with atomic_path(path / f"{key}.npy") as tmp, open(tmp, "wb") as f:
+            header = {"descr": np.lib.format.dtype_to_descr(DTYPE), "fortran_order": False, "shape": (rows, dim)}
+            np.lib.format.write_array_header_1_0(f, header)
             for i in range(n_chunks):
                 with np.load(chunk_file(i)) as chunk:
-                    block = chunk[key]
-                out[row:row + len(block)] = block
-                row += len(block)
-            out.flush()
-            del out
-    write_json(path / "manifest.json", {**manifest, "complete": True})
+                    f.write(np.ascontiguousarray(chunk[key], dtype=DTYPE).tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+    arrays = {key: _array_record(path / f"{key}.npy") for key in _array_keys(manifest)}
+    write_json(path / "manifest.json", {**manifest, "complete": True, "arrays": arrays})
     shutil.rmtree(path / "chunks", ignore_errors=True)
 
 
@@ -189,6 +418,7 @@ def _add_text_variants(path: Path, manifest: dict, catalog: Catalog, encoder: En
                        variants: list[TextVariant], progress: bool) -> None:
     for variant in variants:
         features = encoder.encode_texts(catalog.texts(variant.template, variant.mask_column), progress=progress)
-        write_npy(path / f"text-{variant.name}.npy", features)
+        write_npy(path / f"text-{variant.name}.npy", features.astype(DTYPE))
         manifest["text_variants"][variant.name] = {"template": variant.template, "mask_column": variant.mask_column}
+        manifest["arrays"][f"text-{variant.name}"] = _array_record(path / f"text-{variant.name}.npy")
     write_json(path / "manifest.json", manifest)

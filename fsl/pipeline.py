@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from fsl import FslError
 from fsl.catalog import Catalog
 from fsl.checkpoint import load_head
 from fsl.config import EncoderConfig, ExperimentConfig
@@ -21,6 +22,7 @@ from fsl.episodes import (
 )
 from fsl.evaluate import EvalResult, run_episodes
 from fsl.features import DEFAULT_ROOT, FeatureStore, embed_catalog
+from fsl.io import write_bytes
 from fsl.fusion import create_fusion, store_features
 from fsl.methods import FewShotHead, create_head
 
@@ -48,22 +50,35 @@ def episodes_dir_for(catalog: Catalog, root: str | os.PathLike = DEFAULT_EPISODE
 def draw_standard_episodes(catalog: Catalog, root: str | os.PathLike = DEFAULT_EPISODES_DIR,
                            column: str = "articleType", seed: int = 0, n_episodes: int = 600,
                            q_query: int = 15, stratify: str | None = "masterCategory",
-                           benchmarks: dict = STANDARD_BENCHMARKS) -> tuple[ClassSplit, list[Path]]:
-    """The split (saved as CSV) and one frozen file per standard benchmark the split allows."""
+                           benchmarks: dict = STANDARD_BENCHMARKS, force: bool = False) -> tuple[ClassSplit, list[Path]]:
+    """The split (saved as CSV) and one frozen file per standard benchmark the split allows.
+
+    Frozen files are test sets: one that exists with other content is never replaced unless `force`."""
+    if type(n_episodes) is not int or n_episodes < 1 or type(q_query) is not int or q_query < 1:
+        raise FslError(f"episodes and queries must be whole numbers >= 1, got {n_episodes} and {q_query}")
     labels = catalog.labels(column)
     parents = catalog.labels(stratify) if stratify else None
     split = split_classes(labels, MIN_COUNT, seed, parents=parents)
     out = episodes_dir_for(catalog, root)
-    split.save(out / f"{split.name}-split.csv")
-    written = []
+    files = {out / f"{split.name}-split.csv": split.to_bytes()}
     for offset, (name, (split_name, n_way, k_shot)) in enumerate(benchmarks.items()):
-        if n_way and n_way > len(split.classes(split_name)):
-            print(f"skipping {name}: the {split_name} split has only {len(split.classes(split_name))} classes")
+        available = len(split.classes(split_name))
+        if (n_way or available) > available or available < 2:
+            print(f"skipping {name}: the {split_name} split has only {available} class(es)")
             continue
         episode_set = draw_episode_set(f"{column}-{name}", catalog.products["id"].to_numpy(), labels, split,
                                        split_name, catalog.fingerprint, n_way, k_shot, q_query, n_episodes,
                                        seed=seed * 1000 + offset)
-        written.append(episode_set.save(out / f"{episode_set.name}.npz"))
+        files[out / f"{episode_set.name}.npz"] = episode_set.to_bytes()
+    changed = [path for path, payload in files.items() if path.exists() and path.read_bytes() != payload]
+    if changed and not force:
+        raise FslError(f"{changed[0]} exists with other content{f' (and {len(changed) - 1} more)' if len(changed) > 1 else ''}; "
+                       "frozen episode sets are test sets and are never replaced silently. Keep them, move them "
+                       "away, or pass --force to replace them")
+    written = [write_bytes(path, payload) for path, payload in files.items()
+               if not path.exists() or path.read_bytes() != payload]
+    if not written:
+        print(f"episode sets under {out} are unchanged (same split and seed give the same bytes)")
     return split, written
 
 

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
@@ -20,9 +19,10 @@ from fsl.catalog import Catalog
 from fsl.checkpoint import load_head, load_train_state, save_head, save_train_state
 from fsl.config import ExperimentConfig
 from fsl.episodes import EpisodeSampler
-from fsl.evaluate import run_episodes
+from fsl.evaluate import mean_ci, percent, run_episodes
 from fsl.features import DEFAULT_ROOT
 from fsl.fusion import store_features
+from fsl.io import read_csv
 from fsl.pipeline import (
     DEFAULT_CHECKPOINTS,
     DEFAULT_EPISODES_DIR,
@@ -38,8 +38,18 @@ def base_classes(catalog: Catalog, config: ExperimentConfig, split_seed: int, ep
     path = episodes_dir_for(catalog, episodes_root) / f"{config.label_column}-seed{split_seed}-split.csv"
     if not path.is_file():
         raise FslError(f"no class split at {path}; run `fsl episodes` first")
-    split = pd.read_csv(path)
+    split = read_csv(path)
     return sorted(split.loc[split["split"] == "base", "class"])
+
+
+def check_finite(name: str, step: int, loss: torch.Tensor, head: torch.nn.Module, lr: float) -> None:
+    """Stop at the first non-finite loss or weight: nothing after it could be trusted or saved."""
+    bad = [] if torch.isfinite(loss) else [f"the loss is {loss.item()}"]
+    bad += [f"{n} holds NaN/inf" for n, p in head.named_parameters() if not torch.isfinite(p).all()][:3]
+    if bad:
+        raise FslError(f"training {name} stopped at step {step}: {'; '.join(bad)}. The likely cause is a "
+                       f"learning rate too high for this head (train.lr = {lr:g}); lower it (e.g. --restart with "
+                       "a 10x smaller lr). Checkpoints saved before this step are finite and kept")
 
 
 def train(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
@@ -80,7 +90,9 @@ def train(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.Pa
     support_labels = torch.arange(settings.n_way).repeat_interleave(settings.k_shot)
     query_labels = torch.arange(settings.n_way).repeat_interleave(settings.q_query)
     with SummaryWriter(str(Path(runs_root) / config.name)) as writer:
-        for step in trange(start, settings.steps, desc=f"train {config.name}", disable=not progress):
+        bar = trange(start, settings.steps, desc=f"train {config.name}", disable=not progress)
+        report = bar.write if progress else print  # bar.write keeps the bar below the lines
+        for step in bar:
             head.train()
             episodes = sampler.sample(settings.episodes_per_step)
             logits = head(features[torch.from_numpy(episodes.support)],
@@ -90,15 +102,21 @@ def train(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.Pa
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            check_finite(config.name, step + 1, loss, head, settings.lr)
             writer.add_scalar("train/loss", loss.item(), step + 1)
             writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step + 1)
 
             if (step + 1) % settings.val_every == 0 or step + 1 == settings.steps:
-                accuracy = float(run_episodes(head, features.numpy(), store.ids, val_set, progress=False).mean())
+                per_episode = run_episodes(head, features.numpy(), store.ids, val_set, progress=False)
+                accuracy, ci = mean_ci(per_episode)
                 writer.add_scalar("val/accuracy", accuracy, step + 1)
-                if accuracy > best:
+                improved = accuracy > best
+                if improved:
                     best, best_step = accuracy, step + 1
                     save_head(folder / "best", head, {**meta, "step": best_step, "val_accuracy": best})
+                report(f"step {step + 1}/{settings.steps}: loss {loss.item():.4f}, {settings.val_episodes} "
+                       f"{percent(accuracy, ci)}" + (" (new best)" if improved else
+                                                    f" (best {100 * best:.1f}% at step {best_step})"))
                 save_head(folder / "last", head, {**meta, "step": step + 1, "val_accuracy": accuracy})
                 save_train_state(folder / "last", {"optimizer": optimizer.state_dict(), "step": step + 1,
                                                    "best": best, "best_step": best_step,

@@ -57,7 +57,7 @@ def test_messy_rows_are_repaired_or_skipped_and_each_is_reported(messy_dump, tmp
     assert by_issue["image missing"] == {"777"}
     assert by_issue["image unreadable"] == {"900", "901"}
     assert by_issue["empty productDisplayName"] == {str(ids[2])}
-    assert "2 image unreadable (skipped)" in catalog.summary()
+    assert "skipped 2 rows: image unreadable" in catalog.summary()
 
     saved = pd.read_csv(catalog.save_report(tmp_path / "report.csv"), dtype=str)
     assert len(saved) == len(report)

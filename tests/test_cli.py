@@ -27,7 +27,7 @@ def test_prepare_prints_a_summary_and_writes_the_report(small_dump, tmp_path, ca
     assert main(["prepare", "--data", str(small_dump), "--report", str(report)]) == 0
     out = capsys.readouterr().out
     assert "40 products from" in out and "catalog fingerprint" in out
-    assert list(pd.read_csv(report).columns) == ["id", "issue", "action", "detail"]
+    assert list(pd.read_csv(report).columns) == ["line", "id", "issue", "action", "detail"]
 
 
 def test_missing_data_is_a_message_not_a_traceback(tmp_path, monkeypatch):
