@@ -235,7 +235,7 @@ def load_catalog(data_dir: str | os.PathLike | None = None) -> Catalog:
             issues.append({"line": row.line, "id": row.id, "issue": problem.split(" (")[0], "action": "skipped",
                            "detail": problem})
         usable.append(problem is None)
-    products = table[usable].sort_values("id").reset_index(drop=True)
+    products = table[pd.Series(usable, index=table.index, dtype=bool)].sort_values("id").reset_index(drop=True)
     products = products[["id", "image_path", *LABEL_COLUMNS, "year", NAME_COLUMN]]
     report = pd.DataFrame(issues, columns=REPORT_COLUMNS).sort_values("line", kind="stable", ignore_index=True)
     if products.empty:

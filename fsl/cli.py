@@ -203,8 +203,13 @@ def cmd_demo(args) -> None:
     from fsl.catalog import load_catalog
     from fsl.demo import launch, make_backend
 
-    started = time.perf_counter()
+    import torch
+
     from fsl.predict import CatalogClassifier
+
+    # Requests are served side by side: one torch thread each is faster per photo and uses half the CPU.
+    torch.set_num_threads(1)
+    started = time.perf_counter()
 
     catalog = load_catalog(args.data)
     classifier = CatalogClassifier(catalog, args.checkpoint, None, store_root=args.store_root) if args.checkpoint else None

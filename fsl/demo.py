@@ -5,6 +5,7 @@ Binds to 127.0.0.1 unless told otherwise."""
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from fsl.io import read_csv
 from fsl.predict import CatalogClassifier
 from fsl.teach import (
     IMAGE_WEIGHT,
+    MAX_IMAGE_BYTES,
     Category,
     confidences,
     embed_image,
@@ -29,6 +31,9 @@ from fsl.teach import (
 TAUGHT = "taught categories"
 EXAMPLE_CATEGORIES = 3
 EXAMPLES_PER_CATEGORY = 5
+MAX_TEXT_LINES = 100  # per teach request: more would hold the queue for everyone
+MAX_TEXT_CHARS = 2000  # per query text
+CONCURRENT_REQUESTS = 8  # predictions and searches served side by side (the model is shared read-only)
 
 
 @dataclass
@@ -48,6 +53,9 @@ class DemoBackend:
         return [TAUGHT, *extra]
 
     def embed(self, image_path: str | None, text: str | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """A query's features; a bad photo or an overlong text is an FslError with the reason."""
+        if text and len(text) > MAX_TEXT_CHARS:
+            raise FslError(f"the text has {len(text)} characters; up to {MAX_TEXT_CHARS} are read")
         image = embed_image(self.encoder, open_image(image_path)) if image_path else None
         text = embed_text(self.encoder, text.strip()) if text and text.strip() else None
         return image, text
@@ -119,6 +127,8 @@ def teach(backend: DemoBackend, categories: list[Category], name: str, files, te
         return categories, f"⚠️ A category named “{name}” already exists. Pick another name, or clear and re-teach."
     if not paths and not lines:
         return categories, f"⚠️ “{name}” has no examples: add at least one photo or one line of text."
+    if len(lines) > MAX_TEXT_LINES:
+        return categories, f"⚠️ Nothing was added: {len(lines)} text lines; up to {MAX_TEXT_LINES} per category."
     category = Category(name)
     try:
         for path in paths:
@@ -186,6 +196,13 @@ def search(backend: DemoBackend, image_path: str | None, text: str | None, k: in
 def build_app(backend: DemoBackend):
     import gradio as gr
 
+    class PhotoInput(gr.Image):
+        """An image upload whose file reaches the app undecoded: the app checks it (size, pixels, format)
+        and answers with a message, where gr.Image would fail inside its own decoder."""
+
+        def preprocess(self, payload):
+            return None if payload is None else payload.path
+
     with gr.Blocks(title="fsl: few-shot fashion") as app:
         gr.Markdown("# Few-shot fashion classifier\nTeach new categories from a few photos or product "
                     f"texts, then predict. Features: `{backend.encoder.id}`; catalog of {len(backend.catalog)} products.")
@@ -207,7 +224,7 @@ def build_app(backend: DemoBackend):
         with gr.Tab("Predict", elem_id="predict-tab"):
             with gr.Row():
                 with gr.Column():
-                    query_image = gr.Image(label="Product photo", type="filepath", elem_id="query-image")
+                    query_image = PhotoInput(label="Product photo", type="filepath", elem_id="query-image")
                     query_text = gr.Textbox(label="Product text (optional)")
                     source = gr.Radio(backend.sources, value=TAUGHT, label="Classify among",
                                       visible=len(backend.sources) > 1)
@@ -219,7 +236,7 @@ def build_app(backend: DemoBackend):
         with gr.Tab("Search"):
             with gr.Row():
                 with gr.Column():
-                    search_image = gr.Image(label="Find products like this photo", type="filepath")
+                    search_image = PhotoInput(label="Find products like this photo", type="filepath")
                     search_text = gr.Textbox(label="…and/or this text")
                     search_k = gr.Slider(1, 24, value=8, step=1, label="Results")
                     search_button = gr.Button("Search", variant="primary")
@@ -246,17 +263,29 @@ def build_app(backend: DemoBackend):
         examples_button.click(on_examples, [state], teach_outputs, api_name="load_examples")
         clear_button.click(on_clear, [state], teach_outputs, api_name="clear")
         predict_button.click(lambda c, i, t, s: predict(backend, c, i, t, s), [state, query_image, query_text, source],
-                             [label, predict_status, neighbours], api_name="predict")
+                             [label, predict_status, neighbours], api_name="predict",
+                             concurrency_limit=CONCURRENT_REQUESTS)
         search_button.click(lambda i, t, k: search(backend, i, t, k), [search_image, search_text, search_k],
-                            [results, search_status], api_name="search")
+                            [results, search_status], api_name="search", concurrency_limit=CONCURRENT_REQUESTS)
     return app
 
 
 def launch(backend: DemoBackend, host: str = "127.0.0.1", port: int | None = None, block: bool = True):
     """Serve the app; returns (app, url). With block=False the server runs in a thread."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    if port is not None:
+        check_port_free(host, port)
     app = build_app(backend)
     allowed = [str(Path(p).parent) for p in backend.catalog.image_paths[:1]]
     _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=True,
-                           allowed_paths=allowed, show_error=False)
+                           allowed_paths=allowed, show_error=False, max_file_size=MAX_IMAGE_BYTES)
     return app, url
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise FslError(f"cannot serve on {host}:{port} ({error.strerror}); is another demo running? "
+                           "Stop it or pass --port N") from None

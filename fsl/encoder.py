@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,6 +25,7 @@ from fsl import FslError
 
 MODEL_CONFIGS = Path(__file__).parent / "model_configs"
 RANDOM_WEIGHTS = ("none", "random")
+_TEXT_LOCK = threading.Lock()
 
 
 class ImageFiles(Dataset):
@@ -67,7 +69,8 @@ class Encoder(ABC):
         out = np.empty((len(texts), self.text_dim), dtype=np.float32)
         for start in tqdm(range(0, len(texts), batch_size), desc="texts", unit="batch", disable=not progress):
             batch = list(texts[start:start + batch_size])
-            out[start:start + len(batch)] = F.normalize(self._embed_texts(batch).float(), dim=-1).numpy()
+            with _TEXT_LOCK:  # a Hugging Face fast tokenizer must not be used by two threads at once
+                out[start:start + len(batch)] = F.normalize(self._embed_texts(batch).float(), dim=-1).numpy()
         return out
 
     def image_batches(self, paths: Sequence[str | os.PathLike], batch_size: int = 32,

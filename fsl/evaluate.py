@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from fsl import FslError
 from fsl.episodes import EpisodeSet
-from fsl.io import atomic_path
+from fsl.io import atomic_path, read_csv, write_csv
 from fsl.methods.base import FewShotHead
 
 
@@ -101,9 +101,7 @@ def results_frame(results: list[EvalResult]) -> pd.DataFrame:
 
 
 def save_results(results: list[EvalResult], path: str | os.PathLike) -> Path:
-    with atomic_path(path) as tmp:
-        results_frame(results).to_csv(tmp, index=False)
-    return Path(path)
+    return write_csv(results_frame(results), path)
 
 
 def load_results(paths: list[str | os.PathLike]) -> pd.DataFrame:
@@ -111,7 +109,10 @@ def load_results(paths: list[str | os.PathLike]) -> pd.DataFrame:
     for path in paths:
         if not Path(path).is_file():
             raise FslError(f"no results file at {path}; `fsl eval` writes them under results/")
-        frame = pd.read_csv(path)
+        try:
+            frame = read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+            raise FslError(f"{path} is not a readable results CSV ({type(error).__name__})") from None
         missing = {"method", "episode_set", "episode", "accuracy"} - set(frame.columns)
         if missing:
             raise FslError(f"{path} is no results file: it lacks columns {sorted(missing)}")

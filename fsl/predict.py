@@ -17,7 +17,7 @@ from fsl.checkpoint import load_head, read_meta
 from fsl.config import config_from_dict, load_config
 from fsl.features import DEFAULT_ROOT
 from fsl.fusion import store_features
-from fsl.io import atomic_path
+from fsl.io import check_writable_target, write_csv
 from fsl.pipeline import build_head, encoder_from_config, open_store
 from fsl.teach import embed_image, embed_text, open_image
 
@@ -25,11 +25,18 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
 def read_texts(path: str | os.PathLike | None) -> dict[str, str]:
+    """--texts: a CSV with columns file,text; a malformed one is an error naming it, never a traceback."""
     if path is None:
         return {}
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not Path(path).is_file():
+        raise FslError(f"--texts {path} is not a file")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise FslError(f"--texts {path} is not a readable CSV ({str(error).strip().splitlines()[-1]}); "
+                       "expected the columns file,text") from None
     if not {"file", "text"} <= set(table.columns):
-        raise FslError(f"{path} needs the columns file,text (found {list(table.columns)})")
+        raise FslError(f"--texts {path} needs the columns file,text (found {list(table.columns)})")
     return dict(zip(table["file"], table["text"]))
 
 
@@ -90,6 +97,7 @@ def predict_folder(catalog: Catalog, checkpoint: str | None, config_path: str | 
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FslError(f"no photos ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    check_writable_target(Path(out))  # before any work: refuse a device, FIFO or link as output
     text_of = read_texts(texts)
     classifier = CatalogClassifier(catalog, checkpoint, config_path, shots, store_root)
 
@@ -113,6 +121,4 @@ def predict_folder(catalog: Catalog, checkpoint: str | None, config_path: str | 
                 record[f"label_{rank}"] = classifier.classes[int(index)]
                 record[f"confidence_{rank}"] = round(float(value), 4)
     columns = ["file"] + [f"{kind}_{r}" for r in range(1, top_k + 1) for kind in ("label", "confidence")] + ["error"]
-    with atomic_path(out) as tmp:
-        pd.DataFrame(records).reindex(columns=columns).to_csv(tmp, index=False)
-    return Path(out)
+    return write_csv(pd.DataFrame(records).reindex(columns=columns), out)

@@ -16,18 +16,25 @@ TAUGHT = "taught categories"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """The demo on 127.0.0.1 over 3 real classes x 12 products, offline encoder."""
-    from fsl.demo import launch, make_backend
+def backend(tmp_path_factory):
+    """3 real classes x 12 products, offline encoder, a configured head over the catalog's classes."""
+    from fsl.demo import make_backend
     from fsl.predict import CatalogClassifier
 
     root = tmp_path_factory.mktemp("demo")
     catalog = load_catalog(make_slice(root / "dump", CLASSES, 12))
     classifier = CatalogClassifier(catalog, None, str(EXPERIMENTS / "protonet-fused-masked.yaml"),
                                    store_root=root / "store")
-    backend = make_backend(catalog, EncoderConfig("offline"), root / "store", root / "episodes", classifier)
+    return make_backend(catalog, EncoderConfig("offline"), root / "store", root / "episodes", classifier)
+
+
+@pytest.fixture(scope="module")
+def served(backend):
+    """The demo on 127.0.0.1."""
+    from fsl.demo import launch
+
     app, url = launch(backend, port=None, block=False)
-    yield url, catalog
+    yield url, backend.catalog
     app.close()
 
 
@@ -116,6 +123,56 @@ def test_every_bad_input_gets_a_message(served, tmp_path):
     teach(session, "Bags", photos(catalog, "Handbags")[:2])
     assert "Give a photo, a product text, or both" in session.predict(None, " ", TAUGHT, api_name="/predict")[1]
     assert "Search by a photo, a text, or both" in session.predict(None, "", 3, api_name="/search")[1]
+
+
+def test_bad_uploads_to_predict_and_search_get_the_teach_tab_s_messages(served, tmp_path):
+    """Gradio's own image decoder never sees the file: the app checks it and answers in words."""
+    url, catalog = served
+    session = client(url)
+    teach(session, "Watches", photos(catalog, "Watches")[:2])
+    teach(session, "Bags", photos(catalog, "Handbags")[:2])
+    not_image = tmp_path / "fake.jpg"
+    not_image.write_bytes(b"GIF89a but not really" * 10)
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (9000, 9000)).save(bomb, optimize=True)  # a few KB on disk, 81 megapixels decoded
+    for bad, message in ((not_image, "not an image this app can read"), (bomb, "megapixels")):
+        _, status, _ = session.predict(gradio_client.handle_file(str(bad)), "", TAUGHT, api_name="/predict")
+        assert message in status
+        gallery, status = session.predict(gradio_client.handle_file(str(bad)), "", 3, api_name="/search")
+        assert message in status and gallery == []
+    lines = "\n".join(f"Product {i}" for i in range(2000))
+    status, _, _ = teach(session, "Many", texts=lines)
+    assert "2000 text lines; up to 100" in status
+    _, status, _ = session.predict(None, "x" * 5000, TAUGHT, api_name="/predict")
+    assert "5000 characters" in status
+
+
+def test_predictions_of_several_clients_run_side_by_side(served, backend, monkeypatch):
+    import threading
+    import time
+
+    url, catalog = served
+    sessions = [client(url) for _ in range(4)]
+    for session in sessions:
+        session.predict(api_name="/load_examples")
+    real_embed = backend.embed
+
+    def slow_embed(*args):
+        time.sleep(1.0)  # a slow model: served one at a time, 4 requests would take 4 s
+        return real_embed(*args)
+
+    monkeypatch.setattr(backend, "embed", slow_embed)
+    answers = []
+    photo = gradio_client.handle_file(str(photos(catalog, "Watches")[-1]))
+    threads = [threading.Thread(target=lambda s=s: answers.append(s.predict(photo, "", TAUGHT, api_name="/predict")))
+               for s in sessions]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == 4 and all("Best guess" in status for _, status, _ in answers)
+    assert time.perf_counter() - started < 3.0
 
 
 def test_a_person_in_a_real_browser_teaches_predicts_and_gets_a_screenshot(served, tmp_path):

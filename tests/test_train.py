@@ -107,3 +107,15 @@ def test_untrained_or_untrainable_configs_are_clear_errors(workspace):
         run(workspace, dataclasses.replace(config(5), train=None), "e")
     with pytest.raises(FslError, match="no meta-parameters to train"):
         run(workspace, dataclasses.replace(config(5), method_options={}, fusion="concat"), "e")
+
+
+def test_diverging_training_stops_naming_the_step_and_saves_nothing_non_finite(workspace):
+    from safetensors.torch import load_file
+
+    root, _ = workspace
+    cfg = config(40, name="diverge")
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=1e30))
+    with pytest.raises(FslError, match=r"stopped at step \d+: .*train.lr = 1e\+30"):
+        run(workspace, cfg, "d")
+    for saved in (root / "d/ckpt/diverge").glob("*/head.safetensors"):
+        assert all(torch.isfinite(v).all() for v in load_file(str(saved)).values())
