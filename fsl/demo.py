@@ -196,12 +196,13 @@ def search(backend: DemoBackend, image_path: str | None, text: str | None, k: in
 def build_app(backend: DemoBackend):
     import gradio as gr
 
-    class PhotoInput(gr.Image):
+    def photo_input(**options) -> gr.Image:
         """An image upload whose file reaches the app undecoded: the app checks it (size, pixels, format)
-        and answers with a message, where gr.Image would fail inside its own decoder."""
-
-        def preprocess(self, payload):
-            return None if payload is None else payload.path
+        and answers with a message, where gr.Image would fail inside its own decoder. (An override on
+        the instance: a subclass would make Gradio write a .pyi file into this package.)"""
+        image = gr.Image(type="filepath", **options)
+        image.preprocess = lambda payload: None if payload is None else payload.path
+        return image
 
     with gr.Blocks(title="fsl: few-shot fashion") as app:
         gr.Markdown("# Few-shot fashion classifier\nTeach new categories from a few photos or product "
@@ -224,7 +225,7 @@ def build_app(backend: DemoBackend):
         with gr.Tab("Predict", elem_id="predict-tab"):
             with gr.Row():
                 with gr.Column():
-                    query_image = PhotoInput(label="Product photo", type="filepath", elem_id="query-image")
+                    query_image = photo_input(label="Product photo", elem_id="query-image")
                     query_text = gr.Textbox(label="Product text (optional)")
                     source = gr.Radio(backend.sources, value=TAUGHT, label="Classify among",
                                       visible=len(backend.sources) > 1)
@@ -236,7 +237,7 @@ def build_app(backend: DemoBackend):
         with gr.Tab("Search"):
             with gr.Row():
                 with gr.Column():
-                    search_image = PhotoInput(label="Find products like this photo", type="filepath")
+                    search_image = photo_input(label="Find products like this photo")
                     search_text = gr.Textbox(label="…and/or this text")
                     search_k = gr.Slider(1, 24, value=8, step=1, label="Results")
                     search_button = gr.Button("Search", variant="primary")

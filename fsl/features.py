@@ -23,7 +23,7 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -88,6 +88,24 @@ class FeatureStore:
             raise FslError(f"{self.path} has no text features {variant!r}; it has {sorted(self.texts)}. "
                            "Run `fsl embed` with that text variant.")
         return self.texts[variant]
+
+    def short_texts(self, texts: list[str], encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+        """[T, text_dim] embeddings of short texts (class-name prompts), cached beside the store so that
+        warm commands need no encoder; `encode` runs only for texts not seen before."""
+        cache_file = self.path / "short-texts.npz"
+        try:
+            with np.load(cache_file) as cached_arrays:
+                cached = dict(cached_arrays)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            cached = {}  # no cache yet, or a damaged one: it is only a cache
+        keys = [hashlib.sha256(t.encode()).hexdigest()[:32] for t in texts]
+        missing = list(dict.fromkeys(t for t, k in zip(texts, keys) if k not in cached))
+        if missing:
+            for text, vector in zip(missing, encode(missing)):
+                cached[hashlib.sha256(text.encode()).hexdigest()[:32]] = np.asarray(vector, dtype=DTYPE)
+            with atomic_path(cache_file) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **cached)
+        return np.stack([cached[k] for k in keys])
 
     @classmethod
     def open(cls, path: str | os.PathLike, encoder_id: str | None = None,
@@ -208,6 +226,14 @@ def writer_lock(path: Path, rank: int = 0, world_size: int = 1):
     who = "fsl embed" + (f" rank {rank} of {world_size}" if world_size > 1 else "")
     holder = f"{who} (pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})"
     return _file_lock(path / "writer.lock", shared=world_size > 1, wait=False, holder=holder)
+
+
+def is_complete(path: Path) -> bool:
+    """Whether a store at `path` says it is complete (not yet checked: `FeatureStore.open` does that)."""
+    try:
+        return bool((_read_manifest(Path(path)) or {}).get("complete"))
+    except FslError:
+        return False
 
 
 def store_path(root: str | os.PathLike, encoder_id: str, catalog_fingerprint: str) -> Path:

@@ -22,6 +22,7 @@ from fsl import FslError
 CACHE_DIR = Path(os.environ.get("FSL_CACHE", ".fsl"))  # feature stores, reports, the synthetic sample
 TEMP_SUFFIX = ".tmp"
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets run as a formula
+IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".webp"})  # the files fsl reads as photos
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 

@@ -12,7 +12,7 @@ from fsl import FslError
 from fsl.catalog import Catalog
 from fsl.checkpoint import load_head
 from fsl.config import EncoderConfig, ExperimentConfig
-from fsl.encoder import Encoder, create_encoder
+from fsl.encoder import Encoder, create_encoder, encoder_id
 from fsl.episodes import (
     STANDARD_BENCHMARKS,
     ClassSplit,
@@ -31,10 +31,25 @@ DEFAULT_CHECKPOINTS = Path("checkpoints")
 MIN_COUNT = 20  # 5 shots + 15 queries: every class of a split serves every standard benchmark
 
 
+class LazyEncoder:
+    """The encoder a config names, built on first use: warm commands need only its id (the store
+    key), so `fsl eval` and `fsl train` on a warm store never load weights."""
+
+    def __init__(self, config: EncoderConfig):
+        self.config = config
+        self.id = encoder_id(config.name, config.model, config.pretrained)
+        self._built: Encoder | None = None
+
+    def __getattr__(self, name: str):  # only for what __init__ did not set: the model's own parts
+        if self._built is None:
+            options = {"model": self.config.model, "pretrained": self.config.pretrained} if self.config.name == "clip" else {}
+            self._built = create_encoder(self.config.name, device=self.config.device, **options)
+        return getattr(self._built, name)
+
+
 @lru_cache(maxsize=4)
-def encoder_from_config(config: EncoderConfig) -> Encoder:
-    options = {"model": config.model, "pretrained": config.pretrained} if config.name == "clip" else {}
-    return create_encoder(config.name, device=config.device, **options)
+def encoder_from_config(config: EncoderConfig) -> LazyEncoder:
+    return LazyEncoder(config)
 
 
 def open_store(catalog: Catalog, config: EncoderConfig, store_root: str | os.PathLike = DEFAULT_ROOT) -> FeatureStore:
@@ -90,10 +105,11 @@ def build_head(config: ExperimentConfig, store: FeatureStore) -> FewShotHead:
                        **config.method_options)
 
 
-def class_text_table(config: ExperimentConfig, classes: list[str]) -> torch.Tensor:
-    """[C, Dt] text-tower embeddings of the class names, put through the config's prompt."""
+def class_text_table(config: ExperimentConfig, classes: list[str], store: FeatureStore) -> torch.Tensor:
+    """[C, Dt] text-tower embeddings of the class names, put through the config's prompt (cached in the store)."""
     prompts = [config.class_prompt.format(name) for name in classes]
-    return torch.from_numpy(encoder_from_config(config.encoder).encode_texts(prompts, progress=False))
+    encoder = encoder_from_config(config.encoder)
+    return torch.from_numpy(store.short_texts(prompts, lambda texts: encoder.encode_texts(texts, progress=False)))
 
 
 def checkpoint_dir(config: ExperimentConfig, root: str | os.PathLike = DEFAULT_CHECKPOINTS) -> Path:
@@ -120,7 +136,7 @@ def run_experiment(config: ExperimentConfig, catalog: Catalog, episodes_root: st
     results = []
     for name in config.episodes:
         episode_set = load_episode_set(config, catalog, name, episodes_root)
-        class_text = class_text_table(config, episode_set.meta["classes"]) if head.needs_class_text else None
+        class_text = class_text_table(config, episode_set.meta["classes"], store) if head.needs_class_text else None
         accuracy = run_episodes(head, features, store.ids, episode_set, config.batch_size, progress, class_text)
         results.append(EvalResult(config.name, name, accuracy,
                                   {**hparams, "n_way": episode_set.episodes.n_way,

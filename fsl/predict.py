@@ -17,11 +17,10 @@ from fsl.checkpoint import load_head, read_meta
 from fsl.config import config_from_dict, load_config
 from fsl.features import DEFAULT_ROOT
 from fsl.fusion import store_features
-from fsl.io import check_writable_target, write_csv
+from fsl.io import IMAGE_SUFFIXES, check_writable_target, write_csv
 from fsl.pipeline import build_head, encoder_from_config, open_store
 from fsl.teach import embed_image, embed_text, open_image
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
 def read_texts(path: str | os.PathLike | None) -> dict[str, str]:

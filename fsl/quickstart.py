@@ -58,3 +58,16 @@ def quickstart(data: str | None = None, encoder: str = "offline", experiments: P
     print(f"per-episode results: {out / 'results.csv'}; plot: {plot_summary(summary, out / 'accuracy.png')}")
     if sample:
         _banner(SAMPLE_NOTICE)
+    print(what_next(data_flag="" if not data else f" --data {data}"))
+
+
+def what_next(data_flag: str = "") -> str:
+    """The closing lines: the commands a new user runs next, in the order they make sense."""
+    fsl = ".venv/bin/fsl"
+    return "\n".join([
+        "What next (each command: --help):",
+        f"  {fsl} eval experiments/*.yaml{data_flag}          every head on the frozen episodes (mean ± 95% CI)",
+        f"  {fsl} train experiments/protonet-meta-fused-masked.yaml{data_flag}   meta-train a head",
+        f"  {fsl} demo{data_flag}                             teach new categories in the browser (127.0.0.1:7860)",
+        "  .venv/bin/tensorboard --logdir runs --host 127.0.0.1   curves and the hparams view",
+    ])

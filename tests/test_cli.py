@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -73,7 +74,7 @@ def test_episodes_eval_compare_end_to_end_and_reproducible(twelve_class_dump, tm
            "--store-root", "store", "--results", "res", "--runs", "runs"]
     assert main(run) == 0
     out = capsys.readouterr().out
-    assert "tiny-image" in out and "tiny-concat" in out and "ci95" in out
+    assert "tiny-image" in out and "tiny-concat" in out and "accuracy % (95% CI)" in out and " ± " in out
     first_results = pd.read_csv(tmp_path / "res" / "tiny-image.csv")
     assert len(first_results) == 100 and first_results["accuracy"].between(0, 1).all()
     assert main(run) == 0
@@ -102,6 +103,10 @@ def test_quickstart_runs_end_to_end_on_the_sample_and_says_numbers_mean_nothing(
     results = pd.read_csv(tmp_path / "results/quickstart/results.csv")
     assert set(results["method"]) == {"protonet-image", "protonet-text-masked", "protonet-fused-masked"}
     assert (tmp_path / "results/quickstart/accuracy.png").is_file()
+    closing = done.stdout.rstrip().splitlines()[-5:]
+    assert closing[0] == "What next (each command: --help):"
+    assert [line.split()[1] for line in closing[1:4]] == ["eval", "train", "demo"] and "tensorboard" in closing[4]
+    assert "Loading weights" not in done.stdout + done.stderr and "Loaded pretrained" not in done.stdout
 
 
 def test_predict_classifies_a_folder_into_a_csv_and_reports_bad_files(small_dump, tmp_path, capsys):
@@ -127,3 +132,18 @@ def test_predict_classifies_a_folder_into_a_csv_and_reports_bad_files(small_dump
     assert main(["predict", "--config", str(tmp_path / "tiny.yaml"), "--data", str(small_dump), "--images",
                  str(images), "--texts", str(tmp_path / "texts.csv"), "--store-root", str(tmp_path / "store")]) == 2
     assert "needs the columns file,text" in capsys.readouterr().err
+
+
+def test_every_help_renders_clean(capsys):
+    """No literal %%, no option without a word of help, in `fsl --help` and every subcommand's."""
+    from fsl.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in [("fsl", parser), *commands.items()]:
+        text = sub.format_help()
+        assert "%%" not in text, name
+        for action in sub._actions:
+            if action.option_strings or action.dest != "help":
+                assert action.help and action.help.strip(), f"{name} {action.option_strings or action.dest}"
+    assert ".bmp" in commands["predict"].format_help() and "FSL_CACHE" in commands["eval"].format_help()

@@ -179,7 +179,7 @@ def test_a_person_in_a_real_browser_teaches_predicts_and_gets_a_screenshot(serve
     from tests.browser import CHROMEDRIVER, CHROMIUM, drive_demo
 
     if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+        pytest.skip("Debian's chromium and chromium-driver are not installed (`make test` installs them)")
     url, catalog = served
     watches = photos(catalog, "Watches")
     shot = tmp_path / "demo.png"

@@ -494,3 +494,12 @@ def test_a_port_in_use_is_a_message(tmp_path):
         taken.listen()
         with pytest.raises(FslError, match=r"cannot serve on 127.0.0.1:\d+ .*--port N"):
             check_port_free("127.0.0.1", taken.getsockname()[1])
+
+
+def test_ids_out_of_order_are_named_as_such_not_as_missing_ids():
+    from fsl.evaluate import store_rows
+
+    with pytest.raises(FslError, match="not in increasing order"):
+        store_rows(np.array([5, 3, 1]), np.array([3]))
+    with pytest.raises(FslError, match=r"lacks \(e.g. ids \[4\]\)"):
+        store_rows(np.array([1, 3, 5]), np.array([4]))

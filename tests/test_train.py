@@ -119,3 +119,21 @@ def test_diverging_training_stops_naming_the_step_and_saves_nothing_non_finite(w
         run(workspace, cfg, "d")
     for saved in (root / "d/ckpt/diverge").glob("*/head.safetensors"):
         assert all(torch.isfinite(v).all() for v in load_file(str(saved)).values())
+
+
+def test_warm_eval_and_train_build_no_encoder(workspace, monkeypatch):
+    """The store key comes from the config and class-name prompts are cached: no weights are loaded."""
+    from fsl.encoder import ClipEncoder
+    from fsl.pipeline import encoder_from_config
+
+    root, catalog = workspace
+    zero_shot = ExperimentConfig(name="zs", method="zero_shot", fusion="text", episodes=("novel-5w5s",), encoder=TINY)
+    run_experiment(zero_shot, catalog, root / "episodes", root / "store", progress=False)  # caches the prompts
+    encoder_from_config.cache_clear()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a warm command built the encoder")
+
+    monkeypatch.setattr(ClipEncoder, "__init__", no_model)
+    assert run_experiment(zero_shot, catalog, root / "episodes", root / "store", progress=False)
+    assert run(workspace, config(5, name="warm"), "w")["steps"] == 5
