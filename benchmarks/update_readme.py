@@ -1,8 +1,12 @@
 """Regenerate the README's results block from a real run (never typed by hand):
-every experiments/*.yaml on the frozen episodes of $FSL_DATA, a table of mean ± 95% CI, the paired
-difference of each experiment against the image-only prototype baseline, and docs/results.png.
+every experiments/*.yaml on the frozen episodes of $FSL_DATA, a table of mean ± 95% CI (inductive
+and transductive heads apart), the paired difference of each experiment against the image-only
+prototype baseline, and docs/results.png.
 
-    python benchmarks/update_readme.py [--data DIR]
+    python benchmarks/update_readme.py [--data DIR] [--results results]
+
+With --results, the per-episode CSVs that `fsl eval experiments/*.yaml` just wrote are used instead
+of running every experiment again (each must be newer than its config).
 """
 
 from __future__ import annotations
@@ -14,9 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
+from fsl import FslError
 from fsl.catalog import load_catalog
 from fsl.config import load_config
-from fsl.evaluate import paired_difference, plot_summary, results_frame, summary_table
+from fsl.encoder import encoder_id
+from fsl.evaluate import (
+    load_results,
+    paired_difference,
+    plot_summary,
+    results_frame,
+    summary_table,
+)
 from fsl.io import atomic_path
 from fsl.pipeline import run_experiment
 
@@ -28,7 +40,12 @@ def markdown(catalog, frame) -> str:
     summary = summary_table(frame)
     sets = list(dict.fromkeys(summary["episode_set"]))
     lines = [f"| experiment | {' | '.join(sets)} |", "|---|" + "---|" * len(sets)]
-    for method, group in summary.groupby("method", sort=False):
+    transductive = summary.get("transductive", False)
+    summary = summary.assign(kind=np.where(transductive.astype(str).str.lower() == "true", "transductive", "inductive"))
+    for method, group in summary.sort_values("kind", kind="stable").groupby("method", sort=False):
+        if group["kind"].iloc[0] == "transductive" and not lines[-1].startswith("| **transductive"):
+            lines.append("| **transductive heads** (they see every query of an episode; compare them only with each other) |"
+                         + " |" * len(sets))
         cells = group.set_index("episode_set").reindex(sets)
         lines.append(f"| {method} | " + " | ".join(
             "—" if np.isnan(r.accuracy) else f"{100 * r.accuracy:.1f} ± {100 * r.ci95:.1f}"
@@ -50,17 +67,38 @@ def markdown(catalog, frame) -> str:
     return "\n".join(lines)
 
 
+def from_results(configs, folder: Path):
+    """The results of every config, as `fsl eval` wrote them; a missing file, or one older than its
+    config or its trained checkpoint, is an error."""
+    paths = []
+    for config in configs:
+        path = folder / f"{config.name}.csv"
+        sources = [ROOT / "experiments" / f"{config.name}.yaml"]
+        if config.train is not None:
+            sources.append(ROOT / "checkpoints" / config.name / "best" / "head.safetensors")
+        if not path.is_file() or any(not f.is_file() or path.stat().st_mtime < f.stat().st_mtime for f in sources):
+            raise FslError(f"{path} is missing or older than {' or '.join(map(str, sources))}: "
+                           "run `fsl eval experiments/*.yaml` (after `fsl train`) first")
+        paths.append(path)
+    encoders = {encoder_id(c.encoder.name, c.encoder.model, c.encoder.pretrained) for c in configs}
+    return load_results(paths), sorted(encoders)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data")
+    parser.add_argument("--results", help="use the per-episode CSVs `fsl eval` wrote here instead of re-running")
     args = parser.parse_args()
     catalog = load_catalog(args.data)
-    results = []
-    for path in sorted((ROOT / "experiments").glob("*.yaml")):
-        results += run_experiment(load_config(path), catalog, ROOT / "episodes", progress=False)
-    frame = results_frame(results)
+    configs = [load_config(path) for path in sorted((ROOT / "experiments").glob("*.yaml"))]
+    if args.results:
+        frame, encoders = from_results(configs, Path(args.results))
+    else:
+        results = []
+        for config in configs:
+            results += run_experiment(config, catalog, ROOT / "episodes", progress=False)
+        frame, encoders = results_frame(results), sorted({r.hparams["encoder"] for r in results})
     plot_summary(summary_table(frame), ROOT / "docs" / "results.png")
-    encoders = sorted({r.hparams["encoder"] for r in results})
     block = (f"Encoder: `{', '.join(encoders)}`; catalog `{catalog.fingerprint}` ({len(catalog)} products); "
              f"600 frozen novel-class episodes per column, 15 queries per class. Accuracy in %, mean ± 95% CI.\n\n"
              + markdown(catalog, frame) + "\n\n![accuracy per method](docs/results.png)")

@@ -11,9 +11,10 @@ import csv
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Iterable
 
 import pandas as pd
 from PIL import Image
@@ -164,6 +165,7 @@ class Catalog:
     products: pd.DataFrame  # columns: id, image_path, LABEL_COLUMNS, year, productDisplayName
     report: pd.DataFrame  # columns: line, id, issue, action, detail
     data_rows: int = 0  # non-blank lines under the header: each is a product or a skipped row of the report
+    known_fingerprint: str | None = field(default=None, repr=False)  # from a prepared catalog: no re-hashing
 
     def __len__(self) -> int:
         return len(self.products)
@@ -184,11 +186,7 @@ class Catalog:
     @cached_property
     def fingerprint(self) -> str:
         """Content hash of the cleaned table and every photo's bytes: same content, same key."""
-        digest = hashlib.sha256()
-        digest.update(self.products.drop(columns="image_path").to_csv(index=False).encode())
-        for path in self.image_paths:
-            digest.update(path.read_bytes())
-        return digest.hexdigest()[:16]
+        return self.known_fingerprint or fingerprint_of(self.products, (p.read_bytes() for p in self.image_paths))
 
     def texts(self, template: str = DEFAULT_TEXT_TEMPLATE, mask_column: str | None = None) -> list[str]:
         """Per-product text from a template over metadata fields, optionally with the label
@@ -223,9 +221,31 @@ class Catalog:
         return write_csv(self.report, path)
 
 
-def load_catalog(data_dir: str | os.PathLike | None = None) -> Catalog:
-    """Read, repair and check a dump; only products with a readable photo are kept."""
+def fingerprint_of(products: pd.DataFrame, photos: Iterable[bytes]) -> str:
+    """sha256 of the cleaned table (without paths) and then every photo's bytes, in catalog order."""
+    digest = hashlib.sha256()
+    digest.update(products.drop(columns="image_path").to_csv(index=False).encode())
+    for data in photos:
+        digest.update(data)
+    return digest.hexdigest()[:16]
+
+
+def load_catalog(data_dir: str | os.PathLike | None = None, refresh: bool = False) -> Catalog:
+    """The dump's catalog: from its prepared catalog when that is current (a stat per photo, no
+    decoding), else read, repaired and checked in full, then prepared for next time. `refresh`
+    (`fsl prepare`) always reads in full."""
+    from fsl.prepared import open_prepared, save_prepared
+
     root = resolve_data_dir(data_dir)
+    catalog = None if refresh else open_prepared(root)
+    if catalog is None:
+        catalog = read_dump(root)
+        save_prepared(catalog)
+    return catalog
+
+
+def read_dump(root: Path) -> Catalog:
+    """Read, repair and check a dump; only products with a readable photo are kept."""
     table, issues, data_rows = read_styles(root / "styles.csv")
     table["image_path"] = [str(root / "images" / f"{i}.jpg") for i in table["id"]]
     usable = []

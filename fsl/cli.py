@@ -57,6 +57,9 @@ def _add_encoder(parser: argparse.ArgumentParser) -> None:
                        help="open_clip pretrained tag (e.g. openai), a local checkpoint file, or 'none' "
                             "for random weights (clip only; default openai)")
     group.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    group.add_argument("--runtime", default="auto", choices=["auto", "onnx", "eager"],
+                       help="image tower: ONNX Runtime (several times faster on a CPU; checked against eager, "
+                            "cosine >= 0.999) or eager PyTorch; auto: ONNX where it works (default)")
     group.add_argument("--store-root", default=str(CACHE / "features"), metavar="DIR", help=STORE_HELP)
 
 
@@ -68,21 +71,27 @@ def _add_experiments(parser: argparse.ArgumentParser, runs: str) -> None:
     parser.add_argument("--store-root", default=str(CACHE / "features"), metavar="DIR", help=STORE_HELP)
     parser.add_argument("--checkpoints", default="checkpoints", help="trained heads (default checkpoints/)")
     parser.add_argument("--runs", default=runs, help=f"TensorBoard log dir (default {runs})")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a config value, dotted for sections (method_options.C=10, train.lr=3e-4); "
+                             "repeatable; the run's name gets the change appended")
 
 
 def _encoder_config(args):
     from fsl.config import EncoderConfig
 
-    return EncoderConfig(args.encoder, args.model, args.pretrained, args.device)
+    return EncoderConfig(args.encoder, args.model, args.pretrained, args.device, args.runtime)
 
 
 def cmd_prepare(args) -> None:
     from fsl.catalog import load_catalog
 
-    catalog = load_catalog(args.data)
+    from fsl.prepared import prepared_path
+
+    catalog = load_catalog(args.data, refresh=True)
     report = catalog.save_report(args.report)
     print(catalog.summary())
-    print(f"catalog fingerprint {catalog.fingerprint}; {len(catalog.report)} rows reported in {report}")
+    print(f"catalog fingerprint {catalog.fingerprint}; {len(catalog.report)} rows reported in {report}; "
+          f"prepared catalog {prepared_path(catalog.root)} (later commands open it: a stat per photo)")
 
 
 def cmd_embed(args) -> None:
@@ -103,7 +112,7 @@ def cmd_embed(args) -> None:
                           rank=_env_int("RANK", 0), world_size=_env_int("WORLD_SIZE", 1), full_check=args.verify)
     seconds = time.perf_counter() - started
     if store is None:
-        print("this rank's chunks are done; run `fsl embed` again once every rank has finished to join them")
+        print("this rank's chunks are done; the last rank to finish joins the store")
         return
     if warm and not args.verify:
         print(f"the feature store is warm: {len(store.ids)} products by {store.encoder_id} (checked in "
@@ -141,7 +150,8 @@ def cmd_episodes(args) -> None:
         print(f"wrote {path}")
 
 
-def _print_and_save(results, args) -> None:
+def _print_and_save(results, configs, args, chosen_on: str = "as written (no selection)") -> None:
+    from fsl.config import to_yaml
     from fsl.evaluate import (
         format_table,
         log_to_tensorboard,
@@ -149,42 +159,88 @@ def _print_and_save(results, args) -> None:
         save_results,
         summary_table,
     )
+    from fsl.io import write_bytes
 
     print(format_table(summary_table(results_frame(results))))
+    by_name = {config.name: config for config in configs}
     for method in dict.fromkeys(r.method for r in results):
         mine = [r for r in results if r.method == method]
         path = save_results(mine, Path(args.results) / f"{method}.csv")
+        write_bytes(path.with_suffix(".config.yaml"), to_yaml(by_name[method], f"chosen on: {chosen_on}").encode())
         for result in mine:
             log_to_tensorboard(result, args.runs)
-        print(f"per-episode accuracy: {path}")
+        print(f"per-episode accuracy: {path} (its resolved config beside it)")
+
+
+def _configs(args) -> list:
+    """Every config of the command line with its --set overrides, all checked before any work."""
+    from fsl.config import check_runnable, load_config, override, parse_assignment
+
+    assignments = [parse_assignment(text) for text in args.set or []]
+    configs = [override(load_config(path), assignments) for path in args.configs]
+    for config in configs:
+        check_runnable(config)
+    return configs
 
 
 def cmd_eval(args) -> None:
     from fsl.catalog import load_catalog
-    from fsl.config import load_config
     from fsl.pipeline import run_experiment
 
-    configs = [load_config(path) for path in args.configs]  # all validated before any work
+    configs = _configs(args)
     catalog = load_catalog(args.data)
     results = []
     for config in configs:
+        started = time.perf_counter()
         results += run_experiment(config, catalog, args.episodes_dir, args.store_root,
                                   checkpoints_root=args.checkpoints)
-    _print_and_save(results, args)
+        print(f"{config.name}: {len(config.episodes)} episode set(s) in {time.perf_counter() - started:.1f} s",
+              file=sys.stderr)
+    _print_and_save(results, configs, args)
 
 
 def cmd_train(args) -> None:
     from fsl.catalog import load_catalog
-    from fsl.config import load_config
     from fsl.train import train
 
-    configs = [load_config(path) for path in args.configs]
+    configs = _configs(args)
     catalog = load_catalog(args.data)
-    for config in configs:
-        summary = train(config, catalog, args.episodes_dir, args.store_root, args.checkpoints, args.runs,
-                        resume=not args.restart)
-        print(f"{config.name}: best validation accuracy {summary['best_val_accuracy']:.4f} at step "
+    failed = []
+    for config in configs:  # one config's failure does not stop the others
+        try:
+            summary = train(config, catalog, args.episodes_dir, args.store_root, args.checkpoints, args.runs,
+                            resume=not args.restart)
+        except FslError as error:
+            print(f"fsl train: error: {error}", file=sys.stderr)
+            failed.append(config.name)
+            continue
+        print(f"{config.name}: best validation accuracy {100 * summary['best_val_accuracy']:.1f}% at step "
               f"{summary['best_step']} of {summary['steps']}; checkpoint {Path(args.checkpoints) / config.name / 'best'}")
+    if failed:
+        raise FslError(f"{len(failed)} of {len(configs)} configs did not finish training: {', '.join(failed)}")
+
+
+def cmd_sweep(args) -> None:
+    from fsl.catalog import load_catalog
+    from fsl.pipeline import run_experiment
+    from fsl.sweep import parse_grid, sweep, write_chosen
+
+    if len(args.configs) != 1:
+        raise FslError(f"a sweep takes one config, got {len(args.configs)}: {' '.join(args.configs)}")
+    (config,) = _configs(args)
+    grid = parse_grid(args.grid)
+    catalog = load_catalog(args.data)
+    print(f"sweeping {config.name} on {', '.join(args.on)} (validation classes):")
+    result = sweep(config, grid, catalog, tuple(args.on), args.episodes_dir, args.store_root, args.checkpoints,
+                   args.runs)
+    chosen = write_chosen(result, Path(args.results) / "sweeps" / f"{config.name}.yaml")
+    print(f"chosen: {result.chosen.name}; config written to {chosen}")
+    if args.no_test:
+        return
+    print(f"now, and only now, on the test sets: {', '.join(result.chosen.episodes)}")
+    results = run_experiment(result.chosen, catalog, args.episodes_dir, args.store_root,
+                             checkpoints_root=args.checkpoints)
+    _print_and_save(results, [result.chosen], args, chosen_on=f"validation ({', '.join(args.on)}), by fsl sweep")
 
 
 def cmd_compare(args) -> None:
@@ -195,7 +251,13 @@ def cmd_compare(args) -> None:
         plot_summary,
         summary_table,
     )
+    from fsl.io import read_csv
 
+    if all(Path(path).is_file() and "class" in read_csv(path, nrows=0).columns for path in args.results):
+        from fsl.analysis import per_class_difference
+
+        print(format_table(per_class_difference([read_csv(path) for path in args.results])))
+        return
     frame = load_results(args.results)
     summary = summary_table(frame)
     print(format_table(summary))
@@ -206,12 +268,29 @@ def cmd_compare(args) -> None:
     print(f"plot: {plot_summary(summary, args.plot)}")
 
 
-def cmd_demo(args) -> None:
+def cmd_analyse(args) -> None:
+    from fsl.analysis import analyse, projector
     from fsl.catalog import load_catalog
-    from fsl.demo import launch, make_backend
+    from fsl.pipeline import open_store
 
+    (config,) = _configs(args) if len(args.configs) == 1 else (None,)
+    if config is None:
+        raise FslError(f"analyse takes one config, got {len(args.configs)}")
+    catalog = load_catalog(args.data)
+    for path in analyse(config, catalog, args.episodes, args.results, args.runs, args.episodes_dir,
+                        args.store_root, args.checkpoints):
+        print(f"wrote {path}")
+    if args.projector:
+        logdir = projector(open_store(catalog, config.encoder, args.store_root), catalog,
+                           Path(args.runs) / "projector", args.projector)
+        print(f"projector: tensorboard --logdir {logdir} --host 127.0.0.1 (PROJECTOR tab)")
+
+
+def cmd_demo(args) -> None:
     import torch
 
+    from fsl.catalog import load_catalog
+    from fsl.demo import launch, make_backend
     from fsl.predict import CatalogClassifier
 
     # Requests are served side by side: one torch thread each is faster per photo and uses half the CPU.
@@ -249,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser("prepare", help="clean a dump; report bad rows and missing images",
                                   description="Read styles.csv and images/, repair rows with unquoted "
-                                              "commas, skip unusable rows and photos, and report each one.")
+                                              "commas, skip unusable rows and photos, and report each one; "
+                                              "write the prepared catalog that later commands open quickly.")
     _add_data(prepare)
     prepare.add_argument("--report", default=str(CACHE / "prepare-report.csv"), metavar="CSV",
                          help="where the per-row report goes (default .fsl/prepare-report.csv)")
@@ -311,10 +391,37 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--restart", action="store_true", help="ignore an earlier run's last checkpoint")
     training.set_defaults(run=cmd_train)
 
+    sweeping = commands.add_parser("sweep", help="choose config values on validation classes, then test once",
+                                   description="Run a grid of config values on validation-class episodes only, "
+                                               "write the best as a config (with the grid and scores as a "
+                                               "comment), then evaluate that one config on its novel sets.")
+    _add_experiments(sweeping, "runs/train")
+    sweeping.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
+                          help="values to try for one key (method_options.C=0.1,1,10); repeat for a full grid")
+    sweeping.add_argument("--on", nargs="+", default=["val-5w5s"], metavar="SET",
+                          help="validation episode sets that choose (default val-5w5s); novel sets are refused")
+    sweeping.add_argument("--results", default="results", help="results and the chosen config go here (default results/)")
+    sweeping.add_argument("--no-test", action="store_true", help="stop after choosing: do not read the novel sets")
+    sweeping.set_defaults(run=cmd_sweep)
+
+    analysing = commands.add_parser("analyse", help="per-class accuracy, confusion matrix and confusion gallery",
+                                    description="Which classes a config gets wrong, and with what: per-class "
+                                                "accuracy (CSV + PNG), the confusion matrix and a gallery of the "
+                                                "most frequent confusions per episode set, also as TensorBoard figures.")
+    _add_experiments(analysing, "runs/analysis")
+    analysing.add_argument("--episodes", nargs="+", default=["novel-allway-5s"], metavar="SET",
+                           help="episode sets to analyse (default novel-allway-5s, every novel class at once)")
+    analysing.add_argument("--results", default="results/analysis", help="where the files go (default results/analysis/)")
+    analysing.add_argument("--projector", type=positive_int, metavar="N",
+                           help="also write TensorBoard's projector view of N products' image features")
+    analysing.set_defaults(run=cmd_analyse)
+
     compare = commands.add_parser("compare", help="paired comparison of result files, with a plot",
                                   description="Mean ± 95% CI per method and the paired difference of every two "
                                               "methods on the episodes both ran; saves a bar plot.")
-    compare.add_argument("results", nargs="+", metavar="RESULTS_CSV", help="per-episode CSVs written by `fsl eval`")
+    compare.add_argument("results", nargs="+", metavar="RESULTS_CSV",
+                         help="per-episode CSVs written by `fsl eval`, or per-class CSVs of `fsl analyse` "
+                              "(then: the per-class differences)")
     compare.add_argument("--plot", default="results/compare.png", help="PNG to write (default results/compare.png)")
     compare.set_defaults(run=cmd_compare)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,16 @@ from fsl import FslError
 from fsl.io import safe_name
 
 
+RUNTIMES = ("auto", "onnx", "eager")
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     name: str = "offline"
     model: str | None = None
     pretrained: str | None = None
     device: str = "cpu"
+    runtime: str = "auto"  # the image tower in ONNX Runtime where it installs and agrees with eager, else eager
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,8 @@ def _check_value(key: str, value: Any, source: str, where: str) -> None:
         fail("a finite number >= 0")
     if key in STRINGS and not isinstance(value, str):
         fail("a text")
+    if key == "runtime" and value not in RUNTIMES:
+        fail(f"one of {list(RUNTIMES)}")
     if key in PATH_PARTS:
         safe_name(value, f"{source}: {where}{key}")
 
@@ -108,11 +115,11 @@ def _build(cls, values: Any, source: str, where: str):
         if key == "encoder":
             value = _build(EncoderConfig, value, source, "encoder.")
         elif key == "train":
-            value = _build(TrainConfig, value, source, "train.")
+            value = None if value is None else _build(TrainConfig, value, source, "train.")
         elif key in ("method_options", "fusion_options") and not isinstance(value, dict):
             raise FslError(f"{source}: {where}{key} must be a mapping, got {value!r}")
         elif key == "episodes":
-            if not isinstance(value, (str, list)):
+            if not isinstance(value, (str, list, tuple)):
                 raise FslError(f"{source}: {where}episodes must be a name or a list of names, got {value!r}")
             value = tuple([value] if isinstance(value, str) else value)
             for name in value:
@@ -140,3 +147,64 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
 def config_from_dict(values: dict, source: str) -> ExperimentConfig:
     """A config saved beside a checkpoint (dataclasses.asdict) back into its dataclass."""
     return _build(ExperimentConfig, values, source, "")
+
+
+def parse_assignment(text: str, option: str = "--set") -> tuple[str, Any]:
+    """`key.sub=value` -> ("key.sub", value typed as YAML types it: 10 -> int, 3e-4 -> float, [a, b] -> list)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise FslError(f"{option} {text!r}: expected KEY=VALUE, e.g. method_options.C=10")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise FslError(f"{option} {text!r}: the value is not valid YAML ({error})") from None
+    return key.strip(), value
+
+
+def override(config: ExperimentConfig, assignments: list[tuple[str, Any]], source: str = "--set") -> ExperimentConfig:
+    """The config with dotted keys set (`train.lr`, `method_options.C`), checked as a YAML file would be.
+
+    A changed config gets a changed name (`NAME--train.lr-0.0003`), so its results and checkpoints never
+    overwrite the original's, unless `name` itself is set."""
+    values = dataclasses.asdict(config)
+    suffixes = []
+    for key, value in assignments:
+        parts = key.split(".")
+        target = values
+        for depth, part in enumerate(parts[:-1]):
+            if part not in target and depth == 0:
+                raise FslError(f"{source} {key}=...: unknown key {part!r}; known keys are {sorted(values)}")
+            if target.get(part) is None:
+                target[part] = {}
+            if not isinstance(target[part], dict):
+                raise FslError(f"{source} {key}=...: {'.'.join(parts[:depth + 1])} is not a section")
+            target = target[part]
+        target[parts[-1]] = value
+        if key != "name":
+            suffixes.append(re.sub(r"[^A-Za-z0-9.+-]+", "_", f"{key}-{value}"))
+    if suffixes and not any(key == "name" for key, _ in assignments):
+        values["name"] = "--".join([config.name, *suffixes])
+    return _build(ExperimentConfig, values, source, "")
+
+
+def check_runnable(config: ExperimentConfig) -> None:
+    """Build the config's fusion and head on tiny dimensions: a bad method or option fails now, not
+    after earlier configs have run for minutes."""
+    from fsl.fusion import create_fusion
+    from fsl.methods import create_head
+
+    try:
+        create_head(config.method, create_fusion(config.fusion, 4, 4, **config.fusion_options),
+                    **config.method_options)
+    except FslError as error:
+        raise FslError(f"experiment {config.name!r}: {error}") from None
+    except (TypeError, ValueError) as error:
+        raise FslError(f"experiment {config.name!r}: bad options ({error})") from None
+
+
+def to_yaml(config: ExperimentConfig, header: str = "") -> str:
+    """The resolved config as a YAML file `load_config` reads back (with `#` header lines)."""
+    values = dataclasses.asdict(config)
+    values["episodes"] = list(values["episodes"])
+    comments = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
+    return comments + yaml.safe_dump(values, sort_keys=False)

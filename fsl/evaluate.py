@@ -56,28 +56,37 @@ def store_rows(store_ids: np.ndarray, product_ids: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()  # not inference_mode: probes and MAML take gradients inside their forward
 def run_episodes(head: FewShotHead, features: np.ndarray, store_ids: np.ndarray, episode_set: EpisodeSet,
-                 batch_size: int = 64, progress: bool = True, class_text: torch.Tensor | None = None) -> np.ndarray:
+                 batch_size: int = 64, progress: bool = True, class_text: torch.Tensor | None = None,
+                 predictions: np.ndarray | None = None) -> np.ndarray:
     """Per-episode query accuracy [E] of a head over a frozen episode set.
 
     features [P, D] are the store's rows; class_text [C, Dt] embeds the set's class names, for
-    heads that read them."""
+    heads that read them; `predictions` [E, Q], if given, receives each query's predicted label."""
     episodes = episode_set.episodes
     support_labels = torch.as_tensor(episodes.support_labels)
     query_labels = torch.as_tensor(episodes.query_labels)
-    support_rows = store_rows(store_ids, episodes.support)
-    query_rows = store_rows(store_ids, episodes.query)
+    # The rows the set touches, gathered once into one contiguous block: every batch then indexes
+    # memory instead of re-reading (and re-joining image and text of) the memory-mapped store.
+    touched, local = np.unique(np.concatenate([store_rows(store_ids, episodes.support).ravel(),
+                                               store_rows(store_ids, episodes.query).ravel()]), return_inverse=True)
+    block = torch.from_numpy(np.ascontiguousarray(features[touched], dtype=np.float32))
+    local = torch.from_numpy(local)
+    support_rows = local[: episodes.support.size].view(episodes.support.shape)
+    query_rows = local[episodes.support.size:].view(episodes.query.shape)
     accuracy = np.empty(len(episodes))
     head.eval()
     # disable=None: a bar in a terminal, none in a log file (where tqdm would print each bar twice)
     for start in tqdm(range(0, len(episodes), batch_size), desc=episode_set.name, unit="batch",
                       disable=None if progress else True):
         stop = min(start + batch_size, len(episodes))
-        support = torch.from_numpy(np.asarray(features[support_rows[start:stop]], dtype=np.float32))
-        query = torch.from_numpy(np.asarray(features[query_rows[start:stop]], dtype=np.float32))
+        support, query = block[support_rows[start:stop]], block[query_rows[start:stop]]
         labels = support_labels.expand(stop - start, -1)
         names = None if class_text is None else class_text[torch.as_tensor(episodes.classes[start:stop])]
         logits = head(support, labels, query, episodes.n_way, names)  # [E, Q, N]
-        accuracy[start:stop] = (logits.argmax(-1) == query_labels).double().mean(-1).numpy()
+        predicted = logits.argmax(-1)
+        accuracy[start:stop] = (predicted == query_labels).double().mean(-1).numpy()
+        if predictions is not None:
+            predictions[start:stop] = predicted.numpy()
     return accuracy
 
 
@@ -97,10 +106,15 @@ class EvalResult:
                 "episodes": len(self.accuracy)}
 
 
+DESCRIBING = ("head", "fusion", "transductive")  # what a plot groups, colours and marks by
+
+
 def results_frame(results: list[EvalResult]) -> pd.DataFrame:
-    """Long table: one row per method, episode set and episode."""
+    """Long table: one row per method, episode set and episode, with the head, fusion and whether it
+    is transductive, so a results file describes itself."""
     return pd.concat([pd.DataFrame({"method": r.method, "episode_set": r.episode_set,
-                                    "episode": np.arange(len(r.accuracy)), "accuracy": r.accuracy})
+                                    "episode": np.arange(len(r.accuracy)), "accuracy": r.accuracy,
+                                    **{k: r.hparams.get(k, "") for k in DESCRIBING}})
                       for r in results], ignore_index=True)
 
 
@@ -125,11 +139,13 @@ def load_results(paths: list[str | os.PathLike]) -> pd.DataFrame:
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± 95% CI per method and episode set (with head, fusion and transductive, where known)."""
     rows = []
     for (method, episode_set), group in frame.groupby(["method", "episode_set"], sort=False):
         mean, ci = mean_ci(group.sort_values("episode")["accuracy"].to_numpy())
+        described = {k: group[k].iloc[0] for k in DESCRIBING if k in group.columns}
         rows.append({"method": method, "episode_set": episode_set, "accuracy": mean, "ci95": ci,
-                     "episodes": len(group)})
+                     "episodes": len(group), **described})
     return pd.DataFrame(rows)
 
 
@@ -175,28 +191,53 @@ def log_to_tensorboard(result: EvalResult, logdir: str | os.PathLike) -> Path:
     return run_dir
 
 
+FUSION_COLOURS = {"image": "tab:blue", "text": "tab:orange", "concat": "tab:green", "weighted": "tab:purple",
+                  "gate": "tab:red"}
+
+
 def plot_summary(summary: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Accuracy with 95% CI bars: one panel per episode set, one horizontal bar per method."""
+    """Accuracy with 95% CI bars: one panel per episode set on one shared x-axis; bars grouped by
+    head, coloured by fusion; transductive heads hatched (they see every query of an episode)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
+    summary = summary.copy()
+    for column, default in (("head", ""), ("fusion", ""), ("transductive", False)):
+        if column not in summary.columns:
+            summary[column] = default
+    summary["transductive"] = summary["transductive"].astype(str).str.lower() == "true"
+    info = summary.groupby("method", sort=False)[["head", "fusion", "transductive"]].first()
+    methods = info.sort_values(["transductive", "head", "fusion"], kind="stable").index.tolist()
     sets = list(dict.fromkeys(summary["episode_set"]))
-    methods = list(dict.fromkeys(summary["method"]))
-    fig, axes = plt.subplots(1, len(sets), sharey=True, squeeze=False,
-                             figsize=(3.2 * len(sets) + 2.5, 0.28 * len(methods) + 1.2))
+    low = max(0.0, float(np.nanmin(summary["accuracy"] - summary["ci95"].fillna(0))) - 0.02)
+    fig, axes = plt.subplots(1, len(sets), sharey=True, sharex=True, squeeze=False,
+                             figsize=(3.2 * len(sets) + 2.8, 0.26 * len(methods) + 1.6))
+    colours = [FUSION_COLOURS.get(info.at[m, "fusion"], "tab:gray") for m in methods]
+    hatches = ["//" if info.at[m, "transductive"] else "" for m in methods]
+    heads = info.loc[methods, "head"].tolist()
+    breaks = [i - 0.5 for i in range(1, len(methods)) if heads[i] != heads[i - 1]]
     for ax, name in zip(axes[0], sets):
         part = summary[summary["episode_set"] == name].set_index("method").reindex(methods)
-        ax.barh(np.arange(len(methods)), part["accuracy"], xerr=part["ci95"], capsize=2, color="tab:blue")
-        low = max(0.0, float(np.nanmin(part["accuracy"])) - 0.05)
+        ax.barh(np.arange(len(methods)), part["accuracy"], xerr=part["ci95"], capsize=2, color=colours,
+                hatch=hatches, edgecolor="white", linewidth=0)
+        for y in breaks:
+            ax.axhline(y, color="black", linewidth=0.5, alpha=0.4)
         ax.set_xlim(low, 1.0)
         ax.set_title(name, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(np.arange(len(methods)), methods, fontsize=8)
     axes[0][0].invert_yaxis()
-    fig.supxlabel("accuracy (mean ± 95% CI over episodes)", fontsize=9)
-    fig.tight_layout()
+    legend = [Patch(color=c, label=f) for f, c in FUSION_COLOURS.items() if f in set(info["fusion"])]
+    if info["transductive"].any():
+        legend.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="transductive"))
+    if legend:
+        fig.legend(handles=legend, loc="upper right", fontsize=8, ncol=len(legend), frameon=False)
+    fig.supxlabel("accuracy (mean ± 95% CI over episodes); heads grouped, one x-axis for every panel", fontsize=9)
+    top = 1 - 0.45 / fig.get_figheight()  # room for the legend above the panels
+    fig.tight_layout(rect=(0, 0, 1, top))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,8 +23,8 @@ from fsl.episodes import (
 )
 from fsl.evaluate import EvalResult, run_episodes
 from fsl.features import DEFAULT_ROOT, FeatureStore, embed_catalog
-from fsl.io import write_bytes
 from fsl.fusion import create_fusion, store_features
+from fsl.io import CACHE_DIR, write_bytes
 from fsl.methods import FewShotHead, create_head
 
 DEFAULT_EPISODES_DIR = Path("episodes")
@@ -39,12 +40,25 @@ class LazyEncoder:
         self.config = config
         self.id = encoder_id(config.name, config.model, config.pretrained)
         self._built: Encoder | None = None
+        self._runtime_chosen = False
 
     def __getattr__(self, name: str):  # only for what __init__ did not set: the model's own parts
         if self._built is None:
-            options = {"model": self.config.model, "pretrained": self.config.pretrained} if self.config.name == "clip" else {}
-            self._built = create_encoder(self.config.name, device=self.config.device, **options)
+            config = self.config
+            options = {"model": config.model, "pretrained": config.pretrained} if config.name == "clip" else {}
+            self._built = create_encoder(config.name, device=config.device, **options)
+        if name in ("embed_pixels", "encode_images") and not self._runtime_chosen:  # the first photo: choose its runtime
+            self._runtime_chosen = True
+            self._choose_runtime()
         return getattr(self._built, name)
+
+    def _choose_runtime(self) -> None:
+        if self.config.runtime == "eager" or self.config.device != "cpu":
+            return
+        said = self._built.use_onnx(CACHE_DIR / "onnx")
+        if self.config.runtime == "onnx" and self._built.runtime is None:
+            raise FslError(f"runtime onnx was asked for, but: {said}")
+        print(f"fsl: {said}", file=sys.stderr)
 
 
 @lru_cache(maxsize=4)
@@ -112,6 +126,15 @@ def class_text_table(config: ExperimentConfig, classes: list[str], store: Featur
     return torch.from_numpy(store.short_texts(prompts, lambda texts: encoder.encode_texts(texts, progress=False)))
 
 
+def flat_options(config: ExperimentConfig) -> dict:
+    """method_options and fusion_options as TensorBoard hparams (`method_options.C`: 10)."""
+    flat = {}
+    for section in ("method_options", "fusion_options"):
+        for key, value in getattr(config, section).items():
+            flat[f"{section}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
 def checkpoint_dir(config: ExperimentConfig, root: str | os.PathLike = DEFAULT_CHECKPOINTS) -> Path:
     return Path(root) / config.name
 
@@ -122,17 +145,24 @@ def load_episode_set(config: ExperimentConfig, catalog: Catalog, name: str,
     return EpisodeSet.load(path, catalog.fingerprint)
 
 
-def run_experiment(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
-                   store_root: str | os.PathLike = DEFAULT_ROOT, progress: bool = True,
-                   checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS) -> list[EvalResult]:
-    """One config's head on each of its frozen episode sets; a trained head loads its best checkpoint."""
+def experiment_head(config: ExperimentConfig, catalog: Catalog, store_root: str | os.PathLike = DEFAULT_ROOT,
+                    checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS):
+    """(store, its features as the config sees them, the head): a trained head loads its best checkpoint."""
     store = open_store(catalog, config.encoder, store_root)
-    features = store_features(store, config.text_variant)
     head = build_head(config, store)
     if config.train is not None:
         load_head(checkpoint_dir(config, checkpoints_root) / "best", head, store.encoder_id)
-    hparams = {"fusion": config.fusion, "text_variant": config.text_variant if config.fusion != "image" else "-",
-               "encoder": store.encoder_id}
+    return store, store_features(store, config.text_variant), head
+
+
+def run_experiment(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+                   store_root: str | os.PathLike = DEFAULT_ROOT, progress: bool = True,
+                   checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS) -> list[EvalResult]:
+    """One config's head on each of its frozen episode sets."""
+    store, features, head = experiment_head(config, catalog, store_root, checkpoints_root)
+    hparams = {"head": config.method, "fusion": config.fusion, "transductive": head.transductive,
+               "text_variant": config.text_variant if config.fusion != "image" else "-", "encoder": store.encoder_id,
+               **flat_options(config)}
     results = []
     for name in config.episodes:
         episode_set = load_episode_set(config, catalog, name, episodes_root)

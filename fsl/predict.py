@@ -22,7 +22,6 @@ from fsl.pipeline import build_head, encoder_from_config, open_store
 from fsl.teach import embed_image, embed_text, open_image
 
 
-
 def read_texts(path: str | os.PathLike | None) -> dict[str, str]:
     """--texts: a CSV with columns file,text; a malformed one is an error naming it, never a traceback."""
     if path is None:

@@ -29,6 +29,7 @@ from fsl.pipeline import (
     build_head,
     checkpoint_dir,
     episodes_dir_for,
+    flat_options,
     load_episode_set,
     open_store,
 )
@@ -121,4 +122,7 @@ def train(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.Pa
                 save_train_state(folder / "last", {"optimizer": optimizer.state_dict(), "step": step + 1,
                                                    "best": best, "best_step": best_step,
                                                    "sampler_rng": sampler.generator.get_state()})
+        hparams = {"head": config.method, "fusion": config.fusion, "text_variant": config.text_variant,
+                   **{f"train.{k}": v for k, v in dataclasses.asdict(settings).items()}, **flat_options(config)}
+        writer.add_hparams(hparams, {"hparam/best_val_accuracy": best}, run_name="hparams")
     return {"best_val_accuracy": best, "best_step": best_step, "steps": settings.steps}

@@ -53,3 +53,21 @@ def offline_encoder():
     from fsl.encoder import create_encoder
 
     return create_encoder("offline")
+
+
+@pytest.fixture(scope="session")
+def twelve_classes(tmp_path_factory):
+    """12 real articleTypes x 20 products, their tiny-CLIP store, a split and small frozen episode sets
+    (val-2w5s from the 2 validation classes, novel-5w5s and novel-allway-5s)."""
+    from fsl.catalog import load_catalog
+    from fsl.config import EncoderConfig
+    from fsl.pipeline import draw_standard_episodes, open_store
+
+    root = tmp_path_factory.mktemp("twelve")
+    counts = real_styles()["articleType"].value_counts()
+    catalog = load_catalog(make_slice(root / "dump", list(counts.index[:12]), 20))
+    open_store(catalog, EncoderConfig("clip", "FSL-Tiny", "none"), root / "store")
+    draw_standard_episodes(catalog, root / "episodes", stratify=None, n_episodes=30, q_query=5,
+                           benchmarks={"val-2w5s": ("val", 2, 5), "novel-5w5s": ("novel", 5, 5),
+                                       "novel-allway-5s": ("novel", None, 5)})
+    return root, catalog

@@ -99,7 +99,44 @@ def test_fingerprint_follows_content(small_dump, tmp_path):
     assert load_catalog(copy).fingerprint == load_catalog(small_dump).fingerprint
     photo = sorted((copy / "images").glob("*.jpg"))[0]
     photo.write_bytes((sorted((copy / "images").glob("*.jpg"))[1]).read_bytes())
-    assert load_catalog(copy).fingerprint != load_catalog(small_dump).fingerprint
+    with pytest.raises(FslError, match=rf"changed since it was prepared \(1 photo\(s\) differ, e.g. {photo.name}\).*fsl prepare"):
+        load_catalog(copy)
+    assert load_catalog(copy, refresh=True).fingerprint != load_catalog(small_dump).fingerprint
+
+
+def test_the_prepared_catalog_opens_without_decoding_and_equals_a_full_read(small_dump, tmp_path, monkeypatch):
+    import fsl.catalog
+    import fsl.prepared
+
+    copy = Path(shutil.copytree(small_dump, tmp_path / "copy"))
+    full = load_catalog(copy, refresh=True)
+
+    def no_decoding(path):
+        raise AssertionError("a prepared catalog decoded a photo")
+
+    monkeypatch.setattr(fsl.catalog, "image_problem", no_decoding)
+    monkeypatch.setattr(fsl.prepared, "image_problem", no_decoding)
+    prepared = load_catalog(copy)
+    pd.testing.assert_frame_equal(prepared.products, full.products)
+    pd.testing.assert_frame_equal(prepared.report, full.report.astype({"id": object}), check_dtype=False)
+    assert prepared.fingerprint == full.fingerprint and prepared.data_rows == full.data_rows
+
+
+def test_a_touched_photo_is_re_checked_and_other_changes_need_fsl_prepare(small_dump, tmp_path, capsys):
+    import os
+
+    copy = Path(shutil.copytree(small_dump, tmp_path / "copy"))
+    fingerprint = load_catalog(copy, refresh=True).fingerprint
+    photo = sorted((copy / "images").glob("*.jpg"))[0]
+    os.utime(photo, ns=(1, 1))  # same bytes, another mtime
+    assert load_catalog(copy).fingerprint == fingerprint
+    assert "re-checked 1 photo(s) whose size or mtime changed: their content is unchanged" in capsys.readouterr().err
+    load_catalog(copy)
+    assert "re-checked" not in capsys.readouterr().err  # the new mtime was saved
+
+    (copy / "styles.csv").write_text((copy / "styles.csv").read_text() + "\n")
+    with pytest.raises(FslError, match=r"changed since it was prepared \(styles.csv\)"):
+        load_catalog(copy)
 
 
 def test_missing_data_names_the_folder_and_the_next_step(tmp_path, monkeypatch):

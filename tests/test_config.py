@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,28 @@ def test_train_section_is_typed(tmp_path):
     path.write_text("method: maml\nfusion: gate\ntrain: {steps: 20, lr: 0.01}\n")
     config = load_config(path)
     assert config.train.steps == 20 and config.train.lr == 0.01 and config.train.val_episodes == "val-5w5s"
+
+
+def test_set_overrides_a_dotted_key_with_its_type_and_renames_the_run(tmp_path):
+    from fsl.config import override, parse_assignment
+
+    config = load_config(EXPERIMENTS / "protonet-meta-fused-masked.yaml")
+    changed = override(config, [parse_assignment("train.lr=3e-4"), parse_assignment("fusion_options.image_weight=0.6")])
+    assert changed.train.lr == 3e-4 and changed.fusion_options == {"image_weight": 0.6}
+    assert changed.name == "protonet-meta-fused-masked--train.lr-3e-4--fusion_options.image_weight-0.6"
+    assert config.train.lr == 0.0001  # the original is untouched
+
+
+@pytest.mark.parametrize("assignment,message", [
+    ("trian.lr=1", "unknown key 'trian'"),
+    ("train.lrr=1", r"unknown key train\.'lrr'"),
+    ("batch_size=big", "batch_size must be a positive whole number, got 'big'"),
+    ("train.lr=-1", "train.lr must be a finite number > 0"),
+    ("episodes", "expected KEY=VALUE"),
+])
+def test_bad_set_keys_and_types_are_errors_naming_them(assignment, message, capsys):
+    from fsl.cli import main
+
+    assert main(["eval", str(EXPERIMENTS / "protonet-meta-fused-masked.yaml"), "--set", assignment,
+                 "--data", "/nowhere"]) == 2
+    assert re.search(message, capsys.readouterr().err)

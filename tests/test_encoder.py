@@ -75,3 +75,23 @@ def test_offline_pair_embeds_real_photos_and_texts(offline_encoder, small_dump):
     a, b, c = offline_encoder.encode_texts(["men's blue denim jeans", "blue jeans for men", "gold wrist watch"],
                                            progress=False)
     assert a @ b > a @ c + 0.2
+
+
+def test_onnx_image_tower_agrees_with_eager_and_is_refused_when_it_does_not(small_dump, tmp_path, monkeypatch):
+    import fsl.encoder as encoder_module
+    from fsl.catalog import load_catalog
+    from fsl.encoder import create_encoder
+
+    catalog = load_catalog(small_dump)
+    encoder = create_encoder("clip", model="FSL-Tiny", pretrained="none")
+    eager = encoder.encode_images(catalog.image_paths[:8], num_workers=0, progress=False)
+    assert "ONNX Runtime" in encoder.use_onnx(tmp_path) and encoder.runtime is not None
+    fast = encoder.encode_images(catalog.image_paths[:8], num_workers=0, progress=False)
+    assert (eager * fast).sum(-1).min() >= 0.999
+    np.testing.assert_allclose(fast, eager, atol=1e-4)
+    assert list(tmp_path.glob("*.onnx"))  # exported once, then reused
+
+    other = create_encoder("clip", model="FSL-Tiny", pretrained="none")
+    monkeypatch.setattr(encoder_module, "MIN_COSINE", 1.5)  # nothing can agree this well
+    said = other.use_onnx(tmp_path)
+    assert other.runtime is None and "eager" in said and "differ from eager" in said

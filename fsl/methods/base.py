@@ -18,6 +18,7 @@ class FewShotHead(nn.Module):
     parameters, so train.py optimises whatever a head registers."""
 
     needs_class_text = False
+    transductive = False  # True for heads that read all queries of an episode together: reported apart
 
     def __init__(self, fusion: Fusion):
         super().__init__()

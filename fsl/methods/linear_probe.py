@@ -47,16 +47,18 @@ class LinearProbe(FewShotHead):
         return query @ weights.transpose(1, 2) + coefficients[..., -1].unsqueeze(1)
 
 
-NEWTON_MAX_UNKNOWNS = 400  # per episode; above it (e.g. 15-way 5-shot: 1,140) L-BFGS is cheaper
+NEWTON_MAX_UNKNOWNS = 400  # per episode; above it (e.g. 15-way 5-shot: 1,140) the Hessian is too big to solve
 
 
 def fit_logistic(gram: torch.Tensor, prior_logits: torch.Tensor, labels: torch.Tensor, n_way: int, C: float,
-                 max_iter: int) -> torch.Tensor:
+                 max_iter: int, tolerance: float = 1e-4) -> torch.Tensor:
     """Multinomial logistic regression in the dual, batched over episodes: X = [A | b], [E, N, M + 1].
 
-    Minimises sum_i CE(prior_i + [G_i, 1] X_c) + tr(A G Aᵀ) / 2C, scikit-learn's objective. Small
-    problems use Newton's method (a few steps to the optimum), larger ones L-BFGS. In float64:
-    float32 stalls near the optimum.
+    Minimises sum_i CE(prior_i + [G_i, 1] X_c) + tr(A G Aᵀ) / 2C, scikit-learn's objective, to a
+    gradient below `tolerance` in every episode. Newton's method: small problems solve each step
+    exactly; larger ones (15-way, all-way) by conjugate gradients on Hessian-vector products, which
+    never form the Hessian. An episode leaves the batch once it has converged. In float64: float32
+    stalls near the optimum.
     """
     dtype = gram.dtype
     gram, prior_logits = gram.double(), prior_logits.double()
@@ -64,49 +66,90 @@ def fit_logistic(gram: torch.Tensor, prior_logits: torch.Tensor, labels: torch.T
     phi = torch.cat([gram, gram.new_ones(n_episodes, m, 1)], dim=-1)  # [E, M, M + 1]
     targets = F.one_hot(labels, n_way).to(gram.dtype)  # [E, M, N]
     penalty = F.pad(gram / C, (0, 1, 0, 1))  # [E, M + 1, M + 1]; the bias is not penalised
-
-    def objective(x: torch.Tensor) -> torch.Tensor:  # [E]
-        log_probabilities = F.log_softmax(prior_logits + phi @ x.transpose(1, 2), dim=-1)
-        return -(log_probabilities * targets).sum((1, 2)) + (x @ penalty * x).sum((1, 2)) / 2
-
+    problem = Dual(phi, targets, penalty, prior_logits)
     x = gram.new_zeros(n_episodes, n_way, m + 1)
-    solve = newton if n_way * (m + 1) <= NEWTON_MAX_UNKNOWNS else lbfgs
-    return solve(objective, x, phi, targets, penalty, prior_logits, max_iter).to(dtype)
+    step = newton_step if n_way * (m + 1) <= NEWTON_MAX_UNKNOWNS else newton_cg_step
+    active = torch.arange(n_episodes)
+    for _ in range(max_iter):
+        part = problem.subset(active)
+        gradient = part.gradient(x[active])
+        still = gradient.flatten(1).abs().amax(1) >= tolerance
+        active, part, gradient = active[still], part.subset(torch.nonzero(still).squeeze(1)), gradient[still]
+        if len(active) == 0:
+            break
+        direction = step(part, x[active], gradient)
+        direction[..., -1] -= direction[..., -1].mean(-1, keepdim=True)  # a common shift of all biases changes nothing
+        x[active] = x[active] - backtrack(part.objective, x[active], direction, gradient)
+    return x.to(dtype)
 
 
-def newton(objective, x, phi, targets, penalty, prior_logits, max_iter, tolerance=1e-4):
+class Dual:
+    """The dual objective of a batch of episodes, its gradient and its Hessian's product with a vector."""
+
+    def __init__(self, phi, targets, penalty, prior_logits):
+        self.phi, self.targets, self.penalty, self.prior_logits = phi, targets, penalty, prior_logits
+
+    def subset(self, rows: torch.Tensor) -> "Dual":
+        return Dual(self.phi[rows], self.targets[rows], self.penalty[rows], self.prior_logits[rows])
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:  # [E, M, N]
+        return torch.softmax(self.prior_logits + self.phi @ x.transpose(1, 2), dim=-1)
+
+    def objective(self, x: torch.Tensor) -> torch.Tensor:  # [E]
+        log_probabilities = F.log_softmax(self.prior_logits + self.phi @ x.transpose(1, 2), dim=-1)
+        return -(log_probabilities * self.targets).sum((1, 2)) + (x @ self.penalty * x).sum((1, 2)) / 2
+
+    def gradient(self, x: torch.Tensor) -> torch.Tensor:  # [E, N, M + 1]
+        return (self.probabilities(x) - self.targets).transpose(1, 2) @ self.phi + x @ self.penalty
+
+    def hessian_product(self, probabilities: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """H v for v [E, N, M + 1]: the softmax curvature (diag p − p pᵀ per example) plus the penalty."""
+        z = self.phi @ v.transpose(1, 2)  # [E, M, N]: how each example's logits move along v
+        r = probabilities * (z - (probabilities * z).sum(-1, keepdim=True))
+        return r.transpose(1, 2) @ self.phi + v @ self.penalty
+
+
+def newton_step(problem: Dual, x: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """Solve H s = g exactly: [E, N(M+1), N(M+1)] Hessians, for small episodes."""
     n_episodes, n_way, width = x.shape
     size = n_way * width
+    probabilities = problem.probabilities(x)
+    curvature = torch.diag_embed(probabilities) - probabilities.unsqueeze(-1) * probabilities.unsqueeze(-2)
+    hessian = torch.einsum("eicd,eim,ein->ecmdn", curvature, problem.phi, problem.phi)  # [E, N, M+1, N, M+1]
+    hessian = hessian + torch.einsum("cd,emn->ecmdn", torch.eye(n_way, dtype=x.dtype), problem.penalty)
     damping = 1e-5 * torch.eye(size, dtype=x.dtype)
-    for _ in range(max_iter):
-        probabilities = torch.softmax(prior_logits + phi @ x.transpose(1, 2), dim=-1)  # [E, M, N]
-        gradient = (probabilities - targets).transpose(1, 2) @ phi + x @ penalty  # [E, N, M + 1]
-        if gradient.abs().max() < tolerance:
+    return torch.linalg.solve(hessian.reshape(n_episodes, size, size) + damping,
+                              gradient.reshape(n_episodes, size)).view_as(x)
+
+
+def newton_cg_step(problem: Dual, x: torch.Tensor, gradient: torch.Tensor, max_steps: int = 100) -> torch.Tensor:
+    """Solve H s = g by conjugate gradients, batched, each episode to a relative residual of
+    min(0.5, sqrt|g|) (Nocedal & Wright's truncated Newton, alg. 7.1): superlinear near the optimum."""
+    probabilities = problem.probabilities(x)
+
+    def product(v):
+        return problem.hessian_product(probabilities, v) + 1e-5 * v
+
+    def dot(a, b):
+        return (a * b).sum((1, 2))
+
+    norm = dot(gradient, gradient).sqrt()
+    target = torch.minimum(torch.full_like(norm, 0.5), norm.sqrt()) * norm
+    step, residual = torch.zeros_like(x), gradient.clone()
+    direction, rho = residual.clone(), dot(residual, residual)
+    for _ in range(max_steps):
+        running = rho.sqrt() > target
+        if not running.any():
             break
-        curvature = torch.diag_embed(probabilities) - probabilities.unsqueeze(-1) * probabilities.unsqueeze(-2)
-        hessian = torch.einsum("eicd,eim,ein->ecmdn", curvature, phi, phi)  # [E, N, M+1, N, M+1]
-        hessian = hessian + torch.einsum("cd,emn->ecmdn", torch.eye(n_way, dtype=x.dtype), penalty)
-        step = torch.linalg.solve(hessian.reshape(n_episodes, size, size) + damping,
-                                  gradient.reshape(n_episodes, size)).view_as(x)
-        step[..., -1] -= step[..., -1].mean(-1, keepdim=True)  # a common shift of all biases changes nothing
-        x = x - backtrack(objective, x, step, gradient)
-    return x
-
-
-def lbfgs(objective, x, phi, targets, penalty, prior_logits, max_iter):
-    x = x.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([x], lr=1, max_iter=10 * max_iter, tolerance_grad=1e-6,
-                                  tolerance_change=1e-12, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = objective(x).sum()  # episodes are independent: the sum's optimum is each one's
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(closure)
-    return x.detach()
+        product_d = product(direction)
+        alpha = torch.where(running, rho / dot(direction, product_d).clamp_min(1e-300), torch.zeros_like(rho))
+        step = step + alpha[:, None, None] * direction
+        residual = residual - alpha[:, None, None] * product_d
+        rho_next = dot(residual, residual)
+        new_direction = residual + (rho_next / rho.clamp_min(1e-300))[:, None, None] * direction
+        direction = torch.where(running[:, None, None], new_direction, direction)
+        rho = torch.where(running, rho_next, rho)
+    return step
 
 
 def backtrack(objective, x: torch.Tensor, step: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:

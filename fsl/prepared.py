@@ -1,0 +1,121 @@
+"""The prepared catalog: one Parquet file per dump (under the cache) holding the cleaned table, each
+photo's size, mtime and sha256, the report and the fingerprint. Opening it costs a stat per photo
+instead of parsing styles.csv, decoding every photo and hashing every byte; only photos whose size
+or mtime changed are read again, and a change of content is an error that says what to do."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from fsl import FslError
+from fsl.catalog import REPORT_COLUMNS, Catalog, fingerprint_of, image_problem
+from fsl.io import CACHE_DIR, atomic_path
+
+VERSION = 1
+PHOTO_COLUMNS = ["photo_size", "photo_mtime_ns", "photo_sha256"]
+
+
+def prepared_path(root: Path) -> Path:
+    key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
+    return CACHE_DIR / "catalogs" / f"{key}.parquet"
+
+
+def _stat(path: str | os.PathLike) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns
+
+
+def save_prepared(catalog: Catalog, stats: list | None = None, digests: list[str] | None = None) -> Path | None:
+    """Write the prepared catalog; computes the fingerprint and the photos' hashes in one pass over
+    their bytes. A cache that cannot be written only costs speed: a note, no error."""
+    if digests is None:
+        stats, digests = [], []
+
+        def photos():
+            for path in catalog.image_paths:
+                stats.append(_stat(path))
+                data = path.read_bytes()
+                digests.append(hashlib.sha256(data).hexdigest())
+                yield data
+
+        catalog.__dict__["fingerprint"] = fingerprint_of(catalog.products, photos())  # fills the cached property
+    frame = catalog.products.copy()
+    frame["image_path"] = [os.path.relpath(p, catalog.root) for p in frame["image_path"]]
+    frame["photo_size"] = [s[0] for s in stats]
+    frame["photo_mtime_ns"] = [s[1] for s in stats]
+    frame["photo_sha256"] = digests
+    styles = _stat(catalog.root / "styles.csv")
+    meta = {"version": VERSION, "root": str(catalog.root.resolve()), "styles": list(styles),
+            "fingerprint": catalog.fingerprint, "data_rows": catalog.data_rows,
+            "report": json.loads(catalog.report.to_json(orient="records"))}
+    path = prepared_path(catalog.root)
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"fsl": json.dumps(meta).encode()})
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+    except FslError as error:
+        print(f"fsl: note: the prepared catalog was not saved ({error}); the next command reads the dump again",
+              file=sys.stderr)
+        return None
+    return path
+
+
+def open_prepared(root: Path) -> Catalog | None:
+    """The catalog from its prepared file, or None when there is none (or it is of another version)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = prepared_path(root)
+    if not path.is_file():
+        return None
+    try:
+        table = pq.read_table(path)
+        meta = json.loads(table.schema.metadata[b"fsl"])
+    except (OSError, KeyError, ValueError, pa.ArrowException) as error:
+        print(f"fsl: the prepared catalog {path} cannot be read ({error}); reading the dump again", file=sys.stderr)
+        return None
+    if meta.get("version") != VERSION or meta.get("root") != str(Path(root).resolve()):
+        return None
+    if _stat(root / "styles.csv") != tuple(meta["styles"]):
+        raise _changed(root, "styles.csv")
+    frame = table.to_pandas()
+    frame["image_path"] = [str(root / p) for p in frame["image_path"]]
+    report = pd.DataFrame(meta["report"], columns=REPORT_COLUMNS)
+    appeared = [i for i in report.loc[report["issue"] == "image missing", "id"]
+                if (root / "images" / f"{i}.jpg").exists()]
+    if appeared:
+        raise _changed(root, f"{len(appeared)} photo(s) appeared, e.g. images/{appeared[0]}.jpg")
+    now = [_stat(p) for p in frame["image_path"]]
+    moved = [i for i, (stat, size, mtime) in enumerate(zip(now, frame["photo_size"], frame["photo_mtime_ns"]))
+             if stat != (size, mtime)]
+    if moved:
+        changed = [i for i in moved if now[i] is None or image_problem(Path(frame.at[i, "image_path"]))
+                   or hashlib.sha256(Path(frame.at[i, "image_path"]).read_bytes()).hexdigest() != frame.at[i, "photo_sha256"]]
+        if changed:
+            raise _changed(root, f"{len(changed)} photo(s) differ, e.g. {Path(frame.at[changed[0], 'image_path']).name}")
+        print(f"fsl: re-checked {len(moved)} photo(s) whose size or mtime changed: their content is unchanged",
+              file=sys.stderr)
+    products = frame.drop(columns=PHOTO_COLUMNS)
+    catalog = Catalog(root, products, report, meta["data_rows"], known_fingerprint=meta["fingerprint"])
+    if moved:
+        save_prepared(catalog, now, frame["photo_sha256"].tolist())
+    return catalog
+
+
+def _changed(root: Path, what: str) -> FslError:
+    return FslError(f"the dump at {root} changed since it was prepared ({what}): its fingerprint, and with it "
+                    f"the feature store and the episode sets, would change. Run `fsl prepare --data {root}` "
+                    "to accept the change")
