@@ -65,11 +65,11 @@ def run_episodes(head: FewShotHead, features: np.ndarray, store_ids: np.ndarray,
     episodes = episode_set.episodes
     support_labels = torch.as_tensor(episodes.support_labels)
     query_labels = torch.as_tensor(episodes.query_labels)
-    # The rows the set touches, gathered once into one contiguous block: every batch then indexes
-    # memory instead of re-reading (and re-joining image and text of) the memory-mapped store.
+    # The rows the set touches, gathered and embedded (fused, projected) once into one contiguous
+    # block: every batch then indexes memory instead of re-reading, re-joining and re-fusing rows.
     touched, local = np.unique(np.concatenate([store_rows(store_ids, episodes.support).ravel(),
                                                store_rows(store_ids, episodes.query).ravel()]), return_inverse=True)
-    block = torch.from_numpy(np.ascontiguousarray(features[touched], dtype=np.float32))
+    block = head.embed(torch.from_numpy(np.ascontiguousarray(features[touched], dtype=np.float32)))
     local = torch.from_numpy(local)
     support_rows = local[: episodes.support.size].view(episodes.support.shape)
     query_rows = local[episodes.support.size:].view(episodes.query.shape)
@@ -82,7 +82,7 @@ def run_episodes(head: FewShotHead, features: np.ndarray, store_ids: np.ndarray,
         support, query = block[support_rows[start:stop]], block[query_rows[start:stop]]
         labels = support_labels.expand(stop - start, -1)
         names = None if class_text is None else class_text[torch.as_tensor(episodes.classes[start:stop])]
-        logits = head(support, labels, query, episodes.n_way, names)  # [E, Q, N]
+        logits = head.classify(support, labels, query, episodes.n_way, names)  # [E, Q, N]
         predicted = logits.argmax(-1)
         accuracy[start:stop] = (predicted == query_labels).double().mean(-1).numpy()
         if predictions is not None:

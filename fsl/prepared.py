@@ -92,10 +92,10 @@ def open_prepared(root: Path) -> Catalog | None:
     if _stat(root / "styles.csv") != tuple(meta["styles"]):
         raise _changed(root, "styles.csv")
     frame = table.to_pandas()
-    frame["image_path"] = [str(root / p) for p in frame["image_path"]]
+    frame["image_path"] = [os.path.join(root, p) for p in frame["image_path"]]
     report = pd.DataFrame(meta["report"], columns=REPORT_COLUMNS)
-    appeared = [i for i in report.loc[report["issue"] == "image missing", "id"]
-                if (root / "images" / f"{i}.jpg").exists()]
+    present = set(os.listdir(root / "images")) if (root / "images").is_dir() else set()  # one listing, not a stat per id
+    appeared = [i for i in report.loc[report["issue"] == "image missing", "id"] if f"{i}.jpg" in present]
     if appeared:
         raise _changed(root, f"{len(appeared)} photo(s) appeared, e.g. images/{appeared[0]}.jpg")
     now = [_stat(p) for p in frame["image_path"]]

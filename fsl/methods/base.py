@@ -1,8 +1,9 @@
 """The head contract: batched over episodes, no state kept between calls.
 
 support [E, N*K, D] with labels [E, N*K] in 0..N-1, query [E, Q, D] -> logits [E, Q, N], where
-D = image_dim + text_dim and the head's own Fusion turns those columns into its features.
-Heads that read class names (zero-shot, text-initialised probes) also get class_text [E, N, Dt].
+D = image_dim + text_dim. A head is `classify(embed(support), labels, embed(query))`: `embed` works
+on each example alone (the head's own Fusion, maybe a projection), so the harness embeds every
+example of an episode set once. Heads that read class names also get class_text [E, N, Dt].
 """
 
 from __future__ import annotations
@@ -26,6 +27,17 @@ class FewShotHead(nn.Module):
 
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
                 n_way: int, class_text: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw [image | text] support [E, N*K, D] and query [E, Q, D] -> logits [E, Q, N]."""
+        return self.classify(self.embed(support), support_labels, self.embed(query), n_way, class_text)
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """[..., D] -> [..., D']: what a head does to each example on its own (the fusion, maybe a
+        projection). The harness embeds every example of an episode set once, then classifies."""
+        return self.fusion(features)
+
+    def classify(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
+                 n_way: int, class_text: torch.Tensor | None = None) -> torch.Tensor:
+        """Embedded support [E, N*K, D'] and query [E, Q, D'] -> logits [E, Q, N]."""
         raise NotImplementedError
 
     @property

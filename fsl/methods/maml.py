@@ -48,10 +48,10 @@ class MAML(FewShotHead):
             weights = {k: w - self.inner_lr * gradients[k] for k, w in weights.items()}
         return weights
 
-    def forward(self, support, support_labels, query, n_way, class_text=None):
+    def classify(self, support, support_labels, query, n_way, class_text=None):
         start = self.fast_weights(n_way)
 
         def one_episode(support, labels, query):
             return self.logits(self.adapt(start, support, labels), query)
 
-        return vmap(one_episode)(self.fusion(support), support_labels, self.fusion(query))  # [E, Q, N]
+        return vmap(one_episode)(support, support_labels, query)  # [E, Q, N]

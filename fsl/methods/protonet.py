@@ -56,9 +56,9 @@ class ProtoNet(FewShotHead):
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         return self.projection(self.fusion(features))
 
-    def forward(self, support, support_labels, query, n_way, class_text=None):
-        prototypes = self.prototypes(self.embed(support), support_labels, n_way)  # [E, N, D']
-        return -squared_distances(self.embed(query), prototypes)  # [E, Q, N]
+    def classify(self, support, support_labels, query, n_way, class_text=None):
+        prototypes = self.prototypes(support, support_labels, n_way)  # [E, N, D']
+        return -squared_distances(query, prototypes)  # [E, Q, N]
 
     @staticmethod
     def logits_from_gram(gram: torch.Tensor, support_rows: torch.Tensor, query_rows: torch.Tensor,

@@ -24,9 +24,9 @@ class ZeroShot(FewShotHead):
                            "one space (clip); with the offline pair use fusion: text")
         self.shared_space, self.temperature = shared_space, temperature
 
-    def forward(self, support, support_labels, query, n_way, class_text=None):
+    def classify(self, support, support_labels, query, n_way, class_text=None):
         if class_text is None:
             raise ValueError("zero_shot needs class_text [E, N, Dt]: the harness embeds the class names")
         classes = torch.nn.functional.normalize(self.class_features(class_text, self.shared_space), dim=-1)
-        queries = torch.nn.functional.normalize(self.fusion(query), dim=-1)
+        queries = torch.nn.functional.normalize(query, dim=-1)
         return queries @ classes.transpose(1, 2) / self.temperature  # [E, Q, N]
