@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-PIP := $(BIN)/python -m pip --disable-pip-version-check --progress-bar on
+PIP := $(BIN)/python -m pip --disable-pip-version-check
 
 .PHONY: setup quickstart test bench clean browser
 

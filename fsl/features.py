@@ -259,11 +259,12 @@ def _say(message: str) -> None:
 def embed_catalog(catalog: Catalog, encoder: Encoder, root: str | os.PathLike = DEFAULT_ROOT,
                   text_variants=DEFAULT_TEXT_VARIANTS, chunk_size: int = 512, batch_size: int = 32,
                   num_workers: int | None = None, rank: int = 0, world_size: int = 1,
-                  progress: bool = True, full_check: bool = False) -> FeatureStore | None:
+                  progress: bool = True, full_check: bool = False, join: bool = True) -> FeatureStore | None:
     """Embed every product once (images and each text variant); resumable, cached by content.
 
     A warm store is checked (full_check: every byte) and reused; a damaged one is rebuilt, with a
-    message. Returns the store, or None when this rank is done but other ranks' chunks are missing.
+    message. Returns the store, or None when this rank is done but other ranks' chunks are missing
+    (or `join` is False: under torchrun rank 0 joins after a barrier).
     """
     check_embed_options(chunk_size, batch_size, num_workers, rank, world_size)
     path = store_path(root, encoder.id, catalog.fingerprint)
@@ -287,6 +288,8 @@ def embed_catalog(catalog: Catalog, encoder: Encoder, root: str | os.PathLike = 
         mine = [i for i in range(n_chunks) if i % world_size == rank and not chunk_file(i).exists()]
         if mine:
             _embed_chunks(catalog, encoder, variants, mine, chunk_size, chunk_file, batch_size, num_workers, progress)
+        if not join:
+            return None
         with _file_lock(path / "join.lock"):
             if not (_read_manifest(path) or {}).get("complete"):
                 if not all(chunk_file(i).exists() for i in range(n_chunks)):
