@@ -16,6 +16,9 @@ import time
 
 import numpy as np
 import torch
+from sampler_speed import (
+    easyfsl_on_frozen,  # a sibling script (benchmarks/ is on sys.path)
+)
 
 from fsl.catalog import load_catalog
 from fsl.config import EncoderConfig, ExperimentConfig
@@ -37,20 +40,6 @@ def sklearn_probe(flat: np.ndarray, ids, episode_set: EpisodeSet, C: float) -> n
     for support, query in zip(store_rows(ids, episodes.support), store_rows(ids, episodes.query)):
         model = LogisticRegression(C=C, max_iter=1000).fit(flat[support], episodes.support_labels)
         accuracy.append((model.predict(flat[query]) == episodes.query_labels).mean())
-    return np.array(accuracy)
-
-
-def easyfsl_protonet(flat: np.ndarray, ids, episode_set: EpisodeSet) -> np.ndarray:
-    from easyfsl.methods import PrototypicalNetworks
-
-    model = PrototypicalNetworks().eval()
-    episodes = episode_set.episodes
-    support_labels, query_labels = torch.as_tensor(episodes.support_labels), torch.as_tensor(episodes.query_labels)
-    accuracy = []
-    with torch.inference_mode():
-        for s, q in zip(store_rows(ids, episodes.support), store_rows(ids, episodes.query)):
-            model.process_support_set(torch.from_numpy(flat[s]), support_labels)
-            accuracy.append((model(torch.from_numpy(flat[q])).argmax(-1) == query_labels).double().mean().item())
     return np.array(accuracy)
 
 
@@ -85,7 +74,7 @@ def main() -> None:
              "maml": create_head("maml", fusion(), inner_steps=10, inner_lr=0.5),
              "zero_shot": create_head("zero_shot", text_fusion)}
     peers = {"linear_probe": ("scikit-learn LogisticRegression", lambda s: sklearn_probe(flat, store.ids, s, 1.0)),
-             "protonet": ("easyfsl PrototypicalNetworks", lambda s: easyfsl_protonet(flat, store.ids, s))}
+             "protonet": ("easyfsl PrototypicalNetworks", lambda s: easyfsl_on_frozen(flat, store.ids, s))}
     zero_shot = ExperimentConfig(name="zs", method="zero_shot", fusion="text")
     print(f"first {args.episodes} episodes of each novel set; offline encoder, image + masked text "
           f"({flat.shape[1]}-d, concat 0.7); torch threads {torch.get_num_threads()}\n")

@@ -84,7 +84,6 @@ def _encoder_config(args):
 
 def cmd_prepare(args) -> None:
     from fsl.catalog import load_catalog
-
     from fsl.prepared import prepared_path
 
     catalog = load_catalog(args.data, refresh=True)
@@ -95,31 +94,63 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_embed(args) -> None:
+    import dataclasses
+
     from fsl.catalog import DEFAULT_TEXT_TEMPLATE, load_catalog
     from fsl.features import TextVariant, embed_catalog, is_complete, store_path
-
-    catalog = load_catalog(args.data)
-    print(catalog.summary())
-    variants = [TextVariant(args.text_template or DEFAULT_TEXT_TEMPLATE, None)]
-    variants += [TextVariant(args.text_template or DEFAULT_TEXT_TEMPLATE, column) for column in args.mask_labels]
     from fsl.pipeline import encoder_from_config
 
-    encoder = encoder_from_config(_encoder_config(args))
+    rank, world_size = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)  # set by torchrun
+    catalog = load_catalog(args.data)
+    if rank == 0:
+        print(catalog.summary())
+    variants = [TextVariant(args.text_template or DEFAULT_TEXT_TEMPLATE, None)]
+    variants += [TextVariant(args.text_template or DEFAULT_TEXT_TEMPLATE, column) for column in args.mask_labels]
+    config = _encoder_config(args)
+    if world_size > 1 and config.device.startswith("cuda"):
+        config = dataclasses.replace(config, device=f"cuda:{_env_int('LOCAL_RANK', 0)}")  # one GPU per rank
+    encoder = encoder_from_config(config)
     warm = is_complete(store_path(args.store_root, encoder.id, catalog.fingerprint))
+    options = dict(chunk_size=args.chunk_size, batch_size=args.batch_size, num_workers=args.workers,
+                   full_check=args.verify)
     started = time.perf_counter()
-    store = embed_catalog(catalog, encoder, args.store_root, variants, chunk_size=args.chunk_size,
-                          batch_size=args.batch_size, num_workers=args.workers,
-                          rank=_env_int("RANK", 0), world_size=_env_int("WORLD_SIZE", 1), full_check=args.verify)
+    if world_size == 1:
+        store = embed_catalog(catalog, encoder, args.store_root, variants, **options)
+    else:
+        store = _embed_under_torchrun(catalog, encoder, args.store_root, variants, rank, world_size, config.device,
+                                      options)
     seconds = time.perf_counter() - started
     if store is None:
-        print("this rank's chunks are done; the last rank to finish joins the store")
+        print(f"rank {rank} of {world_size}: its chunks are written; rank 0 joined the store")
         return
     if warm and not args.verify:
         print(f"the feature store is warm: {len(store.ids)} products by {store.encoder_id} (checked in "
               f"{seconds:.1f} s, nothing to embed): {store.path}")
         return
     print(f"{len(store.ids)} products embedded by {store.encoder_id} in {seconds:.1f} s "
-          f"({len(store.ids) / seconds:.1f} products/s): {store.path}")
+          f"({len(store.ids) / seconds:.1f} products/s{f', {world_size} ranks' if world_size > 1 else ''}): {store.path}")
+
+
+def _embed_under_torchrun(catalog, encoder, root, variants, rank: int, world_size: int, device: str, options: dict):
+    """Ranks embed chunks i ≡ rank (mod world size), meet at a barrier, rank 0 joins the store, and all
+    meet again: torchrun is the scheduler (gloo on CPUs, NCCL on GPUs). Multi-node needs the store
+    root on a file system every node sees."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from fsl.features import embed_catalog
+
+    # a long timeout: ranks embed for as long as their share takes before the first barrier
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=datetime.timedelta(hours=24))
+    try:
+        embed_catalog(catalog, encoder, root, variants, rank=rank, world_size=world_size, join=False, **options)
+        dist.barrier()  # every rank's chunks are on disk
+        store = embed_catalog(catalog, encoder, root, variants, **options) if rank == 0 else None
+        dist.barrier()  # the store is complete for everyone
+    finally:
+        dist.destroy_process_group()
+    return store
 
 
 def _env_int(name: str, default: int) -> int:
@@ -337,8 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     embed = commands.add_parser("embed", help="embed every product once into a feature store",
                                 description="Encode every photo and text of the catalog with a frozen "
-                                            "encoder. Resumable; a warm store is reused. Under torchrun, "
-                                            "rank r does chunks r, r+W, ...")
+                                            "encoder. Resumable; a warm store is reused. Under torchrun "
+                                            "(torchrun --nproc_per_node N -m fsl.cli embed ...), rank r does "
+                                            "chunks r, r+W, ..., then rank 0 joins them after a barrier.")
     _add_data(embed)
     _add_encoder(embed)
     embed.add_argument("--text-template", help="Python format string over metadata fields "

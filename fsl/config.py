@@ -15,7 +15,6 @@ import yaml
 from fsl import FslError
 from fsl.io import safe_name
 
-
 RUNTIMES = ("auto", "onnx", "eager")
 
 

@@ -104,7 +104,9 @@ def make_backend(catalog: Catalog, encoder_config, store_root=None, episodes_roo
     else:
         novel = counts.index.tolist()
     examples = [c for c in novel if counts.get(c, 0) >= 2 * EXAMPLES_PER_CATEGORY][:EXAMPLE_CATEGORIES]
-    return DemoBackend(encoder_from_config(encoder_config), catalog, store, examples, classifier)
+    encoder = encoder_from_config(encoder_config)
+    encoder.load()  # weights and image runtime now, not in the first visitor's request
+    return DemoBackend(encoder, catalog, store, examples, classifier)
 
 
 def summary(categories: list[Category]) -> pd.DataFrame:

@@ -43,22 +43,23 @@ class LazyEncoder:
         self._runtime_chosen = False
 
     def __getattr__(self, name: str):  # only for what __init__ did not set: the model's own parts
+        return getattr(self.load(images=name in ("embed_pixels", "encode_images")), name)
+
+    def load(self, images: bool = True) -> Encoder:
+        """The built encoder; with `images`, its image runtime chosen too (ONNX Runtime or eager). A
+        server calls this before its first request; everything else, on first use."""
         if self._built is None:
             config = self.config
             options = {"model": config.model, "pretrained": config.pretrained} if config.name == "clip" else {}
             self._built = create_encoder(config.name, device=config.device, **options)
-        if name in ("embed_pixels", "encode_images") and not self._runtime_chosen:  # the first photo: choose its runtime
+        if images and not self._runtime_chosen:
             self._runtime_chosen = True
-            self._choose_runtime()
-        return getattr(self._built, name)
-
-    def _choose_runtime(self) -> None:
-        if self.config.runtime == "eager" or self.config.device != "cpu":
-            return
-        said = self._built.use_onnx(CACHE_DIR / "onnx")
-        if self.config.runtime == "onnx" and self._built.runtime is None:
-            raise FslError(f"runtime onnx was asked for, but: {said}")
-        print(f"fsl: {said}", file=sys.stderr)
+            if self.config.runtime != "eager" and self.config.device == "cpu":
+                said = self._built.use_onnx(CACHE_DIR / "onnx")
+                if self.config.runtime == "onnx" and self._built.runtime is None:
+                    raise FslError(f"runtime onnx was asked for, but: {said}")
+                print(f"fsl: {said}", file=sys.stderr)
+        return self._built
 
 
 @lru_cache(maxsize=4)

@@ -118,3 +118,25 @@ def test_ranks_split_the_chunks_and_the_last_one_joins(tiny_clip, small_dump, tm
     store = embed_catalog(catalog, tiny_clip, tmp_path, chunk_size=8, num_workers=0, rank=1, world_size=2,
                           progress=False)
     assert store is not None and store.image.shape == (len(catalog), tiny_clip.image_dim)
+
+
+def test_torchrun_with_two_processes_builds_the_store_one_process_builds(small_dump, tmp_path):
+    """Ranks embed disjoint chunks, meet at a barrier, rank 0 joins: no second run, same store."""
+    common = [*("embed", "--data", str(small_dump), "--encoder", "clip", "--model", "FSL-Tiny"),
+              *("--pretrained", "none", "--workers", "0", "--chunk-size", "8", "--batch-size", "8")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "FSL_CACHE": str(tmp_path / "cache")}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "fsl.cli", *common, "--store-root", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "rank 1 of 2: its chunks are written; rank 0 joined the store" in two.stdout
+    assert "40 products embedded" in two.stdout and "2 ranks" in two.stdout
+    one = subprocess.run([sys.executable, "-m", "fsl.cli", *common, "--store-root", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    (two_path,), (one_path,) = (tmp_path / "two").iterdir(), (tmp_path / "one").iterdir()
+    a, b = FeatureStore.open(two_path, full_check=True), FeatureStore.open(one_path, full_check=True)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_allclose(a.image, b.image, atol=1e-6)
+    for variant in b.texts:
+        np.testing.assert_allclose(a.text(variant), b.text(variant), atol=1e-6)
