@@ -1,7 +1,7 @@
 """Episodes per second of every head on every standard setting, through `run_episodes` (the path
 `fsl eval` takes: the store's image and text columns, the head's own fusion), next to its peer on the
 same frozen episodes: scikit-learn's LogisticRegression fitted per episode (linear probe, same
-objective and C), easyfsl's PrototypicalNetworks (ProtoNet). Offline encoder, image + masked text
+objective and C), easyfsl's PrototypicalNetworks (ProtoNet) and SimpleShot. Offline encoder, image + masked text
 (concat, image weight 0.7), the first --episodes episodes of each novel set. Prints each ratio with
 MISSED beside any below its target, and the paired accuracy difference against the peer.
 
@@ -29,7 +29,7 @@ from fsl.methods import create_head
 from fsl.pipeline import class_text_table, episodes_dir_for, open_store
 
 SETTINGS = ["novel-5w1s", "novel-5w5s", "novel-15w5s", "novel-allway-5s"]
-TARGETS = {"linear_probe": 10.0, "protonet": 30.0}  # our speed / the peer's
+TARGETS = {"linear_probe": 10.0, "protonet": 30.0, "simpleshot": 10.0}  # our speed / the peer's
 
 
 def sklearn_probe(flat: np.ndarray, ids, episode_set: EpisodeSet, C: float) -> np.ndarray:
@@ -71,10 +71,12 @@ def main() -> None:
     text_fusion = create_fusion("text", image_dim, text_dim)
     heads = {"linear_probe": create_head("linear_probe", fusion(), C=1.0),
              "protonet": create_head("protonet", fusion()),
+             "simpleshot": create_head("simpleshot", fusion(), centering="none"),  # easyfsl's has no centring
              "maml": create_head("maml", fusion(), inner_steps=10, inner_lr=0.5),
              "zero_shot": create_head("zero_shot", text_fusion)}
     peers = {"linear_probe": ("scikit-learn LogisticRegression", lambda s: sklearn_probe(flat, store.ids, s, 1.0)),
-             "protonet": ("easyfsl PrototypicalNetworks", lambda s: easyfsl_on_frozen(flat, store.ids, s))}
+             "protonet": ("easyfsl PrototypicalNetworks", lambda s: easyfsl_on_frozen(flat, store.ids, s)),
+             "simpleshot": ("easyfsl SimpleShot", lambda s: easyfsl_on_frozen(flat, store.ids, s, "SimpleShot"))}
     zero_shot = ExperimentConfig(name="zs", method="zero_shot", fusion="text")
     print(f"first {args.episodes} episodes of each novel set; offline encoder, image + masked text "
           f"({flat.shape[1]}-d, concat 0.7); torch threads {torch.get_num_threads()}\n")
@@ -93,12 +95,12 @@ def main() -> None:
         for name, head in heads.items():
             texts = class_text if head.needs_class_text else None
             ours, seconds = timed(lambda: run_episodes(head, features, store.ids, episode_set, 64, False, texts),
-                                  repeat=2 if name in ("protonet", "zero_shot") else 1,
+                                  repeat=2 if name in ("protonet", "simpleshot", "zero_shot") else 1,
                                   warm_up=lambda: run_episodes(head, features, store.ids, few, 64, False, texts))
             cells = [f"{n / seconds:9.0f}", f"{'—':32}", f"{'—':>9}", f"{'—':>14}", f"{100 * ours.mean():.1f}"]
             if name in peers:
                 label, run = peers[name]
-                theirs, peer_seconds = timed(lambda: run(episode_set), repeat=2 if name == "protonet" else 1,
+                theirs, peer_seconds = timed(lambda: run(episode_set), repeat=2 if name != "linear_probe" else 1,
                                              warm_up=lambda: run(few))
                 ratio = peer_seconds / seconds
                 difference, ci = paired_difference(ours, theirs)

@@ -82,10 +82,11 @@ def easyfsl_run(features: torch.Tensor, label_ids: list[int], n_episodes: int) -
     return n_episodes / (time.perf_counter() - start), float(np.mean(correct))
 
 
-def easyfsl_on_frozen(features: np.ndarray, ids, episode_set: EpisodeSet) -> np.ndarray:
-    from easyfsl.methods import PrototypicalNetworks
+def easyfsl_on_frozen(features: np.ndarray, ids, episode_set: EpisodeSet, method: str = "PrototypicalNetworks") -> np.ndarray:
+    """Per-episode accuracy of an easyfsl method (by class name) on our frozen episodes."""
+    import easyfsl.methods
 
-    model = PrototypicalNetworks().eval()
+    model = getattr(easyfsl.methods, method)().eval()
     eps = episode_set.episodes
     support_labels, query_labels = torch.as_tensor(eps.support_labels), torch.as_tensor(eps.query_labels)
     accuracy = []

@@ -36,7 +36,7 @@ class Predictions:
 def predict_episodes(config: ExperimentConfig, catalog: Catalog, name: str, episodes_root, store_root,
                      checkpoints_root, progress: bool = False) -> Predictions:
     """Run a config on one frozen episode set, keeping every query's prediction."""
-    store, features, head = experiment_head(config, catalog, store_root, checkpoints_root)
+    store, features, head = experiment_head(config, catalog, store_root, checkpoints_root, episodes_root)
     episode_set = load_episode_set(config, catalog, name, episodes_root)
     episodes = episode_set.episodes
     class_text = class_text_table(config, episode_set.meta["classes"], store) if head.needs_class_text else None

@@ -7,6 +7,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fsl import FslError
@@ -24,7 +25,7 @@ from fsl.episodes import (
 from fsl.evaluate import EvalResult, run_episodes
 from fsl.features import DEFAULT_ROOT, FeatureStore, embed_catalog
 from fsl.fusion import create_fusion, store_features
-from fsl.io import CACHE_DIR, write_bytes
+from fsl.io import CACHE_DIR, read_csv, write_bytes
 from fsl.methods import FewShotHead, create_head
 
 DEFAULT_EPISODES_DIR = Path("episodes")
@@ -146,21 +147,45 @@ def load_episode_set(config: ExperimentConfig, catalog: Catalog, name: str,
     return EpisodeSet.load(path, catalog.fingerprint)
 
 
+def base_classes(catalog: Catalog, config: ExperimentConfig, split_seed: int,
+                 episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> list[str]:
+    """The base (training) classes of a saved class split."""
+    path = episodes_dir_for(catalog, episodes_root) / f"{config.label_column}-seed{split_seed}-split.csv"
+    if not path.is_file():
+        raise FslError(f"no class split at {path}; run `fsl episodes` first")
+    split = read_csv(path)
+    return sorted(split.loc[split["split"] == "base", "class"])
+
+
+def base_mean(config: ExperimentConfig, catalog: Catalog, features, episodes_root) -> torch.Tensor:
+    """[D] mean raw feature of the base-class products of the split the config's episodes come from:
+    knowledge from base classes (SimpleShot's centring), never from a val or novel class."""
+    split_seed = load_episode_set(config, catalog, config.episodes[0], episodes_root).meta["split_seed"]
+    classes = base_classes(catalog, config, split_seed, episodes_root)
+    rows = np.flatnonzero(catalog.labels(config.label_column).isin(classes).to_numpy())
+    return torch.from_numpy(np.asarray(features[rows], dtype=np.float64).mean(0).astype(np.float32))
+
+
 def experiment_head(config: ExperimentConfig, catalog: Catalog, store_root: str | os.PathLike = DEFAULT_ROOT,
-                    checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS):
-    """(store, its features as the config sees them, the head): a trained head loads its best checkpoint."""
+                    checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS,
+                    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR):
+    """(store, its features as the config sees them, the head): a trained head loads its best
+    checkpoint; a head that centres on the base classes gets their mean."""
     store = open_store(catalog, config.encoder, store_root)
     head = build_head(config, store)
+    features = store_features(store, config.text_variant)
     if config.train is not None:
         load_head(checkpoint_dir(config, checkpoints_root) / "best", head, store.encoder_id)
-    return store, store_features(store, config.text_variant), head
+    if head.needs_base_mean:
+        head.base_mean.copy_(base_mean(config, catalog, features, episodes_root))
+    return store, features, head
 
 
 def run_experiment(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
                    store_root: str | os.PathLike = DEFAULT_ROOT, progress: bool = True,
                    checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS) -> list[EvalResult]:
     """One config's head on each of its frozen episode sets."""
-    store, features, head = experiment_head(config, catalog, store_root, checkpoints_root)
+    store, features, head = experiment_head(config, catalog, store_root, checkpoints_root, episodes_root)
     hparams = {"head": config.method, "fusion": config.fusion, "transductive": head.transductive,
                "text_variant": config.text_variant if config.fusion != "image" else "-", "encoder": store.encoder_id,
                **flat_options(config)}

@@ -18,7 +18,13 @@ from fsl.config import config_from_dict, load_config
 from fsl.features import DEFAULT_ROOT
 from fsl.fusion import store_features
 from fsl.io import IMAGE_SUFFIXES, check_writable_target, write_csv
-from fsl.pipeline import build_head, encoder_from_config, open_store
+from fsl.pipeline import (
+    DEFAULT_EPISODES_DIR,
+    base_mean,
+    build_head,
+    encoder_from_config,
+    open_store,
+)
 from fsl.teach import embed_image, embed_text, open_image
 
 
@@ -66,6 +72,8 @@ class CatalogClassifier:
         self.name = Path(checkpoint).parent.name if checkpoint else config.name
         self.classes, rows = support_rows(catalog.labels(config.label_column), shots)
         features = store_features(self.store, config.text_variant)
+        if self.head.needs_base_mean:
+            self.head.base_mean.copy_(base_mean(config, catalog, features, DEFAULT_EPISODES_DIR))
         self.support = torch.from_numpy(np.asarray(features[rows], dtype=np.float32)).unsqueeze(0)
         self.support_labels = torch.arange(len(self.classes)).repeat_interleave(shots).unsqueeze(0)
         masked = config.text_variant.startswith("masked-")  # mask query texts as the support texts were

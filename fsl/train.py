@@ -22,25 +22,16 @@ from fsl.episodes import EpisodeSampler
 from fsl.evaluate import mean_ci, percent, run_episodes
 from fsl.features import DEFAULT_ROOT
 from fsl.fusion import store_features
-from fsl.io import read_csv
 from fsl.pipeline import (
     DEFAULT_CHECKPOINTS,
     DEFAULT_EPISODES_DIR,
+    base_classes,
     build_head,
     checkpoint_dir,
-    episodes_dir_for,
     flat_options,
     load_episode_set,
     open_store,
 )
-
-
-def base_classes(catalog: Catalog, config: ExperimentConfig, split_seed: int, episodes_root) -> list[str]:
-    path = episodes_dir_for(catalog, episodes_root) / f"{config.label_column}-seed{split_seed}-split.csv"
-    if not path.is_file():
-        raise FslError(f"no class split at {path}; run `fsl episodes` first")
-    split = read_csv(path)
-    return sorted(split.loc[split["split"] == "base", "class"])
 
 
 def check_finite(name: str, step: int, loss: torch.Tensor, head: torch.nn.Module, lr: float) -> None:

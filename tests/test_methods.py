@@ -38,6 +38,7 @@ def accuracy(logits, query_labels):
     ("protonet", {}), ("protonet", {"projection": "diagonal"}), ("protonet", {"projection": "linear", "projection_dim": 6}),
     ("linear_probe", {}),
     ("linear_probe", {"init": "prototypes"}), ("maml", {"inner_steps": 5}), ("maml", {"hidden": 16}),
+    ("simpleshot", {}), ("simpleshot", {"centering": "none"}),
 ])
 @pytest.mark.parametrize("fusion", ["image", "concat"])
 def test_each_head_learns_a_separable_toy_task(method, options, fusion):
@@ -152,3 +153,40 @@ def test_bad_method_name_or_options_are_clear_errors():
         create_head("protonet", fusion, steps=3)
     with pytest.raises(FslError, match="unknown linear_probe init 'ones'"):
         create_head("linear_probe", fusion, init="ones")
+
+
+def test_simpleshot_l2n_predicts_as_easyfsl_at_one_shot_on_unit_features():
+    """easyfsl: cosine to the mean of raw support features; the paper: Euclidean to the mean of
+    normalised ones. With one shot and unit-norm features both are the same nearest neighbour."""
+    from easyfsl.methods import SimpleShot as EasySimpleShot
+
+    support, labels, query, _ = toy_episodes(n_episodes=6, k_shot=1, q_query=10, noise=1.0, seed=5)
+    support, query = F.normalize(support, dim=-1), F.normalize(query, dim=-1)
+    ours = create_head("simpleshot", create_fusion("image", IMAGE_DIM + TEXT_DIM, 0), centering="none")
+    theirs = EasySimpleShot().eval()
+    with torch.no_grad():
+        predicted = ours(support, labels, query, 5).argmax(-1)
+        for e in range(6):
+            theirs.process_support_set(support[e], labels[e])
+            assert torch.equal(theirs(query[e]).argmax(-1), predicted[e])
+
+
+def test_simpleshot_centres_on_the_mean_of_base_class_products_only(twelve_classes):
+    from fsl.config import EncoderConfig, ExperimentConfig
+    from fsl.episodes import EpisodeSet
+    from fsl.io import read_csv
+    from fsl.pipeline import episodes_dir_for, experiment_head, run_experiment
+
+    root, catalog = twelve_classes
+    config = ExperimentConfig(name="ss", method="simpleshot", fusion="concat", episodes=("novel-5w5s",),
+                              encoder=EncoderConfig("clip", "FSL-Tiny", "none"))
+    store, features, head = experiment_head(config, catalog, root / "store", root / "ckpt", root / "episodes")
+    seed = EpisodeSet.load(episodes_dir_for(catalog, root / "episodes") / "articleType-novel-5w5s.npz").meta["split_seed"]
+    split = read_csv(episodes_dir_for(catalog, root / "episodes") / f"articleType-seed{seed}-split.csv")
+    base = catalog.labels().isin(split.loc[split["split"] == "base", "class"]).to_numpy()
+    assert 0 < base.sum() < len(catalog)
+    every = np.asarray(features[np.arange(len(catalog))])
+    np.testing.assert_allclose(head.base_mean.numpy(), every[base].mean(0), atol=1e-5)
+    assert not np.allclose(head.base_mean.numpy(), every.mean(0), atol=1e-3)  # val and novel products left out
+    (result,) = run_experiment(config, catalog, root / "episodes", root / "store", progress=False)
+    assert result.accuracy.mean() > 0.2  # chance is 0.2 at 5-way

@@ -10,10 +10,11 @@ from fsl.methods.base import FewShotHead
 from fsl.methods.linear_probe import LinearProbe
 from fsl.methods.maml import MAML
 from fsl.methods.protonet import ProtoNet
+from fsl.methods.simpleshot import SimpleShot
 from fsl.methods.zero_shot import ZeroShot
 
 HEADS: dict[str, Callable[..., FewShotHead]] = {
-    "zero_shot": ZeroShot, "linear_probe": LinearProbe, "protonet": ProtoNet, "maml": MAML,
+    "zero_shot": ZeroShot, "linear_probe": LinearProbe, "protonet": ProtoNet, "maml": MAML, "simpleshot": SimpleShot,
 }
 SHARED_SPACE_OPTION = {"zero_shot", "linear_probe"}  # heads that compare class-name text to features
 

@@ -19,6 +19,7 @@ class FewShotHead(nn.Module):
     parameters, so train.py optimises whatever a head registers."""
 
     needs_class_text = False
+    needs_base_mean = False  # True for heads that centre features on the base classes' mean (set_base_mean)
     transductive = False  # True for heads that read all queries of an episode together: reported apart
 
     def __init__(self, fusion: Fusion):
