@@ -340,10 +340,13 @@ def cmd_predict(args) -> None:
     from fsl.catalog import load_catalog
     from fsl.predict import predict_folder
 
+    if not (args.checkpoint or args.config or args.support):
+        raise FslError("give --support DIR (your own categories: one sub-folder of example photos each), "
+                       "--checkpoint checkpoints/NAME/best or --config experiments/NAME.yaml")
     catalog = load_catalog(args.data)
     out = predict_folder(catalog, args.checkpoint, args.config, args.images, args.texts, args.out, args.top_k,
-                         args.shots, args.store_root)
-    print(f"wrote {out}")
+                         args.shots, args.store_root, args.support)
+    print(f"wrote {out} and the contact sheet {Path(out).with_suffix('.png')}")
 
 
 def cmd_quickstart(args) -> None:
@@ -470,10 +473,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="classify a folder of photos into a CSV (batch inference)",
                                   description="Classify every photo in --images (and its text from --texts) "
-                                              "among the catalog classes a head was trained or configured for; "
-                                              "writes top-k labels and confidences.")
+                                              "among your own categories (--support DIR) or the catalog's classes; "
+                                              "writes top-k labels and confidences (CSV) and a contact sheet (PNG).")
     _add_data(predict)
-    source = predict.add_mutually_exclusive_group(required=True)
+    predict.add_argument("--support", metavar="DIR",
+                         help="classify among your own categories: DIR has one sub-folder of example photos per "
+                              "category (and optionally texts.csv: file,text); default head: the linear probe "
+                              "(image, or image + masked text when texts are given)")
+    source = predict.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", help="a trained head: checkpoints/NAME/best")
     source.add_argument("--config", help="an experiment YAML (for heads without training)")
     predict.add_argument("--images", required=True,
