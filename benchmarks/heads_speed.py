@@ -1,7 +1,8 @@
 """Episodes per second of every head on every standard setting, through `run_episodes` (the path
 `fsl eval` takes: the store's image and text columns, the head's own fusion), next to its peer on the
 same frozen episodes: scikit-learn's LogisticRegression fitted per episode (linear probe, same
-objective and C), easyfsl's PrototypicalNetworks (ProtoNet) and SimpleShot. Offline encoder, image + masked text
+objective and C), easyfsl's PrototypicalNetworks (ProtoNet) and SimpleShot, learn2learn's MAML loop
+(same initialisation, inner steps and rate). Offline encoder, image + masked text
 (concat, image weight 0.7), the first --episodes episodes of each novel set. Prints each ratio with
 MISSED beside any below its target, and the paired accuracy difference against the peer.
 
@@ -29,7 +30,7 @@ from fsl.methods import create_head
 from fsl.pipeline import class_text_table, episodes_dir_for, open_store
 
 SETTINGS = ["novel-5w1s", "novel-5w5s", "novel-15w5s", "novel-allway-5s"]
-TARGETS = {"linear_probe": 10.0, "protonet": 30.0, "simpleshot": 10.0}  # our speed / the peer's
+TARGETS = {"linear_probe": 10.0, "protonet": 30.0, "simpleshot": 10.0, "maml": 10.0}  # our speed / the peer's
 
 
 def sklearn_probe(flat: np.ndarray, ids, episode_set: EpisodeSet, C: float) -> np.ndarray:
@@ -40,6 +41,29 @@ def sklearn_probe(flat: np.ndarray, ids, episode_set: EpisodeSet, C: float) -> n
     for support, query in zip(store_rows(ids, episodes.support), store_rows(ids, episodes.query)):
         model = LogisticRegression(C=C, max_iter=1000).fit(flat[support], episodes.support_labels)
         accuracy.append((model.predict(flat[query]) == episodes.query_labels).mean())
+    return np.array(accuracy)
+
+
+def learn2learn_maml(flat: np.ndarray, ids, episode_set: EpisodeSet, head) -> np.ndarray:
+    """learn2learn's MAML loop, one episode at a time, from our head's initialisation with its inner
+    steps and rate (first order: at evaluation no outer gradient is taken)."""
+    import learn2learn as l2l
+    import torch.nn.functional as F
+
+    episodes = episode_set.episodes
+    model = torch.nn.Linear(flat.shape[1], episodes.n_way)
+    with torch.no_grad():
+        model.weight.copy_(head.w0.expand(episodes.n_way, -1))
+        model.bias.copy_(head.b0.expand(episodes.n_way))
+    maml = l2l.algorithms.MAML(model, lr=head.inner_lr, first_order=True)
+    support_labels, query_labels = torch.as_tensor(episodes.support_labels), torch.as_tensor(episodes.query_labels)
+    accuracy = []
+    for s, q in zip(store_rows(ids, episodes.support), store_rows(ids, episodes.query)):
+        learner = maml.clone()
+        for _ in range(head.inner_steps):
+            learner.adapt(F.cross_entropy(learner(torch.from_numpy(flat[s])), support_labels))
+        with torch.no_grad():
+            accuracy.append((learner(torch.from_numpy(flat[q])).argmax(-1) == query_labels).double().mean().item())
     return np.array(accuracy)
 
 
@@ -77,6 +101,13 @@ def main() -> None:
     peers = {"linear_probe": ("scikit-learn LogisticRegression", lambda s: sklearn_probe(flat, store.ids, s, 1.0)),
              "protonet": ("easyfsl PrototypicalNetworks", lambda s: easyfsl_on_frozen(flat, store.ids, s)),
              "simpleshot": ("easyfsl SimpleShot", lambda s: easyfsl_on_frozen(flat, store.ids, s, "SimpleShot"))}
+    try:
+        import learn2learn  # noqa: F401  (make setup builds it; see the README)
+
+        peers["maml"] = ("learn2learn MAML clone/adapt",
+                         lambda s: learn2learn_maml(flat, store.ids, s, heads["maml"]))
+    except ImportError:
+        print("learn2learn is not installed: the MAML row has no peer (make setup builds it)")
     zero_shot = ExperimentConfig(name="zs", method="zero_shot", fusion="text")
     print(f"first {args.episodes} episodes of each novel set; offline encoder, image + masked text "
           f"({flat.shape[1]}-d, concat 0.7); torch threads {torch.get_num_threads()}\n")

@@ -158,7 +158,7 @@ def main() -> None:
     print(f"{'easyfsl TaskSampler + PrototypicalNetworks':52s} {easy_speed:11.0f} {easy_speed / our_speed:7.3f} "
           f"{easy_acc:9.4f}")
     if l2l_speed is None:
-        print(f"{'learn2learn TaskDataset.sample()':52s} {'not installed (the README says how)':>11s}")
+        print(f"{'learn2learn TaskDataset.sample()':52s} {'not installed (make setup builds it)':>11s}")
     else:
         print(f"{'learn2learn TaskDataset.sample() (sampling only)':52s} {l2l_speed:11.0f} "
               f"{l2l_speed / our_speed:7.3f}")
