@@ -38,7 +38,7 @@ def accuracy(logits, query_labels):
     ("protonet", {}), ("protonet", {"projection": "diagonal"}), ("protonet", {"projection": "linear", "projection_dim": 6}),
     ("linear_probe", {}),
     ("linear_probe", {"init": "prototypes"}), ("maml", {"inner_steps": 5}), ("maml", {"hidden": 16}),
-    ("simpleshot", {}), ("simpleshot", {"centering": "none"}),
+    ("simpleshot", {}), ("simpleshot", {"centering": "none"}), ("gda", {}),
 ])
 @pytest.mark.parametrize("fusion", ["image", "concat"])
 def test_each_head_learns_a_separable_toy_task(method, options, fusion):
@@ -190,3 +190,26 @@ def test_simpleshot_centres_on_the_mean_of_base_class_products_only(twelve_class
     assert not np.allclose(head.base_mean.numpy(), every.mean(0), atol=1e-3)  # val and novel products left out
     (result,) = run_experiment(config, catalog, root / "episodes", root / "store", progress=False)
     assert result.accuracy.mean() > 0.2  # chance is 0.2 at 5-way
+
+
+@pytest.mark.parametrize("shrinkage", [0.1, 0.5, 0.9])
+def test_gda_matches_scikit_learn_lda_with_the_same_shrinkage(shrinkage):
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    support, labels, query, _ = toy_episodes(n_episodes=3, k_shot=4, q_query=5, noise=1.0, seed=7)
+    head = create_head("gda", create_fusion("image", IMAGE_DIM + TEXT_DIM, 0), shrinkage=shrinkage)
+    with torch.no_grad():
+        ours = head(support, labels, query, 5)
+    for e in range(3):
+        lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage).fit(support[e].numpy(), labels[e].numpy())
+        theirs = lda.decision_function(query[e].numpy())  # ours, plus log(1/5) for every class
+        np.testing.assert_allclose(ours[e].numpy() + np.log(1 / 5), theirs, rtol=1e-4, atol=1e-3)
+
+
+def test_gda_at_one_shot_predicts_as_protonet():
+    support, labels, query, _ = toy_episodes(n_episodes=4, k_shot=1, q_query=8, noise=1.0, seed=2)
+    fusion = create_fusion("image", IMAGE_DIM + TEXT_DIM, 0)
+    with torch.no_grad():
+        gda = create_head("gda", fusion)(support, labels, query, 5).argmax(-1)
+        protonet = create_head("protonet", fusion)(support, labels, query, 5).argmax(-1)
+    assert torch.equal(gda, protonet)
