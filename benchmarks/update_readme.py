@@ -36,34 +36,52 @@ ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "protonet-image"
 
 
+TRANSDUCTIVE_HEADER = "| **transductive heads** (they see every query of an episode; compare them only with each other) |"
+
+
+def kinds(frame) -> dict[str, bool]:
+    """method -> transductive, inductive methods first (files from before the column: inductive)."""
+    column = frame["transductive"] if "transductive" in frame.columns else False
+    flags = frame.assign(t=np.asarray(column).astype(str) == "True").groupby("method", sort=False)["t"].first()
+    return dict(sorted(flags.items(), key=lambda item: item[1]))
+
+
+def rows_by_kind(methods: dict[str, bool], cells, width: int) -> list[str]:
+    """Table rows, the transductive ones under one header of their own."""
+    lines, header = [], False
+    for method, transductive in methods.items():
+        if transductive and not header:
+            lines.append(TRANSDUCTIVE_HEADER + " |" * width)
+            header = True
+        lines.append(f"| {method} | " + " | ".join(cells(method)) + " |")
+    return lines
+
+
 def markdown(catalog, frame) -> str:
-    summary = summary_table(frame)
-    sets = list(dict.fromkeys(summary["episode_set"]))
-    lines = [f"| experiment | {' | '.join(sets)} |", "|---|" + "---|" * len(sets)]
-    transductive = summary.get("transductive", False)
-    summary = summary.assign(kind=np.where(transductive.astype(str).str.lower() == "true", "transductive", "inductive"))
-    for method, group in summary.sort_values("kind", kind="stable").groupby("method", sort=False):
-        if group["kind"].iloc[0] == "transductive" and not lines[-1].startswith("| **transductive"):
-            lines.append("| **transductive heads** (they see every query of an episode; compare them only with each other) |"
-                         + " |" * len(sets))
-        cells = group.set_index("episode_set").reindex(sets)
-        lines.append(f"| {method} | " + " | ".join(
-            "—" if np.isnan(r.accuracy) else f"{100 * r.accuracy:.1f} ± {100 * r.ci95:.1f}"
-            for r in cells.itertuples()) + " |")
-    lines += ["", f"Paired difference against `{BASELINE}` on the same episodes (points, 95% CI):", "",
-              f"| experiment | {' | '.join(sets)} |", "|---|" + "---|" * len(sets)]
+    summary = summary_table(frame).set_index(["method", "episode_set"])
+    sets = list(dict.fromkeys(frame["episode_set"]))
+    methods = kinds(frame)
+
+    def accuracy(method):
+        return ["—" if (method, name) not in summary.index else
+                f"{100 * summary.at[(method, name), 'accuracy']:.1f} ± {100 * summary.at[(method, name), 'ci95']:.1f}"
+                for name in sets]
+
     base = frame[frame["method"] == BASELINE]
-    for method, group in frame[frame["method"] != BASELINE].groupby("method", sort=False):
-        cells = []
+
+    def paired(method):
+        group, cells = frame[frame["method"] == method], []
         for name in sets:
             a = group[group["episode_set"] == name].sort_values("episode")["accuracy"].to_numpy()
             b = base[base["episode_set"] == name].sort_values("episode")["accuracy"].to_numpy()
-            if len(a) == 0 or len(a) != len(b):
-                cells.append("—")
-                continue
-            mean, ci = paired_difference(a, b)
-            cells.append(f"{100 * mean:+.1f} ± {100 * ci:.1f}")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            cells.append("—" if len(a) == 0 or len(a) != len(b) else "{:+.1f} ± {:.1f}".format(
+                *(100 * v for v in paired_difference(a, b))))
+        return cells
+
+    header = [f"| experiment | {' | '.join(sets)} |", "|---|" + "---|" * len(sets)]
+    lines = header + rows_by_kind(methods, accuracy, len(sets))
+    lines += ["", f"Paired difference against `{BASELINE}` on the same episodes (points, 95% CI):", "", *header]
+    lines += rows_by_kind({m: t for m, t in methods.items() if m != BASELINE}, paired, len(sets))
     return "\n".join(lines)
 
 

@@ -39,6 +39,7 @@ def accuracy(logits, query_labels):
     ("linear_probe", {}),
     ("linear_probe", {"init": "prototypes"}), ("maml", {"inner_steps": 5}), ("maml", {"hidden": 16}),
     ("simpleshot", {}), ("simpleshot", {"centering": "none"}), ("gda", {}),
+    ("bd_cspn", {}),
 ])
 @pytest.mark.parametrize("fusion", ["image", "concat"])
 def test_each_head_learns_a_separable_toy_task(method, options, fusion):
@@ -213,3 +214,17 @@ def test_gda_at_one_shot_predicts_as_protonet():
         gda = create_head("gda", fusion)(support, labels, query, 5).argmax(-1)
         protonet = create_head("protonet", fusion)(support, labels, query, 5).argmax(-1)
     assert torch.equal(gda, protonet)
+
+
+def test_bd_cspn_is_transductive_and_predicts_as_easyfsl_at_temperature_one():
+    from easyfsl.methods import BDCSPN
+
+    support, labels, query, _ = toy_episodes(n_episodes=5, k_shot=3, q_query=6, noise=1.2, seed=11)
+    ours = create_head("bd_cspn", create_fusion("image", IMAGE_DIM + TEXT_DIM, 0), temperature=1.0)
+    assert ours.transductive and not create_head("protonet", create_fusion("image", 4, 0)).transductive
+    theirs = BDCSPN().eval()
+    with torch.no_grad():
+        predicted = ours(support, labels, query, 5)
+        for e in range(5):
+            theirs.process_support_set(support[e], labels[e])
+            torch.testing.assert_close(predicted[e], theirs(query[e]), atol=1e-5, rtol=1e-5)

@@ -7,6 +7,7 @@ from typing import Callable
 from fsl import FslError
 from fsl.fusion import Fusion
 from fsl.methods.base import FewShotHead
+from fsl.methods.bd_cspn import BDCSPN
 from fsl.methods.gda import GDA
 from fsl.methods.linear_probe import LinearProbe
 from fsl.methods.maml import MAML
@@ -16,7 +17,7 @@ from fsl.methods.zero_shot import ZeroShot
 
 HEADS: dict[str, Callable[..., FewShotHead]] = {
     "zero_shot": ZeroShot, "linear_probe": LinearProbe, "protonet": ProtoNet, "maml": MAML, "simpleshot": SimpleShot,
-    "gda": GDA,
+    "gda": GDA, "bd_cspn": BDCSPN,
 }
 SHARED_SPACE_OPTION = {"zero_shot", "linear_probe"}  # heads that compare class-name text to features
 
