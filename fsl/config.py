@@ -157,6 +157,8 @@ def parse_assignment(text: str, option: str = "--set") -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as error:
         raise FslError(f"{option} {text!r}: the value is not valid YAML ({error})") from None
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-4 as text; on the command line it means a number
     return key.strip(), value
 
 

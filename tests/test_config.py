@@ -52,7 +52,7 @@ def test_set_overrides_a_dotted_key_with_its_type_and_renames_the_run(tmp_path):
     config = load_config(EXPERIMENTS / "protonet-meta-fused-masked.yaml")
     changed = override(config, [parse_assignment("train.lr=3e-4"), parse_assignment("fusion_options.image_weight=0.6")])
     assert changed.train.lr == 3e-4 and changed.fusion_options == {"image_weight": 0.6}
-    assert changed.name == "protonet-meta-fused-masked--train.lr-3e-4--fusion_options.image_weight-0.6"
+    assert changed.name == "protonet-meta-fused-masked--train.lr-0.0003--fusion_options.image_weight-0.6"
     assert config.train.lr == 0.0001  # the original is untouched
 
 

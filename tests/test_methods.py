@@ -39,7 +39,7 @@ def accuracy(logits, query_labels):
     ("linear_probe", {}),
     ("linear_probe", {"init": "prototypes"}), ("maml", {"inner_steps": 5}), ("maml", {"hidden": 16}),
     ("simpleshot", {}), ("simpleshot", {"centering": "none"}), ("gda", {}),
-    ("bd_cspn", {}),
+    ("bd_cspn", {}), ("pt_map", {"normalize": True}),
 ])
 @pytest.mark.parametrize("fusion", ["image", "concat"])
 def test_each_head_learns_a_separable_toy_task(method, options, fusion):
@@ -228,3 +228,22 @@ def test_bd_cspn_is_transductive_and_predicts_as_easyfsl_at_temperature_one():
         for e in range(5):
             theirs.process_support_set(support[e], labels[e])
             torch.testing.assert_close(predicted[e], theirs(query[e]), atol=1e-5, rtol=1e-5)
+
+
+def test_pt_map_predicts_as_easyfsl_on_non_negative_features():
+    """Same soft assignments as easyfsl's PTMAP (which runs Sinkhorn in the linear domain: fine at
+    these small distances); the transductive flag set."""
+    from easyfsl.methods import PTMAP
+
+    support, labels, query, _ = toy_episodes(n_episodes=4, k_shot=3, q_query=6, noise=0.6, seed=4)
+    support, query = support.abs() / 4, query.abs() / 4  # non-negative and close, as after an activation
+    ours = create_head("pt_map", create_fusion("image", IMAGE_DIM + TEXT_DIM, 0))
+    assert ours.transductive
+    theirs = PTMAP().eval()
+    with torch.no_grad():
+        predicted = ours(support, labels, query, 5).exp()
+        for e in range(4):
+            theirs.process_support_set(support[e], labels[e])
+            reference = theirs(query[e])  # float32 and 1e-10 guards in easyfsl: equal to 1e-3
+            assert torch.equal(predicted[e].argmax(-1), reference.argmax(-1))
+            torch.testing.assert_close(predicted[e], reference, atol=1e-3, rtol=1e-2)

@@ -12,12 +12,13 @@ from fsl.methods.gda import GDA
 from fsl.methods.linear_probe import LinearProbe
 from fsl.methods.maml import MAML
 from fsl.methods.protonet import ProtoNet
+from fsl.methods.pt_map import PTMAP
 from fsl.methods.simpleshot import SimpleShot
 from fsl.methods.zero_shot import ZeroShot
 
 HEADS: dict[str, Callable[..., FewShotHead]] = {
     "zero_shot": ZeroShot, "linear_probe": LinearProbe, "protonet": ProtoNet, "maml": MAML, "simpleshot": SimpleShot,
-    "gda": GDA, "bd_cspn": BDCSPN,
+    "gda": GDA, "bd_cspn": BDCSPN, "pt_map": PTMAP,
 }
 SHARED_SPACE_OPTION = {"zero_shot", "linear_probe"}  # heads that compare class-name text to features
 
