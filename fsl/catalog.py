@@ -8,6 +8,7 @@ dropped silently.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import os
 import re
@@ -234,13 +235,15 @@ def load_catalog(data_dir: str | os.PathLike | None = None, refresh: bool = Fals
     """The dump's catalog: from its prepared catalog when that is current (a stat per photo, no
     decoding), else read, repaired and checked in full, then prepared for next time. `refresh`
     (`fsl prepare`) always reads in full."""
-    from fsl.prepared import open_prepared, save_prepared
+    from fsl.prepared import hash_photos, open_prepared, save_prepared
 
     root = resolve_data_dir(data_dir)
     catalog = None if refresh else open_prepared(root)
     if catalog is None:
         catalog = read_dump(root)
-        save_prepared(catalog)
+        fingerprint, stats, digests = hash_photos(catalog)
+        catalog = dataclasses.replace(catalog, known_fingerprint=fingerprint)
+        save_prepared(catalog, stats, digests)
     return catalog
 
 

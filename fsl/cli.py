@@ -7,10 +7,14 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fsl import FslError
 from fsl.io import CACHE_DIR as CACHE
 from fsl.io import IMAGE_SUFFIXES
+
+if TYPE_CHECKING:  # the CLI imports its heavy modules only in the command that needs them
+    from fsl.config import ExperimentConfig
 
 STORE_HELP = f"where feature stores live (default {CACHE / 'features'}; set FSL_CACHE to move every cache)"
 
@@ -214,6 +218,13 @@ def _configs(args) -> list:
     return configs
 
 
+def _one_config(args) -> ExperimentConfig:
+    """Commands that work on one experiment (sweep, analyse) take exactly one config."""
+    if len(args.configs) != 1:
+        raise FslError(f"fsl {args.command} takes one config, got {len(args.configs)}: {' '.join(args.configs)}")
+    return _configs(args)[0]
+
+
 def cmd_eval(args) -> None:
     from fsl.catalog import load_catalog
     from fsl.pipeline import run_experiment
@@ -256,9 +267,7 @@ def cmd_sweep(args) -> None:
     from fsl.pipeline import run_experiment
     from fsl.sweep import parse_grid, sweep, write_chosen
 
-    if len(args.configs) != 1:
-        raise FslError(f"a sweep takes one config, got {len(args.configs)}: {' '.join(args.configs)}")
-    (config,) = _configs(args)
+    config = _one_config(args)
     grid = parse_grid(args.grid)
     catalog = load_catalog(args.data)
     print(f"sweeping {config.name} on {', '.join(args.on)} (validation classes):")
@@ -304,9 +313,7 @@ def cmd_analyse(args) -> None:
     from fsl.catalog import load_catalog
     from fsl.pipeline import open_store
 
-    (config,) = _configs(args) if len(args.configs) == 1 else (None,)
-    if config is None:
-        raise FslError(f"analyse takes one config, got {len(args.configs)}")
+    config = _one_config(args)
     catalog = load_catalog(args.data)
     for path in analyse(config, catalog, args.episodes, args.results, args.runs, args.episodes_dir,
                         args.store_root, args.checkpoints):

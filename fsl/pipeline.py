@@ -168,14 +168,15 @@ def base_mean(config: ExperimentConfig, catalog: Catalog, features, episodes_roo
 
 def experiment_head(config: ExperimentConfig, catalog: Catalog, store_root: str | os.PathLike = DEFAULT_ROOT,
                     checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS,
-                    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR):
-    """(store, its features as the config sees them, the head): a trained head loads its best
-    checkpoint; a head that centres on the base classes gets their mean."""
+                    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+                    checkpoint: str | os.PathLike | None = None):
+    """(store, its features as the config sees them, the head): a trained head loads `checkpoint`, or
+    its best one; a head that centres on the base classes gets their mean."""
     store = open_store(catalog, config.encoder, store_root)
     head = build_head(config, store)
     features = store_features(store, config.text_variant)
-    if config.train is not None:
-        load_head(checkpoint_dir(config, checkpoints_root) / "best", head, store.encoder_id)
+    if checkpoint is not None or config.train is not None:
+        load_head(checkpoint or checkpoint_dir(config, checkpoints_root) / "best", head, store.encoder_id)
     if head.needs_base_mean:
         head.base_mean.copy_(base_mean(config, catalog, features, episodes_root))
     return store, features, head

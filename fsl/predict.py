@@ -17,18 +17,11 @@ import torch
 
 from fsl import FslError
 from fsl.catalog import Catalog, label_word_pattern, mask_label_words
-from fsl.checkpoint import load_head, read_meta
+from fsl.checkpoint import read_meta
 from fsl.config import ExperimentConfig, config_from_dict, load_config
 from fsl.features import DEFAULT_ROOT
-from fsl.fusion import store_features
 from fsl.io import IMAGE_SUFFIXES, atomic_path, check_writable_target, write_csv
-from fsl.pipeline import (
-    DEFAULT_EPISODES_DIR,
-    base_mean,
-    build_head,
-    encoder_from_config,
-    open_store,
-)
+from fsl.pipeline import encoder_from_config, experiment_head
 from fsl.teach import embed_image, embed_text, open_image
 
 
@@ -136,16 +129,11 @@ class CatalogClassifier:
             config = load_config(config_path)
         else:
             config = SUPPORT_HEADS["fused" if support is not None and support.texts else "image"]
-        self.store = open_store(catalog, config.encoder, store_root)
-        self.head = build_head(config, self.store)
-        if checkpoint:
-            load_head(checkpoint, self.head, self.store.encoder_id)
+        # a config with a train: section gets its trained checkpoint, never a silently untrained head
+        self.store, features, self.head = experiment_head(config, catalog, store_root, checkpoint=checkpoint)
         self.head.eval()
         self.encoder = encoder_from_config(config.encoder)
         self.name = Path(checkpoint).parent.name if checkpoint else config.name
-        features = store_features(self.store, config.text_variant)
-        if self.head.needs_base_mean:
-            self.head.base_mean.copy_(base_mean(config, catalog, features, DEFAULT_EPISODES_DIR))
         masked = config.text_variant.startswith("masked-")  # mask query texts as the support texts were
         if support is None:
             self.classes, rows = support_rows(catalog.labels(config.label_column), shots)

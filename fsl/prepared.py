@@ -34,20 +34,22 @@ def _stat(path: str | os.PathLike) -> tuple[int, int] | None:
     return info.st_size, info.st_mtime_ns
 
 
-def save_prepared(catalog: Catalog, stats: list | None = None, digests: list[str] | None = None) -> Path | None:
-    """Write the prepared catalog; computes the fingerprint and the photos' hashes in one pass over
-    their bytes. A cache that cannot be written only costs speed: a note, no error."""
-    if digests is None:
-        stats, digests = [], []
+def hash_photos(catalog: Catalog) -> tuple[str, list, list[str]]:
+    """The catalog's fingerprint and each photo's (size, mtime) and sha256, in one pass over the bytes."""
+    stats, digests = [], []
 
-        def photos():
-            for path in catalog.image_paths:
-                stats.append(_stat(path))
-                data = path.read_bytes()
-                digests.append(hashlib.sha256(data).hexdigest())
-                yield data
+    def photos():
+        for path in catalog.image_paths:
+            stats.append(_stat(path))
+            data = path.read_bytes()
+            digests.append(hashlib.sha256(data).hexdigest())
+            yield data
 
-        catalog.__dict__["fingerprint"] = fingerprint_of(catalog.products, photos())  # fills the cached property
+    return fingerprint_of(catalog.products, photos()), stats, digests
+
+
+def save_prepared(catalog: Catalog, stats: list, digests: list[str]) -> Path | None:
+    """Write the prepared catalog. A cache that cannot be written only costs speed: a note, no error."""
     frame = catalog.products.copy()
     frame["image_path"] = [os.path.relpath(p, catalog.root) for p in frame["image_path"]]
     frame["photo_size"] = [s[0] for s in stats]

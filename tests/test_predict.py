@@ -79,3 +79,14 @@ def test_bad_support_folders_are_messages_naming_the_folder(small_dump, folders,
 def test_predict_needs_a_head_or_a_support_folder(small_dump, tmp_path, capsys):
     assert main(["predict", "--data", str(small_dump), "--images", str(tmp_path)]) == 2
     assert "give --support DIR" in capsys.readouterr().err
+
+
+def test_a_config_with_training_and_no_checkpoint_is_refused_not_run_untrained(small_dump, folders, tmp_path, capsys):
+    root, _ = folders
+    config = tmp_path / "meta.yaml"
+    config.write_text("method: protonet\nmethod_options: {projection: linear}\nfusion: image\n"
+                      "encoder: {name: clip, model: FSL-Tiny, pretrained: none}\ntrain: {steps: 5}\n")
+    assert main(["predict", "--data", str(small_dump), "--config", str(config), "--images", str(root / "photos"),
+                 "--out", str(tmp_path / "p.csv"), "--store-root", str(tmp_path / "store"), "--shots", "2"]) == 2
+    assert "no checkpoint at checkpoints/meta/best" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
