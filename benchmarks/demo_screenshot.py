@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def main() -> None:
 
     started = time.perf_counter()
     catalog = load_catalog(args.data)
-    backend = make_backend(catalog, EncoderConfig("offline"))
+    backend = make_backend(catalog, EncoderConfig("offline"), saved_root=Path(tempfile.mkdtemp(prefix="fsl-demo-")))
     app, url = launch(backend, block=False)
     print(f"start-up to a served page: {time.perf_counter() - started:.1f} s (catalog, store, encoder, app)")
 
@@ -44,8 +45,10 @@ def main() -> None:
     print(f"one prediction (photo in, confidences and 4 neighbours out): median "
           f"{1000 * sorted(timings)[len(timings) // 2]:.0f} ms over {len(timings)}")
 
-    message = drive_demo(url, sunglasses[:5], sunglasses[30], Path(args.out), category="Sunglasses")
-    print(f"browser: {message!r}; screenshot {args.out}")
+    message, again = drive_demo(url, sunglasses[:5], sunglasses[30], Path(args.out),
+                                backend.saved_root / ".zips" / "screenshot.zip", category="Sunglasses",
+                                set_name="screenshot")
+    print(f"browser: {message!r}; after saving and loading back: {again!r}; screenshot {args.out}")
     app.close()
 
 

@@ -1,7 +1,8 @@
 """Regenerate the README's results block from a real run (never typed by hand):
 every experiments/*.yaml on the frozen episodes of $FSL_DATA, a table of mean ± 95% CI (inductive
 and transductive heads apart), the paired difference of each experiment against the image-only
-prototype baseline, and docs/results.png.
+prototype baseline, and docs/results.png; and the calibration block from calibration/*.json (what
+`fsl calibrate` wrote).
 
     python benchmarks/update_readme.py [--data DIR] [--results results]
 
@@ -102,6 +103,41 @@ def from_results(configs, folder: Path):
     return load_results(paths), sorted(encoders)
 
 
+def calibration_markdown(folder: Path) -> str:
+    """ECE before -> after on the novel sets, and the unknown rule on validation and novel classes."""
+    from fsl.calibration import Calibration
+
+    calibrations = [Calibration.load(path) for path in sorted(folder.glob("*.json"))]
+    if not calibrations:
+        return "No calibration yet: run `fsl calibrate experiments/NAME.yaml`."
+    sets = [name for name in calibrations[0].novel if "ece_before" in calibrations[0].novel[name]]
+    lines = [f"Encoder: `{', '.join(sorted({c.encoder for c in calibrations}))}`. Temperature and threshold chosen on "
+             "validation classes (val-5w5s; open-set val-allway-5s: 5 classes taught, the 6th unknown, target "
+             f"{calibrations[0].false_accept:.0%} false accepts); figures on novel classes, 600 frozen episodes. "
+             "ECE: expected calibration error of the top answer, 15 bins, in points, raw softmax → calibrated. "
+             "Open set: novel-15w5s episodes with 5 classes taught and the queries of all 15 (10 classes unknown).",
+             "",
+             "| config | T | unknown below | " + " | ".join(f"ECE {s.removeprefix('novel-')}" for s in sets)
+             + " | AUROC val / novel | taught: right and answered (without the rule) | taught answered unknown"
+             " | untaught accepted (val / novel) |",
+             "|---" * (5 + len(sets) + 2) + "|"]
+    for c in calibrations:
+        v, n = c.validation, next(f for name, f in c.novel.items() if "auroc" in f)
+        ece = " | ".join(f"{100 * c.novel[s]['ece_before']:.1f} → {100 * c.novel[s]['ece_after']:.1f}" for s in sets)
+        lines.append(f"| {c.config} | {c.temperature:.3g} | {c.threshold:.0%} | {ece} | {v['auroc']:.3f} / {n['auroc']:.3f}"
+                     f" | {100 * n['known_accuracy']:.1f}% ({100 * n['known_accuracy_without_rule']:.1f}%)"
+                     f" | {100 * n['known_unknown_rate']:.1f}% | {100 * v['false_accept']:.0f}% / {100 * n['false_accept']:.1f}% |")
+    return "\n".join(lines)
+
+
+def fill(readme: str, name: str, block: str) -> str:
+    updated, found = re.subn(rf"<!-- {name}:start -->\n.*?<!-- {name}:end -->",
+                             lambda m: f"<!-- {name}:start -->\n{block}\n<!-- {name}:end -->", readme, flags=re.S)
+    if not found:
+        sys.exit(f"README.md has no <!-- {name}:start --> ... <!-- {name}:end --> block to fill")
+    return updated
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data")
@@ -120,14 +156,11 @@ def main() -> None:
     block = (f"Encoder: `{', '.join(encoders)}`; catalog `{catalog.fingerprint}` ({len(catalog)} products); "
              f"600 frozen novel-class episodes per column, 15 queries per class. Accuracy in %, mean ± 95% CI.\n\n"
              + markdown(catalog, frame) + "\n\n![accuracy per method](docs/results.png)")
-    readme = (ROOT / "README.md").read_text()
-    updated, found = re.subn(r"<!-- results:start -->\n.*?<!-- results:end -->",
-                             lambda m: f"<!-- results:start -->\n{block}\n<!-- results:end -->", readme, flags=re.S)
-    if not found:
-        sys.exit("README.md has no <!-- results:start --> ... <!-- results:end --> block to fill")
+    calibration = calibration_markdown(ROOT / "calibration")
+    updated = fill(fill((ROOT / "README.md").read_text(), "results", block), "calibration", calibration)
     with atomic_path(ROOT / "README.md") as tmp:
         tmp.write_text(updated)
-    print(block)
+    print(block, calibration, sep="\n\n")
 
 
 if __name__ == "__main__":

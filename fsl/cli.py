@@ -283,6 +283,21 @@ def cmd_sweep(args) -> None:
     _print_and_save(results, [result.chosen], args, chosen_on=f"validation ({', '.join(args.on)}), by fsl sweep")
 
 
+def cmd_calibrate(args) -> None:
+    from fsl.calibration import calibrate, format_calibration
+    from fsl.catalog import load_catalog
+
+    if not 0 < args.false_accept < 1:
+        raise FslError(f"--false-accept must lie strictly between 0 and 1, got {args.false_accept}")
+    configs = _configs(args)
+    catalog = load_catalog(args.data)
+    for config in configs:
+        calibration = calibrate(config, catalog, args.store_root, args.checkpoints, args.episodes_dir,
+                                args.calibration_dir, args.false_accept)
+        print(format_calibration(calibration))
+        print(f"wrote {Path(args.calibration_dir) / (config.name + '.json')}")
+
+
 def cmd_compare(args) -> None:
     from fsl.evaluate import (
         format_table,
@@ -337,7 +352,8 @@ def cmd_demo(args) -> None:
 
     catalog = load_catalog(args.data)
     classifier = CatalogClassifier(catalog, args.checkpoint, None, store_root=args.store_root) if args.checkpoint else None
-    backend = make_backend(catalog, _encoder_config(args), args.store_root, classifier=classifier)
+    backend = make_backend(catalog, _encoder_config(args), args.store_root, classifier=classifier,
+                           calibration_root=args.calibration_dir)
     print(f"demo ready in {time.perf_counter() - started:.1f} s on http://{args.host}:{args.port} "
           "(Ctrl+C to stop)")
     launch(backend, args.host, args.port)
@@ -352,7 +368,7 @@ def cmd_predict(args) -> None:
                        "--checkpoint checkpoints/NAME/best or --config experiments/NAME.yaml")
     catalog = load_catalog(args.data)
     out = predict_folder(catalog, args.checkpoint, args.config, args.images, args.texts, args.out, args.top_k,
-                         args.shots, args.store_root, args.support)
+                         args.shots, args.store_root, args.support, args.classes, args.calibration_dir)
     print(f"wrote {out} and the contact sheet {Path(out).with_suffix('.png')}")
 
 
@@ -458,6 +474,20 @@ def build_parser() -> argparse.ArgumentParser:
                            help="also write TensorBoard's projector view of N products' image features")
     analysing.set_defaults(run=cmd_analyse)
 
+    calibrating = commands.add_parser(
+        "calibrate", help="calibrated confidences and a 'none of these' threshold, on validation classes",
+        description="Fit a temperature (softmax(logits / T)) on val-5w5s and an 'unknown' threshold on open-set "
+                    "episodes of the validation classes (5 taught, the rest unknown) for a target false-accept "
+                    "rate; save them (used by fsl predict and the demo), then report expected calibration error "
+                    "before and after, and AUROC known vs unknown, on the novel sets.")
+    _add_experiments(calibrating, "runs/calibrate")
+    calibrating.add_argument("--false-accept", type=float, default=0.2, metavar="RATE",
+                             help="share of photos of untaught classes the threshold may still accept, on "
+                                  "validation classes (default 0.2)")
+    calibrating.add_argument("--calibration-dir", default="calibration", metavar="DIR",
+                             help="where calibrations are saved and found (default calibration/)")
+    calibrating.set_defaults(run=cmd_calibrate)
+
     compare = commands.add_parser("compare", help="paired comparison of result files, with a plot",
                                   description="Mean ± 95% CI per method and the paired difference of every two "
                                               "methods on the episodes both ran; saves a bar plot.")
@@ -476,12 +506,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=port_number, default=7860, help="port (default 7860)")
     demo.add_argument("--checkpoint", help="also classify among the catalog's classes with this trained head "
                                            "(checkpoints/NAME/best)")
+    demo.add_argument("--calibration-dir", default="calibration", metavar="DIR",
+                      help="calibrations written by `fsl calibrate` (default calibration/): calibrated "
+                           "confidences and the 'none of these' answer")
     demo.set_defaults(run=cmd_demo)
 
     predict = commands.add_parser("predict", help="classify a folder of photos into a CSV (batch inference)",
                                   description="Classify every photo in --images (and its text from --texts) "
                                               "among your own categories (--support DIR) or the catalog's classes; "
-                                              "writes top-k labels and confidences (CSV) and a contact sheet (PNG).")
+                                              "writes the answer ('unknown' when a calibrated head is unsure), "
+                                              "top-k labels and confidences (CSV) and a contact sheet (PNG).")
     _add_data(predict)
     predict.add_argument("--support", metavar="DIR",
                          help="classify among your own categories: DIR has one sub-folder of example photos per "
@@ -496,6 +530,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default="results/predictions.csv", help="CSV to write (default results/predictions.csv)")
     predict.add_argument("--top-k", type=positive_int, default=3, help="labels per photo (default 3)")
     predict.add_argument("--shots", type=positive_int, default=5, help="catalog examples per class as support (default 5)")
+    predict.add_argument("--classes", metavar="A,B,...",
+                         help="choose only among these classes (comma-separated), or split:novel (the classes of "
+                              "a split of the catalog); default: every class of the catalog or of --support")
+    predict.add_argument("--calibration-dir", default="calibration", metavar="DIR",
+                         help="calibrations written by `fsl calibrate` (default calibration/): calibrated "
+                              "confidences and the 'unknown' answer")
     predict.add_argument("--store-root", default=str(CACHE / "features"), metavar="DIR", help=STORE_HELP)
     predict.set_defaults(run=cmd_predict)
 

@@ -180,7 +180,7 @@ class EpisodeSet:
         return out.getvalue()
 
     @classmethod
-    def load(cls, path: str | os.PathLike, catalog_fingerprint: str | None = None) -> "EpisodeSet":
+    def load(cls, path: str | os.PathLike, catalog_fingerprint: str | None = None) -> EpisodeSet:
         path = Path(path)
         if not path.is_file():
             raise FslError(f"no episode set at {path}; draw one with `fsl episodes`")
@@ -209,4 +209,5 @@ def draw_episode_set(name: str, ids: np.ndarray, labels: pd.Series, split: Class
 STANDARD_BENCHMARKS = {
     "novel-5w1s": ("novel", 5, 1), "novel-5w5s": ("novel", 5, 5), "novel-15w5s": ("novel", 15, 5),
     "val-5w5s": ("val", 5, 5), "novel-allway-5s": ("novel", None, 5),  # the original notebook's setting
+    "val-allway-5s": ("val", None, 5),  # every validation class: open-set calibration (fsl calibrate)
 }

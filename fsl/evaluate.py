@@ -15,7 +15,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from fsl import FslError
-from fsl.episodes import EpisodeSet
+from fsl.episodes import Episodes, EpisodeSet
 from fsl.io import atomic_path, read_csv, write_csv
 from fsl.methods.base import FewShotHead
 
@@ -55,16 +55,14 @@ def store_rows(store_ids: np.ndarray, product_ids: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()  # not inference_mode: probes and MAML take gradients inside their forward
-def run_episodes(head: FewShotHead, features: np.ndarray, store_ids: np.ndarray, episode_set: EpisodeSet,
-                 batch_size: int = 64, progress: bool = True, class_text: torch.Tensor | None = None,
-                 predictions: np.ndarray | None = None) -> np.ndarray:
-    """Per-episode query accuracy [E] of a head over a frozen episode set.
+def episode_logits(head: FewShotHead, features: np.ndarray, store_ids: np.ndarray, episodes: Episodes,
+                   batch_size: int = 64, progress: bool = True, class_text: torch.Tensor | None = None,
+                   name: str = "episodes"):
+    """Yields (start, stop, logits [B, Q, N]) over batches of `episodes`, the head's raw scores.
 
     features [P, D] are the store's rows; class_text [C, Dt] embeds the set's class names, for
-    heads that read them; `predictions` [E, Q], if given, receives each query's predicted label."""
-    episodes = episode_set.episodes
+    heads that read them."""
     support_labels = torch.as_tensor(episodes.support_labels)
-    query_labels = torch.as_tensor(episodes.query_labels)
     # The rows the set touches, gathered and embedded (fused, projected) once into one contiguous
     # block: every batch then indexes memory instead of re-reading, re-joining and re-fusing rows.
     touched, local = np.unique(np.concatenate([store_rows(store_ids, episodes.support).ravel(),
@@ -73,16 +71,27 @@ def run_episodes(head: FewShotHead, features: np.ndarray, store_ids: np.ndarray,
     local = torch.from_numpy(local)
     support_rows = local[: episodes.support.size].view(episodes.support.shape)
     query_rows = local[episodes.support.size:].view(episodes.query.shape)
-    accuracy = np.empty(len(episodes))
     head.eval()
     # disable=None: a bar in a terminal, none in a log file (where tqdm would print each bar twice)
-    for start in tqdm(range(0, len(episodes), batch_size), desc=episode_set.name, unit="batch",
+    for start in tqdm(range(0, len(episodes), batch_size), desc=name, unit="batch",
                       disable=None if progress else True):
         stop = min(start + batch_size, len(episodes))
         support, query = block[support_rows[start:stop]], block[query_rows[start:stop]]
         labels = support_labels.expand(stop - start, -1)
         names = None if class_text is None else class_text[torch.as_tensor(episodes.classes[start:stop])]
-        logits = head.classify(support, labels, query, episodes.n_way, names)  # [E, Q, N]
+        yield start, stop, head.classify(support, labels, query, episodes.n_way, names)  # [B, Q, N]
+
+
+def run_episodes(head: FewShotHead, features: np.ndarray, store_ids: np.ndarray, episode_set: EpisodeSet,
+                 batch_size: int = 64, progress: bool = True, class_text: torch.Tensor | None = None,
+                 predictions: np.ndarray | None = None) -> np.ndarray:
+    """Per-episode query accuracy [E] of a head over a frozen episode set; `predictions` [E, Q], if
+    given, receives each query's predicted label."""
+    episodes = episode_set.episodes
+    query_labels = torch.as_tensor(episodes.query_labels)
+    accuracy = np.empty(len(episodes))
+    for start, stop, logits in episode_logits(head, features, store_ids, episodes, batch_size, progress,
+                                              class_text, episode_set.name):
         predicted = logits.argmax(-1)
         accuracy[start:stop] = (predicted == query_labels).double().mean(-1).numpy()
         if predictions is not None:

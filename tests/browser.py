@@ -1,5 +1,6 @@
 """Drive the demo in headless Chromium (Debian's chromium + chromium-driver) like a person would:
-teach a category, load the examples, predict a photo, and take a screenshot."""
+teach a category, load the examples, predict a photo, take a screenshot, save the categories, load
+them back from the zip, and predict again."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ from pathlib import Path
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
+ANSWERED = ("Best guess", "None of these")
+
+
 def drive_demo(url: str, teach_photos: list[Path], query_photo: Path, screenshot: Path,
-               category: str = "My watches") -> str:
-    """Returns the prediction message the page showed."""
+               saved_zip: Path, category: str = "My watches", set_name: str = "browser-set") -> tuple[str, str]:
+    """Returns the prediction messages the page showed before saving and after loading the saved zip
+    (`saved_zip`: where the server writes the zip of `set_name`)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -43,10 +48,32 @@ def drive_demo(url: str, teach_photos: list[Path], query_photo: Path, screenshot
         upload.send_keys(str(query_photo))
         wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#query-image img")))
         driver.find_element(By.ID, "predict-button").click()
-        wait.until(ready.text_to_be_present_in_element((By.ID, "predict-status"), "Best guess"))
-        message = driver.find_element(By.ID, "predict-status").text
+        status = (By.ID, "predict-status")
+        wait.until(lambda d: any(word in d.find_element(*status).text for word in ANSWERED))
+        message = driver.find_element(*status).text
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(screenshot))
-        return message
+
+        driver.find_element(By.XPATH, "//button[@role='tab'][contains(., 'Teach')]").click()
+        name = wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, "#set-name textarea, #set-name input")))
+        name.send_keys(set_name)
+        driver.find_element(By.ID, "save-button").click()
+        wait.until(ready.text_to_be_present_in_element((By.ID, "teach-status"), "Saved"))
+        driver.find_element(By.ID, "clear-button").click()
+        wait.until(ready.text_to_be_present_in_element((By.ID, "teach-status"), "Cleared"))
+        driver.find_element(By.XPATH, "//button[@role='tab'][contains(., 'Predict')]").click()
+        wait.until(ready.element_to_be_clickable((By.ID, "predict-button"))).click()
+        wait.until(ready.text_to_be_present_in_element(status, "No categories yet"))
+        driver.find_element(By.XPATH, "//button[@role='tab'][contains(., 'Teach')]").click()
+        wait.until(ready.element_to_be_clickable((By.ID, "load-zip-button")))
+        driver.find_element(By.CSS_SELECTOR, "#upload-zip input[type=file]").send_keys(str(saved_zip))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upload-zip .file-preview-holder tr, #upload-zip tbody tr"))
+        driver.find_element(By.ID, "load-zip-button").click()
+        wait.until(ready.text_to_be_present_in_element((By.ID, "teach-status"), "Loaded"))
+
+        driver.find_element(By.XPATH, "//button[@role='tab'][contains(., 'Predict')]").click()
+        wait.until(ready.element_to_be_clickable((By.ID, "predict-button"))).click()
+        wait.until(lambda d: any(word in d.find_element(*status).text for word in ANSWERED))
+        return message, driver.find_element(*status).text
     finally:
         driver.quit()

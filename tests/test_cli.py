@@ -61,7 +61,7 @@ def test_episodes_eval_compare_end_to_end_and_reproducible(twelve_class_dump, tm
     assert main(["episodes", *data, "--stratify", "none", "--episodes", "50", "--out", "eps"]) == 0
     files = sorted((tmp_path / "eps").glob("*/*.npz"))
     assert [f.name for f in files] == ["articleType-novel-5w1s.npz", "articleType-novel-5w5s.npz",
-                                      "articleType-novel-allway-5s.npz"]
+                                      "articleType-novel-allway-5s.npz", "articleType-val-allway-5s.npz"]
     first = [f.read_bytes() for f in files]
     assert main(["episodes", *data, "--stratify", "none", "--episodes", "50", "--out", "eps"]) == 0
     assert [f.read_bytes() for f in files] == first  # same config and seed: the same bytes
@@ -123,7 +123,7 @@ def test_predict_classifies_a_folder_into_a_csv_and_reports_bad_files(small_dump
                  str(images), "--texts", str(tmp_path / "texts.csv"), "--out", str(out), "--top-k", "2",
                  "--store-root", str(tmp_path / "store")]) == 0
     table = pd.read_csv(out, keep_default_na=False)
-    assert list(table.columns) == ["file", "label_1", "confidence_1", "label_2", "confidence_2", "error"]
+    assert list(table.columns) == ["file", "answer", "label_1", "confidence_1", "label_2", "confidence_2", "error"]
     assert table.loc[table["file"] == "broken.jpg", "error"].item().startswith("broken.jpg is not an image")
     good = table[table["file"] != "broken.jpg"]
     assert len(good) == 3 and set(good["label_1"]) <= {"Tshirts", "Watches", "Casual Shoes", "Handbags"}

@@ -39,7 +39,7 @@ def accuracy(logits, query_labels):
     ("linear_probe", {}),
     ("linear_probe", {"init": "prototypes"}), ("maml", {"inner_steps": 5}), ("maml", {"hidden": 16}),
     ("simpleshot", {}), ("simpleshot", {"centering": "none"}), ("gda", {}),
-    ("bd_cspn", {}), ("pt_map", {"normalize": True}),
+    ("bd_cspn", {}), ("pt_map", {"normalize": True}), ("cosine_prototypes", {}),
 ])
 @pytest.mark.parametrize("fusion", ["image", "concat"])
 def test_each_head_learns_a_separable_toy_task(method, options, fusion):
@@ -247,3 +247,38 @@ def test_pt_map_predicts_as_easyfsl_on_non_negative_features():
             reference = theirs(query[e])  # float32 and 1e-10 guards in easyfsl: equal to 1e-3
             assert torch.equal(predicted[e].argmax(-1), reference.argmax(-1))
             torch.testing.assert_close(predicted[e], reference, atol=1e-3, rtol=1e-2)
+
+
+def test_cosine_prototypes_is_the_demo_s_scorer_batched():
+    """The head `fsl calibrate` fits for the demo gives the demo's own scores (teach.scores)."""
+    from fsl.teach import Category, scores
+
+    support, labels, query, _ = toy_episodes(n_episodes=1, n_way=3, k_shot=4, q_query=2)
+    support, query = F.normalize(support, dim=-1), F.normalize(query, dim=-1)
+    for fusion, weight in (("concat", 0.7), ("image", 1.0)):
+        options = {"image_weight": weight} if fusion == "concat" else {}
+        head = create_head("cosine_prototypes", create_fusion(fusion, IMAGE_DIM, TEXT_DIM, **options))
+        logits = head(support, labels, query, 3)[0]
+        categories = [Category(str(c), [f[:IMAGE_DIM].numpy() for f in support[0][labels[0] == c]],
+                               [f[IMAGE_DIM:].numpy() for f in support[0][labels[0] == c]] if fusion == "concat" else [])
+                      for c in range(3)]
+        for q in range(len(query[0])):
+            theirs = scores(categories, query[0, q, :IMAGE_DIM].numpy(),
+                            query[0, q, IMAGE_DIM:].numpy() if fusion == "concat" else None, weight)
+            np.testing.assert_allclose(logits[q].numpy(), [theirs[str(c)] for c in range(3)], atol=1e-5)
+    with pytest.raises(FslError, match="use fusion image or concat"):
+        create_head("cosine_prototypes", create_fusion("gate", IMAGE_DIM, TEXT_DIM))
+
+
+def test_the_demo_scorer_configs_are_the_experiment_files():
+    """What the demo looks its calibration up by is what `fsl calibrate experiments/...` fitted."""
+    from pathlib import Path
+
+    from fsl.calibration import config_key
+    from fsl.config import load_config
+    from fsl.predict import SUPPORT_HEADS
+    from fsl.teach import SCORER_CONFIGS
+
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    for config in [*SCORER_CONFIGS.values(), *SUPPORT_HEADS.values()]:
+        assert config_key(config, "enc") == config_key(load_config(experiments / f"{config.name}.yaml"), "enc")

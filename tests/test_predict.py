@@ -11,6 +11,8 @@ import pytest
 from fsl.cli import main
 
 CLASSES = ["Watches", "Handbags", "Casual Shoes"]
+REPO = Path(__file__).resolve().parents[1]
+CALIBRATION = REPO / "calibration"  # fitted by `fsl calibrate` on the real data's validation classes
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +35,9 @@ def folders(small_dump, tmp_path_factory):
     return root, truth
 
 
-def predict(small_dump, root: Path, support: Path, out: Path) -> int:
-    return main(["predict", "--data", str(small_dump), "--support", str(support), "--images", str(root / "photos"),
-                 "--out", str(out), "--store-root", str(root / "store")])
+def predict(small_dump, root: Path, support: Path, out: Path, *extra: str, images: str = "photos") -> int:
+    return main(["predict", "--data", str(small_dump), "--support", str(support), "--images", str(root / images),
+                 "--out", str(out), "--store-root", str(root / "store"), "--calibration-dir", str(CALIBRATION), *extra])
 
 
 def test_own_categories_from_a_folder_classify_held_out_photos_with_a_contact_sheet(small_dump, folders, capsys):
@@ -48,6 +50,80 @@ def test_own_categories_from_a_folder_classify_held_out_photos_with_a_contact_sh
     correct = (table["label_1"] == table["file"].map(truth)).mean()
     assert correct >= 0.8  # chance is 1/3
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_photos_of_a_category_not_in_the_support_are_mostly_unknown(small_dump, folders, tmp_path, capsys):
+    """The unknown rule as shipped: calibrated on the real data's validation classes (offline encoder)."""
+    from fsl.catalog import load_catalog
+
+    root, truth = folders
+    mixed = tmp_path / "mixed"
+    shutil.copytree(root / "photos", mixed)
+    catalog = load_catalog(small_dump)
+    tshirts = [p for p, label in zip(catalog.image_paths, catalog.labels()) if label == "Tshirts"][:8]
+    for photo in tshirts:
+        shutil.copy(photo, mixed / photo.name)
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--data", str(small_dump), "--support", str(root / "support"), "--images", str(mixed),
+                 "--out", str(out), "--store-root", str(root / "store"), "--calibration-dir", str(CALIBRATION)]) == 0
+    printed = capsys.readouterr().out
+    assert "head linear-probe-image, calibrated on validation classes" in printed and 'answered "unknown"' in printed
+    table = pd.read_csv(out).set_index("file")
+    unknown = table.loc[[p.name for p in tshirts], "answer"]
+    known = table.loc[list(truth), "answer"]
+    assert (unknown == "unknown").mean() > 0.5  # a category not in the support: "none of these", mostly
+    assert (known == pd.Series(truth)).mean() >= 0.6  # the taught ones are still answered, mostly right
+    assert set(table["answer"]) <= {*CLASSES, "unknown"}
+
+
+def test_without_a_calibration_confidences_are_raw_and_it_says_so(small_dump, folders, tmp_path, capsys):
+    root, _ = folders
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--data", str(small_dump), "--support", str(root / "support"), "--images",
+                 str(root / "photos"), "--out", str(out), "--store-root", str(root / "store"),
+                 "--calibration-dir", str(tmp_path / "none")]) == 0
+    assert 'uncalibrated (raw softmax, no "unknown" answer)' in capsys.readouterr().out
+    table = pd.read_csv(out)
+    assert (table["answer"] == table["label_1"]).all()
+
+
+def test_a_fused_head_without_texts_falls_back_to_its_image_part_and_says_so(small_dump, folders, tmp_path, capsys):
+    root, truth = folders
+    out = tmp_path / "p.csv"
+    assert predict(small_dump, root, root / "support", out, "--config",
+                   str(REPO / "experiments/linear-probe-fused-masked.yaml")) == 0
+    captured = capsys.readouterr()
+    assert ("linear-probe-fused-masked fuses image and text, but no --texts were given: classifying with its "
+            "image part only (fusion: image)") in captured.err
+    assert "linear-probe-fused-masked--image-part, calibrated" in captured.out  # the image-only head's calibration
+    texts = tmp_path / "texts.csv"
+    pd.DataFrame({"file": list(truth)[:3], "text": ["a product"] * 3}).to_csv(texts, index=False)
+    assert predict(small_dump, root, root / "support", out, "--config",
+                   str(REPO / "experiments/linear-probe-fused-masked.yaml"), "--texts", str(texts)) == 0
+    assert f"{len(truth) - 3} of {len(truth)} photos have no text in --texts" in capsys.readouterr().err
+    trained = tmp_path / "meta-fused.yaml"
+    trained.write_text("method: protonet\nmethod_options: {projection: linear}\nfusion: concat\ntrain: {steps: 5}\n")
+    assert predict(small_dump, root, root / "support", out, "--config", str(trained)) == 2
+    assert "was trained on image and text features, but no --texts were given" in capsys.readouterr().err
+
+
+def test_classes_restricts_the_candidates(small_dump, folders, tmp_path, capsys):
+    root, truth = folders
+    out = tmp_path / "p.csv"
+    config = str(REPO / "experiments/protonet-image.yaml")
+    base = ["predict", "--data", str(small_dump), "--config", config, "--images", str(root / "photos"),
+            "--out", str(out), "--store-root", str(root / "store"), "--calibration-dir", str(CALIBRATION)]
+    assert main([*base, "--classes", "Watches,Handbags"]) == 0
+    assert "2 catalog classes" in capsys.readouterr().out
+    assert set(pd.read_csv(out)["label_1"]) == {"Watches", "Handbags"}
+    assert main([*base, "--classes", "Watches,Sarees"]) == 2
+    assert "--classes: Sarees: not articleType classes of the catalog" in capsys.readouterr().err
+    assert main([*base, "--classes", "split:novel"]) == 2  # the slice has no class split
+    assert "--classes split:novel: no class split at" in capsys.readouterr().err
+    assert predict(small_dump, root, root / "support", out, "--classes", "Watches,Handbags") == 0
+    assert set(pd.read_csv(out)["label_1"]) == {"Watches", "Handbags"}
+    assert predict(small_dump, root, root / "support", out, "--classes", "Watches,Sneakers") == 2
+    assert "--classes: Sneakers: not among the categories of" in capsys.readouterr().err
 
 
 def test_bad_support_folders_are_messages_naming_the_folder(small_dump, folders, tmp_path, capsys):

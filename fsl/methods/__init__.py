@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from fsl import FslError
 from fsl.fusion import Fusion
 from fsl.methods.base import FewShotHead
 from fsl.methods.bd_cspn import BDCSPN
+from fsl.methods.cosine_prototypes import CosinePrototypes
 from fsl.methods.gda import GDA
 from fsl.methods.linear_probe import LinearProbe
 from fsl.methods.maml import MAML
@@ -18,7 +19,7 @@ from fsl.methods.zero_shot import ZeroShot
 
 HEADS: dict[str, Callable[..., FewShotHead]] = {
     "zero_shot": ZeroShot, "linear_probe": LinearProbe, "protonet": ProtoNet, "maml": MAML, "simpleshot": SimpleShot,
-    "gda": GDA, "bd_cspn": BDCSPN, "pt_map": PTMAP,
+    "gda": GDA, "bd_cspn": BDCSPN, "pt_map": PTMAP, "cosine_prototypes": CosinePrototypes,
 }
 SHARED_SPACE_OPTION = {"zero_shot", "linear_probe"}  # heads that compare class-name text to features
 

@@ -1,0 +1,36 @@
+"""Cosine similarity to each class's mean image feature and mean text feature, weighted by the
+fusion's image weight: the demo's scorer for taught categories (`fsl/teach.py`, which also copes
+with an example or a query that has one modality only), batched here so that it is evaluated and
+calibrated (`fsl calibrate`) on the same frozen episodes as every other head. Prototypical-network
+scoring with cosine similarity (Snell et al., 2017; Chen et al., ICLR 2019, "A Closer Look at
+Few-shot Classification") kept per modality. Nothing to train."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fsl import FslError
+from fsl.fusion import Concat, Fusion, ImageOnly
+from fsl.methods.base import FewShotHead
+
+
+class CosinePrototypes(FewShotHead):
+    def __init__(self, fusion: Fusion):
+        super().__init__(fusion)
+        if not isinstance(fusion, (Concat, ImageOnly)):
+            raise FslError("cosine_prototypes compares image and text apart: use fusion image or concat")
+        self.image_weight = fusion.image_weight if isinstance(fusion, Concat) else 1.0
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        return features  # raw [image | text]: the two parts are compared apart
+
+    def classify(self, support, support_labels, query, n_way, class_text=None):
+        """Cosines lie in [-1, 1]: `fsl calibrate` fits the temperature that makes them confidences."""
+        scores = 0.0
+        pairs = zip(self.fusion.split(support), self.fusion.split(query), (self.image_weight, 1 - self.image_weight))
+        for support_part, query_part, weight in pairs:
+            if weight:
+                prototypes = F.normalize(self.prototypes(support_part, support_labels, n_way), dim=-1)  # [E, N, Dp]
+                scores = scores + weight * query_part @ prototypes.transpose(1, 2)  # [E, Q, N]
+        return scores

@@ -1,0 +1,125 @@
+"""Calibrated confidences and the unknown rule (`fsl calibrate`): the statistics on synthetic scores,
+and the pipeline on a small real slice, which reads validation classes only until it has saved."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fsl import FslError
+from fsl.calibration import (
+    Calibration,
+    calibrate,
+    config_key,
+    expected_calibration_error,
+    find_calibration,
+    fit_temperature,
+    open_set_episodes,
+    open_set_figures,
+    threshold_for,
+)
+from fsl.episodes import Episodes
+
+
+def overconfident_scores(n=6000, n_way=5, scale=3.0, seed=0):
+    """True logits z (labels drawn from softmax(z)) and a model's logits scale * z."""
+    g = torch.Generator().manual_seed(seed)
+    z = 1.5 * torch.randn(n, n_way, generator=g)
+    labels = torch.multinomial(torch.softmax(z, -1), 1, generator=g).squeeze(1)
+    return scale * z, labels
+
+
+def test_temperature_scaling_recovers_the_overconfidence_and_lowers_the_calibration_error():
+    logits, labels = overconfident_scores(scale=3.0)
+    temperature = fit_temperature(logits, labels)
+    assert temperature == pytest.approx(3.0, rel=0.1)
+    before = expected_calibration_error(torch.softmax(logits, -1), labels)
+    after = expected_calibration_error(torch.softmax(logits / temperature, -1), labels)
+    assert before > 0.1 and after < 0.03
+    held_out, held_labels = overconfident_scores(scale=3.0, seed=1)  # and on other draws of the same model
+    assert expected_calibration_error(torch.softmax(held_out / temperature, -1), held_labels) < 0.03
+
+
+def test_the_threshold_accepts_the_target_share_of_unknowns_and_auroc_ranks_them():
+    rng = np.random.default_rng(0)
+    unknown = rng.uniform(0.2, 0.9, 5000)
+    threshold = threshold_for(unknown, 0.2)
+    assert 0.19 <= (unknown >= threshold).mean() <= 0.2
+    probabilities = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.55, 0.45]])
+    figures = open_set_figures(probabilities, np.array([0, 1, -1, -1]), threshold=0.7)
+    assert figures["auroc"] == 1.0  # every known query is more confident than every unknown one
+    assert figures["known_unknown_rate"] == 0.0 and figures["false_accept"] == 0.0
+    assert figures["known_accuracy"] == 0.5  # the second is answered, but wrong
+
+
+def test_open_set_episodes_teach_the_first_classes_and_keep_every_query():
+    episodes = Episodes(np.arange(24).reshape(2, 12), np.arange(100, 124).reshape(2, 12),
+                        np.array([[0, 1, 2, 3], [3, 2, 1, 0]]), n_way=4, k_shot=3, q_query=3)
+    known, labels = open_set_episodes(episodes, 3)
+    assert known.n_way == 3 and known.support.shape == (2, 9) and known.query.shape == (2, 12)
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, -1, -1, -1]
+    with pytest.raises(FslError, match="known ways"):
+        open_set_episodes(episodes, 4)
+
+
+@pytest.fixture(scope="module")
+def open_set_slice(twelve_classes, tmp_path_factory):
+    """The twelve-class slice with a split of 3+ validation classes and small open-set-ready sets."""
+    from fsl.episodes import draw_episode_set, split_classes
+    from fsl.pipeline import episodes_dir_for
+
+    root, catalog = twelve_classes
+    episodes_root = tmp_path_factory.mktemp("open-episodes")
+    split = split_classes(catalog.labels(), 10, seed=0, fractions=(0.25, 0.35, 0.4))
+    assert len(split.classes("val")) >= 4 and len(split.classes("novel")) >= 4
+    out = episodes_dir_for(catalog, episodes_root)
+    ids = catalog.products["id"].to_numpy()
+    for seed, (name, split_name, n_way) in enumerate([("val-3w5s", "val", 3), ("val-allway-5s", "val", None),
+                                                      ("novel-3w5s", "novel", 3), ("novel-allway-5s", "novel", None)]):
+        draw_episode_set(f"articleType-{name}", ids, catalog.labels(), split, split_name, catalog.fingerprint,
+                         n_way, 5, 5, 40, seed).save(out / f"articleType-{name}.npz")
+    return root, catalog, episodes_root
+
+
+def test_calibrate_reads_validation_classes_only_until_it_has_saved(open_set_slice, tmp_path, monkeypatch):
+    from fsl.config import EncoderConfig, ExperimentConfig
+    from fsl.episodes import EpisodeSet
+
+    root, catalog, episodes_root = open_set_slice
+    events = []
+    real_load, real_save = EpisodeSet.load.__func__, Calibration.save
+
+    def load(cls, path, fingerprint=None):
+        episode_set = real_load(cls, path, fingerprint)
+        events.append(episode_set.meta["split"])
+        return episode_set
+
+    monkeypatch.setattr(EpisodeSet, "load", classmethod(load))
+    monkeypatch.setattr(Calibration, "save", lambda self, where: (events.append("saved"), real_save(self, where))[1])
+    config = ExperimentConfig(name="pn", method="protonet", fusion="image",
+                              encoder=EncoderConfig("clip", "FSL-Tiny", "none"))
+    calibration = calibrate(config, catalog, root / "store", root / "ckpt", episodes_root, tmp_path,
+                            temperature_set="val-3w5s", report_sets=("novel-3w5s",), open_novel_set="novel-allway-5s")
+    first_save = events.index("saved")
+    assert set(events[:first_save]) == {"val"} and "novel" in events[first_save:]
+    assert calibration.validation["nll_after"] <= calibration.validation["nll_before"]
+    assert calibration.temperature > 0 and 0 < calibration.threshold <= 1
+    assert set(calibration.novel) == {"novel-3w5s", "open-novel-allway-5s"}
+    assert 0 <= calibration.novel["open-novel-allway-5s"]["auroc"] <= 1
+
+    found = find_calibration(config_key(config, calibration.encoder), tmp_path)
+    assert found == calibration  # saved whole, found by what it was fitted for
+    other = ExperimentConfig(name="pn", method="protonet", fusion="image", method_options={"metric": "cosine"})
+    assert find_calibration(config_key(other, calibration.encoder), tmp_path) is None
+
+    with pytest.raises(FslError, match="validation classes only"):
+        calibrate(config, catalog, root / "store", root / "ckpt", episodes_root, tmp_path, temperature_set="novel-3w5s")
+    with pytest.raises(FslError, match="between 0 and 1"):
+        calibrate(config, catalog, root / "store", root / "ckpt", episodes_root, tmp_path, false_accept=1.5)
+
+
+def test_a_damaged_calibration_file_is_a_message_naming_it(tmp_path):
+    (tmp_path / "x.json").write_text('{"config": "x", "temperature": -1}')
+    with pytest.raises(FslError, match="x.json is not a calibration file"):
+        find_calibration("anything", tmp_path)
