@@ -23,6 +23,7 @@ from fsl.calibration import CALIBRATION_DIR, Calibration, config_key, find_calib
 from fsl.catalog import Catalog
 from fsl.encoder import Encoder
 from fsl.features import FeatureStore
+from fsl.index import SearchIndex, open_index
 from fsl.io import CACHE_DIR, read_csv, safe_name
 from fsl.predict import CatalogClassifier
 from fsl.teach import (
@@ -65,6 +66,7 @@ class DemoBackend:
     classifier: CatalogClassifier | None = None  # a trained head over the catalog's classes, if given
     calibrations: dict[str, Calibration | None] = field(default_factory=dict)  # per scorer kind (teach.SCORER_CONFIGS)
     saved_root: Path = SAVED_DIR
+    index: SearchIndex | None = None  # search and nearest examples: set by make_backend
 
     def answered_by(self, kind: str | None) -> str:
         """Which scorer, features and calibration gave an answer, in words."""
@@ -96,13 +98,8 @@ class DemoBackend:
         return image, text
 
     def search_rows(self, image: np.ndarray | None, text: np.ndarray | None, k: int) -> list[int]:
-        """Catalog rows of the k products closest to the query."""
-        similarity = np.zeros(len(self.store.ids))
-        if image is not None:
-            similarity += (IMAGE_WEIGHT if text is not None else 1.0) * (self.store.image @ image)
-        if text is not None:
-            similarity += (1 - IMAGE_WEIGHT if image is not None else 1.0) * (self.store.text("plain") @ text)
-        return [int(i) for i in np.argsort(-similarity)[:k]]
+        """Catalog rows of the k products closest to the query (the store's search index)."""
+        return self.index.nearest(image, text, k)
 
     def gallery(self, rows: list[int]) -> list[tuple[str, str]]:
         products = self.catalog.products
@@ -169,7 +166,8 @@ def make_backend(catalog: Catalog, encoder_config, store_root=None, episodes_roo
     encoder.load()  # weights and image runtime now, not in the first visitor's request
     calibrations = {kind: find_calibration(config_key(config, store.encoder_id), calibration_root)
                     for kind, config in SCORER_CONFIGS.items()}
-    return DemoBackend(encoder, catalog, store, examples, classifier, calibrations, Path(saved_root))
+    return DemoBackend(encoder, catalog, store, examples, classifier, calibrations, Path(saved_root),
+                       open_index(store, IMAGE_WEIGHT))
 
 
 def summary(categories: list[Category]) -> pd.DataFrame:

@@ -27,8 +27,10 @@ from fsl.checkpoint import read_meta
 from fsl.config import ExperimentConfig, config_from_dict, load_config
 from fsl.features import DEFAULT_ROOT
 from fsl.io import IMAGE_SUFFIXES, atomic_path, check_writable_target, write_csv
+from fsl.index import open_index
 from fsl.pipeline import checkpoint_dir, encoder_from_config, experiment_head
 from fsl.teach import (
+    IMAGE_WEIGHT,
     SupportFolder,
     embed_image,
     embed_text,
@@ -248,13 +250,24 @@ def predict_folder(catalog: Catalog, checkpoint: str | None, config_path: str | 
                 record[f"label_{rank}"] = classifier.classes[int(index)]
                 record[f"confidence_{rank}"] = round(float(value), 4)
             record["answer"] = classifier.answer(record["label_1"], float(top.values[i, 0]))
+    if queries:  # the catalog product whose photo is closest to each photo, through the store's search index
+        index = open_index(classifier.store, IMAGE_WEIGHT)
+        image_dim = classifier.store.manifest["image_dim"]
+        _, nearest = index.search(np.stack([index.query(q[:image_dim], None) for q in queries]), 1)
+        good = iter(nearest[:, 0])
+        products = catalog.products
+        for record in records:
+            if not record["error"]:
+                row = int(next(good))
+                record["nearest_id"] = int(products.at[row, "id"])
+                record["nearest_label"] = products.at[row, classifier.config.label_column]
     answered = [r for r in records if not r["error"]]
     if classifier.calibration and answered:
         unknown = sum(r["answer"] == UNKNOWN for r in answered)
         print(f"{unknown} of {len(answered)} photos answered \"{UNKNOWN}\" (confidence below "
               f"{classifier.calibration.threshold:.0%})")
     columns = (["file", "answer"] + [f"{kind}_{r}" for r in range(1, top_k + 1) for kind in ("label", "confidence")]
-               + ["error"])
+               + ["nearest_id", "nearest_label", "error"])
     contact_sheet(records, folder, Path(out).with_suffix(".png"))
     return write_csv(pd.DataFrame(records).reindex(columns=columns), out)
 

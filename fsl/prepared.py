@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fsl import FslError
@@ -24,6 +25,22 @@ PHOTO_COLUMNS = ["photo_size", "photo_mtime_ns", "photo_sha256"]
 def prepared_path(root: Path) -> Path:
     key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
     return CACHE_DIR / "catalogs" / f"{key}.parquet"
+
+
+def stat_all(paths: list[str], threads: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(size, mtime_ns) of every path as two int64 arrays, -1 where a file is missing. In threads:
+    a stat call releases the GIL, so a million photos take about half the time of a plain loop."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def part(chunk: list[str]) -> list[tuple[int, int]]:
+        return [_stat(p) or (-1, -1) for p in chunk]
+
+    step = max(1, -(-len(paths) // (threads * 4)))
+    with ThreadPoolExecutor(threads) as pool:
+        pairs = [pair for chunk in pool.map(part, [paths[i:i + step] for i in range(0, len(paths), step)])
+                 for pair in chunk]
+    both = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    return both[:, 0], both[:, 1]
 
 
 def _stat(path: str | os.PathLike) -> tuple[int, int] | None:
@@ -94,16 +111,19 @@ def open_prepared(root: Path) -> Catalog | None:
     if _stat(root / "styles.csv") != tuple(meta["styles"]):
         raise _changed(root, "styles.csv")
     frame = table.to_pandas()
-    frame["image_path"] = [os.path.join(root, p) for p in frame["image_path"]]
+    frame["image_path"] = (str(root) + os.sep) + frame["image_path"].astype(str)  # vectorised, not a join per row
     report = pd.DataFrame(meta["report"], columns=REPORT_COLUMNS)
-    present = set(os.listdir(root / "images")) if (root / "images").is_dir() else set()  # one listing, not a stat per id
-    appeared = [i for i in report.loc[report["issue"] == "image missing", "id"] if f"{i}.jpg" in present]
-    if appeared:
-        raise _changed(root, f"{len(appeared)} photo(s) appeared, e.g. images/{appeared[0]}.jpg")
-    now = [_stat(p) for p in frame["image_path"]]
-    moved = [i for i, (stat, size, mtime) in enumerate(zip(now, frame["photo_size"], frame["photo_mtime_ns"]))
-             if stat != (size, mtime)]
-    if moved:
+    missing = report.loc[report["issue"] == "image missing", "id"]
+    if len(missing):
+        present = set(os.listdir(root / "images")) if (root / "images").is_dir() else set()  # one listing
+        appeared = [i for i in missing if f"{i}.jpg" in present]
+        if appeared:
+            raise _changed(root, f"{len(appeared)} photo(s) appeared, e.g. images/{appeared[0]}.jpg")
+    sizes, mtimes = stat_all(frame["image_path"].tolist())
+    moved = np.flatnonzero((sizes != frame["photo_size"].to_numpy()) | (mtimes != frame["photo_mtime_ns"].to_numpy()))
+    now = None
+    if len(moved):
+        now = [None if size < 0 else (int(size), int(mtime)) for size, mtime in zip(sizes, mtimes)]
         changed = [i for i in moved if now[i] is None or image_problem(Path(frame.at[i, "image_path"]))
                    or hashlib.sha256(Path(frame.at[i, "image_path"]).read_bytes()).hexdigest() != frame.at[i, "photo_sha256"]]
         if changed:
@@ -112,7 +132,7 @@ def open_prepared(root: Path) -> Catalog | None:
               file=sys.stderr)
     products = frame.drop(columns=PHOTO_COLUMNS)
     catalog = Catalog(root, products, report, meta["data_rows"], known_fingerprint=meta["fingerprint"])
-    if moved:
+    if len(moved):
         save_prepared(catalog, now, frame["photo_sha256"].tolist())
     return catalog
 

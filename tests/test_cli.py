@@ -123,7 +123,8 @@ def test_predict_classifies_a_folder_into_a_csv_and_reports_bad_files(small_dump
                  str(images), "--texts", str(tmp_path / "texts.csv"), "--out", str(out), "--top-k", "2",
                  "--store-root", str(tmp_path / "store")]) == 0
     table = pd.read_csv(out, keep_default_na=False)
-    assert list(table.columns) == ["file", "answer", "label_1", "confidence_1", "label_2", "confidence_2", "error"]
+    assert list(table.columns) == ["file", "answer", "label_1", "confidence_1", "label_2", "confidence_2",
+                                   "nearest_id", "nearest_label", "error"]
     assert table.loc[table["file"] == "broken.jpg", "error"].item().startswith("broken.jpg is not an image")
     good = table[table["file"] != "broken.jpg"]
     assert len(good) == 3 and set(good["label_1"]) <= {"Tshirts", "Watches", "Casual Shoes", "Handbags"}

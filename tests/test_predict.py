@@ -49,6 +49,9 @@ def test_own_categories_from_a_folder_classify_held_out_photos_with_a_contact_sh
     assert set(table["file"]) == set(truth) and table["error"].isna().all()
     correct = (table["label_1"] == table["file"].map(truth)).mean()
     assert correct >= 0.8  # chance is 1/3
+    # the closest catalog product of each photo (search index): these photos are catalog products, so itself
+    assert (table["nearest_id"].astype(str) + ".jpg" == table["file"]).all()
+    assert (table["nearest_label"] == table["file"].map(truth)).all()
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
