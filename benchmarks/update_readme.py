@@ -106,11 +106,12 @@ def from_results(configs, folder: Path):
 def calibration_markdown(folder: Path) -> str:
     """ECE before -> after on the novel sets, and the unknown rule on validation and novel classes."""
     from fsl.calibration import Calibration
-
     calibrations = [Calibration.load(path) for path in sorted(folder.glob("*.json"))]
     if not calibrations:
         return "No calibration yet: run `fsl calibrate experiments/NAME.yaml`."
-    sets = [name for name in calibrations[0].novel if "ece_before" in calibrations[0].novel[name]]
+    from fsl.calibration import REPORT_SETS
+
+    sets = [name for name in REPORT_SETS if name in calibrations[0].novel]
     lines = [f"Encoder: `{', '.join(sorted({c.encoder for c in calibrations}))}`. Temperature and threshold chosen on "
              "validation classes (val-5w5s; open-set val-allway-5s: 5 classes taught, the 6th unknown, target "
              f"{calibrations[0].false_accept:.0%} false accepts); figures on novel classes, 600 frozen episodes. "

@@ -175,7 +175,7 @@ def calibrate(config: ExperimentConfig, catalog: Catalog, store_root=None, check
               open_novel_set: str = OPEN_NOVEL_SET, known: int = KNOWN_WAYS) -> Calibration:
     """Fit T and the unknown threshold on validation episodes, save, then report on novel ones."""
     from fsl.features import DEFAULT_ROOT
-    from fsl.pipeline import checkpoint_dir, experiment_head, load_episode_set
+    from fsl.pipeline import check_alignment, checkpoint_dir, experiment_head, load_episode_set
     from fsl.sweep import check_validation_only
 
     if not 0 < false_accept < 1:
@@ -186,6 +186,7 @@ def calibrate(config: ExperimentConfig, catalog: Catalog, store_root=None, check
 
     def logits_of(name: str, open_set: bool = False):
         episode_set = load_episode_set(config, catalog, name, episodes_root)
+        check_alignment(store, episode_set)
         episodes, labels = episode_set.episodes, episode_set.episodes.query_labels
         if open_set:
             episodes, labels = open_set_episodes(episodes, min(known, episodes.n_way - 1))

@@ -38,6 +38,17 @@ def _bounded_int(text: str, low: int) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (1e-3 and 0.001 alike)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def port_number(text: str) -> int:
     value = _bounded_int(text, 1)
     if value > 65535:
@@ -53,13 +64,14 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
 
 def _add_encoder(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("encoder")
-    group.add_argument("--encoder", default="offline", choices=["offline", "clip"],
+    group.add_argument("--encoder", default="offline", choices=["offline", "clip", "aligned"],
                        help="offline: EfficientNet-Lite0 + MiniLM from PyPI wheels (works air-gapped); "
-                            "clip: open_clip (default offline)")
+                            "clip: open_clip; aligned: the offline pair in one image-text space trained by "
+                            "`fsl align` (default offline)")
     group.add_argument("--model", help="open_clip model name or hf-hub:ORG/REPO (clip only; default ViT-B-32)")
     group.add_argument("--pretrained",
-                       help="open_clip pretrained tag (e.g. openai), a local checkpoint file, or 'none' "
-                            "for random weights (clip only; default openai)")
+                       help="clip: open_clip pretrained tag (e.g. openai), a local checkpoint file, or 'none' "
+                            "for random weights (default openai); aligned: checkpoints/align/NAME/best")
     group.add_argument("--device", default="cpu", help="torch device (default cpu)")
     group.add_argument("--runtime", default="auto", choices=["auto", "onnx", "eager"],
                        help="image tower: ONNX Runtime (several times faster on a CPU; checked against eager, "
@@ -115,6 +127,14 @@ def cmd_embed(args) -> None:
         config = dataclasses.replace(config, device=f"cuda:{_env_int('LOCAL_RANK', 0)}")  # one GPU per rank
     encoder = encoder_from_config(config)
     warm = is_complete(store_path(args.store_root, encoder.id, catalog.fingerprint))
+    if config.name == "aligned":  # computed from the offline store's features: no photo decoded twice
+        from fsl.pipeline import open_store
+
+        started = time.perf_counter()
+        store = open_store(catalog, config, args.store_root)
+        print(f"{len(store.ids)} products in the aligned space {store.encoder_id} "
+              f"({'warm' if warm else f'projected in {time.perf_counter() - started:.1f} s'}): {store.path}")
+        return
     options = dict(chunk_size=args.chunk_size, batch_size=args.batch_size, num_workers=args.workers,
                    full_check=args.verify)
     started = time.perf_counter()
@@ -281,6 +301,28 @@ def cmd_sweep(args) -> None:
     results = run_experiment(result.chosen, catalog, args.episodes_dir, args.store_root,
                              checkpoints_root=args.checkpoints)
     _print_and_save(results, [result.chosen], args, chosen_on=f"validation ({', '.join(args.on)}), by fsl sweep")
+
+
+def cmd_align(args) -> None:
+    from fsl.align import AlignConfig, align
+    from fsl.catalog import load_catalog
+
+    config = AlignConfig(name=args.name, dim=args.dim, hidden=args.hidden, steps=args.steps,
+                         batch_size=args.batch_size, lr=args.lr, val_every=args.val_every, prompt_weight=args.prompt_weight,
+                         split_seed=args.split_seed)
+    catalog = load_catalog(args.data)
+    summary = align(catalog, config, args.store_root, args.episodes_dir, args.out, args.runs, resume=not args.restart)
+    best = summary["best"]
+    print(f"{config.name}: chosen at step {summary['best_step']} of {summary['steps']} on the validation classes: "
+          f"zero-shot photo accuracy {100 * best['zero_shot']:.1f}% (class-balanced), masked text -> own photo "
+          f"recall@10 {100 * best['text_recall@10']:.1f}%; use it with --encoder aligned --pretrained {summary['folder']}")
+    from fsl.align import novel_retrieval
+
+    figures = novel_retrieval(catalog, summary["folder"], args.store_root, args.episodes_dir)
+    print(f"text-to-photo retrieval among the {figures['products']} products of the {figures['classes']} novel classes "
+          "(never seen in alignment; class-name prompts: precision@k; masked product texts: their own photo in the top k):")
+    for name in ("aligned", "random projection"):
+        print(f"  {name:>17}: " + ", ".join(f"{key} {100 * value:.1f}%" for key, value in figures[name].items()))
 
 
 def cmd_calibrate(args) -> None:
@@ -473,6 +515,34 @@ def build_parser() -> argparse.ArgumentParser:
     analysing.add_argument("--projector", type=positive_int, metavar="N",
                            help="also write TensorBoard's projector view of N products' image features")
     analysing.set_defaults(run=cmd_analyse)
+
+    aligning = commands.add_parser(
+        "align", help="learn one image-text space over the offline towers (base classes only)",
+        description="Train two projection heads (and a temperature) on the offline store's features with CLIP's "
+                    "contrastive loss: photo vs text, and both vs the base classes' name prompts. Base-split "
+                    "products only; zero-shot photo accuracy among the validation classes chooses the step. "
+                    "Writes checkpoints/align/NAME/{best,last} and TensorBoard curves; resumes from last.")
+    _add_data(aligning)
+    aligning.add_argument("--name", default="offline-base", help="the alignment's name (default offline-base)")
+    aligning.add_argument("--dim", type=positive_int, default=256, help="size of the shared space (default 256)")
+    aligning.add_argument("--hidden", type=non_negative_int, default=0,
+                          help="0: a linear map per tower (default); N: an MLP with N hidden units")
+    aligning.add_argument("--steps", type=positive_int, default=1000, help="training steps (default 1000)")
+    aligning.add_argument("--batch-size", type=positive_int, default=512, help="products per step (default 512)")
+    aligning.add_argument("--lr", type=positive_float, default=3e-4,
+                          help="AdamW learning rate (default 3e-4, chosen on validation classes)")
+    aligning.add_argument("--prompt-weight", type=float, default=1.0,
+                          help="weight of the class-prompt term against the photo-text pairs (default 1; 0: pairs only)")
+    aligning.add_argument("--val-every", type=positive_int, default=25,
+                          help="steps between validations, each may become the best checkpoint (default 25)")
+    aligning.add_argument("--split-seed", type=non_negative_int, default=0,
+                          help="the class split whose base classes it trains on (default 0)")
+    aligning.add_argument("--episodes-dir", default="episodes", help="root of the class splits (default episodes/)")
+    aligning.add_argument("--store-root", default=str(CACHE / "features"), metavar="DIR", help=STORE_HELP)
+    aligning.add_argument("--out", default="checkpoints/align", help="where alignments go (default checkpoints/align)")
+    aligning.add_argument("--runs", default="runs/align", help="TensorBoard log dir (default runs/align)")
+    aligning.add_argument("--restart", action="store_true", help="start over instead of resuming from last")
+    aligning.set_defaults(run=cmd_align)
 
     calibrating = commands.add_parser(
         "calibrate", help="calibrated confidences and a 'none of these' threshold, on validation classes",

@@ -196,7 +196,7 @@ def check_runnable(config: ExperimentConfig) -> None:
 
     try:
         create_head(config.method, create_fusion(config.fusion, 4, 4, **config.fusion_options),
-                    **config.method_options)
+                    shared_space=config.encoder.name in ("clip", "aligned"), **config.method_options)
     except FslError as error:
         raise FslError(f"experiment {config.name!r}: {error}") from None
     except (TypeError, ValueError) as error:

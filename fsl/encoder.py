@@ -217,7 +217,37 @@ class OfflineEncoder(Encoder):
                                       show_progress_bar=False).cpu()
 
 
-ENCODERS: dict[str, Callable[..., Encoder]] = {"clip": ClipEncoder, "offline": OfflineEncoder}
+class AlignedEncoder(Encoder):
+    """The offline pair followed by projections trained by `fsl align` into one image-text space
+    (fsl/align.py): zero-shot on photos and text-to-photo search without CLIP weights."""
+
+    def __init__(self, device: str = "cpu", pretrained: str | None = None):
+        from fsl.align import load_alignment
+
+        if not pretrained:
+            raise FslError("the aligned encoder needs --pretrained checkpoints/align/NAME/best (from `fsl align`)")
+        self.projections, self.alignment = load_alignment(pretrained)
+        self.id = encoder_id("aligned", pretrained=pretrained)
+        self.base = OfflineEncoder(device)
+        self.image_dim = self.text_dim = self.alignment["dim"]
+        self.image_transform = self.base.image_transform
+
+    def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.projections.image(F.normalize(self.base._embed_pixels(pixels).float(), dim=-1))
+
+    def _embed_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.projections.text(F.normalize(self.base._embed_texts(texts).float(), dim=-1))
+
+    @torch.inference_mode()
+    def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """The offline tower (in ONNX Runtime where adopted), then the projection."""
+        return self.projections.embed_image(torch.from_numpy(self.base.embed_pixels(pixels))).numpy()
+
+    def use_onnx(self, cache_dir: Path) -> str:
+        return self.base.use_onnx(cache_dir)
+
+
+ENCODERS: dict[str, Callable[..., Encoder]] = {"clip": ClipEncoder, "offline": OfflineEncoder, "aligned": AlignedEncoder}
 MIN_COSINE = 0.999  # an accelerated tower is used only if its features agree with eager's this well
 
 
@@ -307,6 +337,12 @@ def encoder_id(name: str = "offline", model: str | None = None, pretrained: str 
     if name == "clip":
         model = model or DEFAULT_CLIP_MODEL
         return f"clip:{model}:{resolve_clip_weights(model, pretrained or DEFAULT_CLIP_WEIGHTS)[1]}"
+    if name == "aligned":
+        from fsl.align import alignment_digest
+
+        if not pretrained:
+            raise FslError("the aligned encoder needs --pretrained checkpoints/align/NAME/best (from `fsl align`)")
+        return f"aligned:{OfflineEncoder.id.removeprefix('offline:')}:{alignment_digest(pretrained)}"
     raise FslError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
 
 

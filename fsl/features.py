@@ -450,3 +450,30 @@ def _add_text_variants(path: Path, manifest: dict, catalog: Catalog, encoder: En
         manifest["text_variants"][variant.name] = {"template": variant.template, "mask_column": variant.mask_column}
         manifest["arrays"][f"text-{variant.name}"] = _array_record(path / f"text-{variant.name}.npy")
     write_json(path / "manifest.json", manifest)
+
+
+def derive_store(source: FeatureStore, path: Path, encoder_id: str, image_dim: int, text_dim: int,
+                 transform: Callable[[str, np.ndarray], np.ndarray], extra: dict | None = None,
+                 block: int = 65_536) -> FeatureStore:
+    """A store whose features are a function of another store's (e.g. projected into an aligned
+    space): same ids and text variants, each array transformed block by block and written
+    atomically, the manifest (with checksums) written last, under the store's writer lock."""
+    path.mkdir(parents=True, exist_ok=True)
+    with writer_lock(path):
+        manifest = {key: value for key, value in source.manifest.items() if key not in ("arrays", "complete")}
+        manifest.update({"encoder_id": encoder_id, "image_dim": image_dim, "text_dim": text_dim, "complete": False,
+                         "derived_from": source.encoder_id, **(extra or {})})
+        write_npy(path / "ids.npy", np.asarray(source.ids, dtype=np.int64))
+        arrays = {"image": (source.image, image_dim)}
+        arrays.update({f"text-{name}": (values, text_dim) for name, values in source.texts.items()})
+        for key, (values, dim) in arrays.items():
+            with atomic_path(path / f"{key}.npy") as tmp, open(tmp, "wb") as f:
+                header = {"descr": np.lib.format.dtype_to_descr(DTYPE), "fortran_order": False,
+                          "shape": (len(source.ids), dim)}
+                np.lib.format.write_array_header_1_0(f, header)
+                for start in range(0, len(source.ids), block):
+                    out = transform("image" if key == "image" else "text", values[start:start + block])
+                    f.write(np.ascontiguousarray(out, dtype=DTYPE).tobytes())
+        manifest["arrays"] = {key: _array_record(path / f"{key}.npy") for key in _array_keys(manifest)}
+        write_json(path / "manifest.json", {**manifest, "complete": True})
+    return FeatureStore.open(path, encoder_id, source.catalog_fingerprint)

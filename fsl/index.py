@@ -47,11 +47,15 @@ class SearchIndex:
     image_weight: float
     kind: str  # "exact" or "ivf-fp16"
     recall_at_10: float  # measured against exact search (1.0 for the exact index)
+    shared_space: bool = False  # image and text in one space (clip, aligned): a text also searches photos
 
     def query(self, image: np.ndarray | None, text: np.ndarray | None) -> np.ndarray:
-        """[Di + Dt]: the weighted parts a query has, zeros for the part it has not."""
+        """[Di + Dt]: the weighted parts a query has, zeros for the part it has not; in a shared space a
+        text-only query fills the photo part too, so it finds products by their photos."""
         if image is None and text is None:
             raise FslError("a search needs a photo, a text or both")
+        if image is None and self.shared_space:
+            image = text
         parts = [np.zeros(self.image_dim, np.float32) if image is None else math.sqrt(self.image_weight) * image,
                  np.zeros(self.text_dim, np.float32) if text is None else math.sqrt(1 - self.image_weight) * text]
         return np.concatenate(parts).astype(np.float32)
@@ -67,6 +71,12 @@ class SearchIndex:
         return [int(r) for r in rows[0] if r >= 0]
 
 
+def _shared(store: FeatureStore) -> bool:
+    from fsl.pipeline import shared_space
+
+    return shared_space(store.encoder_id)
+
+
 def build_index(store: FeatureStore, image_weight: float, exact_limit: int = EXACT_LIMIT,
                 seed: int = 0) -> SearchIndex:
     """Exact up to `exact_limit` products; above, IVF with float16 codes and a measured nprobe."""
@@ -80,12 +90,14 @@ def build_index(store: FeatureStore, image_weight: float, exact_limit: int = EXA
         lists = int(4 * math.sqrt(rows))
         index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, lists, faiss.ScalarQuantizer.QT_fp16,
                                               faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = 10  # k-means iterations (faiss: 25); nprobe is tuned on recall afterwards anyway
         sample = np.sort(np.random.default_rng(seed).choice(rows, min(rows, 40 * lists), replace=False))
         index.train(_gather(store, sample, image_weight))
         kind = "ivf-fp16"
     for start in range(0, rows, ADD_BATCH):
         index.add(fused_rows(store, start, min(start + ADD_BATCH, rows), image_weight))
-    built = SearchIndex(index, store.manifest["image_dim"], store.manifest["text_dim"], image_weight, kind, 1.0)
+    built = SearchIndex(index, store.manifest["image_dim"], store.manifest["text_dim"], image_weight, kind, 1.0,
+                        _shared(store))
     if kind != "exact":
         built.recall_at_10 = tune_nprobe(built, store, seed)
     return built
@@ -168,7 +180,7 @@ def open_index(store: FeatureStore, image_weight: float, root: str | os.PathLike
                 if meta["kind"] != "exact":
                     index.nprobe = meta["nprobe"]
                 return SearchIndex(index, store.manifest["image_dim"], store.manifest["text_dim"], image_weight,
-                                   meta["kind"], meta["recall_at_10"])
+                                   meta["kind"], meta["recall_at_10"], _shared(store))
     built = build_index(store, image_weight, exact_limit)
     with atomic_path(path) as tmp:
         faiss.write_index(built.index, str(tmp))

@@ -51,7 +51,8 @@ class LazyEncoder:
         server calls this before its first request; everything else, on first use."""
         if self._built is None:
             config = self.config
-            options = {"model": config.model, "pretrained": config.pretrained} if config.name == "clip" else {}
+            options = ({"model": config.model, "pretrained": config.pretrained} if config.name == "clip"
+                       else {"pretrained": config.pretrained} if config.name == "aligned" else {})
             self._built = create_encoder(config.name, device=config.device, **options)
         if images and not self._runtime_chosen:
             self._runtime_chosen = True
@@ -69,8 +70,29 @@ def encoder_from_config(config: EncoderConfig) -> LazyEncoder:
 
 
 def open_store(catalog: Catalog, config: EncoderConfig, store_root: str | os.PathLike = DEFAULT_ROOT) -> FeatureStore:
-    """The catalog's features by this encoder: loaded when warm, embedded (resumably) when not."""
+    """The catalog's features by this encoder: loaded when warm, embedded (resumably) when not; an
+    aligned store is computed from the offline store's features."""
+    if config.name == "aligned":
+        from fsl.align import aligned_store
+
+        return aligned_store(catalog, config.pretrained, store_root, encoder_from_config(config).id, config.runtime)
     return embed_catalog(catalog, encoder_from_config(config), store_root)
+
+
+def shared_space(encoder_id: str) -> bool:
+    """Whether image and text features live in one space (class-name texts compare with photos)."""
+    return encoder_id.startswith(("clip:", "aligned:"))
+
+
+def check_alignment(store: FeatureStore, episode_set: EpisodeSet) -> None:
+    """An aligned space was trained on one split's base classes: episodes of another split (whose
+    novel classes it may have trained on) are refused."""
+    alignment = store.manifest.get("alignment")
+    if alignment and alignment["split_seed"] != episode_set.meta.get("split_seed"):
+        raise FslError(f"feature store {store.path.name} is aligned on the base classes of split seed "
+                       f"{alignment['split_seed']}; episode set {episode_set.name!r} comes from split seed "
+                       f"{episode_set.meta.get('split_seed')}, whose test classes it may have trained on. "
+                       "Align on that split (fsl align --split-seed N)")
 
 
 def episodes_dir_for(catalog: Catalog, root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> Path:
@@ -117,7 +139,7 @@ def build_head(config: ExperimentConfig, store: FeatureStore) -> FewShotHead:
     """The config's fusion and head, sized for the store's features."""
     fusion = create_fusion(config.fusion, store.manifest["image_dim"], store.manifest["text_dim"],
                            **config.fusion_options)
-    return create_head(config.method, fusion, shared_space=store.encoder_id.startswith("clip:"),
+    return create_head(config.method, fusion, shared_space=shared_space(store.encoder_id),
                        **config.method_options)
 
 
@@ -193,6 +215,7 @@ def run_experiment(config: ExperimentConfig, catalog: Catalog, episodes_root: st
     results = []
     for name in config.episodes:
         episode_set = load_episode_set(config, catalog, name, episodes_root)
+        check_alignment(store, episode_set)
         class_text = class_text_table(config, episode_set.meta["classes"], store) if head.needs_class_text else None
         accuracy = run_episodes(head, features, store.ids, episode_set, config.batch_size, progress, class_text)
         results.append(EvalResult(config.name, name, accuracy,

@@ -27,6 +27,7 @@ from fsl.pipeline import (
     DEFAULT_EPISODES_DIR,
     base_classes,
     build_head,
+    check_alignment,
     checkpoint_dir,
     flat_options,
     load_episode_set,
@@ -58,6 +59,7 @@ def train(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.Pa
     # training samples rows at random for many steps: hold the features in memory once
     features = torch.from_numpy(np.asarray(store_features(store, config.text_variant), dtype=np.float32))
     val_set = load_episode_set(config, catalog, settings.val_episodes, episodes_root)
+    check_alignment(store, val_set)  # an aligned space trained on another split's classes would leak them
     classes = base_classes(catalog, config, val_set.meta["split_seed"], episodes_root)
     if not np.array_equal(store.ids, catalog.products["id"].to_numpy()):
         raise FslError(f"feature store {store.path} rows do not follow the catalog; re-run `fsl embed`")

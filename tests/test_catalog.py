@@ -154,3 +154,21 @@ def test_unknown_label_column_or_template_field_is_a_clear_error(small_dump):
         catalog.labels("colour")
     with pytest.raises(FslError, match="unknown field 'brand'"):
         catalog.texts("{brand} {productDisplayName}")
+
+
+def test_photo_stats_in_forked_workers_equal_one_loop(tmp_path, monkeypatch):
+    """Large catalogs stat their photos in forked processes: same sizes and mtimes, -1 for a missing one."""
+    import fsl.prepared
+    from fsl.prepared import stat_all
+
+    paths = []
+    for i in range(50):
+        path = tmp_path / f"{i}.jpg"
+        path.write_bytes(b"x" * i)
+        paths.append(str(path))
+    paths.append(str(tmp_path / "missing.jpg"))
+    single = stat_all(paths)
+    monkeypatch.setattr(fsl.prepared, "PARALLEL_FROM", 10)
+    forked = stat_all(paths)
+    assert all((a == b).all() for a, b in zip(single, forked))
+    assert single[0][:50].tolist() == list(range(50)) and single[0][-1] == -1 and single[1][-1] == -1

@@ -18,8 +18,11 @@ def store(twelve_classes):
     return open_store(catalog, EncoderConfig("clip", "FSL-Tiny", "none"), root / "store")
 
 
-def brute_force(store, image, text, weight):
-    """The demo's similarity before the index: w·cos(image) + (1-w)·cos(text) on the parts given."""
+def brute_force(store, image, text, weight, shared=True):
+    """The demo's similarity: w·cos(image) + (1-w)·cos(text) on the parts given; in a shared space
+    (this tiny CLIP's) a text alone is compared with the photos too."""
+    if image is None and shared:
+        image = text
     similarity = np.zeros(len(store.ids))
     if image is not None:
         similarity += (weight if text is not None else 1.0) * (np.asarray(store.image) @ image)
@@ -78,3 +81,14 @@ def test_a_saved_index_is_reused_and_rebuilt_when_its_store_changed(store, tmp_p
     index_path(store, 0.7, tmp_path).write_bytes(b"damaged")
     open_index(store, 0.7, tmp_path)
     assert built == [1, 1]
+
+
+def test_in_a_shared_space_a_text_query_searches_photos_too(store, tmp_path):
+    from fsl.index import open_index
+
+    index = open_index(store, 0.7, tmp_path)
+    assert index.shared_space  # a clip store (aligned ones too)
+    text = np.asarray(store.text("plain")[4])
+    np.testing.assert_allclose(index.query(None, text)[: store.image.shape[1]], np.sqrt(0.7) * text, rtol=1e-6)
+    index.shared_space = False  # as for the offline pair: two spaces, a text meets texts only
+    assert not index.query(None, text)[: store.image.shape[1]].any()

@@ -1,0 +1,117 @@
+"""`fsl align`: one image-text space over the frozen offline towers, trained on base classes only."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from fsl import FslError
+
+
+@pytest.fixture(scope="module")
+def aligned(twelve_classes, tmp_path_factory):
+    """The twelve-class slice's offline store, an alignment trained on its base classes, and the rows
+    `training_rows` handed to training (recorded)."""
+    import fsl.align
+    from fsl.align import AlignConfig, align
+
+    root, catalog = twelve_classes
+    out = tmp_path_factory.mktemp("align")
+    recorded = []
+    real = fsl.align.training_rows
+    fsl.align.training_rows = lambda labels, base: recorded.append(real(labels, base)) or recorded[-1]
+    try:
+        summary = align(catalog, AlignConfig(name="tiny", dim=32, steps=120, batch_size=64, val_every=40),
+                        root / "offline-store", root / "episodes", out / "ckpt", out / "runs", progress=False)
+    finally:
+        fsl.align.training_rows = real
+    return root, catalog, out, summary, recorded
+
+
+def test_alignment_trains_on_base_class_products_only(aligned):
+    from fsl.align import split_of
+
+    root, catalog, _, _, recorded = aligned
+    split = split_of(catalog, "articleType", 0, root / "episodes")
+    labels = catalog.labels().to_numpy()
+    (rows,) = recorded
+    assert set(labels[rows]) == set(split["base"])
+    assert not set(labels[rows]) & (set(split["val"]) | set(split["novel"]))
+
+
+def test_alignment_lowers_the_loss_and_improves_retrieval_on_the_slice(aligned):
+    from fsl.align import Projections, contrastive_loss, load_alignment, retrieval_figures, split_of
+    from fsl.config import EncoderConfig
+    from fsl.pipeline import encoder_from_config, open_store
+
+    root, catalog, _, summary, recorded = aligned
+    trained, meta = load_alignment(summary["folder"])
+    store = open_store(catalog, EncoderConfig("offline"), root / "offline-store")
+    rows = recorded[0]
+    base = split_of(catalog, "articleType", 0, root / "episodes")["base"]
+    encoder = encoder_from_config(EncoderConfig("offline"))
+    prompts = torch.from_numpy(store.short_texts(base, lambda t: encoder.encode_texts(t, progress=False)))
+    image = torch.from_numpy(np.asarray(store.image[rows]))
+    text = torch.from_numpy(np.asarray(store.text("plain")[rows]))
+    classes = torch.as_tensor(np.searchsorted(base, catalog.labels().to_numpy()[rows]))
+    torch.manual_seed(0)
+    untrained = Projections(meta["image_dim"], meta["text_dim"], meta["dim"], meta["hidden"])
+
+    def measure(heads):
+        with torch.no_grad():
+            i, t, p = heads.embed_image(image), heads.embed_text(text), heads.embed_text(prompts)
+            return contrastive_loss(i, t, p, classes, heads.scale).item(), retrieval_figures(i, t, p, classes)
+
+    loss_before, before = measure(untrained)
+    loss_after, after = measure(trained)
+    assert loss_after < 0.7 * loss_before
+    assert after["text_recall@10"] > before["text_recall@10"] + 0.2
+    assert after["class_precision@10"] > before["class_precision@10"]
+
+
+def test_the_checkpoint_round_trips_and_the_aligned_encoder_matches_its_store(aligned, offline_encoder):
+    from fsl.align import alignment_digest, load_alignment
+    from fsl.config import EncoderConfig
+    from fsl.encoder import create_encoder, encoder_id
+    from fsl.pipeline import open_store, shared_space
+
+    root, catalog, out, summary, _ = aligned
+    model, meta = load_alignment(summary["folder"])
+    assert meta["split_seed"] == 0 and meta["towers"].startswith("offline:") and meta["dim"] == 32
+    assert encoder_id("aligned", pretrained=summary["folder"]).endswith(alignment_digest(summary["folder"]))
+    config = EncoderConfig("aligned", pretrained=str(summary["folder"]), runtime="eager")
+    store = open_store(catalog, config, root / "offline-store")
+    assert store.encoder_id.startswith("aligned:") and shared_space(store.encoder_id)
+    assert store.image.shape == (len(catalog), 32) and store.manifest["alignment"]["split_seed"] == 0
+    encoder = create_encoder("aligned", pretrained=str(summary["folder"]))
+    photo = catalog.image_paths[5]
+    pixels = encoder.image_transform(__import__("PIL.Image", fromlist=["Image"]).open(photo).convert("RGB"))
+    assert float(encoder.embed_pixels(pixels[None])[0] @ store.image[5]) > 0.999
+    text = catalog.texts()[5]
+    assert float(encoder.encode_texts([text], progress=False)[0] @ store.text("plain")[5]) > 0.999
+
+
+def test_an_aligned_store_refuses_another_tower_or_split(aligned, tmp_path):
+    import shutil
+
+    from fsl.align import load_alignment
+    from fsl.config import EncoderConfig, ExperimentConfig
+    from fsl.io import read_json, write_json
+    from fsl.pipeline import draw_standard_episodes, run_experiment
+
+    root, catalog, _, summary, _ = aligned
+    other = shutil.copytree(summary["folder"], tmp_path / "other")
+    write_json(other / "align.json", {**read_json(other / "align.json"), "towers": "clip:ViT-B-32:openai"})
+    with pytest.raises(FslError, match="cannot be used with these features"):
+        load_alignment(other)
+    config = ExperimentConfig(name="zs", method="zero_shot", fusion="image", episodes=("novel-5w5s",),
+                              encoder=EncoderConfig("aligned", pretrained=str(summary["folder"]), runtime="eager"))
+    (result,) = run_experiment(config, catalog, root / "episodes", root / "offline-store", progress=False)
+    assert 0 <= result.accuracy.mean() <= 1  # zero-shot on photos runs: image and text share one space
+    draw_standard_episodes(catalog, tmp_path / "seed1", seed=1, stratify=None, n_episodes=5, q_query=5,
+                           benchmarks={"novel-5w5s": ("novel", 5, 5)})
+    with pytest.raises(FslError, match="aligned on the base classes of split seed 0"):
+        run_experiment(dataclasses.replace(config), catalog, tmp_path / "seed1", root / "offline-store", progress=False)
