@@ -520,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
         "align", help="learn one image-text space over the offline towers (base classes only)",
         description="Train two projection heads (and a temperature) on the offline store's features with CLIP's "
                     "contrastive loss: photo vs text, and both vs the base classes' name prompts. Base-split "
-                    "products only; zero-shot photo accuracy among the validation classes chooses the step. "
+                    "products only; validation-class products choose the step (zero-shot photo accuracy and text-to-photo "
+                    "recall@10). "
                     "Writes checkpoints/align/NAME/{best,last} and TensorBoard curves; resumes from last.")
     _add_data(aligning)
     aligning.add_argument("--name", default="offline-base", help="the alignment's name (default offline-base)")

@@ -188,6 +188,15 @@ def examples_of(categories: list[Category]) -> list[str]:
     return lines
 
 
+def name_problem(name: str) -> str | None:
+    """The message for a category name that cannot be a folder name (saving would fail), or None."""
+    try:
+        category_folder_name(name)
+    except FslError as error:
+        return f"⚠️ {error}."
+    return None
+
+
 def teach(backend: DemoBackend, categories: list[Category], name: str, files, texts: str):
     """Add a category from photos and/or text lines; returns (categories, message)."""
     name = (name or "").strip()
@@ -195,10 +204,8 @@ def teach(backend: DemoBackend, categories: list[Category], name: str, files, te
     paths = [f if isinstance(f, str) else f.name for f in (files or [])]
     if not name:
         return categories, "⚠️ Give the category a name first."
-    try:
-        category_folder_name(name)
-    except FslError as error:
-        return categories, f"⚠️ {error}."
+    if name_problem(name):
+        return categories, name_problem(name)
     if any(c.name.lower() == name.lower() for c in categories):
         return categories, f"⚠️ A category named “{name}” already exists. Pick another name, or clear and re-teach."
     if not paths and not lines:
@@ -228,13 +235,10 @@ def teach_from_search(backend: DemoBackend, categories: list[Category], rows: li
         return categories, "⚠️ Click a search result to pick it first."
     if not name:
         return categories, "⚠️ Name the category the product is an example of."
-    try:
-        category_folder_name(name)
-    except FslError as error:
-        return categories, f"⚠️ {error}."
+    if name_problem(name):
+        return categories, name_problem(name)
     row = rows[int(selected)]
-    updated = [Category(c.name, list(c.image_features), list(c.text_features), list(c.thumbnails), list(c.texts))
-               for c in categories]
+    updated = [c.copy() for c in categories]
     target = next((c for c in updated if c.name.lower() == name.lower()), None)
     if target is None:
         target = Category(name)
@@ -256,8 +260,7 @@ def remove_example(categories: list[Category], line: str | None):
     """Remove the example a line of `examples_of` names; a category left with none goes too."""
     updated = []
     removed = None
-    for c in categories:
-        c = Category(c.name, list(c.image_features), list(c.text_features), list(c.thumbnails), list(c.texts))
+    for c in map(Category.copy, categories):
         for i in range(len(c.thumbnails)):
             if line == f"{c.name} / photo {i + 1}: {Path(c.thumbnails[i]).name}":
                 del c.image_features[i], c.thumbnails[i]

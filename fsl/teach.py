@@ -80,6 +80,11 @@ class Category:
     thumbnails: list[str] = field(default_factory=list)  # the photos' paths: shown, and saved with the category
     texts: list[str] = field(default_factory=list)  # the text examples, as typed (parallel to text_features)
 
+    def copy(self) -> "Category":
+        """A copy whose example lists can change without changing this one (Gradio keeps the old state)."""
+        return Category(self.name, list(self.image_features), list(self.text_features), list(self.thumbnails),
+                        list(self.texts))
+
     @property
     def size(self) -> int:
         return len(self.image_features) + len(self.text_features)
