@@ -282,3 +282,29 @@ def test_the_demo_scorer_configs_are_the_experiment_files():
     experiments = Path(__file__).resolve().parents[1] / "experiments"
     for config in [*SCORER_CONFIGS.values(), *SUPPORT_HEADS.values()]:
         assert config_key(config, "enc") == config_key(load_config(experiments / f"{config.name}.yaml"), "enc")
+
+
+def test_tip_adapter_equals_a_plain_per_episode_loop_and_learns_a_toy_task():
+    support, labels, query, query_labels = toy_episodes(n_episodes=4, n_way=5, k_shot=3, q_query=4, seed=3)
+    class_text = query.view(4, 5, 4, -1).mean(2)[..., IMAGE_DIM:]  # each class's text centre as its "name"
+    head = create_head("tip_adapter", create_fusion("concat", IMAGE_DIM, TEXT_DIM, image_weight=0.7),
+                       alpha=2.0, beta=5.5)
+    logits = head(support, labels, query, 5, class_text)
+    for e in range(4):  # the paper's formula, one episode at a time, in numpy
+        def fused(x):
+            x = np.concatenate([np.sqrt(0.7) * x[:, :IMAGE_DIM], np.sqrt(0.3) * x[:, IMAGE_DIM:]], 1)
+            return x / np.linalg.norm(x, axis=1, keepdims=True)
+        keys, q = fused(support[e].numpy()), fused(query[e].numpy())
+        names = np.concatenate([np.zeros((5, IMAGE_DIM)), np.sqrt(0.3) * class_text[e].numpy()], 1)
+        names /= np.linalg.norm(names, axis=1, keepdims=True)
+        expected = 100 * q @ names.T + 2.0 * np.exp(-5.5 * (1 - q @ keys.T)) @ np.eye(5)[labels[e].numpy()]
+        np.testing.assert_allclose(logits[e].numpy(), expected, rtol=1e-4, atol=1e-3)
+    strong = create_head("tip_adapter", create_fusion("concat", IMAGE_DIM, TEXT_DIM, image_weight=0.7),
+                         alpha=1000.0, beta=5.5)
+    assert accuracy(strong(support, labels, query, 5, class_text), query_labels) > 0.95  # the cache decides
+    zero = create_head("tip_adapter", create_fusion("concat", IMAGE_DIM, TEXT_DIM, image_weight=0.7), alpha=0.0)
+    zero_shot = create_head("zero_shot", create_fusion("concat", IMAGE_DIM, TEXT_DIM, image_weight=0.7))
+    assert torch.equal(zero(support, labels, query, 5, class_text).argmax(-1),
+                       zero_shot(support, labels, query, 5, class_text).argmax(-1))  # alpha 0: zero-shot
+    with pytest.raises(FslError, match="alpha must be a finite number"):
+        create_head("tip_adapter", create_fusion("image", IMAGE_DIM, TEXT_DIM), alpha=-1.0)

@@ -15,13 +15,15 @@ from fsl.methods.maml import MAML
 from fsl.methods.protonet import ProtoNet
 from fsl.methods.pt_map import PTMAP
 from fsl.methods.simpleshot import SimpleShot
+from fsl.methods.tip_adapter import TipAdapter
 from fsl.methods.zero_shot import ZeroShot
 
 HEADS: dict[str, Callable[..., FewShotHead]] = {
     "zero_shot": ZeroShot, "linear_probe": LinearProbe, "protonet": ProtoNet, "maml": MAML, "simpleshot": SimpleShot,
     "gda": GDA, "bd_cspn": BDCSPN, "pt_map": PTMAP, "cosine_prototypes": CosinePrototypes,
+    "tip_adapter": TipAdapter,
 }
-SHARED_SPACE_OPTION = {"zero_shot", "linear_probe"}  # heads that compare class-name text to features
+SHARED_SPACE_OPTION = {"zero_shot", "linear_probe", "tip_adapter"}  # heads that compare class-name text to features
 
 
 def create_head(name: str, fusion: Fusion, shared_space: bool = False, **options) -> FewShotHead:
