@@ -222,6 +222,10 @@ def predict_folder(catalog: Catalog, checkpoint: str | None, config_path: str | 
             print(f"fsl predict: skipped support file {name}: {why}", file=sys.stderr)
         for first, second in support.duplicates:
             print(f"fsl predict: the same photo is in two categories: {first} and {second}", file=sys.stderr)
+        unpaired = sum(len(texts) for texts in support.category_texts.values())
+        if unpaired:
+            print(f"fsl predict: {unpaired} text example(s) without a photo in {support.root / 'texts.csv'} are not "
+                  "used: the heads need a photo per example (the demo uses them)", file=sys.stderr)
     classifier = CatalogClassifier(catalog, checkpoint, config_path, shots, store_root, support,
                                    text_coverage(files, text_of, support, texts is not None), only, calibration_root)
     if classifier.note:

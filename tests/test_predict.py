@@ -169,3 +169,11 @@ def test_a_config_with_training_and_no_checkpoint_is_refused_not_run_untrained(s
                  "--out", str(tmp_path / "p.csv"), "--store-root", str(tmp_path / "store"), "--shots", "2"]) == 2
     assert "no checkpoint at checkpoints/meta/best" in capsys.readouterr().err
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_text_examples_without_a_photo_are_reported_not_silently_dropped(small_dump, folders, tmp_path, capsys):
+    root, _ = folders
+    support = shutil.copytree(root / "support", tmp_path / "support")
+    (support / "texts.csv").write_text("file,text\nWatches/,a steel analog watch\n")  # as the demo saves them
+    assert predict(small_dump, root, support, tmp_path / "p.csv") == 0
+    assert "1 text example(s) without a photo" in capsys.readouterr().err
