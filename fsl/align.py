@@ -296,14 +296,15 @@ def retrieval_figures(image: torch.Tensor, texts: torch.Tensor, prompts: torch.T
                       ks: tuple[int, ...] = (1, 10)) -> dict:
     """Text-to-photo retrieval among the given products' photos (unit vectors, one space).
 
-    Class-name prompts: precision@k (share of the k photos found that are of the class). Product
-    texts: recall@k (the product's own photo among the k found)."""
+    Class-name prompts: recall@k (a photo of the class among the k found) and precision@k (the share
+    of the k that are of the class). Product texts: recall@k (the product's own photo among the k)."""
     figures = {}
     by_name = (prompts @ image.T).topk(max(ks), dim=-1).indices  # [C, k]
     by_text = (texts @ image.T).topk(max(ks), dim=-1).indices  # [P, k]
     for k in ks:
-        figures[f"class_precision@{k}"] = float((classes[by_name[:, :k]] == torch.arange(len(prompts))[:, None])
-                                                .float().mean())
+        hits = classes[by_name[:, :k]] == torch.arange(len(prompts))[:, None]  # [C, k]
+        figures[f"class_recall@{k}"] = float(hits.any(-1).float().mean())
+        figures[f"class_precision@{k}"] = float(hits.float().mean())
         figures[f"text_recall@{k}"] = float((by_text[:, :k] == torch.arange(len(texts))[:, None]).any(-1).float().mean())
     return figures
 

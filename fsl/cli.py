@@ -320,7 +320,8 @@ def cmd_align(args) -> None:
 
     figures = novel_retrieval(catalog, summary["folder"], args.store_root, args.episodes_dir)
     print(f"text-to-photo retrieval among the {figures['products']} products of the {figures['classes']} novel classes "
-          "(never seen in alignment; class-name prompts: precision@k; masked product texts: their own photo in the top k):")
+          "(never seen in alignment; class-name prompts: a photo of the class in the top k, and the share of the top k "
+          "that are; masked product texts: their own photo in the top k):")
     for name in ("aligned", "random projection"):
         print(f"  {name:>17}: " + ", ".join(f"{key} {100 * value:.1f}%" for key, value in figures[name].items()))
 

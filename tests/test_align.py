@@ -115,3 +115,16 @@ def test_an_aligned_store_refuses_another_tower_or_split(aligned, tmp_path):
                            benchmarks={"novel-5w5s": ("novel", 5, 5)})
     with pytest.raises(FslError, match="aligned on the base classes of split seed 0"):
         run_experiment(dataclasses.replace(config), catalog, tmp_path / "seed1", root / "offline-store", progress=False)
+
+
+def test_retrieval_figures_count_what_they_say():
+    from fsl.align import retrieval_figures
+
+    image = torch.eye(4)  # four products, classes 0, 0, 1, 1
+    classes = torch.tensor([0, 0, 1, 1])
+    texts = torch.eye(4)[[0, 2, 1, 3]]  # products 1 and 2 have each other's text
+    prompts = torch.tensor([[1.0, 0.9, 0.0, 0.0], [0.5, 0.0, 0.0, 1.0]])  # class 1's second best: product 0
+    figures = retrieval_figures(image, texts, prompts, classes, ks=(1, 2))
+    assert figures["text_recall@1"] == 0.5  # products 0 and 3 find themselves first, 1 and 2 do not
+    assert figures["class_recall@1"] == 1.0 and figures["class_recall@2"] == 1.0
+    assert figures["class_precision@2"] == 0.75
