@@ -287,7 +287,10 @@ def save(backend: DemoBackend, categories: list[Category], name: str):
     try:
         name = safe_name((name or "").strip(), "the set's name")
         folder = save_categories(categories, backend.saved_root / name)
-        archive = shutil.make_archive(str(backend.saved_root / ".zips" / name), "zip", folder)
+        zips = ensure_dir(backend.saved_root / ".zips")
+        partial = shutil.make_archive(str(zips / f".{name}.partial"), "zip", folder)
+        archive = str(zips / f"{name}.zip")
+        os.replace(partial, archive)  # a zip is complete or absent, never half written
     except (FslError, OSError) as error:
         return f"⚠️ Not saved: {error}.", None
     return (f"✅ Saved {len(categories)} categories to `{folder}` (a support folder: `fsl predict --support "
