@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -277,7 +278,7 @@ def aligned_store(catalog, alignment: str | os.PathLike, store_root, encoder_id:
     model, meta = load_alignment(alignment)
     if meta["catalog_fingerprint"] != catalog.fingerprint:
         print(f"fsl: note: {alignment} was trained on catalog {meta['catalog_fingerprint']}, not "
-              f"{catalog.fingerprint}", flush=True)
+              f"{catalog.fingerprint}", file=sys.stderr)
     source = open_store(catalog, EncoderConfig("offline", runtime=runtime), store_root)
 
     def project(key: str, block: np.ndarray) -> np.ndarray:

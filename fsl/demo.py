@@ -330,7 +330,10 @@ def load_zip(backend: DemoBackend, categories: list[Category], file):
     inner = [p for p in target.iterdir() if not p.name.startswith(".")]
     root = inner[0] if len(inner) == 1 and inner[0].is_dir() else target  # a zip of the folder, or of its contents
     loaded, message = load_folder(backend, root, Path(path).name)
-    return (categories if loaded is None else loaded), message
+    if loaded is None:
+        shutil.rmtree(target, ignore_errors=True)  # a rejected upload leaves nothing behind
+        return categories, message
+    return loaded, message  # its photos stay: the taught categories show and save them
 
 
 def ensure_dir(path: Path) -> Path:

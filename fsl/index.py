@@ -30,10 +30,10 @@ SAMPLE_QUERIES = 200
 ADD_BATCH = 65_536
 
 
-def fused_rows(store: FeatureStore, start: int, stop: int, image_weight: float) -> np.ndarray:
-    """[stop - start, Di + Dt] rows as the index holds them."""
-    return np.concatenate([math.sqrt(image_weight) * np.asarray(store.image[start:stop], dtype=np.float32),
-                           math.sqrt(1 - image_weight) * np.asarray(store.text("plain")[start:stop], dtype=np.float32)],
+def fused_rows(store: FeatureStore, rows: slice | np.ndarray, image_weight: float) -> np.ndarray:
+    """[n, Di + Dt] rows (a slice or sorted row numbers) as the index holds them."""
+    return np.concatenate([math.sqrt(image_weight) * np.asarray(store.image[rows], dtype=np.float32),
+                           math.sqrt(1 - image_weight) * np.asarray(store.text("plain")[rows], dtype=np.float32)],
                           axis=1)
 
 
@@ -92,10 +92,10 @@ def build_index(store: FeatureStore, image_weight: float, exact_limit: int = EXA
                                               faiss.METRIC_INNER_PRODUCT)
         index.cp.niter = 10  # k-means iterations (faiss: 25); nprobe is tuned on recall afterwards anyway
         sample = np.sort(np.random.default_rng(seed).choice(rows, min(rows, 40 * lists), replace=False))
-        index.train(_gather(store, sample, image_weight))
+        index.train(fused_rows(store, sample, image_weight))
         kind = "ivf-fp16"
     for start in range(0, rows, ADD_BATCH):
-        index.add(fused_rows(store, start, min(start + ADD_BATCH, rows), image_weight))
+        index.add(fused_rows(store, slice(start, start + ADD_BATCH), image_weight))
     built = SearchIndex(index, store.manifest["image_dim"], store.manifest["text_dim"], image_weight, kind, 1.0,
                         _shared(store))
     if kind != "exact":
@@ -103,18 +103,12 @@ def build_index(store: FeatureStore, image_weight: float, exact_limit: int = EXA
     return built
 
 
-def _gather(store: FeatureStore, rows: np.ndarray, image_weight: float) -> np.ndarray:
-    return np.concatenate([math.sqrt(image_weight) * np.asarray(store.image[rows], dtype=np.float32),
-                           math.sqrt(1 - image_weight) * np.asarray(store.text("plain")[rows], dtype=np.float32)],
-                          axis=1)
-
-
 def sample_queries(store: FeatureStore, image_weight: float, n: int = SAMPLE_QUERIES, seed: int = 1) -> np.ndarray:
     """Queries like a user's: stored products with their features perturbed (not the stored vectors
     themselves, which would find themselves first)."""
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(store.ids), min(n, len(store.ids)), replace=False))
-    queries = _gather(store, rows, image_weight)
+    queries = fused_rows(store, rows, image_weight)
     queries += rng.normal(0, 0.3 / math.sqrt(queries.shape[1]), queries.shape).astype(np.float32)
     return queries
 
@@ -126,7 +120,7 @@ def exact_neighbours(store: FeatureStore, queries: np.ndarray, image_weight: flo
     best_scores = np.full((len(queries), k), -np.inf, np.float32)
     best_rows = np.zeros((len(queries), k), np.int64)
     for start in range(0, len(store.ids), ADD_BATCH):
-        block = fused_rows(store, start, min(start + ADD_BATCH, len(store.ids)), image_weight)
+        block = fused_rows(store, slice(start, start + ADD_BATCH), image_weight)
         flat = faiss.IndexFlatIP(block.shape[1])
         flat.add(block)
         scores, rows = flat.search(queries, k)

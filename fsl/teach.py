@@ -132,10 +132,8 @@ def confidences(categories: list[Category], image: np.ndarray | None, text: np.n
 
 # Taught categories on disk ---------------------------------------------------------------------
 
-def read_texts(path: str | os.PathLike | None) -> dict[str, str]:
-    """--texts: a CSV with columns file,text; a malformed one is an error naming it, never a traceback."""
-    if path is None:
-        return {}
+def read_text_rows(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """A CSV with columns file,text as (file, text) rows; a malformed one is an error naming it."""
     if not Path(path).is_file():
         raise FslError(f"--texts {path} is not a file")
     try:
@@ -145,7 +143,12 @@ def read_texts(path: str | os.PathLike | None) -> dict[str, str]:
                        "expected the columns file,text") from None
     if not {"file", "text"} <= set(table.columns):
         raise FslError(f"--texts {path} needs the columns file,text (found {list(table.columns)})")
-    return dict(zip(table["file"], table["text"]))
+    return list(zip(table["file"], table["text"]))
+
+
+def read_texts(path: str | os.PathLike | None) -> dict[str, str]:
+    """--texts: each photo's product text, by file name."""
+    return {} if path is None else dict(read_text_rows(path))
 
 
 @dataclass
@@ -195,9 +198,9 @@ def read_support_folder(folder: str | os.PathLike, photos_required: bool = True)
     if len(categories) < 2:
         raise FslError(f"--support {root} has {len(categories)} category folder(s); a choice needs at least two "
                        f"(one sub-folder of example photos per category)")
-    texts = read_texts(root / "texts.csv") if (root / "texts.csv").is_file() else {}
-    support = SupportFolder(root, [], [], [], {f: t for f, t in texts.items() if not f.endswith("/")})
-    for file, text in texts.items():
+    rows = read_text_rows(root / "texts.csv") if (root / "texts.csv").is_file() else []
+    support = SupportFolder(root, [], [], [], {f: t for f, t in rows if not f.endswith("/")})
+    for file, text in rows:  # a category may have several texts without a photo: every row counts
         if file.endswith("/") and text:
             support.category_texts.setdefault(file.rstrip("/"), []).append(text)
     seen: dict[str, Path] = {}
@@ -224,7 +227,6 @@ def read_support_folder(folder: str | os.PathLike, photos_required: bool = True)
         support.photos += usable
         support.labels += [len(support.classes) - 1] * len(usable)
     return support
-
 
 
 def save_categories(categories: list[Category], folder: str | os.PathLike) -> Path:

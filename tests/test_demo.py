@@ -245,11 +245,11 @@ def test_the_saved_folder_is_a_support_folder_for_fsl_predict(served, backend, t
     url, catalog = served
     session = client(url)
     teach(session, "Watches", photos(catalog, "Watches")[:2])
-    teach(session, "Bags", photos(catalog, "Handbags")[:2], texts="a leather bag")
+    teach(session, "Bags", photos(catalog, "Handbags")[:2], texts="a leather bag\na red tote")
     session.predict("for-predict", api_name="/save")
     support = read_support_folder(backend.saved_root / "for-predict")
     assert support.classes == ["Bags", "Watches"] and len(support.photos) == 4
-    assert support.category_texts == {"Bags": ["a leather bag"]}
+    assert support.category_texts == {"Bags": ["a leather bag", "a red tote"]}  # every text of a category
 
 
 def test_bad_saves_and_loads_are_messages_and_change_nothing(served, backend, tmp_path):
@@ -263,6 +263,9 @@ def test_bad_saves_and_loads_are_messages_and_change_nothing(served, backend, tm
     assert "cannot be used as a file name" in session.predict("../escape", api_name="/save")[0]
     assert not (backend.saved_root.parent / "escape").exists()
     assert "Pick a saved set" in session.predict("no-such-set", api_name="/load_saved")[0]
+    uploads = backend.saved_root / ".uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    before = set(uploads.iterdir())  # what earlier, accepted uploads keep (their photos are shown)
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as bundle:
         bundle.writestr("../outside.txt", "x")
@@ -275,6 +278,7 @@ def test_bad_saves_and_loads_are_messages_and_change_nothing(served, backend, tm
     with zipfile.ZipFile(one, "w") as bundle:
         bundle.write(photos(catalog, "Watches")[0], "Watches/a.jpg")
     assert "a choice needs at least two" in session.predict(gradio_client.handle_file(str(one)), api_name="/load_zip")[0]
+    assert set(uploads.iterdir()) == before  # rejected uploads leave nothing behind
 
 
 def test_remove_an_example_then_a_category(served):
