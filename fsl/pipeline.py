@@ -8,6 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from fsl import FslError
@@ -22,11 +23,12 @@ from fsl.episodes import (
     draw_episode_set,
     split_classes,
 )
-from fsl.evaluate import EvalResult, run_episodes
+from fsl.evaluate import EvalResult, run_episodes, store_rows
 from fsl.features import DEFAULT_ROOT, FeatureStore, embed_catalog
 from fsl.fusion import create_fusion, store_features
 from fsl.io import CACHE_DIR, read_csv, write_bytes
 from fsl.methods import FewShotHead, create_head
+from fsl.shift import RERENDERED, SHIFTED_PAIRS, ReplacedImages, draw_temporal_sets, rerendered_image_features
 
 DEFAULT_EPISODES_DIR = Path("episodes")
 DEFAULT_CHECKPOINTS = Path("checkpoints")
@@ -123,6 +125,8 @@ def draw_standard_episodes(catalog: Catalog, root: str | os.PathLike = DEFAULT_E
                                        split_name, catalog.fingerprint, n_way, k_shot, q_query, n_episodes,
                                        seed=seed * 1000 + offset)
         files[out / f"{episode_set.name}.npz"] = episode_set.to_bytes()
+    for name, episode_set in draw_temporal_sets(catalog, split, seed * 1000 + len(benchmarks), n_episodes).items():
+        files[out / f"{name}.npz"] = episode_set.to_bytes()
     changed = [path for path, payload in files.items() if path.exists() and path.read_bytes() != payload]
     if changed and not force:
         raise FslError(f"{changed[0]} exists with other content{f' (and {len(changed) - 1} more)' if len(changed) > 1 else ''}; "
@@ -179,13 +183,16 @@ def base_classes(catalog: Catalog, config: ExperimentConfig, split_seed: int,
     return sorted(split.loc[split["split"] == "base", "class"])
 
 
-def base_mean(config: ExperimentConfig, catalog: Catalog, features, episodes_root) -> torch.Tensor:
-    """[D] mean raw feature of the base-class products of the split the config's episodes come from:
-    knowledge from base classes (SimpleShot's centring), never from a val or novel class."""
+def base_products(config: ExperimentConfig, catalog: Catalog, features, episodes_root) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw features [n, D] and class indices [n] of the base-class products of the split the config's
+    episodes come from: what SimpleShot's centring and GDA's covariance prior may know, never a val
+    or novel class."""
     split_seed = load_episode_set(config, catalog, config.episodes[0], episodes_root).meta["split_seed"]
     classes = base_classes(catalog, config, split_seed, episodes_root)
-    rows = np.flatnonzero(catalog.labels(config.label_column).isin(classes).to_numpy())
-    return torch.from_numpy(np.asarray(features[rows], dtype=np.float64).mean(0).astype(np.float32))
+    labels = catalog.labels(config.label_column)
+    rows = np.flatnonzero(labels.isin(classes).to_numpy())
+    codes = pd.Categorical(labels.iloc[rows], categories=classes).codes
+    return (torch.from_numpy(np.asarray(features[rows], dtype=np.float32)), torch.from_numpy(codes.astype(np.int64)))
 
 
 def experiment_head(config: ExperimentConfig, catalog: Catalog, store_root: str | os.PathLike = DEFAULT_ROOT,
@@ -193,31 +200,48 @@ def experiment_head(config: ExperimentConfig, catalog: Catalog, store_root: str 
                     episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
                     checkpoint: str | os.PathLike | None = None):
     """(store, its features as the config sees them, the head): a trained head loads `checkpoint`, or
-    its best one; a head that centres on the base classes gets their mean."""
+    its best one; a head that learns from the base classes gets their products."""
     store = open_store(catalog, config.encoder, store_root)
     head = build_head(config, store)
     features = store_features(store, config.text_variant)
     if checkpoint is not None or config.train is not None:
         load_head(checkpoint or checkpoint_dir(config, checkpoints_root) / "best", head, store.encoder_id)
-    if head.needs_base_mean:
-        head.base_mean.copy_(base_mean(config, catalog, features, episodes_root))
+    if head.needs_base_classes:
+        head.fit_base(*base_products(config, catalog, features, episodes_root))
     return store, features, head
 
 
 def run_experiment(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
                    store_root: str | os.PathLike = DEFAULT_ROOT, progress: bool = True,
-                   checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS) -> list[EvalResult]:
-    """One config's head on each of its frozen episode sets."""
+                   checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS, shifted: bool = False) -> list[EvalResult]:
+    """One config's head on each of its frozen episode sets; with `shifted`, on the shifted query
+    sets of fsl/shift.py and their controls too (a set named X+rerendered is set X with re-rendered
+    query photos)."""
     store, features, head = experiment_head(config, catalog, store_root, checkpoints_root, episodes_root)
     hparams = {"head": config.method, "fusion": config.fusion, "transductive": head.transductive,
                "text_variant": config.text_variant if config.fusion != "image" else "-", "encoder": store.encoder_id,
                **flat_options(config)}
+    names = list(config.episodes)
+    if shifted:
+        for name in (name for pair in SHIFTED_PAIRS.items() for name in pair if name not in names):
+            path = episodes_dir_for(catalog, episodes_root) / f"{config.label_column}-{name.removesuffix(RERENDERED)}.npz"
+            if path.is_file():
+                names.append(name)
+            else:
+                print(f"fsl: {config.name}: no shifted set {name} for this catalog ({path.name} was not drawn)",
+                      file=sys.stderr)
     results = []
-    for name in config.episodes:
-        episode_set = load_episode_set(config, catalog, name, episodes_root)
+    for name in names:
+        episode_set = load_episode_set(config, catalog, name.removesuffix(RERENDERED), episodes_root)
         check_alignment(store, episode_set)
         class_text = class_text_table(config, episode_set.meta["classes"], store) if head.needs_class_text else None
-        accuracy = run_episodes(head, features, store.ids, episode_set, config.batch_size, progress, class_text)
+        query_features = None
+        if name.endswith(RERENDERED):
+            ids, image = rerendered_image_features(store, catalog, encoder_from_config(config.encoder),
+                                                   episode_set.episodes.query, progress)
+            query_features = ReplacedImages(features, store_rows(store.ids, ids), image, store.manifest["image_dim"])
+        accuracy = run_episodes(head, features, store.ids, episode_set, config.batch_size, progress, class_text,
+                                query_features=query_features)
         results.append(EvalResult(config.name, name, accuracy,
                                   {**hparams, "n_way": episode_set.episodes.n_way,
                                    "k_shot": episode_set.episodes.k_shot}))

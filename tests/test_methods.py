@@ -308,3 +308,122 @@ def test_tip_adapter_equals_a_plain_per_episode_loop_and_learns_a_toy_task():
                        zero_shot(support, labels, query, 5, class_text).argmax(-1))  # alpha 0: zero-shot
     with pytest.raises(FslError, match="alpha must be a finite number"):
         create_head("tip_adapter", create_fusion("image", IMAGE_DIM, TEXT_DIM), alpha=-1.0)
+
+
+@pytest.mark.parametrize("method,options", [
+    ("tim", {}), ("laplacian_shot", {}), ("lp_plus_plus", {}), ("tip_adapter", {"finetune": True, "alpha": 10.0}),
+])
+def test_each_new_head_learns_a_separable_toy_task(method, options):
+    support, labels, query, query_labels = toy_episodes(noise=0.6, seed=5)
+    class_text = query.view(8, 5, 6, -1).mean(2)[..., IMAGE_DIM:]
+    head = create_head(method, create_fusion("concat", IMAGE_DIM, TEXT_DIM), **options)
+    with torch.no_grad():
+        logits = head(support, labels, query, 5, class_text)
+    assert logits.shape == (8, 30, 5) and torch.isfinite(logits).all()
+    assert accuracy(logits, query_labels) > 0.95
+
+
+def test_tim_predicts_as_easyfsl():
+    """Same fine-tuned prototypes as easyfsl's TIM, one episode at a time; the batched optimiser
+    must not let episodes share a gradient (a steep learning rate makes any leak visible)."""
+    from easyfsl.methods import TIM as EasyTIM
+
+    support, labels, query, _ = toy_episodes(n_episodes=4, k_shot=2, q_query=5, noise=1.5, seed=8)
+    options = {"steps": 30, "lr": 1e-2, "temperature": 10.0}
+    ours = create_head("tim", create_fusion("image", IMAGE_DIM + TEXT_DIM, 0), **options)
+    assert ours.transductive
+    predicted = ours(support, labels, query, 5)
+    theirs = EasyTIM(torch.nn.Identity(), fine_tuning_steps=30, fine_tuning_lr=1e-2, temperature=10.0)
+    for e in range(4):
+        theirs.process_support_set(support[e], labels[e])
+        reference = theirs(query[e]) * 10.0  # easyfsl returns the cosine, we return temperature · cosine
+        torch.testing.assert_close(predicted[e], reference, atol=1e-4, rtol=1e-4)
+    alone = ours(support[:1], labels[:1], query[:1], 5)
+    torch.testing.assert_close(alone[0], predicted[0], atol=1e-5, rtol=1e-5)  # batch-mates change nothing
+
+
+def test_laplacian_shot_predicts_as_easyfsl():
+    from easyfsl.methods import LaplacianShot as EasyLaplacianShot
+
+    support, labels, query, _ = toy_episodes(n_episodes=5, k_shot=3, q_query=6, noise=1.4, seed=9)
+    ours = create_head("laplacian_shot", create_fusion("image", IMAGE_DIM + TEXT_DIM, 0), knn=3)
+    assert ours.transductive
+    with torch.no_grad():
+        predicted = ours(support, labels, query, 5).exp()
+    theirs = EasyLaplacianShot(knn=4).eval()  # its k includes the point itself (module docstring)
+    with torch.no_grad():
+        for e in range(5):
+            theirs.process_support_set(support[e], labels[e])
+            reference = theirs(query[e])
+            assert torch.equal(predicted[e].argmax(-1), reference.argmax(-1))
+            torch.testing.assert_close(predicted[e], reference, atol=1e-3, rtol=1e-3)
+
+
+def test_lp_plus_plus_fits_a_probe_that_uses_the_class_names():
+    """With names that carry the class, LP++'s text term helps at one shot; α = 0 steps leave a plain
+    probe. Offline image-only features have no text to blend: refused."""
+    support, labels, query, query_labels = toy_episodes(n_episodes=8, k_shot=1, q_query=6, noise=1.2, seed=12)
+    class_text = query.view(8, 5, 6, -1).mean(2)[..., IMAGE_DIM:]
+    fusion = create_fusion("concat", IMAGE_DIM, TEXT_DIM)
+    with_names = create_head("lp_plus_plus", fusion)(support, labels, query, 5, class_text)
+    wrong_names = create_head("lp_plus_plus", fusion)(support, labels, query, 5, class_text.roll(1, dims=1))
+    assert accuracy(with_names, query_labels) > accuracy(wrong_names, query_labels) + 0.1
+    support_logits = create_head("lp_plus_plus", fusion)(support, labels, support, 5, class_text)
+    assert accuracy(support_logits, labels[0]) == 1.0  # the support set is fitted
+    with pytest.raises(FslError, match="share one space"):
+        create_head("lp_plus_plus", create_fusion("image", IMAGE_DIM, TEXT_DIM))
+    with pytest.raises(FslError, match="steps must be a finite number"):
+        create_head("lp_plus_plus", fusion, steps=0)
+
+
+def test_tip_adapter_f_tunes_each_episode_s_keys_on_its_own_support():
+    support, labels, query, query_labels = toy_episodes(n_episodes=4, k_shot=3, q_query=4, noise=1.0, seed=6)
+    class_text = torch.zeros(4, 5, TEXT_DIM)  # uninformative names: only the cache can decide
+    fusion = create_fusion("concat", IMAGE_DIM, TEXT_DIM)
+    tuned = create_head("tip_adapter", fusion, alpha=1.0, beta=5.5, finetune=True, steps=20, lr=1e-2)
+    plain = create_head("tip_adapter", fusion, alpha=1.0, beta=5.5)
+    embedded = [tuned.embed(x) for x in (support, query)]
+    keys = tuned.tuned_keys(embedded[0], labels, F.one_hot(labels, 5).float(), torch.zeros(4, 5, IMAGE_DIM + TEXT_DIM))
+    assert not torch.allclose(keys, embedded[0])  # the keys moved
+    alone = tuned.tuned_keys(embedded[0][:1], labels[:1], F.one_hot(labels[:1], 5).float(),
+                             torch.zeros(1, 5, IMAGE_DIM + TEXT_DIM))
+    torch.testing.assert_close(alone[0], keys[0], atol=1e-6, rtol=1e-6)  # batch-mates change nothing
+    def support_loss(head):
+        logits = head(support, labels, support, 5, class_text)
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten()).item()
+    assert support_loss(tuned) < support_loss(plain)  # fine-tuning fits the support set better
+    with pytest.raises(FslError, match="finetune must be true or false"):
+        create_head("tip_adapter", fusion, finetune="yes")
+
+
+def test_gda_base_prior_equals_the_dense_formula_and_zero_shot_weight_adds_name_logits():
+    support, labels, query, _ = toy_episodes(n_episodes=3, k_shot=4, q_query=5, noise=0.8, seed=13)
+    fusion = create_fusion("image", IMAGE_DIM + TEXT_DIM, 0)
+    head = create_head("gda", fusion, shrinkage=0.3, prior="base")
+    assert head.needs_base_classes and not head.needs_class_text
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(200, IMAGE_DIM + TEXT_DIM, generator=g) * torch.linspace(0.2, 2, IMAGE_DIM + TEXT_DIM)
+    base_labels = torch.arange(200) % 4
+    head.fit_base(base, base_labels)
+    logits = head(support, labels, query, 5).double()
+    b, s, q = base.double(), support.double(), query.double()
+    class_means = torch.stack([b[base_labels == c].mean(0) for c in range(4)])
+    pooled = (b - class_means[base_labels]).T @ (b - class_means[base_labels]) / 200
+    pooled += 1e-4 * pooled.trace() / len(pooled) * torch.eye(len(pooled), dtype=torch.float64)
+    for e in range(3):
+        means = torch.stack([s[e][labels[e] == c].mean(0) for c in range(5)])
+        z = s[e] - means[labels[e]]
+        within = z.T @ z / len(z)
+        sigma = 0.7 * within + 0.3 * within.trace() / (pooled.trace() - 1e-4 * pooled.trace()) * pooled
+        weights = torch.linalg.solve(sigma, means.T).T
+        expected = q[e] @ weights.T - 0.5 * (weights * means).sum(-1)
+        torch.testing.assert_close(logits[e], expected, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="needs fit_base"):
+        create_head("gda", fusion, prior="base")(support, labels, query, 5)
+    concat = create_fusion("concat", IMAGE_DIM, TEXT_DIM)
+    names = torch.randn(3, 5, TEXT_DIM, generator=g)
+    plain = create_head("gda", concat)(support, labels, query, 5)
+    ensemble = create_head("gda", concat, zero_shot_weight=0.5)
+    assert ensemble.needs_class_text
+    zero_shot = create_head("zero_shot", concat, temperature=0.01)(support, labels, query, 5, names)
+    torch.testing.assert_close(ensemble(support, labels, query, 5, names), plain + 0.5 * zero_shot, rtol=1e-4, atol=1e-3)

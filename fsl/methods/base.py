@@ -8,10 +8,21 @@ example of an episode set once. Heads that read class names also get class_text 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
+from fsl import FslError
 from fsl.fusion import Fusion
+
+
+def check_positive(head: str, allow_zero: bool = False, **options) -> None:
+    """Refuse a non-numeric, infinite or out-of-range option before any episode runs: a YAML typo
+    (`lr: 1e-4` read as text, a negative step count) must not reach the maths."""
+    for name, value in options.items():
+        if type(value) not in (int, float) or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            raise FslError(f"{head} {name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
 
 
 class FewShotHead(nn.Module):
@@ -19,7 +30,7 @@ class FewShotHead(nn.Module):
     parameters, so train.py optimises whatever a head registers."""
 
     needs_class_text = False
-    needs_base_mean = False  # True for heads that centre features on the base classes' mean (set_base_mean)
+    needs_base_classes = False  # True for heads that learn statistics of the base classes (fit_base)
     transductive = False  # True for heads that read all queries of an episode together: reported apart
 
     def __init__(self, fusion: Fusion):
@@ -40,6 +51,10 @@ class FewShotHead(nn.Module):
                  n_way: int, class_text: torch.Tensor | None = None) -> torch.Tensor:
         """Embedded support [E, N*K, D'] and query [E, Q, D'] -> logits [E, Q, N]."""
         raise NotImplementedError
+
+    def fit_base(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Statistics of the base-class products ([n, D] raw features, [n] class indices): knowledge
+        from base classes, never from a validation or novel class (the pipeline passes only those)."""
 
     @property
     def meta_trainable(self) -> bool:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from fsl.fusion import Fusion
-from fsl.methods.base import FewShotHead
+from fsl.methods.base import FewShotHead, check_positive
 
 
 def cosine(x: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
@@ -22,20 +22,26 @@ def cosine(x: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=-1) @ F.normalize(prototypes, dim=-1).transpose(1, 2)
 
 
+def rectified_prototypes(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int,
+                         temperature: float) -> torch.Tensor:
+    """[E, N, D] prototypes after BD-CSPN's two corrections (LaplacianShot starts from them too)."""
+    prototypes = FewShotHead.prototypes(support, support_labels, n_way)  # [E, N, D]
+    shifted = query + support.mean(1, keepdim=True) - query.mean(1, keepdim=True)
+    support_weights = (temperature * cosine(support, prototypes)).exp() * F.one_hot(support_labels, n_way)
+    query_scores = (temperature * cosine(shifted, prototypes)).exp()
+    query_weights = query_scores * F.one_hot(query_scores.argmax(-1), n_way)  # pseudo-labels
+    total = support_weights.sum(1) + query_weights.sum(1)  # [E, N]
+    return ((support_weights.transpose(1, 2) @ support + query_weights.transpose(1, 2) @ shifted)
+            / total.unsqueeze(-1))
+
+
 class BDCSPN(FewShotHead):
     transductive = True
 
     def __init__(self, fusion: Fusion, temperature: float = 10.0):
         super().__init__(fusion)
+        check_positive("bd_cspn", temperature=temperature)
         self.temperature = temperature
 
     def classify(self, support, support_labels, query, n_way, class_text=None):
-        prototypes = self.prototypes(support, support_labels, n_way)  # [E, N, D]
-        shifted = query + support.mean(1, keepdim=True) - query.mean(1, keepdim=True)
-        support_weights = (self.temperature * cosine(support, prototypes)).exp() * F.one_hot(support_labels, n_way)
-        query_scores = (self.temperature * cosine(shifted, prototypes)).exp()
-        query_weights = query_scores * F.one_hot(query_scores.argmax(-1), n_way)  # pseudo-labels
-        total = support_weights.sum(1) + query_weights.sum(1)  # [E, N]
-        rectified = ((support_weights.transpose(1, 2) @ support + query_weights.transpose(1, 2) @ shifted)
-                     / total.unsqueeze(-1))  # [E, N, D]
-        return cosine(query, rectified)  # [E, Q, N]
+        return cosine(query, rectified_prototypes(support, support_labels, query, n_way, self.temperature))

@@ -2,39 +2,79 @@
 training-free CLIP-based adaptation"): class means and one shared covariance give a linear
 classifier in closed form, w_c = Σ⁻¹ μ_c, b_c = -½ μ_cᵀ Σ⁻¹ μ_c (equal priors).
 
-With K ≤ 5 examples per class the covariance is singular: it is shrunk towards a scaled identity,
-Σ = (1 − α) S + α tr(S)/D · I, as scikit-learn's `LinearDiscriminantAnalysis(solver="lsqr",
-shrinkage=α)` does. S has rank ≤ N·K, so Σ⁻¹ comes through the Woodbury identity from an
-[N·K, N·K] system per episode, never a [D, D] one. At one shot S = 0 and GDA is ProtoNet.
+With K ≤ 5 examples per class the covariance is singular: it is shrunk towards a prior,
+Σ = (1 − α) S + α P. `prior: identity` takes P = tr(S)/D · I, as scikit-learn's
+`LinearDiscriminantAnalysis(solver="lsqr", shrinkage=α)` does; `prior: base` takes the base
+classes' pooled within-class covariance, rescaled to the same trace (what correlations the features
+have on classes seen before). S has rank ≤ N·K, so Σ⁻¹ comes through the Woodbury identity from an
+[N·K, N·K] system per episode, never a [D, D] one per episode. At one shot S = 0: with the
+identity prior GDA is ProtoNet.
+
+`zero_shot_weight` > 0 adds that multiple of the zero-shot logits (100 · cosine to the class-name
+prompts) to GDA's, the paper's ensemble; with the offline pair the names meet the text part only.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from fsl import FslError
 from fsl.fusion import Fusion
-from fsl.methods.base import FewShotHead
+from fsl.methods.base import FewShotHead, check_positive
+from fsl.methods.tip_adapter import ZERO_SHOT_SCALE
 
 
 class GDA(FewShotHead):
-    def __init__(self, fusion: Fusion, shrinkage: float = 0.5):
+    def __init__(self, fusion: Fusion, shrinkage: float = 0.5, prior: str = "identity",
+                 zero_shot_weight: float = 0.0, shared_space: bool = False):
         super().__init__(fusion)
-        if not 0 < shrinkage <= 1:
-            raise FslError(f"gda shrinkage must be in (0, 1], got {shrinkage}")
-        self.shrinkage = shrinkage
+        if type(shrinkage) not in (int, float) or not 0 < shrinkage <= 1:
+            raise FslError(f"gda shrinkage must be in (0, 1], got {shrinkage!r}")
+        if prior not in ("identity", "base"):
+            raise FslError(f"unknown gda prior {prior!r}; choose identity or base")
+        check_positive("gda", allow_zero=True, zero_shot_weight=zero_shot_weight)
+        self.shrinkage, self.prior, self.zero_shot_weight, self.shared_space = shrinkage, prior, zero_shot_weight, shared_space
+        self.needs_base_classes = prior == "base"
+        self.needs_class_text = zero_shot_weight > 0
+        self.base_precision: torch.Tensor | None = None  # P⁻¹ [D', D'] and tr(P), set by fit_base
+        self.base_trace = 1.0
+
+    def fit_base(self, features, labels):
+        with torch.no_grad():
+            embedded = self.embed(features).double()
+        means = torch.zeros(int(labels.max()) + 1, embedded.shape[1], dtype=torch.float64).index_add_(0, labels, embedded)
+        means /= torch.bincount(labels).clamp_min(1).unsqueeze(-1)
+        centred = embedded - means[labels]
+        covariance = centred.T @ centred / len(centred)
+        trace = covariance.trace().item()
+        ridge = 1e-4 * trace / len(covariance) * torch.eye(len(covariance), dtype=torch.float64)  # never singular
+        self.base_precision, self.base_trace = torch.linalg.inv(covariance + ridge), trace
 
     def classify(self, support, support_labels, query, n_way, class_text=None):
         support, query = support.double(), query.double()
         means = self.prototypes(support, support_labels, n_way)  # [E, N, D]
         centred = support - torch.gather(means, 1, support_labels.unsqueeze(-1).expand_as(support))  # Z [E, M, D]
         m, d = centred.shape[1], centred.shape[2]
-        # Σ = a I + b Zᵀ Z with S = Zᵀ Z / M; a floor keeps one shot (S = 0) well defined
-        a = (self.shrinkage * centred.pow(2).sum((1, 2)) / (m * d)).clamp_min(1e-12)  # [E]
-        b = (1 - self.shrinkage) / m
-        inner = torch.eye(m, dtype=support.dtype) * (a / b)[:, None, None] + centred @ centred.transpose(1, 2)
-        # μ Σ⁻¹ = (μ − μ Zᵀ (a/b I + Z Zᵀ)⁻¹ Z) / a   (Woodbury)
-        correction = torch.linalg.solve(inner, centred @ means.transpose(1, 2)).transpose(1, 2) @ centred
-        weights = (means - correction) / a[:, None, None]  # [E, N, D]
+        trace = centred.pow(2).sum((1, 2)) / m  # tr(S) [E]
+        b = (1 - self.shrinkage) / m  # Σ = A + b ZᵀZ
+        if self.prior == "identity":  # A = a I; a floor keeps one shot (S = 0) well defined
+            a = (self.shrinkage * trace / d).clamp_min(1e-12)[:, None, None]
+            means_a, centred_a = means / a, centred / a  # μ A⁻¹, Z A⁻¹
+        else:  # A = α tr(S)/tr(P) · P, at one shot (S = 0) P itself
+            if self.base_precision is None:
+                raise ValueError("gda with prior: base needs fit_base (the pipeline passes the base classes)")
+            scale = torch.where(trace > 0, self.shrinkage * trace / self.base_trace, torch.ones_like(trace))
+            means_a = means @ self.base_precision / scale[:, None, None]
+            centred_a = centred @ self.base_precision / scale[:, None, None]
+        # μ Σ⁻¹ = μA⁻¹ − μA⁻¹ Zᵀ (I/b + Z A⁻¹ Zᵀ)⁻¹ Z A⁻¹   (Woodbury)
+        inner = torch.eye(m, dtype=support.dtype) / b + centred_a @ centred.transpose(1, 2)
+        weights = means_a - torch.linalg.solve(inner, centred @ means_a.transpose(1, 2)).transpose(1, 2) @ centred_a
         bias = -0.5 * (weights * means).sum(-1)  # [E, N]
-        return (query @ weights.transpose(1, 2) + bias.unsqueeze(1)).float()  # [E, Q, N]
+        logits = query @ weights.transpose(1, 2) + bias.unsqueeze(1)  # [E, Q, N]
+        if self.zero_shot_weight > 0:
+            if class_text is None:
+                raise ValueError("gda with zero_shot_weight needs class_text [E, N, Dt]")
+            names = F.normalize(self.class_features(class_text, self.shared_space), dim=-1).double()
+            logits = logits + self.zero_shot_weight * ZERO_SHOT_SCALE * F.normalize(query, dim=-1) @ names.transpose(1, 2)
+        return logits.float()

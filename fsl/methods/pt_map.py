@@ -16,9 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fsl import FslError
 from fsl.fusion import Fusion
-from fsl.methods.base import FewShotHead
+from fsl.methods.base import FewShotHead, check_positive
 from fsl.methods.protonet import squared_distances
 
 
@@ -29,10 +28,8 @@ class PTMAP(FewShotHead):
                  power: float = 0.5, normalize: bool = False, sinkhorn_steps: int = 1000,
                  tolerance: float = 1e-6):
         super().__init__(fusion)
-        for name, value in (("steps", steps), ("lr", lr), ("regularization", regularization), ("power", power),
-                            ("sinkhorn_steps", sinkhorn_steps), ("tolerance", tolerance)):
-            if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
-                raise FslError(f"pt_map {name} must be a finite number > 0, got {value!r}")
+        check_positive("pt_map", steps=steps, lr=lr, regularization=regularization, power=power,
+                       sinkhorn_steps=sinkhorn_steps, tolerance=tolerance)
         self.steps, self.lr, self.regularization, self.power = steps, lr, regularization, power
         self.normalize, self.sinkhorn_steps, self.tolerance = normalize, sinkhorn_steps, tolerance
 

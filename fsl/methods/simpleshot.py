@@ -25,8 +25,11 @@ class SimpleShot(FewShotHead):
         if centering not in ("base", "none"):
             raise FslError(f"unknown simpleshot centering {centering!r}; choose base (CL2N) or none (L2N)")
         self.centering = centering
-        self.needs_base_mean = centering == "base"
-        self.register_buffer("base_mean", torch.zeros(fusion.image_dim + fusion.text_dim))  # [D], set by the pipeline
+        self.needs_base_classes = centering == "base"
+        self.register_buffer("base_mean", torch.zeros(fusion.image_dim + fusion.text_dim))  # [D], set by fit_base
+
+    def fit_base(self, features, labels):
+        self.base_mean.copy_(features.double().mean(0).float())
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.fusion(features - self.base_mean), dim=-1)

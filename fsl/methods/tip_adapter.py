@@ -7,18 +7,22 @@ weight α, to the zero-shot logits (100 · cosine to the class-name prompts, CLI
 or the aligned offline pair (`fsl align`) the prompts meet photos and texts; with the plain offline
 pair they meet the text part only. α and β are chosen on validation classes (the paper searches them
 on its validation split too).
+
+`finetune: true` is Tip-Adapter-F: the cache keys become parameters, initialised as the support
+features and trained for a few Adam steps on the support set's cross-entropy (the paper trains 20
+epochs with AdamW and a cosine schedule). Every episode has its own keys; the summed loss gives each
+episode exactly its own gradient, and Adam's update is element-wise, so one batched optimiser is
+the same as one per episode.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 
 from fsl import FslError
 from fsl.fusion import Fusion
-from fsl.methods.base import FewShotHead
+from fsl.methods.base import FewShotHead, check_positive
 
 ZERO_SHOT_SCALE = 100.0  # CLIP's logit scale
 
@@ -26,21 +30,44 @@ ZERO_SHOT_SCALE = 100.0  # CLIP's logit scale
 class TipAdapter(FewShotHead):
     needs_class_text = True
 
-    def __init__(self, fusion: Fusion, alpha: float = 1.0, beta: float = 5.5, shared_space: bool = False):
+    def __init__(self, fusion: Fusion, alpha: float = 1.0, beta: float = 5.5, shared_space: bool = False,
+                 finetune: bool = False, steps: int = 20, lr: float = 1e-3):
         super().__init__(fusion)
-        for name, value in (("alpha", alpha), ("beta", beta)):
-            if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
-                raise FslError(f"tip_adapter {name} must be a finite number >= 0, got {value!r}")
+        check_positive("tip_adapter", allow_zero=True, alpha=alpha, beta=beta)
+        check_positive("tip_adapter", steps=steps, lr=lr)
+        if type(finetune) is not bool:
+            raise FslError(f"tip_adapter finetune must be true or false, got {finetune!r}")
         self.alpha, self.beta, self.shared_space = alpha, beta, shared_space
+        self.finetune, self.steps, self.lr = finetune, int(steps), lr
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.fusion(features), dim=-1)
+
+    def logits(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """[E, X, D] -> [E, X, N]: zero-shot logits plus α · the cache's affinity-weighted labels."""
+        affinity = torch.exp(-self.beta * (1 - x @ keys.transpose(1, 2)))  # [E, X, N*K]
+        return ZERO_SHOT_SCALE * x @ classes.transpose(1, 2) + self.alpha * affinity @ values
 
     def classify(self, support, support_labels, query, n_way, class_text=None):
         if class_text is None:
             raise ValueError("tip_adapter needs class_text [E, N, Dt]: the harness embeds the class names")
         classes = F.normalize(self.class_features(class_text, self.shared_space), dim=-1)  # [E, N, D]
-        zero_shot = ZERO_SHOT_SCALE * query @ classes.transpose(1, 2)  # [E, Q, N]
-        affinity = torch.exp(-self.beta * (1 - query @ support.transpose(1, 2)))  # [E, Q, N*K]
         values = F.one_hot(support_labels, n_way).to(query.dtype)  # [E, N*K, N]
-        return zero_shot + self.alpha * affinity @ values
+        keys = support.detach()
+        if self.finetune:
+            keys = self.tuned_keys(support.detach(), support_labels, values, classes.detach())
+        return self.logits(query, keys, values, classes)
+
+    def tuned_keys(self, support, support_labels, values, classes) -> torch.Tensor:
+        keys = support.clone().requires_grad_()
+        optimizer = torch.optim.AdamW([keys], lr=self.lr, eps=1e-4)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.steps)
+        with torch.enable_grad():
+            for _ in range(self.steps):
+                logits = self.logits(support, keys, values, classes)  # [E, N*K, N]
+                loss = F.cross_entropy(logits.flatten(0, 1), support_labels.flatten(), reduction="sum")
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+        return keys.detach()

@@ -1,0 +1,98 @@
+"""The shifted query sets: temporal episodes with their paired control, re-rendered query photos,
+and the encoder's preprocessing keeping a non-square product in frame."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from fsl.episodes import ClassSplit
+from fsl.shift import ReplacedImages, draw_temporal_sets, rerender
+
+
+def dated_catalog(late_per_class=12):
+    rows = []
+    for c, name in enumerate(["A", "B", "C", "D", "E", "F", "G"]):
+        rows += [{"id": 1000 * (c + 1) + i, "articleType": name, "year": 2011.0} for i in range(20)]
+        rows += [{"id": 1000 * (c + 1) + 500 + i, "articleType": name, "year": 2015.0} for i in range(late_per_class)]
+    rows.append({"id": 99_999, "articleType": "A", "year": float("nan")})  # undated: in neither period
+    products = pd.DataFrame(rows)
+    catalog = SimpleNamespace(products=products, fingerprint="f" * 16, labels=lambda column: products[column])
+    table = pd.DataFrame({"class": list("ABCDEFG"), "count": 32, "split": "novel", "parent": ""})
+    return catalog, ClassSplit("articleType", 0, 10, table)
+
+
+def test_temporal_episodes_take_support_early_queries_late_and_a_control_with_the_same_support():
+    catalog, split = dated_catalog()
+    sets = draw_temporal_sets(catalog, split, seed=6, n_episodes=40)
+    shifted, control = sets["articleType-novel-5w5s-temporal"], sets["articleType-novel-5w5s-temporal-control"]
+    year = catalog.products.set_index("id")["year"]
+    label = catalog.products.set_index("id")["articleType"]
+    assert (year[shifted.episodes.support.ravel()] < 2012).all()
+    assert (year[shifted.episodes.query.ravel()] >= 2012).all()
+    assert (year[control.episodes.query.ravel()] < 2012).all()
+    np.testing.assert_array_equal(shifted.episodes.support, control.episodes.support)  # paired: same support
+    np.testing.assert_array_equal(shifted.episodes.classes, control.episodes.classes)
+    for e in range(40):
+        assert not set(control.episodes.query[e]) & set(control.episodes.support[e])
+        names = np.array(shifted.meta["classes"])[shifted.episodes.classes[e]]
+        for episodes in (shifted.episodes, control.episodes):  # class-major blocks, labels 0..4
+            np.testing.assert_array_equal(label[episodes.query[e]].to_numpy(), np.repeat(names, 10))
+            np.testing.assert_array_equal(label[episodes.support[e]].to_numpy(), np.repeat(names, 5))
+    again = draw_temporal_sets(catalog, split, seed=6, n_episodes=40)
+    assert all(again[name].to_bytes() == sets[name].to_bytes() for name in sets)  # same seed, same bytes
+    short, split = dated_catalog(late_per_class=9)  # 9 < 10 queries after 2012: no class qualifies
+    assert draw_temporal_sets(short, split, seed=6) == {}
+
+
+def test_rerender_is_deterministic_grey_three_by_four_and_smaller():
+    photo = Image.new("RGB", (224, 224), (200, 30, 30))
+    first, second = rerender(photo), rerender(photo)
+    assert np.array_equal(np.asarray(first), np.asarray(second))
+    assert first.size == (112, 149)  # 3:4, halved
+    top = np.asarray(first)[2, 56]
+    assert abs(int(top[0]) - 128) < 12 and abs(int(top[1]) - 128) < 12  # the grey backdrop
+
+
+def test_preprocessing_keeps_the_top_and_bottom_of_a_portrait_photo(offline_encoder):
+    portrait = np.full((400, 300, 3), 255, dtype=np.uint8)
+    portrait[:40] = (0, 0, 255)  # a blue band at the top, which a centre crop would cut away
+    pixels = offline_encoder.image_transform(Image.fromarray(portrait))  # [3, 224, 224], normalised to [-1, 1]
+    blue_rows = ((pixels[2] > 0.9) & (pixels[0] < -0.9)).any(dim=1)
+    assert blue_rows.any()  # the band is still in frame
+    square = Image.fromarray(np.full((224, 224, 3), 255, dtype=np.uint8))
+    assert torch.equal(offline_encoder.image_transform(square), offline_encoder.image_transform(square.copy()))
+
+
+def test_replaced_images_swap_the_image_part_of_the_listed_rows_only():
+    features = np.arange(24, dtype=np.float32).reshape(6, 4)  # image dim 2, text dim 2
+    replaced = ReplacedImages(features, np.array([4, 1]), np.array([[-4, -4], [-1, -1]], dtype=np.float32), 2)
+    out = replaced[np.array([1, 4])]
+    np.testing.assert_array_equal(out, [[-1, -1, 6, 7], [-4, -4, 18, 19]])
+    with pytest.raises(Exception, match="lacks its re-rendered photo"):
+        replaced[np.array([0])]
+
+
+def test_eval_shifted_runs_the_same_episodes_with_rerendered_queries_embedded_once(twelve_classes, capsys):
+    from fsl.config import EncoderConfig, ExperimentConfig
+    from fsl.pipeline import open_store, run_experiment
+
+    root, catalog = twelve_classes
+    config = ExperimentConfig(name="pn", method="protonet", fusion="image", episodes=("novel-5w5s",),
+                              encoder=EncoderConfig("clip", "FSL-Tiny", "none"))
+    results = {r.episode_set: r for r in run_experiment(config, catalog, root / "episodes", root / "store",
+                                                         progress=False, shifted=True)}
+    assert set(results) == {"novel-5w5s", "novel-5w5s+rerendered"}  # no temporal or 15-way set drawn here
+    said = capsys.readouterr().err
+    assert "re-rendering and embedding" in said and "no shifted set novel-5w5s-temporal" in said
+    assert not np.array_equal(results["novel-5w5s"].accuracy, results["novel-5w5s+rerendered"].accuracy)
+    cache = open_store(catalog, config.encoder, root / "store").path / "rerendered-v1.npz"
+    stamp = cache.stat().st_mtime_ns
+    again = run_experiment(config, catalog, root / "episodes", root / "store", progress=False, shifted=True)
+    assert "re-rendering" not in capsys.readouterr().err and cache.stat().st_mtime_ns == stamp  # cached
+    np.testing.assert_array_equal(again[1].accuracy, results["novel-5w5s+rerendered"].accuracy)
