@@ -82,15 +82,19 @@ def easyfsl_run(features: torch.Tensor, label_ids: list[int], n_episodes: int) -
     return n_episodes / (time.perf_counter() - start), float(np.mean(correct))
 
 
-def easyfsl_on_frozen(features: np.ndarray, ids, episode_set: EpisodeSet, method: str = "PrototypicalNetworks") -> np.ndarray:
-    """Per-episode accuracy of an easyfsl method (by class name) on our frozen episodes."""
+def easyfsl_on_frozen(features: np.ndarray, ids, episode_set: EpisodeSet, method: str = "PrototypicalNetworks",
+                      **options) -> np.ndarray:
+    """Per-episode accuracy of an easyfsl method (by class name, with its options) on our frozen episodes."""
+    import contextlib
+
     import easyfsl.methods
 
-    model = getattr(easyfsl.methods, method)().eval()
+    model = getattr(easyfsl.methods, method)(**options).eval()
     eps = episode_set.episodes
     support_labels, query_labels = torch.as_tensor(eps.support_labels), torch.as_tensor(eps.query_labels)
     accuracy = []
-    with torch.inference_mode():
+    # TIM fine-tunes its prototypes with autograd: no inference mode for it
+    with contextlib.nullcontext() if method == "TIM" else torch.inference_mode():
         for s, q in zip(store_rows(ids, eps.support), store_rows(ids, eps.query)):
             model.process_support_set(torch.from_numpy(features[s]), support_labels)
             accuracy.append((model(torch.from_numpy(features[q])).argmax(-1) == query_labels).double().mean().item())

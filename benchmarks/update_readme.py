@@ -1,8 +1,8 @@
 """Regenerate the README's results block from a real run (never typed by hand):
 every experiments/*.yaml on the frozen episodes of $FSL_DATA, a table of mean ± 95% CI (inductive
 and transductive heads apart), the paired difference of each experiment against the image-only
-prototype baseline, and docs/results.png; and the calibration block from calibration/*.json (what
-`fsl calibrate` wrote).
+prototype baseline, and docs/results.png; the calibration block from calibration/*.json (what
+`fsl calibrate` wrote); and the robustness block (shifted query sets, `fsl eval --shifted`).
 
     python benchmarks/update_readme.py [--data DIR] [--results results]
 
@@ -18,11 +18,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from fsl import FslError
 from fsl.catalog import load_catalog
 from fsl.config import load_config
 from fsl.encoder import encoder_id
+from fsl.episodes import STANDARD_BENCHMARKS
 from fsl.evaluate import (
     load_results,
     paired_difference,
@@ -32,6 +34,7 @@ from fsl.evaluate import (
 )
 from fsl.io import atomic_path
 from fsl.pipeline import run_experiment
+from fsl.shift import SHIFTED_PAIRS
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "protonet-image"
@@ -84,6 +87,31 @@ def markdown(catalog, frame) -> str:
     lines += ["", f"Paired difference against `{BASELINE}` on the same episodes (points, 95% CI):", "", *header]
     lines += rows_by_kind({m: t for m, t in methods.items() if m != BASELINE}, paired, len(sets))
     return "\n".join(lines)
+
+
+def shifted_markdown(frame) -> str:
+    """Per head: accuracy on each shifted set and its paired difference to the standard set it pairs
+    with (the same episodes, or the same support for the temporal control)."""
+    pairs = {name: standard for name, standard in SHIFTED_PAIRS.items() if name in set(frame["episode_set"])}
+    if not pairs:
+        return "No shifted results yet: run `fsl eval experiments/*.yaml --shifted`."
+    methods = kinds(frame[frame["episode_set"].isin(pairs)])
+
+    def cells(method):
+        group, out = frame[frame["method"] == method], []
+        for name, standard in pairs.items():
+            a = group[group["episode_set"] == name].sort_values("episode")["accuracy"].to_numpy()
+            b = group[group["episode_set"] == standard].sort_values("episode")["accuracy"].to_numpy()
+            if len(a) == 0 or len(a) != len(b):
+                out.append("—")
+                continue
+            difference, ci = paired_difference(a, b)
+            out.append(f"{100 * a.mean():.1f} ({100 * difference:+.1f} ± {100 * ci:.1f})")
+        return out
+
+    sets = [f"{name} (− {standard})" for name, standard in pairs.items()]
+    return "\n".join([f"| experiment | {' | '.join(sets)} |", "|---|" + "---|" * len(sets),
+                      *rows_by_kind(methods, cells, len(sets))])
 
 
 def from_results(configs, folder: Path):
@@ -151,17 +179,25 @@ def main() -> None:
     else:
         results = []
         for config in configs:
-            results += run_experiment(config, catalog, ROOT / "episodes", progress=False)
+            results += run_experiment(config, catalog, ROOT / "episodes", progress=False, shifted=True)
         frame, encoders = results_frame(results), sorted({r.hparams["encoder"] for r in results})
+    shifted = frame[frame["episode_set"].isin(list(SHIFTED_PAIRS) + list(SHIFTED_PAIRS.values()))
+                    & ~frame["episode_set"].isin(STANDARD_BENCHMARKS)]
+    frame = frame.drop(shifted.index)
     plot_summary(summary_table(frame), ROOT / "docs" / "results.png")
     block = (f"Encoder: `{', '.join(encoders)}`; catalog `{catalog.fingerprint}` ({len(catalog)} products); "
              f"600 frozen novel-class episodes per column, 15 queries per class. Accuracy in %, mean ± 95% CI.\n\n"
              + markdown(catalog, frame) + "\n\n![accuracy per method](docs/results.png)")
     calibration = calibration_markdown(ROOT / "calibration")
-    updated = fill(fill((ROOT / "README.md").read_text(), "results", block), "calibration", calibration)
+    robustness = (f"Encoder: `{', '.join(encoders)}`. Accuracy in % on each shifted set, and in brackets its paired "
+                  "difference (points, 95% CI) to the standard set it pairs with: the same 600 episodes with "
+                  "re-rendered query photos; for the temporal set, the same support and classes with queries from "
+                  "before 2012.\n\n" + shifted_markdown(pd.concat([shifted, frame])))
+    updated = fill(fill(fill((ROOT / "README.md").read_text(), "results", block), "calibration", calibration),
+                   "robustness", robustness)
     with atomic_path(ROOT / "README.md") as tmp:
         tmp.write_text(updated)
-    print(block, calibration, sep="\n\n")
+    print(block, calibration, robustness, sep="\n\n")
 
 
 if __name__ == "__main__":

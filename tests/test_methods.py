@@ -427,3 +427,58 @@ def test_gda_base_prior_equals_the_dense_formula_and_zero_shot_weight_adds_name_
     assert ensemble.needs_class_text
     zero_shot = create_head("zero_shot", concat, temperature=0.01)(support, labels, query, 5, names)
     torch.testing.assert_close(ensemble(support, labels, query, 5, names), plain + 0.5 * zero_shot, rtol=1e-4, atol=1e-3)
+
+
+def test_lp_plus_plus_kernel_form_equals_the_authors_primal_loop():
+    """The authors' loop, per episode, in the primal: a linear layer trained by SGD with momentum
+    0.9 at step 4M / λ_max(XᵀX), α stepped every 10 steps (with its own current gradient)."""
+    support, labels, query, _ = toy_episodes(n_episodes=3, k_shot=2, q_query=4, noise=1.0, seed=14)
+    class_text = torch.randn(3, 5, TEXT_DIM, generator=torch.Generator().manual_seed(2))
+    fusion = create_fusion("concat", IMAGE_DIM, TEXT_DIM)
+    head = create_head("lp_plus_plus", fusion, steps=40)
+    logits = head(support, labels, query, 5, class_text)
+    for e in range(3):
+        x, q = head.embed(support[e]).double(), head.embed(query[e]).double()
+        t = F.normalize(head.class_features(class_text[e:e + 1], False)[0], dim=-1).double()
+        scores, m = x @ t.T, len(x)
+        layer = torch.nn.Linear(x.shape[1], 5).double()
+        with torch.no_grad():
+            layer.weight.copy_(F.one_hot(labels[e], 5).double().T @ x)
+            layer.bias.zero_()
+        alpha = torch.full((5,), 250 * scores.mean().item(), dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.SGD(layer.parameters(), lr=4 * m / torch.linalg.eigvalsh(x.T @ x)[-1].item(),
+                                    momentum=0.9)
+        for step in range(40):
+            loss = F.cross_entropy(layer(x) + alpha * scores, labels[e])
+            optimizer.zero_grad()
+            alpha.grad = None
+            loss.backward()
+            optimizer.step()
+            if (step + 1) % 10 == 0:
+                with torch.no_grad():
+                    alpha -= m / (4 * scores.pow(2).sum(0).max()) * alpha.grad
+        expected = layer(q) + alpha * (q @ t.T)
+        torch.testing.assert_close(logits[e].double(), expected.detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_pt_map_stabilised_sinkhorn_equals_the_log_domain_loop_where_exp_underflows():
+    """Distances large enough that exp(-λ d²) underflows float64 (one class far from every query): the
+    block-scaled Sinkhorn gives the plain log-domain iterates, stopping rule included."""
+    g = torch.Generator().manual_seed(3)
+    query = torch.rand(3, 20, 16, generator=g, dtype=torch.float64) * 3
+    prototypes = torch.rand(3, 4, 16, generator=g, dtype=torch.float64) * 3
+    prototypes[:, 3] += 6.0  # exp(-30 · d²) of this class is 0 in float64 for every query
+    head = create_head("pt_map", create_fusion("image", 16, 0), regularization=30.0)
+    assert torch.exp(-30.0 * torch.cdist(query, prototypes[:, 3:]) ** 2).max() == 0
+    ours = head.assignments(query, prototypes)
+    log_plan = -30.0 * torch.cdist(query, prototypes) ** 2
+    log_plan = log_plan - log_plan.logsumexp((1, 2), keepdim=True)
+    for _ in range(1000):
+        rows = log_plan.logsumexp(2, keepdim=True)
+        log_plan = log_plan - rows
+        log_plan = log_plan + np.log(20 / 4) - log_plan.logsumexp(1, keepdim=True)
+        if (rows.exp() - 1).abs().max() < 1e-6:
+            break
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours.exp(), log_plan.exp(), atol=1e-8, rtol=1e-6)
+    torch.testing.assert_close(ours.exp().sum(1), torch.full((3, 4), 5.0, dtype=torch.float64))

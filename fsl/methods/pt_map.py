@@ -37,18 +37,41 @@ class PTMAP(FewShotHead):
         transformed = (self.fusion(features).relu() + 1e-6).pow(self.power)
         return F.normalize(transformed, dim=-1) if self.normalize else transformed
 
-    def assignments(self, query: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-        """[E, Q, N] log transport plan: rows sum to 1, every class receives Q / N queries."""
-        log_plan = -self.regularization * squared_distances(query, prototypes).clamp_min(0)
-        log_plan = log_plan - log_plan.logsumexp((1, 2), keepdim=True)
+    def assignments(self, query: torch.Tensor, prototypes: torch.Tensor, block: int = 50) -> torch.Tensor:
+        """[E, Q, N] log transport plan: rows sum to 1, every class receives Q / N queries.
+
+        Stabilised Sinkhorn (Schmitzer 2019): the plan is exp(cost + f + g) with log-domain potentials
+        f (rows), g (columns); within a block of iterations the updates are plain scalings u, v of the
+        kernel exp(cost + f + g) (two small matrix-vector products each), then absorbed into f and g,
+        and each block opens with one exact log-domain step, so nothing under- or overflows. The
+        iterates are those of the plain algorithm; it stops once every row sum is within `tolerance` of 1."""
+        cost = -self.regularization * squared_distances(query, prototypes).clamp_min(0)  # [E, Q, N]
         share = math.log(query.shape[1] / prototypes.shape[1])
-        for _ in range(self.sinkhorn_steps):
-            rows = log_plan.logsumexp(2, keepdim=True)
-            log_plan = log_plan - rows
-            log_plan = log_plan + share - log_plan.logsumexp(1, keepdim=True)
-            if (rows.exp() - 1).abs().max() < self.tolerance:
+        rows = -cost.logsumexp((1, 2), keepdim=True).expand(-1, cost.shape[1], 1)  # the plan starts with total 1
+        columns = torch.zeros_like(cost[:, :1])
+        done = 0
+        while done < self.sinkhorn_steps:
+            updated = -(cost + columns).logsumexp(2, keepdim=True)  # an exact log-domain row step
+            converged = ((rows - updated).exp() - 1).abs().max() < self.tolerance
+            rows = updated
+            columns = share - (cost + rows).logsumexp(1, keepdim=True)
+            done += 1
+            if converged:
                 break
-        return log_plan
+            kernel = (cost + rows + columns).exp()  # rows sum to ~1, columns to Q/N
+            u, v = torch.ones_like(rows), torch.ones_like(columns)
+            for _ in range(min(block, self.sinkhorn_steps - done)):
+                row_sums = u * (kernel @ v.transpose(1, 2))  # [E, Q, 1]
+                converged = (row_sums - 1).abs().max() < self.tolerance
+                u = u / row_sums
+                v = math.exp(share) / (u.transpose(1, 2) @ kernel)  # [E, 1, N]
+                done += 1
+                if converged:
+                    break
+            rows, columns = rows + u.log(), columns + v.log()
+            if converged:
+                break
+        return cost + rows + columns
 
     def classify(self, support, support_labels, query, n_way, class_text=None):
         support, query = support.double(), query.double()
