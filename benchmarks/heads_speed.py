@@ -97,7 +97,7 @@ def main() -> None:
     image = np.asarray(store.image)  # PT-MAP runs on the image features (its power transform needs x >= 0)
     text_fusion = create_fusion("text", image_dim, text_dim)
     # the transductive heads with the options their experiment configs chose on validation classes
-    tim = {"steps": 100, "lr": 0.01, "temperature": 10.0}
+    tim = {"steps": 50, "lr": 0.01, "temperature": 10.0}
     laplacian = {"knn": 3, "lambda_regularization": 0.03, "temperature": 1.0}
     heads = {"linear_probe": create_head("linear_probe", fusion(), C=1.0),
              "protonet": create_head("protonet", fusion()),

@@ -26,11 +26,13 @@ from fsl.config import load_config
 from fsl.encoder import encoder_id
 from fsl.episodes import STANDARD_BENCHMARKS
 from fsl.evaluate import (
+    across_splits,
     load_results,
     paired_difference,
     plot_summary,
     results_frame,
     summary_table,
+    with_split,
 )
 from fsl.io import atomic_path
 from fsl.pipeline import run_experiment
@@ -86,6 +88,53 @@ def markdown(catalog, frame) -> str:
     lines = header + rows_by_kind(methods, accuracy, len(sets))
     lines += ["", f"Paired difference against `{BASELINE}` on the same episodes (points, 95% CI):", "", *header]
     lines += rows_by_kind({m: t for m, t in methods.items() if m != BASELINE}, paired, len(sets))
+    return "\n".join(lines)
+
+
+META_PAIRS = {"protonet-meta-image": "protonet-image", "protonet-meta-fused-masked": "protonet-fused-masked",
+              "protonet-meta-fused": "protonet-fused", "protonet-meta-text-masked": "protonet-text-masked",
+              "protonet-meta-text": "protonet-text", "maml-image": "maml-untrained-image",
+              "maml-fused-masked": "maml-untrained-fused-masked"}  # meta-trained head: its untrained counterpart
+
+
+def across_markdown(frame) -> str:
+    """The several-split table: mean over splits ± t interval over the split means, and the paired
+    difference to the baseline computed per split then combined; configs run on fewer splits say so."""
+    splits = frame.groupby("method")["split"].nunique()
+    most = int(splits.max())
+    table = across_splits(frame, BASELINE).set_index(["method", "episode_set"])
+    sets = list(dict.fromkeys(frame["episode_set"]))
+    methods = kinds(frame)
+
+    def cell(method, name, mean_key, ci_key, signed=False):
+        if (method, name) not in table.index or pd.isna(table.at[(method, name), mean_key]):
+            return "—"
+        mean, ci = 100 * table.at[(method, name), mean_key], 100 * table.at[(method, name), ci_key]
+        if table.at[(method, name), "splits"] < most:
+            return f"{mean:{'+' if signed else ''}.1f} (split {int(frame[frame['method'] == method]['split'].iloc[0])} only)"
+        return f"{mean:{'+' if signed else ''}.1f} ± {ci:.1f}"
+
+    header = [f"| experiment | {' | '.join(sets)} |", "|---|" + "---|" * len(sets)]
+    lines = header + rows_by_kind(methods, lambda m: [cell(m, n, "accuracy", "ci95") for n in sets], len(sets))
+    lines += ["", f"Paired difference against `{BASELINE}`, per split on the same episodes, then the mean over splits "
+              "± its t interval (points):", "", *header]
+    lines += rows_by_kind({m: t for m, t in methods.items() if m != BASELINE},
+                          lambda m: [cell(m, n, "difference", "difference_ci95", True) for n in sets], len(sets))
+    pairs = {a: b for a, b in META_PAIRS.items() if a in methods and b in methods}
+    if pairs:
+        lines += ["", "Meta-trained minus untrained, the same way (points; above 0 with its interval: training pays):", "",
+                  *header]
+        for trained, untrained in pairs.items():
+            paired = across_splits(frame[frame["method"].isin([trained, untrained])], untrained).set_index(
+                ["method", "episode_set"])
+            def difference(name):
+                if (trained, name) not in paired.index or pd.isna(paired.at[(trained, name), "difference"]):
+                    return "—"
+                mean, ci = (100 * paired.at[(trained, name), k] for k in ("difference", "difference_ci95"))
+                if paired.at[(trained, name), "splits"] < most:
+                    return f"{mean:+.1f} (split {int(frame[frame['method'] == trained]['split'].iloc[0])} only)"
+                return f"{mean:+.1f} ± {ci:.1f}"
+            lines.append(f"| {trained} − {untrained} | " + " | ".join(difference(n) for n in sets) + " |")
     return "\n".join(lines)
 
 
@@ -184,15 +233,26 @@ def main() -> None:
     shifted = frame[frame["episode_set"].isin(list(SHIFTED_PAIRS) + list(SHIFTED_PAIRS.values()))
                     & ~frame["episode_set"].isin(STANDARD_BENCHMARKS)]
     frame = frame.drop(shifted.index)
-    plot_summary(summary_table(frame), ROOT / "docs" / "results.png")
+    shifted_split0 = with_split(pd.concat([shifted, frame]))
+    frame = with_split(frame)
+    first = frame[frame["split"] == 0]
+    plot_summary(summary_table(first), ROOT / "docs" / "results.png")
+    n_splits = frame["split"].nunique()
     block = (f"Encoder: `{', '.join(encoders)}`; catalog `{catalog.fingerprint}` ({len(catalog)} products); "
-             f"600 frozen novel-class episodes per column, 15 queries per class. Accuracy in %, mean ± 95% CI.\n\n"
-             + markdown(catalog, frame) + "\n\n![accuracy per method](docs/results.png)")
+             f"600 frozen novel-class episodes per column and split, 15 queries per class. Accuracy in %.\n\n")
+    if n_splits > 1:
+        block += (f"**Over {n_splits} class splits** (`fsl episodes --split-seeds "
+                  f"{' '.join(str(s) for s in sorted(frame['split'].unique()))}`: the same fractions and "
+                  "stratification, other classes novel): the mean of the split means ± a 95% t interval over the "
+                  "splits, which shows how much the choice of novel classes moves a number.\n\n"
+                  + across_markdown(frame) + "\n\n**Split 0 alone** (mean ± 95% CI over its 600 episodes):\n\n")
+    block += markdown(catalog, first) + "\n\n![accuracy per method, split 0](docs/results.png)"
     calibration = calibration_markdown(ROOT / "calibration")
     robustness = (f"Encoder: `{', '.join(encoders)}`. Accuracy in % on each shifted set, and in brackets its paired "
                   "difference (points, 95% CI) to the standard set it pairs with: the same 600 episodes with "
                   "re-rendered query photos; for the temporal set, the same support and classes with queries from "
-                  "before 2012.\n\n" + shifted_markdown(pd.concat([shifted, frame])))
+                  "before 2012. Split 0.\n\n"
+                  + shifted_markdown(shifted_split0[shifted_split0["split"] == 0]))
     updated = fill(fill(fill((ROOT / "README.md").read_text(), "results", block), "calibration", calibration),
                    "robustness", robustness)
     with atomic_path(ROOT / "README.md") as tmp:

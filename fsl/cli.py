@@ -193,38 +193,64 @@ def cmd_download(args) -> None:
 def cmd_episodes(args) -> None:
     from fsl.catalog import load_catalog
     from fsl.evaluate import format_table
-    from fsl.pipeline import draw_standard_episodes
+    from fsl.pipeline import draw_standard_episodes, split_root
 
     catalog = load_catalog(args.data)
-    split, written = draw_standard_episodes(catalog, args.out, args.column, args.seed, args.episodes,
-                                            args.queries, None if args.stratify == "none" else args.stratify,
-                                            force=args.force)
-    print(format_table(split.table))
-    print(f"split: {', '.join(f'{s} {len(split.classes(s))} classes' for s in ('base', 'val', 'novel'))}")
-    for path in written:
-        print(f"wrote {path}")
+    for seed in args.split_seeds or [args.seed]:
+        split, written = draw_standard_episodes(catalog, split_root(args.out, seed), args.column, seed, args.episodes,
+                                                args.queries, None if args.stratify == "none" else args.stratify,
+                                                force=args.force)
+        print(format_table(split.table))
+        print(f"split {seed}: {', '.join(f'{s} {len(split.classes(s))} classes' for s in ('base', 'val', 'novel'))}")
+        for path in written:
+            print(f"wrote {path}")
 
 
 def _print_and_save(results, configs, args, chosen_on: str = "as written (no selection)") -> None:
     from fsl.config import to_yaml
     from fsl.evaluate import (
+        across_splits,
         format_table,
         log_to_tensorboard,
         results_frame,
-        save_results,
         summary_table,
     )
-    from fsl.io import write_bytes
+    import pandas as pd
 
-    print(format_table(summary_table(results_frame(results))))
+    from fsl.io import write_bytes, write_csv
+
+    frame = results_frame(results)
+    print(format_table(summary_table(frame)))
+    if frame["split"].nunique() > 1:
+        print(f"\nacross class splits: the mean of the split means, 95% t interval over splits:")
+        print(format_table(across_splits(frame)))
     by_name = {config.name: config for config in configs}
     for method in dict.fromkeys(r.method for r in results):
         mine = [r for r in results if r.method == method]
-        path = save_results(mine, Path(args.results) / f"{method}.csv")
-        write_bytes(path.with_suffix(".config.yaml"), to_yaml(by_name[method], f"chosen on: {chosen_on}").encode())
+        path = Path(args.results) / f"{method}.csv"
+        resolved = to_yaml(by_name[method], f"chosen on: {chosen_on}").encode()
+        kept = earlier_results(path, resolved, results_frame(mine))
+        write_csv(pd.concat([kept, results_frame(mine)], ignore_index=True), path)
+        write_bytes(path.with_suffix(".config.yaml"), resolved)
         for result in mine:
             log_to_tensorboard(result, args.runs)
-        print(f"per-episode accuracy: {path} (its resolved config beside it)")
+        said = f"; kept {kept.groupby(['split', 'episode_set']).ngroups} earlier set(s) of the same config" if len(kept) else ""
+        print(f"per-episode accuracy: {path} (its resolved config beside it{said})")
+
+
+def earlier_results(path: Path, resolved_config: bytes, new):
+    """Rows of an earlier results file of the very same resolved config for (split, episode set)
+    pairs not run now, so splits or shifted sets can be added one run at a time; nothing is kept
+    from a file of another config."""
+    from fsl.evaluate import with_split
+    from fsl.io import read_csv
+
+    config_file = path.with_suffix(".config.yaml")
+    if not path.is_file() or not config_file.is_file() or config_file.read_bytes() != resolved_config:
+        return new.iloc[:0]
+    old = with_split(read_csv(path))
+    ran = set(zip(new["split"], new["episode_set"]))
+    return old[[(s, e) not in ran for s, e in zip(old["split"], old["episode_set"])]][list(new.columns)]
 
 
 def _configs(args) -> list:
@@ -247,38 +273,45 @@ def _one_config(args) -> ExperimentConfig:
 
 def cmd_eval(args) -> None:
     from fsl.catalog import load_catalog
-    from fsl.pipeline import run_experiment
+    from fsl.pipeline import run_experiment, splits_for
 
     configs = _configs(args)
     catalog = load_catalog(args.data)
     results = []
     for config in configs:
         started = time.perf_counter()
-        ran = run_experiment(config, catalog, args.episodes_dir, args.store_root,
-                             checkpoints_root=args.checkpoints, shifted=args.shifted)
+        splits = args.splits if args.splits is not None else splits_for(config, catalog, args.episodes_dir, args.store_root)
+        ran = []
+        for split in splits:
+            ran += run_experiment(config, catalog, args.episodes_dir, args.store_root, checkpoints_root=args.checkpoints,
+                                  shifted=args.shifted, split_seed=split)
         results += ran
-        print(f"{config.name}: {len(ran)} episode set(s) in {time.perf_counter() - started:.1f} s",
-              file=sys.stderr)
+        print(f"{config.name}: {len(ran)} episode set(s) over {len(splits)} class split(s) in "
+              f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
     _print_and_save(results, configs, args)
 
 
 def cmd_train(args) -> None:
     from fsl.catalog import load_catalog
+    from fsl.pipeline import split_root, splits_for
     from fsl.train import train
 
     configs = _configs(args)
     catalog = load_catalog(args.data)
     failed = []
     for config in configs:  # one config's failure does not stop the others
-        try:
-            summary = train(config, catalog, args.episodes_dir, args.store_root, args.checkpoints, args.runs,
-                            resume=not args.restart)
-        except FslError as error:
-            print(f"fsl train: error: {error}", file=sys.stderr)
-            failed.append(config.name)
-            continue
-        print(f"{config.name}: best validation accuracy {100 * summary['best_val_accuracy']:.1f}% at step "
-              f"{summary['best_step']} of {summary['steps']}; checkpoint {Path(args.checkpoints) / config.name / 'best'}")
+        splits = args.splits if args.splits is not None else splits_for(config, catalog, args.episodes_dir, args.store_root)
+        for split in splits:  # one checkpoint per split, selected on that split's validation classes
+            checkpoints = split_root(args.checkpoints, split)
+            try:
+                summary = train(config, catalog, split_root(args.episodes_dir, split), args.store_root, checkpoints,
+                                split_root(args.runs, split), resume=not args.restart)
+            except FslError as error:
+                print(f"fsl train: error: {error}", file=sys.stderr)
+                failed.append(f"{config.name} (split {split})")
+                continue
+            print(f"{config.name}, split {split}: best validation accuracy {100 * summary['best_val_accuracy']:.1f}% "
+                  f"at step {summary['best_step']} of {summary['steps']}; checkpoint {checkpoints / config.name / 'best'}")
     if failed:
         raise FslError(f"{len(failed)} of {len(configs)} configs did not finish training: {', '.join(failed)}")
 
@@ -471,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     episodes.add_argument("--stratify", default="masterCategory",
                           help="parent column every split must see, or 'none' (default masterCategory)")
     episodes.add_argument("--seed", type=non_negative_int, default=0, help="seed of the split and the draws (default 0)")
+    episodes.add_argument("--split-seeds", type=non_negative_int, nargs="+", metavar="SEED",
+                          help="draw several class splits (same fractions and stratification), split s under "
+                               "OUT/split<s>/ (split 0 at OUT itself); `fsl eval` and `fsl train` then run every one")
     episodes.add_argument("--episodes", type=positive_int, default=600, help="episodes per benchmark (default 600)")
     episodes.add_argument("--queries", type=positive_int, default=15, help="queries per class (default 15)")
     episodes.add_argument("--out", default="episodes", help="root folder of episode sets (default episodes/)")
@@ -483,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                "mean accuracy ± 95% CI, per-episode CSV, TensorBoard.")
     _add_experiments(evaluate, "runs/eval")
     evaluate.add_argument("--results", default="results", help="per-episode CSVs go here (default results/)")
+    evaluate.add_argument("--splits", type=non_negative_int, nargs="+", metavar="SEED",
+                          help="class splits to run (default: every split `fsl episodes --split-seeds` drew)")
     evaluate.add_argument("--shifted", action="store_true",
                           help="also run the shifted query sets and their controls (re-rendered query photos, "
                                "queries from later years): the README's robustness table")
@@ -494,6 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                "from checkpoints/NAME/last unless --restart.")
     _add_experiments(training, "runs/train")
     training.add_argument("--restart", action="store_true", help="ignore an earlier run's last checkpoint")
+    training.add_argument("--splits", type=non_negative_int, nargs="+", metavar="SEED",
+                          help="class splits to train on (default: every split `fsl episodes --split-seeds` drew)")
     training.set_defaults(run=cmd_train)
 
     sweeping = commands.add_parser("sweep", help="choose config values on validation classes, then test once",

@@ -127,9 +127,9 @@ DESCRIBING = ("head", "fusion", "transductive")  # what a plot groups, colours a
 
 
 def results_frame(results: list[EvalResult]) -> pd.DataFrame:
-    """Long table: one row per method, episode set and episode, with the head, fusion and whether it
-    is transductive, so a results file describes itself."""
-    return pd.concat([pd.DataFrame({"method": r.method, "episode_set": r.episode_set,
+    """Long table: one row per method, class split, episode set and episode, with the head, fusion and
+    whether it is transductive, so a results file describes itself."""
+    return pd.concat([pd.DataFrame({"method": r.method, "split": r.hparams.get("split", 0), "episode_set": r.episode_set,
                                     "episode": np.arange(len(r.accuracy)), "accuracy": r.accuracy,
                                     **{k: r.hparams.get(k, "") for k in DESCRIBING}})
                       for r in results], ignore_index=True)
@@ -151,30 +151,66 @@ def load_results(paths: list[str | os.PathLike]) -> pd.DataFrame:
         missing = {"method", "episode_set", "episode", "accuracy"} - set(frame.columns)
         if missing:
             raise FslError(f"{path} is no results file: it lacks columns {sorted(missing)}")
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True).drop_duplicates(["method", "episode_set", "episode"], keep="last")
+        frames.append(with_split(frame))
+    return pd.concat(frames, ignore_index=True).drop_duplicates(["method", "split", "episode_set", "episode"], keep="last")
+
+
+def with_split(frame: pd.DataFrame) -> pd.DataFrame:
+    """Results files from before several splits existed are split 0."""
+    return frame if "split" in frame.columns else frame.assign(split=0)
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± 95% CI per method and episode set (with head, fusion and transductive, where known)."""
+    """Mean ± 95% CI over episodes per method, episode set and class split (with head, fusion and
+    transductive, where known); the split column only where there is more than one."""
+    frame = with_split(frame)
+    several = frame["split"].nunique() > 1
     rows = []
-    for (method, episode_set), group in frame.groupby(["method", "episode_set"], sort=False):
+    for (method, episode_set, split), group in frame.groupby(["method", "episode_set", "split"], sort=False):
         mean, ci = mean_ci(group.sort_values("episode")["accuracy"].to_numpy())
         described = {k: group[k].iloc[0] for k in DESCRIBING if k in group.columns}
-        rows.append({"method": method, "episode_set": episode_set, "accuracy": mean, "ci95": ci,
-                     "episodes": len(group), **described})
+        rows.append({"method": method, "episode_set": episode_set, **({"split": split} if several else {}),
+                     "accuracy": mean, "ci95": ci, "episodes": len(group), **described})
+    return pd.DataFrame(rows)
+
+
+def across_splits(frame: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+    """Per method and episode set: the mean over class splits of each split's mean accuracy, with a
+    t interval over the S split means (S − 1 degrees of freedom): split-to-split variation, which the
+    episode CIs of one split do not show. With `baseline`, also the paired difference to it, computed
+    per split on the same episodes, then combined the same way."""
+    frame = with_split(frame)
+    means = frame.groupby(["method", "episode_set", "split"], sort=False)["accuracy"].mean()
+    rows = []
+    for (method, episode_set), per_split in means.groupby(level=[0, 1], sort=False):
+        mean, ci = mean_ci(per_split.to_numpy())
+        row = {"method": method, "episode_set": episode_set, "splits": len(per_split), "accuracy": mean, "ci95": ci}
+        if baseline is not None:
+            differences = []
+            for split in per_split.index.get_level_values("split"):
+                ours = frame[(frame["method"] == method) & (frame["episode_set"] == episode_set) & (frame["split"] == split)]
+                theirs = frame[(frame["method"] == baseline) & (frame["episode_set"] == episode_set) & (frame["split"] == split)]
+                if len(theirs) == len(ours) > 0:
+                    differences.append(paired_difference(ours.sort_values("episode")["accuracy"].to_numpy(),
+                                                         theirs.sort_values("episode")["accuracy"].to_numpy())[0])
+            if len(differences) == len(per_split):
+                row["difference"], row["difference_ci95"] = mean_ci(np.array(differences))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
 def paired_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Every pair of methods on every episode set both ran: mean difference ± 95% CI."""
+    """Every pair of methods on every episode set (and class split) both ran: mean difference ± 95% CI."""
+    frame = with_split(frame)
+    several = frame["split"].nunique() > 1
     rows = []
-    for episode_set, group in frame.groupby("episode_set", sort=False):
+    for (episode_set, split), group in frame.groupby(["episode_set", "split"], sort=False):
         by_method = {m: g.set_index("episode")["accuracy"] for m, g in group.groupby("method", sort=False)}
         for a, b in itertools.combinations(by_method, 2):
             joined = pd.concat([by_method[a], by_method[b]], axis=1, join="inner")
             mean, ci = paired_difference(joined.iloc[:, 0].to_numpy(), joined.iloc[:, 1].to_numpy())
-            rows.append({"episode_set": episode_set, "a": a, "b": b, "a_minus_b": mean, "ci95": ci,
+            rows.append({"episode_set": episode_set, **({"split": split} if several else {}), "a": a, "b": b,
+                         "a_minus_b": mean, "ci95": ci,
                          "episodes": len(joined), "significant": abs(mean) > ci})
     return pd.DataFrame(rows)
 
@@ -198,7 +234,8 @@ def log_to_tensorboard(result: EvalResult, logdir: str | os.PathLike) -> Path:
     from torch.utils.tensorboard import SummaryWriter
 
     summary = result.summary
-    run_dir = Path(logdir) / f"{result.method}" / result.episode_set
+    split = result.hparams.get("split", 0)
+    run_dir = Path(logdir) / f"{result.method}" / (result.episode_set if not split else f"split{split}-{result.episode_set}")
     with SummaryWriter(str(run_dir)) as writer:
         for step, value in enumerate(result.accuracy):
             writer.add_scalar(f"eval/{result.episode_set}/episode_accuracy", value, step)

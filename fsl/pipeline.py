@@ -97,6 +97,41 @@ def check_alignment(store: FeatureStore, episode_set: EpisodeSet) -> None:
                        "Align on that split (fsl align --split-seed N)")
 
 
+def split_root(root: str | os.PathLike, split_seed: int) -> Path:
+    """Where the files of class split `split_seed` live under an episodes (or checkpoints, runs) root:
+    split 0 at the root itself (as before several splits existed), split s in root/split<s>, so every
+    function that takes a root works on any split unchanged."""
+    return Path(root) if split_seed == 0 else Path(root) / f"split{split_seed}"
+
+
+def available_splits(catalog: Catalog, root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+                     column: str = "articleType") -> list[int]:
+    """The split seeds drawn for this catalog (`fsl episodes --split-seeds ...`), 0 first."""
+    seeds = [0] if (episodes_dir_for(catalog, root) / f"{column}-seed0-split.csv").is_file() else []
+    for folder in sorted(Path(root).glob("split*")):
+        seed = folder.name.removeprefix("split")
+        if seed.isdigit() and int(seed) > 0 and (episodes_dir_for(catalog, folder) / f"{column}-seed{seed}-split.csv").is_file():
+            seeds.append(int(seed))
+    return sorted(seeds)
+
+
+def splits_for(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+               store_root: str | os.PathLike = DEFAULT_ROOT) -> list[int]:
+    """Every split drawn for the catalog, less those the config's store cannot serve: an aligned space
+    trained on one split's base classes has seen the other splits' novel classes (said, then skipped)."""
+    splits = available_splits(catalog, episodes_root, config.label_column)
+    if not splits:
+        raise FslError(f"no class split under {episodes_root} for this catalog; run `fsl episodes` first")
+    store = open_store(catalog, config.encoder, store_root)
+    alignment = store.manifest.get("alignment")
+    if alignment and len(splits) > 1:
+        print(f"fsl: {config.name}: its aligned space was trained on split {alignment['split_seed']}; "
+              f"the other splits ({', '.join(str(s) for s in splits if s != alignment['split_seed'])}) are skipped",
+              file=sys.stderr)
+        splits = [s for s in splits if s == alignment["split_seed"]]
+    return splits
+
+
 def episodes_dir_for(catalog: Catalog, root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> Path:
     """Episode sets live under episodes/<catalog fingerprint>/, so each catalog finds its own."""
     return Path(root) / catalog.fingerprint
@@ -213,12 +248,14 @@ def experiment_head(config: ExperimentConfig, catalog: Catalog, store_root: str 
 
 def run_experiment(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
                    store_root: str | os.PathLike = DEFAULT_ROOT, progress: bool = True,
-                   checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS, shifted: bool = False) -> list[EvalResult]:
-    """One config's head on each of its frozen episode sets; with `shifted`, on the shifted query
-    sets of fsl/shift.py and their controls too (a set named X+rerendered is set X with re-rendered
-    query photos)."""
+                   checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS, shifted: bool = False,
+                   split_seed: int = 0) -> list[EvalResult]:
+    """One config's head on each of its frozen episode sets of one class split (a trained head: the
+    checkpoint trained on that split); with `shifted`, on the shifted query sets of fsl/shift.py and
+    their controls too (a set named X+rerendered is set X with re-rendered query photos)."""
+    episodes_root, checkpoints_root = split_root(episodes_root, split_seed), split_root(checkpoints_root, split_seed)
     store, features, head = experiment_head(config, catalog, store_root, checkpoints_root, episodes_root)
-    hparams = {"head": config.method, "fusion": config.fusion, "transductive": head.transductive,
+    hparams = {"split": split_seed, "head": config.method, "fusion": config.fusion, "transductive": head.transductive,
                "text_variant": config.text_variant if config.fusion != "image" else "-", "encoder": store.encoder_id,
                **flat_options(config)}
     names = list(config.episodes)

@@ -137,3 +137,29 @@ def test_warm_eval_and_train_build_no_encoder(workspace, monkeypatch):
     monkeypatch.setattr(ClipEncoder, "__init__", no_model)
     assert run_experiment(zero_shot, catalog, root / "episodes", root / "store", progress=False)
     assert run(workspace, config(5, name="warm"), "w")["steps"] == 5
+
+
+def test_each_split_trains_its_own_checkpoint_on_its_own_base_classes(workspace, tmp_path):
+    import json
+
+    import pandas as pd
+
+    from fsl.pipeline import split_root
+
+    root, catalog = workspace
+    episodes = tmp_path / "episodes"
+    for seed in (0, 1):
+        draw_standard_episodes(catalog, split_root(episodes, seed), seed=seed, stratify=None, n_episodes=20,
+                               benchmarks={"val-2w5s": ("val", 2, 5), "novel-5w5s": ("novel", 5, 5)})
+    cfg = config(5, name="per-split")
+    train(cfg, catalog, split_root(episodes, 1), root / "store", split_root(tmp_path / "ckpt", 1), tmp_path / "runs",
+          progress=False)
+    meta = json.loads((tmp_path / "ckpt" / "split1" / "per-split" / "best" / "head.json").read_text())
+    split = pd.read_csv(split_root(episodes, 1) / catalog.fingerprint / "articleType-seed1-split.csv")
+    assert sorted(meta["base_classes"]) == sorted(split.loc[split["split"] == "base", "class"])
+    (result,) = run_experiment(cfg, catalog, episodes, root / "store", progress=False,
+                               checkpoints_root=tmp_path / "ckpt", split_seed=1)
+    assert result.hparams["split"] == 1
+    with pytest.raises(FslError, match="checkpoint"):  # split 0 was never trained: said, not guessed
+        run_experiment(cfg, catalog, episodes, root / "store", progress=False, checkpoints_root=tmp_path / "ckpt",
+                       split_seed=0)

@@ -1,0 +1,95 @@
+"""Several class splits: reproducible files per split, every split evaluated, and a table whose
+interval reflects split-to-split variation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from fsl.evaluate import across_splits, mean_ci, paired_difference, results_frame, summary_table
+
+BENCHMARKS = {"val-2w5s": ("val", 2, 5), "novel-5w5s": ("novel", 5, 5)}
+
+
+def test_split_seeds_write_reproducible_files_and_every_split_is_evaluated(twelve_classes, tmp_path):
+    from fsl.config import EncoderConfig, ExperimentConfig
+    from fsl.pipeline import available_splits, draw_standard_episodes, run_experiment, split_root
+
+    root, catalog = twelve_classes
+    episodes = tmp_path / "episodes"
+    for seed in (0, 1, 2):
+        draw_standard_episodes(catalog, split_root(episodes, seed), seed=seed, stratify=None, n_episodes=20,
+                               q_query=5, benchmarks=BENCHMARKS)
+    assert available_splits(catalog, episodes) == [0, 1, 2]
+    folder = lambda seed: split_root(episodes, seed) / catalog.fingerprint  # noqa: E731
+    first = {seed: (folder(seed) / "articleType-novel-5w5s.npz").read_bytes() for seed in (0, 1, 2)}
+    assert len(set(first.values())) == 3  # other splits, other episodes
+    splits = [pd.read_csv(folder(seed) / f"articleType-seed{seed}-split.csv") for seed in (0, 1, 2)]
+    novel = [set(s.loc[s["split"] == "novel", "class"]) for s in splits]
+    assert novel[0] != novel[1] and all(len(n) == len(novel[0]) for n in novel)  # same fractions, other classes
+    _, written = draw_standard_episodes(catalog, split_root(episodes, 1), seed=1, stratify=None, n_episodes=20,
+                                        q_query=5, benchmarks=BENCHMARKS)
+    assert written == [] and (folder(1) / "articleType-novel-5w5s.npz").read_bytes() == first[1]  # same seed, same bytes
+
+    config = ExperimentConfig(name="pn", method="protonet", fusion="image", episodes=("novel-5w5s",),
+                              encoder=EncoderConfig("clip", "FSL-Tiny", "none"))
+    results = [r for seed in (0, 1, 2) for r in run_experiment(config, catalog, episodes, root / "store",
+                                                               progress=False, split_seed=seed)]
+    frame = results_frame(results)
+    assert sorted(frame["split"].unique()) == [0, 1, 2]
+    assert set(summary_table(frame)["split"]) == {0, 1, 2}  # one row per split, never pooled episodes
+
+
+def test_across_split_interval_is_over_split_means_and_paired_differences_combine_per_split():
+    rng = np.random.default_rng(0)
+    rows = []
+    for split, shift in enumerate([0.0, 0.1, -0.05]):  # the splits differ far more than episodes do
+        base = np.clip(0.7 + shift + 0.05 * rng.standard_normal(50), 0, 1)
+        for method, accuracy in (("a", base), ("b", np.clip(base + 0.02 + 0.01 * rng.standard_normal(50), 0, 1))):
+            rows.append(pd.DataFrame({"method": method, "split": split, "episode_set": "novel-5w5s",
+                                      "episode": np.arange(50), "accuracy": accuracy}))
+    frame = pd.concat(rows, ignore_index=True)
+    table = across_splits(frame, baseline="a").set_index("method")
+    split_means = frame[frame["method"] == "b"].groupby("split")["accuracy"].mean().to_numpy()
+    assert table.at["b", "splits"] == 3
+    np.testing.assert_allclose((table.at["b", "accuracy"], table.at["b", "ci95"]), mean_ci(split_means))
+    pooled = mean_ci(frame[frame["method"] == "b"]["accuracy"].to_numpy())[1]
+    assert table.at["b", "ci95"] > 3 * pooled  # the split-to-split spread, not the episode spread
+    per_split = [paired_difference(frame[(frame["method"] == "b") & (frame["split"] == s)]["accuracy"].to_numpy(),
+                                   frame[(frame["method"] == "a") & (frame["split"] == s)]["accuracy"].to_numpy())[0]
+                 for s in range(3)]
+    np.testing.assert_allclose((table.at["b", "difference"], table.at["b", "difference_ci95"]), mean_ci(np.array(per_split)))
+    assert table.at["b", "difference"] > table.at["b", "difference_ci95"] > 0  # b beats a on every split
+
+
+def test_eval_keeps_earlier_sets_of_the_same_config_and_drops_those_of_another(twelve_classes, tmp_path, capsys):
+    from fsl.cli import main
+    from fsl.io import read_csv
+
+    root, catalog = twelve_classes
+    config = tmp_path / "pn.yaml"
+    config.write_text("method: protonet\nfusion: image\nepisodes: [novel-5w5s]\n"
+                      "encoder: {name: clip, model: FSL-Tiny, pretrained: none}\n")
+    common = ["--data", str(root / "dump"), "--episodes-dir", str(root / "episodes"), "--store-root", str(root / "store"),
+              "--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs")]
+    main(["eval", str(config), *common, "--shifted"])  # novel-5w5s and novel-5w5s+rerendered
+    main(["eval", str(config), *common])  # novel-5w5s again: the shifted set is kept
+    frame = read_csv(tmp_path / "results" / "pn.csv")
+    assert sorted(frame["episode_set"].unique()) == ["novel-5w5s", "novel-5w5s+rerendered"]
+    assert len(frame) == 2 * len(frame[frame["episode_set"] == "novel-5w5s"])  # no duplicate rows
+    assert "kept 1 earlier set(s)" in capsys.readouterr().out
+    config.write_text(config.read_text().replace("fusion: image", "fusion: image\nbatch_size: 8"))
+    main(["eval", str(config), *common])  # another config under the same name: nothing earlier is kept
+    assert list(read_csv(tmp_path / "results" / "pn.csv")["episode_set"].unique()) == ["novel-5w5s"]
+
+
+def test_results_files_of_several_splits_load_with_every_split(tmp_path):
+    from fsl.evaluate import load_results
+
+    rows = lambda split: pd.DataFrame({"method": "m", "split": split, "episode_set": "novel-5w5s",  # noqa: E731
+                                       "episode": np.arange(3), "accuracy": [0.5, 0.6, 0.7]})
+    pd.concat([rows(0), rows(1)]).to_csv(tmp_path / "m.csv", index=False)
+    rows(0).drop(columns="split").assign(method="old").to_csv(tmp_path / "old.csv", index=False)  # before splits
+    frame = load_results([tmp_path / "m.csv", tmp_path / "old.csv"])
+    assert sorted(frame[frame["method"] == "m"]["split"].unique()) == [0, 1] and len(frame) == 9
+    assert (frame[frame["method"] == "old"]["split"] == 0).all()
