@@ -222,7 +222,7 @@ def _print_and_save(results, configs, args, chosen_on: str = "as written (no sel
     frame = results_frame(results)
     print(format_table(summary_table(frame)))
     if frame["split"].nunique() > 1:
-        print(f"\nacross class splits: the mean of the split means, 95% t interval over splits:")
+        print("\nacross class splits: the mean of the split means, 95% t interval over splits:")
         print(format_table(across_splits(frame)))
     by_name = {config.name: config for config in configs}
     for method in dict.fromkeys(r.method for r in results):
