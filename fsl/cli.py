@@ -313,7 +313,7 @@ def cmd_train(args) -> None:
             print(f"{config.name}, split {split}: best validation accuracy {100 * summary['best_val_accuracy']:.1f}% "
                   f"at step {summary['best_step']} of {summary['steps']}; checkpoint {checkpoints / config.name / 'best'}")
     if failed:
-        raise FslError(f"{len(failed)} of {len(configs)} configs did not finish training: {', '.join(failed)}")
+        raise FslError(f"{len(failed)} training run(s) did not finish: {', '.join(failed)}")
 
 
 def cmd_sweep(args) -> None:
