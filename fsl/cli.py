@@ -229,8 +229,9 @@ def _print_and_save(results, configs, args, chosen_on: str = "as written (no sel
         mine = [r for r in results if r.method == method]
         path = Path(args.results) / f"{method}.csv"
         resolved = to_yaml(by_name[method], f"chosen on: {chosen_on}").encode()
-        kept = earlier_results(path, resolved, results_frame(mine))
-        write_csv(pd.concat([kept, results_frame(mine)], ignore_index=True), path)
+        ran = results_frame(mine)
+        kept = earlier_results(path, resolved, ran)
+        write_csv(pd.concat([kept, ran], ignore_index=True), path)
         write_bytes(path.with_suffix(".config.yaml"), resolved)
         for result in mine:
             log_to_tensorboard(result, args.runs)
