@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,13 +24,14 @@ from sampler_speed import (
 )
 
 from fsl.catalog import load_catalog
-from fsl.config import EncoderConfig, ExperimentConfig
+from fsl.config import EncoderConfig, ExperimentConfig, load_config
 from fsl.episodes import EpisodeSet
 from fsl.evaluate import paired_difference, run_episodes, store_rows
 from fsl.fusion import create_fusion, store_features
 from fsl.methods import create_head
 from fsl.pipeline import class_text_table, episodes_dir_for, open_store
 
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 SETTINGS = ["novel-5w1s", "novel-5w5s", "novel-15w5s", "novel-allway-5s"]
 TARGETS = {"linear_probe": 10.0, "protonet": 30.0, "maml": 10.0}  # our speed / the peer's; 10 for the rest
 FAST = ("protonet", "simpleshot", "zero_shot", "cosine_prototypes", "gda", "bd_cspn", "tip_adapter")  # timed twice
@@ -96,24 +98,26 @@ def main() -> None:
     flat = fusion()(torch.from_numpy(np.asarray(features))).numpy()  # the peers get the fused features ready-made
     image = np.asarray(store.image)  # PT-MAP runs on the image features (its power transform needs x >= 0)
     text_fusion = create_fusion("text", image_dim, text_dim)
-    # the transductive heads with the options their experiment configs chose on validation classes
-    tim = {"steps": 50, "lr": 0.01, "temperature": 10.0}
-    laplacian = {"knn": 3, "lambda_regularization": 0.03, "temperature": 1.0}
+    # the new heads with the options their experiment configs chose on validation classes (read, not copied)
+    chosen = {name: load_config(EXPERIMENTS / f"{name}.yaml").method_options
+              for name in ("tim-fused-masked", "laplacian-shot-fused-masked", "tip-adapter-f-fused-masked",
+                           "gda-fused-masked", "pt-map-image")}
+    tim, laplacian = chosen["tim-fused-masked"], chosen["laplacian-shot-fused-masked"]
     heads = {"linear_probe": create_head("linear_probe", fusion(), C=1.0),
              "protonet": create_head("protonet", fusion()),
              "simpleshot": create_head("simpleshot", fusion(), centering="none"),  # easyfsl's has no centring
              "maml": create_head("maml", fusion(), inner_steps=10, inner_lr=0.5),
              "zero_shot": create_head("zero_shot", text_fusion),
              "cosine_prototypes": create_head("cosine_prototypes", fusion()),
-             "gda": create_head("gda", fusion(), shrinkage=0.1),
-             "tip_adapter": create_head("tip_adapter", fusion(), alpha=1000.0, beta=3.0),
-             "tip_adapter_f": create_head("tip_adapter", fusion(), alpha=1000.0, beta=3.0, finetune=True, steps=50,
-                                          lr=0.003),
+             "gda": create_head("gda", fusion(), **chosen["gda-fused-masked"]),
+             "tip_adapter": create_head("tip_adapter", fusion(), **{**chosen["tip-adapter-f-fused-masked"],
+                                                                   "finetune": False}),
+             "tip_adapter_f": create_head("tip_adapter", fusion(), **chosen["tip-adapter-f-fused-masked"]),
              "lp_plus_plus": create_head("lp_plus_plus", fusion()),
              "bd_cspn": create_head("bd_cspn", fusion(), temperature=1.0),
              "tim": create_head("tim", fusion(), **tim),
              "laplacian_shot": create_head("laplacian_shot", fusion(), **laplacian),
-             "pt_map": create_head("pt_map", create_fusion("image", image_dim, text_dim), regularization=30.0)}
+             "pt_map": create_head("pt_map", create_fusion("image", image_dim, text_dim), **chosen["pt-map-image"])}
     easyfsl = lambda method, features=flat, **options: lambda s: easyfsl_on_frozen(  # noqa: E731
         features, store.ids, s, method, **options)
     peers = {"linear_probe": ("scikit-learn LogisticRegression", lambda s: sklearn_probe(flat, store.ids, s, 1.0)),
@@ -124,7 +128,8 @@ def main() -> None:
                                             temperature=tim["temperature"])),
              "laplacian_shot": ("easyfsl LaplacianShot", easyfsl("LaplacianShot", knn=laplacian["knn"] + 1,
                                                                  lambda_regularization=laplacian["lambda_regularization"])),
-             "pt_map": ("easyfsl PTMAP", easyfsl("PTMAP", image, lambda_regularization=30.0))}
+             "pt_map": ("easyfsl PTMAP", easyfsl("PTMAP", image,
+                                                 lambda_regularization=chosen["pt-map-image"]["regularization"]))}
     try:
         import learn2learn  # noqa: F401  (make setup builds it; see the README)
 

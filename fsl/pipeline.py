@@ -202,10 +202,14 @@ def checkpoint_dir(config: ExperimentConfig, root: str | os.PathLike = DEFAULT_C
     return Path(root) / config.name
 
 
+def episode_set_path(config: ExperimentConfig, catalog: Catalog, name: str,
+                     episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> Path:
+    return episodes_dir_for(catalog, episodes_root) / f"{config.label_column}-{name}.npz"
+
+
 def load_episode_set(config: ExperimentConfig, catalog: Catalog, name: str,
                      episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> EpisodeSet:
-    path = episodes_dir_for(catalog, episodes_root) / f"{config.label_column}-{name}.npz"
-    return EpisodeSet.load(path, catalog.fingerprint)
+    return EpisodeSet.load(episode_set_path(config, catalog, name, episodes_root), catalog.fingerprint)
 
 
 def base_classes(catalog: Catalog, config: ExperimentConfig, split_seed: int,
@@ -261,7 +265,7 @@ def run_experiment(config: ExperimentConfig, catalog: Catalog, episodes_root: st
     names = list(config.episodes)
     if shifted:
         for name in (name for pair in SHIFTED_PAIRS.items() for name in pair if name not in names):
-            path = episodes_dir_for(catalog, episodes_root) / f"{config.label_column}-{name.removesuffix(RERENDERED)}.npz"
+            path = episode_set_path(config, catalog, name.removesuffix(RERENDERED), episodes_root)
             if path.is_file():
                 names.append(name)
             else:
@@ -269,7 +273,7 @@ def run_experiment(config: ExperimentConfig, catalog: Catalog, episodes_root: st
                       file=sys.stderr)
     results = []
     for name in names:
-        episode_set = load_episode_set(config, catalog, name.removesuffix(RERENDERED), episodes_root)
+        episode_set = load_episode_set(config, catalog, name.removesuffix(RERENDERED), episodes_root)  # same episodes
         check_alignment(store, episode_set)
         class_text = class_text_table(config, episode_set.meta["classes"], store) if head.needs_class_text else None
         query_features = None

@@ -56,11 +56,10 @@ def draw_temporal_sets(catalog: Catalog, split: ClassSplit, seed: int, n_episode
     year = catalog.products["year"].to_numpy(dtype=np.float64)
     labels = catalog.labels(split.column).to_numpy()
     ids = catalog.products["id"].to_numpy()
-    sets = {}
+    early = {c: ids[(labels == c) & (year < YEAR_BOUNDARY)] for c in split.classes("novel")}
+    late = {c: ids[(labels == c) & (year >= YEAR_BOUNDARY)] for c in split.classes("novel")}
+    sets, q = {}, TEMPORAL_QUERIES
     for offset, (name, k_shot) in enumerate(TEMPORAL.items()):
-        q = TEMPORAL_QUERIES
-        early = {c: ids[(labels == c) & (year < YEAR_BOUNDARY)] for c in split.classes("novel")}
-        late = {c: ids[(labels == c) & (year >= YEAR_BOUNDARY)] for c in split.classes("novel")}
         classes = [c for c in split.classes("novel") if len(early[c]) >= k_shot + q and len(late[c]) >= q]
         if len(classes) < 5:
             print(f"skipping {name}: only {len(classes)} novel class(es) have {k_shot + q} products before "
