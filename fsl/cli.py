@@ -13,6 +13,8 @@ from fsl import FslError
 from fsl.io import CACHE_DIR as CACHE
 from fsl.io import IMAGE_SUFFIXES
 
+NEAR_DUPLICATE_THRESHOLD = 0.98  # = fsl.episodes.NEAR_DUPLICATE_THRESHOLD (a test holds them equal; the CLI imports light)
+
 if TYPE_CHECKING:  # the CLI imports its heavy modules only in the command that needs them
     from fsl.config import ExperimentConfig
 
@@ -47,6 +49,19 @@ def positive_float(text: str) -> float:
     if not (value > 0 and value != float("inf")):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
+
+
+def near_duplicate_threshold(text: str) -> str:
+    """argparse type: an image cosine in (0, 1], or 'none'."""
+    if text == "none":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an image cosine in (0, 1] or 'none', got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"an image cosine in (0, 1] or 'none', got {text}")
+    return text
 
 
 def port_number(text: str) -> int:
@@ -193,20 +208,26 @@ def cmd_download(args) -> None:
 def cmd_episodes(args) -> None:
     from fsl.catalog import load_catalog
     from fsl.evaluate import format_table
-    from fsl.pipeline import draw_standard_episodes, split_root
+    from fsl.pipeline import draw_standard_episodes, near_duplicates_for, split_root
 
     catalog = load_catalog(args.data)
+    groups = None
+    if args.near_duplicates != "none":
+        threshold = float(args.near_duplicates)
+        groups = near_duplicates_for(catalog, args.out, _encoder_config(args), threshold, args.store_root)
+    else:
+        print("no near-duplicate grouping (--near-duplicates none): a query may be a twin of a support photo")
     for seed in args.split_seeds or [args.seed]:
         split, written = draw_standard_episodes(catalog, split_root(args.out, seed), args.column, seed, args.episodes,
                                                 args.queries, None if args.stratify == "none" else args.stratify,
-                                                force=args.force)
+                                                force=args.force, near_duplicates=groups)
         print(format_table(split.table))
         print(f"split {seed}: {', '.join(f'{s} {len(split.classes(s))} classes' for s in ('base', 'val', 'novel'))}")
         for path in written:
             print(f"wrote {path}")
 
 
-def _print_and_save(results, configs, args, chosen_on: str = "as written (no selection)") -> None:
+def _print_and_save(results, configs, args, chosen_on: str = "as written (no selection)", catalog=None) -> None:
     from fsl.config import to_yaml
     from fsl.evaluate import (
         across_splits,
@@ -230,7 +251,13 @@ def _print_and_save(results, configs, args, chosen_on: str = "as written (no sel
         path = Path(args.results) / f"{method}.csv"
         resolved = to_yaml(by_name[method], f"chosen on: {chosen_on}").encode()
         ran = results_frame(mine)
-        kept = earlier_results(path, resolved, ran)
+        current = None
+        if catalog is not None:
+            from fsl.pipeline import episode_set_digest
+
+            current = lambda split, name: episode_set_digest(by_name[method], catalog, name, split,  # noqa: E731
+                                                             args.episodes_dir)
+        kept = earlier_results(path, resolved, ran, current)
         write_csv(pd.concat([kept, ran], ignore_index=True), path)
         write_bytes(path.with_suffix(".config.yaml"), resolved)
         for result in mine:
@@ -239,10 +266,13 @@ def _print_and_save(results, configs, args, chosen_on: str = "as written (no sel
         print(f"per-episode accuracy: {path} (its resolved config beside it{said})")
 
 
-def earlier_results(path: Path, resolved_config: bytes, new):
+def earlier_results(path: Path, resolved_config: bytes, new, current_draw=None):
     """Rows of an earlier results file of the very same resolved config for (split, episode set)
     pairs not run now, so splits or shifted sets can be added one run at a time; nothing is kept
-    from a file of another config."""
+    from a file of another config, nor rows whose episode file has been redrawn since
+    (`current_draw(split, set)` gives the digest of the file there now)."""
+    import pandas as pd
+
     from fsl.evaluate import with_split
     from fsl.io import read_csv
 
@@ -251,7 +281,18 @@ def earlier_results(path: Path, resolved_config: bytes, new):
         return new.iloc[:0]
     old = with_split(read_csv(path))
     ran = set(zip(new["split"], new["episode_set"]))
-    return old[[(s, e) not in ran for s, e in zip(old["split"], old["episode_set"])]][list(new.columns)]
+    keep = [(s, e) not in ran for s, e in zip(old["split"], old["episode_set"])]
+    if current_draw is not None:
+        drawn = old["episodes_sha"].fillna("").astype(str) if "episodes_sha" in old.columns else pd.Series("", old.index)
+        same = {key: current_draw(*key) for key in set(zip(old["split"], old["episode_set"]))}
+        keep = [k and sha == same[(s, e)] for k, sha, s, e in zip(keep, drawn, old["split"], old["episode_set"])]
+        stale = sorted({(int(s), e) for k, sha, s, e in zip(keep, drawn, old["split"], old["episode_set"])
+                        if not k and (s, e) not in ran})
+        if stale:
+            print(f"fsl: {path}: dropped earlier rows of {', '.join(f'split {s} {e}' for s, e in stale)}: their "
+                  "episode files were redrawn since (or the rows predate recording which draw they ran on)",
+                  file=sys.stderr)
+    return old[keep][list(new.columns)]
 
 
 def _configs(args) -> list:
@@ -289,7 +330,7 @@ def cmd_eval(args) -> None:
         results += ran
         print(f"{config.name}: {len(ran)} episode set(s) over {len(splits)} class split(s) in "
               f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
-    _print_and_save(results, configs, args)
+    _print_and_save(results, configs, args, catalog=catalog)
 
 
 def cmd_train(args) -> None:
@@ -335,7 +376,8 @@ def cmd_sweep(args) -> None:
     print(f"now, and only now, on the test sets: {', '.join(result.chosen.episodes)}")
     results = run_experiment(result.chosen, catalog, args.episodes_dir, args.store_root,
                              checkpoints_root=args.checkpoints)
-    _print_and_save(results, [result.chosen], args, chosen_on=f"validation ({', '.join(args.on)}), by fsl sweep")
+    _print_and_save(results, [result.chosen], args, chosen_on=f"validation ({', '.join(args.on)}), by fsl sweep",
+                    catalog=catalog)
 
 
 def cmd_align(args) -> None:
@@ -513,6 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
     episodes.add_argument("--out", default="episodes", help="root folder of episode sets (default episodes/)")
     episodes.add_argument("--force", action="store_true",
                           help="replace frozen episode files that exist with other content (they are test sets)")
+    episodes.add_argument("--near-duplicates", type=near_duplicate_threshold, default=str(NEAR_DUPLICATE_THRESHOLD),
+                          metavar="COSINE|none",
+                          help="photos whose image features (of --encoder's store, embedded if cold) reach this "
+                               f"cosine are one group, never split between support and queries (default "
+                               f"{NEAR_DUPLICATE_THRESHOLD}; 'none': no grouping)")
+    _add_encoder(episodes)
     episodes.set_defaults(run=cmd_episodes)
 
     evaluate = commands.add_parser("eval", help="run experiment configs on the frozen episodes",

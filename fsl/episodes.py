@@ -6,6 +6,7 @@ catalog; a file records the catalog fingerprint and is refused against any other
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -20,7 +21,9 @@ import torch
 from fsl import FslError
 from fsl.io import escape_cell, write_bytes
 
-SAMPLER_VERSION = 1
+SAMPLER_VERSION = 2  # 2: queries never share a near-duplicate group with their episode's support
+NEAR_DUPLICATE_THRESHOLD = 0.98  # image cosine; why: see near_duplicate_groups
+NEAR_DUPLICATES_FILE = "near-duplicates.json"
 DEFAULT_FRACTIONS = (0.4, 0.15, 0.45)  # base, val, novel: the 39 real classes with >= 20 photos leave 17 novel, enough for 15-way
 SPLITS = ("base", "val", "novel")
 
@@ -51,14 +54,17 @@ class ClassSplit:
 
 def split_classes(labels: pd.Series, min_count: int, seed: int = 0,
                   fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
-                  parents: pd.Series | None = None) -> ClassSplit:
+                  parents: pd.Series | None = None, groups: np.ndarray | None = None) -> ClassSplit:
     """Seeded split of the classes with >= min_count examples into base / val / novel.
 
     With `parents` (e.g. masterCategory), each parent's classes are split on their own, so every
-    split sees every parent that has at least three eligible classes.
+    split sees every parent that has at least three eligible classes. With near-duplicate `groups`,
+    a class also needs min_count distinct photos (groups), so its episodes can always find queries
+    that are no twin of the support.
     """
     counts = labels.value_counts()
-    eligible = counts[counts >= min_count]
+    distinct = counts if groups is None else pd.Series(np.asarray(groups)).groupby(labels.to_numpy()).nunique()
+    eligible = counts[(counts >= min_count) & (distinct.reindex(counts.index) >= min_count)]
     if eligible.empty:
         raise FslError(f"no {labels.name} class has {min_count} examples (largest: "
                        f"{counts.idxmax()} with {counts.max()})")
@@ -79,6 +85,82 @@ def split_classes(labels: pd.Series, min_count: int, seed: int = 0,
             rows.append({"class": name, "count": int(eligible[name]), "split": split, "parent": parent})
     table = pd.DataFrame(rows).sort_values(["split", "parent", "class"], kind="stable").reset_index(drop=True)
     return ClassSplit(str(labels.name), seed, min_count, table)
+
+
+# Near-duplicate groups ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NearDuplicates:
+    """Products whose photos are (nearly) the same shot: groups of two or more product ids.
+
+    One group must never be split between the support and the queries of an episode, or the query
+    is answered by its own twin. Computed once per catalog from one store's image features and saved
+    beside the episode sets it shaped (they are product ids, so every encoder's store shares them)."""
+
+    groups: tuple[tuple[int, ...], ...]  # each sorted; sorted by first id
+    threshold: float
+    encoder_id: str
+    catalog_fingerprint: str
+
+    def group_index(self, ids: np.ndarray) -> np.ndarray:
+        """[P] a group number per product: shared within a group, unique otherwise."""
+        ids = np.asarray(ids)
+        index = np.arange(len(ids), dtype=np.int64)
+        position = pd.Series(index, index=ids)
+        for group in self.groups:
+            rows = position.reindex(group).dropna().to_numpy(dtype=np.int64)
+            index[rows] = rows.min() if len(rows) else 0
+        return index
+
+    def to_bytes(self) -> bytes:
+        payload = {"threshold": self.threshold, "encoder_id": self.encoder_id,
+                   "catalog_fingerprint": self.catalog_fingerprint, "groups": [list(g) for g in self.groups]}
+        return (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode()
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.to_bytes()).hexdigest()[:16]
+
+    def describe(self) -> dict:
+        """What an episode set records of the grouping it was drawn with."""
+        return {"threshold": self.threshold, "encoder_id": self.encoder_id, "groups": len(self.groups),
+                "products": sum(map(len, self.groups)), "sha256": self.digest}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, catalog_fingerprint: str) -> NearDuplicates:
+        try:
+            payload = json.loads(Path(path).read_text())
+            found = cls(tuple(tuple(int(i) for i in g) for g in payload["groups"]), float(payload["threshold"]),
+                        str(payload["encoder_id"]), str(payload["catalog_fingerprint"]))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+            raise FslError(f"{path}: the near-duplicate groups cannot be read ({error}); remove the file and "
+                           "run `fsl episodes` again to recompute them") from None
+        if found.catalog_fingerprint != catalog_fingerprint:
+            raise FslError(f"{path} groups the products of catalog {found.catalog_fingerprint}, not "
+                           f"{catalog_fingerprint}; remove it and run `fsl episodes` again")
+        return found
+
+
+def near_duplicate_groups(ids: np.ndarray, image_features: np.ndarray, encoder_id: str, catalog_fingerprint: str,
+                          threshold: float = NEAR_DUPLICATE_THRESHOLD) -> NearDuplicates:
+    """Connected components of the graph "image cosine >= threshold".
+
+    Why 0.98 by default: on the offline image features of the 9,583 real photos, 2.5% of photos have
+    a neighbour at >= 0.999, 2.6% at >= 0.99, 2.8% at >= 0.98, then the share climbs steeply (3.5% at
+    0.97, 10.3% at 0.95): the plateau down to 0.98 is the same shot again (colour variants photographed
+    identically), below it similar products begin."""
+    from scipy.sparse.csgraph import connected_components
+    from sklearn.neighbors import radius_neighbors_graph
+
+    if not 0.0 < threshold <= 1.0:
+        raise FslError(f"the near-duplicate threshold is an image cosine in (0, 1], got {threshold}")
+    ids = np.asarray(ids)
+    graph = radius_neighbors_graph(np.asarray(image_features, dtype=np.float32), radius=1.0 - threshold + 1e-6,
+                                   metric="cosine", include_self=False)
+    _, component = connected_components(graph, directed=False)
+    members = pd.Series(ids).groupby(component).agg(lambda g: tuple(sorted(int(i) for i in g)))
+    groups = sorted(g for g in members if len(g) > 1)
+    return NearDuplicates(tuple(groups), float(threshold), encoder_id, catalog_fingerprint)
 
 
 # The sampler -----------------------------------------------------------------------------------
@@ -107,10 +189,15 @@ class Episodes:
 
 
 class EpisodeSampler:
-    """Draws many episodes at once with tensor ops: no Python loop over episodes or classes."""
+    """Draws many episodes at once with tensor ops: no Python loop over episodes or classes.
+
+    Each class's products get random keys; the K smallest are the support. With `groups` (a group
+    number per product, shared by near-duplicates), a query is never in a group the episode's
+    support touches: the queries are the Q smallest keys among the rest. Without near-duplicates
+    this is exactly the K + Q smallest keys (sampler version 1's draw, same bytes)."""
 
     def __init__(self, ids: np.ndarray, labels: pd.Series | np.ndarray, classes: list[str],
-                 n_way: int | None, k_shot: int, q_query: int, seed: int = 0):
+                 n_way: int | None, k_shot: int, q_query: int, seed: int = 0, groups: np.ndarray | None = None):
         labels = np.asarray(labels)
         self.class_names = list(classes)
         self.n_way = len(classes) if n_way is None else n_way  # None: all-way, every class
@@ -129,10 +216,24 @@ class EpisodeSampler:
         if short:
             raise FslError(f"{k_shot}-shot {q_query}-query episodes need {k_shot + q_query} examples per class; "
                            f"too few in: {', '.join(short)}. Use fewer shots/queries or drop those classes.")
+        if groups is not None:
+            distinct = pd.Series(np.asarray(groups)).groupby(labels).nunique()
+            few = [f"{c} ({distinct.get(c, 0)})" for c in self.class_names if distinct.get(c, 0) < k_shot + q_query]
+            if few:
+                raise FslError(f"{k_shot}-shot {q_query}-query episodes need {k_shot + q_query} distinct photos per "
+                               f"class (near-duplicates count once); too few in: {', '.join(few)}. Use fewer "
+                               "shots/queries, drop those classes, or a higher --near-duplicates threshold")
         self.counts = torch.as_tensor(counts)
         self.members = torch.zeros(len(members), counts.max(), dtype=torch.int64)
         for i, m in enumerate(members):
             self.members[i, : len(m)] = torch.as_tensor(m, dtype=torch.int64)
+        self.groups = None
+        if groups is not None:  # group numbers 0..G-1 per member; padding: G, never taken
+            _, numbered = np.unique(np.asarray(groups), return_inverse=True)
+            self.n_groups = int(numbered.max()) + 1
+            self.groups = torch.full(self.members.shape, self.n_groups, dtype=torch.int64)
+            for i, c in enumerate(self.class_names):
+                self.groups[i, : counts[i]] = torch.as_tensor(numbered[labels == c])
         self.generator = torch.Generator().manual_seed(seed)
 
     def sample(self, n_episodes: int) -> Episodes:
@@ -140,14 +241,34 @@ class EpisodeSampler:
         picked = torch.rand(n_episodes, n_classes, generator=self.generator).topk(self.n_way, dim=1).indices
         keys = torch.rand(n_episodes, self.n_way, width, generator=self.generator)
         keys.masked_fill_(torch.arange(width) >= self.counts[picked].unsqueeze(-1), 2.0)  # padding last
-        slots = keys.topk(self.k_shot + self.q_query, dim=-1, largest=False).indices  # [E, N, K+Q]
-        chosen = self.members[picked.unsqueeze(-1), slots]
-        support = chosen[..., : self.k_shot].reshape(n_episodes, -1)
-        query = chosen[..., self.k_shot:].reshape(n_episodes, -1)
+        if self.groups is None:
+            slots = keys.topk(self.k_shot + self.q_query, dim=-1, largest=False).indices  # [E, N, K+Q]
+            support_slots, query_slots = slots[..., : self.k_shot], slots[..., self.k_shot:]
+        else:
+            support_slots = keys.topk(self.k_shot, dim=-1, largest=False).indices  # [E, N, K]
+            groups = self.groups[picked]  # [E, N, W]
+            taken = torch.zeros(n_episodes, self.n_groups + 1, dtype=torch.bool)
+            taken.scatter_(1, groups.gather(-1, support_slots).flatten(1), True)
+            taken[:, self.n_groups] = False
+            keys.masked_fill_(taken.gather(1, groups.flatten(1)).view_as(keys), 3.0)  # the support and its twins
+            query_slots = keys.topk(self.q_query, dim=-1, largest=False).indices
+            short = keys.gather(-1, query_slots).amax(-1) >= 2.0  # [E, N]: fewer free products than queries
+            if short.any():
+                names = sorted({self.class_names[c] for c in picked[short].tolist()})
+                raise FslError(f"after leaving out the near-duplicates of the support, too few products remain for "
+                               f"{self.q_query} queries in: {', '.join(names)}. Use fewer shots/queries or drop "
+                               "those classes")
+        support = self.members[picked.unsqueeze(-1), support_slots].reshape(n_episodes, -1)
+        query = self.members[picked.unsqueeze(-1), query_slots].reshape(n_episodes, -1)
         return Episodes(support.numpy(), query.numpy(), picked.numpy(), self.n_way, self.k_shot, self.q_query)
 
 
 # Frozen episode sets ---------------------------------------------------------------------------
+
+def file_digest(payload: bytes) -> str:
+    """What results record of the episode file they ran on (16 hex digits of its sha256)."""
+    return hashlib.sha256(payload).hexdigest()[:16]
+
 
 @dataclass
 class EpisodeSet:
@@ -155,7 +276,8 @@ class EpisodeSet:
 
     name: str
     episodes: Episodes
-    meta: dict  # catalog_fingerprint, label_column, split, classes, seed, sampler_version, ...
+    meta: dict  # catalog_fingerprint, label_column, split, classes, seed, sampler_version, near_duplicates, ...
+    digest: str = ""  # sha256 (16 hex) of the saved file's bytes: results record which draw they ran on
 
     def check_catalog(self, fingerprint: str) -> None:
         if self.meta["catalog_fingerprint"] != fingerprint:
@@ -184,11 +306,12 @@ class EpisodeSet:
         path = Path(path)
         if not path.is_file():
             raise FslError(f"no episode set at {path}; draw one with `fsl episodes`")
-        with np.load(path, allow_pickle=False) as data:
+        payload = path.read_bytes()
+        with np.load(io.BytesIO(payload), allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             episodes = Episodes(data["support"].astype(np.int64), data["query"].astype(np.int64),
                                 data["classes"].astype(np.int64), meta["n_way"], meta["k_shot"], meta["q_query"])
-        episode_set = cls(meta.pop("name"), episodes, meta)
+        episode_set = cls(meta.pop("name"), episodes, meta, file_digest(payload))
         if catalog_fingerprint is not None:
             episode_set.check_catalog(catalog_fingerprint)
         return episode_set
@@ -196,12 +319,14 @@ class EpisodeSet:
 
 def draw_episode_set(name: str, ids: np.ndarray, labels: pd.Series, split: ClassSplit, split_name: str,
                      catalog_fingerprint: str, n_way: int | None, k_shot: int, q_query: int,
-                     n_episodes: int, seed: int) -> EpisodeSet:
+                     n_episodes: int, seed: int, near_duplicates: NearDuplicates | None = None) -> EpisodeSet:
     classes = split.classes(split_name)
-    sampler = EpisodeSampler(ids, labels, classes, n_way, k_shot, q_query, seed)
+    groups = None if near_duplicates is None else near_duplicates.group_index(ids)
+    sampler = EpisodeSampler(ids, labels, classes, n_way, k_shot, q_query, seed, groups)
     meta = {"catalog_fingerprint": catalog_fingerprint, "label_column": split.column, "split": split_name,
             "split_seed": split.seed, "classes": classes, "seed": seed, "sampler_version": SAMPLER_VERSION,
-            "n_way": sampler.n_way, "k_shot": k_shot, "q_query": q_query, "episodes": n_episodes}
+            "n_way": sampler.n_way, "k_shot": k_shot, "q_query": q_query, "episodes": n_episodes,
+            "near_duplicates": None if near_duplicates is None else near_duplicates.describe()}
     return EpisodeSet(name, sampler.sample(n_episodes), meta)
 
 

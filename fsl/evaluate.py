@@ -124,6 +124,8 @@ class EvalResult:
 
 
 DESCRIBING = ("head", "fusion", "transductive")  # what a plot groups, colours and marks by
+# results_frame also records `episodes_sha`, the digest of the episode file each row ran on: pairing
+# rows of two draws of a set would compare different episodes as if they were the same
 
 
 def results_frame(results: list[EvalResult]) -> pd.DataFrame:
@@ -131,7 +133,8 @@ def results_frame(results: list[EvalResult]) -> pd.DataFrame:
     whether it is transductive, so a results file describes itself."""
     return pd.concat([pd.DataFrame({"method": r.method, "split": r.hparams.get("split", 0), "episode_set": r.episode_set,
                                     "episode": np.arange(len(r.accuracy)), "accuracy": r.accuracy,
-                                    **{k: r.hparams.get(k, "") for k in DESCRIBING}})
+                                    **{k: r.hparams.get(k, "") for k in DESCRIBING},
+                                    "episodes_sha": r.hparams.get("episodes_sha", "")})
                       for r in results], ignore_index=True)
 
 
@@ -151,8 +154,24 @@ def load_results(paths: list[str | os.PathLike]) -> pd.DataFrame:
         missing = {"method", "episode_set", "episode", "accuracy"} - set(frame.columns)
         if missing:
             raise FslError(f"{path} is no results file: it lacks columns {sorted(missing)}")
-        frames.append(with_split(frame))
-    return pd.concat(frames, ignore_index=True).drop_duplicates(["method", "split", "episode_set", "episode"], keep="last")
+        frames.append(with_split(frame).assign(source=str(path)))
+    frame = pd.concat(frames, ignore_index=True).drop_duplicates(["method", "split", "episode_set", "episode"], keep="last")
+    check_same_draws(frame)
+    return frame.drop(columns="source")
+
+
+def check_same_draws(frame: pd.DataFrame) -> None:
+    """Results of one (split, episode set) that ran on different draws of it (an episode file
+    redrawn in between) cannot be compared episode by episode: refused, naming the files."""
+    if "episodes_sha" not in frame.columns:
+        return
+    known = frame[frame["episodes_sha"].fillna("").astype(str) != ""]
+    for (split, episode_set), group in known.groupby(["split", "episode_set"]):
+        if group["episodes_sha"].nunique() > 1:
+            files = group.groupby("episodes_sha")["source"].first()
+            raise FslError(f"{episode_set} (split {split}) was run on different draws of its episodes: "
+                           + "; ".join(f"{source} on {sha}" for sha, source in files.items())
+                           + ". Re-run the older config(s) with `fsl eval` on the current episode files")
 
 
 def with_split(frame: pd.DataFrame) -> pd.DataFrame:

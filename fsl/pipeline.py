@@ -17,10 +17,15 @@ from fsl.checkpoint import load_head
 from fsl.config import EncoderConfig, ExperimentConfig
 from fsl.encoder import Encoder, create_encoder, encoder_id
 from fsl.episodes import (
+    NEAR_DUPLICATE_THRESHOLD,
+    NEAR_DUPLICATES_FILE,
     STANDARD_BENCHMARKS,
     ClassSplit,
     EpisodeSet,
+    NearDuplicates,
     draw_episode_set,
+    file_digest,
+    near_duplicate_groups,
     split_classes,
 )
 from fsl.evaluate import EvalResult, run_episodes, store_rows
@@ -137,20 +142,43 @@ def episodes_dir_for(catalog: Catalog, root: str | os.PathLike = DEFAULT_EPISODE
     return Path(root) / catalog.fingerprint
 
 
+def near_duplicates_for(catalog: Catalog, root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+                        encoder: EncoderConfig = EncoderConfig("offline"), threshold: float = NEAR_DUPLICATE_THRESHOLD,
+                        store_root: str | os.PathLike = DEFAULT_ROOT) -> NearDuplicates:
+    """The catalog's near-duplicate groups: read from root/<fingerprint>/near-duplicates.json when it was
+    computed with this encoder and threshold, else computed from the encoder's store (embedded if cold)."""
+    path = episodes_dir_for(catalog, root) / NEAR_DUPLICATES_FILE
+    wanted = encoder_from_config(encoder).id
+    if path.is_file():
+        saved = NearDuplicates.load(path, catalog.fingerprint)
+        if saved.encoder_id == wanted and saved.threshold == threshold:
+            return saved
+    store = open_store(catalog, encoder, store_root)
+    found = near_duplicate_groups(store.ids, store.image, store.encoder_id, catalog.fingerprint, threshold)
+    print(f"near-duplicate photos (image cosine >= {threshold:g}, {store.encoder_id}): {len(found.groups)} groups "
+          f"of {sum(map(len, found.groups))} products")
+    return found
+
+
 def draw_standard_episodes(catalog: Catalog, root: str | os.PathLike = DEFAULT_EPISODES_DIR,
                            column: str = "articleType", seed: int = 0, n_episodes: int = 600,
                            q_query: int = 15, stratify: str | None = "masterCategory",
-                           benchmarks: dict = STANDARD_BENCHMARKS, force: bool = False) -> tuple[ClassSplit, list[Path]]:
-    """The split (saved as CSV) and one frozen file per standard benchmark the split allows.
+                           benchmarks: dict = STANDARD_BENCHMARKS, force: bool = False,
+                           near_duplicates: NearDuplicates | None = None) -> tuple[ClassSplit, list[Path]]:
+    """The split (saved as CSV) and one frozen file per standard benchmark the split allows; with
+    `near_duplicates`, their groups (saved beside them) are never split between support and queries.
 
     Frozen files are test sets: one that exists with other content is never replaced unless `force`."""
     if type(n_episodes) is not int or n_episodes < 1 or type(q_query) is not int or q_query < 1:
         raise FslError(f"episodes and queries must be whole numbers >= 1, got {n_episodes} and {q_query}")
     labels = catalog.labels(column)
     parents = catalog.labels(stratify) if stratify else None
-    split = split_classes(labels, MIN_COUNT, seed, parents=parents)
+    groups = None if near_duplicates is None else near_duplicates.group_index(catalog.products["id"].to_numpy())
+    split = split_classes(labels, MIN_COUNT, seed, parents=parents, groups=groups)
     out = episodes_dir_for(catalog, root)
     files = {out / f"{split.name}-split.csv": split.to_bytes()}
+    if near_duplicates is not None:
+        files[out / NEAR_DUPLICATES_FILE] = near_duplicates.to_bytes()
     for offset, (name, (split_name, n_way, k_shot)) in enumerate(benchmarks.items()):
         available = len(split.classes(split_name))
         if (n_way or available) > available or available < 2:
@@ -158,9 +186,10 @@ def draw_standard_episodes(catalog: Catalog, root: str | os.PathLike = DEFAULT_E
             continue
         episode_set = draw_episode_set(f"{column}-{name}", catalog.products["id"].to_numpy(), labels, split,
                                        split_name, catalog.fingerprint, n_way, k_shot, q_query, n_episodes,
-                                       seed=seed * 1000 + offset)
+                                       seed=seed * 1000 + offset, near_duplicates=near_duplicates)
         files[out / f"{episode_set.name}.npz"] = episode_set.to_bytes()
-    for name, episode_set in draw_temporal_sets(catalog, split, seed * 1000 + len(benchmarks), n_episodes).items():
+    for name, episode_set in draw_temporal_sets(catalog, split, seed * 1000 + len(benchmarks), n_episodes,
+                                                near_duplicates).items():
         files[out / f"{name}.npz"] = episode_set.to_bytes()
     changed = [path for path, payload in files.items() if path.exists() and path.read_bytes() != payload]
     if changed and not force:
@@ -205,6 +234,13 @@ def checkpoint_dir(config: ExperimentConfig, root: str | os.PathLike = DEFAULT_C
 def episode_set_path(config: ExperimentConfig, catalog: Catalog, name: str,
                      episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> Path:
     return episodes_dir_for(catalog, episodes_root) / f"{config.label_column}-{name}.npz"
+
+
+def episode_set_digest(config: ExperimentConfig, catalog: Catalog, name: str, split_seed: int,
+                       episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> str | None:
+    """The digest of the episode file a set name (shifted names too) of a split runs on now, or None."""
+    path = episode_set_path(config, catalog, name.removesuffix(RERENDERED), split_root(episodes_root, split_seed))
+    return file_digest(path.read_bytes()) if path.is_file() else None
 
 
 def load_episode_set(config: ExperimentConfig, catalog: Catalog, name: str,
@@ -285,5 +321,5 @@ def run_experiment(config: ExperimentConfig, catalog: Catalog, episodes_root: st
                                 query_features=query_features)
         results.append(EvalResult(config.name, name, accuracy,
                                   {**hparams, "n_way": episode_set.episodes.n_way,
-                                   "k_shot": episode_set.episodes.k_shot}))
+                                   "k_shot": episode_set.episodes.k_shot, "episodes_sha": episode_set.digest}))
     return results

@@ -16,7 +16,7 @@ from fsl.evaluate import (
     summary_table,
 )
 from fsl.io import CACHE_DIR
-from fsl.pipeline import draw_standard_episodes, episodes_dir_for, run_experiment
+from fsl.pipeline import draw_standard_episodes, episodes_dir_for, near_duplicates_for, run_experiment
 from fsl.sample import SAMPLE_NOTICE, make_sample_catalog
 
 QUICKSTART_CONFIGS = ("protonet-image.yaml", "protonet-text-masked.yaml", "protonet-fused-masked.yaml")
@@ -43,7 +43,8 @@ def quickstart(data: str | None = None, encoder: str = "offline", experiments: P
     episodes_root = CACHE_DIR / "episodes" if sample else Path("episodes")
     if not episodes_dir_for(catalog, episodes_root).is_dir():
         draw_standard_episodes(catalog, episodes_root, stratify=None if sample else "masterCategory",
-                               n_episodes=200 if sample else 600)
+                               n_episodes=200 if sample else 600,
+                               near_duplicates=near_duplicates_for(catalog, episodes_root, EncoderConfig(encoder)))
     available = {p.stem.split("-", 1)[1] for p in episodes_dir_for(catalog, episodes_root).glob("*.npz")}
 
     results = []

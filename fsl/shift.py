@@ -21,7 +21,7 @@ from PIL import Image
 
 from fsl import FslError
 from fsl.catalog import Catalog
-from fsl.episodes import SAMPLER_VERSION, ClassSplit, Episodes, EpisodeSet
+from fsl.episodes import SAMPLER_VERSION, ClassSplit, Episodes, EpisodeSet, NearDuplicates
 from fsl.io import atomic_path
 
 RERENDERED = "+rerendered"
@@ -49,13 +49,16 @@ def rerender(image: Image.Image) -> Image.Image:
         return compressed.convert("RGB")
 
 
-def draw_temporal_sets(catalog: Catalog, split: ClassSplit, seed: int, n_episodes: int = 600) -> dict[str, EpisodeSet]:
-    """Each temporal set and its control, or nothing (with a note) when the catalog has too few dated products."""
+def draw_temporal_sets(catalog: Catalog, split: ClassSplit, seed: int, n_episodes: int = 600,
+                       near_duplicates: NearDuplicates | None = None) -> dict[str, EpisodeSet]:
+    """Each temporal set and its control, or nothing (with a note) when the catalog has too few dated
+    products. Queries (shifted and control) are never near-duplicates of their episode's support."""
     if "year" not in catalog.products:
         return {}
     year = catalog.products["year"].to_numpy(dtype=np.float64)
     labels = catalog.labels(split.column).to_numpy()
     ids = catalog.products["id"].to_numpy()
+    group_of = dict(zip(ids, ids if near_duplicates is None else near_duplicates.group_index(ids)))
     early = {c: ids[(labels == c) & (year < YEAR_BOUNDARY)] for c in split.classes("novel")}
     late = {c: ids[(labels == c) & (year >= YEAR_BOUNDARY)] for c in split.classes("novel")}
     sets, q = {}, TEMPORAL_QUERIES
@@ -69,14 +72,21 @@ def draw_temporal_sets(catalog: Catalog, split: ClassSplit, seed: int, n_episode
         picked = np.stack([rng.choice(len(classes), 5, replace=False) for _ in range(n_episodes)])
         support, control, shifted = (np.empty((n_episodes, 5 * n), dtype=np.int64) for n in (k_shot, q, q))
         for e, row in enumerate(picked):
-            for slot, c in enumerate(row):
-                before = rng.permutation(early[classes[c]])[: k_shot + q]
+            drawn = [(rng.permutation(early[classes[c]]), rng.permutation(late[classes[c]])) for c in row]
+            taken = {group_of[i] for before, _ in drawn for i in before[:k_shot]}
+            for slot, (before, after) in enumerate(drawn):
+                free_before = [i for i in before[k_shot:] if group_of[i] not in taken][:q]
+                free_after = [i for i in after if group_of[i] not in taken][:q]
+                if min(len(free_before), len(free_after)) < q:
+                    raise FslError(f"{name}: too few products of {classes[row[slot]]} remain for {q} queries after "
+                                   "leaving out the near-duplicates of the support")
                 support[e, slot * k_shot:(slot + 1) * k_shot] = before[:k_shot]
-                control[e, slot * q:(slot + 1) * q] = before[k_shot:]
-                shifted[e, slot * q:(slot + 1) * q] = rng.permutation(late[classes[c]])[:q]
+                control[e, slot * q:(slot + 1) * q] = free_before
+                shifted[e, slot * q:(slot + 1) * q] = free_after
         meta = {"catalog_fingerprint": catalog.fingerprint, "label_column": split.column, "split": "novel",
                 "split_seed": split.seed, "classes": classes, "seed": seed + offset, "sampler_version": SAMPLER_VERSION,
                 "n_way": 5, "k_shot": k_shot, "q_query": q, "episodes": n_episodes,
+                "near_duplicates": None if near_duplicates is None else near_duplicates.describe(),
                 "shift": f"support year < {YEAR_BOUNDARY}; queries year >= {YEAR_BOUNDARY}, control queries before"}
         column = split.column
         sets[f"{column}-{name}"] = EpisodeSet(f"{column}-{name}", Episodes(support, shifted, picked, 5, k_shot, q), meta)

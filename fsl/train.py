@@ -18,7 +18,7 @@ from fsl import FslError
 from fsl.catalog import Catalog
 from fsl.checkpoint import load_head, load_train_state, save_head, save_train_state
 from fsl.config import ExperimentConfig
-from fsl.episodes import EpisodeSampler
+from fsl.episodes import NEAR_DUPLICATES_FILE, EpisodeSampler, NearDuplicates
 from fsl.evaluate import mean_ci, percent, run_episodes
 from fsl.features import DEFAULT_ROOT
 from fsl.fusion import store_features
@@ -29,6 +29,7 @@ from fsl.pipeline import (
     build_head,
     check_alignment,
     checkpoint_dir,
+    episodes_dir_for,
     flat_options,
     load_episode_set,
     open_store,
@@ -63,8 +64,11 @@ def train(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.Pa
     classes = base_classes(catalog, config, val_set.meta["split_seed"], episodes_root)
     if not np.array_equal(store.ids, catalog.products["id"].to_numpy()):
         raise FslError(f"feature store {store.path} rows do not follow the catalog; re-run `fsl embed`")
+    groups_file = episodes_dir_for(catalog, episodes_root) / NEAR_DUPLICATES_FILE  # as the frozen sets were drawn
+    groups = (NearDuplicates.load(groups_file, catalog.fingerprint).group_index(store.ids) if groups_file.is_file()
+              else None)
     sampler = EpisodeSampler(np.arange(len(store.ids)), catalog.labels(config.label_column).to_numpy(), classes,
-                             settings.n_way, settings.k_shot, settings.q_query, settings.seed)
+                             settings.n_way, settings.k_shot, settings.q_query, settings.seed, groups)
     torch.manual_seed(settings.seed)
     optimizer = torch.optim.Adam(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 

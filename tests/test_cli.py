@@ -58,14 +58,22 @@ def twelve_class_dump(tmp_path_factory):
 def test_episodes_eval_compare_end_to_end_and_reproducible(twelve_class_dump, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     data = ["--data", str(twelve_class_dump)]
-    assert main(["episodes", *data, "--stratify", "none", "--episodes", "50", "--out", "eps"]) == 0
+    draw = ["episodes", *data, "--stratify", "none", "--episodes", "50", "--queries", "10", "--out", "eps", "--encoder", "clip",
+            "--model", "FSL-Tiny", "--pretrained", "none", "--store-root", "store", "--near-duplicates", "0.9999"]
+    assert main(draw) == 0
+    assert "near-duplicate photos (image cosine >= 0.9999, clip:FSL-Tiny" in capsys.readouterr().out
     files = sorted((tmp_path / "eps").glob("*/*.npz"))
     assert [f.name for f in files] == ["articleType-novel-5w1s.npz", "articleType-novel-5w5s.npz",
                                       "articleType-novel-allway-5s.npz", "articleType-val-allway-5s.npz"]
-    first = [f.read_bytes() for f in files]
-    assert main(["episodes", *data, "--stratify", "none", "--episodes", "50", "--out", "eps"]) == 0
-    assert [f.read_bytes() for f in files] == first  # same config and seed: the same bytes
-    assert len(EpisodeSet.load(files[0]).episodes) == 50
+    groups_file = files[0].parent / "near-duplicates.json"
+    first = [f.read_bytes() for f in [*files, groups_file]]
+    assert main(draw) == 0
+    assert "near-duplicate photos" not in capsys.readouterr().out  # read back, not recomputed
+    assert [f.read_bytes() for f in [*files, groups_file]] == first  # same config and seed: the same bytes
+    loaded = EpisodeSet.load(files[0])
+    assert len(loaded.episodes) == 50 and loaded.meta["near_duplicates"]["threshold"] == 0.9999
+    assert main([*draw[:-1], "none"]) == 2  # no grouping would change the frozen sets: refused without --force
+    assert "exists with other content" in capsys.readouterr().err
 
     for fusion in ("image", "concat"):
         (tmp_path / f"tiny-{fusion}.yaml").write_text(TINY_CONFIG.format(fusion=fusion))

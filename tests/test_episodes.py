@@ -85,7 +85,7 @@ def test_episode_file_round_trip_and_refusal_on_another_catalog(tmp_path):
     path = saved.save(tmp_path / "set.npz")
     loaded = EpisodeSet.load(path, "catalog-a")
     assert loaded.name == "t-novel-5w1s" and loaded.meta["classes"] == split.classes("novel")
-    assert loaded.meta["sampler_version"] == 1 and loaded.meta["seed"] == 1
+    assert loaded.meta["sampler_version"] == 2 and loaded.meta["seed"] == 1
     np.testing.assert_array_equal(loaded.episodes.support, saved.episodes.support)
     np.testing.assert_array_equal(loaded.episodes.query, saved.episodes.query)
     with pytest.raises(FslError, match="drawn from catalog catalog-a, not catalog-b"):
@@ -108,3 +108,104 @@ def test_committed_episode_sets_belong_to_the_shared_data_and_its_split():
         assert len(episode_set.episodes) == 600
         assert set(episode_set.meta["classes"]) == set(split.loc[split["split"] == name.split("-")[0], "class"])
         assert np.isin(episode_set.episodes.query, catalog.ids).all()
+
+
+def twins_of(ids: np.ndarray, every: int = 3) -> np.ndarray:
+    """Group numbers where every `every`-th product and the next one are near-duplicates."""
+    groups = np.arange(len(ids))
+    groups[1::every] = groups[0::every][: len(groups[1::every])]
+    return groups
+
+
+def test_grouped_sampler_never_puts_a_twin_of_the_support_among_the_queries():
+    ids, labels, _ = toy_labels()
+    classes = sorted(set(labels))[:10]
+    groups = twins_of(ids)
+    group_of = dict(zip(ids, groups))
+
+    def split_pairs(episodes) -> int:
+        return sum(len({group_of[i] for i in episodes.support[e]} & {group_of[i] for i in episodes.query[e]})
+                   for e in range(len(episodes)))
+
+    plain = EpisodeSampler(ids, labels, classes, n_way=5, k_shot=5, q_query=10, seed=3).sample(200)
+    assert split_pairs(plain) > 100  # without grouping, twins land on both sides often
+    grouped = EpisodeSampler(ids, labels, classes, n_way=5, k_shot=5, q_query=10, seed=3, groups=groups).sample(200)
+    assert split_pairs(grouped) == 0
+    np.testing.assert_array_equal(grouped.support, plain.support)  # the support is drawn as before
+    np.testing.assert_array_equal(grouped.classes, plain.classes)
+    label_of = dict(zip(ids, labels))
+    for e in range(200):
+        assert len(set(grouped.query[e])) == 50 and not set(grouped.query[e]) & set(grouped.support[e])
+        wanted = [classes[c] for c in grouped.classes[e]]
+        assert [label_of[i] for i in grouped.query[e]] == [c for c in wanted for _ in range(10)]
+
+
+def test_grouping_crosses_classes_and_without_twins_draws_the_version_one_bytes():
+    ids, labels, _ = toy_labels()
+    classes = sorted(set(labels))[:6]
+    singletons = EpisodeSampler(ids, labels, classes, 5, 5, 15, seed=9, groups=np.arange(len(ids))).sample(50)
+    plain = EpisodeSampler(ids, labels, classes, 5, 5, 15, seed=9).sample(50)
+    np.testing.assert_array_equal(singletons.query, plain.query)
+    np.testing.assert_array_equal(singletons.support, plain.support)
+    # one group spanning two classes: a support photo of one class rules its twin out of the other's queries
+    first, second = (ids[np.asarray(labels) == c] for c in classes[:2])
+    groups = np.arange(len(ids))
+    groups[np.searchsorted(ids, second)] = groups[np.searchsorted(ids, first[: len(second)])][: len(second)]
+    group_of = dict(zip(ids, groups))
+    episodes = EpisodeSampler(ids, labels, classes, 5, 5, 15, seed=9, groups=groups).sample(100)
+    for e in range(100):
+        assert not {group_of[i] for i in episodes.support[e]} & {group_of[i] for i in episodes.query[e]}
+
+
+def test_too_many_twins_for_the_queries_is_an_error_naming_the_class():
+    ids, labels, _ = toy_labels(n_classes=5, per_class=20)
+    groups = np.arange(len(ids))
+    crowded = ids[np.asarray(labels) == "class02"]
+    groups[np.searchsorted(ids, crowded[:12])] = groups[np.searchsorted(ids, crowded[0])]  # 12 shots of one photo
+    with pytest.raises(FslError, match=rf"need 20 distinct photos per class .* too few in: class02 \({len(crowded) - 11}\)"):
+        EpisodeSampler(ids, labels, sorted(set(labels)), 5, 5, 15, seed=0, groups=groups)
+    # split_classes counts distinct photos too: class02 is no longer eligible at 20
+    assert "class02" in set(split_classes(labels, 20).table["class"])
+    assert "class02" not in set(split_classes(labels, 20, groups=groups).table["class"])
+    # twins across two classes of exactly 20 products: each alone is fine, together one robs the other's queries
+    labels = pd.Series(np.repeat(["a", "b", "c", "d", "e"], 20))
+    ids = np.arange(100)
+    groups = np.where(ids < 40, ids % 20, ids)  # a's product i and b's product i are one photo
+    sampler = EpisodeSampler(ids, labels, ["a", "b", "c", "d", "e"], 5, 5, 15, seed=0, groups=groups)
+    with pytest.raises(FslError, match="too few products remain for 15 queries in: a, b"):
+        sampler.sample(5)
+
+
+def test_near_duplicate_groups_are_the_photos_above_the_threshold_and_round_trip(tmp_path):
+    from fsl.episodes import NearDuplicates, near_duplicate_groups
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(40, 64))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    features = base.copy()
+    nudge = rng.normal(size=64)
+    for twin, original, strength in ((30, 3, 0.05), (31, 3, 0.05), (32, 7, 0.05), (33, 9, 0.6)):
+        moved = base[original] + strength * nudge / np.linalg.norm(nudge)
+        features[twin] = moved / np.linalg.norm(moved)  # cosine 0.9988 for 0.05; 0.86 for 0.6
+    ids = np.arange(500, 540)
+    found = near_duplicate_groups(ids, features, "enc", "fp", threshold=0.98)
+    assert found.groups == ((503, 530, 531), (507, 532))  # 533 is only similar to 509
+    assert near_duplicate_groups(ids, features, "enc", "fp", threshold=0.8).groups[-1] == (509, 533)
+    index = found.group_index(ids)
+    assert index[3] == index[30] == index[31] and index[7] == index[32] and len(set(index)) == 40 - 3
+    path = tmp_path / "nd.json"
+    path.write_bytes(found.to_bytes())
+    assert NearDuplicates.load(path, "fp") == found
+    with pytest.raises(FslError, match="groups the products of catalog fp, not other"):
+        NearDuplicates.load(path, "other")
+    path.write_text("{not json")
+    with pytest.raises(FslError, match="nd.json: the near-duplicate groups cannot be read"):
+        NearDuplicates.load(path, "fp")
+    with pytest.raises(FslError, match=r"image cosine in \(0, 1\]"):
+        near_duplicate_groups(ids, features, "enc", "fp", threshold=1.5)
+
+
+def test_cli_default_threshold_is_the_library_one():
+    from fsl import cli, episodes
+
+    assert cli.NEAR_DUPLICATE_THRESHOLD == episodes.NEAR_DUPLICATE_THRESHOLD

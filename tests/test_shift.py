@@ -96,3 +96,26 @@ def test_eval_shifted_runs_the_same_episodes_with_rerendered_queries_embedded_on
     again = run_experiment(config, catalog, root / "episodes", root / "store", progress=False, shifted=True)
     assert "re-rendering" not in capsys.readouterr().err and cache.stat().st_mtime_ns == stamp  # cached
     np.testing.assert_array_equal(again[1].accuracy, results["novel-5w5s+rerendered"].accuracy)
+
+
+def test_temporal_queries_leave_out_the_near_duplicates_of_the_support():
+    from fsl.episodes import NearDuplicates
+
+    catalog, split = dated_catalog(late_per_class=20)
+    ids = catalog.products["id"].to_numpy()
+    # every early product i of a class has a late twin (i + 500) and an early twin (i + 10)
+    groups = tuple((1000 * c + i, 1000 * c + i + 10, 1000 * c + 500 + i) for c in range(1, 8) for i in range(10))
+    twins = NearDuplicates(groups, 0.98, "enc", catalog.fingerprint)
+    group_of = dict(zip(ids, twins.group_index(ids)))
+    plain = draw_temporal_sets(catalog, split, seed=6, n_episodes=40)
+    sets = draw_temporal_sets(catalog, split, seed=6, n_episodes=40, near_duplicates=twins)
+
+    def split_groups(episode_set) -> int:
+        episodes = episode_set.episodes
+        return sum(len({group_of[i] for i in episodes.support[e]} & {group_of[i] for i in episodes.query[e]})
+                   for e in range(len(episodes)))
+
+    for name in plain:
+        assert split_groups(plain[name]) > 20 and split_groups(sets[name]) == 0
+        np.testing.assert_array_equal(plain[name].episodes.support, sets[name].episodes.support)
+        assert sets[name].meta["near_duplicates"]["groups"] == 70

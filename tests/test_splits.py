@@ -93,3 +93,35 @@ def test_results_files_of_several_splits_load_with_every_split(tmp_path):
     frame = load_results([tmp_path / "m.csv", tmp_path / "old.csv"])
     assert sorted(frame[frame["method"] == "m"]["split"].unique()) == [0, 1] and len(frame) == 9
     assert (frame[frame["method"] == "old"]["split"] == 0).all()
+
+
+def test_rows_of_a_redrawn_episode_file_are_neither_kept_nor_paired(twelve_classes, tmp_path, capsys):
+    import shutil
+
+    from fsl.cli import main
+    from fsl.io import read_csv
+    from fsl.pipeline import draw_standard_episodes
+
+    root, catalog = twelve_classes
+    episodes = tmp_path / "episodes"
+    shutil.copytree(root / "episodes", episodes)
+    config = tmp_path / "pn.yaml"
+    config.write_text("method: protonet\nfusion: image\nepisodes: [novel-5w5s]\n"
+                      "encoder: {name: clip, model: FSL-Tiny, pretrained: none}\n")
+    common = ["--data", str(root / "dump"), "--episodes-dir", str(episodes), "--store-root", str(root / "store"),
+              "--runs", str(tmp_path / "runs")]
+    assert main(["eval", str(config), *common, "--shifted", "--results", str(tmp_path / "old")]) == 0
+    before = read_csv(tmp_path / "old" / "pn.csv")
+    assert before["episodes_sha"].nunique() == 1 and len(before["episodes_sha"].iloc[0]) == 16
+    draw_standard_episodes(catalog, episodes, stratify=None, n_episodes=40, q_query=5, force=True,
+                           benchmarks={"val-2w5s": ("val", 2, 5), "novel-5w5s": ("novel", 5, 5)})  # redrawn
+    shutil.copytree(tmp_path / "old", tmp_path / "new")
+    capsys.readouterr()
+    assert main(["eval", str(config), *common, "--results", str(tmp_path / "new")]) == 0
+    assert "dropped earlier rows of split 0 novel-5w5s+rerendered: their episode files were redrawn" in capsys.readouterr().err
+    after = read_csv(tmp_path / "new" / "pn.csv")
+    assert list(after["episode_set"].unique()) == ["novel-5w5s"] and len(after) == 40
+    (tmp_path / "old" / "pn.csv").rename(tmp_path / "old" / "pn-old.csv")
+    assert main(["compare", str(tmp_path / "new" / "pn.csv"), str(tmp_path / "old" / "pn-old.csv"),
+                 "--plot", str(tmp_path / "c.png")]) == 2
+    assert "novel-5w5s (split 0) was run on different draws of its episodes" in capsys.readouterr().err
