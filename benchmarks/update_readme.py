@@ -94,7 +94,8 @@ def markdown(catalog, frame) -> str:
 META_PAIRS = {"protonet-meta-image": "protonet-image", "protonet-meta-fused-masked": "protonet-fused-masked",
               "protonet-meta-fused": "protonet-fused", "protonet-meta-text-masked": "protonet-text-masked",
               "protonet-meta-text": "protonet-text", "maml-image": "maml-untrained-image",
-              "maml-fused-masked": "maml-untrained-fused-masked"}  # meta-trained head: its untrained counterpart
+              "maml-fused-masked": "maml-untrained-fused-masked",
+              "proto-maml-fused-masked": "proto-maml-untrained-fused-masked"}  # meta-trained head: its untrained counterpart
 
 
 def across_markdown(frame) -> str:

@@ -41,6 +41,9 @@ class TrainConfig:
     val_every: int = 50
     val_episodes: str = "val-5w5s"
     seed: int = 0
+    # Extra sources of training episodes, taken in turn with the label column's own: other label
+    # columns (subCategory, baseColour, usage, season, gender), drawn only from base-class products
+    sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,10 @@ def _build(cls, values: Any, source: str, where: str):
             value = None if value is None else _build(TrainConfig, value, source, "train.")
         elif key in ("method_options", "fusion_options") and not isinstance(value, dict):
             raise FslError(f"{source}: {where}{key} must be a mapping, got {value!r}")
+        elif key == "sources":
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+                raise FslError(f"{source}: {where}sources must be a list of label columns, got {value!r}")
+            value = tuple(value)
         elif key == "episodes":
             if not isinstance(value, (str, list, tuple)):
                 raise FslError(f"{source}: {where}episodes must be a name or a list of names, got {value!r}")
@@ -207,5 +214,9 @@ def to_yaml(config: ExperimentConfig, header: str = "") -> str:
     """The resolved config as a YAML file `load_config` reads back (with `#` header lines)."""
     values = dataclasses.asdict(config)
     values["episodes"] = list(values["episodes"])
+    if values["train"] is not None:  # no sources: the file reads as it did before they existed
+        sources = values["train"].pop("sources")
+        if sources:
+            values["train"]["sources"] = list(sources)
     comments = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
     return comments + yaml.safe_dump(values, sort_keys=False)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
@@ -46,6 +47,41 @@ def check_finite(name: str, step: int, loss: torch.Tensor, head: torch.nn.Module
                        "a 10x smaller lr). Checkpoints saved before this step are finite and kept")
 
 
+def training_samplers(config: ExperimentConfig, catalog: Catalog, base: list[str],
+                      episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> dict[str, EpisodeSampler]:
+    """One sampler of catalog rows per source of training episodes: the label column's base classes,
+    then each of `train.sources` (another label column), whose classes are its values among the
+    base-class products only, so no validation or novel product ever enters a training episode.
+    Near-duplicate groups, where the episode sets were drawn with them, apply to all."""
+    settings = config.train
+    groups_file = episodes_dir_for(catalog, episodes_root) / NEAR_DUPLICATES_FILE
+    groups = (NearDuplicates.load(groups_file, catalog.fingerprint).group_index(catalog.products["id"].to_numpy())
+              if groups_file.is_file() else None)
+    rows = np.flatnonzero(catalog.labels(config.label_column).isin(base).to_numpy())  # base-class products
+    columns = (config.label_column, *settings.sources)
+    if len(set(columns)) < len(columns):
+        raise FslError(f"train.sources {list(settings.sources)}: each column once, and not the label column "
+                       f"{config.label_column} itself (its episodes are always drawn)")
+    samplers = {}
+    for column in columns:
+        if column not in catalog.products.columns:
+            known = [c for c in ("subCategory", "baseColour", "usage", "season", "gender") if c in catalog.products]
+            raise FslError(f"train.sources: the catalog has no column {column!r}; its label columns include "
+                           f"{', '.join(known)}")
+        labels = catalog.labels(column).to_numpy()[rows]
+        group = None if groups is None else groups[rows]
+        enough = settings.k_shot + settings.q_query
+        distinct = pd.Series(rows if group is None else group).groupby(labels).nunique()  # photos, twins once
+        classes = base if column == config.label_column else sorted(c for c, n in distinct.items() if n >= enough and c)
+        if len(classes) < 2:
+            raise FslError(f"train.sources: {column} has {len(classes)} value(s) with {enough} base-class "
+                           f"products; at least 2 are needed for an episode")
+        n_way = min(settings.n_way, len(classes))
+        samplers[column] = EpisodeSampler(rows, labels, classes, n_way, settings.k_shot, settings.q_query,
+                                          settings.seed + len(samplers), group)
+    return samplers
+
+
 def train(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
           store_root: str | os.PathLike = DEFAULT_ROOT, checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS,
           runs_root: str | os.PathLike = "runs/train", resume: bool = True, progress: bool = True) -> dict:
@@ -64,11 +100,7 @@ def train(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.Pa
     classes = base_classes(catalog, config, val_set.meta["split_seed"], episodes_root)
     if not np.array_equal(store.ids, catalog.products["id"].to_numpy()):
         raise FslError(f"feature store {store.path} rows do not follow the catalog; re-run `fsl embed`")
-    groups_file = episodes_dir_for(catalog, episodes_root) / NEAR_DUPLICATES_FILE  # as the frozen sets were drawn
-    groups = (NearDuplicates.load(groups_file, catalog.fingerprint).group_index(store.ids) if groups_file.is_file()
-              else None)
-    sampler = EpisodeSampler(np.arange(len(store.ids)), catalog.labels(config.label_column).to_numpy(), classes,
-                             settings.n_way, settings.k_shot, settings.q_query, settings.seed, groups)
+    samplers = training_samplers(config, catalog, classes, episodes_root)
     torch.manual_seed(settings.seed)
     optimizer = torch.optim.Adam(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
@@ -81,22 +113,23 @@ def train(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.Pa
     if state is not None:
         load_head(folder / "last", head, store.encoder_id)
         optimizer.load_state_dict(state["optimizer"])
-        sampler.generator.set_state(state["sampler_rng"])
+        rng = state["sampler_rng"]  # one state per source (a single tensor: a run from before sources)
+        for sampler, saved in zip(samplers.values(), rng if isinstance(rng, list) else [rng]):
+            sampler.generator.set_state(saved)
         start, best, best_step = int(state["step"]), float(state["best"]), int(state["best_step"])
         print(f"resuming {config.name} at step {start} (best val accuracy {best:.4f} at step {best_step})")
 
-    support_labels = torch.arange(settings.n_way).repeat_interleave(settings.k_shot)
-    query_labels = torch.arange(settings.n_way).repeat_interleave(settings.q_query)
+    sources = list(samplers.values())
     with SummaryWriter(str(Path(runs_root) / config.name)) as writer:
         bar = trange(start, settings.steps, desc=f"train {config.name}", disable=not progress)
         report = bar.write if progress else print  # bar.write keeps the bar below the lines
         for step in bar:
             head.train()
-            episodes = sampler.sample(settings.episodes_per_step)
+            episodes = sources[step % len(sources)].sample(settings.episodes_per_step)  # the sources in turn
             logits = head(features[torch.from_numpy(episodes.support)],
-                          support_labels.expand(len(episodes), -1),
-                          features[torch.from_numpy(episodes.query)], settings.n_way)
-            loss = F.cross_entropy(logits.flatten(0, 1), query_labels.repeat(len(episodes)))
+                          torch.as_tensor(episodes.support_labels).expand(len(episodes), -1),
+                          features[torch.from_numpy(episodes.query)], episodes.n_way)
+            loss = F.cross_entropy(logits.flatten(0, 1), torch.as_tensor(episodes.query_labels).repeat(len(episodes)))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -118,8 +151,9 @@ def train(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.Pa
                 save_head(folder / "last", head, {**meta, "step": step + 1, "val_accuracy": accuracy})
                 save_train_state(folder / "last", {"optimizer": optimizer.state_dict(), "step": step + 1,
                                                    "best": best, "best_step": best_step,
-                                                   "sampler_rng": sampler.generator.get_state()})
+                                                   "sampler_rng": [s.generator.get_state() for s in sources]})
         hparams = {"head": config.method, "fusion": config.fusion, "text_variant": config.text_variant,
-                   **{f"train.{k}": v for k, v in dataclasses.asdict(settings).items()}, **flat_options(config)}
+                   **{f"train.{k}": v if not isinstance(v, tuple) else ",".join(v) for k, v in
+                      dataclasses.asdict(settings).items()}, **flat_options(config)}
         writer.add_hparams(hparams, {"hparam/best_val_accuracy": best}, run_name="hparams")
     return {"best_val_accuracy": best, "best_step": best_step, "steps": settings.steps}

@@ -110,6 +110,29 @@ def test_committed_episode_sets_belong_to_the_shared_data_and_its_split():
         assert np.isin(episode_set.episodes.query, catalog.ids).all()
 
 
+def test_committed_episode_sets_never_split_a_near_duplicate_group():
+    from pathlib import Path
+
+    from fsl.catalog import load_catalog
+    from fsl.episodes import NEAR_DUPLICATES_FILE, NearDuplicates
+    from fsl.pipeline import episodes_dir_for
+    from tests.conftest import REAL_DATA, real_styles
+
+    real_styles()  # skips when the shared data is absent
+    catalog = load_catalog(REAL_DATA)
+    root = Path(__file__).resolve().parents[1] / "episodes"
+    for folder in [episodes_dir_for(catalog, root), *sorted(episodes_dir_for(catalog, s) for s in root.glob("split*"))]:
+        groups = NearDuplicates.load(folder / NEAR_DUPLICATES_FILE, catalog.fingerprint)
+        assert len(groups.groups) > 100 and groups.threshold == 0.98  # the real photos do have twins
+        group_of = dict(zip(catalog.ids, groups.group_index(catalog.ids)))
+        for path in sorted(folder.glob("*.npz")):
+            episode_set = EpisodeSet.load(path, catalog.fingerprint)
+            assert episode_set.meta["sampler_version"] == 2 and episode_set.meta["near_duplicates"]["sha256"] == groups.digest
+            support = np.vectorize(group_of.get)(episode_set.episodes.support)
+            query = np.vectorize(group_of.get)(episode_set.episodes.query)
+            assert not (query[:, :, None] == support[:, None, :]).any(), path
+
+
 def twins_of(ids: np.ndarray, every: int = 3) -> np.ndarray:
     """Group numbers where every `every`-th product and the next one are near-duplicates."""
     groups = np.arange(len(ids))

@@ -38,6 +38,7 @@ def accuracy(logits, query_labels):
     ("protonet", {}), ("protonet", {"projection": "diagonal"}), ("protonet", {"projection": "linear", "projection_dim": 6}),
     ("linear_probe", {}),
     ("linear_probe", {"init": "prototypes"}), ("maml", {"inner_steps": 5}), ("maml", {"hidden": 16}),
+    ("maml", {"init": "prototypes", "projection": "diagonal"}),
     ("simpleshot", {}), ("simpleshot", {"centering": "none"}), ("gda", {}),
     ("bd_cspn", {}), ("pt_map", {"normalize": True}), ("cosine_prototypes", {}),
 ])
@@ -482,3 +483,41 @@ def test_pt_map_stabilised_sinkhorn_equals_the_log_domain_loop_where_exp_underfl
     assert torch.isfinite(ours).all()
     torch.testing.assert_close(ours.exp(), log_plan.exp(), atol=1e-8, rtol=1e-6)
     torch.testing.assert_close(ours.exp().sum(1), torch.full((3, 4), 5.0, dtype=torch.float64))
+
+
+def test_proto_maml_starts_at_protonet_and_meta_learns_its_body_through_the_inner_loop():
+    support, labels, query, query_labels = toy_episodes(n_episodes=4)
+    fusion = create_fusion("concat", IMAGE_DIM, TEXT_DIM)
+    protonet = ProtoNet(fusion)
+    still = MAML(fusion, init="prototypes", inner_steps=0)
+    with torch.no_grad():  # no inner step: ProtoNet's logits up to each query's |q|²
+        embedded = fusion(query)
+        torch.testing.assert_close(still(support, labels, query, 5) - protonet(support, labels, query, 5),
+                                   embedded.pow(2).sum(-1, keepdim=True).expand(-1, -1, 5))
+    for first_order in (False, True):
+        head = MAML(fusion, init="prototypes", projection="linear", inner_steps=3, inner_lr=0.5, first_order=first_order)
+        loss = F.cross_entropy(head(support, labels, query, 5).flatten(0, 1), query_labels.repeat(4))
+        loss.backward()  # the body shapes both the starting classifier and the features it adapts on
+        assert head.projection.weight.grad.abs().sum() > 0
+    adapted = MAML(fusion, init="prototypes", inner_steps=5)
+    with torch.no_grad():  # episodes stay independent in a batch
+        together = adapted(support, labels, query, 5)
+        alone = adapted(support[1:2], labels[1:2], query[1:2], 5)
+    torch.testing.assert_close(together[1:2], alone)
+    with pytest.raises(FslError, match="is Proto-MAML's body: set init: prototypes"):
+        MAML(fusion, projection="linear")
+    with pytest.raises(FslError, match="maml init must be shared or prototypes"):
+        MAML(fusion, init="zeros")
+
+
+def test_maml_learned_scale_changes_the_loss_never_the_prediction():
+    support, labels, query, query_labels = toy_episodes(n_episodes=3)
+    fusion = create_fusion("gate", IMAGE_DIM, TEXT_DIM, image_weight=0.7)
+    plain, scaled = MAML(fusion, inner_steps=3), MAML(fusion, inner_steps=3, learn_scale=True)
+    with torch.no_grad():
+        scaled.log_scale.fill_(1.5)
+        a, b = plain(support, labels, query, 5), scaled(support, labels, query, 5)
+    torch.testing.assert_close(b, a * np.exp(1.5))
+    loss = F.cross_entropy(scaled(support, labels, query, 5).flatten(0, 1), query_labels.repeat(3))
+    loss.backward()
+    assert scaled.log_scale.grad.abs() > 0

@@ -40,8 +40,9 @@ def workspace(tmp_path_factory):
     return root, catalog
 
 
-def config(steps: int, name: str = "proto-proj", **changes) -> ExperimentConfig:
-    settings = TrainConfig(steps=steps, lr=3e-3, episodes_per_step=4, val_every=5, val_episodes="val-2w5s")
+def config(steps: int, name: str = "proto-proj", train_sources: tuple[str, ...] = (), **changes) -> ExperimentConfig:
+    settings = TrainConfig(steps=steps, lr=3e-3, episodes_per_step=4, val_every=5, val_episodes="val-2w5s",
+                           sources=train_sources)
     return ExperimentConfig(name=name, method="protonet", method_options={"projection": "linear", "projection_dim": 16}, fusion="gate",
                             episodes=("novel-5w5s",), encoder=TINY, train=settings, **changes)
 
@@ -163,3 +164,48 @@ def test_each_split_trains_its_own_checkpoint_on_its_own_base_classes(workspace,
     with pytest.raises(FslError, match="checkpoint"):  # split 0 was never trained: said, not guessed
         run_experiment(cfg, catalog, episodes, root / "store", progress=False, checkpoints_root=tmp_path / "ckpt",
                        split_seed=0)
+
+
+def small_episodes(cfg: ExperimentConfig) -> ExperimentConfig:
+    """5-way 2-shot 3-query training episodes: the slice's few base products fill other columns' classes."""
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, k_shot=2, q_query=3))
+
+
+def test_no_product_of_a_validation_or_novel_class_enters_a_training_episode(workspace):
+    from fsl.episodes import EpisodeSampler
+    from fsl.pipeline import base_classes
+    from fsl.train import training_samplers
+
+    root, catalog = workspace
+    cfg = small_episodes(config(4, train_sources=("subCategory", "baseColour", "gender", "usage", "season")))
+    base = base_classes(catalog, cfg, 0, root / "episodes")
+    samplers = training_samplers(cfg, catalog, base, root / "episodes")
+    assert list(samplers) == ["articleType", "subCategory", "baseColour", "gender", "usage", "season"]
+    article = catalog.labels("articleType").to_numpy()
+    for column, sampler in samplers.items():
+        episodes = sampler.sample(300)
+        rows = np.concatenate([episodes.support.ravel(), episodes.query.ravel()])
+        assert set(article[rows]) <= set(base), column  # other columns' values, base-class products only
+        labels = catalog.labels(column).to_numpy()
+        classes = np.asarray(sampler.class_names)[episodes.classes]
+        np.testing.assert_array_equal(labels[episodes.support].reshape(300, sampler.n_way, -1),
+                                      np.repeat(classes[..., None], sampler.k_shot, -1))
+    # a column that also has validation- and novel-class products does reach them when not restricted
+    everything = EpisodeSampler(np.arange(len(article)), catalog.labels("gender").to_numpy(),
+                                ["Men", "Women"], 2, 2, 3).sample(300)
+    assert not set(article[everything.query.ravel()]) <= set(base)
+    # the label column's own sampler draws what training drew before sources existed (same checkpoints)
+    plain = EpisodeSampler(np.arange(len(article)), article, base, 5, 2, 3, seed=0).sample(20)
+    again = samplers["articleType"]
+    again.generator.manual_seed(0)
+    np.testing.assert_array_equal(again.sample(20).support, plain.support)
+
+
+def test_training_with_other_label_columns_takes_them_in_turn_and_refuses_a_missing_column(workspace):
+    root, catalog = workspace
+    summary = run(workspace, small_episodes(config(6, name="proto-sources", train_sources=("gender", "subCategory"))), "s")
+    assert summary["steps"] == 6 and (root / "s/ckpt/proto-sources/best/head.safetensors").is_file()
+    with pytest.raises(FslError, match="train.sources: the catalog has no column 'colour'"):
+        run(workspace, config(6, name="proto-bad", train_sources=("colour",)), "t")
+    with pytest.raises(FslError, match="each column once, and not the label column articleType"):
+        run(workspace, config(6, name="proto-bad", train_sources=("gender", "articleType")), "t")

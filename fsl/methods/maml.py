@@ -1,10 +1,21 @@
 """MAML (Finn et al., 2017) as a head on frozen features: a linear classifier, optionally on a
-small MLP body, whose initialisation is meta-learned so that a few gradient steps on the support
-set fit a new episode.
+meta-learned body, whose starting point is meta-learned so that a few gradient steps on the
+support set fit a new episode.
 
-The classifier starts every class from the same learned vector (w0, b0), so one initialisation
-serves any number of ways and any label order. The inner loop is `torch.func.grad`, vmapped over
-the episodes of a batch; second order unless `first_order`.
+`init: shared` starts every class from the same learned vector (w0, b0), so one initialisation
+serves any number of ways and any label order. On frozen features that vector is inert: softmax
+ignores what all classes share, so only a body or a fusion gate can learn. `init: prototypes` is
+Proto-MAML (Triantafillou et al., 2020): class k starts at w_k = 2 c_k, b_k = -|c_k|² from its
+support prototype c_k in the body's space (ProtoNet's logits, up to a per-query constant), then the
+inner loop fine-tunes (w, b); the meta-parameters are the body (`projection`: none, diagonal or
+linear, starting as the identity), the fusion gate and (`learn_scale`) a logit scale, all learned
+through the inner loop.
+
+The inner loop is `torch.func.grad`, vmapped over the episodes of a batch; second order unless
+`first_order`. `learn_scale` meta-learns one factor on the adapted query logits: ten inner steps
+from zero leave the classifier under-confident (query loss near log N), and without a scale of its
+own the outer loss lowers itself by moving the fusion gate to whichever modality yields larger
+logits, even where that costs accuracy (benchmarks/maml_gate.py).
 """
 
 from __future__ import annotations
@@ -14,19 +25,35 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from fsl import FslError
 from fsl.fusion import Fusion
 from fsl.methods.base import FewShotHead
+from fsl.methods.protonet import make_projection
 
 
 class MAML(FewShotHead):
     def __init__(self, fusion: Fusion, hidden: int = 0, inner_steps: int = 10, inner_lr: float = 0.5,
-                 first_order: bool = False):
+                 first_order: bool = False, init: str = "shared", projection: str = "none",
+                 projection_dim: int | None = None, learn_scale: bool = False):
         super().__init__(fusion)
+        if init not in ("shared", "prototypes"):
+            raise FslError(f"maml init must be shared or prototypes, got {init!r}")
+        if init == "shared" and projection != "none":
+            raise FslError(f"maml projection ({projection}) is Proto-MAML's body: set init: prototypes")
+        if init == "prototypes" and hidden:
+            raise FslError("maml init: prototypes takes a projection as its body, not hidden")
         width = hidden or fusion.out_dim
         self.body = nn.Sequential(nn.Linear(fusion.out_dim, hidden), nn.ReLU()) if hidden else nn.Identity()
-        self.w0 = nn.Parameter(torch.zeros(width))
-        self.b0 = nn.Parameter(torch.zeros(()))
+        self.projection = make_projection(projection, fusion.out_dim, projection_dim)
+        self.init = init
+        if init == "shared":
+            self.w0 = nn.Parameter(torch.zeros(width))
+            self.b0 = nn.Parameter(torch.zeros(()))
         self.inner_steps, self.inner_lr, self.first_order = inner_steps, inner_lr, first_order
+        self.log_scale = nn.Parameter(torch.zeros(())) if learn_scale else None  # the argmax never depends on it
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.fusion(features))
 
     def fast_weights(self, n_way: int) -> dict[str, torch.Tensor]:
         """The adapted parameters before adaptation: body weights and N copies of (w0, b0)."""
@@ -49,9 +76,21 @@ class MAML(FewShotHead):
         return weights
 
     def classify(self, support, support_labels, query, n_way, class_text=None):
+        logits = self.adapted_logits(support, support_labels, query, n_way)
+        return logits if self.log_scale is None else logits * self.log_scale.exp()
+
+    def adapted_logits(self, support, support_labels, query, n_way):
+        if self.init == "prototypes":
+            prototypes = self.prototypes(support, support_labels, n_way)  # [E, N, D']
+            starts = {"weight": 2 * prototypes, "bias": -prototypes.pow(2).sum(-1)}
+
+            def one_episode(start, support, labels, query):
+                return self.logits(self.adapt(start, support, labels), query)
+
+            return vmap(one_episode)(starts, support, support_labels, query)  # [E, Q, N]
         start = self.fast_weights(n_way)
 
-        def one_episode(support, labels, query):
+        def one_shared(support, labels, query):
             return self.logits(self.adapt(start, support, labels), query)
 
-        return vmap(one_episode)(support, support_labels, query)  # [E, Q, N]
+        return vmap(one_shared)(support, support_labels, query)  # [E, Q, N]
