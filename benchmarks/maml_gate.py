@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fsl import FslError
 from fsl.catalog import load_catalog
 from fsl.config import load_config
 from fsl.episodes import NEAR_DUPLICATES_FILE, ClassSplit, NearDuplicates, draw_episode_set
@@ -62,8 +63,11 @@ if __name__ == "__main__":
             accuracy = (logits.argmax(-1) == torch.as_tensor(episodes.query_labels)).double().mean(-1).numpy()
             cells += [percent(*mean_ci(accuracy)), f"{F.cross_entropy(logits.flatten(0, 1), targets).item():.4f}"]
         print(f"{weight:>12}  {cells[0]:>19}  {cells[1]:>24}  {cells[2]:>18}  {cells[3]:>15}")
-    _, _, trained = experiment_head(load_config(TRAINED), catalog, checkpoints_root=split_root("checkpoints", args.split),
-                                    episodes_root=root)
+    try:
+        _, _, trained = experiment_head(load_config(TRAINED), catalog, episodes_root=root,
+                                        checkpoints_root=split_root("checkpoints", args.split))
+    except FslError as error:
+        raise SystemExit(f"the trained gate: {error} (run `fsl train {TRAINED.name}`)") from None
     for name, episode_set in (("base-5w5s", base), ("val-5w5s", val)):
         rows = np.unique(store_rows(store.ids, episode_set.episodes.query))
         with torch.no_grad():
