@@ -227,43 +227,40 @@ def cmd_episodes(args) -> None:
             print(f"wrote {path}")
 
 
-def _print_and_save(results, configs, args, chosen_on: str = "as written (no selection)", catalog=None) -> None:
-    from fsl.config import to_yaml
-    from fsl.evaluate import (
-        across_splits,
-        format_table,
-        log_to_tensorboard,
-        results_frame,
-        summary_table,
-    )
-    import pandas as pd
-
-    from fsl.io import write_bytes, write_csv
+def _print_tables(results) -> None:
+    from fsl.evaluate import across_splits, format_table, results_frame, summary_table
 
     frame = results_frame(results)
     print(format_table(summary_table(frame)))
     if frame["split"].nunique() > 1:
         print("\nacross class splits: the mean of the split means, 95% t interval over splits:")
         print(format_table(across_splits(frame)))
-    by_name = {config.name: config for config in configs}
-    for method in dict.fromkeys(r.method for r in results):
-        mine = [r for r in results if r.method == method]
-        path = Path(args.results) / f"{method}.csv"
-        resolved = to_yaml(by_name[method], f"chosen on: {chosen_on}").encode()
-        ran = results_frame(mine)
-        current = None
-        if catalog is not None:
-            from fsl.pipeline import episode_set_digest
 
-            current = lambda split, name: episode_set_digest(by_name[method], catalog, name, split,  # noqa: E731
-                                                             args.episodes_dir)
-        kept = earlier_results(path, resolved, ran, current)
-        write_csv(pd.concat([kept, ran], ignore_index=True), path)
-        write_bytes(path.with_suffix(".config.yaml"), resolved)
-        for result in mine:
-            log_to_tensorboard(result, args.runs)
-        said = f"; kept {kept.groupby(['split', 'episode_set']).ngroups} earlier set(s) of the same config" if len(kept) else ""
-        print(f"per-episode accuracy: {path} (its resolved config beside it{said})")
+
+def _save(results, config, args, chosen_on: str = "as written (no selection)", catalog=None) -> None:
+    """One config's results file (with the earlier sets it keeps), its resolved config, TensorBoard:
+    written as soon as that config has run, so a later failure loses nothing of it."""
+    import pandas as pd
+
+    from fsl.config import to_yaml
+    from fsl.evaluate import log_to_tensorboard, results_frame
+    from fsl.io import write_bytes, write_csv
+
+    path = Path(args.results) / f"{config.name}.csv"
+    resolved = to_yaml(config, f"chosen on: {chosen_on}").encode()
+    ran = results_frame(results)
+    current = None
+    if catalog is not None:
+        from fsl.pipeline import episode_set_digest
+
+        current = lambda split, name: episode_set_digest(config, catalog, name, split, args.episodes_dir)  # noqa: E731
+    kept = earlier_results(path, resolved, ran, current)
+    write_csv(pd.concat([kept, ran], ignore_index=True), path)
+    write_bytes(path.with_suffix(".config.yaml"), resolved)
+    for result in results:
+        log_to_tensorboard(result, args.runs)
+    said = f"; kept {kept.groupby(['split', 'episode_set']).ngroups} earlier set(s) of the same config" if len(kept) else ""
+    print(f"per-episode accuracy: {path} (its resolved config beside it{said})")
 
 
 def earlier_results(path: Path, resolved_config: bytes, new, current_draw=None):
@@ -271,8 +268,6 @@ def earlier_results(path: Path, resolved_config: bytes, new, current_draw=None):
     pairs not run now, so splits or shifted sets can be added one run at a time; nothing is kept
     from a file of another config, nor rows whose episode file has been redrawn since
     (`current_draw(split, set)` gives the digest of the file there now)."""
-    import pandas as pd
-
     from fsl.evaluate import with_split
     from fsl.io import read_csv
 
@@ -280,10 +275,12 @@ def earlier_results(path: Path, resolved_config: bytes, new, current_draw=None):
     if not path.is_file() or not config_file.is_file() or config_file.read_bytes() != resolved_config:
         return new.iloc[:0]
     old = with_split(read_csv(path))
+    if "episodes_sha" not in old.columns:  # from before results recorded their draw: never kept
+        old = old.assign(episodes_sha="")
     ran = set(zip(new["split"], new["episode_set"]))
     keep = [(s, e) not in ran for s, e in zip(old["split"], old["episode_set"])]
     if current_draw is not None:
-        drawn = old["episodes_sha"].fillna("").astype(str) if "episodes_sha" in old.columns else pd.Series("", old.index)
+        drawn = old["episodes_sha"].fillna("").astype(str)
         same = {key: current_draw(*key) for key in set(zip(old["split"], old["episode_set"]))}
         keep = [k and sha == same[(s, e)] for k, sha, s, e in zip(keep, drawn, old["split"], old["episode_set"])]
         stale = sorted({(int(s), e) for k, sha, s, e in zip(keep, drawn, old["split"], old["episode_set"])
@@ -328,9 +325,10 @@ def cmd_eval(args) -> None:
             ran += run_experiment(config, catalog, args.episodes_dir, args.store_root, checkpoints_root=args.checkpoints,
                                   shifted=args.shifted, split_seed=split)
         results += ran
+        _save(ran, config, args, catalog=catalog)
         print(f"{config.name}: {len(ran)} episode set(s) over {len(splits)} class split(s) in "
               f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
-    _print_and_save(results, configs, args, catalog=catalog)
+    _print_tables(results)
 
 
 def cmd_train(args) -> None:
@@ -376,8 +374,8 @@ def cmd_sweep(args) -> None:
     print(f"now, and only now, on the test sets: {', '.join(result.chosen.episodes)}")
     results = run_experiment(result.chosen, catalog, args.episodes_dir, args.store_root,
                              checkpoints_root=args.checkpoints)
-    _print_and_save(results, [result.chosen], args, chosen_on=f"validation ({', '.join(args.on)}), by fsl sweep",
-                    catalog=catalog)
+    _save(results, result.chosen, args, chosen_on=f"validation ({', '.join(args.on)}), by fsl sweep", catalog=catalog)
+    _print_tables(results)
 
 
 def cmd_align(args) -> None:

@@ -125,3 +125,29 @@ def test_rows_of_a_redrawn_episode_file_are_neither_kept_nor_paired(twelve_class
     assert main(["compare", str(tmp_path / "new" / "pn.csv"), str(tmp_path / "old" / "pn-old.csv"),
                  "--plot", str(tmp_path / "c.png")]) == 2
     assert "novel-5w5s (split 0) was run on different draws of its episodes" in capsys.readouterr().err
+
+
+def test_results_from_before_draw_digests_are_dropped_and_each_config_is_saved_as_it_finishes(twelve_classes, tmp_path,
+                                                                                             capsys):
+    from fsl.cli import main
+    from fsl.io import read_csv
+
+    root, catalog = twelve_classes
+    config = tmp_path / "pn.yaml"
+    config.write_text("method: protonet\nfusion: image\nepisodes: [novel-5w5s]\n"
+                      "encoder: {name: clip, model: FSL-Tiny, pretrained: none}\n")
+    common = ["--data", str(root / "dump"), "--episodes-dir", str(root / "episodes"), "--store-root", str(root / "store"),
+              "--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs")]
+    assert main(["eval", str(config), *common, "--shifted"]) == 0
+    path = tmp_path / "results" / "pn.csv"
+    read_csv(path).drop(columns="episodes_sha").to_csv(path, index=False)  # a file from before digests
+    capsys.readouterr()
+    assert main(["eval", str(config), *common]) == 0
+    assert "dropped earlier rows of split 0 novel-5w5s+rerendered" in capsys.readouterr().err
+    assert list(read_csv(path)["episode_set"].unique()) == ["novel-5w5s"]
+    broken = tmp_path / "broken.yaml"  # runs second and fails: the first config's file is written already
+    broken.write_text("method: protonet\nfusion: image\nepisodes: [novel-9w9s]\n"
+                      "encoder: {name: clip, model: FSL-Tiny, pretrained: none}\n")
+    config.write_text(config.read_text().replace("fusion: image", "fusion: image\nname: first"))
+    assert main(["eval", str(config), str(broken), *common]) == 2
+    assert (tmp_path / "results" / "first.csv").is_file() and not (tmp_path / "results" / "broken.csv").exists()
