@@ -108,8 +108,9 @@ class NearDuplicates:
         index = np.arange(len(ids), dtype=np.int64)
         position = pd.Series(index, index=ids)
         for group in self.groups:
-            rows = position.reindex(group).dropna().to_numpy(dtype=np.int64)
-            index[rows] = rows.min() if len(rows) else 0
+            rows = position.reindex(group).dropna().to_numpy(dtype=np.int64)  # members this id list has
+            if len(rows):
+                index[rows] = rows.min()
         return index
 
     def to_bytes(self) -> bytes:
@@ -194,7 +195,7 @@ class EpisodeSampler:
     Each class's products get random keys; the K smallest are the support. With `groups` (a group
     number per product, shared by near-duplicates), a query is never in a group the episode's
     support touches: the queries are the Q smallest keys among the rest. Without near-duplicates
-    this is exactly the K + Q smallest keys (sampler version 1's draw, same bytes)."""
+    this is exactly the K + Q smallest keys (sampler version 1's episodes)."""
 
     def __init__(self, ids: np.ndarray, labels: pd.Series | np.ndarray, classes: list[str],
                  n_way: int | None, k_shot: int, q_query: int, seed: int = 0, groups: np.ndarray | None = None):
