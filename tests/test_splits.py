@@ -62,16 +62,22 @@ def test_across_split_interval_is_over_split_means_and_paired_differences_combin
     assert table.at["b", "difference"] > table.at["b", "difference_ci95"] > 0  # b beats a on every split
 
 
+def protonet_eval(root, tmp_path, episodes=None) -> tuple:
+    """A tiny ProtoNet config and the `fsl eval` arguments that run it on the twelve-class slice."""
+    config = tmp_path / "pn.yaml"
+    config.write_text("method: protonet\nfusion: image\nepisodes: [novel-5w5s]\n"
+                      "encoder: {name: clip, model: FSL-Tiny, pretrained: none}\n")
+    return config, ["--data", str(root / "dump"), "--episodes-dir", str(episodes or root / "episodes"),
+                    "--store-root", str(root / "store"), "--results", str(tmp_path / "results"),
+                    "--runs", str(tmp_path / "runs")]
+
+
 def test_eval_keeps_earlier_sets_of_the_same_config_and_drops_those_of_another(twelve_classes, tmp_path, capsys):
     from fsl.cli import main
     from fsl.io import read_csv
 
     root, catalog = twelve_classes
-    config = tmp_path / "pn.yaml"
-    config.write_text("method: protonet\nfusion: image\nepisodes: [novel-5w5s]\n"
-                      "encoder: {name: clip, model: FSL-Tiny, pretrained: none}\n")
-    common = ["--data", str(root / "dump"), "--episodes-dir", str(root / "episodes"), "--store-root", str(root / "store"),
-              "--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs")]
+    config, common = protonet_eval(root, tmp_path)
     main(["eval", str(config), *common, "--shifted"])  # novel-5w5s and novel-5w5s+rerendered
     main(["eval", str(config), *common])  # novel-5w5s again: the shifted set is kept
     frame = read_csv(tmp_path / "results" / "pn.csv")
@@ -133,11 +139,7 @@ def test_results_from_before_draw_digests_are_dropped_and_each_config_is_saved_a
     from fsl.io import read_csv
 
     root, catalog = twelve_classes
-    config = tmp_path / "pn.yaml"
-    config.write_text("method: protonet\nfusion: image\nepisodes: [novel-5w5s]\n"
-                      "encoder: {name: clip, model: FSL-Tiny, pretrained: none}\n")
-    common = ["--data", str(root / "dump"), "--episodes-dir", str(root / "episodes"), "--store-root", str(root / "store"),
-              "--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs")]
+    config, common = protonet_eval(root, tmp_path)
     assert main(["eval", str(config), *common, "--shifted"]) == 0
     path = tmp_path / "results" / "pn.csv"
     read_csv(path).drop(columns="episodes_sha").to_csv(path, index=False)  # a file from before digests
