@@ -20,10 +20,18 @@ import torch.nn.functional as F
 from fsl import FslError
 from fsl.catalog import load_catalog
 from fsl.config import load_config
-from fsl.episodes import NEAR_DUPLICATES_FILE, ClassSplit, NearDuplicates, draw_episode_set
+from fsl.episodes import ClassSplit, draw_episode_set
 from fsl.evaluate import episode_logits, mean_ci, percent, store_rows
 from fsl.io import read_csv
-from fsl.pipeline import MIN_COUNT, build_head, episodes_dir_for, experiment_head, load_episode_set, split_root
+from fsl.pipeline import (
+    MIN_COUNT,
+    build_head,
+    episodes_dir_for,
+    experiment_head,
+    load_episode_set,
+    saved_near_duplicates,
+    split_root,
+)
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 CONFIG = EXPERIMENTS / "maml-untrained-fused-masked.yaml"
@@ -41,8 +49,7 @@ if __name__ == "__main__":
     root = split_root("episodes", args.split)
     folder = episodes_dir_for(catalog, root)
     store, features, _ = experiment_head(config, catalog, episodes_root=root)
-    near_duplicates = (NearDuplicates.load(folder / NEAR_DUPLICATES_FILE, catalog.fingerprint)
-                       if (folder / NEAR_DUPLICATES_FILE).is_file() else None)
+    near_duplicates = saved_near_duplicates(catalog, root)
     split = ClassSplit(config.label_column, args.split, MIN_COUNT,
                        read_csv(folder / f"{config.label_column}-seed{args.split}-split.csv"))
     base = draw_episode_set("base-5w5s", catalog.products["id"].to_numpy(), catalog.labels(config.label_column),

@@ -52,6 +52,12 @@ class ClassSplit:
         return self.table.map(escape_cell).to_csv(index=False).encode()
 
 
+def distinct_photos(labels, groups: np.ndarray | None = None) -> pd.Series:
+    """Products per label, near-duplicates (a shared group number) counted once."""
+    labels = np.asarray(labels)
+    return pd.Series(np.arange(len(labels)) if groups is None else np.asarray(groups)).groupby(labels).nunique()
+
+
 def split_classes(labels: pd.Series, min_count: int, seed: int = 0,
                   fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
                   parents: pd.Series | None = None, groups: np.ndarray | None = None) -> ClassSplit:
@@ -63,7 +69,7 @@ def split_classes(labels: pd.Series, min_count: int, seed: int = 0,
     that are no twin of the support.
     """
     counts = labels.value_counts()
-    distinct = counts if groups is None else pd.Series(np.asarray(groups)).groupby(labels.to_numpy()).nunique()
+    distinct = distinct_photos(labels, groups)
     eligible = counts[(counts >= min_count) & (distinct.reindex(counts.index) >= min_count)]
     if eligible.empty:
         raise FslError(f"no {labels.name} class has {min_count} examples (largest: "
@@ -218,7 +224,7 @@ class EpisodeSampler:
             raise FslError(f"{k_shot}-shot {q_query}-query episodes need {k_shot + q_query} examples per class; "
                            f"too few in: {', '.join(short)}. Use fewer shots/queries or drop those classes.")
         if groups is not None:
-            distinct = pd.Series(np.asarray(groups)).groupby(labels).nunique()
+            distinct = distinct_photos(labels, groups)
             few = [f"{c} ({distinct.get(c, 0)})" for c in self.class_names if distinct.get(c, 0) < k_shot + q_query]
             if few:
                 raise FslError(f"{k_shot}-shot {q_query}-query episodes need {k_shot + q_query} distinct photos per "

@@ -142,17 +142,20 @@ def episodes_dir_for(catalog: Catalog, root: str | os.PathLike = DEFAULT_EPISODE
     return Path(root) / catalog.fingerprint
 
 
+def saved_near_duplicates(catalog: Catalog, root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> NearDuplicates | None:
+    """The near-duplicate groups the episode sets under `root` were drawn with, if any."""
+    path = episodes_dir_for(catalog, root) / NEAR_DUPLICATES_FILE
+    return NearDuplicates.load(path, catalog.fingerprint) if path.is_file() else None
+
+
 def near_duplicates_for(catalog: Catalog, root: str | os.PathLike = DEFAULT_EPISODES_DIR,
                         encoder: EncoderConfig = EncoderConfig("offline"), threshold: float = NEAR_DUPLICATE_THRESHOLD,
                         store_root: str | os.PathLike = DEFAULT_ROOT) -> NearDuplicates:
     """The catalog's near-duplicate groups: read from root/<fingerprint>/near-duplicates.json when it was
     computed with this encoder and threshold, else computed from the encoder's store (embedded if cold)."""
-    path = episodes_dir_for(catalog, root) / NEAR_DUPLICATES_FILE
-    wanted = encoder_from_config(encoder).id
-    if path.is_file():
-        saved = NearDuplicates.load(path, catalog.fingerprint)
-        if saved.encoder_id == wanted and saved.threshold == threshold:
-            return saved
+    saved = saved_near_duplicates(catalog, root)
+    if saved is not None and saved.encoder_id == encoder_from_config(encoder).id and saved.threshold == threshold:
+        return saved
     store = open_store(catalog, encoder, store_root)
     found = near_duplicate_groups(store.ids, store.image, store.encoder_id, catalog.fingerprint, threshold)
     print(f"near-duplicate photos (image cosine >= {threshold:g}, {store.encoder_id}): {len(found.groups)} groups "

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
@@ -19,7 +18,7 @@ from fsl import FslError
 from fsl.catalog import Catalog
 from fsl.checkpoint import load_head, load_train_state, save_head, save_train_state
 from fsl.config import ExperimentConfig
-from fsl.episodes import NEAR_DUPLICATES_FILE, EpisodeSampler, NearDuplicates
+from fsl.episodes import EpisodeSampler, distinct_photos
 from fsl.evaluate import mean_ci, percent, run_episodes
 from fsl.features import DEFAULT_ROOT
 from fsl.fusion import store_features
@@ -30,10 +29,10 @@ from fsl.pipeline import (
     build_head,
     check_alignment,
     checkpoint_dir,
-    episodes_dir_for,
     flat_options,
     load_episode_set,
     open_store,
+    saved_near_duplicates,
 )
 
 
@@ -54,9 +53,8 @@ def training_samplers(config: ExperimentConfig, catalog: Catalog, base: list[str
     base-class products only, so no validation or novel product ever enters a training episode.
     Near-duplicate groups, where the episode sets were drawn with them, apply to all."""
     settings = config.train
-    groups_file = episodes_dir_for(catalog, episodes_root) / NEAR_DUPLICATES_FILE
-    groups = (NearDuplicates.load(groups_file, catalog.fingerprint).group_index(catalog.products["id"].to_numpy())
-              if groups_file.is_file() else None)
+    near_duplicates = saved_near_duplicates(catalog, episodes_root)
+    groups = None if near_duplicates is None else near_duplicates.group_index(catalog.products["id"].to_numpy())
     rows = np.flatnonzero(catalog.labels(config.label_column).isin(base).to_numpy())  # base-class products
     columns = (config.label_column, *settings.sources)
     if len(set(columns)) < len(columns):
@@ -71,7 +69,7 @@ def training_samplers(config: ExperimentConfig, catalog: Catalog, base: list[str
         labels = catalog.labels(column).to_numpy()[rows]
         group = None if groups is None else groups[rows]
         enough = settings.k_shot + settings.q_query
-        distinct = pd.Series(rows if group is None else group).groupby(labels).nunique()  # photos, twins once
+        distinct = distinct_photos(labels, group)
         classes = base if column == config.label_column else sorted(c for c, n in distinct.items() if n >= enough and c)
         if len(classes) < 2:
             raise FslError(f"train.sources: {column} has {len(classes)} value(s) with {enough} base-class "
