@@ -7,7 +7,8 @@ no peer library implements (GDA, Tip-Adapter(-F), LP++, cosine prototypes) get t
 (concat, image weight 0.7), the first --episodes episodes of each novel set. Prints each ratio with
 MISSED beside any below its target, and the paired accuracy difference against the peer.
 
-    python benchmarks/heads_speed.py [--data DIR] [--episodes 200]
+    python benchmarks/heads_speed.py [--data DIR] [--episodes 200] [--heads linear_probe protonet ...]
+                                     [--settings novel-5w5s ...]
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data")
     parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--heads", nargs="+", help="only these heads (default: every head)")
+    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=SETTINGS, help="only these settings")
     args = parser.parse_args()
 
     catalog = load_catalog(args.data)
@@ -143,7 +146,11 @@ def main() -> None:
     print(f"| {'setting':15} | {'head':14} | {'fsl ep/s':>9} | {'peer':32} | {'peer ep/s':>9} | {'ratio':>14} | "
           f"{'accuracy fsl / peer, paired difference':40} |")
     print("|" + "|".join("-" * (w + 2) for w in (15, 14, 9, 32, 9, 14, 40)) + "|")
-    for setting in SETTINGS:
+    unknown = set(args.heads or ()) - set(heads)
+    if unknown:
+        parser.error(f"unknown heads {sorted(unknown)}; choose from {sorted(heads)}")
+    heads = {name: head for name, head in heads.items() if not args.heads or name in args.heads}
+    for setting in args.settings:
         full = EpisodeSet.load(episodes_dir_for(catalog) / f"articleType-{setting}.npz", catalog.fingerprint)
         n = min(args.episodes, len(full.episodes))
         episodes = dataclasses.replace(full.episodes, support=full.episodes.support[:n], query=full.episodes.query[:n],

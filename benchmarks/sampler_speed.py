@@ -101,6 +101,49 @@ def easyfsl_on_frozen(features: np.ndarray, ids, episode_set: EpisodeSet, method
     return np.array(accuracy)
 
 
+def easyfsl_pipeline(features: np.ndarray, ids, labels: np.ndarray, episode_set: EpisodeSet,
+                     method: str = "PrototypicalNetworks", **options) -> np.ndarray:
+    """Per-episode accuracy the way an easyfsl user evaluates on fixed tasks: its FeaturesDataset of
+    pre-extracted features, a DataLoader whose batch sampler yields each frozen episode (a
+    TaskSampler that replays our episodes instead of drawing), TaskSampler's episodic_collate_fn,
+    and easyfsl.utils.evaluate_on_one_task per episode (what easyfsl.utils.evaluate sums).
+    labels [P]: each store row's class, which the collate function reads."""
+    import contextlib
+
+    import easyfsl.methods
+    from easyfsl.datasets import FeaturesDataset
+    from easyfsl.samplers import TaskSampler
+    from easyfsl.utils import evaluate_on_one_task
+
+    episodes = episode_set.episodes
+    n_way, n_shot = episodes.n_way, episodes.support.shape[1] // episodes.n_way
+    n_query = episodes.query.shape[1] // n_way
+    support = store_rows(ids, episodes.support).reshape(len(episodes), n_way, n_shot)
+    query = store_rows(ids, episodes.query).reshape(len(episodes), n_way, n_query)  # class-major, as support
+    tasks = np.concatenate([support, query], axis=2).reshape(len(episodes), -1)  # per class: shots, then queries
+
+    class FrozenTasks(TaskSampler):
+        def __init__(self):  # TaskSampler's own __init__ draws from the dataset; this one replays
+            self.n_way, self.n_shot, self.n_query = n_way, n_shot, n_query
+
+        def __len__(self):
+            return len(tasks)
+
+        def __iter__(self):
+            yield from tasks.tolist()
+
+    sampler = FrozenTasks()
+    dataset = FeaturesDataset(labels.tolist(), torch.from_numpy(features), [])
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=sampler.episodic_collate_fn)
+    model = getattr(easyfsl.methods, method)(**options).eval()
+    accuracy = []
+    with contextlib.nullcontext() if method == "TIM" else torch.no_grad():  # TIM fine-tunes with autograd
+        for support_features, support_labels, query_features, query_labels, _ in loader:
+            correct, total = evaluate_on_one_task(model, support_features, support_labels, query_features, query_labels)
+            accuracy.append(correct / total)
+    return np.array(accuracy)
+
+
 def learn2learn_run(features: torch.Tensor, label_ids: list[int], n_episodes: int) -> float | None:
     try:
         import learn2learn as l2l

@@ -16,6 +16,7 @@ from fsl.evaluate import (
     plot_summary,
     results_frame,
     run_episodes,
+    store_rows,
     summary_table,
 )
 from fsl.fusion import create_fusion
@@ -71,6 +72,22 @@ def test_batch_size_does_not_change_results():
     head = image_protonet(16)
     one = run_episodes(head, features, ids, episodes, batch_size=1, progress=False)
     np.testing.assert_array_equal(one, run_episodes(head, features, ids, episodes, batch_size=50, progress=False))
+
+
+@pytest.mark.parametrize("method", ["protonet", "linear_probe"])
+def test_each_batch_classifies_its_own_rows_in_the_reused_buffers(method):
+    """The harness copies each batch into the same buffers; a last, shorter batch must not see stale rows."""
+    ids, features, labels = _clustered(noise=2.0)
+    split = split_classes(labels, 20, fractions=(0.0, 0.0, 1.0))
+    episode_set = draw_episode_set("toy", ids, labels, split, "novel", "fp", 5, 2, 10, 50, seed=0)
+    episodes, head = episode_set.episodes, create_head(method, create_fusion("image", 16, 0))
+    predictions = np.empty(episodes.query.shape, dtype=np.int64)
+    run_episodes(head, features, ids, episode_set, batch_size=7, progress=False, predictions=predictions)  # 7 * 7 + 1
+    for e in range(len(episodes)):
+        support, query = (torch.from_numpy(features[store_rows(ids, rows)])[None]
+                          for rows in (episodes.support[e], episodes.query[e]))
+        alone = head(support, torch.as_tensor(episodes.support_labels)[None], query, episodes.n_way)
+        np.testing.assert_array_equal(predictions[e], alone.argmax(-1)[0].numpy())
 
 
 def test_tensorboard_event_files_read_back(tmp_path):

@@ -1,9 +1,12 @@
 """Linear probe: a logistic regression fitted on each episode's support set.
 
-All episodes of a batch are fitted at once in the dual form (on the support Gram matrix), which
-is exact and small: N*K unknowns per class instead of the feature size. The objective is scikit-learn's (sum of cross-entropies + ||W - W0||² / 2C),
-with W0 = 0 by default, or the class prototypes, or the class-name text embeddings, which then
-act as a prior the support set pulls away from (as in LP++ / CLAP).
+All episodes of a batch are fitted at once, exactly and small: the optimum's weights lie in the
+span of the episode's support features (representer theorem), so each episode is fitted on its
+N*K support examples written in an orthonormal basis of that span (from the support Gram matrix),
+N*K coordinates per class instead of the feature size. The objective is scikit-learn's (sum of
+cross-entropies + ||W - W0||² / 2C), with W0 = 0 by default, or the class prototypes, or the
+class-name text embeddings, which then act as a prior the support set pulls away from (as in
+LP++ / CLAP).
 """
 
 from __future__ import annotations
@@ -27,48 +30,71 @@ class LinearProbe(FewShotHead):
         self.C, self.max_iter, self.init, self.shared_space = C, max_iter, init, shared_space
         self.needs_class_text = init == "class_text"
 
-    def prior(self, support, support_labels, n_way, class_text) -> torch.Tensor:
-        """W0 [E, N, D], the weights the fit starts from and is regularised towards."""
+    def prior(self, support, support_labels, n_way, class_text) -> torch.Tensor | None:
+        """W0 [E, N, D], the weights the fit starts from and is regularised towards (None: zeros)."""
         if self.init == "prototypes":
             return self.prototypes(support, support_labels, n_way)
         if self.init == "class_text":
             return F.normalize(self.class_features(class_text, self.shared_space), dim=-1)
-        return support.new_zeros(support.shape[0], n_way, support.shape[-1])
+        return None
 
     def classify(self, support, support_labels, query, n_way, class_text=None):
         support, query = support.detach(), query.detach()
-        prior = self.prior(support, support_labels, n_way, class_text).detach()  # [E, N, D]
-        # The optimum is W = W0 + A·support (representer theorem): fit A [E, N, N*K] and the bias on
-        # the support Gram matrix, the same solution with N*K instead of D unknowns per class.
-        gram = support @ support.transpose(1, 2)  # [E, M, M], M = N*K
-        coefficients = fit_logistic(gram, support @ prior.transpose(1, 2), support_labels, n_way, self.C,
-                                    self.max_iter)  # [E, N, M + 1]: A, then the bias
-        weights = prior + coefficients[..., :-1] @ support  # [E, N, D]
-        return query @ weights.transpose(1, 2) + coefficients[..., -1].unsqueeze(1)
+        prior = self.prior(support, support_labels, n_way, class_text)  # [E, N, D] or None
+        prior_logits = (support.new_zeros(*support.shape[:2], n_way) if prior is None
+                        else support @ prior.detach().transpose(1, 2))  # [E, M, N], M = N*K
+        factor = span_coordinates(support @ support.transpose(1, 2))  # [E, M, M]
+        solution = fit_logistic(factor, prior_logits, support_labels, n_way, self.C, self.max_iter)  # [E, N, M + 1]
+        # the weights back in feature space: W = W0 + B L⁻¹ · support
+        coefficients = torch.linalg.solve_triangular(factor, solution[..., :-1], upper=False, left=False)
+        weights = coefficients.to(support.dtype) @ support  # [E, N, D]
+        if prior is not None:
+            weights = weights + prior.detach()
+        return query @ weights.transpose(1, 2) + solution[..., -1].unsqueeze(1).to(query.dtype)
+
+
+def span_coordinates(gram: torch.Tensor, floor: float = 1e-10) -> torch.Tensor:
+    """L with L Lᵀ = G [E, M, M] (float64): the support rows' coordinates in the orthonormal basis
+    U = L⁻¹ · support of their span, where the optimum's weights lie (representer theorem).
+
+    Fitting in these coordinates rather than on the dual's kernel rows keeps the Hessian's
+    conditioning that of G instead of G², so conjugate gradients need a few steps, not dozens.
+    Where rows repeat or depend on each other (fewer dimensions than rows, a photo twice), G is
+    singular up to float32 round-off and has no Cholesky factor: those episodes' eigenvalues are
+    raised to `floor` of the largest (the directions they add carry no data) before factorising."""
+    gram = gram.double()
+    factor, failed = torch.linalg.cholesky_ex(gram)
+    failed = failed > 0
+    if failed.any():
+        eigenvalues, eigenvectors = torch.linalg.eigh(gram[failed])
+        eigenvalues = eigenvalues.clamp_min(floor * eigenvalues[..., -1:].clamp_min(1e-300))
+        factor[failed] = torch.linalg.cholesky((eigenvectors * eigenvalues.unsqueeze(-2)) @ eigenvectors.transpose(1, 2))
+    return factor
 
 
 NEWTON_MAX_UNKNOWNS = 100  # per episode; above it (5-way 5-shot: 130, 15-way 5-shot: 1,140) CG is faster (measured)
 
 
-def fit_logistic(gram: torch.Tensor, prior_logits: torch.Tensor, labels: torch.Tensor, n_way: int, C: float,
+def fit_logistic(features: torch.Tensor, prior_logits: torch.Tensor, labels: torch.Tensor, n_way: int, C: float,
                  max_iter: int, tolerance: float = 1e-4) -> torch.Tensor:
-    """Multinomial logistic regression in the dual, batched over episodes: X = [A | b], [E, N, M + 1].
+    """Multinomial logistic regression, batched over episodes: features [E, M, R], prior logits
+    [E, M, N] (an offset per example), labels [E, M] -> X = [W | b], [E, N, R + 1].
 
-    Minimises sum_i CE(prior_i + [G_i, 1] X_c) + tr(A G Aᵀ) / 2C, scikit-learn's objective, to a
-    gradient below `tolerance` in every episode. Newton's method: small problems solve each step
-    exactly; larger ones (15-way, all-way) by conjugate gradients on Hessian-vector products, which
-    never form the Hessian. An episode leaves the batch once it has converged. In float64: float32
+    Minimises sum_i CE(prior_i + W x_i + b) + ||W||² / 2C, scikit-learn's objective, to a gradient
+    below `tolerance` in every episode. Newton's method: small problems solve each step exactly;
+    larger ones (15-way, all-way) by conjugate gradients on Hessian-vector products, which never
+    form the Hessian. An episode leaves the batch once it has converged. In float64: float32
     stalls near the optimum.
     """
-    dtype = gram.dtype
-    gram, prior_logits = gram.double(), prior_logits.double()
-    n_episodes, m, _ = gram.shape
-    phi = torch.cat([gram, gram.new_ones(n_episodes, m, 1)], dim=-1)  # [E, M, M + 1]
-    targets = F.one_hot(labels, n_way).to(gram.dtype)  # [E, M, N]
-    penalty = F.pad(gram / C, (0, 1, 0, 1))  # [E, M + 1, M + 1]; the bias is not penalised
-    problem = Dual(phi, targets, penalty, prior_logits)
-    x = gram.new_zeros(n_episodes, n_way, m + 1)
-    step = newton_step if n_way * (m + 1) <= NEWTON_MAX_UNKNOWNS else newton_cg_step
+    dtype = features.dtype
+    features, prior_logits = features.double(), prior_logits.double()
+    n_episodes, m, width = features.shape
+    phi = torch.cat([features, features.new_ones(n_episodes, m, 1)], dim=-1)  # [E, M, R + 1]
+    targets = F.one_hot(labels, n_way).to(phi.dtype)  # [E, M, N]
+    penalty = torch.cat([torch.full((width,), 1 / C, dtype=phi.dtype), phi.new_zeros(1)])  # the bias is free
+    problem = Problem(phi, targets, penalty, prior_logits)
+    x = phi.new_zeros(n_episodes, n_way, width + 1)
+    step = newton_step if n_way * (width + 1) <= NEWTON_MAX_UNKNOWNS else newton_cg_step
     active, part = torch.arange(n_episodes), problem
     for _ in range(max_iter):
         current = x[active]
@@ -87,45 +113,46 @@ def fit_logistic(gram: torch.Tensor, prior_logits: torch.Tensor, labels: torch.T
     return x.to(dtype)
 
 
-class Dual:
-    """The dual objective of a batch of episodes, its gradient and its Hessian's product with a vector."""
+class Problem:
+    """The objective of a batch of episodes, its gradient and its Hessian's product with a vector.
+    penalty [R + 1] is the diagonal of the regulariser (1/C on the weights, 0 on the bias)."""
 
     def __init__(self, phi, targets, penalty, prior_logits):
         self.phi, self.targets, self.penalty, self.prior_logits = phi, targets, penalty, prior_logits
 
-    def subset(self, rows: torch.Tensor) -> "Dual":
-        return Dual(self.phi[rows], self.targets[rows], self.penalty[rows], self.prior_logits[rows])
+    def subset(self, rows: torch.Tensor) -> "Problem":
+        return Problem(self.phi[rows], self.targets[rows], self.penalty, self.prior_logits[rows])
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:  # [E, M, N]
         return torch.softmax(self.prior_logits + self.phi @ x.transpose(1, 2), dim=-1)
 
     def objective(self, x: torch.Tensor) -> torch.Tensor:  # [E]
         log_probabilities = F.log_softmax(self.prior_logits + self.phi @ x.transpose(1, 2), dim=-1)
-        return -(log_probabilities * self.targets).sum((1, 2)) + (x @ self.penalty * x).sum((1, 2)) / 2
+        return -(log_probabilities * self.targets).sum((1, 2)) + (x * x * self.penalty).sum((1, 2)) / 2
 
-    def gradient(self, x: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:  # [E, N, M + 1]
-        return (probabilities - self.targets).transpose(1, 2) @ self.phi + x @ self.penalty
+    def gradient(self, x: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:  # [E, N, R + 1]
+        return (probabilities - self.targets).transpose(1, 2) @ self.phi + x * self.penalty
 
     def hessian_product(self, probabilities: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """H v for v [E, N, M + 1]: the softmax curvature (diag p − p pᵀ per example) plus the penalty."""
+        """H v for v [E, N, R + 1]: the softmax curvature (diag p − p pᵀ per example) plus the penalty."""
         z = self.phi @ v.transpose(1, 2)  # [E, M, N]: how each example's logits move along v
         r = probabilities * (z - (probabilities * z).sum(-1, keepdim=True))
-        return r.transpose(1, 2) @ self.phi + v @ self.penalty
+        return r.transpose(1, 2) @ self.phi + v * self.penalty
 
 
-def newton_step(problem: Dual, x: torch.Tensor, gradient: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
+def newton_step(problem: Problem, x: torch.Tensor, gradient: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
     """Solve H s = g exactly: [E, N(M+1), N(M+1)] Hessians, for small episodes."""
     n_episodes, n_way, width = x.shape
     size = n_way * width
     curvature = torch.diag_embed(probabilities) - probabilities.unsqueeze(-1) * probabilities.unsqueeze(-2)
-    hessian = torch.einsum("eicd,eim,ein->ecmdn", curvature, problem.phi, problem.phi)  # [E, N, M+1, N, M+1]
-    hessian = hessian + torch.einsum("cd,emn->ecmdn", torch.eye(n_way, dtype=x.dtype), problem.penalty)
+    hessian = torch.einsum("eicd,eim,ein->ecmdn", curvature, problem.phi, problem.phi)  # [E, N, R+1, N, R+1]
+    hessian = hessian.reshape(n_episodes, size, size) + torch.diag(problem.penalty.repeat(n_way))
     damping = 1e-5 * torch.eye(size, dtype=x.dtype)
-    return torch.linalg.solve(hessian.reshape(n_episodes, size, size) + damping,
+    return torch.linalg.solve(hessian + damping,
                               gradient.reshape(n_episodes, size)).view_as(x)
 
 
-def newton_cg_step(problem: Dual, x: torch.Tensor, gradient: torch.Tensor, probabilities: torch.Tensor,
+def newton_cg_step(problem: Problem, x: torch.Tensor, gradient: torch.Tensor, probabilities: torch.Tensor,
                    max_steps: int = 100) -> torch.Tensor:
     """Solve H s = g by conjugate gradients, batched, each episode to a relative residual of
     min(0.5, sqrt|g|) (Nocedal & Wright's truncated Newton, alg. 7.1): superlinear near the optimum."""
