@@ -1,11 +1,15 @@
 """Episodes per second of every head on every standard setting, through `run_episodes` (the path
 `fsl eval` takes: the store's image and text columns, the head's own fusion), next to its peer on the
-same frozen episodes: scikit-learn's LogisticRegression fitted per episode (linear probe, same
-objective and C), easyfsl's PrototypicalNetworks (ProtoNet), SimpleShot, BDCSPN, TIM, LaplacianShot
-and PTMAP (same options), learn2learn's MAML loop (same initialisation, inner steps and rate). Heads
-no peer library implements (GDA, Tip-Adapter(-F), LP++, cosine prototypes) get their speed only. Offline encoder, image + masked text
-(concat, image weight 0.7), the first --episodes episodes of each novel set. Prints each ratio with
-MISSED beside any below its target, and the paired accuracy difference against the peer.
+same frozen episodes, run the way its users run it: scikit-learn's LogisticRegression fitted per
+episode (linear probe, same objective and C; one BLAS thread, its fastest here); easyfsl's
+evaluation pipeline (its FeaturesDataset, a DataLoader replaying our episodes through TaskSampler's
+collate function, evaluate_on_one_task) with PrototypicalNetworks (ProtoNet), SimpleShot, BDCSPN,
+TIM, LaplacianShot and PTMAP (same options); learn2learn's MAML loop (same initialisation, inner
+steps and rate). For easyfsl also the ratio to the same method in a bare loop over ready-made rows
+(no loader: the tensor work alone). Heads no peer library implements (GDA, Tip-Adapter(-F), LP++,
+cosine prototypes, zero-shot) get their speed only. Offline encoder, image + masked text (concat,
+image weight 0.7), the first --episodes episodes of each novel set. Prints each ratio with MISSED
+beside any below its target, and the paired accuracy difference against the peer.
 
     python benchmarks/heads_speed.py [--data DIR] [--episodes 200] [--heads linear_probe protonet ...]
                                      [--settings novel-5w5s ...]
@@ -20,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sampler_speed import (
-    easyfsl_on_frozen,  # a sibling script (benchmarks/ is on sys.path)
-)
+from sampler_speed import easyfsl_on_frozen, easyfsl_pipeline  # a sibling script (benchmarks/ is on sys.path)
+from threadpoolctl import threadpool_limits
 
 from fsl.catalog import load_catalog
 from fsl.config import EncoderConfig, ExperimentConfig, load_config
@@ -43,9 +46,12 @@ def sklearn_probe(flat: np.ndarray, ids, episode_set: EpisodeSet, C: float) -> n
 
     episodes = episode_set.episodes
     accuracy = []
-    for support, query in zip(store_rows(ids, episodes.support), store_rows(ids, episodes.query)):
-        model = LogisticRegression(C=C, max_iter=1000).fit(flat[support], episodes.support_labels)
-        accuracy.append((model.predict(flat[query]) == episodes.query_labels).mean())
+    # one BLAS thread: on these tiny problems numpy's and scipy's two-thread OpenBLAS pools wake and spin
+    # in turn, which made each fit-and-predict 2.5x slower here (15.8 vs 6.2 ms, measured)
+    with threadpool_limits(1):
+        for support, query in zip(store_rows(ids, episodes.support), store_rows(ids, episodes.query)):
+            model = LogisticRegression(C=C, max_iter=1000).fit(flat[support], episodes.support_labels)
+            accuracy.append((model.predict(flat[query]) == episodes.query_labels).mean())
     return np.array(accuracy)
 
 
@@ -121,31 +127,38 @@ def main() -> None:
              "tim": create_head("tim", fusion(), **tim),
              "laplacian_shot": create_head("laplacian_shot", fusion(), **laplacian),
              "pt_map": create_head("pt_map", create_fusion("image", image_dim, text_dim), **chosen["pt-map-image"])}
-    easyfsl = lambda method, features=flat, **options: lambda s: easyfsl_on_frozen(  # noqa: E731
-        features, store.ids, s, method, **options)
-    peers = {"linear_probe": ("scikit-learn LogisticRegression", lambda s: sklearn_probe(flat, store.ids, s, 1.0)),
-             "protonet": ("easyfsl PrototypicalNetworks", easyfsl("PrototypicalNetworks")),
-             "simpleshot": ("easyfsl SimpleShot", easyfsl("SimpleShot")),
-             "bd_cspn": ("easyfsl BDCSPN", easyfsl("BDCSPN")),
-             "tim": ("easyfsl TIM", easyfsl("TIM", fine_tuning_steps=tim["steps"], fine_tuning_lr=tim["lr"],
-                                            temperature=tim["temperature"])),
-             "laplacian_shot": ("easyfsl LaplacianShot", easyfsl("LaplacianShot", knn=laplacian["knn"] + 1,
-                                                                 lambda_regularization=laplacian["lambda_regularization"])),
-             "pt_map": ("easyfsl PTMAP", easyfsl("PTMAP", image,
-                                                 lambda_regularization=chosen["pt-map-image"]["regularization"]))}
+    labels = catalog.labels("articleType").astype("category").cat.codes.to_numpy()  # per store row, for easyfsl's collate
+
+    def easyfsl(method, features=flat, **options):
+        """(its evaluation pipeline, its bare loop) on an episode set"""
+        return (lambda s: easyfsl_pipeline(features, store.ids, labels, s, method, **options),
+                lambda s: easyfsl_on_frozen(features, store.ids, s, method, **options))
+
+    peers = {"linear_probe": ("scikit-learn LogisticRegression", lambda s: sklearn_probe(flat, store.ids, s, 1.0), None),
+             "protonet": ("easyfsl PrototypicalNetworks", *easyfsl("PrototypicalNetworks")),
+             "simpleshot": ("easyfsl SimpleShot", *easyfsl("SimpleShot")),
+             "bd_cspn": ("easyfsl BDCSPN", *easyfsl("BDCSPN")),
+             "tim": ("easyfsl TIM", *easyfsl("TIM", fine_tuning_steps=tim["steps"], fine_tuning_lr=tim["lr"],
+                                             temperature=tim["temperature"])),
+             "laplacian_shot": ("easyfsl LaplacianShot", *easyfsl("LaplacianShot", knn=laplacian["knn"] + 1,
+                                                                  lambda_regularization=laplacian["lambda_regularization"])),
+             "pt_map": ("easyfsl PTMAP", *easyfsl("PTMAP", image,
+                                                  lambda_regularization=chosen["pt-map-image"]["regularization"]))}
     try:
         import learn2learn  # noqa: F401  (make setup builds it; see the README)
 
         peers["maml"] = ("learn2learn MAML clone/adapt",
-                         lambda s: learn2learn_maml(flat, store.ids, s, heads["maml"]))
+                         lambda s: learn2learn_maml(flat, store.ids, s, heads["maml"]), None)
     except ImportError:
         print("learn2learn is not installed: the MAML row has no peer (make setup builds it)")
     zero_shot = ExperimentConfig(name="zs", method="zero_shot", fusion="text")
     print(f"first {args.episodes} episodes of each novel set; offline encoder, image + masked text "
           f"({flat.shape[1]}-d, concat 0.7); torch threads {torch.get_num_threads()}\n")
-    print(f"| {'setting':15} | {'head':14} | {'fsl ep/s':>9} | {'peer':32} | {'peer ep/s':>9} | {'ratio':>14} | "
-          f"{'accuracy fsl / peer, paired difference':40} |")
-    print("|" + "|".join("-" * (w + 2) for w in (15, 14, 9, 32, 9, 14, 40)) + "|")
+    widths = (15, 17, 9, 32, 9, 20, 10, 40)
+    titles = ("setting", "head", "fsl ep/s", "peer (as its users run it)", "peer ep/s", "ratio (target)",
+              "bare loop", "accuracy fsl / peer, paired difference")
+    print("| " + " | ".join(f"{t:{w}}" for t, w in zip(titles, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     unknown = set(args.heads or ()) - set(heads)
     if unknown:
         parser.error(f"unknown heads {sorted(unknown)}; choose from {sorted(heads)}")
@@ -164,21 +177,25 @@ def main() -> None:
             ours, seconds = timed(lambda: run_episodes(head, features, store.ids, episode_set, 64, False, texts),
                                   repeat=2 if name in FAST else 1,
                                   warm_up=lambda: run_episodes(head, features, store.ids, few, 64, False, texts))
-            cells = [f"{n / seconds:9.0f}", f"{'—':32}", f"{'—':>9}", f"{'—':>14}", f"{100 * ours.mean():.1f}"]
+            cells = [f"{n / seconds:.0f}", "—", "—", "—", "—", f"{100 * ours.mean():.1f}"]
             if name in peers:
-                label, run = peers[name]
+                label, run, bare = peers[name]
                 theirs, peer_seconds = timed(lambda: run(episode_set), repeat=2 if name in FAST else 1,
                                              warm_up=lambda: run(few))
                 ratio = peer_seconds / seconds
                 difference, ci = paired_difference(ours, theirs)
                 target = TARGETS.get(name, 10.0)
                 mark = "" if ratio >= target else " MISSED"
-                cells[1:] = [f"{label:32}", f"{n / peer_seconds:9.0f}", f"{ratio:5.1f}x (>={target:.0f}){mark}",
+                bare_ratio = "—"
+                if bare is not None:
+                    _, bare_seconds = timed(lambda: bare(episode_set), repeat=2 if name in FAST else 1,
+                                            warm_up=lambda: bare(few))
+                    bare_ratio = f"{bare_seconds / seconds:.1f}x"
+                cells[1:] = [label, f"{n / peer_seconds:.0f}", f"{ratio:.1f}x (>={target:.0f}){mark}", bare_ratio,
                              f"{100 * ours.mean():.1f} / {100 * theirs.mean():.1f}, "
                              f"{100 * difference:+.2f} ± {100 * ci:.2f} points"]
-            print(f"| {setting:15} | {name:14} | " + " | ".join(f"{c:14}" if i == 3 else c for i, c in enumerate(cells))
-                  + " |")
-
+            print("| " + " | ".join(f"{c:{w}}" if i in (0, 1, 3, 5, 7) else f"{c:>{w}}"
+                                    for i, (c, w) in enumerate(zip([setting, name, *cells], widths))) + " |", flush=True)
 
 if __name__ == "__main__":
     main()

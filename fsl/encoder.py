@@ -99,13 +99,18 @@ class Encoder(ABC):
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256, progress: bool = True) -> np.ndarray:
-        """Texts -> [B, text_dim] unit vectors (float32)."""
-        out = np.empty((len(texts), self.text_dim), dtype=np.float32)
-        for start in tqdm(range(0, len(texts), batch_size), desc="texts", unit="batch", disable=not progress):
-            batch = list(texts[start:start + batch_size])
+        """Texts -> [B, text_dim] unit vectors (float32). Each distinct text is encoded once: product
+        texts repeat (9,583 products' plain and masked texts hold 13,511 distinct of 19,166)."""
+        distinct = list(dict.fromkeys(texts))
+        out = np.empty((len(distinct), self.text_dim), dtype=np.float32)
+        for start in tqdm(range(0, len(distinct), batch_size), desc="texts", unit="batch", disable=not progress):
+            batch = distinct[start:start + batch_size]
             with _TEXT_LOCK:  # a Hugging Face fast tokenizer must not be used by two threads at once
                 out[start:start + len(batch)] = F.normalize(self._embed_texts(batch).float(), dim=-1).numpy()
-        return out
+        if len(distinct) == len(texts):
+            return out
+        row = {text: i for i, text in enumerate(distinct)}
+        return out[[row[text] for text in texts]]
 
     def image_batches(self, paths: Sequence[str | os.PathLike], batch_size: int = 32,
                       num_workers: int | None = None, render: Callable | None = None) -> DataLoader:

@@ -385,8 +385,10 @@ def _embed_chunks(catalog, encoder, variants, chunks, chunk_size, chunk_file, ba
             image, rest = stacked[: stop - start], stacked[stop - start:]
             buffered, n_buffered = [rest], len(rest)
             arrays = {"image": image}
-            for name in variants:
-                arrays[f"text-{name}"] = encoder.encode_texts(texts[name][start:stop], progress=False)
+            # every variant's texts in one call, so a text two variants share (nothing masked) is encoded once
+            encoded = encoder.encode_texts([t for name in variants for t in texts[name][start:stop]], progress=False)
+            for i, name in enumerate(variants):
+                arrays[f"text-{name}"] = encoded[i * (stop - start):(i + 1) * (stop - start)]
             with atomic_path(chunk_file(index)) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **arrays)
     bar.close()

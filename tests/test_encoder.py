@@ -24,6 +24,20 @@ def test_tiny_clip_embeds_images_and_texts_as_unit_vectors(tiny_clip, small_dump
     assert not any(p.requires_grad for p in tiny_clip.model.parameters()) and not tiny_clip.model.training
 
 
+def test_a_repeated_text_is_encoded_once_and_lands_in_every_row_that_has_it(tiny_clip, small_dump):
+    texts = load_catalog(small_dump).texts()[:4]
+    calls = []
+    original = tiny_clip._embed_texts
+    tiny_clip._embed_texts = lambda batch: calls.append(list(batch)) or original(batch)
+    try:
+        repeated = tiny_clip.encode_texts([texts[2], texts[0], texts[2], texts[1], texts[0]], batch_size=2, progress=False)
+    finally:
+        tiny_clip._embed_texts = original
+    assert sorted(t for batch in calls for t in batch) == sorted(texts[:3])
+    alone = tiny_clip.encode_texts(texts[:3], batch_size=1, progress=False)
+    np.testing.assert_allclose(repeated, alone[[2, 0, 2, 1, 0]], atol=1e-6)
+
+
 def test_batching_does_not_change_features(tiny_clip, small_dump):
     paths = load_catalog(small_dump).image_paths[:6]
     one = tiny_clip.encode_images(paths, batch_size=1, num_workers=0, progress=False)
