@@ -64,8 +64,8 @@ def test_zero_shot_reads_class_names_and_refuses_images_without_a_shared_space()
     create_head("zero_shot", create_fusion("image", 8, 8), shared_space=True)  # CLIP: allowed
 
 
-# 3 * (9 + 1) unknowns: Newton; 12 * (36 + 1): Newton-CG, and 36 support rows in 20 dimensions (a singular
-# Gram matrix); a photo repeated in the support set (a near-duplicate) makes it singular at 3-way too
+# 12-way: 36 support rows in 20 dimensions (a singular Gram matrix); a photo repeated in the support set
+# (a near-duplicate) makes it singular at 3-way too
 @pytest.mark.parametrize("n_way,repeated", [(3, False), (3, True), (12, False)])
 def test_linear_probe_matches_scikit_learn_on_the_same_episodes(n_way, repeated):
     from sklearn.linear_model import LogisticRegression
@@ -78,6 +78,24 @@ def test_linear_probe_matches_scikit_learn_on_the_same_episodes(n_way, repeated)
     for e in range(4):
         model = LogisticRegression(C=0.5, max_iter=1000, tol=1e-8).fit(support[e].numpy(), labels[e].numpy())
         np.testing.assert_allclose(ours[e].numpy(), model.predict_proba(query[e].numpy()), atol=2e-3)
+
+
+def test_linear_probe_refits_in_float64_an_episode_float32_cannot_converge(monkeypatch):
+    import fsl.methods.linear_probe as linear_probe
+
+    support, labels, _, _ = toy_episodes(n_episodes=3, n_way=3, noise=1.2, seed=5)
+    coordinates = linear_probe.span_coordinates(support @ support.transpose(1, 2))
+    prior = torch.zeros(3, support.shape[1], 3)
+    dtypes = []
+    newton = linear_probe.newton
+    monkeypatch.setattr(linear_probe, "newton", lambda features, *a: dtypes.append(features.dtype) or newton(features, *a))
+    loose = linear_probe.fit_logistic(coordinates, prior, labels, 3, 1.0, 50)
+    assert dtypes == [torch.float32]  # sklearn's tolerance: float32 gets there
+    tight = linear_probe.fit_logistic(coordinates, prior, labels, 3, 1.0, 50, tolerance=1e-10)  # below float32's reach
+    assert dtypes[1:] == [torch.float32, torch.float64]
+    exact, converged = newton(coordinates.double(), prior.double(), labels, 3, 1.0, 50, 1e-10)
+    assert converged.all() and torch.allclose(tight.double(), exact, atol=1e-6)
+    assert torch.allclose(loose, tight, atol=1e-2)  # scikit-learn's tolerance: near the tight optimum, not on it
 
 
 def test_protonet_gram_form_gives_the_same_logits():

@@ -73,9 +73,6 @@ def span_coordinates(gram: torch.Tensor, floor: float = 1e-10) -> torch.Tensor:
     return factor
 
 
-NEWTON_MAX_UNKNOWNS = 100  # per episode; above it (5-way 5-shot: 130, 15-way 5-shot: 1,140) CG is faster (measured)
-
-
 def fit_logistic(features: torch.Tensor, prior_logits: torch.Tensor, labels: torch.Tensor, n_way: int, C: float,
                  max_iter: int, tolerance: float = 1e-4) -> torch.Tensor:
     """Multinomial logistic regression, batched over episodes: features [E, M, R], prior logits
@@ -97,16 +94,17 @@ def fit_logistic(features: torch.Tensor, prior_logits: torch.Tensor, labels: tor
 
 def newton(features: torch.Tensor, prior_logits: torch.Tensor, labels: torch.Tensor, n_way: int, C: float,
            max_iter: int, tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Newton's method, in the features' dtype: small problems solve each step exactly; larger ones
-    (15-way, all-way) by conjugate gradients on Hessian-vector products, which never form the
-    Hessian. An episode leaves the batch once it has converged. -> (X, converged [E])."""
+    """Newton's method in the features' dtype, each step solved by conjugate gradients on
+    Hessian-vector products, which never form the Hessian: on these well-conditioned coordinates a
+    few products per step, faster than solving the formed Hessian even at 5-way 1-shot (30
+    unknowns: 5,520 vs 3,640 episodes/s, measured). An episode leaves the batch once it has
+    converged. -> (X, converged [E])."""
     n_episodes, m, width = features.shape
     phi = torch.cat([features, features.new_ones(n_episodes, m, 1)], dim=-1)  # [E, M, R + 1]
     targets = F.one_hot(labels, n_way).to(phi.dtype)  # [E, M, N]
     penalty = torch.cat([torch.full((width,), 1 / C, dtype=phi.dtype), phi.new_zeros(1)])  # the bias is free
     part = Problem(phi, targets, penalty, prior_logits)
     x = phi.new_zeros(n_episodes, n_way, width + 1)
-    step = newton_step if n_way * (width + 1) <= NEWTON_MAX_UNKNOWNS else newton_cg_step
     active, converged = torch.arange(n_episodes), torch.zeros(n_episodes, dtype=torch.bool)
     value, log_probabilities = part.evaluate(x)
     for iteration in range(max_iter + 1):
@@ -121,7 +119,7 @@ def newton(features: torch.Tensor, prior_logits: torch.Tensor, labels: torch.Ten
             keep = torch.nonzero(~done).squeeze(1)
             active, part, current = active[keep], part.subset(keep), current[keep]
             gradient, probabilities, value = gradient[keep], probabilities[keep], value[keep]
-        direction = step(part, current, gradient, probabilities)
+        direction = newton_cg_step(part, current, gradient, probabilities)
         direction[..., -1] -= direction[..., -1].mean(-1, keepdim=True)  # a common shift of all biases changes nothing
         x[active], value, log_probabilities = backtrack(part, current, direction, gradient, value)
     return x, converged
@@ -151,18 +149,6 @@ class Problem:
         z = self.phi @ v.transpose(1, 2)  # [E, M, N]: how each example's logits move along v
         r = probabilities * (z - (probabilities * z).sum(-1, keepdim=True))
         return r.transpose(1, 2) @ self.phi + v * self.penalty
-
-
-def newton_step(problem: Problem, x: torch.Tensor, gradient: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
-    """Solve H s = g exactly: [E, N(M+1), N(M+1)] Hessians, for small episodes."""
-    n_episodes, n_way, width = x.shape
-    size = n_way * width
-    curvature = torch.diag_embed(probabilities) - probabilities.unsqueeze(-1) * probabilities.unsqueeze(-2)
-    hessian = torch.einsum("eicd,eim,ein->ecmdn", curvature, problem.phi, problem.phi)  # [E, N, R+1, N, R+1]
-    hessian = hessian.reshape(n_episodes, size, size) + torch.diag(problem.penalty.repeat(n_way))
-    damping = 1e-5 * torch.eye(size, dtype=x.dtype)
-    return torch.linalg.solve(hessian + damping,
-                              gradient.reshape(n_episodes, size)).view_as(x)
 
 
 def newton_cg_step(problem: Problem, x: torch.Tensor, gradient: torch.Tensor, probabilities: torch.Tensor,
