@@ -128,6 +128,10 @@ def main() -> None:
              "tim": create_head("tim", fusion(), **tim),
              "laplacian_shot": create_head("laplacian_shot", fusion(), **laplacian),
              "pt_map": create_head("pt_map", create_fusion("image", image_dim, text_dim), **chosen["pt-map-image"])}
+    unknown = set(args.heads or ()) - set(heads)
+    if unknown:
+        parser.error(f"unknown heads {sorted(unknown)}; choose from {sorted(heads)}")
+    heads = {name: head for name, head in heads.items() if not args.heads or name in args.heads}
     labels = catalog.labels("articleType").astype("category").cat.codes.to_numpy()  # per store row, for easyfsl's collate
 
     def easyfsl(method, features=flat, **options):
@@ -160,10 +164,6 @@ def main() -> None:
               "bare loop", "accuracy fsl / peer, paired difference")
     print("| " + " | ".join(f"{t:{w}}" for t, w in zip(titles, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    unknown = set(args.heads or ()) - set(heads)
-    if unknown:
-        parser.error(f"unknown heads {sorted(unknown)}; choose from {sorted(heads)}")
-    heads = {name: head for name, head in heads.items() if not args.heads or name in args.heads}
     for setting in args.settings:
         full = EpisodeSet.load(episodes_dir_for(catalog) / f"articleType-{setting}.npz", catalog.fingerprint)
         n = min(args.episodes, len(full.episodes))
