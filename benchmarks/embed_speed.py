@@ -1,6 +1,7 @@
 """CPU embedding speed, on the same real photos in one process: the image tower's forward in eager
 PyTorch next to channels-last, bf16 autocast, torch.compile and ONNX Runtime (each with its cosine
-agreement to eager; fsl adopts ONNX Runtime where it agrees to >= 0.999), then the whole `fsl embed`
+agreement to eager; fsl adopts ONNX Runtime where it agrees to >= 0.999), the text tower in eager
+sentence-transformers and in ONNX Runtime (the offline encoder), then the whole `fsl embed`
 pipeline (decode in DataLoader workers, encode, two text variants, chunked atomic writes) with the
 adopted runtime, and a second run on the warm store.
 
@@ -104,6 +105,25 @@ def main() -> None:
         print(f"| {name:52} | {speed:10.1f} | {speed / eager_speed:8.2f} | {cosine:10.6f} |{note}")
     adopted = rows[-2][1] / eager_speed if encoder.runtime is not None else 1.0
     print(f"\nadopted path: {adopted:.2f}x eager (target >= {TARGET})" + ("" if adopted >= TARGET else " MISSED"))
+
+    texts = catalog.texts() + catalog.texts(mask_column="articleType")  # what fsl embed encodes per product
+    text_rows = []
+    for name, tower in (("eager (sentence-transformers)", encoder._embed_texts),
+                        ("ONNX Runtime (adopted by fsl)", encoder.text_runtime)):
+        if tower is None:
+            text_rows.append((f"ONNX Runtime: {said}", float("nan"), float("nan")))
+            continue
+        with torch.inference_mode():
+            tower(texts[:8])  # warm-up
+            started = time.perf_counter()
+            features = F.normalize(torch.cat([tower(texts[i:i + 256]).float() for i in range(0, len(texts), 256)]), dim=-1)
+        text_rows.append((name, len(texts) / (time.perf_counter() - started), features))
+    eager_texts = text_rows[0][2]
+    print(f"\n| {'text tower forward':52} | {'texts/s':>10} | {'x eager':>8} | {'min cosine':>10} |")
+    print(f"|{'-' * 54}|{'-' * 12}|{'-' * 10}|{'-' * 12}|")
+    for name, speed, features in text_rows:
+        cosine = float((features * eager_texts).sum(-1).min()) if isinstance(features, torch.Tensor) else float("nan")
+        print(f"| {name:52} | {speed:10.1f} | {speed / text_rows[0][1]:8.2f} | {cosine:10.6f} |")
 
     with tempfile.TemporaryDirectory() as root:
         started = time.perf_counter()

@@ -89,8 +89,8 @@ def _add_encoder(parser: argparse.ArgumentParser) -> None:
                             "for random weights (default openai); aligned: checkpoints/align/NAME/best")
     group.add_argument("--device", default="cpu", help="torch device (default cpu)")
     group.add_argument("--runtime", default="auto", choices=["auto", "onnx", "eager"],
-                       help="image tower: ONNX Runtime (several times faster on a CPU; checked against eager, "
-                            "cosine >= 0.999) or eager PyTorch; auto: ONNX where it works (default)")
+                       help="image tower (and the offline text tower): ONNX Runtime (faster on a CPU; checked "
+                            "against eager, cosine >= 0.999) or eager PyTorch; auto: ONNX where it works (default)")
     group.add_argument("--store-root", default=str(CACHE / "features"), metavar="DIR", help=STORE_HELP)
 
 

@@ -24,7 +24,7 @@ class EncoderConfig:
     model: str | None = None
     pretrained: str | None = None
     device: str = "cpu"
-    runtime: str = "auto"  # the image tower in ONNX Runtime where it installs and agrees with eager, else eager
+    runtime: str = "auto"  # the towers in ONNX Runtime where it installs and agrees with eager, else eager
 
 
 @dataclass(frozen=True)

@@ -109,3 +109,21 @@ def test_onnx_image_tower_agrees_with_eager_and_is_refused_when_it_does_not(smal
     monkeypatch.setattr(encoder_module, "MIN_COSINE", 1.5)  # nothing can agree this well
     said = other.use_onnx(tmp_path)
     assert other.runtime is None and "eager" in said and "differ from eager" in said
+
+
+def test_onnx_text_tower_agrees_with_eager_sentence_transformers_and_is_refused_when_it_does_not(
+        offline_encoder, small_dump, tmp_path, monkeypatch):
+    import fsl.encoder as encoder_module
+    from fsl.encoder import OnnxMismatch, OnnxTextTower
+
+    texts = load_catalog(small_dump).texts()[:6] + ["a much longer product description " * 8]  # padded to its length
+    eager = offline_encoder.encode_texts(texts, progress=False)
+    tower = OnnxTextTower.load(offline_encoder, tmp_path)
+    assert [p.name for p in tmp_path.glob("*.onnx")] == ["offline_efficientnet-lite0+all-MiniLM-L6-v2-text.onnx"]
+    monkeypatch.setattr(offline_encoder, "text_runtime", tower)  # encode_texts now runs ONNX Runtime
+    fast = offline_encoder.encode_texts(texts, progress=False)
+    assert (eager * fast).sum(-1).min() >= 0.999
+    np.testing.assert_allclose(fast, eager, atol=1e-4)
+    monkeypatch.setattr(encoder_module, "MIN_COSINE", 1.5)  # nothing can agree this well
+    with pytest.raises(OnnxMismatch, match="differ from eager"):
+        OnnxTextTower.load(offline_encoder, tmp_path)  # the cached export, checked again
