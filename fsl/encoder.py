@@ -117,10 +117,10 @@ class Encoder(ABC):
         texts repeat (9,583 products' plain and masked texts hold 13,511 distinct of 19,166)."""
         distinct = list(dict.fromkeys(texts))
         out = np.empty((len(distinct), self.text_dim), dtype=np.float32)
+        embed = self.text_runtime or self._embed_texts
         for start in tqdm(range(0, len(distinct), batch_size), desc="texts", unit="batch", disable=not progress):
             batch = distinct[start:start + batch_size]
             with _TEXT_LOCK:  # a Hugging Face fast tokenizer must not be used by two threads at once
-                embed = self.text_runtime or self._embed_texts
                 out[start:start + len(batch)] = F.normalize(embed(batch).float(), dim=-1).numpy()
         if len(distinct) == len(texts):
             return out
@@ -335,11 +335,8 @@ class OnnxImageTower:
         probe = torch.randn(4, 3, *_input_size(encoder), generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
             eager = F.normalize(encoder._embed_pixels(probe).float(), dim=-1)
-        fast = F.normalize(torch.from_numpy(session.run(None, {"pixels": probe.numpy()})[0]).float(), dim=-1)
-        cosine = float((eager * fast).sum(-1).min())
-        if cosine < MIN_COSINE:
-            raise OnnxMismatch(f"ONNX features differ from eager (min cosine {cosine:.5f} < {MIN_COSINE})")
-        return cls(session, f"min cosine to eager {cosine:.6f} on a probe batch")
+        fast = torch.from_numpy(session.run(None, {"pixels": probe.numpy()})[0])
+        return cls(session, f"{agreement(eager, fast)} on a probe batch")
 
 
 class OnnxTextTower:
@@ -365,11 +362,17 @@ class OnnxTextTower:
         session = _session(path)
         with torch.inference_mode():
             eager = F.normalize(encoder._embed_texts(probe).float(), dim=-1)
-        fast = F.normalize(torch.from_numpy(session.run(None, tokenize(probe))[0]).float(), dim=-1)
-        cosine = float((eager * fast).sum(-1).min())
-        if cosine < MIN_COSINE:
-            raise OnnxMismatch(f"ONNX features differ from eager (min cosine {cosine:.5f} < {MIN_COSINE})")
-        return cls(session, tokenize, f"min cosine to eager {cosine:.6f} on probe texts")
+        fast = torch.from_numpy(session.run(None, tokenize(probe))[0])
+        return cls(session, tokenize, f"{agreement(eager, fast)} on probe texts")
+
+
+def agreement(eager: torch.Tensor, fast: torch.Tensor) -> str:
+    """The least cosine between a tower's eager and ONNX features (eager already normalised);
+    OnnxMismatch below MIN_COSINE."""
+    cosine = float((eager * F.normalize(fast.float(), dim=-1)).sum(-1).min())
+    if cosine < MIN_COSINE:
+        raise OnnxMismatch(f"ONNX features differ from eager (min cosine {cosine:.5f} < {MIN_COSINE})")
+    return f"min cosine to eager {cosine:.6f}"
 
 
 def _session(path: Path):

@@ -14,20 +14,20 @@ import torch
 import torch.nn.functional as F
 
 from fsl.fusion import Fusion
-from fsl.methods.base import FewShotHead, check_positive
+from fsl.methods.base import FewShotHead, check_positive, inner_products
 
 
 def cosine(x: torch.Tensor, prototypes: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
     """[E, X, D], [E, N, D] -> [E, X, N]; with shift [E, 1, D], the cosines of x + shift. Computed as
-    (P̂ Xᵀ)ᵀ / |x|, never forming a normalised or shifted copy of x: 2-3x faster on a batch of
-    15-way episodes (measured)."""
+    x·p̂ / |x|, never forming a normalised or shifted copy of x: 2-3x faster on a batch of 15-way
+    episodes (measured)."""
     unit = F.normalize(prototypes, dim=-1)
-    dots = (unit @ x.transpose(1, 2)).transpose(1, 2)  # [E, X, N]
+    dots = inner_products(x, unit)  # [E, X, N]
     squared_norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square()  # [E, X, 1]
     if shift is not None:  # (x + s)·p = x·p + s·p;  |x + s|² = |x|² + 2 x·s + |s|²
         dots = dots + shift @ unit.transpose(1, 2)
         squared_norms = squared_norms + 2 * (x @ shift.transpose(1, 2)) + shift.square().sum(-1, keepdim=True)
-    return (dots / squared_norms.sqrt().clamp_min(1e-12)).contiguous()
+    return dots / squared_norms.sqrt().clamp_min(1e-12)
 
 
 def rectified_prototypes(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int,

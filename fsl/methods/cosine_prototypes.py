@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from fsl import FslError
 from fsl.fusion import Concat, Fusion, ImageOnly
-from fsl.methods.base import FewShotHead
+from fsl.methods.base import FewShotHead, inner_products
 
 
 class CosinePrototypes(FewShotHead):
@@ -32,5 +32,5 @@ class CosinePrototypes(FewShotHead):
         for support_part, query_part, weight in pairs:
             if weight:
                 prototypes = F.normalize(self.prototypes(support_part, support_labels, n_way), dim=-1)  # [E, N, Dp]
-                scores = scores + weight * (prototypes @ query_part.transpose(1, 2))  # [E, N, Q]: 2x faster than Q Pᵀ
-        return scores.transpose(1, 2).contiguous()  # [E, Q, N]
+                scores = scores + weight * inner_products(query_part, prototypes)  # [E, Q, N]
+        return scores

@@ -13,16 +13,15 @@ from torch import nn
 
 from fsl import FslError
 from fsl.fusion import Fusion
-from fsl.methods.base import FewShotHead
+from fsl.methods.base import FewShotHead, inner_products
 
 
 def squared_distances(query: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """[E, Q, D], [E, N, D] -> [E, Q, N] as |q|² - 2 q·p + |p|²: one matmul, no [E, Q, N, D] tensor.
-    (P Qᵀ)ᵀ rather than Q Pᵀ, and norms without a squared copy of the queries: 2x and 20x faster on
-    a batch of 15-way episodes (measured)."""
-    cross = (prototypes @ query.transpose(1, 2)).transpose(1, 2).contiguous()  # contiguous: argmax reads it 3x faster
+    """[E, Q, D], [E, N, D] -> [E, Q, N] as |q|² - 2 q·p + |p|²: one matmul, no [E, Q, N, D] tensor,
+    and norms without a squared copy of the queries (20x faster on a batch of 15-way episodes)."""
     norm = torch.linalg.vector_norm
-    return norm(query, dim=-1, keepdim=True).square() - 2 * cross + norm(prototypes, dim=-1).square().unsqueeze(1)
+    return (norm(query, dim=-1, keepdim=True).square() - 2 * inner_products(query, prototypes)
+            + norm(prototypes, dim=-1).square().unsqueeze(1))
 
 
 class Diagonal(nn.Module):
