@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fsl.catalog import load_catalog  # noqa: E402
+from fsl.data.prepared import load_catalog
 
 TAUGHT = "taught categories"
 P50_TARGET = 3.0  # p50 under load at most 3x one idle prediction

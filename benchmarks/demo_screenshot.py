@@ -15,10 +15,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fsl.catalog import load_catalog  # noqa: E402
-from fsl.config import EncoderConfig  # noqa: E402
-from fsl.demo import launch, make_backend, predict  # noqa: E402
-from fsl.teach import Category  # noqa: E402
+from fsl.apps.demo.backend import make_backend
+from fsl.apps.demo.handlers import predict
+from fsl.apps.demo.layout import launch
+from fsl.apps.support import Category
+from fsl.config import EncoderConfig
+from fsl.data.prepared import load_catalog
 from tests.browser import drive_demo  # noqa: E402
 
 

@@ -20,10 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fsl.catalog import load_catalog
-from fsl.encoder import MIN_COSINE, ImageFiles, create_encoder
-from fsl.features import embed_catalog
-from fsl.io import CACHE_DIR
+from fsl.data.prepared import load_catalog
+from fsl.encoders.base import ImageFiles
+from fsl.encoders.factory import create_encoder
+from fsl.encoders.onnx import MIN_COSINE
+from fsl.paths import CACHE_DIR
+from fsl.store.features import embed_catalog
 
 TARGET = 1.5  # the adopted path, times eager
 

@@ -27,13 +27,16 @@ import torch
 from sampler_speed import easyfsl_on_frozen, easyfsl_pipeline  # a sibling script (benchmarks/ is on sys.path)
 from threadpoolctl import threadpool_limits
 
-from fsl.catalog import load_catalog
 from fsl.config import EncoderConfig, ExperimentConfig, load_config
-from fsl.episodes import EpisodeSet
-from fsl.evaluate import paired_difference, run_episodes, store_rows
-from fsl.fusion import create_fusion, store_features
+from fsl.data.prepared import load_catalog
+from fsl.episodes.frozen import EpisodeSet
+from fsl.harness.evaluate import paired_difference, run_episodes
+from fsl.harness.experiment import class_text_table
 from fsl.methods import create_head
-from fsl.pipeline import class_text_table, episodes_dir_for, open_store
+from fsl.methods.fusion import create_fusion
+from fsl.paths import episodes_dir_for
+from fsl.store.open import open_store
+from fsl.store.rows import store_features, store_rows
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 SETTINGS = ["novel-5w1s", "novel-5w5s", "novel-15w5s", "novel-allway-5s"]

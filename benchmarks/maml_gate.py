@@ -13,25 +13,20 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 
-from fsl import FslError
-from fsl.catalog import load_catalog
 from fsl.config import load_config
-from fsl.episodes import ClassSplit, draw_episode_set
-from fsl.evaluate import episode_logits, mean_ci, percent, store_rows
-from fsl.io import read_csv
-from fsl.pipeline import (
-    MIN_COUNT,
-    build_head,
-    episodes_dir_for,
-    experiment_head,
-    load_episode_set,
-    saved_near_duplicates,
-    split_root,
-)
+from fsl.data.prepared import load_catalog
+from fsl.episodes.frozen import draw_episode_set
+from fsl.episodes.splits import ClassSplit
+from fsl.episodes.standard import MIN_COUNT, saved_near_duplicates
+from fsl.errors import FslError
+from fsl.files import read_csv
+from fsl.harness.evaluate import episode_logits, mean_ci, percent
+from fsl.harness.experiment import build_head, experiment_head, load_episode_set
+from fsl.paths import episodes_dir_for, split_root
+from fsl.store.rows import store_rows
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 CONFIG = EXPERIMENTS / "maml-untrained-fused-masked.yaml"

@@ -16,14 +16,17 @@ import time
 import numpy as np
 import torch
 
-from fsl.catalog import load_catalog
 from fsl.config import EncoderConfig
-from fsl.episodes import EpisodeSampler, EpisodeSet
-from fsl.evaluate import run_episodes, store_rows
-from fsl.fusion import create_fusion
+from fsl.data.prepared import load_catalog
+from fsl.episodes.frozen import EpisodeSet
+from fsl.episodes.sampler import EpisodeSampler
+from fsl.harness.evaluate import run_episodes
 from fsl.methods import create_head
+from fsl.methods.fusion import create_fusion
 from fsl.methods.protonet import ProtoNet
-from fsl.pipeline import episodes_dir_for, open_store
+from fsl.paths import episodes_dir_for
+from fsl.store.open import open_store
+from fsl.store.rows import store_rows
 
 
 def ours(features: torch.Tensor, ids, labels, classes, n_episodes: int, batch: int = 256,

@@ -8,7 +8,7 @@ whose rows are the real store's features resampled with noise (random clustered 
 real store exists). Then, timed as users meet them: opening the prepared catalog (`load_catalog`,
 what every command does first: a stat per photo, one listing), opening the warm store
 (`FeatureStore.open`), 600 5-way 5-shot episodes through the harness (ProtoNet, image + text),
-building the search index (`fsl.index.open_index`), one query at a time through it (p50 / p95)
+building the search index (`fsl.apps.index.open_index`), one query at a time through it (p50 / p95)
 with recall@10 against exact search, exact brute force per query, and peak memory.
 Targets: a 1M prepared catalog opens in < 3 s; search p50 < 20 ms at 1M with recall@10 >= 0.95.
 """
@@ -39,8 +39,8 @@ OPEN_TARGET_S, SEARCH_TARGET_MS, RECALL_TARGET = 3.0, 20.0, 0.95
 
 def make_dump(root: Path, size: int, seed: int = 0):
     """styles.csv + images/ (hard links to one photo) + the prepared catalog; returns the Catalog."""
-    from fsl.catalog import Catalog
-    from fsl.prepared import save_prepared
+    from fsl.data.catalog import Catalog
+    from fsl.data.prepared import save_prepared
 
     rng = np.random.default_rng(seed)
     shutil.rmtree(root, ignore_errors=True)
@@ -71,7 +71,7 @@ def make_dump(root: Path, size: int, seed: int = 0):
     table = products.assign(image_path=[str(root / "images" / f"{i}.jpg") for i in ids])
     table = table[["id", "image_path", "gender", "masterCategory", "subCategory", "articleType", "baseColour",
                    "season", "usage", "year", "productDisplayName"]]
-    from fsl.catalog import LABEL_COLUMNS, NAME_COLUMN, REPORT_COLUMNS
+    from fsl.data.catalog import LABEL_COLUMNS, NAME_COLUMN, REPORT_COLUMNS
 
     table = table[["id", "image_path", *LABEL_COLUMNS, "year", NAME_COLUMN]]
     catalog = Catalog(root, table, pd.DataFrame(columns=REPORT_COLUMNS), size,
@@ -82,7 +82,7 @@ def make_dump(root: Path, size: int, seed: int = 0):
 
 def real_features(stores: Path):
     """(image [P, Di], text [P, Dt]) of a real offline-encoder store under `stores`, or None."""
-    from fsl.features import FeatureStore
+    from fsl.store.features import FeatureStore
 
     for manifest in sorted(stores.glob("offline_*/manifest.json")):
         try:
@@ -95,8 +95,9 @@ def real_features(stores: Path):
 
 def make_store(catalog, store_root: Path, real_stores: Path, seed: int = 0):
     """A complete store for the synthetic catalog: real rows resampled with noise, unit norm per part."""
-    from fsl.features import DTYPE, STORE_VERSION, _array_record, store_path
-    from fsl.io import write_json
+    from fsl.files import write_json
+    from fsl.paths import store_path
+    from fsl.store.features import DTYPE, STORE_VERSION, _array_record
 
     rng = np.random.default_rng(seed)
     real = real_features(real_stores)
@@ -132,13 +133,15 @@ def make_store(catalog, store_root: Path, real_stores: Path, seed: int = 0):
 
 def measure(size: int, work: Path, real_stores: Path) -> dict:
     """Everything for one size; run in its own process."""
-    from fsl.catalog import load_catalog
-    from fsl.episodes import EpisodeSampler, EpisodeSet
-    from fsl.evaluate import run_episodes
-    from fsl.features import FeatureStore
-    from fsl.fusion import create_fusion, store_features
-    from fsl.index import exact_neighbours, open_index, recall_at_k, sample_queries
+    from fsl.apps.index import exact_neighbours, open_index, recall_at_k, sample_queries
+    from fsl.data.prepared import load_catalog
+    from fsl.episodes.frozen import EpisodeSet
+    from fsl.episodes.sampler import EpisodeSampler
+    from fsl.harness.evaluate import run_episodes
     from fsl.methods import create_head
+    from fsl.methods.fusion import create_fusion
+    from fsl.store.features import FeatureStore
+    from fsl.store.rows import store_features
 
     root = work / str(size)
     catalog = make_dump(root / "dump", size)

@@ -20,23 +20,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fsl import FslError
-from fsl.catalog import load_catalog
 from fsl.config import load_config
-from fsl.encoder import encoder_id
-from fsl.episodes import STANDARD_BENCHMARKS
-from fsl.evaluate import (
-    across_splits,
-    load_results,
-    paired_difference,
-    plot_summary,
-    results_frame,
-    summary_table,
-    with_split,
-)
-from fsl.io import atomic_path
-from fsl.pipeline import run_experiment
-from fsl.shift import SHIFTED_PAIRS
+from fsl.data.prepared import load_catalog
+from fsl.encoders.factory import encoder_id
+from fsl.episodes.frozen import STANDARD_BENCHMARKS
+from fsl.episodes.shift import SHIFTED_PAIRS
+from fsl.errors import FslError
+from fsl.files import atomic_path
+from fsl.harness.evaluate import paired_difference
+from fsl.harness.experiment import run_experiment
+from fsl.harness.results import across_splits, load_results, plot_summary, results_frame, summary_table, with_split
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "protonet-image"
@@ -183,11 +176,11 @@ def from_results(configs, folder: Path):
 
 def calibration_markdown(folder: Path) -> str:
     """ECE before -> after on the novel sets, and the unknown rule on validation and novel classes."""
-    from fsl.calibration import Calibration
+    from fsl.harness.calibration import Calibration
     calibrations = [Calibration.load(path) for path in sorted(folder.glob("*.json"))]
     if not calibrations:
         return "No calibration yet: run `fsl calibrate experiments/NAME.yaml`."
-    from fsl.calibration import REPORT_SETS
+    from fsl.harness.calibration import REPORT_SETS
 
     sets = [name for name in REPORT_SETS if name in calibrations[0].novel]
     lines = [f"Encoder: `{', '.join(sorted({c.encoder for c in calibrations}))}`. Temperature and threshold chosen on "

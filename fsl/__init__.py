@@ -1,10 +1,9 @@
-"""fsl: few-shot multimodal fashion classification on frozen CLIP features.
+"""fsl: few-shot multimodal fashion classification on frozen encoder features.
 
-The data flow (DESIGN.md): Catalog -> FeatureStore -> EpisodeSet -> heads -> Results.
+The data flow (docs/design.md): Catalog -> FeatureStore -> EpisodeSet -> heads -> Results.
 """
 
+from fsl.errors import FslError
+
 __version__ = "0.1.0"
-
-
-class FslError(Exception):
-    """An error the user can fix; the CLI prints its message without a stack trace."""
+__all__ = ["FslError", "__version__"]

@@ -1,5 +1,6 @@
 """YAML experiment configs into typed dataclasses; an unknown key is an error naming key and file."""
 
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,10 +13,12 @@ from typing import Any
 
 import yaml
 
-from fsl import FslError
-from fsl.io import safe_name
+from fsl.errors import FslError
+from fsl.files import safe_name
 
 RUNTIMES = ("auto", "onnx", "eager")
+# Photos whose image features reach this cosine are one near-duplicate group (fsl.episodes.near_duplicates)
+NEAR_DUPLICATE_THRESHOLD = 0.98
 
 
 @dataclass(frozen=True)
@@ -193,21 +196,6 @@ def override(config: ExperimentConfig, assignments: list[tuple[str, Any]], sourc
     if suffixes and not any(key == "name" for key, _ in assignments):
         values["name"] = "--".join([config.name, *suffixes])
     return _build(ExperimentConfig, values, source, "")
-
-
-def check_runnable(config: ExperimentConfig) -> None:
-    """Build the config's fusion and head on tiny dimensions: a bad method or option fails now, not
-    after earlier configs have run for minutes."""
-    from fsl.fusion import create_fusion
-    from fsl.methods import create_head
-
-    try:
-        create_head(config.method, create_fusion(config.fusion, 4, 4, **config.fusion_options),
-                    shared_space=config.encoder.name in ("clip", "aligned"), **config.method_options)
-    except FslError as error:
-        raise FslError(f"experiment {config.name!r}: {error}") from None
-    except (TypeError, ValueError) as error:
-        raise FslError(f"experiment {config.name!r}: bad options ({error})") from None
 
 
 def to_yaml(config: ExperimentConfig, header: str = "") -> str:

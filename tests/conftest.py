@@ -43,14 +43,14 @@ def small_dump(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_clip():
-    from fsl.encoder import create_encoder
+    from fsl.encoders.factory import create_encoder
 
     return create_encoder("clip", model="FSL-Tiny", pretrained="none")
 
 
 @pytest.fixture(scope="session")
 def offline_encoder():
-    from fsl.encoder import create_encoder
+    from fsl.encoders.factory import create_encoder
 
     return create_encoder("offline")
 
@@ -59,9 +59,10 @@ def offline_encoder():
 def twelve_classes(tmp_path_factory):
     """12 real articleTypes x 20 products, their tiny-CLIP store, a split and small frozen episode sets
     (val-2w5s from the 2 validation classes, novel-5w5s and novel-allway-5s)."""
-    from fsl.catalog import load_catalog
     from fsl.config import EncoderConfig
-    from fsl.pipeline import draw_standard_episodes, open_store
+    from fsl.data.prepared import load_catalog
+    from fsl.episodes.standard import draw_standard_episodes
+    from fsl.store.open import open_store
 
     root = tmp_path_factory.mktemp("twelve")
     counts = real_styles()["articleType"].value_counts()

@@ -8,50 +8,53 @@ import numpy as np
 import pytest
 import torch
 
-from fsl import FslError
+from fsl.errors import FslError
 
 
 @pytest.fixture(scope="module")
 def aligned(twelve_classes, tmp_path_factory):
     """The twelve-class slice's offline store, an alignment trained on its base classes, and the rows
     `training_rows` handed to training (recorded)."""
-    import fsl.align
-    from fsl.align import AlignConfig, align
+    import fsl.harness.align
+    from fsl.harness.align import AlignConfig, align
 
     root, catalog = twelve_classes
     out = tmp_path_factory.mktemp("align")
     recorded = []
-    real = fsl.align.training_rows
-    fsl.align.training_rows = lambda labels, base: recorded.append(real(labels, base)) or recorded[-1]
+    real = fsl.harness.align.training_rows
+    fsl.harness.align.training_rows = lambda labels, base: recorded.append(real(labels, base)) or recorded[-1]
     try:
         summary = align(catalog, AlignConfig(name="tiny", dim=32, steps=120, batch_size=64, val_every=40),
                         root / "offline-store", root / "episodes", out / "ckpt", out / "runs", progress=False)
     finally:
-        fsl.align.training_rows = real
+        fsl.harness.align.training_rows = real
     return root, catalog, out, summary, recorded
 
 
 def test_alignment_trains_on_base_class_products_only(aligned):
-    from fsl.align import split_of
+    from fsl.episodes.splits import ClassSplit
 
     root, catalog, _, _, recorded = aligned
-    split = split_of(catalog, "articleType", 0, root / "episodes")
+    split = ClassSplit.load(catalog, "articleType", 0, root / "episodes")
     labels = catalog.labels().to_numpy()
     (rows,) = recorded
-    assert set(labels[rows]) == set(split["base"])
-    assert not set(labels[rows]) & (set(split["val"]) | set(split["novel"]))
+    assert set(labels[rows]) == set(split.classes("base"))
+    assert not set(labels[rows]) & (set(split.classes("val")) | set(split.classes("novel")))
 
 
 def test_alignment_lowers_the_loss_and_improves_retrieval_on_the_slice(aligned):
-    from fsl.align import Projections, contrastive_loss, load_alignment, retrieval_figures, split_of
     from fsl.config import EncoderConfig
-    from fsl.pipeline import encoder_from_config, open_store
+    from fsl.encoders.aligned import Projections, load_alignment
+    from fsl.encoders.factory import encoder_from_config
+    from fsl.episodes.splits import ClassSplit
+    from fsl.harness.align import contrastive_loss, retrieval_figures
+    from fsl.store.open import open_store
 
     root, catalog, _, summary, recorded = aligned
     trained, meta = load_alignment(summary["folder"])
     store = open_store(catalog, EncoderConfig("offline"), root / "offline-store")
     rows = recorded[0]
-    base = split_of(catalog, "articleType", 0, root / "episodes")["base"]
+    base = ClassSplit.load(catalog, "articleType", 0, root / "episodes").classes("base")
     encoder = encoder_from_config(EncoderConfig("offline"))
     prompts = torch.from_numpy(store.short_texts(base, lambda t: encoder.encode_texts(t, progress=False)))
     image = torch.from_numpy(np.asarray(store.image[rows]))
@@ -73,10 +76,10 @@ def test_alignment_lowers_the_loss_and_improves_retrieval_on_the_slice(aligned):
 
 
 def test_the_checkpoint_round_trips_and_the_aligned_encoder_matches_its_store(aligned, offline_encoder):
-    from fsl.align import alignment_digest, load_alignment
     from fsl.config import EncoderConfig
-    from fsl.encoder import create_encoder, encoder_id
-    from fsl.pipeline import open_store, shared_space
+    from fsl.encoders.aligned import alignment_digest, load_alignment
+    from fsl.encoders.factory import create_encoder, encoder_id, shared_space
+    from fsl.store.open import open_store
 
     root, catalog, out, summary, _ = aligned
     model, meta = load_alignment(summary["folder"])
@@ -97,10 +100,11 @@ def test_the_checkpoint_round_trips_and_the_aligned_encoder_matches_its_store(al
 def test_an_aligned_store_refuses_another_tower_or_split(aligned, tmp_path):
     import shutil
 
-    from fsl.align import load_alignment
     from fsl.config import EncoderConfig, ExperimentConfig
-    from fsl.io import read_json, write_json
-    from fsl.pipeline import draw_standard_episodes, run_experiment
+    from fsl.encoders.aligned import load_alignment
+    from fsl.episodes.standard import draw_standard_episodes
+    from fsl.files import read_json, write_json
+    from fsl.harness.experiment import run_experiment
 
     root, catalog, _, summary, _ = aligned
     other = shutil.copytree(summary["folder"], tmp_path / "other")
@@ -118,7 +122,7 @@ def test_an_aligned_store_refuses_another_tower_or_split(aligned, tmp_path):
 
 
 def test_retrieval_figures_count_what_they_say():
-    from fsl.align import retrieval_figures
+    from fsl.harness.align import retrieval_figures
 
     image = torch.eye(4)  # four products, classes 0, 0, 1, 1
     classes = torch.tensor([0, 0, 1, 1])

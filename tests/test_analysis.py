@@ -5,15 +5,10 @@ import pandas as pd
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fsl.analysis import (
-    confusion_matrix,
-    per_class_accuracy,
-    per_class_difference,
-    predict_episodes,
-)
-from fsl.cli import main
+from fsl.cli.main import main
 from fsl.config import EncoderConfig, ExperimentConfig
-from fsl.pipeline import run_experiment
+from fsl.harness.analysis import confusion_matrix, per_class_accuracy, per_class_difference, predict_episodes
+from fsl.harness.experiment import run_experiment
 
 TINY = EncoderConfig("clip", "FSL-Tiny", "none")
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from fsl import FslError
-from fsl.calibration import (
+from fsl.episodes.sampler import Episodes
+from fsl.errors import FslError
+from fsl.harness.calibration import (
     Calibration,
     calibrate,
     config_key,
@@ -19,7 +20,6 @@ from fsl.calibration import (
     open_set_figures,
     threshold_for,
 )
-from fsl.episodes import Episodes
 
 
 def overconfident_scores(n=6000, n_way=5, scale=3.0, seed=0):
@@ -66,8 +66,9 @@ def test_open_set_episodes_teach_the_first_classes_and_keep_every_query():
 @pytest.fixture(scope="module")
 def open_set_slice(twelve_classes, tmp_path_factory):
     """The twelve-class slice with a split of 3+ validation classes and small open-set-ready sets."""
-    from fsl.episodes import draw_episode_set, split_classes
-    from fsl.pipeline import episodes_dir_for
+    from fsl.episodes.frozen import draw_episode_set
+    from fsl.episodes.splits import split_classes
+    from fsl.paths import episodes_dir_for
 
     root, catalog = twelve_classes
     episodes_root = tmp_path_factory.mktemp("open-episodes")
@@ -84,7 +85,7 @@ def open_set_slice(twelve_classes, tmp_path_factory):
 
 def test_calibrate_reads_validation_classes_only_until_it_has_saved(open_set_slice, tmp_path, monkeypatch):
     from fsl.config import EncoderConfig, ExperimentConfig
-    from fsl.episodes import EpisodeSet
+    from fsl.episodes.frozen import EpisodeSet
 
     root, catalog, episodes_root = open_set_slice
     events = []

@@ -6,13 +6,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fsl import FslError
-from fsl.catalog import (
-    label_word_pattern,
-    load_catalog,
-    mask_label_words,
-    resolve_data_dir,
-)
+from fsl.data.catalog import label_word_pattern, mask_label_words, resolve_data_dir
+from fsl.data.prepared import load_catalog
+from fsl.errors import FslError
 
 HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName\n"
 
@@ -105,8 +101,8 @@ def test_fingerprint_follows_content(small_dump, tmp_path):
 
 
 def test_the_prepared_catalog_opens_without_decoding_and_equals_a_full_read(small_dump, tmp_path, monkeypatch):
-    import fsl.catalog
-    import fsl.prepared
+    import fsl.data.catalog
+    import fsl.data.prepared
 
     copy = Path(shutil.copytree(small_dump, tmp_path / "copy"))
     full = load_catalog(copy, refresh=True)
@@ -114,8 +110,8 @@ def test_the_prepared_catalog_opens_without_decoding_and_equals_a_full_read(smal
     def no_decoding(path):
         raise AssertionError("a prepared catalog decoded a photo")
 
-    monkeypatch.setattr(fsl.catalog, "image_problem", no_decoding)
-    monkeypatch.setattr(fsl.prepared, "image_problem", no_decoding)
+    monkeypatch.setattr(fsl.data.catalog, "image_problem", no_decoding)
+    monkeypatch.setattr(fsl.data.prepared, "image_problem", no_decoding)
     prepared = load_catalog(copy)
     pd.testing.assert_frame_equal(prepared.products, full.products)
     pd.testing.assert_frame_equal(prepared.report, full.report.astype({"id": object}), check_dtype=False)
@@ -158,8 +154,8 @@ def test_unknown_label_column_or_template_field_is_a_clear_error(small_dump):
 
 def test_photo_stats_in_forked_workers_equal_one_loop(tmp_path, monkeypatch):
     """Large catalogs stat their photos in forked processes: same sizes and mtimes, -1 for a missing one."""
-    import fsl.prepared
-    from fsl.prepared import stat_all
+    import fsl.data.prepared
+    from fsl.data.prepared import stat_all
 
     paths = []
     for i in range(50):
@@ -168,7 +164,7 @@ def test_photo_stats_in_forked_workers_equal_one_loop(tmp_path, monkeypatch):
         paths.append(str(path))
     paths.append(str(tmp_path / "missing.jpg"))
     single = stat_all(paths)
-    monkeypatch.setattr(fsl.prepared, "PARALLEL_FROM", 10)
+    monkeypatch.setattr(fsl.data.prepared, "PARALLEL_FROM", 10)
     forked = stat_all(paths)
     assert all((a == b).all() for a, b in zip(single, forked))
     assert single[0][:50].tolist() == list(range(50)) and single[0][-1] == -1 and single[1][-1] == -1

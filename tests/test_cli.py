@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fsl.cli import main
-from fsl.episodes import EpisodeSet
+from fsl.cli.main import main
+from fsl.episodes.frozen import EpisodeSet
 from tests.conftest import make_slice
 
 TINY_CONFIG = """\
@@ -145,7 +145,7 @@ def test_predict_classifies_a_folder_into_a_csv_and_reports_bad_files(small_dump
 
 def test_every_help_renders_clean(capsys):
     """No literal %%, no option without a word of help, in `fsl --help` and every subcommand's."""
-    from fsl.cli import build_parser
+    from fsl.cli.main import build_parser
 
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from fsl import FslError
 from fsl.config import load_config
+from fsl.errors import FslError
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -64,7 +64,7 @@ def test_set_overrides_a_dotted_key_with_its_type_and_renames_the_run(tmp_path):
     ("episodes", "expected KEY=VALUE"),
 ])
 def test_bad_set_keys_and_types_are_errors_naming_them(assignment, message, capsys):
-    from fsl.cli import main
+    from fsl.cli.main import main
 
     assert main(["eval", str(EXPERIMENTS / "protonet-meta-fused-masked.yaml"), "--set", assignment,
                  "--data", "/nowhere"]) == 2

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fsl.catalog import load_catalog
 from fsl.config import EncoderConfig
+from fsl.data.prepared import load_catalog
 from tests.conftest import make_slice
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -19,8 +19,8 @@ TAUGHT = "taught categories"
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
     """3 real classes x 12 products, offline encoder, a configured head over the catalog's classes."""
-    from fsl.demo import make_backend
-    from fsl.predict import CatalogClassifier
+    from fsl.apps.demo.backend import make_backend
+    from fsl.apps.predict import CatalogClassifier
 
     root = tmp_path_factory.mktemp("demo")
     catalog = load_catalog(make_slice(root / "dump", CLASSES, 12))
@@ -33,7 +33,7 @@ def backend(tmp_path_factory):
 @pytest.fixture(scope="module")
 def served(backend):
     """The demo on 127.0.0.1."""
-    from fsl.demo import launch
+    from fsl.apps.demo.layout import launch
 
     app, url = launch(backend, port=None, block=False)
     yield url, backend.catalog
@@ -240,7 +240,7 @@ def test_saved_categories_load_back_from_the_server_and_from_the_zip_with_identi
 
 
 def test_the_saved_folder_is_a_support_folder_for_fsl_predict(served, backend, tmp_path):
-    from fsl.teach import read_support_folder
+    from fsl.apps.support import read_support_folder
 
     url, catalog = served
     session = client(url)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from fsl import FslError
-from fsl.catalog import load_catalog
-from fsl.encoder import create_encoder
+from fsl.data.prepared import load_catalog
+from fsl.encoders.factory import create_encoder
+from fsl.errors import FslError
 
 
 def _check_unit_vectors(features: np.ndarray, rows: int, dim: int) -> None:
@@ -92,9 +92,9 @@ def test_offline_pair_embeds_real_photos_and_texts(offline_encoder, small_dump):
 
 
 def test_onnx_image_tower_agrees_with_eager_and_is_refused_when_it_does_not(small_dump, tmp_path, monkeypatch):
-    import fsl.encoder as encoder_module
-    from fsl.catalog import load_catalog
-    from fsl.encoder import create_encoder
+    import fsl.encoders.onnx as encoder_module
+    from fsl.data.prepared import load_catalog
+    from fsl.encoders.factory import create_encoder
 
     catalog = load_catalog(small_dump)
     encoder = create_encoder("clip", model="FSL-Tiny", pretrained="none")
@@ -113,8 +113,8 @@ def test_onnx_image_tower_agrees_with_eager_and_is_refused_when_it_does_not(smal
 
 def test_onnx_text_tower_agrees_with_eager_sentence_transformers_and_is_refused_when_it_does_not(
         offline_encoder, small_dump, tmp_path, monkeypatch):
-    import fsl.encoder as encoder_module
-    from fsl.encoder import OnnxMismatch, OnnxTextTower
+    import fsl.encoders.onnx as encoder_module
+    from fsl.encoders.onnx import OnnxMismatch, OnnxTextTower
 
     texts = load_catalog(small_dump).texts()[:6] + ["a much longer product description " * 8]  # padded to its length
     eager = offline_encoder.encode_texts(texts, progress=False)

@@ -4,8 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fsl import FslError
-from fsl.episodes import EpisodeSampler, EpisodeSet, draw_episode_set, split_classes
+from fsl.episodes.frozen import EpisodeSet, draw_episode_set
+from fsl.episodes.sampler import EpisodeSampler
+from fsl.episodes.splits import split_classes
+from fsl.errors import FslError
 
 
 def toy_labels(n_classes: int = 30, per_class: int = 25, seed: int = 0) -> tuple[np.ndarray, pd.Series, pd.Series]:
@@ -95,8 +97,8 @@ def test_episode_file_round_trip_and_refusal_on_another_catalog(tmp_path):
 def test_committed_episode_sets_belong_to_the_shared_data_and_its_split():
     from pathlib import Path
 
-    from fsl.catalog import load_catalog
-    from fsl.pipeline import episodes_dir_for
+    from fsl.data.prepared import load_catalog
+    from fsl.paths import episodes_dir_for
     from tests.conftest import REAL_DATA, real_styles
 
     real_styles()  # skips when the shared data is absent
@@ -113,9 +115,9 @@ def test_committed_episode_sets_belong_to_the_shared_data_and_its_split():
 def test_committed_episode_sets_never_split_a_near_duplicate_group():
     from pathlib import Path
 
-    from fsl.catalog import load_catalog
-    from fsl.episodes import NEAR_DUPLICATES_FILE, NearDuplicates
-    from fsl.pipeline import episodes_dir_for
+    from fsl.data.prepared import load_catalog
+    from fsl.episodes.near_duplicates import NEAR_DUPLICATES_FILE, NearDuplicates
+    from fsl.paths import episodes_dir_for
     from tests.conftest import REAL_DATA, real_styles
 
     real_styles()  # skips when the shared data is absent
@@ -200,7 +202,7 @@ def test_too_many_twins_for_the_queries_is_an_error_naming_the_class():
 
 
 def test_near_duplicate_groups_are_the_photos_above_the_threshold_and_round_trip(tmp_path):
-    from fsl.episodes import NearDuplicates, near_duplicate_groups
+    from fsl.episodes.near_duplicates import NearDuplicates, near_duplicate_groups
 
     rng = np.random.default_rng(0)
     base = rng.normal(size=(40, 64))
@@ -227,8 +229,3 @@ def test_near_duplicate_groups_are_the_photos_above_the_threshold_and_round_trip
     with pytest.raises(FslError, match=r"image cosine in \(0, 1\]"):
         near_duplicate_groups(ids, features, "enc", "fp", threshold=1.5)
 
-
-def test_cli_default_threshold_is_the_library_one():
-    from fsl import cli, episodes
-
-    assert cli.NEAR_DUPLICATE_THRESHOLD == episodes.NEAR_DUPLICATE_THRESHOLD

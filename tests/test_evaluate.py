@@ -6,21 +6,13 @@ import pytest
 import torch
 from scipy import stats
 
-from fsl.episodes import draw_episode_set, split_classes
-from fsl.evaluate import (
-    EvalResult,
-    log_to_tensorboard,
-    mean_ci,
-    paired_difference,
-    paired_table,
-    plot_summary,
-    results_frame,
-    run_episodes,
-    store_rows,
-    summary_table,
-)
-from fsl.fusion import create_fusion
+from fsl.episodes.frozen import draw_episode_set
+from fsl.episodes.splits import split_classes
+from fsl.harness.evaluate import EvalResult, mean_ci, paired_difference, run_episodes
+from fsl.harness.results import log_to_tensorboard, paired_table, plot_summary, results_frame, summary_table
 from fsl.methods import create_head
+from fsl.methods.fusion import create_fusion
+from fsl.store.rows import store_rows
 
 
 def image_protonet(dim: int):

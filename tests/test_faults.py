@@ -18,13 +18,14 @@ import pandas as pd
 import pytest
 import torch
 
-from fsl import FslError
-from fsl.catalog import load_catalog
-from fsl.checkpoint import load_head, save_head
-from fsl.cli import main
+from fsl.cli.main import main
 from fsl.config import load_config
-from fsl.features import FeatureStore, embed_catalog, store_path, writer_lock
-from fsl.io import atomic_path, write_csv
+from fsl.data.prepared import load_catalog
+from fsl.errors import FslError
+from fsl.files import atomic_path, write_csv
+from fsl.harness.checkpoints import load_head, save_head
+from fsl.paths import store_path
+from fsl.store.features import FeatureStore, embed_catalog, writer_lock
 
 HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"
 TINY = ["--encoder", "clip", "--model", "FSL-Tiny", "--pretrained", "none"]
@@ -107,7 +108,7 @@ def shuffle_ids(path: Path) -> None:
     ids = np.load(path / "ids.npy")
     np.save(path / "ids.npy", ids[::-1].copy())
     manifest = json.loads((path / "manifest.json").read_text())  # even with a matching checksum
-    from fsl.features import _array_record
+    from fsl.store.features import _array_record
 
     manifest["arrays"]["ids"] = _array_record(path / "ids.npy")
     (path / "manifest.json").write_text(json.dumps(manifest))
@@ -133,7 +134,7 @@ def test_a_damaged_store_is_refused_on_open_and_rebuilt_by_embed(store, tiny_cli
 
 def test_full_verification_reads_every_byte(store, tiny_clip, monkeypatch):
     catalog, good = store
-    import fsl.features as features
+    import fsl.store.features as features
 
     monkeypatch.setattr(features, "SAMPLE_BLOCKS", 1)  # the cheap check now reads one block only
     monkeypatch.setattr(features, "BLOCK_BYTES", 128)
@@ -151,9 +152,9 @@ KILLED_MID_JOIN = """
 import sys, time
 from pathlib import Path
 import numpy as np
-from fsl.catalog import load_catalog
-from fsl.encoder import create_encoder
-from fsl.features import embed_catalog
+from fsl.data.prepared import load_catalog
+from fsl.encoders.factory import create_encoder
+from fsl.store.features import embed_catalog
 
 dump, root, flag = sys.argv[1:4]
 real_load, loads = np.load, []
@@ -196,7 +197,7 @@ def test_kill_9_mid_join_loses_nothing_and_the_next_run_completes(tiny_clip, sma
 
 
 def test_full_disk_before_the_join_is_a_message_and_keeps_the_chunks(tiny_clip, small_dump, tmp_path, monkeypatch):
-    import fsl.features as features
+    import fsl.store.features as features
 
     catalog = load_catalog(small_dump)
     monkeypatch.setattr(features.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1000))
@@ -234,7 +235,7 @@ def test_disk_full_while_writing_is_a_message_and_leaves_no_temp_file(tiny_clip,
         handle = real_open(file, mode, *args, **kwargs)
         return FullDisk(handle) if ".image.npy." in str(file) and "w" in mode else handle
 
-    import fsl.features as features
+    import fsl.store.features as features
 
     monkeypatch.setattr(features, "open", failing_open, raising=False)
     with pytest.raises(FslError, match=r"cannot write .*image.npy: the disk is full; nothing was left half-written"):
@@ -470,7 +471,7 @@ def test_frozen_episodes_are_never_replaced_silently(six_classes, tmp_path, caps
 
 
 def test_a_split_with_one_class_gets_no_one_way_episode_set(six_classes, tmp_path, capsys):
-    from fsl.episodes import EpisodeSampler
+    from fsl.episodes.sampler import EpisodeSampler
 
     dump = shutil.copytree(six_classes, tmp_path / "d")
     styles = pd.read_csv(dump / "styles.csv", dtype=str)
@@ -487,7 +488,7 @@ def test_a_split_with_one_class_gets_no_one_way_episode_set(six_classes, tmp_pat
 def test_a_port_in_use_is_a_message(tmp_path):
     import socket
 
-    from fsl.demo import check_port_free
+    from fsl.apps.demo.layout import check_port_free
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -497,7 +498,7 @@ def test_a_port_in_use_is_a_message(tmp_path):
 
 
 def test_ids_out_of_order_are_named_as_such_not_as_missing_ids():
-    from fsl.evaluate import store_rows
+    from fsl.store.rows import store_rows
 
     with pytest.raises(FslError, match="not in increasing order"):
         store_rows(np.array([5, 3, 1]), np.array([3]))

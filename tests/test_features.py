@@ -10,15 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from fsl import FslError
-from fsl.catalog import load_catalog
-from fsl.features import (
-    DEFAULT_TEXT_VARIANTS,
-    FeatureStore,
-    TextVariant,
-    embed_catalog,
-    store_path,
-)
+from fsl.data.prepared import load_catalog
+from fsl.errors import FslError
+from fsl.paths import store_path
+from fsl.store.features import DEFAULT_TEXT_VARIANTS, FeatureStore, TextVariant, embed_catalog
 from tests.conftest import make_slice
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fsl import FslError
-from fsl.fusion import FUSIONS, create_fusion
+from fsl.errors import FslError
+from fsl.methods.fusion import FUSIONS, create_fusion
 
 
 @pytest.mark.parametrize("name,out_dim", [("image", 6), ("text", 4), ("concat", 10), ("weighted", 6), ("gate", 10)])

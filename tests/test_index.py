@@ -12,7 +12,7 @@ import pytest
 @pytest.fixture(scope="module")
 def store(twelve_classes):
     from fsl.config import EncoderConfig
-    from fsl.pipeline import open_store
+    from fsl.store.open import open_store
 
     root, catalog = twelve_classes
     return open_store(catalog, EncoderConfig("clip", "FSL-Tiny", "none"), root / "store")
@@ -32,7 +32,7 @@ def brute_force(store, image, text, weight, shared=True):
 
 
 def test_the_exact_index_ranks_photo_text_and_both_queries_as_the_weighted_similarity(store, tmp_path):
-    from fsl.index import open_index
+    from fsl.apps.index import open_index
 
     index = open_index(store, 0.7, tmp_path)
     assert index.kind == "exact" and index.recall_at_10 == 1.0
@@ -49,7 +49,7 @@ def test_the_exact_index_ranks_photo_text_and_both_queries_as_the_weighted_simil
 
 
 def test_above_the_exact_limit_an_ivf_index_reaches_the_recall_it_reports(store, tmp_path):
-    from fsl.index import build_index, exact_neighbours, recall_at_k, sample_queries
+    from fsl.apps.index import build_index, exact_neighbours, recall_at_k, sample_queries
 
     index = build_index(store, 0.7, exact_limit=50)  # 240 products: approximate
     assert index.kind == "ivf-fp16" and index.recall_at_10 >= 0.95
@@ -62,15 +62,15 @@ def test_above_the_exact_limit_an_ivf_index_reaches_the_recall_it_reports(store,
 
 
 def test_a_saved_index_is_reused_and_rebuilt_when_its_store_changed(store, tmp_path, monkeypatch):
-    import fsl.index
-    from fsl.index import index_path, open_index
-    from fsl.io import read_json, write_json
+    import fsl.apps.index
+    from fsl.apps.index import index_path, open_index
+    from fsl.files import read_json, write_json
 
     first = open_index(store, 0.7, tmp_path)
     assert index_path(store, 0.7, tmp_path).is_file()
     built = []
-    real_build = fsl.index.build_index
-    monkeypatch.setattr(fsl.index, "build_index", lambda *a, **k: built.append(1) or real_build(*a, **k))
+    real_build = fsl.apps.index.build_index
+    monkeypatch.setattr(fsl.apps.index, "build_index", lambda *a, **k: built.append(1) or real_build(*a, **k))
     again = open_index(store, 0.7, tmp_path)
     assert built == [] and again.nearest(np.asarray(store.image[0]), None, 5) == first.nearest(np.asarray(store.image[0]), None, 5)
     sidecar = index_path(store, 0.7, tmp_path).with_suffix(".json")
@@ -84,7 +84,7 @@ def test_a_saved_index_is_reused_and_rebuilt_when_its_store_changed(store, tmp_p
 
 
 def test_in_a_shared_space_a_text_query_searches_photos_too(store, tmp_path):
-    from fsl.index import open_index
+    from fsl.apps.index import open_index
 
     index = open_index(store, 0.7, tmp_path)
     assert index.shared_space  # a clip store (aligned ones too)

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fsl import FslError
-from fsl.fusion import create_fusion
+from fsl.errors import FslError
 from fsl.methods import create_head
+from fsl.methods.fusion import create_fusion
 from fsl.methods.maml import MAML
 from fsl.methods.protonet import ProtoNet
 
@@ -197,9 +197,10 @@ def test_simpleshot_l2n_predicts_as_easyfsl_at_one_shot_on_unit_features():
 
 def test_simpleshot_centres_on_the_mean_of_base_class_products_only(twelve_classes):
     from fsl.config import EncoderConfig, ExperimentConfig
-    from fsl.episodes import EpisodeSet
-    from fsl.io import read_csv
-    from fsl.pipeline import episodes_dir_for, experiment_head, run_experiment
+    from fsl.episodes.frozen import EpisodeSet
+    from fsl.files import read_csv
+    from fsl.harness.experiment import experiment_head, run_experiment
+    from fsl.paths import episodes_dir_for
 
     root, catalog = twelve_classes
     config = ExperimentConfig(name="ss", method="simpleshot", fusion="concat", episodes=("novel-5w5s",),
@@ -274,7 +275,7 @@ def test_pt_map_predicts_as_easyfsl_on_non_negative_features():
 
 def test_cosine_prototypes_is_the_demo_s_scorer_batched():
     """The head `fsl calibrate` fits for the demo gives the demo's own scores (teach.scores)."""
-    from fsl.teach import Category, scores
+    from fsl.apps.support import Category, scores
 
     support, labels, query, _ = toy_episodes(n_episodes=1, n_way=3, k_shot=4, q_query=2)
     support, query = F.normalize(support, dim=-1), F.normalize(query, dim=-1)
@@ -297,10 +298,10 @@ def test_the_demo_scorer_configs_are_the_experiment_files():
     """What the demo looks its calibration up by is what `fsl calibrate experiments/...` fitted."""
     from pathlib import Path
 
-    from fsl.calibration import config_key
+    from fsl.apps.predict import SUPPORT_HEADS
+    from fsl.apps.support import SCORER_CONFIGS
     from fsl.config import load_config
-    from fsl.predict import SUPPORT_HEADS
-    from fsl.teach import SCORER_CONFIGS
+    from fsl.harness.calibration import config_key
 
     experiments = Path(__file__).resolve().parents[1] / "experiments"
     for config in [*SCORER_CONFIGS.values(), *SUPPORT_HEADS.values()]:

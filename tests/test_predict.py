@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fsl.cli import main
+from fsl.cli.main import main
 
 CLASSES = ["Watches", "Handbags", "Casual Shoes"]
 REPO = Path(__file__).resolve().parents[1]
@@ -18,7 +18,7 @@ CALIBRATION = REPO / "calibration"  # fitted by `fsl calibrate` on the real data
 @pytest.fixture(scope="module")
 def folders(small_dump, tmp_path_factory):
     """A support folder (3 categories x 5 real photos) and a folder of 5 held-out photos of each."""
-    from fsl.catalog import load_catalog
+    from fsl.data.prepared import load_catalog
 
     root = tmp_path_factory.mktemp("support")
     catalog = load_catalog(small_dump)
@@ -57,7 +57,7 @@ def test_own_categories_from_a_folder_classify_held_out_photos_with_a_contact_sh
 
 def test_photos_of_a_category_not_in_the_support_are_mostly_unknown(small_dump, folders, tmp_path, capsys):
     """The unknown rule as shipped: calibrated on the real data's validation classes (offline encoder)."""
-    from fsl.catalog import load_catalog
+    from fsl.data.prepared import load_catalog
 
     root, truth = folders
     mixed = tmp_path / "mixed"

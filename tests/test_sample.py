@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from fsl.catalog import load_catalog
-from fsl.sample import SAMPLE_CLASSES, make_sample_catalog
+from fsl.data.prepared import load_catalog
+from fsl.data.sample import SAMPLE_CLASSES, make_sample_catalog
 
 
 def test_sample_catalog_is_a_valid_deterministic_dump(tmp_path):

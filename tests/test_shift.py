@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fsl.episodes import ClassSplit
-from fsl.shift import ReplacedImages, draw_temporal_sets, rerender
+from fsl.episodes.shift import ReplacedImages, draw_temporal_sets, rerender
+from fsl.episodes.splits import ClassSplit
 
 
 def dated_catalog(late_per_class=12):
@@ -80,7 +80,8 @@ def test_replaced_images_swap_the_image_part_of_the_listed_rows_only():
 
 def test_eval_shifted_runs_the_same_episodes_with_rerendered_queries_embedded_once(twelve_classes, capsys):
     from fsl.config import EncoderConfig, ExperimentConfig
-    from fsl.pipeline import open_store, run_experiment
+    from fsl.harness.experiment import run_experiment
+    from fsl.store.open import open_store
 
     root, catalog = twelve_classes
     config = ExperimentConfig(name="pn", method="protonet", fusion="image", episodes=("novel-5w5s",),
@@ -99,7 +100,7 @@ def test_eval_shifted_runs_the_same_episodes_with_rerendered_queries_embedded_on
 
 
 def test_temporal_queries_leave_out_the_near_duplicates_of_the_support():
-    from fsl.episodes import NearDuplicates
+    from fsl.episodes.near_duplicates import NearDuplicates
 
     catalog, split = dated_catalog(late_per_class=20)
     ids = catalog.products["id"].to_numpy()

@@ -6,14 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fsl.evaluate import across_splits, mean_ci, paired_difference, results_frame, summary_table
+from fsl.harness.evaluate import mean_ci, paired_difference
+from fsl.harness.results import across_splits, results_frame, summary_table
 
 BENCHMARKS = {"val-2w5s": ("val", 2, 5), "novel-5w5s": ("novel", 5, 5)}
 
 
 def test_split_seeds_write_reproducible_files_and_every_split_is_evaluated(twelve_classes, tmp_path):
     from fsl.config import EncoderConfig, ExperimentConfig
-    from fsl.pipeline import available_splits, draw_standard_episodes, run_experiment, split_root
+    from fsl.episodes.standard import draw_standard_episodes
+    from fsl.harness.experiment import run_experiment
+    from fsl.paths import available_splits, split_root
 
     root, catalog = twelve_classes
     episodes = tmp_path / "episodes"
@@ -73,8 +76,8 @@ def protonet_eval(root, tmp_path, episodes=None) -> tuple:
 
 
 def test_eval_keeps_earlier_sets_of_the_same_config_and_drops_those_of_another(twelve_classes, tmp_path, capsys):
-    from fsl.cli import main
-    from fsl.io import read_csv
+    from fsl.cli.main import main
+    from fsl.files import read_csv
 
     root, catalog = twelve_classes
     config, common = protonet_eval(root, tmp_path)
@@ -90,7 +93,7 @@ def test_eval_keeps_earlier_sets_of_the_same_config_and_drops_those_of_another(t
 
 
 def test_results_files_of_several_splits_load_with_every_split(tmp_path):
-    from fsl.evaluate import load_results
+    from fsl.harness.results import load_results
 
     rows = lambda split: pd.DataFrame({"method": "m", "split": split, "episode_set": "novel-5w5s",  # noqa: E731
                                        "episode": np.arange(3), "accuracy": [0.5, 0.6, 0.7]})
@@ -104,9 +107,9 @@ def test_results_files_of_several_splits_load_with_every_split(tmp_path):
 def test_rows_of_a_redrawn_episode_file_are_neither_kept_nor_paired(twelve_classes, tmp_path, capsys):
     import shutil
 
-    from fsl.cli import main
-    from fsl.io import read_csv
-    from fsl.pipeline import draw_standard_episodes
+    from fsl.cli.main import main
+    from fsl.episodes.standard import draw_standard_episodes
+    from fsl.files import read_csv
 
     root, catalog = twelve_classes
     episodes = tmp_path / "episodes"
@@ -135,8 +138,8 @@ def test_rows_of_a_redrawn_episode_file_are_neither_kept_nor_paired(twelve_class
 
 def test_results_from_before_draw_digests_are_dropped_and_each_config_is_saved_as_it_finishes(twelve_classes, tmp_path,
                                                                                              capsys):
-    from fsl.cli import main
-    from fsl.io import read_csv
+    from fsl.cli.main import main
+    from fsl.files import read_csv
 
     root, catalog = twelve_classes
     config, common = protonet_eval(root, tmp_path)

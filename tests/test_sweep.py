@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from fsl import FslError
-from fsl.cli import main
+from fsl.cli.main import main
 from fsl.config import load_config
-from fsl.episodes import EpisodeSet
-from fsl.sweep import parse_grid, sweep
+from fsl.episodes.frozen import EpisodeSet
+from fsl.errors import FslError
+from fsl.harness.sweep import parse_grid, sweep
 
 PROBE = """\
 method: linear_probe

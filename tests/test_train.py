@@ -7,20 +7,16 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fsl import FslError
-from fsl.catalog import load_catalog
-from fsl.checkpoint import load_head
 from fsl.config import EncoderConfig, ExperimentConfig, TrainConfig
-from fsl.evaluate import run_episodes
-from fsl.fusion import store_features
-from fsl.pipeline import (
-    build_head,
-    draw_standard_episodes,
-    load_episode_set,
-    open_store,
-    run_experiment,
-)
-from fsl.train import train
+from fsl.data.prepared import load_catalog
+from fsl.episodes.standard import draw_standard_episodes
+from fsl.errors import FslError
+from fsl.harness.checkpoints import load_head
+from fsl.harness.evaluate import run_episodes
+from fsl.harness.experiment import build_head, load_episode_set, run_experiment
+from fsl.harness.train import train
+from fsl.store.open import open_store
+from fsl.store.rows import store_features
 from tests.conftest import make_slice
 
 TINY = EncoderConfig("clip", "FSL-Tiny", "none")
@@ -124,8 +120,8 @@ def test_diverging_training_stops_naming_the_step_and_saves_nothing_non_finite(w
 
 def test_warm_eval_and_train_build_no_encoder(workspace, monkeypatch):
     """The store key comes from the config and class-name prompts are cached: no weights are loaded."""
-    from fsl.encoder import ClipEncoder
-    from fsl.pipeline import encoder_from_config
+    from fsl.encoders.clip import ClipEncoder
+    from fsl.encoders.factory import encoder_from_config
 
     root, catalog = workspace
     zero_shot = ExperimentConfig(name="zs", method="zero_shot", fusion="text", episodes=("novel-5w5s",), encoder=TINY)
@@ -145,7 +141,7 @@ def test_each_split_trains_its_own_checkpoint_on_its_own_base_classes(workspace,
 
     import pandas as pd
 
-    from fsl.pipeline import split_root
+    from fsl.paths import split_root
 
     root, catalog = workspace
     episodes = tmp_path / "episodes"
@@ -172,9 +168,9 @@ def small_episodes(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def test_no_product_of_a_validation_or_novel_class_enters_a_training_episode(workspace):
-    from fsl.episodes import EpisodeSampler
-    from fsl.pipeline import base_classes
-    from fsl.train import training_samplers
+    from fsl.episodes.sampler import EpisodeSampler
+    from fsl.harness.experiment import base_classes
+    from fsl.harness.train import training_samplers
 
     root, catalog = workspace
     cfg = small_episodes(config(4, train_sources=("subCategory", "baseColour", "gender", "usage", "season")))

@@ -1,14 +1,15 @@
 """Few-shot heads by name: `create_head("protonet", fusion)`; one file per head."""
 
+
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from fsl import FslError
-from fsl.fusion import Fusion
+from fsl.errors import FslError
 from fsl.methods.base import FewShotHead
 from fsl.methods.bd_cspn import BDCSPN
 from fsl.methods.cosine_prototypes import CosinePrototypes
+from fsl.methods.fusion import Fusion
 from fsl.methods.gda import GDA
 from fsl.methods.laplacian_shot import LaplacianShot
 from fsl.methods.linear_probe import LinearProbe

@@ -3,8 +3,8 @@
 support [E, N*K, D] with labels [E, N*K] in 0..N-1, query [E, Q, D] -> logits [E, Q, N], where
 D = image_dim + text_dim. A head is `classify(embed(support), labels, embed(query))`: `embed` works
 on each example alone (the head's own Fusion, maybe a projection), so the harness embeds every
-example of an episode set once. Heads that read class names also get class_text [E, N, Dt].
-"""
+example of an episode set once. Heads that read class names also get class_text [E, N, Dt]."""
+
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import math
 import torch
 from torch import nn
 
-from fsl import FslError
-from fsl.fusion import Fusion
+from fsl.errors import FslError
+from fsl.methods.fusion import Fusion
 
 
 def check_positive(head: str, allow_zero: bool = False, **options) -> None:

@@ -5,16 +5,16 @@ Two corrections of the prototypes: a feature shift (the queries moved by the dif
 and query means, against the cross-set bias) and label propagation (prototypes re-estimated from the
 support and the pseudo-labelled queries, each weighted by exp(temperature · cosine) to its prototype).
 Queries are then scored by cosine to the rectified prototypes. With `temperature: 1` this is easyfsl's
-BDCSPN step for step; the paper uses 10.
-"""
+BDCSPN step for step; the paper uses 10."""
+
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from fsl.fusion import Fusion
 from fsl.methods.base import FewShotHead, check_positive, inner_products
+from fsl.methods.fusion import Fusion
 
 
 def cosine(x: torch.Tensor, prototypes: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:

@@ -5,14 +5,15 @@ calibrated (`fsl calibrate`) on the same frozen episodes as every other head. Pr
 scoring with cosine similarity (Snell et al., 2017; Chen et al., ICLR 2019, "A Closer Look at
 Few-shot Classification") kept per modality. Nothing to train."""
 
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from fsl import FslError
-from fsl.fusion import Concat, Fusion, ImageOnly
+from fsl.errors import FslError
 from fsl.methods.base import FewShotHead, inner_products
+from fsl.methods.fusion import Concat, Fusion, ImageOnly
 
 
 class CosinePrototypes(FewShotHead):

@@ -11,17 +11,17 @@ have on classes seen before). S has rank ≤ N·K, so Σ⁻¹ comes through the 
 identity prior GDA is ProtoNet.
 
 `zero_shot_weight` > 0 adds that multiple of the zero-shot logits (100 · cosine to the class-name
-prompts) to GDA's, the paper's ensemble; with the offline pair the names meet the text part only.
-"""
+prompts) to GDA's, the paper's ensemble; with the offline pair the names meet the text part only."""
+
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from fsl import FslError
-from fsl.fusion import Fusion
+from fsl.errors import FslError
 from fsl.methods.base import FewShotHead, check_positive
+from fsl.methods.fusion import Fusion
 from fsl.methods.tip_adapter import ZERO_SHOT_SCALE
 
 

@@ -5,17 +5,17 @@ Queries are softly assigned to the prototypes (rectified as in BD-CSPN) with a L
 pulls each query's assignment towards those of its k nearest query neighbours; the assignments come
 from the paper's bound updates (Algorithm 1), each episode stopping when its bound stops moving.
 easyfsl's LaplacianShot keeps k − 1 neighbours for its `knn: k` (its top-k includes the point
-itself): our `knn: 3` is its `knn=4`. The logits are the log soft assignments.
-"""
+itself): our `knn: 3` is its `knn=4`. The logits are the log soft assignments."""
+
 
 from __future__ import annotations
 
 import torch
 
-from fsl import FslError
-from fsl.fusion import Fusion
+from fsl.errors import FslError
 from fsl.methods.base import FewShotHead, check_positive
 from fsl.methods.bd_cspn import rectified_prototypes
+from fsl.methods.fusion import Fusion
 from fsl.methods.protonet import squared_distances
 
 

@@ -6,17 +6,17 @@ N*K support examples written in an orthonormal basis of that span (from the supp
 N*K coordinates per class instead of the feature size. The objective is scikit-learn's (sum of
 cross-entropies + ||W - W0||² / 2C), with W0 = 0 by default, or the class prototypes, or the
 class-name text embeddings, which then act as a prior the support set pulls away from (as in
-LP++ / CLAP).
-"""
+LP++ / CLAP)."""
+
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from fsl import FslError
-from fsl.fusion import Fusion
+from fsl.errors import FslError
 from fsl.methods.base import FewShotHead, inner_products
+from fsl.methods.fusion import Fusion
 
 INITS = ("zeros", "prototypes", "class_text")
 
@@ -131,7 +131,7 @@ class Problem:
     def __init__(self, phi, targets, penalty, prior_logits):
         self.phi, self.targets, self.penalty, self.prior_logits = phi, targets, penalty, prior_logits
 
-    def subset(self, rows: torch.Tensor) -> "Problem":
+    def subset(self, rows: torch.Tensor) -> Problem:
         return Problem(self.phi[rows], self.targets[rows], self.penalty, self.prior_logits[rows])
 
     def evaluate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

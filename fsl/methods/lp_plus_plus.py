@@ -9,17 +9,17 @@ block's gradient, as in the authors' code (FewShot-CLIP-Strong-Baseline, `Linear
 (M / (4 max_k Σ_i (x_i · t_k)²)) every 10 of them; W starts from the class feature sums, every α_k
 from 250 · the mean text score. No hyper-parameter is searched. With the offline pair the class
 names meet the text part of the fused features only; with CLIP or the aligned pair (`fsl align`)
-the photo too.
-"""
+the photo too."""
+
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from fsl import FslError
-from fsl.fusion import Fusion, ImageOnly
+from fsl.errors import FslError
 from fsl.methods.base import FewShotHead, check_positive
+from fsl.methods.fusion import Fusion, ImageOnly
 
 
 class LPPlusPlus(FewShotHead):

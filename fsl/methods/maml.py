@@ -16,8 +16,8 @@ The inner loop is `torch.func.grad`, vmapped over the episodes of a batch; secon
 depends on it): a few inner steps from zero leave the classifier under-confident, and the outer
 loss then rewards whatever makes logits larger, such as a fusion gate on the modality with larger
 logits, even where that costs accuracy (benchmarks/maml_gate.py). Measured on maml-fused-masked, a
-scale trained at the head's lr does not stop that gate from collapsing (the gate moves faster).
-"""
+scale trained at the head's lr does not stop that gate from collapsing (the gate moves faster)."""
+
 
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from fsl import FslError
-from fsl.fusion import Fusion
+from fsl.errors import FslError
 from fsl.methods.base import FewShotHead
+from fsl.methods.fusion import Fusion
 from fsl.methods.protonet import make_projection
 
 

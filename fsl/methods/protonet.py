@@ -3,17 +3,17 @@
 Each class is the mean of its support features; a query's logits are its negative squared
 Euclidean distances to those prototypes. Without a projection this is nearest-prototype
 classification on frozen features; with one (a diagonal metric or a linear map, both starting as
-the identity), the projection is meta-trained on base classes.
-"""
+the identity), the projection is meta-trained on base classes."""
+
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from fsl import FslError
-from fsl.fusion import Fusion
+from fsl.errors import FslError
 from fsl.methods.base import FewShotHead, inner_products
+from fsl.methods.fusion import Fusion
 
 
 def squared_distances(query: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,8 @@ assigned to the prototypes by optimal transport (Sinkhorn, each class receiving 
 queries), and the prototypes move towards the mean of the support and the softly assigned queries,
 for a few steps. Sinkhorn runs in the log domain (exp(-λ d²) underflows at these distances); with
 `normalize: false` this is easyfsl's PTMAP; `normalize: true` L2-normalises after the transform, as
-the paper's code does.
-"""
+the paper's code does."""
+
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fsl.fusion import Fusion
 from fsl.methods.base import FewShotHead, check_positive
+from fsl.methods.fusion import Fusion
 from fsl.methods.protonet import squared_distances
 
 

@@ -5,17 +5,17 @@ Centre every feature on the mean feature of the base classes (knowledge from bas
 training), L2-normalise it, and give each query the class of its nearest support centroid
 (Euclidean). `centering: none` is the paper's L2N variant; the default, CL2N, is its best.
 easyfsl's SimpleShot instead takes the cosine to the mean of the raw support features: at one shot
-on unit-norm features both give the same predictions.
-"""
+on unit-norm features both give the same predictions."""
+
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from fsl import FslError
-from fsl.fusion import Fusion
+from fsl.errors import FslError
 from fsl.methods.base import FewShotHead
+from fsl.methods.fusion import Fusion
 from fsl.methods.protonet import squared_distances
 
 

@@ -6,17 +6,17 @@ maximising the mutual information between the queries and their predicted labels
 predictions (low conditional entropy) spread evenly over the classes (high marginal entropy).
 Logits are temperature · cosine to the prototypes, as in easyfsl's TIM, which this matches step for
 step. Every episode has its own prototypes; the summed loss gives each its own gradient and Adam is
-element-wise, so one batched optimiser equals one per episode.
-"""
+element-wise, so one batched optimiser equals one per episode."""
+
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from fsl.fusion import Fusion
 from fsl.methods.base import FewShotHead, check_positive
 from fsl.methods.bd_cspn import cosine
+from fsl.methods.fusion import Fusion
 
 
 def entropy(probabilities: torch.Tensor) -> torch.Tensor:

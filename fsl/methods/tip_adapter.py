@@ -12,17 +12,17 @@ on its validation split too).
 features and trained for a few Adam steps on the support set's cross-entropy (the paper trains 20
 epochs with AdamW and a cosine schedule). Every episode has its own keys; the summed loss gives each
 episode exactly its own gradient, and Adam's update is element-wise, so one batched optimiser is
-the same as one per episode.
-"""
+the same as one per episode."""
+
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from fsl import FslError
-from fsl.fusion import Fusion
+from fsl.errors import FslError
 from fsl.methods.base import FewShotHead, check_positive
+from fsl.methods.fusion import Fusion
 
 ZERO_SHOT_SCALE = 100.0  # CLIP's logit scale
 

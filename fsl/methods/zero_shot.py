@@ -2,16 +2,16 @@
 
 No support example is used: a query's logits are the cosine similarities of its features to the
 class-name prompts embedded by the encoder's text tower. With CLIP the image side compares too;
-with the offline pair (two separate spaces) only the product text can be compared to class names.
-"""
+with the offline pair (two separate spaces) only the product text can be compared to class names."""
+
 
 from __future__ import annotations
 
 import torch
 
-from fsl import FslError
-from fsl.fusion import Fusion, ImageOnly
+from fsl.errors import FslError
 from fsl.methods.base import FewShotHead
+from fsl.methods.fusion import Fusion, ImageOnly
 
 
 class ZeroShot(FewShotHead):

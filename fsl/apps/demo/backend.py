@@ -1,0 +1,150 @@
+"""The demo's shared state: the encoder, the catalog store and its search index, saved category sets."""
+
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from fsl.apps.index import SearchIndex, open_index
+from fsl.apps.predict import CatalogClassifier
+from fsl.apps.support import (
+    IMAGE_WEIGHT,
+    SCORER_CONFIGS,
+    TEMPERATURE,
+    Category,
+    embed_image,
+    embed_text,
+    open_image,
+)
+from fsl.data.catalog import Catalog
+from fsl.encoders.base import Encoder
+from fsl.encoders.factory import encoder_from_config
+from fsl.episodes.splits import ClassSplit
+from fsl.errors import FslError
+from fsl.harness.calibration import CALIBRATION_DIR, Calibration, config_key, find_calibration
+from fsl.paths import CACHE_DIR, DEFAULT_EPISODES_DIR, split_file
+from fsl.store.features import DEFAULT_ROOT, FeatureStore
+from fsl.store.open import open_store
+
+TAUGHT = "taught categories"
+EXAMPLE_CATEGORIES = 3
+EXAMPLES_PER_CATEGORY = 5
+MAX_TEXT_LINES = 100  # per teach request: more would hold the queue for everyone
+MAX_TEXT_CHARS = 2000  # per query text
+CONCURRENT_REQUESTS = 8  # predictions and searches served side by side (the model is shared read-only)
+NONE_OF_THESE = "none of these"
+SAVED_DIR = CACHE_DIR / "demo"  # saved category sets: one support folder (and its zip) each
+MAX_ZIP_BYTES = 200 * 1024 * 1024  # unpacked size of an uploaded category set
+MAX_ZIP_FILES = 2000
+
+
+@dataclass
+class DemoBackend:
+    """What the page needs: the encoder for new inputs, the catalog and its stored features."""
+
+    encoder: Encoder
+    catalog: Catalog
+    store: FeatureStore
+    example_classes: list[str]
+    classifier: CatalogClassifier | None = None  # a trained head over the catalog's classes, if given
+    calibrations: dict[str, Calibration | None] = field(default_factory=dict)  # per scorer kind (teach.SCORER_CONFIGS)
+    saved_root: Path = SAVED_DIR
+    index: SearchIndex | None = None  # search and nearest examples: set by make_backend
+
+    def answered_by(self, kind: str | None) -> str:
+        """Which scorer, features and calibration gave an answer, in words."""
+        encoder = f"encoder `{self.encoder.id}`"
+        if kind is None:
+            return f"_Cosine to the categories' text examples, {encoder}; uncalibrated (fixed temperature {TEMPERATURE})._"
+        scorer = "image features" if kind == "image" else f"image and text features ({IMAGE_WEIGHT:.0%} image)"
+        calibration = self.calibrations.get(kind)
+        if calibration is None:
+            return (f"_Cosine prototypes on {scorer}, {encoder}; uncalibrated (fixed temperature {TEMPERATURE}, no "
+                    f"“{NONE_OF_THESE}”): run `fsl calibrate experiments/{SCORER_CONFIGS[kind].name}.yaml`._")
+        return f"_Cosine prototypes on {scorer}, {encoder}; {calibration.describe()}._"
+
+    def saved_sets(self) -> list[str]:
+        return sorted(p.name for p in self.saved_root.glob("*") if p.is_dir() and not p.name.startswith("."))
+
+    @property
+    def sources(self) -> list[str]:
+        """What the Predict tab can classify among."""
+        extra = [f"{self.classifier.name}: {len(self.classifier.classes)} catalog classes"] if self.classifier else []
+        return [TAUGHT, *extra]
+
+    def embed(self, image_path: str | None, text: str | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """A query's features; a bad photo or an overlong text is an FslError with the reason."""
+        if text and len(text) > MAX_TEXT_CHARS:
+            raise FslError(f"the text has {len(text)} characters; up to {MAX_TEXT_CHARS} are read")
+        image = embed_image(self.encoder, open_image(image_path)) if image_path else None
+        text = embed_text(self.encoder, text.strip()) if text and text.strip() else None
+        return image, text
+
+    def search_rows(self, image: np.ndarray | None, text: np.ndarray | None, k: int) -> list[int]:
+        """Catalog rows of the k products closest to the query (the store's search index)."""
+        return self.index.nearest(image, text, k)
+
+    def gallery(self, rows: list[int]) -> list[tuple[str, str]]:
+        products = self.catalog.products
+        return [(products.at[i, "image_path"], f"{products.at[i, 'articleType']}: {products.at[i, 'productDisplayName']}")
+                for i in rows]
+
+    def nearest(self, image: np.ndarray | None, text: np.ndarray | None, k: int) -> list[tuple[str, str]]:
+        """The k catalog products closest to the query, as (photo, caption) for a gallery."""
+        return self.gallery(self.search_rows(image, text, k))
+
+    def product_example(self, row: int) -> tuple[np.ndarray, np.ndarray, str, str]:
+        """A catalog product as a teaching example: stored image and text features, photo, text."""
+        return (np.asarray(self.store.image[row]), np.asarray(self.store.text("plain")[row]),
+                str(self.catalog.products.at[row, "image_path"]), self.product_texts[row])
+
+    @cached_property
+    def product_texts(self) -> list[str]:
+        """Each product's text as the store's plain text features were embedded from it."""
+        return self.catalog.texts()
+
+    def example_categories(self) -> list[Category]:
+        """A few catalog classes with five examples each (photo and text), so one click is enough."""
+        products = self.catalog.products
+        categories = []
+        for name in self.example_classes:
+            category = Category(name)
+            for row in products.index[products["articleType"] == name][:EXAMPLES_PER_CATEGORY]:
+                add_product(category, self.product_example(row))
+            categories.append(category)
+        return categories
+
+
+def add_product(category: Category, example: tuple[np.ndarray, np.ndarray, str, str]) -> None:
+    image, text_feature, photo, text = example
+    category.image_features.append(image)
+    category.text_features.append(text_feature)
+    category.thumbnails.append(photo)
+    category.texts.append(text)
+
+
+def make_backend(catalog: Catalog, encoder_config, store_root=None, episodes_root=None,
+                 classifier: CatalogClassifier | None = None,
+                 calibration_root: str | os.PathLike = CALIBRATION_DIR,
+                 saved_root: str | os.PathLike = SAVED_DIR) -> DemoBackend:
+    """The encoder and store of the same config as the CLI; example classes from the novel split."""
+
+    store = open_store(catalog, encoder_config, store_root or DEFAULT_ROOT)
+    counts = catalog.labels("articleType").value_counts()
+    if split_file(catalog, "articleType", 0, episodes_root or DEFAULT_EPISODES_DIR).is_file():
+        split = ClassSplit.load(catalog, "articleType", 0, episodes_root or DEFAULT_EPISODES_DIR).table
+        novel = split[split["split"] == "novel"].sort_values("count", ascending=False)["class"].tolist()
+    else:
+        novel = counts.index.tolist()
+    examples = [c for c in novel if counts.get(c, 0) >= 2 * EXAMPLES_PER_CATEGORY][:EXAMPLE_CATEGORIES]
+    encoder = encoder_from_config(encoder_config)
+    encoder.load()  # weights and image runtime now, not in the first visitor's request
+    calibrations = {kind: find_calibration(config_key(config, store.encoder_id), calibration_root)
+                    for kind, config in SCORER_CONFIGS.items()}
+    return DemoBackend(encoder, catalog, store, examples, classifier, calibrations, Path(saved_root),
+                       open_index(store, IMAGE_WEIGHT))

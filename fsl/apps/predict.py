@@ -1,0 +1,297 @@
+"""Batch inference (`fsl predict`): classify a folder of photos, with optional product texts, with
+any head (trained or configured), among the catalog's classes (a few catalog examples per class as
+support) or among your own categories (a support folder: one sub-folder of example photos per
+category). Unreadable files are reported in the CSV and skipped; a contact sheet shows the answers."""
+
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fsl.apps.index import open_index
+from fsl.apps.support import (
+    IMAGE_WEIGHT,
+    SupportFolder,
+    embed_image,
+    embed_text,
+    open_image,
+    read_support_folder,
+    read_texts,
+)
+from fsl.config import ExperimentConfig, config_from_dict, load_config
+from fsl.data.catalog import Catalog, label_word_pattern, mask_label_words
+from fsl.encoders.factory import encoder_from_config
+from fsl.episodes.splits import ClassSplit
+from fsl.errors import FslError
+from fsl.files import IMAGE_SUFFIXES, atomic_path, check_writable_target, write_csv
+from fsl.harness.calibration import CALIBRATION_DIR, UNKNOWN, Calibration, config_key, find_calibration
+from fsl.harness.checkpoints import read_meta
+from fsl.harness.experiment import experiment_head
+from fsl.paths import checkpoint_dir
+from fsl.store.features import DEFAULT_ROOT
+
+
+def support_rows(labels: pd.Series, shots: int, seed: int = 0,
+                 only: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """`shots` catalog rows per class with enough examples (of `only`, if given): (classes, rows [N*K])."""
+    rng = np.random.default_rng(seed)
+    counts = labels.value_counts()
+    classes = sorted(counts[counts >= shots].index)
+    if only is not None:
+        short = [c for c in only if c in counts.index and counts[c] < shots]
+        if short:
+            raise FslError(f"--classes: {', '.join(short)} have fewer than {shots} catalog examples; lower --shots")
+        classes = sorted(set(only))
+    if len(classes) < 2:
+        raise FslError(f"fewer than two classes have {shots} catalog examples; lower --shots")
+    rows = [rng.choice(np.flatnonzero(labels.to_numpy() == c), shots, replace=False) for c in classes]
+    return classes, np.concatenate(rows)
+
+
+# With no --checkpoint or --config: the README's best image-only head, or with texts its fused,
+# label-masked sibling (both chosen on validation classes).
+SUPPORT_HEADS = {
+    "image": ExperimentConfig(name="linear-probe-image", method="linear_probe",
+                              method_options={"init": "prototypes", "C": 10}, fusion="image"),
+    "fused": ExperimentConfig(name="linear-probe-fused-masked", method="linear_probe",
+                              method_options={"init": "prototypes", "C": 10}, fusion="concat",
+                              fusion_options={"image_weight": 0.7}, text_variant="masked-articleType"),
+}
+
+
+def choose_config(checkpoint: str | None, config_path: str | None, support: SupportFolder | None,
+                  texts: str) -> tuple[ExperimentConfig, str | None]:
+    """The config to classify with, and a note when it is not the one asked for. `texts` says which
+    texts there are: "all" (every query, and every support photo of a folder, has one), or why not.
+
+    A fused head without texts would see a zero text half and answer worse with no sign of it: an
+    untrained one falls back to its image part (and says so), a trained one is refused."""
+    if checkpoint:
+        config = config_from_dict(read_meta(checkpoint)["config"], f"{checkpoint}/head.json")
+    elif config_path:
+        config = load_config(config_path)
+    else:
+        return SUPPORT_HEADS["fused" if texts == "all" else "image"], None
+    if config.fusion == "image" or texts == "all":
+        return config, None
+    if checkpoint or config.train is not None:
+        raise FslError(f"{config.name} was trained on image and text features, but {texts}: its answers would "
+                       "come from a zero text half. Give a text for every photo, or use an image-only head "
+                       "(e.g. experiments/protonet-meta-image.yaml)")
+    image_part = dataclasses.replace(config, name=f"{config.name}--image-part", fusion="image", fusion_options={})
+    return image_part, (f"{config.name} fuses image and text, but {texts}: classifying with its image part "
+                        "only (fusion: image)")
+
+
+def text_coverage(files: list[Path], text_of: dict[str, str], support: SupportFolder | None, given: bool) -> str:
+    """"all" when every query (and support photo) has a text, else why not, in words."""
+    if not given:
+        return "no --texts were given"
+    missing = sum(not text_of.get(path.name) for path in files)
+    if missing:
+        return f"{missing} of {len(files)} photos have no text in --texts"
+    if support is not None and support.photos_without_text:
+        return f"{support.photos_without_text} support photos have no text in {support.root / 'texts.csv'}"
+    return "all"
+
+
+class CatalogClassifier:
+    """A head (trained, or configured) with a support set: `shots` catalog examples per class of the
+    catalog (or of `classes`), or the examples of a support folder. What `fsl predict` and the demo's
+    checkpoint mode classify with. Confidences are calibrated where `fsl calibrate` fitted this head."""
+
+    def __init__(self, catalog: Catalog, checkpoint: str | None, config_path: str | None, shots: int = 5,
+                 store_root: str | os.PathLike = DEFAULT_ROOT, support: SupportFolder | None = None,
+                 texts: str = "all", classes: list[str] | None = None,
+                 calibration_root: str | os.PathLike = CALIBRATION_DIR):
+        config, self.note = choose_config(checkpoint, config_path, support, texts)
+        # a config with a train: section gets its trained checkpoint, never a silently untrained head
+        self.store, features, self.head = experiment_head(config, catalog, store_root, checkpoint=checkpoint)
+        self.head.eval()
+        self.config = config
+        self.encoder = encoder_from_config(config.encoder)
+        self.name = Path(checkpoint).parent.name if checkpoint else config.name
+        weights = checkpoint or (checkpoint_dir(config.name) / "best" if config.train is not None else None)
+        self.calibration: Calibration | None = find_calibration(config_key(config, self.store.encoder_id, weights),
+                                                                calibration_root)
+        self.fused = config.fusion != "image"
+        masked = config.text_variant.startswith("masked-")  # mask query texts as the support texts were
+        if support is None:
+            labels = catalog.labels(config.label_column)
+            unknown = sorted(set(classes or []) - set(labels))
+            if unknown:
+                raise FslError(f"--classes: {', '.join(unknown)}: not {config.label_column} classes of the catalog")
+            self.classes, rows = support_rows(labels, shots, only=classes)
+            self.support = torch.from_numpy(np.asarray(features[rows], dtype=np.float32)).unsqueeze(0)
+            self.support_labels = torch.arange(len(self.classes)).repeat_interleave(shots).unsqueeze(0)
+            self.mask = catalog.label_mask(config.text_variant.split("-", 1)[1]) if masked else None
+        else:  # your own categories: their names are the label words to mask
+            if classes:
+                unknown = sorted(set(classes) - set(support.classes))
+                if unknown:
+                    raise FslError(f"--classes: {', '.join(unknown)}: not among the categories of {support.root}")
+                support = support.restrict(sorted(set(classes)))
+            self.classes = support.classes
+            self.mask = label_word_pattern(support.classes) if masked else None
+            rows = [self.features(embed_image(self.encoder, open_image(p)), support.text_of(p)) for p in support.photos]
+            self.support = torch.from_numpy(np.stack(rows)).unsqueeze(0)
+            self.support_labels = torch.as_tensor(support.labels).unsqueeze(0)
+
+    def features(self, image: np.ndarray, text: str) -> np.ndarray:
+        """One query's [image | text] features; an image-only head never reads the text part."""
+        text = mask_label_words(text, self.mask) if self.mask and text and self.fused else text
+        text_feature = (embed_text(self.encoder, text) if text and self.fused
+                        else np.zeros(self.store.manifest["text_dim"], dtype=np.float32))
+        return np.concatenate([image, text_feature])
+
+    @torch.no_grad()
+    def probabilities(self, queries: np.ndarray) -> torch.Tensor:
+        """[Q, image_dim + text_dim] -> [Q, classes], calibrated where a calibration was found."""
+        logits = self.head(self.support, self.support_labels, torch.from_numpy(queries).unsqueeze(0),
+                           len(self.classes))[0]
+        return self.calibration.probabilities(logits) if self.calibration else torch.softmax(logits, -1)
+
+    def answer(self, label: str, confidence: float) -> str:
+        """The label, or "unknown" when the calibrated confidence is below the threshold."""
+        return UNKNOWN if self.calibration and confidence < self.calibration.threshold else label
+
+    def describe(self) -> str:
+        if self.calibration:
+            return f"head {self.name}, {self.calibration.describe()}"
+        return (f"head {self.name}, uncalibrated (raw softmax, no \"{UNKNOWN}\" answer): `fsl calibrate` an "
+                f"experiment config with this head and fusion ({self.config.method}, {self.config.fusion}) to fit it")
+
+
+def split_classes_of(catalog: Catalog, split_name: str, column: str = "articleType",
+                     episodes_root: str | os.PathLike = "episodes") -> list[str]:
+    """--classes split:novel -> the classes of that split of the catalog's seed-0 class split."""
+    try:
+        return ClassSplit.load(catalog, column, 0, episodes_root).classes(split_name)
+    except FslError as error:
+        raise FslError(f"--classes split:{split_name}: {error}") from None
+
+
+def parse_classes(text: str | None, catalog: Catalog) -> list[str] | None:
+    """--classes "Watches,Handbags" or "split:novel"."""
+    if text is None:
+        return None
+    if text.startswith("split:"):
+        return split_classes_of(catalog, text.removeprefix("split:"))
+    classes = [c.strip() for c in text.split(",") if c.strip()]
+    if len(set(classes)) < 2:
+        raise FslError(f"--classes {text!r}: name at least two classes, comma-separated, or split:novel")
+    return classes
+
+
+def predict_folder(catalog: Catalog, checkpoint: str | None, config_path: str | None, images: str | os.PathLike,
+                   texts: str | None = None, out: str | os.PathLike = "results/predictions.csv", top_k: int = 3,
+                   shots: int = 5, store_root: str | os.PathLike = DEFAULT_ROOT,
+                   support_folder: str | os.PathLike | None = None, classes: str | None = None,
+                   calibration_root: str | os.PathLike = CALIBRATION_DIR) -> Path:
+    """Classify every photo of `images`; writes the CSV (top-k labels and confidences per photo, the
+    answer after the unknown rule, an `error` cell for unreadable ones) and a contact sheet beside it."""
+    folder = Path(images)
+    if not folder.is_dir():
+        raise FslError(f"--images {folder} is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FslError(f"no photos ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    check_writable_target(Path(out))  # before any work: refuse a device, FIFO or link as output
+    check_writable_target(Path(out).with_suffix(".png"))
+    text_of = read_texts(texts)
+    only = parse_classes(classes, catalog)
+    support = read_support_folder(support_folder) if support_folder is not None else None
+    if support is not None:
+        for name, why in support.skipped:
+            print(f"fsl predict: skipped support file {name}: {why}", file=sys.stderr)
+        for first, second in support.duplicates:
+            print(f"fsl predict: the same photo is in two categories: {first} and {second}", file=sys.stderr)
+        unpaired = sum(len(texts) for texts in support.category_texts.values())
+        if unpaired:
+            print(f"fsl predict: {unpaired} text example(s) without a photo in {support.root / 'texts.csv'} are not "
+                  "used: the heads need a photo per example (the demo uses them)", file=sys.stderr)
+    classifier = CatalogClassifier(catalog, checkpoint, config_path, shots, store_root, support,
+                                   text_coverage(files, text_of, support, texts is not None), only, calibration_root)
+    if classifier.note:
+        print(f"fsl predict: {classifier.note}", file=sys.stderr)
+    source = (f"{len(classifier.classes)} categories from {support.root} ({len(support.photos)} examples)"
+              if support is not None else f"{len(classifier.classes)} catalog classes ({shots} examples each)")
+    print(f"{source}; {classifier.describe()}")
+
+    records, queries = [], []
+    for path in files:
+        try:
+            image = embed_image(classifier.encoder, open_image(path))
+        except FslError as error:
+            records.append({"file": path.name, "error": str(error)})
+            continue
+        queries.append(classifier.features(image, text_of.get(path.name, "")))
+        records.append({"file": path.name, "error": ""})
+    if queries:
+        top = classifier.probabilities(np.stack(queries)).topk(min(top_k, len(classifier.classes)), dim=-1)
+        good = iter(range(len(queries)))
+        for record in records:
+            if record["error"]:
+                continue
+            i = next(good)
+            for rank, (value, index) in enumerate(zip(top.values[i], top.indices[i]), 1):
+                record[f"label_{rank}"] = classifier.classes[int(index)]
+                record[f"confidence_{rank}"] = round(float(value), 4)
+            record["answer"] = classifier.answer(record["label_1"], float(top.values[i, 0]))
+    if queries:  # the catalog product whose photo is closest to each photo, through the store's search index
+        index = open_index(classifier.store, IMAGE_WEIGHT)
+        image_dim = classifier.store.manifest["image_dim"]
+        _, nearest = index.search(np.stack([index.query(q[:image_dim], None) for q in queries]), 1)
+        good = iter(nearest[:, 0])
+        products = catalog.products
+        for record in records:
+            if not record["error"]:
+                row = int(next(good))
+                record["nearest_id"] = int(products.at[row, "id"])
+                record["nearest_label"] = products.at[row, classifier.config.label_column]
+    answered = [r for r in records if not r["error"]]
+    if classifier.calibration and answered:
+        unknown = sum(r["answer"] == UNKNOWN for r in answered)
+        print(f"{unknown} of {len(answered)} photos answered \"{UNKNOWN}\" (confidence below "
+              f"{classifier.calibration.threshold:.0%})")
+    columns = (["file", "answer"] + [f"{kind}_{r}" for r in range(1, top_k + 1) for kind in ("label", "confidence")]
+               + ["nearest_id", "nearest_label", "error"])
+    contact_sheet(records, folder, Path(out).with_suffix(".png"))
+    return write_csv(pd.DataFrame(records).reindex(columns=columns), out)
+
+
+def contact_sheet(records: list[dict], folder: Path, path: Path, limit: int = 60) -> Path:
+    """Each photo (the first `limit`) with its answer and confidence, or why it could not be read."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    shown = records[:limit]
+    columns = min(6, len(shown))
+    rows = -(-len(shown) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.5 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, record in zip(axes.ravel(), shown):
+        if record["error"]:
+            ax.set_title(f"{record['file'][:24]}\nunreadable", fontsize=7, color="tab:red")
+            continue
+        with Image.open(folder / record["file"]) as image:
+            ax.imshow(image.convert("RGB"))
+        unknown = record["answer"] == UNKNOWN
+        ax.set_title(f"{record['answer']} ({record['confidence_1']:.0%}{' ' + record['label_1'] if unknown else ''})"
+                     f"\n{record['file'][:24]}", fontsize=7, color="tab:gray" if unknown else "black")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,275 @@
+"""New categories from a few examples, for the demo and `fsl predict`: prototypes per modality.
+
+A taught category keeps the mean image feature and the mean text feature of its examples (either
+may be missing). A query is scored against each category by cosine similarity on the modalities
+both have, weighted as in the fused experiments (the `cosine_prototypes` head, batched, is the same
+scorer on episodes); a softmax at the temperature `fsl calibrate` fitted on validation classes turns
+scores into confidences, and a top confidence below its threshold is "none of these".
+
+Taught categories are saved as a support folder (`fsl predict --support` reads the same folder):
+one sub-folder of photos per category, and `texts.csv` whose `file` cell is `Category/` for a text
+example without a photo."""
+
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from fsl.config import ExperimentConfig
+from fsl.encoders.base import Encoder
+from fsl.errors import FslError
+from fsl.files import IMAGE_SUFFIXES, write_csv
+
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_IMAGE_PIXELS = 40_000_000
+IMAGE_WEIGHT = 0.7  # as the fused experiments, chosen on validation classes
+TEMPERATURE = 0.05  # where no calibration was fitted
+
+# What `fsl calibrate` fits for the demo: experiments/cosine-prototypes-{image,fused-masked}.yaml
+# (a test checks they agree). A query with a photo only is scored on images; with a photo and a text,
+# against categories that have texts, on both.
+SCORER_CONFIGS = {
+    "image": ExperimentConfig(name="cosine-prototypes-image", method="cosine_prototypes", fusion="image",
+                              text_variant="plain"),
+    "fused": ExperimentConfig(name="cosine-prototypes-fused-masked", method="cosine_prototypes", fusion="concat",
+                              fusion_options={"image_weight": IMAGE_WEIGHT}, text_variant="masked-articleType"),
+}
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """A product photo as RGB, or an FslError that says what is wrong with the file."""
+    path = Path(path)
+    name = path.name
+    if not path.is_file():
+        raise FslError(f"{name} was not found")
+    if path.stat().st_size > MAX_IMAGE_BYTES:
+        raise FslError(f"{name} is {path.stat().st_size / 2**20:.0f} MB; images up to "
+                       f"{MAX_IMAGE_BYTES // 2**20} MB are accepted")
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise FslError(f"{name} is {image.width}×{image.height} pixels; up to "
+                               f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels are accepted")
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise FslError(f"{name} is not an image this app can read ({type(error).__name__})") from None
+
+
+def embed_image(encoder: Encoder, image: Image.Image) -> np.ndarray:
+    return encoder.embed_pixels(encoder.image_transform(image).unsqueeze(0))[0]
+
+
+def embed_text(encoder: Encoder, text: str) -> np.ndarray:
+    return encoder.encode_texts([text], progress=False)[0]
+
+
+@dataclass
+class Category:
+    name: str
+    image_features: list[np.ndarray] = field(default_factory=list)
+    text_features: list[np.ndarray] = field(default_factory=list)
+    thumbnails: list[str] = field(default_factory=list)  # the photos' paths: shown, and saved with the category
+    texts: list[str] = field(default_factory=list)  # the text examples, as typed (parallel to text_features)
+
+    def copy(self) -> Category:
+        """A copy whose example lists can change without changing this one (Gradio keeps the old state)."""
+        return Category(self.name, list(self.image_features), list(self.text_features), list(self.thumbnails),
+                        list(self.texts))
+
+    @property
+    def size(self) -> int:
+        return len(self.image_features) + len(self.text_features)
+
+    def prototype(self, modality: str) -> np.ndarray | None:
+        features = self.image_features if modality == "image" else self.text_features
+        if not features:
+            return None
+        mean = np.mean(features, axis=0)
+        return mean / np.linalg.norm(mean)
+
+
+def scores(categories: list[Category], image: np.ndarray | None, text: np.ndarray | None,
+           image_weight: float = IMAGE_WEIGHT) -> dict[str, float]:
+    """Weighted cosine similarity to each category on the modalities query and category share."""
+    out = {}
+    for category in categories:
+        total, weights = 0.0, 0.0
+        for modality, query, weight in (("image", image, image_weight), ("text", text, 1 - image_weight)):
+            prototype = category.prototype(modality)
+            if query is not None and prototype is not None:
+                total += weight * float(query @ prototype)
+                weights += weight
+        if weights:
+            out[category.name] = total / weights
+    return out
+
+
+def scorer_kind(categories: list[Category], image: np.ndarray | None, text: np.ndarray | None) -> str | None:
+    """Which calibration fits a query: "image", "fused", or None (a text-only query: uncalibrated)."""
+    if image is None:
+        return None
+    return "fused" if text is not None and any(c.text_features for c in categories) else "image"
+
+
+def confidences(categories: list[Category], image: np.ndarray | None, text: np.ndarray | None,
+                image_weight: float = IMAGE_WEIGHT, temperature: float = TEMPERATURE) -> dict[str, float]:
+    """Softmax over the categories that can be compared with the query; {} when none can."""
+    raw = scores(categories, image, text, image_weight)
+    if not raw:
+        return {}
+    values = torch.softmax(torch.tensor(list(raw.values()), dtype=torch.float64) / temperature, dim=0).tolist()
+    return dict(sorted(zip(raw, values), key=lambda item: -item[1]))
+
+
+# Taught categories on disk ---------------------------------------------------------------------
+
+def read_text_rows(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """A CSV with columns file,text as (file, text) rows; a malformed one is an error naming it."""
+    if not Path(path).is_file():
+        raise FslError(f"--texts {path} is not a file")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise FslError(f"--texts {path} is not a readable CSV ({str(error).strip().splitlines()[-1]}); "
+                       "expected the columns file,text") from None
+    if not {"file", "text"} <= set(table.columns):
+        raise FslError(f"--texts {path} needs the columns file,text (found {list(table.columns)})")
+    return list(zip(table["file"], table["text"]))
+
+
+def read_texts(path: str | os.PathLike | None) -> dict[str, str]:
+    """--texts: each photo's product text, by file name."""
+    return {} if path is None else dict(read_text_rows(path))
+
+
+@dataclass
+class SupportFolder:
+    """A support set on disk: one sub-folder per category holding its example photos, and optionally
+    `texts.csv` (columns file,text; file relative to the folder, e.g. Sneakers/a.jpg)."""
+
+    root: Path
+    classes: list[str]
+    photos: list[Path]
+    labels: list[int]
+    texts: dict[str, str] = field(default_factory=dict)
+    category_texts: dict[str, list[str]] = field(default_factory=dict)  # texts.csv rows "Category/": no photo
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # the same bytes in two categories
+
+    def text_of(self, photo: Path) -> str:
+        return self.texts.get(photo.relative_to(self.root).as_posix(), "")
+
+    @property
+    def photos_without_text(self) -> int:
+        return sum(not self.text_of(photo) for photo in self.photos)
+
+    def restrict(self, classes: list[str]) -> SupportFolder:
+        """Only the examples of `classes` (--classes), relabelled 0..len(classes)-1."""
+        keep = [self.classes.index(c) for c in classes]
+        pairs = [(p, keep.index(label)) for p, label in zip(self.photos, self.labels) if label in keep]
+        return dataclasses.replace(self, classes=list(classes), photos=[p for p, _ in pairs],
+                                   labels=[label for _, label in pairs])
+
+
+def category_folder_name(name: str) -> str:
+    """A category name that can be a folder name: no separators, no leading dot, not too long."""
+    if not name or name.startswith(".") or len(name) > 100 or any(c in name for c in "/\\\0") or not name.isprintable():
+        raise FslError(f"the category name {name!r} cannot be a folder name: up to 100 printable characters, "
+                       "no '/' or '\\', not starting with '.'")
+    return name
+
+
+def read_support_folder(folder: str | os.PathLike, photos_required: bool = True) -> SupportFolder:
+    """Read and check a support folder; a bad one is an error naming the folder. (The demo loads
+    categories taught from texts only: photos_required=False.)"""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FslError(f"--support {root} is not a folder (expected one sub-folder of example photos per category)")
+    categories = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(categories) < 2:
+        raise FslError(f"--support {root} has {len(categories)} category folder(s); a choice needs at least two "
+                       f"(one sub-folder of example photos per category)")
+    rows = read_text_rows(root / "texts.csv") if (root / "texts.csv").is_file() else []
+    support = SupportFolder(root, [], [], [], {f: t for f, t in rows if not f.endswith("/")})
+    for file, text in rows:  # a category may have several texts without a photo: every row counts
+        if file.endswith("/") and text:
+            support.category_texts.setdefault(file.rstrip("/"), []).append(text)
+    seen: dict[str, Path] = {}
+    for category in categories:
+        usable = []
+        for path in sorted(p for p in category.iterdir() if p.is_file() and not p.name.startswith(".")):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                support.skipped.append((path.relative_to(root).as_posix(), f"not a photo ({path.suffix or 'no suffix'})"))
+                continue
+            try:
+                open_image(path)
+            except FslError as error:
+                support.skipped.append((path.relative_to(root).as_posix(), str(error)))
+                continue
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest in seen and seen[digest].parent != category:
+                support.duplicates.append((seen[digest].relative_to(root).as_posix(), path.relative_to(root).as_posix()))
+            seen.setdefault(digest, path)
+            usable.append(path)
+        if not usable and (photos_required or not support.category_texts.get(category.name)):
+            raise FslError(f"category folder {category} has no usable photo ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                           "add examples or remove the folder")
+        support.classes.append(category.name)
+        support.photos += usable
+        support.labels += [len(support.classes) - 1] * len(usable)
+    return support
+
+
+def save_categories(categories: list[Category], folder: str | os.PathLike) -> Path:
+    """A support folder of the categories: their photos (copied) and texts; replaces `folder` whole,
+    after the new one is complete, so a failed save loses nothing."""
+    import shutil
+    import tempfile
+
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        rows = []
+        for category in categories:
+            directory = staging / category_folder_name(category.name)
+            directory.mkdir()
+            for i, photo in enumerate(category.thumbnails, 1):
+                target = directory / f"{i:03d}{Path(photo).suffix.lower() or '.jpg'}"
+                shutil.copyfile(photo, target)
+            rows += [{"file": f"{directory.name}/", "text": text} for text in category.texts]
+        if rows:
+            write_csv(pd.DataFrame(rows, columns=["file", "text"]), staging / "texts.csv")
+        if folder.exists():
+            retired = folder.with_name(f".{folder.name}.replaced")
+            shutil.rmtree(retired, ignore_errors=True)
+            folder.rename(retired)
+            staging.rename(folder)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def load_categories(support: SupportFolder, encoder: Encoder) -> list[Category]:
+    """Categories from a support folder: each photo embedded, its paired text and the category's
+    texts as text examples (the demo keeps photos and texts apart)."""
+    categories = []
+    for index, name in enumerate(support.classes):
+        photos = [p for p, label in zip(support.photos, support.labels) if label == index]
+        texts = [support.text_of(p) for p in photos if support.text_of(p)] + support.category_texts.get(name, [])
+        categories.append(Category(name, [embed_image(encoder, open_image(p)) for p in photos],
+                                   [embed_text(encoder, text) for text in texts], [str(p) for p in photos], texts))
+    return categories

@@ -1,0 +1,1 @@
+"""`fsl`: the command line over the data flow, one module per command family."""

@@ -1,0 +1,110 @@
+"""Argument types and option groups the command families share, checked before any work starts."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from fsl.errors import FslError
+from fsl.paths import CACHE_DIR as CACHE
+
+STORE_HELP = f"where feature stores live (default {CACHE / 'features'}; set FSL_CACHE to move every cache)"
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1, checked before any work starts."""
+    return bounded_int(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return bounded_int(text, 0)
+
+
+def bounded_int(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (1e-3 and 0.001 alike)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def near_duplicate_threshold(text: str) -> str:
+    """argparse type: an image cosine in (0, 1], or 'none'."""
+    if text == "none":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an image cosine in (0, 1] or 'none', got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"an image cosine in (0, 1] or 'none', got {text}")
+    return text
+
+
+def port_number(text: str) -> int:
+    value = bounded_int(text, 1)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
+    return value
+
+
+def add_data_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", metavar="DIR",
+                        help="Fashion Product Images dump (styles.csv + images/); default $FSL_DATA, "
+                             "else data/fashion-product-images")
+
+
+def add_encoder_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("encoder")
+    group.add_argument("--encoder", default="offline", choices=["offline", "clip", "aligned"],
+                       help="offline: EfficientNet-Lite0 + MiniLM from PyPI wheels (works air-gapped); "
+                            "clip: open_clip; aligned: the offline pair in one image-text space trained by "
+                            "`fsl align` (default offline)")
+    group.add_argument("--model", help="open_clip model name or hf-hub:ORG/REPO (clip only; default ViT-B-32)")
+    group.add_argument("--pretrained",
+                       help="clip: open_clip pretrained tag (e.g. openai), a local checkpoint file, or 'none' "
+                            "for random weights (default openai); aligned: checkpoints/align/NAME/best")
+    group.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    group.add_argument("--runtime", default="auto", choices=["auto", "onnx", "eager"],
+                       help="image tower (and the offline text tower): ONNX Runtime (faster on a CPU; checked "
+                            "against eager, cosine >= 0.999) or eager PyTorch; auto: ONNX where it works (default)")
+    group.add_argument("--store-root", default=str(CACHE / "features"), metavar="DIR", help=STORE_HELP)
+
+
+def add_experiment_options(parser: argparse.ArgumentParser, runs: str) -> None:
+    """What `eval` and `train` share: configs and where their inputs and outputs live."""
+    parser.add_argument("configs", nargs="+", metavar="CONFIG", help="experiments/*.yaml")
+    add_data_option(parser)
+    parser.add_argument("--episodes-dir", default="episodes", help="root of episode sets (default episodes/)")
+    parser.add_argument("--store-root", default=str(CACHE / "features"), metavar="DIR", help=STORE_HELP)
+    parser.add_argument("--checkpoints", default="checkpoints", help="trained heads (default checkpoints/)")
+    parser.add_argument("--runs", default=runs, help=f"TensorBoard log dir (default {runs})")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a config value, dotted for sections (method_options.C=10, train.lr=3e-4); "
+                             "repeatable; the run's name gets the change appended")
+
+
+def encoder_config(args):
+    from fsl.config import EncoderConfig
+
+    return EncoderConfig(args.encoder, args.model, args.pretrained, args.device, args.runtime)
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, str(default))
+    if not value.isdigit():
+        raise FslError(f"environment variable {name}={value!r} must be a whole number (torchrun sets it)")
+    return int(value)

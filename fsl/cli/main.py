@@ -1,0 +1,40 @@
+"""`fsl`: the parser over every command family, and the one place errors become messages and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fsl.cli import apps, data, experiments, spaces
+from fsl.errors import FslError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fsl", description="Few-shot multimodal fashion classification: "
+                                     "one command per step of the data flow.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     help="one step of the data flow (fsl COMMAND --help for its options)")
+    for family in (data, experiments, spaces, apps):
+        family.add_parsers(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except FslError as error:
+        print(f"fsl {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fsl {args.command}: interrupted; run it again to resume", file=sys.stderr)
+        return 130
+    except OSError as error:  # a disk, permission or network fault the user can see and fix
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"fsl {args.command}: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

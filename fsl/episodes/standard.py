@@ -1,0 +1,92 @@
+"""The standard benchmarks of a catalog: its class split, the frozen sets each split allows, and the
+near-duplicate groups they are drawn with."""
+
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fsl.config import EncoderConfig
+from fsl.data.catalog import Catalog
+from fsl.encoders.factory import encoder_from_config
+from fsl.episodes.frozen import STANDARD_BENCHMARKS, draw_episode_set
+from fsl.episodes.near_duplicates import (
+    NEAR_DUPLICATE_THRESHOLD,
+    NEAR_DUPLICATES_FILE,
+    NearDuplicates,
+    near_duplicate_groups,
+)
+from fsl.episodes.shift import draw_temporal_sets
+from fsl.episodes.splits import ClassSplit, split_classes
+from fsl.errors import FslError
+from fsl.files import write_bytes
+from fsl.paths import DEFAULT_EPISODES_DIR, episodes_dir_for
+from fsl.store.features import DEFAULT_ROOT
+from fsl.store.open import open_store
+
+MIN_COUNT = 20  # 5 shots + 15 queries: every class of a split serves every standard benchmark
+
+
+def saved_near_duplicates(catalog: Catalog, root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> NearDuplicates | None:
+    """The near-duplicate groups the episode sets under `root` were drawn with, if any."""
+    path = episodes_dir_for(catalog, root) / NEAR_DUPLICATES_FILE
+    return NearDuplicates.load(path, catalog.fingerprint) if path.is_file() else None
+
+
+def near_duplicates_for(catalog: Catalog, root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+                        encoder: EncoderConfig = EncoderConfig("offline"), threshold: float = NEAR_DUPLICATE_THRESHOLD,
+                        store_root: str | os.PathLike = DEFAULT_ROOT) -> NearDuplicates:
+    """The catalog's near-duplicate groups: read from root/<fingerprint>/near-duplicates.json when it was
+    computed with this encoder and threshold, else computed from the encoder's store (embedded if cold)."""
+    saved = saved_near_duplicates(catalog, root)
+    if saved is not None and saved.encoder_id == encoder_from_config(encoder).id and saved.threshold == threshold:
+        return saved
+    store = open_store(catalog, encoder, store_root)
+    found = near_duplicate_groups(store.ids, store.image, store.encoder_id, catalog.fingerprint, threshold)
+    print(f"near-duplicate photos (image cosine >= {threshold:g}, {store.encoder_id}): {len(found.groups)} groups "
+          f"of {sum(map(len, found.groups))} products")
+    return found
+
+
+def draw_standard_episodes(catalog: Catalog, root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+                           column: str = "articleType", seed: int = 0, n_episodes: int = 600,
+                           q_query: int = 15, stratify: str | None = "masterCategory",
+                           benchmarks: dict = STANDARD_BENCHMARKS, force: bool = False,
+                           near_duplicates: NearDuplicates | None = None) -> tuple[ClassSplit, list[Path]]:
+    """The split (saved as CSV) and one frozen file per standard benchmark the split allows; with
+    `near_duplicates`, their groups (saved beside them) are never split between support and queries.
+
+    Frozen files are test sets: one that exists with other content is never replaced unless `force`."""
+    if type(n_episodes) is not int or n_episodes < 1 or type(q_query) is not int or q_query < 1:
+        raise FslError(f"episodes and queries must be whole numbers >= 1, got {n_episodes} and {q_query}")
+    labels = catalog.labels(column)
+    parents = catalog.labels(stratify) if stratify else None
+    groups = None if near_duplicates is None else near_duplicates.group_index(catalog.products["id"].to_numpy())
+    split = split_classes(labels, MIN_COUNT, seed, parents=parents, groups=groups)
+    out = episodes_dir_for(catalog, root)
+    files = {out / f"{split.name}-split.csv": split.to_bytes()}
+    if near_duplicates is not None:
+        files[out / NEAR_DUPLICATES_FILE] = near_duplicates.to_bytes()
+    for offset, (name, (split_name, n_way, k_shot)) in enumerate(benchmarks.items()):
+        available = len(split.classes(split_name))
+        if (n_way or available) > available or available < 2:
+            print(f"skipping {name}: the {split_name} split has only {available} class(es)")
+            continue
+        episode_set = draw_episode_set(f"{column}-{name}", catalog.products["id"].to_numpy(), labels, split,
+                                       split_name, catalog.fingerprint, n_way, k_shot, q_query, n_episodes,
+                                       seed=seed * 1000 + offset, near_duplicates=near_duplicates)
+        files[out / f"{episode_set.name}.npz"] = episode_set.to_bytes()
+    for name, episode_set in draw_temporal_sets(catalog, split, seed * 1000 + len(benchmarks), n_episodes,
+                                                near_duplicates).items():
+        files[out / f"{name}.npz"] = episode_set.to_bytes()
+    changed = [path for path, payload in files.items() if path.exists() and path.read_bytes() != payload]
+    if changed and not force:
+        raise FslError(f"{changed[0]} exists with other content{f' (and {len(changed) - 1} more)' if len(changed) > 1 else ''}; "
+                       "frozen episode sets are test sets and are never replaced silently. Keep them, move them "
+                       "away, or pass --force to replace them")
+    written = [write_bytes(path, payload) for path, payload in files.items()
+               if not path.exists() or path.read_bytes() != payload]
+    if not written:
+        print(f"episode sets under {out} are unchanged (same split and seed give the same bytes)")
+    return split, written

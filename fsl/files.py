@@ -1,0 +1,158 @@
+"""Safe file writes and reads: atomic replacement, spreadsheet-safe CSV cells, file-name checks."""
+
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fsl.errors import FslError
+
+TEMP_SUFFIX = ".tmp"
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets run as a formula
+IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".webp"})  # the files fsl reads as photos
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def check_writable_target(target: Path) -> None:
+    """Refuse a target that is a symlink, device, FIFO, socket or folder: only regular files are replaced."""
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise FslError(f"{target} is a symbolic link; fsl writes only to regular files (remove the link "
+                       "or choose another output path)")
+    if not stat.S_ISREG(info.st_mode):
+        kind = "folder" if stat.S_ISDIR(info.st_mode) else "device, FIFO or socket"
+        raise FslError(f"{target} is a {kind}, not a regular file; choose another output path")
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; rename it onto the target on success.
+
+    The temporary file is removed whatever happens, and a full or read-only disk becomes an
+    FslError naming the target."""
+    target = Path(target)
+    check_writable_target(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+    except OSError as error:
+        raise disk_error(error, target) from None
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        check_writable_target(target)  # it may have appeared while we wrote
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        os.replace(tmp, target)
+    except OSError as error:
+        raise disk_error(error, target) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def disk_error(error: OSError, target: Path) -> Exception:
+    """A write failure as a message: full disk and read-only folders are the user's to fix."""
+    reasons = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied"}
+    if error.errno in reasons:
+        return FslError(f"cannot write {target}: {reasons[error.errno]}; nothing was left half-written. "
+                        "Free space or choose another folder, then run the command again")
+    return error
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Temp files of writes that were killed (kill -9 skips every `finally`): call under the writer lock."""
+    stale = [p for p in folder.glob(f".*{TEMP_SUFFIX}") if p.is_file()] if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(target: str | os.PathLike, payload: Any) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """JSON from a file of ours, or an FslError that names the file (never a traceback)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FslError(f"{path}: the {what} cannot be read ({error}); it is damaged or not one of fsl's files. "
+                       "Remove it and run the command that writes it again") from None
+
+
+def write_bytes(target: str | os.PathLike, payload: bytes) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(payload)
+    return Path(target)
+
+
+def write_npy(target: str | os.PathLike, array: np.ndarray) -> None:
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+
+def escape_cell(value: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula gets a leading apostrophe (OWASP)."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def unescape_cell(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("'") and value[1:].startswith(FORMULA_START):
+        return value[1:]
+    return value
+
+
+def write_csv(frame: pd.DataFrame, target: str | os.PathLike) -> Path:
+    """Every CSV fsl writes: atomic, text cells escaped against formula injection."""
+    escaped = frame.copy()
+    for column in escaped.columns:
+        if escaped[column].dtype == object or pd.api.types.is_string_dtype(escaped[column]):
+            escaped[column] = escaped[column].map(escape_cell)
+    escaped.columns = [escape_cell(str(c)) for c in escaped.columns]
+    with atomic_path(target) as tmp:
+        escaped.to_csv(tmp, index=False)
+    return Path(target)
+
+
+def read_csv(path: str | os.PathLike, **kwargs) -> pd.DataFrame:
+    """A CSV that fsl wrote, with its escaped cells restored."""
+    frame = pd.read_csv(path, **kwargs)
+    for column in frame.columns:
+        if frame[column].dtype == object or pd.api.types.is_string_dtype(frame[column]):
+            frame[column] = frame[column].map(unescape_cell)
+    return frame
+
+
+def safe_name(name: Any, what: str) -> str:
+    """A name from a config or a user that becomes part of a path: no separators, no `..`."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise FslError(f"{what} {name!r} cannot be used as a file name: use letters, digits and . _ + - "
+                       "(starting with a letter or digit, no '/' and no '..')")
+    return name

@@ -1,0 +1,211 @@
+"""Which classes a head gets wrong, and with what: per-class accuracy over an episode set, the
+confusion matrix, a gallery of the most frequent confusions (query photo -> the class it was taken
+for, with that class's support photos), and a TensorBoard projector view of the feature space."""
+
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fsl.config import ExperimentConfig
+from fsl.data.catalog import Catalog
+from fsl.episodes.frozen import EpisodeSet
+from fsl.errors import FslError
+from fsl.files import atomic_path, write_csv
+from fsl.harness.evaluate import run_episodes
+from fsl.harness.experiment import class_text_table, experiment_head, load_episode_set
+
+
+@dataclass
+class Predictions:
+    """Every query of an episode set, flattened over episodes: [E * Q] arrays."""
+
+    method: str
+    episode_set: EpisodeSet
+    true: np.ndarray  # class names
+    predicted: np.ndarray  # class names
+    query_ids: np.ndarray  # product ids
+    episode: np.ndarray  # which episode each query came from
+    predicted_label: np.ndarray  # the predicted label within its episode (0..N-1)
+
+
+def predict_episodes(config: ExperimentConfig, catalog: Catalog, name: str, episodes_root, store_root,
+                     checkpoints_root, progress: bool = False) -> Predictions:
+    """Run a config on one frozen episode set, keeping every query's prediction."""
+    store, features, head = experiment_head(config, catalog, store_root, checkpoints_root, episodes_root)
+    episode_set = load_episode_set(config, catalog, name, episodes_root)
+    episodes = episode_set.episodes
+    class_text = class_text_table(config, episode_set.meta["classes"], store) if head.needs_class_text else None
+    labels = np.empty(episodes.query.shape, dtype=np.int64)  # [E, Q]
+    run_episodes(head, features, store.ids, episode_set, config.batch_size, progress, class_text, predictions=labels)
+    names = np.asarray(episode_set.meta["classes"])
+    rows = np.arange(len(episodes))[:, None]
+    true = names[episodes.classes[rows, episodes.query_labels[None, :]]]
+    predicted = names[episodes.classes[rows, labels]]
+    episode = np.broadcast_to(rows, labels.shape)
+    return Predictions(config.name, episode_set, true.ravel(), predicted.ravel(), episodes.query.ravel(),
+                       episode.ravel(), labels.ravel())
+
+
+def per_class_accuracy(p: Predictions) -> pd.DataFrame:
+    """Accuracy over the queries of each class across all episodes (columns class, queries, correct, accuracy)."""
+    frame = pd.DataFrame({"class": p.true, "correct": p.true == p.predicted})
+    table = frame.groupby("class").agg(queries=("correct", "size"), correct=("correct", "sum")).reset_index()
+    table["accuracy"] = table["correct"] / table["queries"]
+    table.insert(0, "episode_set", p.episode_set.name.split("-", 1)[-1])
+    table.insert(0, "method", p.method)
+    return table.sort_values("accuracy", kind="stable").reset_index(drop=True)
+
+
+def per_class_difference(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per-class accuracy of two methods on the same episode set side by side, largest difference first."""
+    if len(tables) != 2:
+        raise FslError(f"per-class differences compare two per-class files, got {len(tables)}")
+    a, b = tables
+    names = [str(t["method"].iloc[0]) for t in tables]
+    joined = a[["class", "accuracy"]].merge(b[["class", "accuracy"]], on="class", suffixes=("_a", "_b"))
+    if joined.empty:
+        raise FslError("the two per-class files share no class: were they made on the same episode set?")
+    joined["a_minus_b_points"] = 100 * (joined["accuracy_a"] - joined["accuracy_b"])
+    joined = joined.rename(columns={"accuracy_a": f"a: {names[0]}", "accuracy_b": f"b: {names[1]}"})
+    return joined.reindex(joined["a_minus_b_points"].abs().sort_values(ascending=False).index).reset_index(drop=True)
+
+
+def confusion_matrix(p: Predictions) -> pd.DataFrame:
+    """Counts [true class, predicted class] over every query; row sums are each class's query count."""
+    classes = sorted(set(p.true) | set(p.predicted))
+    return pd.crosstab(pd.Categorical(p.true, classes), pd.Categorical(p.predicted, classes),
+                       rownames=["true"], colnames=["predicted"], dropna=False)
+
+
+def top_confusions(p: Predictions, k: int = 6) -> list[tuple[str, str, int]]:
+    wrong = pd.DataFrame({"true": p.true, "predicted": p.predicted})[p.true != p.predicted]
+    counts = wrong.value_counts().head(k)
+    return [(t, q, int(n)) for (t, q), n in counts.items()]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return path
+
+
+def confusion_figure(matrix: pd.DataFrame, title: str):
+    """Row-normalised confusion matrix (each row: where that class's queries went)."""
+    plt = _pyplot()
+    rates = matrix.to_numpy() / np.maximum(matrix.to_numpy().sum(axis=1, keepdims=True), 1)
+    size = 2.5 + 0.38 * len(matrix)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(matrix)), matrix.columns, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(matrix)), matrix.index, fontsize=8)
+    for i, j in zip(*np.nonzero(rates >= 0.005)):
+        ax.text(j, i, f"{100 * rates[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.04, label="share of the class's queries")
+    fig.tight_layout()
+    return fig
+
+
+def per_class_figure(table: pd.DataFrame, title: str):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 0.28 * len(table) + 1.2))
+    ax.barh(table["class"], 100 * table["accuracy"], color="tab:blue")
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("accuracy over the class's queries (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_gallery_figure(p: Predictions, catalog: Catalog, k: int = 6, shown_support: int = 3):
+    """One row per frequent confusion: a query photo, then support photos of the class it was taken for."""
+    from PIL import Image
+
+    plt = _pyplot()
+    pairs = top_confusions(p, k)
+    path_of = dict(zip(catalog.products["id"], catalog.products["image_path"]))
+    episodes = p.episode_set.episodes
+    fig, axes = plt.subplots(max(1, len(pairs)), 1 + shown_support, figsize=(2.0 * (1 + shown_support), 2.2 * max(1, len(pairs))),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for row, (true, predicted, count) in enumerate(pairs):
+        index = np.flatnonzero((p.true == true) & (p.predicted == predicted))[0]
+        episode, label = p.episode[index], p.predicted_label[index]
+        support = episodes.support[episode].reshape(episodes.n_way, episodes.k_shot)[label][:shown_support]
+        photos = [p.query_ids[index], *support]
+        for column, product in enumerate(photos):
+            with Image.open(path_of[int(product)]) as image:
+                axes[row][column].imshow(image.convert("RGB"))
+        axes[row][0].set_title(f"{true} → {predicted}\n({count} queries)", fontsize=8, color="tab:red")
+        for column in range(1, len(photos)):
+            axes[row][column].set_title(f"support: {predicted}", fontsize=7)
+    fig.suptitle(f"{p.method}: most frequent confusions on {p.episode_set.name}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def analyse(config: ExperimentConfig, catalog: Catalog, names: list[str], out: str | os.PathLike,
+            runs: str | os.PathLike, episodes_root, store_root, checkpoints_root) -> list[Path]:
+    """Per-class accuracy (CSV + PNG), confusion matrix and confusion gallery (PNG) per episode set,
+    also as TensorBoard figures under runs/<name>."""
+    from torch.utils.tensorboard import SummaryWriter
+
+
+    plt = _pyplot()
+    out = Path(out) / config.name
+    written = []
+    with SummaryWriter(str(Path(runs) / config.name)) as writer:
+        for name in names:
+            p = predict_episodes(config, catalog, name, episodes_root, store_root, checkpoints_root)
+            table = per_class_accuracy(p)
+            written.append(write_csv(table, out / f"{name}-per-class.csv"))
+            figures = {"per-class": per_class_figure(table, f"{config.name} on {name}: accuracy per class"),
+                       "confusion": confusion_figure(confusion_matrix(p), f"{config.name} on {name}"),
+                       "confusions": confusion_gallery_figure(p, catalog)}
+            for kind, fig in figures.items():
+                written.append(_save(fig, out / f"{name}-{kind}.png"))
+                writer.add_figure(f"analysis/{name}/{kind}", fig)
+                plt.close(fig)
+    return written
+
+
+def projector(store, catalog: Catalog, logdir: str | os.PathLike, n: int = 500, seed: int = 0,
+              column: str = "articleType") -> Path:
+    """TensorBoard's projector over a sample of the store's image features, thumbnails as the sprite,
+    labelled by `column`: a look at the feature space (tensorboard --logdir runs)."""
+    import torch
+    from PIL import Image
+    from torch.utils.tensorboard import SummaryWriter
+
+    rows = np.sort(np.random.default_rng(seed).choice(len(store.ids), min(n, len(store.ids)), replace=False))
+    products = catalog.products.iloc[rows]
+    thumbs = []
+    for path in products["image_path"]:
+        with Image.open(path) as image:
+            thumbs.append(np.asarray(image.convert("RGB").resize((32, 32)), dtype=np.float32) / 255)
+    with SummaryWriter(str(logdir)) as writer:
+        writer.add_embedding(torch.from_numpy(np.asarray(store.image[rows])),
+                             metadata=products[column].tolist(),
+                             label_img=torch.from_numpy(np.stack(thumbs)).permute(0, 3, 1, 2),
+                             tag=f"image features by {column}")
+    return Path(logdir)

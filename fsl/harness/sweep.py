@@ -1,0 +1,97 @@
+"""`fsl sweep`: a grid over config values, scored on validation-class episodes only; the best point
+is written as a config of its own, and only then evaluated on the novel (test) sets. Choosing on
+novel episodes is the leakage users of Tip-Adapter and CLIP's linear-probe code reported: the
+selection refuses any episode set that is not drawn from the validation classes."""
+
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from fsl.config import ExperimentConfig, override, to_yaml
+from fsl.data.catalog import Catalog
+from fsl.errors import FslError
+from fsl.files import write_bytes
+from fsl.harness.evaluate import EvalResult, mean_ci, percent
+from fsl.harness.experiment import check_runnable, load_episode_set, run_experiment
+from fsl.harness.train import train
+from fsl.store.features import DEFAULT_ROOT
+
+
+def parse_grid(texts: list[str]) -> list[tuple[str, list[Any]]]:
+    """`--grid method_options.C=0.1,1,10` -> [("method_options.C", [0.1, 1, 10])]; values typed as YAML."""
+    grid = []
+    for text in texts:
+        key, sep, raw = text.partition("=")
+        if not sep or not key.strip() or not raw.strip():
+            raise FslError(f"--grid {text!r}: expected KEY=V1,V2,..., e.g. method_options.C=0.1,1,10")
+        try:
+            values = [yaml.safe_load(v) for v in raw.split(",")]
+        except yaml.YAMLError as error:
+            raise FslError(f"--grid {text!r}: a value is not valid YAML ({error})") from None
+        grid.append((key.strip(), values))
+    if not grid:
+        raise FslError("a sweep needs at least one --grid KEY=V1,V2,...")
+    return grid
+
+
+def check_validation_only(config: ExperimentConfig, catalog: Catalog, names: tuple[str, ...], episodes_root) -> None:
+    """Selection reads validation-class episodes only: a novel (test) set is refused before it is used."""
+    for name in names:
+        episode_set = load_episode_set(config, catalog, name, episodes_root)
+        if episode_set.meta.get("split") != "val":
+            raise FslError(f"sweeps choose on validation classes only; {name!r} is drawn from the "
+                           f"{episode_set.meta.get('split')!r} classes (a test set). Choose with --on val-5w5s")
+
+
+@dataclass
+class SweepResult:
+    chosen: ExperimentConfig
+    scores: list[tuple[dict, float, float]]  # (grid point, mean validation accuracy, 95% CI)
+    header: str  # what was tried and what chose: the comment of the written config
+
+
+def sweep(config: ExperimentConfig, grid: list[tuple[str, list[Any]]], catalog: Catalog,
+          on: tuple[str, ...] = ("val-5w5s",), episodes_root: str | os.PathLike = "episodes",
+          store_root: str | os.PathLike | None = None, checkpoints_root: str | os.PathLike = "checkpoints",
+          runs_root: str | os.PathLike = "runs/train", progress: bool = True) -> SweepResult:
+    """Score every grid point on the `on` (validation) sets; the best mean accuracy wins (first on ties).
+
+    A config with a train: section is trained at every point (its checkpoint chosen on its own
+    validation episodes) before it is scored."""
+
+    store_root = store_root or DEFAULT_ROOT
+    points = [dict(zip([k for k, _ in grid], values)) for values in itertools.product(*[v for _, v in grid])]
+    candidates = [override(config, list(point.items()), "--grid") for point in points]
+    for candidate in candidates:  # every point checked before any work
+        check_runnable(candidate)
+    check_validation_only(config, catalog, on, episodes_root)
+
+    scores = []
+    for point, candidate in zip(points, candidates):
+        if candidate.train is not None:
+            train(candidate, catalog, episodes_root, store_root, checkpoints_root, runs_root, progress=progress)
+        results: list[EvalResult] = run_experiment(dataclasses.replace(candidate, episodes=on), catalog, episodes_root,
+                                                   store_root, progress, checkpoints_root)
+        mean, ci = mean_ci(np.concatenate([r.accuracy for r in results]))  # pooled over the `on` sets
+        scores.append((point, mean, ci))
+        if progress:
+            print(f"  {point}: {', '.join(on)} {percent(mean, ci)}")
+    best = max(range(len(points)), key=lambda i: (scores[i][1], -i))
+    lines = [f"chosen by `fsl sweep` on validation classes only ({', '.join(on)}), mean accuracy:"]
+    lines += [f"  {'->' if i == best else '  '} {point}: {percent(mean, ci)}" for i, (point, mean, ci) in enumerate(scores)]
+    lines.append(f"swept from {config.name}; novel-class sets were read only after this choice")
+    return SweepResult(candidates[best], scores, "\n".join(lines))
+
+
+def write_chosen(result: SweepResult, path: str | os.PathLike) -> Path:
+
+    return write_bytes(path, to_yaml(result.chosen, result.header).encode())

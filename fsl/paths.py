@@ -1,0 +1,90 @@
+"""Every on-disk location fsl reads or writes: caches, feature stores, episode sets and their class
+splits, checkpoints, calibrations. Nothing else builds these paths, so a layout change is made here."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Protocol
+
+CACHE_DIR = Path(os.environ.get("FSL_CACHE", ".fsl"))  # feature stores, reports, the synthetic sample
+FEATURES_ROOT = CACHE_DIR / "features"
+ONNX_DIR = CACHE_DIR / "onnx"
+SAMPLE_DIR = CACHE_DIR / "sample"
+PREPARE_REPORT = CACHE_DIR / "prepare-report.csv"
+DEMO_SAVED_DIR = CACHE_DIR / "demo"  # the demo's saved category sets: one support folder (and its zip) each
+
+DEFAULT_EPISODES_DIR = Path("episodes")
+DEFAULT_CHECKPOINTS = Path("checkpoints")
+ALIGN_DIR = DEFAULT_CHECKPOINTS / "align"
+CALIBRATION_DIR = Path("calibration")
+RESULTS_DIR = Path("results")
+NEAR_DUPLICATES_FILE = "near-duplicates.json"
+
+
+class HasFingerprint(Protocol):
+    """A catalog, as far as paths care: its content's fingerprint."""
+
+    fingerprint: str
+
+
+def split_root(root: str | os.PathLike, split_seed: int) -> Path:
+    """Where the files of class split `split_seed` live under an episodes (or checkpoints, runs) root:
+    split 0 at the root itself (as before several splits existed), split s in root/split<s>, so every
+    function that takes a root works on any split unchanged."""
+    return Path(root) if split_seed == 0 else Path(root) / f"split{split_seed}"
+
+
+def episodes_dir_for(catalog: HasFingerprint, root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> Path:
+    """Episode sets live under episodes/<catalog fingerprint>/, so each catalog finds its own."""
+    return Path(root) / catalog.fingerprint
+
+
+def split_file(catalog: HasFingerprint, column: str, split_seed: int,
+               root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> Path:
+    """The CSV of a class split (class, count, split, parent) under one split's episodes root."""
+    return episodes_dir_for(catalog, root) / f"{column}-seed{split_seed}-split.csv"
+
+
+def episode_set_path(catalog: HasFingerprint, column: str, name: str,
+                     root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> Path:
+    """A frozen episode set: `novel-5w5s` of articleType is articleType-novel-5w5s.npz."""
+    return episodes_dir_for(catalog, root) / f"{column}-{name}.npz"
+
+
+def near_duplicates_path(catalog: HasFingerprint, root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> Path:
+    return episodes_dir_for(catalog, root) / NEAR_DUPLICATES_FILE
+
+
+def available_splits(catalog: HasFingerprint, root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+                     column: str = "articleType") -> list[int]:
+    """The split seeds drawn for this catalog (`fsl episodes --split-seeds ...`), 0 first."""
+    seeds = [0] if split_file(catalog, column, 0, root).is_file() else []
+    for folder in sorted(Path(root).glob("split*")):
+        seed = folder.name.removeprefix("split")
+        if seed.isdigit() and int(seed) > 0 and split_file(catalog, column, int(seed), folder).is_file():
+            seeds.append(int(seed))
+    return sorted(seeds)
+
+
+def checkpoint_dir(name: str, root: str | os.PathLike = DEFAULT_CHECKPOINTS) -> Path:
+    """A trained head's folder (its best/ and last/ checkpoints) under one split's checkpoints root."""
+    return Path(root) / name
+
+
+def store_path(root: str | os.PathLike, encoder_id: str, catalog_fingerprint: str) -> Path:
+    """The store's key: encoder id and catalog content, so a changed catalog gets a new store."""
+    return Path(root) / f"{re.sub(r'[^A-Za-z0-9.+-]+', '_', encoder_id)}-{catalog_fingerprint}"
+
+
+def onnx_path(encoder_id: str, tower: str = "", root: str | os.PathLike = ONNX_DIR) -> Path:
+    """An encoder's exported tower (image: no suffix, text: "-text")."""
+    return Path(root) / f"{re.sub(r'[^A-Za-z0-9.+-]+', '_', encoder_id)}{tower}.onnx"
+
+
+def prepared_path(dump: Path) -> Path:
+    """The prepared catalog of a dump folder, keyed by the folder's resolved path."""
+    key = hashlib.sha256(str(Path(dump).resolve()).encode()).hexdigest()[:16]
+    return CACHE_DIR / "catalogs" / f"{key}.parquet"

@@ -1,0 +1,89 @@
+"""The package's shape: no import cycle among fsl modules, every fsl import at the top of its file
+(outside the CLI, which imports lazily to start fast), and layers that only import downward."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+
+PACKAGE = Path(__file__).resolve().parent.parent / "fsl"
+
+# The data flow of docs/design.md, bottom to top: a module may import from its own layer or below.
+LAYERS = ["errors", "paths", "files", "config", "data", "encoders", "store", "episodes", "methods", "harness",
+          "apps", "cli"]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def fsl_imports(tree: ast.AST) -> list[ast.ImportFrom | ast.Import]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "fsl":
+            found.append(node)
+        elif isinstance(node, ast.Import) and any(alias.name.split(".")[0] == "fsl" for alias in node.names):
+            found.append(node)
+    return found
+
+
+def imported_modules(node: ast.ImportFrom | ast.Import, known: set[str]) -> set[str]:
+    """The fsl modules an import statement loads: `from fsl.x import y` is fsl.x.y when y is a module."""
+    if isinstance(node, ast.Import):
+        return {alias.name for alias in node.names if alias.name in known}
+    found = set()
+    for alias in node.names:
+        submodule = f"{node.module}.{alias.name}"
+        found.add(submodule if submodule in known else node.module)
+    return found & known
+
+
+def package_graph() -> tuple[nx.DiGraph, dict[str, list[str]]]:
+    """(module import graph from every import in the file, function-local fsl imports by module)."""
+    files = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph = nx.DiGraph()
+    graph.add_nodes_from(files)
+    local: dict[str, list[str]] = {}
+    for name, path in files.items():
+        tree = ast.parse(path.read_text())
+        top = {id(node) for node in tree.body}
+        for node in fsl_imports(tree):
+            for target in imported_modules(node, set(files)):
+                if target != name:
+                    graph.add_edge(name, target)
+            if id(node) not in top:
+                local.setdefault(name, []).append(f"{path.name}:{node.lineno}")
+    return graph, local
+
+
+def layer_of(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 else -1
+
+
+def test_no_import_cycle_among_fsl_modules():
+    graph, _ = package_graph()
+    cycles = list(nx.simple_cycles(graph))
+    assert not cycles, f"import cycles: {[' -> '.join([*cycle, cycle[0]]) for cycle in cycles[:5]]}"
+
+
+def test_fsl_imports_sit_at_the_top_of_each_file_outside_the_cli():
+    _, local = package_graph()
+    outside_cli = {module: where for module, where in local.items() if layer_of(module) != LAYERS.index("cli")}
+    assert not outside_cli, f"function-local fsl imports (a hidden cycle, or a layer reaching up): {outside_cli}"
+
+
+def test_layers_import_only_downward():
+    graph, _ = package_graph()
+    upward = [f"{a} -> {b}" for a, b in graph.edges if layer_of(b) > layer_of(a) and layer_of(a) >= 0]
+    assert not upward, f"imports that reach up the data flow: {upward}"
+
+
+def test_heads_depend_on_torch_and_their_fusion_only():
+    graph, _ = package_graph()
+    reached = nx.descendants(graph, "fsl.methods")
+    assert reached <= {"fsl.errors"} | {module for module in graph if module.startswith("fsl.methods.")}, (
+        f"importing the heads loads {sorted(reached)}")
