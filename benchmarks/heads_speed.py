@@ -32,7 +32,7 @@ from fsl.data.prepared import load_catalog
 from fsl.episodes.frozen import EpisodeSet
 from fsl.harness.evaluate import paired_difference, run_episodes
 from fsl.harness.experiment import class_text_table
-from fsl.methods import create_head
+from fsl.methods import HEADS, create_head
 from fsl.methods.fusion import create_fusion
 from fsl.paths import episodes_dir_for
 from fsl.store.open import open_store
@@ -131,6 +131,9 @@ def main() -> None:
              "tim": create_head("tim", fusion(), **tim),
              "laplacian_shot": create_head("laplacian_shot", fusion(), **laplacian),
              "pt_map": create_head("pt_map", create_fusion("image", image_dim, text_dim), **chosen["pt-map-image"])}
+    untimed = set(HEADS) - set(heads)
+    if untimed:  # the registry is the list of heads: one added there must be timed here too
+        parser.error(f"registered heads with no row in this benchmark: {sorted(untimed)}")
     unknown = set(args.heads or ()) - set(heads)
     if unknown:
         parser.error(f"unknown heads {sorted(unknown)}; choose from {sorted(heads)}")

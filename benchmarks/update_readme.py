@@ -1,18 +1,22 @@
-"""Regenerate the README's results block from a real run (never typed by hand):
-every experiments/*.yaml on the frozen episodes of $FSL_DATA, a table of mean ± 95% CI (inductive
-and transductive heads apart), the paired difference of each experiment against the image-only
-prototype baseline, and docs/results.png; the calibration block from calibration/*.json (what
-`fsl calibrate` wrote); and the robustness block (shifted query sets, `fsl eval --shifted`).
+"""Regenerate every generated table of the README and docs/ from a real run (never typed by hand):
+the README's headline (a dozen heads, five-split means and paired differences, docs/headline.png);
+docs/results.md (every experiments/*.yaml on the frozen episodes of $FSL_DATA, mean ± 95% CI,
+inductive and transductive heads apart, paired differences against the image-only prototype
+baseline, docs/results.png); docs/calibration.md from calibration/*.json (what `fsl calibrate`
+wrote); docs/robustness.md (shifted query sets, `fsl eval --shifted`); docs/methods.md from the
+head registry (each head's paper and options, and the configs that use it).
 
-    python benchmarks/update_readme.py [--data DIR] [--results results]
+    python benchmarks/update_readme.py [--data DIR] [--results results] [--only BLOCK ...]
 
 With --results, the per-episode CSVs that `fsl eval experiments/*.yaml` just wrote are used instead
-of running every experiment again (each must be newer than its config).
+of running every experiment again (each must be newer than its config). --only regenerates some
+blocks (e.g. `--only headline methods` needs the results of the headline configs only).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -30,9 +34,17 @@ from fsl.files import atomic_path
 from fsl.harness.evaluate import paired_difference
 from fsl.harness.experiment import run_experiment
 from fsl.harness.results import across_splits, load_results, plot_summary, results_frame, summary_table, with_split
+from fsl.methods import HEADS
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "protonet-image"
+# The README's headline: the best-known config of each head family with five-split results and no
+# training step, inductive first (a fixed list, not chosen on the test results it reports).
+HEADLINE = ("linear-probe-fused-masked", "gda-fused-masked", "protonet-fused-masked", "simpleshot-fused-masked",
+            "cosine-prototypes-fused-masked", "linear-probe-image", BASELINE, "bd-cspn-fused-masked",
+            "laplacian-shot-fused-masked", "tim-fused-masked", "pt-map-image")
+BLOCKS = {"headline": "README.md", "results": "docs/results.md", "calibration": "docs/calibration.md",
+          "robustness": "docs/robustness.md", "methods": "docs/methods.md"}
 
 
 TRANSDUCTIVE_HEADER = "| **transductive heads** (they see every query of an episode; compare them only with each other) |"
@@ -132,6 +144,51 @@ def across_markdown(frame) -> str:
     return "\n".join(lines)
 
 
+def headline_markdown(frame) -> str:
+    """The README's table: per headline config, the five-split mean ± t interval of each standard
+    set, and its paired difference to the baseline (per split on the same episodes, then combined)."""
+    frame = frame[frame["method"].isin(HEADLINE)]
+    table = across_splits(frame, BASELINE).set_index(["method", "episode_set"])
+    sets = [name for name in ("novel-5w1s", "novel-5w5s", "novel-15w5s") if name in set(frame["episode_set"])]
+    splits = int(frame.groupby("method")["split"].nunique().min())
+
+    def cell(method, name, mean_key, ci_key, signed=""):
+        if (method, name) not in table.index or pd.isna(table.at[(method, name), mean_key]):
+            return "—"
+        return f"{100 * table.at[(method, name), mean_key]:{signed}.1f} ± {100 * table.at[(method, name), ci_key]:.1f}"
+
+    lines = [f"Offline encoder; mean over {splits} class splits ± 95% t interval over the splits (%); the last "
+             f"column is the paired difference to `{BASELINE}` per split on the same episodes, combined the same way "
+             f"(points; {' / '.join(s.removeprefix('novel-') for s in sets)}). Every config is in "
+             "[docs/results.md](docs/results.md).", "",
+             f"| head config | {' | '.join(s.removeprefix('novel-') for s in sets)} | vs {BASELINE} |",
+             "|---|" + "---|" * (len(sets) + 1)]
+    for method, transductive in kinds(frame).items():
+        if method not in HEADLINE:
+            continue
+        name = f"{method} (transductive)" if transductive else method
+        difference = " / ".join(cell(method, s, "difference", "difference_ci95", "+") for s in sets)
+        lines.append(f"| {name} | {' | '.join(cell(method, s, 'accuracy', 'ci95') for s in sets)} | "
+                     f"{'baseline' if method == BASELINE else difference} |")
+    return "\n".join(lines + ["", "![accuracy per head, split 0](docs/headline.png)"])
+
+
+def methods_markdown(configs) -> str:
+    """docs/methods.md's block: each registered head, its paper, capabilities and options (its class
+    docstring), and the experiment configs that use it."""
+    lines = []
+    for name, head in HEADS.items():
+        doc = inspect.cleandoc(head.__doc__ or "")
+        summary, _, options = doc.partition("Options (`method_options` in a config):")
+        traits = [trait for trait, on in (("transductive", head.transductive),
+                                          ("may read class names", head.uses_class_names)) if on]
+        used_by = sorted(c.name for c in configs if c.method == name)
+        lines += [f"### `{name}`{f' ({chr(44).join(traits)})' if traits else ''}", "", " ".join(summary.split()), "",
+                  "Options (`method_options`):", "", options.strip() or "none", "",
+                  f"Configs: {', '.join(f'`{c}`' for c in used_by) or 'none yet'}.", ""]
+    return "\n".join(lines).rstrip()
+
+
 def shifted_markdown(frame) -> str:
     """Per head: accuracy on each shifted set and its paired difference to the standard set it pairs
     with (the same episodes, or the same support for the temporal control)."""
@@ -202,11 +259,11 @@ def calibration_markdown(folder: Path) -> str:
     return "\n".join(lines)
 
 
-def fill(readme: str, name: str, block: str) -> str:
+def fill(text: str, name: str, block: str, target: Path) -> str:
     updated, found = re.subn(rf"<!-- {name}:start -->\n.*?<!-- {name}:end -->",
-                             lambda m: f"<!-- {name}:start -->\n{block}\n<!-- {name}:end -->", readme, flags=re.S)
+                             lambda m: f"<!-- {name}:start -->\n{block}\n<!-- {name}:end -->", text, flags=re.S)
     if not found:
-        sys.exit(f"README.md has no <!-- {name}:start --> ... <!-- {name}:end --> block to fill")
+        sys.exit(f"{target} has no <!-- {name}:start --> ... <!-- {name}:end --> block to fill")
     return updated
 
 
@@ -214,23 +271,53 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data")
     parser.add_argument("--results", help="use the per-episode CSVs `fsl eval` wrote here instead of re-running")
+    parser.add_argument("--only", nargs="+", choices=list(BLOCKS), default=list(BLOCKS), metavar="BLOCK",
+                        help=f"regenerate only these blocks ({', '.join(BLOCKS)}; default all)")
     args = parser.parse_args()
     catalog = load_catalog(args.data)
-    configs = [load_config(path) for path in sorted((ROOT / "experiments").glob("*.yaml"))]
-    if args.results:
-        frame, encoders = from_results(configs, Path(args.results))
-    else:
-        results = []
-        for config in configs:
-            results += run_experiment(config, catalog, ROOT / "episodes", progress=False, shifted=True)
-        frame, encoders = results_frame(results), sorted({r.hparams["encoder"] for r in results})
-    shifted = frame[frame["episode_set"].isin(list(SHIFTED_PAIRS) + list(SHIFTED_PAIRS.values()))
-                    & ~frame["episode_set"].isin(STANDARD_BENCHMARKS)]
-    frame = frame.drop(shifted.index)
-    shifted_split0 = with_split(pd.concat([shifted, frame]))
-    frame = with_split(frame)
-    first = frame[frame["split"] == 0]
-    plot_summary(summary_table(first), ROOT / "docs" / "results.png")
+    all_configs = [load_config(path) for path in sorted((ROOT / "experiments").glob("*.yaml"))]
+    needs_all = bool({"results", "robustness"} & set(args.only))
+    configs = [c for c in all_configs if needs_all or c.name in HEADLINE]
+    blocks = {}
+    if "methods" in args.only:
+        blocks["methods"] = methods_markdown(all_configs)
+    if "calibration" in args.only:
+        blocks["calibration"] = calibration_markdown(ROOT / "calibration")
+    if set(args.only) & {"headline", "results", "robustness"}:
+        if args.results:
+            frame, encoders = from_results(configs, Path(args.results))
+        else:
+            results = []
+            for config in configs:
+                results += run_experiment(config, catalog, ROOT / "episodes", progress=False, shifted=needs_all)
+            frame, encoders = results_frame(results), sorted({r.hparams["encoder"] for r in results})
+        shifted = frame[frame["episode_set"].isin(list(SHIFTED_PAIRS) + list(SHIFTED_PAIRS.values()))
+                        & ~frame["episode_set"].isin(STANDARD_BENCHMARKS)]
+        frame = frame.drop(shifted.index)
+        shifted_split0 = with_split(pd.concat([shifted, frame]))
+        frame = with_split(frame)
+        first = frame[frame["split"] == 0]
+        if "headline" in args.only:
+            plot_summary(summary_table(first[first["method"].isin(HEADLINE)]), ROOT / "docs" / "headline.png")
+            blocks["headline"] = headline_markdown(frame)
+        if "results" in args.only:
+            plot_summary(summary_table(first), ROOT / "docs" / "results.png")
+            blocks["results"] = results_markdown(catalog, frame, encoders)
+        if "robustness" in args.only:
+            blocks["robustness"] = (
+                f"Encoder: `{', '.join(encoders)}`. Accuracy in % on each shifted set, and in brackets its paired "
+                "difference (points, 95% CI) to the standard set it pairs with: the same 600 episodes with "
+                "re-rendered query photos; for the temporal set, the same support and classes with queries from "
+                "before 2012. Split 0.\n\n" + shifted_markdown(shifted_split0[shifted_split0["split"] == 0]))
+    for name, block in blocks.items():
+        target = ROOT / BLOCKS[name]
+        with atomic_path(target) as tmp:
+            tmp.write_text(fill(target.read_text(), name, block, target))
+        print(f"{target.relative_to(ROOT)}: {name} block regenerated")
+
+
+def results_markdown(catalog, frame, encoders) -> str:
+    """docs/results.md's block: every config over the splits it ran on, then split 0 alone."""
     n_splits = frame["split"].nunique()
     block = (f"Encoder: `{', '.join(encoders)}`; catalog `{catalog.fingerprint}` ({len(catalog)} products); "
              f"600 frozen novel-class episodes per column and split, 15 queries per class. Accuracy in %.\n\n")
@@ -240,18 +327,8 @@ def main() -> None:
                   "stratification, other classes novel): the mean of the split means ± a 95% t interval over the "
                   "splits, which shows how much the choice of novel classes moves a number.\n\n"
                   + across_markdown(frame) + "\n\n**Split 0 alone** (mean ± 95% CI over its 600 episodes):\n\n")
-    block += markdown(catalog, first) + "\n\n![accuracy per method, split 0](docs/results.png)"
-    calibration = calibration_markdown(ROOT / "calibration")
-    robustness = (f"Encoder: `{', '.join(encoders)}`. Accuracy in % on each shifted set, and in brackets its paired "
-                  "difference (points, 95% CI) to the standard set it pairs with: the same 600 episodes with "
-                  "re-rendered query photos; for the temporal set, the same support and classes with queries from "
-                  "before 2012. Split 0.\n\n"
-                  + shifted_markdown(shifted_split0[shifted_split0["split"] == 0]))
-    updated = fill(fill(fill((ROOT / "README.md").read_text(), "results", block), "calibration", calibration),
-                   "robustness", robustness)
-    with atomic_path(ROOT / "README.md") as tmp:
-        tmp.write_text(updated)
-    print(block, calibration, robustness, sep="\n\n")
+    first = frame[frame["split"] == 0]
+    return block + markdown(catalog, first) + "\n\n![accuracy per method, split 0](results.png)"
 
 
 if __name__ == "__main__":

@@ -544,3 +544,55 @@ def test_maml_learned_scale_changes_the_loss_never_the_prediction():
     loss = F.cross_entropy(scaled(support, labels, query, 5).flatten(0, 1), query_labels.repeat(3))
     loss.backward()
     assert scaled.log_scale.grad.abs() > 0
+
+
+# The registry drives these: a new head is checked by adding its line to EXAMPLE_OPTIONS ----------
+
+def test_every_registered_head_has_example_options():
+    from fsl.methods import EXAMPLE_OPTIONS, HEADS
+
+    assert set(EXAMPLE_OPTIONS) == set(HEADS)
+    assert all(name == head.name for name, head in HEADS.items())
+
+
+@pytest.mark.parametrize("name", sorted(__import__("fsl.methods", fromlist=["HEADS"]).HEADS))
+def test_every_registered_head_gives_finite_logits_of_the_contract_shape(name):
+    from fsl.methods import EXAMPLE_OPTIONS, HEADS
+
+    torch.manual_seed(0)
+    fusion = "text" if name == "zero_shot" else "concat"
+    head = create_head(name, create_fusion(fusion, IMAGE_DIM, TEXT_DIM), **EXAMPLE_OPTIONS[name])
+    support, labels, query, _ = toy_episodes(n_episodes=3, n_way=4, k_shot=2, q_query=5)
+    class_text = torch.randn(3, 4, TEXT_DIM)
+    if head.needs_base_classes:
+        head.fit_base(torch.randn(40, IMAGE_DIM + TEXT_DIM), torch.arange(40) % 4)
+    logits = head(support, labels, query, 4, class_text if head.needs_class_text else None)
+    assert logits.shape == (3, 20, 4) and torch.isfinite(logits).all()
+    assert isinstance(HEADS[name].transductive, bool)
+
+
+@pytest.mark.parametrize("name", sorted(__import__("fsl.methods", fromlist=["HEADS"]).HEADS))
+def test_every_head_cites_its_paper_and_documents_each_option(name):
+    import inspect
+    import re
+
+    from fsl.methods import HEADS
+
+    head = HEADS[name]
+    doc = head.__doc__ or ""
+    assert re.search(r"\b(19|20)\d\d\b", doc.split("Options")[0]), f"{name}: no paper (author, year) in its docstring"
+    options = [p for p in inspect.signature(head.__init__).parameters if p not in ("self", "fusion", "shared_space")]
+    undocumented = [option for option in options if f"`{option}`" not in doc]
+    assert not undocumented, f"{name}: options missing from its class docstring: {undocumented}"
+    takes_shared_space = "shared_space" in inspect.signature(head.__init__).parameters
+    assert head.uses_class_names == takes_shared_space, f"{name}: uses_class_names must match its shared_space option"
+
+
+def test_a_head_without_classify_cannot_be_built():
+    from fsl.methods.base import FewShotHead
+
+    class Unfinished(FewShotHead):
+        name = "unfinished"
+
+    with pytest.raises(TypeError, match="abstract"):
+        Unfinished(create_fusion("image", IMAGE_DIM, TEXT_DIM))

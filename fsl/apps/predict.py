@@ -55,7 +55,7 @@ def support_rows(labels: pd.Series, shots: int, seed: int = 0,
     return classes, np.concatenate(rows)
 
 
-# With no --checkpoint or --config: the README's best image-only head, or with texts its fused,
+# With no --checkpoint or --config: the best image-only head (docs/results.md), or with texts its fused,
 # label-masked sibling (both chosen on validation classes).
 SUPPORT_HEADS = {
     "image": ExperimentConfig(name="linear-probe-image", method="linear_probe",

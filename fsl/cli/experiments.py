@@ -185,7 +185,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                           help="class splits to run (default: every split `fsl episodes --split-seeds` drew)")
     evaluate.add_argument("--shifted", action="store_true",
                           help="also run the shifted query sets and their controls (re-rendered query photos, "
-                               "queries from later years): the README's robustness table")
+                               "queries from later years): docs/robustness.md's table")
     evaluate.set_defaults(run=cmd_eval)
 
     training = commands.add_parser("train", help="meta-train heads on base-class episodes",

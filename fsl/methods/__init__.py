@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from fsl.errors import FslError
 from fsl.methods.base import FewShotHead
 from fsl.methods.bd_cspn import BDCSPN
@@ -22,18 +20,28 @@ from fsl.methods.tim import TIM
 from fsl.methods.tip_adapter import TipAdapter
 from fsl.methods.zero_shot import ZeroShot
 
-HEADS: dict[str, Callable[..., FewShotHead]] = {
-    "zero_shot": ZeroShot, "linear_probe": LinearProbe, "protonet": ProtoNet, "maml": MAML, "simpleshot": SimpleShot,
-    "gda": GDA, "bd_cspn": BDCSPN, "pt_map": PTMAP, "cosine_prototypes": CosinePrototypes,
-    "tip_adapter": TipAdapter, "tim": TIM, "laplacian_shot": LaplacianShot, "lp_plus_plus": LPPlusPlus,
+HEADS: dict[str, type[FewShotHead]] = {head.name: head for head in (
+    ZeroShot, LinearProbe, ProtoNet, MAML, SimpleShot, GDA, BDCSPN, PTMAP, CosinePrototypes, TipAdapter, TIM,
+    LaplacianShot, LPPlusPlus,
+)}
+
+# A small working instance of every head: the options the tests and docs/methods.md build it with.
+# Adding a head: its file (class with `name`, capabilities, documented options), one line in the tuple
+# above, one line here, and its experiments/NAME.yaml.
+EXAMPLE_OPTIONS: dict[str, dict] = {
+    "zero_shot": {}, "linear_probe": {"C": 1.0}, "protonet": {}, "maml": {"inner_steps": 5}, "simpleshot": {"centering": "none"},
+    "gda": {"shrinkage": 0.5}, "bd_cspn": {"temperature": 10.0}, "pt_map": {"normalize": True}, "cosine_prototypes": {},
+    "tip_adapter": {"finetune": True, "alpha": 10.0}, "tim": {"steps": 20, "lr": 1e-3}, "laplacian_shot": {"knn": 3},
+    "lp_plus_plus": {"steps": 50},
 }
-SHARED_SPACE_OPTION = {"zero_shot", "linear_probe", "tip_adapter", "lp_plus_plus", "gda"}  # heads that compare class-name text to features
 
 
 def create_head(name: str, fusion: Fusion, shared_space: bool = False, **options) -> FewShotHead:
+    """A head by its registry name: `create_head("protonet", fusion, projection="diagonal")`; `shared_space`
+    reaches the heads that compare class names with features."""
     if name not in HEADS:
         raise FslError(f"unknown method {name!r}; choose one of {sorted(HEADS)}")
-    if name in SHARED_SPACE_OPTION:
+    if HEADS[name].uses_class_names:
         options["shared_space"] = shared_space
     try:
         return HEADS[name](fusion, **options)

@@ -12,11 +12,20 @@ import torch
 import torch.nn.functional as F
 
 from fsl.errors import FslError
-from fsl.methods.base import FewShotHead, inner_products
+from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Concat, Fusion, ImageOnly
+from fsl.methods.utils import inner_products, mean_prototypes
 
 
 class CosinePrototypes(FewShotHead):
+    """Cosine prototypes per modality (Snell et al., 2017; Chen et al., ICLR 2019): cosine to each
+    class's mean image and mean text feature, weighted by the fusion's image weight; the demo's scorer.
+
+    Options (`method_options` in a config):
+    - none
+    """
+
+    name = "cosine_prototypes"
     def __init__(self, fusion: Fusion):
         super().__init__(fusion)
         if not isinstance(fusion, (Concat, ImageOnly)):
@@ -32,6 +41,6 @@ class CosinePrototypes(FewShotHead):
         pairs = zip(self.fusion.split(support), self.fusion.split(query), (self.image_weight, 1 - self.image_weight))
         for support_part, query_part, weight in pairs:
             if weight:
-                prototypes = F.normalize(self.prototypes(support_part, support_labels, n_way), dim=-1)  # [E, N, Dp]
+                prototypes = F.normalize(mean_prototypes(support_part, support_labels, n_way), dim=-1)  # [E, N, Dp]
                 scores = scores + weight * inner_products(query_part, prototypes)  # [E, Q, N]
         return scores

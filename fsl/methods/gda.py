@@ -20,12 +20,24 @@ import torch
 import torch.nn.functional as F
 
 from fsl.errors import FslError
-from fsl.methods.base import FewShotHead, check_positive
+from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion
-from fsl.methods.tip_adapter import ZERO_SHOT_SCALE
+from fsl.methods.utils import ZERO_SHOT_SCALE, check_positive, mean_prototypes
 
 
 class GDA(FewShotHead):
+    """Gaussian discriminant analysis (Wang et al., ICLR 2024): class means and one shrunk shared
+    covariance give a linear classifier in closed form.
+
+    Options (`method_options` in a config):
+    - `shrinkage`: weight of the prior in the covariance, in (0, 1] (default 0.5)
+    - `prior`: identity | base: a scaled identity or the base classes' pooled covariance (default identity)
+    - `zero_shot_weight`: weight of the zero-shot logits added to GDA's, the paper's ensemble (default 0)
+    - (`shared_space` is no option: fsl sets it from the encoder)
+    """
+
+    name = "gda"
+    uses_class_names = True
     def __init__(self, fusion: Fusion, shrinkage: float = 0.5, prior: str = "identity",
                  zero_shot_weight: float = 0.0, shared_space: bool = False):
         super().__init__(fusion)
@@ -53,7 +65,7 @@ class GDA(FewShotHead):
 
     def classify(self, support, support_labels, query, n_way, class_text=None):
         support, query = support.double(), query.double()
-        means = self.prototypes(support, support_labels, n_way)  # [E, N, D]
+        means = mean_prototypes(support, support_labels, n_way)  # [E, N, D]
         centred = support - torch.gather(means, 1, support_labels.unsqueeze(-1).expand_as(support))  # Z [E, M, D]
         m, d = centred.shape[1], centred.shape[2]
         trace = centred.pow(2).sum((1, 2)) / m  # tr(S) [E]

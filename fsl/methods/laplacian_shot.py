@@ -13,13 +13,24 @@ from __future__ import annotations
 import torch
 
 from fsl.errors import FslError
-from fsl.methods.base import FewShotHead, check_positive
-from fsl.methods.bd_cspn import rectified_prototypes
+from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion
-from fsl.methods.protonet import squared_distances
+from fsl.methods.utils import check_positive, rectified_prototypes, squared_distances
 
 
 class LaplacianShot(FewShotHead):
+    """LaplacianShot (Ziko et al., ICML 2020): soft assignments to rectified prototypes with a
+    Laplacian term over each query's nearest query neighbours. Transductive.
+
+    Options (`method_options` in a config):
+    - `knn`: query neighbours in the Laplacian (default 3, easyfsl's knn=4)
+    - `lambda_regularization`: weight of the Laplacian term (default 0.7)
+    - `steps`: bound updates at most (default 20)
+    - `temperature`: sharpness of the rectification's pseudo-label weights (default 1)
+    - `tolerance`: relative change of the bound that stops an episode (default 1e-6)
+    """
+
+    name = "laplacian_shot"
     transductive = True
 
     def __init__(self, fusion: Fusion, knn: int = 3, lambda_regularization: float = 0.7, steps: int = 20,

@@ -15,13 +15,26 @@ import torch
 import torch.nn.functional as F
 
 from fsl.errors import FslError
-from fsl.methods.base import FewShotHead, inner_products
+from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion
+from fsl.methods.utils import inner_products, mean_prototypes
 
 INITS = ("zeros", "prototypes", "class_text")
 
 
 class LinearProbe(FewShotHead):
+    """Linear probe (Radford et al., ICML 2021; Tian et al., ECCV 2020): a logistic regression fitted
+    on each episode's support set, scikit-learn's objective, solved exactly in the support span.
+
+    Options (`method_options` in a config):
+    - `C`: inverse regularisation strength, as scikit-learn's (default 1)
+    - `max_iter`: Newton steps at most (default 20)
+    - `init`: zeros | prototypes | class_text: the weights the fit starts from and is pulled towards (default zeros)
+    - (`shared_space` is no option: fsl sets it from the encoder)
+    """
+
+    name = "linear_probe"
+    uses_class_names = True
     def __init__(self, fusion: Fusion, C: float = 1.0, max_iter: int = 20, init: str = "zeros",
                  shared_space: bool = False):
         super().__init__(fusion)
@@ -33,7 +46,7 @@ class LinearProbe(FewShotHead):
     def prior(self, support, support_labels, n_way, class_text) -> torch.Tensor | None:
         """W0 [E, N, D], the weights the fit starts from and is regularised towards (None: zeros)."""
         if self.init == "prototypes":
-            return self.prototypes(support, support_labels, n_way)
+            return mean_prototypes(support, support_labels, n_way)
         if self.init == "class_text":
             return F.normalize(self.class_features(class_text, self.shared_space), dim=-1)
         return None

@@ -18,11 +18,25 @@ import torch
 import torch.nn.functional as F
 
 from fsl.errors import FslError
-from fsl.methods.base import FewShotHead, check_positive
+from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion, ImageOnly
+from fsl.methods.utils import check_positive
 
 
 class LPPlusPlus(FewShotHead):
+    """LP++ (Huang et al., CVPR 2024): a linear probe whose class weights blend the visual
+    prototypes with the class-name text weights, the blend learned per class, with step sizes from
+    the data's Lipschitz constant; no hyper-parameter is searched.
+
+    Options (`method_options` in a config):
+    - `steps`: gradient steps (default 300)
+    - `alpha_every`: update the blend weights every this many steps (default 10)
+    - `momentum`: momentum of the gradient steps (default 0.9)
+    - (`shared_space` is no option: fsl sets it from the encoder)
+    """
+
+    name = "lp_plus_plus"
+    uses_class_names = True
     needs_class_text = True
 
     def __init__(self, fusion: Fusion, shared_space: bool = False, steps: int = 300, alpha_every: int = 10,

@@ -29,10 +29,26 @@ from torch.func import functional_call, grad, vmap
 from fsl.errors import FslError
 from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion
-from fsl.methods.protonet import make_projection
+from fsl.methods.utils import make_projection, mean_prototypes
 
 
 class MAML(FewShotHead):
+    """MAML (Finn et al., ICML 2017) and Proto-MAML (Triantafillou et al., ICLR 2020): a linear
+    classifier (on an optional body) adapted by gradient steps on each episode's support set, its
+    start meta-learned on base-class episodes.
+
+    Options (`method_options` in a config):
+    - `hidden`: width of a hidden layer in the adapted body, 0 for none (default 0)
+    - `inner_steps`: gradient steps on the support set (default 10)
+    - `inner_lr`: their learning rate (default 0.5)
+    - `first_order`: drop the second-order terms of the meta-gradient (default false)
+    - `init`: shared | prototypes: a meta-learned shared start, or Proto-MAML's prototype start (default shared)
+    - `projection`: none | diagonal | linear: a meta-trained map before the classifier (default none)
+    - `projection_dim`: output size of the linear projection (default: the fused feature size)
+    - `learn_scale`: meta-learn a logit scale (default false)
+    """
+
+    name = "maml"
     def __init__(self, fusion: Fusion, hidden: int = 0, inner_steps: int = 10, inner_lr: float = 0.5,
                  first_order: bool = False, init: str = "shared", projection: str = "none",
                  projection_dim: int | None = None, learn_scale: bool = False):
@@ -82,7 +98,7 @@ class MAML(FewShotHead):
 
     def adapted_logits(self, support, support_labels, query, n_way):
         if self.init == "prototypes":
-            prototypes = self.prototypes(support, support_labels, n_way)  # [E, N, D']
+            prototypes = mean_prototypes(support, support_labels, n_way)  # [E, N, D']
             starts = {"weight": 2 * prototypes, "bias": -prototypes.pow(2).sum(-1)}
 
             def one_episode(start, support, labels, query):

@@ -16,12 +16,26 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fsl.methods.base import FewShotHead, check_positive
+from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion
-from fsl.methods.protonet import squared_distances
+from fsl.methods.utils import check_positive, mean_prototypes, squared_distances
 
 
 class PTMAP(FewShotHead):
+    """PT-MAP (Hu, Gripon & Pateux, ICANN 2021): power-transformed features, then class centres
+    refined by Sinkhorn-balanced soft assignments of the queries. Transductive.
+
+    Options (`method_options` in a config):
+    - `steps`: centre updates (default 10)
+    - `lr`: step size of each centre update (default 0.2)
+    - `regularization`: entropic sharpness of the Sinkhorn assignments (default 10)
+    - `power`: exponent of the power transform (default 0.5)
+    - `normalize`: L2-normalise the features after the transform (default false)
+    - `sinkhorn_steps`: Sinkhorn iterations at most (default 1000)
+    - `tolerance`: Sinkhorn's stopping tolerance (default 1e-6)
+    """
+
+    name = "pt_map"
     transductive = True
 
     def __init__(self, fusion: Fusion, steps: int = 10, lr: float = 0.2, regularization: float = 10.0,
@@ -75,7 +89,7 @@ class PTMAP(FewShotHead):
 
     def classify(self, support, support_labels, query, n_way, class_text=None):
         support, query = support.double(), query.double()
-        prototypes = self.prototypes(support, support_labels, n_way)
+        prototypes = mean_prototypes(support, support_labels, n_way)
         support_assignments = F.one_hot(support_labels, n_way).to(support.dtype)
         features = torch.cat([support, query], 1)
         for _ in range(self.steps):

@@ -16,10 +16,17 @@ import torch.nn.functional as F
 from fsl.errors import FslError
 from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion
-from fsl.methods.protonet import squared_distances
+from fsl.methods.utils import mean_prototypes, squared_distances
 
 
 class SimpleShot(FewShotHead):
+    """SimpleShot (Wang et al., 2019): nearest class mean on centred, L2-normalised features.
+
+    Options (`method_options` in a config):
+    - `centering`: base | none: subtract the base classes' mean feature, or nothing (default base)
+    """
+
+    name = "simpleshot"
     def __init__(self, fusion: Fusion, centering: str = "base"):
         super().__init__(fusion)
         if centering not in ("base", "none"):
@@ -35,4 +42,4 @@ class SimpleShot(FewShotHead):
         return F.normalize(self.fusion(features - self.base_mean), dim=-1)
 
     def classify(self, support, support_labels, query, n_way, class_text=None):
-        return -squared_distances(query, self.prototypes(support, support_labels, n_way))  # [E, Q, N]
+        return -squared_distances(query, mean_prototypes(support, support_labels, n_way))  # [E, Q, N]

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fsl.methods.base import FewShotHead, check_positive
-from fsl.methods.bd_cspn import cosine
+from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion
+from fsl.methods.utils import check_positive, cosine, mean_prototypes
 
 
 def entropy(probabilities: torch.Tensor) -> torch.Tensor:
@@ -25,6 +25,19 @@ def entropy(probabilities: torch.Tensor) -> torch.Tensor:
 
 
 class TIM(FewShotHead):
+    """TIM (Boudiaf et al., NeurIPS 2020): prototypes fine-tuned per episode to maximise the mutual
+    information between queries and their predicted labels, plus support cross-entropy. Transductive.
+
+    Options (`method_options` in a config):
+    - `steps`: fine-tuning steps (default 50)
+    - `lr`: their learning rate (default 1e-4)
+    - `cross_entropy_weight`: weight of the support cross-entropy (default 1)
+    - `marginal_entropy_weight`: weight of the label-marginal entropy term (default 1)
+    - `conditional_entropy_weight`: weight of the queries' conditional entropy term (default 0.1)
+    - `temperature`: logit scale of the cosines (default 10)
+    """
+
+    name = "tim"
     transductive = True
 
     def __init__(self, fusion: Fusion, steps: int = 50, lr: float = 1e-4, cross_entropy_weight: float = 1.0,
@@ -40,7 +53,7 @@ class TIM(FewShotHead):
 
     def classify(self, support, support_labels, query, n_way, class_text=None):
         support, query = support.detach(), query.detach()
-        prototypes = self.prototypes(support, support_labels, n_way).requires_grad_()
+        prototypes = mean_prototypes(support, support_labels, n_way).requires_grad_()
         one_hot = F.one_hot(support_labels, n_way).to(support.dtype)
         optimizer = torch.optim.Adam([prototypes], lr=self.lr)
         ce_weight, marginal_weight, conditional_weight = self.weights

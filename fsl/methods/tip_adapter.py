@@ -21,13 +21,26 @@ import torch
 import torch.nn.functional as F
 
 from fsl.errors import FslError
-from fsl.methods.base import FewShotHead, check_positive
+from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion
-
-ZERO_SHOT_SCALE = 100.0  # CLIP's logit scale
+from fsl.methods.utils import ZERO_SHOT_SCALE, check_positive
 
 
 class TipAdapter(FewShotHead):
+    """Tip-Adapter and Tip-Adapter-F (Zhang et al., ECCV 2022): zero-shot logits plus a cache model
+    of the support features and labels; with `finetune`, the cache keys are fine-tuned on the support.
+
+    Options (`method_options` in a config):
+    - `alpha`: weight of the cache logits (default 1)
+    - `beta`: sharpness of the cache affinities exp(-beta (1 - cosine)) (default 5.5)
+    - `finetune`: fine-tune the cache keys on the support set, Tip-Adapter-F (default false)
+    - `steps`: fine-tuning steps (default 20)
+    - `lr`: fine-tuning learning rate (default 0.001)
+    - (`shared_space` is no option: fsl sets it from the encoder)
+    """
+
+    name = "tip_adapter"
+    uses_class_names = True
     needs_class_text = True
 
     def __init__(self, fusion: Fusion, alpha: float = 1.0, beta: float = 5.5, shared_space: bool = False,
