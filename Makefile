@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: setup quickstart test bench clean browser
+.PHONY: setup quickstart test lint format bench clean browser
 
 # pip prints a line per package, so there is a sign of life from the first second.
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -34,6 +34,15 @@ browser:
 
 test: setup browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+# ruff's linter and formatter, configured in pyproject.toml; CI runs `make lint` before the tests.
+lint: setup
+	$(BIN)/ruff check fsl tests benchmarks
+	$(BIN)/ruff format --check fsl tests benchmarks
+
+format: setup
+	$(BIN)/ruff check --fix fsl tests benchmarks
+	$(BIN)/ruff format fsl tests benchmarks
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py

@@ -80,9 +80,16 @@ class Session:
         self.call("load_examples", [None])
 
     def call(self, api_name: str, data: list) -> list:
-        joined = self.http.post("gradio_api/queue/join", json={
-            "data": data, "fn_index": self.fn[api_name], "session_hash": self.session_hash,
-            "event_data": None, "trigger_id": None})
+        joined = self.http.post(
+            "gradio_api/queue/join",
+            json={
+                "data": data,
+                "fn_index": self.fn[api_name],
+                "session_hash": self.session_hash,
+                "event_data": None,
+                "trigger_id": None,
+            },
+        )
         joined.raise_for_status()
         event_id = joined.json()["event_id"]
         with self.http.stream("GET", "gradio_api/queue/data", params={"session_hash": self.session_hash}) as events:
@@ -167,19 +174,24 @@ def main() -> None:
 
     p50, p95, p99 = np.percentile(latencies, [50, 95, 99]) if latencies else (float("nan"),) * 3
     ratio = p50 / idle
-    print(f"demo load test: {args.clients} clients on 127.0.0.1, {len(latencies) + len(errors)} predictions "
-          f"in {wall:.1f} s (limits: {args.requests} requests or {args.seconds:.0f} s)")
+    print(
+        f"demo load test: {args.clients} clients on 127.0.0.1, {len(latencies) + len(errors)} predictions "
+        f"in {wall:.1f} s (limits: {args.requests} requests or {args.seconds:.0f} s)"
+    )
     print(f"| {'measure':<32} | {'value':>12} |")
     print(f"|{'-' * 34}|{'-' * 14}|")
-    for name, value in [("one idle prediction (median)", f"{1000 * idle:.0f} ms"),
-                        ("throughput", f"{len(latencies) / wall:.1f} req/s"),
-                        ("p50 under load", f"{1000 * p50:.0f} ms"), ("p95 under load", f"{1000 * p95:.0f} ms"),
-                        ("p99 under load", f"{1000 * p99:.0f} ms"),
-                        ("p50 / idle (target <= 3.0)", f"{ratio:.2f}" + ("" if ratio <= P50_TARGET else " MISSED")),
-                        ("server CPU per prediction", f"{1000 * server_cpu / max(1, len(latencies)):.0f} ms"),
-                        ("client CPU per prediction", f"{1000 * client_cpu / max(1, len(latencies)):.0f} ms"),
-                        ("server RSS before -> after", f"{rss_before:.0f} -> {rss_after:.0f} MiB"),
-                        ("errors (target 0)", f"{len(errors)}" + ("" if not errors else " MISSED"))]:
+    for name, value in [
+        ("one idle prediction (median)", f"{1000 * idle:.0f} ms"),
+        ("throughput", f"{len(latencies) / wall:.1f} req/s"),
+        ("p50 under load", f"{1000 * p50:.0f} ms"),
+        ("p95 under load", f"{1000 * p95:.0f} ms"),
+        ("p99 under load", f"{1000 * p99:.0f} ms"),
+        ("p50 / idle (target <= 3.0)", f"{ratio:.2f}" + ("" if ratio <= P50_TARGET else " MISSED")),
+        ("server CPU per prediction", f"{1000 * server_cpu / max(1, len(latencies)):.0f} ms"),
+        ("client CPU per prediction", f"{1000 * client_cpu / max(1, len(latencies)):.0f} ms"),
+        ("server RSS before -> after", f"{rss_before:.0f} -> {rss_after:.0f} MiB"),
+        ("errors (target 0)", f"{len(errors)}" + ("" if not errors else " MISSED")),
+    ]:
         print(f"| {name:<32} | {value:>12} |")
     for error in errors[:5]:
         print(f"  error: {error}")

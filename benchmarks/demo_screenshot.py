@@ -44,12 +44,20 @@ def main() -> None:
         begin = time.perf_counter()
         predict(backend, categories, str(path), "")
         timings.append(time.perf_counter() - begin)
-    print(f"one prediction (photo in, confidences and 4 neighbours out): median "
-          f"{1000 * sorted(timings)[len(timings) // 2]:.0f} ms over {len(timings)}")
+    print(
+        f"one prediction (photo in, confidences and 4 neighbours out): median "
+        f"{1000 * sorted(timings)[len(timings) // 2]:.0f} ms over {len(timings)}"
+    )
 
-    message, again = drive_demo(url, sunglasses[:5], sunglasses[30], Path(args.out),
-                                backend.saved_root / ".zips" / "screenshot.zip", category="Sunglasses",
-                                set_name="screenshot")
+    message, again = drive_demo(
+        url,
+        sunglasses[:5],
+        sunglasses[30],
+        Path(args.out),
+        backend.saved_root / ".zips" / "screenshot.zip",
+        category="Sunglasses",
+        set_name="screenshot",
+    )
     print(f"browser: {message!r}; after saving and loading back: {again!r}; screenshot {args.out}")
     app.close()
 

@@ -52,10 +52,14 @@ def main() -> None:
     catalog = dataclasses.replace(full, products=full.products.head(args.products).reset_index(drop=True))
     encoder = create_encoder(args.encoder)
     files = ImageFiles(catalog.image_paths, encoder.image_transform)
-    pixels = [torch.stack([files[i] for i in range(start, min(start + args.batch_size, len(catalog)))])
-              for start in range(0, len(catalog), args.batch_size)]
-    print(f"{len(catalog)} real products, encoder {encoder.id}, batch {args.batch_size}, "
-          f"torch threads {torch.get_num_threads()}\n")
+    pixels = [
+        torch.stack([files[i] for i in range(start, min(start + args.batch_size, len(catalog)))])
+        for start in range(0, len(catalog), args.batch_size)
+    ]
+    print(
+        f"{len(catalog)} real products, encoder {encoder.id}, batch {args.batch_size}, "
+        f"torch threads {torch.get_num_threads()}\n"
+    )
 
     eager_speed, eager = forward_speed(encoder._embed_pixels, pixels)
     rows = [("eager PyTorch (float32)", eager_speed, 1.0)]
@@ -71,8 +75,7 @@ def main() -> None:
     for module in modules:
         module.to(memory_format=torch.contiguous_format)
 
-    speed, features = forward_speed(encoder._embed_pixels, pixels,
-                                    lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    speed, features = forward_speed(encoder._embed_pixels, pixels, lambda: torch.autocast("cpu", dtype=torch.bfloat16))
     rows.append(("bf16 autocast", speed, float((features * eager).sum(-1).min())))
 
     try:
@@ -82,8 +85,9 @@ def main() -> None:
             compiled(pixels[0])
         compile_seconds = time.perf_counter() - started
         speed, features = forward_speed(compiled, pixels)
-        rows.append((f"torch.compile (compiling took {compile_seconds:.0f} s)", speed,
-                     float((features * eager).sum(-1).min())))
+        rows.append(
+            (f"torch.compile (compiling took {compile_seconds:.0f} s)", speed, float((features * eager).sum(-1).min()))
+        )
     except Exception as error:  # no compiler, or an op it cannot compile: say so
         rows.append((f"torch.compile: failed ({type(error).__name__})", float("nan"), float("nan")))
 
@@ -110,15 +114,19 @@ def main() -> None:
 
     texts = catalog.texts() + catalog.texts(mask_column="articleType")  # what fsl embed encodes per product
     text_rows = []
-    for name, tower in (("eager (sentence-transformers)", encoder._embed_texts),
-                        ("ONNX Runtime (adopted by fsl)", encoder.text_runtime)):
+    for name, tower in (
+        ("eager (sentence-transformers)", encoder._embed_texts),
+        ("ONNX Runtime (adopted by fsl)", encoder.text_runtime),
+    ):
         if tower is None:
             text_rows.append((f"ONNX Runtime: {said}", float("nan"), float("nan")))
             continue
         with torch.inference_mode():
             tower(texts[:8])  # warm-up
             started = time.perf_counter()
-            features = F.normalize(torch.cat([tower(texts[i:i + 256]).float() for i in range(0, len(texts), 256)]), dim=-1)
+            features = F.normalize(
+                torch.cat([tower(texts[i : i + 256]).float() for i in range(0, len(texts), 256)]), dim=-1
+            )
         text_rows.append((name, len(texts) / (time.perf_counter() - started), features))
     eager_texts = text_rows[0][2]
     print(f"\n| {'text tower forward':52} | {'texts/s':>10} | {'x eager':>8} | {'min cosine':>10} |")
@@ -134,8 +142,10 @@ def main() -> None:
         started = time.perf_counter()
         embed_catalog(catalog, encoder, root, batch_size=args.batch_size, progress=False)
         warm = time.perf_counter() - started
-    print(f"fsl embed pipeline with it (decode + images + 2 text variants + writes): {pipeline:.1f} products/s "
-          f"= {pipeline / eager_speed:.2f}x the eager forward alone")
+    print(
+        f"fsl embed pipeline with it (decode + images + 2 text variants + writes): {pipeline:.1f} products/s "
+        f"= {pipeline / eager_speed:.2f}x the eager forward alone"
+    )
     print(f"warm store, second run: {warm:.3f} s for {len(catalog)} products (no encoding)")
 
 

@@ -45,34 +45,56 @@ if __name__ == "__main__":
     folder = episodes_dir_for(catalog, root)
     store, features, _ = experiment_head(config, catalog, episodes_root=root)
     near_duplicates = saved_near_duplicates(catalog, root)
-    split = ClassSplit(config.label_column, args.split, MIN_COUNT,
-                       read_csv(folder / f"{config.label_column}-seed{args.split}-split.csv"))
-    base = draw_episode_set("base-5w5s", catalog.products["id"].to_numpy(), catalog.labels(config.label_column),
-                            split, "base", catalog.fingerprint, 5, 5, 15, args.episodes, seed=12345,
-                            near_duplicates=near_duplicates)
+    split = ClassSplit(
+        config.label_column,
+        args.split,
+        MIN_COUNT,
+        read_csv(folder / f"{config.label_column}-seed{args.split}-split.csv"),
+    )
+    base = draw_episode_set(
+        "base-5w5s",
+        catalog.products["id"].to_numpy(),
+        catalog.labels(config.label_column),
+        split,
+        "base",
+        catalog.fingerprint,
+        5,
+        5,
+        15,
+        args.episodes,
+        seed=12345,
+        near_duplicates=near_duplicates,
+    )
     val = load_episode_set(config, catalog, "val-5w5s", root)
     print(f"MAML, never trained ({config.method_options}), split {args.split}: accuracy by fixed image weight")
-    print(f"{'image weight':>12}  {'base-5w5s accuracy':>19}  {'base query loss (outer)':>24}  "
-          f"{'val-5w5s accuracy':>18}  {'val query loss':>15}")
+    print(
+        f"{'image weight':>12}  {'base-5w5s accuracy':>19}  {'base query loss (outer)':>24}  "
+        f"{'val-5w5s accuracy':>18}  {'val query loss':>15}"
+    )
     for weight in WEIGHTS:
         fixed = dataclasses.replace(config, fusion="concat", fusion_options={"image_weight": weight})
         head = build_head(fixed, store)
         cells = []
         for episode_set in (base, val):
             episodes = episode_set.episodes
-            logits = torch.cat([chunk for _, _, chunk in episode_logits(head, features, store.ids, episodes, progress=False)])
+            logits = torch.cat(
+                [chunk for _, _, chunk in episode_logits(head, features, store.ids, episodes, progress=False)]
+            )
             targets = torch.as_tensor(episodes.query_labels).repeat(len(episodes))
             accuracy = (logits.argmax(-1) == torch.as_tensor(episodes.query_labels)).double().mean(-1).numpy()
             cells += [percent(*mean_ci(accuracy)), f"{F.cross_entropy(logits.flatten(0, 1), targets).item():.4f}"]
         print(f"{weight:>12}  {cells[0]:>19}  {cells[1]:>24}  {cells[2]:>18}  {cells[3]:>15}")
     try:
-        _, _, trained = experiment_head(load_config(TRAINED), catalog, episodes_root=root,
-                                        checkpoints_root=split_root("checkpoints", args.split))
+        _, _, trained = experiment_head(
+            load_config(TRAINED), catalog, episodes_root=root, checkpoints_root=split_root("checkpoints", args.split)
+        )
     except FslError as error:
         raise SystemExit(f"the trained gate: {error} (run `fsl train {TRAINED.name}`)") from None
     for name, episode_set in (("base-5w5s", base), ("val-5w5s", val)):
         rows = np.unique(store_rows(store.ids, episode_set.episodes.query))
         with torch.no_grad():
             gate = torch.sigmoid(trained.fusion.gate(torch.from_numpy(np.asarray(features[rows], dtype=np.float32))))
-        print(f"trained maml-fused-masked (split {args.split}): image weight on {name} queries "
-              f"{gate.mean():.4f} (min {gate.min():.4f}, max {gate.max():.4f})")
+        print(
+            f"trained maml-fused-masked (split {args.split}): image weight on {name} queries "
+            f"{gate.mean():.4f} (min {gate.min():.4f}, max {gate.max():.4f})"
+        )

@@ -12,6 +12,7 @@ NOT_BENCHMARKS = {"run_all.py", "update_readme.py"}
 if __name__ == "__main__":
     here = Path(__file__).parent
     BENCHMARKS = sorted(p.name for p in here.glob("*.py") if p.name not in NOT_BENCHMARKS)
-    failed = [name for name in BENCHMARKS
-              if subprocess.run([sys.executable, str(here / name), *sys.argv[1:]]).returncode != 0]
+    failed = [
+        name for name in BENCHMARKS if subprocess.run([sys.executable, str(here / name), *sys.argv[1:]]).returncode != 0
+    ]
     sys.exit(f"failed: {', '.join(failed)}" if failed else 0)

@@ -29,8 +29,9 @@ from fsl.store.open import open_store
 from fsl.store.rows import store_rows
 
 
-def ours(features: torch.Tensor, ids, labels, classes, n_episodes: int, batch: int = 256,
-         gram: bool = False) -> tuple[float, float]:
+def ours(
+    features: torch.Tensor, ids, labels, classes, n_episodes: int, batch: int = 256, gram: bool = False
+) -> tuple[float, float]:
     """Sample, gather, classify, score. The Gram matrix, made once per class split, is timed apart."""
     head = create_head("protonet", create_fusion("image", features.shape[1], 0))
     rows = np.arange(len(ids))  # sample store rows directly: ids -> rows is a one-off map per split
@@ -85,8 +86,9 @@ def easyfsl_run(features: torch.Tensor, label_ids: list[int], n_episodes: int) -
     return n_episodes / (time.perf_counter() - start), float(np.mean(correct))
 
 
-def easyfsl_on_frozen(features: np.ndarray, ids, episode_set: EpisodeSet, method: str = "PrototypicalNetworks",
-                      **options) -> np.ndarray:
+def easyfsl_on_frozen(
+    features: np.ndarray, ids, episode_set: EpisodeSet, method: str = "PrototypicalNetworks", **options
+) -> np.ndarray:
     """Per-episode accuracy of an easyfsl method (by class name, with its options) on our frozen episodes."""
     import contextlib
 
@@ -104,8 +106,14 @@ def easyfsl_on_frozen(features: np.ndarray, ids, episode_set: EpisodeSet, method
     return np.array(accuracy)
 
 
-def easyfsl_pipeline(features: np.ndarray, ids, labels: np.ndarray, episode_set: EpisodeSet,
-                     method: str = "PrototypicalNetworks", **options) -> np.ndarray:
+def easyfsl_pipeline(
+    features: np.ndarray,
+    ids,
+    labels: np.ndarray,
+    episode_set: EpisodeSet,
+    method: str = "PrototypicalNetworks",
+    **options,
+) -> np.ndarray:
     """Per-episode accuracy the way an easyfsl user evaluates on fixed tasks: its FeaturesDataset of
     pre-extracted features, a DataLoader whose batch sampler yields each frozen episode (a
     TaskSampler that replays our episodes instead of drawing), TaskSampler's episodic_collate_fn,
@@ -153,8 +161,12 @@ def learn2learn_run(features: torch.Tensor, label_ids: list[int], n_episodes: in
     except ImportError:
         return None
     dataset = l2l.data.MetaDataset(FeatureDataset(features, label_ids))
-    transforms = [l2l.data.transforms.NWays(dataset, 5), l2l.data.transforms.KShots(dataset, 20),
-                  l2l.data.transforms.LoadData(dataset), l2l.data.transforms.RemapLabels(dataset)]
+    transforms = [
+        l2l.data.transforms.NWays(dataset, 5),
+        l2l.data.transforms.KShots(dataset, 20),
+        l2l.data.transforms.LoadData(dataset),
+        l2l.data.transforms.RemapLabels(dataset),
+    ]
     tasks = l2l.data.TaskDataset(dataset, task_transforms=transforms, num_tasks=-1)
     start = time.perf_counter()
     for _ in range(n_episodes):
@@ -180,8 +192,10 @@ def main() -> None:
     ids = store.ids[in_novel]
     features = torch.from_numpy(np.ascontiguousarray(store.image[in_novel]))
     label_ids = [classes.index(c) for c in labels[in_novel]]
-    print(f"{len(ids)} products of {len(classes)} novel classes, {features.shape[1]}-d offline image features; "
-          f"5-way 5-shot 15-query, {args.episodes} episodes, torch threads = {torch.get_num_threads()}")
+    print(
+        f"{len(ids)} products of {len(classes)} novel classes, {features.shape[1]}-d offline image features; "
+        f"5-way 5-shot 15-query, {args.episodes} episodes, torch threads = {torch.get_num_threads()}"
+    )
 
     import torch.utils.data as tud
 
@@ -198,26 +212,40 @@ def main() -> None:
     l2l_speed = learn2learn_run(features, label_ids, args.episodes // 4)
 
     full = np.asarray(store.image)
-    frozen_ours = run_episodes(create_head("protonet", create_fusion("image", full.shape[1], 0)), full, store.ids, episode_set, progress=False)
+    frozen_ours = run_episodes(
+        create_head("protonet", create_fusion("image", full.shape[1], 0)), full, store.ids, episode_set, progress=False
+    )
     frozen_easy = easyfsl_on_frozen(full, store.ids, episode_set)
 
     print(f"\n{'pipeline':52s} {'episodes/s':>11s} {'ratio':>7s} {'accuracy':>9s}")
     print(f"{'fsl EpisodeSampler + ProtoNet, Gram form (batch 256)':52s} {our_speed:11.0f} {1.0:7.3f} {our_acc:9.4f}")
-    print(f"{'fsl EpisodeSampler + ProtoNet, contract (batch 32)':52s} {plain_speed:11.0f} {plain_speed / our_speed:7.3f} "
-          f"{plain_acc:9.4f}")
-    print(f"{'easyfsl TaskSampler + PrototypicalNetworks':52s} {easy_speed:11.0f} {easy_speed / our_speed:7.3f} "
-          f"{easy_acc:9.4f}")
+    print(
+        f"{'fsl EpisodeSampler + ProtoNet, contract (batch 32)':52s} {plain_speed:11.0f} "
+        f"{plain_speed / our_speed:7.3f} "
+        f"{plain_acc:9.4f}"
+    )
+    print(
+        f"{'easyfsl TaskSampler + PrototypicalNetworks':52s} {easy_speed:11.0f} {easy_speed / our_speed:7.3f} "
+        f"{easy_acc:9.4f}"
+    )
     if l2l_speed is None:
         print(f"{'learn2learn TaskDataset.sample()':52s} {'not installed (make setup builds it)':>11s}")
     else:
-        print(f"{'learn2learn TaskDataset.sample() (sampling only)':52s} {l2l_speed:11.0f} "
-              f"{l2l_speed / our_speed:7.3f}")
-    print(f"\nthe Gram matrix of the {len(ids)} novel products takes {gram_seconds:.2f} s once per split "
-          f"(= {gram_seconds * our_speed:.0f} episodes' time)")
-    print(f"ours / easyfsl speed: {our_speed / easy_speed:.1f}x in Gram form (target >= 30x), "
-          f"{plain_speed / easy_speed:.1f}x through the head contract (features gathered per episode)")
-    print(f"same {len(frozen_ours)} frozen episodes: ours {frozen_ours.mean():.4f}, easyfsl {frozen_easy.mean():.4f}, "
-          f"largest per-episode difference {np.abs(frozen_ours - frozen_easy).max():.4f}")
+        print(
+            f"{'learn2learn TaskDataset.sample() (sampling only)':52s} {l2l_speed:11.0f} {l2l_speed / our_speed:7.3f}"
+        )
+    print(
+        f"\nthe Gram matrix of the {len(ids)} novel products takes {gram_seconds:.2f} s once per split "
+        f"(= {gram_seconds * our_speed:.0f} episodes' time)"
+    )
+    print(
+        f"ours / easyfsl speed: {our_speed / easy_speed:.1f}x in Gram form (target >= 30x), "
+        f"{plain_speed / easy_speed:.1f}x through the head contract (features gathered per episode)"
+    )
+    print(
+        f"same {len(frozen_ours)} frozen episodes: ours {frozen_ours.mean():.4f}, easyfsl {frozen_easy.mean():.4f}, "
+        f"largest per-episode difference {np.abs(frozen_ours - frozen_easy).max():.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -47,9 +47,20 @@ def make_dump(root: Path, size: int, seed: int = 0):
     (root / "images").mkdir(parents=True)
     ids = np.arange(1, size + 1)
     labels = np.array([f"Class {i:02d}" for i in range(CLASSES)])[rng.integers(0, CLASSES, size)]
-    products = pd.DataFrame({"id": ids, "gender": "Unisex", "masterCategory": "Apparel", "subCategory": "Topwear",
-                             "articleType": labels, "baseColour": "Blue", "season": "Summer", "year": "2012",
-                             "usage": "Casual", "productDisplayName": [f"Product {i} {c}" for i, c in zip(ids, labels)]})
+    products = pd.DataFrame(
+        {
+            "id": ids,
+            "gender": "Unisex",
+            "masterCategory": "Apparel",
+            "subCategory": "Topwear",
+            "articleType": labels,
+            "baseColour": "Blue",
+            "season": "Summer",
+            "year": "2012",
+            "usage": "Casual",
+            "productDisplayName": [f"Product {i} {c}" for i, c in zip(ids, labels)],
+        }
+    )
     products.to_csv(root / "styles.csv", index=False)
     photo = next((REAL / "images").glob("*.jpg"), None) if (REAL / "images").is_dir() else None
     if photo is None:
@@ -69,13 +80,31 @@ def make_dump(root: Path, size: int, seed: int = 0):
         stats.append((info.st_size, info.st_mtime_ns))
         digests.append(digest)
     table = products.assign(image_path=[str(root / "images" / f"{i}.jpg") for i in ids])
-    table = table[["id", "image_path", "gender", "masterCategory", "subCategory", "articleType", "baseColour",
-                   "season", "usage", "year", "productDisplayName"]]
+    table = table[
+        [
+            "id",
+            "image_path",
+            "gender",
+            "masterCategory",
+            "subCategory",
+            "articleType",
+            "baseColour",
+            "season",
+            "usage",
+            "year",
+            "productDisplayName",
+        ]
+    ]
     from fsl.data.catalog import LABEL_COLUMNS, NAME_COLUMN, REPORT_COLUMNS
 
     table = table[["id", "image_path", *LABEL_COLUMNS, "year", NAME_COLUMN]]
-    catalog = Catalog(root, table, pd.DataFrame(columns=REPORT_COLUMNS), size,
-                      known_fingerprint=hashlib.sha256(f"synthetic-{size}-{seed}".encode()).hexdigest()[:16])
+    catalog = Catalog(
+        root,
+        table,
+        pd.DataFrame(columns=REPORT_COLUMNS),
+        size,
+        known_fingerprint=hashlib.sha256(f"synthetic-{size}-{seed}".encode()).hexdigest()[:16],
+    )
     save_prepared(catalog, stats, digests)
     return catalog
 
@@ -112,8 +141,9 @@ def make_store(catalog, store_root: Path, real_stores: Path, seed: int = 0):
     np.save(path / "ids.npy", catalog.products["id"].to_numpy(np.int64))
     for key, dim, part in (("image", image_dim, 0), ("text-plain", text_dim, 1)):
         with open(path / f"{key}.npy", "wb") as f:
-            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(DTYPE),
-                                                     "fortran_order": False, "shape": (size, dim)})
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": np.lib.format.dtype_to_descr(DTYPE), "fortran_order": False, "shape": (size, dim)}
+            )
             chunk_rng = np.random.default_rng(seed)  # the same source rows for both parts
             for start in range(0, size, 65_536):
                 n = min(65_536, size - start)
@@ -121,11 +151,20 @@ def make_store(catalog, store_root: Path, real_stores: Path, seed: int = 0):
                 block = real[part][rows] + rng.normal(0, 0.3 / math.sqrt(dim), (n, dim)).astype(np.float32)
                 block /= np.linalg.norm(block, axis=1, keepdims=True)
                 f.write(block.astype(DTYPE).tobytes())
-    manifest = {"version": STORE_VERSION, "encoder_id": "offline:synthetic", "catalog_fingerprint": catalog.fingerprint,
-                "catalog_root": str(catalog.root), "products": size, "chunk_size": size, "chunks": 1,
-                "image_dim": image_dim, "text_dim": text_dim, "dtype": DTYPE.str,
-                "text_variants": {"plain": {"template": "{productDisplayName}", "mask_column": None}},
-                "complete": True}
+    manifest = {
+        "version": STORE_VERSION,
+        "encoder_id": "offline:synthetic",
+        "catalog_fingerprint": catalog.fingerprint,
+        "catalog_root": str(catalog.root),
+        "products": size,
+        "chunk_size": size,
+        "chunks": 1,
+        "image_dim": image_dim,
+        "text_dim": text_dim,
+        "dtype": DTYPE.str,
+        "text_variants": {"plain": {"template": "{productDisplayName}", "mask_column": None}},
+        "complete": True,
+    }
     manifest["arrays"] = {key: _array_record(path / f"{key}.npy") for key in ("ids", "image", "text-plain")}
     write_json(path / "manifest.json", manifest)
     return path
@@ -155,11 +194,13 @@ def measure(size: int, work: Path, real_stores: Path) -> dict:
     store = FeatureStore.open(store_dir)
     out["open_store_s"] = time.perf_counter() - started
 
-    sampler = EpisodeSampler(catalog.products["id"].to_numpy(), catalog.labels(), sorted(set(catalog.labels())),
-                             5, 5, 15, seed=0)
+    sampler = EpisodeSampler(
+        catalog.products["id"].to_numpy(), catalog.labels(), sorted(set(catalog.labels())), 5, 5, 15, seed=0
+    )
     episode_set = EpisodeSet("scale-5w5s", sampler.sample(600), {})
-    head = create_head("protonet", create_fusion("concat", store.manifest["image_dim"], store.manifest["text_dim"],
-                                                 image_weight=0.7))
+    head = create_head(
+        "protonet", create_fusion("concat", store.manifest["image_dim"], store.manifest["text_dim"], image_weight=0.7)
+    )
     started = time.perf_counter()
     run_episodes(head, store_features(store), store.ids, episode_set, progress=False)
     out["eval_600_s"] = time.perf_counter() - started
@@ -190,18 +231,22 @@ def measure(size: int, work: Path, real_stores: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| products | open prepared catalog | open warm store | eval 600 eps (5w5s) | index | build | "
-             "search p50 / p95 | recall@10 | brute force p50 | peak memory |",
-             "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| products | open prepared catalog | open warm store | eval 600 eps (5w5s) | index | build | "
+        "search p50 / p95 | recall@10 | brute force p50 | peak memory |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         big = r["products"] >= 1_000_000
         open_mark = " MISSED" if big and r["open_catalog_s"] >= OPEN_TARGET_S else ""
         search_mark = " MISSED" if big and (r["search_p50_ms"] >= SEARCH_TARGET_MS) else ""
         recall_mark = " MISSED" if big and r["recall_at_10"] < RECALL_TARGET else ""
-        lines.append(f"| {r['products']:,} | {r['open_catalog_s']:.2f} s{open_mark} | {r['open_store_s']:.2f} s | "
-                     f"{r['eval_600_s']:.2f} s | {r['index_kind']} | {r['index_build_s']:.1f} s | "
-                     f"{r['search_p50_ms']:.1f} / {r['search_p95_ms']:.1f} ms{search_mark} | "
-                     f"{r['recall_at_10']:.3f}{recall_mark} | {r['exact_p50_ms']:.0f} ms | {r['peak_rss_gib']:.1f} GiB |")
+        lines.append(
+            f"| {r['products']:,} | {r['open_catalog_s']:.2f} s{open_mark} | {r['open_store_s']:.2f} s | "
+            f"{r['eval_600_s']:.2f} s | {r['index_kind']} | {r['index_build_s']:.1f} s | "
+            f"{r['search_p50_ms']:.1f} / {r['search_p95_ms']:.1f} ms{search_mark} | "
+            f"{r['recall_at_10']:.3f}{recall_mark} | {r['exact_p50_ms']:.0f} ms | {r['peak_rss_gib']:.1f} GiB |"
+        )
     return "\n".join(lines)
 
 
@@ -211,8 +256,9 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/fsl-scale", help="scratch folder (removed per size when done)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one size, print JSON
     args = parser.parse_args()
-    real_stores = Path(os.environ.get("FSL_SCALE_REAL_STORES")
-                       or Path(os.environ.get("FSL_CACHE", ROOT / ".fsl")) / "features")
+    real_stores = Path(
+        os.environ.get("FSL_SCALE_REAL_STORES") or Path(os.environ.get("FSL_CACHE", ROOT / ".fsl")) / "features"
+    )
     os.environ["FSL_SCALE_REAL_STORES"] = str(real_stores)
     os.environ["FSL_CACHE"] = str(Path(args.work) / "cache")  # the synthetic prepared catalogs go there
     if args.one:
@@ -220,8 +266,9 @@ def main() -> None:
         return
     rows = []
     for size in args.sizes:
-        done = subprocess.run([sys.executable, __file__, "--one", str(size), "--work", args.work],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--one", str(size), "--work", args.work], capture_output=True, text=True
+        )
         if done.returncode != 0:
             sys.exit(f"size {size} failed:\n{done.stderr[-3000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))

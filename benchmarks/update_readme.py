@@ -40,14 +40,31 @@ ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "protonet-image"
 # The README's headline: the best-known config of each head family with five-split results and no
 # training step, inductive first (a fixed list, not chosen on the test results it reports).
-HEADLINE = ("linear-probe-fused-masked", "gda-fused-masked", "protonet-fused-masked", "simpleshot-fused-masked",
-            "cosine-prototypes-fused-masked", "linear-probe-image", BASELINE, "bd-cspn-fused-masked",
-            "laplacian-shot-fused-masked", "tim-fused-masked", "pt-map-image")
-BLOCKS = {"headline": "README.md", "results": "docs/results.md", "calibration": "docs/calibration.md",
-          "robustness": "docs/robustness.md", "methods": "docs/methods.md"}
+HEADLINE = (
+    "linear-probe-fused-masked",
+    "gda-fused-masked",
+    "protonet-fused-masked",
+    "simpleshot-fused-masked",
+    "cosine-prototypes-fused-masked",
+    "linear-probe-image",
+    BASELINE,
+    "bd-cspn-fused-masked",
+    "laplacian-shot-fused-masked",
+    "tim-fused-masked",
+    "pt-map-image",
+)
+BLOCKS = {
+    "headline": "README.md",
+    "results": "docs/results.md",
+    "calibration": "docs/calibration.md",
+    "robustness": "docs/robustness.md",
+    "methods": "docs/methods.md",
+}
 
 
-TRANSDUCTIVE_HEADER = "| **transductive heads** (they see every query of an episode; compare them only with each other) |"
+TRANSDUCTIVE_HEADER = (
+    "| **transductive heads** (they see every query of an episode; compare them only with each other) |"
+)
 
 
 def kinds(frame) -> dict[str, bool]:
@@ -74,9 +91,12 @@ def markdown(catalog, frame) -> str:
     methods = kinds(frame)
 
     def accuracy(method):
-        return ["—" if (method, name) not in summary.index else
-                f"{100 * summary.at[(method, name), 'accuracy']:.1f} ± {100 * summary.at[(method, name), 'ci95']:.1f}"
-                for name in sets]
+        return [
+            "—"
+            if (method, name) not in summary.index
+            else f"{100 * summary.at[(method, name), 'accuracy']:.1f} ± {100 * summary.at[(method, name), 'ci95']:.1f}"
+            for name in sets
+        ]
 
     base = frame[frame["method"] == BASELINE]
 
@@ -85,8 +105,11 @@ def markdown(catalog, frame) -> str:
         for name in sets:
             a = group[group["episode_set"] == name].sort_values("episode")["accuracy"].to_numpy()
             b = base[base["episode_set"] == name].sort_values("episode")["accuracy"].to_numpy()
-            cells.append("—" if len(a) == 0 or len(a) != len(b) else "{:+.1f} ± {:.1f}".format(
-                *(100 * v for v in paired_difference(a, b))))
+            cells.append(
+                "—"
+                if len(a) == 0 or len(a) != len(b)
+                else "{:+.1f} ± {:.1f}".format(*(100 * v for v in paired_difference(a, b)))
+            )
         return cells
 
     header = [f"| experiment | {' | '.join(sets)} |", "|---|" + "---|" * len(sets)]
@@ -96,11 +119,16 @@ def markdown(catalog, frame) -> str:
     return "\n".join(lines)
 
 
-META_PAIRS = {"protonet-meta-image": "protonet-image", "protonet-meta-fused-masked": "protonet-fused-masked",
-              "protonet-meta-fused": "protonet-fused", "protonet-meta-text-masked": "protonet-text-masked",
-              "protonet-meta-text": "protonet-text", "maml-image": "maml-untrained-image",
-              "maml-fused-masked": "maml-untrained-fused-masked",
-              "proto-maml-fused-masked": "proto-maml-untrained-fused-masked"}  # meta-trained head: its untrained counterpart
+META_PAIRS = {
+    "protonet-meta-image": "protonet-image",
+    "protonet-meta-fused-masked": "protonet-fused-masked",
+    "protonet-meta-fused": "protonet-fused",
+    "protonet-meta-text-masked": "protonet-text-masked",
+    "protonet-meta-text": "protonet-text",
+    "maml-image": "maml-untrained-image",
+    "maml-fused-masked": "maml-untrained-fused-masked",
+    "proto-maml-fused-masked": "proto-maml-untrained-fused-masked",
+}  # meta-trained head: its untrained counterpart
 
 
 def across_markdown(frame) -> str:
@@ -117,22 +145,37 @@ def across_markdown(frame) -> str:
             return "—"
         mean, ci = 100 * table.at[(method, name), mean_key], 100 * table.at[(method, name), ci_key]
         if table.at[(method, name), "splits"] < most:
-            return f"{mean:{'+' if signed else ''}.1f} (split {int(frame[frame['method'] == method]['split'].iloc[0])} only)"
+            only = int(frame[frame["method"] == method]["split"].iloc[0])
+            return f"{mean:{'+' if signed else ''}.1f} (split {only} only)"
         return f"{mean:{'+' if signed else ''}.1f} ± {ci:.1f}"
 
     header = [f"| experiment | {' | '.join(sets)} |", "|---|" + "---|" * len(sets)]
     lines = header + rows_by_kind(methods, lambda m: [cell(m, n, "accuracy", "ci95") for n in sets], len(sets))
-    lines += ["", f"Paired difference against `{BASELINE}`, per split on the same episodes, then the mean over splits "
-              "± its t interval (points):", "", *header]
-    lines += rows_by_kind({m: t for m, t in methods.items() if m != BASELINE},
-                          lambda m: [cell(m, n, "difference", "difference_ci95", True) for n in sets], len(sets))
+    lines += [
+        "",
+        f"Paired difference against `{BASELINE}`, per split on the same episodes, then the mean over splits "
+        "± its t interval (points):",
+        "",
+        *header,
+    ]
+    lines += rows_by_kind(
+        {m: t for m, t in methods.items() if m != BASELINE},
+        lambda m: [cell(m, n, "difference", "difference_ci95", True) for n in sets],
+        len(sets),
+    )
     pairs = {a: b for a, b in META_PAIRS.items() if a in methods and b in methods}
     if pairs:
-        lines += ["", "Meta-trained minus untrained, the same way (points; above 0 with its interval: training pays):", "",
-                  *header]
+        lines += [
+            "",
+            "Meta-trained minus untrained, the same way (points; above 0 with its interval: training pays):",
+            "",
+            *header,
+        ]
         for trained, untrained in pairs.items():
             paired = across_splits(frame[frame["method"].isin([trained, untrained])], untrained).set_index(
-                ["method", "episode_set"])
+                ["method", "episode_set"]
+            )
+
             def difference(name):
                 if (trained, name) not in paired.index or pd.isna(paired.at[(trained, name), "difference"]):
                     return "—"
@@ -140,6 +183,7 @@ def across_markdown(frame) -> str:
                 if paired.at[(trained, name), "splits"] < most:
                     return f"{mean:+.1f} (split {int(frame[frame['method'] == trained]['split'].iloc[0])} only)"
                 return f"{mean:+.1f} ± {ci:.1f}"
+
             lines.append(f"| {trained} − {untrained} | " + " | ".join(difference(n) for n in sets) + " |")
     return "\n".join(lines)
 
@@ -157,19 +201,24 @@ def headline_markdown(frame) -> str:
             return "—"
         return f"{100 * table.at[(method, name), mean_key]:{signed}.1f} ± {100 * table.at[(method, name), ci_key]:.1f}"
 
-    lines = [f"Offline encoder; mean over {splits} class splits ± 95% t interval over the splits (%); the last "
-             f"column is the paired difference to `{BASELINE}` per split on the same episodes, combined the same way "
-             f"(points; {' / '.join(s.removeprefix('novel-') for s in sets)}). Every config is in "
-             "[docs/results.md](docs/results.md).", "",
-             f"| head config | {' | '.join(s.removeprefix('novel-') for s in sets)} | vs {BASELINE} |",
-             "|---|" + "---|" * (len(sets) + 1)]
+    lines = [
+        f"Offline encoder; mean over {splits} class splits ± 95% t interval over the splits (%); the last "
+        f"column is the paired difference to `{BASELINE}` per split on the same episodes, combined the same way "
+        f"(points; {' / '.join(s.removeprefix('novel-') for s in sets)}). Every config is in "
+        "[docs/results.md](docs/results.md).",
+        "",
+        f"| head config | {' | '.join(s.removeprefix('novel-') for s in sets)} | vs {BASELINE} |",
+        "|---|" + "---|" * (len(sets) + 1),
+    ]
     for method, transductive in kinds(frame).items():
         if method not in HEADLINE:
             continue
         name = f"{method} (transductive)" if transductive else method
         difference = " / ".join(cell(method, s, "difference", "difference_ci95", "+") for s in sets)
-        lines.append(f"| {name} | {' | '.join(cell(method, s, 'accuracy', 'ci95') for s in sets)} | "
-                     f"{'baseline' if method == BASELINE else difference} |")
+        lines.append(
+            f"| {name} | {' | '.join(cell(method, s, 'accuracy', 'ci95') for s in sets)} | "
+            f"{'baseline' if method == BASELINE else difference} |"
+        )
     return "\n".join(lines + ["", "![accuracy per head, split 0](docs/headline.png)"])
 
 
@@ -180,12 +229,24 @@ def methods_markdown(configs) -> str:
     for name, head in HEADS.items():
         doc = inspect.cleandoc(head.__doc__ or "")
         summary, _, options = doc.partition("Options (`method_options` in a config):")
-        traits = [trait for trait, on in (("transductive", head.transductive),
-                                          ("may read class names", head.uses_class_names)) if on]
+        traits = [
+            trait
+            for trait, on in (("transductive", head.transductive), ("may read class names", head.uses_class_names))
+            if on
+        ]
         used_by = sorted(c.name for c in configs if c.method == name)
-        lines += [f"### `{name}`{f' ({chr(44).join(traits)})' if traits else ''}", "", " ".join(summary.split()), "",
-                  "Options (`method_options`):", "", options.strip() or "none", "",
-                  f"Configs: {', '.join(f'`{c}`' for c in used_by) or 'none yet'}.", ""]
+        lines += [
+            f"### `{name}`{f' ({chr(44).join(traits)})' if traits else ''}",
+            "",
+            " ".join(summary.split()),
+            "",
+            "Options (`method_options`):",
+            "",
+            options.strip() or "none",
+            "",
+            f"Configs: {', '.join(f'`{c}`' for c in used_by) or 'none yet'}.",
+            "",
+        ]
     return "\n".join(lines).rstrip()
 
 
@@ -210,8 +271,9 @@ def shifted_markdown(frame) -> str:
         return out
 
     sets = [f"{name} (− {standard})" for name, standard in pairs.items()]
-    return "\n".join([f"| experiment | {' | '.join(sets)} |", "|---|" + "---|" * len(sets),
-                      *rows_by_kind(methods, cells, len(sets))])
+    return "\n".join(
+        [f"| experiment | {' | '.join(sets)} |", "|---|" + "---|" * len(sets), *rows_by_kind(methods, cells, len(sets))]
+    )
 
 
 def from_results(configs, folder: Path):
@@ -224,8 +286,10 @@ def from_results(configs, folder: Path):
         if config.train is not None:
             sources.append(ROOT / "checkpoints" / config.name / "best" / "head.safetensors")
         if not path.is_file() or any(not f.is_file() or path.stat().st_mtime < f.stat().st_mtime for f in sources):
-            raise FslError(f"{path} is missing or older than {' or '.join(map(str, sources))}: "
-                           "run `fsl eval experiments/*.yaml` (after `fsl train`) first")
+            raise FslError(
+                f"{path} is missing or older than {' or '.join(map(str, sources))}: "
+                "run `fsl eval experiments/*.yaml` (after `fsl train`) first"
+            )
         paths.append(path)
     encoders = {encoder_id(c.encoder.name, c.encoder.model, c.encoder.pretrained) for c in configs}
     return load_results(paths), sorted(encoders)
@@ -234,34 +298,45 @@ def from_results(configs, folder: Path):
 def calibration_markdown(folder: Path) -> str:
     """ECE before -> after on the novel sets, and the unknown rule on validation and novel classes."""
     from fsl.harness.calibration import Calibration
+
     calibrations = [Calibration.load(path) for path in sorted(folder.glob("*.json"))]
     if not calibrations:
         return "No calibration yet: run `fsl calibrate experiments/NAME.yaml`."
     from fsl.harness.calibration import REPORT_SETS
 
     sets = [name for name in REPORT_SETS if name in calibrations[0].novel]
-    lines = [f"Encoder: `{', '.join(sorted({c.encoder for c in calibrations}))}`. Temperature and threshold chosen on "
-             "validation classes (val-5w5s; open-set val-allway-5s: 5 classes taught, the 6th unknown, target "
-             f"{calibrations[0].false_accept:.0%} false accepts); figures on novel classes, 600 frozen episodes. "
-             "ECE: expected calibration error of the top answer, 15 bins, in points, raw softmax → calibrated. "
-             "Open set: novel-15w5s episodes with 5 classes taught and the queries of all 15 (10 classes unknown).",
-             "",
-             "| config | T | unknown below | " + " | ".join(f"ECE {s.removeprefix('novel-')}" for s in sets)
-             + " | AUROC val / novel | taught: right and answered (without the rule) | taught answered unknown"
-             " | untaught accepted (val / novel) |",
-             "|---" * (5 + len(sets) + 2) + "|"]
+    lines = [
+        f"Encoder: `{', '.join(sorted({c.encoder for c in calibrations}))}`. Temperature and threshold chosen on "
+        "validation classes (val-5w5s; open-set val-allway-5s: 5 classes taught, the 6th unknown, target "
+        f"{calibrations[0].false_accept:.0%} false accepts); figures on novel classes, 600 frozen episodes. "
+        "ECE: expected calibration error of the top answer, 15 bins, in points, raw softmax → calibrated. "
+        "Open set: novel-15w5s episodes with 5 classes taught and the queries of all 15 (10 classes unknown).",
+        "",
+        "| config | T | unknown below | "
+        + " | ".join(f"ECE {s.removeprefix('novel-')}" for s in sets)
+        + " | AUROC val / novel | taught: right and answered (without the rule) | taught answered unknown"
+        " | untaught accepted (val / novel) |",
+        "|---" * (5 + len(sets) + 2) + "|",
+    ]
     for c in calibrations:
         v, n = c.validation, next(f for name, f in c.novel.items() if "auroc" in f)
         ece = " | ".join(f"{100 * c.novel[s]['ece_before']:.1f} → {100 * c.novel[s]['ece_after']:.1f}" for s in sets)
-        lines.append(f"| {c.config} | {c.temperature:.3g} | {c.threshold:.0%} | {ece} | {v['auroc']:.3f} / {n['auroc']:.3f}"
-                     f" | {100 * n['known_accuracy']:.1f}% ({100 * n['known_accuracy_without_rule']:.1f}%)"
-                     f" | {100 * n['known_unknown_rate']:.1f}% | {100 * v['false_accept']:.0f}% / {100 * n['false_accept']:.1f}% |")
+        lines.append(
+            f"| {c.config} | {c.temperature:.3g} | {c.threshold:.0%} | {ece} | {v['auroc']:.3f} / {n['auroc']:.3f}"
+            f" | {100 * n['known_accuracy']:.1f}% ({100 * n['known_accuracy_without_rule']:.1f}%)"
+            f" | {100 * n['known_unknown_rate']:.1f}% | {100 * v['false_accept']:.0f}%"
+            f" / {100 * n['false_accept']:.1f}% |"
+        )
     return "\n".join(lines)
 
 
 def fill(text: str, name: str, block: str, target: Path) -> str:
-    updated, found = re.subn(rf"<!-- {name}:start -->\n.*?<!-- {name}:end -->",
-                             lambda m: f"<!-- {name}:start -->\n{block}\n<!-- {name}:end -->", text, flags=re.S)
+    updated, found = re.subn(
+        rf"<!-- {name}:start -->\n.*?<!-- {name}:end -->",
+        lambda m: f"<!-- {name}:start -->\n{block}\n<!-- {name}:end -->",
+        text,
+        flags=re.S,
+    )
     if not found:
         sys.exit(f"{target} has no <!-- {name}:start --> ... <!-- {name}:end --> block to fill")
     return updated
@@ -271,8 +346,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data")
     parser.add_argument("--results", help="use the per-episode CSVs `fsl eval` wrote here instead of re-running")
-    parser.add_argument("--only", nargs="+", choices=list(BLOCKS), default=list(BLOCKS), metavar="BLOCK",
-                        help=f"regenerate only these blocks ({', '.join(BLOCKS)}; default all)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(BLOCKS),
+        default=list(BLOCKS),
+        metavar="BLOCK",
+        help=f"regenerate only these blocks ({', '.join(BLOCKS)}; default all)",
+    )
     args = parser.parse_args()
     catalog = load_catalog(args.data)
     all_configs = [load_config(path) for path in sorted((ROOT / "experiments").glob("*.yaml"))]
@@ -291,8 +372,10 @@ def main() -> None:
             for config in configs:
                 results += run_experiment(config, catalog, ROOT / "episodes", progress=False, shifted=needs_all)
             frame, encoders = results_frame(results), sorted({r.hparams["encoder"] for r in results})
-        shifted = frame[frame["episode_set"].isin(list(SHIFTED_PAIRS) + list(SHIFTED_PAIRS.values()))
-                        & ~frame["episode_set"].isin(STANDARD_BENCHMARKS)]
+        shifted = frame[
+            frame["episode_set"].isin(list(SHIFTED_PAIRS) + list(SHIFTED_PAIRS.values()))
+            & ~frame["episode_set"].isin(STANDARD_BENCHMARKS)
+        ]
         frame = frame.drop(shifted.index)
         shifted_split0 = with_split(pd.concat([shifted, frame]))
         frame = with_split(frame)
@@ -308,7 +391,8 @@ def main() -> None:
                 f"Encoder: `{', '.join(encoders)}`. Accuracy in % on each shifted set, and in brackets its paired "
                 "difference (points, 95% CI) to the standard set it pairs with: the same 600 episodes with "
                 "re-rendered query photos; for the temporal set, the same support and classes with queries from "
-                "before 2012. Split 0.\n\n" + shifted_markdown(shifted_split0[shifted_split0["split"] == 0]))
+                "before 2012. Split 0.\n\n" + shifted_markdown(shifted_split0[shifted_split0["split"] == 0])
+            )
     for name, block in blocks.items():
         target = ROOT / BLOCKS[name]
         with atomic_path(target) as tmp:
@@ -319,14 +403,19 @@ def main() -> None:
 def results_markdown(catalog, frame, encoders) -> str:
     """docs/results.md's block: every config over the splits it ran on, then split 0 alone."""
     n_splits = frame["split"].nunique()
-    block = (f"Encoder: `{', '.join(encoders)}`; catalog `{catalog.fingerprint}` ({len(catalog)} products); "
-             f"600 frozen novel-class episodes per column and split, 15 queries per class. Accuracy in %.\n\n")
+    block = (
+        f"Encoder: `{', '.join(encoders)}`; catalog `{catalog.fingerprint}` ({len(catalog)} products); "
+        f"600 frozen novel-class episodes per column and split, 15 queries per class. Accuracy in %.\n\n"
+    )
     if n_splits > 1:
-        block += (f"**Over {n_splits} class splits** (`fsl episodes --split-seeds "
-                  f"{' '.join(str(s) for s in sorted(frame['split'].unique()))}`: the same fractions and "
-                  "stratification, other classes novel): the mean of the split means ± a 95% t interval over the "
-                  "splits, which shows how much the choice of novel classes moves a number.\n\n"
-                  + across_markdown(frame) + "\n\n**Split 0 alone** (mean ± 95% CI over its 600 episodes):\n\n")
+        block += (
+            f"**Over {n_splits} class splits** (`fsl episodes --split-seeds "
+            f"{' '.join(str(s) for s in sorted(frame['split'].unique()))}`: the same fractions and "
+            "stratification, other classes novel): the mean of the split means ± a 95% t interval over the "
+            "splits, which shows how much the choice of novel classes moves a number.\n\n"
+            + across_markdown(frame)
+            + "\n\n**Split 0 alone** (mean ± 95% CI over its 600 episodes):\n\n"
+        )
     first = frame[frame["split"] == 0]
     return block + markdown(catalog, first) + "\n\n![accuracy per method, split 0](results.png)"
 

@@ -1,6 +1,5 @@
 """YAML experiment configs into typed dataclasses; an unknown key is an error naming key and file."""
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -77,6 +76,7 @@ PATH_PARTS = {"name", "text_variant", "label_column", "val_episodes"}  # they be
 
 def _check_value(key: str, value: Any, source: str, where: str) -> None:
     """Numbers must be finite and in range; booleans are not numbers (YAML `true` is no batch size)."""
+
     def fail(expected: str):
         raise FslError(f"{source}: {where}{key} must be {expected}, got {value!r}")
 
@@ -188,7 +188,7 @@ def override(config: ExperimentConfig, assignments: list[tuple[str, Any]], sourc
             if target.get(part) is None:
                 target[part] = {}
             if not isinstance(target[part], dict):
-                raise FslError(f"{source} {key}=...: {'.'.join(parts[:depth + 1])} is not a section")
+                raise FslError(f"{source} {key}=...: {'.'.join(parts[: depth + 1])} is not a section")
             target = target[part]
         target[parts[-1]] = value
         if key != "name":

@@ -1,6 +1,5 @@
 """Safe file writes and reads: atomic replacement, spreadsheet-safe CSV cells, file-name checks."""
 
-
 from __future__ import annotations
 
 import errno
@@ -32,8 +31,10 @@ def check_writable_target(target: Path) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISLNK(info.st_mode):
-        raise FslError(f"{target} is a symbolic link; fsl writes only to regular files (remove the link "
-                       "or choose another output path)")
+        raise FslError(
+            f"{target} is a symbolic link; fsl writes only to regular files (remove the link "
+            "or choose another output path)"
+        )
     if not stat.S_ISREG(info.st_mode):
         kind = "folder" if stat.S_ISDIR(info.st_mode) else "device, FIFO or socket"
         raise FslError(f"{target} is a {kind}, not a regular file; choose another output path")
@@ -67,12 +68,18 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
 
 def disk_error(error: OSError, target: Path) -> Exception:
     """A write failure as a message: full disk and read-only folders are the user's to fix."""
-    reasons = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
-               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-               errno.EPERM: "permission denied"}
+    reasons = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is used up",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+    }
     if error.errno in reasons:
-        return FslError(f"cannot write {target}: {reasons[error.errno]}; nothing was left half-written. "
-                        "Free space or choose another folder, then run the command again")
+        return FslError(
+            f"cannot write {target}: {reasons[error.errno]}; nothing was left half-written. "
+            "Free space or choose another folder, then run the command again"
+        )
     return error
 
 
@@ -100,8 +107,10 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise FslError(f"{path}: the {what} cannot be read ({error}); it is damaged or not one of fsl's files. "
-                       "Remove it and run the command that writes it again") from None
+        raise FslError(
+            f"{path}: the {what} cannot be read ({error}); it is damaged or not one of fsl's files. "
+            "Remove it and run the command that writes it again"
+        ) from None
 
 
 def write_bytes(target: str | os.PathLike, payload: bytes) -> Path:
@@ -153,6 +162,8 @@ def read_csv(path: str | os.PathLike, **kwargs) -> pd.DataFrame:
 def safe_name(name: Any, what: str) -> str:
     """A name from a config or a user that becomes part of a path: no separators, no `..`."""
     if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or ".." in name:
-        raise FslError(f"{what} {name!r} cannot be used as a file name: use letters, digits and . _ + - "
-                       "(starting with a letter or digit, no '/' and no '..')")
+        raise FslError(
+            f"{what} {name!r} cannot be used as a file name: use letters, digits and . _ + - "
+            "(starting with a letter or digit, no '/' and no '..')"
+        )
     return name

@@ -42,14 +42,16 @@ def episodes_dir_for(catalog: HasFingerprint, root: str | os.PathLike = DEFAULT_
     return Path(root) / catalog.fingerprint
 
 
-def split_file(catalog: HasFingerprint, column: str, split_seed: int,
-               root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> Path:
+def split_file(
+    catalog: HasFingerprint, column: str, split_seed: int, root: str | os.PathLike = DEFAULT_EPISODES_DIR
+) -> Path:
     """The CSV of a class split (class, count, split, parent) under one split's episodes root."""
     return episodes_dir_for(catalog, root) / f"{column}-seed{split_seed}-split.csv"
 
 
-def episode_set_path(catalog: HasFingerprint, column: str, name: str,
-                     root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> Path:
+def episode_set_path(
+    catalog: HasFingerprint, column: str, name: str, root: str | os.PathLike = DEFAULT_EPISODES_DIR
+) -> Path:
     """A frozen episode set: `novel-5w5s` of articleType is articleType-novel-5w5s.npz."""
     return episodes_dir_for(catalog, root) / f"{column}-{name}.npz"
 
@@ -58,8 +60,9 @@ def near_duplicates_path(catalog: HasFingerprint, root: str | os.PathLike = DEFA
     return episodes_dir_for(catalog, root) / NEAR_DUPLICATES_FILE
 
 
-def available_splits(catalog: HasFingerprint, root: str | os.PathLike = DEFAULT_EPISODES_DIR,
-                     column: str = "articleType") -> list[int]:
+def available_splits(
+    catalog: HasFingerprint, root: str | os.PathLike = DEFAULT_EPISODES_DIR, column: str = "articleType"
+) -> list[int]:
     """The split seeds drawn for this catalog (`fsl episodes --split-seeds ...`), 0 first."""
     seeds = [0] if split_file(catalog, column, 0, root).is_file() else []
     for folder in sorted(Path(root).glob("split*")):

@@ -13,8 +13,15 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 ANSWERED = ("Best guess", "None of these")
 
 
-def drive_demo(url: str, teach_photos: list[Path], query_photo: Path, screenshot: Path,
-               saved_zip: Path, category: str = "My watches", set_name: str = "browser-set") -> tuple[str, str]:
+def drive_demo(
+    url: str,
+    teach_photos: list[Path],
+    query_photo: Path,
+    screenshot: Path,
+    saved_zip: Path,
+    category: str = "My watches",
+    set_name: str = "browser-set",
+) -> tuple[str, str]:
     """Returns the prediction messages the page showed before saving and after loading the saved zip
     (`saved_zip`: where the server writes the zip of `set_name`)."""
     from selenium import webdriver
@@ -25,20 +32,40 @@ def drive_demo(url: str, teach_photos: list[Path], query_photo: Path, screenshot
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--window-size=1400,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     wait = WebDriverWait(driver, 60)
     try:
         driver.get(url)
-        name = wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, "#category-name textarea, #category-name input")))
+        name = wait.until(
+            ready.element_to_be_clickable((By.CSS_SELECTOR, "#category-name textarea, #category-name input"))
+        )
         name.send_keys(category)
         driver.find_element(By.CSS_SELECTOR, "#example-photos input[type=file]").send_keys(
-            "\n".join(str(p) for p in teach_photos))
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#example-photos .file-preview-holder tr, "
-                                                                   "#example-photos tbody tr")) >= len(teach_photos))
+            "\n".join(str(p) for p in teach_photos)
+        )
+        wait.until(
+            lambda d: (
+                len(
+                    d.find_elements(
+                        By.CSS_SELECTOR, "#example-photos .file-preview-holder tr, #example-photos tbody tr"
+                    )
+                )
+                >= len(teach_photos)
+            )
+        )
         driver.find_element(By.ID, "teach-button").click()
         wait.until(ready.text_to_be_present_in_element((By.ID, "teach-status"), "Learned"))
         driver.find_element(By.ID, "examples-button").click()
@@ -67,7 +94,9 @@ def drive_demo(url: str, teach_photos: list[Path], query_photo: Path, screenshot
         driver.find_element(By.XPATH, "//button[@role='tab'][contains(., 'Teach')]").click()
         wait.until(ready.element_to_be_clickable((By.ID, "load-zip-button")))
         driver.find_element(By.CSS_SELECTOR, "#upload-zip input[type=file]").send_keys(str(saved_zip))
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upload-zip .file-preview-holder tr, #upload-zip tbody tr"))
+        wait.until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#upload-zip .file-preview-holder tr, #upload-zip tbody tr")
+        )
         driver.find_element(By.ID, "load-zip-button").click()
         wait.until(ready.text_to_be_present_in_element((By.ID, "teach-status"), "Loaded"))
 

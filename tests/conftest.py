@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub on CI: fail fast, never retry
-REAL_DATA = Path(os.environ.get("FSL_TEST_DATA", Path(__file__).resolve().parents[2] / "shared/data/fashion-product-images"))
+REAL_DATA = Path(
+    os.environ.get("FSL_TEST_DATA", Path(__file__).resolve().parents[2] / "shared/data/fashion-product-images")
+)
 
 
 def real_styles() -> pd.DataFrame:
@@ -68,7 +70,12 @@ def twelve_classes(tmp_path_factory):
     counts = real_styles()["articleType"].value_counts()
     catalog = load_catalog(make_slice(root / "dump", list(counts.index[:12]), 20))
     open_store(catalog, EncoderConfig("clip", "FSL-Tiny", "none"), root / "store")
-    draw_standard_episodes(catalog, root / "episodes", stratify=None, n_episodes=30, q_query=5,
-                           benchmarks={"val-2w5s": ("val", 2, 5), "novel-5w5s": ("novel", 5, 5),
-                                       "novel-allway-5s": ("novel", None, 5)})
+    draw_standard_episodes(
+        catalog,
+        root / "episodes",
+        stratify=None,
+        n_episodes=30,
+        q_query=5,
+        benchmarks={"val-2w5s": ("val", 2, 5), "novel-5w5s": ("novel", 5, 5), "novel-allway-5s": ("novel", None, 5)},
+    )
     return root, catalog

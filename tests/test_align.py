@@ -24,8 +24,15 @@ def aligned(twelve_classes, tmp_path_factory):
     real = fsl.harness.align.training_rows
     fsl.harness.align.training_rows = lambda labels, base: recorded.append(real(labels, base)) or recorded[-1]
     try:
-        summary = align(catalog, AlignConfig(name="tiny", dim=32, steps=120, batch_size=64, val_every=40),
-                        root / "offline-store", root / "episodes", out / "ckpt", out / "runs", progress=False)
+        summary = align(
+            catalog,
+            AlignConfig(name="tiny", dim=32, steps=120, batch_size=64, val_every=40),
+            root / "offline-store",
+            root / "episodes",
+            out / "ckpt",
+            out / "runs",
+            progress=False,
+        )
     finally:
         fsl.harness.align.training_rows = real
     return root, catalog, out, summary, recorded
@@ -111,12 +118,24 @@ def test_an_aligned_store_refuses_another_tower_or_split(aligned, tmp_path):
     write_json(other / "align.json", {**read_json(other / "align.json"), "towers": "clip:ViT-B-32:openai"})
     with pytest.raises(FslError, match="cannot be used with these features"):
         load_alignment(other)
-    config = ExperimentConfig(name="zs", method="zero_shot", fusion="image", episodes=("novel-5w5s",),
-                              encoder=EncoderConfig("aligned", pretrained=str(summary["folder"]), runtime="eager"))
+    config = ExperimentConfig(
+        name="zs",
+        method="zero_shot",
+        fusion="image",
+        episodes=("novel-5w5s",),
+        encoder=EncoderConfig("aligned", pretrained=str(summary["folder"]), runtime="eager"),
+    )
     (result,) = run_experiment(config, catalog, root / "episodes", root / "offline-store", progress=False)
     assert 0 <= result.accuracy.mean() <= 1  # zero-shot on photos runs: image and text share one space
-    draw_standard_episodes(catalog, tmp_path / "seed1", seed=1, stratify=None, n_episodes=5, q_query=5,
-                           benchmarks={"novel-5w5s": ("novel", 5, 5)})
+    draw_standard_episodes(
+        catalog,
+        tmp_path / "seed1",
+        seed=1,
+        stratify=None,
+        n_episodes=5,
+        q_query=5,
+        benchmarks={"novel-5w5s": ("novel", 5, 5)},
+    )
     with pytest.raises(FslError, match="aligned on the base classes of split seed 0"):
         run_experiment(dataclasses.replace(config), catalog, tmp_path / "seed1", root / "offline-store", progress=False)
 

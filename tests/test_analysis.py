@@ -14,8 +14,9 @@ TINY = EncoderConfig("clip", "FSL-Tiny", "none")
 
 
 def config(fusion: str = "image") -> ExperimentConfig:
-    return ExperimentConfig(name=f"proto-{fusion}", method="protonet", fusion=fusion,
-                            episodes=("novel-allway-5s",), encoder=TINY)
+    return ExperimentConfig(
+        name=f"proto-{fusion}", method="protonet", fusion=fusion, episodes=("novel-allway-5s",), encoder=TINY
+    )
 
 
 def test_per_class_accuracy_sums_back_and_confusion_rows_are_query_counts(twelve_classes):
@@ -32,13 +33,25 @@ def test_per_class_accuracy_sums_back_and_confusion_rows_are_query_counts(twelve
 
 
 def test_analyse_writes_pictures_and_tensorboard_figures_and_compare_shows_per_class_differences(
-        twelve_classes, tmp_path, capsys):
+    twelve_classes, tmp_path, capsys
+):
     root, _ = twelve_classes
-    common = ["--data", str(root / "dump"), "--episodes-dir", str(root / "episodes"), "--store-root",
-              str(root / "store"), "--results", str(tmp_path / "a"), "--runs", str(tmp_path / "runs")]
+    common = [
+        "--data",
+        str(root / "dump"),
+        "--episodes-dir",
+        str(root / "episodes"),
+        "--store-root",
+        str(root / "store"),
+        "--results",
+        str(tmp_path / "a"),
+        "--runs",
+        str(tmp_path / "runs"),
+    ]
     for fusion in ("image", "concat"):
         (tmp_path / f"proto-{fusion}.yaml").write_text(
-            f"method: protonet\nfusion: {fusion}\nencoder: {{name: clip, model: FSL-Tiny, pretrained: none}}\n")
+            f"method: protonet\nfusion: {fusion}\nencoder: {{name: clip, model: FSL-Tiny, pretrained: none}}\n"
+        )
         assert main(["analyse", str(tmp_path / f"proto-{fusion}.yaml"), *common, "--projector", "20"]) == 0
     for kind in ("per-class", "confusion", "confusions"):
         assert (tmp_path / "a/proto-image" / f"novel-allway-5s-{kind}.png").stat().st_size > 5000

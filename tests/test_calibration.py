@@ -54,8 +54,14 @@ def test_the_threshold_accepts_the_target_share_of_unknowns_and_auroc_ranks_them
 
 
 def test_open_set_episodes_teach_the_first_classes_and_keep_every_query():
-    episodes = Episodes(np.arange(24).reshape(2, 12), np.arange(100, 124).reshape(2, 12),
-                        np.array([[0, 1, 2, 3], [3, 2, 1, 0]]), n_way=4, k_shot=3, q_query=3)
+    episodes = Episodes(
+        np.arange(24).reshape(2, 12),
+        np.arange(100, 124).reshape(2, 12),
+        np.array([[0, 1, 2, 3], [3, 2, 1, 0]]),
+        n_way=4,
+        k_shot=3,
+        q_query=3,
+    )
     known, labels = open_set_episodes(episodes, 3)
     assert known.n_way == 3 and known.support.shape == (2, 9) and known.query.shape == (2, 12)
     assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, -1, -1, -1]
@@ -76,10 +82,17 @@ def open_set_slice(twelve_classes, tmp_path_factory):
     assert len(split.classes("val")) >= 4 and len(split.classes("novel")) >= 4
     out = episodes_dir_for(catalog, episodes_root)
     ids = catalog.products["id"].to_numpy()
-    for seed, (name, split_name, n_way) in enumerate([("val-3w5s", "val", 3), ("val-allway-5s", "val", None),
-                                                      ("novel-3w5s", "novel", 3), ("novel-allway-5s", "novel", None)]):
-        draw_episode_set(f"articleType-{name}", ids, catalog.labels(), split, split_name, catalog.fingerprint,
-                         n_way, 5, 5, 40, seed).save(out / f"articleType-{name}.npz")
+    for seed, (name, split_name, n_way) in enumerate(
+        [
+            ("val-3w5s", "val", 3),
+            ("val-allway-5s", "val", None),
+            ("novel-3w5s", "novel", 3),
+            ("novel-allway-5s", "novel", None),
+        ]
+    ):
+        draw_episode_set(
+            f"articleType-{name}", ids, catalog.labels(), split, split_name, catalog.fingerprint, n_way, 5, 5, 40, seed
+        ).save(out / f"articleType-{name}.npz")
     return root, catalog, episodes_root
 
 
@@ -98,10 +111,20 @@ def test_calibrate_reads_validation_classes_only_until_it_has_saved(open_set_sli
 
     monkeypatch.setattr(EpisodeSet, "load", classmethod(load))
     monkeypatch.setattr(Calibration, "save", lambda self, where: (events.append("saved"), real_save(self, where))[1])
-    config = ExperimentConfig(name="pn", method="protonet", fusion="image",
-                              encoder=EncoderConfig("clip", "FSL-Tiny", "none"))
-    calibration = calibrate(config, catalog, root / "store", root / "ckpt", episodes_root, tmp_path,
-                            temperature_set="val-3w5s", report_sets=("novel-3w5s",), open_novel_set="novel-allway-5s")
+    config = ExperimentConfig(
+        name="pn", method="protonet", fusion="image", encoder=EncoderConfig("clip", "FSL-Tiny", "none")
+    )
+    calibration = calibrate(
+        config,
+        catalog,
+        root / "store",
+        root / "ckpt",
+        episodes_root,
+        tmp_path,
+        temperature_set="val-3w5s",
+        report_sets=("novel-3w5s",),
+        open_novel_set="novel-allway-5s",
+    )
     first_save = events.index("saved")
     assert set(events[:first_save]) == {"val"} and "novel" in events[first_save:]
     assert calibration.validation["nll_after"] <= calibration.validation["nll_before"]

@@ -67,8 +67,9 @@ def test_text_of_a_row_with_an_empty_name_comes_from_other_fields(messy_dump):
 
 
 def test_masking_catches_plurals_hyphens_and_variants():
-    pattern = label_word_pattern(["Tshirts", "Casual Shoes", "Watches", "Flip Flops", "Perfume and Body Mist"],
-                                 other_values=["Casual", "Sports"])
+    pattern = label_word_pattern(
+        ["Tshirts", "Casual Shoes", "Watches", "Flip Flops", "Perfume and Body Mist"], other_values=["Casual", "Sports"]
+    )
     assert mask_label_words("Puma Men Grey T-shirt", pattern) == "Puma Men Grey [MASK]"
     assert mask_label_words("Nike Men Tshirts and Tees", pattern) == "Nike Men [MASK] and [MASK]"
     assert mask_label_words("Roadster Men T Shirt", pattern) == "Roadster Men [MASK]"
@@ -95,7 +96,9 @@ def test_fingerprint_follows_content(small_dump, tmp_path):
     assert load_catalog(copy).fingerprint == load_catalog(small_dump).fingerprint
     photo = sorted((copy / "images").glob("*.jpg"))[0]
     photo.write_bytes((sorted((copy / "images").glob("*.jpg"))[1]).read_bytes())
-    with pytest.raises(FslError, match=rf"changed since it was prepared \(1 photo\(s\) differ, e.g. {photo.name}\).*fsl prepare"):
+    with pytest.raises(
+        FslError, match=rf"changed since it was prepared \(1 photo\(s\) differ, e.g. {photo.name}\).*fsl prepare"
+    ):
         load_catalog(copy)
     assert load_catalog(copy, refresh=True).fingerprint != load_catalog(small_dump).fingerprint
 

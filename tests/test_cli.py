@@ -33,8 +33,9 @@ def test_prepare_prints_a_summary_and_writes_the_report(small_dump, tmp_path, ca
 
 def test_missing_data_is_a_message_not_a_traceback(tmp_path, monkeypatch):
     monkeypatch.delenv("FSL_DATA", raising=False)
-    done = subprocess.run([sys.executable, "-m", "fsl.cli", "prepare", "--data", str(tmp_path / "none")],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "fsl.cli", "prepare", "--data", str(tmp_path / "none")], capture_output=True, text=True
+    )
     assert done.returncode == 2
     assert "fsl prepare: error: No Fashion Product Images dump" in done.stderr
     assert "Traceback" not in done.stderr
@@ -58,13 +59,37 @@ def twelve_class_dump(tmp_path_factory):
 def test_episodes_eval_compare_end_to_end_and_reproducible(twelve_class_dump, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     data = ["--data", str(twelve_class_dump)]
-    draw = ["episodes", *data, "--stratify", "none", "--episodes", "50", "--queries", "10", "--out", "eps", "--encoder", "clip",
-            "--model", "FSL-Tiny", "--pretrained", "none", "--store-root", "store", "--near-duplicates", "0.9999"]
+    draw = [
+        "episodes",
+        *data,
+        "--stratify",
+        "none",
+        "--episodes",
+        "50",
+        "--queries",
+        "10",
+        "--out",
+        "eps",
+        "--encoder",
+        "clip",
+        "--model",
+        "FSL-Tiny",
+        "--pretrained",
+        "none",
+        "--store-root",
+        "store",
+        "--near-duplicates",
+        "0.9999",
+    ]
     assert main(draw) == 0
     assert "near-duplicate photos (image cosine >= 0.9999, clip:FSL-Tiny" in capsys.readouterr().out
     files = sorted((tmp_path / "eps").glob("*/*.npz"))
-    assert [f.name for f in files] == ["articleType-novel-5w1s.npz", "articleType-novel-5w5s.npz",
-                                      "articleType-novel-allway-5s.npz", "articleType-val-allway-5s.npz"]
+    assert [f.name for f in files] == [
+        "articleType-novel-5w1s.npz",
+        "articleType-novel-5w5s.npz",
+        "articleType-novel-allway-5s.npz",
+        "articleType-val-allway-5s.npz",
+    ]
     groups_file = files[0].parent / "near-duplicates.json"
     first = [f.read_bytes() for f in [*files, groups_file]]
     assert main(draw) == 0
@@ -78,8 +103,20 @@ def test_episodes_eval_compare_end_to_end_and_reproducible(twelve_class_dump, tm
     for fusion in ("image", "concat"):
         (tmp_path / f"tiny-{fusion}.yaml").write_text(TINY_CONFIG.format(fusion=fusion))
     capsys.readouterr()
-    run = ["eval", "tiny-image.yaml", "tiny-concat.yaml", *data, "--episodes-dir", "eps",
-           "--store-root", "store", "--results", "res", "--runs", "runs"]
+    run = [
+        "eval",
+        "tiny-image.yaml",
+        "tiny-concat.yaml",
+        *data,
+        "--episodes-dir",
+        "eps",
+        "--store-root",
+        "store",
+        "--results",
+        "res",
+        "--runs",
+        "runs",
+    ]
     assert main(run) == 0
     out = capsys.readouterr().out
     assert "tiny-image" in out and "tiny-concat" in out and "accuracy % (95% CI)" in out and " ± " in out
@@ -104,8 +141,13 @@ def test_quickstart_runs_end_to_end_on_the_sample_and_says_numbers_mean_nothing(
     monkeypatch.chdir(tmp_path)
     shutil.copytree(Path(__file__).resolve().parents[1] / "experiments", tmp_path / "experiments")
     env = {k: v for k, v in os.environ.items() if k != "FSL_DATA"}
-    done = subprocess.run([sys.executable, "-m", "fsl.cli", "quickstart"], capture_output=True, text=True,
-                          env={**env, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "fsl.cli", "quickstart"],
+        capture_output=True,
+        text=True,
+        env={**env, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("SYNTHETIC SAMPLE CATALOG") == 2
     results = pd.read_csv(tmp_path / "results/quickstart/results.csv")
@@ -127,19 +169,63 @@ def test_predict_classifies_a_folder_into_a_csv_and_reports_bad_files(small_dump
     (tmp_path / "texts.csv").write_text(f"file,text\n{photos[0].name},Puma Men Grey T-shirt\n")
     (tmp_path / "tiny.yaml").write_text(TINY_CONFIG.format(fusion="concat"))
     out = tmp_path / "predictions.csv"
-    assert main(["predict", "--config", str(tmp_path / "tiny.yaml"), "--data", str(small_dump), "--images",
-                 str(images), "--texts", str(tmp_path / "texts.csv"), "--out", str(out), "--top-k", "2",
-                 "--store-root", str(tmp_path / "store")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--config",
+                str(tmp_path / "tiny.yaml"),
+                "--data",
+                str(small_dump),
+                "--images",
+                str(images),
+                "--texts",
+                str(tmp_path / "texts.csv"),
+                "--out",
+                str(out),
+                "--top-k",
+                "2",
+                "--store-root",
+                str(tmp_path / "store"),
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(out, keep_default_na=False)
-    assert list(table.columns) == ["file", "answer", "label_1", "confidence_1", "label_2", "confidence_2",
-                                   "nearest_id", "nearest_label", "error"]
+    assert list(table.columns) == [
+        "file",
+        "answer",
+        "label_1",
+        "confidence_1",
+        "label_2",
+        "confidence_2",
+        "nearest_id",
+        "nearest_label",
+        "error",
+    ]
     assert table.loc[table["file"] == "broken.jpg", "error"].item().startswith("broken.jpg is not an image")
     good = table[table["file"] != "broken.jpg"]
     assert len(good) == 3 and set(good["label_1"]) <= {"Tshirts", "Watches", "Casual Shoes", "Handbags"}
     assert (good["confidence_1"] >= good["confidence_2"]).all()
     (tmp_path / "texts.csv").write_text("name,description\n")
-    assert main(["predict", "--config", str(tmp_path / "tiny.yaml"), "--data", str(small_dump), "--images",
-                 str(images), "--texts", str(tmp_path / "texts.csv"), "--store-root", str(tmp_path / "store")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--config",
+                str(tmp_path / "tiny.yaml"),
+                "--data",
+                str(small_dump),
+                "--images",
+                str(images),
+                "--texts",
+                str(tmp_path / "texts.csv"),
+                "--store-root",
+                str(tmp_path / "store"),
+            ]
+        )
+        == 2
+    )
     assert "needs the columns file,text" in capsys.readouterr().err
 
 

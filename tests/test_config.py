@@ -56,16 +56,21 @@ def test_set_overrides_a_dotted_key_with_its_type_and_renames_the_run(tmp_path):
     assert config.train.lr == 0.0001  # the original is untouched
 
 
-@pytest.mark.parametrize("assignment,message", [
-    ("trian.lr=1", "unknown key 'trian'"),
-    ("train.lrr=1", r"unknown key train\.'lrr'"),
-    ("batch_size=big", "batch_size must be a positive whole number, got 'big'"),
-    ("train.lr=-1", "train.lr must be a finite number > 0"),
-    ("episodes", "expected KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "assignment,message",
+    [
+        ("trian.lr=1", "unknown key 'trian'"),
+        ("train.lrr=1", r"unknown key train\.'lrr'"),
+        ("batch_size=big", "batch_size must be a positive whole number, got 'big'"),
+        ("train.lr=-1", "train.lr must be a finite number > 0"),
+        ("episodes", "expected KEY=VALUE"),
+    ],
+)
 def test_bad_set_keys_and_types_are_errors_naming_them(assignment, message, capsys):
     from fsl.cli.main import main
 
-    assert main(["eval", str(EXPERIMENTS / "protonet-meta-fused-masked.yaml"), "--set", assignment,
-                 "--data", "/nowhere"]) == 2
+    assert (
+        main(["eval", str(EXPERIMENTS / "protonet-meta-fused-masked.yaml"), "--set", assignment, "--data", "/nowhere"])
+        == 2
+    )
     assert re.search(message, capsys.readouterr().err)

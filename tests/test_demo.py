@@ -24,10 +24,18 @@ def backend(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("demo")
     catalog = load_catalog(make_slice(root / "dump", CLASSES, 12))
-    classifier = CatalogClassifier(catalog, None, str(EXPERIMENTS / "protonet-fused-masked.yaml"),
-                                   store_root=root / "store")
-    return make_backend(catalog, EncoderConfig("offline"), root / "store", root / "episodes", classifier,
-                        calibration_root=CALIBRATION, saved_root=root / "saved")
+    classifier = CatalogClassifier(
+        catalog, None, str(EXPERIMENTS / "protonet-fused-masked.yaml"), store_root=root / "store"
+    )
+    return make_backend(
+        catalog,
+        EncoderConfig("offline"),
+        root / "store",
+        root / "episodes",
+        classifier,
+        calibration_root=CALIBRATION,
+        saved_root=root / "saved",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +74,9 @@ def test_teach_three_categories_then_predict_held_out_photos(served):
     correct = total = 0
     for name in CLASSES:
         for path in photos(catalog, name)[5:9]:
-            _, label, status, neighbours = session.predict(gradio_client.handle_file(str(path)), "",
-                                                        TAUGHT, api_name="/predict")
+            _, label, status, neighbours = session.predict(
+                gradio_client.handle_file(str(path)), "", TAUGHT, api_name="/predict"
+            )
             correct += label["label"] == name
             total += 1
             assert len(label["confidences"]) == 3 and len(neighbours) == 4
@@ -118,8 +127,9 @@ def test_every_bad_input_gets_a_message(served, tmp_path):
     assert "Give the category a name" in teach(session, "", photos(catalog, "Watches")[:1])[0]
 
     teach(session, "Watches", photos(catalog, "Watches")[:2])
-    _, _, status, _ = session.predict(gradio_client.handle_file(str(photos(catalog, "Watches")[3])), "",
-                                   TAUGHT, api_name="/predict")
+    _, _, status, _ = session.predict(
+        gradio_client.handle_file(str(photos(catalog, "Watches")[3])), "", TAUGHT, api_name="/predict"
+    )
     assert "at least two categories" in status
     assert "already exists" in teach(session, "watches", photos(catalog, "Watches")[2:3])[0]
     teach(session, "Bags", photos(catalog, "Handbags")[:2])
@@ -166,8 +176,10 @@ def test_predictions_of_several_clients_run_side_by_side(served, backend, monkey
     monkeypatch.setattr(backend, "embed", slow_embed)
     answers = []
     photo = gradio_client.handle_file(str(photos(catalog, "Watches")[-1]))
-    threads = [threading.Thread(target=lambda s=s: answers.append(s.predict(photo, "", TAUGHT, api_name="/predict")))
-               for s in sessions]
+    threads = [
+        threading.Thread(target=lambda s=s: answers.append(s.predict(photo, "", TAUGHT, api_name="/predict")))
+        for s in sessions
+    ]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -198,8 +210,12 @@ def test_predict_among_the_catalog_classes_of_a_checkpoint(served):
     products = catalog.products.set_index("image_path")
     for name in CLASSES:
         photo = photos(catalog, name)[-1]
-        _, label, status, _ = session.predict(gradio_client.handle_file(str(photo)),
-                                              products.at[str(photo), "productDisplayName"], source, api_name="/predict")
+        _, label, status, _ = session.predict(
+            gradio_client.handle_file(str(photo)),
+            products.at[str(photo), "productDisplayName"],
+            source,
+            api_name="/predict",
+        )
         assert label["label"] == name and "protonet-fused-masked" in status and "offline" in status
     # a fused head without the product text would read a zero text half: refused, in words
     _, label, status, _ = session.predict(gradio_client.handle_file(str(photo)), "", source, api_name="/predict")
@@ -229,7 +245,11 @@ def test_saved_categories_load_back_from_the_server_and_from_the_zip_with_identi
 
     session.predict(api_name="/clear")
     status, table, *_ = session.predict("round-trip", api_name="/load_saved")
-    assert status.startswith("✅ Loaded 3 categories") and sorted(r[0] for r in table["data"]) == ["Bags", "Shoes", "Watches"]
+    assert status.startswith("✅ Loaded 3 categories") and sorted(r[0] for r in table["data"]) == [
+        "Bags",
+        "Shoes",
+        "Watches",
+    ]
     assert [r[1:] for r in sorted(table["data"])] == [[3, 0], [3, 0], [4, 1]]  # photos, texts per category
     assert [answer_of(session, q)[:2] for q in queries] == before
 
@@ -277,7 +297,9 @@ def test_bad_saves_and_loads_are_messages_and_change_nothing(served, backend, tm
     one = tmp_path / "one.zip"
     with zipfile.ZipFile(one, "w") as bundle:
         bundle.write(photos(catalog, "Watches")[0], "Watches/a.jpg")
-    assert "a choice needs at least two" in session.predict(gradio_client.handle_file(str(one)), api_name="/load_zip")[0]
+    assert (
+        "a choice needs at least two" in session.predict(gradio_client.handle_file(str(one)), api_name="/load_zip")[0]
+    )
     assert set(uploads.iterdir()) == before  # rejected uploads leave nothing behind
 
 

@@ -30,7 +30,9 @@ def test_a_repeated_text_is_encoded_once_and_lands_in_every_row_that_has_it(tiny
     original = tiny_clip._embed_texts
     tiny_clip._embed_texts = lambda batch: calls.append(list(batch)) or original(batch)
     try:
-        repeated = tiny_clip.encode_texts([texts[2], texts[0], texts[2], texts[1], texts[0]], batch_size=2, progress=False)
+        repeated = tiny_clip.encode_texts(
+            [texts[2], texts[0], texts[2], texts[1], texts[0]], batch_size=2, progress=False
+        )
     finally:
         tiny_clip._embed_texts = original
     assert sorted(t for batch in calls for t in batch) == sorted(texts[:3])
@@ -61,8 +63,10 @@ def test_clip_loads_a_local_checkpoint_file_through_pretrained(tiny_clip, small_
     for name, value in loaded.model.state_dict().items():
         torch.testing.assert_close(value, trained[name])
     paths = load_catalog(small_dump).image_paths[:2]
-    assert not np.allclose(loaded.encode_images(paths, num_workers=0, progress=False),
-                           tiny_clip.encode_images(paths, num_workers=0, progress=False))
+    assert not np.allclose(
+        loaded.encode_images(paths, num_workers=0, progress=False),
+        tiny_clip.encode_images(paths, num_workers=0, progress=False),
+    )
 
 
 def test_clip_without_weights_offline_fails_fast_and_says_how_to_pass_a_file(monkeypatch):
@@ -86,8 +90,9 @@ def test_offline_pair_embeds_real_photos_and_texts(offline_encoder, small_dump):
     _check_unit_vectors(texts, 4, 384)
     assert not any(p.requires_grad for p in offline_encoder.image_model.parameters())
     # Real pretrained text features: a paraphrase sits closer than an unrelated product.
-    a, b, c = offline_encoder.encode_texts(["men's blue denim jeans", "blue jeans for men", "gold wrist watch"],
-                                           progress=False)
+    a, b, c = offline_encoder.encode_texts(
+        ["men's blue denim jeans", "blue jeans for men", "gold wrist watch"], progress=False
+    )
     assert a @ b > a @ c + 0.2
 
 
@@ -112,7 +117,8 @@ def test_onnx_image_tower_agrees_with_eager_and_is_refused_when_it_does_not(smal
 
 
 def test_onnx_text_tower_agrees_with_eager_sentence_transformers_and_is_refused_when_it_does_not(
-        offline_encoder, small_dump, tmp_path, monkeypatch):
+    offline_encoder, small_dump, tmp_path, monkeypatch
+):
     import fsl.encoders.onnx as encoder_module
     from fsl.encoders.onnx import OnnxMismatch, OnnxTextTower
 

@@ -22,8 +22,12 @@ def toy_labels(n_classes: int = 30, per_class: int = 25, seed: int = 0) -> tuple
 def test_splits_are_disjoint_cover_eligible_classes_and_are_stratified():
     ids, labels, parents = toy_labels()
     rare = pd.Series(["rare"] * 5, name="articleType")
-    split = split_classes(pd.concat([labels, rare], ignore_index=True), min_count=20, seed=3,
-                          parents=pd.concat([parents, pd.Series(["parent0"] * 5)], ignore_index=True))
+    split = split_classes(
+        pd.concat([labels, rare], ignore_index=True),
+        min_count=20,
+        seed=3,
+        parents=pd.concat([parents, pd.Series(["parent0"] * 5)], ignore_index=True),
+    )
     base, val, novel = (set(split.classes(s)) for s in ("base", "val", "novel"))
     assert not (base & val or base & novel or val & novel)
     assert base | val | novel == set(labels)  # "rare" has too few examples
@@ -129,7 +133,10 @@ def test_committed_episode_sets_never_split_a_near_duplicate_group():
         group_of = dict(zip(catalog.ids, groups.group_index(catalog.ids)))
         for path in sorted(folder.glob("*.npz")):
             episode_set = EpisodeSet.load(path, catalog.fingerprint)
-            assert episode_set.meta["sampler_version"] == 2 and episode_set.meta["near_duplicates"]["sha256"] == groups.digest
+            assert (
+                episode_set.meta["sampler_version"] == 2
+                and episode_set.meta["near_duplicates"]["sha256"] == groups.digest
+            )
             support = np.vectorize(group_of.get)(episode_set.episodes.support)
             query = np.vectorize(group_of.get)(episode_set.episodes.query)
             assert not (query[:, :, None] == support[:, None, :]).any(), path
@@ -149,8 +156,10 @@ def test_grouped_sampler_never_puts_a_twin_of_the_support_among_the_queries():
     group_of = dict(zip(ids, groups))
 
     def split_pairs(episodes) -> int:
-        return sum(len({group_of[i] for i in episodes.support[e]} & {group_of[i] for i in episodes.query[e]})
-                   for e in range(len(episodes)))
+        return sum(
+            len({group_of[i] for i in episodes.support[e]} & {group_of[i] for i in episodes.query[e]})
+            for e in range(len(episodes))
+        )
 
     plain = EpisodeSampler(ids, labels, classes, n_way=5, k_shot=5, q_query=10, seed=3).sample(200)
     assert split_pairs(plain) > 100  # without grouping, twins land on both sides often
@@ -187,7 +196,9 @@ def test_too_many_twins_for_the_queries_is_an_error_naming_the_class():
     groups = np.arange(len(ids))
     crowded = ids[np.asarray(labels) == "class02"]
     groups[np.searchsorted(ids, crowded[:12])] = groups[np.searchsorted(ids, crowded[0])]  # 12 shots of one photo
-    with pytest.raises(FslError, match=rf"need 20 distinct photos per class .* too few in: class02 \({len(crowded) - 11}\)"):
+    with pytest.raises(
+        FslError, match=rf"need 20 distinct photos per class .* too few in: class02 \({len(crowded) - 11}\)"
+    ):
         EpisodeSampler(ids, labels, sorted(set(labels)), 5, 5, 15, seed=0, groups=groups)
     # split_classes counts distinct photos too: class02 is no longer eligible at 20
     assert "class02" in set(split_classes(labels, 20).table["class"])
@@ -228,4 +239,3 @@ def test_near_duplicate_groups_are_the_photos_above_the_threshold_and_round_trip
         NearDuplicates.load(path, "fp")
     with pytest.raises(FslError, match=r"image cosine in \(0, 1\]"):
         near_duplicate_groups(ids, features, "enc", "fp", threshold=1.5)
-

@@ -76,8 +76,9 @@ def test_each_batch_classifies_its_own_rows_in_the_reused_buffers(method):
     predictions = np.empty(episodes.query.shape, dtype=np.int64)
     run_episodes(head, features, ids, episode_set, batch_size=7, progress=False, predictions=predictions)  # 7 * 7 + 1
     for e in range(len(episodes)):
-        support, query = (torch.from_numpy(features[store_rows(ids, rows)])[None]
-                          for rows in (episodes.support[e], episodes.query[e]))
+        support, query = (
+            torch.from_numpy(features[store_rows(ids, rows)])[None] for rows in (episodes.support[e], episodes.query[e])
+        )
         alone = head(support, torch.as_tensor(episodes.support_labels)[None], query, episodes.n_way)
         np.testing.assert_array_equal(predictions[e], alone.argmax(-1)[0].numpy())
 
@@ -98,7 +99,9 @@ def test_tensorboard_event_files_read_back(tmp_path):
 
 
 def test_summary_and_plot(tmp_path):
-    frame = results_frame([EvalResult("a", "s1", np.array([0.5, 0.6]), {}), EvalResult("b", "s1", np.array([0.7, 0.9]), {})])
+    frame = results_frame(
+        [EvalResult("a", "s1", np.array([0.5, 0.6]), {}), EvalResult("b", "s1", np.array([0.7, 0.9]), {})]
+    )
     summary = summary_table(frame)
     assert list(summary["accuracy"].round(2)) == [0.55, 0.8]
     path = plot_summary(summary, tmp_path / "plot.png")

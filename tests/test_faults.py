@@ -34,8 +34,7 @@ TINY = ["--encoder", "clip", "--model", "FSL-Tiny", "--pretrained", "none"]
 @pytest.fixture()
 def store(tiny_clip, small_dump, tmp_path):
     catalog = load_catalog(small_dump)
-    return catalog, embed_catalog(catalog, tiny_clip, tmp_path / "store", chunk_size=16, num_workers=0,
-                                  progress=False)
+    return catalog, embed_catalog(catalog, tiny_clip, tmp_path / "store", chunk_size=16, num_workers=0, progress=False)
 
 
 def no_temp_files(folder: Path) -> bool:
@@ -44,8 +43,17 @@ def no_temp_files(folder: Path) -> bool:
 
 # The feature store -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("option,value", [("--chunk-size", "-5"), ("--chunk-size", "0"), ("--batch-size", "0"),
-                                          ("--batch-size", "true"), ("--workers", "-1")])
+
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("--chunk-size", "-5"),
+        ("--chunk-size", "0"),
+        ("--batch-size", "0"),
+        ("--batch-size", "true"),
+        ("--workers", "-1"),
+    ],
+)
 def test_bad_embed_options_stop_before_any_store_is_written(small_dump, tmp_path, capsys, option, value):
     with pytest.raises(SystemExit) as stop:
         main(["embed", "--data", str(small_dump), *TINY, "--store-root", str(tmp_path / "s"), option, value])
@@ -70,19 +78,36 @@ def test_a_second_writer_is_refused_naming_the_first(tiny_clip, small_dump, tmp_
 
 def test_concurrent_real_embeds_leave_one_correct_store(tiny_clip, small_dump, tmp_path):
     """Two `fsl embed` processes with different chunk sizes: one writes, the other is told why not."""
-    command = [sys.executable, "-m", "fsl.cli", "embed", "--data", str(small_dump), *TINY,
-               "--store-root", str(tmp_path), "--workers", "0", "--batch-size", "4"]
-    runs = [subprocess.Popen([*command, "--chunk-size", size], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for size in ("4", "7")]
+    command = [
+        sys.executable,
+        "-m",
+        "fsl.cli",
+        "embed",
+        "--data",
+        str(small_dump),
+        *TINY,
+        "--store-root",
+        str(tmp_path),
+        "--workers",
+        "0",
+        "--batch-size",
+        "4",
+    ]
+    runs = [
+        subprocess.Popen([*command, "--chunk-size", size], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for size in ("4", "7")
+    ]
     outcomes = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
     assert all("Traceback" not in err for _, err in outcomes)
     for code, err in outcomes:
         assert code == 0 or (code == 2 and "is being written by fsl embed" in err)
     catalog = load_catalog(small_dump)
-    store = FeatureStore.open(store_path(tmp_path, tiny_clip.id, catalog.fingerprint), tiny_clip.id,
-                              catalog.fingerprint, full_check=True)
-    np.testing.assert_allclose(store.image, tiny_clip.encode_images(catalog.image_paths, num_workers=0,
-                                                                    progress=False), atol=1e-5)
+    store = FeatureStore.open(
+        store_path(tmp_path, tiny_clip.id, catalog.fingerprint), tiny_clip.id, catalog.fingerprint, full_check=True
+    )
+    np.testing.assert_allclose(
+        store.image, tiny_clip.encode_images(catalog.image_paths, num_workers=0, progress=False), atol=1e-5
+    )
 
 
 def damage_manifest(path: Path) -> None:
@@ -114,13 +139,16 @@ def shuffle_ids(path: Path) -> None:
     (path / "manifest.json").write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize("damage,message", [
-    (damage_manifest, "feature store manifest cannot be read"),
-    (truncate_image, r"image.npy has \d+ bytes, the manifest says \d+ \(truncated"),
-    (remove_text, "text-plain.npy is missing"),
-    (flip_a_byte, "image.npy does not match its checksum"),
-    (shuffle_ids, "ids in increasing order"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (damage_manifest, "feature store manifest cannot be read"),
+        (truncate_image, r"image.npy has \d+ bytes, the manifest says \d+ \(truncated"),
+        (remove_text, "text-plain.npy is missing"),
+        (flip_a_byte, "image.npy does not match its checksum"),
+        (shuffle_ids, "ids in increasing order"),
+    ],
+)
 def test_a_damaged_store_is_refused_on_open_and_rebuilt_by_embed(store, tiny_clip, tmp_path, capsys, damage, message):
     catalog, good = store
     expected = np.array(good.image)
@@ -176,8 +204,11 @@ embed_catalog(load_catalog(dump), create_encoder("clip", model="FSL-Tiny", pretr
 def test_kill_9_mid_join_loses_nothing_and_the_next_run_completes(tiny_clip, small_dump, tmp_path):
     catalog = load_catalog(small_dump)
     flag, root = tmp_path / "joining", tmp_path / "store"
-    process = subprocess.Popen([sys.executable, "-c", KILLED_MID_JOIN, str(small_dump), str(root), str(flag)],
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED_MID_JOIN, str(small_dump), str(root), str(flag)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 180
     while not flag.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -192,8 +223,9 @@ def test_kill_9_mid_join_loses_nothing_and_the_next_run_completes(tiny_clip, sma
 
     store = embed_catalog(catalog, tiny_clip, root, chunk_size=8, num_workers=0, progress=False)
     assert no_temp_files(path) and not (path / "chunks").exists()
-    np.testing.assert_allclose(store.image, tiny_clip.encode_images(catalog.image_paths, num_workers=0,
-                                                                    progress=False), atol=1e-5)
+    np.testing.assert_allclose(
+        store.image, tiny_clip.encode_images(catalog.image_paths, num_workers=0, progress=False), atol=1e-5
+    )
 
 
 def test_full_disk_before_the_join_is_a_message_and_keeps_the_chunks(tiny_clip, small_dump, tmp_path, monkeypatch):
@@ -258,6 +290,7 @@ def test_read_only_disk_is_a_message(tmp_path, monkeypatch):
 
 # styles.csv ------------------------------------------------------------------------------------
 
+
 def crafted_dump(tmp_path: Path, small_dump: Path, rows: list[str]) -> Path:
     (tmp_path / "images").mkdir(parents=True)
     for photo in (small_dump / "images").glob("*.jpg"):
@@ -274,8 +307,11 @@ def real_rows(small_dump: Path, n: int) -> list[str]:
 def accounted(catalog) -> bool:
     skipped = catalog.report[catalog.report["action"] == "skipped"]
     lines = set(skipped["line"]) | set(catalog.products.get("line", []))
-    return len(catalog) + len(skipped) == catalog.data_rows and len(skipped) == len(set(skipped["line"])) \
+    return (
+        len(catalog) + len(skipped) == catalog.data_rows
+        and len(skipped) == len(set(skipped["line"]))
         and len(lines) <= catalog.data_rows
+    )
 
 
 def test_a_stray_quote_loses_no_other_row(small_dump, tmp_path):
@@ -289,13 +325,13 @@ def test_a_stray_quote_loses_no_other_row(small_dump, tmp_path):
 
 def test_formula_like_cells_are_reported_and_escaped_in_the_report(small_dump, tmp_path):
     rows = real_rows(small_dump, 5)
-    rows[1] = "=HYPERLINK(\"http://x\"),Men,Apparel,Topwear,Tshirts,Grey,Summer,2012,Casual,Bad"
+    rows[1] = '=HYPERLINK("http://x"),Men,Apparel,Topwear,Tshirts,Grey,Summer,2012,Casual,Bad'
     rows[2] = rows[2].replace("Puma Men", "=1+1 Puma Men")
     catalog = load_catalog(crafted_dump(tmp_path, small_dump, rows))
     assert len(catalog) == 4 and accounted(catalog)
     report = catalog.report
     assert report.loc[report["action"] == "skipped", "issue"].tolist() == ["id is not a whole number"]
-    saved = (tmp_path / "report.csv")
+    saved = tmp_path / "report.csv"
     catalog.save_report(saved)
     cells = pd.read_csv(saved, dtype=str)["id"].tolist()
     assert all(not cell.startswith(("=", "+", "-", "@")) for cell in cells)
@@ -310,11 +346,16 @@ def test_an_unquoted_comma_in_the_first_data_row_is_repaired(small_dump, tmp_pat
     assert catalog.report["issue"].tolist() == ["unquoted comma in productDisplayName"]
 
 
-@pytest.mark.parametrize("rows,message", [
-    ([], "has a header but no data rows"),
-    (["abc,Men,Apparel,Topwear,Tshirts,Grey,Summer,2012,Casual,x", "-1,Men,Apparel"],
-     r"none of the 2 rows of styles.csv is usable \(1 id is not a whole number, 1 too few fields\)"),
-])
+@pytest.mark.parametrize(
+    "rows,message",
+    [
+        ([], "has a header but no data rows"),
+        (
+            ["abc,Men,Apparel,Topwear,Tshirts,Grey,Summer,2012,Casual,x", "-1,Men,Apparel"],
+            r"none of the 2 rows of styles.csv is usable \(1 id is not a whole number, 1 too few fields\)",
+        ),
+    ],
+)
 def test_a_file_with_no_usable_row_is_a_message(small_dump, tmp_path, rows, message):
     with pytest.raises(FslError, match=message):
         load_catalog(crafted_dump(tmp_path, small_dump, rows))
@@ -337,6 +378,7 @@ def test_every_line_is_a_product_or_a_skipped_report_row(small_dump, tmp_path):
 
 # Training and checkpoints ----------------------------------------------------------------------
 
+
 def test_non_finite_learning_rates_are_config_errors(tmp_path):
     for lr in (".inf", ".nan", "-1", "0"):
         path = tmp_path / "bad.yaml"
@@ -345,14 +387,17 @@ def test_non_finite_learning_rates_are_config_errors(tmp_path):
             load_config(path)
 
 
-@pytest.mark.parametrize("text,message", [
-    ("batch_size: true\n", "batch_size must be a positive whole number, got True"),
-    ("name: ../../etc/evil\n", "cannot be used as a file name"),
-    ("name: /tmp/abs\n", "cannot be used as a file name"),
-    ("episodes: [../novel-5w1s]\n", "episodes entry '../novel-5w1s' cannot be used as a file name"),
-    ("method: maml\ntrain: {weight_decay: -1}\n", "train.weight_decay must be a finite number >= 0"),
-    ("method: maml\ntrain: {seed: -3}\n", "train.seed must be a whole number >= 0"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("batch_size: true\n", "batch_size must be a positive whole number, got True"),
+        ("name: ../../etc/evil\n", "cannot be used as a file name"),
+        ("name: /tmp/abs\n", "cannot be used as a file name"),
+        ("episodes: [../novel-5w1s]\n", "episodes entry '../novel-5w1s' cannot be used as a file name"),
+        ("method: maml\ntrain: {weight_decay: -1}\n", "train.weight_decay must be a finite number >= 0"),
+        ("method: maml\ntrain: {seed: -3}\n", "train.seed must be a whole number >= 0"),
+    ],
+)
 def test_config_values_that_would_mislead_or_escape_are_refused(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -389,6 +434,7 @@ def test_truncated_checkpoint_and_broken_sidecar_are_messages(tmp_path):
 
 # Writes ----------------------------------------------------------------------------------------
 
+
 def test_writes_refuse_fifos_devices_folders_and_symlinks(tmp_path):
     fifo = tmp_path / "pipe.csv"
     os.mkfifo(fifo)
@@ -397,8 +443,12 @@ def test_writes_refuse_fifos_devices_folders_and_symlinks(tmp_path):
     link = tmp_path / "link.csv"
     link.symlink_to(victim)
     frame = pd.DataFrame({"a": [1]})
-    for target, kind in ((fifo, "device, FIFO or socket"), (Path("/dev/null"), "device, FIFO or socket"),
-                         (tmp_path, "folder"), (link, "symbolic link")):
+    for target, kind in (
+        (fifo, "device, FIFO or socket"),
+        (Path("/dev/null"), "device, FIFO or socket"),
+        (tmp_path, "folder"),
+        (link, "symbolic link"),
+    ):
         with pytest.raises(FslError, match=kind):
             write_csv(frame, target)
     assert victim.read_text() == "keep me" and link.is_symlink() and fifo.exists()
@@ -417,8 +467,19 @@ def test_predict_escapes_file_names_and_refuses_a_fifo_output(small_dump, tmp_pa
     shutil.copy(next((small_dump / "images").glob("*.jpg")), photos / "=HYPERLINK(1).jpg")
     config = tmp_path / "tiny.yaml"
     config.write_text("method: protonet\nfusion: image\nencoder: {name: clip, model: FSL-Tiny, pretrained: none}\n")
-    common = ["predict", "--data", str(small_dump), "--config", str(config), "--images", str(photos),
-              "--store-root", str(tmp_path / "store"), "--shots", "2"]
+    common = [
+        "predict",
+        "--data",
+        str(small_dump),
+        "--config",
+        str(config),
+        "--images",
+        str(photos),
+        "--store-root",
+        str(tmp_path / "store"),
+        "--shots",
+        "2",
+    ]
     out = tmp_path / "p.csv"
     assert main([*common, "--out", str(out)]) == 0
     assert pd.read_csv(out, dtype=str)["file"].tolist() == ["'=HYPERLINK(1).jpg"]
@@ -428,19 +489,26 @@ def test_predict_escapes_file_names_and_refuses_a_fifo_output(small_dump, tmp_pa
     assert "not a regular file" in capsys.readouterr().err
 
     texts = tmp_path / "texts.csv"
-    texts.write_bytes(b"file,text\n\"unclosed,x\n")
+    texts.write_bytes(b'file,text\n"unclosed,x\n')
     assert main([*common, "--out", str(out), "--texts", str(texts)]) == 2
     assert "is not a readable CSV" in capsys.readouterr().err
 
 
 # Options and frozen episodes ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv", [
-    ["episodes", "--episodes", "0"], ["episodes", "--queries", "0"], ["episodes", "--seed", "-1"],
-    ["predict", "--config", "x.yaml", "--images", "x", "--top-k", "0"],
-    ["predict", "--config", "x.yaml", "--images", "x", "--shots", "-2"],
-    ["demo", "--port", "70000"], ["embed", "--chunk-size", "1.5"],
-])
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["episodes", "--episodes", "0"],
+        ["episodes", "--queries", "0"],
+        ["episodes", "--seed", "-1"],
+        ["predict", "--config", "x.yaml", "--images", "x", "--top-k", "0"],
+        ["predict", "--config", "x.yaml", "--images", "x", "--shots", "-2"],
+        ["demo", "--port", "70000"],
+        ["embed", "--chunk-size", "1.5"],
+    ],
+)
 def test_out_of_range_numbers_are_refused_by_name(argv, capsys):
     with pytest.raises(SystemExit) as stop:
         main(argv)
@@ -453,8 +521,9 @@ def six_classes(tmp_path_factory) -> Path:
     """20 real products of 6 articleTypes: a split of 2 base, 1 val, 3 novel classes."""
     from tests.conftest import make_slice
 
-    return make_slice(tmp_path_factory.mktemp("six"), ["Tshirts", "Watches", "Casual Shoes", "Handbags", "Shirts",
-                                                       "Sports Shoes"], 20)
+    return make_slice(
+        tmp_path_factory.mktemp("six"), ["Tshirts", "Watches", "Casual Shoes", "Handbags", "Shirts", "Sports Shoes"], 20
+    )
 
 
 def test_frozen_episodes_are_never_replaced_silently(six_classes, tmp_path, capsys):
@@ -479,8 +548,24 @@ def test_a_split_with_one_class_gets_no_one_way_episode_set(six_classes, tmp_pat
 
     with pytest.raises(FslError, match="at least 2 classes"):
         EpisodeSampler(np.arange(10), np.array(["a"] * 10), ["a"], None, 1, 1)
-    assert main(["episodes", "--data", str(dump), "--stratify", "none", "--out", str(tmp_path / "e"),
-                 "--episodes", "5", "--queries", "2"]) == 0
+    assert (
+        main(
+            [
+                "episodes",
+                "--data",
+                str(dump),
+                "--stratify",
+                "none",
+                "--out",
+                str(tmp_path / "e"),
+                "--episodes",
+                "5",
+                "--queries",
+                "2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "skipping" in out and "1 class(es)" in out
 

@@ -22,8 +22,9 @@ def test_store_round_trip_matches_the_encoder(tiny_clip, small_dump, tmp_path):
     store = embed_catalog(catalog, tiny_clip, tmp_path, chunk_size=16, num_workers=0, progress=False)
     assert list(store.ids) == catalog.ids
     assert isinstance(store.image, np.memmap)
-    np.testing.assert_allclose(store.image, tiny_clip.encode_images(catalog.image_paths, num_workers=0,
-                                                                    progress=False), atol=1e-5)
+    np.testing.assert_allclose(
+        store.image, tiny_clip.encode_images(catalog.image_paths, num_workers=0, progress=False), atol=1e-5
+    )
     masked = tiny_clip.encode_texts(catalog.texts(mask_column="articleType"), progress=False)
     np.testing.assert_allclose(store.text("masked-articleType"), masked, atol=1e-5)
     assert not (store.path / "chunks").exists()
@@ -78,9 +79,28 @@ def test_embed_resumes_after_being_killed_mid_run(tmp_path, tiny_clip):
     catalog = load_catalog(dump)
     root = tmp_path / "store"
     path = store_path(root, tiny_clip.id, catalog.fingerprint)
-    command = [sys.executable, "-m", "fsl.cli", "embed", "--data", str(dump), "--encoder", "clip",
-               "--model", "FSL-Tiny", "--pretrained", "none", "--store-root", str(root),
-               "--chunk-size", "8", "--batch-size", "8", "--workers", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "fsl.cli",
+        "embed",
+        "--data",
+        str(dump),
+        "--encoder",
+        "clip",
+        "--model",
+        "FSL-Tiny",
+        "--pretrained",
+        "none",
+        "--store-root",
+        str(root),
+        "--chunk-size",
+        "8",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -106,28 +126,54 @@ def test_embed_resumes_after_being_killed_mid_run(tmp_path, tiny_clip):
 
 def test_ranks_split_the_chunks_and_the_last_one_joins(tiny_clip, small_dump, tmp_path):
     catalog = load_catalog(small_dump)
-    assert embed_catalog(catalog, tiny_clip, tmp_path, chunk_size=8, num_workers=0, rank=0, world_size=2,
-                         progress=False) is None
+    assert (
+        embed_catalog(catalog, tiny_clip, tmp_path, chunk_size=8, num_workers=0, rank=0, world_size=2, progress=False)
+        is None
+    )
     path = store_path(tmp_path, tiny_clip.id, catalog.fingerprint)
     assert sorted(p.name for p in (path / "chunks").glob("*.npz")) == [f"chunk-{i:05d}.npz" for i in (0, 2, 4)]
-    store = embed_catalog(catalog, tiny_clip, tmp_path, chunk_size=8, num_workers=0, rank=1, world_size=2,
-                          progress=False)
+    store = embed_catalog(
+        catalog, tiny_clip, tmp_path, chunk_size=8, num_workers=0, rank=1, world_size=2, progress=False
+    )
     assert store is not None and store.image.shape == (len(catalog), tiny_clip.image_dim)
 
 
 def test_torchrun_with_two_processes_builds_the_store_one_process_builds(small_dump, tmp_path):
     """Ranks embed disjoint chunks, meet at a barrier, rank 0 joins: no second run, same store."""
-    common = [*("embed", "--data", str(small_dump), "--encoder", "clip", "--model", "FSL-Tiny"),
-              *("--pretrained", "none", "--workers", "0", "--chunk-size", "8", "--batch-size", "8")]
+    common = [
+        *("embed", "--data", str(small_dump), "--encoder", "clip", "--model", "FSL-Tiny"),
+        *("--pretrained", "none", "--workers", "0", "--chunk-size", "8", "--batch-size", "8"),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "FSL_CACHE": str(tmp_path / "cache")}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "fsl.cli", *common, "--store-root", str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True, timeout=600)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "fsl.cli",
+            *common,
+            "--store-root",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert "rank 1 of 2: its chunks are written; rank 0 joined the store" in two.stdout
     assert "40 products embedded" in two.stdout and "2 ranks" in two.stdout
-    one = subprocess.run([sys.executable, "-m", "fsl.cli", *common, "--store-root", str(tmp_path / "one")],
-                         env=env, capture_output=True, text=True, timeout=600)
+    one = subprocess.run(
+        [sys.executable, "-m", "fsl.cli", *common, "--store-root", str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     (two_path,), (one_path,) = (tmp_path / "two").iterdir(), (tmp_path / "one").iterdir()
     a, b = FeatureStore.open(two_path, full_check=True), FeatureStore.open(one_path, full_check=True)

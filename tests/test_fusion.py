@@ -22,8 +22,10 @@ def test_fusions_pick_and_weigh_the_right_columns():
     weighted = create_fusion("concat", 6, 4, image_weight=0.64)(features)
     torch.testing.assert_close(weighted, torch.cat([0.8 * image, 0.6 * text], -1))
     # the gate starts as plain concatenation, and learns (it has parameters)
-    torch.testing.assert_close(create_fusion("gate", 6, 4, image_weight=0.7)(features),
-                               create_fusion("concat", 6, 4, image_weight=0.7)(features))
+    torch.testing.assert_close(
+        create_fusion("gate", 6, 4, image_weight=0.7)(features),
+        create_fusion("concat", 6, 4, image_weight=0.7)(features),
+    )
     assert sum(p.numel() for p in create_fusion("gate", 6, 4).parameters()) > 0
     same_dims = create_fusion("weighted", 4, 4)
     torch.testing.assert_close(same_dims(torch.cat([text, 3 * text], -1)), 2 * text)

@@ -58,7 +58,7 @@ def test_above_the_exact_limit_an_ivf_index_reaches_the_recall_it_reports(store,
     assert recall_at_k(found, exact_neighbours(store, queries, 0.7)) >= 0.9
     query = index.query(np.asarray(store.image[3]), None)
     assert query[: store.image.shape[1]] @ query[: store.image.shape[1]] == pytest.approx(0.7, rel=1e-5)
-    assert not query[store.image.shape[1]:].any() and math.isclose(np.linalg.norm(query), math.sqrt(0.7), rel_tol=1e-5)
+    assert not query[store.image.shape[1] :].any() and math.isclose(np.linalg.norm(query), math.sqrt(0.7), rel_tol=1e-5)
 
 
 def test_a_saved_index_is_reused_and_rebuilt_when_its_store_changed(store, tmp_path, monkeypatch):
@@ -72,7 +72,9 @@ def test_a_saved_index_is_reused_and_rebuilt_when_its_store_changed(store, tmp_p
     real_build = fsl.apps.index.build_index
     monkeypatch.setattr(fsl.apps.index, "build_index", lambda *a, **k: built.append(1) or real_build(*a, **k))
     again = open_index(store, 0.7, tmp_path)
-    assert built == [] and again.nearest(np.asarray(store.image[0]), None, 5) == first.nearest(np.asarray(store.image[0]), None, 5)
+    assert built == [] and again.nearest(np.asarray(store.image[0]), None, 5) == first.nearest(
+        np.asarray(store.image[0]), None, 5
+    )
     sidecar = index_path(store, 0.7, tmp_path).with_suffix(".json")
     meta = read_json(sidecar)
     write_json(sidecar, {**meta, "source": {"image": "another store"}})

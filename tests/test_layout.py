@@ -11,8 +11,20 @@ import networkx as nx
 PACKAGE = Path(__file__).resolve().parent.parent / "fsl"
 
 # The data flow of docs/design.md, bottom to top: a module may import from its own layer or below.
-LAYERS = ["errors", "paths", "files", "config", "data", "encoders", "store", "episodes", "methods", "harness",
-          "apps", "cli"]
+LAYERS = [
+    "errors",
+    "paths",
+    "files",
+    "config",
+    "data",
+    "encoders",
+    "store",
+    "episodes",
+    "methods",
+    "harness",
+    "apps",
+    "cli",
+]
 
 
 def module_name(path: Path) -> str:
@@ -86,4 +98,5 @@ def test_heads_depend_on_torch_and_their_fusion_only():
     graph, _ = package_graph()
     reached = nx.descendants(graph, "fsl.methods")
     assert reached <= {"fsl.errors"} | {module for module in graph if module.startswith("fsl.methods.")}, (
-        f"importing the heads loads {sorted(reached)}")
+        f"importing the heads loads {sorted(reached)}"
+    )

@@ -22,9 +22,11 @@ def toy_episodes(n_episodes=8, n_way=5, k_shot=3, q_query=6, noise=0.3, seed=0, 
     centres = torch.randn(n_episodes, n_way, IMAGE_DIM + TEXT_DIM, generator=g)
     if not text_signal:
         centres[..., IMAGE_DIM:] = 0
+
     def draw(k):
         points = centres.repeat_interleave(k, dim=1)
         return points + noise * torch.randn(points.shape, generator=g)
+
     support_labels = torch.arange(n_way).repeat_interleave(k_shot).expand(n_episodes, -1)
     query_labels = torch.arange(n_way).repeat_interleave(q_query)
     return draw(k_shot), support_labels, draw(q_query), query_labels
@@ -34,14 +36,25 @@ def accuracy(logits, query_labels):
     return (logits.argmax(-1) == query_labels).float().mean().item()
 
 
-@pytest.mark.parametrize("method,options", [
-    ("protonet", {}), ("protonet", {"projection": "diagonal"}), ("protonet", {"projection": "linear", "projection_dim": 6}),
-    ("linear_probe", {}),
-    ("linear_probe", {"init": "prototypes"}), ("maml", {"inner_steps": 5}), ("maml", {"hidden": 16}),
-    ("maml", {"init": "prototypes", "projection": "diagonal"}),
-    ("simpleshot", {}), ("simpleshot", {"centering": "none"}), ("gda", {}),
-    ("bd_cspn", {}), ("pt_map", {"normalize": True}), ("cosine_prototypes", {}),
-])
+@pytest.mark.parametrize(
+    "method,options",
+    [
+        ("protonet", {}),
+        ("protonet", {"projection": "diagonal"}),
+        ("protonet", {"projection": "linear", "projection_dim": 6}),
+        ("linear_probe", {}),
+        ("linear_probe", {"init": "prototypes"}),
+        ("maml", {"inner_steps": 5}),
+        ("maml", {"hidden": 16}),
+        ("maml", {"init": "prototypes", "projection": "diagonal"}),
+        ("simpleshot", {}),
+        ("simpleshot", {"centering": "none"}),
+        ("gda", {}),
+        ("bd_cspn", {}),
+        ("pt_map", {"normalize": True}),
+        ("cosine_prototypes", {}),
+    ],
+)
 @pytest.mark.parametrize("fusion", ["image", "concat"])
 def test_each_head_learns_a_separable_toy_task(method, options, fusion):
     torch.manual_seed(0)
@@ -88,7 +101,9 @@ def test_linear_probe_refits_in_float64_an_episode_float32_cannot_converge(monke
     prior = torch.zeros(3, support.shape[1], 3)
     dtypes = []
     newton = linear_probe.newton
-    monkeypatch.setattr(linear_probe, "newton", lambda features, *a: dtypes.append(features.dtype) or newton(features, *a))
+    monkeypatch.setattr(
+        linear_probe, "newton", lambda features, *a: dtypes.append(features.dtype) or newton(features, *a)
+    )
     loose = linear_probe.fit_logistic(coordinates, prior, labels, 3, 1.0, 50)
     assert dtypes == [torch.float32]  # sklearn's tolerance: float32 gets there
     tight = linear_probe.fit_logistic(coordinates, prior, labels, 3, 1.0, 50, tolerance=1e-10)  # below float32's reach
@@ -104,8 +119,9 @@ def test_protonet_gram_form_gives_the_same_logits():
     head = create_head("protonet", create_fusion("image", 16, 0))
     labels = torch.arange(5).repeat_interleave(3).view(1, 15)
     expected = head(features[support_rows], labels, features[query_rows], 5)
-    torch.testing.assert_close(ProtoNet.logits_from_gram(features @ features.T, support_rows, query_rows, 5),
-                               expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        ProtoNet.logits_from_gram(features @ features.T, support_rows, query_rows, 5), expected, atol=1e-5, rtol=1e-5
+    )
 
 
 def _maml_meta_gradient(first_order: bool, hidden: int):
@@ -143,8 +159,10 @@ def test_maml_meta_gradient_matches_higher(first_order, hidden):
     head, support, labels, query, query_labels, ours = _maml_meta_gradient(first_order, hidden)
     model = ExpandedLinear(head, 3)
     inner = torch.optim.SGD(model.parameters(), lr=0.4)
-    with higher.innerloop_ctx(model, inner, copy_initial_weights=False,
-                              track_higher_grads=not first_order) as (fmodel, diffopt):
+    with higher.innerloop_ctx(model, inner, copy_initial_weights=False, track_higher_grads=not first_order) as (
+        fmodel,
+        diffopt,
+    ):
         for _ in range(3):
             diffopt.step(F.cross_entropy(fmodel(support), labels))
         loss = F.cross_entropy(fmodel(query), query_labels)
@@ -203,10 +221,17 @@ def test_simpleshot_centres_on_the_mean_of_base_class_products_only(twelve_class
     from fsl.paths import episodes_dir_for
 
     root, catalog = twelve_classes
-    config = ExperimentConfig(name="ss", method="simpleshot", fusion="concat", episodes=("novel-5w5s",),
-                              encoder=EncoderConfig("clip", "FSL-Tiny", "none"))
+    config = ExperimentConfig(
+        name="ss",
+        method="simpleshot",
+        fusion="concat",
+        episodes=("novel-5w5s",),
+        encoder=EncoderConfig("clip", "FSL-Tiny", "none"),
+    )
     store, features, head = experiment_head(config, catalog, root / "store", root / "ckpt", root / "episodes")
-    seed = EpisodeSet.load(episodes_dir_for(catalog, root / "episodes") / "articleType-novel-5w5s.npz").meta["split_seed"]
+    seed = EpisodeSet.load(episodes_dir_for(catalog, root / "episodes") / "articleType-novel-5w5s.npz").meta[
+        "split_seed"
+    ]
     split = read_csv(episodes_dir_for(catalog, root / "episodes") / f"articleType-seed{seed}-split.csv")
     base = catalog.labels().isin(split.loc[split["split"] == "base", "class"]).to_numpy()
     assert 0 < base.sum() < len(catalog)
@@ -283,12 +308,21 @@ def test_cosine_prototypes_is_the_demo_s_scorer_batched():
         options = {"image_weight": weight} if fusion == "concat" else {}
         head = create_head("cosine_prototypes", create_fusion(fusion, IMAGE_DIM, TEXT_DIM, **options))
         logits = head(support, labels, query, 3)[0]
-        categories = [Category(str(c), [f[:IMAGE_DIM].numpy() for f in support[0][labels[0] == c]],
-                               [f[IMAGE_DIM:].numpy() for f in support[0][labels[0] == c]] if fusion == "concat" else [])
-                      for c in range(3)]
+        categories = [
+            Category(
+                str(c),
+                [f[:IMAGE_DIM].numpy() for f in support[0][labels[0] == c]],
+                [f[IMAGE_DIM:].numpy() for f in support[0][labels[0] == c]] if fusion == "concat" else [],
+            )
+            for c in range(3)
+        ]
         for q in range(len(query[0])):
-            theirs = scores(categories, query[0, q, :IMAGE_DIM].numpy(),
-                            query[0, q, IMAGE_DIM:].numpy() if fusion == "concat" else None, weight)
+            theirs = scores(
+                categories,
+                query[0, q, :IMAGE_DIM].numpy(),
+                query[0, q, IMAGE_DIM:].numpy() if fusion == "concat" else None,
+                weight,
+            )
             np.testing.assert_allclose(logits[q].numpy(), [theirs[str(c)] for c in range(3)], atol=1e-5)
     with pytest.raises(FslError, match="use fusion image or concat"):
         create_head("cosine_prototypes", create_fusion("gate", IMAGE_DIM, TEXT_DIM))
@@ -311,32 +345,44 @@ def test_the_demo_scorer_configs_are_the_experiment_files():
 def test_tip_adapter_equals_a_plain_per_episode_loop_and_learns_a_toy_task():
     support, labels, query, query_labels = toy_episodes(n_episodes=4, n_way=5, k_shot=3, q_query=4, seed=3)
     class_text = query.view(4, 5, 4, -1).mean(2)[..., IMAGE_DIM:]  # each class's text centre as its "name"
-    head = create_head("tip_adapter", create_fusion("concat", IMAGE_DIM, TEXT_DIM, image_weight=0.7),
-                       alpha=2.0, beta=5.5)
+    head = create_head(
+        "tip_adapter", create_fusion("concat", IMAGE_DIM, TEXT_DIM, image_weight=0.7), alpha=2.0, beta=5.5
+    )
     logits = head(support, labels, query, 5, class_text)
     for e in range(4):  # the paper's formula, one episode at a time, in numpy
+
         def fused(x):
             x = np.concatenate([np.sqrt(0.7) * x[:, :IMAGE_DIM], np.sqrt(0.3) * x[:, IMAGE_DIM:]], 1)
             return x / np.linalg.norm(x, axis=1, keepdims=True)
+
         keys, q = fused(support[e].numpy()), fused(query[e].numpy())
         names = np.concatenate([np.zeros((5, IMAGE_DIM)), np.sqrt(0.3) * class_text[e].numpy()], 1)
         names /= np.linalg.norm(names, axis=1, keepdims=True)
         expected = 100 * q @ names.T + 2.0 * np.exp(-5.5 * (1 - q @ keys.T)) @ np.eye(5)[labels[e].numpy()]
         np.testing.assert_allclose(logits[e].numpy(), expected, rtol=1e-4, atol=1e-3)
-    strong = create_head("tip_adapter", create_fusion("concat", IMAGE_DIM, TEXT_DIM, image_weight=0.7),
-                         alpha=1000.0, beta=5.5)
+    strong = create_head(
+        "tip_adapter", create_fusion("concat", IMAGE_DIM, TEXT_DIM, image_weight=0.7), alpha=1000.0, beta=5.5
+    )
     assert accuracy(strong(support, labels, query, 5, class_text), query_labels) > 0.95  # the cache decides
     zero = create_head("tip_adapter", create_fusion("concat", IMAGE_DIM, TEXT_DIM, image_weight=0.7), alpha=0.0)
     zero_shot = create_head("zero_shot", create_fusion("concat", IMAGE_DIM, TEXT_DIM, image_weight=0.7))
-    assert torch.equal(zero(support, labels, query, 5, class_text).argmax(-1),
-                       zero_shot(support, labels, query, 5, class_text).argmax(-1))  # alpha 0: zero-shot
+    assert torch.equal(
+        zero(support, labels, query, 5, class_text).argmax(-1),
+        zero_shot(support, labels, query, 5, class_text).argmax(-1),
+    )  # alpha 0: zero-shot
     with pytest.raises(FslError, match="alpha must be a finite number"):
         create_head("tip_adapter", create_fusion("image", IMAGE_DIM, TEXT_DIM), alpha=-1.0)
 
 
-@pytest.mark.parametrize("method,options", [
-    ("tim", {}), ("laplacian_shot", {}), ("lp_plus_plus", {}), ("tip_adapter", {"finetune": True, "alpha": 10.0}),
-])
+@pytest.mark.parametrize(
+    "method,options",
+    [
+        ("tim", {}),
+        ("laplacian_shot", {}),
+        ("lp_plus_plus", {}),
+        ("tip_adapter", {"finetune": True, "alpha": 10.0}),
+    ],
+)
 def test_each_new_head_learns_a_separable_toy_task(method, options):
     support, labels, query, query_labels = toy_episodes(noise=0.6, seed=5)
     class_text = query.view(8, 5, 6, -1).mean(2)[..., IMAGE_DIM:]
@@ -409,12 +455,15 @@ def test_tip_adapter_f_tunes_each_episode_s_keys_on_its_own_support():
     embedded = [tuned.embed(x) for x in (support, query)]
     keys = tuned.tuned_keys(embedded[0], labels, F.one_hot(labels, 5).float(), torch.zeros(4, 5, IMAGE_DIM + TEXT_DIM))
     assert not torch.allclose(keys, embedded[0])  # the keys moved
-    alone = tuned.tuned_keys(embedded[0][:1], labels[:1], F.one_hot(labels[:1], 5).float(),
-                             torch.zeros(1, 5, IMAGE_DIM + TEXT_DIM))
+    alone = tuned.tuned_keys(
+        embedded[0][:1], labels[:1], F.one_hot(labels[:1], 5).float(), torch.zeros(1, 5, IMAGE_DIM + TEXT_DIM)
+    )
     torch.testing.assert_close(alone[0], keys[0], atol=1e-6, rtol=1e-6)  # batch-mates change nothing
+
     def support_loss(head):
         logits = head(support, labels, support, 5, class_text)
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten()).item()
+
     assert support_loss(tuned) < support_loss(plain)  # fine-tuning fits the support set better
     with pytest.raises(FslError, match="finetune must be true or false"):
         create_head("tip_adapter", fusion, finetune="yes")
@@ -450,7 +499,9 @@ def test_gda_base_prior_equals_the_dense_formula_and_zero_shot_weight_adds_name_
     ensemble = create_head("gda", concat, zero_shot_weight=0.5)
     assert ensemble.needs_class_text
     zero_shot = create_head("zero_shot", concat, temperature=0.01)(support, labels, query, 5, names)
-    torch.testing.assert_close(ensemble(support, labels, query, 5, names), plain + 0.5 * zero_shot, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(
+        ensemble(support, labels, query, 5, names), plain + 0.5 * zero_shot, rtol=1e-4, atol=1e-3
+    )
 
 
 def test_lp_plus_plus_kernel_form_equals_the_authors_primal_loop():
@@ -463,15 +514,16 @@ def test_lp_plus_plus_kernel_form_equals_the_authors_primal_loop():
     logits = head(support, labels, query, 5, class_text)
     for e in range(3):
         x, q = head.embed(support[e]).double(), head.embed(query[e]).double()
-        t = F.normalize(head.class_features(class_text[e:e + 1], False)[0], dim=-1).double()
+        t = F.normalize(head.class_features(class_text[e : e + 1], False)[0], dim=-1).double()
         scores, m = x @ t.T, len(x)
         layer = torch.nn.Linear(x.shape[1], 5).double()
         with torch.no_grad():
             layer.weight.copy_(F.one_hot(labels[e], 5).double().T @ x)
             layer.bias.zero_()
         alpha = torch.full((5,), 250 * scores.mean().item(), dtype=torch.float64, requires_grad=True)
-        optimizer = torch.optim.SGD(layer.parameters(), lr=4 * m / torch.linalg.eigvalsh(x.T @ x)[-1].item(),
-                                    momentum=0.9)
+        optimizer = torch.optim.SGD(
+            layer.parameters(), lr=4 * m / torch.linalg.eigvalsh(x.T @ x)[-1].item(), momentum=0.9
+        )
         for step in range(40):
             loss = F.cross_entropy(layer(x) + alpha * scores, labels[e])
             optimizer.zero_grad()
@@ -515,10 +567,14 @@ def test_proto_maml_starts_at_protonet_and_meta_learns_its_body_through_the_inne
     still = MAML(fusion, init="prototypes", inner_steps=0)
     with torch.no_grad():  # no inner step: ProtoNet's logits up to each query's |q|²
         embedded = fusion(query)
-        torch.testing.assert_close(still(support, labels, query, 5) - protonet(support, labels, query, 5),
-                                   embedded.pow(2).sum(-1, keepdim=True).expand(-1, -1, 5))
+        torch.testing.assert_close(
+            still(support, labels, query, 5) - protonet(support, labels, query, 5),
+            embedded.pow(2).sum(-1, keepdim=True).expand(-1, -1, 5),
+        )
     for first_order in (False, True):
-        head = MAML(fusion, init="prototypes", projection="linear", inner_steps=3, inner_lr=0.5, first_order=first_order)
+        head = MAML(
+            fusion, init="prototypes", projection="linear", inner_steps=3, inner_lr=0.5, first_order=first_order
+        )
         loss = F.cross_entropy(head(support, labels, query, 5).flatten(0, 1), query_labels.repeat(4))
         loss.backward()  # the body shapes both the starting classifier and the features it adapts on
         assert head.projection.weight.grad.abs().sum() > 0
@@ -547,6 +603,7 @@ def test_maml_learned_scale_changes_the_loss_never_the_prediction():
 
 
 # The registry drives these: a new head is checked by adding its line to EXAMPLE_OPTIONS ----------
+
 
 def test_every_registered_head_has_example_options():
     from fsl.methods import EXAMPLE_OPTIONS, HEADS

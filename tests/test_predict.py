@@ -36,8 +36,24 @@ def folders(small_dump, tmp_path_factory):
 
 
 def predict(small_dump, root: Path, support: Path, out: Path, *extra: str, images: str = "photos") -> int:
-    return main(["predict", "--data", str(small_dump), "--support", str(support), "--images", str(root / images),
-                 "--out", str(out), "--store-root", str(root / "store"), "--calibration-dir", str(CALIBRATION), *extra])
+    return main(
+        [
+            "predict",
+            "--data",
+            str(small_dump),
+            "--support",
+            str(support),
+            "--images",
+            str(root / images),
+            "--out",
+            str(out),
+            "--store-root",
+            str(root / "store"),
+            "--calibration-dir",
+            str(CALIBRATION),
+            *extra,
+        ]
+    )
 
 
 def test_own_categories_from_a_folder_classify_held_out_photos_with_a_contact_sheet(small_dump, folders, capsys):
@@ -67,8 +83,26 @@ def test_photos_of_a_category_not_in_the_support_are_mostly_unknown(small_dump, 
     for photo in tshirts:
         shutil.copy(photo, mixed / photo.name)
     out = tmp_path / "p.csv"
-    assert main(["predict", "--data", str(small_dump), "--support", str(root / "support"), "--images", str(mixed),
-                 "--out", str(out), "--store-root", str(root / "store"), "--calibration-dir", str(CALIBRATION)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--data",
+                str(small_dump),
+                "--support",
+                str(root / "support"),
+                "--images",
+                str(mixed),
+                "--out",
+                str(out),
+                "--store-root",
+                str(root / "store"),
+                "--calibration-dir",
+                str(CALIBRATION),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "head linear-probe-image, calibrated on validation classes" in printed and 'answered "unknown"' in printed
     table = pd.read_csv(out).set_index("file")
@@ -82,9 +116,26 @@ def test_photos_of_a_category_not_in_the_support_are_mostly_unknown(small_dump, 
 def test_without_a_calibration_confidences_are_raw_and_it_says_so(small_dump, folders, tmp_path, capsys):
     root, _ = folders
     out = tmp_path / "p.csv"
-    assert main(["predict", "--data", str(small_dump), "--support", str(root / "support"), "--images",
-                 str(root / "photos"), "--out", str(out), "--store-root", str(root / "store"),
-                 "--calibration-dir", str(tmp_path / "none")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--data",
+                str(small_dump),
+                "--support",
+                str(root / "support"),
+                "--images",
+                str(root / "photos"),
+                "--out",
+                str(out),
+                "--store-root",
+                str(root / "store"),
+                "--calibration-dir",
+                str(tmp_path / "none"),
+            ]
+        )
+        == 0
+    )
     assert 'uncalibrated (raw softmax, no "unknown" answer)' in capsys.readouterr().out
     table = pd.read_csv(out)
     assert (table["answer"] == table["label_1"]).all()
@@ -93,16 +144,38 @@ def test_without_a_calibration_confidences_are_raw_and_it_says_so(small_dump, fo
 def test_a_fused_head_without_texts_falls_back_to_its_image_part_and_says_so(small_dump, folders, tmp_path, capsys):
     root, truth = folders
     out = tmp_path / "p.csv"
-    assert predict(small_dump, root, root / "support", out, "--config",
-                   str(REPO / "experiments/linear-probe-fused-masked.yaml")) == 0
+    assert (
+        predict(
+            small_dump,
+            root,
+            root / "support",
+            out,
+            "--config",
+            str(REPO / "experiments/linear-probe-fused-masked.yaml"),
+        )
+        == 0
+    )
     captured = capsys.readouterr()
-    assert ("linear-probe-fused-masked fuses image and text, but no --texts were given: classifying with its "
-            "image part only (fusion: image)") in captured.err
+    assert (
+        "linear-probe-fused-masked fuses image and text, but no --texts were given: classifying with its "
+        "image part only (fusion: image)"
+    ) in captured.err
     assert "linear-probe-fused-masked--image-part, calibrated" in captured.out  # the image-only head's calibration
     texts = tmp_path / "texts.csv"
     pd.DataFrame({"file": list(truth)[:3], "text": ["a product"] * 3}).to_csv(texts, index=False)
-    assert predict(small_dump, root, root / "support", out, "--config",
-                   str(REPO / "experiments/linear-probe-fused-masked.yaml"), "--texts", str(texts)) == 0
+    assert (
+        predict(
+            small_dump,
+            root,
+            root / "support",
+            out,
+            "--config",
+            str(REPO / "experiments/linear-probe-fused-masked.yaml"),
+            "--texts",
+            str(texts),
+        )
+        == 0
+    )
     assert f"{len(truth) - 3} of {len(truth)} photos have no text in --texts" in capsys.readouterr().err
     trained = tmp_path / "meta-fused.yaml"
     trained.write_text("method: protonet\nmethod_options: {projection: linear}\nfusion: concat\ntrain: {steps: 5}\n")
@@ -114,8 +187,21 @@ def test_classes_restricts_the_candidates(small_dump, folders, tmp_path, capsys)
     root, truth = folders
     out = tmp_path / "p.csv"
     config = str(REPO / "experiments/protonet-image.yaml")
-    base = ["predict", "--data", str(small_dump), "--config", config, "--images", str(root / "photos"),
-            "--out", str(out), "--store-root", str(root / "store"), "--calibration-dir", str(CALIBRATION)]
+    base = [
+        "predict",
+        "--data",
+        str(small_dump),
+        "--config",
+        config,
+        "--images",
+        str(root / "photos"),
+        "--out",
+        str(out),
+        "--store-root",
+        str(root / "store"),
+        "--calibration-dir",
+        str(CALIBRATION),
+    ]
     assert main([*base, "--classes", "Watches,Handbags"]) == 0
     assert "2 catalog classes" in capsys.readouterr().out
     assert set(pd.read_csv(out)["label_1"]) == {"Watches", "Handbags"}
@@ -163,10 +249,30 @@ def test_predict_needs_a_head_or_a_support_folder(small_dump, tmp_path, capsys):
 def test_a_config_with_training_and_no_checkpoint_is_refused_not_run_untrained(small_dump, folders, tmp_path, capsys):
     root, _ = folders
     config = tmp_path / "meta.yaml"
-    config.write_text("method: protonet\nmethod_options: {projection: linear}\nfusion: image\n"
-                      "encoder: {name: clip, model: FSL-Tiny, pretrained: none}\ntrain: {steps: 5}\n")
-    assert main(["predict", "--data", str(small_dump), "--config", str(config), "--images", str(root / "photos"),
-                 "--out", str(tmp_path / "p.csv"), "--store-root", str(tmp_path / "store"), "--shots", "2"]) == 2
+    config.write_text(
+        "method: protonet\nmethod_options: {projection: linear}\nfusion: image\n"
+        "encoder: {name: clip, model: FSL-Tiny, pretrained: none}\ntrain: {steps: 5}\n"
+    )
+    assert (
+        main(
+            [
+                "predict",
+                "--data",
+                str(small_dump),
+                "--config",
+                str(config),
+                "--images",
+                str(root / "photos"),
+                "--out",
+                str(tmp_path / "p.csv"),
+                "--store-root",
+                str(tmp_path / "store"),
+                "--shots",
+                "2",
+            ]
+        )
+        == 2
+    )
     assert "no checkpoint at checkpoints/meta/best" in capsys.readouterr().err
     assert not (tmp_path / "p.csv").exists()
 

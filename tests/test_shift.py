@@ -84,10 +84,17 @@ def test_eval_shifted_runs_the_same_episodes_with_rerendered_queries_embedded_on
     from fsl.store.open import open_store
 
     root, catalog = twelve_classes
-    config = ExperimentConfig(name="pn", method="protonet", fusion="image", episodes=("novel-5w5s",),
-                              encoder=EncoderConfig("clip", "FSL-Tiny", "none"))
-    results = {r.episode_set: r for r in run_experiment(config, catalog, root / "episodes", root / "store",
-                                                         progress=False, shifted=True)}
+    config = ExperimentConfig(
+        name="pn",
+        method="protonet",
+        fusion="image",
+        episodes=("novel-5w5s",),
+        encoder=EncoderConfig("clip", "FSL-Tiny", "none"),
+    )
+    results = {
+        r.episode_set: r
+        for r in run_experiment(config, catalog, root / "episodes", root / "store", progress=False, shifted=True)
+    }
     assert set(results) == {"novel-5w5s", "novel-5w5s+rerendered"}  # no temporal or 15-way set drawn here
     said = capsys.readouterr().err
     assert "re-rendering and embedding" in said and "no shifted set novel-5w5s-temporal" in said
@@ -113,8 +120,10 @@ def test_temporal_queries_leave_out_the_near_duplicates_of_the_support():
 
     def split_groups(episode_set) -> int:
         episodes = episode_set.episodes
-        return sum(len({group_of[i] for i in episodes.support[e]} & {group_of[i] for i in episodes.query[e]})
-                   for e in range(len(episodes)))
+        return sum(
+            len({group_of[i] for i in episodes.support[e]} & {group_of[i] for i in episodes.query[e]})
+            for e in range(len(episodes))
+        )
 
     for name in plain:
         assert split_groups(plain[name]) > 20 and split_groups(sets[name]) == 0

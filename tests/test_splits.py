@@ -21,8 +21,15 @@ def test_split_seeds_write_reproducible_files_and_every_split_is_evaluated(twelv
     root, catalog = twelve_classes
     episodes = tmp_path / "episodes"
     for seed in (0, 1, 2):
-        draw_standard_episodes(catalog, split_root(episodes, seed), seed=seed, stratify=None, n_episodes=20,
-                               q_query=5, benchmarks=BENCHMARKS)
+        draw_standard_episodes(
+            catalog,
+            split_root(episodes, seed),
+            seed=seed,
+            stratify=None,
+            n_episodes=20,
+            q_query=5,
+            benchmarks=BENCHMARKS,
+        )
     assert available_splits(catalog, episodes) == [0, 1, 2]
     folder = lambda seed: split_root(episodes, seed) / catalog.fingerprint  # noqa: E731
     first = {seed: (folder(seed) / "articleType-novel-5w5s.npz").read_bytes() for seed in (0, 1, 2)}
@@ -30,14 +37,25 @@ def test_split_seeds_write_reproducible_files_and_every_split_is_evaluated(twelv
     splits = [pd.read_csv(folder(seed) / f"articleType-seed{seed}-split.csv") for seed in (0, 1, 2)]
     novel = [set(s.loc[s["split"] == "novel", "class"]) for s in splits]
     assert novel[0] != novel[1] and all(len(n) == len(novel[0]) for n in novel)  # same fractions, other classes
-    _, written = draw_standard_episodes(catalog, split_root(episodes, 1), seed=1, stratify=None, n_episodes=20,
-                                        q_query=5, benchmarks=BENCHMARKS)
-    assert written == [] and (folder(1) / "articleType-novel-5w5s.npz").read_bytes() == first[1]  # same seed, same bytes
+    _, written = draw_standard_episodes(
+        catalog, split_root(episodes, 1), seed=1, stratify=None, n_episodes=20, q_query=5, benchmarks=BENCHMARKS
+    )
+    assert (
+        written == [] and (folder(1) / "articleType-novel-5w5s.npz").read_bytes() == first[1]
+    )  # same seed, same bytes
 
-    config = ExperimentConfig(name="pn", method="protonet", fusion="image", episodes=("novel-5w5s",),
-                              encoder=EncoderConfig("clip", "FSL-Tiny", "none"))
-    results = [r for seed in (0, 1, 2) for r in run_experiment(config, catalog, episodes, root / "store",
-                                                               progress=False, split_seed=seed)]
+    config = ExperimentConfig(
+        name="pn",
+        method="protonet",
+        fusion="image",
+        episodes=("novel-5w5s",),
+        encoder=EncoderConfig("clip", "FSL-Tiny", "none"),
+    )
+    results = [
+        r
+        for seed in (0, 1, 2)
+        for r in run_experiment(config, catalog, episodes, root / "store", progress=False, split_seed=seed)
+    ]
     frame = results_frame(results)
     assert sorted(frame["split"].unique()) == [0, 1, 2]
     assert set(summary_table(frame)["split"]) == {0, 1, 2}  # one row per split, never pooled episodes
@@ -49,8 +67,17 @@ def test_across_split_interval_is_over_split_means_and_paired_differences_combin
     for split, shift in enumerate([0.0, 0.1, -0.05]):  # the splits differ far more than episodes do
         base = np.clip(0.7 + shift + 0.05 * rng.standard_normal(50), 0, 1)
         for method, accuracy in (("a", base), ("b", np.clip(base + 0.02 + 0.01 * rng.standard_normal(50), 0, 1))):
-            rows.append(pd.DataFrame({"method": method, "split": split, "episode_set": "novel-5w5s",
-                                      "episode": np.arange(50), "accuracy": accuracy}))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "method": method,
+                        "split": split,
+                        "episode_set": "novel-5w5s",
+                        "episode": np.arange(50),
+                        "accuracy": accuracy,
+                    }
+                )
+            )
     frame = pd.concat(rows, ignore_index=True)
     table = across_splits(frame, baseline="a").set_index("method")
     split_means = frame[frame["method"] == "b"].groupby("split")["accuracy"].mean().to_numpy()
@@ -58,21 +85,38 @@ def test_across_split_interval_is_over_split_means_and_paired_differences_combin
     np.testing.assert_allclose((table.at["b", "accuracy"], table.at["b", "ci95"]), mean_ci(split_means))
     pooled = mean_ci(frame[frame["method"] == "b"]["accuracy"].to_numpy())[1]
     assert table.at["b", "ci95"] > 3 * pooled  # the split-to-split spread, not the episode spread
-    per_split = [paired_difference(frame[(frame["method"] == "b") & (frame["split"] == s)]["accuracy"].to_numpy(),
-                                   frame[(frame["method"] == "a") & (frame["split"] == s)]["accuracy"].to_numpy())[0]
-                 for s in range(3)]
-    np.testing.assert_allclose((table.at["b", "difference"], table.at["b", "difference_ci95"]), mean_ci(np.array(per_split)))
+    per_split = [
+        paired_difference(
+            frame[(frame["method"] == "b") & (frame["split"] == s)]["accuracy"].to_numpy(),
+            frame[(frame["method"] == "a") & (frame["split"] == s)]["accuracy"].to_numpy(),
+        )[0]
+        for s in range(3)
+    ]
+    np.testing.assert_allclose(
+        (table.at["b", "difference"], table.at["b", "difference_ci95"]), mean_ci(np.array(per_split))
+    )
     assert table.at["b", "difference"] > table.at["b", "difference_ci95"] > 0  # b beats a on every split
 
 
 def protonet_eval(root, tmp_path, episodes=None) -> tuple:
     """A tiny ProtoNet config and the `fsl eval` arguments that run it on the twelve-class slice."""
     config = tmp_path / "pn.yaml"
-    config.write_text("method: protonet\nfusion: image\nepisodes: [novel-5w5s]\n"
-                      "encoder: {name: clip, model: FSL-Tiny, pretrained: none}\n")
-    return config, ["--data", str(root / "dump"), "--episodes-dir", str(episodes or root / "episodes"),
-                    "--store-root", str(root / "store"), "--results", str(tmp_path / "results"),
-                    "--runs", str(tmp_path / "runs")]
+    config.write_text(
+        "method: protonet\nfusion: image\nepisodes: [novel-5w5s]\n"
+        "encoder: {name: clip, model: FSL-Tiny, pretrained: none}\n"
+    )
+    return config, [
+        "--data",
+        str(root / "dump"),
+        "--episodes-dir",
+        str(episodes or root / "episodes"),
+        "--store-root",
+        str(root / "store"),
+        "--results",
+        str(tmp_path / "results"),
+        "--runs",
+        str(tmp_path / "runs"),
+    ]
 
 
 def test_eval_keeps_earlier_sets_of_the_same_config_and_drops_those_of_another(twelve_classes, tmp_path, capsys):
@@ -95,8 +139,15 @@ def test_eval_keeps_earlier_sets_of_the_same_config_and_drops_those_of_another(t
 def test_results_files_of_several_splits_load_with_every_split(tmp_path):
     from fsl.harness.results import load_results
 
-    rows = lambda split: pd.DataFrame({"method": "m", "split": split, "episode_set": "novel-5w5s",  # noqa: E731
-                                       "episode": np.arange(3), "accuracy": [0.5, 0.6, 0.7]})
+    rows = lambda split: pd.DataFrame(
+        {
+            "method": "m",
+            "split": split,
+            "episode_set": "novel-5w5s",  # noqa: E731
+            "episode": np.arange(3),
+            "accuracy": [0.5, 0.6, 0.7],
+        }
+    )
     pd.concat([rows(0), rows(1)]).to_csv(tmp_path / "m.csv", index=False)
     rows(0).drop(columns="split").assign(method="old").to_csv(tmp_path / "old.csv", index=False)  # before splits
     frame = load_results([tmp_path / "m.csv", tmp_path / "old.csv"])
@@ -115,29 +166,60 @@ def test_rows_of_a_redrawn_episode_file_are_neither_kept_nor_paired(twelve_class
     episodes = tmp_path / "episodes"
     shutil.copytree(root / "episodes", episodes)
     config = tmp_path / "pn.yaml"
-    config.write_text("method: protonet\nfusion: image\nepisodes: [novel-5w5s]\n"
-                      "encoder: {name: clip, model: FSL-Tiny, pretrained: none}\n")
-    common = ["--data", str(root / "dump"), "--episodes-dir", str(episodes), "--store-root", str(root / "store"),
-              "--runs", str(tmp_path / "runs")]
+    config.write_text(
+        "method: protonet\nfusion: image\nepisodes: [novel-5w5s]\n"
+        "encoder: {name: clip, model: FSL-Tiny, pretrained: none}\n"
+    )
+    common = [
+        "--data",
+        str(root / "dump"),
+        "--episodes-dir",
+        str(episodes),
+        "--store-root",
+        str(root / "store"),
+        "--runs",
+        str(tmp_path / "runs"),
+    ]
     assert main(["eval", str(config), *common, "--shifted", "--results", str(tmp_path / "old")]) == 0
     before = read_csv(tmp_path / "old" / "pn.csv")
     assert before["episodes_sha"].nunique() == 1 and len(before["episodes_sha"].iloc[0]) == 16
-    draw_standard_episodes(catalog, episodes, stratify=None, n_episodes=40, q_query=5, force=True,
-                           benchmarks={"val-2w5s": ("val", 2, 5), "novel-5w5s": ("novel", 5, 5)})  # redrawn
+    draw_standard_episodes(
+        catalog,
+        episodes,
+        stratify=None,
+        n_episodes=40,
+        q_query=5,
+        force=True,
+        benchmarks={"val-2w5s": ("val", 2, 5), "novel-5w5s": ("novel", 5, 5)},
+    )  # redrawn
     shutil.copytree(tmp_path / "old", tmp_path / "new")
     capsys.readouterr()
     assert main(["eval", str(config), *common, "--results", str(tmp_path / "new")]) == 0
-    assert "dropped earlier rows of split 0 novel-5w5s+rerendered: their episode files were redrawn" in capsys.readouterr().err
+    assert (
+        "dropped earlier rows of split 0 novel-5w5s+rerendered: their episode files were redrawn"
+        in capsys.readouterr().err
+    )
     after = read_csv(tmp_path / "new" / "pn.csv")
     assert list(after["episode_set"].unique()) == ["novel-5w5s"] and len(after) == 40
     (tmp_path / "old" / "pn.csv").rename(tmp_path / "old" / "pn-old.csv")
-    assert main(["compare", str(tmp_path / "new" / "pn.csv"), str(tmp_path / "old" / "pn-old.csv"),
-                 "--plot", str(tmp_path / "c.png")]) == 2
+    assert (
+        main(
+            [
+                "compare",
+                str(tmp_path / "new" / "pn.csv"),
+                str(tmp_path / "old" / "pn-old.csv"),
+                "--plot",
+                str(tmp_path / "c.png"),
+            ]
+        )
+        == 2
+    )
     assert "novel-5w5s (split 0) was run on different draws of its episodes" in capsys.readouterr().err
 
 
-def test_results_from_before_draw_digests_are_dropped_and_each_config_is_saved_as_it_finishes(twelve_classes, tmp_path,
-                                                                                             capsys):
+def test_results_from_before_draw_digests_are_dropped_and_each_config_is_saved_as_it_finishes(
+    twelve_classes, tmp_path, capsys
+):
     from fsl.cli.main import main
     from fsl.files import read_csv
 
@@ -151,8 +233,10 @@ def test_results_from_before_draw_digests_are_dropped_and_each_config_is_saved_a
     assert "dropped earlier rows of split 0 novel-5w5s+rerendered" in capsys.readouterr().err
     assert list(read_csv(path)["episode_set"].unique()) == ["novel-5w5s"]
     broken = tmp_path / "broken.yaml"  # runs second and fails: the first config's file is written already
-    broken.write_text("method: protonet\nfusion: image\nepisodes: [novel-9w9s]\n"
-                      "encoder: {name: clip, model: FSL-Tiny, pretrained: none}\n")
+    broken.write_text(
+        "method: protonet\nfusion: image\nepisodes: [novel-9w9s]\n"
+        "encoder: {name: clip, model: FSL-Tiny, pretrained: none}\n"
+    )
     config.write_text(config.read_text().replace("fusion: image", "fusion: image\nname: first"))
     assert main(["eval", str(config), str(broken), *common]) == 2
     assert (tmp_path / "results" / "first.csv").is_file() and not (tmp_path / "results" / "broken.csv").exists()

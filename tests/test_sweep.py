@@ -37,21 +37,53 @@ def test_a_two_value_sweep_chooses_on_validation_and_never_reads_novel_sets(twel
     root, catalog = twelve_classes
     config_path = tmp_path / "probe.yaml"
     config_path.write_text(PROBE)
-    result = sweep(load_config(config_path), parse_grid(["method_options.C=0.000001,10"]), catalog, ("val-2w5s",),
-                   root / "episodes", root / "store", tmp_path / "ckpt", tmp_path / "runs", progress=False)
+    result = sweep(
+        load_config(config_path),
+        parse_grid(["method_options.C=0.000001,10"]),
+        catalog,
+        ("val-2w5s",),
+        root / "episodes",
+        root / "store",
+        tmp_path / "ckpt",
+        tmp_path / "runs",
+        progress=False,
+    )
     assert reads and all(name.startswith("articleType-val-") for name in reads)
     assert result.chosen.method_options["C"] == 10  # C = 1e-6 leaves every logit at 0: chance
     assert result.scores[1][1] > result.scores[0][1]
 
 
-def test_the_cli_writes_the_choice_then_tests_it_and_the_results_say_how_it_was_chosen(twelve_classes, tmp_path,
-                                                                                       reads, capsys):
+def test_the_cli_writes_the_choice_then_tests_it_and_the_results_say_how_it_was_chosen(
+    twelve_classes, tmp_path, reads, capsys
+):
     root, _ = twelve_classes
     (tmp_path / "probe.yaml").write_text(PROBE)
-    common = ["--data", str(root / "dump"), "--episodes-dir", str(root / "episodes"), "--store-root",
-              str(root / "store"), "--results", str(tmp_path / "res"), "--runs", str(tmp_path / "runs")]
-    assert main(["sweep", str(tmp_path / "probe.yaml"), "--grid", "method_options.C=0.000001,10",
-                 "--on", "val-2w5s", *common]) == 0
+    common = [
+        "--data",
+        str(root / "dump"),
+        "--episodes-dir",
+        str(root / "episodes"),
+        "--store-root",
+        str(root / "store"),
+        "--results",
+        str(tmp_path / "res"),
+        "--runs",
+        str(tmp_path / "runs"),
+    ]
+    assert (
+        main(
+            [
+                "sweep",
+                str(tmp_path / "probe.yaml"),
+                "--grid",
+                "method_options.C=0.000001,10",
+                "--on",
+                "val-2w5s",
+                *common,
+            ]
+        )
+        == 0
+    )
     first_novel = next(i for i, name in enumerate(reads) if "novel" in name)
     assert all("val-" in name for name in reads[:first_novel]) and first_novel >= 2
     chosen = tmp_path / "res/sweeps/probe.yaml"
@@ -67,21 +99,40 @@ def test_a_sweep_refuses_to_choose_on_novel_episodes_before_scoring_anything(twe
     config_path = tmp_path / "probe.yaml"
     config_path.write_text(PROBE)
     with pytest.raises(FslError, match="choose on validation classes only; 'novel-5w5s' is drawn from the 'novel'"):
-        sweep(load_config(config_path), parse_grid(["method_options.C=1,10"]), catalog, ("novel-5w5s",),
-              root / "episodes", root / "store", tmp_path / "ckpt", tmp_path / "runs", progress=False)
+        sweep(
+            load_config(config_path),
+            parse_grid(["method_options.C=1,10"]),
+            catalog,
+            ("novel-5w5s",),
+            root / "episodes",
+            root / "store",
+            tmp_path / "ckpt",
+            tmp_path / "runs",
+            progress=False,
+        )
     assert reads == ["articleType-novel-5w5s"]  # looked at once to refuse it, never scored
 
 
-@pytest.mark.parametrize("grid,message", [
-    (["method_options.C"], "expected KEY=V1,V2"),
-    (["method_options.Cc=1,2"], "unexpected keyword argument 'Cc'"),
-    (["batch_size=0,8"], "batch_size must be a positive whole number"),
-])
+@pytest.mark.parametrize(
+    "grid,message",
+    [
+        (["method_options.C"], "expected KEY=V1,V2"),
+        (["method_options.Cc=1,2"], "unexpected keyword argument 'Cc'"),
+        (["batch_size=0,8"], "batch_size must be a positive whole number"),
+    ],
+)
 def test_bad_grids_fail_before_any_work(twelve_classes, tmp_path, grid, message, reads):
     root, catalog = twelve_classes
     config_path = tmp_path / "probe.yaml"
     config_path.write_text(PROBE)
     with pytest.raises(FslError, match=message):
-        sweep(load_config(config_path), parse_grid(grid), catalog, ("val-2w5s",), root / "episodes", root / "store",
-              progress=False)
+        sweep(
+            load_config(config_path),
+            parse_grid(grid),
+            catalog,
+            ("val-2w5s",),
+            root / "episodes",
+            root / "store",
+            progress=False,
+        )
     assert reads == []

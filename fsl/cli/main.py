@@ -10,10 +10,15 @@ from fsl.errors import FslError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fsl", description="Few-shot multimodal fashion classification: "
-                                     "one command per step of the data flow.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                     help="one step of the data flow (fsl COMMAND --help for its options)")
+    parser = argparse.ArgumentParser(
+        prog="fsl", description="Few-shot multimodal fashion classification: one command per step of the data flow."
+    )
+    commands = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="one step of the data flow (fsl COMMAND --help for its options)",
+    )
     for family in (data, experiments, spaces, apps):
         family.add_parsers(commands)
     return parser

@@ -22,21 +22,33 @@ def cmd_align(args) -> None:
     from fsl.data.prepared import load_catalog
     from fsl.harness.align import AlignConfig, align
 
-    config = AlignConfig(name=args.name, dim=args.dim, hidden=args.hidden, steps=args.steps,
-                         batch_size=args.batch_size, lr=args.lr, val_every=args.val_every, prompt_weight=args.prompt_weight,
-                         split_seed=args.split_seed)
+    config = AlignConfig(
+        name=args.name,
+        dim=args.dim,
+        hidden=args.hidden,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        val_every=args.val_every,
+        prompt_weight=args.prompt_weight,
+        split_seed=args.split_seed,
+    )
     catalog = load_catalog(args.data)
     summary = align(catalog, config, args.store_root, args.episodes_dir, args.out, args.runs, resume=not args.restart)
     best = summary["best"]
-    print(f"{config.name}: chosen at step {summary['best_step']} of {summary['steps']} on the validation classes: "
-          f"zero-shot photo accuracy {100 * best['zero_shot']:.1f}% (class-balanced), masked text -> own photo "
-          f"recall@10 {100 * best['text_recall@10']:.1f}%; use it with --encoder aligned --pretrained {summary['folder']}")
+    print(
+        f"{config.name}: chosen at step {summary['best_step']} of {summary['steps']} on the validation classes: "
+        f"zero-shot photo accuracy {100 * best['zero_shot']:.1f}% (class-balanced), masked text -> own photo "
+        f"recall@10 {100 * best['text_recall@10']:.1f}%; use it with --encoder aligned --pretrained {summary['folder']}"
+    )
     from fsl.harness.align import novel_retrieval
 
     figures = novel_retrieval(catalog, summary["folder"], args.store_root, args.episodes_dir)
-    print(f"text-to-photo retrieval among the {figures['products']} products of the {figures['classes']} novel classes "
-          "(never seen in alignment; class-name prompts: a photo of the class in the top k, and the share of the top k "
-          "that are; masked product texts: their own photo in the top k):")
+    print(
+        f"text-to-photo retrieval among the {figures['products']} products of the {figures['classes']} novel classes "
+        "(never seen in alignment; class-name prompts: a photo of the class in the top k, and the share of the top k "
+        "that are; masked product texts: their own photo in the top k):"
+    )
     for name in ("aligned", "random projection"):
         print(f"  {name:>17}: " + ", ".join(f"{key} {100 * value:.1f}%" for key, value in figures[name].items()))
 
@@ -50,8 +62,15 @@ def cmd_calibrate(args) -> None:
     configs = _configs(args)
     catalog = load_catalog(args.data)
     for config in configs:
-        calibration = calibrate(config, catalog, args.store_root, args.checkpoints, args.episodes_dir,
-                                args.calibration_dir, args.false_accept)
+        calibration = calibrate(
+            config,
+            catalog,
+            args.store_root,
+            args.checkpoints,
+            args.episodes_dir,
+            args.calibration_dir,
+            args.false_accept,
+        )
         print(format_calibration(calibration))
         print(f"wrote {Path(args.calibration_dir) / (config.name + '.json')}")
 
@@ -59,27 +78,49 @@ def cmd_calibrate(args) -> None:
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     """Register the spaces commands on `fsl`'s sub-parsers."""
     aligning = commands.add_parser(
-        "align", help="learn one image-text space over the offline towers (base classes only)",
+        "align",
+        help="learn one image-text space over the offline towers (base classes only)",
         description="Train two projection heads (and a temperature) on the offline store's features with CLIP's "
-                    "contrastive loss: photo vs text, and both vs the base classes' name prompts. Base-split "
-                    "products only; validation-class products choose the step (zero-shot photo accuracy and text-to-photo "
-                    "recall@10). "
-                    "Writes checkpoints/align/NAME/{best,last} and TensorBoard curves; resumes from last.")
+        "contrastive loss: photo vs text, and both vs the base classes' name prompts. Base-split "
+        "products only; validation-class products choose the step (zero-shot photo accuracy and text-to-photo "
+        "recall@10). "
+        "Writes checkpoints/align/NAME/{best,last} and TensorBoard curves; resumes from last.",
+    )
     add_data_option(aligning)
     aligning.add_argument("--name", default="offline-base", help="the alignment's name (default offline-base)")
     aligning.add_argument("--dim", type=positive_int, default=256, help="size of the shared space (default 256)")
-    aligning.add_argument("--hidden", type=non_negative_int, default=0,
-                          help="0: a linear map per tower (default); N: an MLP with N hidden units")
+    aligning.add_argument(
+        "--hidden",
+        type=non_negative_int,
+        default=0,
+        help="0: a linear map per tower (default); N: an MLP with N hidden units",
+    )
     aligning.add_argument("--steps", type=positive_int, default=1000, help="training steps (default 1000)")
     aligning.add_argument("--batch-size", type=positive_int, default=512, help="products per step (default 512)")
-    aligning.add_argument("--lr", type=positive_float, default=3e-4,
-                          help="AdamW learning rate (default 3e-4, chosen on validation classes)")
-    aligning.add_argument("--prompt-weight", type=float, default=1.0,
-                          help="weight of the class-prompt term against the photo-text pairs (default 1; 0: pairs only)")
-    aligning.add_argument("--val-every", type=positive_int, default=25,
-                          help="steps between validations, each may become the best checkpoint (default 25)")
-    aligning.add_argument("--split-seed", type=non_negative_int, default=0,
-                          help="the class split whose base classes it trains on (default 0)")
+    aligning.add_argument(
+        "--lr",
+        type=positive_float,
+        default=3e-4,
+        help="AdamW learning rate (default 3e-4, chosen on validation classes)",
+    )
+    aligning.add_argument(
+        "--prompt-weight",
+        type=float,
+        default=1.0,
+        help="weight of the class-prompt term against the photo-text pairs (default 1; 0: pairs only)",
+    )
+    aligning.add_argument(
+        "--val-every",
+        type=positive_int,
+        default=25,
+        help="steps between validations, each may become the best checkpoint (default 25)",
+    )
+    aligning.add_argument(
+        "--split-seed",
+        type=non_negative_int,
+        default=0,
+        help="the class split whose base classes it trains on (default 0)",
+    )
     aligning.add_argument("--episodes-dir", default="episodes", help="root of the class splits (default episodes/)")
     aligning.add_argument("--store-root", default=str(CACHE / "features"), metavar="DIR", help=STORE_HELP)
     aligning.add_argument("--out", default="checkpoints/align", help="where alignments go (default checkpoints/align)")
@@ -88,15 +129,25 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     aligning.set_defaults(run=cmd_align)
 
     calibrating = commands.add_parser(
-        "calibrate", help="calibrated confidences and a 'none of these' threshold, on validation classes",
+        "calibrate",
+        help="calibrated confidences and a 'none of these' threshold, on validation classes",
         description="Fit a temperature (softmax(logits / T)) on val-5w5s and an 'unknown' threshold on open-set "
-                    "episodes of the validation classes (5 taught, the rest unknown) for a target false-accept "
-                    "rate; save them (used by fsl predict and the demo), then report expected calibration error "
-                    "before and after, and AUROC known vs unknown, on the novel sets.")
+        "episodes of the validation classes (5 taught, the rest unknown) for a target false-accept "
+        "rate; save them (used by fsl predict and the demo), then report expected calibration error "
+        "before and after, and AUROC known vs unknown, on the novel sets.",
+    )
     add_experiment_options(calibrating, "runs/calibrate")
-    calibrating.add_argument("--false-accept", type=float, default=0.2, metavar="RATE",
-                             help="share of photos of untaught classes the threshold may still accept, on "
-                                  "validation classes (default 0.2)")
-    calibrating.add_argument("--calibration-dir", default="calibration", metavar="DIR",
-                             help="where calibrations are saved and found (default calibration/)")
+    calibrating.add_argument(
+        "--false-accept",
+        type=float,
+        default=0.2,
+        metavar="RATE",
+        help="share of photos of untaught classes the threshold may still accept, on validation classes (default 0.2)",
+    )
+    calibrating.add_argument(
+        "--calibration-dir",
+        default="calibration",
+        metavar="DIR",
+        help="where calibrations are saved and found (default calibration/)",
+    )
     calibrating.set_defaults(run=cmd_calibrate)

@@ -1,7 +1,6 @@
 """The offline towers in one image-text space: the projections `fsl align` trains (their weights,
 sidecar and digest) and the encoder that applies them."""
 
-
 from __future__ import annotations
 
 import hashlib
@@ -50,6 +49,7 @@ class AlignedEncoder(Encoder):
     def use_onnx(self, cache_dir: Path) -> str:
         return self.base.use_onnx(cache_dir)
 
+
 TOWERS = "offline:efficientnet-lite0+all-MiniLM-L6-v2"
 
 
@@ -80,6 +80,7 @@ class Projections(nn.Module):
 
 # Checkpoints -----------------------------------------------------------------------------------
 
+
 def save_alignment(folder: Path, model: Projections, meta: dict) -> None:
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     if any(not torch.isfinite(v).all() for v in state.values()):
@@ -95,18 +96,22 @@ def load_alignment(folder: str | os.PathLike) -> tuple[Projections, dict]:
     folder = Path(folder)
     weights, sidecar = folder / "projections.safetensors", folder / "align.json"
     if not (weights.is_file() and sidecar.is_file()):
-        raise FslError(f"no alignment at {folder} (expected projections.safetensors + align.json); "
-                       "train one with `fsl align`")
+        raise FslError(
+            f"no alignment at {folder} (expected projections.safetensors + align.json); train one with `fsl align`"
+        )
     meta = read_json(sidecar, "alignment sidecar")
     if meta.get("towers") != TOWERS:
-        raise FslError(f"{folder} aligns the towers {meta.get('towers')!r}, not {TOWERS!r}: it cannot be used "
-                       "with these features")
+        raise FslError(
+            f"{folder} aligns the towers {meta.get('towers')!r}, not {TOWERS!r}: it cannot be used with these features"
+        )
     model = Projections(meta["image_dim"], meta["text_dim"], meta["dim"], meta["hidden"])
     try:
         model.load_state_dict(load_file(str(weights)))
     except (SafetensorError, RuntimeError, OSError) as error:
-        raise FslError(f"{weights} cannot be loaded ({type(error).__name__}); it is damaged. "
-                       "Train again with `fsl align --restart`") from None
+        raise FslError(
+            f"{weights} cannot be loaded ({type(error).__name__}); it is damaged. "
+            "Train again with `fsl align --restart`"
+        ) from None
     model.eval()
     return model.requires_grad_(False), meta
 
@@ -114,8 +119,9 @@ def load_alignment(folder: str | os.PathLike) -> tuple[Projections, dict]:
 def alignment_digest(folder: str | os.PathLike) -> str:
     weights = Path(folder) / "projections.safetensors"
     if not weights.is_file():
-        raise FslError(f"no alignment at {folder} (expected projections.safetensors + align.json); "
-                       "train one with `fsl align`")
+        raise FslError(
+            f"no alignment at {folder} (expected projections.safetensors + align.json); train one with `fsl align`"
+        )
     return hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
 
 

@@ -2,7 +2,6 @@
 
 Downstream code sees only arrays and `encoder.id`; subclasses supply the two towers."""
 
-
 from __future__ import annotations
 
 import io
@@ -43,8 +42,12 @@ class ImageFiles(Dataset):
     """Decode and preprocess photos in DataLoader workers, overlapping the forward pass; `render`, if
     given, changes each photo first (the re-rendered queries of fsl/shift.py)."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable[[Image.Image], torch.Tensor],
-                 render: Callable[[Image.Image], Image.Image] | None = None):
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        transform: Callable[[Image.Image], torch.Tensor],
+        render: Callable[[Image.Image], Image.Image] | None = None,
+    ):
         self.paths = list(paths)
         self.transform, self.render = transform, render
 
@@ -111,29 +114,44 @@ class Encoder(ABC):
         out = np.empty((len(distinct), self.text_dim), dtype=np.float32)
         embed = self.text_runtime or self._embed_texts
         for start in tqdm(range(0, len(distinct), batch_size), desc="texts", unit="batch", disable=not progress):
-            batch = distinct[start:start + batch_size]
+            batch = distinct[start : start + batch_size]
             with _TEXT_LOCK:  # a Hugging Face fast tokenizer must not be used by two threads at once
-                out[start:start + len(batch)] = F.normalize(embed(batch).float(), dim=-1).numpy()
+                out[start : start + len(batch)] = F.normalize(embed(batch).float(), dim=-1).numpy()
         if len(distinct) == len(texts):
             return out
         row = {text: i for i, text in enumerate(distinct)}
         return out[[row[text] for text in texts]]
 
-    def image_batches(self, paths: Sequence[str | os.PathLike], batch_size: int = 32,
-                      num_workers: int | None = None, render: Callable | None = None) -> DataLoader:
+    def image_batches(
+        self,
+        paths: Sequence[str | os.PathLike],
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        render: Callable | None = None,
+    ) -> DataLoader:
         workers = max(1, (os.cpu_count() or 2) - 1) if num_workers is None else num_workers
-        return DataLoader(ImageFiles(paths, self.image_transform, render), batch_size=batch_size,
-                          num_workers=workers, shuffle=False)
+        return DataLoader(
+            ImageFiles(paths, self.image_transform, render), batch_size=batch_size, num_workers=workers, shuffle=False
+        )
 
-    def encode_images(self, paths: Sequence[str | os.PathLike], batch_size: int = 32,
-                      num_workers: int | None = None, progress: bool = True,
-                      render: Callable | None = None) -> np.ndarray:
+    def encode_images(
+        self,
+        paths: Sequence[str | os.PathLike],
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        progress: bool = True,
+        render: Callable | None = None,
+    ) -> np.ndarray:
         """Photo files -> [B, image_dim] unit vectors (float32)."""
         out = np.empty((len(paths), self.image_dim), dtype=np.float32)
         start = 0
-        for pixels in tqdm(self.image_batches(paths, batch_size, num_workers, render), desc="images",
-                           unit="batch", disable=not progress):
-            out[start:start + len(pixels)] = self.embed_pixels(pixels)
+        for pixels in tqdm(
+            self.image_batches(paths, batch_size, num_workers, render),
+            desc="images",
+            unit="batch",
+            disable=not progress,
+        ):
+            out[start : start + len(pixels)] = self.embed_pixels(pixels)
             start += len(pixels)
         return out
 

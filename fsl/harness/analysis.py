@@ -2,7 +2,6 @@
 confusion matrix, a gallery of the most frequent confusions (query photo -> the class it was taken
 for, with that class's support photos), and a TensorBoard projector view of the feature space."""
 
-
 from __future__ import annotations
 
 import os
@@ -34,8 +33,15 @@ class Predictions:
     predicted_label: np.ndarray  # the predicted label within its episode (0..N-1)
 
 
-def predict_episodes(config: ExperimentConfig, catalog: Catalog, name: str, episodes_root, store_root,
-                     checkpoints_root, progress: bool = False) -> Predictions:
+def predict_episodes(
+    config: ExperimentConfig,
+    catalog: Catalog,
+    name: str,
+    episodes_root,
+    store_root,
+    checkpoints_root,
+    progress: bool = False,
+) -> Predictions:
     """Run a config on one frozen episode set, keeping every query's prediction."""
     store, features, head = experiment_head(config, catalog, store_root, checkpoints_root, episodes_root)
     episode_set = load_episode_set(config, catalog, name, episodes_root)
@@ -48,8 +54,15 @@ def predict_episodes(config: ExperimentConfig, catalog: Catalog, name: str, epis
     true = names[episodes.classes[rows, episodes.query_labels[None, :]]]
     predicted = names[episodes.classes[rows, labels]]
     episode = np.broadcast_to(rows, labels.shape)
-    return Predictions(config.name, episode_set, true.ravel(), predicted.ravel(), episodes.query.ravel(),
-                       episode.ravel(), labels.ravel())
+    return Predictions(
+        config.name,
+        episode_set,
+        true.ravel(),
+        predicted.ravel(),
+        episodes.query.ravel(),
+        episode.ravel(),
+        labels.ravel(),
+    )
 
 
 def per_class_accuracy(p: Predictions) -> pd.DataFrame:
@@ -79,8 +92,13 @@ def per_class_difference(tables: list[pd.DataFrame]) -> pd.DataFrame:
 def confusion_matrix(p: Predictions) -> pd.DataFrame:
     """Counts [true class, predicted class] over every query; row sums are each class's query count."""
     classes = sorted(set(p.true) | set(p.predicted))
-    return pd.crosstab(pd.Categorical(p.true, classes), pd.Categorical(p.predicted, classes),
-                       rownames=["true"], colnames=["predicted"], dropna=False)
+    return pd.crosstab(
+        pd.Categorical(p.true, classes),
+        pd.Categorical(p.predicted, classes),
+        rownames=["true"],
+        colnames=["predicted"],
+        dropna=False,
+    )
 
 
 def top_confusions(p: Predictions, k: int = 6) -> list[tuple[str, str, int]]:
@@ -114,8 +132,15 @@ def confusion_figure(matrix: pd.DataFrame, title: str):
     ax.set_xticks(range(len(matrix)), matrix.columns, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(matrix)), matrix.index, fontsize=8)
     for i, j in zip(*np.nonzero(rates >= 0.005)):
-        ax.text(j, i, f"{100 * rates[i, j]:.0f}", ha="center", va="center", fontsize=6,
-                color="white" if rates[i, j] > 0.5 else "black")
+        ax.text(
+            j,
+            i,
+            f"{100 * rates[i, j]:.0f}",
+            ha="center",
+            va="center",
+            fontsize=6,
+            color="white" if rates[i, j] > 0.5 else "black",
+        )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title, fontsize=10)
@@ -144,8 +169,12 @@ def confusion_gallery_figure(p: Predictions, catalog: Catalog, k: int = 6, shown
     pairs = top_confusions(p, k)
     path_of = dict(zip(catalog.products["id"], catalog.products["image_path"]))
     episodes = p.episode_set.episodes
-    fig, axes = plt.subplots(max(1, len(pairs)), 1 + shown_support, figsize=(2.0 * (1 + shown_support), 2.2 * max(1, len(pairs))),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        max(1, len(pairs)),
+        1 + shown_support,
+        figsize=(2.0 * (1 + shown_support), 2.2 * max(1, len(pairs))),
+        squeeze=False,
+    )
     for ax in axes.ravel():
         ax.axis("off")
     for row, (true, predicted, count) in enumerate(pairs):
@@ -164,12 +193,19 @@ def confusion_gallery_figure(p: Predictions, catalog: Catalog, k: int = 6, shown
     return fig
 
 
-def analyse(config: ExperimentConfig, catalog: Catalog, names: list[str], out: str | os.PathLike,
-            runs: str | os.PathLike, episodes_root, store_root, checkpoints_root) -> list[Path]:
+def analyse(
+    config: ExperimentConfig,
+    catalog: Catalog,
+    names: list[str],
+    out: str | os.PathLike,
+    runs: str | os.PathLike,
+    episodes_root,
+    store_root,
+    checkpoints_root,
+) -> list[Path]:
     """Per-class accuracy (CSV + PNG), confusion matrix and confusion gallery (PNG) per episode set,
     also as TensorBoard figures under runs/<name>."""
     from torch.utils.tensorboard import SummaryWriter
-
 
     plt = _pyplot()
     out = Path(out) / config.name
@@ -179,9 +215,11 @@ def analyse(config: ExperimentConfig, catalog: Catalog, names: list[str], out: s
             p = predict_episodes(config, catalog, name, episodes_root, store_root, checkpoints_root)
             table = per_class_accuracy(p)
             written.append(write_csv(table, out / f"{name}-per-class.csv"))
-            figures = {"per-class": per_class_figure(table, f"{config.name} on {name}: accuracy per class"),
-                       "confusion": confusion_figure(confusion_matrix(p), f"{config.name} on {name}"),
-                       "confusions": confusion_gallery_figure(p, catalog)}
+            figures = {
+                "per-class": per_class_figure(table, f"{config.name} on {name}: accuracy per class"),
+                "confusion": confusion_figure(confusion_matrix(p), f"{config.name} on {name}"),
+                "confusions": confusion_gallery_figure(p, catalog),
+            }
             for kind, fig in figures.items():
                 written.append(_save(fig, out / f"{name}-{kind}.png"))
                 writer.add_figure(f"analysis/{name}/{kind}", fig)
@@ -189,8 +227,9 @@ def analyse(config: ExperimentConfig, catalog: Catalog, names: list[str], out: s
     return written
 
 
-def projector(store, catalog: Catalog, logdir: str | os.PathLike, n: int = 500, seed: int = 0,
-              column: str = "articleType") -> Path:
+def projector(
+    store, catalog: Catalog, logdir: str | os.PathLike, n: int = 500, seed: int = 0, column: str = "articleType"
+) -> Path:
     """TensorBoard's projector over a sample of the store's image features, thumbnails as the sprite,
     labelled by `column`: a look at the feature space (tensorboard --logdir runs)."""
     import torch
@@ -204,8 +243,10 @@ def projector(store, catalog: Catalog, logdir: str | os.PathLike, n: int = 500, 
         with Image.open(path) as image:
             thumbs.append(np.asarray(image.convert("RGB").resize((32, 32)), dtype=np.float32) / 255)
     with SummaryWriter(str(logdir)) as writer:
-        writer.add_embedding(torch.from_numpy(np.asarray(store.image[rows])),
-                             metadata=products[column].tolist(),
-                             label_img=torch.from_numpy(np.stack(thumbs)).permute(0, 3, 1, 2),
-                             tag=f"image features by {column}")
+        writer.add_embedding(
+            torch.from_numpy(np.asarray(store.image[rows])),
+            metadata=products[column].tolist(),
+            label_img=torch.from_numpy(np.stack(thumbs)).permute(0, 3, 1, 2),
+            tag=f"image features by {column}",
+        )
     return Path(logdir)

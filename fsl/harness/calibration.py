@@ -12,7 +12,6 @@ validation episodes: 5 validation classes taught, the queries of the others unkn
 reported. A calibration is found again by what it was fitted for (head, options, fusion, encoder,
 checkpoint), not by file name, so an image-only fallback finds the image-only config's calibration."""
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -63,8 +62,10 @@ class Calibration:
         return torch.softmax(logits / self.temperature, dim=-1)
 
     def describe(self) -> str:
-        return (f"calibrated on validation classes (temperature {self.temperature:.3g}; "
-                f"\"{UNKNOWN}\" below {self.threshold:.0%} confidence)")
+        return (
+            f"calibrated on validation classes (temperature {self.temperature:.3g}; "
+            f'"{UNKNOWN}" below {self.threshold:.0%} confidence)'
+        )
 
     def save(self, root: str | os.PathLike = CALIBRATION_DIR) -> Path:
         return write_json(Path(root) / f"{self.config}.json", dataclasses.asdict(self))
@@ -77,17 +78,26 @@ class Calibration:
         except TypeError as error:
             raise FslError(f"{path} is not a calibration file ({error}); rerun `fsl calibrate`") from None
         if not (calibration.temperature > 0 and 0 <= calibration.threshold <= 1):
-            raise FslError(f"{path}: temperature {calibration.temperature} or threshold {calibration.threshold} "
-                           "is out of range; rerun `fsl calibrate`")
+            raise FslError(
+                f"{path}: temperature {calibration.temperature} or threshold {calibration.threshold} "
+                "is out of range; rerun `fsl calibrate`"
+            )
         return calibration
 
 
 def config_key(config: ExperimentConfig, encoder_id: str, checkpoint: str | os.PathLike | None = None) -> str:
     """What the scores depend on: head, options, fusion, text variant, encoder, trained weights."""
     fused = config.fusion != "image"
-    parts = {"method": config.method, "method_options": config.method_options, "fusion": config.fusion,
-             "fusion_options": config.fusion_options, "text_variant": config.text_variant if fused else "-",
-             "class_prompt": config.class_prompt, "label_column": config.label_column, "encoder": encoder_id}
+    parts = {
+        "method": config.method,
+        "method_options": config.method_options,
+        "fusion": config.fusion,
+        "fusion_options": config.fusion_options,
+        "text_variant": config.text_variant if fused else "-",
+        "class_prompt": config.class_prompt,
+        "label_column": config.label_column,
+        "encoder": encoder_id,
+    }
     if checkpoint is not None:
         parts["weights"] = hashlib.sha256((Path(checkpoint) / "head.safetensors").read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -103,6 +113,7 @@ def find_calibration(key: str, root: str | os.PathLike = CALIBRATION_DIR) -> Cal
 
 
 # The statistics --------------------------------------------------------------------------------
+
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """T > 0 minimising the mean negative log-likelihood of softmax(logits / T): [M, N], [M]."""
@@ -135,8 +146,9 @@ def open_set_episodes(episodes: Episodes, known: int = KNOWN_WAYS) -> tuple[Epis
         raise FslError(f"open-set episodes need 2 <= known ways < {episodes.n_way} (the set's ways); got {known}")
     support = episodes.support[:, : known * episodes.k_shot]
     labels = np.where(episodes.query_labels < known, episodes.query_labels, -1)
-    return Episodes(support, episodes.query, episodes.classes[:, :known], known, episodes.k_shot,
-                    episodes.q_query), labels
+    return Episodes(
+        support, episodes.query, episodes.classes[:, :known], known, episodes.k_shot, episodes.q_query
+    ), labels
 
 
 def threshold_for(unknown_confidence: np.ndarray, false_accept: float) -> float:
@@ -150,18 +162,22 @@ def open_set_figures(probabilities: torch.Tensor, labels: np.ndarray, threshold:
     known = labels >= 0
     accepted = confidence >= threshold
     correct = predicted == labels
-    return {"auroc": float(roc_auc_score(known, confidence)),
-            "known_accuracy": float((correct & accepted)[known].mean()),  # answered, and right
-            "known_accuracy_without_rule": float(correct[known].mean()),
-            "known_unknown_rate": float((~accepted)[known].mean()),  # taught classes answered "unknown"
-            "false_accept": float(accepted[~known].mean()),  # untaught classes given a taught name
-            "threshold": threshold}
+    return {
+        "auroc": float(roc_auc_score(known, confidence)),
+        "known_accuracy": float((correct & accepted)[known].mean()),  # answered, and right
+        "known_accuracy_without_rule": float(correct[known].mean()),
+        "known_unknown_rate": float((~accepted)[known].mean()),  # taught classes answered "unknown"
+        "false_accept": float(accepted[~known].mean()),  # untaught classes given a taught name
+        "threshold": threshold,
+    }
 
 
 # One config ------------------------------------------------------------------------------------
 
-def set_logits(head, features, store, config: ExperimentConfig, episodes: Episodes, classes: list[str],
-               batch_size: int) -> torch.Tensor:
+
+def set_logits(
+    head, features, store, config: ExperimentConfig, episodes: Episodes, classes: list[str], batch_size: int
+) -> torch.Tensor:
     """[E, Q, N] logits of a head over `episodes` (classes: the set's class list, for class texts)."""
 
     class_text = class_text_table(config, classes, store) if head.needs_class_text else None
@@ -171,17 +187,28 @@ def set_logits(head, features, store, config: ExperimentConfig, episodes: Episod
     return out
 
 
-def calibrate(config: ExperimentConfig, catalog: Catalog, store_root=None, checkpoints_root="checkpoints",
-              episodes_root="episodes", root: str | os.PathLike = CALIBRATION_DIR,
-              false_accept: float = FALSE_ACCEPT, temperature_set: str = TEMPERATURE_SET,
-              open_val_set: str = OPEN_VAL_SET, report_sets: tuple[str, ...] = REPORT_SETS,
-              open_novel_set: str = OPEN_NOVEL_SET, known: int = KNOWN_WAYS) -> Calibration:
+def calibrate(
+    config: ExperimentConfig,
+    catalog: Catalog,
+    store_root=None,
+    checkpoints_root="checkpoints",
+    episodes_root="episodes",
+    root: str | os.PathLike = CALIBRATION_DIR,
+    false_accept: float = FALSE_ACCEPT,
+    temperature_set: str = TEMPERATURE_SET,
+    open_val_set: str = OPEN_VAL_SET,
+    report_sets: tuple[str, ...] = REPORT_SETS,
+    open_novel_set: str = OPEN_NOVEL_SET,
+    known: int = KNOWN_WAYS,
+) -> Calibration:
     """Fit T and the unknown threshold on validation episodes, save, then report on novel ones."""
 
     if not 0 < false_accept < 1:
         raise FslError(f"--false-accept must lie strictly between 0 and 1, got {false_accept}")
     check_validation_only(config, catalog, (temperature_set, open_val_set), episodes_root)
-    store, features, head = experiment_head(config, catalog, store_root or DEFAULT_ROOT, checkpoints_root, episodes_root)
+    store, features, head = experiment_head(
+        config, catalog, store_root or DEFAULT_ROOT, checkpoints_root, episodes_root
+    )
     checkpoint = checkpoint_dir(config.name, checkpoints_root) / "best" if config.train is not None else None
 
     def logits_of(name: str, open_set: bool = False):
@@ -198,40 +225,59 @@ def calibrate(config: ExperimentConfig, catalog: Catalog, store_root=None, check
     open_logits, open_labels = logits_of(open_val_set, open_set=True)
     open_probabilities = torch.softmax(open_logits / temperature, -1)
     threshold = threshold_for(open_probabilities.max(-1).values[open_labels < 0].numpy(), false_accept)
-    validation = {"temperature_set": temperature_set, "open_set": open_val_set,
-                  "nll_before": float(torch.nn.functional.cross_entropy(logits, labels)),
-                  "nll_after": float(torch.nn.functional.cross_entropy(logits / temperature, labels)),
-                  "ece_before": expected_calibration_error(torch.softmax(logits, -1), labels),
-                  "ece_after": expected_calibration_error(torch.softmax(logits / temperature, -1), labels),
-                  **open_set_figures(open_probabilities, open_labels.numpy(), threshold)}
-    calibration = Calibration(config.name, config_key(config, store.encoder_id, checkpoint), store.encoder_id,
-                              temperature, threshold, false_accept, validation)
+    validation = {
+        "temperature_set": temperature_set,
+        "open_set": open_val_set,
+        "nll_before": float(torch.nn.functional.cross_entropy(logits, labels)),
+        "nll_after": float(torch.nn.functional.cross_entropy(logits / temperature, labels)),
+        "ece_before": expected_calibration_error(torch.softmax(logits, -1), labels),
+        "ece_after": expected_calibration_error(torch.softmax(logits / temperature, -1), labels),
+        **open_set_figures(open_probabilities, open_labels.numpy(), threshold),
+    }
+    calibration = Calibration(
+        config.name,
+        config_key(config, store.encoder_id, checkpoint),
+        store.encoder_id,
+        temperature,
+        threshold,
+        false_accept,
+        validation,
+    )
     calibration.save(root)  # chosen: only now is a novel-class episode read, to report
 
     for name in report_sets:
         logits, labels = logits_of(name)
-        calibration.novel[name] = {"ece_before": expected_calibration_error(torch.softmax(logits, -1), labels),
-                                   "ece_after": expected_calibration_error(calibration.probabilities(logits), labels)}
+        calibration.novel[name] = {
+            "ece_before": expected_calibration_error(torch.softmax(logits, -1), labels),
+            "ece_after": expected_calibration_error(calibration.probabilities(logits), labels),
+        }
     open_logits, open_labels = logits_of(open_novel_set, open_set=True)
-    calibration.novel[f"open-{open_novel_set}"] = open_set_figures(calibration.probabilities(open_logits),
-                                                                  open_labels.numpy(), threshold)
+    calibration.novel[f"open-{open_novel_set}"] = open_set_figures(
+        calibration.probabilities(open_logits), open_labels.numpy(), threshold
+    )
     calibration.save(root)
     return calibration
 
 
 def format_calibration(calibration: Calibration) -> str:
     """The figures a person reads: ECE before -> after per set, then the unknown rule on val and novel."""
-    lines = [f"{calibration.config}: temperature {calibration.temperature:.4g}, unknown below "
-             f"{calibration.threshold:.1%} (target false accepts {calibration.false_accept:.0%} on validation classes)"]
+    lines = [
+        f"{calibration.config}: temperature {calibration.temperature:.4g}, unknown below "
+        f"{calibration.threshold:.1%} (target false accepts {calibration.false_accept:.0%} on validation classes)"
+    ]
     v = calibration.validation
     lines.append(f"  {v['temperature_set']}: ECE {100 * v['ece_before']:.1f} -> {100 * v['ece_after']:.1f} points")
     for name, figures in calibration.novel.items():
         if "ece_before" in figures:
             lines.append(f"  {name}: ECE {100 * figures['ece_before']:.1f} -> {100 * figures['ece_after']:.1f} points")
-    for name, figures in [(f"{v['open_set']} (validation)", v),
-                          *[(k, f) for k, f in calibration.novel.items() if "auroc" in f]]:
-        lines.append(f"  {name}: AUROC {figures['auroc']:.3f}; taught classes {100 * figures['known_accuracy']:.1f}% "
-                     f"right and answered ({100 * figures['known_accuracy_without_rule']:.1f}% without the rule), "
-                     f"{100 * figures['known_unknown_rate']:.1f}% \"unknown\"; untaught classes "
-                     f"{100 * figures['false_accept']:.1f}% falsely accepted")
+    for name, figures in [
+        (f"{v['open_set']} (validation)", v),
+        *[(k, f) for k, f in calibration.novel.items() if "auroc" in f],
+    ]:
+        lines.append(
+            f"  {name}: AUROC {figures['auroc']:.3f}; taught classes {100 * figures['known_accuracy']:.1f}% "
+            f"right and answered ({100 * figures['known_accuracy_without_rule']:.1f}% without the rule), "
+            f'{100 * figures["known_unknown_rate"]:.1f}% "unknown"; untaught classes '
+            f"{100 * figures['false_accept']:.1f}% falsely accepted"
+        )
     return "\n".join(lines)

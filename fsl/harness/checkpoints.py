@@ -1,6 +1,5 @@
 """Saved heads and training state: safetensors weights with a JSON sidecar, never pickles."""
 
-
 from __future__ import annotations
 
 import os
@@ -35,8 +34,9 @@ def save_head(folder: str | os.PathLike, head: torch.nn.Module, meta: dict) -> P
 def read_meta(folder: str | os.PathLike) -> dict:
     sidecar = Path(folder) / "head.json"
     if not sidecar.is_file():
-        raise FslError(f"no checkpoint at {folder} (expected head.safetensors + head.json); "
-                       "train one with `fsl train CONFIG`")
+        raise FslError(
+            f"no checkpoint at {folder} (expected head.safetensors + head.json); train one with `fsl train CONFIG`"
+        )
     meta = read_json(sidecar, "checkpoint sidecar")
     if not isinstance(meta, dict):
         raise FslError(f"{sidecar}: the checkpoint sidecar is damaged (expected a JSON object)")
@@ -47,22 +47,30 @@ def load_head(folder: str | os.PathLike, head: torch.nn.Module, encoder_id: str)
     """Load weights into `head`; refuse a checkpoint made on another encoder's features."""
     meta = read_meta(folder)
     if meta.get("encoder_id") != encoder_id:
-        raise FslError(f"checkpoint {folder} was trained on features of encoder {meta.get('encoder_id')!r}, "
-                       f"not {encoder_id!r}; retrain it for this encoder or choose that encoder")
+        raise FslError(
+            f"checkpoint {folder} was trained on features of encoder {meta.get('encoder_id')!r}, "
+            f"not {encoder_id!r}; retrain it for this encoder or choose that encoder"
+        )
     weights = Path(folder) / "head.safetensors"
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as error:
-        raise FslError(f"{weights} cannot be read ({error}); it is truncated or not a checkpoint. "
-                       "Train it again with `fsl train CONFIG --restart`") from None
+        raise FslError(
+            f"{weights} cannot be read ({error}); it is truncated or not a checkpoint. "
+            "Train it again with `fsl train CONFIG --restart`"
+        ) from None
     bad = non_finite(state)
     if bad:
-        raise FslError(f"checkpoint {folder} holds NaN or infinite weights ({', '.join(bad)}); it would answer "
-                       "at chance. Train it again with a lower train.lr")
+        raise FslError(
+            f"checkpoint {folder} holds NaN or infinite weights ({', '.join(bad)}); it would answer "
+            "at chance. Train it again with a lower train.lr"
+        )
     missing, unexpected = head.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise FslError(f"checkpoint {folder} does not fit this head (missing {missing}, unexpected "
-                       f"{unexpected}); was it trained with another method or fusion?")
+        raise FslError(
+            f"checkpoint {folder} does not fit this head (missing {missing}, unexpected "
+            f"{unexpected}); was it trained with another method or fusion?"
+        )
     return meta
 
 
@@ -78,5 +86,7 @@ def load_train_state(folder: str | os.PathLike) -> dict | None:
     try:
         return torch.load(path, weights_only=True)
     except (RuntimeError, OSError, EOFError, ValueError) as error:
-        raise FslError(f"{path} cannot be read ({type(error).__name__}); it is damaged. Start over with "
-                       "`fsl train CONFIG --restart`") from None
+        raise FslError(
+            f"{path} cannot be read ({type(error).__name__}); it is damaged. Start over with "
+            "`fsl train CONFIG --restart`"
+        ) from None

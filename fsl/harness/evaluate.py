@@ -1,6 +1,5 @@
 """The evaluation harness: every head on the same frozen episodes, batched; mean and 95% CI."""
 
-
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,9 +38,17 @@ def paired_difference(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) ->
 
 
 @torch.no_grad()  # not inference_mode: probes and MAML take gradients inside their forward
-def episode_logits(head: FewShotHead, features: np.ndarray, store_ids: np.ndarray, episodes: Episodes,
-                   batch_size: int = 64, progress: bool = True, class_text: torch.Tensor | None = None,
-                   name: str = "episodes", query_features=None):
+def episode_logits(
+    head: FewShotHead,
+    features: np.ndarray,
+    store_ids: np.ndarray,
+    episodes: Episodes,
+    batch_size: int = 64,
+    progress: bool = True,
+    class_text: torch.Tensor | None = None,
+    name: str = "episodes",
+    query_features=None,
+):
     """Yields (start, stop, logits [B, Q, N]) over batches of `episodes`, the head's raw scores.
 
     features [P, D] are the store's rows; class_text [C, Dt] embeds the set's class names, for
@@ -57,22 +64,26 @@ def episode_logits(head: FewShotHead, features: np.ndarray, store_ids: np.ndarra
     else:
         touched, local_support = np.unique(support_rows, return_inverse=True)
         touched_queries, local_query = np.unique(query_rows, return_inverse=True)
-        block = head.embed(torch.from_numpy(np.ascontiguousarray(np.concatenate(
-            [features[touched], query_features[touched_queries]]), dtype=np.float32)))
+        block = head.embed(
+            torch.from_numpy(
+                np.ascontiguousarray(
+                    np.concatenate([features[touched], query_features[touched_queries]]), dtype=np.float32
+                )
+            )
+        )
         local = np.concatenate([local_support.ravel(), local_query.ravel() + len(touched)])
     local = torch.from_numpy(local)
     support_rows = local[: episodes.support.size].view(episodes.support.shape)
-    query_rows = local[episodes.support.size:].view(episodes.query.shape)
+    query_rows = local[episodes.support.size :].view(episodes.query.shape)
     head.eval()
     # Each batch's rows are copied into one reused pair of buffers: a fresh tensor of tens of MB per
-    # batch costs more in page faults than the copy itself (2-10x the gather time, measured). Heads
+    # batch costs more in page faults than the copy itself (docs/benchmarks.md). Heads
     # keep no state between calls, so nothing outlives the batch that filled them.
     batch = min(batch_size, len(episodes))
     support_buffer = block.new_empty(batch * support_rows.shape[1], block.shape[1])
     query_buffer = block.new_empty(batch * query_rows.shape[1], block.shape[1])
     # disable=None: a bar in a terminal, none in a log file (where tqdm would print each bar twice)
-    for start in tqdm(range(0, len(episodes), batch_size), desc=name, unit="batch",
-                      disable=None if progress else True):
+    for start in tqdm(range(0, len(episodes), batch_size), desc=name, unit="batch", disable=None if progress else True):
         stop = min(start + batch_size, len(episodes))
         support = gather(block, support_rows[start:stop], support_buffer)
         query = gather(block, query_rows[start:stop], query_buffer)
@@ -87,16 +98,25 @@ def gather(block: torch.Tensor, rows: torch.Tensor, buffer: torch.Tensor) -> tor
     return torch.index_select(block, 0, rows.reshape(-1), out=buffer[:count]).view(*rows.shape, block.shape[1])
 
 
-def run_episodes(head: FewShotHead, features: np.ndarray, store_ids: np.ndarray, episode_set: EpisodeSet,
-                 batch_size: int = 64, progress: bool = True, class_text: torch.Tensor | None = None,
-                 predictions: np.ndarray | None = None, query_features=None) -> np.ndarray:
+def run_episodes(
+    head: FewShotHead,
+    features: np.ndarray,
+    store_ids: np.ndarray,
+    episode_set: EpisodeSet,
+    batch_size: int = 64,
+    progress: bool = True,
+    class_text: torch.Tensor | None = None,
+    predictions: np.ndarray | None = None,
+    query_features=None,
+) -> np.ndarray:
     """Per-episode query accuracy [E] of a head over a frozen episode set; `predictions` [E, Q], if
     given, receives each query's predicted label."""
     episodes = episode_set.episodes
     query_labels = torch.as_tensor(episodes.query_labels)
     accuracy = np.empty(len(episodes))
-    for start, stop, logits in episode_logits(head, features, store_ids, episodes, batch_size, progress,
-                                              class_text, episode_set.name, query_features):
+    for start, stop, logits in episode_logits(
+        head, features, store_ids, episodes, batch_size, progress, class_text, episode_set.name, query_features
+    ):
         predicted = logits.argmax(-1)
         accuracy[start:stop] = (predicted == query_labels).double().mean(-1).numpy()
         if predictions is not None:
@@ -116,5 +136,10 @@ class EvalResult:
     @property
     def summary(self) -> dict:
         mean, ci = mean_ci(self.accuracy)
-        return {"method": self.method, "episode_set": self.episode_set, "accuracy": mean, "ci95": ci,
-                "episodes": len(self.accuracy)}
+        return {
+            "method": self.method,
+            "episode_set": self.episode_set,
+            "accuracy": mean,
+            "ci95": ci,
+            "episodes": len(self.accuracy),
+        }

@@ -1,6 +1,5 @@
 """An experiment end to end: the config's store, fusion and head, run on its frozen episode sets."""
 
-
 from __future__ import annotations
 
 import os
@@ -39,8 +38,12 @@ def check_runnable(config: ExperimentConfig) -> None:
     after earlier configs have run for minutes."""
 
     try:
-        create_head(config.method, create_fusion(config.fusion, 4, 4, **config.fusion_options),
-                    shared_space=config.encoder.name in ("clip", "aligned"), **config.method_options)
+        create_head(
+            config.method,
+            create_fusion(config.fusion, 4, 4, **config.fusion_options),
+            shared_space=config.encoder.name in ("clip", "aligned"),
+            **config.method_options,
+        )
     except FslError as error:
         raise FslError(f"experiment {config.name!r}: {error}") from None
     except (TypeError, ValueError) as error:
@@ -52,14 +55,20 @@ def check_alignment(store: FeatureStore, episode_set: EpisodeSet) -> None:
     novel classes it may have trained on) are refused."""
     alignment = store.manifest.get("alignment")
     if alignment and alignment["split_seed"] != episode_set.meta.get("split_seed"):
-        raise FslError(f"feature store {store.path.name} is aligned on the base classes of split seed "
-                       f"{alignment['split_seed']}; episode set {episode_set.name!r} comes from split seed "
-                       f"{episode_set.meta.get('split_seed')}, whose test classes it may have trained on. "
-                       "Align on that split (fsl align --split-seed N)")
+        raise FslError(
+            f"feature store {store.path.name} is aligned on the base classes of split seed "
+            f"{alignment['split_seed']}; episode set {episode_set.name!r} comes from split seed "
+            f"{episode_set.meta.get('split_seed')}, whose test classes it may have trained on. "
+            "Align on that split (fsl align --split-seed N)"
+        )
 
 
-def splits_for(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
-               store_root: str | os.PathLike = DEFAULT_ROOT) -> list[int]:
+def splits_for(
+    config: ExperimentConfig,
+    catalog: Catalog,
+    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+    store_root: str | os.PathLike = DEFAULT_ROOT,
+) -> list[int]:
     """Every split drawn for the catalog, less those the config's store cannot serve: an aligned space
     trained on one split's base classes has seen the other splits' novel classes (said, then skipped)."""
     splits = available_splits(catalog, episodes_root, config.label_column)
@@ -68,19 +77,21 @@ def splits_for(config: ExperimentConfig, catalog: Catalog, episodes_root: str | 
     store = open_store(catalog, config.encoder, store_root)
     alignment = store.manifest.get("alignment")
     if alignment and len(splits) > 1:
-        print(f"fsl: {config.name}: its aligned space was trained on split {alignment['split_seed']}; "
-              f"the other splits ({', '.join(str(s) for s in splits if s != alignment['split_seed'])}) are skipped",
-              file=sys.stderr)
+        print(
+            f"fsl: {config.name}: its aligned space was trained on split {alignment['split_seed']}; "
+            f"the other splits ({', '.join(str(s) for s in splits if s != alignment['split_seed'])}) are skipped",
+            file=sys.stderr,
+        )
         splits = [s for s in splits if s == alignment["split_seed"]]
     return splits
 
 
 def build_head(config: ExperimentConfig, store: FeatureStore) -> FewShotHead:
     """The config's fusion and head, sized for the store's features."""
-    fusion = create_fusion(config.fusion, store.manifest["image_dim"], store.manifest["text_dim"],
-                           **config.fusion_options)
-    return create_head(config.method, fusion, shared_space=shared_space(store.encoder_id),
-                       **config.method_options)
+    fusion = create_fusion(
+        config.fusion, store.manifest["image_dim"], store.manifest["text_dim"], **config.fusion_options
+    )
+    return create_head(config.method, fusion, shared_space=shared_space(store.encoder_id), **config.method_options)
 
 
 def class_text_table(config: ExperimentConfig, classes: list[str], store: FeatureStore) -> torch.Tensor:
@@ -99,25 +110,36 @@ def flat_options(config: ExperimentConfig) -> dict:
     return flat
 
 
-def episode_set_digest(config: ExperimentConfig, catalog: Catalog, name: str, split_seed: int,
-                       episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> str | None:
+def episode_set_digest(
+    config: ExperimentConfig,
+    catalog: Catalog,
+    name: str,
+    split_seed: int,
+    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+) -> str | None:
     """The digest of the episode file a set name (shifted names too) of a split runs on now, or None."""
-    path = episode_set_path(catalog, config.label_column, name.removesuffix(RERENDERED), split_root(episodes_root, split_seed))
+    path = episode_set_path(
+        catalog, config.label_column, name.removesuffix(RERENDERED), split_root(episodes_root, split_seed)
+    )
     return file_digest(path.read_bytes()) if path.is_file() else None
 
 
-def load_episode_set(config: ExperimentConfig, catalog: Catalog, name: str,
-                     episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> EpisodeSet:
+def load_episode_set(
+    config: ExperimentConfig, catalog: Catalog, name: str, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR
+) -> EpisodeSet:
     return EpisodeSet.load(episode_set_path(catalog, config.label_column, name, episodes_root), catalog.fingerprint)
 
 
-def base_classes(catalog: Catalog, config: ExperimentConfig, split_seed: int,
-                 episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> list[str]:
+def base_classes(
+    catalog: Catalog, config: ExperimentConfig, split_seed: int, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR
+) -> list[str]:
     """The base (training) classes of a saved class split."""
     return ClassSplit.load(catalog, config.label_column, split_seed, episodes_root).classes("base")
 
 
-def base_products(config: ExperimentConfig, catalog: Catalog, features, episodes_root) -> tuple[torch.Tensor, torch.Tensor]:
+def base_products(
+    config: ExperimentConfig, catalog: Catalog, features, episodes_root
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw features [n, D] and class indices [n] of the base-class products of the split the config's
     episodes come from: what SimpleShot's centring and GDA's covariance prior may know, never a val
     or novel class."""
@@ -129,10 +151,14 @@ def base_products(config: ExperimentConfig, catalog: Catalog, features, episodes
     return (torch.from_numpy(np.asarray(features[rows], dtype=np.float32)), torch.from_numpy(codes.astype(np.int64)))
 
 
-def experiment_head(config: ExperimentConfig, catalog: Catalog, store_root: str | os.PathLike = DEFAULT_ROOT,
-                    checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS,
-                    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
-                    checkpoint: str | os.PathLike | None = None):
+def experiment_head(
+    config: ExperimentConfig,
+    catalog: Catalog,
+    store_root: str | os.PathLike = DEFAULT_ROOT,
+    checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS,
+    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+    checkpoint: str | os.PathLike | None = None,
+):
     """(store, its features as the config sees them, the head): a trained head loads `checkpoint`, or
     its best one; a head that learns from the base classes gets their products."""
     store = open_store(catalog, config.encoder, store_root)
@@ -145,18 +171,30 @@ def experiment_head(config: ExperimentConfig, catalog: Catalog, store_root: str 
     return store, features, head
 
 
-def run_experiment(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
-                   store_root: str | os.PathLike = DEFAULT_ROOT, progress: bool = True,
-                   checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS, shifted: bool = False,
-                   split_seed: int = 0) -> list[EvalResult]:
+def run_experiment(
+    config: ExperimentConfig,
+    catalog: Catalog,
+    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+    store_root: str | os.PathLike = DEFAULT_ROOT,
+    progress: bool = True,
+    checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS,
+    shifted: bool = False,
+    split_seed: int = 0,
+) -> list[EvalResult]:
     """One config's head on each of its frozen episode sets of one class split (a trained head: the
     checkpoint trained on that split); with `shifted`, on the shifted query sets of fsl/shift.py and
     their controls too (a set named X+rerendered is set X with re-rendered query photos)."""
     episodes_root, checkpoints_root = split_root(episodes_root, split_seed), split_root(checkpoints_root, split_seed)
     store, features, head = experiment_head(config, catalog, store_root, checkpoints_root, episodes_root)
-    hparams = {"split": split_seed, "head": config.method, "fusion": config.fusion, "transductive": head.transductive,
-               "text_variant": config.text_variant if config.fusion != "image" else "-", "encoder": store.encoder_id,
-               **flat_options(config)}
+    hparams = {
+        "split": split_seed,
+        "head": config.method,
+        "fusion": config.fusion,
+        "transductive": head.transductive,
+        "text_variant": config.text_variant if config.fusion != "image" else "-",
+        "encoder": store.encoder_id,
+        **flat_options(config),
+    }
     names = list(config.episodes)
     if shifted:
         for name in (name for pair in SHIFTED_PAIRS.items() for name in pair if name not in names):
@@ -164,8 +202,10 @@ def run_experiment(config: ExperimentConfig, catalog: Catalog, episodes_root: st
             if path.is_file():
                 names.append(name)
             else:
-                print(f"fsl: {config.name}: no shifted set {name} for this catalog ({path.name} was not drawn)",
-                      file=sys.stderr)
+                print(
+                    f"fsl: {config.name}: no shifted set {name} for this catalog ({path.name} was not drawn)",
+                    file=sys.stderr,
+                )
     results = []
     for name in names:
         episode_set = load_episode_set(config, catalog, name.removesuffix(RERENDERED), episodes_root)  # same episodes
@@ -173,12 +213,31 @@ def run_experiment(config: ExperimentConfig, catalog: Catalog, episodes_root: st
         class_text = class_text_table(config, episode_set.meta["classes"], store) if head.needs_class_text else None
         query_features = None
         if name.endswith(RERENDERED):
-            ids, image = rerendered_image_features(store, catalog, encoder_from_config(config.encoder),
-                                                   episode_set.episodes.query, progress)
+            ids, image = rerendered_image_features(
+                store, catalog, encoder_from_config(config.encoder), episode_set.episodes.query, progress
+            )
             query_features = ReplacedImages(features, store_rows(store.ids, ids), image, store.manifest["image_dim"])
-        accuracy = run_episodes(head, features, store.ids, episode_set, config.batch_size, progress, class_text,
-                                query_features=query_features)
-        results.append(EvalResult(config.name, name, accuracy,
-                                  {**hparams, "n_way": episode_set.episodes.n_way,
-                                   "k_shot": episode_set.episodes.k_shot, "episodes_sha": episode_set.digest}))
+        accuracy = run_episodes(
+            head,
+            features,
+            store.ids,
+            episode_set,
+            config.batch_size,
+            progress,
+            class_text,
+            query_features=query_features,
+        )
+        results.append(
+            EvalResult(
+                config.name,
+                name,
+                accuracy,
+                {
+                    **hparams,
+                    "n_way": episode_set.episodes.n_way,
+                    "k_shot": episode_set.episodes.k_shot,
+                    "episodes_sha": episode_set.digest,
+                },
+            )
+        )
     return results

@@ -1,7 +1,6 @@
 """Results files and tables: per-episode CSVs, summaries with t intervals, paired differences,
 across-split means, plots and TensorBoard scalars."""
 
-
 from __future__ import annotations
 
 import itertools
@@ -28,11 +27,23 @@ DESCRIBING = ("head", "fusion", "transductive")  # what a plot groups, colours a
 def results_frame(results: list[EvalResult]) -> pd.DataFrame:
     """Long table: one row per method, class split, episode set and episode, with the head, fusion and
     whether it is transductive, so a results file describes itself."""
-    return pd.concat([pd.DataFrame({"method": r.method, "split": r.hparams.get("split", 0), "episode_set": r.episode_set,
-                                    "episode": np.arange(len(r.accuracy)), "accuracy": r.accuracy,
-                                    **{k: r.hparams.get(k, "") for k in DESCRIBING},
-                                    "episodes_sha": r.hparams.get("episodes_sha", "")})
-                      for r in results], ignore_index=True)
+    return pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "method": r.method,
+                    "split": r.hparams.get("split", 0),
+                    "episode_set": r.episode_set,
+                    "episode": np.arange(len(r.accuracy)),
+                    "accuracy": r.accuracy,
+                    **{k: r.hparams.get(k, "") for k in DESCRIBING},
+                    "episodes_sha": r.hparams.get("episodes_sha", ""),
+                }
+            )
+            for r in results
+        ],
+        ignore_index=True,
+    )
 
 
 def save_results(results: list[EvalResult], path: str | os.PathLike) -> Path:
@@ -52,7 +63,9 @@ def load_results(paths: list[str | os.PathLike]) -> pd.DataFrame:
         if missing:
             raise FslError(f"{path} is no results file: it lacks columns {sorted(missing)}")
         frames.append(with_split(frame).assign(source=str(path)))
-    frame = pd.concat(frames, ignore_index=True).drop_duplicates(["method", "split", "episode_set", "episode"], keep="last")
+    frame = pd.concat(frames, ignore_index=True).drop_duplicates(
+        ["method", "split", "episode_set", "episode"], keep="last"
+    )
     check_same_draws(frame)
     return frame.drop(columns="source")
 
@@ -66,9 +79,11 @@ def check_same_draws(frame: pd.DataFrame) -> None:
     for (split, episode_set), group in known.groupby(["split", "episode_set"]):
         if group["episodes_sha"].nunique() > 1:
             files = group.groupby("episodes_sha")["source"].first()
-            raise FslError(f"{episode_set} (split {split}) was run on different draws of its episodes: "
-                           + "; ".join(f"{source} on {sha}" for sha, source in files.items())
-                           + ". Re-run the older config(s) with `fsl eval` on the current episode files")
+            raise FslError(
+                f"{episode_set} (split {split}) was run on different draws of its episodes: "
+                + "; ".join(f"{source} on {sha}" for sha, source in files.items())
+                + ". Re-run the older config(s) with `fsl eval` on the current episode files"
+            )
 
 
 def with_split(frame: pd.DataFrame) -> pd.DataFrame:
@@ -85,8 +100,17 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     for (method, episode_set, split), group in frame.groupby(["method", "episode_set", "split"], sort=False):
         mean, ci = mean_ci(group.sort_values("episode")["accuracy"].to_numpy())
         described = {k: group[k].iloc[0] for k in DESCRIBING if k in group.columns}
-        rows.append({"method": method, "episode_set": episode_set, **({"split": split} if several else {}),
-                     "accuracy": mean, "ci95": ci, "episodes": len(group), **described})
+        rows.append(
+            {
+                "method": method,
+                "episode_set": episode_set,
+                **({"split": split} if several else {}),
+                "accuracy": mean,
+                "ci95": ci,
+                "episodes": len(group),
+                **described,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -104,11 +128,19 @@ def across_splits(frame: pd.DataFrame, baseline: str | None = None) -> pd.DataFr
         if baseline is not None:
             differences = []
             for split in per_split.index.get_level_values("split"):
-                ours = frame[(frame["method"] == method) & (frame["episode_set"] == episode_set) & (frame["split"] == split)]
-                theirs = frame[(frame["method"] == baseline) & (frame["episode_set"] == episode_set) & (frame["split"] == split)]
+                ours = frame[
+                    (frame["method"] == method) & (frame["episode_set"] == episode_set) & (frame["split"] == split)
+                ]
+                theirs = frame[
+                    (frame["method"] == baseline) & (frame["episode_set"] == episode_set) & (frame["split"] == split)
+                ]
                 if len(theirs) == len(ours) > 0:
-                    differences.append(paired_difference(ours.sort_values("episode")["accuracy"].to_numpy(),
-                                                         theirs.sort_values("episode")["accuracy"].to_numpy())[0])
+                    differences.append(
+                        paired_difference(
+                            ours.sort_values("episode")["accuracy"].to_numpy(),
+                            theirs.sort_values("episode")["accuracy"].to_numpy(),
+                        )[0]
+                    )
             if len(differences) == len(per_split):
                 row["difference"], row["difference_ci95"] = mean_ci(np.array(differences))
         rows.append(row)
@@ -125,9 +157,18 @@ def paired_table(frame: pd.DataFrame) -> pd.DataFrame:
         for a, b in itertools.combinations(by_method, 2):
             joined = pd.concat([by_method[a], by_method[b]], axis=1, join="inner")
             mean, ci = paired_difference(joined.iloc[:, 0].to_numpy(), joined.iloc[:, 1].to_numpy())
-            rows.append({"episode_set": episode_set, **({"split": split} if several else {}), "a": a, "b": b,
-                         "a_minus_b": mean, "ci95": ci,
-                         "episodes": len(joined), "significant": abs(mean) > ci})
+            rows.append(
+                {
+                    "episode_set": episode_set,
+                    **({"split": split} if several else {}),
+                    "a": a,
+                    "b": b,
+                    "a_minus_b": mean,
+                    "ci95": ci,
+                    "episodes": len(joined),
+                    "significant": abs(mean) > ci,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -135,12 +176,18 @@ def format_table(table: pd.DataFrame) -> str:
     """A table as people read it: accuracy in percent with its 95% CI in one column (files keep fractions)."""
     shown = table.copy()
     if {"accuracy", "ci95"} <= set(shown.columns) and "a_minus_b" not in shown.columns:
-        shown.insert(list(shown.columns).index("accuracy"), "accuracy % (95% CI)",
-                     [percent(m, c)[:-1] for m, c in zip(shown["accuracy"], shown["ci95"])])
+        shown.insert(
+            list(shown.columns).index("accuracy"),
+            "accuracy % (95% CI)",
+            [percent(m, c)[:-1] for m, c in zip(shown["accuracy"], shown["ci95"])],
+        )
         shown = shown.drop(columns=["accuracy", "ci95"])
     if {"a_minus_b", "ci95"} <= set(shown.columns):
-        shown.insert(list(shown.columns).index("a_minus_b"), "a - b, points (95% CI)",
-                     [f"{100 * d:+.1f} ± {100 * c:.1f}" for d, c in zip(shown["a_minus_b"], shown["ci95"])])
+        shown.insert(
+            list(shown.columns).index("a_minus_b"),
+            "a - b, points (95% CI)",
+            [f"{100 * d:+.1f} ± {100 * c:.1f}" for d, c in zip(shown["a_minus_b"], shown["ci95"])],
+        )
         shown = shown.drop(columns=["a_minus_b", "ci95"])
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
@@ -151,18 +198,27 @@ def log_to_tensorboard(result: EvalResult, logdir: str | os.PathLike) -> Path:
 
     summary = result.summary
     split = result.hparams.get("split", 0)
-    run_dir = Path(logdir) / f"{result.method}" / (result.episode_set if not split else f"split{split}-{result.episode_set}")
+    run_dir = (
+        Path(logdir) / f"{result.method}" / (result.episode_set if not split else f"split{split}-{result.episode_set}")
+    )
     with SummaryWriter(str(run_dir)) as writer:
         for step, value in enumerate(result.accuracy):
             writer.add_scalar(f"eval/{result.episode_set}/episode_accuracy", value, step)
-        writer.add_hparams({**result.hparams, "method": result.method, "episode_set": result.episode_set},
-                           {"hparam/accuracy": summary["accuracy"], "hparam/ci95": summary["ci95"]},
-                           run_name=".")
+        writer.add_hparams(
+            {**result.hparams, "method": result.method, "episode_set": result.episode_set},
+            {"hparam/accuracy": summary["accuracy"], "hparam/ci95": summary["ci95"]},
+            run_name=".",
+        )
     return run_dir
 
 
-FUSION_COLOURS = {"image": "tab:blue", "text": "tab:orange", "concat": "tab:green", "weighted": "tab:purple",
-                  "gate": "tab:red"}
+FUSION_COLOURS = {
+    "image": "tab:blue",
+    "text": "tab:orange",
+    "concat": "tab:green",
+    "weighted": "tab:purple",
+    "gate": "tab:red",
+}
 
 
 def plot_summary(summary: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -183,16 +239,30 @@ def plot_summary(summary: pd.DataFrame, path: str | os.PathLike) -> Path:
     methods = info.sort_values(["transductive", "head", "fusion"], kind="stable").index.tolist()
     sets = list(dict.fromkeys(summary["episode_set"]))
     low = max(0.0, float(np.nanmin(summary["accuracy"] - summary["ci95"].fillna(0))) - 0.02)
-    fig, axes = plt.subplots(1, len(sets), sharey=True, sharex=True, squeeze=False,
-                             figsize=(3.2 * len(sets) + 2.8, 0.26 * len(methods) + 1.6))
+    fig, axes = plt.subplots(
+        1,
+        len(sets),
+        sharey=True,
+        sharex=True,
+        squeeze=False,
+        figsize=(3.2 * len(sets) + 2.8, 0.26 * len(methods) + 1.6),
+    )
     colours = [FUSION_COLOURS.get(info.at[m, "fusion"], "tab:gray") for m in methods]
     hatches = ["//" if info.at[m, "transductive"] else "" for m in methods]
     heads = info.loc[methods, "head"].tolist()
     breaks = [i - 0.5 for i in range(1, len(methods)) if heads[i] != heads[i - 1]]
     for ax, name in zip(axes[0], sets):
         part = summary[summary["episode_set"] == name].set_index("method").reindex(methods)
-        ax.barh(np.arange(len(methods)), part["accuracy"], xerr=part["ci95"], capsize=2, color=colours,
-                hatch=hatches, edgecolor="white", linewidth=0)
+        ax.barh(
+            np.arange(len(methods)),
+            part["accuracy"],
+            xerr=part["ci95"],
+            capsize=2,
+            color=colours,
+            hatch=hatches,
+            edgecolor="white",
+            linewidth=0,
+        )
         for y in breaks:
             ax.axhline(y, color="black", linewidth=0.5, alpha=0.4)
         ax.set_xlim(low, 1.0)
@@ -232,10 +302,17 @@ def earlier_results(path: Path, resolved_config: bytes, new, current_draw=None):
         drawn = old["episodes_sha"].fillna("").astype(str)
         same = {key: current_draw(*key) for key in set(zip(old["split"], old["episode_set"]))}
         keep = [k and sha == same[(s, e)] for k, sha, s, e in zip(keep, drawn, old["split"], old["episode_set"])]
-        stale = sorted({(int(s), e) for k, sha, s, e in zip(keep, drawn, old["split"], old["episode_set"])
-                        if not k and (s, e) not in ran})
+        stale = sorted(
+            {
+                (int(s), e)
+                for k, sha, s, e in zip(keep, drawn, old["split"], old["episode_set"])
+                if not k and (s, e) not in ran
+            }
+        )
         if stale:
-            print(f"fsl: {path}: dropped earlier rows of {', '.join(f'split {s} {e}' for s, e in stale)}: their "
-                  "episode files were redrawn since (or the rows predate recording which draw they ran on)",
-                  file=sys.stderr)
+            print(
+                f"fsl: {path}: dropped earlier rows of {', '.join(f'split {s} {e}' for s, e in stale)}: their "
+                "episode files were redrawn since (or the rows predate recording which draw they ran on)",
+                file=sys.stderr,
+            )
     return old[keep][list(new.columns)]

@@ -3,7 +3,6 @@ is written as a config of its own, and only then evaluated on the novel (test) s
 novel episodes is the leakage users of Tip-Adapter and CLIP's linear-probe code reported: the
 selection refuses any episode set that is not drawn from the validation classes."""
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -48,8 +47,10 @@ def check_validation_only(config: ExperimentConfig, catalog: Catalog, names: tup
     for name in names:
         episode_set = load_episode_set(config, catalog, name, episodes_root)
         if episode_set.meta.get("split") != "val":
-            raise FslError(f"sweeps choose on validation classes only; {name!r} is drawn from the "
-                           f"{episode_set.meta.get('split')!r} classes (a test set). Choose with --on val-5w5s")
+            raise FslError(
+                f"sweeps choose on validation classes only; {name!r} is drawn from the "
+                f"{episode_set.meta.get('split')!r} classes (a test set). Choose with --on val-5w5s"
+            )
 
 
 @dataclass
@@ -59,10 +60,17 @@ class SweepResult:
     header: str  # what was tried and what chose: the comment of the written config
 
 
-def sweep(config: ExperimentConfig, grid: list[tuple[str, list[Any]]], catalog: Catalog,
-          on: tuple[str, ...] = ("val-5w5s",), episodes_root: str | os.PathLike = "episodes",
-          store_root: str | os.PathLike | None = None, checkpoints_root: str | os.PathLike = "checkpoints",
-          runs_root: str | os.PathLike = "runs/train", progress: bool = True) -> SweepResult:
+def sweep(
+    config: ExperimentConfig,
+    grid: list[tuple[str, list[Any]]],
+    catalog: Catalog,
+    on: tuple[str, ...] = ("val-5w5s",),
+    episodes_root: str | os.PathLike = "episodes",
+    store_root: str | os.PathLike | None = None,
+    checkpoints_root: str | os.PathLike = "checkpoints",
+    runs_root: str | os.PathLike = "runs/train",
+    progress: bool = True,
+) -> SweepResult:
     """Score every grid point on the `on` (validation) sets; the best mean accuracy wins (first on ties).
 
     A config with a train: section is trained at every point (its checkpoint chosen on its own
@@ -79,15 +87,18 @@ def sweep(config: ExperimentConfig, grid: list[tuple[str, list[Any]]], catalog: 
     for point, candidate in zip(points, candidates):
         if candidate.train is not None:
             train(candidate, catalog, episodes_root, store_root, checkpoints_root, runs_root, progress=progress)
-        results: list[EvalResult] = run_experiment(dataclasses.replace(candidate, episodes=on), catalog, episodes_root,
-                                                   store_root, progress, checkpoints_root)
+        results: list[EvalResult] = run_experiment(
+            dataclasses.replace(candidate, episodes=on), catalog, episodes_root, store_root, progress, checkpoints_root
+        )
         mean, ci = mean_ci(np.concatenate([r.accuracy for r in results]))  # pooled over the `on` sets
         scores.append((point, mean, ci))
         if progress:
             print(f"  {point}: {', '.join(on)} {percent(mean, ci)}")
     best = max(range(len(points)), key=lambda i: (scores[i][1], -i))
     lines = [f"chosen by `fsl sweep` on validation classes only ({', '.join(on)}), mean accuracy:"]
-    lines += [f"  {'->' if i == best else '  '} {point}: {percent(mean, ci)}" for i, (point, mean, ci) in enumerate(scores)]
+    lines += [
+        f"  {'->' if i == best else '  '} {point}: {percent(mean, ci)}" for i, (point, mean, ci) in enumerate(scores)
+    ]
     lines.append(f"swept from {config.name}; novel-class sets were read only after this choice")
     return SweepResult(candidates[best], scores, "\n".join(lines))
 

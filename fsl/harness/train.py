@@ -2,7 +2,6 @@
 the sampler; validation-class episodes pick the best step (never the novel classes). TensorBoard
 under runs/train/<name>; checkpoints/<name>/{best,last}; an interrupted run resumes from last."""
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -35,13 +34,16 @@ def check_finite(name: str, step: int, loss: torch.Tensor, head: torch.nn.Module
     bad = [] if torch.isfinite(loss) else [f"the loss is {loss.item()}"]
     bad += [f"{n} holds NaN/inf" for n, p in head.named_parameters() if not torch.isfinite(p).all()][:3]
     if bad:
-        raise FslError(f"training {name} stopped at step {step}: {'; '.join(bad)}. The likely cause is a "
-                       f"learning rate too high for this head (train.lr = {lr:g}); lower it (e.g. --restart with "
-                       "a 10x smaller lr). Checkpoints saved before this step are finite and kept")
+        raise FslError(
+            f"training {name} stopped at step {step}: {'; '.join(bad)}. The likely cause is a "
+            f"learning rate too high for this head (train.lr = {lr:g}); lower it (e.g. --restart with "
+            "a 10x smaller lr). Checkpoints saved before this step are finite and kept"
+        )
 
 
-def training_samplers(config: ExperimentConfig, catalog: Catalog, base: list[str],
-                      episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> dict[str, EpisodeSampler]:
+def training_samplers(
+    config: ExperimentConfig, catalog: Catalog, base: list[str], episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR
+) -> dict[str, EpisodeSampler]:
     """One sampler of catalog rows per source of training episodes: the label column's base classes,
     then each of `train.sources` (another label column), whose classes are its values among the
     base-class products only, so no validation or novel product ever enters a training episode.
@@ -52,31 +54,44 @@ def training_samplers(config: ExperimentConfig, catalog: Catalog, base: list[str
     rows = np.flatnonzero(catalog.labels(config.label_column).isin(base).to_numpy())  # base-class products
     columns = (config.label_column, *settings.sources)
     if len(set(columns)) < len(columns):
-        raise FslError(f"train.sources {list(settings.sources)}: each column once, and not the label column "
-                       f"{config.label_column} itself (its episodes are always drawn)")
+        raise FslError(
+            f"train.sources {list(settings.sources)}: each column once, and not the label column "
+            f"{config.label_column} itself (its episodes are always drawn)"
+        )
     samplers = {}
     for column in columns:
         if column not in catalog.products.columns:
             known = [c for c in ("subCategory", "baseColour", "usage", "season", "gender") if c in catalog.products]
-            raise FslError(f"train.sources: the catalog has no column {column!r}; its label columns include "
-                           f"{', '.join(known)}")
+            raise FslError(
+                f"train.sources: the catalog has no column {column!r}; its label columns include {', '.join(known)}"
+            )
         labels = catalog.labels(column).to_numpy()[rows]
         group = None if groups is None else groups[rows]
         enough = settings.k_shot + settings.q_query
         distinct = distinct_photos(labels, group)
         classes = base if column == config.label_column else sorted(c for c, n in distinct.items() if n >= enough and c)
         if len(classes) < 2:
-            raise FslError(f"train.sources: {column} has {len(classes)} value(s) with {enough} base-class "
-                           f"products; at least 2 are needed for an episode")
+            raise FslError(
+                f"train.sources: {column} has {len(classes)} value(s) with {enough} base-class "
+                f"products; at least 2 are needed for an episode"
+            )
         n_way = min(settings.n_way, len(classes))
-        samplers[column] = EpisodeSampler(rows, labels, classes, n_way, settings.k_shot, settings.q_query,
-                                          settings.seed + len(samplers), group)
+        samplers[column] = EpisodeSampler(
+            rows, labels, classes, n_way, settings.k_shot, settings.q_query, settings.seed + len(samplers), group
+        )
     return samplers
 
 
-def train(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
-          store_root: str | os.PathLike = DEFAULT_ROOT, checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS,
-          runs_root: str | os.PathLike = "runs/train", resume: bool = True, progress: bool = True) -> dict:
+def train(
+    config: ExperimentConfig,
+    catalog: Catalog,
+    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+    store_root: str | os.PathLike = DEFAULT_ROOT,
+    checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS,
+    runs_root: str | os.PathLike = "runs/train",
+    resume: bool = True,
+    progress: bool = True,
+) -> dict:
     """Meta-train the config's head; returns {"best_val_accuracy", "best_step", "steps"}."""
     settings = config.train
     if settings is None:
@@ -97,9 +112,16 @@ def train(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.Pa
     optimizer = torch.optim.Adam(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
     folder = checkpoint_dir(config.name, checkpoints_root)
-    meta = {"encoder_id": store.encoder_id, "catalog_fingerprint": catalog.fingerprint, "method": config.method,
-            "fusion": config.fusion, "text_variant": config.text_variant, "label_column": config.label_column,
-            "base_classes": classes, "config": dataclasses.asdict(config)}
+    meta = {
+        "encoder_id": store.encoder_id,
+        "catalog_fingerprint": catalog.fingerprint,
+        "method": config.method,
+        "fusion": config.fusion,
+        "text_variant": config.text_variant,
+        "label_column": config.label_column,
+        "base_classes": classes,
+        "config": dataclasses.asdict(config),
+    }
     start, best, best_step = 0, -1.0, 0
     state = load_train_state(folder / "last") if resume else None
     if state is not None:
@@ -118,9 +140,12 @@ def train(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.Pa
         for step in bar:
             head.train()
             episodes = sources[step % len(sources)].sample(settings.episodes_per_step)  # the sources in turn
-            logits = head(features[torch.from_numpy(episodes.support)],
-                          torch.as_tensor(episodes.support_labels).expand(len(episodes), -1),
-                          features[torch.from_numpy(episodes.query)], episodes.n_way)
+            logits = head(
+                features[torch.from_numpy(episodes.support)],
+                torch.as_tensor(episodes.support_labels).expand(len(episodes), -1),
+                features[torch.from_numpy(episodes.query)],
+                episodes.n_way,
+            )
             loss = F.cross_entropy(logits.flatten(0, 1), torch.as_tensor(episodes.query_labels).repeat(len(episodes)))
             optimizer.zero_grad()
             loss.backward()
@@ -137,15 +162,31 @@ def train(config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.Pa
                 if improved:
                     best, best_step = accuracy, step + 1
                     save_head(folder / "best", head, {**meta, "step": best_step, "val_accuracy": best})
-                report(f"step {step + 1}/{settings.steps}: loss {loss.item():.4f}, {settings.val_episodes} "
-                       f"{percent(accuracy, ci)}" + (" (new best)" if improved else
-                                                    f" (best {100 * best:.1f}% at step {best_step})"))
+                report(
+                    f"step {step + 1}/{settings.steps}: loss {loss.item():.4f}, {settings.val_episodes} "
+                    f"{percent(accuracy, ci)}"
+                    + (" (new best)" if improved else f" (best {100 * best:.1f}% at step {best_step})")
+                )
                 save_head(folder / "last", head, {**meta, "step": step + 1, "val_accuracy": accuracy})
-                save_train_state(folder / "last", {"optimizer": optimizer.state_dict(), "step": step + 1,
-                                                   "best": best, "best_step": best_step,
-                                                   "sampler_rng": [s.generator.get_state() for s in sources]})
-        hparams = {"head": config.method, "fusion": config.fusion, "text_variant": config.text_variant,
-                   **{f"train.{k}": v if not isinstance(v, tuple) else ",".join(v) for k, v in
-                      dataclasses.asdict(settings).items()}, **flat_options(config)}
+                save_train_state(
+                    folder / "last",
+                    {
+                        "optimizer": optimizer.state_dict(),
+                        "step": step + 1,
+                        "best": best,
+                        "best_step": best_step,
+                        "sampler_rng": [s.generator.get_state() for s in sources],
+                    },
+                )
+        hparams = {
+            "head": config.method,
+            "fusion": config.fusion,
+            "text_variant": config.text_variant,
+            **{
+                f"train.{k}": v if not isinstance(v, tuple) else ",".join(v)
+                for k, v in dataclasses.asdict(settings).items()
+            },
+            **flat_options(config),
+        }
         writer.add_hparams(hparams, {"hparam/best_val_accuracy": best}, run_name="hparams")
     return {"best_val_accuracy": best, "best_step": best_step, "steps": settings.steps}

@@ -1,6 +1,5 @@
 """Few-shot heads by name: `create_head("protonet", fusion)`; one file per head."""
 
-
 from __future__ import annotations
 
 from fsl.errors import FslError
@@ -20,18 +19,41 @@ from fsl.methods.tim import TIM
 from fsl.methods.tip_adapter import TipAdapter
 from fsl.methods.zero_shot import ZeroShot
 
-HEADS: dict[str, type[FewShotHead]] = {head.name: head for head in (
-    ZeroShot, LinearProbe, ProtoNet, MAML, SimpleShot, GDA, BDCSPN, PTMAP, CosinePrototypes, TipAdapter, TIM,
-    LaplacianShot, LPPlusPlus,
-)}
+HEADS: dict[str, type[FewShotHead]] = {
+    head.name: head
+    for head in (
+        ZeroShot,
+        LinearProbe,
+        ProtoNet,
+        MAML,
+        SimpleShot,
+        GDA,
+        BDCSPN,
+        PTMAP,
+        CosinePrototypes,
+        TipAdapter,
+        TIM,
+        LaplacianShot,
+        LPPlusPlus,
+    )
+}
 
 # A small working instance of every head: the options the tests and docs/methods.md build it with.
 # Adding a head: its file (class with `name`, capabilities, documented options), one line in the tuple
 # above, one line here, and its experiments/NAME.yaml.
 EXAMPLE_OPTIONS: dict[str, dict] = {
-    "zero_shot": {}, "linear_probe": {"C": 1.0}, "protonet": {}, "maml": {"inner_steps": 5}, "simpleshot": {"centering": "none"},
-    "gda": {"shrinkage": 0.5}, "bd_cspn": {"temperature": 10.0}, "pt_map": {"normalize": True}, "cosine_prototypes": {},
-    "tip_adapter": {"finetune": True, "alpha": 10.0}, "tim": {"steps": 20, "lr": 1e-3}, "laplacian_shot": {"knn": 3},
+    "zero_shot": {},
+    "linear_probe": {"C": 1.0},
+    "protonet": {},
+    "maml": {"inner_steps": 5},
+    "simpleshot": {"centering": "none"},
+    "gda": {"shrinkage": 0.5},
+    "bd_cspn": {"temperature": 10.0},
+    "pt_map": {"normalize": True},
+    "cosine_prototypes": {},
+    "tip_adapter": {"finetune": True, "alpha": 10.0},
+    "tim": {"steps": 20, "lr": 1e-3},
+    "laplacian_shot": {"knn": 3},
     "lp_plus_plus": {"steps": 50},
 }
 

@@ -5,7 +5,6 @@ D = image_dim + text_dim. A head is `classify(embed(support), labels, embed(quer
 on each example alone (the head's own Fusion, maybe a projection), so the harness embeds every
 example of an episode set once. Heads that read class names also get class_text [E, N, Dt]."""
 
-
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -37,8 +36,14 @@ class FewShotHead(nn.Module, ABC):
         super().__init__()
         self.fusion = fusion
 
-    def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
-                n_way: int, class_text: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        support: torch.Tensor,
+        support_labels: torch.Tensor,
+        query: torch.Tensor,
+        n_way: int,
+        class_text: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Raw [image | text] support [E, N*K, D] and query [E, Q, D] -> logits [E, Q, N]."""
         return self.classify(self.embed(support), support_labels, self.embed(query), n_way, class_text)
 
@@ -48,8 +53,14 @@ class FewShotHead(nn.Module, ABC):
         return self.fusion(features)
 
     @abstractmethod
-    def classify(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
-                 n_way: int, class_text: torch.Tensor | None = None) -> torch.Tensor:
+    def classify(
+        self,
+        support: torch.Tensor,
+        support_labels: torch.Tensor,
+        query: torch.Tensor,
+        n_way: int,
+        class_text: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Embedded support [E, N*K, D'] and query [E, Q, D'] -> logits [E, Q, N]."""
 
     def fit_base(self, features: torch.Tensor, labels: torch.Tensor) -> None:

@@ -7,7 +7,6 @@ support and the pseudo-labelled queries, each weighted by exp(temperature · cos
 Queries are then scored by cosine to the rectified prototypes. With `temperature: 1` this is easyfsl's
 BDCSPN step for step; the paper uses 10."""
 
-
 from __future__ import annotations
 
 from fsl.methods.base import FewShotHead

@@ -5,7 +5,6 @@ calibrated (`fsl calibrate`) on the same frozen episodes as every other head. Pr
 scoring with cosine similarity (Snell et al., 2017; Chen et al., ICLR 2019, "A Closer Look at
 Few-shot Classification") kept per modality. Nothing to train."""
 
-
 from __future__ import annotations
 
 import torch
@@ -26,6 +25,7 @@ class CosinePrototypes(FewShotHead):
     """
 
     name = "cosine_prototypes"
+
     def __init__(self, fusion: Fusion):
         super().__init__(fusion)
         if not isinstance(fusion, (Concat, ImageOnly)):

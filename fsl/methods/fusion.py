@@ -4,7 +4,6 @@ Every head gets features [..., image_dim + text_dim] (image then text, both unit
 starts with a Fusion that maps them to its own space, so an ablation is one YAML line
 (`fusion: gate`) and a learned fusion trains with the head's other meta-parameters."""
 
-
 from __future__ import annotations
 
 import math
@@ -24,9 +23,11 @@ class Fusion(nn.Module):
 
     def split(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if features.shape[-1] != self.image_dim + self.text_dim:
-            raise FslError(f"fusion expects {self.image_dim} + {self.text_dim} feature columns, "
-                           f"got {features.shape[-1]}: features from another encoder?")
-        return features[..., : self.image_dim], features[..., self.image_dim:]
+            raise FslError(
+                f"fusion expects {self.image_dim} + {self.text_dim} feature columns, "
+                f"got {features.shape[-1]}: features from another encoder?"
+            )
+        return features[..., : self.image_dim], features[..., self.image_dim :]
 
     @property
     def out_dim(self) -> int:

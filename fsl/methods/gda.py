@@ -13,7 +13,6 @@ identity prior GDA is ProtoNet.
 `zero_shot_weight` > 0 adds that multiple of the zero-shot logits (100 · cosine to the class-name
 prompts) to GDA's, the paper's ensemble; with the offline pair the names meet the text part only."""
 
-
 from __future__ import annotations
 
 import torch
@@ -38,15 +37,27 @@ class GDA(FewShotHead):
 
     name = "gda"
     uses_class_names = True
-    def __init__(self, fusion: Fusion, shrinkage: float = 0.5, prior: str = "identity",
-                 zero_shot_weight: float = 0.0, shared_space: bool = False):
+
+    def __init__(
+        self,
+        fusion: Fusion,
+        shrinkage: float = 0.5,
+        prior: str = "identity",
+        zero_shot_weight: float = 0.0,
+        shared_space: bool = False,
+    ):
         super().__init__(fusion)
         if type(shrinkage) not in (int, float) or not 0 < shrinkage <= 1:
             raise FslError(f"gda shrinkage must be in (0, 1], got {shrinkage!r}")
         if prior not in ("identity", "base"):
             raise FslError(f"unknown gda prior {prior!r}; choose identity or base")
         check_positive("gda", allow_zero=True, zero_shot_weight=zero_shot_weight)
-        self.shrinkage, self.prior, self.zero_shot_weight, self.shared_space = shrinkage, prior, zero_shot_weight, shared_space
+        self.shrinkage, self.prior, self.zero_shot_weight, self.shared_space = (
+            shrinkage,
+            prior,
+            zero_shot_weight,
+            shared_space,
+        )
         self.needs_base_classes = prior == "base"
         self.needs_class_text = zero_shot_weight > 0
         self.base_precision: torch.Tensor | None = None  # P⁻¹ [D', D'] and tr(P), set by fit_base
@@ -55,7 +66,9 @@ class GDA(FewShotHead):
     def fit_base(self, features, labels):
         with torch.no_grad():
             embedded = self.embed(features).double()
-        means = torch.zeros(int(labels.max()) + 1, embedded.shape[1], dtype=torch.float64).index_add_(0, labels, embedded)
+        means = torch.zeros(int(labels.max()) + 1, embedded.shape[1], dtype=torch.float64).index_add_(
+            0, labels, embedded
+        )
         means /= torch.bincount(labels).clamp_min(1).unsqueeze(-1)
         centred = embedded - means[labels]
         covariance = centred.T @ centred / len(centred)
@@ -88,5 +101,7 @@ class GDA(FewShotHead):
             if class_text is None:
                 raise ValueError("gda with zero_shot_weight needs class_text [E, N, Dt]")
             names = F.normalize(self.class_features(class_text, self.shared_space), dim=-1).double()
-            logits = logits + self.zero_shot_weight * ZERO_SHOT_SCALE * F.normalize(query, dim=-1) @ names.transpose(1, 2)
+            logits = logits + self.zero_shot_weight * ZERO_SHOT_SCALE * F.normalize(query, dim=-1) @ names.transpose(
+                1, 2
+            )
         return logits.float()

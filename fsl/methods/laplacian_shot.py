@@ -7,7 +7,6 @@ from the paper's bound updates (Algorithm 1), each episode stopping when its bou
 easyfsl's LaplacianShot keeps k − 1 neighbours for its `knn: k` (its top-k includes the point
 itself): our `knn: 3` is its `knn=4`. The logits are the log soft assignments."""
 
-
 from __future__ import annotations
 
 import torch
@@ -33,8 +32,15 @@ class LaplacianShot(FewShotHead):
     name = "laplacian_shot"
     transductive = True
 
-    def __init__(self, fusion: Fusion, knn: int = 3, lambda_regularization: float = 0.7, steps: int = 20,
-                 temperature: float = 1.0, tolerance: float = 1e-6):
+    def __init__(
+        self,
+        fusion: Fusion,
+        knn: int = 3,
+        lambda_regularization: float = 0.7,
+        steps: int = 20,
+        temperature: float = 1.0,
+        tolerance: float = 1e-6,
+    ):
         super().__init__(fusion)
         check_positive("laplacian_shot", knn=knn, steps=steps, temperature=temperature, tolerance=tolerance)
         check_positive("laplacian_shot", allow_zero=True, lambda_regularization=lambda_regularization)
@@ -60,8 +66,11 @@ class LaplacianShot(FewShotHead):
         for step in range(self.steps):
             updated = (self.lam * kernel @ assignments - scores).softmax(-1)
             assignments = torch.where(active[:, None, None], updated, assignments)
-            bound = (assignments * (assignments + 1e-12).log() + scores * assignments
-                     - self.lam * (kernel @ assignments) * assignments).sum((1, 2))  # Eq. 7, per episode
+            bound = (
+                assignments * (assignments + 1e-12).log()
+                + scores * assignments
+                - self.lam * (kernel @ assignments) * assignments
+            ).sum((1, 2))  # Eq. 7, per episode
             if step > 1:
                 active &= (bound - previous).abs() > self.tolerance * previous.abs()
             previous = bound

@@ -8,7 +8,6 @@ cross-entropies + ||W - W0||² / 2C), with W0 = 0 by default, or the class proto
 class-name text embeddings, which then act as a prior the support set pulls away from (as in
 LP++ / CLAP)."""
 
-
 from __future__ import annotations
 
 import torch
@@ -35,8 +34,10 @@ class LinearProbe(FewShotHead):
 
     name = "linear_probe"
     uses_class_names = True
-    def __init__(self, fusion: Fusion, C: float = 1.0, max_iter: int = 20, init: str = "zeros",
-                 shared_space: bool = False):
+
+    def __init__(
+        self, fusion: Fusion, C: float = 1.0, max_iter: int = 20, init: str = "zeros", shared_space: bool = False
+    ):
         super().__init__(fusion)
         if init not in INITS:
             raise FslError(f"unknown linear_probe init {init!r}; choose one of {list(INITS)}")
@@ -54,8 +55,9 @@ class LinearProbe(FewShotHead):
     def classify(self, support, support_labels, query, n_way, class_text=None):
         support, query = support.detach(), query.detach()
         prior = self.prior(support, support_labels, n_way, class_text)  # [E, N, D] or None
-        prior_logits = (support.new_zeros(*support.shape[:2], n_way) if prior is None
-                        else support @ prior.detach().transpose(1, 2))  # [E, M, N], M = N*K
+        prior_logits = (
+            support.new_zeros(*support.shape[:2], n_way) if prior is None else support @ prior.detach().transpose(1, 2)
+        )  # [E, M, N], M = N*K
         factor = span_coordinates(support @ support.transpose(1, 2))  # [E, M, M]
         solution = fit_logistic(factor, prior_logits, support_labels, n_way, self.C, self.max_iter)  # [E, N, M + 1]
         # the weights back in feature space: W = W0 + B L⁻¹ · support
@@ -81,36 +83,52 @@ def span_coordinates(gram: torch.Tensor, floor: float = 1e-10) -> torch.Tensor:
     if failed.any():
         eigenvalues, eigenvectors = torch.linalg.eigh(gram[failed])
         eigenvalues = eigenvalues.clamp_min(floor * eigenvalues[..., -1:].clamp_min(1e-300))
-        factor[failed] = torch.linalg.cholesky((eigenvectors * eigenvalues.unsqueeze(-2)) @ eigenvectors.transpose(1, 2))
+        factor[failed] = torch.linalg.cholesky(
+            (eigenvectors * eigenvalues.unsqueeze(-2)) @ eigenvectors.transpose(1, 2)
+        )
     return factor
 
 
-def fit_logistic(features: torch.Tensor, prior_logits: torch.Tensor, labels: torch.Tensor, n_way: int, C: float,
-                 max_iter: int, tolerance: float = 1e-4) -> torch.Tensor:
+def fit_logistic(
+    features: torch.Tensor,
+    prior_logits: torch.Tensor,
+    labels: torch.Tensor,
+    n_way: int,
+    C: float,
+    max_iter: int,
+    tolerance: float = 1e-4,
+) -> torch.Tensor:
     """Multinomial logistic regression, batched over episodes: features [E, M, R], prior logits
     [E, M, N] (an offset per example), labels [E, M] -> X = [W | b], [E, N, R + 1] (float32).
 
     Minimises sum_i CE(prior_i + W x_i + b) + ||W||² / 2C, scikit-learn's objective, until every
     episode's gradient is below `tolerance` on scikit-learn's scale (its loss is this one over M, and
     its `tol` bounds that loss's gradient). In float32, which on the orthonormal coordinates reaches
-    that tolerance as float64 does (solutions within 5e-7 on the real episodes at C = 1 to 100,
-    measured) at 1.4x the speed; an episode float32 cannot bring below it is refitted in float64.
+    that tolerance as float64 does, faster; an episode float32 cannot bring below it is refitted in
+    float64.
     """
     x, converged = newton(features.float(), prior_logits.float(), labels, n_way, C, max_iter, tolerance)
     if not converged.all():
         again = torch.nonzero(~converged).squeeze(1)
-        x[again] = newton(features[again].double(), prior_logits[again].double(), labels[again], n_way, C,
-                          max_iter, tolerance)[0].float()
+        x[again] = newton(
+            features[again].double(), prior_logits[again].double(), labels[again], n_way, C, max_iter, tolerance
+        )[0].float()
     return x
 
 
-def newton(features: torch.Tensor, prior_logits: torch.Tensor, labels: torch.Tensor, n_way: int, C: float,
-           max_iter: int, tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
+def newton(
+    features: torch.Tensor,
+    prior_logits: torch.Tensor,
+    labels: torch.Tensor,
+    n_way: int,
+    C: float,
+    max_iter: int,
+    tolerance: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Newton's method in the features' dtype, each step solved by conjugate gradients on
     Hessian-vector products, which never form the Hessian: on these well-conditioned coordinates a
-    few products per step, faster than solving the formed Hessian even at 5-way 1-shot (30
-    unknowns: 5,520 vs 3,640 episodes/s, measured). An episode leaves the batch once it has
-    converged. -> (X, converged [E])."""
+    few products per step, which beats solving the formed Hessian even at 5-way 1-shot. An episode
+    leaves the batch once it has converged. -> (X, converged [E])."""
     n_episodes, m, width = features.shape
     phi = torch.cat([features, features.new_ones(n_episodes, m, 1)], dim=-1)  # [E, M, R + 1]
     targets = F.one_hot(labels, n_way).to(phi.dtype)  # [E, M, N]
@@ -151,7 +169,9 @@ class Problem:
         """The objective [E] at x and the log-probabilities [E, M, N] it comes from (the next
         iteration's curvature and gradient start from them: one pass over the examples, not two)."""
         log_probabilities = F.log_softmax(self.prior_logits + self.phi @ x.transpose(1, 2), dim=-1)
-        return -(log_probabilities * self.targets).sum((1, 2)) + (x * x * self.penalty).sum((1, 2)) / 2, log_probabilities
+        return -(log_probabilities * self.targets).sum((1, 2)) + (x * x * self.penalty).sum(
+            (1, 2)
+        ) / 2, log_probabilities
 
     def gradient(self, x: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:  # [E, N, R + 1]
         return (probabilities - self.targets).transpose(1, 2) @ self.phi + x * self.penalty
@@ -163,8 +183,9 @@ class Problem:
         return r.transpose(1, 2) @ self.phi + v * self.penalty
 
 
-def newton_cg_step(problem: Problem, x: torch.Tensor, gradient: torch.Tensor, probabilities: torch.Tensor,
-                   max_steps: int = 100) -> torch.Tensor:
+def newton_cg_step(
+    problem: Problem, x: torch.Tensor, gradient: torch.Tensor, probabilities: torch.Tensor, max_steps: int = 100
+) -> torch.Tensor:
     """Solve H s = g by conjugate gradients, batched, each episode to a relative residual of
     min(0.5, sqrt|g|) (Nocedal & Wright's truncated Newton, alg. 7.1): superlinear near the optimum."""
 
@@ -194,8 +215,9 @@ def newton_cg_step(problem: Problem, x: torch.Tensor, gradient: torch.Tensor, pr
     return step
 
 
-def backtrack(problem: Problem, x: torch.Tensor, step: torch.Tensor, gradient: torch.Tensor,
-              value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def backtrack(
+    problem: Problem, x: torch.Tensor, step: torch.Tensor, gradient: torch.Tensor, value: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Halve each episode's Newton step until its objective decreases enough (Armijo): the new
     point, its objective and its log-probabilities."""
     slope = (gradient * step).sum((1, 2))

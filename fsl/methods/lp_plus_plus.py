@@ -11,7 +11,6 @@ from 250 · the mean text score. No hyper-parameter is searched. With the offlin
 names meet the text part of the fused features only; with CLIP or the aligned pair (`fsl align`)
 the photo too."""
 
-
 from __future__ import annotations
 
 import torch
@@ -39,16 +38,19 @@ class LPPlusPlus(FewShotHead):
     uses_class_names = True
     needs_class_text = True
 
-    def __init__(self, fusion: Fusion, shared_space: bool = False, steps: int = 300, alpha_every: int = 10,
-                 momentum: float = 0.9):
+    def __init__(
+        self, fusion: Fusion, shared_space: bool = False, steps: int = 300, alpha_every: int = 10, momentum: float = 0.9
+    ):
         super().__init__(fusion)
         check_positive("lp_plus_plus", steps=steps, alpha_every=alpha_every)
         check_positive("lp_plus_plus", allow_zero=True, momentum=momentum)
         self.momentum = momentum
         if isinstance(fusion, ImageOnly) and not shared_space:
-            raise FslError("lp_plus_plus on image features needs an encoder whose image and text towers share one "
-                           "space (clip, or the aligned pair of `fsl align`); with the offline pair use a fusion "
-                           "with text (concat)")
+            raise FslError(
+                "lp_plus_plus on image features needs an encoder whose image and text towers share one "
+                "space (clip, or the aligned pair of `fsl align`); with the offline pair use a fusion "
+                "with text (concat)"
+            )
         self.shared_space, self.steps, self.alpha_every = shared_space, int(steps), int(alpha_every)
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,6 @@ loss then rewards whatever makes logits larger, such as a fusion gate on the mod
 logits, even where that costs accuracy (benchmarks/maml_gate.py). Measured on maml-fused-masked, a
 scale trained at the head's lr does not stop that gate from collapsing (the gate moves faster)."""
 
-
 from __future__ import annotations
 
 import torch
@@ -49,9 +48,19 @@ class MAML(FewShotHead):
     """
 
     name = "maml"
-    def __init__(self, fusion: Fusion, hidden: int = 0, inner_steps: int = 10, inner_lr: float = 0.5,
-                 first_order: bool = False, init: str = "shared", projection: str = "none",
-                 projection_dim: int | None = None, learn_scale: bool = False):
+
+    def __init__(
+        self,
+        fusion: Fusion,
+        hidden: int = 0,
+        inner_steps: int = 10,
+        inner_lr: float = 0.5,
+        first_order: bool = False,
+        init: str = "shared",
+        projection: str = "none",
+        projection_dim: int | None = None,
+        learn_scale: bool = False,
+    ):
         super().__init__(fusion)
         if init not in ("shared", "prototypes"):
             raise FslError(f"maml init must be shared or prototypes, got {init!r}")
@@ -78,7 +87,7 @@ class MAML(FewShotHead):
         return {**weights, "weight": self.w0.expand(n_way, -1), "bias": self.b0.expand(n_way)}
 
     def logits(self, weights: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
-        body = {k[len("body."):]: v for k, v in weights.items() if k.startswith("body.")}
+        body = {k[len("body.") :]: v for k, v in weights.items() if k.startswith("body.")}
         hidden = functional_call(self.body, body, (features,)) if body else features
         return hidden @ weights["weight"].T + weights["bias"]
 

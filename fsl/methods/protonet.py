@@ -5,7 +5,6 @@ Euclidean distances to those prototypes. Without a projection this is nearest-pr
 classification on frozen features; with one (a diagonal metric or a linear map, both starting as
 the identity), the projection is meta-trained on base classes."""
 
-
 from __future__ import annotations
 
 import torch
@@ -20,11 +19,13 @@ class ProtoNet(FewShotHead):
     means of the support features.
 
     Options (`method_options` in a config):
-    - `projection`: none | diagonal | linear: a learned map before the distances, meta-trained by `fsl train` (default none)
+    - `projection`: none | diagonal | linear: a learned map before the distances, meta-trained by
+      `fsl train` (default none)
     - `projection_dim`: output size of the linear projection (default: the fused feature size)
     """
 
     name = "protonet"
+
     def __init__(self, fusion: Fusion, projection: str = "none", projection_dim: int | None = None):
         super().__init__(fusion)
         self.projection = make_projection(projection, fusion.out_dim, projection_dim)
@@ -37,8 +38,9 @@ class ProtoNet(FewShotHead):
         return -squared_distances(query, prototypes)  # [E, Q, N]
 
     @staticmethod
-    def logits_from_gram(gram: torch.Tensor, support_rows: torch.Tensor, query_rows: torch.Tensor,
-                         n_way: int) -> torch.Tensor:
+    def logits_from_gram(
+        gram: torch.Tensor, support_rows: torch.Tensor, query_rows: torch.Tensor, n_way: int
+    ) -> torch.Tensor:
         """The same logits from a precomputed Gram matrix [P, P] of the features and row indices
         (support [E, N*K] class-major, query [E, Q]): |q - mean_k s_k|² needs only inner products,
         so an episode reads about Q*N*K numbers instead of (N*K + Q) * D."""

@@ -8,7 +8,6 @@ for a few steps. Sinkhorn runs in the log domain (exp(-λ d²) underflows at the
 `normalize: false` this is easyfsl's PTMAP; `normalize: true` L2-normalises after the transform, as
 the paper's code does."""
 
-
 from __future__ import annotations
 
 import math
@@ -38,12 +37,27 @@ class PTMAP(FewShotHead):
     name = "pt_map"
     transductive = True
 
-    def __init__(self, fusion: Fusion, steps: int = 10, lr: float = 0.2, regularization: float = 10.0,
-                 power: float = 0.5, normalize: bool = False, sinkhorn_steps: int = 1000,
-                 tolerance: float = 1e-6):
+    def __init__(
+        self,
+        fusion: Fusion,
+        steps: int = 10,
+        lr: float = 0.2,
+        regularization: float = 10.0,
+        power: float = 0.5,
+        normalize: bool = False,
+        sinkhorn_steps: int = 1000,
+        tolerance: float = 1e-6,
+    ):
         super().__init__(fusion)
-        check_positive("pt_map", steps=steps, lr=lr, regularization=regularization, power=power,
-                       sinkhorn_steps=sinkhorn_steps, tolerance=tolerance)
+        check_positive(
+            "pt_map",
+            steps=steps,
+            lr=lr,
+            regularization=regularization,
+            power=power,
+            sinkhorn_steps=sinkhorn_steps,
+            tolerance=tolerance,
+        )
         self.steps, self.lr, self.regularization, self.power = steps, lr, regularization, power
         self.normalize, self.sinkhorn_steps, self.tolerance = normalize, sinkhorn_steps, tolerance
 

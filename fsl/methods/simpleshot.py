@@ -7,7 +7,6 @@ training), L2-normalise it, and give each query the class of its nearest support
 easyfsl's SimpleShot instead takes the cosine to the mean of the raw support features: at one shot
 on unit-norm features both give the same predictions."""
 
-
 from __future__ import annotations
 
 import torch
@@ -27,6 +26,7 @@ class SimpleShot(FewShotHead):
     """
 
     name = "simpleshot"
+
     def __init__(self, fusion: Fusion, centering: str = "base"):
         super().__init__(fusion)
         if centering not in ("base", "none"):

@@ -8,7 +8,6 @@ Logits are temperature · cosine to the prototypes, as in easyfsl's TIM, which t
 step. Every episode has its own prototypes; the summed loss gives each its own gradient and Adam is
 element-wise, so one batched optimiser equals one per episode."""
 
-
 from __future__ import annotations
 
 import torch
@@ -40,14 +39,25 @@ class TIM(FewShotHead):
     name = "tim"
     transductive = True
 
-    def __init__(self, fusion: Fusion, steps: int = 50, lr: float = 1e-4, cross_entropy_weight: float = 1.0,
-                 marginal_entropy_weight: float = 1.0, conditional_entropy_weight: float = 0.1,
-                 temperature: float = 10.0):
+    def __init__(
+        self,
+        fusion: Fusion,
+        steps: int = 50,
+        lr: float = 1e-4,
+        cross_entropy_weight: float = 1.0,
+        marginal_entropy_weight: float = 1.0,
+        conditional_entropy_weight: float = 0.1,
+        temperature: float = 10.0,
+    ):
         super().__init__(fusion)
         check_positive("tim", steps=steps, lr=lr, temperature=temperature)
-        check_positive("tim", allow_zero=True, cross_entropy_weight=cross_entropy_weight,
-                       marginal_entropy_weight=marginal_entropy_weight,
-                       conditional_entropy_weight=conditional_entropy_weight)
+        check_positive(
+            "tim",
+            allow_zero=True,
+            cross_entropy_weight=cross_entropy_weight,
+            marginal_entropy_weight=marginal_entropy_weight,
+            conditional_entropy_weight=conditional_entropy_weight,
+        )
         self.steps, self.lr, self.temperature = int(steps), lr, temperature
         self.weights = (cross_entropy_weight, marginal_entropy_weight, conditional_entropy_weight)
 
@@ -62,8 +72,9 @@ class TIM(FewShotHead):
                 support_log_probs = (self.temperature * cosine(support, prototypes)).log_softmax(-1)
                 query_probs = (self.temperature * cosine(query, prototypes)).softmax(-1)  # [E, Q, N]
                 cross_entropy = -(one_hot * support_log_probs).sum(-1).mean(-1)  # [E]
-                mutual_information = (marginal_weight * entropy(query_probs.mean(1))
-                                      - conditional_weight * entropy(query_probs).mean(-1))
+                mutual_information = marginal_weight * entropy(query_probs.mean(1)) - conditional_weight * entropy(
+                    query_probs
+                ).mean(-1)
                 loss = (ce_weight * cross_entropy - mutual_information).sum()  # episodes independent
                 optimizer.zero_grad()
                 loss.backward()

@@ -14,7 +14,6 @@ epochs with AdamW and a cosine schedule). Every episode has its own keys; the su
 episode exactly its own gradient, and Adam's update is element-wise, so one batched optimiser is
 the same as one per episode."""
 
-
 from __future__ import annotations
 
 import torch
@@ -43,8 +42,16 @@ class TipAdapter(FewShotHead):
     uses_class_names = True
     needs_class_text = True
 
-    def __init__(self, fusion: Fusion, alpha: float = 1.0, beta: float = 5.5, shared_space: bool = False,
-                 finetune: bool = False, steps: int = 20, lr: float = 1e-3):
+    def __init__(
+        self,
+        fusion: Fusion,
+        alpha: float = 1.0,
+        beta: float = 5.5,
+        shared_space: bool = False,
+        finetune: bool = False,
+        steps: int = 20,
+        lr: float = 1e-3,
+    ):
         super().__init__(fusion)
         check_positive("tip_adapter", allow_zero=True, alpha=alpha, beta=beta)
         check_positive("tip_adapter", steps=steps, lr=lr)

@@ -4,7 +4,6 @@ No support example is used: a query's logits are the cosine similarities of its 
 class-name prompts embedded by the encoder's text tower. With CLIP the image side compares too;
 with the offline pair (two separate spaces) only the product text can be compared to class names."""
 
-
 from __future__ import annotations
 
 import torch
@@ -30,8 +29,10 @@ class ZeroShot(FewShotHead):
     def __init__(self, fusion: Fusion, shared_space: bool = False, temperature: float = 0.01):
         super().__init__(fusion)
         if isinstance(fusion, ImageOnly) and not shared_space:
-            raise FslError("zero-shot on image features needs an encoder whose image and text towers share "
-                           "one space (clip); with the offline pair use fusion: text")
+            raise FslError(
+                "zero-shot on image features needs an encoder whose image and text towers share "
+                "one space (clip); with the offline pair use fusion: text"
+            )
         self.shared_space, self.temperature = shared_space, temperature
 
     def classify(self, support, support_labels, query, n_way, class_text=None):

@@ -3,7 +3,6 @@
 Written chunk by chunk with atomic writes (an interrupted embed resumes), keyed by encoder id and
 catalog fingerprint, checked by checksums, read memory-mapped so memory does not grow with the catalog."""
 
-
 from __future__ import annotations
 
 import fcntl
@@ -73,8 +72,10 @@ class FeatureStore:
 
     def text(self, variant: str = "plain") -> np.ndarray:
         if variant not in self.texts:
-            raise FslError(f"{self.path} has no text features {variant!r}; it has {sorted(self.texts)}. "
-                           "Run `fsl embed` with that text variant.")
+            raise FslError(
+                f"{self.path} has no text features {variant!r}; it has {sorted(self.texts)}. "
+                "Run `fsl embed` with that text variant."
+            )
         return self.texts[variant]
 
     def short_texts(self, texts: list[str], encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
@@ -96,8 +97,13 @@ class FeatureStore:
         return np.stack([cached[k] for k in keys])
 
     @classmethod
-    def open(cls, path: str | os.PathLike, encoder_id: str | None = None,
-             catalog_fingerprint: str | None = None, full_check: bool = False) -> FeatureStore:
+    def open(
+        cls,
+        path: str | os.PathLike,
+        encoder_id: str | None = None,
+        catalog_fingerprint: str | None = None,
+        full_check: bool = False,
+    ) -> FeatureStore:
         """Load a complete store; refuse one made by another encoder or catalog, or a damaged one.
 
         The check reads sizes and a sample of each array's bytes (full_check: every byte)."""
@@ -105,21 +111,36 @@ class FeatureStore:
         manifest = _read_manifest(path)
         if manifest is None or not manifest.get("complete"):
             raise FslError(f"{path} holds no complete feature store; run `fsl embed` first")
-        for what, wanted, found in (("encoder", encoder_id, manifest["encoder_id"]),
-                                    ("catalog", catalog_fingerprint, manifest["catalog_fingerprint"])):
+        for what, wanted, found in (
+            ("encoder", encoder_id, manifest["encoder_id"]),
+            ("catalog", catalog_fingerprint, manifest["catalog_fingerprint"]),
+        ):
             if wanted is not None and wanted != found:
-                raise FslError(f"feature store {path} was made for {what} {found!r}, not {wanted!r}; "
-                               f"embed this {what} with `fsl embed` or point to its own store")
+                raise FslError(
+                    f"feature store {path} was made for {what} {found!r}, not {wanted!r}; "
+                    f"embed this {what} with `fsl embed` or point to its own store"
+                )
         problem = store_problem(path, manifest, full_check)
         if problem:
-            raise FslError(f"feature store {path} is damaged: {problem}. Run `fsl embed` with the same "
-                           "options to repair it")
+            raise FslError(
+                f"feature store {path} is damaged: {problem}. Run `fsl embed` with the same options to repair it"
+            )
         texts = {name: np.load(path / f"text-{name}.npy", mmap_mode="r") for name in manifest["text_variants"]}
         return cls(path, manifest, np.load(path / "ids.npy"), np.load(path / "image.npy", mmap_mode="r"), texts)
 
 
-MANIFEST_KEYS = {"version", "encoder_id", "catalog_fingerprint", "products", "chunk_size", "chunks",
-                 "image_dim", "text_dim", "text_variants", "complete"}
+MANIFEST_KEYS = {
+    "version",
+    "encoder_id",
+    "catalog_fingerprint",
+    "products",
+    "chunk_size",
+    "chunks",
+    "image_dim",
+    "text_dim",
+    "text_variants",
+    "complete",
+}
 
 
 def _read_manifest(path: Path) -> dict | None:
@@ -128,9 +149,11 @@ def _read_manifest(path: Path) -> dict | None:
         return None
     manifest = read_json(file, "feature store manifest")
     if not isinstance(manifest, dict) or not MANIFEST_KEYS <= set(manifest):
-        raise FslError(f"{file}: the feature store manifest is damaged (it lacks "
-                       f"{sorted(MANIFEST_KEYS - set(manifest if isinstance(manifest, dict) else {}))}); "
-                       "run `fsl embed` with the same options to rebuild the store")
+        raise FslError(
+            f"{file}: the feature store manifest is damaged (it lacks "
+            f"{sorted(MANIFEST_KEYS - set(manifest if isinstance(manifest, dict) else {}))}); "
+            "run `fsl embed` with the same options to rebuild the store"
+        )
     return manifest
 
 
@@ -170,8 +193,10 @@ def store_problem(path: Path, manifest: dict, full_check: bool = False) -> str |
         if not file.is_file():
             return f"{file.name} is missing"
         if file.stat().st_size != record["bytes"]:
-            return (f"{file.name} has {file.stat().st_size} bytes, the manifest says {record['bytes']} "
-                    "(truncated or replaced)")
+            return (
+                f"{file.name} has {file.stat().st_size} bytes, the manifest says {record['bytes']} "
+                "(truncated or replaced)"
+            )
         if full_check:
             with open(file, "rb") as f:
                 if hashlib.file_digest(f, "sha256").hexdigest() != record["sha256"]:
@@ -184,6 +209,18 @@ def store_problem(path: Path, manifest: dict, full_check: bool = False) -> str |
     return None
 
 
+def _holder_of(handle, patience_s: float = 1.0) -> str:
+    """Who holds a lock, as its holder wrote it: the holder writes its name just after taking the
+    lock, so a reader that comes in between waits a moment rather than naming nobody."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        handle.seek(0)
+        who = handle.read().strip()
+        if who or time.monotonic() > deadline:
+            return who or "another process"
+        time.sleep(0.02)
+
+
 @contextmanager
 def _file_lock(file: Path, shared: bool = False, wait: bool = True, holder: str = "") -> Iterator[None]:
     """An flock on `file`; the OS drops it when the process dies, even by kill -9."""
@@ -193,10 +230,11 @@ def _file_lock(file: Path, shared: bool = False, wait: bool = True, holder: str 
         try:
             fcntl.flock(handle, mode)
         except BlockingIOError:
-            handle.seek(0)
-            who = handle.read().strip() or "another process"
-            raise FslError(f"feature store {file.parent} is being written by {who}; wait for it to finish "
-                           "(or stop it), then run the command again") from None
+            who = _holder_of(handle)
+            raise FslError(
+                f"feature store {file.parent} is being written by {who}; wait for it to finish "
+                "(or stop it), then run the command again"
+            ) from None
         if holder:
             handle.seek(0)
             handle.truncate()
@@ -226,8 +264,12 @@ def is_complete(path: Path) -> bool:
 
 def check_embed_options(chunk_size: int, batch_size: int, num_workers: int | None, rank: int, world_size: int) -> None:
     """Every option checked before any work, so a bad one can never leave a wrong store behind."""
-    for name, value, low in (("chunk size", chunk_size, 1), ("batch size", batch_size, 1),
-                             ("world size", world_size, 1), ("rank", rank, 0)):
+    for name, value, low in (
+        ("chunk size", chunk_size, 1),
+        ("batch size", batch_size, 1),
+        ("world size", world_size, 1),
+        ("rank", rank, 0),
+    ):
         if type(value) is not int or value < low:
             raise FslError(f"{name} must be a whole number >= {low}, got {value!r}")
     if num_workers is not None and (type(num_workers) is not int or num_workers < 0):
@@ -240,10 +282,20 @@ def _say(message: str) -> None:
     print(f"fsl: {message}", file=sys.stderr)
 
 
-def embed_catalog(catalog: Catalog, encoder: Encoder, root: str | os.PathLike = DEFAULT_ROOT,
-                  text_variants=DEFAULT_TEXT_VARIANTS, chunk_size: int = 512, batch_size: int = 32,
-                  num_workers: int | None = None, rank: int = 0, world_size: int = 1,
-                  progress: bool = True, full_check: bool = False, join: bool = True) -> FeatureStore | None:
+def embed_catalog(
+    catalog: Catalog,
+    encoder: Encoder,
+    root: str | os.PathLike = DEFAULT_ROOT,
+    text_variants=DEFAULT_TEXT_VARIANTS,
+    chunk_size: int = 512,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+    full_check: bool = False,
+    join: bool = True,
+) -> FeatureStore | None:
     """Embed every product once (images and each text variant); resumable, cached by content.
 
     A warm store is checked (full_check: every byte) and reused; a damaged one is rebuilt, with a
@@ -282,8 +334,9 @@ def embed_catalog(catalog: Catalog, encoder: Encoder, root: str | os.PathLike = 
     return FeatureStore.open(path, encoder.id, catalog.fingerprint)
 
 
-def _warm_store(path: Path, catalog: Catalog, encoder: Encoder, variants: dict, progress: bool,
-                full_check: bool) -> FeatureStore | None:
+def _warm_store(
+    path: Path, catalog: Catalog, encoder: Encoder, variants: dict, progress: bool, full_check: bool
+) -> FeatureStore | None:
     """The complete store at `path` with every text variant, or None when it must be (re)built."""
     try:
         manifest = _read_manifest(path)
@@ -331,13 +384,21 @@ def _upgrade_v1(path: Path, manifest: dict, catalog: Catalog) -> dict | None:
     return manifest
 
 
-def _start_manifest(path: Path, catalog: Catalog, encoder: Encoder, variants: dict, chunk_size: int,
-                    n_chunks: int) -> dict:
+def _start_manifest(
+    path: Path, catalog: Catalog, encoder: Encoder, variants: dict, chunk_size: int, n_chunks: int
+) -> dict:
     """The incomplete manifest this run writes chunks for; a different earlier run's chunks are dropped."""
     wanted = {
-        "version": STORE_VERSION, "encoder_id": encoder.id, "catalog_fingerprint": catalog.fingerprint,
-        "catalog_root": str(catalog.root), "products": len(catalog), "chunk_size": chunk_size,
-        "chunks": n_chunks, "image_dim": encoder.image_dim, "text_dim": encoder.text_dim, "dtype": DTYPE.str,
+        "version": STORE_VERSION,
+        "encoder_id": encoder.id,
+        "catalog_fingerprint": catalog.fingerprint,
+        "catalog_root": str(catalog.root),
+        "products": len(catalog),
+        "chunk_size": chunk_size,
+        "chunks": n_chunks,
+        "image_dim": encoder.image_dim,
+        "text_dim": encoder.text_dim,
+        "dtype": DTYPE.str,
         "text_variants": {n: {"template": v.template, "mask_column": v.mask_column} for n, v in variants.items()},
         "complete": False,
     }
@@ -366,13 +427,13 @@ def _embed_chunks(catalog, encoder, variants, chunks, chunk_size, chunk_file, ba
         while queue and n_buffered >= queue[0][1][1] - queue[0][1][0]:
             index, (start, stop) = queue.pop(0)
             stacked = np.concatenate(buffered)
-            image, rest = stacked[: stop - start], stacked[stop - start:]
+            image, rest = stacked[: stop - start], stacked[stop - start :]
             buffered, n_buffered = [rest], len(rest)
             arrays = {"image": image}
             # every variant's texts in one call, so a text two variants share (nothing masked) is encoded once
             encoded = encoder.encode_texts([t for name in variants for t in texts[name][start:stop]], progress=False)
             for i, name in enumerate(variants):
-                arrays[f"text-{name}"] = encoded[i * (stop - start):(i + 1) * (stop - start)]
+                arrays[f"text-{name}"] = encoded[i * (stop - start) : (i + 1) * (stop - start)]
             with atomic_path(chunk_file(index)) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **arrays)
     bar.close()
@@ -395,8 +456,9 @@ def _check_chunks(path: Path, manifest: dict, n_chunks: int, chunk_size: int, ch
                         raise ValueError(f"{key} holds NaN or infinite values")
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             chunk_file(i).unlink(missing_ok=True)
-            raise FslError(f"chunk {i} of {path} is damaged ({error}); it was removed: run `fsl embed` "
-                           "again to redo it") from None
+            raise FslError(
+                f"chunk {i} of {path} is damaged ({error}); it was removed: run `fsl embed` again to redo it"
+            ) from None
 
 
 def _join_chunks(path: Path, manifest: dict, n_chunks: int, chunk_size: int, chunk_file) -> None:
@@ -406,12 +468,15 @@ def _join_chunks(path: Path, manifest: dict, n_chunks: int, chunk_size: int, chu
     _check_chunks(path, manifest, n_chunks, chunk_size, chunk_file)
     rows = manifest["products"]
     keys = _array_keys(manifest)[1:]
-    needed = sum(rows * (manifest["image_dim"] if k == "image" else manifest["text_dim"]) * DTYPE.itemsize
-                 for k in keys)
+    needed = sum(
+        rows * (manifest["image_dim"] if k == "image" else manifest["text_dim"]) * DTYPE.itemsize for k in keys
+    )
     free = shutil.disk_usage(path).free
     if free < needed + (16 << 20):
-        raise FslError(f"joining {path} needs {needed / 2**20:.0f} MiB but the disk has {free / 2**20:.0f} MiB "
-                       "free; free some space and run `fsl embed` again (finished chunks are kept)")
+        raise FslError(
+            f"joining {path} needs {needed / 2**20:.0f} MiB but the disk has {free / 2**20:.0f} MiB "
+            "free; free some space and run `fsl embed` again (finished chunks are kept)"
+        )
     remove_stale_temp_files(path)
     for key in keys:
         dim = manifest["image_dim"] if key == "image" else manifest["text_dim"]
@@ -428,8 +493,9 @@ def _join_chunks(path: Path, manifest: dict, n_chunks: int, chunk_size: int, chu
     shutil.rmtree(path / "chunks", ignore_errors=True)
 
 
-def _add_text_variants(path: Path, manifest: dict, catalog: Catalog, encoder: Encoder,
-                       variants: list[TextVariant], progress: bool) -> None:
+def _add_text_variants(
+    path: Path, manifest: dict, catalog: Catalog, encoder: Encoder, variants: list[TextVariant], progress: bool
+) -> None:
     for variant in variants:
         features = encoder.encode_texts(catalog.texts(variant.template, variant.mask_column), progress=progress)
         write_npy(path / f"text-{variant.name}.npy", features.astype(DTYPE))
@@ -438,27 +504,45 @@ def _add_text_variants(path: Path, manifest: dict, catalog: Catalog, encoder: En
     write_json(path / "manifest.json", manifest)
 
 
-def derive_store(source: FeatureStore, path: Path, encoder_id: str, image_dim: int, text_dim: int,
-                 transform: Callable[[str, np.ndarray], np.ndarray], extra: dict | None = None,
-                 block: int = 65_536) -> FeatureStore:
+def derive_store(
+    source: FeatureStore,
+    path: Path,
+    encoder_id: str,
+    image_dim: int,
+    text_dim: int,
+    transform: Callable[[str, np.ndarray], np.ndarray],
+    extra: dict | None = None,
+    block: int = 65_536,
+) -> FeatureStore:
     """A store whose features are a function of another store's (e.g. projected into an aligned
     space): same ids and text variants, each array transformed block by block and written
     atomically, the manifest (with checksums) written last, under the store's writer lock."""
     path.mkdir(parents=True, exist_ok=True)
     with writer_lock(path):
         manifest = {key: value for key, value in source.manifest.items() if key not in ("arrays", "complete")}
-        manifest.update({"encoder_id": encoder_id, "image_dim": image_dim, "text_dim": text_dim, "complete": False,
-                         "derived_from": source.encoder_id, **(extra or {})})
+        manifest.update(
+            {
+                "encoder_id": encoder_id,
+                "image_dim": image_dim,
+                "text_dim": text_dim,
+                "complete": False,
+                "derived_from": source.encoder_id,
+                **(extra or {}),
+            }
+        )
         write_npy(path / "ids.npy", np.asarray(source.ids, dtype=np.int64))
         arrays = {"image": (source.image, image_dim)}
         arrays.update({f"text-{name}": (values, text_dim) for name, values in source.texts.items()})
         for key, (values, dim) in arrays.items():
             with atomic_path(path / f"{key}.npy") as tmp, open(tmp, "wb") as f:
-                header = {"descr": np.lib.format.dtype_to_descr(DTYPE), "fortran_order": False,
-                          "shape": (len(source.ids), dim)}
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(DTYPE),
+                    "fortran_order": False,
+                    "shape": (len(source.ids), dim),
+                }
                 np.lib.format.write_array_header_1_0(f, header)
                 for start in range(0, len(source.ids), block):
-                    out = transform("image" if key == "image" else "text", values[start:start + block])
+                    out = transform("image" if key == "image" else "text", values[start : start + block])
                     f.write(np.ascontiguousarray(out, dtype=DTYPE).tobytes())
         manifest["arrays"] = {key: _array_record(path / f"{key}.npy") for key in _array_keys(manifest)}
         write_json(path / "manifest.json", {**manifest, "complete": True})

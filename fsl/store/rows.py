@@ -1,6 +1,5 @@
 """What the harness gathers episodes from: a store's image and text rows side by side, read on demand."""
 
-
 from __future__ import annotations
 
 import numpy as np
@@ -36,8 +35,9 @@ def store_features(store: FeatureStore, text_variant: str = "plain") -> StoreFea
 def store_rows(store_ids: np.ndarray, product_ids: np.ndarray) -> np.ndarray:
     """Product ids -> row numbers of a store whose ids are sorted (catalog order)."""
     if len(store_ids) > 1 and not np.all(np.diff(store_ids) > 0):
-        raise FslError("the feature store's ids are not in increasing order: the store is damaged; "
-                       "run `fsl embed` to rebuild it")
+        raise FslError(
+            "the feature store's ids are not in increasing order: the store is damaged; run `fsl embed` to rebuild it"
+        )
     rows = np.searchsorted(store_ids, product_ids)
     rows = np.clip(rows, 0, len(store_ids) - 1)
     if not np.array_equal(store_ids[rows], product_ids):

@@ -1,6 +1,5 @@
 """The demo's shared state: the encoder, the catalog store and its search index, saved category sets."""
 
-
 from __future__ import annotations
 
 import os
@@ -60,12 +59,16 @@ class DemoBackend:
         """Which scorer, features and calibration gave an answer, in words."""
         encoder = f"encoder `{self.encoder.id}`"
         if kind is None:
-            return f"_Cosine to the categories' text examples, {encoder}; uncalibrated (fixed temperature {TEMPERATURE})._"
+            return (
+                f"_Cosine to the categories' text examples, {encoder}; uncalibrated (fixed temperature {TEMPERATURE})._"
+            )
         scorer = "image features" if kind == "image" else f"image and text features ({IMAGE_WEIGHT:.0%} image)"
         calibration = self.calibrations.get(kind)
         if calibration is None:
-            return (f"_Cosine prototypes on {scorer}, {encoder}; uncalibrated (fixed temperature {TEMPERATURE}, no "
-                    f"“{NONE_OF_THESE}”): run `fsl calibrate experiments/{SCORER_CONFIGS[kind].name}.yaml`._")
+            return (
+                f"_Cosine prototypes on {scorer}, {encoder}; uncalibrated (fixed temperature {TEMPERATURE}, no "
+                f"“{NONE_OF_THESE}”): run `fsl calibrate experiments/{SCORER_CONFIGS[kind].name}.yaml`._"
+            )
         return f"_Cosine prototypes on {scorer}, {encoder}; {calibration.describe()}._"
 
     def saved_sets(self) -> list[str]:
@@ -91,8 +94,10 @@ class DemoBackend:
 
     def gallery(self, rows: list[int]) -> list[tuple[str, str]]:
         products = self.catalog.products
-        return [(products.at[i, "image_path"], f"{products.at[i, 'articleType']}: {products.at[i, 'productDisplayName']}")
-                for i in rows]
+        return [
+            (products.at[i, "image_path"], f"{products.at[i, 'articleType']}: {products.at[i, 'productDisplayName']}")
+            for i in rows
+        ]
 
     def nearest(self, image: np.ndarray | None, text: np.ndarray | None, k: int) -> list[tuple[str, str]]:
         """The k catalog products closest to the query, as (photo, caption) for a gallery."""
@@ -100,8 +105,12 @@ class DemoBackend:
 
     def product_example(self, row: int) -> tuple[np.ndarray, np.ndarray, str, str]:
         """A catalog product as a teaching example: stored image and text features, photo, text."""
-        return (np.asarray(self.store.image[row]), np.asarray(self.store.text("plain")[row]),
-                str(self.catalog.products.at[row, "image_path"]), self.product_texts[row])
+        return (
+            np.asarray(self.store.image[row]),
+            np.asarray(self.store.text("plain")[row]),
+            str(self.catalog.products.at[row, "image_path"]),
+            self.product_texts[row],
+        )
 
     @cached_property
     def product_texts(self) -> list[str]:
@@ -128,10 +137,15 @@ def add_product(category: Category, example: tuple[np.ndarray, np.ndarray, str, 
     category.texts.append(text)
 
 
-def make_backend(catalog: Catalog, encoder_config, store_root=None, episodes_root=None,
-                 classifier: CatalogClassifier | None = None,
-                 calibration_root: str | os.PathLike = CALIBRATION_DIR,
-                 saved_root: str | os.PathLike = SAVED_DIR) -> DemoBackend:
+def make_backend(
+    catalog: Catalog,
+    encoder_config,
+    store_root=None,
+    episodes_root=None,
+    classifier: CatalogClassifier | None = None,
+    calibration_root: str | os.PathLike = CALIBRATION_DIR,
+    saved_root: str | os.PathLike = SAVED_DIR,
+) -> DemoBackend:
     """The encoder and store of the same config as the CLI; example classes from the novel split."""
 
     store = open_store(catalog, encoder_config, store_root or DEFAULT_ROOT)
@@ -144,7 +158,10 @@ def make_backend(catalog: Catalog, encoder_config, store_root=None, episodes_roo
     examples = [c for c in novel if counts.get(c, 0) >= 2 * EXAMPLES_PER_CATEGORY][:EXAMPLE_CATEGORIES]
     encoder = encoder_from_config(encoder_config)
     encoder.load()  # weights and image runtime now, not in the first visitor's request
-    calibrations = {kind: find_calibration(config_key(config, store.encoder_id), calibration_root)
-                    for kind, config in SCORER_CONFIGS.items()}
-    return DemoBackend(encoder, catalog, store, examples, classifier, calibrations, Path(saved_root),
-                       open_index(store, IMAGE_WEIGHT))
+    calibrations = {
+        kind: find_calibration(config_key(config, store.encoder_id), calibration_root)
+        for kind, config in SCORER_CONFIGS.items()
+    }
+    return DemoBackend(
+        encoder, catalog, store, examples, classifier, calibrations, Path(saved_root), open_index(store, IMAGE_WEIGHT)
+    )

@@ -1,7 +1,6 @@
 """The demo's handlers: teach categories, predict with confidences, search the catalog; plain
 functions of the backend and the session's categories, so tests call them without a browser."""
 
-
 from __future__ import annotations
 
 import os
@@ -39,8 +38,10 @@ from fsl.files import safe_name
 
 
 def summary(categories: list[Category]) -> pd.DataFrame:
-    return pd.DataFrame([{"category": c.name, "photos": len(c.image_features), "texts": len(c.text_features)}
-                         for c in categories], columns=["category", "photos", "texts"])
+    return pd.DataFrame(
+        [{"category": c.name, "photos": len(c.image_features), "texts": len(c.text_features)} for c in categories],
+        columns=["category", "photos", "texts"],
+    )
 
 
 def thumbnails(categories: list[Category], limit: int = 60) -> list[tuple[str, str]]:
@@ -144,7 +145,9 @@ def remove_example(categories: list[Category], line: str | None):
     if removed is None:
         return categories, "⚠️ Pick an example to remove."
     gone = {c.name for c in categories} - {c.name for c in updated}
-    return updated, f"Removed {removed}." + (f" “{next(iter(gone))}” had no examples left and was removed." if gone else "")
+    return updated, f"Removed {removed}." + (
+        f" “{next(iter(gone))}” had no examples left and was removed." if gone else ""
+    )
 
 
 def save(backend: DemoBackend, categories: list[Category], name: str):
@@ -161,8 +164,10 @@ def save(backend: DemoBackend, categories: list[Category], name: str):
         os.replace(partial, archive)  # a zip is complete or absent, never half written
     except (FslError, OSError) as error:
         return f"⚠️ Not saved: {error}.", None
-    return (f"✅ Saved {len(categories)} categories to `{folder}` (a support folder: `fsl predict --support "
-            f"{folder}` classifies with them) and as {Path(archive).name}."), archive
+    return (
+        f"✅ Saved {len(categories)} categories to `{folder}` (a support folder: `fsl predict --support "
+        f"{folder}` classifies with them) and as {Path(archive).name}."
+    ), archive
 
 
 def load_folder(backend: DemoBackend, folder: Path, label: str):
@@ -172,8 +177,11 @@ def load_folder(backend: DemoBackend, folder: Path, label: str):
         loaded = load_categories(support, backend.encoder)
     except FslError as error:
         return None, f"⚠️ Nothing was loaded from {label}: {error}."
-    skipped = f" Skipped {len(support.skipped)} file(s): {support.skipped[0][0]} ({support.skipped[0][1]}) …" \
-        if support.skipped else ""
+    skipped = (
+        f" Skipped {len(support.skipped)} file(s): {support.skipped[0][0]} ({support.skipped[0][1]}) …"
+        if support.skipped
+        else ""
+    )
     return loaded, f"✅ Loaded {len(loaded)} categories from {label}: {', '.join(c.name for c in loaded)}.{skipped}"
 
 
@@ -220,15 +228,25 @@ def unpack(archive: Path, target: Path) -> None:
                 raise FslError(f"{archive.name} unpacks to more than {MAX_ZIP_BYTES // 2**20} MB")
             for member in members:
                 parts = Path(member.filename).parts
-                if member.filename.startswith(("/", "\\")) or ".." in parts or (member.external_attr >> 16) & 0o170000 == 0o120000:
+                if (
+                    member.filename.startswith(("/", "\\"))
+                    or ".." in parts
+                    or (member.external_attr >> 16) & 0o170000 == 0o120000
+                ):
                     raise FslError(f"{archive.name}: {member.filename!r} points outside the folder or is a link")
             bundle.extractall(target)
     except (zipfile.BadZipFile, OSError) as error:
         raise FslError(f"{archive.name} is not a readable zip ({error})") from None
 
 
-def predict(backend: DemoBackend, categories: list[Category], image_path: str | None, text: str | None,
-            source: str = TAUGHT, k: int = 4):
+def predict(
+    backend: DemoBackend,
+    categories: list[Category],
+    image_path: str | None,
+    text: str | None,
+    source: str = TAUGHT,
+    k: int = 4,
+):
     """Returns (answer, confidences, message, nearest catalog examples)."""
     if source != TAUGHT:
         return predict_with_classifier(backend, image_path, text, k)
@@ -244,18 +262,26 @@ def predict(backend: DemoBackend, categories: list[Category], image_path: str | 
         return "", {}, f"⚠️ {error}.", []
     kind = scorer_kind(categories, image, text_feature)
     calibration = backend.calibrations.get(kind) if kind else None
-    result = confidences(categories, image, text_feature,
-                         temperature=calibration.temperature if calibration else TEMPERATURE)
+    result = confidences(
+        categories, image, text_feature, temperature=calibration.temperature if calibration else TEMPERATURE
+    )
     if not result:
         given = "a photo" if image is not None else "a text"
         return "", {}, f"⚠️ You gave {given}, but no category was taught with that kind of example.", []
     best = next(iter(result))
     who = backend.answered_by(kind)
     if calibration and result[best] < calibration.threshold:
-        message = (f"**{NONE_OF_THESE.capitalize()}**: the closest, {best} ({result[best]:.0%}), is below the "
-                   f"{calibration.threshold:.0%} an answer needs.\n\n{who}")
+        message = (
+            f"**{NONE_OF_THESE.capitalize()}**: the closest, {best} ({result[best]:.0%}), is below the "
+            f"{calibration.threshold:.0%} an answer needs.\n\n{who}"
+        )
         return NONE_OF_THESE, result, message, backend.nearest(image, text_feature, k)
-    return best, result, f"Best guess: **{best}** ({result[best]:.0%}).\n\n{who}", backend.nearest(image, text_feature, k)
+    return (
+        best,
+        result,
+        f"Best guess: **{best}** ({result[best]:.0%}).\n\n{who}",
+        backend.nearest(image, text_feature, k),
+    )
 
 
 def predict_with_classifier(backend: DemoBackend, image_path: str | None, text: str | None, k: int):
@@ -265,8 +291,15 @@ def predict_with_classifier(backend: DemoBackend, image_path: str | None, text: 
     if not image_path:
         return "", {}, "⚠️ The checkpoint classifies photos: give one (the text is optional).", []
     if classifier.fused and not (text and text.strip()):
-        return "", {}, (f"⚠️ {classifier.name} reads a photo and its product text: give the text too "
-                        "(without it the text half would be empty and the answer worse)."), []
+        return (
+            "",
+            {},
+            (
+                f"⚠️ {classifier.name} reads a photo and its product text: give the text too "
+                "(without it the text half would be empty and the answer worse)."
+            ),
+            [],
+        )
     try:
         image, text_feature = backend.embed(image_path, text)
     except FslError as error:
@@ -277,10 +310,17 @@ def predict_with_classifier(backend: DemoBackend, image_path: str | None, text: 
     best = next(iter(result))
     answer = classifier.answer(best, result[best])
     answer = NONE_OF_THESE if answer != best else best
-    lead = f"**{NONE_OF_THESE.capitalize()}** (closest: {best}, {result[best]:.0%})" if answer != best \
+    lead = (
+        f"**{NONE_OF_THESE.capitalize()}** (closest: {best}, {result[best]:.0%})"
+        if answer != best
         else f"Best guess: **{best}** ({result[best]:.0%})"
-    return answer, result, f"{lead}.\n\n_{classifier.describe()}; encoder `{backend.encoder.id}`._", \
-        backend.nearest(image, text_feature, k)
+    )
+    return (
+        answer,
+        result,
+        f"{lead}.\n\n_{classifier.describe()}; encoder `{backend.encoder.id}`._",
+        backend.nearest(image, text_feature, k),
+    )
 
 
 def search(backend: DemoBackend, image_path: str | None, text: str | None, k: int = 8):

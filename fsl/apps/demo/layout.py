@@ -1,6 +1,5 @@
 """The demo's Gradio layout and its launch on 127.0.0.1."""
 
-
 from __future__ import annotations
 
 import os
@@ -41,17 +40,24 @@ def build_app(backend: DemoBackend):
         return image
 
     calibrated = [k for k, c in backend.calibrations.items() if c]
+    describe_calibration = (
+        f"calibrated on validation classes ({', '.join(calibrated)})" if calibrated else "uncalibrated"
+    )
     with gr.Blocks(title="fsl: few-shot fashion") as app:
-        gr.Markdown("# Few-shot fashion classifier\nTeach new categories from a few photos or product "
-                    f"texts, then predict. Features: `{backend.encoder.id}`; catalog of {len(backend.catalog)} products; "
-                    f"confidences {'calibrated on validation classes (' + ', '.join(calibrated) + ')' if calibrated else 'uncalibrated'}.")
+        gr.Markdown(
+            "# Few-shot fashion classifier\nTeach new categories from a few photos or product "
+            f"texts, then predict. Features: `{backend.encoder.id}`; catalog of {len(backend.catalog)} products; "
+            f"confidences {describe_calibration}."
+        )
         state = gr.State([])
         found = gr.State([])  # catalog rows of the last search
         with gr.Tab("Teach"):
             with gr.Row():
                 with gr.Column():
                     name = gr.Textbox(label="Category name", placeholder="e.g. Sneakers", elem_id="category-name")
-                    files = gr.File(label="Example photos", file_count="multiple", file_types=["image"], elem_id="example-photos")
+                    files = gr.File(
+                        label="Example photos", file_count="multiple", file_types=["image"], elem_id="example-photos"
+                    )
                     texts = gr.Textbox(label="Example product texts (one per line)", lines=3)
                     with gr.Row():
                         teach_button = gr.Button("Teach category", variant="primary", elem_id="teach-button")
@@ -60,22 +66,30 @@ def build_app(backend: DemoBackend):
                     teach_status = gr.Markdown(elem_id="teach-status")
                     with gr.Accordion("Remove", open=False):
                         with gr.Row():
-                            category_menu = gr.Dropdown([], label="Category", elem_id="category-menu", allow_custom_value=True)
+                            category_menu = gr.Dropdown(
+                                [], label="Category", elem_id="category-menu", allow_custom_value=True
+                            )
                             remove_category_button = gr.Button("Remove category")
                         with gr.Row():
-                            example_menu = gr.Dropdown([], label="Example", elem_id="example-menu", allow_custom_value=True)
+                            example_menu = gr.Dropdown(
+                                [], label="Example", elem_id="example-menu", allow_custom_value=True
+                            )
                             remove_example_button = gr.Button("Remove example")
-                    with gr.Accordion("Save and load (a support folder: fsl predict --support reads it too)", open=True):
+                    with gr.Accordion(
+                        "Save and load (a support folder: fsl predict --support reads it too)", open=True
+                    ):
                         with gr.Row():
                             set_name = gr.Textbox(label="Save as", placeholder="e.g. my-shoes", elem_id="set-name")
                             save_button = gr.Button("Save", elem_id="save-button")
                         download = gr.File(label="Download (zip)", interactive=False, elem_id="download")
                         with gr.Row():
-                            saved_menu = gr.Dropdown(backend.saved_sets(), label="Saved sets", elem_id="saved-menu",
-                                                     allow_custom_value=True)
+                            saved_menu = gr.Dropdown(
+                                backend.saved_sets(), label="Saved sets", elem_id="saved-menu", allow_custom_value=True
+                            )
                             load_button = gr.Button("Load saved set", elem_id="load-button")
-                        upload = gr.File(label="…or upload a zip of a support folder", file_types=[".zip"],
-                                         elem_id="upload-zip")
+                        upload = gr.File(
+                            label="…or upload a zip of a support folder", file_types=[".zip"], elem_id="upload-zip"
+                        )
                         upload_button = gr.Button("Load zip", elem_id="load-zip-button")
                 with gr.Column():
                     table = gr.Dataframe(summary([]), label="What the model knows", interactive=False, elem_id="known")
@@ -85,8 +99,9 @@ def build_app(backend: DemoBackend):
                 with gr.Column():
                     query_image = photo_input(label="Product photo", elem_id="query-image")
                     query_text = gr.Textbox(label="Product text (optional)")
-                    source = gr.Radio(backend.sources, value=TAUGHT, label="Classify among",
-                                      visible=len(backend.sources) > 1)
+                    source = gr.Radio(
+                        backend.sources, value=TAUGHT, label="Classify among", visible=len(backend.sources) > 1
+                    )
                     predict_button = gr.Button("Predict", variant="primary", elem_id="predict-button")
                 with gr.Column():
                     answer = gr.Textbox(label="Answer", interactive=False, elem_id="answer")
@@ -110,9 +125,14 @@ def build_app(backend: DemoBackend):
 
         def refreshed(updated, message):
             """What every change of the taught categories updates."""
-            return (updated, message, summary(updated), thumbnails(updated),
-                    gr.update(choices=[c.name for c in updated], value=None),
-                    gr.update(choices=examples_of(updated), value=None))
+            return (
+                updated,
+                message,
+                summary(updated),
+                thumbnails(updated),
+                gr.update(choices=[c.name for c in updated], value=None),
+                gr.update(choices=examples_of(updated), value=None),
+            )
 
         def on_teach(categories, name_value, files_value, texts_value):
             return refreshed(*teach(backend, categories, name_value, files_value, texts_value))
@@ -121,7 +141,9 @@ def build_app(backend: DemoBackend):
             known = {c.name for c in categories}
             added = [c for c in backend.example_categories() if c.name not in known]
             updated = [*categories, *added]
-            return refreshed(updated, f"✅ Loaded {len(added)} example categories: {', '.join(c.name for c in added) or 'none new'}.")
+            return refreshed(
+                updated, f"✅ Loaded {len(added)} example categories: {', '.join(c.name for c in added) or 'none new'}."
+            )
 
         def on_save(categories, name_value):
             message, archive = save(backend, categories, name_value)
@@ -136,24 +158,49 @@ def build_app(backend: DemoBackend):
         teach_button.click(on_teach, [state, name, files, texts], teach_outputs, api_name="teach")
         examples_button.click(on_examples, [state], teach_outputs, api_name="load_examples")
         clear_button.click(lambda _c: refreshed([], "Cleared."), [state], teach_outputs, api_name="clear")
-        remove_category_button.click(lambda c, n: refreshed(*remove_category(c, n)), [state, category_menu],
-                                     teach_outputs, api_name="remove_category")
-        remove_example_button.click(lambda c, e: refreshed(*remove_example(c, e)), [state, example_menu],
-                                    teach_outputs, api_name="remove_example")
+        remove_category_button.click(
+            lambda c, n: refreshed(*remove_category(c, n)),
+            [state, category_menu],
+            teach_outputs,
+            api_name="remove_category",
+        )
+        remove_example_button.click(
+            lambda c, e: refreshed(*remove_example(c, e)),
+            [state, example_menu],
+            teach_outputs,
+            api_name="remove_example",
+        )
         save_button.click(on_save, [state, set_name], [teach_status, download, saved_menu], api_name="save")
-        load_button.click(lambda c, n: refreshed(*load_saved(backend, c, n)), [state, saved_menu], teach_outputs,
-                          api_name="load_saved")
-        upload_button.click(lambda c, f: refreshed(*load_zip(backend, c, f)), [state, upload], teach_outputs,
-                            api_name="load_zip")
-        predict_button.click(lambda c, i, t, s: predict(backend, c, i, t, s), [state, query_image, query_text, source],
-                             [answer, label, predict_status, neighbours], api_name="predict",
-                             concurrency_limit=CONCURRENT_REQUESTS)
-        search_button.click(lambda i, t, k: search(backend, i, t, k), [search_image, search_text, search_k],
-                            [results, search_status, found], api_name="search", concurrency_limit=CONCURRENT_REQUESTS)
+        load_button.click(
+            lambda c, n: refreshed(*load_saved(backend, c, n)),
+            [state, saved_menu],
+            teach_outputs,
+            api_name="load_saved",
+        )
+        upload_button.click(
+            lambda c, f: refreshed(*load_zip(backend, c, f)), [state, upload], teach_outputs, api_name="load_zip"
+        )
+        predict_button.click(
+            lambda c, i, t, s: predict(backend, c, i, t, s),
+            [state, query_image, query_text, source],
+            [answer, label, predict_status, neighbours],
+            api_name="predict",
+            concurrency_limit=CONCURRENT_REQUESTS,
+        )
+        search_button.click(
+            lambda i, t, k: search(backend, i, t, k),
+            [search_image, search_text, search_k],
+            [results, search_status, found],
+            api_name="search",
+            concurrency_limit=CONCURRENT_REQUESTS,
+        )
         results.select(on_pick, None, picked)
-        pick_button.click(lambda c, rows, i, n: refreshed(*teach_from_search(backend, c, rows, i, n)),
-                          [state, found, picked, pick_category],
-                          [state, pick_status, table, gallery, category_menu, example_menu], api_name="teach_from_search")
+        pick_button.click(
+            lambda c, rows, i, n: refreshed(*teach_from_search(backend, c, rows, i, n)),
+            [state, found, picked, pick_category],
+            [state, pick_status, table, gallery, category_menu, example_menu],
+            api_name="teach_from_search",
+        )
     return app
 
 
@@ -164,8 +211,15 @@ def launch(backend: DemoBackend, host: str = "127.0.0.1", port: int | None = Non
         check_port_free(host, port)
     app = build_app(backend)
     allowed = [str(Path(p).parent) for p in backend.catalog.image_paths[:1]] + [str(ensure_dir(backend.saved_root))]
-    _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=True,
-                           allowed_paths=allowed, show_error=False, max_file_size=MAX_IMAGE_BYTES)
+    _, url, _ = app.launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=not block,
+        quiet=True,
+        allowed_paths=allowed,
+        show_error=False,
+        max_file_size=MAX_IMAGE_BYTES,
+    )
     return app, url
 
 
@@ -174,5 +228,6 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as error:
-            raise FslError(f"cannot serve on {host}:{port} ({error.strerror}); is another demo running? "
-                           "Stop it or pass --port N") from None
+            raise FslError(
+                f"cannot serve on {host}:{port} ({error.strerror}); is another demo running? Stop it or pass --port N"
+            ) from None
