@@ -4,7 +4,8 @@ docs/results.md (every experiments/*.yaml on the frozen episodes of $FSL_DATA, m
 inductive and transductive heads apart, paired differences against the image-only prototype
 baseline, docs/results.png); docs/calibration.md from calibration/*.json (what `fsl calibrate`
 wrote); docs/robustness.md (shifted query sets, `fsl eval --shifted`); docs/methods.md from the
-head registry (each head's paper and options, and the configs that use it).
+head registry (each head's paper and options, and the configs that use it); docs/usage.md's paragraph
+on what the best inductive head gets wrong, with docs/confusion.png and docs/confusions.png.
 
     python benchmarks/update_readme.py [--data DIR] [--results results] [--only BLOCK ...]
 
@@ -31,10 +32,19 @@ from fsl.episodes.frozen import STANDARD_BENCHMARKS
 from fsl.episodes.shift import SHIFTED_PAIRS
 from fsl.errors import FslError
 from fsl.files import atomic_path
+from fsl.harness.analysis import (
+    _pyplot,
+    confusion_figure,
+    confusion_gallery_figure,
+    confusion_matrix,
+    per_class_accuracy,
+    predict_episodes,
+)
 from fsl.harness.evaluate import paired_difference
 from fsl.harness.experiment import run_experiment
 from fsl.harness.results import across_splits, load_results, plot_summary, results_frame, summary_table, with_split
 from fsl.methods import HEADS
+from fsl.paths import FEATURES_ROOT
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "protonet-image"
@@ -59,7 +69,9 @@ BLOCKS = {
     "calibration": "docs/calibration.md",
     "robustness": "docs/robustness.md",
     "methods": "docs/methods.md",
+    "analysis": "docs/usage.md",
 }
+ANALYSED = "linear-probe-fused-masked"  # the best honest inductive head: what it gets wrong, in docs/usage.md
 
 
 TRANSDUCTIVE_HEADER = (
@@ -222,6 +234,54 @@ def headline_markdown(frame) -> str:
     return "\n".join(lines + ["", "![accuracy per head, split 0](docs/headline.png)"])
 
 
+def analysis_markdown(catalog) -> str:
+    """docs/usage.md's paragraph on what the analysed head gets wrong on the all-way set, with the
+    confusion matrix and gallery pictures: written from `fsl analyse`'s own tables, so its figures
+    are the pictures' figures."""
+    config = load_config(ROOT / "experiments" / f"{ANALYSED}.yaml")
+    p = predict_episodes(config, catalog, "novel-allway-5s", ROOT / "episodes", FEATURES_ROOT, ROOT / "checkpoints")
+    table = per_class_accuracy(p).set_index("class")
+    matrix = confusion_matrix(p)
+    plt = _pyplot()
+    for name, fig in (
+        ("confusion", confusion_figure(matrix, f"{ANALYSED} on novel-allway-5s")),
+        ("confusions", confusion_gallery_figure(p, catalog)),
+    ):
+        fig.savefig(ROOT / "docs" / f"{name}.png", dpi=110)
+        plt.close(fig)
+
+    def taken_for(name: str, least: float = 0.1) -> str:
+        row = matrix.loc[name].drop(name) / table.at[name, "queries"]
+        shares = [
+            f"{other} {100 * share:.0f}%" for other, share in row.sort_values(ascending=False).items() if share >= least
+        ]
+        return f", taken for {' and '.join(shares)}" if shares else ""
+
+    weakest = [name for name in table.index if table.at[name, "accuracy"] < 1][:3]
+    said = [
+        f"{name} ({100 * table.at[name, 'accuracy']:.0f}% ± {100 * table.at[name, 'ci95']:.0f}{taken_for(name)})"
+        for name in weakest
+    ]
+    perfect = sorted(name for name in table.index if table.at[name, "accuracy"] == 1)
+    episodes = len(p.episode_set.episodes)
+    return "\n".join(
+        [
+            f"What the best honest inductive head (`{ANALYSED}`: image + label-masked text) gets wrong on the "
+            f"all-way set (all {len(table)} novel classes at once, {episodes} frozen episodes, split 0; "
+            f"`fsl analyse experiments/{ANALYSED}.yaml`, offline encoder; per class: accuracy over its queries ± a 95% "
+            "interval over the episodes, and the classes it is taken for in 10% of its queries or more): "
+            f"weakest {'; then '.join(said)}."
+            + (f" {', '.join(perfect)} {'is' if len(perfect) == 1 else 'are'} never wrong." if perfect else ""),
+            "",
+            f"![confusion matrix of {ANALYSED} on the all-way set](confusion.png)",
+            "",
+            "Its most frequent confusions, each a query photo next to support photos of the class it was taken for:",
+            "",
+            "![most frequent confusions](confusions.png)",
+        ]
+    )
+
+
 def methods_markdown(configs) -> str:
     """docs/methods.md's block: each registered head, its paper, capabilities and options (its class
     docstring), and the experiment configs that use it."""
@@ -362,6 +422,8 @@ def main() -> None:
     blocks = {}
     if "methods" in args.only:
         blocks["methods"] = methods_markdown(all_configs)
+    if "analysis" in args.only:
+        blocks["analysis"] = analysis_markdown(catalog)
     if "calibration" in args.only:
         blocks["calibration"] = calibration_markdown(ROOT / "calibration")
     if set(args.only) & {"headline", "results", "robustness"}:

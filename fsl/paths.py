@@ -91,3 +91,8 @@ def prepared_path(dump: Path) -> Path:
     """The prepared catalog of a dump folder, keyed by the folder's resolved path."""
     key = hashlib.sha256(str(Path(dump).resolve()).encode()).hexdigest()[:16]
     return CACHE_DIR / "catalogs" / f"{key}.parquet"
+
+
+def timing_path(command: str, name: str, root: str | os.PathLike = CACHE_DIR / "timings") -> Path:
+    """How long `fsl COMMAND` took on a config last time (read back before the next run starts)."""
+    return Path(root) / f"{command}-{name}.json"

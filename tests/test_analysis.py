@@ -30,6 +30,11 @@ def test_per_class_accuracy_sums_back_and_confusion_rows_are_query_counts(twelve
     assert (matrix.sum(axis=1).reindex(queries.index) == queries).all()
     assert np.trace(matrix.to_numpy()) == table["correct"].sum()
     assert set(matrix.index) == set(p.episode_set.meta["classes"])
+    # answers are not photos: episodes re-use the same query photos, and the table says how many there are
+    photos = pd.Series(p.query_ids).groupby(p.true).nunique()
+    assert (table.set_index("class")["photos"] == photos.reindex(table["class"]).to_numpy()).all()
+    assert (table["photos"] < table["queries"]).all() and (table["episodes"] <= len(p.episode_set.episodes)).all()
+    assert (table["ci95"] > 0).any() and np.isfinite(table["ci95"]).all()
 
 
 def test_analyse_writes_pictures_and_tensorboard_figures_and_compare_shows_per_class_differences(

@@ -171,3 +171,24 @@ def test_photo_stats_in_forked_workers_equal_one_loop(tmp_path, monkeypatch):
     forked = stat_all(paths)
     assert all((a == b).all() for a, b in zip(single, forked))
     assert single[0][:50].tolist() == list(range(50)) and single[0][-1] == -1 and single[1][-1] == -1
+
+
+def test_a_dump_copied_again_with_new_times_is_not_called_changed(small_dump, tmp_path):
+    """A re-copied dump (rsync without times, a checkout, a restore) has the same bytes under new
+    modification times: later commands open it as it was; a real edit is still caught."""
+    import os
+    import time
+
+    from fsl.cli.main import main
+
+    copy = Path(shutil.copytree(small_dump, tmp_path / "copy"))
+    before = load_catalog(copy, refresh=True)
+    later = time.time() + 3600
+    for path in [copy / "styles.csv", *(copy / "images").glob("*.jpg")]:
+        os.utime(path, (later, later))
+    assert load_catalog(copy).fingerprint == before.fingerprint
+    common = ["--data", str(copy), "--encoder", "clip", "--model", "FSL-Tiny", "--pretrained", "none"]
+    assert main(["embed", *common, "--store-root", str(tmp_path / "store"), "--workers", "0"]) == 0
+    (copy / "styles.csv").write_text((copy / "styles.csv").read_text().replace("Watches", "Watch"))
+    with pytest.raises(FslError, match=r"changed since it was prepared \(styles.csv\)"):
+        load_catalog(copy)

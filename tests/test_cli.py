@@ -141,6 +141,8 @@ def test_quickstart_runs_end_to_end_on_the_sample_and_says_numbers_mean_nothing(
     monkeypatch.chdir(tmp_path)
     shutil.copytree(Path(__file__).resolve().parents[1] / "experiments", tmp_path / "experiments")
     env = {k: v for k, v in os.environ.items() if k != "FSL_DATA"}
+    (tmp_path / "results/quickstart").mkdir(parents=True)
+    (tmp_path / "results/quickstart/results.csv").write_text("a real run's results\n")
     done = subprocess.run(
         [sys.executable, "-m", "fsl.cli", "quickstart"],
         capture_output=True,
@@ -150,9 +152,10 @@ def test_quickstart_runs_end_to_end_on_the_sample_and_says_numbers_mean_nothing(
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("SYNTHETIC SAMPLE CATALOG") == 2
-    results = pd.read_csv(tmp_path / "results/quickstart/results.csv")
+    results = pd.read_csv(tmp_path / "results/quickstart-synthetic/results.csv")
     assert set(results["method"]) == {"protonet-image", "protonet-text-masked", "protonet-fused-masked"}
-    assert (tmp_path / "results/quickstart/accuracy.png").is_file()
+    assert (tmp_path / "results/quickstart-synthetic/accuracy.png").is_file()
+    assert (tmp_path / "results/quickstart/results.csv").read_text() == "a real run's results\n"  # never replaced
     closing = done.stdout.rstrip().splitlines()[-5:]
     assert closing[0] == "What next (each command: --help):"
     assert [line.split()[1] for line in closing[1:4]] == ["eval", "train", "demo"] and "tensorboard" in closing[4]

@@ -98,14 +98,14 @@ def test_episode_file_round_trip_and_refusal_on_another_catalog(tmp_path):
         EpisodeSet.load(path, "catalog-b")
 
 
+@pytest.mark.real_data
 def test_committed_episode_sets_belong_to_the_shared_data_and_its_split():
     from pathlib import Path
 
     from fsl.data.prepared import load_catalog
     from fsl.paths import episodes_dir_for
-    from tests.conftest import REAL_DATA, real_styles
+    from tests.conftest import REAL_DATA
 
-    real_styles()  # skips when the shared data is absent
     catalog = load_catalog(REAL_DATA)
     folder = episodes_dir_for(catalog, Path(__file__).resolve().parents[1] / "episodes")
     split = pd.read_csv(next(folder.glob("*-split.csv")))
@@ -116,15 +116,15 @@ def test_committed_episode_sets_belong_to_the_shared_data_and_its_split():
         assert np.isin(episode_set.episodes.query, catalog.ids).all()
 
 
+@pytest.mark.real_data
 def test_committed_episode_sets_never_split_a_near_duplicate_group():
     from pathlib import Path
 
     from fsl.data.prepared import load_catalog
     from fsl.episodes.near_duplicates import NEAR_DUPLICATES_FILE, NearDuplicates
     from fsl.paths import episodes_dir_for
-    from tests.conftest import REAL_DATA, real_styles
+    from tests.conftest import REAL_DATA
 
-    real_styles()  # skips when the shared data is absent
     catalog = load_catalog(REAL_DATA)
     root = Path(__file__).resolve().parents[1] / "episodes"
     for folder in [episodes_dir_for(catalog, root), *sorted(episodes_dir_for(catalog, s) for s in root.glob("split*"))]:

@@ -9,7 +9,14 @@ from scipy import stats
 from fsl.episodes.frozen import draw_episode_set
 from fsl.episodes.splits import split_classes
 from fsl.harness.evaluate import EvalResult, mean_ci, paired_difference, run_episodes
-from fsl.harness.results import log_to_tensorboard, paired_table, plot_summary, results_frame, summary_table
+from fsl.harness.results import (
+    log_to_tensorboard,
+    paired_table,
+    plot_paired,
+    plot_summary,
+    results_frame,
+    summary_table,
+)
 from fsl.methods import create_head
 from fsl.methods.fusion import create_fusion
 from fsl.store.rows import store_rows
@@ -106,6 +113,9 @@ def test_summary_and_plot(tmp_path):
     assert list(summary["accuracy"].round(2)) == [0.55, 0.8]
     path = plot_summary(summary, tmp_path / "plot.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    paired = paired_table(frame)
+    assert list(paired["a_minus_b"].round(2)) == [-0.25] and bool(paired["significant"].iloc[0]) is False
+    assert plot_paired(paired, tmp_path / "paired.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_head_contract_shapes():

@@ -519,11 +519,10 @@ def test_out_of_range_numbers_are_refused_by_name(argv, capsys):
 @pytest.fixture(scope="module")
 def six_classes(tmp_path_factory) -> Path:
     """20 real products of 6 articleTypes: a split of 2 base, 1 val, 3 novel classes."""
-    from tests.conftest import make_slice
+    from tests.conftest import make_slice, pick_classes
 
-    return make_slice(
-        tmp_path_factory.mktemp("six"), ["Tshirts", "Watches", "Casual Shoes", "Handbags", "Shirts", "Sports Shoes"], 20
-    )
+    classes = pick_classes(["Tshirts", "Watches", "Casual Shoes", "Handbags", "Shirts", "Sports Shoes"], 6)
+    return make_slice(tmp_path_factory.mktemp("six"), classes, 20)
 
 
 def test_frozen_episodes_are_never_replaced_silently(six_classes, tmp_path, capsys):

@@ -181,3 +181,28 @@ def test_torchrun_with_two_processes_builds_the_store_one_process_builds(small_d
     np.testing.assert_allclose(a.image, b.image, atol=1e-6)
     for variant in b.texts:
         np.testing.assert_allclose(a.text(variant), b.text(variant), atol=1e-6)
+
+
+def test_chunk_texts_advance_the_progress_bar_in_slices_and_equal_one_call(tiny_clip):
+    """The embedding bar moves while a chunk's texts are encoded (not in one jump at the chunk's end),
+    and slicing changes nothing: each variant's rows equal encoding them all at once."""
+    from fsl.store.features import _encode_chunk_texts
+
+    texts = {
+        "plain": [f"Acme Men Blue Shirt {i}" for i in range(10)],
+        "masked": [f"Acme Men Blue [MASK] {i % 3}" for i in range(10)],
+    }
+
+    class Bar:
+        def __init__(self):
+            self.steps = []
+
+        def update(self, n):
+            self.steps.append(n)
+
+    bar = Bar()
+    arrays = _encode_chunk_texts(tiny_clip, texts, 2, 9, bar, step=3)
+    assert bar.steps == [1.5, 1.5, 0.5]  # 7 products in slices of 3: half of each counted with its texts
+    for name in texts:
+        whole = tiny_clip.encode_texts(texts[name][2:9], progress=False)
+        np.testing.assert_allclose(arrays[f"text-{name}"], whole, atol=1e-6)

@@ -189,9 +189,9 @@ def test_maml_meta_gradient_matches_learn2learn():
 
 def test_bad_method_name_or_options_are_clear_errors():
     fusion = create_fusion("image", 4, 0)
-    with pytest.raises(FslError, match="unknown method 'knn'"):
+    with pytest.raises(FslError, match="unknown head 'knn'"):
         create_head("knn", fusion)
-    with pytest.raises(FslError, match="method 'protonet': bad method_options"):
+    with pytest.raises(FslError, match="head 'protonet': bad method_options"):
         create_head("protonet", fusion, steps=3)
     with pytest.raises(FslError, match="unknown linear_probe init 'ones'"):
         create_head("linear_probe", fusion, init="ones")

@@ -71,6 +71,7 @@ def test_own_categories_from_a_folder_classify_held_out_photos_with_a_contact_sh
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.real_data  # the shipped calibration was fitted on real photos
 def test_photos_of_a_category_not_in_the_support_are_mostly_unknown(small_dump, folders, tmp_path, capsys):
     """The unknown rule as shipped: calibrated on the real data's validation classes (offline encoder)."""
     from fsl.data.prepared import load_catalog

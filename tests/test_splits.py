@@ -240,3 +240,31 @@ def test_results_from_before_draw_digests_are_dropped_and_each_config_is_saved_a
     config.write_text(config.read_text().replace("fusion: image", "fusion: image\nname: first"))
     assert main(["eval", str(config), str(broken), *common]) == 2
     assert (tmp_path / "results" / "first.csv").is_file() and not (tmp_path / "results" / "broken.csv").exists()
+
+
+def test_eval_says_which_splits_it_will_run_and_how_long_the_last_run_took(
+    twelve_classes, tmp_path, capsys, monkeypatch
+):
+    from fsl.cli.main import main
+    from fsl.episodes.standard import draw_standard_episodes
+    from fsl.paths import split_root
+
+    root, catalog = twelve_classes
+    episodes = tmp_path / "episodes"
+    for seed in (0, 1):
+        draw_standard_episodes(
+            catalog,
+            split_root(episodes, seed),
+            seed=seed,
+            stratify=None,
+            n_episodes=10,
+            q_query=5,
+            benchmarks={"novel-5w5s": ("novel", 5, 5)},
+        )
+    config, common = protonet_eval(root, tmp_path, episodes)
+    monkeypatch.chdir(tmp_path)  # the timing records go to ./.fsl/timings
+    assert main(["eval", str(config), *common]) == 0
+    first = capsys.readouterr().err
+    assert "pn: splits 0 1" in first and "--splits 0` runs split 0 alone" in first and "last run" not in first
+    assert main(["eval", str(config), *common, "--splits", "1"]) == 0
+    assert "pn: split 1 (last run, splits 0 1: " in capsys.readouterr().err

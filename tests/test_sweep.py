@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fsl.cli.main import main
@@ -51,6 +52,7 @@ def test_a_two_value_sweep_chooses_on_validation_and_never_reads_novel_sets(twel
     assert reads and all(name.startswith("articleType-val-") for name in reads)
     assert result.chosen.method_options["C"] == 10  # C = 1e-6 leaves every logit at 0: chance
     assert result.scores[1][1] > result.scores[0][1]
+    assert "{'method_options.C': 10} - {'method_options.C': 1e-06}: " in result.verdict and "paired" in result.verdict
 
 
 def test_the_cli_writes_the_choice_then_tests_it_and_the_results_say_how_it_was_chosen(
@@ -136,3 +138,18 @@ def test_bad_grids_fail_before_any_work(twelve_classes, tmp_path, grid, message,
             progress=False,
         )
     assert reads == []
+
+
+def test_a_sweep_says_when_its_best_points_are_not_separable_and_logs_under_runs_sweep():
+    from fsl.cli.main import build_parser
+    from fsl.harness.sweep import separability
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.6, 1.0, 300)  # per-episode accuracies of one point
+    close = np.clip(base + rng.normal(0, 0.05, 300), 0, 1)  # another point, the same on average
+    clear = np.clip(base + 0.1, 0, 1)
+    assert "not separable on validation" in separability(
+        [{"C": 1}, {"C": 2}], [base, close], int(close.mean() > base.mean())
+    )
+    assert separability([{"C": 1}, {"C": 2}], [base, clear], 1).startswith("the chosen point beats the runner-up")
+    assert build_parser().parse_args(["sweep", "x.yaml", "--grid", "method_options.C=1,2"]).runs == "runs/sweep"

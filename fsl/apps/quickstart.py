@@ -13,7 +13,7 @@ from fsl.episodes.standard import draw_standard_episodes, near_duplicates_for
 from fsl.errors import FslError
 from fsl.harness.experiment import run_experiment
 from fsl.harness.results import format_table, plot_summary, results_frame, save_results, summary_table
-from fsl.paths import CACHE_DIR, episodes_dir_for
+from fsl.paths import CACHE_DIR, RESULTS_DIR, episodes_dir_for
 
 QUICKSTART_CONFIGS = ("protonet-image.yaml", "protonet-text-masked.yaml", "protonet-fused-masked.yaml")
 
@@ -26,8 +26,10 @@ def quickstart(
     data: str | None = None,
     encoder: str = "offline",
     experiments: Path = Path("experiments"),
-    out: Path = Path("results/quickstart"),
+    out: Path = RESULTS_DIR / "quickstart",
 ) -> None:
+    """Prepare, embed, draw episodes and evaluate three heads on the dump, else on the synthetic sample;
+    a synthetic run writes beside `out` (OUT-synthetic), never over a real run's results."""
     try:
         root, sample = resolve_data_dir(data), False
     except FslError as missing:
@@ -60,6 +62,8 @@ def quickstart(
         results += run_experiment(config, catalog, episodes_root)
     summary = summary_table(results_frame(results))
     print(format_table(summary))
+    if sample:
+        out = out.with_name(f"{out.name}-synthetic")
     save_results(results, out / "results.csv")
     print(f"per-episode results: {out / 'results.csv'}; plot: {plot_summary(summary, out / 'accuracy.png')}")
     if sample:

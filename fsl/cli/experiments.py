@@ -74,18 +74,41 @@ def _one_config(args) -> ExperimentConfig:
     return _configs(args)[0]
 
 
+def _announce(command: str, configs: list, catalog, args) -> dict[str, list[int]]:
+    """The class splits each config will run on, said before any of them starts (with how long the
+    last run took), so nobody waits six minutes for five splits they did not know about."""
+    from fsl.harness.experiment import splits_for
+    from fsl.harness.timings import plan_line
+
+    plan = {
+        config.name: list(args.splits)
+        if args.splits is not None
+        else splits_for(config, catalog, args.episodes_dir, args.store_root)
+        for config in configs
+    }
+    print(
+        f"fsl {command}: {len(configs)} config(s), each on every class split drawn unless --splits says:",
+        file=sys.stderr,
+    )
+    for config in configs:
+        print(f"  {plan_line(command, config.name, plan[config.name])}", file=sys.stderr)
+    if any(len(splits) > 1 for splits in plan.values()) and args.splits is None:
+        print(f"  (`fsl {command} ... --splits 0` runs split 0 alone)", file=sys.stderr)
+    return plan
+
+
 def cmd_eval(args) -> None:
     from fsl.data.prepared import load_catalog
-    from fsl.harness.experiment import run_experiment, splits_for
+    from fsl.harness.experiment import run_experiment
+    from fsl.harness.timings import record_run
 
     configs = _configs(args)
     catalog = load_catalog(args.data)
+    plan = _announce("eval", configs, catalog, args)
     results = []
     for config in configs:
         started = time.perf_counter()
-        splits = (
-            args.splits if args.splits is not None else splits_for(config, catalog, args.episodes_dir, args.store_root)
-        )
+        splits = plan[config.name]
         ran = []
         for split in splits:
             ran += run_experiment(
@@ -99,6 +122,7 @@ def cmd_eval(args) -> None:
             )
         results += ran
         _save(ran, config, args, catalog=catalog)
+        record_run("eval", config.name, splits, time.perf_counter() - started)
         print(
             f"{config.name}: {len(ran)} episode set(s) over {len(splits)} class split(s) in "
             f"{time.perf_counter() - started:.1f} s",
@@ -109,17 +133,16 @@ def cmd_eval(args) -> None:
 
 def cmd_train(args) -> None:
     from fsl.data.prepared import load_catalog
-    from fsl.harness.experiment import splits_for
+    from fsl.harness.timings import record_run
     from fsl.harness.train import train
     from fsl.paths import split_root
 
     configs = _configs(args)
     catalog = load_catalog(args.data)
+    plan = _announce("train", configs, catalog, args)
     failed = []
     for config in configs:  # one config's failure does not stop the others
-        splits = (
-            args.splits if args.splits is not None else splits_for(config, catalog, args.episodes_dir, args.store_root)
-        )
+        started, splits = time.perf_counter(), plan[config.name]
         for split in splits:  # one checkpoint per split, selected on that split's validation classes
             checkpoints = split_root(args.checkpoints, split)
             try:
@@ -140,12 +163,15 @@ def cmd_train(args) -> None:
                 f"{config.name}, split {split}: best validation accuracy {100 * summary['best_val_accuracy']:.1f}% "
                 f"at step {summary['best_step']} of {summary['steps']}; checkpoint {checkpoints / config.name / 'best'}"
             )
+        if not any(f.startswith(f"{config.name} (") for f in failed):
+            record_run("train", config.name, splits, time.perf_counter() - started)
     if failed:
         raise FslError(f"{len(failed)} training run(s) did not finish: {', '.join(failed)}")
 
 
 def cmd_sweep(args) -> None:
     from fsl.data.prepared import load_catalog
+    from fsl.harness.evaluate import percent
     from fsl.harness.experiment import run_experiment
     from fsl.harness.sweep import parse_grid, sweep, write_chosen
 
@@ -157,7 +183,9 @@ def cmd_sweep(args) -> None:
         config, grid, catalog, tuple(args.on), args.episodes_dir, args.store_root, args.checkpoints, args.runs
     )
     chosen = write_chosen(result, Path(args.results) / "sweeps" / f"{config.name}.yaml")
-    print(f"chosen: {result.chosen.name}; config written to {chosen}")
+    _, mean, ci = max(result.scores, key=lambda score: score[1])  # the first best, as the sweep chose
+    print(f"chosen: {result.chosen.name} ({', '.join(args.on)}: {percent(mean, ci)}); {result.verdict}")
+    print(f"config written to {chosen}")
     if args.no_test:
         return
     print(f"now, and only now, on the test sets: {', '.join(result.chosen.episodes)}")
@@ -170,7 +198,7 @@ def cmd_sweep(args) -> None:
 
 def cmd_compare(args) -> None:
     from fsl.files import read_csv
-    from fsl.harness.results import format_table, load_results, paired_table, plot_summary, summary_table
+    from fsl.harness.results import format_table, load_results, paired_table, plot_paired, plot_summary, summary_table
 
     if all(Path(path).is_file() and "class" in read_csv(path, nrows=0).columns for path in args.results):
         from fsl.harness.analysis import per_class_difference
@@ -181,10 +209,11 @@ def cmd_compare(args) -> None:
     summary = summary_table(frame)
     print(format_table(summary))
     paired = paired_table(frame)
+    print(f"plot: {plot_summary(summary, args.plot)}")
     if len(paired):
         print("\npaired differences on the same episodes (a - b):")
         print(format_table(paired))
-    print(f"plot: {plot_summary(summary, args.plot)}")
+        print(f"paired plot: {plot_paired(paired, Path(args.plot).with_name(Path(args.plot).stem + '-paired.png'))}")
 
 
 def cmd_analyse(args) -> None:
@@ -255,7 +284,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "write the best as a config (with the grid and scores as a "
         "comment), then evaluate that one config on its novel sets.",
     )
-    add_experiment_options(sweeping, "runs/train")
+    add_experiment_options(sweeping, "runs/sweep")
     sweeping.add_argument(
         "--grid",
         action="append",

@@ -23,7 +23,7 @@ from fsl.files import atomic_path, read_json, write_json
 
 class AlignedEncoder(Encoder):
     """The offline pair followed by projections trained by `fsl align` into one image-text space
-    (fsl/align.py): zero-shot on photos and text-to-photo search without CLIP weights."""
+    (fsl/harness/align.py): zero-shot on photos and text-to-photo search without CLIP weights."""
 
     def __init__(self, device: str = "cpu", pretrained: str | None = None):
         if not pretrained:

@@ -40,7 +40,7 @@ def pad_to_square(image: Image.Image, fill: tuple[int, int, int] = (255, 255, 25
 
 class ImageFiles(Dataset):
     """Decode and preprocess photos in DataLoader workers, overlapping the forward pass; `render`, if
-    given, changes each photo first (the re-rendered queries of fsl/shift.py)."""
+    given, changes each photo first (the re-rendered queries of fsl/episodes/shift.py)."""
 
     def __init__(
         self,

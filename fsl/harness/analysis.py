@@ -16,7 +16,7 @@ from fsl.data.catalog import Catalog
 from fsl.episodes.frozen import EpisodeSet
 from fsl.errors import FslError
 from fsl.files import atomic_path, write_csv
-from fsl.harness.evaluate import run_episodes
+from fsl.harness.evaluate import mean_ci, run_episodes
 from fsl.harness.experiment import class_text_table, experiment_head, load_episode_set
 
 
@@ -66,10 +66,24 @@ def predict_episodes(
 
 
 def per_class_accuracy(p: Predictions) -> pd.DataFrame:
-    """Accuracy over the queries of each class across all episodes (columns class, queries, correct, accuracy)."""
-    frame = pd.DataFrame({"class": p.true, "correct": p.true == p.predicted})
-    table = frame.groupby("class").agg(queries=("correct", "size"), correct=("correct", "sum")).reset_index()
+    """Accuracy of each class over its queries in all episodes, with a t interval over the episodes the
+    class appears in (every episode asks the same number of queries of each of its classes). `queries`
+    counts answers, `photos` the distinct query photos behind them: episodes re-use the same photos.
+    Columns: class, episodes, photos, queries, correct, accuracy, ci95."""
+    frame = pd.DataFrame({"class": p.true, "episode": p.episode, "id": p.query_ids, "correct": p.true == p.predicted})
+    table = (
+        frame.groupby("class")
+        .agg(
+            episodes=("episode", "nunique"),
+            photos=("id", "nunique"),
+            queries=("correct", "size"),
+            correct=("correct", "sum"),
+        )
+        .reset_index()
+    )
     table["accuracy"] = table["correct"] / table["queries"]
+    per_episode = frame.groupby(["class", "episode"])["correct"].mean()
+    table["ci95"] = [mean_ci(per_episode.loc[name].to_numpy())[1] for name in table["class"]]
     table.insert(0, "episode_set", p.episode_set.name.split("-", 1)[-1])
     table.insert(0, "method", p.method)
     return table.sort_values("accuracy", kind="stable").reset_index(drop=True)
@@ -152,9 +166,14 @@ def confusion_figure(matrix: pd.DataFrame, title: str):
 def per_class_figure(table: pd.DataFrame, title: str):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 0.28 * len(table) + 1.2))
-    ax.barh(table["class"], 100 * table["accuracy"], color="tab:blue")
+    labels = [f"{row['class']} ({row['photos']} photos)" for _, row in table.iterrows()]
+    ax.barh(labels, 100 * table["accuracy"], xerr=100 * table["ci95"].fillna(0), capsize=2, color="tab:blue")
     ax.set_xlim(0, 100)
-    ax.set_xlabel("accuracy over the class's queries (%)")
+    ax.set_xlabel(
+        f"accuracy % (95% CI over the up to {int(table['episodes'].max())} episodes a class is in; "
+        "distinct query photos beside each class)",
+        fontsize=8,
+    )
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

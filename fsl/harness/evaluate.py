@@ -53,7 +53,7 @@ def episode_logits(
 
     features [P, D] are the store's rows; class_text [C, Dt] embeds the set's class names, for
     heads that read them; query_features, if given, replace `features` for the queries (the
-    re-rendered photos of fsl/shift.py)."""
+    re-rendered photos of fsl/episodes/shift.py)."""
     support_labels = torch.as_tensor(episodes.support_labels)
     # The rows the set touches, gathered and embedded (fused, projected) once into one contiguous
     # block: every batch then indexes memory instead of re-reading, re-joining and re-fusing rows.

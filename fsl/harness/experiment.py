@@ -182,7 +182,7 @@ def run_experiment(
     split_seed: int = 0,
 ) -> list[EvalResult]:
     """One config's head on each of its frozen episode sets of one class split (a trained head: the
-    checkpoint trained on that split); with `shifted`, on the shifted query sets of fsl/shift.py and
+    checkpoint trained on that split); with `shifted`, on the shifted query sets of fsl/episodes/shift.py and
     their controls too (a set named X+rerendered is set X with re-rendered query photos)."""
     episodes_root, checkpoints_root = split_root(episodes_root, split_seed), split_root(checkpoints_root, split_seed)
     store, features, head = experiment_head(config, catalog, store_root, checkpoints_root, episodes_root)

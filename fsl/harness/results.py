@@ -7,16 +7,12 @@ import itertools
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from fsl.errors import FslError
 from fsl.files import atomic_path, read_csv, write_csv
-
-if TYPE_CHECKING:  # the CLI imports its heavy modules only in the command that needs them
-    pass
 from fsl.harness.evaluate import EvalResult, mean_ci, paired_difference, percent
 
 DESCRIBING = ("head", "fusion", "transductive")  # what a plot groups, colours and marks by
@@ -222,8 +218,9 @@ FUSION_COLOURS = {
 
 
 def plot_summary(summary: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Accuracy with 95% CI bars: one panel per episode set on one shared x-axis; bars grouped by
-    head, coloured by fusion; transductive heads hatched (they see every query of an episode)."""
+    """Accuracy in % with 95% CI bars, axes from 0: one panel per episode set on one shared x-axis; bars
+    grouped by head, coloured by fusion; transductive heads hatched (they see every query of an episode).
+    Differences between heads are judged by `plot_paired`, not by overlapping bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,7 +235,6 @@ def plot_summary(summary: pd.DataFrame, path: str | os.PathLike) -> Path:
     info = summary.groupby("method", sort=False)[["head", "fusion", "transductive"]].first()
     methods = info.sort_values(["transductive", "head", "fusion"], kind="stable").index.tolist()
     sets = list(dict.fromkeys(summary["episode_set"]))
-    low = max(0.0, float(np.nanmin(summary["accuracy"] - summary["ci95"].fillna(0))) - 0.02)
     fig, axes = plt.subplots(
         1,
         len(sets),
@@ -255,8 +251,8 @@ def plot_summary(summary: pd.DataFrame, path: str | os.PathLike) -> Path:
         part = summary[summary["episode_set"] == name].set_index("method").reindex(methods)
         ax.barh(
             np.arange(len(methods)),
-            part["accuracy"],
-            xerr=part["ci95"],
+            100 * part["accuracy"],
+            xerr=100 * part["ci95"],
             capsize=2,
             color=colours,
             hatch=hatches,
@@ -265,7 +261,7 @@ def plot_summary(summary: pd.DataFrame, path: str | os.PathLike) -> Path:
         )
         for y in breaks:
             ax.axhline(y, color="black", linewidth=0.5, alpha=0.4)
-        ax.set_xlim(low, 1.0)
+        ax.set_xlim(0, 100)  # from 0: bar lengths compare as the numbers do
         ax.set_title(name, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(np.arange(len(methods)), methods, fontsize=8)
@@ -275,9 +271,36 @@ def plot_summary(summary: pd.DataFrame, path: str | os.PathLike) -> Path:
         legend.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="transductive"))
     if legend:
         fig.legend(handles=legend, loc="upper right", fontsize=8, ncol=len(legend), frameon=False)
-    fig.supxlabel("accuracy (mean ± 95% CI over episodes); heads grouped, one x-axis for every panel", fontsize=9)
+    fig.supxlabel("accuracy % (mean ± 95% CI over episodes, as the tables print it); heads grouped", fontsize=9)
     top = 1 - 0.45 / fig.get_figheight()  # room for the legend above the panels
     fig.tight_layout(rect=(0, 0, 1, top))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_paired(paired: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """The paired differences of `paired_table` (a − b on the same episodes), in points with their 95%
+    CI and 0 marked: a bar whose interval does not cross 0 is a difference the episodes support."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [
+        f"{row.a} − {row.b} · {row.episode_set}" + (f" · split {row.split}" if "split" in paired.columns else "")
+        for row in paired.itertuples()
+    ]
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(paired) + 1.2))
+    colours = ["tab:green" if s else "tab:gray" for s in paired["significant"]]
+    ax.barh(np.arange(len(paired)), 100 * paired["a_minus_b"], xerr=100 * paired["ci95"], capsize=2, color=colours)
+    ax.axvline(0, color="black", linewidth=1)
+    ax.set_yticks(np.arange(len(paired)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("paired difference a − b (points, 95% CI over the episodes both ran; green: interval excludes 0)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

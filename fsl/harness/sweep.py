@@ -19,7 +19,7 @@ from fsl.config import ExperimentConfig, override, to_yaml
 from fsl.data.catalog import Catalog
 from fsl.errors import FslError
 from fsl.files import write_bytes
-from fsl.harness.evaluate import EvalResult, mean_ci, percent
+from fsl.harness.evaluate import EvalResult, mean_ci, paired_difference, percent
 from fsl.harness.experiment import check_runnable, load_episode_set, run_experiment
 from fsl.harness.train import train
 from fsl.store.features import DEFAULT_ROOT
@@ -58,6 +58,7 @@ class SweepResult:
     chosen: ExperimentConfig
     scores: list[tuple[dict, float, float]]  # (grid point, mean validation accuracy, 95% CI)
     header: str  # what was tried and what chose: the comment of the written config
+    verdict: str = ""  # the chosen point against the runner-up, paired on the same validation episodes
 
 
 def sweep(
@@ -68,7 +69,7 @@ def sweep(
     episodes_root: str | os.PathLike = "episodes",
     store_root: str | os.PathLike | None = None,
     checkpoints_root: str | os.PathLike = "checkpoints",
-    runs_root: str | os.PathLike = "runs/train",
+    runs_root: str | os.PathLike = "runs/sweep",
     progress: bool = True,
 ) -> SweepResult:
     """Score every grid point on the `on` (validation) sets; the best mean accuracy wins (first on ties).
@@ -83,14 +84,15 @@ def sweep(
         check_runnable(candidate)
     check_validation_only(config, catalog, on, episodes_root)
 
-    scores = []
+    scores, accuracies = [], []
     for point, candidate in zip(points, candidates):
         if candidate.train is not None:
             train(candidate, catalog, episodes_root, store_root, checkpoints_root, runs_root, progress=progress)
         results: list[EvalResult] = run_experiment(
             dataclasses.replace(candidate, episodes=on), catalog, episodes_root, store_root, progress, checkpoints_root
         )
-        mean, ci = mean_ci(np.concatenate([r.accuracy for r in results]))  # pooled over the `on` sets
+        accuracies.append(np.concatenate([r.accuracy for r in results]))  # pooled over the `on` sets
+        mean, ci = mean_ci(accuracies[-1])
         scores.append((point, mean, ci))
         if progress:
             print(f"  {point}: {', '.join(on)} {percent(mean, ci)}")
@@ -99,8 +101,25 @@ def sweep(
     lines += [
         f"  {'->' if i == best else '  '} {point}: {percent(mean, ci)}" for i, (point, mean, ci) in enumerate(scores)
     ]
-    lines.append(f"swept from {config.name}; novel-class sets were read only after this choice")
-    return SweepResult(candidates[best], scores, "\n".join(lines))
+    verdict = separability(points, accuracies, best)
+    lines += [verdict, f"swept from {config.name}; novel-class sets were read only after this choice"]
+    return SweepResult(candidates[best], scores, "\n".join(lines), verdict)
+
+
+def separability(points: list[dict], accuracies: list[np.ndarray], best: int) -> str:
+    """The chosen point against the runner-up, paired on the same validation episodes: whether the
+    choice is a clearly better setting or only the better mean of two the episodes cannot tell apart."""
+    if len(points) < 2:
+        return "one grid point: nothing to compare"
+    second = max((i for i in range(len(points)) if i != best), key=lambda i: accuracies[i].mean())
+    difference, ci = paired_difference(accuracies[best], accuracies[second])
+    said = f"{points[best]} - {points[second]}: {100 * difference:+.2f} ± {100 * ci:.2f} points, paired"
+    if difference - ci > 0:
+        return f"the chosen point beats the runner-up on validation ({said})"
+    return (
+        f"the best points are not separable on validation ({said}): the choice is the better mean, "
+        "not a clearly better setting"
+    )
 
 
 def write_chosen(result: SweepResult, path: str | os.PathLike) -> Path:

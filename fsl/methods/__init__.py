@@ -62,10 +62,10 @@ def create_head(name: str, fusion: Fusion, shared_space: bool = False, **options
     """A head by its registry name: `create_head("protonet", fusion, projection="diagonal")`; `shared_space`
     reaches the heads that compare class names with features."""
     if name not in HEADS:
-        raise FslError(f"unknown method {name!r}; choose one of {sorted(HEADS)}")
+        raise FslError(f"unknown head {name!r} (the config's `method`); choose one of {sorted(HEADS)}")
     if HEADS[name].uses_class_names:
         options["shared_space"] = shared_space
     try:
         return HEADS[name](fusion, **options)
     except TypeError as error:
-        raise FslError(f"method {name!r}: bad method_options {options} ({error})") from None
+        raise FslError(f"head {name!r}: bad method_options {options} ({error})") from None

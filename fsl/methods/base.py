@@ -65,7 +65,7 @@ class FewShotHead(nn.Module, ABC):
 
     def fit_base(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Statistics of the base-class products ([n, D] raw features, [n] class indices): knowledge
-        from base classes, never from a validation or novel class (the pipeline passes only those)."""
+        from base classes, never from a validation or novel class (the harness passes only those)."""
 
     @property
     def meta_trainable(self) -> bool:

@@ -1,5 +1,5 @@
 """Cosine similarity to each class's mean image feature and mean text feature, weighted by the
-fusion's image weight: the demo's scorer for taught categories (`fsl/teach.py`, which also copes
+fusion's image weight: the demo's scorer for taught categories (`fsl/apps/support.py`, which also copes
 with an example or a query that has one modality only), batched here so that it is evaluated and
 calibrated (`fsl calibrate`) on the same frozen episodes as every other head. Prototypical-network
 scoring with cosine similarity (Snell et al., 2017; Chen et al., ICLR 2019, "A Closer Look at

@@ -88,7 +88,7 @@ class GDA(FewShotHead):
             means_a, centred_a = means / a, centred / a  # μ A⁻¹, Z A⁻¹
         else:  # A = α tr(S)/tr(P) · P, at one shot (S = 0) P itself
             if self.base_precision is None:
-                raise ValueError("gda with prior: base needs fit_base (the pipeline passes the base classes)")
+                raise ValueError("gda with prior: base needs fit_base (the harness passes the base classes)")
             scale = torch.where(trace > 0, self.shrinkage * trace / self.base_trace, torch.ones_like(trace))
             means_a = means @ self.base_precision / scale[:, None, None]
             centred_a = centred @ self.base_precision / scale[:, None, None]

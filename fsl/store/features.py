@@ -30,6 +30,7 @@ from fsl.paths import CACHE_DIR, store_path
 
 STORE_VERSION = 2  # 2: checksums, dtype and row count in the manifest
 DTYPE = np.dtype("<f4")
+TEXT_STEP = 128  # products whose texts are encoded in one call (2 variants: one 256-text batch)
 SAMPLE_BLOCKS, BLOCK_BYTES = 32, 1 << 16  # the cheap check on open reads 32 blocks of 64 KiB per array
 DEFAULT_ROOT = CACHE_DIR / "features"
 
@@ -416,27 +417,45 @@ def _embed_chunks(catalog, encoder, variants, chunks, chunk_size, chunk_file, ba
     texts = {name: catalog.texts(v.template, v.mask_column) for name, v in variants.items()}
     spans = [(i * chunk_size, min((i + 1) * chunk_size, len(catalog))) for i in chunks]
     pending_paths = [p for start, stop in spans for p in paths[start:stop]]
-    bar = tqdm(total=len(pending_paths), desc="embedding", unit="product", disable=not progress)
+    # A product counts half when its photo is encoded and half when its texts are, so the bar moves
+    # steadily through both instead of stalling at each chunk's texts.
+    bar = tqdm(
+        total=len(pending_paths),
+        desc="embedding",
+        unit="product",
+        disable=not progress,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]",
+    )
     buffered: list[np.ndarray] = []
     n_buffered = 0
     queue = list(zip(chunks, spans))
     for pixels in encoder.image_batches(pending_paths, batch_size, num_workers):
         buffered.append(encoder.embed_pixels(pixels))
         n_buffered += len(pixels)
-        bar.update(len(pixels))
+        bar.update(len(pixels) / 2)
         while queue and n_buffered >= queue[0][1][1] - queue[0][1][0]:
             index, (start, stop) = queue.pop(0)
             stacked = np.concatenate(buffered)
             image, rest = stacked[: stop - start], stacked[stop - start :]
             buffered, n_buffered = [rest], len(rest)
-            arrays = {"image": image}
-            # every variant's texts in one call, so a text two variants share (nothing masked) is encoded once
-            encoded = encoder.encode_texts([t for name in variants for t in texts[name][start:stop]], progress=False)
-            for i, name in enumerate(variants):
-                arrays[f"text-{name}"] = encoded[i * (stop - start) : (i + 1) * (stop - start)]
+            arrays = {"image": image, **_encode_chunk_texts(encoder, texts, start, stop, bar)}
             with atomic_path(chunk_file(index)) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **arrays)
     bar.close()
+
+
+def _encode_chunk_texts(encoder, texts: dict[str, list[str]], start: int, stop: int, bar, step: int = TEXT_STEP):
+    """{"text-NAME": [stop - start, text_dim]} for every text variant of the products start..stop, in
+    slices of `step` products: each slice's variants in one call, so a text two variants share
+    (nothing masked) is encoded once."""
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in texts}
+    for low in range(start, stop, step):
+        high = min(low + step, stop)
+        encoded = encoder.encode_texts([t for name in texts for t in texts[name][low:high]], progress=False)
+        for i, name in enumerate(texts):
+            parts[name].append(encoded[i * (high - low) : (i + 1) * (high - low)])
+        bar.update((high - low) / 2)
+    return {f"text-{name}": np.concatenate(blocks) for name, blocks in parts.items()}
 
 
 def _check_chunks(path: Path, manifest: dict, n_chunks: int, chunk_size: int, chunk_file) -> None:
