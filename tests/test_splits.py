@@ -155,6 +155,24 @@ def test_results_files_of_several_splits_load_with_every_split(tmp_path):
     assert (frame[frame["method"] == "old"]["split"] == 0).all()
 
 
+def test_compare_of_several_splits_plots_one_bar_per_config_over_the_splits(tmp_path, capsys):
+    from fsl.cli.main import main
+
+    for method, shift in (("a", 0.0), ("b", 0.1)):
+        pd.DataFrame(
+            {
+                "method": method,
+                "split": np.repeat([0, 1, 2], 4),
+                "episode_set": "novel-5w5s",
+                "episode": np.tile(np.arange(4), 3),
+                "accuracy": np.tile([0.5, 0.6, 0.7, 0.6], 3) + shift,
+            }
+        ).to_csv(tmp_path / f"{method}.csv", index=False)
+    assert main(["compare", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--plot", str(tmp_path / "c.png")]) == 0
+    out = capsys.readouterr().out
+    assert "across class splits" in out and (tmp_path / "c.png").is_file() and (tmp_path / "c-paired.png").is_file()
+
+
 def test_rows_of_a_redrawn_episode_file_are_neither_kept_nor_paired(twelve_classes, tmp_path, capsys):
     import shutil
 

@@ -198,7 +198,15 @@ def cmd_sweep(args) -> None:
 
 def cmd_compare(args) -> None:
     from fsl.files import read_csv
-    from fsl.harness.results import format_table, load_results, paired_table, plot_paired, plot_summary, summary_table
+    from fsl.harness.results import (
+        across_splits,
+        format_table,
+        load_results,
+        paired_table,
+        plot_paired,
+        plot_summary,
+        summary_table,
+    )
 
     if all(Path(path).is_file() and "class" in read_csv(path, nrows=0).columns for path in args.results):
         from fsl.harness.analysis import per_class_difference
@@ -209,7 +217,13 @@ def cmd_compare(args) -> None:
     summary = summary_table(frame)
     print(format_table(summary))
     paired = paired_table(frame)
-    print(f"plot: {plot_summary(summary, args.plot)}")
+    if frame["split"].nunique() > 1:  # one bar per config: the mean over splits ± its t interval
+        print("\nacross class splits: the mean of the split means, 95% t interval over splits:")
+        combined = across_splits(frame)
+        print(format_table(combined))
+        print(f"plot: {plot_summary(combined, args.plot, interval='over class splits')}")
+    else:
+        print(f"plot: {plot_summary(summary, args.plot)}")
     if len(paired):
         print("\npaired differences on the same episodes (a - b):")
         print(format_table(paired))

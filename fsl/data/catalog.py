@@ -3,18 +3,16 @@
 The raw styles.csv is messy: product names contain unquoted commas, some rows lack fields, some
 images are missing. Every repaired or skipped row is reported (line, id, issue), never dropped silently."""
 
-
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 from PIL import Image
@@ -23,8 +21,16 @@ from fsl.errors import FslError
 from fsl.files import write_csv
 
 STYLES_COLUMNS = (
-    "id", "gender", "masterCategory", "subCategory", "articleType",
-    "baseColour", "season", "year", "usage", "productDisplayName",
+    "id",
+    "gender",
+    "masterCategory",
+    "subCategory",
+    "articleType",
+    "baseColour",
+    "season",
+    "year",
+    "usage",
+    "productDisplayName",
 )
 LABEL_COLUMNS = ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage")
 REQUIRED_COLUMNS = ("gender", "masterCategory", "subCategory", "articleType")
@@ -69,9 +75,10 @@ def _split_line(line: str, n_fields: int, name_index: int) -> tuple[list[str] | 
 
     Each line is parsed on its own, so a stray quote can never swallow the lines after it. Extra
     fields are the unquoted commas of the name (the last column) and are joined back into it."""
+
     def join_name(fields: list[str]) -> list[str] | None:
         if len(fields) > n_fields and name_index == n_fields - 1:
-            return fields[: n_fields - 1] + [",".join(fields[n_fields - 1:])]
+            return fields[: n_fields - 1] + [",".join(fields[n_fields - 1 :])]
         return None
 
     fields = next(csv.reader([line]))
@@ -114,12 +121,26 @@ def read_styles(csv_path: Path) -> tuple[pd.DataFrame, list[dict], int]:
         fields, issue = _split_line(line, len(header), header.index(NAME_COLUMN))
         first = line.split(",", 1)[0]
         if fields is None:
-            issues.append({"line": number, "id": first, "issue": "too few fields", "action": "skipped",
-                           "detail": f"{issue}; needs {', '.join(header)}"})
+            issues.append(
+                {
+                    "line": number,
+                    "id": first,
+                    "issue": "too few fields",
+                    "action": "skipped",
+                    "detail": f"{issue}; needs {', '.join(header)}",
+                }
+            )
             continue
         if issue:
-            issues.append({"line": number, "id": fields[0], "issue": issue, "action": "repaired",
-                           "detail": fields[header.index(NAME_COLUMN)]})
+            issues.append(
+                {
+                    "line": number,
+                    "id": fields[0],
+                    "issue": issue,
+                    "action": "repaired",
+                    "detail": fields[header.index(NAME_COLUMN)],
+                }
+            )
         rows.append([str(number), *fields])
     table = pd.DataFrame(rows, columns=["line", *header], dtype=str)
 
@@ -135,12 +156,26 @@ def read_styles(csv_path: Path) -> tuple[pd.DataFrame, list[dict], int]:
 
     duplicated = table["id"].duplicated(keep="first")
     for row in table[duplicated].itertuples():
-        issues.append({"line": row.line, "id": row.id, "issue": "duplicate id", "action": "skipped",
-                       "detail": "kept the first row"})
+        issues.append(
+            {
+                "line": row.line,
+                "id": row.id,
+                "issue": "duplicate id",
+                "action": "skipped",
+                "detail": "kept the first row",
+            }
+        )
     table = table[~duplicated]
     for row in table[table[NAME_COLUMN].str.strip() == ""].itertuples():
-        issues.append({"line": row.line, "id": row.id, "issue": "empty productDisplayName",
-                       "action": "kept", "detail": "text comes from the other fields"})
+        issues.append(
+            {
+                "line": row.line,
+                "id": row.id,
+                "issue": "empty productDisplayName",
+                "action": "kept",
+                "detail": "text comes from the other fields",
+            }
+        )
     return table, issues, len(data)
 
 
@@ -194,8 +229,9 @@ class Catalog:
         try:
             texts = [template.format(**row) for row in self.products.to_dict("records")]
         except KeyError as error:
-            raise FslError(f"text template {template!r} names unknown field {error}; "
-                           f"fields are {list(self.products.columns)}") from None
+            raise FslError(
+                f"text template {template!r} names unknown field {error}; fields are {list(self.products.columns)}"
+            ) from None
         texts = [re.sub(r"\s+", " ", t.replace("()", "")).strip(" ,") for t in texts]
         if mask_column:
             pattern = self.label_mask(mask_column)
@@ -238,17 +274,26 @@ def read_dump(root: Path) -> Catalog:
     for row in table.itertuples():
         problem = image_problem(Path(row.image_path))
         if problem:
-            issues.append({"line": row.line, "id": row.id, "issue": problem.split(" (")[0], "action": "skipped",
-                           "detail": problem})
+            issues.append(
+                {
+                    "line": row.line,
+                    "id": row.id,
+                    "issue": problem.split(" (")[0],
+                    "action": "skipped",
+                    "detail": problem,
+                }
+            )
         usable.append(problem is None)
     products = table[pd.Series(usable, index=table.index, dtype=bool)].sort_values("id").reset_index(drop=True)
     products = products[["id", "image_path", *LABEL_COLUMNS, "year", NAME_COLUMN]]
     report = pd.DataFrame(issues, columns=REPORT_COLUMNS).sort_values("line", kind="stable", ignore_index=True)
     if products.empty:
         reasons = report.loc[report["action"] == "skipped", "issue"].value_counts()
-        raise FslError(f"{root}: none of the {data_rows} rows of styles.csv is usable "
-                       f"({', '.join(f'{n} {issue}' for issue, n in reasons.items())}); "
-                       f"photos are expected at {root / 'images'}/<id>.jpg")
+        raise FslError(
+            f"{root}: none of the {data_rows} rows of styles.csv is usable "
+            f"({', '.join(f'{n} {issue}' for issue, n in reasons.items())}); "
+            f"photos are expected at {root / 'images'}/<id>.jpg"
+        )
     return Catalog(root=root, products=products, report=report, data_rows=data_rows)
 
 
@@ -256,7 +301,13 @@ def read_dump(root: Path) -> Catalog:
 
 STOPWORDS = {"and", "the", "of", "with", "for", "set", "gift"}
 # Words that name a class without sharing its spelling.
-SYNONYMS = {"tshirt": ["tee"], "scarve": ["scarf"], "sweatshirt": ["hoodie"], "trouser": ["pant"], "flipflop": ["slipper"]}
+SYNONYMS = {
+    "tshirt": ["tee"],
+    "scarve": ["scarf"],
+    "sweatshirt": ["hoodie"],
+    "trouser": ["pant"],
+    "flipflop": ["slipper"],
+}
 
 
 def _singular(word: str) -> str:

@@ -1,6 +1,5 @@
 """Fetch the Fashion Product Images dump from Kaggle (kagglehub) when the machine is online."""
 
-
 from __future__ import annotations
 
 import os
@@ -17,9 +16,11 @@ def download(dest: str | os.PathLike) -> Path:
     dest = Path(dest)
     if (dest / "styles.csv").is_file():
         return dest
-    by_hand = (f"Put a dump there by hand: download {KAGGLE_HANDLE} from Kaggle on a machine with "
-               f"internet and unpack it so that {dest / 'styles.csv'} and {dest / 'images'}/<id>.jpg "
-               "exist (or point --data / FSL_DATA at it).")
+    by_hand = (
+        f"Put a dump there by hand: download {KAGGLE_HANDLE} from Kaggle on a machine with "
+        f"internet and unpack it so that {dest / 'styles.csv'} and {dest / 'images'}/<id>.jpg "
+        "exist (or point --data / FSL_DATA at it)."
+    )
     try:
         import kagglehub
 

@@ -33,6 +33,7 @@ def load_catalog(data_dir: str | os.PathLike | None = None, refresh: bool = Fals
         save_prepared(catalog, stats, digests)
     return catalog
 
+
 VERSION = 1
 PHOTO_COLUMNS = ["photo_size", "photo_mtime_ns", "photo_sha256"]
 
@@ -42,7 +43,7 @@ _PATHS: list[str] = []  # the list being stat'ed, inherited by forked workers (n
 
 
 def _stat_slice(bounds: tuple[int, int]) -> np.ndarray:
-    return np.asarray([_stat(p) or (-1, -1) for p in _PATHS[bounds[0]:bounds[1]]], dtype=np.int64).reshape(-1, 2)
+    return np.asarray([_stat(p) or (-1, -1) for p in _PATHS[bounds[0] : bounds[1]]], dtype=np.int64).reshape(-1, 2)
 
 
 def stat_all(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -95,10 +96,15 @@ def save_prepared(catalog: Catalog, stats: list, digests: list[str]) -> Path | N
     frame["photo_mtime_ns"] = [s[1] for s in stats]
     frame["photo_sha256"] = digests
     styles = _stat(catalog.root / "styles.csv")
-    meta = {"version": VERSION, "root": str(catalog.root.resolve()), "styles": list(styles),
-            "styles_sha256": _sha256(catalog.root / "styles.csv"),
-            "fingerprint": catalog.fingerprint, "data_rows": catalog.data_rows,
-            "report": json.loads(catalog.report.to_json(orient="records"))}
+    meta = {
+        "version": VERSION,
+        "root": str(catalog.root.resolve()),
+        "styles": list(styles),
+        "styles_sha256": _sha256(catalog.root / "styles.csv"),
+        "fingerprint": catalog.fingerprint,
+        "data_rows": catalog.data_rows,
+        "report": json.loads(catalog.report.to_json(orient="records")),
+    }
     path = prepared_path(catalog.root)
     try:
         import pyarrow as pa
@@ -109,8 +115,10 @@ def save_prepared(catalog: Catalog, stats: list, digests: list[str]) -> Path | N
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
     except FslError as error:
-        print(f"fsl: note: the prepared catalog was not saved ({error}); the next command reads the dump again",
-              file=sys.stderr)
+        print(
+            f"fsl: note: the prepared catalog was not saved ({error}); the next command reads the dump again",
+            file=sys.stderr,
+        )
         return None
     return path
 
@@ -148,12 +156,21 @@ def open_prepared(root: Path) -> Catalog | None:
     now = None
     if len(moved):
         now = [None if size < 0 else (int(size), int(mtime)) for size, mtime in zip(sizes, mtimes)]
-        changed = [i for i in moved if now[i] is None or image_problem(Path(frame.at[i, "image_path"]))
-                   or hashlib.sha256(Path(frame.at[i, "image_path"]).read_bytes()).hexdigest() != frame.at[i, "photo_sha256"]]
+        changed = [
+            i
+            for i in moved
+            if now[i] is None
+            or image_problem(Path(frame.at[i, "image_path"]))
+            or hashlib.sha256(Path(frame.at[i, "image_path"]).read_bytes()).hexdigest() != frame.at[i, "photo_sha256"]
+        ]
         if changed:
-            raise _changed(root, f"{len(changed)} photo(s) differ, e.g. {Path(frame.at[changed[0], 'image_path']).name}")
-        print(f"fsl: re-checked {len(moved)} photo(s) whose size or mtime changed: their content is unchanged",
-              file=sys.stderr)
+            raise _changed(
+                root, f"{len(changed)} photo(s) differ, e.g. {Path(frame.at[changed[0], 'image_path']).name}"
+            )
+        print(
+            f"fsl: re-checked {len(moved)} photo(s) whose size or mtime changed: their content is unchanged",
+            file=sys.stderr,
+        )
     products = frame.drop(columns=PHOTO_COLUMNS)
     catalog = Catalog(root, products, report, meta["data_rows"], known_fingerprint=meta["fingerprint"])
     if len(moved) or restamped:  # same content under new times (a copy, a checkout): remember the new times
@@ -166,6 +183,8 @@ def _sha256(path: Path) -> str | None:
 
 
 def _changed(root: Path, what: str) -> FslError:
-    return FslError(f"the dump at {root} changed since it was prepared ({what}): its fingerprint, and with it "
-                    f"the feature store and the episode sets, would change. Run `fsl prepare --data {root}` "
-                    "to accept the change")
+    return FslError(
+        f"the dump at {root} changed since it was prepared ({what}): its fingerprint, and with it "
+        f"the feature store and the episode sets, would change. Run `fsl prepare --data {root}` "
+        "to accept the change"
+    )

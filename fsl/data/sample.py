@@ -3,7 +3,6 @@
 It lets `make quickstart` run end to end on a machine with no data. Its photos are drawn
 shapes, so the numbers it gives say that the pipeline runs, nothing about accuracy."""
 
-
 from __future__ import annotations
 
 import os
@@ -18,23 +17,39 @@ from fsl.files import atomic_path
 
 # (articleType, subCategory, masterCategory, shape drawn)
 SAMPLE_CLASSES = [
-    ("Tshirts", "Topwear", "Apparel", "square"), ("Shirts", "Topwear", "Apparel", "rectangle"),
-    ("Jeans", "Bottomwear", "Apparel", "tall"), ("Dresses", "Dress", "Apparel", "triangle"),
-    ("Casual Shoes", "Shoes", "Footwear", "wide"), ("Sandals", "Sandal", "Footwear", "lines"),
-    ("Heels", "Shoes", "Footwear", "diagonal"), ("Watches", "Watches", "Accessories", "circle"),
-    ("Handbags", "Bags", "Accessories", "ring"), ("Belts", "Belts", "Accessories", "bar"),
-    ("Sunglasses", "Eyewear", "Accessories", "two-circles"), ("Caps", "Headwear", "Accessories", "half"),
-    ("Backpacks", "Bags", "Accessories", "hollow-square"), ("Socks", "Socks", "Accessories", "cross"),
-    ("Kurtas", "Topwear", "Apparel", "dots"), ("Flip Flops", "Flip Flops", "Footwear", "arc"),
+    ("Tshirts", "Topwear", "Apparel", "square"),
+    ("Shirts", "Topwear", "Apparel", "rectangle"),
+    ("Jeans", "Bottomwear", "Apparel", "tall"),
+    ("Dresses", "Dress", "Apparel", "triangle"),
+    ("Casual Shoes", "Shoes", "Footwear", "wide"),
+    ("Sandals", "Sandal", "Footwear", "lines"),
+    ("Heels", "Shoes", "Footwear", "diagonal"),
+    ("Watches", "Watches", "Accessories", "circle"),
+    ("Handbags", "Bags", "Accessories", "ring"),
+    ("Belts", "Belts", "Accessories", "bar"),
+    ("Sunglasses", "Eyewear", "Accessories", "two-circles"),
+    ("Caps", "Headwear", "Accessories", "half"),
+    ("Backpacks", "Bags", "Accessories", "hollow-square"),
+    ("Socks", "Socks", "Accessories", "cross"),
+    ("Kurtas", "Topwear", "Apparel", "dots"),
+    ("Flip Flops", "Flip Flops", "Footwear", "arc"),
 ]
 BRANDS = ["Acme", "Nordwind", "Kestrel", "Lumen", "Orchid", "Vela"]
 SAMPLE_VERSION = 2  # 2: seasons and usages vary; a cached sample of another version is drawn again
 SEASONS = ["Summer", "Winter", "Fall", "Spring"]  # varied, as every label column of a real dump is
 USAGES = ["Casual", "Formal", "Sports"]
-COLOURS = {"Black": (20, 20, 20), "White": (235, 235, 235), "Blue": (40, 70, 200), "Red": (200, 40, 40),
-           "Green": (40, 160, 60), "Brown": (120, 80, 40)}
-SAMPLE_NOTICE = ("SYNTHETIC SAMPLE CATALOG: drawn shapes, not products. These numbers only show that "
-                 "the pipeline runs; they mean nothing about accuracy. Set FSL_DATA to a real dump.")
+COLOURS = {
+    "Black": (20, 20, 20),
+    "White": (235, 235, 235),
+    "Blue": (40, 70, 200),
+    "Red": (200, 40, 40),
+    "Green": (40, 160, 60),
+    "Brown": (120, 80, 40),
+}
+SAMPLE_NOTICE = (
+    "SYNTHETIC SAMPLE CATALOG: drawn shapes, not products. These numbers only show that "
+    "the pipeline runs; they mean nothing about accuracy. Set FSL_DATA to a real dump."
+)
 
 
 def _draw(shape: str, colour: tuple[int, int, int], rng: np.random.Generator, size: int = 96) -> Image.Image:
@@ -44,8 +59,12 @@ def _draw(shape: str, colour: tuple[int, int, int], rng: np.random.Generator, si
     jitter = lambda: int(rng.integers(-6, 7))  # noqa: E731
     s, m = size, size // 2
     boxes = {
-        "square": (20, 20, 76, 76), "rectangle": (15, 25, 81, 71), "tall": (34, 8, 62, 88),
-        "wide": (8, 40, 88, 64), "bar": (8, 44, 88, 52), "half": (16, 16, 80, 80),
+        "square": (20, 20, 76, 76),
+        "rectangle": (15, 25, 81, 71),
+        "tall": (34, 8, 62, 88),
+        "wide": (8, 40, 88, 64),
+        "bar": (8, 44, 88, 52),
+        "half": (16, 16, 80, 80),
     }
     if shape in boxes:
         x0, y0, x1, y1 = boxes[shape]
@@ -102,8 +121,20 @@ def make_sample_catalog(dest: str | os.PathLike, per_class: int = 20, seed: int 
             _draw(shape, COLOURS[colour], rng).save(dest / "images" / f"{product_id}.jpg", quality=90)
             season = SEASONS[int(rng.integers(len(SEASONS)))]
             usage = USAGES[int(rng.integers(len(USAGES)))]
-            rows.append([product_id, gender, master, sub, article, colour, season, 2012, usage,
-                         f"{brand} {gender} {colour} {article}"])
+            rows.append(
+                [
+                    product_id,
+                    gender,
+                    master,
+                    sub,
+                    article,
+                    colour,
+                    season,
+                    2012,
+                    usage,
+                    f"{brand} {gender} {colour} {article}",
+                ]
+            )
     with atomic_path(dest / "styles.csv") as tmp:
         pd.DataFrame(rows, columns=STYLES_COLUMNS).to_csv(tmp, index=False)
     with atomic_path(stamp) as tmp:

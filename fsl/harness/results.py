@@ -121,6 +121,8 @@ def across_splits(frame: pd.DataFrame, baseline: str | None = None) -> pd.DataFr
     for (method, episode_set), per_split in means.groupby(level=[0, 1], sort=False):
         mean, ci = mean_ci(per_split.to_numpy())
         row = {"method": method, "episode_set": episode_set, "splits": len(per_split), "accuracy": mean, "ci95": ci}
+        ours = frame[(frame["method"] == method) & (frame["episode_set"] == episode_set)]
+        row.update({k: ours[k].iloc[0] for k in DESCRIBING if k in ours.columns})
         if baseline is not None:
             differences = []
             for split in per_split.index.get_level_values("split"):
@@ -217,10 +219,13 @@ FUSION_COLOURS = {
 }
 
 
-def plot_summary(summary: pd.DataFrame, path: str | os.PathLike) -> Path:
+def plot_summary(summary: pd.DataFrame, path: str | os.PathLike, interval: str = "over episodes") -> Path:
     """Accuracy in % with 95% CI bars, axes from 0: one panel per episode set on one shared x-axis; bars
     grouped by head, coloured by fusion; transductive heads hatched (they see every query of an episode).
-    Differences between heads are judged by `plot_paired`, not by overlapping bars."""
+    Differences between heads are judged by `plot_paired`, not by overlapping bars. One row per config
+    and episode set: several class splits are first combined by `across_splits`."""
+    if "split" in summary.columns and summary.duplicated(["method", "episode_set"]).any():
+        raise FslError("plot_summary takes one row per config and episode set: combine splits with across_splits")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -271,7 +276,7 @@ def plot_summary(summary: pd.DataFrame, path: str | os.PathLike) -> Path:
         legend.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="transductive"))
     if legend:
         fig.legend(handles=legend, loc="upper right", fontsize=8, ncol=len(legend), frameon=False)
-    fig.supxlabel("accuracy % (mean ± 95% CI over episodes, as the tables print it); heads grouped", fontsize=9)
+    fig.supxlabel(f"accuracy % (mean ± 95% CI {interval}, as the tables print it); heads grouped", fontsize=9)
     top = 1 - 0.45 / fig.get_figheight()  # room for the legend above the panels
     fig.tight_layout(rect=(0, 0, 1, top))
     with atomic_path(path) as tmp:
@@ -292,13 +297,13 @@ def plot_paired(paired: pd.DataFrame, path: str | os.PathLike) -> Path:
         f"{row.a} − {row.b} · {row.episode_set}" + (f" · split {row.split}" if "split" in paired.columns else "")
         for row in paired.itertuples()
     ]
-    fig, ax = plt.subplots(figsize=(8, 0.3 * len(paired) + 1.2))
+    fig, ax = plt.subplots(figsize=(9, 0.3 * len(paired) + 1.2))
     colours = ["tab:green" if s else "tab:gray" for s in paired["significant"]]
     ax.barh(np.arange(len(paired)), 100 * paired["a_minus_b"], xerr=100 * paired["ci95"], capsize=2, color=colours)
     ax.axvline(0, color="black", linewidth=1)
     ax.set_yticks(np.arange(len(paired)), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("paired difference a − b (points, 95% CI over the episodes both ran; green: interval excludes 0)")
+    ax.set_xlabel("a − b, paired on the same episodes (points, 95% CI; green: the interval excludes 0)", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
