@@ -222,9 +222,9 @@ def headline_markdown(frame) -> str:
         f"| head config | {' | '.join(s.removeprefix('novel-') for s in sets)} | vs {BASELINE} |",
         "|---|" + "---|" * (len(sets) + 1),
     ]
-    for method, transductive in kinds(frame).items():
-        if method not in HEADLINE:
-            continue
+    transductive_of = kinds(frame)
+    for method in (m for m in HEADLINE if m in transductive_of):  # the list's order: inductive first
+        transductive = transductive_of[method]
         name = f"{method} (transductive)" if transductive else method
         difference = " / ".join(cell(method, s, "difference", "difference_ci95", "+") for s in sets)
         lines.append(
