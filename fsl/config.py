@@ -74,11 +74,43 @@ STRINGS = {"name", "method", "fusion", "text_variant", "class_prompt", "label_co
 PATH_PARTS = {"name", "text_variant", "label_column", "val_episodes"}  # they become parts of file names
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """A value as an error message quotes it: its repr, cut to `limit` characters, so a huge value
+    cannot make a huge message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text)} chars)"
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load that refuses YAML aliases (*name): no config needs them, and nested ones expand
+    exponentially (a 512-byte "billion laughs" file would take gigabytes)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(
+                f"a YAML alias (*{event.anchor[:40]}) at line {event.start_mark.line + 1}; "
+                "configs are read without aliases: write the value out"
+            )
+        return super().compose_node(parent, index)
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """YAML text as safe_load reads it, aliases refused; an error names `source`."""
+    loader = _NoAliasLoader(text)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as error:
+        raise FslError(f"{source}: not valid YAML for fsl ({str(error)[:300]})") from None
+    finally:
+        loader.dispose()
+
+
 def _check_value(key: str, value: Any, source: str, where: str) -> None:
     """Numbers must be finite and in range; booleans are not numbers (YAML `true` is no batch size)."""
 
     def fail(expected: str):
-        raise FslError(f"{source}: {where}{key} must be {expected}, got {value!r}")
+        raise FslError(f"{source}: {where}{key} must be {expected}, got {shown(value)}")
 
     is_int = type(value) is int
     is_number = is_int or type(value) is float
@@ -110,11 +142,11 @@ def _coerce(key: str, value: Any) -> Any:
 
 def _build(cls, values: Any, source: str, where: str):
     if not isinstance(values, dict):
-        raise FslError(f"{source}: {where or 'the file'} must be a mapping of keys to values, got {values!r}")
+        raise FslError(f"{source}: {where or 'the file'} must be a mapping of keys to values, got {shown(values)}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise FslError(f"{source}: unknown key {where}{unknown[0]!r}; known keys are {sorted(known)}")
+        raise FslError(f"{source}: unknown key {where}{shown(unknown[0])}; known keys are {sorted(known)}")
     kwargs = {}
     for key, value in values.items():
         if key == "encoder":
@@ -122,14 +154,14 @@ def _build(cls, values: Any, source: str, where: str):
         elif key == "train":
             value = None if value is None else _build(TrainConfig, value, source, "train.")
         elif key in ("method_options", "fusion_options") and not isinstance(value, dict):
-            raise FslError(f"{source}: {where}{key} must be a mapping, got {value!r}")
+            raise FslError(f"{source}: {where}{key} must be a mapping, got {shown(value)}")
         elif key == "sources":
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-                raise FslError(f"{source}: {where}sources must be a list of label columns, got {value!r}")
+                raise FslError(f"{source}: {where}sources must be a list of label columns, got {shown(value)}")
             value = tuple(value)
         elif key == "episodes":
             if not isinstance(value, (str, list, tuple)):
-                raise FslError(f"{source}: {where}episodes must be a name or a list of names, got {value!r}")
+                raise FslError(f"{source}: {where}episodes must be a name or a list of names, got {shown(value)}")
             value = tuple([value] if isinstance(value, str) else value)
             for name in value:
                 safe_name(name, f"{source}: {where}episodes entry")
@@ -144,10 +176,7 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     path = Path(path)
     if not path.is_file():
         raise FslError(f"no experiment config at {path}")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise FslError(f"{path}: not valid YAML ({error})") from None
+    values = read_yaml(path.read_text(), str(path)) or {}
     if isinstance(values, dict):
         values.setdefault("name", path.stem)
     return _build(ExperimentConfig, values, str(path), "")
@@ -162,11 +191,8 @@ def parse_assignment(text: str, option: str = "--set") -> tuple[str, Any]:
     """`key.sub=value` -> ("key.sub", value typed as YAML types it: 10 -> int, 3e-4 -> float, [a, b] -> list)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise FslError(f"{option} {text!r}: expected KEY=VALUE, e.g. method_options.C=10")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as error:
-        raise FslError(f"{option} {text!r}: the value is not valid YAML ({error})") from None
+        raise FslError(f"{option} {shown(text)}: expected KEY=VALUE, e.g. method_options.C=10")
+    value = read_yaml(raw, f"{option} {shown(text)}") if raw.strip() else ""
     if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
         value = float(value)  # YAML 1.1 reads 1e-4 as text; on the command line it means a number
     return key.strip(), value

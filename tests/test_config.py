@@ -74,3 +74,27 @@ def test_bad_set_keys_and_types_are_errors_naming_them(assignment, message, caps
         == 2
     )
     assert re.search(message, capsys.readouterr().err)
+
+
+BILLION_LAUGHS = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{x}: &{x} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n" for p, x in zip("abcdefgh", "bcdefghi")
+)
+
+
+def test_yaml_aliases_are_refused_before_they_expand_and_messages_stay_short(tmp_path):
+    """A 512-byte config of nested aliases ("billion laughs") grew fsl eval past 2 GB: now refused at
+    the first alias, in a message of a few lines, from a file and from --set alike."""
+    from fsl.config import parse_assignment
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(f"method: protonet\nmethod_options:\n  x: &x {{}}\n{BILLION_LAUGHS}")
+    with pytest.raises(FslError, match=r"bomb.yaml: not valid YAML for fsl \(a YAML alias \(\*a\) at line") as error:
+        load_config(path)
+    assert len(str(error.value)) < 400
+    with pytest.raises(FslError, match="a YAML alias"):
+        parse_assignment("method_options.C=[&v 1, *v]")
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("batch_size: " + "x" * 1_000_000 + "\n")  # a 1 MB value in an error is cut
+    with pytest.raises(FslError) as error:
+        load_config(huge)
+    assert len(str(error.value)) < 400

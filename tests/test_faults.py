@@ -588,3 +588,36 @@ def test_ids_out_of_order_are_named_as_such_not_as_missing_ids():
         store_rows(np.array([5, 3, 1]), np.array([3]))
     with pytest.raises(FslError, match=r"lacks \(e.g. ids \[4\]\)"):
         store_rows(np.array([1, 3, 5]), np.array([4]))
+
+
+def test_nan_rows_a_sampled_checksum_cannot_see_are_refused_when_gathered(twelve_classes, tmp_path):
+    """NaN written into a store row (checksums recomputed, as a tool or a bad disk might leave them):
+    evaluation refuses it, naming the product and the store, instead of reporting a wrong accuracy."""
+    from fsl.config import EncoderConfig, ExperimentConfig
+    from fsl.episodes.frozen import EpisodeSet
+    from fsl.harness.experiment import run_experiment
+    from fsl.paths import episode_set_path
+    from fsl.store.features import _array_record
+
+    root, catalog = twelve_classes
+    shutil.copytree(root / "store", tmp_path / "store")
+    (path,) = [p for p in (tmp_path / "store").iterdir() if p.is_dir()]
+    episodes = EpisodeSet.load(episode_set_path(catalog, "articleType", "novel-5w5s", root / "episodes")).episodes
+    victim = int(episodes.query[0, 0])
+    ids = np.load(path / "ids.npy")
+    image = np.load(path / "image.npy", mmap_mode="r+")
+    image[np.searchsorted(ids, victim)] = np.nan
+    image.flush()
+    del image
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["arrays"]["image"] = _array_record(path / "image.npy")
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    config = ExperimentConfig(
+        name="pn",
+        method="protonet",
+        fusion="image",
+        episodes=("novel-5w5s",),
+        encoder=EncoderConfig("clip", "FSL-Tiny", "none"),
+    )
+    with pytest.raises(FslError, match=rf"NaN or infinite features \(e.g. id {victim}\).*fsl embed --verify"):
+        run_experiment(config, catalog, root / "episodes", tmp_path / "store", progress=False)

@@ -100,7 +100,9 @@ def test_a_sweep_refuses_to_choose_on_novel_episodes_before_scoring_anything(twe
     root, catalog = twelve_classes
     config_path = tmp_path / "probe.yaml"
     config_path.write_text(PROBE)
-    with pytest.raises(FslError, match="choose on validation classes only; 'novel-5w5s' is drawn from the 'novel'"):
+    with pytest.raises(
+        FslError, match="fsl sweep chooses on validation classes only; 'novel-5w5s' is drawn from the 'novel'"
+    ):
         sweep(
             load_config(config_path),
             parse_grid(["method_options.C=1,10"]),

@@ -250,3 +250,32 @@ def test_training_with_other_label_columns_takes_them_in_turn_and_refuses_a_miss
         run(workspace, config(6, name="proto-bad", train_sources=("colour",)), "t")
     with pytest.raises(FslError, match="each column once, and not the label column articleType"):
         run(workspace, config(6, name="proto-bad", train_sources=("gender", "articleType")), "t")
+
+
+def test_training_refuses_to_choose_its_checkpoint_on_a_test_set(workspace, tmp_path, capsys):
+    """`--set train.val_episodes=novel-5w5s` would pick the best step on the test set that fsl eval
+    then reports: refused before anything trains, by the check every selecting command shares."""
+    import dataclasses
+
+    from fsl.cli.main import main
+    from fsl.config import to_yaml
+
+    root, catalog = workspace
+    on_test = config(5, name="picks-on-test")
+    on_test = dataclasses.replace(on_test, train=dataclasses.replace(on_test.train, val_episodes="novel-5w5s"))
+    with pytest.raises(FslError, match="fsl train chooses on validation classes only; 'novel-5w5s' is drawn from"):
+        run(workspace, on_test, "test-set")
+    assert not (root / "test-set").exists()
+    path = tmp_path / "proto.yaml"
+    path.write_text(to_yaml(config(5, name="proto")))
+    common = [
+        "--data",
+        str(root / "dump"),
+        "--episodes-dir",
+        str(root / "episodes"),
+        "--store-root",
+        str(root / "store"),
+    ]
+    args = [*common, "--checkpoints", str(tmp_path / "ckpt"), "--runs", str(tmp_path / "runs"), "--splits", "0"]
+    assert main(["train", str(path), *args, "--set", "train.val_episodes=novel-5w5s"]) == 2
+    assert "chooses on validation classes only" in capsys.readouterr().err and not (tmp_path / "ckpt").exists()

@@ -23,6 +23,7 @@ from fsl.encoders.factory import shared_space
 from fsl.errors import FslError
 from fsl.files import atomic_path, read_json, write_json
 from fsl.store.features import FeatureStore
+from fsl.store.rows import check_finite
 
 EXACT_LIMIT = 50_000  # products searched exactly; above, IVF (benchmarks/scale.py measures where that pays)
 TARGET_RECALL = 0.95
@@ -32,13 +33,14 @@ ADD_BATCH = 65_536
 
 def fused_rows(store: FeatureStore, rows: slice | np.ndarray, image_weight: float) -> np.ndarray:
     """[n, Di + Dt] rows (a slice or sorted row numbers) as the index holds them."""
-    return np.concatenate(
+    fused = np.concatenate(
         [
             math.sqrt(image_weight) * np.asarray(store.image[rows], dtype=np.float32),
             math.sqrt(1 - image_weight) * np.asarray(store.text("plain")[rows], dtype=np.float32),
         ],
         axis=1,
     )
+    return check_finite(fused, store.ids[rows], f"feature store {store.path}")
 
 
 @dataclass

@@ -133,6 +133,7 @@ def cmd_eval(args) -> None:
 
 def cmd_train(args) -> None:
     from fsl.data.prepared import load_catalog
+    from fsl.harness.experiment import check_validation_only
     from fsl.harness.timings import record_run
     from fsl.harness.train import train
     from fsl.paths import split_root
@@ -140,6 +141,16 @@ def cmd_train(args) -> None:
     configs = _configs(args)
     catalog = load_catalog(args.data)
     plan = _announce("train", configs, catalog, args)
+    for config in configs:  # every run's selection set checked before the first one trains
+        for split in plan[config.name]:
+            check_validation_only(
+                config,
+                catalog,
+                (config.train.val_episodes,) if config.train else (),
+                split_root(args.episodes_dir, split),
+                "fsl train",
+                "train.val_episodes=val-5w5s",
+            )
     failed = []
     for config in configs:  # one config's failure does not stop the others
         started, splits = time.perf_counter(), plan[config.name]

@@ -32,8 +32,13 @@ from fsl.episodes.sampler import Episodes
 from fsl.errors import FslError
 from fsl.files import read_json, write_json
 from fsl.harness.evaluate import episode_logits
-from fsl.harness.experiment import check_alignment, class_text_table, experiment_head, load_episode_set
-from fsl.harness.sweep import check_validation_only
+from fsl.harness.experiment import (
+    check_alignment,
+    check_validation_only,
+    class_text_table,
+    experiment_head,
+    load_episode_set,
+)
 from fsl.paths import checkpoint_dir
 from fsl.store.features import DEFAULT_ROOT
 
@@ -205,7 +210,9 @@ def calibrate(
 
     if not 0 < false_accept < 1:
         raise FslError(f"--false-accept must lie strictly between 0 and 1, got {false_accept}")
-    check_validation_only(config, catalog, (temperature_set, open_val_set), episodes_root)
+    check_validation_only(
+        config, catalog, (temperature_set, open_val_set), episodes_root, "fsl calibrate", "the val-* sets"
+    )
     store, features, head = experiment_head(
         config, catalog, store_root or DEFAULT_ROOT, checkpoints_root, episodes_root
     )

@@ -241,3 +241,18 @@ def run_experiment(
             )
         )
     return results
+
+
+def check_validation_only(
+    config: ExperimentConfig, catalog: Catalog, names, episodes_root, who: str, instead: str
+) -> None:
+    """Every selection (a checkpoint, a grid point, a temperature, a threshold) reads validation-class
+    episodes only: a set drawn from any other classes is refused, naming it, before any work starts."""
+    for name in names:
+        episode_set = load_episode_set(config, catalog, name, episodes_root)
+        if episode_set.meta.get("split") != "val":
+            raise FslError(
+                f"{who} chooses on validation classes only; {name!r} is drawn from the "
+                f"{episode_set.meta.get('split')!r} classes (a test set), which are read only to report. "
+                f"Choose with {instead}"
+            )

@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from fsl.config import ExperimentConfig, override, to_yaml
+from fsl.config import ExperimentConfig, override, read_yaml, shown, to_yaml
 from fsl.data.catalog import Catalog
 from fsl.errors import FslError
 from fsl.files import write_bytes
 from fsl.harness.evaluate import EvalResult, mean_ci, paired_difference, percent
-from fsl.harness.experiment import check_runnable, load_episode_set, run_experiment
+from fsl.harness.experiment import check_runnable, check_validation_only, run_experiment
 from fsl.harness.train import train
 from fsl.store.features import DEFAULT_ROOT
 
@@ -31,26 +30,12 @@ def parse_grid(texts: list[str]) -> list[tuple[str, list[Any]]]:
     for text in texts:
         key, sep, raw = text.partition("=")
         if not sep or not key.strip() or not raw.strip():
-            raise FslError(f"--grid {text!r}: expected KEY=V1,V2,..., e.g. method_options.C=0.1,1,10")
-        try:
-            values = [yaml.safe_load(v) for v in raw.split(",")]
-        except yaml.YAMLError as error:
-            raise FslError(f"--grid {text!r}: a value is not valid YAML ({error})") from None
+            raise FslError(f"--grid {shown(text)}: expected KEY=V1,V2,..., e.g. method_options.C=0.1,1,10")
+        values = [read_yaml(v, f"--grid {shown(text)}") for v in raw.split(",")]
         grid.append((key.strip(), values))
     if not grid:
         raise FslError("a sweep needs at least one --grid KEY=V1,V2,...")
     return grid
-
-
-def check_validation_only(config: ExperimentConfig, catalog: Catalog, names: tuple[str, ...], episodes_root) -> None:
-    """Selection reads validation-class episodes only: a novel (test) set is refused before it is used."""
-    for name in names:
-        episode_set = load_episode_set(config, catalog, name, episodes_root)
-        if episode_set.meta.get("split") != "val":
-            raise FslError(
-                f"sweeps choose on validation classes only; {name!r} is drawn from the "
-                f"{episode_set.meta.get('split')!r} classes (a test set). Choose with --on val-5w5s"
-            )
 
 
 @dataclass
@@ -82,7 +67,7 @@ def sweep(
     candidates = [override(config, list(point.items()), "--grid") for point in points]
     for candidate in candidates:  # every point checked before any work
         check_runnable(candidate)
-    check_validation_only(config, catalog, on, episodes_root)
+    check_validation_only(config, catalog, on, episodes_root, "fsl sweep", "--on val-5w5s")
 
     scores, accuracies = [], []
     for point, candidate in zip(points, candidates):

@@ -22,7 +22,14 @@ from fsl.episodes.standard import saved_near_duplicates
 from fsl.errors import FslError
 from fsl.harness.checkpoints import load_head, load_train_state, save_head, save_train_state
 from fsl.harness.evaluate import mean_ci, percent, run_episodes
-from fsl.harness.experiment import base_classes, build_head, check_alignment, flat_options, load_episode_set
+from fsl.harness.experiment import (
+    base_classes,
+    build_head,
+    check_alignment,
+    check_validation_only,
+    flat_options,
+    load_episode_set,
+)
 from fsl.paths import DEFAULT_CHECKPOINTS, DEFAULT_EPISODES_DIR, checkpoint_dir
 from fsl.store.features import DEFAULT_ROOT
 from fsl.store.open import open_store
@@ -96,6 +103,9 @@ def train(
     settings = config.train
     if settings is None:
         raise FslError(f"experiment {config.name!r} has no train: section, so nothing to train")
+    check_validation_only(
+        config, catalog, (settings.val_episodes,), episodes_root, "fsl train", "train.val_episodes=val-5w5s"
+    )
     store = open_store(catalog, config.encoder, store_root)
     head = build_head(config, store)
     if not head.meta_trainable:

@@ -8,28 +8,43 @@ from fsl.errors import FslError
 from fsl.store.features import FeatureStore
 
 
+def check_finite(values: np.ndarray, ids: np.ndarray, source: str) -> np.ndarray:
+    """`values` [n, D] as read from a store, with the product ids of its rows: a NaN or infinite
+    value (a damaged file the sampled checksum missed) is refused, naming a product and the store,
+    never classified. One pass over rows already in cache."""
+    finite = np.isfinite(values).all(axis=-1)
+    if not finite.all():
+        bad = np.asarray(ids)[~finite]
+        raise FslError(
+            f"{source}: {len(bad)} product(s) have NaN or infinite features (e.g. id {bad[0]}): the store is "
+            "damaged. Run `fsl embed --verify` with the same options to check every byte and rebuild it"
+        )
+    return values
+
+
 class StoreFeatures:
     """[P, image_dim + text_dim] rows, gathered on demand from the memory-mapped store, so the
-    harness's memory does not grow with the catalog; `np.asarray` gives the whole matrix."""
+    harness's memory does not grow with the catalog; `np.asarray` gives the whole matrix. Every
+    gathered row is checked finite (`check_finite`) against the `ids` of the store's rows."""
 
-    def __init__(self, image: np.ndarray, text: np.ndarray):
-        self.image, self.text = image, text
+    def __init__(self, image: np.ndarray, text: np.ndarray, ids: np.ndarray, source: str = "feature store"):
+        self.image, self.text, self.ids, self.source = image, text, ids, source
         self.shape = (image.shape[0], image.shape[1] + text.shape[1])
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, rows) -> np.ndarray:
-        return np.concatenate([self.image[rows], self.text[rows]], axis=-1)
+        return check_finite(np.concatenate([self.image[rows], self.text[rows]], axis=-1), self.ids[rows], self.source)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        whole = np.concatenate([self.image, self.text], axis=1)
+        whole = check_finite(np.concatenate([self.image, self.text], axis=1), self.ids, self.source)
         return whole if dtype is None else whole.astype(dtype)
 
 
 def store_features(store: FeatureStore, text_variant: str = "plain") -> StoreFeatures:
     """What the harness gathers episodes from: image then text features of every product."""
-    return StoreFeatures(store.image, store.text(text_variant))
+    return StoreFeatures(store.image, store.text(text_variant), store.ids, f"feature store {store.path}")
 
 
 def store_rows(store_ids: np.ndarray, product_ids: np.ndarray) -> np.ndarray:
