@@ -165,6 +165,9 @@ def _build(cls, values: Any, source: str, where: str):
             value = tuple([value] if isinstance(value, str) else value)
             for name in value:
                 safe_name(name, f"{source}: {where}episodes entry")
+            repeated = sorted({name for name in value if value.count(name) > 1})
+            if repeated:  # a set listed twice would count its episodes twice and narrow the interval
+                raise FslError(f"{source}: {where}episodes lists {shown(repeated[0])} more than once")
         else:
             value = _coerce(key, value)
             _check_value(key, value, source, where)

@@ -98,3 +98,12 @@ def test_yaml_aliases_are_refused_before_they_expand_and_messages_stay_short(tmp
     with pytest.raises(FslError) as error:
         load_config(huge)
     assert len(str(error.value)) < 400
+
+
+
+def test_an_episode_set_listed_twice_is_refused(tmp_path):
+    """Listed twice, a set's episodes would count twice: a narrower interval from the same evidence."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("method: protonet\nepisodes: [novel-5w1s, novel-5w5s, novel-5w1s]\n")
+    with pytest.raises(FslError, match="twice.yaml: episodes lists 'novel-5w1s' more than once"):
+        load_config(path)

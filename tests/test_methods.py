@@ -191,9 +191,11 @@ def test_bad_method_name_or_options_are_clear_errors():
     fusion = create_fusion("image", 4, 0)
     with pytest.raises(FslError, match="unknown head 'knn'"):
         create_head("knn", fusion)
-    with pytest.raises(FslError, match="head 'protonet': bad method_options"):
+    with pytest.raises(FslError, match=r"head protonet has no option 'steps'; its options are \['projection'"):
         create_head("protonet", fusion, steps=3)
-    with pytest.raises(FslError, match="unknown linear_probe init 'ones'"):
+    with pytest.raises(
+        FslError, match="head linear_probe init must be one of zeros, prototypes, class_text, got 'ones'"
+    ):
         create_head("linear_probe", fusion, init="ones")
 
 
@@ -442,7 +444,7 @@ def test_lp_plus_plus_fits_a_probe_that_uses_the_class_names():
     assert accuracy(support_logits, labels[0]) == 1.0  # the support set is fitted
     with pytest.raises(FslError, match="share one space"):
         create_head("lp_plus_plus", create_fusion("image", IMAGE_DIM, TEXT_DIM))
-    with pytest.raises(FslError, match="steps must be a finite number"):
+    with pytest.raises(FslError, match="steps must be a whole number >= 1"):
         create_head("lp_plus_plus", fusion, steps=0)
 
 
@@ -585,8 +587,8 @@ def test_proto_maml_starts_at_protonet_and_meta_learns_its_body_through_the_inne
     torch.testing.assert_close(together[1:2], alone)
     with pytest.raises(FslError, match="is Proto-MAML's body: set init: prototypes"):
         MAML(fusion, projection="linear")
-    with pytest.raises(FslError, match="maml init must be shared or prototypes"):
-        MAML(fusion, init="zeros")
+    with pytest.raises(FslError, match="head maml init must be one of shared, prototypes"):
+        create_head("maml", fusion, init="zeros")
 
 
 def test_maml_learned_scale_changes_the_loss_never_the_prediction():
@@ -653,3 +655,33 @@ def test_a_head_without_classify_cannot_be_built():
 
     with pytest.raises(TypeError, match="abstract"):
         Unfinished(create_fusion("image", IMAGE_DIM, TEXT_DIM))
+
+
+@pytest.mark.parametrize(
+    "head,options,message",
+    [
+        ("linear_probe", {"C": -1}, r"C must be a finite number in \[1e-06, 1e\+06\], got -1"),
+        ("linear_probe", {"C": 0}, "C must be a finite number in"),
+        ("linear_probe", {"C": 1e-300}, "C must be a finite number in"),
+        ("linear_probe", {"C": "abc"}, "C must be a finite number in"),
+        ("linear_probe", {"C": "1e400"}, "C must be a finite number in"),  # YAML 1.1 reads it as text; inf
+        ("linear_probe", {"C": True}, "C must be a finite number in"),  # YAML's true is no number
+        ("linear_probe", {"max_iter": 2.5}, "max_iter must be a whole number in"),
+        ("tim", {"lr": float("nan")}, "lr must be a finite number > 0"),
+        ("gda", {"prior": "other"}, "prior must be one of identity, base"),
+    ],
+)
+def test_every_option_is_typed_and_ranged_before_a_head_is_built(head, options, message):
+    """Values that gave chance (C: -1), a traceback (C: 0, 1e-300, abc, 1e400) or nonsense are refused,
+    naming the head and the option, by the declarations every head makes once."""
+    with pytest.raises(FslError, match=f"head {head} {message}"):
+        create_head(head, create_fusion("concat", IMAGE_DIM, TEXT_DIM), **options)
+
+
+def test_fusion_options_are_typed_and_ranged_and_numeric_text_is_read_as_a_number():
+    with pytest.raises(FslError, match=r"fusion concat image_weight must be a finite number in \[0, 1\], got nan"):
+        create_fusion("concat", IMAGE_DIM, TEXT_DIM, image_weight=float("nan"))
+    with pytest.raises(FslError, match="fusion concat has no option 'weight'"):
+        create_fusion("concat", IMAGE_DIM, TEXT_DIM, weight=0.5)
+    assert create_fusion("concat", IMAGE_DIM, TEXT_DIM, image_weight="7e-1").image_weight == 0.7
+    assert create_head("linear_probe", create_fusion("image", 4, 4), C="3e-1").C == 0.3

@@ -17,6 +17,7 @@ from fsl.methods.pt_map import PTMAP
 from fsl.methods.simpleshot import SimpleShot
 from fsl.methods.tim import TIM
 from fsl.methods.tip_adapter import TipAdapter
+from fsl.methods.utils import check_options
 from fsl.methods.zero_shot import ZeroShot
 
 HEADS: dict[str, type[FewShotHead]] = {
@@ -63,6 +64,7 @@ def create_head(name: str, fusion: Fusion, shared_space: bool = False, **options
     reaches the heads that compare class names with features."""
     if name not in HEADS:
         raise FslError(f"unknown head {name!r} (the config's `method`); choose one of {sorted(HEADS)}")
+    options = check_options(f"head {name}", HEADS[name].options, options)
     if HEADS[name].uses_class_names:
         options["shared_space"] = shared_space
     try:

@@ -7,12 +7,15 @@ example of an episode set once. Heads that read class names also get class_text 
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from fsl.methods.fusion import Fusion
+from fsl.methods.utils import Option, describe_options
 
 
 class FewShotHead(nn.Module, ABC):
@@ -29,8 +32,17 @@ class FewShotHead(nn.Module, ABC):
     name: str = ""
     transductive: bool = False
     uses_class_names: bool = False
+    options: ClassVar[dict[str, Option]] = {}  # every YAML option (method_options), declared once
     needs_class_text = False
     needs_base_classes = False
+
+    def __init_subclass__(cls, **kwargs):
+        """The class docstring ends with its options, written from the declarations."""
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            cls.__doc__ = inspect.cleandoc(cls.__doc__ or "") + describe_options(
+                cls.options, "Options (`method_options` in a config):"
+            )
 
     def __init__(self, fusion: Fusion):
         super().__init__()

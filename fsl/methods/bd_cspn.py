@@ -11,23 +11,24 @@ from __future__ import annotations
 
 from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion
-from fsl.methods.utils import check_positive, cosine, rectified_prototypes
+from fsl.methods.utils import Option, cosine, rectified_prototypes
 
 
 class BDCSPN(FewShotHead):
     """BD-CSPN (Liu, Song & Qin, ECCV 2020): prototypes rectified by a feature shift and by label
     propagation over the queries, then cosine scores. Transductive.
-
-    Options (`method_options` in a config):
-    - `temperature`: sharpness of the pseudo-label weights exp(temperature * cosine) (default 10; easyfsl's is 1)
     """
 
     name = "bd_cspn"
     transductive = True
+    options = {
+        "temperature": Option(
+            float, "sharpness of the pseudo-label weights exp(temperature * cosine)", low=0, low_open=True
+        ),
+    }
 
     def __init__(self, fusion: Fusion, temperature: float = 10.0):
         super().__init__(fusion)
-        check_positive("bd_cspn", temperature=temperature)
         self.temperature = temperature
 
     def classify(self, support, support_labels, query, n_way, class_text=None):

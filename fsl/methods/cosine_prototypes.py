@@ -19,12 +19,10 @@ from fsl.methods.utils import inner_products, mean_prototypes
 class CosinePrototypes(FewShotHead):
     """Cosine prototypes per modality (Snell et al., 2017; Chen et al., ICLR 2019): cosine to each
     class's mean image and mean text feature, weighted by the fusion's image weight; the demo's scorer.
-
-    Options (`method_options` in a config):
-    - none
     """
 
     name = "cosine_prototypes"
+    options = {}
 
     def __init__(self, fusion: Fusion):
         super().__init__(fusion)

@@ -7,15 +7,20 @@ starts with a Fusion that maps them to its own space, so an ablation is one YAML
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from fsl.errors import FslError
+from fsl.methods.utils import Option, check_options
 
 
 class Fusion(nn.Module):
-    """Splits [..., image_dim + text_dim] into its two parts; subclasses combine them."""
+    """Splits [..., image_dim + text_dim] into its two parts; subclasses combine them. Each declares
+    its YAML options (`fusion_options`), checked by `create_fusion` before it is built."""
+
+    options: ClassVar[dict[str, Option]] = {}
 
     def __init__(self, image_dim: int, text_dim: int):
         super().__init__()
@@ -51,12 +56,12 @@ class TextOnly(Fusion):
 class Concat(Fusion):
     """[√w·image, √(1-w)·text]: squared distances become w·d_image + (1-w)·d_text."""
 
+    options = {"image_weight": Option(float, "w, the image's share of a squared distance", low=0, high=1)}
+
     out_dim = property(lambda self: self.image_dim + self.text_dim)
 
     def __init__(self, image_dim: int, text_dim: int, image_weight: float = 0.5):
         super().__init__(image_dim, text_dim)
-        if not 0.0 <= image_weight <= 1.0:
-            raise FslError(f"image_weight must lie in [0, 1], got {image_weight}")
         self.image_weight = image_weight
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -67,6 +72,8 @@ class Concat(Fusion):
 class WeightedSum(Fusion):
     """w·image + (1-w)·text in one space; where the dims differ, text is first projected
     (a learned linear map, initialised to zero-padding) to the image size. w is learned too."""
+
+    options = {"image_weight": Option(float, "the starting w (learned)", low=0, high=1, low_open=True, high_open=True)}
 
     out_dim = property(lambda self: self.image_dim)
 
@@ -88,6 +95,11 @@ class Gate(Fusion):
     """A learned per-example gate g = σ(MLP([image, text])) that weighs the two modalities:
     [√g·image, √(1-g)·text]. Starts as Concat with the same image_weight for every example."""
 
+    options = {
+        "hidden": Option(int, "width of the gate's hidden layer", low=1),
+        "image_weight": Option(float, "every example's starting gate", low=0, high=1, low_open=True, high_open=True),
+    }
+
     out_dim = property(lambda self: self.image_dim + self.text_dim)
 
     def __init__(self, image_dim: int, text_dim: int, hidden: int = 64, image_weight: float = 0.5):
@@ -108,4 +120,4 @@ FUSIONS = {"image": ImageOnly, "text": TextOnly, "concat": Concat, "weighted": W
 def create_fusion(name: str, image_dim: int, text_dim: int, **options) -> Fusion:
     if name not in FUSIONS:
         raise FslError(f"unknown fusion {name!r}; choose one of {sorted(FUSIONS)}")
-    return FUSIONS[name](image_dim, text_dim, **options)
+    return FUSIONS[name](image_dim, text_dim, **check_options(f"fusion {name}", FUSIONS[name].options, options))

@@ -18,25 +18,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fsl.errors import FslError
 from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion
-from fsl.methods.utils import ZERO_SHOT_SCALE, check_positive, mean_prototypes
+from fsl.methods.utils import ZERO_SHOT_SCALE, Option, mean_prototypes
 
 
 class GDA(FewShotHead):
     """Gaussian discriminant analysis (Wang et al., ICLR 2024): class means and one shrunk shared
     covariance give a linear classifier in closed form.
-
-    Options (`method_options` in a config):
-    - `shrinkage`: weight of the prior in the covariance, in (0, 1] (default 0.5)
-    - `prior`: identity | base: a scaled identity or the base classes' pooled covariance (default identity)
-    - `zero_shot_weight`: weight of the zero-shot logits added to GDA's, the paper's ensemble (default 0)
-    - (`shared_space` is no option: fsl sets it from the encoder)
     """
 
     name = "gda"
     uses_class_names = True
+    options = {
+        "shrinkage": Option(float, "weight of the prior in the covariance, in (0, 1]", low=0, high=1, low_open=True),
+        "prior": Option(str, "a scaled identity or the base classes' pooled covariance", choices=("identity", "base")),
+        "zero_shot_weight": Option(float, "weight of the zero-shot logits added to GDA's, the paper's ensemble", low=0),
+    }
 
     def __init__(
         self,
@@ -47,11 +45,6 @@ class GDA(FewShotHead):
         shared_space: bool = False,
     ):
         super().__init__(fusion)
-        if type(shrinkage) not in (int, float) or not 0 < shrinkage <= 1:
-            raise FslError(f"gda shrinkage must be in (0, 1], got {shrinkage!r}")
-        if prior not in ("identity", "base"):
-            raise FslError(f"unknown gda prior {prior!r}; choose identity or base")
-        check_positive("gda", allow_zero=True, zero_shot_weight=zero_shot_weight)
         self.shrinkage, self.prior, self.zero_shot_weight, self.shared_space = (
             shrinkage,
             prior,

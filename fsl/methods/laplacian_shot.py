@@ -11,26 +11,25 @@ from __future__ import annotations
 
 import torch
 
-from fsl.errors import FslError
 from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion
-from fsl.methods.utils import check_positive, rectified_prototypes, squared_distances
+from fsl.methods.utils import Option, rectified_prototypes, squared_distances
 
 
 class LaplacianShot(FewShotHead):
     """LaplacianShot (Ziko et al., ICML 2020): soft assignments to rectified prototypes with a
     Laplacian term over each query's nearest query neighbours. Transductive.
-
-    Options (`method_options` in a config):
-    - `knn`: query neighbours in the Laplacian (default 3, easyfsl's knn=4)
-    - `lambda_regularization`: weight of the Laplacian term (default 0.7)
-    - `steps`: bound updates at most (default 20)
-    - `temperature`: sharpness of the rectification's pseudo-label weights (default 1)
-    - `tolerance`: relative change of the bound that stops an episode (default 1e-6)
     """
 
     name = "laplacian_shot"
     transductive = True
+    options = {
+        "knn": Option(int, "query neighbours in the Laplacian", low=1),
+        "lambda_regularization": Option(float, "weight of the Laplacian term", low=0),
+        "steps": Option(int, "bound updates at most", low=1),
+        "temperature": Option(float, "sharpness of the rectification's pseudo-label weights", low=0, low_open=True),
+        "tolerance": Option(float, "relative change of the bound that stops an episode", low=0, low_open=True),
+    }
 
     def __init__(
         self,
@@ -42,10 +41,6 @@ class LaplacianShot(FewShotHead):
         tolerance: float = 1e-6,
     ):
         super().__init__(fusion)
-        check_positive("laplacian_shot", knn=knn, steps=steps, temperature=temperature, tolerance=tolerance)
-        check_positive("laplacian_shot", allow_zero=True, lambda_regularization=lambda_regularization)
-        if type(knn) is not int:
-            raise FslError(f"laplacian_shot knn must be a whole number, got {knn!r}")
         self.knn, self.lam, self.steps = knn, lambda_regularization, int(steps)
         self.temperature, self.tolerance = temperature, tolerance
 

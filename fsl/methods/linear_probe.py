@@ -13,10 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fsl.errors import FslError
 from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion
-from fsl.methods.utils import inner_products, mean_prototypes
+from fsl.methods.utils import Option, inner_products, mean_prototypes
 
 INITS = ("zeros", "prototypes", "class_text")
 
@@ -24,23 +23,20 @@ INITS = ("zeros", "prototypes", "class_text")
 class LinearProbe(FewShotHead):
     """Linear probe (Radford et al., ICML 2021; Tian et al., ECCV 2020): a logistic regression fitted
     on each episode's support set, scikit-learn's objective, solved exactly in the support span.
-
-    Options (`method_options` in a config):
-    - `C`: inverse regularisation strength, as scikit-learn's (default 1)
-    - `max_iter`: Newton steps at most (default 20)
-    - `init`: zeros | prototypes | class_text: the weights the fit starts from and is pulled towards (default zeros)
-    - (`shared_space` is no option: fsl sets it from the encoder)
     """
 
     name = "linear_probe"
     uses_class_names = True
+    options = {
+        "C": Option(float, "inverse regularisation strength, as scikit-learn's", low=1e-6, high=1e6),
+        "max_iter": Option(int, "Newton steps at most", low=1, high=10_000),
+        "init": Option(str, "the weights the fit starts from and is pulled towards", choices=INITS),
+    }
 
     def __init__(
         self, fusion: Fusion, C: float = 1.0, max_iter: int = 20, init: str = "zeros", shared_space: bool = False
     ):
         super().__init__(fusion)
-        if init not in INITS:
-            raise FslError(f"unknown linear_probe init {init!r}; choose one of {list(INITS)}")
         self.C, self.max_iter, self.init, self.shared_space = C, max_iter, init, shared_space
         self.needs_class_text = init == "class_text"
 

@@ -19,31 +19,28 @@ import torch.nn.functional as F
 from fsl.errors import FslError
 from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion, ImageOnly
-from fsl.methods.utils import check_positive
+from fsl.methods.utils import Option
 
 
 class LPPlusPlus(FewShotHead):
     """LP++ (Huang et al., CVPR 2024): a linear probe whose class weights blend the visual
     prototypes with the class-name text weights, the blend learned per class, with step sizes from
     the data's Lipschitz constant; no hyper-parameter is searched.
-
-    Options (`method_options` in a config):
-    - `steps`: gradient steps (default 300)
-    - `alpha_every`: update the blend weights every this many steps (default 10)
-    - `momentum`: momentum of the gradient steps (default 0.9)
-    - (`shared_space` is no option: fsl sets it from the encoder)
     """
 
     name = "lp_plus_plus"
     uses_class_names = True
+    options = {
+        "steps": Option(int, "gradient steps", low=1),
+        "alpha_every": Option(int, "update the blend weights every this many steps", low=1),
+        "momentum": Option(float, "momentum of the gradient steps", low=0, high=1, high_open=True),
+    }
     needs_class_text = True
 
     def __init__(
         self, fusion: Fusion, shared_space: bool = False, steps: int = 300, alpha_every: int = 10, momentum: float = 0.9
     ):
         super().__init__(fusion)
-        check_positive("lp_plus_plus", steps=steps, alpha_every=alpha_every)
-        check_positive("lp_plus_plus", allow_zero=True, momentum=momentum)
         self.momentum = momentum
         if isinstance(fusion, ImageOnly) and not shared_space:
             raise FslError(

@@ -28,26 +28,30 @@ from torch.func import functional_call, grad, vmap
 from fsl.errors import FslError
 from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion
-from fsl.methods.utils import make_projection, mean_prototypes
+from fsl.methods.utils import Option, make_projection, mean_prototypes
 
 
 class MAML(FewShotHead):
     """MAML (Finn et al., ICML 2017) and Proto-MAML (Triantafillou et al., ICLR 2020): a linear
     classifier (on an optional body) adapted by gradient steps on each episode's support set, its
     start meta-learned on base-class episodes.
-
-    Options (`method_options` in a config):
-    - `hidden`: width of a hidden layer in the adapted body, 0 for none (default 0)
-    - `inner_steps`: gradient steps on the support set (default 10)
-    - `inner_lr`: their learning rate (default 0.5)
-    - `first_order`: drop the second-order terms of the meta-gradient (default false)
-    - `init`: shared | prototypes: a meta-learned shared start, or Proto-MAML's prototype start (default shared)
-    - `projection`: none | diagonal | linear: a meta-trained map before the classifier (default none)
-    - `projection_dim`: output size of the linear projection (default: the fused feature size)
-    - `learn_scale`: meta-learn a logit scale (default false)
     """
 
     name = "maml"
+    options = {
+        "hidden": Option(int, "width of a hidden layer in the adapted body, 0 for none", low=0),
+        "inner_steps": Option(int, "gradient steps on the support set", low=0, high=1000),
+        "inner_lr": Option(float, "their learning rate", low=0, low_open=True),
+        "first_order": Option(bool, "drop the second-order terms of the meta-gradient"),
+        "init": Option(
+            str, "a meta-learned shared start, or Proto-MAML's prototype start", choices=("shared", "prototypes")
+        ),
+        "projection": Option(str, "a meta-trained map before the classifier", choices=("none", "diagonal", "linear")),
+        "projection_dim": Option(
+            int, "output size of the linear projection (default: the fused feature size)", low=1, optional=True
+        ),
+        "learn_scale": Option(bool, "meta-learn a logit scale"),
+    }
 
     def __init__(
         self,
@@ -62,8 +66,6 @@ class MAML(FewShotHead):
         learn_scale: bool = False,
     ):
         super().__init__(fusion)
-        if init not in ("shared", "prototypes"):
-            raise FslError(f"maml init must be shared or prototypes, got {init!r}")
         if init == "shared" and projection != "none":
             raise FslError(f"maml projection ({projection}) is Proto-MAML's body: set init: prototypes")
         if init == "prototypes" and hidden:

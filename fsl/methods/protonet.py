@@ -11,20 +11,25 @@ import torch
 
 from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion
-from fsl.methods.utils import make_projection, mean_prototypes, squared_distances
+from fsl.methods.utils import Option, make_projection, mean_prototypes, squared_distances
 
 
 class ProtoNet(FewShotHead):
     """Prototypical networks (Snell et al., NeurIPS 2017): negative squared distances to the class
     means of the support features.
-
-    Options (`method_options` in a config):
-    - `projection`: none | diagonal | linear: a learned map before the distances, meta-trained by
-      `fsl train` (default none)
-    - `projection_dim`: output size of the linear projection (default: the fused feature size)
     """
 
     name = "protonet"
+    options = {
+        "projection": Option(
+            str,
+            "a learned map before the distances, meta-trained by `fsl train`",
+            choices=("none", "diagonal", "linear"),
+        ),
+        "projection_dim": Option(
+            int, "output size of the linear projection (default: the fused feature size)", low=1, optional=True
+        ),
+    }
 
     def __init__(self, fusion: Fusion, projection: str = "none", projection_dim: int | None = None):
         super().__init__(fusion)

@@ -17,25 +17,25 @@ import torch.nn.functional as F
 
 from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion
-from fsl.methods.utils import check_positive, mean_prototypes, squared_distances
+from fsl.methods.utils import Option, mean_prototypes, squared_distances
 
 
 class PTMAP(FewShotHead):
     """PT-MAP (Hu, Gripon & Pateux, ICANN 2021): power-transformed features, then class centres
     refined by Sinkhorn-balanced soft assignments of the queries. Transductive.
-
-    Options (`method_options` in a config):
-    - `steps`: centre updates (default 10)
-    - `lr`: step size of each centre update (default 0.2)
-    - `regularization`: entropic sharpness of the Sinkhorn assignments (default 10)
-    - `power`: exponent of the power transform (default 0.5)
-    - `normalize`: L2-normalise the features after the transform (default false)
-    - `sinkhorn_steps`: Sinkhorn iterations at most (default 1000)
-    - `tolerance`: Sinkhorn's stopping tolerance (default 1e-6)
     """
 
     name = "pt_map"
     transductive = True
+    options = {
+        "steps": Option(int, "centre updates", low=1),
+        "lr": Option(float, "step size of each centre update", low=0, low_open=True),
+        "regularization": Option(float, "entropic sharpness of the Sinkhorn assignments", low=0, low_open=True),
+        "power": Option(float, "exponent of the power transform", low=0, low_open=True),
+        "normalize": Option(bool, "L2-normalise the features after the transform"),
+        "sinkhorn_steps": Option(int, "Sinkhorn iterations at most", low=1),
+        "tolerance": Option(float, "Sinkhorn's stopping tolerance", low=0, low_open=True),
+    }
 
     def __init__(
         self,
@@ -49,15 +49,6 @@ class PTMAP(FewShotHead):
         tolerance: float = 1e-6,
     ):
         super().__init__(fusion)
-        check_positive(
-            "pt_map",
-            steps=steps,
-            lr=lr,
-            regularization=regularization,
-            power=power,
-            sinkhorn_steps=sinkhorn_steps,
-            tolerance=tolerance,
-        )
         self.steps, self.lr, self.regularization, self.power = steps, lr, regularization, power
         self.normalize, self.sinkhorn_steps, self.tolerance = normalize, sinkhorn_steps, tolerance
 

@@ -12,25 +12,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fsl.errors import FslError
 from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion
-from fsl.methods.utils import mean_prototypes, squared_distances
+from fsl.methods.utils import Option, mean_prototypes, squared_distances
 
 
 class SimpleShot(FewShotHead):
-    """SimpleShot (Wang et al., 2019): nearest class mean on centred, L2-normalised features.
-
-    Options (`method_options` in a config):
-    - `centering`: base | none: subtract the base classes' mean feature, or nothing (default base)
-    """
+    """SimpleShot (Wang et al., 2019): nearest class mean on centred, L2-normalised features."""
 
     name = "simpleshot"
+    options = {
+        "centering": Option(str, "subtract the base classes' mean feature, or nothing", choices=("base", "none")),
+    }
 
     def __init__(self, fusion: Fusion, centering: str = "base"):
         super().__init__(fusion)
-        if centering not in ("base", "none"):
-            raise FslError(f"unknown simpleshot centering {centering!r}; choose base (CL2N) or none (L2N)")
         self.centering = centering
         self.needs_base_classes = centering == "base"
         self.register_buffer("base_mean", torch.zeros(fusion.image_dim + fusion.text_dim))  # [D], set by fit_base

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion
-from fsl.methods.utils import check_positive, cosine, mean_prototypes
+from fsl.methods.utils import Option, cosine, mean_prototypes
 
 
 def entropy(probabilities: torch.Tensor) -> torch.Tensor:
@@ -26,18 +26,18 @@ def entropy(probabilities: torch.Tensor) -> torch.Tensor:
 class TIM(FewShotHead):
     """TIM (Boudiaf et al., NeurIPS 2020): prototypes fine-tuned per episode to maximise the mutual
     information between queries and their predicted labels, plus support cross-entropy. Transductive.
-
-    Options (`method_options` in a config):
-    - `steps`: fine-tuning steps (default 50)
-    - `lr`: their learning rate (default 1e-4)
-    - `cross_entropy_weight`: weight of the support cross-entropy (default 1)
-    - `marginal_entropy_weight`: weight of the label-marginal entropy term (default 1)
-    - `conditional_entropy_weight`: weight of the queries' conditional entropy term (default 0.1)
-    - `temperature`: logit scale of the cosines (default 10)
     """
 
     name = "tim"
     transductive = True
+    options = {
+        "steps": Option(int, "fine-tuning steps", low=1),
+        "lr": Option(float, "their learning rate", low=0, low_open=True),
+        "cross_entropy_weight": Option(float, "weight of the support cross-entropy", low=0),
+        "marginal_entropy_weight": Option(float, "weight of the label-marginal entropy term", low=0),
+        "conditional_entropy_weight": Option(float, "weight of the queries' conditional entropy term", low=0),
+        "temperature": Option(float, "logit scale of the cosines", low=0, low_open=True),
+    }
 
     def __init__(
         self,
@@ -50,14 +50,6 @@ class TIM(FewShotHead):
         temperature: float = 10.0,
     ):
         super().__init__(fusion)
-        check_positive("tim", steps=steps, lr=lr, temperature=temperature)
-        check_positive(
-            "tim",
-            allow_zero=True,
-            cross_entropy_weight=cross_entropy_weight,
-            marginal_entropy_weight=marginal_entropy_weight,
-            conditional_entropy_weight=conditional_entropy_weight,
-        )
         self.steps, self.lr, self.temperature = int(steps), lr, temperature
         self.weights = (cross_entropy_weight, marginal_entropy_weight, conditional_entropy_weight)
 

@@ -19,27 +19,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fsl.errors import FslError
 from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion
-from fsl.methods.utils import ZERO_SHOT_SCALE, check_positive
+from fsl.methods.utils import ZERO_SHOT_SCALE, Option
 
 
 class TipAdapter(FewShotHead):
     """Tip-Adapter and Tip-Adapter-F (Zhang et al., ECCV 2022): zero-shot logits plus a cache model
     of the support features and labels; with `finetune`, the cache keys are fine-tuned on the support.
-
-    Options (`method_options` in a config):
-    - `alpha`: weight of the cache logits (default 1)
-    - `beta`: sharpness of the cache affinities exp(-beta (1 - cosine)) (default 5.5)
-    - `finetune`: fine-tune the cache keys on the support set, Tip-Adapter-F (default false)
-    - `steps`: fine-tuning steps (default 20)
-    - `lr`: fine-tuning learning rate (default 0.001)
-    - (`shared_space` is no option: fsl sets it from the encoder)
     """
 
     name = "tip_adapter"
     uses_class_names = True
+    options = {
+        "alpha": Option(float, "weight of the cache logits", low=0),
+        "beta": Option(float, "sharpness of the cache affinities exp(-beta (1 - cosine))", low=0),
+        "finetune": Option(bool, "fine-tune the cache keys on the support set, Tip-Adapter-F"),
+        "steps": Option(int, "fine-tuning steps", low=1),
+        "lr": Option(float, "fine-tuning learning rate", low=0, low_open=True),
+    }
     needs_class_text = True
 
     def __init__(
@@ -53,10 +51,6 @@ class TipAdapter(FewShotHead):
         lr: float = 1e-3,
     ):
         super().__init__(fusion)
-        check_positive("tip_adapter", allow_zero=True, alpha=alpha, beta=beta)
-        check_positive("tip_adapter", steps=steps, lr=lr)
-        if type(finetune) is not bool:
-            raise FslError(f"tip_adapter finetune must be true or false, got {finetune!r}")
         self.alpha, self.beta, self.shared_space = alpha, beta, shared_space
         self.finetune, self.steps, self.lr = finetune, int(steps), lr
 

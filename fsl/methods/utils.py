@@ -4,6 +4,8 @@ rectified prototypes, learned projections. One place, so a head file reads like 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,12 +16,74 @@ from fsl.errors import FslError
 ZERO_SHOT_SCALE = 100.0  # CLIP's logit scale
 
 
-def check_positive(head: str, allow_zero: bool = False, **options) -> None:
-    """Refuse a non-numeric, infinite or out-of-range option before any episode runs: a YAML typo
-    (`lr: 1e-4` read as text, a negative step count) must not reach the maths."""
-    for name, value in options.items():
-        if type(value) not in (int, float) or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-            raise FslError(f"{head} {name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
+@dataclass(frozen=True)
+class Option:
+    """One YAML option of a head or a fusion, declared once on its class: its type, its range or
+    choices, and what it does. `create_head` and `create_fusion` check every given value against it
+    before anything is built, and the class docstring's option list is written from it."""
+
+    kind: type  # float, int, bool or str
+    help: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # the range excludes `low` itself
+    high_open: bool = False
+    choices: tuple = ()
+    optional: bool = False  # None is allowed (e.g. a projection_dim that defaults to the feature size)
+
+    def describe(self) -> str:
+        if self.choices:
+            return f"one of {', '.join(map(str, self.choices))}"
+        if self.kind is bool:
+            return "true or false"
+        what = "a whole number" if self.kind is int else "a finite number"
+        if self.low is not None and self.high is not None:
+            return (
+                f"{what} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            )
+        if self.low is not None:
+            return f"{what} {'>' if self.low_open else '>='} {self.low:g}"
+        return what
+
+    def check(self, owner: str, name: str, value: Any) -> Any:
+        """The value, typed (YAML 1.1 reads 3e-4 as text: numeric text becomes a number), or an
+        FslError naming the owner, the option, what it must be and what it got."""
+        if value is None and self.optional:
+            return value
+        if self.kind is float and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        numeric = type(value) is int or (self.kind is float and type(value) is float)
+        if self.choices:
+            ok = value in self.choices
+        elif self.kind is bool:
+            ok = type(value) is bool
+        elif self.kind in (int, float):
+            ok = numeric and math.isfinite(value)
+            ok = ok and (self.low is None or (value > self.low if self.low_open else value >= self.low))
+            ok = ok and (self.high is None or (value < self.high if self.high_open else value <= self.high))
+        else:
+            ok = isinstance(value, self.kind)
+        if not ok:
+            shown = repr(value) if len(repr(value)) <= 60 else f"{repr(value)[:45]}..."
+            raise FslError(f"{owner} {name} must be {self.describe()}, got {shown}")
+        return float(value) if self.kind is float else value
+
+
+def check_options(owner: str, declared: dict[str, Option], given: dict[str, Any]) -> dict[str, Any]:
+    """Every given option known and valid (typed, in range) before a head or fusion is built."""
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise FslError(f"{owner} has no option {unknown[0]!r}; its options are {sorted(declared) or 'none'}")
+    return {name: declared[name].check(owner, name, value) for name, value in given.items()}
+
+
+def describe_options(declared: dict[str, Option], header: str) -> str:
+    """The docstring section listing a class's declared options."""
+    lines = [f"- `{name}` ({option.describe()}): {option.help}" for name, option in declared.items()]
+    return f"\n\n{header}\n" + ("\n".join(lines) if lines else "none")
 
 
 def inner_products(query: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -11,19 +11,19 @@ import torch
 from fsl.errors import FslError
 from fsl.methods.base import FewShotHead
 from fsl.methods.fusion import Fusion, ImageOnly
+from fsl.methods.utils import Option
 
 
 class ZeroShot(FewShotHead):
     """Zero-shot CLIP (Radford et al., ICML 2021): each query's logits are its cosines to the class-name
     prompts' text embeddings; the support set is not read.
-
-    Options (`method_options` in a config):
-    - `temperature`: softmax temperature of the cosines (default 0.01, CLIP's logit scale of 100)
-    - (`shared_space` is no option: fsl sets it from the encoder)
     """
 
     name = "zero_shot"
     uses_class_names = True
+    options = {
+        "temperature": Option(float, "softmax temperature of the cosines", low=0, low_open=True),
+    }
     needs_class_text = True
 
     def __init__(self, fusion: Fusion, shared_space: bool = False, temperature: float = 0.01):
