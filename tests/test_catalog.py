@@ -192,3 +192,44 @@ def test_a_dump_copied_again_with_new_times_is_not_called_changed(small_dump, tm
     (copy / "styles.csv").write_text((copy / "styles.csv").read_text().replace("Watches", "Watch"))
     with pytest.raises(FslError, match=r"changed since it was prepared \(styles.csv\)"):
         load_catalog(copy)
+
+
+def test_links_to_nothing_and_folders_named_like_photos_are_reported_and_never_appear(small_dump, tmp_path):
+    """A dangling link, a link loop and a folder named <id>.jpg are unreadable photos, reported with
+    the reason: later commands open the dump instead of asking for `fsl prepare` forever."""
+    import os
+
+    copy = Path(shutil.copytree(small_dump, tmp_path / "copy"))
+    photos = sorted((copy / "images").glob("*.jpg"))[:3]
+    photos[0].unlink()
+    os.symlink(copy / "images" / "gone.jpg", photos[0])
+    photos[1].unlink()
+    os.symlink(photos[1], photos[1])  # a loop
+    photos[2].unlink()
+    photos[2].mkdir()
+    catalog = load_catalog(copy, refresh=True)
+    reported = catalog.report.set_index("id")["detail"]
+    ids = [int(p.stem) for p in photos]
+    assert "leads to no file" in reported[ids[0]] and "leads to no file" in reported[ids[1]]
+    assert "a folder" in reported[ids[2]]
+    assert set(catalog.report.loc[catalog.report["id"].isin(ids), "issue"]) == {"image unreadable"}
+    assert len(load_catalog(copy)) == len(catalog)  # opens as prepared: nothing "appeared"
+
+
+def test_control_characters_huge_fields_and_huge_ids_are_repaired_or_reported(small_dump, tmp_path):
+    """A NUL after a label made a one-product class; a 1 MB field and an id >= 2^63 ended in tracebacks."""
+    copy = Path(shutil.copytree(small_dump, tmp_path / "copy"))
+    lines = (copy / "styles.csv").read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    fields = rows[0].split(",")
+    article = header.split(",").index("articleType")
+    label = fields[article]
+    fields[article] = label + "\x00"
+    rows[0] = ",".join(fields)
+    rows[1] = rows[1] + "x" * 1_000_000  # the name grows past the csv module's field limit
+    rows[2] = "9" * 25 + rows[2][rows[2].index(",") :]
+    (copy / "styles.csv").write_text("\n".join([header, *rows]) + "\n")
+    catalog = load_catalog(copy, refresh=True)
+    assert "\x00" not in "".join(catalog.labels()) and (catalog.labels() == label).sum() >= 2
+    issues = dict(zip(catalog.report["line"], catalog.report["issue"]))
+    assert issues[2] == "control characters" and issues[3] == "unparsable line" and issues[4] == "id out of range"

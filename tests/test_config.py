@@ -100,7 +100,6 @@ def test_yaml_aliases_are_refused_before_they_expand_and_messages_stay_short(tmp
     assert len(str(error.value)) < 400
 
 
-
 def test_an_episode_set_listed_twice_is_refused(tmp_path):
     """Listed twice, a set's episodes would count twice: a narrower interval from the same evidence."""
     path = tmp_path / "twice.yaml"

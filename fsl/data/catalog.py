@@ -57,6 +57,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
 
 REPORT_COLUMNS = ["line", "id", "issue", "action", "detail"]
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 # What each reported issue means, for the summary a person reads.
 ISSUE_HELP = {
     "image missing": "the dump has no photo for that id, so the row is left out (the rest is unaffected)",
@@ -64,6 +65,9 @@ ISSUE_HELP = {
     "unquoted comma in productDisplayName": "the name's commas were joined back",
     "stray quote": "a quote character was kept as part of the text",
     "id is not a whole number": "",
+    "id out of range": "ids must be below 2^63",
+    "unparsable line": "the CSV parser could not read the line (e.g. a field over its size limit)",
+    "control characters": "invisible control characters (NUL, tabs, ...) were removed from its text and labels",
     "too few fields": "",
     "duplicate id": "an earlier row has the same id",
     "empty productDisplayName": "its text comes from the other fields",
@@ -118,8 +122,20 @@ def read_styles(csv_path: Path) -> tuple[pd.DataFrame, list[dict], int]:
     issues: list[dict] = []
     rows: list[list[str]] = []
     for number, line in data:
-        fields, issue = _split_line(line, len(header), header.index(NAME_COLUMN))
-        first = line.split(",", 1)[0]
+        first = line.split(",", 1)[0][:40]
+        try:
+            fields, issue = _split_line(line, len(header), header.index(NAME_COLUMN))
+        except csv.Error as error:  # e.g. a field over the csv module's size limit
+            issues.append(
+                {
+                    "line": number,
+                    "id": first,
+                    "issue": "unparsable line",
+                    "action": "skipped",
+                    "detail": str(error)[:200],
+                }
+            )
+            continue
         if fields is None:
             issues.append(
                 {
@@ -144,11 +160,35 @@ def read_styles(csv_path: Path) -> tuple[pd.DataFrame, list[dict], int]:
         rows.append([str(number), *fields])
     table = pd.DataFrame(rows, columns=["line", *header], dtype=str)
 
-    bad_id = ~table["id"].str.strip().str.fullmatch(r"\d+")
+    texts = [c for c in (*LABEL_COLUMNS, NAME_COLUMN, "year") if c in table.columns]
+    dirty = table[texts].apply(lambda column: column.str.contains(CONTROL_CHARACTERS)).any(axis=1)
+    for row in table[dirty].itertuples():  # a NUL after "Kurtas" would make a class of its own
+        columns = [c for c in texts if CONTROL_CHARACTERS.search(getattr(row, c))]
+        issues.append(
+            {
+                "line": int(row.line),
+                "id": row.id,
+                "issue": "control characters",
+                "action": "repaired",
+                "detail": f"removed from {', '.join(columns)}",
+            }
+        )
+    table[texts] = table[texts].apply(lambda column: column.str.replace(CONTROL_CHARACTERS, "", regex=True))
+
+    stripped = table["id"].str.strip()
+    not_whole = ~stripped.str.fullmatch(r"\d+")
+    too_large = ~not_whole & (stripped.str.len() > 18) & stripped.map(lambda s: s.isdigit() and int(s) >= 2**63)
+    bad_id = not_whole | too_large
     short = (table[list(REQUIRED_COLUMNS)].apply(lambda c: c.str.strip()) == "").any(axis=1)
     for row in table[bad_id | short].itertuples():
-        reason = "id is not a whole number" if bad_id[row.Index] else "too few fields"
-        detail = f"id {row.id!r}" if bad_id[row.Index] else f"needs {', '.join(REQUIRED_COLUMNS)}"
+        reason = (
+            "id is not a whole number"
+            if not_whole[row.Index]
+            else "id out of range"
+            if too_large[row.Index]
+            else "too few fields"
+        )
+        detail = f"id {row.id[:40]!r}" if bad_id[row.Index] else f"needs {', '.join(REQUIRED_COLUMNS)}"
         issues.append({"line": int(row.line), "id": row.id, "issue": reason, "action": "skipped", "detail": detail})
     table = table[~(bad_id | short)].copy()
     table["id"] = table["id"].str.strip().astype("int64")
@@ -180,9 +220,16 @@ def read_styles(csv_path: Path) -> tuple[pd.DataFrame, list[dict], int]:
 
 
 def image_problem(path: Path) -> str | None:
-    """Why a product photo cannot be used, or None. Decodes at 1/8 scale: fast, but reads it all."""
+    """Why a product photo cannot be used, or None. Decodes at 1/8 scale: fast, but reads it all.
+    "image missing" means no file of that name at all; a name that exists but is no photo file (a link
+    to nothing, a link loop, a folder) is "image unreadable", with the reason, so that a later command
+    never mistakes it for a photo that has since appeared."""
+    if path.is_symlink() and not path.exists():
+        return "image unreadable (a symbolic link that leads to no file: dangling, or a loop)"
+    if path.is_dir():
+        return "image unreadable (a folder, not a file)"
     if not path.is_file():
-        return "image missing"
+        return "image missing" if not os.path.lexists(path) else "image unreadable (not a regular file)"
     try:
         with Image.open(path) as image:
             image.draft("RGB", (32, 32))

@@ -148,7 +148,7 @@ def open_prepared(root: Path) -> Catalog | None:
     missing = report.loc[report["issue"] == "image missing", "id"]
     if len(missing):
         present = set(os.listdir(root / "images")) if (root / "images").is_dir() else set()  # one listing
-        appeared = [i for i in missing if f"{i}.jpg" in present]
+        appeared = [i for i in missing if f"{i}.jpg" in present and (root / "images" / f"{i}.jpg").is_file()]
         if appeared:
             raise _changed(root, f"{len(appeared)} photo(s) appeared, e.g. images/{appeared[0]}.jpg")
     sizes, mtimes = stat_all(frame["image_path"].tolist())
