@@ -133,3 +133,27 @@ def test_onnx_text_tower_agrees_with_eager_sentence_transformers_and_is_refused_
     monkeypatch.setattr(encoder_module, "MIN_COSINE", 1.5)  # nothing can agree this well
     with pytest.raises(OnnxMismatch, match="differ from eager"):
         OnnxTextTower.load(offline_encoder, tmp_path)  # the cached export, checked again
+
+
+def test_a_stale_onnx_export_is_exported_again_once(tmp_path, capsys):
+    """A cached export that no longer matches the model (new weights, a new library) is replaced, not
+    given up on at every run until someone deletes .fsl/onnx/ by hand."""
+    import torch
+
+    from fsl.encoders.factory import create_encoder
+    from fsl.encoders.onnx import _export, _input_size
+    from fsl.paths import onnx_path
+
+    encoder = create_encoder("clip", model="FSL-Tiny", pretrained="none")
+
+    class Other(torch.nn.Module):  # same inputs and outputs, other features: what a stale export looks like
+        def forward(self, pixels):
+            return pixels.mean(dim=(2, 3)).repeat(1, encoder.image_dim)[:, : encoder.image_dim]
+
+    stale = onnx_path(encoder.id, "", tmp_path)
+    axes = {"pixels": {0: "batch"}, "features": {0: "batch"}}
+    _export(Other().eval(), (torch.zeros(2, 3, *_input_size(encoder)),), stale, ["pixels"], axes)
+    said = encoder.use_onnx(tmp_path)
+    assert encoder.runtime is not None and "re-exported" in said and "is stale" in capsys.readouterr().err
+    again = create_encoder("clip", model="FSL-Tiny", pretrained="none")
+    assert "re-exported" not in again.use_onnx(tmp_path)  # the new export is kept

@@ -4,6 +4,7 @@ agree with eager PyTorch's."""
 from __future__ import annotations
 
 import io
+import sys
 import warnings
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
@@ -50,26 +51,23 @@ class OnnxImageTower:
 
     @classmethod
     def load(cls, encoder: Towers, cache_dir: Path) -> OnnxImageTower:
-        path = onnx_path(encoder.id, "", cache_dir)
-        if not path.is_file():
+        class Tower(torch.nn.Module):
+            def forward(self, pixels):
+                return encoder._embed_pixels(pixels)
 
-            class Tower(torch.nn.Module):
-                def forward(self, pixels):
-                    return encoder._embed_pixels(pixels)
+        def export(path: Path) -> None:
+            example = (torch.zeros(2, 3, *_input_size(encoder)),)
+            _export(Tower().eval(), example, path, ["pixels"], {"pixels": {0: "batch"}, "features": {0: "batch"}})
 
-            _export(
-                Tower().eval(),
-                (torch.zeros(2, 3, *_input_size(encoder)),),
-                path,
-                ["pixels"],
-                {"pixels": {0: "batch"}, "features": {0: "batch"}},
-            )
-        session = _session(path)
         probe = torch.randn(4, 3, *_input_size(encoder), generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
             eager = F.normalize(encoder._embed_pixels(probe).float(), dim=-1)
-        fast = torch.from_numpy(session.run(None, {"pixels": probe.numpy()})[0])
-        return cls(session, f"{agreement(eager, fast)} on a probe batch")
+
+        def agree(session) -> str:
+            fast = torch.from_numpy(session.run(None, {"pixels": probe.numpy()})[0])
+            return f"{agreement(eager, fast)} on a probe batch"
+
+        return cls(*checked_session(onnx_path(encoder.id, "", cache_dir), export, agree))
 
 
 class OnnxTextTower:
@@ -86,22 +84,41 @@ class OnnxTextTower:
     @classmethod
     def load(cls, encoder: Towers, cache_dir: Path) -> OnnxTextTower:
         module, tokenize = encoder.text_tower()
-        path = onnx_path(encoder.id, "-text", cache_dir)
         probe = ["Puma Men Grey T-shirt (Men, Grey, Casual)", "gold wrist watch", "a"]
-        if not path.is_file():
+
+        def export(path: Path) -> None:
             example = {name: torch.from_numpy(array) for name, array in tokenize(probe[:2]).items()}
-            _export(
-                module,
-                tuple(example.values()),
-                path,
-                list(example),
-                {**{name: {0: "batch", 1: "tokens"} for name in example}, "features": {0: "batch"}},
-            )
-        session = _session(path)
+            axes = {**{name: {0: "batch", 1: "tokens"} for name in example}, "features": {0: "batch"}}
+            _export(module, tuple(example.values()), path, list(example), axes)
+
         with torch.inference_mode():
             eager = F.normalize(encoder._embed_texts(probe).float(), dim=-1)
-        fast = torch.from_numpy(session.run(None, tokenize(probe))[0])
-        return cls(session, tokenize, f"{agreement(eager, fast)} on probe texts")
+
+        def agree(session) -> str:
+            return f"{agreement(eager, torch.from_numpy(session.run(None, tokenize(probe))[0]))} on probe texts"
+
+        session, said = checked_session(onnx_path(encoder.id, "-text", cache_dir), export, agree)
+        return cls(session, tokenize, said)
+
+
+def checked_session(path: Path, export: Callable[[Path], None], agree: Callable) -> tuple[object, str]:
+    """(an ONNX Runtime session of the export at `path`, what `agree` said of it), exporting first
+    where there is none. A cached export that no longer agrees with eager (the weights or a library
+    changed since it was written) is exported again, once, instead of being given up on every run."""
+    fresh = not path.is_file()
+    if fresh:
+        export(path)
+    try:
+        session = _session(path)
+        return session, agree(session)
+    except (OnnxMismatch, RuntimeError, ValueError) as error:
+        if fresh:
+            raise
+        print(f"fsl: the cached {path.name} is stale ({str(error)[:120]}); exporting it again", file=sys.stderr)
+        path.unlink()
+        export(path)
+        session = _session(path)
+        return session, f"{agree(session)}, re-exported"
 
 
 def agreement(eager: torch.Tensor, fast: torch.Tensor) -> str:
