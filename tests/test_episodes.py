@@ -239,3 +239,62 @@ def test_near_duplicate_groups_are_the_photos_above_the_threshold_and_round_trip
         NearDuplicates.load(path, "fp")
     with pytest.raises(FslError, match=r"image cosine in \(0, 1\]"):
         near_duplicate_groups(ids, features, "enc", "fp", threshold=1.5)
+
+
+def damaged_sets(episode_set):
+    """(what was done, the file's bytes) for each hand edit and damage the loader must refuse."""
+    import dataclasses
+
+    episodes = episode_set.episodes
+
+    def edited(**arrays):
+        changed = dataclasses.replace(episodes, **{k: v.copy() for k, v in arrays.items()})
+        return EpisodeSet(episode_set.name, changed, episode_set.meta).to_bytes()
+
+    swapped = episodes.support.copy()
+    swapped[0, 0], swapped[0, -1] = swapped[0, -1], swapped[0, 0]  # two classes' examples trade labels
+    leaked = episodes.query.copy()
+    leaked[0, 0] = episodes.support[0, 0]  # a query that is also a support example
+    doubled = episodes.support.copy()
+    doubled[0, 1] = doubled[0, 0]
+    good = episode_set.to_bytes()
+    return {
+        "swapped support labels": (edited(support=swapped), "among the support of"),
+        "a query among the support": (edited(query=leaked), "a product twice"),
+        "a duplicated support id": (edited(support=doubled), "a product twice"),
+        "a wrong support shape": (edited(support=episodes.support[:, :-1]), r"support array has shape"),
+        "no episode": (
+            edited(support=episodes.support[:0], query=episodes.query[:0], classes=episodes.classes[:0]),
+            "no episode",
+        ),
+        "a truncated file": (good[: len(good) // 2], "cannot be read"),
+        "random bytes": (bytes(np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8)), "cannot be read"),
+    }
+
+
+def test_damaged_or_edited_episode_files_are_refused_with_a_message(twelve_classes, tmp_path):
+    """Swapped labels, a leaked query or a repeated id gave 49-76% with no warning; truncated or
+    malformed files ended in tracebacks; an empty file gave an empty table with exit 0."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    from fsl.config import EncoderConfig, ExperimentConfig
+    from fsl.harness.experiment import load_episode_set
+    from fsl.paths import episode_set_path
+
+    root, catalog = twelve_classes
+    config = ExperimentConfig(name="pn", encoder=EncoderConfig("clip", "FSL-Tiny", "none"))
+    episodes_root = Path(shutil.copytree(root / "episodes", tmp_path / "episodes"))
+    path = episode_set_path(catalog, "articleType", "novel-5w5s", episodes_root)
+    original = load_episode_set(config, catalog, "novel-5w5s", episodes_root)  # the real file passes
+    missed = []
+    for what, (payload, message) in damaged_sets(original).items():
+        path.write_bytes(payload)
+        try:
+            load_episode_set(config, catalog, "novel-5w5s", episodes_root)
+            missed.append(f"{what}: accepted")
+        except FslError as error:
+            if not re.search(message, str(error)) or "fsl episodes --force" not in str(error):
+                missed.append(f"{what}: {error}")
+    assert not missed

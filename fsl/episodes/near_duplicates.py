@@ -1,6 +1,5 @@
 """Groups of near-identical product photos, never split between an episode's support and queries."""
 
-
 from __future__ import annotations
 
 import hashlib
@@ -19,6 +18,7 @@ NEAR_DUPLICATES_FILE = "near-duplicates.json"
 
 
 # Near-duplicate groups ---------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class NearDuplicates:
@@ -45,8 +45,12 @@ class NearDuplicates:
         return index
 
     def to_bytes(self) -> bytes:
-        payload = {"threshold": self.threshold, "encoder_id": self.encoder_id,
-                   "catalog_fingerprint": self.catalog_fingerprint, "groups": [list(g) for g in self.groups]}
+        payload = {
+            "threshold": self.threshold,
+            "encoder_id": self.encoder_id,
+            "catalog_fingerprint": self.catalog_fingerprint,
+            "groups": [list(g) for g in self.groups],
+        }
         return (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode()
 
     @property
@@ -55,26 +59,44 @@ class NearDuplicates:
 
     def describe(self) -> dict:
         """What an episode set records of the grouping it was drawn with."""
-        return {"threshold": self.threshold, "encoder_id": self.encoder_id, "groups": len(self.groups),
-                "products": sum(map(len, self.groups)), "sha256": self.digest}
+        return {
+            "threshold": self.threshold,
+            "encoder_id": self.encoder_id,
+            "groups": len(self.groups),
+            "products": sum(map(len, self.groups)),
+            "sha256": self.digest,
+        }
 
     @classmethod
     def load(cls, path: str | os.PathLike, catalog_fingerprint: str) -> NearDuplicates:
         try:
             payload = json.loads(Path(path).read_text())
-            found = cls(tuple(tuple(int(i) for i in g) for g in payload["groups"]), float(payload["threshold"]),
-                        str(payload["encoder_id"]), str(payload["catalog_fingerprint"]))
+            found = cls(
+                tuple(tuple(int(i) for i in g) for g in payload["groups"]),
+                float(payload["threshold"]),
+                str(payload["encoder_id"]),
+                str(payload["catalog_fingerprint"]),
+            )
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
-            raise FslError(f"{path}: the near-duplicate groups cannot be read ({error}); remove the file and "
-                           "run `fsl episodes` again to recompute them") from None
+            raise FslError(
+                f"{path}: the near-duplicate groups cannot be read ({error}); remove the file and "
+                "run `fsl episodes` again to recompute them"
+            ) from None
         if found.catalog_fingerprint != catalog_fingerprint:
-            raise FslError(f"{path} groups the products of catalog {found.catalog_fingerprint}, not "
-                           f"{catalog_fingerprint}; remove it and run `fsl episodes` again")
+            raise FslError(
+                f"{path} groups the products of catalog {found.catalog_fingerprint}, not "
+                f"{catalog_fingerprint}; remove it and run `fsl episodes` again"
+            )
         return found
 
 
-def near_duplicate_groups(ids: np.ndarray, image_features: np.ndarray, encoder_id: str, catalog_fingerprint: str,
-                          threshold: float = NEAR_DUPLICATE_THRESHOLD) -> NearDuplicates:
+def near_duplicate_groups(
+    ids: np.ndarray,
+    image_features: np.ndarray,
+    encoder_id: str,
+    catalog_fingerprint: str,
+    threshold: float = NEAR_DUPLICATE_THRESHOLD,
+) -> NearDuplicates:
     """Connected components of the graph "image cosine >= threshold".
 
     Why 0.98 by default: on the offline image features of the 9,583 real photos, 2.5% of photos have
@@ -87,8 +109,9 @@ def near_duplicate_groups(ids: np.ndarray, image_features: np.ndarray, encoder_i
     if not 0.0 < threshold <= 1.0:
         raise FslError(f"the near-duplicate threshold is an image cosine in (0, 1], got {threshold}")
     ids = np.asarray(ids)
-    graph = radius_neighbors_graph(np.asarray(image_features, dtype=np.float32), radius=1.0 - threshold + 1e-6,
-                                   metric="cosine", include_self=False)
+    graph = radius_neighbors_graph(
+        np.asarray(image_features, dtype=np.float32), radius=1.0 - threshold + 1e-6, metric="cosine", include_self=False
+    )
     _, component = connected_components(graph, directed=False)
     members = pd.Series(ids).groupby(component).agg(lambda g: tuple(sorted(int(i) for i in g)))
     groups = sorted(g for g in members if len(g) > 1)

@@ -1,6 +1,5 @@
 """N-way K-shot Q-query episodes as index arrays, drawn in batches."""
 
-
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from fsl.episodes.splits import distinct_photos
 from fsl.errors import FslError
 
 # The sampler -----------------------------------------------------------------------------------
+
 
 @dataclass
 class Episodes:
@@ -45,8 +45,17 @@ class EpisodeSampler:
     support touches: the queries are the Q smallest keys among the rest. Without near-duplicates
     this is exactly the K + Q smallest keys (sampler version 1's episodes)."""
 
-    def __init__(self, ids: np.ndarray, labels: pd.Series | np.ndarray, classes: list[str],
-                 n_way: int | None, k_shot: int, q_query: int, seed: int = 0, groups: np.ndarray | None = None):
+    def __init__(
+        self,
+        ids: np.ndarray,
+        labels: pd.Series | np.ndarray,
+        classes: list[str],
+        n_way: int | None,
+        k_shot: int,
+        q_query: int,
+        seed: int = 0,
+        groups: np.ndarray | None = None,
+    ):
         labels = np.asarray(labels)
         self.class_names = list(classes)
         self.n_way = len(classes) if n_way is None else n_way  # None: all-way, every class
@@ -55,23 +64,31 @@ class EpisodeSampler:
         counts = np.array([len(m) for m in members])
         short = [f"{c} ({n})" for c, n in zip(self.class_names, counts) if n < k_shot + q_query]
         if self.n_way < 2:
-            raise FslError(f"an episode needs at least 2 classes to choose between; got {self.n_way}-way "
-                           f"over {len(self.class_names)} class(es)")
+            raise FslError(
+                f"an episode needs at least 2 classes to choose between; got {self.n_way}-way "
+                f"over {len(self.class_names)} class(es)"
+            )
         if type(k_shot) is not int or type(q_query) is not int or k_shot < 1 or q_query < 1:
             raise FslError(f"shots and queries must be whole numbers >= 1, got {k_shot} and {q_query}")
         if self.n_way > len(self.class_names):
-            raise FslError(f"{self.n_way}-way episodes need {self.n_way} classes but the split has "
-                           f"{len(self.class_names)}: {', '.join(self.class_names)}")
+            raise FslError(
+                f"{self.n_way}-way episodes need {self.n_way} classes but the split has "
+                f"{len(self.class_names)}: {', '.join(self.class_names)}"
+            )
         if short:
-            raise FslError(f"{k_shot}-shot {q_query}-query episodes need {k_shot + q_query} examples per class; "
-                           f"too few in: {', '.join(short)}. Use fewer shots/queries or drop those classes.")
+            raise FslError(
+                f"{k_shot}-shot {q_query}-query episodes need {k_shot + q_query} examples per class; "
+                f"too few in: {', '.join(short)}. Use fewer shots/queries or drop those classes."
+            )
         if groups is not None:
             distinct = distinct_photos(labels, groups)
             few = [f"{c} ({distinct.get(c, 0)})" for c in self.class_names if distinct.get(c, 0) < k_shot + q_query]
             if few:
-                raise FslError(f"{k_shot}-shot {q_query}-query episodes need {k_shot + q_query} distinct photos per "
-                               f"class (near-duplicates count once); too few in: {', '.join(few)}. Use fewer "
-                               "shots/queries, drop those classes, or a higher --near-duplicates threshold")
+                raise FslError(
+                    f"{k_shot}-shot {q_query}-query episodes need {k_shot + q_query} distinct photos per "
+                    f"class (near-duplicates count once); too few in: {', '.join(few)}. Use fewer "
+                    "shots/queries, drop those classes, or a higher --near-duplicates threshold"
+                )
         self.counts = torch.as_tensor(counts)
         self.members = torch.zeros(len(members), counts.max(), dtype=torch.int64)
         for i, m in enumerate(members):
@@ -92,7 +109,7 @@ class EpisodeSampler:
         keys.masked_fill_(torch.arange(width) >= self.counts[picked].unsqueeze(-1), 2.0)  # padding last
         if self.groups is None:
             slots = keys.topk(self.k_shot + self.q_query, dim=-1, largest=False).indices  # [E, N, K+Q]
-            support_slots, query_slots = slots[..., : self.k_shot], slots[..., self.k_shot:]
+            support_slots, query_slots = slots[..., : self.k_shot], slots[..., self.k_shot :]
         else:
             support_slots = keys.topk(self.k_shot, dim=-1, largest=False).indices  # [E, N, K]
             groups = self.groups[picked]  # [E, N, W]
@@ -104,9 +121,11 @@ class EpisodeSampler:
             short = keys.gather(-1, query_slots).amax(-1) >= 2.0  # [E, N]: fewer free products than queries
             if short.any():
                 names = sorted({self.class_names[c] for c in picked[short].tolist()})
-                raise FslError(f"after leaving out the near-duplicates of the support, too few products remain for "
-                               f"{self.q_query} queries in: {', '.join(names)}. Use fewer shots/queries or drop "
-                               "those classes")
+                raise FslError(
+                    f"after leaving out the near-duplicates of the support, too few products remain for "
+                    f"{self.q_query} queries in: {', '.join(names)}. Use fewer shots/queries or drop "
+                    "those classes"
+                )
         support = self.members[picked.unsqueeze(-1), support_slots].reshape(n_episodes, -1)
         query = self.members[picked.unsqueeze(-1), query_slots].reshape(n_episodes, -1)
         return Episodes(support.numpy(), query.numpy(), picked.numpy(), self.n_way, self.k_shot, self.q_query)

@@ -1,6 +1,5 @@
 """Disjoint base / validation / novel class splits, drawn once per seed and saved as CSV."""
 
-
 from __future__ import annotations
 
 import os
@@ -13,11 +12,16 @@ from fsl.errors import FslError
 from fsl.files import escape_cell, read_csv
 from fsl.paths import DEFAULT_EPISODES_DIR, HasFingerprint, split_file
 
-DEFAULT_FRACTIONS = (0.4, 0.15, 0.45)  # base, val, novel: the 39 real classes with >= 20 photos leave 17 novel, enough for 15-way
+DEFAULT_FRACTIONS = (
+    0.4,
+    0.15,
+    0.45,
+)  # base, val, novel: the 39 real classes with >= 20 photos leave 17 novel, enough for 15-way
 SPLITS = ("base", "val", "novel")
 
 
 # Class splits ----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ClassSplit:
@@ -41,8 +45,9 @@ class ClassSplit:
         return self.table.map(escape_cell).to_csv(index=False).encode()
 
     @classmethod
-    def load(cls, catalog: HasFingerprint, column: str, seed: int,
-             root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> ClassSplit:
+    def load(
+        cls, catalog: HasFingerprint, column: str, seed: int, root: str | os.PathLike = DEFAULT_EPISODES_DIR
+    ) -> ClassSplit:
         """The split `fsl episodes` saved for this catalog, label column and seed (under one split's root)."""
         path = split_file(catalog, column, seed, root)
         if not path.is_file():
@@ -59,9 +64,14 @@ def distinct_photos(labels, groups: np.ndarray | None = None) -> pd.Series:
     return pd.Series(np.arange(len(labels)) if groups is None else np.asarray(groups)).groupby(labels).nunique()
 
 
-def split_classes(labels: pd.Series, min_count: int, seed: int = 0,
-                  fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
-                  parents: pd.Series | None = None, groups: np.ndarray | None = None) -> ClassSplit:
+def split_classes(
+    labels: pd.Series,
+    min_count: int,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    parents: pd.Series | None = None,
+    groups: np.ndarray | None = None,
+) -> ClassSplit:
     """Seeded split of the classes with >= min_count examples into base / val / novel.
 
     With `parents` (e.g. masterCategory), each parent's classes are split on their own, so every
@@ -73,10 +83,14 @@ def split_classes(labels: pd.Series, min_count: int, seed: int = 0,
     distinct = distinct_photos(labels, groups)
     eligible = counts[(counts >= min_count) & (distinct.reindex(counts.index) >= min_count)]
     if eligible.empty:
-        raise FslError(f"no {labels.name} class has {min_count} examples (largest: "
-                       f"{counts.idxmax()} with {counts.max()})")
-    parent_of = (parents.groupby(labels).agg(lambda s: s.mode().iloc[0]) if parents is not None
-                 else pd.Series("", index=eligible.index))
+        raise FslError(
+            f"no {labels.name} class has {min_count} examples (largest: {counts.idxmax()} with {counts.max()})"
+        )
+    parent_of = (
+        parents.groupby(labels).agg(lambda s: s.mode().iloc[0])
+        if parents is not None
+        else pd.Series("", index=eligible.index)
+    )
     rng = np.random.default_rng(seed)
     rows = []
     for parent, group in sorted(pd.Series(eligible.index).groupby(parent_of.reindex(eligible.index).values)):

@@ -1,7 +1,6 @@
 """The standard benchmarks of a catalog: its class split, the frozen sets each split allows, and the
 near-duplicate groups they are drawn with."""
 
-
 from __future__ import annotations
 
 import os
@@ -34,9 +33,13 @@ def saved_near_duplicates(catalog: Catalog, root: str | os.PathLike = DEFAULT_EP
     return NearDuplicates.load(path, catalog.fingerprint) if path.is_file() else None
 
 
-def near_duplicates_for(catalog: Catalog, root: str | os.PathLike = DEFAULT_EPISODES_DIR,
-                        encoder: EncoderConfig = EncoderConfig("offline"), threshold: float = NEAR_DUPLICATE_THRESHOLD,
-                        store_root: str | os.PathLike = DEFAULT_ROOT) -> NearDuplicates:
+def near_duplicates_for(
+    catalog: Catalog,
+    root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+    encoder: EncoderConfig = EncoderConfig("offline"),
+    threshold: float = NEAR_DUPLICATE_THRESHOLD,
+    store_root: str | os.PathLike = DEFAULT_ROOT,
+) -> NearDuplicates:
     """The catalog's near-duplicate groups: read from root/<fingerprint>/near-duplicates.json when it was
     computed with this encoder and threshold, else computed from the encoder's store (embedded if cold)."""
     saved = saved_near_duplicates(catalog, root)
@@ -44,16 +47,25 @@ def near_duplicates_for(catalog: Catalog, root: str | os.PathLike = DEFAULT_EPIS
         return saved
     store = open_store(catalog, encoder, store_root)
     found = near_duplicate_groups(store.ids, store.image, store.encoder_id, catalog.fingerprint, threshold)
-    print(f"near-duplicate photos (image cosine >= {threshold:g}, {store.encoder_id}): {len(found.groups)} groups "
-          f"of {sum(map(len, found.groups))} products")
+    print(
+        f"near-duplicate photos (image cosine >= {threshold:g}, {store.encoder_id}): {len(found.groups)} groups "
+        f"of {sum(map(len, found.groups))} products"
+    )
     return found
 
 
-def draw_standard_episodes(catalog: Catalog, root: str | os.PathLike = DEFAULT_EPISODES_DIR,
-                           column: str = "articleType", seed: int = 0, n_episodes: int = 600,
-                           q_query: int = 15, stratify: str | None = "masterCategory",
-                           benchmarks: dict = STANDARD_BENCHMARKS, force: bool = False,
-                           near_duplicates: NearDuplicates | None = None) -> tuple[ClassSplit, list[Path]]:
+def draw_standard_episodes(
+    catalog: Catalog,
+    root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+    column: str = "articleType",
+    seed: int = 0,
+    n_episodes: int = 600,
+    q_query: int = 15,
+    stratify: str | None = "masterCategory",
+    benchmarks: dict = STANDARD_BENCHMARKS,
+    force: bool = False,
+    near_duplicates: NearDuplicates | None = None,
+) -> tuple[ClassSplit, list[Path]]:
     """The split (saved as CSV) and one frozen file per standard benchmark the split allows; with
     `near_duplicates`, their groups (saved beside them) are never split between support and queries.
 
@@ -73,20 +85,37 @@ def draw_standard_episodes(catalog: Catalog, root: str | os.PathLike = DEFAULT_E
         if (n_way or available) > available or available < 2:
             print(f"skipping {name}: the {split_name} split has only {available} class(es)")
             continue
-        episode_set = draw_episode_set(f"{column}-{name}", catalog.products["id"].to_numpy(), labels, split,
-                                       split_name, catalog.fingerprint, n_way, k_shot, q_query, n_episodes,
-                                       seed=seed * 1000 + offset, near_duplicates=near_duplicates)
+        episode_set = draw_episode_set(
+            f"{column}-{name}",
+            catalog.products["id"].to_numpy(),
+            labels,
+            split,
+            split_name,
+            catalog.fingerprint,
+            n_way,
+            k_shot,
+            q_query,
+            n_episodes,
+            seed=seed * 1000 + offset,
+            near_duplicates=near_duplicates,
+        )
         files[out / f"{episode_set.name}.npz"] = episode_set.to_bytes()
-    for name, episode_set in draw_temporal_sets(catalog, split, seed * 1000 + len(benchmarks), n_episodes,
-                                                near_duplicates).items():
+    for name, episode_set in draw_temporal_sets(
+        catalog, split, seed * 1000 + len(benchmarks), n_episodes, near_duplicates
+    ).items():
         files[out / f"{name}.npz"] = episode_set.to_bytes()
     changed = [path for path, payload in files.items() if path.exists() and path.read_bytes() != payload]
     if changed and not force:
-        raise FslError(f"{changed[0]} exists with other content{f' (and {len(changed) - 1} more)' if len(changed) > 1 else ''}; "
-                       "frozen episode sets are test sets and are never replaced silently. Keep them, move them "
-                       "away, or pass --force to replace them")
-    written = [write_bytes(path, payload) for path, payload in files.items()
-               if not path.exists() or path.read_bytes() != payload]
+        raise FslError(
+            f"{changed[0]} exists with other content{f' (and {len(changed) - 1} more)' if len(changed) > 1 else ''}; "
+            "frozen episode sets are test sets and are never replaced silently. Keep them, move them "
+            "away, or pass --force to replace them"
+        )
+    written = [
+        write_bytes(path, payload)
+        for path, payload in files.items()
+        if not path.exists() or path.read_bytes() != payload
+    ]
     if not written:
         print(f"episode sets under {out} are unchanged (same split and seed give the same bytes)")
     return split, written

@@ -15,6 +15,7 @@ from fsl.encoders.factory import encoder_from_config, shared_space
 from fsl.episodes.frozen import EpisodeSet, file_digest
 from fsl.episodes.shift import RERENDERED, SHIFTED_PAIRS, ReplacedImages, rerendered_image_features
 from fsl.episodes.splits import ClassSplit
+from fsl.episodes.standard import saved_near_duplicates
 from fsl.errors import FslError
 from fsl.harness.checkpoints import load_head
 from fsl.harness.evaluate import EvalResult, run_episodes
@@ -127,7 +128,17 @@ def episode_set_digest(
 def load_episode_set(
     config: ExperimentConfig, catalog: Catalog, name: str, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR
 ) -> EpisodeSet:
-    return EpisodeSet.load(episode_set_path(catalog, config.label_column, name, episodes_root), catalog.fingerprint)
+    """A frozen set of the config's label column, checked against the catalog: every product present
+    under its slot's class, and no query a near-duplicate of its support (by the groups it was drawn with)."""
+    path = episode_set_path(catalog, config.label_column, name, episodes_root)
+    episode_set = EpisodeSet.load(path, catalog.fingerprint)
+    ids = catalog.products["id"].to_numpy()
+    episode_set.check_labels(ids, catalog.labels(config.label_column).to_numpy(), path)
+    drawn_with = episode_set.meta.get("near_duplicates") or {}
+    saved = saved_near_duplicates(catalog, episodes_root)
+    if saved is not None and drawn_with.get("sha256") == saved.digest:
+        episode_set.check_near_duplicates(saved.group_index(ids), ids, path)
+    return episode_set
 
 
 def base_classes(
