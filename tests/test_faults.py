@@ -129,6 +129,21 @@ def flip_a_byte(path: Path) -> None:
     (path / "image.npy").write_bytes(bytes(data))
 
 
+def arrays_as_text(path: Path) -> None:
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["arrays"] = "ids image text-plain"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def ids_as_objects(path: Path) -> None:
+    from fsl.store.features import _array_record
+
+    np.save(path / "ids.npy", np.load(path / "ids.npy").astype(object), allow_pickle=True)
+    manifest = json.loads((path / "manifest.json").read_text())  # even with a matching checksum
+    manifest["arrays"]["ids"] = _array_record(path / "ids.npy")
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
 def shuffle_ids(path: Path) -> None:
     ids = np.load(path / "ids.npy")
     np.save(path / "ids.npy", ids[::-1].copy())
@@ -147,6 +162,8 @@ def shuffle_ids(path: Path) -> None:
         (remove_text, "text-plain.npy is missing"),
         (flip_a_byte, "image.npy does not match its checksum"),
         (shuffle_ids, "ids in increasing order"),
+        (arrays_as_text, "manifest is damaged \\(arrays is str, not dict\\)"),
+        (ids_as_objects, "ids.npy is not an array of int64"),
     ],
 )
 def test_a_damaged_store_is_refused_on_open_and_rebuilt_by_embed(store, tiny_clip, tmp_path, capsys, damage, message):

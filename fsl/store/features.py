@@ -149,6 +149,13 @@ def _read_manifest(path: Path) -> dict | None:
     if not file.is_file():
         return None
     manifest = read_json(file, "feature store manifest")
+    if isinstance(manifest, dict) and MANIFEST_KEYS <= set(manifest):
+        wrong = _wrong_types(manifest)
+        if wrong:
+            raise FslError(
+                f"{file}: the feature store manifest is damaged ({wrong}); "
+                "run `fsl embed` with the same options to rebuild the store"
+            )
     if not isinstance(manifest, dict) or not MANIFEST_KEYS <= set(manifest):
         raise FslError(
             f"{file}: the feature store manifest is damaged (it lacks "
@@ -156,6 +163,37 @@ def _read_manifest(path: Path) -> dict | None:
             "run `fsl embed` with the same options to rebuild the store"
         )
     return manifest
+
+
+NONE = type(None)
+MANIFEST_TYPES = {"version": (int,), "encoder_id": (str,), "catalog_fingerprint": (str,), "products": (int,),
+                  "chunk_size": (int, NONE),  # None: marked for rebuilding
+                  "chunks": (int, NONE), "image_dim": (int, NONE), "text_dim": (int, NONE), "dtype": (str,),
+                  "complete": (bool,), "arrays": (dict,), "text_variants": (dict,)}  # fmt: skip
+RECORD_TYPES = {"bytes": int, "sha256": str, "sample_sha256": str}
+
+
+def _wrong_types(manifest: dict) -> str | None:
+    """The first manifest value of the wrong type (its schema: MANIFEST_TYPES, RECORD_TYPES per array)."""
+    for key, kinds in MANIFEST_TYPES.items():
+        if key in manifest and type(manifest[key]) not in kinds:
+            return f"{key} is {type(manifest[key]).__name__}, not {kinds[0].__name__}"
+    for name, record in manifest.get("arrays", {}).items():
+        if not isinstance(record, dict) or any(type(record.get(k)) is not kind for k, kind in RECORD_TYPES.items()):
+            return f"the record of array {name!r} is not {{bytes, sha256, sample_sha256}}"
+    return None
+
+
+def _npy_header(file: Path) -> tuple[tuple, np.dtype] | None:
+    """(shape, dtype) from a .npy file's header without loading it, or None if it has none."""
+    try:
+        with open(file, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = reader(f)
+        return shape, dtype
+    except (ValueError, OSError, SyntaxError):
+        return None
 
 
 def _array_keys(manifest: dict) -> list[str]:
@@ -204,6 +242,11 @@ def store_problem(path: Path, manifest: dict, full_check: bool = False) -> str |
                     return f"{file.name} does not match its sha256 checksum"
         elif _sample_digest(file) != record["sample_sha256"]:
             return f"{file.name} does not match its checksum"
+    for key in _array_keys(manifest):
+        header = _npy_header(path / f"{key}.npy")
+        wanted = np.dtype("<i8") if key == "ids" else DTYPE
+        if header is None or header[1] != wanted:
+            return f"{key}.npy is not an array of {wanted} (its header says {header and header[1]})"
     ids = np.load(path / "ids.npy", mmap_mode="r")
     if ids.shape != (manifest["products"],) or not np.all(np.diff(ids) > 0):
         return f"ids.npy must hold {manifest['products']} product ids in increasing order"
