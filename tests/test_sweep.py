@@ -155,3 +155,23 @@ def test_a_sweep_says_when_its_best_points_are_not_separable_and_logs_under_runs
     )
     assert separability([{"C": 1}, {"C": 2}], [base, clear], 1).startswith("the chosen point beats the runner-up")
     assert build_parser().parse_args(["sweep", "x.yaml", "--grid", "method_options.C=1,2"]).runs == "runs/sweep"
+
+
+def test_a_bad_value_last_in_a_grid_is_refused_before_any_point_runs(twelve_classes, tmp_path, reads):
+    """The good points used to run, then the last one ended in a traceback: every point is checked first."""
+    root, catalog = twelve_classes
+    config_path = tmp_path / "probe.yaml"
+    config_path.write_text(PROBE)
+    with pytest.raises(FslError, match="head linear_probe C must be a finite number in"):
+        sweep(
+            load_config(config_path),
+            parse_grid(["method_options.C=1,10,abc"]),
+            catalog,
+            ("val-2w5s",),
+            root / "episodes",
+            root / "store",
+            tmp_path / "ckpt",
+            tmp_path / "runs",
+            progress=False,
+        )
+    assert reads == []  # no episode set was read

@@ -279,3 +279,17 @@ def test_training_refuses_to_choose_its_checkpoint_on_a_test_set(workspace, tmp_
     args = [*common, "--checkpoints", str(tmp_path / "ckpt"), "--runs", str(tmp_path / "runs"), "--splits", "0"]
     assert main(["train", str(path), *args, "--set", "train.val_episodes=novel-5w5s"]) == 2
     assert "chooses on validation classes only" in capsys.readouterr().err and not (tmp_path / "ckpt").exists()
+
+
+def test_a_checkpoint_of_another_shape_is_a_message_not_a_size_mismatch_traceback(tmp_path):
+    from fsl.harness.checkpoints import load_head, save_head
+    from fsl.methods import create_head
+    from fsl.methods.fusion import create_fusion
+
+    trained = create_head("protonet", create_fusion("gate", 8, 4), projection="linear", projection_dim=16)
+    save_head(tmp_path / "best", trained, {"encoder_id": "enc"})
+    other = create_head("protonet", create_fusion("gate", 8, 4), projection="linear", projection_dim=6)
+    with pytest.raises(
+        FslError, match=r"does not fit this head \(size mismatch for .*another fusion, method or options"
+    ):
+        load_head(tmp_path / "best", other, "enc")

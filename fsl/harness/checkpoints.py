@@ -65,7 +65,14 @@ def load_head(folder: str | os.PathLike, head: torch.nn.Module, encoder_id: str)
             f"checkpoint {folder} holds NaN or infinite weights ({', '.join(bad)}); it would answer "
             "at chance. Train it again with a lower train.lr"
         )
-    missing, unexpected = head.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = head.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # same names, other shapes: another fusion or projection size
+        sizes = [line.strip() for line in str(error).splitlines() if "size mismatch" in line][:2]
+        raise FslError(
+            f"checkpoint {folder} does not fit this head ({'; '.join(sizes) or str(error)[:200]}); "
+            "was it trained with another fusion, method or options?"
+        ) from None
     if missing or unexpected:
         raise FslError(
             f"checkpoint {folder} does not fit this head (missing {missing}, unexpected "
