@@ -121,7 +121,7 @@ def test_a_sweep_refuses_to_choose_on_novel_episodes_before_scoring_anything(twe
     "grid,message",
     [
         (["method_options.C"], "expected KEY=V1,V2"),
-        (["method_options.Cc=1,2"], "unexpected keyword argument 'Cc'"),
+        (["method_options.Cc=1,2"], "head linear_probe has no option 'Cc'"),
         (["batch_size=0,8"], "batch_size must be a positive whole number"),
     ],
 )
