@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -79,6 +80,15 @@ def disk_error(error: OSError, target: Path) -> Exception:
         return FslError(
             f"cannot write {target}: {reasons[error.errno]}; nothing was left half-written. "
             "Free space or choose another folder, then run the command again"
+        )
+    if error.errno is None and "requested and" in str(error):  # numpy's short write, which sets no errno
+        try:
+            free = f"{shutil.disk_usage(Path(target).parent).free / 2**20:.0f} MiB free there now"
+        except OSError:
+            free = "its free space unknown"
+        return FslError(
+            f"cannot write {target}: the write stopped short ({error}), most likely a full disk ({free}); "
+            "nothing was left half-written. Free space or choose another folder, then run the command again"
         )
     return error
 

@@ -284,3 +284,37 @@ def test_text_examples_without_a_photo_are_reported_not_silently_dropped(small_d
     (support / "texts.csv").write_text("file,text\nWatches/,a steel analog watch\n")  # as the demo saves them
     assert predict(small_dump, root, support, tmp_path / "p.csv") == 0
     assert "1 text example(s) without a photo" in capsys.readouterr().err
+
+
+def test_predict_refuses_an_out_that_is_no_csv_lists_inner_folders_and_conflicting_texts(
+    small_dump, folders, tmp_path, capsys
+):
+    """--out x.png wrote the CSV over the contact sheet; a folder inside a category was ignored in
+    silence; two different texts for one photo were taken as they came."""
+    root, _ = folders
+    support = Path(shutil.copytree(root / "support", tmp_path / "support"))
+    assert predict(small_dump, root, support, tmp_path / "x.png") == 2
+    assert "--out" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+    inner = support / "Watches" / "more"
+    inner.mkdir()
+    shutil.copy(next((support / "Watches").glob("*.jpg")), inner / "a.jpg")
+    assert predict(small_dump, root, support, tmp_path / "p.csv") == 0
+    assert "skipped support file Watches/more/: a folder inside a category" in capsys.readouterr().err
+
+    photo = next((support / "Handbags").glob("*.jpg")).name
+    (support / "texts.csv").write_text(f"file,text\nHandbags/{photo},Red tote\nHandbags/{photo},Blue tote\n")
+    assert predict(small_dump, root, support, tmp_path / "q.csv") == 2
+    assert f"gives 'Handbags/{photo}' two different texts (lines 2 and 3)" in capsys.readouterr().err
+
+
+def test_a_short_write_is_a_message_naming_the_file(tmp_path):
+    """numpy reports a full disk as '600 requested and 496 written', with no errno: named now."""
+    from fsl.errors import FslError
+    from fsl.files import atomic_path
+
+    target = tmp_path / "x.npy"
+    with pytest.raises(FslError, match=r"cannot write .*x.npy: the write stopped short .*most likely a full disk"):
+        with atomic_path(target):
+            raise OSError("600 requested and 496 written")
+    assert not target.exists() and not list(tmp_path.iterdir())

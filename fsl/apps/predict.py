@@ -238,6 +238,8 @@ def predict_folder(
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FslError(f"no photos ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    if Path(out).suffix.lower() != ".csv":  # the contact sheet is written beside it as .png
+        raise FslError(f"--out {out}: expected a .csv file (the contact sheet goes beside it, as .png)")
     check_writable_target(Path(out))  # before any work: refuse a device, FIFO or link as output
     check_writable_target(Path(out).with_suffix(".png"))
     text_of = read_texts(texts)

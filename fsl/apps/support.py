@@ -161,6 +161,12 @@ def read_text_rows(path: str | os.PathLike) -> list[tuple[str, str]]:
         ) from None
     if not {"file", "text"} <= set(table.columns):
         raise FslError(f"--texts {path} needs the columns file,text (found {list(table.columns)})")
+    photos = table[~table["file"].str.endswith("/")]  # "Category/" rows may repeat: each is one more text
+    conflicting = photos[photos.duplicated("file", keep=False)].groupby("file")["text"].nunique()
+    if (conflicting > 1).any():
+        file = conflicting[conflicting > 1].index[0]
+        lines = [i + 2 for i in photos.index[photos["file"] == file][:2]]  # + header, 1-based
+        raise FslError(f"--texts {path} gives {file!r} two different texts (lines {lines[0]} and {lines[1]}); keep one")
     return list(zip(table["file"], table["text"]))
 
 
@@ -229,6 +235,14 @@ def read_support_folder(folder: str | os.PathLike, photos_required: bool = True)
     seen: dict[str, Path] = {}
     for category in categories:
         usable = []
+        for inner in sorted(p for p in category.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            support.skipped.append(
+                (
+                    f"{inner.relative_to(root).as_posix()}/",
+                    "a folder inside a category: its photos are not read (move them into the category, "
+                    "or make it a category of its own)",
+                )
+            )
         for path in sorted(p for p in category.iterdir() if p.is_file() and not p.name.startswith(".")):
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 support.skipped.append(
