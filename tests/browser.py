@@ -19,7 +19,7 @@ def drive_demo(
     query_photo: Path,
     screenshot: Path,
     saved_zip: Path,
-    category: str = "My watches",
+    category: str = "<em>My watches",  # markup in a name must show as text, never render
     set_name: str = "browser-set",
 ) -> tuple[str, str]:
     """Returns the prediction messages the page showed before saving and after loading the saved zip
@@ -68,6 +68,8 @@ def drive_demo(
         )
         driver.find_element(By.ID, "teach-button").click()
         wait.until(ready.text_to_be_present_in_element((By.ID, "teach-status"), "Learned"))
+        taught = driver.find_element(By.ID, "teach-status")  # a name with markup is shown as typed
+        assert category in taught.text and not taught.find_elements(By.CSS_SELECTOR, "em, img, script"), taught.text
         driver.find_element(By.ID, "examples-button").click()
         wait.until(ready.text_to_be_present_in_element((By.ID, "teach-status"), "Loaded"))
         driver.find_element(By.XPATH, "//button[@role='tab'][contains(., 'Predict')]").click()

@@ -345,3 +345,17 @@ def test_a_category_outside_the_taught_ones_is_none_of_these(served):
     assert all("calibrated on validation classes" in status and "offline" in status for _, _, status in answers)
     known = [answer_of(session, q)[0] for q in photos(catalog, "Watches")[5:9] + photos(catalog, "Handbags")[5:9]]
     assert sum(a in ("Watches", "Bags") for a in known) >= 6
+
+
+def test_a_second_visitor_saving_under_a_taken_name_is_refused_and_the_first_set_kept(served, backend):
+    """Saved sets are shared by every visitor: one saving under another's name replaced it in silence."""
+    url, catalog = served
+    first, second = client(url), client(url)
+    teach(first, "Watches", photos(catalog, "Watches")[:2])
+    teach(first, "Bags", photos(catalog, "Handbags")[:2])
+    assert first.predict("taken-name", api_name="/save")[0].startswith("✅ Saved 2 categories")
+    teach(second, "Shoes", photos(catalog, "Casual Shoes")[:2])
+    teach(second, "Bags", photos(catalog, "Handbags")[2:4])
+    status, archive, _ = second.predict("taken-name", api_name="/save")
+    assert "exists already" in status and archive is None
+    assert sorted(p.name for p in (backend.saved_root / "taken-name").iterdir()) == ["Bags", "Watches"]

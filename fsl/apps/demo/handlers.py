@@ -3,7 +3,9 @@ functions of the backend and the session's categories, so tests call them withou
 
 from __future__ import annotations
 
+import html
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -57,6 +59,12 @@ def examples_of(categories: list[Category]) -> list[str]:
     return lines
 
 
+def as_text(name: str) -> str:
+    """A category name as a Markdown message shows it: the characters typed, never HTML or formatting
+    (a name like `<img onerror=...>` or `**x**` is displayed, not rendered)."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~])", r"\\\1", html.escape(name, quote=False))
+
+
 def name_problem(name: str) -> str | None:
     """The message for a category name that cannot be a folder name (saving would fail), or None."""
     try:
@@ -76,9 +84,12 @@ def teach(backend: DemoBackend, categories: list[Category], name: str, files, te
     if name_problem(name):
         return categories, name_problem(name)
     if any(c.name.lower() == name.lower() for c in categories):
-        return categories, f"⚠️ A category named “{name}” already exists. Pick another name, or clear and re-teach."
+        return (
+            categories,
+            f"⚠️ A category named “{as_text(name)}” already exists. Pick another name, or clear and re-teach.",
+        )
     if not paths and not lines:
-        return categories, f"⚠️ “{name}” has no examples: add at least one photo or one line of text."
+        return categories, f"⚠️ “{as_text(name)}” has no examples: add at least one photo or one line of text."
     if len(lines) > MAX_TEXT_LINES:
         return categories, f"⚠️ Nothing was added: {len(lines)} text lines; up to {MAX_TEXT_LINES} per category."
     category = Category(name)
@@ -92,7 +103,7 @@ def teach(backend: DemoBackend, categories: list[Category], name: str, files, te
     category.texts = lines
     updated = [*categories, category]
     hint = " Teach at least one more category to start predicting." if len(updated) < 2 else ""
-    return updated, f"✅ Learned “{name}” from {len(paths)} photo(s) and {len(lines)} text(s).{hint}"
+    return updated, f"✅ Learned “{as_text(name)}” from {len(paths)} photo(s) and {len(lines)} text(s).{hint}"
 
 
 def teach_from_search(backend: DemoBackend, categories: list[Category], rows: list[int], selected, name: str):
@@ -122,7 +133,7 @@ def teach_from_search(backend: DemoBackend, categories: list[Category], rows: li
 def remove_category(categories: list[Category], name: str | None):
     if not name or all(c.name != name for c in categories):
         return categories, "⚠️ Pick a category to remove."
-    return [c for c in categories if c.name != name], f"Removed “{name}”."
+    return [c for c in categories if c.name != name], f"Removed “{as_text(name)}”."
 
 
 def remove_example(categories: list[Category], line: str | None):
@@ -145,8 +156,8 @@ def remove_example(categories: list[Category], line: str | None):
     if removed is None:
         return categories, "⚠️ Pick an example to remove."
     gone = {c.name for c in categories} - {c.name for c in updated}
-    return updated, f"Removed {removed}." + (
-        f" “{next(iter(gone))}” had no examples left and was removed." if gone else ""
+    return updated, f"Removed {as_text(removed)}." + (
+        f" “{as_text(next(iter(gone)))}” had no examples left and was removed." if gone else ""
     )
 
 
@@ -157,6 +168,12 @@ def save(backend: DemoBackend, categories: list[Category], name: str):
         return "⚠️ Nothing to save: teach some categories first.", None
     try:
         name = safe_name((name or "").strip(), "the set's name")
+        if (backend.saved_root / name).exists():  # saved sets are shared by every visitor of this demo
+            return (
+                f"⚠️ Not saved: a set named “{name}” exists already (saved sets are shared by everyone "
+                "using this demo, so none is replaced). Choose another name.",
+                None,
+            )
         folder = save_categories(categories, backend.saved_root / name)
         zips = ensure_dir(backend.saved_root / ".zips")
         partial = shutil.make_archive(str(zips / f".{name}.partial"), "zip", folder)
@@ -182,7 +199,10 @@ def load_folder(backend: DemoBackend, folder: Path, label: str):
         if support.skipped
         else ""
     )
-    return loaded, f"✅ Loaded {len(loaded)} categories from {label}: {', '.join(c.name for c in loaded)}.{skipped}"
+    return (
+        loaded,
+        f"✅ Loaded {len(loaded)} categories from {label}: {', '.join(as_text(c.name) for c in loaded)}.{skipped}",
+    )
 
 
 def load_saved(backend: DemoBackend, categories: list[Category], name: str | None):
@@ -272,14 +292,14 @@ def predict(
     who = backend.answered_by(kind)
     if calibration and result[best] < calibration.threshold:
         message = (
-            f"**{NONE_OF_THESE.capitalize()}**: the closest, {best} ({result[best]:.0%}), is below the "
+            f"**{NONE_OF_THESE.capitalize()}**: the closest, {as_text(best)} ({result[best]:.0%}), is below the "
             f"{calibration.threshold:.0%} an answer needs.\n\n{who}"
         )
         return NONE_OF_THESE, result, message, backend.nearest(image, text_feature, k)
     return (
         best,
         result,
-        f"Best guess: **{best}** ({result[best]:.0%}).\n\n{who}",
+        f"Best guess: **{as_text(best)}** ({result[best]:.0%}).\n\n{who}",
         backend.nearest(image, text_feature, k),
     )
 
@@ -311,9 +331,9 @@ def predict_with_classifier(backend: DemoBackend, image_path: str | None, text: 
     answer = classifier.answer(best, result[best])
     answer = NONE_OF_THESE if answer != best else best
     lead = (
-        f"**{NONE_OF_THESE.capitalize()}** (closest: {best}, {result[best]:.0%})"
+        f"**{NONE_OF_THESE.capitalize()}** (closest: {as_text(best)}, {result[best]:.0%})"
         if answer != best
-        else f"Best guess: **{best}** ({result[best]:.0%})"
+        else f"Best guess: **{as_text(best)}** ({result[best]:.0%})"
     )
     return (
         answer,
