@@ -97,13 +97,14 @@ class _NoAliasLoader(yaml.SafeLoader):
 
 def read_yaml(text: str, source: str) -> Any:
     """YAML text as safe_load reads it, aliases refused; an error names `source`."""
-    loader = _NoAliasLoader(text)
     try:
-        return loader.get_single_data()
+        loader = _NoAliasLoader(text)  # the reader refuses control characters already here
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as error:
         raise FslError(f"{source}: not valid YAML for fsl ({str(error)[:300]})") from None
-    finally:
-        loader.dispose()
 
 
 def _check_value(key: str, value: Any, source: str, where: str) -> None:
@@ -179,7 +180,11 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     path = Path(path)
     if not path.is_file():
         raise FslError(f"no experiment config at {path}")
-    values = read_yaml(path.read_text(), str(path)) or {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise FslError(f"{path}: not UTF-8 text (byte {error.start}); save the config as UTF-8 YAML") from None
+    values = read_yaml(text, str(path)) or {}
     if isinstance(values, dict):
         values.setdefault("name", path.stem)
     return _build(ExperimentConfig, values, str(path), "")

@@ -112,6 +112,9 @@ def read_styles(csv_path: Path) -> tuple[pd.DataFrame, list[dict], int]:
     if not numbered:
         raise FslError(f"{csv_path} is empty; expected a header {','.join(STYLES_COLUMNS)} and one row per product")
     header = [h.strip() for h in next(csv.reader([numbered[0][1]]))]
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise FslError(f"{csv_path}: the header names column {repeated[0]!r} more than once")
     missing = [c for c in STYLES_COLUMNS if c not in header]
     if missing:
         raise FslError(f"{csv_path}: header lacks columns {missing}; expected {list(STYLES_COLUMNS)}")
@@ -161,7 +164,9 @@ def read_styles(csv_path: Path) -> tuple[pd.DataFrame, list[dict], int]:
     table = pd.DataFrame(rows, columns=["line", *header], dtype=str)
 
     texts = [c for c in (*LABEL_COLUMNS, NAME_COLUMN, "year") if c in table.columns]
-    dirty = table[texts].apply(lambda column: column.str.contains(CONTROL_CHARACTERS)).any(axis=1)
+    dirty = pd.Series(False, index=table.index)
+    for column in texts:
+        dirty |= table[column].str.contains(CONTROL_CHARACTERS)
     for row in table[dirty].itertuples():  # a NUL after "Kurtas" would make a class of its own
         columns = [c for c in texts if CONTROL_CHARACTERS.search(getattr(row, c))]
         issues.append(
@@ -173,7 +178,8 @@ def read_styles(csv_path: Path) -> tuple[pd.DataFrame, list[dict], int]:
                 "detail": f"removed from {', '.join(columns)}",
             }
         )
-    table[texts] = table[texts].apply(lambda column: column.str.replace(CONTROL_CHARACTERS, "", regex=True))
+    for column in texts:
+        table[column] = table[column].str.replace(CONTROL_CHARACTERS, "", regex=True)
 
     stripped = table["id"].str.strip()
     not_whole = ~stripped.str.fullmatch(r"\d+")

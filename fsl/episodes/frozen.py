@@ -6,7 +6,9 @@ import hashlib
 import io
 import json
 import os
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,7 +104,17 @@ class EpisodeSet:
                 int(meta["q_query"]),
             )
             episode_set = cls(str(meta.pop("name")), episodes, meta, file_digest(payload))
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            TypeError,
+            EOFError,
+            NotImplementedError,  # a compression method the zip module lacks
+            zipfile.BadZipFile,
+            zlib.error,
+            struct.error,
+        ) as error:
             raise _damaged(path, f"it cannot be read ({type(error).__name__}: {str(error)[:120]})") from None
         episode_set.check_structure(path)
         if catalog_fingerprint is not None:

@@ -1,0 +1,171 @@
+"""Random bytes and small random edits of every file fsl reads (styles.csv, episode files, store
+manifests, experiment configs), seeded: each must give a message (FslError) or a correct result,
+never a traceback, and never an episode set or a store that silently differs from what it was."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fsl.errors import FslError
+
+CASES = int(os.environ.get("FSL_FUZZ_CASES", 100))  # per file kind; raise it for a longer hunt
+SEED = int(os.environ.get("FSL_FUZZ_SEED", 0))  # each test adds its own offset
+
+
+def mutated(data: bytes, rng: np.random.Generator) -> bytes:
+    """1-3 random edits: flip a byte, delete, duplicate or insert a span, or cut the end; or random bytes."""
+    if rng.random() < 0.1:
+        return bytes(rng.integers(0, 256, int(rng.integers(0, 300)), dtype=np.uint8))
+    data = bytearray(data)
+    for _ in range(int(rng.integers(1, 4))):
+        if not data:
+            break
+        at = int(rng.integers(0, len(data)))
+        span = int(rng.integers(1, 16))
+        kind = rng.integers(0, 5)
+        if kind == 0:
+            data[at] ^= int(rng.integers(1, 256))
+        elif kind == 1:
+            del data[at : at + span]
+        elif kind == 2:
+            data[at:at] = data[at : at + span]
+        elif kind == 3:
+            data[at:at] = bytes(rng.integers(0, 256, span, dtype=np.uint8))
+        else:
+            del data[at:]
+    return bytes(data)
+
+
+def test_mutated_styles_csv_gives_a_catalog_or_a_message(small_dump, tmp_path, monkeypatch):
+    from fsl.data.prepared import load_catalog
+
+    monkeypatch.chdir(tmp_path)  # prepared catalogs go to ./.fsl
+    original = (small_dump / "styles.csv").read_bytes()
+    rng = np.random.default_rng(SEED + 0)
+    outcomes = {"catalog": 0, "message": 0}
+    for case in range(CASES):
+        dump = tmp_path / f"d{case}"
+        dump.mkdir()
+        os.symlink(small_dump / "images", dump / "images")
+        (dump / "styles.csv").write_bytes(mutated(original, rng))
+        try:
+            catalog = load_catalog(dump, refresh=True)
+        except FslError:
+            outcomes["message"] += 1
+            continue
+        assert len(catalog) > 0 and catalog.products["id"].is_unique and catalog.products["id"].is_monotonic_increasing
+        outcomes["catalog"] += 1
+    assert outcomes["catalog"] > 10 and outcomes["message"] > 10  # both paths were exercised
+
+
+def test_mutated_episode_files_are_refused_or_identical(twelve_classes, tmp_path):
+    from fsl.config import EncoderConfig, ExperimentConfig
+    from fsl.harness.experiment import load_episode_set
+    from fsl.paths import episode_set_path
+
+    root, catalog = twelve_classes
+    config = ExperimentConfig(name="pn", encoder=EncoderConfig("clip", "FSL-Tiny", "none"))
+    episodes_root = Path(shutil.copytree(root / "episodes", tmp_path / "episodes"))
+    path = episode_set_path(catalog, "articleType", "novel-5w5s", episodes_root)
+    original_bytes = path.read_bytes()
+    original = load_episode_set(config, catalog, "novel-5w5s", episodes_root).episodes
+    rng = np.random.default_rng(SEED + 1)
+    refused = 0
+    for _ in range(CASES):
+        path.write_bytes(mutated(original_bytes, rng))
+        try:
+            loaded = load_episode_set(config, catalog, "novel-5w5s", episodes_root).episodes
+        except FslError:
+            refused += 1
+            continue
+        for key in ("support", "query", "classes"):  # what loads is the very same episodes
+            np.testing.assert_array_equal(getattr(loaded, key), getattr(original, key))
+    assert refused > CASES // 2
+
+
+def test_mutated_store_manifests_are_refused_or_open_the_same_store(small_dump, tiny_clip, tmp_path):
+    from fsl.data.prepared import load_catalog
+    from fsl.store.features import FeatureStore, embed_catalog
+
+    catalog = load_catalog(small_dump)
+    store = embed_catalog(catalog, tiny_clip, tmp_path / "store", chunk_size=16, num_workers=0, progress=False)
+    manifest_file = store.path / "manifest.json"
+    original = manifest_file.read_bytes()
+    values = [None, True, -1, 0, 2**70, 1.5, "x", [], {}, "ids"]
+    rng = np.random.default_rng(SEED + 2)
+    refused = 0
+    for case in range(CASES):
+        if case % 2:
+            payload = mutated(original, rng)
+        else:  # well-formed JSON with one value replaced, or one key dropped
+            manifest = json.loads(original)
+            key = list(manifest)[int(rng.integers(0, len(manifest)))]
+            if rng.random() < 0.2:
+                del manifest[key]
+            else:
+                manifest[key] = values[int(rng.integers(0, len(values)))]
+            payload = json.dumps(manifest).encode()
+        manifest_file.write_bytes(payload)
+        try:
+            opened = FeatureStore.open(store.path, tiny_clip.id, catalog.fingerprint)
+        except FslError:
+            refused += 1
+            continue
+        np.testing.assert_array_equal(opened.ids, store.ids)
+        np.testing.assert_array_equal(np.asarray(opened.image), np.asarray(store.image))
+    assert refused > CASES // 2
+
+
+def test_mutated_configs_load_and_build_or_give_a_message(tmp_path):
+    from fsl.config import load_config
+    from fsl.harness.experiment import check_runnable
+
+    base = (Path(__file__).resolve().parents[1] / "experiments" / "linear-probe-fused-masked.yaml").read_bytes()
+    scalars = [b"-1", b"0", b"1e-300", b"abc", b"1e400", b".nan", b"true", b"null", b"[1, 2]", b"{a: 1}", b"*a"]
+    rng = np.random.default_rng(SEED + 3)
+    path = tmp_path / "c.yaml"
+    outcomes = {"built": 0, "message": 0}
+    for case in range(CASES):
+        if case % 2:
+            payload = mutated(base, rng)
+        else:  # one value of a `key: value` line replaced by a YAML scalar that has bitten before
+            lines = base.splitlines()
+            editable = [i for i, line in enumerate(lines) if b": " in line and not line.strip().startswith(b"#")]
+            i = editable[int(rng.integers(0, len(editable)))]
+            lines[i] = lines[i].split(b": ")[0] + b": " + scalars[int(rng.integers(0, len(scalars)))]
+            payload = b"\n".join(lines) + b"\n"
+        path.write_bytes(payload)
+        try:
+            check_runnable(load_config(path))
+            outcomes["built"] += 1
+        except FslError:
+            outcomes["message"] += 1
+    assert outcomes["message"] > 10
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_bytes_as_any_of_the_files_give_a_message(small_dump, tmp_path, seed, monkeypatch):
+    from fsl.config import load_config
+    from fsl.data.prepared import load_catalog
+    from fsl.episodes.frozen import EpisodeSet
+
+    monkeypatch.chdir(tmp_path)
+    junk = bytes(np.random.default_rng(seed).integers(0, 256, 4096, dtype=np.uint8))
+    (tmp_path / "d").mkdir()
+    os.symlink(small_dump / "images", tmp_path / "d" / "images")
+    (tmp_path / "d" / "styles.csv").write_bytes(junk)
+    (tmp_path / "e.npz").write_bytes(junk)
+    (tmp_path / "c.yaml").write_bytes(junk)
+    for read in (
+        lambda: load_catalog(tmp_path / "d", refresh=True),
+        lambda: EpisodeSet.load(tmp_path / "e.npz"),
+        lambda: load_config(tmp_path / "c.yaml"),
+    ):
+        with pytest.raises(FslError):
+            read()
