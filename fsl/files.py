@@ -123,6 +123,28 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         ) from None
 
 
+NUMBER = (int, float)
+
+
+def check_record(
+    record: Any, fields: dict[str, tuple[type, ...]], path: str | os.PathLike, what: str, fix: str
+) -> dict:
+    """A JSON sidecar (checkpoint, calibration, alignment, index) as its schema declares it: a JSON
+    object holding each field with a value of one of its types (a bool is no number), or an FslError
+    naming the file, the field and `fix`, the command that writes the file again."""
+    if not isinstance(record, dict):
+        raise FslError(f"{path}: the {what} is damaged (expected a JSON object); {fix}")
+    for name, kinds in fields.items():
+        if name not in record:
+            raise FslError(f"{path}: the {what} is damaged (it lacks {name!r}); {fix}")
+        if type(record[name]) not in kinds:
+            raise FslError(
+                f"{path}: the {what} is damaged ({name} is {type(record[name]).__name__}, "
+                f"expected {' or '.join(k.__name__ for k in kinds)}); {fix}"
+            )
+    return record
+
+
 def write_bytes(target: str | os.PathLike, payload: bytes) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_bytes(payload)

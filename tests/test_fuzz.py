@@ -169,3 +169,66 @@ def test_random_bytes_as_any_of_the_files_give_a_message(small_dump, tmp_path, s
     ):
         with pytest.raises(FslError):
             read()
+
+
+def sidecar_cases(original: bytes, rng: np.random.Generator):
+    """Mutated bytes, or the JSON object with one value replaced or one key dropped."""
+    values = [None, True, -1, 0, 2**70, 1.5, "x", [], {}, float("nan")]
+    for case in range(CASES):
+        if case % 2:
+            yield mutated(original, rng)
+            continue
+        record = json.loads(original)
+        key = list(record)[int(rng.integers(0, len(record)))]
+        if rng.random() < 0.2:
+            del record[key]
+        else:
+            record[key] = values[int(rng.integers(0, len(values)))]
+        yield json.dumps(record).encode()
+
+
+def test_mutated_sidecars_are_refused_or_read_as_written(tmp_path):
+    """The JSON beside checkpoints, calibrations and alignments, each read through its schema."""
+    import torch
+
+    from fsl.encoders.aligned import Projections, load_alignment, save_alignment
+    from fsl.harness.calibration import Calibration
+    from fsl.harness.checkpoints import load_head, save_head
+    from fsl.methods import create_head
+    from fsl.methods.fusion import create_fusion
+
+    calibration = next((Path(__file__).resolve().parents[1] / "calibration").glob("*.json"))
+    head = create_head("protonet", create_fusion("gate", 6, 4), projection="diagonal")
+    save_head(tmp_path / "ckpt", head, {"encoder_id": "enc"})
+    meta = {"towers": "offline:efficientnet-lite0+all-MiniLM-L6-v2", "image_dim": 6, "text_dim": 4, "dim": 3,
+            "hidden": 0, "split_seed": 0, "label_column": "articleType", "catalog_fingerprint": "fp"}  # fmt: skip
+    (tmp_path / "align").mkdir()
+    save_alignment(tmp_path / "align", Projections(6, 4, 3), meta)
+    readers = {  # (the file read, the field compared, the reader)
+        calibration: (tmp_path / "c.json", "temperature", lambda path: Calibration.load(path).temperature),
+        tmp_path / "ckpt" / "head.json": (
+            tmp_path / "ckpt" / "head.json",
+            "encoder_id",
+            lambda path: load_head(path.parent, head, "enc")["encoder_id"],
+        ),
+        tmp_path / "align" / "align.json": (
+            tmp_path / "align" / "align.json",
+            "dim",
+            lambda path: load_alignment(path.parent)[1]["dim"],
+        ),
+    }
+    rng = np.random.default_rng(SEED + 4)
+    for source, (target, field, read) in readers.items():
+        original = source.read_bytes()
+        refused = 0
+        for payload in sidecar_cases(original, rng):
+            target.write_bytes(payload)
+            try:
+                value = read(target)
+            except FslError:
+                refused += 1
+                continue
+            assert value == json.loads(payload)[field]  # what loads is what the file says
+        assert refused > CASES // 3, source.name
+        target.write_bytes(original)
+    assert torch.isfinite(next(head.parameters())).all()

@@ -21,7 +21,7 @@ import numpy as np
 
 from fsl.encoders.factory import shared_space
 from fsl.errors import FslError
-from fsl.files import atomic_path, read_json, write_json
+from fsl.files import NUMBER, atomic_path, check_record, read_json, write_json
 from fsl.store.features import FeatureStore
 from fsl.store.rows import check_finite
 
@@ -174,6 +174,11 @@ def open_index(
     source = {key: record["sha256"] for key, record in store.manifest.get("arrays", {}).items()}
     if path.is_file() and sidecar.is_file():
         meta = read_json(sidecar, "search index sidecar")
+        fields = {"source": (dict,), "image_weight": NUMBER, "kind": (str,), "nprobe": (int,), "recall_at_10": NUMBER}
+        try:  # a damaged sidecar only costs a rebuild
+            check_record(meta, fields, sidecar, "search index sidecar", "")
+        except FslError:
+            meta = {}
         if meta.get("source") == source and meta.get("image_weight") == image_weight:
             try:
                 index = faiss.read_index(str(path))

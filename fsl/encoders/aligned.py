@@ -18,7 +18,7 @@ from torch import nn
 from fsl.encoders.base import Encoder
 from fsl.encoders.offline import OfflineEncoder
 from fsl.errors import FslError
-from fsl.files import atomic_path, read_json, write_json
+from fsl.files import atomic_path, check_record, read_json, write_json
 
 
 class AlignedEncoder(Encoder):
@@ -99,10 +99,26 @@ def load_alignment(folder: str | os.PathLike) -> tuple[Projections, dict]:
         raise FslError(
             f"no alignment at {folder} (expected projections.safetensors + align.json); train one with `fsl align`"
         )
-    meta = read_json(sidecar, "alignment sidecar")
+    fields = {"towers": (str,), "image_dim": (int,), "text_dim": (int,), "dim": (int,), "hidden": (int,),
+              "split_seed": (int,), "label_column": (str,), "catalog_fingerprint": (str,)}  # fmt: skip
+    meta = check_record(
+        read_json(sidecar, "alignment sidecar"),
+        fields,
+        sidecar,
+        "alignment sidecar",
+        "train it again with `fsl align --restart`",
+    )
     if meta.get("towers") != TOWERS:
         raise FslError(
             f"{folder} aligns the towers {meta.get('towers')!r}, not {TOWERS!r}: it cannot be used with these features"
+        )
+    sizes = {key: meta[key] for key in ("image_dim", "text_dim", "dim", "hidden")}
+    if (
+        not all(0 < size <= 1 << 16 for key, size in sizes.items() if key != "hidden")
+        or not 0 <= sizes["hidden"] <= 1 << 16
+    ):
+        raise FslError(
+            f"{sidecar}: the alignment sidecar is damaged (sizes {sizes}); train it again with `fsl align --restart`"
         )
     model = Projections(meta["image_dim"], meta["text_dim"], meta["dim"], meta["hidden"])
     try:

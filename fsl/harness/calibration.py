@@ -30,7 +30,7 @@ from fsl.config import ExperimentConfig
 from fsl.data.catalog import Catalog
 from fsl.episodes.sampler import Episodes
 from fsl.errors import FslError
-from fsl.files import read_json, write_json
+from fsl.files import NUMBER, check_record, read_json, write_json
 from fsl.harness.evaluate import episode_logits
 from fsl.harness.experiment import (
     check_alignment,
@@ -77,7 +77,9 @@ class Calibration:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Calibration:
-        values = read_json(path, "calibration")
+        fields = {"config": (str,), "key": (str,), "encoder": (str,), "temperature": NUMBER, "threshold": NUMBER,
+                  "false_accept": NUMBER}  # fmt: skip
+        values = check_record(read_json(path, "calibration"), fields, path, "calibration", "rerun `fsl calibrate`")
         try:
             calibration = cls(**values)
         except TypeError as error:

@@ -10,7 +10,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fsl.errors import FslError
-from fsl.files import atomic_path, read_json, write_json
+from fsl.files import atomic_path, check_record, read_json, write_json
 
 
 def non_finite(state: dict[str, torch.Tensor]) -> list[str]:
@@ -37,10 +37,13 @@ def read_meta(folder: str | os.PathLike) -> dict:
         raise FslError(
             f"no checkpoint at {folder} (expected head.safetensors + head.json); train one with `fsl train CONFIG`"
         )
-    meta = read_json(sidecar, "checkpoint sidecar")
-    if not isinstance(meta, dict):
-        raise FslError(f"{sidecar}: the checkpoint sidecar is damaged (expected a JSON object)")
-    return meta
+    return check_record(
+        read_json(sidecar, "checkpoint sidecar"),
+        {"encoder_id": (str,)},
+        sidecar,
+        "checkpoint sidecar",
+        "train it again with `fsl train CONFIG --restart`",
+    )
 
 
 def load_head(folder: str | os.PathLike, head: torch.nn.Module, encoder_id: str) -> dict:
