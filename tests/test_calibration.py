@@ -145,5 +145,5 @@ def test_calibrate_reads_validation_classes_only_until_it_has_saved(open_set_sli
 
 def test_a_damaged_calibration_file_is_a_message_naming_it(tmp_path):
     (tmp_path / "x.json").write_text('{"config": "x", "temperature": -1}')
-    with pytest.raises(FslError, match="x.json is not a calibration file"):
+    with pytest.raises(FslError, match=r"x.json: the calibration is damaged \(it lacks .key.\); rerun `fsl calibrate`"):
         find_calibration("anything", tmp_path)
