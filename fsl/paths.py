@@ -22,6 +22,7 @@ ALIGN_DIR = DEFAULT_CHECKPOINTS / "align"
 CALIBRATION_DIR = Path("calibration")
 RESULTS_DIR = Path("results")
 NEAR_DUPLICATES_FILE = "near-duplicates.json"
+DIGESTS_FILE = "digests.json"  # each frozen episode file's digest, recorded when it was drawn
 
 
 class HasFingerprint(Protocol):
@@ -54,6 +55,10 @@ def episode_set_path(
 ) -> Path:
     """A frozen episode set: `novel-5w5s` of articleType is articleType-novel-5w5s.npz."""
     return episodes_dir_for(catalog, root) / f"{column}-{name}.npz"
+
+
+def episode_digests_path(catalog: HasFingerprint, root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> Path:
+    return episodes_dir_for(catalog, root) / DIGESTS_FILE
 
 
 def near_duplicates_path(catalog: HasFingerprint, root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> Path:

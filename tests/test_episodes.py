@@ -288,6 +288,7 @@ def test_damaged_or_edited_episode_files_are_refused_with_a_message(twelve_class
     episodes_root = Path(shutil.copytree(root / "episodes", tmp_path / "episodes"))
     path = episode_set_path(catalog, "articleType", "novel-5w5s", episodes_root)
     original = load_episode_set(config, catalog, "novel-5w5s", episodes_root)  # the real file passes
+    (path.parent / "digests.json").unlink()  # so each edit meets the structural checks, not the digest
     missed = []
     for what, (payload, message) in damaged_sets(original).items():
         path.write_bytes(payload)
@@ -298,3 +299,28 @@ def test_damaged_or_edited_episode_files_are_refused_with_a_message(twelve_class
             if not re.search(message, str(error)) or "fsl episodes --force" not in str(error):
                 missed.append(f"{what}: {error}")
     assert not missed
+
+
+def test_an_episode_file_replaced_by_another_valid_draw_is_refused_by_its_recorded_digest(twelve_classes, tmp_path):
+    """Every file is checked against the digest recorded when it was drawn (digests.json): a set swapped
+    for another valid one (another seed's, say) would give other numbers under the same name."""
+    import shutil
+    from pathlib import Path
+
+    from fsl.config import EncoderConfig, ExperimentConfig
+    from fsl.episodes.frozen import read_digests
+    from fsl.episodes.standard import draw_standard_episodes
+    from fsl.harness.experiment import load_episode_set
+    from fsl.paths import episode_digests_path, episode_set_path
+
+    root, catalog = twelve_classes
+    config = ExperimentConfig(name="pn", encoder=EncoderConfig("clip", "FSL-Tiny", "none"))
+    episodes_root = Path(shutil.copytree(root / "episodes", tmp_path / "episodes"))
+    digests = read_digests(episode_digests_path(catalog, episodes_root))
+    path = episode_set_path(catalog, "articleType", "novel-5w5s", episodes_root)
+    assert digests[path.name] == load_episode_set(config, catalog, "novel-5w5s", episodes_root).digest
+    other = draw_standard_episodes(catalog, tmp_path / "other", seed=0, stratify=None, n_episodes=31, q_query=5,
+                                   benchmarks={"novel-5w5s": ("novel", 5, 5)})[1]  # fmt: skip
+    shutil.copy(next(p for p in other if p.name == path.name), path)
+    with pytest.raises(FslError, match="is not the .* recorded when it was drawn"):
+        load_episode_set(config, catalog, "novel-5w5s", episodes_root)

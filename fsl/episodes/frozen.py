@@ -41,6 +41,26 @@ def _repeats(rows: np.ndarray) -> int | None:
     return int(np.flatnonzero(repeated)[0]) if repeated.any() else None
 
 
+def digests_bytes(digests: dict[str, str]) -> bytes:
+    """digests.json: episode file name -> the digest of its bytes, sorted, so a redraw writes the same bytes."""
+    return (json.dumps(dict(sorted(digests.items())), indent=1) + "\n").encode()
+
+
+def read_digests(path: Path) -> dict[str, str]:
+    """The digests recorded beside a folder's episode files ({} where none were recorded)."""
+    if not path.is_file():
+        return {}
+    try:
+        digests = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        digests = None
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        raise FslError(
+            f"{path}: the episode digests are damaged; restore it or draw the sets again with `fsl episodes --force`"
+        )
+    return digests
+
+
 def file_digest(payload: bytes) -> str:
     """What results record of the episode file they ran on (16 hex digits of its sha256)."""
     return hashlib.sha256(payload).hexdigest()[:16]
@@ -147,6 +167,11 @@ class EpisodeSet:
         for what, episode in problems.items():
             if episode is not None:
                 raise _damaged(path, f"episode {episode} has {what}")
+
+    def check_digest(self, recorded: str | None, path: Path) -> None:
+        """The file is byte for byte the one drawn (`recorded`: its digest in digests.json, if any)."""
+        if recorded is not None and recorded != self.digest:
+            raise _damaged(path, f"its digest {self.digest} is not the {recorded} recorded when it was drawn")
 
     def check_labels(self, ids: np.ndarray, labels: np.ndarray, path: Path) -> None:
         """Every product of every episode is in the catalog (`ids` sorted, `labels` beside them) and

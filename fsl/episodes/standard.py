@@ -9,7 +9,7 @@ from pathlib import Path
 from fsl.config import EncoderConfig
 from fsl.data.catalog import Catalog
 from fsl.encoders.factory import encoder_from_config
-from fsl.episodes.frozen import STANDARD_BENCHMARKS, draw_episode_set
+from fsl.episodes.frozen import STANDARD_BENCHMARKS, digests_bytes, draw_episode_set, file_digest, read_digests
 from fsl.episodes.near_duplicates import (
     NEAR_DUPLICATE_THRESHOLD,
     NEAR_DUPLICATES_FILE,
@@ -20,7 +20,7 @@ from fsl.episodes.shift import draw_temporal_sets
 from fsl.episodes.splits import ClassSplit, split_classes
 from fsl.errors import FslError
 from fsl.files import write_bytes
-from fsl.paths import DEFAULT_EPISODES_DIR, episodes_dir_for
+from fsl.paths import DEFAULT_EPISODES_DIR, episode_digests_path, episodes_dir_for
 from fsl.store.features import DEFAULT_ROOT
 from fsl.store.open import open_store
 
@@ -111,6 +111,9 @@ def draw_standard_episodes(
             "frozen episode sets are test sets and are never replaced silently. Keep them, move them "
             "away, or pass --force to replace them"
         )
+    digests_file = episode_digests_path(catalog, root)  # derived from the files: merged, never refused
+    drawn = {path.name: file_digest(payload) for path, payload in files.items() if path.suffix == ".npz"}
+    files[digests_file] = digests_bytes({**read_digests(digests_file), **drawn})
     written = [
         write_bytes(path, payload)
         for path, payload in files.items()

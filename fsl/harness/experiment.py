@@ -12,7 +12,7 @@ import torch
 from fsl.config import ExperimentConfig
 from fsl.data.catalog import Catalog
 from fsl.encoders.factory import encoder_from_config, shared_space
-from fsl.episodes.frozen import EpisodeSet, file_digest
+from fsl.episodes.frozen import EpisodeSet, file_digest, read_digests
 from fsl.episodes.shift import RERENDERED, SHIFTED_PAIRS, ReplacedImages, rerendered_image_features
 from fsl.episodes.splits import ClassSplit
 from fsl.episodes.standard import saved_near_duplicates
@@ -26,6 +26,7 @@ from fsl.paths import (
     DEFAULT_EPISODES_DIR,
     available_splits,
     checkpoint_dir,
+    episode_digests_path,
     episode_set_path,
     split_root,
 )
@@ -128,10 +129,12 @@ def episode_set_digest(
 def load_episode_set(
     config: ExperimentConfig, catalog: Catalog, name: str, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR
 ) -> EpisodeSet:
-    """A frozen set of the config's label column, checked against the catalog: every product present
-    under its slot's class, and no query a near-duplicate of its support (by the groups it was drawn with)."""
+    """A frozen set of the config's label column, checked: byte for byte the file drawn (its digest in
+    digests.json), every product present under its slot's class, and no query a near-duplicate of its
+    support (by the groups it was drawn with)."""
     path = episode_set_path(catalog, config.label_column, name, episodes_root)
     episode_set = EpisodeSet.load(path, catalog.fingerprint)
+    episode_set.check_digest(read_digests(episode_digests_path(catalog, episodes_root)).get(path.name), path)
     ids = catalog.products["id"].to_numpy()
     episode_set.check_labels(ids, catalog.labels(config.label_column).to_numpy(), path)
     drawn_with = episode_set.meta.get("near_duplicates") or {}
