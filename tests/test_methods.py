@@ -219,7 +219,7 @@ def test_simpleshot_centres_on_the_mean_of_base_class_products_only(twelve_class
     from fsl.config import EncoderConfig, ExperimentConfig
     from fsl.episodes.frozen import EpisodeSet
     from fsl.files import read_csv
-    from fsl.harness.experiment import experiment_head, run_experiment
+    from fsl.harness.experiment import experiment_head
     from fsl.paths import episodes_dir_for
 
     root, catalog = twelve_classes
@@ -240,6 +240,16 @@ def test_simpleshot_centres_on_the_mean_of_base_class_products_only(twelve_class
     every = np.asarray(features[np.arange(len(catalog))])
     np.testing.assert_allclose(head.base_mean.numpy(), every[base].mean(0), atol=1e-5)
     assert not np.allclose(head.base_mean.numpy(), every.mean(0), atol=1e-3)  # val and novel products left out
+
+
+@pytest.mark.real_data  # random tiny-CLIP features carry signal on real photos, none on drawn shapes
+def test_simpleshot_centred_on_base_classes_beats_chance_on_real_photos(twelve_classes):
+    from fsl.config import EncoderConfig, ExperimentConfig
+    from fsl.harness.experiment import run_experiment
+
+    root, catalog = twelve_classes
+    config = ExperimentConfig(name="ss", method="simpleshot", fusion="concat", episodes=("novel-5w5s",),
+                              encoder=EncoderConfig("clip", "FSL-Tiny", "none"))  # fmt: skip
     (result,) = run_experiment(config, catalog, root / "episodes", root / "store", progress=False)
     assert result.accuracy.mean() > 0.2  # chance is 0.2 at 5-way
 
