@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from fsl.errors import FslError
+from fsl.errors import FslError, shown
 from fsl.files import safe_name
 
 RUNTIMES = ("auto", "onnx", "eager")
@@ -72,13 +72,6 @@ NON_NEGATIVE_FLOATS = {"weight_decay"}
 NON_NEGATIVE_INTS = {"seed"}
 STRINGS = {"name", "method", "fusion", "text_variant", "class_prompt", "label_column", "val_episodes"}
 PATH_PARTS = {"name", "text_variant", "label_column", "val_episodes"}  # they become parts of file names
-
-
-def shown(value: Any, limit: int = 80) -> str:
-    """A value as an error message quotes it: its repr, cut to `limit` characters, so a huge value
-    cannot make a huge message."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text)} chars)"
 
 
 class _NoAliasLoader(yaml.SafeLoader):

@@ -1,7 +1,17 @@
-"""The one error type users see: the CLI prints its message without a stack trace."""
+"""The one error type users see (the CLI prints its message without a stack trace), and how a
+message quotes the value it refuses."""
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class FslError(Exception):
     """An error the user can fix; the CLI prints its message without a stack trace."""
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A value as an error message quotes it: its repr, cut to `limit` characters, so a huge value
+    cannot make a huge message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text)} chars)"

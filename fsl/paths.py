@@ -13,6 +13,7 @@ CACHE_DIR = Path(os.environ.get("FSL_CACHE", ".fsl"))  # feature stores, reports
 FEATURES_ROOT = CACHE_DIR / "features"
 ONNX_DIR = CACHE_DIR / "onnx"
 SAMPLE_DIR = CACHE_DIR / "sample"
+SAMPLE_EPISODES_DIR = CACHE_DIR / "episodes"  # the synthetic sample's episode sets, apart from the real ones
 PREPARE_REPORT = CACHE_DIR / "prepare-report.csv"
 DEMO_SAVED_DIR = CACHE_DIR / "demo"  # the demo's saved category sets: one support folder (and its zip) each
 

@@ -162,7 +162,7 @@ def shuffle_ids(path: Path) -> None:
         (remove_text, "text-plain.npy is missing"),
         (flip_a_byte, "image.npy does not match its checksum"),
         (shuffle_ids, "ids in increasing order"),
-        (arrays_as_text, "manifest is damaged \\(arrays is str, not dict\\)"),
+        (arrays_as_text, "manifest is damaged \\(arrays is str, expected dict\\)"),
         (ids_as_objects, "ids.npy is not an array of int64"),
     ],
 )

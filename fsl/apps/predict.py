@@ -30,11 +30,10 @@ from fsl.encoders.factory import encoder_from_config
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
 from fsl.files import IMAGE_SUFFIXES, atomic_path, check_writable_target, write_csv
-from fsl.harness.calibration import CALIBRATION_DIR, UNKNOWN, Calibration, config_key, find_calibration
+from fsl.harness.calibration import UNKNOWN, Calibration, config_key, find_calibration
 from fsl.harness.checkpoints import read_meta
 from fsl.harness.experiment import experiment_head
-from fsl.paths import checkpoint_dir
-from fsl.store.features import DEFAULT_ROOT
+from fsl.paths import CALIBRATION_DIR, FEATURES_ROOT, checkpoint_dir
 
 
 def support_rows(
@@ -123,7 +122,7 @@ class CatalogClassifier:
         checkpoint: str | None,
         config_path: str | None,
         shots: int = 5,
-        store_root: str | os.PathLike = DEFAULT_ROOT,
+        store_root: str | os.PathLike = FEATURES_ROOT,
         support: SupportFolder | None = None,
         texts: str = "all",
         classes: list[str] | None = None,
@@ -225,7 +224,7 @@ def predict_folder(
     out: str | os.PathLike = "results/predictions.csv",
     top_k: int = 3,
     shots: int = 5,
-    store_root: str | os.PathLike = DEFAULT_ROOT,
+    store_root: str | os.PathLike = FEATURES_ROOT,
     support_folder: str | os.PathLike | None = None,
     classes: str | None = None,
     calibration_root: str | os.PathLike = CALIBRATION_DIR,

@@ -13,7 +13,14 @@ from fsl.episodes.standard import draw_standard_episodes, near_duplicates_for
 from fsl.errors import FslError
 from fsl.harness.experiment import run_experiment
 from fsl.harness.results import format_table, plot_summary, results_frame, save_results, summary_table
-from fsl.paths import CACHE_DIR, RESULTS_DIR, episodes_dir_for
+from fsl.paths import (
+    DEFAULT_EPISODES_DIR,
+    PREPARE_REPORT,
+    RESULTS_DIR,
+    SAMPLE_DIR,
+    SAMPLE_EPISODES_DIR,
+    episodes_dir_for,
+)
 
 QUICKSTART_CONFIGS = ("protonet-image.yaml", "protonet-text-masked.yaml", "protonet-fused-masked.yaml")
 
@@ -36,13 +43,13 @@ def quickstart(
         if data:
             raise
         print(f"{missing}\nFalling back to the embedded sample catalog.")
-        root, sample = make_sample_catalog(CACHE_DIR / "sample"), True
+        root, sample = make_sample_catalog(SAMPLE_DIR), True
         _banner(SAMPLE_NOTICE)
     catalog = load_catalog(root)
     print(catalog.summary())
-    print(f"report of skipped and repaired rows: {catalog.save_report(CACHE_DIR / 'prepare-report.csv')}")
+    print(f"report of skipped and repaired rows: {catalog.save_report(PREPARE_REPORT)}")
 
-    episodes_root = CACHE_DIR / "episodes" if sample else Path("episodes")
+    episodes_root = SAMPLE_EPISODES_DIR if sample else DEFAULT_EPISODES_DIR
     if not episodes_dir_for(catalog, episodes_root).is_dir():
         draw_standard_episodes(
             catalog,

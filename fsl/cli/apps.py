@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 from fsl.cli.common import (
-    CACHE,
     STORE_HELP,
     add_data_option,
     add_encoder_options,
@@ -17,6 +16,7 @@ from fsl.cli.common import (
 )
 from fsl.errors import FslError
 from fsl.files import IMAGE_SUFFIXES
+from fsl.paths import CALIBRATION_DIR, FEATURES_ROOT
 
 
 def cmd_demo(args) -> None:
@@ -92,7 +92,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     demo.add_argument(
         "--calibration-dir",
-        default="calibration",
+        default=str(CALIBRATION_DIR),
         metavar="DIR",
         help="calibrations written by `fsl calibrate` (default calibration/): calibrated "
         "confidences and the 'none of these' answer",
@@ -135,12 +135,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     predict.add_argument(
         "--calibration-dir",
-        default="calibration",
+        default=str(CALIBRATION_DIR),
         metavar="DIR",
         help="calibrations written by `fsl calibrate` (default calibration/): calibrated "
         "confidences and the 'unknown' answer",
     )
-    predict.add_argument("--store-root", default=str(CACHE / "features"), metavar="DIR", help=STORE_HELP)
+    predict.add_argument("--store-root", default=str(FEATURES_ROOT), metavar="DIR", help=STORE_HELP)
     predict.set_defaults(run=cmd_predict)
 
     quick = commands.add_parser(

@@ -6,9 +6,9 @@ import argparse
 import os
 
 from fsl.errors import FslError
-from fsl.paths import CACHE_DIR as CACHE
+from fsl.paths import DEFAULT_CHECKPOINTS, DEFAULT_EPISODES_DIR, FEATURES_ROOT
 
-STORE_HELP = f"where feature stores live (default {CACHE / 'features'}; set FSL_CACHE to move every cache)"
+STORE_HELP = f"where feature stores live (default {FEATURES_ROOT}; set FSL_CACHE to move every cache)"
 
 
 def positive_int(text: str) -> int:
@@ -93,16 +93,18 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
         help="image tower (and the offline text tower): ONNX Runtime (faster on a CPU; checked "
         "against eager, cosine >= 0.999) or eager PyTorch; auto: ONNX where it works (default)",
     )
-    group.add_argument("--store-root", default=str(CACHE / "features"), metavar="DIR", help=STORE_HELP)
+    group.add_argument("--store-root", default=str(FEATURES_ROOT), metavar="DIR", help=STORE_HELP)
 
 
 def add_experiment_options(parser: argparse.ArgumentParser, runs: str) -> None:
     """What `eval` and `train` share: configs and where their inputs and outputs live."""
     parser.add_argument("configs", nargs="+", metavar="CONFIG", help="experiments/*.yaml")
     add_data_option(parser)
-    parser.add_argument("--episodes-dir", default="episodes", help="root of episode sets (default episodes/)")
-    parser.add_argument("--store-root", default=str(CACHE / "features"), metavar="DIR", help=STORE_HELP)
-    parser.add_argument("--checkpoints", default="checkpoints", help="trained heads (default checkpoints/)")
+    parser.add_argument(
+        "--episodes-dir", default=str(DEFAULT_EPISODES_DIR), help="root of episode sets (default episodes/)"
+    )
+    parser.add_argument("--store-root", default=str(FEATURES_ROOT), metavar="DIR", help=STORE_HELP)
+    parser.add_argument("--checkpoints", default=str(DEFAULT_CHECKPOINTS), help="trained heads (default checkpoints/)")
     parser.add_argument("--runs", default=runs, help=f"TensorBoard log dir (default {runs})")
     parser.add_argument(
         "--set",

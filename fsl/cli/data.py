@@ -7,7 +7,6 @@ import os
 import time
 
 from fsl.cli.common import (
-    CACHE,
     add_data_option,
     add_encoder_options,
     encoder_config,
@@ -17,6 +16,7 @@ from fsl.cli.common import (
     positive_int,
 )
 from fsl.config import NEAR_DUPLICATE_THRESHOLD
+from fsl.paths import DEFAULT_EPISODES_DIR, PREPARE_REPORT
 
 
 def cmd_prepare(args) -> None:
@@ -159,7 +159,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     add_data_option(prepare)
     prepare.add_argument(
         "--report",
-        default=str(CACHE / "prepare-report.csv"),
+        default=str(PREPARE_REPORT),
         metavar="CSV",
         help="where the per-row report goes (default .fsl/prepare-report.csv)",
     )
@@ -240,7 +240,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     episodes.add_argument("--episodes", type=positive_int, default=600, help="episodes per benchmark (default 600)")
     episodes.add_argument("--queries", type=positive_int, default=15, help="queries per class (default 15)")
-    episodes.add_argument("--out", default="episodes", help="root folder of episode sets (default episodes/)")
+    episodes.add_argument(
+        "--out", default=str(DEFAULT_EPISODES_DIR), help="root folder of episode sets (default episodes/)"
+    )
     episodes.add_argument(
         "--force",
         action="store_true",

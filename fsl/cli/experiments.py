@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from fsl.cli.common import add_experiment_options, non_negative_int, positive_int
 from fsl.errors import FslError
+from fsl.paths import RESULTS_DIR
 
 if TYPE_CHECKING:  # the CLI imports its heavy modules only in the command that needs them
     from fsl.config import ExperimentConfig
@@ -268,7 +269,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "mean accuracy ± 95% CI, per-episode CSV, TensorBoard.",
     )
     add_experiment_options(evaluate, "runs/eval")
-    evaluate.add_argument("--results", default="results", help="per-episode CSVs go here (default results/)")
+    evaluate.add_argument("--results", default=str(RESULTS_DIR), help="per-episode CSVs go here (default results/)")
     evaluate.add_argument(
         "--splits",
         type=non_negative_int,
@@ -325,7 +326,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         help="validation episode sets that choose (default val-5w5s); novel sets are refused",
     )
     sweeping.add_argument(
-        "--results", default="results", help="results and the chosen config go here (default results/)"
+        "--results", default=str(RESULTS_DIR), help="results and the chosen config go here (default results/)"
     )
     sweeping.add_argument("--no-test", action="store_true", help="stop after choosing: do not read the novel sets")
     sweeping.set_defaults(run=cmd_sweep)

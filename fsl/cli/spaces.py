@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from fsl.cli.common import (
-    CACHE,
     STORE_HELP,
     add_data_option,
     add_experiment_options,
@@ -16,6 +15,7 @@ from fsl.cli.common import (
 )
 from fsl.cli.experiments import _configs
 from fsl.errors import FslError
+from fsl.paths import ALIGN_DIR, CALIBRATION_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT
 
 
 def cmd_align(args) -> None:
@@ -121,9 +121,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         default=0,
         help="the class split whose base classes it trains on (default 0)",
     )
-    aligning.add_argument("--episodes-dir", default="episodes", help="root of the class splits (default episodes/)")
-    aligning.add_argument("--store-root", default=str(CACHE / "features"), metavar="DIR", help=STORE_HELP)
-    aligning.add_argument("--out", default="checkpoints/align", help="where alignments go (default checkpoints/align)")
+    aligning.add_argument(
+        "--episodes-dir", default=str(DEFAULT_EPISODES_DIR), help="root of the class splits (default episodes/)"
+    )
+    aligning.add_argument("--store-root", default=str(FEATURES_ROOT), metavar="DIR", help=STORE_HELP)
+    aligning.add_argument("--out", default=str(ALIGN_DIR), help="where alignments go (default checkpoints/align)")
     aligning.add_argument("--runs", default="runs/align", help="TensorBoard log dir (default runs/align)")
     aligning.add_argument("--restart", action="store_true", help="start over instead of resuming from last")
     aligning.set_defaults(run=cmd_align)
@@ -146,7 +148,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     calibrating.add_argument(
         "--calibration-dir",
-        default="calibration",
+        default=str(CALIBRATION_DIR),
         metavar="DIR",
         help="where calibrations are saved and found (default calibration/)",
     )

@@ -13,7 +13,7 @@ from fsl.encoders.base import Encoder
 from fsl.encoders.clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, ClipEncoder, resolve_clip_weights
 from fsl.encoders.offline import OfflineEncoder
 from fsl.errors import FslError
-from fsl.paths import CACHE_DIR
+from fsl.paths import ONNX_DIR
 
 ENCODERS: dict[str, Callable[..., Encoder]] = {
     "clip": ClipEncoder,
@@ -71,7 +71,7 @@ class LazyEncoder:
         if images and not self._runtime_chosen:
             self._runtime_chosen = True
             if self.config.runtime != "eager" and self.config.device == "cpu":
-                said = self._built.use_onnx(CACHE_DIR / "onnx")
+                said = self._built.use_onnx(ONNX_DIR)
                 if self.config.runtime == "onnx" and self._built.runtime is None:
                     raise FslError(f"runtime onnx was asked for, but: {said}")
                 print(f"fsl: {said}", file=sys.stderr)

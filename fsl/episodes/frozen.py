@@ -19,7 +19,7 @@ from fsl.episodes.near_duplicates import NearDuplicates
 from fsl.episodes.sampler import Episodes, EpisodeSampler
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
-from fsl.files import write_bytes
+from fsl.files import read_json, write_bytes
 
 SAMPLER_VERSION = 2  # 2: queries never share a near-duplicate group with their episode's support
 
@@ -48,12 +48,7 @@ def digests_bytes(digests: dict[str, str]) -> bytes:
 
 def read_digests(path: Path) -> dict[str, str]:
     """The digests recorded beside a folder's episode files ({} where none were recorded)."""
-    if not path.is_file():
-        return {}
-    try:
-        digests = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        digests = None
+    digests = read_json(path, "episode digests") if path.is_file() else {}
     if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
         raise FslError(
             f"{path}: the episode digests are damaged; restore it or draw the sets again with `fsl episodes --force`"

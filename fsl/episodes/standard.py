@@ -12,7 +12,6 @@ from fsl.encoders.factory import encoder_from_config
 from fsl.episodes.frozen import STANDARD_BENCHMARKS, digests_bytes, draw_episode_set, file_digest, read_digests
 from fsl.episodes.near_duplicates import (
     NEAR_DUPLICATE_THRESHOLD,
-    NEAR_DUPLICATES_FILE,
     NearDuplicates,
     near_duplicate_groups,
 )
@@ -20,8 +19,7 @@ from fsl.episodes.shift import draw_temporal_sets
 from fsl.episodes.splits import ClassSplit, split_classes
 from fsl.errors import FslError
 from fsl.files import write_bytes
-from fsl.paths import DEFAULT_EPISODES_DIR, episode_digests_path, episodes_dir_for
-from fsl.store.features import DEFAULT_ROOT
+from fsl.paths import DEFAULT_EPISODES_DIR, FEATURES_ROOT, episode_digests_path, episodes_dir_for, near_duplicates_path
 from fsl.store.open import open_store
 
 MIN_COUNT = 20  # 5 shots + 15 queries: every class of a split serves every standard benchmark
@@ -29,7 +27,7 @@ MIN_COUNT = 20  # 5 shots + 15 queries: every class of a split serves every stan
 
 def saved_near_duplicates(catalog: Catalog, root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> NearDuplicates | None:
     """The near-duplicate groups the episode sets under `root` were drawn with, if any."""
-    path = episodes_dir_for(catalog, root) / NEAR_DUPLICATES_FILE
+    path = near_duplicates_path(catalog, root)
     return NearDuplicates.load(path, catalog.fingerprint) if path.is_file() else None
 
 
@@ -38,7 +36,7 @@ def near_duplicates_for(
     root: str | os.PathLike = DEFAULT_EPISODES_DIR,
     encoder: EncoderConfig = EncoderConfig("offline"),
     threshold: float = NEAR_DUPLICATE_THRESHOLD,
-    store_root: str | os.PathLike = DEFAULT_ROOT,
+    store_root: str | os.PathLike = FEATURES_ROOT,
 ) -> NearDuplicates:
     """The catalog's near-duplicate groups: read from root/<fingerprint>/near-duplicates.json when it was
     computed with this encoder and threshold, else computed from the encoder's store (embedded if cold)."""
@@ -79,7 +77,7 @@ def draw_standard_episodes(
     out = episodes_dir_for(catalog, root)
     files = {out / f"{split.name}-split.csv": split.to_bytes()}
     if near_duplicates is not None:
-        files[out / NEAR_DUPLICATES_FILE] = near_duplicates.to_bytes()
+        files[near_duplicates_path(catalog, root)] = near_duplicates.to_bytes()
     for offset, (name, (split_name, n_way, k_shot)) in enumerate(benchmarks.items()):
         available = len(split.classes(split_name))
         if (n_way or available) > available or available < 2:

@@ -31,10 +31,8 @@ from fsl.encoders.factory import encoder_from_config
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
 from fsl.harness.checkpoints import load_train_state, save_train_state
-from fsl.store.features import DEFAULT_ROOT
+from fsl.paths import ALIGN_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT
 from fsl.store.open import open_store
-
-DEFAULT_DIR = Path("checkpoints") / "align"
 
 
 @dataclass(frozen=True)
@@ -92,8 +90,8 @@ def align(
     catalog,
     config: AlignConfig = AlignConfig(),
     store_root=None,
-    episodes_root="episodes",
-    root: str | os.PathLike = DEFAULT_DIR,
+    episodes_root=DEFAULT_EPISODES_DIR,
+    root: str | os.PathLike = ALIGN_DIR,
     runs_root: str | os.PathLike = "runs/align",
     resume: bool = True,
     progress: bool = True,
@@ -112,7 +110,7 @@ def align(
         or not config.prompt_weight >= 0
     ):
         raise FslError(f"align lr must be positive and finite, hidden and weight_decay >= 0 (got {config})")
-    store = open_store(catalog, EncoderConfig("offline"), store_root or DEFAULT_ROOT)
+    store = open_store(catalog, EncoderConfig("offline"), store_root or FEATURES_ROOT)
     if store.encoder_id != TOWERS:
         raise FslError(f"alignment needs the offline towers' store, got {store.encoder_id}")
     split = ClassSplit.load(catalog, config.label_column, config.split_seed, episodes_root)
@@ -265,13 +263,13 @@ def retrieval_figures(
 
 
 def novel_retrieval(
-    catalog, alignment: str | os.PathLike, store_root=None, episodes_root="episodes", seed: int = 0
+    catalog, alignment: str | os.PathLike, store_root=None, episodes_root=DEFAULT_EPISODES_DIR, seed: int = 0
 ) -> dict[str, dict]:
     """Retrieval on novel-class products (never seen in alignment): the trained projections next to
     random projections of the same sizes (the baseline: no learning)."""
 
     model, meta = load_alignment(alignment)
-    store = open_store(catalog, EncoderConfig("offline"), store_root or DEFAULT_ROOT)
+    store = open_store(catalog, EncoderConfig("offline"), store_root or FEATURES_ROOT)
     novel = ClassSplit.load(catalog, meta["label_column"], meta["split_seed"], episodes_root).classes("novel")
     labels = catalog.labels(meta["label_column"]).to_numpy()
     rows = np.flatnonzero(np.isin(labels, novel))

@@ -39,10 +39,8 @@ from fsl.harness.experiment import (
     experiment_head,
     load_episode_set,
 )
-from fsl.paths import checkpoint_dir
-from fsl.store.features import DEFAULT_ROOT
+from fsl.paths import CALIBRATION_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT, checkpoint_dir
 
-CALIBRATION_DIR = Path("calibration")
 UNKNOWN = "unknown"
 KNOWN_WAYS = 5  # classes taught in an open-set episode; the rest of the episode's classes are unknown
 FALSE_ACCEPT = 0.2  # default target: 1 in 5 photos of an untaught class still gets a (wrong) answer
@@ -199,7 +197,7 @@ def calibrate(
     catalog: Catalog,
     store_root=None,
     checkpoints_root="checkpoints",
-    episodes_root="episodes",
+    episodes_root=DEFAULT_EPISODES_DIR,
     root: str | os.PathLike = CALIBRATION_DIR,
     false_accept: float = FALSE_ACCEPT,
     temperature_set: str = TEMPERATURE_SET,
@@ -216,7 +214,7 @@ def calibrate(
         config, catalog, (temperature_set, open_val_set), episodes_root, "fsl calibrate", "the val-* sets"
     )
     store, features, head = experiment_head(
-        config, catalog, store_root or DEFAULT_ROOT, checkpoints_root, episodes_root
+        config, catalog, store_root or FEATURES_ROOT, checkpoints_root, episodes_root
     )
     checkpoint = checkpoint_dir(config.name, checkpoints_root) / "best" if config.train is not None else None
 

@@ -24,13 +24,14 @@ from fsl.methods.fusion import create_fusion
 from fsl.paths import (
     DEFAULT_CHECKPOINTS,
     DEFAULT_EPISODES_DIR,
+    FEATURES_ROOT,
     available_splits,
     checkpoint_dir,
     episode_digests_path,
     episode_set_path,
     split_root,
 )
-from fsl.store.features import DEFAULT_ROOT, FeatureStore
+from fsl.store.features import FeatureStore
 from fsl.store.open import open_store
 from fsl.store.rows import store_features, store_rows
 
@@ -69,7 +70,7 @@ def splits_for(
     config: ExperimentConfig,
     catalog: Catalog,
     episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
-    store_root: str | os.PathLike = DEFAULT_ROOT,
+    store_root: str | os.PathLike = FEATURES_ROOT,
 ) -> list[int]:
     """Every split drawn for the catalog, less those the config's store cannot serve: an aligned space
     trained on one split's base classes has seen the other splits' novel classes (said, then skipped)."""
@@ -168,7 +169,7 @@ def base_products(
 def experiment_head(
     config: ExperimentConfig,
     catalog: Catalog,
-    store_root: str | os.PathLike = DEFAULT_ROOT,
+    store_root: str | os.PathLike = FEATURES_ROOT,
     checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS,
     episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
     checkpoint: str | os.PathLike | None = None,
@@ -189,7 +190,7 @@ def run_experiment(
     config: ExperimentConfig,
     catalog: Catalog,
     episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
-    store_root: str | os.PathLike = DEFAULT_ROOT,
+    store_root: str | os.PathLike = FEATURES_ROOT,
     progress: bool = True,
     checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS,
     shifted: bool = False,

@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from fsl.config import ExperimentConfig, override, read_yaml, shown, to_yaml
+from fsl.config import ExperimentConfig, override, read_yaml, to_yaml
 from fsl.data.catalog import Catalog
-from fsl.errors import FslError
+from fsl.errors import FslError, shown
 from fsl.files import write_bytes
 from fsl.harness.evaluate import EvalResult, mean_ci, paired_difference, percent
 from fsl.harness.experiment import check_runnable, check_validation_only, run_experiment
 from fsl.harness.train import train
-from fsl.store.features import DEFAULT_ROOT
+from fsl.paths import DEFAULT_CHECKPOINTS, DEFAULT_EPISODES_DIR, FEATURES_ROOT
 
 
 def parse_grid(texts: list[str]) -> list[tuple[str, list[Any]]]:
@@ -51,9 +51,9 @@ def sweep(
     grid: list[tuple[str, list[Any]]],
     catalog: Catalog,
     on: tuple[str, ...] = ("val-5w5s",),
-    episodes_root: str | os.PathLike = "episodes",
+    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
     store_root: str | os.PathLike | None = None,
-    checkpoints_root: str | os.PathLike = "checkpoints",
+    checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS,
     runs_root: str | os.PathLike = "runs/sweep",
     progress: bool = True,
 ) -> SweepResult:
@@ -62,7 +62,7 @@ def sweep(
     A config with a train: section is trained at every point (its checkpoint chosen on its own
     validation episodes) before it is scored."""
 
-    store_root = store_root or DEFAULT_ROOT
+    store_root = store_root or FEATURES_ROOT
     points = [dict(zip([k for k, _ in grid], values)) for values in itertools.product(*[v for _, v in grid])]
     candidates = [override(config, list(point.items()), "--grid") for point in points]
     for candidate in candidates:  # every point checked before any work

@@ -30,8 +30,7 @@ from fsl.harness.experiment import (
     flat_options,
     load_episode_set,
 )
-from fsl.paths import DEFAULT_CHECKPOINTS, DEFAULT_EPISODES_DIR, checkpoint_dir
-from fsl.store.features import DEFAULT_ROOT
+from fsl.paths import DEFAULT_CHECKPOINTS, DEFAULT_EPISODES_DIR, FEATURES_ROOT, checkpoint_dir
 from fsl.store.open import open_store
 from fsl.store.rows import store_features
 
@@ -93,7 +92,7 @@ def train(
     config: ExperimentConfig,
     catalog: Catalog,
     episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
-    store_root: str | os.PathLike = DEFAULT_ROOT,
+    store_root: str | os.PathLike = FEATURES_ROOT,
     checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS,
     runs_root: str | os.PathLike = "runs/train",
     resume: bool = True,

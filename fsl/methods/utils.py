@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsl.errors import FslError
+from fsl.errors import FslError, shown
 
 ZERO_SHOT_SCALE = 100.0  # CLIP's logit scale
 
@@ -67,8 +67,7 @@ class Option:
         else:
             ok = isinstance(value, self.kind)
         if not ok:
-            shown = repr(value) if len(repr(value)) <= 60 else f"{repr(value)[:45]}..."
-            raise FslError(f"{owner} {name} must be {self.describe()}, got {shown}")
+            raise FslError(f"{owner} {name} must be {self.describe()}, got {shown(value, 60)}")
         return float(value) if self.kind is float else value
 
 

@@ -25,14 +25,13 @@ from tqdm.auto import tqdm
 from fsl.data.catalog import DEFAULT_TEXT_TEMPLATE, Catalog
 from fsl.encoders.base import Encoder
 from fsl.errors import FslError
-from fsl.files import atomic_path, disk_error, read_json, remove_stale_temp_files, write_json, write_npy
-from fsl.paths import CACHE_DIR, store_path
+from fsl.files import atomic_path, check_record, disk_error, read_json, remove_stale_temp_files, write_json, write_npy
+from fsl.paths import FEATURES_ROOT, store_path
 
 STORE_VERSION = 2  # 2: checksums, dtype and row count in the manifest
 DTYPE = np.dtype("<f4")
 TEXT_STEP = 128  # products whose texts are encoded in one call (2 variants: one 256-text batch)
 SAMPLE_BLOCKS, BLOCK_BYTES = 32, 1 << 16  # the cheap check on open reads 32 blocks of 64 KiB per array
-DEFAULT_ROOT = CACHE_DIR / "features"
 
 
 @dataclass(frozen=True)
@@ -145,23 +144,22 @@ MANIFEST_KEYS = {
 
 
 def _read_manifest(path: Path) -> dict | None:
+    """The store's manifest, read through its schema (MANIFEST_TYPES, RECORD_TYPES per array), or None."""
     file = path / "manifest.json"
     if not file.is_file():
         return None
     manifest = read_json(file, "feature store manifest")
-    if isinstance(manifest, dict) and MANIFEST_KEYS <= set(manifest):
-        wrong = _wrong_types(manifest)
-        if wrong:
-            raise FslError(
-                f"{file}: the feature store manifest is damaged ({wrong}); "
-                "run `fsl embed` with the same options to rebuild the store"
-            )
+    fix = "run `fsl embed` with the same options to rebuild the store"
     if not isinstance(manifest, dict) or not MANIFEST_KEYS <= set(manifest):
         raise FslError(
             f"{file}: the feature store manifest is damaged (it lacks "
-            f"{sorted(MANIFEST_KEYS - set(manifest if isinstance(manifest, dict) else {}))}); "
-            "run `fsl embed` with the same options to rebuild the store"
+            f"{sorted(MANIFEST_KEYS - set(manifest if isinstance(manifest, dict) else {}))}); {fix}"
         )
+    check_record(
+        manifest, {k: v for k, v in MANIFEST_TYPES.items() if k in manifest}, file, "feature store manifest", fix
+    )
+    for name, record in manifest.get("arrays", {}).items():
+        check_record(record, RECORD_TYPES, file, f"feature store manifest (array {name!r})", fix)
     return manifest
 
 
@@ -170,18 +168,7 @@ MANIFEST_TYPES = {"version": (int,), "encoder_id": (str,), "catalog_fingerprint"
                   "chunk_size": (int, NONE),  # None: marked for rebuilding
                   "chunks": (int, NONE), "image_dim": (int, NONE), "text_dim": (int, NONE), "dtype": (str,),
                   "complete": (bool,), "arrays": (dict,), "text_variants": (dict,)}  # fmt: skip
-RECORD_TYPES = {"bytes": int, "sha256": str, "sample_sha256": str}
-
-
-def _wrong_types(manifest: dict) -> str | None:
-    """The first manifest value of the wrong type (its schema: MANIFEST_TYPES, RECORD_TYPES per array)."""
-    for key, kinds in MANIFEST_TYPES.items():
-        if key in manifest and type(manifest[key]) not in kinds:
-            return f"{key} is {type(manifest[key]).__name__}, not {kinds[0].__name__}"
-    for name, record in manifest.get("arrays", {}).items():
-        if not isinstance(record, dict) or any(type(record.get(k)) is not kind for k, kind in RECORD_TYPES.items()):
-            return f"the record of array {name!r} is not {{bytes, sha256, sample_sha256}}"
-    return None
+RECORD_TYPES = {"bytes": (int,), "sha256": (str,), "sample_sha256": (str,)}
 
 
 def _npy_header(file: Path) -> tuple[tuple, np.dtype] | None:
@@ -329,7 +316,7 @@ def _say(message: str) -> None:
 def embed_catalog(
     catalog: Catalog,
     encoder: Encoder,
-    root: str | os.PathLike = DEFAULT_ROOT,
+    root: str | os.PathLike = FEATURES_ROOT,
     text_variants=DEFAULT_TEXT_VARIANTS,
     chunk_size: int = 512,
     batch_size: int = 32,

@@ -13,8 +13,8 @@ from fsl.config import EncoderConfig
 from fsl.data.catalog import Catalog
 from fsl.encoders.aligned import load_alignment
 from fsl.encoders.factory import encoder_from_config
-from fsl.paths import store_path
-from fsl.store.features import DEFAULT_ROOT, FeatureStore, derive_store, embed_catalog, is_complete
+from fsl.paths import FEATURES_ROOT, store_path
+from fsl.store.features import FeatureStore, derive_store, embed_catalog, is_complete
 
 # The aligned feature store ---------------------------------------------------------------------
 
@@ -50,7 +50,7 @@ def aligned_store(catalog, alignment: str | os.PathLike, store_root, encoder_id:
     return derive_store(source, path, encoder_id, meta["dim"], meta["dim"], project, extra)
 
 
-def open_store(catalog: Catalog, config: EncoderConfig, store_root: str | os.PathLike = DEFAULT_ROOT) -> FeatureStore:
+def open_store(catalog: Catalog, config: EncoderConfig, store_root: str | os.PathLike = FEATURES_ROOT) -> FeatureStore:
     """The catalog's features by this encoder: loaded when warm, embedded (resumably) when not; an
     aligned store is computed from the offline store's features."""
     if config.name == "aligned":

@@ -25,9 +25,9 @@ from fsl.encoders.base import Encoder
 from fsl.encoders.factory import encoder_from_config
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
-from fsl.harness.calibration import CALIBRATION_DIR, Calibration, config_key, find_calibration
-from fsl.paths import CACHE_DIR, DEFAULT_EPISODES_DIR, split_file
-from fsl.store.features import DEFAULT_ROOT, FeatureStore
+from fsl.harness.calibration import Calibration, config_key, find_calibration
+from fsl.paths import CALIBRATION_DIR, DEFAULT_EPISODES_DIR, DEMO_SAVED_DIR, FEATURES_ROOT, split_file
+from fsl.store.features import FeatureStore
 from fsl.store.open import open_store
 
 TAUGHT = "taught categories"
@@ -37,7 +37,6 @@ MAX_TEXT_LINES = 100  # per teach request: more would hold the queue for everyon
 MAX_TEXT_CHARS = 2000  # per query text
 CONCURRENT_REQUESTS = 8  # predictions and searches served side by side (the model is shared read-only)
 NONE_OF_THESE = "none of these"
-SAVED_DIR = CACHE_DIR / "demo"  # saved category sets: one support folder (and its zip) each
 MAX_ZIP_BYTES = 200 * 1024 * 1024  # unpacked size of an uploaded category set
 MAX_ZIP_FILES = 2000
 
@@ -52,7 +51,7 @@ class DemoBackend:
     example_classes: list[str]
     classifier: CatalogClassifier | None = None  # a trained head over the catalog's classes, if given
     calibrations: dict[str, Calibration | None] = field(default_factory=dict)  # per scorer kind (teach.SCORER_CONFIGS)
-    saved_root: Path = SAVED_DIR
+    saved_root: Path = DEMO_SAVED_DIR
     index: SearchIndex | None = None  # search and nearest examples: set by make_backend
 
     def answered_by(self, kind: str | None) -> str:
@@ -144,11 +143,11 @@ def make_backend(
     episodes_root=None,
     classifier: CatalogClassifier | None = None,
     calibration_root: str | os.PathLike = CALIBRATION_DIR,
-    saved_root: str | os.PathLike = SAVED_DIR,
+    saved_root: str | os.PathLike = DEMO_SAVED_DIR,
 ) -> DemoBackend:
     """The encoder and store of the same config as the CLI; example classes from the novel split."""
 
-    store = open_store(catalog, encoder_config, store_root or DEFAULT_ROOT)
+    store = open_store(catalog, encoder_config, store_root or FEATURES_ROOT)
     counts = catalog.labels("articleType").value_counts()
     if split_file(catalog, "articleType", 0, episodes_root or DEFAULT_EPISODES_DIR).is_file():
         split = ClassSplit.load(catalog, "articleType", 0, episodes_root or DEFAULT_EPISODES_DIR).table
