@@ -18,6 +18,8 @@ from fsl.files import safe_name
 RUNTIMES = ("auto", "onnx", "eager")
 # Photos whose image features reach this cosine are one near-duplicate group (fsl.episodes.near_duplicates)
 NEAR_DUPLICATE_THRESHOLD = 0.98
+# The "none of these" scores a calibration can threshold (fsl/harness/open_set.py)
+UNKNOWN_SCORES = ("max-softmax", "energy", "nearest-support", "mahalanobis")
 
 
 @dataclass(frozen=True)

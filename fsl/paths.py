@@ -20,7 +20,11 @@ DEMO_SAVED_DIR = CACHE_DIR / "demo"  # the demo's saved category sets: one suppo
 DEFAULT_EPISODES_DIR = Path("episodes")
 DEFAULT_CHECKPOINTS = Path("checkpoints")
 ALIGN_DIR = DEFAULT_CHECKPOINTS / "align"
-CALIBRATION_DIR = Path("calibration")
+# Calibrations: the ones shipped with the package (fitted by `fsl calibrate` on validation classes), and
+# a user's own under the cache, looked up first. Both are found from any working directory.
+SHIPPED_CALIBRATION_DIR = Path(__file__).parent / "calibration"
+USER_CALIBRATION_DIR = CACHE_DIR / "calibration"
+CONTENT_CACHE_DIR = CACHE_DIR / "embeddings"  # features of users' own photos and texts, by content
 RESULTS_DIR = Path("results")
 NEAR_DUPLICATES_FILE = "near-duplicates.json"
 DIGESTS_FILE = "digests.json"  # each frozen episode file's digest, recorded when it was drawn
@@ -86,6 +90,17 @@ def checkpoint_dir(name: str, root: str | os.PathLike = DEFAULT_CHECKPOINTS) -> 
 def store_path(root: str | os.PathLike, encoder_id: str, catalog_fingerprint: str) -> Path:
     """The store's key: encoder id and catalog content, so a changed catalog gets a new store."""
     return Path(root) / f"{re.sub(r'[^A-Za-z0-9.+-]+', '_', encoder_id)}-{catalog_fingerprint}"
+
+
+def calibration_dirs(chosen: str | os.PathLike | None = None) -> list[Path]:
+    """Where calibrations are looked up: only `chosen` (--calibration-dir) when given, else the user's
+    own, then the shipped ones."""
+    return [Path(chosen)] if chosen is not None else [USER_CALIBRATION_DIR, SHIPPED_CALIBRATION_DIR]
+
+
+def content_cache_dir(encoder_id: str, root: str | os.PathLike | None = None) -> Path:
+    """One encoder's features of files and texts by content digest (fsl/store/content.py)."""
+    return Path(root or CONTENT_CACHE_DIR) / re.sub(r"[^A-Za-z0-9.+-]+", "_", encoder_id)
 
 
 def onnx_path(encoder_id: str, tower: str = "", root: str | os.PathLike = ONNX_DIR) -> Path:

@@ -20,6 +20,7 @@ from fsl.harness.calibration import (
     open_set_figures,
     threshold_for,
 )
+from fsl.harness.open_set import SCORES
 
 
 def overconfident_scores(n=6000, n_way=5, scale=3.0, seed=0):
@@ -47,7 +48,8 @@ def test_the_threshold_accepts_the_target_share_of_unknowns_and_auroc_ranks_them
     threshold = threshold_for(unknown, 0.2)
     assert 0.19 <= (unknown >= threshold).mean() <= 0.2
     probabilities = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.55, 0.45]])
-    figures = open_set_figures(probabilities, np.array([0, 1, -1, -1]), threshold=0.7)
+    confidence = probabilities.max(-1).values.numpy()  # the max-softmax score
+    figures = open_set_figures(probabilities, confidence, np.array([0, 1, -1, -1]), threshold=0.7)
     assert figures["auroc"] == 1.0  # every known query is more confident than every unknown one
     assert figures["known_unknown_rate"] == 0.0 and figures["false_accept"] == 0.0
     assert figures["known_accuracy"] == 0.5  # the second is answered, but wrong
@@ -128,7 +130,11 @@ def test_calibrate_reads_validation_classes_only_until_it_has_saved(open_set_sli
     first_save = events.index("saved")
     assert set(events[:first_save]) == {"val"} and "novel" in events[first_save:]
     assert calibration.validation["nll_after"] <= calibration.validation["nll_before"]
-    assert calibration.temperature > 0 and 0 < calibration.threshold <= 1
+    assert calibration.temperature > 0
+    compared = calibration.validation["scores"]  # every "none of these" score, compared on validation only
+    assert set(compared) == set(SCORES)
+    assert calibration.score == max(compared, key=lambda name: compared[name]["auroc"])
+    assert calibration.validation["false_accept"] <= 0.2 + 1e-9  # the threshold's target, on validation
     assert set(calibration.novel) == {"novel-3w5s", "open-novel-allway-5s"}
     assert 0 <= calibration.novel["open-novel-allway-5s"]["auroc"] <= 1
 
@@ -137,6 +143,10 @@ def test_calibrate_reads_validation_classes_only_until_it_has_saved(open_set_sli
     other = ExperimentConfig(name="pn", method="protonet", fusion="image", method_options={"metric": "cosine"})
     assert find_calibration(config_key(other, calibration.encoder), tmp_path) is None
 
+    softmax = calibrate(config, catalog, root / "store", root / "ckpt", episodes_root, tmp_path / "s",
+                        temperature_set="val-3w5s", report_sets=(), open_novel_set="novel-allway-5s",
+                        score="max-softmax")  # fmt: skip
+    assert softmax.score == "max-softmax" and 0 < softmax.threshold <= 1
     with pytest.raises(FslError, match="validation classes only"):
         calibrate(config, catalog, root / "store", root / "ckpt", episodes_root, tmp_path, temperature_set="novel-3w5s")
     with pytest.raises(FslError, match="between 0 and 1"):

@@ -12,7 +12,7 @@ from tests.conftest import make_slice
 gradio_client = pytest.importorskip("gradio_client")
 CLASSES = ["Watches", "Handbags", "Casual Shoes"]
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-CALIBRATION = Path(__file__).resolve().parents[1] / "calibration"  # fitted on the real data's validation classes
+CALIBRATION = Path(__file__).resolve().parents[1] / "fsl" / "calibration"  # fitted on the real data's validation classes
 TAUGHT = "taught categories"
 
 
@@ -33,7 +33,7 @@ def backend(tmp_path_factory):
         root / "store",
         root / "episodes",
         classifier,
-        calibration_root=CALIBRATION,
+        calibration_dir=CALIBRATION,
         saved_root=root / "saved",
     )
 
@@ -342,7 +342,7 @@ def test_a_category_outside_the_taught_ones_is_none_of_these(served):
     teach(session, "Bags", photos(catalog, "Handbags")[:5])
     answers = [answer_of(session, q) for q in photos(catalog, "Casual Shoes")[:8]]
     assert sum(a == "none of these" for a, _, _ in answers) >= 5
-    assert all("calibrated on validation classes" in status and "offline" in status for _, _, status in answers)
+    assert all("fitted on validation classes" in status and "offline" in status for _, _, status in answers)
     known = [answer_of(session, q)[0] for q in photos(catalog, "Watches")[5:9] + photos(catalog, "Handbags")[5:9]]
     assert sum(a in ("Watches", "Bags") for a in known) >= 6
 

@@ -197,7 +197,7 @@ def test_mutated_sidecars_are_refused_or_read_as_written(tmp_path):
     from fsl.methods import create_head
     from fsl.methods.fusion import create_fusion
 
-    calibration = next((Path(__file__).resolve().parents[1] / "calibration").glob("*.json"))
+    calibration = next((Path(__file__).resolve().parents[1] / "fsl" / "calibration").glob("*.json"))
     head = create_head("protonet", create_fusion("gate", 6, 4), projection="diagonal")
     save_head(tmp_path / "ckpt", head, {"encoder_id": "enc"})
     meta = {"towers": "offline:efficientnet-lite0+all-MiniLM-L6-v2", "image_dim": 6, "text_dim": 4, "dim": 3,

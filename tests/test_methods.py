@@ -340,17 +340,17 @@ def test_cosine_prototypes_is_the_demo_s_scorer_batched():
         create_head("cosine_prototypes", create_fusion("gate", IMAGE_DIM, TEXT_DIM))
 
 
-def test_the_demo_scorer_configs_are_the_experiment_files():
-    """What the demo looks its calibration up by is what `fsl calibrate experiments/...` fitted."""
+def test_the_named_support_heads_are_the_experiment_files():
+    """What `fsl predict --support`, the demo and the API look their calibration up by is what
+    `fsl calibrate experiments/...` fitted."""
     from pathlib import Path
 
-    from fsl.apps.predict import SUPPORT_HEADS
-    from fsl.apps.support import SCORER_CONFIGS
+    from fsl.apps.classifier import NAMED_HEADS
     from fsl.config import load_config
     from fsl.harness.calibration import config_key
 
     experiments = Path(__file__).resolve().parents[1] / "experiments"
-    for config in [*SCORER_CONFIGS.values(), *SUPPORT_HEADS.values()]:
+    for config in NAMED_HEADS.values():
         assert config_key(config, "enc") == config_key(load_config(experiments / f"{config.name}.yaml"), "enc")
 
 

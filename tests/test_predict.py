@@ -12,7 +12,7 @@ from fsl.cli.main import main
 
 CLASSES = ["Watches", "Handbags", "Casual Shoes"]
 REPO = Path(__file__).resolve().parents[1]
-CALIBRATION = REPO / "calibration"  # fitted by `fsl calibrate` on the real data's validation classes
+CALIBRATION = REPO / "fsl" / "calibration"  # fitted by `fsl calibrate` on the real data's validation classes
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +60,24 @@ def test_own_categories_from_a_folder_classify_held_out_photos_with_a_contact_sh
     root, truth = folders
     out = root / "predictions.csv"
     assert predict(small_dump, root, root / "support", out) == 0
-    assert "3 categories from" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "3 categories from" in printed
+    # the catalog is not embedded: it is never embedded for a few photos, and the output says so
+    assert "catalog extras off: the catalog is not embedded with this encoder" in printed
+    assert not (root / "store").exists()
     table = pd.read_csv(out)
     assert set(table["file"]) == set(truth) and table["error"].isna().all()
+    assert table["nearest_id"].isna().all()
     correct = (table["label_1"] == table["file"].map(truth)).mean()
     assert correct >= 0.8  # chance is 1/3
-    # the closest catalog product of each photo (search index): these photos are catalog products, so itself
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # once it is embedded, the closest catalog product of each photo (search index): these photos are
+    # catalog products, so itself
+    assert main(["embed", "--data", str(small_dump), "--store-root", str(root / "store")]) == 0
+    assert predict(small_dump, root, root / "support", out) == 0
+    assert "nearest catalog example on" in capsys.readouterr().out
+    table = pd.read_csv(out)
     assert (table["nearest_id"].astype(str) + ".jpg" == table["file"]).all()
     assert (table["nearest_label"] == table["file"].map(truth)).all()
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -105,7 +117,8 @@ def test_photos_of_a_category_not_in_the_support_are_mostly_unknown(small_dump, 
         == 0
     )
     printed = capsys.readouterr().out
-    assert "head linear-probe-image, calibrated on validation classes" in printed and 'answered "unknown"' in printed
+    assert f"head linear-probe-image, encoder offline:efficientnet-lite0+all-MiniLM-L6-v2; calibration {CALIBRATION}" in printed
+    assert "fitted on validation classes" in printed and ' "unknown"' in printed
     table = pd.read_csv(out).set_index("file")
     unknown = table.loc[[p.name for p in tshirts], "answer"]
     known = table.loc[list(truth), "answer"]
@@ -161,7 +174,9 @@ def test_a_fused_head_without_texts_falls_back_to_its_image_part_and_says_so(sma
         "linear-probe-fused-masked fuses image and text, but no --texts were given: classifying with its "
         "image part only (fusion: image)"
     ) in captured.err
-    assert "linear-probe-fused-masked--image-part, calibrated" in captured.out  # the image-only head's calibration
+    # the image-only head's calibration
+    assert "linear-probe-fused-masked--image-part, encoder" in captured.out
+    assert f"calibration {CALIBRATION / 'linear-probe-image.json'}, fitted on validation classes" in captured.out
     texts = tmp_path / "texts.csv"
     pd.DataFrame({"file": list(truth)[:3], "text": ["a product"] * 3}).to_csv(texts, index=False)
     assert (

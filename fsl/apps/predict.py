@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fsl.apps.classifier import DEFAULT_HEAD, FUSED_DEFAULT_HEAD, NAMED_HEADS, FewShotClassifier
 from fsl.apps.index import open_index
 from fsl.apps.support import (
     IMAGE_WEIGHT,
@@ -33,7 +34,7 @@ from fsl.files import IMAGE_SUFFIXES, atomic_path, check_writable_target, write_
 from fsl.harness.calibration import UNKNOWN, Calibration, config_key, find_calibration
 from fsl.harness.checkpoints import read_meta
 from fsl.harness.experiment import experiment_head
-from fsl.paths import CALIBRATION_DIR, FEATURES_ROOT, checkpoint_dir
+from fsl.paths import FEATURES_ROOT, checkpoint_dir
 
 
 def support_rows(
@@ -54,23 +55,6 @@ def support_rows(
     return classes, np.concatenate(rows)
 
 
-# With no --checkpoint or --config: the best image-only head (docs/results.md), or with texts its fused,
-# label-masked sibling (both chosen on validation classes).
-SUPPORT_HEADS = {
-    "image": ExperimentConfig(
-        name="linear-probe-image", method="linear_probe", method_options={"init": "prototypes", "C": 10}, fusion="image"
-    ),
-    "fused": ExperimentConfig(
-        name="linear-probe-fused-masked",
-        method="linear_probe",
-        method_options={"init": "prototypes", "C": 10},
-        fusion="concat",
-        fusion_options={"image_weight": 0.7},
-        text_variant="masked-articleType",
-    ),
-}
-
-
 def choose_config(
     checkpoint: str | None, config_path: str | None, support: SupportFolder | None, texts: str
 ) -> tuple[ExperimentConfig, str | None]:
@@ -84,7 +68,7 @@ def choose_config(
     elif config_path:
         config = load_config(config_path)
     else:
-        return SUPPORT_HEADS["fused" if texts == "all" else "image"], None
+        return NAMED_HEADS[FUSED_DEFAULT_HEAD if texts == "all" else DEFAULT_HEAD], None
     if config.fusion == "image" or texts == "all":
         return config, None
     if checkpoint or config.train is not None:
@@ -126,7 +110,7 @@ class CatalogClassifier:
         support: SupportFolder | None = None,
         texts: str = "all",
         classes: list[str] | None = None,
-        calibration_root: str | os.PathLike = CALIBRATION_DIR,
+        calibration_dir: str | os.PathLike | None = None,
     ):
         config, self.note = choose_config(checkpoint, config_path, support, texts)
         # a config with a train: section gets its trained checkpoint, never a silently untrained head
@@ -137,7 +121,7 @@ class CatalogClassifier:
         self.name = Path(checkpoint).parent.name if checkpoint else config.name
         weights = checkpoint or (checkpoint_dir(config.name) / "best" if config.train is not None else None)
         self.calibration: Calibration | None = find_calibration(
-            config_key(config, self.store.encoder_id, weights), calibration_root
+            config_key(config, self.store.encoder_id, weights), calibration_dir
         )
         self.fused = config.fusion != "image"
         masked = config.text_variant.startswith("masked-")  # mask query texts as the support texts were
@@ -173,20 +157,21 @@ class CatalogClassifier:
         return np.concatenate([image, text_feature])
 
     @torch.no_grad()
-    def probabilities(self, queries: np.ndarray) -> torch.Tensor:
-        """[Q, image_dim + text_dim] -> [Q, classes], calibrated where a calibration was found."""
-        logits = self.head(
-            self.support, self.support_labels, torch.from_numpy(queries).unsqueeze(0), len(self.classes)
-        )[0]
-        return self.calibration.probabilities(logits) if self.calibration else torch.softmax(logits, -1)
-
-    def answer(self, label: str, confidence: float) -> str:
-        """The label, or "unknown" when the calibrated confidence is below the threshold."""
-        return UNKNOWN if self.calibration and confidence < self.calibration.threshold else label
+    def probabilities(self, queries: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[Q, image_dim + text_dim] -> ([Q, classes] probabilities, calibrated where a calibration was
+        found; [Q] whether each is answered, None when uncalibrated: no "unknown" answer)."""
+        query = torch.from_numpy(queries)
+        logits = self.head(self.support, self.support_labels, query.unsqueeze(0), len(self.classes))[0]
+        if self.calibration is None:
+            return torch.softmax(logits, -1), None
+        scores = self.calibration.scores(
+            logits, self.head.embed(self.support[0]), self.support_labels[0], self.head.embed(query)
+        )
+        return self.calibration.probabilities(logits), scores >= self.calibration.threshold
 
     def describe(self) -> str:
         if self.calibration:
-            return f"head {self.name}, {self.calibration.describe()}"
+            return f"head {self.name}; {self.calibration.describe()}"
         return (
             f'head {self.name}, uncalibrated (raw softmax, no "{UNKNOWN}" answer): `fsl calibrate` an '
             f"experiment config with this head and fusion ({self.config.method}, {self.config.fusion}) to fit it"
@@ -215,6 +200,124 @@ def parse_classes(text: str | None, catalog: Catalog) -> list[str] | None:
     return classes
 
 
+def photo_files(images: str | os.PathLike) -> tuple[Path, list[Path]]:
+    """--images: the folder and its photos, or an error naming it."""
+    folder = Path(images)
+    if not folder.is_dir():
+        raise FslError(f"--images {folder} is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FslError(f"no photos ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    return folder, files
+
+
+def check_out(out: str | os.PathLike) -> None:
+    """--out: a .csv path that can be written (checked before any work), with a contact sheet beside it."""
+    if Path(out).suffix.lower() != ".csv":
+        raise FslError(f"--out {out}: expected a .csv file (the contact sheet goes beside it, as .png)")
+    check_writable_target(Path(out))  # refuse a device, FIFO or link as output
+    check_writable_target(Path(out).with_suffix(".png"))
+
+
+def report_support(support: SupportFolder) -> None:
+    """What of a support folder is not used, and why (stderr)."""
+    for name, why in support.skipped:
+        print(f"fsl predict: skipped support file {name}: {why}", file=sys.stderr)
+    for first, second in support.duplicates:
+        print(f"fsl predict: the same photo is in two categories: {first} and {second}", file=sys.stderr)
+    unpaired = sum(len(texts) for texts in support.category_texts.values())
+    if unpaired:
+        print(
+            f"fsl predict: {unpaired} text example(s) without a photo in {support.root / 'texts.csv'} are not "
+            "used: the heads need a photo per example (the demo uses them)",
+            file=sys.stderr,
+        )
+
+
+def write_predictions(records: list[dict], folder: Path, out: str | os.PathLike, top_k: int) -> Path:
+    """The CSV (fixed columns) and its contact sheet."""
+    columns = (
+        ["file", "answer"]
+        + [f"{kind}_{r}" for r in range(1, top_k + 1) for kind in ("label", "confidence")]
+        + ["nearest_id", "nearest_label", "error"]
+    )
+    contact_sheet(records, folder, Path(out).with_suffix(".png"))
+    return write_csv(pd.DataFrame(records).reindex(columns=columns), out)
+
+
+def add_nearest(records: list[dict], image_features: list[np.ndarray], catalog: Catalog, store, column: str) -> None:
+    """The catalog product whose photo is closest to each photo, through the store's search index."""
+    index = open_index(store, IMAGE_WEIGHT)
+    image_dim = store.manifest["image_dim"]
+    _, nearest = index.search(np.stack([index.query(q[:image_dim], None) for q in image_features]), 1)
+    good = iter(nearest[:, 0])
+    products = catalog.products
+    for record in records:
+        if not record["error"]:
+            row = int(next(good))
+            record["nearest_id"] = int(products.at[row, "id"])
+            record["nearest_label"] = products.at[row, column]
+
+
+def support_classifier(
+    support_folder: str | os.PathLike,
+    images: str | os.PathLike,
+    texts: str | None = None,
+    config_path: str | None = None,
+    classes: list[str] | None = None,
+    calibration_dir: str | os.PathLike | None = None,
+) -> tuple[FewShotClassifier, SupportFolder, str | None]:
+    """The classifier of a support folder (the default head, or a config's, which with texts missing
+    falls back to its image part), the folder as read, and a note when the head is not the one asked for."""
+    support = read_support_folder(support_folder)
+    _, files = photo_files(images)
+    coverage = text_coverage(files, read_texts(texts), support, texts is not None)
+    config, note = choose_config(None, config_path, support, coverage)
+    classifier = FewShotClassifier.from_folder(support_folder, config, classes, calibration_dir=calibration_dir)
+    return classifier, support, note
+
+
+def predict_with_support(
+    classifier: FewShotClassifier,
+    images: str | os.PathLike,
+    texts: str | None = None,
+    out: str | os.PathLike = "results/predictions.csv",
+    top_k: int = 3,
+    catalog_store: tuple[Catalog, object] | None = None,
+) -> tuple[Path, list[dict]]:
+    """Classify every photo of `images` among a support folder's categories; needs no catalog. With
+    `catalog_store` (a catalog and its embedded store) each photo also gets its nearest catalog product.
+    Returns the CSV written and its records."""
+    folder, files = photo_files(images)
+    check_out(out)
+    text_of = read_texts(texts)
+    records, readable = [], []
+    for path in files:
+        try:
+            open_image(path)
+        except FslError as error:
+            records.append({"file": path.name, "error": str(error)})
+            continue
+        records.append({"file": path.name, "error": ""})
+        readable.append(path)
+    features = classifier.embed_photos(readable) if readable else np.empty((0, 0), dtype=np.float32)
+    answers = iter(
+        classifier.answer_features(features, [text_of.get(p.name, "") for p in readable]) if readable else []
+    )
+    for record in records:
+        if record["error"]:
+            continue
+        answer = next(answers)
+        record["answer"] = answer.label
+        for rank, (label, confidence) in enumerate(answer.top[:top_k], 1):
+            record[f"label_{rank}"] = label
+            record[f"confidence_{rank}"] = round(confidence, 4)
+    if catalog_store is not None and readable:
+        catalog, store = catalog_store
+        add_nearest(records, list(features), catalog, store, classifier.config.label_column)
+    return write_predictions(records, folder, out, top_k), records
+
+
 def predict_folder(
     catalog: Catalog,
     checkpoint: str | None,
@@ -227,35 +330,19 @@ def predict_folder(
     store_root: str | os.PathLike = FEATURES_ROOT,
     support_folder: str | os.PathLike | None = None,
     classes: str | None = None,
-    calibration_root: str | os.PathLike = CALIBRATION_DIR,
+    calibration_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """Classify every photo of `images`; writes the CSV (top-k labels and confidences per photo, the
-    answer after the unknown rule, an `error` cell for unreadable ones) and a contact sheet beside it."""
-    folder = Path(images)
-    if not folder.is_dir():
-        raise FslError(f"--images {folder} is not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FslError(f"no photos ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
-    if Path(out).suffix.lower() != ".csv":  # the contact sheet is written beside it as .png
-        raise FslError(f"--out {out}: expected a .csv file (the contact sheet goes beside it, as .png)")
-    check_writable_target(Path(out))  # before any work: refuse a device, FIFO or link as output
-    check_writable_target(Path(out).with_suffix(".png"))
+    """Classify every photo of `images` with a catalog head (a trained checkpoint, or a config that
+    needs the catalog's store); writes the CSV (top-k labels and confidences per photo, the answer
+    after the unknown rule, the nearest catalog product, an `error` cell for unreadable ones) and a
+    contact sheet beside it."""
+    folder, files = photo_files(images)
+    check_out(out)
     text_of = read_texts(texts)
     only = parse_classes(classes, catalog)
     support = read_support_folder(support_folder) if support_folder is not None else None
     if support is not None:
-        for name, why in support.skipped:
-            print(f"fsl predict: skipped support file {name}: {why}", file=sys.stderr)
-        for first, second in support.duplicates:
-            print(f"fsl predict: the same photo is in two categories: {first} and {second}", file=sys.stderr)
-        unpaired = sum(len(texts) for texts in support.category_texts.values())
-        if unpaired:
-            print(
-                f"fsl predict: {unpaired} text example(s) without a photo in {support.root / 'texts.csv'} are not "
-                "used: the heads need a photo per example (the demo uses them)",
-                file=sys.stderr,
-            )
+        report_support(support)
     classifier = CatalogClassifier(
         catalog,
         checkpoint,
@@ -265,7 +352,7 @@ def predict_folder(
         support,
         text_coverage(files, text_of, support, texts is not None),
         only,
-        calibration_root,
+        calibration_dir,
     )
     if classifier.note:
         print(f"fsl predict: {classifier.note}", file=sys.stderr)
@@ -274,7 +361,7 @@ def predict_folder(
         if support is not None
         else f"{len(classifier.classes)} catalog classes ({shots} examples each)"
     )
-    print(f"{source}; {classifier.describe()}")
+    print(f"{classifier.describe()}; {source}")
 
     records, queries = [], []
     for path in files:
@@ -286,7 +373,8 @@ def predict_folder(
         queries.append(classifier.features(image, text_of.get(path.name, "")))
         records.append({"file": path.name, "error": ""})
     if queries:
-        top = classifier.probabilities(np.stack(queries)).topk(min(top_k, len(classifier.classes)), dim=-1)
+        probabilities, known = classifier.probabilities(np.stack(queries))
+        top = probabilities.topk(min(top_k, len(classifier.classes)), dim=-1)
         good = iter(range(len(queries)))
         for record in records:
             if record["error"]:
@@ -295,32 +383,16 @@ def predict_folder(
             for rank, (value, index) in enumerate(zip(top.values[i], top.indices[i]), 1):
                 record[f"label_{rank}"] = classifier.classes[int(index)]
                 record[f"confidence_{rank}"] = round(float(value), 4)
-            record["answer"] = classifier.answer(record["label_1"], float(top.values[i, 0]))
-    if queries:  # the catalog product whose photo is closest to each photo, through the store's search index
-        index = open_index(classifier.store, IMAGE_WEIGHT)
+            record["answer"] = record["label_1"] if known is None or bool(known[i]) else UNKNOWN
         image_dim = classifier.store.manifest["image_dim"]
-        _, nearest = index.search(np.stack([index.query(q[:image_dim], None) for q in queries]), 1)
-        good = iter(nearest[:, 0])
-        products = catalog.products
-        for record in records:
-            if not record["error"]:
-                row = int(next(good))
-                record["nearest_id"] = int(products.at[row, "id"])
-                record["nearest_label"] = products.at[row, classifier.config.label_column]
+        add_nearest(
+            records, [q[:image_dim] for q in queries], catalog, classifier.store, classifier.config.label_column
+        )
     answered = [r for r in records if not r["error"]]
     if classifier.calibration and answered:
         unknown = sum(r["answer"] == UNKNOWN for r in answered)
-        print(
-            f'{unknown} of {len(answered)} photos answered "{UNKNOWN}" (confidence below '
-            f"{classifier.calibration.threshold:.0%})"
-        )
-    columns = (
-        ["file", "answer"]
-        + [f"{kind}_{r}" for r in range(1, top_k + 1) for kind in ("label", "confidence")]
-        + ["nearest_id", "nearest_label", "error"]
-    )
-    contact_sheet(records, folder, Path(out).with_suffix(".png"))
-    return write_csv(pd.DataFrame(records).reindex(columns=columns), out)
+        print(f'{unknown} of {len(answered)} photos answered "{UNKNOWN}" ({classifier.calibration.rule()})')
+    return write_predictions(records, folder, out, top_k)
 
 
 def contact_sheet(records: list[dict], folder: Path, path: Path, limit: int = 60) -> Path:

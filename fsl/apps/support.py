@@ -1,14 +1,10 @@
-"""New categories from a few examples, for the demo and `fsl predict`: prototypes per modality.
+"""Support sets on disk and the demo's taught categories.
 
-A taught category keeps the mean image feature and the mean text feature of its examples (either
-may be missing). A query is scored against each category by cosine similarity on the modalities
-both have, weighted as in the fused experiments (the `cosine_prototypes` head, batched, is the same
-scorer on episodes); a softmax at the temperature `fsl calibrate` fitted on validation classes turns
-scores into confidences, and a top confidence below its threshold is "none of these".
-
-Taught categories are saved as a support folder (`fsl predict --support` reads the same folder):
-one sub-folder of photos per category, and `texts.csv` whose `file` cell is `Category/` for a text
-example without a photo."""
+A support folder (`fsl predict --support`, the Python API, the demo's saved sets) holds one
+sub-folder of example photos per category, and optionally `texts.csv` (file,text; a `file` cell
+`Category/` is a text example without a photo). Photos are answered by fsl/apps/classifier.py; a
+query given as a text only is scored here, by cosine to the categories' text examples (uncalibrated).
+"""
 
 from __future__ import annotations
 
@@ -23,31 +19,15 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from fsl.config import ExperimentConfig
 from fsl.encoders.base import Encoder
 from fsl.errors import FslError
 from fsl.files import IMAGE_SUFFIXES, write_csv
+from fsl.store.content import ContentCache
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
 IMAGE_WEIGHT = 0.7  # as the fused experiments, chosen on validation classes
-TEMPERATURE = 0.05  # where no calibration was fitted
-
-# What `fsl calibrate` fits for the demo: experiments/cosine-prototypes-{image,fused-masked}.yaml
-# (a test checks they agree). A query with a photo only is scored on images; with a photo and a text,
-# against categories that have texts, on both.
-SCORER_CONFIGS = {
-    "image": ExperimentConfig(
-        name="cosine-prototypes-image", method="cosine_prototypes", fusion="image", text_variant="plain"
-    ),
-    "fused": ExperimentConfig(
-        name="cosine-prototypes-fused-masked",
-        method="cosine_prototypes",
-        fusion="concat",
-        fusion_options={"image_weight": IMAGE_WEIGHT},
-        text_variant="masked-articleType",
-    ),
-}
+TEMPERATURE = 0.05  # text-only queries: uncalibrated
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
@@ -121,13 +101,6 @@ def scores(
         if weights:
             out[category.name] = total / weights
     return out
-
-
-def scorer_kind(categories: list[Category], image: np.ndarray | None, text: np.ndarray | None) -> str | None:
-    """Which calibration fits a query: "image", "fused", or None (a text-only query: uncalibrated)."""
-    if image is None:
-        return None
-    return "fused" if text is not None and any(c.text_features for c in categories) else "image"
 
 
 def confidences(
@@ -305,9 +278,9 @@ def save_categories(categories: list[Category], folder: str | os.PathLike) -> Pa
     return folder
 
 
-def load_categories(support: SupportFolder, encoder: Encoder) -> list[Category]:
-    """Categories from a support folder: each photo embedded, its paired text and the category's
-    texts as text examples (the demo keeps photos and texts apart)."""
+def load_categories(support: SupportFolder, cache: ContentCache) -> list[Category]:
+    """Categories from a support folder: each photo embedded (through the content cache), its paired
+    text and the category's texts as text examples (the demo keeps photos and texts apart)."""
     categories = []
     for index, name in enumerate(support.classes):
         photos = [p for p, label in zip(support.photos, support.labels) if label == index]
@@ -315,8 +288,8 @@ def load_categories(support: SupportFolder, encoder: Encoder) -> list[Category]:
         categories.append(
             Category(
                 name,
-                [embed_image(encoder, open_image(p)) for p in photos],
-                [embed_text(encoder, text) for text in texts],
+                list(cache.images(photos)) if photos else [],
+                list(cache.texts(texts)) if texts else [],
                 [str(p) for p in photos],
                 texts,
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from fsl.cli.common import (
 )
 from fsl.errors import FslError
 from fsl.files import IMAGE_SUFFIXES
-from fsl.paths import CALIBRATION_DIR, FEATURES_ROOT
+from fsl.paths import FEATURES_ROOT, SHIPPED_CALIBRATION_DIR, USER_CALIBRATION_DIR
 
 
 def cmd_demo(args) -> None:
@@ -36,36 +37,95 @@ def cmd_demo(args) -> None:
         CatalogClassifier(catalog, args.checkpoint, None, store_root=args.store_root) if args.checkpoint else None
     )
     backend = make_backend(
-        catalog, encoder_config(args), args.store_root, classifier=classifier, calibration_root=args.calibration_dir
+        catalog, encoder_config(args), args.store_root, classifier=classifier, calibration_dir=args.calibration_dir
     )
     print(f"demo ready in {time.perf_counter() - started:.1f} s on http://{args.host}:{args.port} (Ctrl+C to stop)")
     launch(backend, args.host, args.port)
 
 
-def cmd_predict(args) -> None:
-    from fsl.apps.predict import predict_folder
+def catalog_if_any(data: str | None):
+    """The catalog when one is at hand (--data, $FSL_DATA or data/fashion-product-images), else None
+    with the reason: own-category predictions need none."""
+    from fsl.data.catalog import resolve_data_dir
     from fsl.data.prepared import load_catalog
+
+    try:
+        resolve_data_dir(data)
+    except FslError:
+        return None, "no catalog (--data or FSL_DATA)"
+    return load_catalog(data), ""
+
+
+def cmd_predict(args) -> None:
+    from fsl.apps.classifier import needs_catalog
+    from fsl.apps.predict import predict_folder, predict_with_support, report_support, support_classifier
+    from fsl.config import load_config
+    from fsl.data.prepared import load_catalog
+    from fsl.paths import store_path
+    from fsl.store.features import FeatureStore, is_complete
 
     if not (args.checkpoint or args.config or args.support):
         raise FslError(
             "give --support DIR (your own categories: one sub-folder of example photos each), "
             "--checkpoint checkpoints/NAME/best or --config experiments/NAME.yaml"
         )
-    catalog = load_catalog(args.data)
-    out = predict_folder(
-        catalog,
-        args.checkpoint,
-        args.config,
-        args.images,
-        args.texts,
-        args.out,
-        args.top_k,
-        args.shots,
-        args.store_root,
-        args.support,
-        args.classes,
-        args.calibration_dir,
-    )
+    if args.calibrate_on_support and not args.support:
+        raise FslError("--calibrate-on-support needs --support DIR (the categories it is fitted on)")
+    config = load_config(args.config) if args.config else None
+    if args.support and not args.checkpoint and (config is None or not needs_catalog(config)):
+        started = time.perf_counter()
+        classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+        classifier, support, note = support_classifier(
+            args.support, args.images, args.texts, args.config, classes, args.calibration_dir
+        )
+        report_support(support)
+        if note:
+            print(f"fsl predict: {note}", file=sys.stderr)
+        if args.calibrate_on_support:
+            calibration = classifier.calibrate_on_support(args.false_accept)
+            figures = calibration.validation
+            print(
+                f"fsl predict: calibrated on the support: AUROC taught vs untaught {figures['auroc']:.3f}; an untaught "
+                f"category's photos accepted about {figures['estimated_false_accept']:.0%} of the time (leave one "
+                f"category out), taught photos answered {figures['taught_answered']:.0%}",
+                file=sys.stderr,
+            )
+        catalog, why_not = catalog_if_any(args.data)
+        store = None
+        if catalog is not None:
+            path = store_path(args.store_root, classifier.encoder.id, catalog.fingerprint)
+            store = FeatureStore.open(path) if is_complete(path) else None
+            why_not = "" if store else "the catalog is not embedded with this encoder (`fsl embed`)"
+        extras = "nearest catalog example on" if store else f"catalog extras off: {why_not}"
+        print(
+            f"{classifier.describe()}; {len(classifier.classes)} categories from {support.root} "
+            f"({len(classifier.labels)} examples); {extras}"
+        )
+        out, records = predict_with_support(
+            classifier, args.images, args.texts, args.out, args.top_k, (catalog, store) if store else None
+        )
+        answered = [r for r in records if not r["error"]]
+        unknown = sum(r["answer"] == "unknown" for r in answered)
+        print(
+            f"{len(answered)} photos answered in {time.perf_counter() - started:.1f} s "
+            f'({classifier.cache.hits} embeddings cached, {classifier.cache.misses} computed); {unknown} "unknown"'
+        )
+    else:
+        catalog = load_catalog(args.data)
+        out = predict_folder(
+            catalog,
+            args.checkpoint,
+            args.config,
+            args.images,
+            args.texts,
+            args.out,
+            args.top_k,
+            args.shots,
+            args.store_root,
+            args.support,
+            args.classes,
+            args.calibration_dir,
+        )
     print(f"wrote {out} and the contact sheet {Path(out).with_suffix('.png')}")
 
 
@@ -92,10 +152,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     demo.add_argument(
         "--calibration-dir",
-        default=str(CALIBRATION_DIR),
         metavar="DIR",
-        help="calibrations written by `fsl calibrate` (default calibration/): calibrated "
-        "confidences and the 'none of these' answer",
+        help=f"look up calibrations only in DIR (default: your own in {USER_CALIBRATION_DIR}, then the shipped "
+        f"ones in {SHIPPED_CALIBRATION_DIR}): calibrated confidences and the 'none of these' answer",
     )
     demo.set_defaults(run=cmd_demo)
 
@@ -135,10 +194,23 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     predict.add_argument(
         "--calibration-dir",
-        default=str(CALIBRATION_DIR),
         metavar="DIR",
-        help="calibrations written by `fsl calibrate` (default calibration/): calibrated "
-        "confidences and the 'unknown' answer",
+        help=f"look up calibrations only in DIR (default: your own in {USER_CALIBRATION_DIR}, then the shipped "
+        f"ones in {SHIPPED_CALIBRATION_DIR}): calibrated confidences and the 'none of these' answer",
+    )
+    predict.add_argument(
+        "--calibrate-on-support",
+        action="store_true",
+        help="fit the temperature and the 'unknown' threshold on the support itself (leave one category out: "
+        "at least 3 categories of 3 photos), for categories a validation-class calibration may not fit",
+    )
+    predict.add_argument(
+        "--false-accept",
+        type=float,
+        default=0.2,
+        metavar="RATE",
+        help="with --calibrate-on-support: share of an untaught category's photos the threshold may accept "
+        "(default 0.2)",
     )
     predict.add_argument("--store-root", default=str(FEATURES_ROOT), metavar="DIR", help=STORE_HELP)
     predict.set_defaults(run=cmd_predict)

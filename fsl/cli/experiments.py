@@ -100,12 +100,15 @@ def _announce(command: str, configs: list, catalog, args) -> dict[str, list[int]
 
 def cmd_eval(args) -> None:
     from fsl.data.prepared import load_catalog
-    from fsl.harness.experiment import run_experiment
+    from fsl.harness.experiment import episode_sets_to_run, run_experiment
     from fsl.harness.timings import record_run
 
     configs = _configs(args)
     catalog = load_catalog(args.data)
     plan = _announce("eval", configs, catalog, args)
+    for config in configs:  # a config with no episode set on a split is an error before any work
+        for split in plan[config.name]:
+            episode_sets_to_run(config, catalog, args.episodes_dir, split)
     results = []
     for config in configs:
         started = time.perf_counter()

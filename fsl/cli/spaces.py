@@ -14,8 +14,9 @@ from fsl.cli.common import (
     positive_int,
 )
 from fsl.cli.experiments import _configs
+from fsl.config import UNKNOWN_SCORES
 from fsl.errors import FslError
-from fsl.paths import ALIGN_DIR, CALIBRATION_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT
+from fsl.paths import ALIGN_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT, SHIPPED_CALIBRATION_DIR, USER_CALIBRATION_DIR
 
 
 def cmd_align(args) -> None:
@@ -70,6 +71,7 @@ def cmd_calibrate(args) -> None:
             args.episodes_dir,
             args.calibration_dir,
             args.false_accept,
+            score=args.score,
         )
         print(format_calibration(calibration))
         print(f"wrote {Path(args.calibration_dir) / (config.name + '.json')}")
@@ -147,9 +149,17 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         help="share of photos of untaught classes the threshold may still accept, on validation classes (default 0.2)",
     )
     calibrating.add_argument(
+        "--score",
+        default="auto",
+        choices=["auto", *UNKNOWN_SCORES],
+        help="the 'none of these' score the threshold applies to (default auto: the best AUROC on the "
+        "open-set validation episodes)",
+    )
+    calibrating.add_argument(
         "--calibration-dir",
-        default=str(CALIBRATION_DIR),
+        default=str(USER_CALIBRATION_DIR),
         metavar="DIR",
-        help="where calibrations are saved and found (default calibration/)",
+        help=f"where the calibration is saved (default {USER_CALIBRATION_DIR}: found before the shipped ones "
+        f"by fsl predict and the demo, from any folder; the shipped ones are in {SHIPPED_CALIBRATION_DIR})",
     )
     calibrating.set_defaults(run=cmd_calibrate)

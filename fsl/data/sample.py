@@ -6,6 +6,7 @@ shapes, so the numbers it gives say that the pipeline runs, nothing about accura
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from fsl.data.catalog import STYLES_COLUMNS
+from fsl.errors import FslError
 from fsl.files import atomic_path
 
 # (articleType, subCategory, masterCategory, shape drawn)
@@ -140,3 +142,49 @@ def make_sample_catalog(dest: str | os.PathLike, per_class: int = 20, seed: int 
     with atomic_path(stamp) as tmp:
         tmp.write_text(f"{SAMPLE_VERSION}\n")
     return dest
+
+
+# The README's "your own categories" example: a few photos of three categories as a support folder,
+# and query photos of those and of one category not taught.
+EXAMPLE_TAUGHT = ("Watches", "Handbags", "Sunglasses")
+EXAMPLE_UNTAUGHT = ("Flip Flops",)
+# A harder one, with close neighbours among the untaught categories (Belts, Sports Shoes)
+HARD_EXAMPLE_TAUGHT = ("Briefs", "Dresses", "Heels", "Kurtas", "Tops")
+HARD_EXAMPLE_UNTAUGHT = ("Belts", "Clutches", "Sports Shoes")
+
+
+def own_categories_example(
+    dump: str | os.PathLike,
+    dest: str | os.PathLike,
+    taught: tuple[str, ...] = EXAMPLE_TAUGHT,
+    untaught: tuple[str, ...] = EXAMPLE_UNTAUGHT,
+    shots: int = 5,
+    queries: int = 10,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """dest/support/<Category>/ (`shots` photos of each taught category) and dest/query/ (`queries`
+    other photos of each taught and untaught category) from a dump's photos, drawn with `seed`.
+    Returns the truth (file, category, taught), also written to dest/truth.csv."""
+    dump, dest = Path(dump), Path(dest)
+    styles = pd.read_csv(dump / "styles.csv", usecols=["id", "articleType"], on_bad_lines="skip", dtype=str)
+    styles = styles[styles["id"].map(lambda i: (dump / "images" / f"{i}.jpg").is_file())]
+    rng = np.random.default_rng(seed)
+    truth = []
+    for category in (*taught, *untaught):
+        ids = sorted(styles.loc[styles["articleType"] == category, "id"])
+        is_taught = category in taught
+        needed = queries + (shots if is_taught else 0)
+        if len(ids) < needed:
+            raise FslError(f"{dump} has {len(ids)} photos of {category}; the example needs {needed}")
+        chosen = rng.choice(ids, needed, replace=False)
+        if is_taught:
+            (dest / "support" / category).mkdir(parents=True, exist_ok=True)
+            for product in chosen[:shots]:
+                shutil.copyfile(dump / "images" / f"{product}.jpg", dest / "support" / category / f"{product}.jpg")
+        (dest / "query").mkdir(parents=True, exist_ok=True)
+        for product in chosen[needed - queries :]:
+            shutil.copyfile(dump / "images" / f"{product}.jpg", dest / "query" / f"{product}.jpg")
+            truth.append({"file": f"{product}.jpg", "category": category, "taught": is_taught})
+    table = pd.DataFrame(truth)
+    table.to_csv(dest / "truth.csv", index=False)
+    return table

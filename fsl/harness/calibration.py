@@ -2,15 +2,16 @@
 
 Temperature scaling (Guo et al., ICML 2017): one scalar T per config minimises the negative
 log-likelihood of validation-episode queries; softmax(logits / T) is the confidence shown. The
-unknown rule is the maximum-softmax baseline (Hendrycks & Gimpel, ICLR 2017): a query whose
-calibrated top confidence is below a threshold is answered "unknown". The threshold accepts a
-target fraction of the queries of classes outside the support (false accepts) in open-set
-validation episodes: 5 validation classes taught, the queries of the others unknown.
+"none of these" rule thresholds a known-ness score (fsl/harness/open_set.py: the calibrated top
+confidence, energy, distance to the support, Mahalanobis): `fsl calibrate` compares the scores on
+open-set validation episodes (5 validation classes taught, the queries of the others unknown) and
+keeps the best, and its threshold accepts a target fraction of the unknown queries (false accepts).
 
 `fsl calibrate` saves the calibration before it reads a novel-class episode; the novel figures
 (ECE before and after, AUROC known vs unknown, accuracy and unknown rate at the threshold) are only
 reported. A calibration is found again by what it was fitted for (head, options, fusion, encoder,
-checkpoint), not by file name, so an image-only fallback finds the image-only config's calibration."""
+checkpoint), not by file name, so an image-only fallback finds the image-only config's calibration.
+The shipped calibrations travel with the package; a user's own, under the cache, are found first."""
 
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ from fsl.harness.experiment import (
     experiment_head,
     load_episode_set,
 )
-from fsl.paths import CALIBRATION_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT, checkpoint_dir
+from fsl.harness.open_set import DEFAULT_SCORE, SCORES, best_score, check_score, compare_scores, known_scores
+from fsl.paths import DEFAULT_EPISODES_DIR, FEATURES_ROOT, USER_CALIBRATION_DIR, calibration_dirs, checkpoint_dir
+from fsl.store.rows import store_rows
 
 UNKNOWN = "unknown"
 KNOWN_WAYS = 5  # classes taught in an open-set episode; the rest of the episode's classes are unknown
@@ -56,33 +59,53 @@ class Calibration:
     key: str
     encoder: str
     temperature: float
-    threshold: float  # calibrated top confidence below which the answer is "unknown"
-    false_accept: float  # the target the threshold was chosen for, on validation classes
+    threshold: float  # the known-ness score below which the answer is "unknown"
+    false_accept: float  # the target the threshold was chosen for
     validation: dict = field(default_factory=dict)
     novel: dict = field(default_factory=dict)  # reported after the calibration was saved; {} until then
+    score: str = DEFAULT_SCORE  # which known-ness score the threshold applies to (fsl/harness/open_set.py)
+    fitted_on: str = "validation classes"  # in words: what the temperature and threshold were fitted on
+    path: str = field(default="", compare=False)  # the file it was read from (not saved)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits / self.temperature, dim=-1)
 
-    def describe(self) -> str:
-        return (
-            f"calibrated on validation classes (temperature {self.temperature:.3g}; "
-            f'"{UNKNOWN}" below {self.threshold:.0%} confidence)'
-        )
+    def scores(
+        self,
+        logits: torch.Tensor,
+        support: torch.Tensor | None = None,
+        support_labels: torch.Tensor | None = None,
+        query: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[Q] known-ness scores of one episode's queries; below the threshold the answer is "unknown".
+        The feature scores read the head's embedded support [S, D], its labels [S] and queries [Q, D]."""
+        return known_scores(self.score, logits, self.temperature, support, support_labels, query)
 
-    def save(self, root: str | os.PathLike = CALIBRATION_DIR) -> Path:
-        return write_json(Path(root) / f"{self.config}.json", dataclasses.asdict(self))
+    def rule(self) -> str:
+        if self.score == "max-softmax":
+            return f'"{UNKNOWN}" below {self.threshold:.0%} confidence'
+        return f'"{UNKNOWN}" when the {self.score} score is below {self.threshold:.4g}'
+
+    def describe(self) -> str:
+        where = f"calibration {self.path}" if self.path else f"calibration {self.config}"
+        return f"{where}, fitted on {self.fitted_on} (temperature {self.temperature:.3g}; {self.rule()})"
+
+    def save(self, root: str | os.PathLike = USER_CALIBRATION_DIR) -> Path:
+        record = {k: v for k, v in dataclasses.asdict(self).items() if k != "path"}
+        return write_json(Path(root) / f"{self.config}.json", record)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Calibration:
         fields = {"config": (str,), "key": (str,), "encoder": (str,), "temperature": NUMBER, "threshold": NUMBER,
                   "false_accept": NUMBER}  # fmt: skip
         values = check_record(read_json(path, "calibration"), fields, path, "calibration", "rerun `fsl calibrate`")
+        check_score(values.get("score", DEFAULT_SCORE), f"{path}: score")
         try:
-            calibration = cls(**values)
+            calibration = cls(**{**values, "path": str(path)})
         except TypeError as error:
             raise FslError(f"{path} is not a calibration file ({error}); rerun `fsl calibrate`") from None
-        if not (calibration.temperature > 0 and 0 <= calibration.threshold <= 1):
+        bounded = calibration.score != "max-softmax" or 0 <= calibration.threshold <= 1
+        if not (calibration.temperature > 0 and bounded and np.isfinite(calibration.threshold)):
             raise FslError(
                 f"{path}: temperature {calibration.temperature} or threshold {calibration.threshold} "
                 "is out of range; rerun `fsl calibrate`"
@@ -108,12 +131,14 @@ def config_key(config: ExperimentConfig, encoder_id: str, checkpoint: str | os.P
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def find_calibration(key: str, root: str | os.PathLike = CALIBRATION_DIR) -> Calibration | None:
-    """The calibration fitted for `key` (see config_key), if any."""
-    for path in sorted(Path(root).glob("*.json")):
-        calibration = Calibration.load(path)
-        if calibration.key == key:
-            return calibration
+def find_calibration(key: str, chosen: str | os.PathLike | None = None) -> Calibration | None:
+    """The calibration fitted for `key` (see config_key), if any: in `chosen` (--calibration-dir)
+    when given, else the user's own first, then the shipped ones."""
+    for root in calibration_dirs(chosen):
+        for path in sorted(Path(root).glob("*.json")):
+            calibration = Calibration.load(path)
+            if calibration.key == key:
+                return calibration
     return None
 
 
@@ -161,14 +186,14 @@ def threshold_for(unknown_confidence: np.ndarray, false_accept: float) -> float:
     return float(np.quantile(np.asarray(unknown_confidence, dtype=np.float64), 1 - false_accept, method="higher"))
 
 
-def open_set_figures(probabilities: torch.Tensor, labels: np.ndarray, threshold: float) -> dict:
-    """AUROC of known vs unknown by top confidence, and what the threshold does to each kind."""
-    confidence, predicted = (t.numpy() for t in probabilities.max(-1))
+def open_set_figures(probabilities: torch.Tensor, scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    """AUROC of known vs unknown by the known-ness score, and what the threshold does to each kind."""
+    predicted = probabilities.argmax(-1).numpy()
     known = labels >= 0
-    accepted = confidence >= threshold
+    accepted = scores >= threshold
     correct = predicted == labels
     return {
-        "auroc": float(roc_auc_score(known, confidence)),
+        "auroc": float(roc_auc_score(known, scores)),
         "known_accuracy": float((correct & accepted)[known].mean()),  # answered, and right
         "known_accuracy_without_rule": float(correct[known].mean()),
         "known_unknown_rate": float((~accepted)[known].mean()),  # taught classes answered "unknown"
@@ -178,6 +203,23 @@ def open_set_figures(probabilities: torch.Tensor, labels: np.ndarray, threshold:
 
 
 # One config ------------------------------------------------------------------------------------
+
+
+@dataclass
+class OpenSetScores:
+    """One open-set episode set under a head: logits [E, Q, N], each score's values [E, Q] and the
+    query labels [E, Q] (-1: a class outside the support)."""
+
+    logits: torch.Tensor
+    scores: dict[str, np.ndarray]
+    labels: np.ndarray
+
+    def figures(self, score: str, temperature: float, threshold: float) -> dict:
+        probabilities = torch.softmax(self.logits.reshape(-1, self.logits.shape[-1]) / temperature, -1)
+        return open_set_figures(probabilities, self.scores[score].ravel(), self.labels.ravel(), threshold)
+
+    def comparison(self) -> dict[str, dict]:
+        return compare_scores({k: list(v) for k, v in self.scores.items()}, list(self.labels >= 0))
 
 
 def set_logits(
@@ -192,24 +234,45 @@ def set_logits(
     return out
 
 
+@torch.no_grad()
+def episode_scores(
+    head, features, store, episodes: Episodes, logits: torch.Tensor, temperature: float, scores=SCORES
+) -> dict[str, np.ndarray]:
+    """Each known-ness score of every query of `episodes` ([E, Q] per score), from the head's logits
+    and its embedded features (the feature scores compare a query with its episode's support)."""
+    support_rows, query_rows = store_rows(store.ids, episodes.support), store_rows(store.ids, episodes.query)
+    labels = torch.as_tensor(episodes.support_labels)
+    out = {name: np.empty(logits.shape[:2]) for name in scores}
+    for e in range(len(episodes)):
+        support = head.embed(torch.from_numpy(np.asarray(features[support_rows[e]], dtype=np.float32)))
+        query = head.embed(torch.from_numpy(np.asarray(features[query_rows[e]], dtype=np.float32)))
+        for name in scores:
+            out[name][e] = known_scores(name, logits[e], temperature, support, labels, query).numpy()
+    return out
+
+
 def calibrate(
     config: ExperimentConfig,
     catalog: Catalog,
     store_root=None,
     checkpoints_root="checkpoints",
     episodes_root=DEFAULT_EPISODES_DIR,
-    root: str | os.PathLike = CALIBRATION_DIR,
+    root: str | os.PathLike = USER_CALIBRATION_DIR,
     false_accept: float = FALSE_ACCEPT,
     temperature_set: str = TEMPERATURE_SET,
     open_val_set: str = OPEN_VAL_SET,
     report_sets: tuple[str, ...] = REPORT_SETS,
     open_novel_set: str = OPEN_NOVEL_SET,
     known: int = KNOWN_WAYS,
+    score: str = "auto",
 ) -> Calibration:
-    """Fit T and the unknown threshold on validation episodes, save, then report on novel ones."""
+    """Fit T, choose the known-ness score (`auto`: the best AUROC on the open validation set) and its
+    "unknown" threshold on validation episodes, save, then report on novel ones."""
 
     if not 0 < false_accept < 1:
         raise FslError(f"--false-accept must lie strictly between 0 and 1, got {false_accept}")
+    if score != "auto":
+        check_score(score)
     check_validation_only(
         config, catalog, (temperature_set, open_val_set), episodes_root, "fsl calibrate", "the val-* sets"
     )
@@ -218,20 +281,27 @@ def calibrate(
     )
     checkpoint = checkpoint_dir(config.name, checkpoints_root) / "best" if config.train is not None else None
 
-    def logits_of(name: str, open_set: bool = False):
+    def logits_of(name: str):
         episode_set = load_episode_set(config, catalog, name, episodes_root)
         check_alignment(store, episode_set)
-        episodes, labels = episode_set.episodes, episode_set.episodes.query_labels
-        if open_set:
-            episodes, labels = open_set_episodes(episodes, min(known, episodes.n_way - 1))
+        episodes = episode_set.episodes
         logits = set_logits(head, features, store, config, episodes, episode_set.meta["classes"], config.batch_size)
-        return logits.reshape(-1, logits.shape[-1]), torch.as_tensor(np.tile(labels, len(episodes)))
+        return logits.reshape(-1, logits.shape[-1]), torch.as_tensor(np.tile(episodes.query_labels, len(episodes)))
+
+    def open_set_of(name: str, temperature: float) -> OpenSetScores:
+        episode_set = load_episode_set(config, catalog, name, episodes_root)
+        check_alignment(store, episode_set)
+        episodes, labels = open_set_episodes(episode_set.episodes, min(known, episode_set.episodes.n_way - 1))
+        logits = set_logits(head, features, store, config, episodes, episode_set.meta["classes"], config.batch_size)
+        scores = episode_scores(head, features, store, episodes, logits, temperature)
+        return OpenSetScores(logits, scores, np.tile(labels, (len(episodes), 1)))
 
     logits, labels = logits_of(temperature_set)
     temperature = fit_temperature(logits, labels)
-    open_logits, open_labels = logits_of(open_val_set, open_set=True)
-    open_probabilities = torch.softmax(open_logits / temperature, -1)
-    threshold = threshold_for(open_probabilities.max(-1).values[open_labels < 0].numpy(), false_accept)
+    open_val = open_set_of(open_val_set, temperature)
+    comparison = open_val.comparison()
+    chosen = best_score(comparison) if score == "auto" else score
+    threshold = threshold_for(open_val.scores[chosen][open_val.labels < 0], false_accept)
     validation = {
         "temperature_set": temperature_set,
         "open_set": open_val_set,
@@ -239,7 +309,8 @@ def calibrate(
         "nll_after": float(torch.nn.functional.cross_entropy(logits / temperature, labels)),
         "ece_before": expected_calibration_error(torch.softmax(logits, -1), labels),
         "ece_after": expected_calibration_error(torch.softmax(logits / temperature, -1), labels),
-        **open_set_figures(open_probabilities, open_labels.numpy(), threshold),
+        "scores": comparison,
+        **open_val.figures(chosen, temperature, threshold),
     }
     calibration = Calibration(
         config.name,
@@ -249,6 +320,8 @@ def calibrate(
         threshold,
         false_accept,
         validation,
+        score=chosen,
+        fitted_on=f"validation classes ({temperature_set}, open-set {open_val_set}; {catalog.fingerprint} split 0)",
     )
     calibration.save(root)  # chosen: only now is a novel-class episode read, to report
 
@@ -258,19 +331,123 @@ def calibrate(
             "ece_before": expected_calibration_error(torch.softmax(logits, -1), labels),
             "ece_after": expected_calibration_error(calibration.probabilities(logits), labels),
         }
-    open_logits, open_labels = logits_of(open_novel_set, open_set=True)
-    calibration.novel[f"open-{open_novel_set}"] = open_set_figures(
-        calibration.probabilities(open_logits), open_labels.numpy(), threshold
-    )
+    open_novel = open_set_of(open_novel_set, temperature)
+    calibration.novel[f"open-{open_novel_set}"] = {
+        "scores": open_novel.comparison(),
+        **open_novel.figures(chosen, temperature, threshold),
+    }
     calibration.save(root)
     return calibration
 
 
+# A user's own support -----------------------------------------------------------------------------
+
+MIN_SUPPORT_CATEGORIES = 3  # one plays "unknown" in turn, and a choice needs two taught ones
+MIN_SUPPORT_PHOTOS = 3  # per category: one is held out as a query, two stay taught
+
+
+@torch.no_grad()
+def calibrate_on_support(
+    config: ExperimentConfig,
+    head,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    key: str,
+    encoder_id: str,
+    where: str,
+    false_accept: float = FALSE_ACCEPT,
+    score: str = "auto",
+    fallback_temperature: float = 1.0,
+) -> Calibration:
+    """A temperature, a "none of these" score and its threshold from the support itself ([S, D] raw
+    features, [S] labels), for categories a validation-class calibration may not transfer to.
+
+    Leave one category out: each category in turn plays the unknown one, and the others' photos are
+    queries in folds (fold f holds out each taught category's f-th photo, which the rest of its
+    photos then predict). T minimises the taught queries' NLL; when every one of them is right the
+    NLL has no minimum (T -> 0 makes every confidence 100%), so T is `fallback_temperature` (the
+    validation-class calibration's). `auto` keeps the score with the best AUROC, taught vs untaught.
+    The threshold accepts `false_accept` of the untaught queries; the false-accept estimate judges
+    each held-out category by the threshold the other rounds chose (the score choice itself is made
+    on all rounds, so the AUROC is slightly optimistic)."""
+    if score != "auto":
+        check_score(score)
+    if not 0 < false_accept < 1:
+        raise FslError(f"--false-accept must lie strictly between 0 and 1, got {false_accept}")
+    labels = torch.as_tensor(labels)
+    n_classes = int(labels.max()) + 1
+    counts = torch.bincount(labels, minlength=n_classes)
+    if n_classes < MIN_SUPPORT_CATEGORIES or int(counts.min()) < MIN_SUPPORT_PHOTOS:
+        raise FslError(
+            f"calibrating on the support needs at least {MIN_SUPPORT_CATEGORIES} categories of at least "
+            f"{MIN_SUPPORT_PHOTOS} photos each (one category plays the unknown one in turn, one photo per "
+            f"category is held out); {where} has {n_classes} categories, the smallest with {int(counts.min())}"
+        )
+    position = torch.zeros_like(labels)  # each photo's index within its category: fold f holds out position f
+    for c in range(n_classes):
+        position[labels == c] = torch.arange(int(counts[c]))
+    rounds = []  # per fold: (unknown category, logits, query labels (-1: untaught), support, its labels, queries)
+    for unknown in range(n_classes):
+        taught = [c for c in range(n_classes) if c != unknown]
+        relabel = torch.full((n_classes,), -1, dtype=torch.long)
+        relabel[taught] = torch.arange(len(taught))
+        for fold in range(int(counts[taught].max())):
+            held = (labels != unknown) & (position == fold)
+            if not held.any():
+                continue
+            kept = (labels != unknown) & ~held
+            queries = held | (labels == unknown)
+            logits = head(features[kept][None], relabel[labels[kept]][None], features[queries][None], len(taught))[0]
+            rounds.append((unknown, logits, relabel[labels[queries]], head.embed(features[kept]),
+                           relabel[labels[kept]], head.embed(features[queries])))  # fmt: skip
+    known_logits = torch.cat([logits[q >= 0] for _, logits, q, *_ in rounds])
+    known_labels = torch.cat([q[q >= 0] for _, _, q, *_ in rounds])
+    all_right = bool((known_logits.argmax(-1) == known_labels).all())
+    temperature = fallback_temperature if all_right else fit_temperature(known_logits, known_labels)
+    known = np.concatenate([(q >= 0).numpy() for _, _, q, *_ in rounds])
+    per_score = {
+        name: [known_scores(name, logits, temperature, s, sl, qf).numpy() for _, logits, _, s, sl, qf in rounds]
+        for name in (SCORES if score == "auto" else (score,))
+    }
+    aurocs = {name: float(roc_auc_score(known, np.concatenate(values))) for name, values in per_score.items()}
+    chosen = max(aurocs, key=aurocs.get) if score == "auto" else score
+    scores = np.concatenate(per_score[chosen])
+    threshold = threshold_for(scores[~known], false_accept)
+    unknown_of = np.concatenate([np.full(len(q), u) for u, _, q, *_ in rounds])
+    untaught = [scores[~known & (unknown_of == u)] for u in range(n_classes)]
+    cross_validated = [
+        float((untaught[u] >= threshold_for(np.concatenate(untaught[:u] + untaught[u + 1 :]), false_accept)).mean())
+        for u in range(n_classes)
+    ]
+    figures = {
+        "auroc": aurocs[chosen],
+        "score_aurocs": aurocs,
+        "estimated_false_accept": float(np.mean(cross_validated)),
+        "taught_answered": float((scores[known] >= threshold).mean()),
+        "taught_right": float((known_logits.argmax(-1) == known_labels).double().mean()),
+        "temperature_from": "validation classes (every held-out taught photo was right)" if all_right else "support",
+        "categories": n_classes,
+        "photos": int(len(labels)),
+    }
+    return Calibration(
+        f"{config.name}@support",
+        key,
+        encoder_id,
+        temperature,
+        threshold,
+        false_accept,
+        figures,
+        score=chosen,
+        fitted_on=f"the support {where} (leave one category out: {n_classes} categories, {len(labels)} photos)",
+    )
+
+
 def format_calibration(calibration: Calibration) -> str:
-    """The figures a person reads: ECE before -> after per set, then the unknown rule on val and novel."""
+    """The figures a person reads: ECE before -> after per set, the scores compared, then the unknown
+    rule on val and novel."""
     lines = [
-        f"{calibration.config}: temperature {calibration.temperature:.4g}, unknown below "
-        f"{calibration.threshold:.1%} (target false accepts {calibration.false_accept:.0%} on validation classes)"
+        f"{calibration.config}: temperature {calibration.temperature:.4g}, {calibration.rule()} "
+        f"(target false accepts {calibration.false_accept:.0%} on {calibration.fitted_on})"
     ]
     v = calibration.validation
     lines.append(f"  {v['temperature_set']}: ECE {100 * v['ece_before']:.1f} -> {100 * v['ece_after']:.1f} points")
@@ -281,6 +458,13 @@ def format_calibration(calibration: Calibration) -> str:
         (f"{v['open_set']} (validation)", v),
         *[(k, f) for k, f in calibration.novel.items() if "auroc" in f],
     ]:
+        for score, compared in figures.get("scores", {}).items():
+            mark = "  <- chosen on validation" if score == calibration.score else ""
+            lines.append(
+                f"  {name}, {score} score: AUROC {compared['auroc']:.3f} (per category set: mean "
+                f"{compared['episode_auroc_mean']:.3f}, 10th percentile {compared['episode_auroc_p10']:.3f}); "
+                f"{100 * compared['false_accept_at_taught_answered']:.1f}% false accepts at 80% taught answered{mark}"
+            )
         lines.append(
             f"  {name}: AUROC {figures['auroc']:.3f}; taught classes {100 * figures['known_accuracy']:.1f}% "
             f"right and answered ({100 * figures['known_accuracy_without_rule']:.1f}% without the rule), "

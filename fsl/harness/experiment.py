@@ -15,7 +15,7 @@ from fsl.encoders.factory import encoder_from_config, shared_space
 from fsl.episodes.frozen import EpisodeSet, file_digest, read_digests
 from fsl.episodes.shift import RERENDERED, SHIFTED_PAIRS, ReplacedImages, rerendered_image_features
 from fsl.episodes.splits import ClassSplit
-from fsl.episodes.standard import saved_near_duplicates
+from fsl.episodes.standard import STANDARD_BENCHMARKS, saved_near_duplicates
 from fsl.errors import FslError
 from fsl.harness.checkpoints import load_head
 from fsl.harness.evaluate import EvalResult, run_episodes
@@ -91,10 +91,14 @@ def splits_for(
 
 def build_head(config: ExperimentConfig, store: FeatureStore) -> FewShotHead:
     """The config's fusion and head, sized for the store's features."""
-    fusion = create_fusion(
-        config.fusion, store.manifest["image_dim"], store.manifest["text_dim"], **config.fusion_options
-    )
-    return create_head(config.method, fusion, shared_space=shared_space(store.encoder_id), **config.method_options)
+    return head_for_features(config, store.manifest["image_dim"], store.manifest["text_dim"], store.encoder_id)
+
+
+def head_for_features(config: ExperimentConfig, image_dim: int, text_dim: int, encoder_id: str) -> FewShotHead:
+    """The config's fusion and head for [image | text] features of these sizes (no store needed:
+    a support folder's own features)."""
+    fusion = create_fusion(config.fusion, image_dim, text_dim, **config.fusion_options)
+    return create_head(config.method, fusion, shared_space=shared_space(encoder_id), **config.method_options)
 
 
 def class_text_table(config: ExperimentConfig, classes: list[str], store: FeatureStore) -> torch.Tensor:
@@ -143,6 +147,40 @@ def load_episode_set(
     if saved is not None and drawn_with.get("sha256") == saved.digest:
         episode_set.check_near_duplicates(saved.group_index(ids), ids, path)
     return episode_set
+
+
+def why_not_drawn(catalog: Catalog, column: str, name: str, episodes_root: str | os.PathLike) -> str:
+    """Why an episode set is absent, in words: a split too small for it (`fsl episodes` skips those),
+    or not drawn yet."""
+    if name in STANDARD_BENCHMARKS:
+        split_name, n_way, _ = STANDARD_BENCHMARKS[name]
+        try:
+            available = len(ClassSplit.load(catalog, column, 0, episodes_root).classes(split_name))
+        except FslError:
+            return "no class split drawn: run `fsl episodes`"
+        if (n_way or available) > available or available < 2:
+            return f"the {split_name} split of this catalog has {available} class(es), too few for it"
+    return "not drawn: run `fsl episodes`"
+
+
+def episode_sets_to_run(
+    config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.PathLike, split_seed: int = 0
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """(the config's episode sets this split has, [(set, why not) for the others]); an error naming
+    them when it has none, so a small catalog runs what it can and says what it skipped."""
+    root = split_root(episodes_root, split_seed)
+    present, skipped = [], []
+    for name in config.episodes:
+        if episode_set_path(catalog, config.label_column, name, root).is_file():
+            present.append(name)
+        else:
+            skipped.append((name, why_not_drawn(catalog, config.label_column, name, root)))
+    if not present:
+        raise FslError(
+            f"{config.name}: none of its episode sets exist for split {split_seed} of this catalog: "
+            + "; ".join(f"{name} ({why})" for name, why in skipped)
+        )
+    return present, skipped
 
 
 def base_classes(
@@ -199,6 +237,9 @@ def run_experiment(
     """One config's head on each of its frozen episode sets of one class split (a trained head: the
     checkpoint trained on that split); with `shifted`, on the shifted query sets of fsl/episodes/shift.py and
     their controls too (a set named X+rerendered is set X with re-rendered query photos)."""
+    names, skipped = episode_sets_to_run(config, catalog, episodes_root, split_seed)
+    for name, why in skipped:
+        print(f"fsl: {config.name}: skipped {name}: {why}", file=sys.stderr)
     episodes_root, checkpoints_root = split_root(episodes_root, split_seed), split_root(checkpoints_root, split_seed)
     store, features, head = experiment_head(config, catalog, store_root, checkpoints_root, episodes_root)
     hparams = {
@@ -210,7 +251,6 @@ def run_experiment(
         "encoder": store.encoder_id,
         **flat_options(config),
     }
-    names = list(config.episodes)
     if shifted:
         for name in (name for pair in SHIFTED_PAIRS.items() for name in pair if name not in names):
             path = episode_set_path(catalog, config.label_column, name.removesuffix(RERENDERED), episodes_root)

@@ -3,30 +3,24 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from fsl.apps.classifier import DEFAULT_HEAD, FewShotClassifier
 from fsl.apps.index import SearchIndex, open_index
 from fsl.apps.predict import CatalogClassifier
-from fsl.apps.support import (
-    IMAGE_WEIGHT,
-    SCORER_CONFIGS,
-    TEMPERATURE,
-    Category,
-    embed_image,
-    embed_text,
-    open_image,
-)
+from fsl.apps.support import IMAGE_WEIGHT, TEMPERATURE, Category, open_image
 from fsl.data.catalog import Catalog
 from fsl.encoders.base import Encoder
 from fsl.encoders.factory import encoder_from_config
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
-from fsl.harness.calibration import Calibration, config_key, find_calibration
-from fsl.paths import CALIBRATION_DIR, DEFAULT_EPISODES_DIR, DEMO_SAVED_DIR, FEATURES_ROOT, split_file
+from fsl.harness.calibration import Calibration
+from fsl.paths import DEFAULT_EPISODES_DIR, DEMO_SAVED_DIR, FEATURES_ROOT, split_file
+from fsl.store.content import ContentCache
 from fsl.store.features import FeatureStore
 from fsl.store.open import open_store
 
@@ -43,32 +37,33 @@ MAX_ZIP_FILES = 2000
 
 @dataclass
 class DemoBackend:
-    """What the page needs: the encoder for new inputs, the catalog and its stored features."""
+    """What the page needs: the encoder for new inputs (through the content cache `fsl predict`
+    shares), the catalog and its stored features, and the taught categories' classifier."""
 
     encoder: Encoder
     catalog: Catalog
     store: FeatureStore
     example_classes: list[str]
     classifier: CatalogClassifier | None = None  # a trained head over the catalog's classes, if given
-    calibrations: dict[str, Calibration | None] = field(default_factory=dict)  # per scorer kind (teach.SCORER_CONFIGS)
+    calibration: Calibration | None = None  # the default head's, as `fsl predict --support` finds it
     saved_root: Path = DEMO_SAVED_DIR
     index: SearchIndex | None = None  # search and nearest examples: set by make_backend
+    cache: ContentCache | None = None
 
-    def answered_by(self, kind: str | None) -> str:
-        """Which scorer, features and calibration gave an answer, in words."""
-        encoder = f"encoder `{self.encoder.id}`"
-        if kind is None:
-            return (
-                f"_Cosine to the categories' text examples, {encoder}; uncalibrated (fixed temperature {TEMPERATURE})._"
-            )
-        scorer = "image features" if kind == "image" else f"image and text features ({IMAGE_WEIGHT:.0%} image)"
-        calibration = self.calibrations.get(kind)
-        if calibration is None:
-            return (
-                f"_Cosine prototypes on {scorer}, {encoder}; uncalibrated (fixed temperature {TEMPERATURE}, no "
-                f"“{NONE_OF_THESE}”): run `fsl calibrate experiments/{SCORER_CONFIGS[kind].name}.yaml`._"
-            )
-        return f"_Cosine prototypes on {scorer}, {encoder}; {calibration.describe()}._"
+    def taught_classifier(self, categories: list[Category]) -> FewShotClassifier:
+        """The categories' photo examples in the classifier `fsl predict --support` and the Python API
+        use: the same head, calibration and features, so the same support gives the same answers."""
+        classifier = FewShotClassifier(DEFAULT_HEAD, self.encoder.config, calibration=self.calibration)
+        for category in categories:
+            if category.image_features:
+                classifier.add_features(category.name, np.stack(category.image_features), photos=category.thumbnails)
+        return classifier
+
+    def text_only_note(self) -> str:
+        return (
+            f"_Cosine to the categories' text examples, encoder `{self.encoder.id}`; uncalibrated "
+            f"(fixed temperature {TEMPERATURE}, no “{NONE_OF_THESE}”)._"
+        )
 
     def saved_sets(self) -> list[str]:
         return sorted(p.name for p in self.saved_root.glob("*") if p.is_dir() and not p.name.startswith("."))
@@ -83,13 +78,15 @@ class DemoBackend:
         """A query's features; a bad photo or an overlong text is an FslError with the reason."""
         if text and len(text) > MAX_TEXT_CHARS:
             raise FslError(f"the text has {len(text)} characters; up to {MAX_TEXT_CHARS} are read")
-        image = embed_image(self.encoder, open_image(image_path)) if image_path else None
-        text = embed_text(self.encoder, text.strip()) if text and text.strip() else None
+        if image_path:
+            open_image(image_path)  # a clear message for a missing, oversized or unreadable file
+        image = self.cache.images([image_path])[0] if image_path else None
+        text = self.cache.texts([text.strip()])[0] if text and text.strip() else None
         return image, text
 
     def search_rows(self, image: np.ndarray | None, text: np.ndarray | None, k: int) -> list[int]:
-        """Catalog rows of the k products closest to the query (the store's search index)."""
-        return self.index.nearest(image, text, k)
+        """Catalog rows of the k products closest to the query (the store's search index; none without one)."""
+        return self.index.nearest(image, text, k) if self.index is not None else []
 
     def gallery(self, rows: list[int]) -> list[tuple[str, str]]:
         products = self.catalog.products
@@ -100,7 +97,7 @@ class DemoBackend:
 
     def nearest(self, image: np.ndarray | None, text: np.ndarray | None, k: int) -> list[tuple[str, str]]:
         """The k catalog products closest to the query, as (photo, caption) for a gallery."""
-        return self.gallery(self.search_rows(image, text, k))
+        return self.gallery(self.search_rows(image, text, k)) if self.index is not None else []
 
     def product_example(self, row: int) -> tuple[np.ndarray, np.ndarray, str, str]:
         """A catalog product as a teaching example: stored image and text features, photo, text."""
@@ -142,7 +139,7 @@ def make_backend(
     store_root=None,
     episodes_root=None,
     classifier: CatalogClassifier | None = None,
-    calibration_root: str | os.PathLike = CALIBRATION_DIR,
+    calibration_dir: str | os.PathLike | None = None,
     saved_root: str | os.PathLike = DEMO_SAVED_DIR,
 ) -> DemoBackend:
     """The encoder and store of the same config as the CLI; example classes from the novel split."""
@@ -157,10 +154,15 @@ def make_backend(
     examples = [c for c in novel if counts.get(c, 0) >= 2 * EXAMPLES_PER_CATEGORY][:EXAMPLE_CATEGORIES]
     encoder = encoder_from_config(encoder_config)
     encoder.load()  # weights and image runtime now, not in the first visitor's request
-    calibrations = {
-        kind: find_calibration(config_key(config, store.encoder_id), calibration_root)
-        for kind, config in SCORER_CONFIGS.items()
-    }
+    calibration = FewShotClassifier(DEFAULT_HEAD, encoder_config, calibration_dir=calibration_dir).calibration
     return DemoBackend(
-        encoder, catalog, store, examples, classifier, calibrations, Path(saved_root), open_index(store, IMAGE_WEIGHT)
+        encoder,
+        catalog,
+        store,
+        examples,
+        classifier,
+        calibration,
+        Path(saved_root),
+        open_index(store, IMAGE_WEIGHT),
+        ContentCache(encoder),
     )

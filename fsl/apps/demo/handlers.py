@@ -23,17 +23,12 @@ from fsl.apps.demo.backend import (
     add_product,
 )
 from fsl.apps.support import (
-    TEMPERATURE,
     Category,
     category_folder_name,
     confidences,
-    embed_image,
-    embed_text,
     load_categories,
-    open_image,
     read_support_folder,
     save_categories,
-    scorer_kind,
 )
 from fsl.errors import FslError
 from fsl.files import safe_name
@@ -95,11 +90,11 @@ def teach(backend: DemoBackend, categories: list[Category], name: str, files, te
     category = Category(name)
     try:
         for path in paths:
-            category.image_features.append(embed_image(backend.encoder, open_image(path)))
+            category.image_features.append(backend.embed(path, None)[0])
             category.thumbnails.append(path)
     except FslError as error:
         return categories, f"⚠️ Nothing was added: {error}."
-    category.text_features = [embed_text(backend.encoder, line) for line in lines]
+    category.text_features = list(backend.cache.texts(lines)) if lines else []
     category.texts = lines
     updated = [*categories, category]
     hint = " Teach at least one more category to start predicting." if len(updated) < 2 else ""
@@ -191,7 +186,7 @@ def load_folder(backend: DemoBackend, folder: Path, label: str):
     """(categories, message) from a support folder; a bad one is a message and nothing changes."""
     try:
         support = read_support_folder(folder, photos_required=False)
-        loaded = load_categories(support, backend.encoder)
+        loaded = load_categories(support, backend.cache)
     except FslError as error:
         return None, f"⚠️ Nothing was loaded from {label}: {error}."
     skipped = (
@@ -280,28 +275,36 @@ def predict(
         image, text_feature = backend.embed(image_path, text)
     except FslError as error:
         return "", {}, f"⚠️ {error}.", []
-    kind = scorer_kind(categories, image, text_feature)
-    calibration = backend.calibrations.get(kind) if kind else None
-    result = confidences(
-        categories, image, text_feature, temperature=calibration.temperature if calibration else TEMPERATURE
-    )
-    if not result:
-        given = "a photo" if image is not None else "a text"
-        return "", {}, f"⚠️ You gave {given}, but no category was taught with that kind of example.", []
-    best = next(iter(result))
-    who = backend.answered_by(kind)
-    if calibration and result[best] < calibration.threshold:
-        message = (
-            f"**{NONE_OF_THESE.capitalize()}**: the closest, {as_text(best)} ({result[best]:.0%}), is below the "
-            f"{calibration.threshold:.0%} an answer needs.\n\n{who}"
+    nearest = backend.nearest(image, text_feature, k)
+    if image is None:  # a text only: cosine to the text examples, uncalibrated
+        result = confidences(categories, None, text_feature)
+        if not result:
+            return "", {}, "⚠️ You gave a text, but no category was taught with text examples.", []
+        best = next(iter(result))
+        return (
+            best,
+            result,
+            f"Best guess: **{as_text(best)}** ({result[best]:.0%}).\n\n{backend.text_only_note()}",
+            nearest,
         )
-        return NONE_OF_THESE, result, message, backend.nearest(image, text_feature, k)
-    return (
-        best,
-        result,
-        f"Best guess: **{as_text(best)}** ({result[best]:.0%}).\n\n{who}",
-        backend.nearest(image, text_feature, k),
+    classifier = backend.taught_classifier(categories)
+    left_out = [c.name for c in categories if not c.image_features]
+    if len(classifier.classes) < 2:
+        return "", {}, "⚠️ You gave a photo, but fewer than two categories were taught with photos.", []
+    answer = classifier.answer_features(image[None])[0]
+    result = dict(answer.top)
+    who = f"_{as_text(classifier.describe())}._" + (
+        f" Categories taught by text only are not among the answers: {', '.join(map(as_text, left_out))}."
+        if left_out
+        else ""
     )
+    if answer.label != answer.best:
+        message = (
+            f"**{NONE_OF_THESE.capitalize()}**: the closest, {as_text(answer.best)} ({answer.confidence:.0%}), "
+            f"is not close enough ({classifier.calibration.rule()}).\n\n{who}"
+        )
+        return NONE_OF_THESE, result, message, nearest
+    return answer.best, result, f"Best guess: **{as_text(answer.best)}** ({answer.confidence:.0%}).\n\n{who}", nearest
 
 
 def predict_with_classifier(backend: DemoBackend, image_path: str | None, text: str | None, k: int):
@@ -324,12 +327,11 @@ def predict_with_classifier(backend: DemoBackend, image_path: str | None, text: 
         image, text_feature = backend.embed(image_path, text)
     except FslError as error:
         return "", {}, f"⚠️ {error}.", []
-    probabilities = classifier.probabilities(classifier.features(image, (text or "").strip())[None])[0]
-    top = probabilities.topk(min(5, len(classifier.classes)))
+    probabilities, known = classifier.probabilities(classifier.features(image, (text or "").strip())[None])
+    top = probabilities[0].topk(min(5, len(classifier.classes)))
     result = {classifier.classes[int(i)]: float(p) for p, i in zip(top.values, top.indices)}
     best = next(iter(result))
-    answer = classifier.answer(best, result[best])
-    answer = NONE_OF_THESE if answer != best else best
+    answer = best if known is None or bool(known[0]) else NONE_OF_THESE
     lead = (
         f"**{NONE_OF_THESE.capitalize()}** (closest: {as_text(best)}, {result[best]:.0%})"
         if answer != best

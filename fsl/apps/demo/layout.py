@@ -6,6 +6,7 @@ import os
 import socket
 from pathlib import Path
 
+from fsl.apps.classifier import DEFAULT_HEAD
 from fsl.apps.demo.backend import CONCURRENT_REQUESTS, TAUGHT, DemoBackend
 from fsl.apps.demo.handlers import (
     ensure_dir,
@@ -39,14 +40,12 @@ def build_app(backend: DemoBackend):
         image.preprocess = lambda payload: None if payload is None else payload.path
         return image
 
-    calibrated = [k for k, c in backend.calibrations.items() if c]
-    describe_calibration = (
-        f"calibrated on validation classes ({', '.join(calibrated)})" if calibrated else "uncalibrated"
-    )
+    describe_calibration = f"calibrated ({backend.calibration.describe()})" if backend.calibration else "uncalibrated"
     with gr.Blocks(title="fsl: few-shot fashion") as app:
         gr.Markdown(
             "# Few-shot fashion classifier\nTeach new categories from a few photos or product "
-            f"texts, then predict. Features: `{backend.encoder.id}`; catalog of {len(backend.catalog)} products; "
+            f"texts, then predict: photos are answered by {DEFAULT_HEAD}, the head `fsl predict --support` and "
+            f"the Python API use. Features: `{backend.encoder.id}`; catalog of {len(backend.catalog)} products; "
             f"confidences {describe_calibration}."
         )
         state = gr.State([])

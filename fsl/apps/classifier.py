@@ -1,0 +1,381 @@
+"""Your own categories from a few photos: the one classifier behind `fsl predict --support`, the
+demo's Teach and Predict tabs and the Python API.
+
+    from fsl import FewShotClassifier
+    clf = FewShotClassifier.from_folder("support")          # one sub-folder of photos per category
+    for answer in clf.predict(["query/a.jpg", "query/b.jpg"]):
+        print(answer.label, f"{answer.confidence:.0%}")      # a category, or "unknown"
+    clf.save("my-classifier"); FewShotClassifier.load("my-classifier")
+
+It needs no catalog: photos and texts are embedded once and cached by content (fsl/store/content.py),
+so a second run loads no weights. The head is any experiment config that learns from the support
+alone; the default, linear-probe-image, was chosen on validation classes (docs/results.md).
+Confidences and the "unknown" answer come from a calibration: the one `fsl calibrate` fitted for
+this head and encoder on validation classes (shipped with the package, or your own under the cache),
+or one fitted on the support itself (`calibrate_on_support`: leave one category out)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from fsl.apps.support import embed_image, open_image, read_support_folder
+from fsl.config import EncoderConfig, ExperimentConfig, config_from_dict
+from fsl.data.catalog import label_word_pattern, mask_label_words
+from fsl.encoders.factory import encoder_from_config
+from fsl.errors import FslError
+from fsl.files import read_json, write_csv, write_json
+from fsl.harness.calibration import (
+    FALSE_ACCEPT,
+    UNKNOWN,
+    Calibration,
+    calibrate_on_support,
+    config_key,
+    find_calibration,
+)
+from fsl.harness.experiment import head_for_features
+from fsl.store.content import ContentCache
+
+# The heads a support folder can use by name. Chosen on validation classes (docs/results.md): the
+# linear probe on image features, or with a text for every photo its fused, label-masked sibling.
+LINEAR_PROBE = {"init": "prototypes", "C": 10}
+NAMED_HEADS = {
+    config.name: config
+    for config in (
+        ExperimentConfig(name="linear-probe-image", method="linear_probe", method_options=LINEAR_PROBE),
+        ExperimentConfig(
+            name="linear-probe-fused-masked",
+            method="linear_probe",
+            method_options=LINEAR_PROBE,
+            fusion="concat",
+            fusion_options={"image_weight": 0.7},
+        ),
+        ExperimentConfig(name="cosine-prototypes-image", method="cosine_prototypes", text_variant="plain"),
+        ExperimentConfig(
+            name="cosine-prototypes-fused-masked",
+            method="cosine_prototypes",
+            fusion="concat",
+            fusion_options={"image_weight": 0.7},
+        ),
+    )
+}
+DEFAULT_HEAD = "linear-probe-image"
+FUSED_DEFAULT_HEAD = "linear-probe-fused-masked"
+MANIFEST = "classifier.json"
+
+
+def needs_catalog(config: ExperimentConfig) -> bool:
+    """Whether the head learns from the catalog's base classes or reads class names: then it needs
+    the catalog's store, and a support folder alone cannot teach it."""
+    head = head_for_features(config, 8, 8 if config.fusion != "image" else 0, config.encoder.name)
+    return head.needs_base_classes or head.needs_class_text
+
+
+def head_config(head: str | ExperimentConfig) -> ExperimentConfig:
+    """A head by name (NAMED_HEADS) or as an experiment config; heads that need the catalog's base
+    classes or class names cannot learn from a support folder alone."""
+    if isinstance(head, str):
+        if head not in NAMED_HEADS:
+            raise FslError(f"head {head!r}: choose one of {', '.join(NAMED_HEADS)}, or pass an experiment config")
+        return NAMED_HEADS[head]
+    return head
+
+
+@dataclass
+class Answer:
+    """One photo's answer: `label` is a category or "unknown" (the calibration's rule); `best` the
+    closest category whatever the rule; `top` the categories and confidences, best first."""
+
+    label: str
+    best: str
+    confidence: float
+    top: list[tuple[str, float]]
+    known_score: float | None = None  # the calibration's "none of these" score, where calibrated
+
+
+class FewShotClassifier:
+    """Categories taught by example photos (and, for fused heads, their texts); answers photos."""
+
+    def __init__(
+        self,
+        head: str | ExperimentConfig = DEFAULT_HEAD,
+        encoder: EncoderConfig | None = None,
+        calibration: Calibration | None | str = "auto",
+        calibration_dir: str | os.PathLike | None = None,
+        cache_root: str | os.PathLike | None = None,
+    ):
+        """`calibration`: "auto" finds the one fitted for this head and encoder (your own under the
+        cache first, then the shipped ones; only `calibration_dir` when given), None for raw softmax
+        and no "unknown" answer, or a Calibration."""
+        self.config = head_config(head)
+        self.encoder_config = encoder or self.config.encoder
+        self.encoder = encoder_from_config(self.encoder_config)  # built on the first photo not in the cache
+        self.cache = ContentCache(self.encoder, cache_root)
+        self.fused = self.config.fusion != "image"
+        self.masked = self.config.text_variant.startswith("masked-")  # category names masked, as in training
+        self.support_folder = None  # the SupportFolder it was read from, if any
+        self.classes: list[str] = []
+        self.photos: list[str | None] = []  # each example's file (None: given as features or a PIL image)
+        self.texts: list[str] = []
+        self.labels: list[int] = []
+        self._image_features: list[np.ndarray] = []
+        if calibration == "auto":
+            calibration = find_calibration(config_key(self.config, self.encoder.id), calibration_dir)
+        self.calibration: Calibration | None = calibration
+        self.head = None
+        self._fitted_on = -1  # how many examples the head was built for
+
+    # Teaching -----------------------------------------------------------------------------------
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: str | os.PathLike,
+        head: str | ExperimentConfig | None = None,
+        classes: Sequence[str] | None = None,
+        **options,
+    ) -> FewShotClassifier:
+        """Categories from a support folder (one sub-folder of photos per category, optional texts.csv;
+        only `classes`, if given). Without `head`: linear-probe-image, or linear-probe-fused-masked
+        when every photo has a text. `options`: those of the constructor."""
+        support = read_support_folder(folder)
+        if classes:
+            unknown = sorted(set(classes) - set(support.classes))
+            if unknown:
+                raise FslError(f"--classes: {', '.join(unknown)}: not among the categories of {support.root}")
+            support = support.restrict(sorted(set(classes)))
+        if head is None:
+            head = FUSED_DEFAULT_HEAD if support.photos_without_text == 0 and support.texts else DEFAULT_HEAD
+        classifier = cls(head, **options)
+        classifier.support_folder = support
+        for index, name in enumerate(support.classes):
+            photos = [p for p, label in zip(support.photos, support.labels) if label == index]
+            classifier.add_examples(name, photos, [support.text_of(p) for p in photos])
+        return classifier
+
+    def add_examples(
+        self, category: str, photos: Sequence[str | os.PathLike | Image.Image], texts: Sequence[str] | None = None
+    ) -> FewShotClassifier:
+        """Teach `category` (new or not) more example photos, with their product texts for a fused head."""
+        texts = list(texts) if texts is not None else [""] * len(photos)
+        if len(texts) != len(photos):
+            raise FslError(f"{category}: {len(photos)} photos but {len(texts)} texts; give one text per photo")
+        if not photos:
+            raise FslError(f"{category}: no example photos given")
+        return self.add_features(category, self.embed_photos(photos), texts, photos)
+
+    def add_features(
+        self,
+        category: str,
+        image_features: np.ndarray,
+        texts: Sequence[str] | None = None,
+        photos: Sequence[str | os.PathLike | Image.Image | None] | None = None,
+    ) -> FewShotClassifier:
+        """Teach examples already embedded by this classifier's encoder ([n, image_dim]); the demo's
+        examples come this way."""
+        if category not in self.classes:
+            self.classes.append(category)
+        label = self.classes.index(category)
+        n = len(image_features)
+        self._image_features += list(np.asarray(image_features, dtype=np.float32))
+        self.texts += list(texts) if texts is not None else [""] * n
+        self.photos += [p if isinstance(p, (str, os.PathLike)) else None for p in (photos or [None] * n)]
+        self.photos = [str(p) if p is not None else None for p in self.photos]
+        self.labels += [label] * n
+        return self
+
+    def embed_photos(self, photos: Sequence[str | os.PathLike | Image.Image]) -> np.ndarray:
+        """[n, image_dim]: files through the content cache (each checked readable first), PIL images directly."""
+        files = [p for p in photos if not isinstance(p, Image.Image)]
+        for path in files:
+            open_image(path)  # a clear FslError for a missing, oversized or unreadable file
+        cached = iter(self.cache.images(files)) if files else iter(())
+        return np.stack(
+            [embed_image(self.encoder, p) if isinstance(p, Image.Image) else next(cached) for p in photos]
+        ).astype(np.float32)
+
+    # Answering ----------------------------------------------------------------------------------
+
+    def features(self, image_features: np.ndarray, texts: Sequence[str]) -> torch.Tensor:
+        """[n, image_dim (+ text_dim)] as the head reads them: an image-only head gets no text part;
+        a fused head gets the texts with the category names masked (as in training: masked-articleType)."""
+        image = torch.from_numpy(np.asarray(image_features, dtype=np.float32))
+        if not self.fused:
+            return image
+        if not all(texts):
+            missing = sum(not t for t in texts)
+            raise FslError(
+                f"{self.config.name} reads a photo and its product text, but {missing} of {len(texts)} have no text; "
+                f"give every photo a text, or use {DEFAULT_HEAD}"
+            )
+        if self.masked:
+            pattern = label_word_pattern(self.classes)
+            texts = [mask_label_words(t, pattern) for t in texts]
+        text = self.cache.texts(list(texts))
+        return torch.cat([image, torch.from_numpy(text)], dim=1)
+
+    def _ready(self):
+        if len(self.classes) < 2:
+            raise FslError(f"{len(self.classes)} categories taught; a choice needs at least two")
+        empty = [c for i, c in enumerate(self.classes) if i not in self.labels]
+        if empty:
+            raise FslError(f"no examples for {', '.join(empty)}")
+        if self._fitted_on != len(self.labels):  # heads keep no state between calls: built once per support
+            support = self.features(np.stack(self._image_features), self.texts)
+            text_dim = support.shape[1] - self.image_dim
+            self.head = head_for_features(self.config, self.image_dim, text_dim, self.encoder.id).eval()
+            if self.head.needs_base_classes or self.head.needs_class_text:
+                raise FslError(
+                    f"{self.config.name} learns from the catalog's base classes or class names; a support folder "
+                    f"alone cannot teach it (choose one of {', '.join(NAMED_HEADS)})"
+                )
+            self._support, self._fitted_on = support, len(self.labels)
+        return self.head
+
+    @property
+    def image_dim(self) -> int:
+        return len(self._image_features[0])
+
+    @torch.no_grad()
+    def logits(self, queries: torch.Tensor) -> torch.Tensor:
+        """[Q, D] query features -> [Q, categories]."""
+        head = self._ready()
+        labels = torch.as_tensor(self.labels)
+        return head(self._support[None], labels[None], queries[None], len(self.classes))[0]
+
+    @torch.no_grad()
+    def answer_features(self, image_features: np.ndarray, texts: Sequence[str] | None = None) -> list[Answer]:
+        """Answers for queries already embedded ([Q, image_dim]), with their texts for a fused head."""
+        queries = self.features(image_features, list(texts) if texts is not None else [""] * len(image_features))
+        logits = self.logits(queries)
+        if self.calibration is None:
+            probabilities, known, scores = torch.softmax(logits, -1), None, None
+        else:
+            probabilities = self.calibration.probabilities(logits)
+            support, query = self.head.embed(self._support), self.head.embed(queries)
+            labels = torch.as_tensor(self.labels)
+            scores = self.calibration.scores(logits, support, labels, query)
+            known = scores >= self.calibration.threshold
+        answers = []
+        order = probabilities.argsort(-1, descending=True)
+        for i in range(len(queries)):
+            top = [(self.classes[int(j)], float(probabilities[i, j])) for j in order[i]]
+            best, confidence = top[0]
+            label = best if known is None or bool(known[i]) else UNKNOWN
+            answers.append(Answer(label, best, confidence, top, None if scores is None else float(scores[i])))
+        return answers
+
+    def predict(
+        self, photos: Sequence[str | os.PathLike | Image.Image], texts: Sequence[str] | None = None
+    ) -> list[Answer]:
+        """One Answer per photo (a file path or a PIL image); `texts`, one per photo, for a fused head."""
+        if not photos:
+            return []
+        self._ready()
+        return self.answer_features(self.embed_photos(photos), texts)
+
+    def describe(self) -> str:
+        """Which head, encoder and calibration answer, in words (the first line `fsl predict` prints)."""
+        if self.calibration is not None:
+            said = self.calibration.describe()
+        else:
+            said = (
+                f'uncalibrated (raw softmax, no "{UNKNOWN}" answer): no calibration was fitted for {self.config.name} '
+                f"with encoder {self.encoder.id}; `fsl calibrate` one, or use --calibrate-on-support"
+            )
+        return f"head {self.config.name}, encoder {self.encoder.id}; {said}"
+
+    # Calibrating on the support -----------------------------------------------------------------
+
+    def calibrate_on_support(self, false_accept: float = FALSE_ACCEPT, score: str = "auto") -> Calibration:
+        """Fit the temperature, the "none of these" score and its threshold on the support itself
+        (leave one category out; fsl/harness/calibration.py), use them from now on and return them."""
+        self._ready()
+        validation = find_calibration(config_key(self.config, self.encoder.id))
+        where = getattr(getattr(self, "support_folder", None), "root", None)
+        self.calibration = calibrate_on_support(
+            self.config,
+            self.head,
+            self._support,
+            torch.as_tensor(self.labels),
+            config_key(self.config, self.encoder.id),
+            self.encoder.id,
+            f"of {where}" if where else "taught",
+            false_accept,
+            score,
+            validation.temperature if validation else 1.0,
+        )
+        return self.calibration
+
+    # Saving -------------------------------------------------------------------------------------
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """A support folder (the example photos, copied; texts.csv) with classifier.json (head,
+        encoder, calibration), replacing `folder` whole once complete. Examples given as features or
+        PIL images have no file to save: an error names them."""
+        unsaved = sum(p is None for p in self.photos)
+        if unsaved:
+            raise FslError(f"{unsaved} examples were given without a photo file; only photo files can be saved")
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            rows = []
+            for i, (photo, label, text) in enumerate(zip(self.photos, self.labels, self.texts)):
+                name = f"{i:04d}-{Path(photo).name}"
+                target = staging / self.classes[label] / name
+                target.parent.mkdir(exist_ok=True)
+                shutil.copyfile(photo, target)
+                if text:
+                    rows.append({"file": f"{self.classes[label]}/{name}", "text": text})
+            if rows:
+                write_csv(pd.DataFrame(rows, columns=["file", "text"]), staging / "texts.csv")
+            calibration = self.calibration
+            write_json(
+                staging / MANIFEST,
+                {
+                    "head": dataclasses.asdict(self.config),
+                    "encoder": dataclasses.asdict(self.encoder_config),
+                    "calibration": None
+                    if calibration is None
+                    else {k: v for k, v in dataclasses.asdict(calibration).items() if k != "path"},
+                },
+            )
+            if folder.exists():
+                retired = folder.with_name(f".{folder.name}.replaced")
+                shutil.rmtree(retired, ignore_errors=True)
+                folder.rename(retired)
+                staging.rename(folder)
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                staging.rename(folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, cache_root: str | os.PathLike | None = None) -> FewShotClassifier:
+        """A classifier saved by `save`: the same head, encoder, calibration and examples."""
+        manifest_path = Path(folder) / MANIFEST
+        manifest = read_json(manifest_path, "classifier manifest")
+        if not isinstance(manifest, dict) or not {"head", "encoder", "calibration"} <= set(manifest):
+            raise FslError(f"{manifest_path} is not a saved classifier (expected head, encoder, calibration)")
+        config = config_from_dict(manifest["head"], str(manifest_path))
+        record = manifest["calibration"]
+        try:
+            encoder = EncoderConfig(**manifest["encoder"])
+            calibration = None if record is None else Calibration(**record, path=str(manifest_path))
+        except TypeError as error:
+            raise FslError(f"{manifest_path} is damaged ({error}); save the classifier again") from None
+        classifier = cls.from_folder(folder, config, encoder=encoder, calibration=calibration, cache_root=cache_root)
+        return classifier

@@ -1,0 +1,281 @@
+"""Your own categories anywhere: a support folder without the catalog, one classifier behind
+`fsl predict`, the demo and the Python API, calibrations found from any folder, a threshold fitted on
+the support itself, the "none of these" scores, and small catalogs that run what they can."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.covariance import LedoitWolf
+
+from fsl.apps.classifier import NAMED_HEADS, FewShotClassifier
+from fsl.cli.main import main
+from fsl.config import EncoderConfig, load_config
+from fsl.errors import FslError
+from fsl.harness.calibration import calibrate_on_support, config_key, find_calibration
+from fsl.harness.experiment import head_for_features
+from fsl.harness.open_set import known_scores, mahalanobis, nearest_support
+from fsl.paths import SHIPPED_CALIBRATION_DIR
+from fsl.store.content import ContentCache
+
+TINY = EncoderConfig("clip", "FSL-Tiny", "none")
+TINY_PROBE = """name: linear-probe-image
+method: linear_probe
+method_options: {init: prototypes, C: 10}
+fusion: image
+encoder: {name: clip, model: FSL-Tiny, pretrained: none}
+"""
+
+
+# The "none of these" scores ------------------------------------------------------------------------
+
+
+def test_mahalanobis_equals_scikit_learns_ledoit_wolf_precision():
+    torch.manual_seed(0)
+    support, labels, query = torch.randn(25, 64), torch.arange(5).repeat_interleave(5), torch.randn(7, 64)
+    s, q = F.normalize(support.double(), dim=-1).numpy(), F.normalize(query.double(), dim=-1).numpy()
+    means = np.stack([s[labels.numpy() == c].mean(0) for c in range(5)])
+    precision = LedoitWolf(assume_centered=True).fit(s - means[labels.numpy()]).precision_
+    differences = q[:, None] - means[None]
+    expected = -np.einsum("qnd,de,qne->qn", differences, precision, differences).min(-1)
+    np.testing.assert_allclose(mahalanobis(support, labels, query, 5).numpy(), expected, rtol=1e-9)
+
+
+def test_feature_scores_rank_a_query_near_the_support_above_a_far_one():
+    torch.manual_seed(1)
+    centres = F.normalize(torch.randn(3, 32), dim=-1)
+    labels = torch.arange(3).repeat_interleave(4)
+    support = centres[labels] + 0.05 * torch.randn(12, 32)
+    near, far = centres[1] + 0.05 * torch.randn(32), F.normalize(torch.randn(32), dim=-1)
+    queries = torch.stack([near, far])
+    logits = queries @ F.normalize(support, dim=-1).view(3, 4, -1).mean(1).T
+    for name in ("nearest-support", "mahalanobis", "max-softmax", "energy"):
+        scores = known_scores(name, logits, 0.1, support, labels, queries)
+        assert scores[0] > scores[1], name
+    assert float(nearest_support(support, support[:1])[0]) == pytest.approx(0.0, abs=1e-9)  # itself: distance 0
+    energy = known_scores("energy", logits, 0.5)
+    torch.testing.assert_close(energy, 0.5 * torch.logsumexp(logits.double() / 0.5, -1))
+
+
+# A threshold from the support ----------------------------------------------------------------------
+
+
+def clustered_support(categories: int = 4, photos: int = 5, dim: int = 16, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(categories, dim, generator=generator), dim=-1)
+    labels = torch.arange(categories).repeat_interleave(photos)
+    return F.normalize(centres[labels] + 0.1 * torch.randn(len(labels), dim, generator=generator), dim=-1), labels
+
+
+def test_calibrating_on_the_support_separates_taught_from_held_out_categories():
+    features, labels = clustered_support()
+    config = NAMED_HEADS["linear-probe-image"]
+    head = head_for_features(config, 16, 0, "test").eval()
+    fitted = calibrate_on_support(config, head, features, labels, "key", "test", "of a test", score="max-softmax")
+    again = calibrate_on_support(config, head, features, labels, "key", "test", "of a test", score="max-softmax")
+    assert (fitted.threshold, fitted.temperature) == (again.threshold, again.temperature)  # deterministic
+    figures = fitted.validation
+    assert figures["auroc"] > 0.9  # well separated clusters: taught photos score above untaught ones
+    assert figures["categories"] == 4 and figures["photos"] == 20 and figures["taught_right"] == 1.0
+    # every held-out taught photo was right: the NLL has no minimum, so T is the fallback, and it says so
+    assert fitted.temperature == 1.0 and figures["temperature_from"].startswith("validation classes")
+    assert 0 <= figures["estimated_false_accept"] <= 1 and 0 < figures["taught_answered"] <= 1
+    assert fitted.fitted_on.startswith("the support of a test (leave one category out: 4 categories, 20 photos)")
+
+    auto = calibrate_on_support(config, head, features, labels, "key", "test", "x")
+    assert auto.score == max(auto.validation["score_aurocs"], key=auto.validation["score_aurocs"].get)
+
+    with pytest.raises(FslError, match="at least 3 categories of at least 3 photos"):
+        calibrate_on_support(config, head, features[:10], labels[:10], "key", "test", "x")  # 2 categories
+    with pytest.raises(FslError, match="the smallest with 2"):
+        keep = torch.cat([torch.arange(0, 20, 5), torch.arange(1, 20, 5)])  # 2 photos per category
+        calibrate_on_support(config, head, features[keep], labels[keep], "key", "test", "x")
+
+
+# One classifier behind the CLI, the demo and the API ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_folders(small_dump, tmp_path_factory):
+    """support/ (3 categories x 4 photos) and query/ (3 of each, and 3 of a fourth category)."""
+    from fsl.data.prepared import load_catalog
+
+    root = tmp_path_factory.mktemp("own")
+    catalog = load_catalog(small_dump)
+    classes = sorted(set(catalog.labels()))
+    for index, name in enumerate(classes):
+        photos = [p for p, label in zip(catalog.image_paths, catalog.labels()) if label == name]
+        if index < 3:
+            (root / "support" / name).mkdir(parents=True)
+            for photo in photos[:4]:
+                shutil.copy(photo, root / "support" / name / photo.name)
+        (root / "query").mkdir(exist_ok=True)
+        for photo in photos[4:7]:
+            shutil.copy(photo, root / "query" / photo.name)
+    (root / "tiny.yaml").write_text(TINY_PROBE)
+    return root
+
+
+def test_the_same_support_gives_the_same_answers_in_predict_the_demo_and_the_api(own_folders, tmp_path, monkeypatch):
+    from fsl.apps.demo import handlers
+    from fsl.apps.demo.backend import NONE_OF_THESE, DemoBackend
+    from fsl.encoders.factory import encoder_from_config
+
+    monkeypatch.chdir(tmp_path)  # an empty folder: no catalog, no dump, the cache under ./.fsl
+    monkeypatch.delenv("FSL_DATA", raising=False)
+    config = load_config(own_folders / "tiny.yaml")
+    probe = FewShotClassifier.from_folder(own_folders / "support", config)
+    fitted = dataclasses.replace(probe.calibrate_on_support(score="max-softmax"), temperature=0.05)
+    probe.calibration = fitted
+    confidences = [a.confidence for a in probe.predict(sorted((own_folders / "query").iterdir()))]
+    fitted = dataclasses.replace(fitted, threshold=float(np.median(confidences)))  # half answered, half unknown
+    fitted.save(tmp_path / "calibrations")  # a calibration of this head and encoder, as `fsl calibrate` leaves one
+
+    api = FewShotClassifier.from_folder(own_folders / "support", config, calibration_dir=tmp_path / "calibrations")
+    assert api.calibration is not None and api.calibration.threshold == fitted.threshold
+    queries = sorted((own_folders / "query").iterdir())
+    answers = api.predict(queries)
+
+    out = tmp_path / "p.csv"
+    argv = ["predict", "--support", str(own_folders / "support"), "--images", str(own_folders / "query")]
+    argv += ["--config", str(own_folders / "tiny.yaml"), "--calibration-dir", str(tmp_path / "calibrations")]
+    assert main([*argv, "--out", str(out)]) == 0
+    table = pd.read_csv(out).set_index("file")
+    assert table["nearest_id"].isna().all()  # no catalog: no catalog extras
+
+    encoder = encoder_from_config(TINY)
+    backend = DemoBackend(encoder, None, None, [], calibration=api.calibration, cache=ContentCache(encoder))
+    categories, _ = handlers.load_folder(backend, own_folders / "support", "support")
+    for path, answer in zip(queries, answers):
+        assert table.at[path.name, "answer"] == answer.label
+        assert table.at[path.name, "confidence_1"] == pytest.approx(answer.confidence, abs=1e-4)
+        label, confidences, message, _ = handlers.predict(backend, categories, str(path), None)
+        assert label == (NONE_OF_THESE if answer.label == "unknown" else answer.label)
+        assert confidences[answer.best] == pytest.approx(answer.confidence, abs=1e-5)  # one query vs a batch
+        assert r"head linear\-probe\-image" in message  # (escaped for Markdown)
+    assert {a.label for a in answers} <= {*api.classes, "unknown"}
+    assert 0 < sum(a.label == "unknown" for a in answers) < len(answers)  # both kinds of answer were compared
+
+
+def test_a_saved_classifier_loads_with_its_examples_head_and_calibration(own_folders, tmp_path):
+    config = load_config(own_folders / "tiny.yaml")
+    classifier = FewShotClassifier.from_folder(own_folders / "support", config, cache_root=tmp_path / "cache")
+    classifier.calibrate_on_support(score="energy")
+    queries = sorted((own_folders / "query").iterdir())
+    before = classifier.predict(queries)
+    classifier.save(tmp_path / "saved")
+    loaded = FewShotClassifier.load(tmp_path / "saved", cache_root=tmp_path / "cache")
+    assert loaded.classes == classifier.classes and loaded.config == classifier.config
+    assert (loaded.calibration.score, loaded.calibration.threshold) == ("energy", classifier.calibration.threshold)
+    assert [(a.label, round(a.confidence, 6)) for a in loaded.predict(queries)] == [
+        (a.label, round(a.confidence, 6)) for a in before
+    ]
+    # more examples of a category, and the head follows them
+    grown = loaded.add_examples(loaded.classes[0], queries[:1])
+    assert grown.labels.count(0) == classifier.labels.count(0) + 1
+
+
+def test_the_content_cache_embeds_each_file_once_and_a_changed_one_again(tmp_path):
+    class Counting:
+        id = "counting"
+        embedded: list[str] = []
+
+        def encode_images(self, paths, num_workers=None, progress=True):
+            self.embedded += [Path(p).name for p in paths]
+            return np.stack([np.full(4, float(Path(p).stat().st_size), dtype=np.float32) for p in paths])
+
+    for name, payload in (("a.jpg", b"1"), ("b.jpg", b"22")):
+        (tmp_path / name).write_bytes(payload)
+    encoder = Counting()
+    cache = ContentCache(encoder, tmp_path / "cache")
+    first = cache.images([tmp_path / "a.jpg", tmp_path / "b.jpg"])
+    assert encoder.embedded == ["a.jpg", "b.jpg"] and first[:, 0].tolist() == [1.0, 2.0]
+    shutil.copy(tmp_path / "a.jpg", tmp_path / "renamed.jpg")
+    assert cache.images([tmp_path / "renamed.jpg", tmp_path / "b.jpg"])[:, 0].tolist() == [1.0, 2.0]
+    assert encoder.embedded == ["a.jpg", "b.jpg"] and (cache.hits, cache.misses) == (2, 2)  # same bytes: no work
+    (tmp_path / "b.jpg").write_bytes(b"333")
+    assert cache.images([tmp_path / "b.jpg"])[0, 0] == 3.0 and encoder.embedded[-1] == "b.jpg"
+
+
+def test_a_head_that_needs_the_catalog_says_so_without_one(own_folders, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FSL_DATA", raising=False)
+    (tmp_path / "simpleshot.yaml").write_text(TINY_PROBE.replace("linear_probe", "simpleshot").replace(
+        "method_options: {init: prototypes, C: 10}", "method_options: {centering: base}"))  # fmt: skip
+    argv = ["predict", "--support", str(own_folders / "support"), "--images", str(own_folders / "query")]
+    assert main([*argv, "--config", "simpleshot.yaml", "--out", "p.csv"]) == 2
+    assert "No Fashion Product Images dump" in capsys.readouterr().err  # it needs the catalog's base classes
+
+
+# Calibrations from any folder, and the README's example ----------------------------------------------
+
+
+def test_the_shipped_calibrations_travel_with_the_package(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    default = NAMED_HEADS["linear-probe-image"]
+    found = find_calibration(config_key(default, "offline:efficientnet-lite0+all-MiniLM-L6-v2"))
+    assert found is not None and Path(found.path).parent == SHIPPED_CALIBRATION_DIR
+    assert "fitted on validation classes" in found.describe() and found.path in found.describe()
+    assert find_calibration(config_key(default, "offline:efficientnet-lite0+all-MiniLM-L6-v2"), tmp_path) is None
+
+
+@pytest.mark.real_data  # the shipped calibration was fitted on real photos with the offline encoder
+def test_the_readme_example_from_an_empty_folder_without_the_catalog(tmp_path, monkeypatch, capsys):
+    from fsl.data.sample import own_categories_example
+    from tests.conftest import data_source
+
+    truth = own_categories_example(data_source(), tmp_path / "own").set_index("file")
+    monkeypatch.chdir(tmp_path / "own")
+    monkeypatch.delenv("FSL_DATA", raising=False)
+    assert main(["predict", "--support", "support", "--images", "query", "--out", "p.csv"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert (
+        first.startswith("head linear-probe-image")
+        and str(SHIPPED_CALIBRATION_DIR / "linear-probe-image.json") in first
+    )
+    assert "catalog extras off: no catalog" in first
+    table = pd.read_csv("p.csv").set_index("file").join(truth)
+    taught, untaught = table[table["taught"]], table[~table["taught"]]
+    assert (taught["answer"] == taught["category"]).mean() >= 0.7
+    assert (untaught["answer"] == "unknown").mean() >= 0.5
+    assert (
+        main(["predict", "--support", "support", "--images", "query", "--out", "p.csv", "--calibrate-on-support"]) == 0
+    )
+    printed = capsys.readouterr()
+    assert "calibrated on the support: AUROC" in printed.err and "linear-probe-image@support" in printed.out
+
+
+# Small catalogs ------------------------------------------------------------------------------------
+
+
+def test_eval_runs_the_sets_a_small_catalog_has_and_names_the_ones_it_skipped(twelve_classes, tmp_path, capsys):
+    root, _ = twelve_classes
+    (tmp_path / "pn.yaml").write_text(
+        "method: protonet\nepisodes: [novel-5w5s, novel-15w5s]\n"
+        "encoder: {name: clip, model: FSL-Tiny, pretrained: none}\n"
+    )
+    common = [
+        "--data",
+        str(root / "dump"),
+        "--episodes-dir",
+        str(root / "episodes"),
+        "--store-root",
+        str(root / "store"),
+    ]
+    common += ["--results", str(tmp_path / "res"), "--runs", str(tmp_path / "runs")]
+    assert main(["eval", str(tmp_path / "pn.yaml"), *common]) == 0
+    err = capsys.readouterr().err
+    assert "skipped novel-15w5s: the novel split of this catalog has" in err and "too few for it" in err
+    assert set(pd.read_csv(tmp_path / "res" / "pn.csv")["episode_set"]) == {"novel-5w5s"}
+    (tmp_path / "only.yaml").write_text((tmp_path / "pn.yaml").read_text().replace("novel-5w5s, ", ""))
+    assert main(["eval", str(tmp_path / "only.yaml"), *common]) == 2
+    assert "none of its episode sets exist for split 0 of this catalog: novel-15w5s (the novel split" in (
+        capsys.readouterr().err
+    )
