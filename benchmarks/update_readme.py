@@ -2,7 +2,7 @@
 the README's headline (a dozen heads, five-split means and paired differences, docs/headline.png);
 docs/results.md (every experiments/*.yaml on the frozen episodes of $FSL_DATA, mean ± 95% CI,
 inductive and transductive heads apart, paired differences against the image-only prototype
-baseline, docs/results.png); docs/calibration.md from calibration/*.json (what `fsl calibrate`
+baseline, docs/results.png); docs/calibration.md from fsl/calibration/*.json (what `fsl calibrate`
 wrote); docs/robustness.md (shifted query sets, `fsl eval --shifted`); docs/methods.md from the
 head registry (each head's paper and options, and the configs that use it); docs/usage.md's paragraph
 on what the best inductive head gets wrong, with docs/confusion.png and docs/confusions.png.
@@ -40,11 +40,12 @@ from fsl.harness.analysis import (
     per_class_accuracy,
     predict_episodes,
 )
+from fsl.harness.calibration import REPORT_SETS, Calibration
 from fsl.harness.evaluate import paired_difference
 from fsl.harness.experiment import run_experiment
 from fsl.harness.results import across_splits, load_results, plot_summary, results_frame, summary_table, with_split
 from fsl.methods import HEADS
-from fsl.paths import FEATURES_ROOT
+from fsl.paths import FEATURES_ROOT, SHIPPED_CALIBRATION_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "protonet-image"
@@ -356,23 +357,20 @@ def from_results(configs, folder: Path):
 
 
 def calibration_markdown(folder: Path) -> str:
-    """ECE before -> after on the novel sets, and the unknown rule on validation and novel classes."""
-    from fsl.harness.calibration import Calibration
-
+    """ECE before -> after on the novel sets, the unknown rule on validation and novel classes, and the
+    "none of these" scores compared (chosen on validation; the spread over category sets)."""
     calibrations = [Calibration.load(path) for path in sorted(folder.glob("*.json"))]
     if not calibrations:
-        return "No calibration yet: run `fsl calibrate experiments/NAME.yaml`."
-    from fsl.harness.calibration import REPORT_SETS
-
+        return "No calibration yet: run `fsl calibrate experiments/NAME.yaml --calibration-dir fsl/calibration`."
     sets = [name for name in REPORT_SETS if name in calibrations[0].novel]
     lines = [
-        f"Encoder: `{', '.join(sorted({c.encoder for c in calibrations}))}`. Temperature and threshold chosen on "
-        "validation classes (val-5w5s; open-set val-allway-5s: 5 classes taught, the 6th unknown, target "
+        f"Encoder: `{', '.join(sorted({c.encoder for c in calibrations}))}`. Temperature, score and threshold chosen "
+        "on validation classes (val-5w5s; open-set val-allway-5s: 5 classes taught, the 6th unknown, target "
         f"{calibrations[0].false_accept:.0%} false accepts); figures on novel classes, 600 frozen episodes. "
         "ECE: expected calibration error of the top answer, 15 bins, in points, raw softmax → calibrated. "
         "Open set: novel-15w5s episodes with 5 classes taught and the queries of all 15 (10 classes unknown).",
         "",
-        "| config | T | unknown below | "
+        "| config | T | unknown rule | "
         + " | ".join(f"ECE {s.removeprefix('novel-')}" for s in sets)
         + " | AUROC val / novel | taught: right and answered (without the rule) | taught answered unknown"
         " | untaught accepted (val / novel) |",
@@ -381,12 +379,35 @@ def calibration_markdown(folder: Path) -> str:
     for c in calibrations:
         v, n = c.validation, next(f for name, f in c.novel.items() if "auroc" in f)
         ece = " | ".join(f"{100 * c.novel[s]['ece_before']:.1f} → {100 * c.novel[s]['ece_after']:.1f}" for s in sets)
+        rule = (
+            f"confidence below {c.threshold:.0%}" if c.score == "max-softmax" else f"{c.score} below {c.threshold:.4g}"
+        )
         lines.append(
-            f"| {c.config} | {c.temperature:.3g} | {c.threshold:.0%} | {ece} | {v['auroc']:.3f} / {n['auroc']:.3f}"
+            f"| {c.config} | {c.temperature:.3g} | {rule} | {ece} | {v['auroc']:.3f} / {n['auroc']:.3f}"
             f" | {100 * n['known_accuracy']:.1f}% ({100 * n['known_accuracy_without_rule']:.1f}%)"
             f" | {100 * n['known_unknown_rate']:.1f}% | {100 * v['false_accept']:.0f}%"
             f" / {100 * n['false_accept']:.1f}% |"
         )
+    lines += [
+        "",
+        'The "none of these" scores (fsl/harness/open_set.py), each config\'s chosen one in bold (best AUROC on '
+        "validation). AUROC taught vs untaught pooled over episodes (one threshold serves every category set), "
+        "then per category set: the mean and the 10th-percentile episode (a user's one set of categories can sit "
+        "far from the mean); false accepts at the threshold that answers 80% of taught photos.",
+        "",
+        "| config | score | AUROC val | AUROC novel | per set: mean / 10th pct (novel) "
+        "| false accepts at 80% taught (novel) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in calibrations:
+        val, novel = c.validation.get("scores", {}), next(f for f in c.novel.values() if "auroc" in f).get("scores", {})
+        for score in val:
+            mark = "**" if score == c.score else ""
+            lines.append(
+                f"| {c.config} | {mark}{score}{mark} | {val[score]['auroc']:.3f} | {novel[score]['auroc']:.3f} | "
+                f"{novel[score]['episode_auroc_mean']:.3f} / {novel[score]['episode_auroc_p10']:.3f} | "
+                f"{100 * novel[score]['false_accept_at_taught_answered']:.1f}% |"
+            )
     return "\n".join(lines)
 
 
@@ -425,7 +446,7 @@ def main() -> None:
     if "analysis" in args.only:
         blocks["analysis"] = analysis_markdown(catalog)
     if "calibration" in args.only:
-        blocks["calibration"] = calibration_markdown(ROOT / "calibration")
+        blocks["calibration"] = calibration_markdown(SHIPPED_CALIBRATION_DIR)
     if set(args.only) & {"headline", "results", "robustness"}:
         if args.results:
             frame, encoders = from_results(configs, Path(args.results))

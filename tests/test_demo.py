@@ -12,7 +12,9 @@ from tests.conftest import make_slice
 gradio_client = pytest.importorskip("gradio_client")
 CLASSES = ["Watches", "Handbags", "Casual Shoes"]
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-CALIBRATION = Path(__file__).resolve().parents[1] / "fsl" / "calibration"  # fitted on the real data's validation classes
+CALIBRATION = (
+    Path(__file__).resolve().parents[1] / "fsl" / "calibration"
+)  # fitted on the real data's validation classes
 TAUGHT = "taught categories"
 
 

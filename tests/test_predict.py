@@ -117,7 +117,10 @@ def test_photos_of_a_category_not_in_the_support_are_mostly_unknown(small_dump, 
         == 0
     )
     printed = capsys.readouterr().out
-    assert f"head linear-probe-image, encoder offline:efficientnet-lite0+all-MiniLM-L6-v2; calibration {CALIBRATION}" in printed
+    assert (
+        f"head linear-probe-image, encoder offline:efficientnet-lite0+all-MiniLM-L6-v2; calibration {CALIBRATION}"
+        in printed
+    )
     assert "fitted on validation classes" in printed and ' "unknown"' in printed
     table = pd.read_csv(out).set_index("file")
     unknown = table.loc[[p.name for p in tshirts], "answer"]

@@ -236,10 +236,12 @@ def test_rows_of_a_redrawn_episode_file_are_neither_kept_nor_paired(twelve_class
 
 
 def test_results_from_before_draw_digests_are_dropped_and_each_config_is_saved_as_it_finishes(
-    twelve_classes, tmp_path, capsys
+    twelve_classes, tmp_path, capsys, monkeypatch
 ):
     from fsl.cli.main import main
+    from fsl.errors import FslError
     from fsl.files import read_csv
+    from fsl.harness import experiment
 
     root, catalog = twelve_classes
     config, common = protonet_eval(root, tmp_path)
@@ -250,12 +252,25 @@ def test_results_from_before_draw_digests_are_dropped_and_each_config_is_saved_a
     assert main(["eval", str(config), *common]) == 0
     assert "dropped earlier rows of split 0 novel-5w5s+rerendered" in capsys.readouterr().err
     assert list(read_csv(path)["episode_set"].unique()) == ["novel-5w5s"]
-    broken = tmp_path / "broken.yaml"  # runs second and fails: the first config's file is written already
-    broken.write_text(
+    absent = tmp_path / "absent.yaml"  # a set this catalog never had: refused before any work
+    absent.write_text(
         "method: protonet\nfusion: image\nepisodes: [novel-9w9s]\n"
         "encoder: {name: clip, model: FSL-Tiny, pretrained: none}\n"
     )
     config.write_text(config.read_text().replace("fusion: image", "fusion: image\nname: first"))
+    assert main(["eval", str(config), str(absent), *common]) == 2
+    assert "absent: none of its episode sets exist for split 0 of this catalog: novel-9w9s" in capsys.readouterr().err
+    assert not (tmp_path / "results" / "first.csv").exists()
+    broken = tmp_path / "broken.yaml"  # runs second and fails: the first config's file is written already
+    broken.write_text(config.read_text().replace("name: first", "name: broken"))
+    real_run = experiment.run_experiment
+
+    def failing(config, *args, **kwargs):
+        if config.name == "broken":
+            raise FslError("a failure while it runs")
+        return real_run(config, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "run_experiment", failing)
     assert main(["eval", str(config), str(broken), *common]) == 2
     assert (tmp_path / "results" / "first.csv").is_file() and not (tmp_path / "results" / "broken.csv").exists()
 

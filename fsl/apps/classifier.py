@@ -77,7 +77,7 @@ MANIFEST = "classifier.json"
 def needs_catalog(config: ExperimentConfig) -> bool:
     """Whether the head learns from the catalog's base classes or reads class names: then it needs
     the catalog's store, and a support folder alone cannot teach it."""
-    head = head_for_features(config, 8, 8 if config.fusion != "image" else 0, config.encoder.name)
+    head = head_for_features(config, 8, 8 if config.fusion != "image" else 0, encoder_from_config(config.encoder).id)
     return head.needs_base_classes or head.needs_class_text
 
 
@@ -189,8 +189,7 @@ class FewShotClassifier:
         n = len(image_features)
         self._image_features += list(np.asarray(image_features, dtype=np.float32))
         self.texts += list(texts) if texts is not None else [""] * n
-        self.photos += [p if isinstance(p, (str, os.PathLike)) else None for p in (photos or [None] * n)]
-        self.photos = [str(p) if p is not None else None for p in self.photos]
+        self.photos += [str(p) if isinstance(p, (str, os.PathLike)) else None for p in (photos or [None] * n)]
         self.labels += [label] * n
         return self
 
@@ -256,6 +255,8 @@ class FewShotClassifier:
     @torch.no_grad()
     def answer_features(self, image_features: np.ndarray, texts: Sequence[str] | None = None) -> list[Answer]:
         """Answers for queries already embedded ([Q, image_dim]), with their texts for a fused head."""
+        if texts is not None and len(texts) != len(image_features):
+            raise FslError(f"{len(image_features)} photos but {len(texts)} texts; give one text per photo")
         queries = self.features(image_features, list(texts) if texts is not None else [""] * len(image_features))
         logits = self.logits(queries)
         if self.calibration is None:

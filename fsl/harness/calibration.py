@@ -88,7 +88,7 @@ class Calibration:
 
     def describe(self) -> str:
         where = f"calibration {self.path}" if self.path else f"calibration {self.config}"
-        return f"{where}, fitted on {self.fitted_on} (temperature {self.temperature:.3g}; {self.rule()})"
+        return f"{where}, fitted on {self.fitted_on}: temperature {self.temperature:.3g}, {self.rule()}"
 
     def save(self, root: str | os.PathLike = USER_CALIBRATION_DIR) -> Path:
         record = {k: v for k, v in dataclasses.asdict(self).items() if k != "path"}

@@ -1,7 +1,7 @@
 """Cosine similarity to each class's mean image feature and mean text feature, weighted by the
-fusion's image weight: the demo's scorer for taught categories (`fsl/apps/support.py`, which also copes
-with an example or a query that has one modality only), batched here so that it is evaluated and
-calibrated (`fsl calibrate`) on the same frozen episodes as every other head. Prototypical-network
+fusion's image weight (the demo scores a text-only query this way, in `fsl/apps/support.py`), batched
+here so that it is evaluated and calibrated (`fsl calibrate`) on the same frozen episodes as every
+other head. Prototypical-network
 scoring with cosine similarity (Snell et al., 2017; Chen et al., ICLR 2019, "A Closer Look at
 Few-shot Classification") kept per modality. Nothing to train."""
 
@@ -18,7 +18,7 @@ from fsl.methods.utils import inner_products, mean_prototypes
 
 class CosinePrototypes(FewShotHead):
     """Cosine prototypes per modality (Snell et al., 2017; Chen et al., ICLR 2019): cosine to each
-    class's mean image and mean text feature, weighted by the fusion's image weight; the demo's scorer.
+    class's mean image and mean text feature, weighted by the fusion's image weight.
     """
 
     name = "cosine_prototypes"
