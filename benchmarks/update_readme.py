@@ -29,7 +29,7 @@ from fsl.config import load_config
 from fsl.data.prepared import load_catalog
 from fsl.encoders.factory import encoder_id
 from fsl.episodes.frozen import STANDARD_BENCHMARKS
-from fsl.episodes.shift import SHIFTED_PAIRS
+from fsl.episodes.shift import SHIFTED_PAIRS, SUBPOPULATIONS
 from fsl.errors import FslError
 from fsl.files import atomic_path
 from fsl.harness.analysis import (
@@ -41,9 +41,17 @@ from fsl.harness.analysis import (
     predict_episodes,
 )
 from fsl.harness.calibration import REPORT_SETS, Calibration
-from fsl.harness.evaluate import paired_difference
+from fsl.harness.evaluate import mean_ci, paired_difference
 from fsl.harness.experiment import run_experiment
-from fsl.harness.results import across_splits, load_results, plot_summary, results_frame, summary_table, with_split
+from fsl.harness.results import (
+    across_splits,
+    load_results,
+    plot_summary,
+    results_frame,
+    split_drops,
+    summary_table,
+    with_split,
+)
 from fsl.methods import HEADS
 from fsl.paths import FEATURES_ROOT, SHIPPED_CALIBRATION_DIR
 
@@ -311,29 +319,50 @@ def methods_markdown(configs) -> str:
     return "\n".join(lines).rstrip()
 
 
+# The robustness table's columns: (heading, shifted set, the set it pairs with). Re-rendering measures
+# how a head takes other photographs of the same products; the others, queries from elsewhere.
+ROBUSTNESS_COLUMNS = [
+    ("rendering sensitivity 5w5s", "novel-5w5s+rerendered", "novel-5w5s"),
+    ("rendering sensitivity 15w5s", "novel-15w5s+rerendered", "novel-15w5s"),
+    ("temporal", "novel-5w5s-temporal", "novel-5w5s-temporal-control"),
+    *[(kind, f"novel-{kind}-5s", f"novel-{kind}-5s-control") for kind in SUBPOPULATIONS],
+]
+
+
 def shifted_markdown(frame) -> str:
-    """Per head: accuracy on each shifted set and its paired difference to the standard set it pairs
-    with (the same episodes, or the same support for the temporal control)."""
-    pairs = {name: standard for name, standard in SHIFTED_PAIRS.items() if name in set(frame["episode_set"])}
-    if not pairs:
+    """Per head: the paired drop on each shift (shifted minus its control, per split on the same
+    episodes, then mean ± 95% t interval over the splits), and the mean over the sub-population
+    columns (per split, then over splits)."""
+    present = set(frame["episode_set"])
+    columns = [c for c in ROBUSTNESS_COLUMNS if c[1] in present]
+    if not columns:
         return "No shifted results yet: run `fsl eval experiments/*.yaml --shifted`."
-    methods = kinds(frame[frame["episode_set"].isin(pairs)])
+    methods = kinds(frame[frame["episode_set"].isin([c[1] for c in columns])])
+
+    def cell(drops: list[float]) -> str:
+        if not drops:
+            return "—"
+        mean, ci = mean_ci(np.asarray(drops))
+        return f"{100 * mean:+.1f}" + ("" if len(drops) < 2 else f" ± {100 * ci:.1f}") + f" ({len(drops)})"
 
     def cells(method):
-        group, out = frame[frame["method"] == method], []
-        for name, standard in pairs.items():
-            a = group[group["episode_set"] == name].sort_values("episode")["accuracy"].to_numpy()
-            b = group[group["episode_set"] == standard].sort_values("episode")["accuracy"].to_numpy()
-            if len(a) == 0 or len(a) != len(b):
-                out.append("—")
-                continue
-            difference, ci = paired_difference(a, b)
-            out.append(f"{100 * a.mean():.1f} ({100 * difference:+.1f} ± {100 * ci:.1f})")
-        return out
+        out, subpopulation = [], {}
+        for heading, shifted, control in columns:
+            drops = split_drops(frame, method, shifted, control)
+            out.append(cell(list(drops.values())))
+            if heading in SUBPOPULATIONS:
+                for split, drop in drops.items():
+                    subpopulation.setdefault(split, []).append(drop)
+        complete = [np.mean(d) for d in subpopulation.values() if len(d) == len(SUBPOPULATIONS)]
+        return [*out, cell(complete)]
 
-    sets = [f"{name} (− {standard})" for name, standard in pairs.items()]
+    headings = [heading for heading, _, _ in columns] + ["mean over sub-populations"]
     return "\n".join(
-        [f"| experiment | {' | '.join(sets)} |", "|---|" + "---|" * len(sets), *rows_by_kind(methods, cells, len(sets))]
+        [
+            f"| experiment | {' | '.join(headings)} |",
+            "|---|" + "---|" * len(headings),
+            *rows_by_kind(methods, cells, len(headings)),
+        ]
     )
 
 
@@ -440,6 +469,8 @@ def main() -> None:
     all_configs = [load_config(path) for path in sorted((ROOT / "experiments").glob("*.yaml"))]
     needs_all = bool({"results", "robustness"} & set(args.only))
     configs = [c for c in all_configs if needs_all or c.name in HEADLINE]
+    if args.results and set(args.only) <= {"robustness", "methods", "analysis", "calibration"}:
+        configs = [c for c in configs if (Path(args.results) / f"{c.name}.csv").is_file()]  # the ones run
     blocks = {}
     if "methods" in args.only:
         blocks["methods"] = methods_markdown(all_configs)
@@ -460,7 +491,7 @@ def main() -> None:
             & ~frame["episode_set"].isin(STANDARD_BENCHMARKS)
         ]
         frame = frame.drop(shifted.index)
-        shifted_split0 = with_split(pd.concat([shifted, frame]))
+        robustness = with_split(pd.concat([shifted, frame]))
         frame = with_split(frame)
         first = frame[frame["split"] == 0]
         if "headline" in args.only:
@@ -470,11 +501,17 @@ def main() -> None:
             plot_summary(summary_table(first), ROOT / "docs" / "results.png")
             blocks["results"] = results_markdown(catalog, frame, encoders)
         if "robustness" in args.only:
+            splits = sorted(robustness["split"].unique())
             blocks["robustness"] = (
-                f"Encoder: `{', '.join(encoders)}`. Accuracy in % on each shifted set, and in brackets its paired "
-                "difference (points, 95% CI) to the standard set it pairs with: the same 600 episodes with "
-                "re-rendered query photos; for the temporal set, the same support and classes with queries from "
-                "before 2012. Split 0.\n\n" + shifted_markdown(shifted_split0[shifted_split0["split"] == 0])
+                f"Encoder: `{', '.join(encoders)}`; class splits {', '.join(map(str, splits))}. Each cell: the paired "
+                "drop in accuracy (points) of the shifted queries against their control, computed per split on the "
+                "same episodes, then the mean over splits ± a 95% t interval over them, and (in brackets) how many "
+                "splits had the set. Rendering sensitivity: the same episodes with every query photo re-rendered "
+                "(grey 3:4 backdrop, halved, JPEG 40). Temporal: support from before 2012, queries from 2012 on, "
+                "control queries from before. Sub-populations (gender, brand, usage, season): support and control "
+                "queries from one side of each class, shifted queries from the other (see above). The last column: "
+                "per split, the mean of the four sub-population drops, then over the splits that have all four."
+                "\n\n" + shifted_markdown(robustness)
             )
     for name, block in blocks.items():
         target = ROOT / BLOCKS[name]

@@ -18,6 +18,7 @@ from fsl.files import safe_name
 RUNTIMES = ("auto", "onnx", "eager")
 # Photos whose image features reach this cosine are one near-duplicate group (fsl.episodes.near_duplicates)
 NEAR_DUPLICATE_THRESHOLD = 0.98
+TEST_TIME_VIEWS = ("flip",)  # the photo views test-time augmentation can average in (fsl/episodes/shift.py)
 # The "none of these" scores a calibration can threshold (fsl/harness/open_set.py)
 UNKNOWN_SCORES = ("max-softmax", "energy", "nearest-support", "mahalanobis")
 
@@ -66,6 +67,8 @@ class ExperimentConfig:
     encoder: EncoderConfig = EncoderConfig()
     batch_size: int = 64
     train: TrainConfig | None = None  # set for heads with meta-parameters to learn
+    # test-time augmentation: each photo's image feature averaged with these views' (support and queries)
+    test_time_views: tuple[str, ...] = ()
 
 
 POSITIVE_INTS = {"batch_size", "steps", "episodes_per_step", "n_way", "k_shot", "q_query", "val_every"}
@@ -154,6 +157,17 @@ def _build(cls, values: Any, source: str, where: str):
         elif key == "sources":
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
                 raise FslError(f"{source}: {where}sources must be a list of label columns, got {shown(value)}")
+            value = tuple(value)
+        elif key == "test_time_views":
+            if (
+                not isinstance(value, (list, tuple))
+                or not set(value) <= set(TEST_TIME_VIEWS)
+                or len(set(value)) < len(value)
+            ):
+                raise FslError(
+                    f"{source}: {where}test_time_views must be a list of distinct views of {list(TEST_TIME_VIEWS)}, "
+                    f"got {shown(value)}"
+                )
             value = tuple(value)
         elif key == "episodes":
             if not isinstance(value, (str, list, tuple)):

@@ -695,3 +695,24 @@ def test_fusion_options_are_typed_and_ranged_and_numeric_text_is_read_as_a_numbe
         create_fusion("concat", IMAGE_DIM, TEXT_DIM, weight=0.5)
     assert create_fusion("concat", IMAGE_DIM, TEXT_DIM, image_weight="7e-1").image_weight == 0.7
     assert create_head("linear_probe", create_fusion("image", 4, 4), C="3e-1").C == 0.3
+
+
+def test_the_linear_probe_centres_on_the_support_or_the_base_classes():
+    support, labels, query, _ = toy_episodes(n_episodes=3, n_way=4, k_shot=3, q_query=2, seed=5)
+    fusion = create_fusion("image", IMAGE_DIM, TEXT_DIM)
+    centred = create_head("linear_probe", fusion, centering="support", init="prototypes")
+    plain = create_head("linear_probe", fusion, init="prototypes")
+    image_support, image_query = fusion(support), fusion(query)
+    mean = image_support.mean(1, keepdim=True)
+    by_hand = plain.classify(
+        F.normalize(image_support - mean, dim=-1), labels, F.normalize(image_query - mean, dim=-1), 4
+    )
+    torch.testing.assert_close(centred(support, labels, query, 4), by_hand)
+    assert not torch.allclose(centred(support, labels, query, 4), plain(support, labels, query, 4))
+
+    base = create_head("linear_probe", fusion, centering="base")
+    assert base.needs_base_classes and not centred.needs_base_classes
+    shift = torch.randn(IMAGE_DIM + TEXT_DIM)
+    base.fit_base(shift.expand(10, -1) + 0.01 * torch.randn(10, IMAGE_DIM + TEXT_DIM), torch.zeros(10).long())
+    torch.testing.assert_close(base.base_mean, shift, atol=0.01, rtol=0)
+    torch.testing.assert_close(base.embed(support), F.normalize(fusion(support - base.base_mean), dim=-1))

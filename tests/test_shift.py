@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fsl.episodes.shift import ReplacedImages, draw_temporal_sets, rerender
+from fsl.episodes.shift import ReplacedImages, brand_of, draw_subpopulation_sets, draw_temporal_sets, rerender
 from fsl.episodes.splits import ClassSplit
 
 
@@ -97,12 +97,12 @@ def test_eval_shifted_runs_the_same_episodes_with_rerendered_queries_embedded_on
     }
     assert set(results) == {"novel-5w5s", "novel-5w5s+rerendered"}  # no temporal or 15-way set drawn here
     said = capsys.readouterr().err
-    assert "re-rendering and embedding" in said and "no shifted set novel-5w5s-temporal" in said
+    assert "embedding the rerendered view" in said and "no shifted set novel-5w5s-temporal" in said
     assert not np.array_equal(results["novel-5w5s"].accuracy, results["novel-5w5s+rerendered"].accuracy)
     cache = open_store(catalog, config.encoder, root / "store").path / "rerendered-v1.npz"
     stamp = cache.stat().st_mtime_ns
     again = run_experiment(config, catalog, root / "episodes", root / "store", progress=False, shifted=True)
-    assert "re-rendering" not in capsys.readouterr().err and cache.stat().st_mtime_ns == stamp  # cached
+    assert "rerendered view" not in capsys.readouterr().err and cache.stat().st_mtime_ns == stamp  # cached
     np.testing.assert_array_equal(again[1].accuracy, results["novel-5w5s+rerendered"].accuracy)
 
 
@@ -129,3 +129,77 @@ def test_temporal_queries_leave_out_the_near_duplicates_of_the_support():
         assert split_groups(plain[name]) > 20 and split_groups(sets[name]) == 0
         np.testing.assert_array_equal(plain[name].episodes.support, sets[name].episodes.support)
         assert sets[name].meta["near_duplicates"]["groups"] == 70
+
+
+def subpopulation_catalog(kids_per_class=12):
+    """7 novel and 3 validation classes: 20 adult products each (gender Men/Women, brands acme/zeta,
+    usage Casual, season Summer), and `kids_per_class` others (Boys, brand kido, Sports, Winter); one
+    novel class (G) has only 4 of the others."""
+    rows, classes = [], list("ABCDEFG") + ["V1", "V2", "V3"]
+    for c, name in enumerate(classes):
+        for i in range(20):
+            rows.append({"id": 1000 * (c + 1) + i, "articleType": name, "gender": ["Men", "Women"][i % 2],
+                         "productDisplayName": f"{['Acme', 'Zeta'][i % 2]} shirt", "usage": "Casual",
+                         "season": "Summer"})  # fmt: skip
+        for i in range(4 if name == "G" else kids_per_class):
+            rows.append({"id": 1000 * (c + 1) + 500 + i, "articleType": name, "gender": "Boys",
+                         "productDisplayName": "Kido shirt", "usage": "Sports", "season": "Winter"})  # fmt: skip
+    products = pd.DataFrame(rows)
+    catalog = SimpleNamespace(products=products, fingerprint="f" * 16, labels=lambda column: products[column])
+    splits = ["novel"] * 7 + ["val"] * 3
+    table = pd.DataFrame({"class": classes, "count": 32, "split": splits, "parent": ""})
+    return catalog, ClassSplit("articleType", 0, 10, table)
+
+
+def test_subpopulation_sets_take_support_and_control_from_one_side_and_shifted_queries_from_the_other():
+    catalog, split = subpopulation_catalog()
+    products = catalog.products.set_index("id")
+    sets = draw_subpopulation_sets(catalog, split, seed=3, n_episodes=30)
+    for kind in ("gender", "brand", "usage", "season"):
+        for split_name, ways in (("novel", 5), ("val", 3)):
+            shifted = sets[f"articleType-{split_name}-{kind}-5s"]
+            control = sets[f"articleType-{split_name}-{kind}-5s-control"]
+            np.testing.assert_array_equal(shifted.episodes.support, control.episodes.support)  # paired
+            np.testing.assert_array_equal(shifted.episodes.classes, control.episodes.classes)
+            assert shifted.episodes.n_way == ways and "G" not in shifted.meta["classes"]  # G has 4 of the others
+            support = products.loc[shifted.episodes.support.ravel()]
+            queries = products.loc[shifted.episodes.query.ravel()]
+            controls = products.loc[control.episodes.query.ravel()]
+            if kind != "brand":  # the other side of gender, usage and season is the kids' products here
+                assert (support["gender"] != "Boys").all() and (controls["gender"] != "Boys").all()
+                assert (queries["gender"] == "Boys").all()
+            assert not set(brand_of(support["productDisplayName"])) & set(brand_of(queries["productDisplayName"]))
+            assert not set(shifted.episodes.query.ravel()) & set(shifted.episodes.support.ravel())
+    again = draw_subpopulation_sets(catalog, split, seed=3, n_episodes=30)
+    assert all(again[name].to_bytes() == sets[name].to_bytes() for name in sets)  # frozen: the same bytes
+
+
+def test_a_subpopulation_shift_with_too_few_classes_is_skipped_with_a_note(capsys):
+    catalog, split = subpopulation_catalog(kids_per_class=4)
+    assert draw_subpopulation_sets(catalog, split, seed=3, n_episodes=10) == {}
+    assert "skipping novel-gender-5s: only 0 novel class(es) have 15 products of gender Men/Women" in (
+        capsys.readouterr().out
+    )
+
+
+def test_test_time_views_average_the_mirrored_photo_into_support_and_queries(twelve_classes, capsys):
+    import dataclasses
+
+    from fsl.config import EncoderConfig, ExperimentConfig
+    from fsl.harness.experiment import run_experiment
+    from fsl.store.open import open_store
+
+    root, catalog = twelve_classes
+    config = ExperimentConfig(name="pn", method="protonet", fusion="image", episodes=("novel-5w5s",),
+                              encoder=EncoderConfig("clip", "FSL-Tiny", "none"))  # fmt: skip
+    plain = run_experiment(config, catalog, root / "episodes", root / "store", progress=False)[0]
+    flipped = dataclasses.replace(config, test_time_views=("flip",))
+    first = run_experiment(flipped, catalog, root / "episodes", root / "store", progress=False)[0]
+    assert "embedding the flip view" in capsys.readouterr().err
+    assert not np.array_equal(plain.accuracy, first.accuracy)
+    cache = open_store(catalog, config.encoder, root / "store").path / "flip-v1.npz"
+    with np.load(cache) as data:
+        assert len(data["ids"]) > 0 and np.allclose(np.linalg.norm(data["image"], axis=1), 1, atol=1e-5)
+    again = run_experiment(flipped, catalog, root / "episodes", root / "store", progress=False)[0]
+    assert "flip view" not in capsys.readouterr().err  # embedded once
+    np.testing.assert_array_equal(again.accuracy, first.accuracy)

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import pandas as pd
+from PIL import Image, ImageOps
 
 from fsl.data.catalog import Catalog
 from fsl.episodes.frozen import SAMPLER_VERSION, EpisodeSet
@@ -24,12 +25,6 @@ RENDER_VERSION = "v1"
 YEAR_BOUNDARY = 2012  # 6,723 of the 9,583 photographed products here are from 2011, 2,859 from 2012-2018
 TEMPORAL = {"novel-5w5s-temporal": 5}  # name: shots; 5-way, 10 queries per class
 TEMPORAL_QUERIES = 10
-# what `fsl eval --shifted` adds to a config, in pairs (shifted, standard)
-SHIFTED_PAIRS = {
-    "novel-5w5s+rerendered": "novel-5w5s",
-    "novel-15w5s+rerendered": "novel-15w5s",
-    "novel-5w5s-temporal": "novel-5w5s-temporal-control",
-}
 
 
 def rerender(image: Image.Image) -> Image.Image:
@@ -47,69 +42,191 @@ def rerender(image: Image.Image) -> Image.Image:
         return compressed.convert("RGB")
 
 
+def brand_of(names: pd.Series) -> pd.Series:
+    """A product's brand: the first word of its display name, lower-cased ("Puma Men Grey T-shirt": puma)."""
+    return names.fillna("").str.split().str[0].fillna("").str.lower()
+
+
+def main_and_rest(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(products of the class's most common value, products of its other non-empty values)."""
+    present = values[values.fillna("") != ""]
+    if present.empty:
+        return np.zeros(len(values), bool), np.zeros(len(values), bool)
+    main = present.value_counts().sort_index().sort_values(ascending=False, kind="stable").index[0]
+    return (values == main).to_numpy(), (values.fillna("").ne("") & (values != main)).to_numpy()
+
+
+def gender_sides(products: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    return products["gender"].isin(ADULT).to_numpy(), products["gender"].isin(CHILD_OR_UNISEX).to_numpy()
+
+
+def brand_sides(products: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The class's most frequent brands, until they hold half its products, against all its other brands."""
+    brands = brand_of(products["productDisplayName"])
+    counts = brands[brands != ""].value_counts().sort_index().sort_values(ascending=False, kind="stable")
+    before = counts.cumsum().shift(fill_value=0)
+    main = set(counts.index[before < counts.sum() / 2])
+    return brands.isin(main).to_numpy(), (brands.ne("") & ~brands.isin(main)).to_numpy()
+
+
+def year_sides(products: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    year = products["year"].to_numpy(dtype=np.float64)
+    return year < YEAR_BOUNDARY, year >= YEAR_BOUNDARY
+
+
+ADULT, CHILD_OR_UNISEX = ("Men", "Women"), ("Boys", "Girls", "Unisex")
+# Sub-population shifts: support and control queries from one side of each class, shifted queries from
+# the other. (kind, the column it needs, sides, what the support side / query side are, in words)
+SUBPOPULATIONS = {
+    "gender": ("gender", gender_sides, f"gender {'/'.join(ADULT)}", f"gender {'/'.join(CHILD_OR_UNISEX)}"),
+    "brand": ("productDisplayName", brand_sides, "the class's main brands (half its products)", "its other brands"),
+    "usage": ("usage", lambda p: main_and_rest(p["usage"]), "the class's most common usage", "its other usages"),
+    "season": ("season", lambda p: main_and_rest(p["season"]), "the class's most common season", "its other seasons"),
+}
+SUBPOPULATION_SHOTS, SUBPOPULATION_WAYS, MIN_SUBPOPULATION_WAYS = 5, 5, 2
+
+
+def subpopulation_set_name(split_name: str, kind: str) -> str:
+    """`novel-gender-5s`: as many ways (up to 5) as the split has classes with enough of both sides."""
+    return f"{split_name}-{kind}-{SUBPOPULATION_SHOTS}s"
+
+
+# what `fsl eval --shifted` adds to a config, in pairs (shifted, its paired control or standard set)
+SHIFTED_PAIRS = {
+    "novel-5w5s+rerendered": "novel-5w5s",
+    "novel-15w5s+rerendered": "novel-15w5s",
+    "novel-5w5s-temporal": "novel-5w5s-temporal-control",
+    **{
+        subpopulation_set_name("novel", kind): f"{subpopulation_set_name('novel', kind)}-control"
+        for kind in SUBPOPULATIONS
+    },
+}
+
+
+def draw_paired_sets(
+    name: str,
+    catalog: Catalog,
+    split: ClassSplit,
+    split_name: str,
+    sides,
+    n_way: int,
+    min_ways: int,
+    k_shot: int,
+    q: int,
+    seed: int,
+    n_episodes: int,
+    near_duplicates: NearDuplicates | None,
+    shift: tuple[str, str],
+    described: tuple[str, str] | None = None,
+) -> dict[str, EpisodeSet]:
+    """A shifted set and its control: support and control queries from each class's support side,
+    shifted queries from its query side, over the classes of `split_name` with k_shot + q products on
+    the one side and q on the other (`n_way` of them per episode, fewer if fewer qualify, none below
+    `min_ways`). Queries are never near-duplicates of their episode's support. `shift` names the two
+    sides in words; `described`, if given, is the sets' own description (shifted, control)."""
+    labels = catalog.labels(split.column).to_numpy()
+    ids = catalog.products["id"].to_numpy()
+    group_of = dict(zip(ids, ids if near_duplicates is None else near_duplicates.group_index(ids)))
+    first, second = {}, {}
+    for c in split.classes(split_name):
+        members = labels == c
+        support_side, query_side = sides(catalog.products[members])
+        first[c], second[c] = ids[members][support_side], ids[members][query_side]
+    classes = [c for c in split.classes(split_name) if len(first[c]) >= k_shot + q and len(second[c]) >= q]
+    n_way = min(n_way, len(classes))
+    if n_way < min_ways:
+        print(
+            f"skipping {name}: only {len(classes)} {split_name} class(es) have {k_shot + q} products of "
+            f"{shift[0]} and {q} of {shift[1]}"
+        )
+        return {}
+    rng = np.random.default_rng(seed)
+    picked = np.stack([rng.choice(len(classes), n_way, replace=False) for _ in range(n_episodes)])
+    support, control, shifted = (np.empty((n_episodes, n_way * n), dtype=np.int64) for n in (k_shot, q, q))
+    for e, row in enumerate(picked):
+        drawn = [(rng.permutation(first[classes[c]]), rng.permutation(second[classes[c]])) for c in row]
+        taken = {group_of[i] for before, _ in drawn for i in before[:k_shot]}
+        for slot, (before, after) in enumerate(drawn):
+            free_before = [i for i in before[k_shot:] if group_of[i] not in taken][:q]
+            free_after = [i for i in after if group_of[i] not in taken][:q]
+            if min(len(free_before), len(free_after)) < q:
+                raise FslError(
+                    f"{name}: too few products of {classes[row[slot]]} remain for {q} queries after "
+                    "leaving out the near-duplicates of the support"
+                )
+            support[e, slot * k_shot : (slot + 1) * k_shot] = before[:k_shot]
+            control[e, slot * q : (slot + 1) * q] = free_before
+            shifted[e, slot * q : (slot + 1) * q] = free_after
+    meta = {
+        "catalog_fingerprint": catalog.fingerprint,
+        "label_column": split.column,
+        "split": split_name,
+        "split_seed": split.seed,
+        "classes": classes,
+        "seed": seed,
+        "sampler_version": SAMPLER_VERSION,
+        "n_way": n_way,
+        "k_shot": k_shot,
+        "q_query": q,
+        "episodes": n_episodes,
+        "near_duplicates": None if near_duplicates is None else near_duplicates.describe(),
+    }
+    column = split.column
+    shifted_text, control_text = described or (
+        f"support {shift[0]}; queries {shift[1]}, control queries {shift[0]}",
+        f"control: every product {shift[0]}",
+    )
+    return {
+        f"{column}-{name}": EpisodeSet(
+            f"{column}-{name}", Episodes(support, shifted, picked, n_way, k_shot, q), {**meta, "shift": shifted_text}
+        ),
+        f"{column}-{name}-control": EpisodeSet(
+            f"{column}-{name}-control",
+            Episodes(support, control, picked, n_way, k_shot, q),
+            {**meta, "shift": control_text},
+        ),
+    }
+
+
 def draw_temporal_sets(
     catalog: Catalog, split: ClassSplit, seed: int, n_episodes: int = 600, near_duplicates: NearDuplicates | None = None
 ) -> dict[str, EpisodeSet]:
     """Each temporal set and its control, or nothing (with a note) when the catalog has too few dated
-    products. Queries (shifted and control) are never near-duplicates of their episode's support."""
+    products: support products from before YEAR_BOUNDARY, shifted queries from it on."""
     if "year" not in catalog.products:
         return {}
-    year = catalog.products["year"].to_numpy(dtype=np.float64)
-    labels = catalog.labels(split.column).to_numpy()
-    ids = catalog.products["id"].to_numpy()
-    group_of = dict(zip(ids, ids if near_duplicates is None else near_duplicates.group_index(ids)))
-    early = {c: ids[(labels == c) & (year < YEAR_BOUNDARY)] for c in split.classes("novel")}
-    late = {c: ids[(labels == c) & (year >= YEAR_BOUNDARY)] for c in split.classes("novel")}
-    sets, q = {}, TEMPORAL_QUERIES
+    sets = {}
     for offset, (name, k_shot) in enumerate(TEMPORAL.items()):
-        classes = [c for c in split.classes("novel") if len(early[c]) >= k_shot + q and len(late[c]) >= q]
-        if len(classes) < 5:
-            print(
-                f"skipping {name}: only {len(classes)} novel class(es) have {k_shot + q} products before "
-                f"{YEAR_BOUNDARY} and {q} after"
-            )
+        sets |= draw_paired_sets(
+            name, catalog, split, "novel", year_sides, 5, 5, k_shot, TEMPORAL_QUERIES, seed + offset, n_episodes,
+            near_duplicates, (f"year < {YEAR_BOUNDARY}", f"year >= {YEAR_BOUNDARY}"),
+            (f"support year < {YEAR_BOUNDARY}; queries year >= {YEAR_BOUNDARY}, control queries before",
+             f"control: every product year < {YEAR_BOUNDARY}"),
+        )  # fmt: skip
+    return sets
+
+
+def draw_subpopulation_sets(
+    catalog: Catalog,
+    split: ClassSplit,
+    seed: int,
+    n_episodes: int = 600,
+    near_duplicates: NearDuplicates | None = None,
+    split_names: tuple[str, ...] = ("novel", "val"),
+) -> dict[str, EpisodeSet]:
+    """Every sub-population shift (SUBPOPULATIONS) of the novel classes, and of the validation classes
+    (where levers are chosen), with paired controls; a kind the catalog lacks the column for, or with
+    too few classes that have both sides, is skipped with a note."""
+    sets = {}
+    for offset, (kind, (column, sides, support_side, query_side)) in enumerate(SUBPOPULATIONS.items()):
+        if column not in catalog.products:
             continue
-        rng = np.random.default_rng(seed + offset)
-        picked = np.stack([rng.choice(len(classes), 5, replace=False) for _ in range(n_episodes)])
-        support, control, shifted = (np.empty((n_episodes, 5 * n), dtype=np.int64) for n in (k_shot, q, q))
-        for e, row in enumerate(picked):
-            drawn = [(rng.permutation(early[classes[c]]), rng.permutation(late[classes[c]])) for c in row]
-            taken = {group_of[i] for before, _ in drawn for i in before[:k_shot]}
-            for slot, (before, after) in enumerate(drawn):
-                free_before = [i for i in before[k_shot:] if group_of[i] not in taken][:q]
-                free_after = [i for i in after if group_of[i] not in taken][:q]
-                if min(len(free_before), len(free_after)) < q:
-                    raise FslError(
-                        f"{name}: too few products of {classes[row[slot]]} remain for {q} queries after "
-                        "leaving out the near-duplicates of the support"
-                    )
-                support[e, slot * k_shot : (slot + 1) * k_shot] = before[:k_shot]
-                control[e, slot * q : (slot + 1) * q] = free_before
-                shifted[e, slot * q : (slot + 1) * q] = free_after
-        meta = {
-            "catalog_fingerprint": catalog.fingerprint,
-            "label_column": split.column,
-            "split": "novel",
-            "split_seed": split.seed,
-            "classes": classes,
-            "seed": seed + offset,
-            "sampler_version": SAMPLER_VERSION,
-            "n_way": 5,
-            "k_shot": k_shot,
-            "q_query": q,
-            "episodes": n_episodes,
-            "near_duplicates": None if near_duplicates is None else near_duplicates.describe(),
-            "shift": f"support year < {YEAR_BOUNDARY}; queries year >= {YEAR_BOUNDARY}, control queries before",
-        }
-        column = split.column
-        sets[f"{column}-{name}"] = EpisodeSet(
-            f"{column}-{name}", Episodes(support, shifted, picked, 5, k_shot, q), meta
-        )
-        sets[f"{column}-{name}-control"] = EpisodeSet(
-            f"{column}-{name}-control",
-            Episodes(support, control, picked, 5, k_shot, q),
-            {**meta, "shift": f"control: every product year < {YEAR_BOUNDARY}"},
-        )
+        for index, split_name in enumerate(split_names):
+            sets |= draw_paired_sets(
+                subpopulation_set_name(split_name, kind), catalog, split, split_name, sides, SUBPOPULATION_WAYS,
+                MIN_SUBPOPULATION_WAYS, SUBPOPULATION_SHOTS, TEMPORAL_QUERIES, seed + 10 * offset + index,
+                n_episodes, near_duplicates, (support_side, query_side),
+            )  # fmt: skip
     return sets
 
 
@@ -133,11 +250,18 @@ class ReplacedImages:
         return out
 
 
-def rerendered_image_features(
-    store, catalog: Catalog, encoder, product_ids: np.ndarray, progress: bool = True
+# Other views of a product photo, embedded once and cached beside the store: the re-rendered queries
+# of the shifted sets, and the mirrored photo test-time augmentation averages in (config test_time_views)
+VIEWS = {"rerendered": (rerender, RENDER_VERSION), "flip": (ImageOps.mirror, "v1")}
+
+
+def view_image_features(
+    store, catalog: Catalog, encoder, product_ids: np.ndarray, view: str = "rerendered", progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, [n, image_dim] features) of re-rendered photos, embedded once and cached beside the store."""
-    cache = Path(store.path) / f"rerendered-{RENDER_VERSION}.npz"
+    """(ids, [n, image_dim] features) of a view (VIEWS) of the products' photos, embedded once and
+    cached beside the store."""
+    render, version = VIEWS[view]
+    cache = Path(store.path) / f"{view}-{version}.npz"
     ids, image = np.empty(0, dtype=np.int64), np.empty((0, store.manifest["image_dim"]), dtype=np.float32)
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as data:
@@ -146,14 +270,19 @@ def rerendered_image_features(
     if len(missing):
         rows = catalog.products.set_index("id").loc[missing, "image_path"]
         if rows.isna().any():
-            raise FslError(f"products {rows.index[rows.isna()][:5].tolist()} have no photo to re-render")
-        print(
-            f"fsl: re-rendering and embedding {len(missing)} query photo(s) once (cached in {cache})", file=sys.stderr
-        )
-        new = encoder.encode_images([str(path) for path in rows], progress=progress, render=rerender)
+            raise FslError(f"products {rows.index[rows.isna()][:5].tolist()} have no photo to render as {view}")
+        print(f"fsl: embedding the {view} view of {len(missing)} photo(s) once (cached in {cache})", file=sys.stderr)
+        new = encoder.encode_images([str(path) for path in rows], progress=progress, render=render)
         ids, image = np.concatenate([ids, missing]), np.concatenate([image, new])
         order = np.argsort(ids)
         ids, image = ids[order], image[order]
         with atomic_path(cache) as tmp, open(tmp, "wb") as f:
             np.savez(f, ids=ids, image=image)
     return ids, image
+
+
+def rerendered_image_features(
+    store, catalog: Catalog, encoder, product_ids: np.ndarray, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, [n, image_dim] features) of re-rendered photos (the shifted sets' queries)."""
+    return view_image_features(store, catalog, encoder, product_ids, "rerendered", progress)

@@ -15,7 +15,7 @@ from fsl.episodes.near_duplicates import (
     NearDuplicates,
     near_duplicate_groups,
 )
-from fsl.episodes.shift import draw_temporal_sets
+from fsl.episodes.shift import draw_subpopulation_sets, draw_temporal_sets
 from fsl.episodes.splits import ClassSplit, split_classes
 from fsl.errors import FslError
 from fsl.files import write_bytes
@@ -98,9 +98,9 @@ def draw_standard_episodes(
             near_duplicates=near_duplicates,
         )
         files[out / f"{episode_set.name}.npz"] = episode_set.to_bytes()
-    for name, episode_set in draw_temporal_sets(
-        catalog, split, seed * 1000 + len(benchmarks), n_episodes, near_duplicates
-    ).items():
+    shifted = draw_temporal_sets(catalog, split, seed * 1000 + len(benchmarks), n_episodes, near_duplicates)
+    shifted |= draw_subpopulation_sets(catalog, split, seed * 1000 + len(benchmarks) + 1, n_episodes, near_duplicates)
+    for name, episode_set in shifted.items():
         files[out / f"{name}.npz"] = episode_set.to_bytes()
     changed = [path for path, payload in files.items() if path.exists() and path.read_bytes() != payload]
     if changed and not force:

@@ -126,6 +126,8 @@ def config_key(config: ExperimentConfig, encoder_id: str, checkpoint: str | os.P
         "label_column": config.label_column,
         "encoder": encoder_id,
     }
+    if config.test_time_views:  # (absent when empty: the keys of calibrations fitted before it existed hold)
+        parts["test_time_views"] = list(config.test_time_views)
     if checkpoint is not None:
         parts["weights"] = hashlib.sha256((Path(checkpoint) / "head.safetensors").read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -13,7 +13,13 @@ from fsl.config import ExperimentConfig
 from fsl.data.catalog import Catalog
 from fsl.encoders.factory import encoder_from_config, shared_space
 from fsl.episodes.frozen import EpisodeSet, file_digest, read_digests
-from fsl.episodes.shift import RERENDERED, SHIFTED_PAIRS, ReplacedImages, rerendered_image_features
+from fsl.episodes.shift import (
+    RERENDERED,
+    SHIFTED_PAIRS,
+    ReplacedImages,
+    rerendered_image_features,
+    view_image_features,
+)
 from fsl.episodes.splits import ClassSplit
 from fsl.episodes.standard import STANDARD_BENCHMARKS, saved_near_duplicates
 from fsl.errors import FslError
@@ -224,6 +230,20 @@ def experiment_head(
     return store, features, head
 
 
+def test_time_features(store, catalog: Catalog, config: ExperimentConfig, features, episodes, progress: bool = True):
+    """The store's features with each support and query photo's image part averaged with its
+    test-time views (config test_time_views; each view embedded once, cached beside the store)."""
+    ids = np.unique(np.concatenate([episodes.support.ravel(), episodes.query.ravel()]))
+    rows = store_rows(store.ids, ids)
+    image_dim = store.manifest["image_dim"]
+    total = np.asarray(features[rows], dtype=np.float32)[:, :image_dim].copy()
+    for view in config.test_time_views:
+        view_ids, image = view_image_features(store, catalog, encoder_from_config(config.encoder), ids, view, progress)
+        total += image[np.searchsorted(view_ids, ids)]
+    averaged = total / np.linalg.norm(total, axis=1, keepdims=True)
+    return ReplacedImages(features, rows, averaged, image_dim)
+
+
 def run_experiment(
     config: ExperimentConfig,
     catalog: Catalog,
@@ -266,7 +286,13 @@ def run_experiment(
         episode_set = load_episode_set(config, catalog, name.removesuffix(RERENDERED), episodes_root)  # same episodes
         check_alignment(store, episode_set)
         class_text = class_text_table(config, episode_set.meta["classes"], store) if head.needs_class_text else None
-        query_features = None
+        query_features, set_features = None, features
+        if config.test_time_views:
+            if name.endswith(RERENDERED):
+                print(f"fsl: {config.name}: skipped {name}: test-time views of re-rendered photos are not embedded",
+                      file=sys.stderr)  # fmt: skip
+                continue
+            set_features = test_time_features(store, catalog, config, features, episode_set.episodes, progress)
         if name.endswith(RERENDERED):
             ids, image = rerendered_image_features(
                 store, catalog, encoder_from_config(config.encoder), episode_set.episodes.query, progress
@@ -274,7 +300,7 @@ def run_experiment(
             query_features = ReplacedImages(features, store_rows(store.ids, ids), image, store.manifest["image_dim"])
         accuracy = run_episodes(
             head,
-            features,
+            set_features,
             store.ids,
             episode_set,
             config.batch_size,

@@ -344,3 +344,17 @@ def earlier_results(path: Path, resolved_config: bytes, new, current_draw=None):
                 file=sys.stderr,
             )
     return old[keep][list(new.columns)]
+
+
+def split_drops(frame: pd.DataFrame, method: str, shifted: str, control: str) -> dict[int, float]:
+    """Per class split: the mean over episodes of shifted minus control accuracy, paired episode by
+    episode (the same support), for the splits where both sets ran."""
+    frame = with_split(frame)
+    ours = frame[frame["method"] == method]
+    drops = {}
+    for split, group in ours.groupby("split"):
+        a = group[group["episode_set"] == shifted].sort_values("episode")["accuracy"].to_numpy()
+        b = group[group["episode_set"] == control].sort_values("episode")["accuracy"].to_numpy()
+        if len(a) and len(a) == len(b):
+            drops[int(split)] = float((a - b).mean())
+    return drops

@@ -18,6 +18,7 @@ from fsl.methods.fusion import Fusion
 from fsl.methods.utils import Option, inner_products, mean_prototypes
 
 INITS = ("zeros", "prototypes", "class_text")
+CENTERINGS = ("none", "base", "support")
 
 
 class LinearProbe(FewShotHead):
@@ -31,14 +32,37 @@ class LinearProbe(FewShotHead):
         "C": Option(float, "inverse regularisation strength, as scikit-learn's", low=1e-6, high=1e6),
         "max_iter": Option(int, "Newton steps at most", low=1, high=10_000),
         "init": Option(str, "the weights the fit starts from and is pulled towards", choices=INITS),
+        "centering": Option(
+            str,
+            "subtract the base classes' mean raw feature (SimpleShot's CL2N), the episode's support mean, or nothing",
+            choices=CENTERINGS,
+        ),
     }
 
     def __init__(
-        self, fusion: Fusion, C: float = 1.0, max_iter: int = 20, init: str = "zeros", shared_space: bool = False
+        self,
+        fusion: Fusion,
+        C: float = 1.0,
+        max_iter: int = 20,
+        init: str = "zeros",
+        centering: str = "none",
+        shared_space: bool = False,
     ):
         super().__init__(fusion)
         self.C, self.max_iter, self.init, self.shared_space = C, max_iter, init, shared_space
+        self.centering = centering
         self.needs_class_text = init == "class_text"
+        self.needs_base_classes = centering == "base"
+        if centering == "base":
+            self.register_buffer("base_mean", torch.zeros(fusion.image_dim + fusion.text_dim))  # set by fit_base
+
+    def fit_base(self, features, labels):
+        self.base_mean.copy_(features.double().mean(0).float())
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        if self.centering == "base":
+            return F.normalize(self.fusion(features - self.base_mean), dim=-1)
+        return self.fusion(features)
 
     def prior(self, support, support_labels, n_way, class_text) -> torch.Tensor | None:
         """W0 [E, N, D], the weights the fit starts from and is regularised towards (None: zeros)."""
@@ -50,6 +74,9 @@ class LinearProbe(FewShotHead):
 
     def classify(self, support, support_labels, query, n_way, class_text=None):
         support, query = support.detach(), query.detach()
+        if self.centering == "support":  # the episode's own mean: what the support classes share
+            mean = support.mean(1, keepdim=True)
+            support, query = F.normalize(support - mean, dim=-1), F.normalize(query - mean, dim=-1)
         prior = self.prior(support, support_labels, n_way, class_text)  # [E, N, D] or None
         prior_logits = (
             support.new_zeros(*support.shape[:2], n_way) if prior is None else support @ prior.detach().transpose(1, 2)
