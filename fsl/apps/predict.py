@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ from fsl.apps.support import (
     read_texts,
 )
 from fsl.config import ExperimentConfig, config_from_dict, load_config
-from fsl.data.catalog import Catalog, label_word_pattern, mask_label_words
+from fsl.data.catalog import Catalog, label_word_pattern, mask_label_words, resolve_data_dir
+from fsl.data.prepared import load_catalog
 from fsl.encoders.factory import encoder_from_config
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
@@ -35,7 +37,8 @@ from fsl.files import IMAGE_SUFFIXES, atomic_path, check_writable_target, write_
 from fsl.harness.calibration import UNKNOWN, Calibration, config_key, find_calibration
 from fsl.harness.checkpoints import read_meta
 from fsl.harness.experiment import experiment_head
-from fsl.paths import FEATURES_ROOT, checkpoint_dir
+from fsl.paths import FEATURES_ROOT, checkpoint_dir, store_path
+from fsl.store.features import FeatureStore, is_complete
 
 
 def support_rows(
@@ -317,6 +320,67 @@ def predict_with_support(
         catalog, store = catalog_store
         add_nearest(records, list(features), catalog, store, classifier.config.label_column)
     return write_predictions(records, folder, out, top_k), records
+
+
+def catalog_store_if_any(data: str | os.PathLike | None, encoder_id: str, store_root: str | os.PathLike):
+    """((catalog, its store), "") when a catalog is at hand (--data, $FSL_DATA or the default folder)
+    and already embedded with this encoder, else (None, why not): own categories need neither, and
+    the catalog is never embedded for a few photos."""
+    try:
+        resolve_data_dir(data)
+    except FslError:
+        return None, "no catalog (--data or FSL_DATA)"
+    catalog = load_catalog(data)
+    path = store_path(store_root, encoder_id, catalog.fingerprint)
+    if not is_complete(path):
+        return None, "the catalog is not embedded with this encoder (`fsl embed`)"
+    return (catalog, FeatureStore.open(path, encoder_id, catalog.fingerprint)), ""
+
+
+def predict_own_categories(
+    support_folder: str | os.PathLike,
+    images: str | os.PathLike,
+    texts: str | None = None,
+    out: str | os.PathLike = "results/predictions.csv",
+    top_k: int = 3,
+    config_path: str | None = None,
+    classes: list[str] | None = None,
+    calibration_dir: str | os.PathLike | None = None,
+    calibrate_false_accept: float | None = None,
+    data: str | os.PathLike | None = None,
+    store_root: str | os.PathLike = FEATURES_ROOT,
+) -> Path:
+    """`fsl predict --support`: every photo of `images` among a support folder's categories, with
+    the folders alone; with `calibrate_false_accept`, the threshold fitted on the support itself.
+    Prints the head, encoder and calibration first, then what was answered and how fast."""
+    started = time.perf_counter()
+    check_out(out)
+    classifier, support, note = support_classifier(support_folder, images, texts, config_path, classes, calibration_dir)
+    report_support(support)
+    if note:
+        print(f"fsl predict: {note}", file=sys.stderr)
+    if calibrate_false_accept is not None:
+        figures = classifier.calibrate_on_support(calibrate_false_accept).validation
+        print(
+            f"fsl predict: calibrated on the support: AUROC taught vs untaught {figures['auroc']:.3f}; an untaught "
+            f"category's photos accepted about {figures['estimated_false_accept']:.0%} of the time (leave one "
+            f"category out), taught photos answered {figures['taught_answered']:.0%}",
+            file=sys.stderr,
+        )
+    catalog_store, why_not = catalog_store_if_any(data, classifier.encoder.id, store_root)
+    extras = "nearest catalog example on" if catalog_store else f"catalog extras off: {why_not}"
+    print(
+        f"{classifier.describe()}; {len(classifier.classes)} categories from {support.root} "
+        f"({len(classifier.labels)} examples); {extras}"
+    )
+    written, records = predict_with_support(classifier, images, texts, out, top_k, catalog_store)
+    answered = [r for r in records if not r["error"]]
+    unknown = sum(r["answer"] == UNKNOWN for r in answered)
+    print(
+        f"{len(answered)} photos answered in {time.perf_counter() - started:.1f} s "
+        f'({classifier.cache.hits} embeddings cached, {classifier.cache.misses} computed); {unknown} "{UNKNOWN}"'
+    )
+    return written
 
 
 def predict_folder(

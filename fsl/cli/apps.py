@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -43,26 +42,11 @@ def cmd_demo(args) -> None:
     launch(backend, args.host, args.port)
 
 
-def catalog_if_any(data: str | None):
-    """The catalog when one is at hand (--data, $FSL_DATA or data/fashion-product-images), else None
-    with the reason: own-category predictions need none."""
-    from fsl.data.catalog import resolve_data_dir
-    from fsl.data.prepared import load_catalog
-
-    try:
-        resolve_data_dir(data)
-    except FslError:
-        return None, "no catalog (--data or FSL_DATA)"
-    return load_catalog(data), ""
-
-
 def cmd_predict(args) -> None:
     from fsl.apps.classifier import needs_catalog
-    from fsl.apps.predict import predict_folder, predict_with_support, report_support, support_classifier
+    from fsl.apps.predict import predict_folder, predict_own_categories
     from fsl.config import load_config
     from fsl.data.prepared import load_catalog
-    from fsl.paths import store_path
-    from fsl.store.features import FeatureStore, is_complete
 
     if not (args.checkpoint or args.config or args.support):
         raise FslError(
@@ -71,44 +55,23 @@ def cmd_predict(args) -> None:
         )
     if args.calibrate_on_support and not args.support:
         raise FslError("--calibrate-on-support needs --support DIR (the categories it is fitted on)")
+    if not 0 < args.false_accept < 1:
+        raise FslError(f"--false-accept must lie strictly between 0 and 1, got {args.false_accept}")
     config = load_config(args.config) if args.config else None
     if args.support and not args.checkpoint and (config is None or not needs_catalog(config)):
-        started = time.perf_counter()
         classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-        classifier, support, note = support_classifier(
-            args.support, args.images, args.texts, args.config, classes, args.calibration_dir
-        )
-        report_support(support)
-        if note:
-            print(f"fsl predict: {note}", file=sys.stderr)
-        if args.calibrate_on_support:
-            calibration = classifier.calibrate_on_support(args.false_accept)
-            figures = calibration.validation
-            print(
-                f"fsl predict: calibrated on the support: AUROC taught vs untaught {figures['auroc']:.3f}; an untaught "
-                f"category's photos accepted about {figures['estimated_false_accept']:.0%} of the time (leave one "
-                f"category out), taught photos answered {figures['taught_answered']:.0%}",
-                file=sys.stderr,
-            )
-        catalog, why_not = catalog_if_any(args.data)
-        store = None
-        if catalog is not None:
-            path = store_path(args.store_root, classifier.encoder.id, catalog.fingerprint)
-            store = FeatureStore.open(path) if is_complete(path) else None
-            why_not = "" if store else "the catalog is not embedded with this encoder (`fsl embed`)"
-        extras = "nearest catalog example on" if store else f"catalog extras off: {why_not}"
-        print(
-            f"{classifier.describe()}; {len(classifier.classes)} categories from {support.root} "
-            f"({len(classifier.labels)} examples); {extras}"
-        )
-        out, records = predict_with_support(
-            classifier, args.images, args.texts, args.out, args.top_k, (catalog, store) if store else None
-        )
-        answered = [r for r in records if not r["error"]]
-        unknown = sum(r["answer"] == "unknown" for r in answered)
-        print(
-            f"{len(answered)} photos answered in {time.perf_counter() - started:.1f} s "
-            f'({classifier.cache.hits} embeddings cached, {classifier.cache.misses} computed); {unknown} "unknown"'
+        out = predict_own_categories(
+            args.support,
+            args.images,
+            args.texts,
+            args.out,
+            args.top_k,
+            args.config,
+            classes,
+            args.calibration_dir,
+            args.false_accept if args.calibrate_on_support else None,
+            args.data,
+            args.store_root,
         )
     else:
         catalog = load_catalog(args.data)
