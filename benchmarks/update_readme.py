@@ -366,12 +366,13 @@ def shifted_markdown(frame) -> str:
     )
 
 
-def from_results(configs, folder: Path):
-    """The results of every config, as `fsl eval` wrote them; a missing file, or one older than its
-    config or its trained checkpoint, is an error."""
+def from_results(configs, folders: list[Path]):
+    """The results of every config, as `fsl eval` wrote them into the first folder; a missing file, or
+    one older than its config or its trained checkpoint, is an error. A config's file in a further
+    folder adds the sets it holds, replacing those sets' rows of the first."""
     paths = []
     for config in configs:
-        path = folder / f"{config.name}.csv"
+        path = folders[0] / f"{config.name}.csv"
         sources = [ROOT / "experiments" / f"{config.name}.yaml"]
         if config.train is not None:
             sources.append(ROOT / "checkpoints" / config.name / "best" / "head.safetensors")
@@ -382,7 +383,15 @@ def from_results(configs, folder: Path):
             )
         paths.append(path)
     encoders = {encoder_id(c.encoder.name, c.encoder.model, c.encoder.pretrained) for c in configs}
-    return load_results(paths), sorted(encoders)
+    frame = with_split(load_results(paths))
+    for folder in folders[1:]:
+        extra = [folder / f"{c.name}.csv" for c in configs if (folder / f"{c.name}.csv").is_file()]
+        if extra:
+            added = with_split(load_results(extra))
+            keys = ["method", "split", "episode_set"]
+            replaced = frame.set_index(keys).index.isin(added.set_index(keys).index)
+            frame = pd.concat([frame[~replaced], added], ignore_index=True)
+    return frame, sorted(encoders)
 
 
 def calibration_markdown(folder: Path) -> str:
@@ -455,7 +464,13 @@ def fill(text: str, name: str, block: str, target: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data")
-    parser.add_argument("--results", help="use the per-episode CSVs `fsl eval` wrote here instead of re-running")
+    parser.add_argument(
+        "--results",
+        nargs="+",
+        metavar="DIR",
+        help="use the per-episode CSVs `fsl eval` wrote here instead of re-running; further folders add the "
+        "sets a config ran there (e.g. only its shifted sets), replacing the same sets of the first",
+    )
     parser.add_argument(
         "--only",
         nargs="+",
@@ -470,7 +485,7 @@ def main() -> None:
     needs_all = bool({"results", "robustness"} & set(args.only))
     configs = [c for c in all_configs if needs_all or c.name in HEADLINE]
     if args.results and set(args.only) <= {"robustness", "methods", "analysis", "calibration"}:
-        configs = [c for c in configs if (Path(args.results) / f"{c.name}.csv").is_file()]  # the ones run
+        configs = [c for c in configs if (Path(args.results[0]) / f"{c.name}.csv").is_file()]  # the ones run
     blocks = {}
     if "methods" in args.only:
         blocks["methods"] = methods_markdown(all_configs)
@@ -480,7 +495,7 @@ def main() -> None:
         blocks["calibration"] = calibration_markdown(SHIPPED_CALIBRATION_DIR)
     if set(args.only) & {"headline", "results", "robustness"}:
         if args.results:
-            frame, encoders = from_results(configs, Path(args.results))
+            frame, encoders = from_results(configs, [Path(folder) for folder in args.results])
         else:
             results = []
             for config in configs:
@@ -502,6 +517,9 @@ def main() -> None:
             blocks["results"] = results_markdown(catalog, frame, encoders)
         if "robustness" in args.only:
             splits = sorted(robustness["split"].unique())
+            shown = set(shifted["method"])
+            encoders = sorted({encoder_id(c.encoder.name, c.encoder.model, c.encoder.pretrained) for c in configs
+                               if c.name in shown})  # fmt: skip
             blocks["robustness"] = (
                 f"Encoder: `{', '.join(encoders)}`; class splits {', '.join(map(str, splits))}. Each cell: the paired "
                 "drop in accuracy (points) of the shifted queries against their control, computed per split on the "
