@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +28,12 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from fsl.apps.support import embed_image, open_image, read_support_folder
+from fsl.apps.support import category_folder_name, embed_image, open_image, read_support_folder
 from fsl.config import EncoderConfig, ExperimentConfig, config_from_dict
 from fsl.data.catalog import label_word_pattern, mask_label_words
 from fsl.encoders.factory import encoder_from_config
 from fsl.errors import FslError
-from fsl.files import read_json, write_csv, write_json
+from fsl.files import atomic_folder, read_json, write_csv, write_json
 from fsl.harness.calibration import (
     FALSE_ACCEPT,
     UNKNOWN,
@@ -327,42 +326,27 @@ class FewShotClassifier:
         unsaved = sum(p is None for p in self.photos)
         if unsaved:
             raise FslError(f"{unsaved} examples were given without a photo file; only photo files can be saved")
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+        with atomic_folder(folder) as staging:
             rows = []
             for i, (photo, label, text) in enumerate(zip(self.photos, self.labels, self.texts)):
                 name = f"{i:04d}-{Path(photo).name}"
-                target = staging / self.classes[label] / name
-                target.parent.mkdir(exist_ok=True)
-                shutil.copyfile(photo, target)
+                category = category_folder_name(self.classes[label])
+                (staging / category).mkdir(exist_ok=True)
+                shutil.copyfile(photo, staging / category / name)
                 if text:
-                    rows.append({"file": f"{self.classes[label]}/{name}", "text": text})
+                    rows.append({"file": f"{category}/{name}", "text": text})
             if rows:
                 write_csv(pd.DataFrame(rows, columns=["file", "text"]), staging / "texts.csv")
-            calibration = self.calibration
-            write_json(
-                staging / MANIFEST,
-                {
-                    "head": dataclasses.asdict(self.config),
-                    "encoder": dataclasses.asdict(self.encoder_config),
-                    "calibration": None
-                    if calibration is None
-                    else {k: v for k, v in dataclasses.asdict(calibration).items() if k != "path"},
-                },
-            )
-            if folder.exists():
-                retired = folder.with_name(f".{folder.name}.replaced")
-                shutil.rmtree(retired, ignore_errors=True)
-                folder.rename(retired)
-                staging.rename(folder)
-                shutil.rmtree(retired, ignore_errors=True)
-            else:
-                staging.rename(folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return folder
+            calibration = None
+            if self.calibration is not None:
+                calibration = {k: v for k, v in dataclasses.asdict(self.calibration).items() if k != "path"}
+            record = {
+                "head": dataclasses.asdict(self.config),
+                "encoder": dataclasses.asdict(self.encoder_config),
+                "calibration": calibration,
+            }
+            write_json(staging / MANIFEST, record)
+        return Path(folder)
 
     @classmethod
     def load(cls, folder: str | os.PathLike, cache_root: str | os.PathLike | None = None) -> FewShotClassifier:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from PIL import Image
 
 from fsl.encoders.base import Encoder
 from fsl.errors import FslError
-from fsl.files import IMAGE_SUFFIXES, write_csv
+from fsl.files import IMAGE_SUFFIXES, atomic_folder, write_csv
 from fsl.store.content import ContentCache
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -248,34 +249,17 @@ def read_support_folder(folder: str | os.PathLike, photos_required: bool = True)
 def save_categories(categories: list[Category], folder: str | os.PathLike) -> Path:
     """A support folder of the categories: their photos (copied) and texts; replaces `folder` whole,
     after the new one is complete, so a failed save loses nothing."""
-    import shutil
-    import tempfile
-
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as staging:
         rows = []
         for category in categories:
             directory = staging / category_folder_name(category.name)
             directory.mkdir()
             for i, photo in enumerate(category.thumbnails, 1):
-                target = directory / f"{i:03d}{Path(photo).suffix.lower() or '.jpg'}"
-                shutil.copyfile(photo, target)
+                shutil.copyfile(photo, directory / f"{i:03d}{Path(photo).suffix.lower() or '.jpg'}")
             rows += [{"file": f"{directory.name}/", "text": text} for text in category.texts]
         if rows:
             write_csv(pd.DataFrame(rows, columns=["file", "text"]), staging / "texts.csv")
-        if folder.exists():
-            retired = folder.with_name(f".{folder.name}.replaced")
-            shutil.rmtree(retired, ignore_errors=True)
-            folder.rename(retired)
-            staging.rename(folder)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return Path(folder)
 
 
 def load_categories(support: SupportFolder, cache: ContentCache) -> list[Category]:
