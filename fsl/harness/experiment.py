@@ -155,13 +155,13 @@ def load_episode_set(
     return episode_set
 
 
-def why_not_drawn(catalog: Catalog, column: str, name: str, episodes_root: str | os.PathLike) -> str:
-    """Why an episode set is absent, in words: a split too small for it (`fsl episodes` skips those),
-    or not drawn yet."""
+def why_not_drawn(catalog: Catalog, column: str, name: str, root: str | os.PathLike, split_seed: int) -> str:
+    """Why an episode set is absent from one split's root, in words: a split too small for it (`fsl
+    episodes` skips those), or not drawn yet."""
     if name in STANDARD_BENCHMARKS:
         split_name, n_way, _ = STANDARD_BENCHMARKS[name]
         try:
-            available = len(ClassSplit.load(catalog, column, 0, episodes_root).classes(split_name))
+            available = len(ClassSplit.load(catalog, column, split_seed, root).classes(split_name))
         except FslError:
             return "no class split drawn: run `fsl episodes`"
         if (n_way or available) > available or available < 2:
@@ -180,7 +180,7 @@ def episode_sets_to_run(
         if episode_set_path(catalog, config.label_column, name, root).is_file():
             present.append(name)
         else:
-            skipped.append((name, why_not_drawn(catalog, config.label_column, name, root)))
+            skipped.append((name, why_not_drawn(catalog, config.label_column, name, root, split_seed)))
     if not present:
         raise FslError(
             f"{config.name}: none of its episode sets exist for split {split_seed} of this catalog: "
