@@ -159,19 +159,24 @@ class FewShotClassifier:
         classifier.support_folder = support
         for index, name in enumerate(support.classes):
             photos = [p for p, label in zip(support.photos, support.labels) if label == index]
-            classifier.add_examples(name, photos, [support.text_of(p) for p in photos])
+            classifier.add_examples(name, photos, [support.text_of(p) for p in photos], checked=True)
         return classifier
 
     def add_examples(
-        self, category: str, photos: Sequence[str | os.PathLike | Image.Image], texts: Sequence[str] | None = None
+        self,
+        category: str,
+        photos: Sequence[str | os.PathLike | Image.Image],
+        texts: Sequence[str] | None = None,
+        checked: bool = False,
     ) -> FewShotClassifier:
-        """Teach `category` (new or not) more example photos, with their product texts for a fused head."""
+        """Teach `category` (new or not) more example photos, with their product texts for a fused head
+        (`checked`: the files were opened already, as a support folder's are when it is read)."""
         texts = list(texts) if texts is not None else [""] * len(photos)
         if len(texts) != len(photos):
             raise FslError(f"{category}: {len(photos)} photos but {len(texts)} texts; give one text per photo")
         if not photos:
             raise FslError(f"{category}: no example photos given")
-        return self.add_features(category, self.embed_photos(photos), texts, photos)
+        return self.add_features(category, self.embed_photos(photos, checked), texts, photos)
 
     def add_features(
         self,
@@ -192,10 +197,11 @@ class FewShotClassifier:
         self.labels += [label] * n
         return self
 
-    def embed_photos(self, photos: Sequence[str | os.PathLike | Image.Image]) -> np.ndarray:
-        """[n, image_dim]: files through the content cache (each checked readable first), PIL images directly."""
+    def embed_photos(self, photos: Sequence[str | os.PathLike | Image.Image], checked: bool = False) -> np.ndarray:
+        """[n, image_dim]: files through the content cache (each checked readable first, unless the
+        caller did: `checked`), PIL images directly."""
         files = [p for p in photos if not isinstance(p, Image.Image)]
-        for path in files:
+        for path in [] if checked else files:
             open_image(path)  # a clear FslError for a missing, oversized or unreadable file
         cached = iter(self.cache.images(files)) if files else iter(())
         return np.stack(

@@ -304,7 +304,7 @@ def predict_with_support(
             continue
         records.append({"file": path.name, "error": ""})
         readable.append(path)
-    features = classifier.embed_photos(readable) if readable else np.empty((0, 0), dtype=np.float32)
+    features = classifier.embed_photos(readable, checked=True) if readable else np.empty((0, 0), dtype=np.float32)
     answers = iter(
         classifier.answer_features(features, [text_of.get(p.name, "") for p in readable]) if readable else []
     )

@@ -200,6 +200,35 @@ class EpisodeSet:
                 )
 
 
+def episode_meta(
+    catalog_fingerprint: str,
+    split: ClassSplit,
+    split_name: str,
+    classes: list[str],
+    seed: int,
+    n_way: int,
+    k_shot: int,
+    q_query: int,
+    n_episodes: int,
+    near_duplicates: NearDuplicates | None,
+) -> dict:
+    """What a frozen set records of how it was drawn (its meta, in this key order: the file's bytes)."""
+    return {
+        "catalog_fingerprint": catalog_fingerprint,
+        "label_column": split.column,
+        "split": split_name,
+        "split_seed": split.seed,
+        "classes": classes,
+        "seed": seed,
+        "sampler_version": SAMPLER_VERSION,
+        "n_way": n_way,
+        "k_shot": k_shot,
+        "q_query": q_query,
+        "episodes": n_episodes,
+        "near_duplicates": None if near_duplicates is None else near_duplicates.describe(),
+    }
+
+
 def draw_episode_set(
     name: str,
     ids: np.ndarray,
@@ -218,18 +247,18 @@ def draw_episode_set(
     groups = None if near_duplicates is None else near_duplicates.group_index(ids)
     sampler = EpisodeSampler(ids, labels, classes, n_way, k_shot, q_query, seed, groups)
     meta = {
-        "catalog_fingerprint": catalog_fingerprint,
-        "label_column": split.column,
-        "split": split_name,
-        "split_seed": split.seed,
-        "classes": classes,
-        "seed": seed,
-        "sampler_version": SAMPLER_VERSION,
-        "n_way": sampler.n_way,
-        "k_shot": k_shot,
-        "q_query": q_query,
-        "episodes": n_episodes,
-        "near_duplicates": None if near_duplicates is None else near_duplicates.describe(),
+        **episode_meta(
+            catalog_fingerprint,
+            split,
+            split_name,
+            classes,
+            seed,
+            sampler.n_way,
+            k_shot,
+            q_query,
+            n_episodes,
+            near_duplicates,
+        ),  # fmt: skip
     }
     return EpisodeSet(name, sampler.sample(n_episodes), meta)
 

@@ -13,7 +13,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from fsl.data.catalog import Catalog
-from fsl.episodes.frozen import SAMPLER_VERSION, EpisodeSet
+from fsl.episodes.frozen import EpisodeSet, episode_meta
 from fsl.episodes.near_duplicates import NearDuplicates
 from fsl.episodes.sampler import Episodes
 from fsl.episodes.splits import ClassSplit
@@ -157,20 +157,9 @@ def draw_paired_sets(
             support[e, slot * k_shot : (slot + 1) * k_shot] = before[:k_shot]
             control[e, slot * q : (slot + 1) * q] = free_before
             shifted[e, slot * q : (slot + 1) * q] = free_after
-    meta = {
-        "catalog_fingerprint": catalog.fingerprint,
-        "label_column": split.column,
-        "split": split_name,
-        "split_seed": split.seed,
-        "classes": classes,
-        "seed": seed,
-        "sampler_version": SAMPLER_VERSION,
-        "n_way": n_way,
-        "k_shot": k_shot,
-        "q_query": q,
-        "episodes": n_episodes,
-        "near_duplicates": None if near_duplicates is None else near_duplicates.describe(),
-    }
+    meta = episode_meta(
+        catalog.fingerprint, split, split_name, classes, seed, n_way, k_shot, q, n_episodes, near_duplicates
+    )
     column = split.column
     shifted_text, control_text = described or (
         f"support {shift[0]}; queries {shift[1]}, control queries {shift[0]}",
@@ -279,10 +268,3 @@ def view_image_features(
         with atomic_path(cache) as tmp, open(tmp, "wb") as f:
             np.savez(f, ids=ids, image=image)
     return ids, image
-
-
-def rerendered_image_features(
-    store, catalog: Catalog, encoder, product_ids: np.ndarray, progress: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, [n, image_dim] features) of re-rendered photos (the shifted sets' queries)."""
-    return view_image_features(store, catalog, encoder, product_ids, "rerendered", progress)

@@ -17,7 +17,6 @@ from fsl.episodes.shift import (
     RERENDERED,
     SHIFTED_PAIRS,
     ReplacedImages,
-    rerendered_image_features,
     view_image_features,
 )
 from fsl.episodes.splits import ClassSplit
@@ -294,8 +293,8 @@ def run_experiment(
                 continue
             set_features = test_time_features(store, catalog, config, features, episode_set.episodes, progress)
         if name.endswith(RERENDERED):
-            ids, image = rerendered_image_features(
-                store, catalog, encoder_from_config(config.encoder), episode_set.episodes.query, progress
+            ids, image = view_image_features(
+                store, catalog, encoder_from_config(config.encoder), episode_set.episodes.query, "rerendered", progress
             )
             query_features = ReplacedImages(features, store_rows(store.ids, ids), image, store.manifest["image_dim"])
         accuracy = run_episodes(
