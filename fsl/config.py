@@ -8,7 +8,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -71,11 +71,48 @@ class ExperimentConfig:
     test_time_views: tuple[str, ...] = ()
 
 
-POSITIVE_INTS = {"batch_size", "steps", "episodes_per_step", "n_way", "k_shot", "q_query", "val_every"}
+@dataclass(frozen=True)
+class AdaptConfig:
+    """`fsl adapt`'s recipe (experiments/adapt/*.yaml, `--set` overrides); checked by
+    fsl.harness.adapt.check_adapt_config before any work."""
+
+    name: str = "supervised"
+    cut: int = 1  # the last `cut` MBConv blocks and the head convolution are trained
+    mode: str = "full"
+    rank: int = 8  # LoRA rank (mode lora)
+    objective: str = "supervised"
+    steps: int = 300
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    batch_size: int = 128  # products per supervised step
+    n_way: int = 10  # episodic steps: one N-way K-shot Q-query base episode each
+    k_shot: int = 5
+    q_query: int = 10
+    flip: bool = True  # augment: mirror half the activation maps (a mirrored photo's map is close to it)
+    val_every: int = 25
+    val_episodes: tuple[str, ...] = ("val-5w5s", "val-allway-5s")
+    image_weight: float = 0.7  # validation judges the fused-masked features of the README's main heads
+    text_variant: str = "masked-articleType"
+    label_column: str = "articleType"
+    split_seed: int = 0
+    seed: int = 0
+
+
+POSITIVE_INTS = {"batch_size", "steps", "episodes_per_step", "n_way", "k_shot", "q_query", "val_every", "cut", "rank"}
 POSITIVE_FLOATS = {"lr"}
 NON_NEGATIVE_FLOATS = {"weight_decay"}
-NON_NEGATIVE_INTS = {"seed"}
-STRINGS = {"name", "method", "fusion", "text_variant", "class_prompt", "label_column", "val_episodes"}
+NON_NEGATIVE_INTS = {"seed", "split_seed"}
+STRINGS = {
+    "name",
+    "method",
+    "fusion",
+    "text_variant",
+    "class_prompt",
+    "label_column",
+    "val_episodes",
+    "mode",
+    "objective",
+}
 PATH_PARTS = {"name", "text_variant", "label_column", "val_episodes"}  # they become parts of file names
 
 
@@ -169,6 +206,12 @@ def _build(cls, values: Any, source: str, where: str):
                     f"got {shown(value)}"
                 )
             value = tuple(value)
+        elif key == "val_episodes" and cls is AdaptConfig:
+            if not isinstance(value, (str, list, tuple)) or not value:
+                raise FslError(f"{source}: {where}val_episodes must be a name or a list of names, got {shown(value)}")
+            value = tuple([value] if isinstance(value, str) else value)
+            for name in value:
+                safe_name(name, f"{source}: {where}val_episodes entry")
         elif key == "episodes":
             if not isinstance(value, (str, list, tuple)):
                 raise FslError(f"{source}: {where}episodes must be a name or a list of names, got {shown(value)}")
@@ -199,6 +242,20 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     return _build(ExperimentConfig, values, str(path), "")
 
 
+Config = TypeVar("Config", ExperimentConfig, AdaptConfig)
+
+
+def load_adapt_config(path: str | os.PathLike) -> AdaptConfig:
+    """An `fsl adapt` recipe (YAML, safe_load without aliases); its name defaults to the file's stem."""
+    path = Path(path)
+    if not path.is_file():
+        raise FslError(f"no adaptation recipe at {path} (see experiments/adapt/)")
+    values = read_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
+    if isinstance(values, dict):
+        values.setdefault("name", path.stem)
+    return _build(AdaptConfig, values, str(path), "")
+
+
 def config_from_dict(values: dict, source: str) -> ExperimentConfig:
     """A config saved beside a checkpoint (dataclasses.asdict) back into its dataclass."""
     return _build(ExperimentConfig, values, source, "")
@@ -215,8 +272,9 @@ def parse_assignment(text: str, option: str = "--set") -> tuple[str, Any]:
     return key.strip(), value
 
 
-def override(config: ExperimentConfig, assignments: list[tuple[str, Any]], source: str = "--set") -> ExperimentConfig:
-    """The config with dotted keys set (`train.lr`, `method_options.C`), checked as a YAML file would be.
+def override(config: Config, assignments: list[tuple[str, Any]], source: str = "--set") -> Config:
+    """The config (an experiment or an adaptation recipe) with dotted keys set (`train.lr`,
+    `method_options.C`), checked as a YAML file would be.
 
     A changed config gets a changed name (`NAME--train.lr-0.0003`), so its results and checkpoints never
     overwrite the original's, unless `name` itself is set."""
@@ -238,7 +296,7 @@ def override(config: ExperimentConfig, assignments: list[tuple[str, Any]], sourc
             suffixes.append(re.sub(r"[^A-Za-z0-9.+-]+", "_", f"{key}-{value}"))
     if suffixes and not any(key == "name" for key, _ in assignments):
         values["name"] = "--".join([config.name, *suffixes])
-    return _build(ExperimentConfig, values, source, "")
+    return _build(type(config), values, source, "")
 
 
 def to_yaml(config: ExperimentConfig, header: str = "") -> str:

@@ -20,6 +20,7 @@ DEMO_SAVED_DIR = CACHE_DIR / "demo"  # the demo's saved category sets: one suppo
 DEFAULT_EPISODES_DIR = Path("episodes")
 DEFAULT_CHECKPOINTS = Path("checkpoints")
 ALIGN_DIR = DEFAULT_CHECKPOINTS / "align"
+ADAPT_DIR = DEFAULT_CHECKPOINTS / "adapt"
 # Calibrations: the ones shipped with the package (fitted by `fsl calibrate` on validation classes), and
 # a user's own under the cache, looked up first. Both are found from any working directory.
 SHIPPED_CALIBRATION_DIR = Path(__file__).parent / "calibration"

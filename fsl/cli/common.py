@@ -74,16 +74,17 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--encoder",
         default="offline",
-        choices=["offline", "clip", "aligned"],
+        choices=["offline", "clip", "aligned", "adapted"],
         help="offline: EfficientNet-Lite0 + MiniLM from PyPI wheels (works air-gapped); "
         "clip: open_clip; aligned: the offline pair in one image-text space trained by "
-        "`fsl align` (default offline)",
+        "`fsl align`; adapted: the offline pair with the image tower's top trained by `fsl adapt` (default offline)",
     )
     group.add_argument("--model", help="open_clip model name or hf-hub:ORG/REPO (clip only; default ViT-B-32)")
     group.add_argument(
         "--pretrained",
         help="clip: open_clip pretrained tag (e.g. openai), a local checkpoint file, or 'none' "
-        "for random weights (default openai); aligned: checkpoints/align/NAME/best",
+        "for random weights (default openai); aligned: checkpoints/align/NAME/best; adapted: "
+        "checkpoints/adapt/NAME/best (split s: checkpoints/adapt/split<s>/NAME/best)",
     )
     group.add_argument("--device", default="cpu", help="torch device (default cpu)")
     group.add_argument(

@@ -52,14 +52,14 @@ def cmd_embed(args) -> None:
         config = dataclasses.replace(config, device=f"cuda:{env_int('LOCAL_RANK', 0)}")  # one GPU per rank
     encoder = encoder_from_config(config)
     warm = is_complete(store_path(args.store_root, encoder.id, catalog.fingerprint))
-    if config.name == "aligned":  # computed from the offline store's features: no photo decoded twice
+    if config.name in ("aligned", "adapted"):  # computed from the offline store: no photo decoded twice
         from fsl.store.open import open_store
 
         started = time.perf_counter()
         store = open_store(catalog, config, args.store_root)
         print(
-            f"{len(store.ids)} products in the aligned space {store.encoder_id} "
-            f"({'warm' if warm else f'projected in {time.perf_counter() - started:.1f} s'}): {store.path}"
+            f"{len(store.ids)} products in the {config.name} store {store.encoder_id} "
+            f"({'warm' if warm else f'derived in {time.perf_counter() - started:.1f} s'}): {store.path}"
         )
         return
     options = dict(

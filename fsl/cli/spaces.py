@@ -1,4 +1,5 @@
-"""`fsl align` and `fsl calibrate`: an image-text space and calibrated confidences, on base and validation classes."""
+"""`fsl align`, `fsl adapt` and `fsl calibrate`: an image-text space, an adapted image tower and calibrated
+confidences, trained on base classes and chosen on validation classes."""
 
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ from fsl.cli.common import (
 from fsl.cli.experiments import _configs
 from fsl.config import UNKNOWN_SCORES
 from fsl.errors import FslError
-from fsl.paths import ALIGN_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT, SHIPPED_CALIBRATION_DIR, USER_CALIBRATION_DIR
+from fsl.paths import (
+    ADAPT_DIR,
+    ALIGN_DIR,
+    DEFAULT_EPISODES_DIR,
+    FEATURES_ROOT,
+    SHIPPED_CALIBRATION_DIR,
+    USER_CALIBRATION_DIR,
+)
 
 
 def cmd_align(args) -> None:
@@ -52,6 +60,36 @@ def cmd_align(args) -> None:
     )
     for name in ("aligned", "random projection"):
         print(f"  {name:>17}: " + ", ".join(f"{key} {100 * value:.1f}%" for key, value in figures[name].items()))
+
+
+def cmd_adapt(args) -> None:
+    import dataclasses
+
+    from fsl.config import load_adapt_config, override, parse_assignment
+    from fsl.data.prepared import load_catalog
+    from fsl.harness.adapt import adapt, check_adapt_config
+
+    recipe = load_adapt_config(args.recipe)
+    if args.set:
+        recipe = override(recipe, [parse_assignment(text) for text in args.set])
+    recipes = [check_adapt_config(dataclasses.replace(recipe, split_seed=seed)) for seed in args.split_seeds]
+    catalog = load_catalog(args.data)
+    for recipe in recipes:  # one adaptation per split, chosen on that split's validation classes
+        summary = adapt(
+            catalog, recipe, args.store_root, args.episodes_dir, args.out, args.runs, resume=not args.restart
+        )
+        best, start = summary["best"], summary["start"]
+        sets = [name for name in start if name != "score"]
+        chosen = (
+            "step 0: no step beat the frozen tower on the validation classes"
+            if summary["best_step"] == 0
+            else f"step {summary['best_step']} of {summary['steps']}"
+        )
+        print(
+            f"{recipe.name} (split {recipe.split_seed}): chosen at {chosen}; validation "
+            + ", ".join(f"{name} {100 * best[name]:.1f}% (frozen {100 * start[name]:.1f}%)" for name in sets)
+            + f"; use it with --encoder adapted --pretrained {summary['folder']}"
+        )
 
 
 def cmd_calibrate(args) -> None:
@@ -131,6 +169,42 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     aligning.add_argument("--runs", default="runs/align", help="TensorBoard log dir (default runs/align)")
     aligning.add_argument("--restart", action="store_true", help="start over instead of resuming from last")
     aligning.set_defaults(run=cmd_align)
+
+    adapting = commands.add_parser(
+        "adapt",
+        help="train the image tower's last layers on base classes (episodic, supervised; full or LoRA)",
+        description="Train the offline image tower's last MBConv block(s) and head convolution on base-split "
+        "products only, from activations cached at the cut (computed once, kept beside the offline store). "
+        "Objectives: supervised (cosine classifier over the base classes), episodic (prototypical loss on base "
+        "episodes), or both in sequence; modes: full or lora (PEFT). Step 0 (the frozen tower) and every "
+        "val_every steps are scored on validation-class episodes (fused-masked protonet); the best is kept. "
+        "Writes checkpoints/adapt/NAME/{best,last} (split s: checkpoints/adapt/split<s>/NAME), TensorBoard "
+        "under runs/adapt; resumes from last.",
+    )
+    adapting.add_argument("recipe", metavar="RECIPE", help="experiments/adapt/*.yaml")
+    add_data_option(adapting)
+    adapting.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a recipe value (lr=3e-4, mode=lora, rank=4); repeatable; the name gets the change appended",
+    )
+    adapting.add_argument(
+        "--split-seeds",
+        type=non_negative_int,
+        nargs="+",
+        default=[0],
+        metavar="SEED",
+        help="the class splits to adapt on, one adaptation each (default 0)",
+    )
+    adapting.add_argument(
+        "--episodes-dir", default=str(DEFAULT_EPISODES_DIR), help="root of the class splits (default episodes/)"
+    )
+    adapting.add_argument("--store-root", default=str(FEATURES_ROOT), metavar="DIR", help=STORE_HELP)
+    adapting.add_argument("--out", default=str(ADAPT_DIR), help=f"where adaptations go (default {ADAPT_DIR})")
+    adapting.add_argument("--runs", default="runs/adapt", help="TensorBoard log dir (default runs/adapt)")
+    adapting.add_argument("--restart", action="store_true", help="start over instead of resuming from last")
+    adapting.set_defaults(run=cmd_adapt)
 
     calibrating = commands.add_parser(
         "calibrate",

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from fsl.config import EncoderConfig
+from fsl.encoders.adapted import AdaptedEncoder, adapted_id
 from fsl.encoders.aligned import AlignedEncoder, aligned_id
 from fsl.encoders.base import Encoder
 from fsl.encoders.clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, ClipEncoder, resolve_clip_weights
@@ -19,6 +20,7 @@ ENCODERS: dict[str, Callable[..., Encoder]] = {
     "clip": ClipEncoder,
     "offline": OfflineEncoder,
     "aligned": AlignedEncoder,
+    "adapted": AdaptedEncoder,
 }
 
 
@@ -31,6 +33,8 @@ def encoder_id(name: str = "offline", model: str | None = None, pretrained: str 
         return f"clip:{model}:{resolve_clip_weights(model, pretrained or DEFAULT_CLIP_WEIGHTS)[1]}"
     if name == "aligned":
         return aligned_id(pretrained)
+    if name == "adapted":
+        return adapted_id(pretrained)
     raise FslError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
 
 
@@ -64,7 +68,7 @@ class LazyEncoder:
                 {"model": config.model, "pretrained": config.pretrained}
                 if config.name == "clip"
                 else {"pretrained": config.pretrained}
-                if config.name == "aligned"
+                if config.name in ("aligned", "adapted")
                 else {}
             )
             self._built = create_encoder(config.name, device=config.device, **options)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,6 +13,7 @@ import torch
 
 from fsl.config import ExperimentConfig
 from fsl.data.catalog import Catalog
+from fsl.encoders.adapted import adaptation_for_split
 from fsl.encoders.factory import encoder_from_config, shared_space
 from fsl.episodes.frozen import EpisodeSet, file_digest, read_digests
 from fsl.episodes.shift import (
@@ -59,16 +62,27 @@ def check_runnable(config: ExperimentConfig) -> None:
 
 
 def check_alignment(store: FeatureStore, episode_set: EpisodeSet) -> None:
-    """An aligned space was trained on one split's base classes: episodes of another split (whose
-    novel classes it may have trained on) are refused."""
-    alignment = store.manifest.get("alignment")
-    if alignment and alignment["split_seed"] != episode_set.meta.get("split_seed"):
-        raise FslError(
-            f"feature store {store.path.name} is aligned on the base classes of split seed "
-            f"{alignment['split_seed']}; episode set {episode_set.name!r} comes from split seed "
-            f"{episode_set.meta.get('split_seed')}, whose test classes it may have trained on. "
-            "Align on that split (fsl align --split-seed N)"
-        )
+    """An aligned space or an adapted tower was trained on one split's base classes: episodes of
+    another split (whose novel classes it may have trained on) are refused."""
+    for key, fix in (("alignment", "Align on that split (fsl align --split-seed N)"),
+                     ("adaptation", "Adapt on that split (fsl adapt RECIPE --split-seeds N)")):  # fmt: skip
+        trained = store.manifest.get(key)
+        if trained and trained["split_seed"] != episode_set.meta.get("split_seed"):
+            raise FslError(
+                f"feature store {store.path.name} was trained ({key}) on the base classes of split seed "
+                f"{trained['split_seed']}; episode set {episode_set.name!r} comes from split seed "
+                f"{episode_set.meta.get('split_seed')}, whose test classes it may have trained on. {fix}"
+            )
+
+
+def config_for_split(config: ExperimentConfig, split_seed: int) -> ExperimentConfig:
+    """The config as it runs on one class split: an adapted encoder reads that split's adaptation."""
+    if config.encoder.name != "adapted" or not config.encoder.pretrained:
+        return config
+    encoder = dataclasses.replace(
+        config.encoder, pretrained=adaptation_for_split(config.encoder.pretrained, split_seed)
+    )
+    return dataclasses.replace(config, encoder=encoder)
 
 
 def splits_for(
@@ -78,10 +92,20 @@ def splits_for(
     store_root: str | os.PathLike = FEATURES_ROOT,
 ) -> list[int]:
     """Every split drawn for the catalog, less those the config's store cannot serve: an aligned space
-    trained on one split's base classes has seen the other splits' novel classes (said, then skipped)."""
+    trained on one split's base classes has seen the other splits' novel classes, and an adapted tower
+    runs only on the splits it was adapted for (said, then skipped)."""
     splits = available_splits(catalog, episodes_root, config.label_column)
     if not splits:
         raise FslError(f"no class split under {episodes_root} for this catalog; run `fsl episodes` first")
+    if config.encoder.name == "adapted" and config.encoder.pretrained:
+        missing = [s for s in splits if not Path(adaptation_for_split(config.encoder.pretrained, s)).is_dir()]
+        if missing and len(missing) < len(splits):
+            print(
+                f"fsl: {config.name}: no adaptation for split(s) {', '.join(map(str, missing))} "
+                f"(e.g. {adaptation_for_split(config.encoder.pretrained, missing[0])}); they are skipped",
+                file=sys.stderr,
+            )
+        return [s for s in splits if s not in missing] or splits  # none at all: the store says why
     store = open_store(catalog, config.encoder, store_root)
     alignment = store.manifest.get("alignment")
     if alignment and len(splits) > 1:
@@ -256,6 +280,7 @@ def run_experiment(
     """One config's head on each of its frozen episode sets of one class split (a trained head: the
     checkpoint trained on that split); with `shifted`, on the shifted query sets of fsl/episodes/shift.py and
     their controls too (a set named X+rerendered is set X with re-rendered query photos)."""
+    config = config_for_split(config, split_seed)
     names, skipped = episode_sets_to_run(config, catalog, episodes_root, split_seed)
     for name, why in skipped:
         print(f"fsl: {config.name}: skipped {name}: {why}", file=sys.stderr)

@@ -144,6 +144,11 @@ def train(
 
     sources = list(samplers.values())
     with SummaryWriter(str(Path(runs_root) / config.name)) as writer:
+        if state is None:  # step 0, the untrained start, is a candidate too: a chosen head never loses to it
+            best, best_step = mean_ci(run_episodes(head, features.numpy(), store.ids, val_set, progress=False))[0], 0
+            save_head(folder / "best", head, {**meta, "step": 0, "val_accuracy": best})
+            writer.add_scalar("val/accuracy", best, 0)
+            print(f"step 0 (untrained): {settings.val_episodes} {100 * best:.1f}%")
         bar = trange(start, settings.steps, desc=f"train {config.name}", disable=not progress)
         report = bar.write if progress else print  # bar.write keeps the bar below the lines
         for step in bar:
@@ -198,4 +203,6 @@ def train(
             **flat_options(config),
         }
         writer.add_hparams(hparams, {"hparam/best_val_accuracy": best}, run_name="hparams")
+    if best_step == 0:
+        print(f"{config.name}: no training step beat the untrained start on {settings.val_episodes}; best is step 0")
     return {"best_val_accuracy": best, "best_step": best_step, "steps": settings.steps}

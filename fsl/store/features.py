@@ -559,12 +559,13 @@ def derive_store(
     encoder_id: str,
     image_dim: int,
     text_dim: int,
-    transform: Callable[[str, np.ndarray], np.ndarray],
+    transform: Callable[[str, np.ndarray, int], np.ndarray],
     extra: dict | None = None,
     block: int = 65_536,
 ) -> FeatureStore:
-    """A store whose features are a function of another store's (e.g. projected into an aligned
-    space): same ids and text variants, each array transformed block by block and written
+    """A store whose features are a function of another store's (projected into an aligned space, or
+    the image rows recomputed by an adapted top): same ids and text variants, each array transformed
+    block by block (`transform(kind, rows, first row)`) and written
     atomically, the manifest (with checksums) written last, under the store's writer lock."""
     path.mkdir(parents=True, exist_ok=True)
     with writer_lock(path):
@@ -591,7 +592,7 @@ def derive_store(
                 }
                 np.lib.format.write_array_header_1_0(f, header)
                 for start in range(0, len(source.ids), block):
-                    out = transform("image" if key == "image" else "text", values[start : start + block])
+                    out = transform("image" if key == "image" else "text", values[start : start + block], start)
                     f.write(np.ascontiguousarray(out, dtype=DTYPE).tobytes())
         manifest["arrays"] = {key: _array_record(path / f"{key}.npy") for key in _array_keys(manifest)}
         write_json(path / "manifest.json", {**manifest, "complete": True})

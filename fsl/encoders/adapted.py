@@ -1,0 +1,160 @@
+"""The offline image tower cut in two: a frozen bottom whose output is cached once per product, and a
+top (the last MBConv block(s) and the head convolution) that `fsl adapt` trains on base classes.
+This module holds the cut, the adapted weights' load/save (safetensors + sidecar, digest) and the
+encoder that applies them; the training job is fsl/harness/adapt.py."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fsl.encoders.base import Encoder
+from fsl.encoders.offline import OfflineEncoder
+from fsl.errors import FslError
+from fsl.files import atomic_path, check_record, read_json, write_json
+from fsl.paths import split_root
+
+TOWERS = OfflineEncoder.id
+MAX_CUT = 6  # the last six MBConv blocks of EfficientNet-Lite0 all run at 7x7 (blocks 10-15)
+WEIGHTS_FILE, SIDECAR_FILE = "top.safetensors", "adapt.json"
+
+
+def check_cut(cut: int) -> int:
+    if type(cut) is not int or not 1 <= cut <= MAX_CUT:
+        raise FslError(f"adapt cut must be a whole number of last MBConv blocks from 1 to {MAX_CUT}, got {cut!r}")
+    return cut
+
+
+class ImageTop(nn.Module):
+    """EfficientNet-Lite0 from the input of its last `cut` MBConv blocks to the pooled 1280-d feature:
+    those blocks, the head convolution and its batch norm, then the mean over the 7x7 map (what
+    OfflineEncoder._embed_pixels computes). Batch norms keep their ImageNet statistics."""
+
+    def __init__(self, model: nn.Module, cut: int):
+        super().__init__()
+        self.cut = check_cut(cut)
+        self.blocks = nn.ModuleList(model._blocks[-cut:])
+        self.conv_head, self.bn_head, self.act = model._conv_head, model._bn1, model._swish
+
+    def forward(self, activations: torch.Tensor) -> torch.Tensor:
+        x = activations
+        for block in self.blocks:
+            x = block(x)
+        return self.act(self.bn_head(self.conv_head(x))).mean(dim=(2, 3))
+
+    def train(self, mode: bool = True) -> ImageTop:
+        """Always in inference mode (frozen batch-norm statistics; no drop-connect): episodes of 25 photos
+        would make poor statistics, and the trained weights must mean the same at test time."""
+        return super().train(False)
+
+
+@torch.no_grad()
+def top_features(top: nn.Module, activations: np.ndarray, rows: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """The top's 1280-d features of the given catalog rows, unnormalised."""
+    out = [
+        top(torch.from_numpy(np.asarray(activations[rows[i : i + batch]], dtype=np.float32)))
+        for i in range(0, len(rows), batch)
+    ]
+    return torch.cat(out) if out else torch.empty(0, 1280)
+
+
+def image_bottom(model: nn.Module, pixels: torch.Tensor, cut: int) -> torch.Tensor:
+    """EfficientNet-Lite0's stem and all but its last `cut` MBConv blocks: the activations at the cut
+    ([B, C, 7, 7]), as extract_features computes them in inference mode."""
+    x = model._swish(model._bn0(model._conv_stem(pixels)))
+    for block in model._blocks[: len(model._blocks) - check_cut(cut)]:
+        x = block(x)
+    return x
+
+
+class AdaptedEncoder(Encoder):
+    """The offline pair with the image tower's top replaced by the weights `fsl adapt` trained; the text
+    tower is the offline one, unchanged."""
+
+    def __init__(self, device: str = "cpu", pretrained: str | None = None):
+        if not pretrained:
+            raise FslError("the adapted encoder needs --pretrained checkpoints/adapt/NAME/best (from `fsl adapt`)")
+        state, self.adaptation = load_adaptation(pretrained)
+        self.id = adapted_id(pretrained)
+        self.base = OfflineEncoder(device)
+        self.top = ImageTop(self.base.image_model, self.adaptation["cut"])
+        self.top.load_state_dict(state)
+        self.top.requires_grad_(False).eval()
+        self.image_dim, self.text_dim = self.base.image_dim, self.base.text_dim
+        self.image_transform = self.base.image_transform
+
+    def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The tower's own forward: the top's modules are the model's, their weights replaced in place,
+        so eager and the ONNX export (keyed by this encoder's id) both run bottom + adapted top."""
+        return self.base._embed_pixels(pixels)
+
+    def _embed_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.base._embed_texts(texts)
+
+    def text_tower(self):
+        return self.base.text_tower()
+
+
+# Checkpoints -----------------------------------------------------------------------------------
+
+
+def save_adaptation(folder: Path, top: ImageTop, meta: dict) -> None:
+    """The top's weights (LoRA adapters merged into them) and the sidecar naming encoder, cut, mode,
+    objective and split; a NaN anywhere refuses the save."""
+    state = {k: v.detach().contiguous().clone() for k, v in top.state_dict().items()}
+    if any(v.is_floating_point() and not torch.isfinite(v).all() for v in state.values()):
+        raise FslError(f"refusing to save {folder}: the adapted weights hold NaN or infinite values")
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp))
+    write_json(folder / SIDECAR_FILE, meta)
+
+
+def load_adaptation(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """The top's weights and their sidecar; a missing or damaged one is an error naming the folder."""
+    folder = Path(folder)
+    weights, sidecar = folder / WEIGHTS_FILE, folder / SIDECAR_FILE
+    if not (weights.is_file() and sidecar.is_file()):
+        raise FslError(
+            f"no adaptation at {folder} (expected {WEIGHTS_FILE} + {SIDECAR_FILE}); train one with `fsl adapt`"
+        )
+    fields = {"towers": (str,), "cut": (int,), "mode": (str,), "objective": (str,), "split_seed": (int,),
+              "label_column": (str,), "catalog_fingerprint": (str,)}  # fmt: skip
+    meta = check_record(
+        read_json(sidecar, "adaptation sidecar"), fields, sidecar, "adaptation sidecar", "adapt again with --restart"
+    )
+    if meta["towers"] != TOWERS:
+        raise FslError(f"{folder} adapts the towers {meta['towers']!r}, not {TOWERS!r}")
+    check_cut(meta["cut"])
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as error:
+        raise FslError(f"{weights} cannot be loaded ({type(error).__name__}); it is damaged. Adapt again") from None
+    return state, meta
+
+
+def adaptation_digest(folder: str | os.PathLike) -> str:
+    weights = Path(folder) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FslError(f"no adaptation at {folder} (expected {WEIGHTS_FILE}); train one with `fsl adapt`")
+    return hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+
+
+def adapted_id(pretrained: str | os.PathLike | None) -> str:
+    """The adapted encoder's id: the offline towers' and the adapted weights' digest."""
+    if not pretrained:
+        raise FslError("the adapted encoder needs --pretrained checkpoints/adapt/NAME/best (from `fsl adapt`)")
+    return f"adapted:{TOWERS.removeprefix('offline:')}:{adaptation_digest(pretrained)}"
+
+
+def adaptation_for_split(pretrained: str | os.PathLike, split_seed: int) -> str:
+    """An adaptation is trained per class split, its checkpoints laid out as `fsl train`'s: a config's
+    `checkpoints/adapt/NAME/best` names split 0's, and split s reads `checkpoints/adapt/split<s>/NAME/best`."""
+    best = Path(pretrained)
+    return str(split_root(best.parent.parent, split_seed) / best.parent.name / best.name)

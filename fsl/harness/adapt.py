@@ -1,0 +1,348 @@
+"""Encoder adaptation: the offline image tower's last MBConv block(s) and head convolution learn on
+base-class products, from activations cached at the cut (fsl/store/activations.py), so a step runs
+only the layers being trained and no photo is decoded.
+
+Objectives: `supervised` (cross-entropy of a cosine classifier over the base classes, its weights
+imprinted from the class means: Tian et al., ECCV 2020), `episodic` (the prototypical loss on N-way
+K-shot base episodes: P>M>F's meta-training stage, Hu et al., CVPR 2022) and `supervised+episodic`
+(the first half of the steps one, the second the other). Modes: `full` (the layers' weights and
+batch-norm affines) and `lora` (PEFT low-rank adapters on the 1x1 convolutions, merged into the
+weights when saved: CLIP-LoRA's recipe, Zanella & Ben Ayed 2024).
+
+Selection reads validation classes only: step 0 (the frozen tower) is scored first, so a chosen
+checkpoint is never worse than its start on validation, and the run says when the start won.
+checkpoints/adapt/NAME/{best,last}, TensorBoard under runs/adapt/NAME, resume from last."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import trange
+
+from fsl.config import AdaptConfig, EncoderConfig, ExperimentConfig
+from fsl.data.catalog import Catalog
+from fsl.encoders.adapted import TOWERS, ImageTop, check_cut, save_adaptation, top_features
+from fsl.encoders.offline import OfflineEncoder
+from fsl.episodes.sampler import EpisodeSampler
+from fsl.episodes.splits import ClassSplit
+from fsl.episodes.standard import saved_near_duplicates
+from fsl.errors import FslError
+from fsl.harness.checkpoints import load_train_state, save_train_state
+from fsl.harness.evaluate import run_episodes
+from fsl.harness.experiment import check_validation_only, head_for_features, load_episode_set
+from fsl.paths import ADAPT_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT, split_root
+from fsl.store.activations import cached_activations
+from fsl.store.open import open_store
+
+MODES = ("full", "lora")
+OBJECTIVES = ("supervised", "episodic", "supervised+episodic")
+LORA_TARGETS = ["_expand_conv", "_project_conv", "conv_head"]  # the 1x1 convolutions (depthwise ones are left)
+
+
+def check_adapt_config(config: AdaptConfig) -> AdaptConfig:
+    """Every option checked before any work."""
+    check_cut(config.cut)
+    for key in ("rank", "steps", "batch_size", "n_way", "k_shot", "q_query", "val_every"):
+        value = getattr(config, key)
+        if type(value) is not int or value < 1:
+            raise FslError(f"adapt {key} must be a positive whole number, got {value!r}")
+    if config.mode not in MODES:
+        raise FslError(f"adapt mode must be one of {list(MODES)}, got {config.mode!r}")
+    if config.objective not in OBJECTIVES:
+        raise FslError(f"adapt objective must be one of {list(OBJECTIVES)}, got {config.objective!r}")
+    if not (type(config.lr) in (int, float) and math.isfinite(config.lr) and config.lr > 0):
+        raise FslError(f"adapt lr must be a finite number > 0, got {config.lr!r}")
+    if not (
+        type(config.weight_decay) in (int, float) and math.isfinite(config.weight_decay) and config.weight_decay >= 0
+    ):
+        raise FslError(f"adapt weight_decay must be a finite number >= 0, got {config.weight_decay!r}")
+    if not (type(config.image_weight) in (int, float) and 0 <= config.image_weight <= 1):
+        raise FslError(f"adapt image_weight must lie in [0, 1], got {config.image_weight!r}")
+    if type(config.flip) is not bool:
+        raise FslError(f"adapt flip must be true or false, got {config.flip!r}")
+    if type(config.split_seed) is not int or config.split_seed < 0 or type(config.seed) is not int or config.seed < 0:
+        raise FslError(
+            f"adapt split_seed and seed must be whole numbers >= 0 (got {config.split_seed!r}, {config.seed!r})"
+        )
+    return config
+
+
+# What is trained --------------------------------------------------------------------------------
+
+
+def trainable_top(encoder: OfflineEncoder, config: AdaptConfig) -> nn.Module:
+    """A copy of the tower's top: every parameter trainable (full), or frozen with LoRA adapters (lora)."""
+    top = ImageTop(copy.deepcopy(encoder.image_model), config.cut)
+    if config.mode == "full":
+        return top.requires_grad_(True)
+    top.requires_grad_(False)
+    lora = LoraConfig(r=config.rank, lora_alpha=2 * config.rank, target_modules=LORA_TARGETS, lora_dropout=0.0)
+    return get_peft_model(top, lora)
+
+
+def merged_top(model: nn.Module) -> ImageTop:
+    """The plain ImageTop a trained model stands for: LoRA adapters merged into the weights."""
+    if isinstance(model, ImageTop):
+        return model
+    return copy.deepcopy(model).merge_and_unload()
+
+
+# Base-class batches -----------------------------------------------------------------------------
+
+
+class BaseBatches:
+    """Rows of base-class products only: supervised batches and episodic tasks. Validation and
+    novel products are never among `rows`, so no batch can hold one (a test checks it)."""
+
+    def __init__(self, catalog: Catalog, config: AdaptConfig, base: list[str], episodes_root):
+        labels = catalog.labels(config.label_column).to_numpy()
+        self.rows = np.flatnonzero(np.isin(labels, base))
+        if len(self.rows) == 0:
+            raise FslError("no product of a base class to adapt on")
+        self.base = list(base)
+        self.classes = torch.as_tensor(np.searchsorted(self.base, labels[self.rows]))
+        self.generator = torch.Generator().manual_seed(config.seed)
+        near_duplicates = saved_near_duplicates(catalog, episodes_root)
+        groups = (
+            None
+            if near_duplicates is None
+            else near_duplicates.group_index(catalog.products["id"].to_numpy())[self.rows]
+        )
+        self.sampler = EpisodeSampler(
+            self.rows, labels[self.rows], self.base, min(config.n_way, len(self.base)), config.k_shot,
+            config.q_query, config.seed, groups,
+        )  # fmt: skip
+        self.batch_size = config.batch_size
+
+    def supervised(self) -> tuple[np.ndarray, torch.Tensor]:
+        """A batch of base products (catalog rows) and their base-class numbers."""
+        picked = torch.randint(len(self.rows), (self.batch_size,), generator=self.generator)
+        return self.rows[picked.numpy()], self.classes[picked]
+
+    def episode(self):
+        return self.sampler.sample(1)
+
+    def state(self) -> list[torch.Tensor]:
+        return [self.generator.get_state(), self.sampler.generator.get_state()]
+
+    def set_state(self, state: list[torch.Tensor]) -> None:
+        self.generator.set_state(state[0])
+        self.sampler.generator.set_state(state[1])
+
+
+def objective_at(config: AdaptConfig, step: int) -> str:
+    """The objective of a step (1-based): supervised+episodic runs the first half supervised."""
+    if config.objective != "supervised+episodic":
+        return config.objective
+    return "supervised" if step <= config.steps // 2 else "episodic"
+
+
+# Losses -----------------------------------------------------------------------------------------
+
+
+def prototypical_loss(support: torch.Tensor, query: torch.Tensor, n_way: int, scale: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of scaled cosine to class prototypes (support class-major, K per class)."""
+    prototypes = F.normalize(F.normalize(support, dim=-1).view(n_way, -1, support.shape[-1]).mean(1), dim=-1)
+    logits = scale * F.normalize(query, dim=-1) @ prototypes.T
+    targets = torch.arange(n_way).repeat_interleave(len(query) // n_way)
+    return F.cross_entropy(logits, targets)
+
+
+def cosine_classifier_loss(
+    features: torch.Tensor, classes: torch.Tensor, weights: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    return F.cross_entropy(scale * F.normalize(features, dim=-1) @ F.normalize(weights, dim=-1).T, classes)
+
+
+def augment(maps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror about half of the activation maps left to right."""
+    flip = torch.rand(len(maps), generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], maps.flip(-1), maps)
+
+
+# Training ---------------------------------------------------------------------------------------
+
+
+class Validation:
+    """The fused-masked protonet on the validation-class episode sets: the mean accuracy over sets is
+    the score that chooses the checkpoint."""
+
+    def __init__(self, catalog: Catalog, config: AdaptConfig, store, activations: np.ndarray, episodes_root):
+        experiment = ExperimentConfig(
+            name="adapt-validation",
+            method="protonet",
+            fusion="concat",
+            fusion_options={"image_weight": config.image_weight},
+            text_variant=config.text_variant,
+            label_column=config.label_column,
+        )
+        check_validation_only(
+            experiment, catalog, config.val_episodes, episodes_root, "fsl adapt", "val_episodes=[val-5w5s]"
+        )
+        self.sets = [load_episode_set(experiment, catalog, name, episodes_root) for name in config.val_episodes]
+        self.ids = store.ids
+        ids = np.unique(
+            np.concatenate([np.concatenate([s.episodes.support.ravel(), s.episodes.query.ravel()]) for s in self.sets])
+        )
+        self.rows = np.searchsorted(store.ids, ids)
+        self.features = np.zeros((len(store.ids), 1280 + store.manifest["text_dim"]), dtype=np.float32)
+        self.features[self.rows, 1280:] = store.text(config.text_variant)[self.rows]
+        self.head = head_for_features(experiment, 1280, store.manifest["text_dim"], TOWERS)
+        self.activations = activations
+
+    def score(self, top: nn.Module) -> dict[str, float]:
+        self.features[self.rows, :1280] = F.normalize(top_features(top, self.activations, self.rows), dim=-1).numpy()
+        scores = {
+            s.name: float(np.mean(run_episodes(self.head, self.features, self.ids, s, progress=False)))
+            for s in self.sets
+        }
+        return {**scores, "score": float(np.mean(list(scores.values())))}
+
+
+def adapt(
+    catalog: Catalog,
+    config: AdaptConfig,
+    store_root: str | os.PathLike = FEATURES_ROOT,
+    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+    root: str | os.PathLike = ADAPT_DIR,
+    runs_root: str | os.PathLike = "runs/adapt",
+    resume: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Train the top on split `config.split_seed`'s base classes; returns {"best" (validation figures),
+    "best_step", "start" (step 0's figures), "steps", "folder"}. The checkpoints of split s live under
+    split_root(root, s), like fsl train's."""
+    check_adapt_config(config)
+    episodes_root = split_root(episodes_root, config.split_seed)
+    folder = split_root(root, config.split_seed) / config.name
+    split = ClassSplit.load(catalog, config.label_column, config.split_seed, episodes_root)
+    base = split.classes("base")
+    encoder = OfflineEncoder()
+    store = open_store(catalog, EncoderConfig("offline"), store_root)
+    if not np.array_equal(store.ids, catalog.products["id"].to_numpy()):
+        raise FslError(f"feature store {store.path} rows do not follow the catalog; re-run `fsl embed`")
+    validation = Validation(catalog, config, store, None, episodes_root)  # checked before the long caching
+    activations = cached_activations(catalog, encoder, config.cut, store_root, progress=progress)
+    validation.activations = activations
+    batches = BaseBatches(catalog, config, base, episodes_root)
+
+    torch.manual_seed(config.seed)
+    model = trainable_top(encoder, config)
+    # the cosine classifier's weights start at the frozen top's base-class means ("imprinting"), so
+    # step 0's supervised loss is already meaningful and the first steps do not wreck the features
+    start_features = F.normalize(top_features(model, activations, batches.rows), dim=-1)
+    means = torch.zeros(len(base), start_features.shape[1]).index_add_(0, batches.classes, start_features)
+    classifier = nn.Parameter(F.normalize(means, dim=-1))
+    log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+    parameters = [p for p in model.parameters() if p.requires_grad] + [classifier, log_scale]
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    augment_generator = torch.Generator().manual_seed(config.seed + 1)
+
+    meta = {
+        "towers": TOWERS,
+        "cut": config.cut,
+        "mode": config.mode,
+        "rank": config.rank if config.mode == "lora" else 0,
+        "objective": config.objective,
+        "split_seed": config.split_seed,
+        "label_column": config.label_column,
+        "catalog_fingerprint": catalog.fingerprint,
+        "base_classes": base,
+        "trained_on": f"{len(batches.rows)} products of the {len(base)} base classes",
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "config": dataclasses.asdict(config),
+    }
+    saved_config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    state = load_train_state(folder / "last") if resume else None
+    writer = SummaryWriter(str(split_root(runs_root, config.split_seed) / config.name))
+    if state is not None:
+        if state.get("config") != saved_config or state.get("catalog_fingerprint") != catalog.fingerprint:
+            raise FslError(
+                f"{folder / 'last'} was adapted with other settings or another catalog; pass --restart to start over"
+            )
+        model.load_state_dict(state["model"])
+        classifier.data.copy_(state["classifier"])
+        log_scale.data.copy_(state["log_scale"])
+        optimizer.load_state_dict(state["optimizer"])
+        batches.set_state(state["batches"])
+        augment_generator.set_state(state["augment"])
+        step, best, start_scores = int(state["step"]), state["best"], state["start"]
+        print(
+            f"resuming {config.name} at step {step} (best validation score {best['score']:.4f} at step {best['step']})"
+        )
+    else:
+        start_scores = validation.score(model)
+        best, done = {**start_scores, "step": 0}, 0
+        save_adaptation(folder / "best", merged_top(model), {**meta, "step": 0, "validation": start_scores})
+        for key, value in start_scores.items():
+            writer.add_scalar(f"val/{key}", value, 0)
+
+    for step in trange(done + 1, config.steps + 1, desc=f"adapt {config.name}", disable=None if progress else True,
+                       initial=done, total=config.steps):  # fmt: skip
+        objective = objective_at(config, step)
+        if objective == "supervised":
+            rows, classes = batches.supervised()
+        else:
+            episode = batches.episode()
+            rows = np.concatenate([episode.support[0], episode.query[0]])
+        maps = torch.from_numpy(np.asarray(activations[rows], dtype=np.float32))
+        if config.flip:
+            maps = augment(maps, augment_generator)
+        features = model(maps)
+        if objective == "supervised":
+            loss = cosine_classifier_loss(features, classes, classifier, log_scale.exp())
+        else:
+            n_support = episode.support.shape[1]
+            loss = prototypical_loss(features[:n_support], features[n_support:], episode.n_way, log_scale.exp())
+        if not torch.isfinite(loss):
+            writer.close()
+            raise FslError(
+                f"adaptation {config.name} stopped at step {step}: the loss is {loss.item()}; nothing of this step "
+                f"was saved (best and last hold the earlier ones). Lower lr (now {config.lr})"
+            )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        writer.add_scalar(f"train/loss_{objective}", loss.item(), step)
+        if step % config.val_every == 0 or step == config.steps:
+            scores = validation.score(model)
+            for key, value in scores.items():
+                writer.add_scalar(f"val/{key}", value, step)
+            if scores["score"] > best["score"]:
+                best = {**scores, "step": step}
+                save_adaptation(folder / "best", merged_top(model), {**meta, "step": step, "validation": scores})
+            save_adaptation(folder / "last", merged_top(model), {**meta, "step": step, "validation": scores})
+            save_train_state(
+                folder / "last",
+                {
+                    "model": model.state_dict(),
+                    "classifier": classifier.detach(),
+                    "log_scale": log_scale.detach(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "best": best,
+                    "start": start_scores,
+                    "batches": batches.state(),
+                    "augment": augment_generator.get_state(),
+                    "config": saved_config,
+                    "catalog_fingerprint": catalog.fingerprint,
+                },
+            )
+    writer.add_scalar("val/chosen_step", best["step"], config.steps)
+    writer.close()
+    return {
+        "best": best,
+        "best_step": best["step"],
+        "start": start_scores,
+        "steps": config.steps,
+        "folder": folder / "best",
+    }

@@ -1,0 +1,178 @@
+"""`fsl adapt`: the image tower's last layers trained on base classes from cached activations."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import fsl.harness.adapt
+from fsl.config import AdaptConfig, EncoderConfig
+from fsl.encoders.adapted import WEIGHTS_FILE, AdaptedEncoder, load_adaptation
+from fsl.episodes.splits import ClassSplit
+from fsl.errors import FslError
+from fsl.harness.adapt import BaseBatches, adapt, check_adapt_config
+from fsl.store.activations import cached_activations
+from fsl.store.open import open_store
+
+TINY = AdaptConfig(
+    name="tiny", steps=4, val_every=2, batch_size=16, n_way=3, k_shot=2, q_query=2, val_episodes=("val-2w5s",)
+)
+
+
+@pytest.fixture(scope="module")
+def slice_(twelve_classes, offline_encoder):
+    """The twelve-class slice (240 real photos), its offline store and the activations at cut 1."""
+    root, catalog = twelve_classes
+    open_store(catalog, EncoderConfig("offline"), root / "offline-store")
+    activations = cached_activations(catalog, offline_encoder, 1, root / "offline-store", progress=False)
+    return root, catalog, activations
+
+
+def run(slice_, tmp_path, config: AdaptConfig = TINY, **kwargs) -> dict:
+    root, catalog, _ = slice_
+    return adapt(
+        catalog, config, root / "offline-store", root / "episodes", tmp_path / "adapt", tmp_path / "runs",
+        progress=False, **kwargs,
+    )  # fmt: skip
+
+
+def test_cached_activations_equal_the_towers_own_intermediate_output(slice_, offline_encoder):
+    _, catalog, activations = slice_
+    seen = []
+    model = offline_encoder.image_model
+    hook = model._blocks[-1].register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
+    try:
+        pixels = next(iter(offline_encoder.image_batches(catalog.image_paths[:8], 8, 0)))
+        with torch.inference_mode():
+            pooled = model.extract_features(pixels).mean(dim=(2, 3))
+    finally:
+        hook.remove()
+    assert activations.shape == (len(catalog), 192, 7, 7) and activations.dtype == np.float16
+    expected = seen[0].numpy()
+    np.testing.assert_allclose(activations[:8].astype(np.float32), expected, atol=2e-2, rtol=1e-2)
+    # the top of a cut tower on the cached rows gives the tower's own pooled feature
+    from fsl.encoders.adapted import ImageTop, top_features
+
+    top = top_features(ImageTop(model, 1), activations, np.arange(8))
+    cosine = torch.nn.functional.cosine_similarity(top, pooled, dim=-1)
+    assert cosine.min() > 0.999
+
+
+def test_every_training_batch_holds_base_class_products_only(slice_):
+    root, catalog, _ = slice_
+    split = ClassSplit.load(catalog, "articleType", 0, root / "episodes")
+    batches = BaseBatches(catalog, TINY, split.classes("base"), root / "episodes")
+    labels = catalog.labels().to_numpy()
+    seen = set()
+    for _ in range(50):
+        rows, classes = batches.supervised()
+        assert list(np.asarray(split.classes("base"))[classes.numpy()]) == list(labels[rows])
+        episode = batches.episode()
+        seen |= set(labels[rows]) | set(labels[np.concatenate([episode.support[0], episode.query[0]])])
+    assert seen == set(split.classes("base"))
+    assert not seen & (set(split.classes("val")) | set(split.classes("novel")))
+
+
+def test_adapt_writes_best_and_last_with_a_sidecar_and_an_adapted_store(slice_, tmp_path):
+    root, catalog, _ = slice_
+    summary = run(slice_, tmp_path)
+    state, meta = load_adaptation(summary["folder"])
+    assert (meta["cut"], meta["mode"], meta["objective"], meta["split_seed"]) == (1, "full", "supervised", 0)
+    assert meta["trained_on"].endswith(
+        f"of the {len(ClassSplit.load(catalog, 'articleType', 0, root / 'episodes').classes('base'))} base classes"
+    )
+    assert (tmp_path / "adapt" / "tiny" / "last" / WEIGHTS_FILE).is_file()
+    assert summary["start"]["score"] <= summary["best"]["score"]  # step 0 is a candidate
+    # the adapted store (derived from the cached activations) equals the photos through the adapted tower
+    pretrained = str(tmp_path / "adapt" / "tiny" / "last")
+    store = open_store(catalog, EncoderConfig("adapted", pretrained=pretrained), root / "offline-store")
+    assert store.manifest["adaptation"]["split_seed"] == 0
+    encoder = AdaptedEncoder(pretrained=pretrained)
+    photos = encoder.encode_images(catalog.image_paths[:12], num_workers=0, progress=False)
+    cosine = (photos * np.asarray(store.image[:12])).sum(-1)
+    assert cosine.min() > 0.999
+    frozen = open_store(catalog, EncoderConfig("offline"), root / "offline-store")
+    assert not np.allclose(np.asarray(store.image[:12]), np.asarray(frozen.image[:12]), atol=1e-4)  # it did train
+    np.testing.assert_array_equal(store.text("plain"), frozen.text("plain"))
+
+
+def test_lora_trains_adapters_only_and_saves_merged_weights(slice_, tmp_path):
+    summary = run(
+        slice_, tmp_path, dataclasses.replace(TINY, name="lora", mode="lora", rank=2, objective="episodic", lr=1e-2)
+    )
+    state, meta = load_adaptation(tmp_path / "adapt" / "lora" / "last")
+    assert meta["mode"] == "lora" and meta["rank"] == 2
+    assert not any("lora" in key for key in state)  # merged: the adapted encoder needs no PEFT
+    assert meta["trainable_parameters"] < 50_000  # the adapters, not the 1.0 M weights
+    assert summary["steps"] == 4
+
+
+def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(slice_, tmp_path, monkeypatch):
+    config = dataclasses.replace(TINY, objective="supervised+episodic")
+    run(slice_, tmp_path / "whole", config)
+    real, calls = fsl.harness.adapt.prototypical_loss, []
+
+    def killed_at_step_3(*args):
+        calls.append(1)
+        if len(calls) == 1:  # supervised+episodic: steps 3-4 are episodic
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(fsl.harness.adapt, "prototypical_loss", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(slice_, tmp_path / "killed", config)
+    assert load_adaptation(tmp_path / "killed" / "adapt" / "tiny" / "last")[1]["step"] == 2
+    run(slice_, tmp_path / "killed", config)
+    whole = load_file(str(tmp_path / "whole" / "adapt" / "tiny" / "last" / WEIGHTS_FILE))
+    resumed = load_file(str(tmp_path / "killed" / "adapt" / "tiny" / "last" / WEIGHTS_FILE))
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key])
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_earlier_checkpoints(slice_, tmp_path, monkeypatch):
+    calls = []
+
+    def nan_at_step_3(features, classes, weights, scale):
+        calls.append(1)
+        loss = torch.nn.functional.cross_entropy(features @ torch.zeros(features.shape[1], 2), classes % 2)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(fsl.harness.adapt, "cosine_classifier_loss", nan_at_step_3)
+    with pytest.raises(FslError, match="stopped at step 3: the loss is nan"):
+        run(slice_, tmp_path)
+    _, meta = load_adaptation(tmp_path / "adapt" / "tiny" / "last")
+    assert meta["step"] == 2
+
+
+def test_the_frozen_start_is_chosen_when_no_step_beats_it(slice_, tmp_path, monkeypatch):
+    scores = iter([0.9, 0.5, 0.4])
+    monkeypatch.setattr(
+        fsl.harness.adapt.Validation, "score", lambda self, top: {"val-2w5s": (s := next(scores)), "score": s}
+    )
+    summary = run(slice_, tmp_path)
+    assert summary["best_step"] == 0
+    assert load_adaptation(summary["folder"])[1]["step"] == 0
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"mode": "half"}, "mode must be one of"),
+        ({"objective": "contrastive"}, "objective must be one of"),
+        ({"cut": 9}, "cut must be"),
+        ({"lr": float("nan")}, "lr must be"),
+        ({"image_weight": 1.5}, "image_weight must lie"),
+    ],
+)
+def test_bad_recipes_are_refused_before_any_work(change, message):
+    with pytest.raises(FslError, match=message):
+        check_adapt_config(dataclasses.replace(TINY, **change))
+
+
+def test_adapt_refuses_to_choose_on_a_novel_set(slice_, tmp_path):
+    with pytest.raises(FslError, match="validation classes only"):
+        run(slice_, tmp_path, dataclasses.replace(TINY, val_episodes=("novel-5w5s",)))
