@@ -1,8 +1,9 @@
 """Regenerate every generated table of the README and docs/ from a real run (never typed by hand):
 the README's headline (a dozen heads, five-split means and paired differences, docs/headline.png);
-docs/results.md (every experiments/*.yaml on the frozen episodes of $FSL_DATA, mean ± 95% CI,
-inductive and transductive heads apart, paired differences against the image-only prototype
-baseline, docs/results.png); docs/calibration.md from fsl/calibration/*.json (what `fsl calibrate`
+the README's adaptation table (frozen vs adapted image towers, five splits, paired); docs/adaptation.md's
+record of each adaptation run (from checkpoints/adapt); docs/results.md (every experiments/*.yaml on
+the frozen episodes of $FSL_DATA, mean ± 95% CI, inductive and transductive heads apart, paired
+differences against the image-only prototype baseline, docs/results.png); docs/calibration.md from fsl/calibration/*.json (what `fsl calibrate`
 wrote); docs/robustness.md (shifted query sets, `fsl eval --shifted`); docs/methods.md from the
 head registry (each head's paper and options, and the configs that use it); docs/usage.md's paragraph
 on what the best inductive head gets wrong, with docs/confusion.png and docs/confusions.png.
@@ -27,11 +28,12 @@ import pandas as pd
 
 from fsl.config import load_config
 from fsl.data.prepared import load_catalog
+from fsl.encoders.adapted import WEIGHTS_FILE
 from fsl.encoders.factory import encoder_id
 from fsl.episodes.frozen import STANDARD_BENCHMARKS
 from fsl.episodes.shift import SHIFTED_PAIRS, SUBPOPULATIONS
 from fsl.errors import FslError
-from fsl.files import atomic_path
+from fsl.files import atomic_path, read_json
 from fsl.harness.analysis import (
     _pyplot,
     confusion_figure,
@@ -53,7 +55,7 @@ from fsl.harness.results import (
     with_split,
 )
 from fsl.methods import HEADS
-from fsl.paths import FEATURES_ROOT, SHIPPED_CALIBRATION_DIR
+from fsl.paths import ADAPT_DIR, FEATURES_ROOT, SHIPPED_CALIBRATION_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "protonet-image"
@@ -74,6 +76,8 @@ HEADLINE = (
 )
 BLOCKS = {
     "headline": "README.md",
+    "adaptation": "README.md",
+    "adaptation-runs": "docs/adaptation.md",
     "results": "docs/results.md",
     "calibration": "docs/calibration.md",
     "robustness": "docs/robustness.md",
@@ -206,6 +210,75 @@ def across_markdown(frame) -> str:
                 return f"{mean:+.1f} ± {ci:.1f}"
 
             lines.append(f"| {trained} − {untrained} | " + " | ".join(difference(n) for n in sets) + " |")
+    return "\n".join(lines)
+
+
+ADAPTED_HEADS = ("linear-probe-fused-masked", "protonet-fused-masked", "linear-probe-image")
+ADAPTATIONS = ("supervised", "episodic", "lora")  # experiments/adapt/*.yaml; configs adapted-RECIPE-HEAD
+
+
+def adaptation_markdown(frame) -> str:
+    """The README's adaptation table: per head, the frozen encoder's accuracy, then each adapted tower's
+    paired difference to it (per split on the same episodes, then mean ± t interval over the splits)."""
+    sets = ("novel-5w1s", "novel-5w5s", "novel-15w5s")
+    present = set(frame["method"])
+    splits = sorted(frame[frame["method"].str.startswith("adapted-")]["split"].unique())
+    lines = [
+        f"Offline encoder; split s's image tower adapted on split s's base classes and chosen on its validation "
+        f"classes; {len(splits)} class splits. Frozen: accuracy, mean ± 95% t interval over the splits (%). "
+        "Adapted: the paired difference to the frozen tower under the same head, per split on the same episodes, "
+        "then combined the same way (points). More: [docs/adaptation.md](docs/adaptation.md).",
+        "",
+        f"| head | image tower | {' | '.join(s.removeprefix('novel-') for s in sets)} |",
+        "|---|---|" + "---|" * len(sets),
+    ]
+    for head in (h for h in ADAPTED_HEADS if h in present):
+        frozen = across_splits(frame[frame["method"] == head]).set_index("episode_set")
+        cells = [
+            f"{100 * frozen.at[s, 'accuracy']:.1f} ± {100 * frozen.at[s, 'ci95']:.1f}" if s in frozen.index else "—"
+            for s in sets
+        ]
+        lines.append(f"| {head} | frozen | {' | '.join(cells)} |")
+        for recipe in ADAPTATIONS:
+            adapted = f"adapted-{recipe}-{head}"
+            if adapted not in present:
+                continue
+            paired = across_splits(frame[frame["method"].isin([adapted, head])], head)
+            paired = paired[paired["method"] == adapted].set_index("episode_set")
+
+            def cell(name):
+                if name not in paired.index or pd.isna(paired.at[name, "difference"]):
+                    return "—"
+                return f"{100 * paired.at[name, 'difference']:+.1f} ± {100 * paired.at[name, 'difference_ci95']:.1f}"
+
+            lines.append(f"| | {recipe} | {' | '.join(cell(s) for s in sets)} |")
+    return "\n".join(lines)
+
+
+def adaptation_runs_markdown(root: Path) -> str:
+    """docs/adaptation.md's record of every adaptation the table used: its chosen step and the validation
+    scores of the frozen start and the chosen step, read from each best checkpoint's sidecar."""
+    lines = [
+        "| recipe | split | mode, objective | trainable parameters | chosen step | validation (fused-masked protonet): "
+        "frozen → chosen |",
+        "|---|---|---|---|---|---|",
+    ]
+    for recipe in ADAPTATIONS:
+        for sidecar in sorted(root.glob(f"**/{recipe}/best/adapt.json")):
+            meta = read_json(sidecar)
+            start = meta["start"]
+            scores = meta.get("validation", {})
+            figures = ", ".join(
+                f"{name} {100 * start[name]:.1f} → {100 * scores[name]:.1f}"
+                if name in start
+                else f"{name} {100 * scores[name]:.1f}"
+                for name in scores
+                if name != "score"
+            )
+            lines.append(
+                f"| {recipe} | {meta['split_seed']} | {meta['mode']}, {meta['objective']} | "
+                f"{meta['trainable_parameters']:,} | {meta['step']} of {meta['config']['steps']} | {figures} |"
+            )
     return "\n".join(lines)
 
 
@@ -376,6 +449,8 @@ def from_results(configs, folders: list[Path]):
         sources = [ROOT / "experiments" / f"{config.name}.yaml"]
         if config.train is not None:
             sources.append(ROOT / "checkpoints" / config.name / "best" / "head.safetensors")
+        if config.encoder.name == "adapted":
+            sources.append(ROOT / config.encoder.pretrained / WEIGHTS_FILE)
         if not path.is_file() or any(not f.is_file() or path.stat().st_mtime < f.stat().st_mtime for f in sources):
             raise FslError(
                 f"{path} is missing or older than {' or '.join(map(str, sources))}: "
@@ -483,7 +558,9 @@ def main() -> None:
     catalog = load_catalog(args.data)
     all_configs = [load_config(path) for path in sorted((ROOT / "experiments").glob("*.yaml"))]
     needs_all = bool({"results", "robustness"} & set(args.only))
-    configs = [c for c in all_configs if needs_all or c.name in HEADLINE]
+    adapted = {f"adapted-{r}-{h}" for r in ADAPTATIONS for h in ADAPTED_HEADS} | set(ADAPTED_HEADS)
+    needed = set(HEADLINE) | (adapted if "adaptation" in args.only else set())
+    configs = [c for c in all_configs if needs_all or c.name in needed]
     if args.results and set(args.only) <= {"robustness", "methods", "analysis", "calibration"}:
         configs = [c for c in configs if (Path(args.results[0]) / f"{c.name}.csv").is_file()]  # the ones run
     blocks = {}
@@ -493,7 +570,9 @@ def main() -> None:
         blocks["analysis"] = analysis_markdown(catalog)
     if "calibration" in args.only:
         blocks["calibration"] = calibration_markdown(SHIPPED_CALIBRATION_DIR)
-    if set(args.only) & {"headline", "results", "robustness"}:
+    if "adaptation-runs" in args.only:
+        blocks["adaptation-runs"] = adaptation_runs_markdown(ROOT / ADAPT_DIR)
+    if set(args.only) & {"headline", "adaptation", "results", "robustness"}:
         if args.results:
             frame, encoders = from_results(configs, [Path(folder) for folder in args.results])
         else:
@@ -512,6 +591,8 @@ def main() -> None:
         if "headline" in args.only:
             plot_summary(summary_table(first[first["method"].isin(HEADLINE)]), ROOT / "docs" / "headline.png")
             blocks["headline"] = headline_markdown(frame)
+        if "adaptation" in args.only:
+            blocks["adaptation"] = adaptation_markdown(frame)
         if "results" in args.only:
             plot_summary(summary_table(first), ROOT / "docs" / "results.png")
             blocks["results"] = results_markdown(catalog, frame, encoders)

@@ -176,3 +176,48 @@ def test_bad_recipes_are_refused_before_any_work(change, message):
 def test_adapt_refuses_to_choose_on_a_novel_set(slice_, tmp_path):
     with pytest.raises(FslError, match="validation classes only"):
         run(slice_, tmp_path, dataclasses.replace(TINY, val_episodes=("novel-5w5s",)))
+
+
+def test_every_shipped_recipe_is_valid_and_set_overrides_it():
+    from pathlib import Path
+
+    from fsl.config import load_adapt_config, override, parse_assignment
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "experiments" / "adapt").glob("*.yaml"))
+    assert {path.stem for path in recipes} >= {"supervised", "episodic", "lora"}
+    for path in recipes:
+        recipe = check_adapt_config(load_adapt_config(path))
+        assert recipe.name == path.stem
+    lora = load_adapt_config(recipes[[p.stem for p in recipes].index("lora")])
+    changed = override(lora, [parse_assignment("rank=4"), parse_assignment("lr=3e-4")])
+    assert (changed.rank, changed.lr, changed.name) == (4, 3e-4, "lora--rank-4--lr-0.0003")
+    with pytest.raises(FslError, match="unknown key 'rnak'"):
+        override(lora, [parse_assignment("rnak=4")])
+
+
+def test_fsl_eval_runs_an_adapted_config_on_the_split_it_was_adapted_for(slice_, tmp_path):
+    from fsl.config import ExperimentConfig
+    from fsl.encoders.adapted import adaptation_for_split
+    from fsl.harness.experiment import check_alignment, config_for_split, run_experiment
+
+    root, catalog, _ = slice_
+    run(slice_, tmp_path)
+    pretrained = str(tmp_path / "adapt" / "tiny" / "best")
+    config = ExperimentConfig(
+        name="adapted-protonet-image",
+        encoder=EncoderConfig("adapted", pretrained=pretrained),
+        episodes=("novel-5w5s",),
+    )
+    (result,) = run_experiment(config, catalog, root / "episodes", root / "offline-store", progress=False)
+    assert result.hparams["encoder"].startswith("adapted:") and 0 < result.accuracy.mean() <= 1
+    # split s reads split s's adaptation, laid out as fsl train's checkpoints
+    assert config_for_split(config, 0).encoder.pretrained == pretrained
+    assert config_for_split(config, 3).encoder.pretrained == str(tmp_path / "adapt" / "split3" / "tiny" / "best")
+    assert adaptation_for_split(pretrained, 3) == str(tmp_path / "adapt" / "split3" / "tiny" / "best")
+    store = open_store(catalog, config.encoder, root / "offline-store")
+
+    class OtherSplit:
+        name, meta = "novel-5w5s", {"split_seed": 1}
+
+    with pytest.raises(FslError, match="split seed 0; episode set 'novel-5w5s' comes from split seed 1"):
+        check_alignment(store, OtherSplit())

@@ -85,8 +85,21 @@ def trainable_top(encoder: OfflineEncoder, config: AdaptConfig) -> nn.Module:
     if config.mode == "full":
         return top.requires_grad_(True)
     top.requires_grad_(False)
+    as_plain_convolutions(top, LORA_TARGETS)
     lora = LoraConfig(r=config.rank, lora_alpha=2 * config.rank, target_modules=LORA_TARGETS, lora_dropout=0.0)
     return get_peft_model(top, lora)
+
+
+def as_plain_convolutions(top: nn.Module, names: list[str]) -> None:
+    """EfficientNet's 1x1 "same"-padded convolutions as plain nn.Conv2d holding the same weights (no
+    padding is needed at 1x1): PEFT builds its adapters with the wrapped layer's own class, and the
+    wrapper's constructor demands an image size."""
+    for parent in list(top.modules()):
+        for name, child in list(parent.named_children()):
+            if name in names and isinstance(child, nn.Conv2d) and child.kernel_size == (1, 1):
+                plain = nn.Conv2d(child.in_channels, child.out_channels, 1, child.stride, bias=child.bias is not None)
+                plain.load_state_dict(child.state_dict())
+                setattr(parent, name, plain)
 
 
 def merged_top(model: nn.Module) -> ImageTop:
@@ -188,7 +201,8 @@ class Validation:
         check_validation_only(
             experiment, catalog, config.val_episodes, episodes_root, "fsl adapt", "val_episodes=[val-5w5s]"
         )
-        self.sets = [load_episode_set(experiment, catalog, name, episodes_root) for name in config.val_episodes]
+        self.names = list(config.val_episodes)
+        self.sets = [load_episode_set(experiment, catalog, name, episodes_root) for name in self.names]
         self.ids = store.ids
         ids = np.unique(
             np.concatenate([np.concatenate([s.episodes.support.ravel(), s.episodes.query.ravel()]) for s in self.sets])
@@ -202,8 +216,8 @@ class Validation:
     def score(self, top: nn.Module) -> dict[str, float]:
         self.features[self.rows, :1280] = F.normalize(top_features(top, self.activations, self.rows), dim=-1).numpy()
         scores = {
-            s.name: float(np.mean(run_episodes(self.head, self.features, self.ids, s, progress=False)))
-            for s in self.sets
+            name: float(np.mean(run_episodes(self.head, self.features, self.ids, episode_set, progress=False)))
+            for name, episode_set in zip(self.names, self.sets)
         }
         return {**scores, "score": float(np.mean(list(scores.values())))}
 
@@ -275,14 +289,16 @@ def adapt(
         optimizer.load_state_dict(state["optimizer"])
         batches.set_state(state["batches"])
         augment_generator.set_state(state["augment"])
-        step, best, start_scores = int(state["step"]), state["best"], state["start"]
+        done, best, start_scores = int(state["step"]), state["best"], state["start"]
         print(
-            f"resuming {config.name} at step {step} (best validation score {best['score']:.4f} at step {best['step']})"
+            f"resuming {config.name} at step {done} (best validation score {best['score']:.4f} at step {best['step']})"
         )
     else:
         start_scores = validation.score(model)
         best, done = {**start_scores, "step": 0}, 0
-        save_adaptation(folder / "best", merged_top(model), {**meta, "step": 0, "validation": start_scores})
+        save_adaptation(
+            folder / "best", merged_top(model), {**meta, "start": start_scores, "step": 0, "validation": start_scores}
+        )
         for key, value in start_scores.items():
             writer.add_scalar(f"val/{key}", value, 0)
 
@@ -319,8 +335,14 @@ def adapt(
                 writer.add_scalar(f"val/{key}", value, step)
             if scores["score"] > best["score"]:
                 best = {**scores, "step": step}
-                save_adaptation(folder / "best", merged_top(model), {**meta, "step": step, "validation": scores})
-            save_adaptation(folder / "last", merged_top(model), {**meta, "step": step, "validation": scores})
+                save_adaptation(
+                    folder / "best",
+                    merged_top(model),
+                    {**meta, "start": start_scores, "step": step, "validation": scores},
+                )
+            save_adaptation(
+                folder / "last", merged_top(model), {**meta, "start": start_scores, "step": step, "validation": scores}
+            )
             save_train_state(
                 folder / "last",
                 {
