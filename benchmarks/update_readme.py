@@ -1,12 +1,13 @@
-"""Regenerate every generated table of the README and docs/ from a real run (never typed by hand):
-the README's headline (a dozen heads, five-split means and paired differences, docs/headline.png);
-the README's adaptation table (frozen vs adapted image towers, five splits, paired); docs/adaptation.md's
-record of each adaptation run (from checkpoints/adapt); docs/results.md (every experiments/*.yaml on
-the frozen episodes of $FSL_DATA, mean ± 95% CI, inductive and transductive heads apart, paired
-differences against the image-only prototype baseline, docs/results.png); docs/calibration.md from fsl/calibration/*.json (what `fsl calibrate`
-wrote); docs/robustness.md (shifted query sets, `fsl eval --shifted`); docs/methods.md from the
-head registry (each head's paper and options, and the configs that use it); docs/usage.md's paragraph
-on what the best inductive head gets wrong, with docs/confusion.png and docs/confusions.png.
+"""Regenerate every generated table of the README and docs/ from a real run (never typed by hand): the
+README's headline (a dozen heads, five-split means and paired differences, docs/headline.png); the
+README's adaptation table (frozen vs adapted image towers, five splits, paired); docs/adaptation.md's
+record of each adaptation run (from checkpoints/adapt); docs/results.md (every experiments/*.yaml on the
+frozen episodes of $FSL_DATA, mean ± 95% CI, inductive and transductive heads apart, paired differences
+against the image-only prototype baseline, docs/results.png); docs/calibration.md from
+fsl/calibration/*.json (what `fsl calibrate` wrote); docs/robustness.md (shifted query sets, `fsl eval
+--shifted`); docs/methods.md from the head registry (each head's paper and options, and the configs that
+use it); docs/usage.md's paragraph on what the best inductive head gets wrong, with docs/confusion.png
+and docs/confusions.png.
 
     python benchmarks/update_readme.py [--data DIR] [--results results] [--only BLOCK ...]
 
