@@ -221,3 +221,22 @@ def test_fsl_eval_runs_an_adapted_config_on_the_split_it_was_adapted_for(slice_,
 
     with pytest.raises(FslError, match="split seed 0; episode set 'novel-5w5s' comes from split seed 1"):
         check_alignment(store, OtherSplit())
+
+
+def test_a_views_features_through_an_adapted_tower_come_from_its_cached_activations(slice_, tmp_path):
+    from PIL import ImageOps
+
+    from fsl.episodes.shift import view_image_features
+
+    root, catalog, _ = slice_
+    run(slice_, tmp_path)
+    pretrained = str(tmp_path / "adapt" / "tiny" / "last")
+    store = open_store(catalog, EncoderConfig("adapted", pretrained=pretrained), root / "offline-store")
+    encoder = AdaptedEncoder(pretrained=pretrained)
+    ids = catalog.products["id"].to_numpy()[[3, 1, 7]]
+    got_ids, image = view_image_features(store, catalog, encoder, ids, "flip", progress=False)
+    assert list(got_ids) == sorted(ids)
+    paths = catalog.products.set_index("id").loc[got_ids, "image_path"]
+    expected = encoder.encode_images([str(p) for p in paths], num_workers=0, progress=False, render=ImageOps.mirror)
+    assert (image * expected).sum(-1).min() > 0.999
+    assert list((root / "offline-store").glob("*/flip-v1-activations-cut1.npz"))  # kept for the next tower

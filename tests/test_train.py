@@ -74,12 +74,15 @@ def run(workspace, cfg, tag, resume=True):
 def test_training_logs_to_tensorboard_and_saves_best_and_last(workspace):
     root, _ = workspace
     summary = run(workspace, config(20), "a")
-    assert 0 <= summary["best_val_accuracy"] <= 1 and summary["best_step"] in (5, 10, 15, 20)
+    assert 0 <= summary["best_val_accuracy"] <= 1 and summary["best_step"] in (0, 5, 10, 15, 20)
     for kind in ("best", "last"):
         assert (root / "a/ckpt/proto-proj" / kind / "head.safetensors").is_file()
     events = EventAccumulator(str(root / "a/runs/proto-proj"))
     events.Reload()
-    assert len(events.Scalars("train/loss")) == 20 and len(events.Scalars("val/accuracy")) == 4
+    assert len(events.Scalars("train/loss")) == 20 and len(events.Scalars("val/accuracy")) == 5
+    validation = events.Scalars("val/accuracy")
+    assert validation[0].step == 0  # the untrained start is scored, and the chosen step is never worse
+    assert summary["best_val_accuracy"] == pytest.approx(max(v.value for v in validation))
     losses = [s.value for s in events.Scalars("train/loss")]
     assert np.mean(losses[-5:]) < np.mean(losses[:5])  # it learns on base classes
 

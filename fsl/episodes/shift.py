@@ -19,6 +19,7 @@ from fsl.episodes.sampler import Episodes
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
 from fsl.files import atomic_path
+from fsl.store.activations import adapted_view_features
 
 RERENDERED = "+rerendered"
 RENDER_VERSION = "v1"
@@ -261,7 +262,10 @@ def view_image_features(
         if rows.isna().any():
             raise FslError(f"products {rows.index[rows.isna()][:5].tolist()} have no photo to render as {view}")
         print(f"fsl: embedding the {view} view of {len(missing)} photo(s) once (cached in {cache})", file=sys.stderr)
-        new = encoder.encode_images([str(path) for path in rows], progress=progress, render=render)
+        if store.manifest.get("adaptation"):  # the view's activations at the cut, then the adapted top
+            new = adapted_view_features(store, catalog, encoder, missing, f"{view}-{version}", render, progress)
+        else:
+            new = encoder.encode_images([str(path) for path in rows], progress=progress, render=render)
         ids, image = np.concatenate([ids, missing]), np.concatenate([image, new])
         order = np.argsort(ids)
         ids, image = ids[order], image[order]

@@ -202,6 +202,7 @@ def train(
             },
             **flat_options(config),
         }
+        writer.add_scalar("val/chosen_step", best_step, settings.steps)  # 0: the untrained start won
         writer.add_hparams(hparams, {"hparam/best_val_accuracy": best}, run_name="hparams")
     if best_step == 0:
         print(f"{config.name}: no training step beat the untrained start on {settings.val_episodes}; best is step 0")

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from tqdm.auto import tqdm
 
 from fsl.data.catalog import Catalog
-from fsl.encoders.adapted import check_cut, image_bottom
+from fsl.encoders.adapted import check_cut, image_bottom, top_features
 from fsl.encoders.offline import OfflineEncoder
 from fsl.errors import FslError
-from fsl.files import read_json, write_json
+from fsl.files import atomic_path, read_json, write_json
 from fsl.paths import FEATURES_ROOT, store_path
 from fsl.store.features import writer_lock
 
@@ -82,3 +85,57 @@ def cached_activations(
     if not final.is_file():
         raise FslError(f"the cached activations at {final} were not written")
     return np.load(final, mmap_mode="r")
+
+
+def view_activations(
+    catalog: Catalog,
+    encoder: OfflineEncoder,
+    cut: int,
+    view: str,
+    render: Callable[[Image.Image], Image.Image],
+    product_ids: np.ndarray,
+    store_root: str | os.PathLike = FEATURES_ROOT,
+    progress: bool = True,
+) -> np.ndarray:
+    """The activations at the cut of a view of some products' photos (e.g. `rerendered-v1`: the
+    re-rendered queries of fsl/episodes/shift.py), rows in `product_ids` order; each photo's view is run
+    through the bottom once and kept beside the offline store, so every adapted tower of that cut
+    reuses it."""
+    cache = activations_path(catalog, cut, store_root).with_name(f"{view}-activations-cut{cut}.npz")
+    ids, maps = np.empty(0, dtype=np.int64), None
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as data:
+            ids, maps = data["ids"], data["activations"]
+    missing = np.setdiff1d(np.unique(product_ids), ids)
+    if len(missing):
+        paths = catalog.products.set_index("id").loc[missing, "image_path"]
+        if paths.isna().any():
+            raise FslError(f"products {paths.index[paths.isna()][:5].tolist()} have no photo to render as {view}")
+        print(
+            f"fsl: the {view} view of {len(missing)} photo(s) through the frozen bottom, once ({cache})",
+            file=sys.stderr,
+        )
+        new = [
+            bottom_activations(encoder, pixels, cut)
+            for pixels in tqdm(
+                encoder.image_batches([str(p) for p in paths], 32, None, render), desc=view, disable=not progress
+            )
+        ]
+        ids = np.concatenate([ids, missing])
+        maps = np.concatenate([maps, *new]) if maps is not None else np.concatenate(new)
+        order = np.argsort(ids)
+        ids, maps = ids[order], maps[order]
+        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            np.savez(f, ids=ids, activations=maps)
+    return maps[np.searchsorted(ids, product_ids)]
+
+
+def adapted_view_features(
+    store, catalog: Catalog, encoder, product_ids: np.ndarray, view: str, render: Callable, progress: bool = True
+) -> np.ndarray:
+    """A view's image features through an adapted tower (`encoder`: an AdaptedEncoder, or the lazy one
+    that builds it): the view's cached activations, then the adapted top; unit vectors."""
+    adapted = encoder.load(images=False) if hasattr(encoder, "load") else encoder
+    cut = adapted.adaptation["cut"]
+    maps = view_activations(catalog, adapted.base, cut, view, render, product_ids, Path(store.path).parent, progress)
+    return F.normalize(top_features(adapted.top, maps, np.arange(len(maps))), dim=-1).numpy()
