@@ -79,6 +79,7 @@ BLOCKS = {
     "headline": "README.md",
     "adaptation": "README.md",
     "adaptation-runs": "docs/adaptation.md",
+    "adaptation-shift": "docs/adaptation.md",
     "results": "docs/results.md",
     "calibration": "docs/calibration.md",
     "robustness": "docs/robustness.md",
@@ -265,8 +266,9 @@ def adaptation_runs_markdown(root: Path) -> str:
         "|---|---|---|---|---|---|",
     ]
     for recipe in ADAPTATIONS:
-        for sidecar in sorted(root.glob(f"**/{recipe}/best/adapt.json")):
-            meta = read_json(sidecar)
+        for meta in sorted(
+            (read_json(p) for p in root.glob(f"**/{recipe}/best/adapt.json")), key=lambda m: m["split_seed"]
+        ):
             start = meta["start"]
             scores = meta.get("validation", {})
             figures = ", ".join(
@@ -280,6 +282,40 @@ def adaptation_runs_markdown(root: Path) -> str:
                 f"| {recipe} | {meta['split_seed']} | {meta['mode']}, {meta['objective']} | "
                 f"{meta['trainable_parameters']:,} | {meta['step']} of {meta['config']['steps']} | {figures} |"
             )
+    return "\n".join(lines)
+
+
+def adaptation_shift_markdown(frame) -> str:
+    """docs/adaptation.md's robustness comparison: per head and adapted tower, the change of each shift's
+    paired drop against the frozen tower's (adapted drop minus frozen drop, per split, then mean ± t
+    interval over the splits; above 0: adaptation makes the head more robust)."""
+    columns = [c for c in ROBUSTNESS_COLUMNS if c[0] not in SUBPOPULATIONS] + [("sub-populations (mean)", None, None)]
+    lines = [
+        f"| adapted tower − frozen | {' | '.join(c[0] for c in columns)} |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for head in ADAPTED_HEADS:
+        for recipe in ADAPTATIONS:
+            adapted = f"adapted-{recipe}-{head}"
+            if adapted not in set(frame["method"]) or head not in set(frame["method"]):
+                continue
+            cells, subpopulation = [], {}
+            for heading, shifted, control in ROBUSTNESS_COLUMNS:
+                ours, theirs = split_drops(frame, adapted, shifted, control), split_drops(frame, head, shifted, control)
+                changes = [ours[s] - theirs[s] for s in ours if s in theirs]
+                if heading in SUBPOPULATIONS:
+                    for split in ours:
+                        if split in theirs:
+                            subpopulation.setdefault(split, []).append(ours[split] - theirs[split])
+                elif changes:
+                    mean, ci = mean_ci(np.asarray(changes))
+                    cells.append(f"{100 * mean:+.1f} ± {100 * ci:.1f}")
+                else:
+                    cells.append("—")
+            complete = [np.mean(c) for c in subpopulation.values() if len(c) == len(SUBPOPULATIONS)]
+            mean, ci = mean_ci(np.asarray(complete)) if len(complete) > 1 else (float("nan"), float("nan"))
+            cells.append(f"{100 * mean:+.1f} ± {100 * ci:.1f}" if complete else "—")
+            lines.append(f"| {head}, {recipe} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -560,7 +596,7 @@ def main() -> None:
     all_configs = [load_config(path) for path in sorted((ROOT / "experiments").glob("*.yaml"))]
     needs_all = bool({"results", "robustness"} & set(args.only))
     adapted = {f"adapted-{r}-{h}" for r in ADAPTATIONS for h in ADAPTED_HEADS} | set(ADAPTED_HEADS)
-    needed = set(HEADLINE) | (adapted if "adaptation" in args.only else set())
+    needed = set(HEADLINE) | (adapted if {"adaptation", "adaptation-shift"} & set(args.only) else set())
     configs = [c for c in all_configs if needs_all or c.name in needed]
     if args.results and set(args.only) <= {"robustness", "methods", "analysis", "calibration"}:
         configs = [c for c in configs if (Path(args.results[0]) / f"{c.name}.csv").is_file()]  # the ones run
@@ -573,7 +609,7 @@ def main() -> None:
         blocks["calibration"] = calibration_markdown(SHIPPED_CALIBRATION_DIR)
     if "adaptation-runs" in args.only:
         blocks["adaptation-runs"] = adaptation_runs_markdown(ROOT / ADAPT_DIR)
-    if set(args.only) & {"headline", "adaptation", "results", "robustness"}:
+    if set(args.only) & {"headline", "adaptation", "adaptation-shift", "results", "robustness"}:
         if args.results:
             frame, encoders = from_results(configs, [Path(folder) for folder in args.results])
         else:
@@ -594,6 +630,8 @@ def main() -> None:
             blocks["headline"] = headline_markdown(frame)
         if "adaptation" in args.only:
             blocks["adaptation"] = adaptation_markdown(frame)
+        if "adaptation-shift" in args.only:
+            blocks["adaptation-shift"] = adaptation_shift_markdown(robustness)
         if "results" in args.only:
             plot_summary(summary_table(first), ROOT / "docs" / "results.png")
             blocks["results"] = results_markdown(catalog, frame, encoders)

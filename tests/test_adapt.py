@@ -108,6 +108,7 @@ def test_lora_trains_adapters_only_and_saves_merged_weights(slice_, tmp_path):
     assert meta["mode"] == "lora" and meta["rank"] == 2
     assert not any("lora" in key for key in state)  # merged: the adapted encoder needs no PEFT
     assert meta["trainable_parameters"] < 50_000  # the adapters, not the 1.0 M weights
+    AdaptedEncoder(pretrained=str(tmp_path / "adapt" / "lora" / "last"))  # merged weights load into the plain top
     assert summary["steps"] == 4
 
 
@@ -240,3 +241,39 @@ def test_a_views_features_through_an_adapted_tower_come_from_its_cached_activati
     expected = encoder.encode_images([str(p) for p in paths], num_workers=0, progress=False, render=ImageOps.mirror)
     assert (image * expected).sum(-1).min() > 0.999
     assert list((root / "offline-store").glob("*/flip-v1-activations-cut1.npz"))  # kept for the next tower
+
+
+def test_fsl_adapt_refuses_a_bad_override_before_any_work(tmp_path, capsys):
+    from pathlib import Path
+
+    from fsl.cli.main import main
+
+    recipe = Path(__file__).resolve().parents[1] / "experiments" / "adapt" / "lora.yaml"
+    nowhere = str(tmp_path / "no-data")
+    assert main(["adapt", str(recipe), "--set", "mode=half", "--data", nowhere, "--out", str(tmp_path)]) == 2
+    assert "adapt mode must be one of ['full', 'lora'], got 'half'" in capsys.readouterr().err
+    assert main(["adapt", str(recipe), "--set", "rank=0", "--data", nowhere]) == 2
+    assert "rank must be a positive whole number" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_your_own_categories_through_an_adapted_tower(slice_, tmp_path):
+    import shutil
+
+    import fsl
+
+    root, catalog, _ = slice_
+    run(slice_, tmp_path)
+    support, products = tmp_path / "support", catalog.products
+    for label in products["articleType"].unique()[:3]:
+        (support / label).mkdir(parents=True)
+        for path in products[products["articleType"] == label]["image_path"].iloc[:4]:
+            shutil.copy(path, support / label)
+    queries = list(products.groupby("articleType").nth(5).loc[lambda f: f["articleType"].isin(
+        products["articleType"].unique()[:3])]["image_path"])  # fmt: skip
+    encoder = EncoderConfig("adapted", pretrained=str(tmp_path / "adapt" / "tiny" / "last"), runtime="eager")
+    classifier = fsl.FewShotClassifier.from_folder(support, encoder=encoder, cache_root=tmp_path / "cache")
+    answers = classifier.predict(queries)
+    assert len(answers) == 3 and all(a.best in set(products["articleType"]) for a in answers)
+    said = classifier.describe()  # the offline tower's shipped calibration is not borrowed for another tower
+    assert said.startswith("head linear-probe-image, encoder adapted:") and "uncalibrated" in said

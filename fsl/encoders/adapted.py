@@ -50,8 +50,8 @@ class ImageTop(nn.Module):
         return self.act(self.bn_head(self.conv_head(x))).mean(dim=(2, 3))
 
     def train(self, mode: bool = True) -> ImageTop:
-        """Always in inference mode (frozen batch-norm statistics; no drop-connect): episodes of 25 photos
-        would make poor statistics, and the trained weights must mean the same at test time."""
+        """Always in inference mode (ImageNet's batch-norm statistics; no drop-connect): a batch of an
+        episode's few dozen maps would make poor statistics, and the weights must mean the same at test time."""
         return super().train(False)
 
 

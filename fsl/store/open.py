@@ -17,6 +17,7 @@ from fsl.encoders.adapted import ImageTop, load_adaptation, top_features
 from fsl.encoders.aligned import load_alignment
 from fsl.encoders.factory import encoder_from_config
 from fsl.encoders.offline import OfflineEncoder
+from fsl.errors import FslError
 from fsl.paths import FEATURES_ROOT, store_path
 from fsl.store.activations import cached_activations
 from fsl.store.features import FeatureStore, derive_store, embed_catalog, is_complete
@@ -72,6 +73,8 @@ def adapted_store(catalog, adaptation: str | os.PathLike, store_root, encoder_id
     state, meta = load_adaptation(adaptation)
     _note_other_catalog(adaptation, meta, catalog)
     source = open_store(catalog, EncoderConfig("offline", runtime=runtime), store_root)
+    if not np.array_equal(source.ids, catalog.products["id"].to_numpy()):  # the cache's rows are the catalog's
+        raise FslError(f"feature store {source.path} rows do not follow the catalog; re-run `fsl embed`")
     encoder = OfflineEncoder()
     top = ImageTop(copy.deepcopy(encoder.image_model), meta["cut"])
     top.load_state_dict(state)
