@@ -226,10 +226,9 @@ def adaptation_markdown(frame) -> str:
     present = set(frame["method"])
     splits = sorted(frame[frame["method"].str.startswith("adapted-")]["split"].unique())
     lines = [
-        f"Offline encoder; split s's image tower adapted on split s's base classes and chosen on its validation "
-        f"classes; {len(splits)} class splits. Frozen: accuracy, mean ± 95% t interval over the splits (%). "
-        "Adapted: the paired difference to the frozen tower under the same head, per split on the same episodes, "
-        "then combined the same way (points). More: [docs/adaptation.md](docs/adaptation.md).",
+        f"Offline encoder, {len(splits)} class splits; split s's image tower adapted on its base classes and chosen "
+        "on its validation classes. Frozen: accuracy, mean ± 95% t interval over the splits (%). Adapted: the "
+        "paired difference to the frozen tower under the same head, per split, combined the same way (points).",
         "",
         f"| head | image tower | {' | '.join(s.removeprefix('novel-') for s in sets)} |",
         "|---|---|" + "---|" * len(sets),
