@@ -136,7 +136,7 @@ def test_an_aligned_store_refuses_another_tower_or_split(aligned, tmp_path):
         q_query=5,
         benchmarks={"novel-5w5s": ("novel", 5, 5)},
     )
-    with pytest.raises(FslError, match="aligned on the base classes of split seed 0"):
+    with pytest.raises(FslError, match=r"trained \(alignment\) on the base classes of split seed 0"):
         run_experiment(dataclasses.replace(config), catalog, tmp_path / "seed1", root / "offline-store", progress=False)
 
 
