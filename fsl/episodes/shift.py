@@ -18,8 +18,8 @@ from fsl.episodes.near_duplicates import NearDuplicates
 from fsl.episodes.sampler import Episodes
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
-from fsl.files import atomic_path
 from fsl.store.activations import adapted_view_features
+from fsl.store.rows import cached_by_id
 
 RERENDERED = "+rerendered"
 RENDER_VERSION = "v1"
@@ -252,23 +252,14 @@ def view_image_features(
     cached beside the store."""
     render, version = VIEWS[view]
     cache = Path(store.path) / f"{view}-{version}.npz"
-    ids, image = np.empty(0, dtype=np.int64), np.empty((0, store.manifest["image_dim"]), dtype=np.float32)
-    if cache.is_file():
-        with np.load(cache, allow_pickle=False) as data:
-            ids, image = data["ids"], data["image"]
-    missing = np.setdiff1d(np.unique(product_ids), ids)
-    if len(missing):
+
+    def embed(missing: np.ndarray) -> np.ndarray:
         rows = catalog.products.set_index("id").loc[missing, "image_path"]
         if rows.isna().any():
             raise FslError(f"products {rows.index[rows.isna()][:5].tolist()} have no photo to render as {view}")
         print(f"fsl: embedding the {view} view of {len(missing)} photo(s) once (cached in {cache})", file=sys.stderr)
         if store.manifest.get("adaptation"):  # the view's activations at the cut, then the adapted top
-            new = adapted_view_features(store, catalog, encoder, missing, f"{view}-{version}", render, progress)
-        else:
-            new = encoder.encode_images([str(path) for path in rows], progress=progress, render=render)
-        ids, image = np.concatenate([ids, missing]), np.concatenate([image, new])
-        order = np.argsort(ids)
-        ids, image = ids[order], image[order]
-        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
-            np.savez(f, ids=ids, image=image)
-    return ids, image
+            return adapted_view_features(store, catalog, encoder, missing, f"{view}-{version}", render, progress)
+        return encoder.encode_images([str(path) for path in rows], progress=progress, render=render)
+
+    return cached_by_id(cache, "image", product_ids, embed)

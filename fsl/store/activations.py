@@ -20,9 +20,10 @@ from fsl.data.catalog import Catalog
 from fsl.encoders.adapted import check_cut, image_bottom, top_features
 from fsl.encoders.offline import OfflineEncoder
 from fsl.errors import FslError
-from fsl.files import atomic_path, read_json, write_json
+from fsl.files import read_json, write_json
 from fsl.paths import FEATURES_ROOT, store_path
 from fsl.store.features import writer_lock
+from fsl.store.rows import cached_by_id
 
 DTYPE = np.float16
 CHUNK = 256  # products between progress records
@@ -102,12 +103,8 @@ def view_activations(
     through the bottom once and kept beside the offline store, so every adapted tower of that cut
     reuses it."""
     cache = activations_path(catalog, cut, store_root).with_name(f"{view}-activations-cut{cut}.npz")
-    ids, maps = np.empty(0, dtype=np.int64), None
-    if cache.is_file():
-        with np.load(cache, allow_pickle=False) as data:
-            ids, maps = data["ids"], data["activations"]
-    missing = np.setdiff1d(np.unique(product_ids), ids)
-    if len(missing):
+
+    def through_bottom(missing: np.ndarray) -> np.ndarray:
         paths = catalog.products.set_index("id").loc[missing, "image_path"]
         if paths.isna().any():
             raise FslError(f"products {paths.index[paths.isna()][:5].tolist()} have no photo to render as {view}")
@@ -115,18 +112,12 @@ def view_activations(
             f"fsl: the {view} view of {len(missing)} photo(s) through the frozen bottom, once ({cache})",
             file=sys.stderr,
         )
-        new = [
-            bottom_activations(encoder, pixels, cut)
-            for pixels in tqdm(
-                encoder.image_batches([str(p) for p in paths], 32, None, render), desc=view, disable=not progress
-            )
-        ]
-        ids = np.concatenate([ids, missing])
-        maps = np.concatenate([maps, *new]) if maps is not None else np.concatenate(new)
-        order = np.argsort(ids)
-        ids, maps = ids[order], maps[order]
-        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
-            np.savez(f, ids=ids, activations=maps)
+        batches = encoder.image_batches([str(p) for p in paths], 32, None, render)
+        return np.concatenate(
+            [bottom_activations(encoder, pixels, cut) for pixels in tqdm(batches, desc=view, disable=not progress)]
+        )
+
+    ids, maps = cached_by_id(cache, "activations", product_ids, through_bottom)
     return maps[np.searchsorted(ids, product_ids)]
 
 

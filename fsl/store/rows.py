@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 
 from fsl.errors import FslError
+from fsl.files import atomic_path
 from fsl.store.features import FeatureStore
 
 
@@ -59,3 +63,25 @@ def store_rows(store_ids: np.ndarray, product_ids: np.ndarray) -> np.ndarray:
         missing = np.setdiff1d(product_ids, store_ids)[:5]
         raise FslError(f"episodes name products the feature store lacks (e.g. ids {missing.tolist()})")
     return rows
+
+
+def cached_by_id(
+    cache: Path, key: str, product_ids: np.ndarray, compute: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted ids, their rows) for at least `product_ids`, from an .npz of `ids` and `key` rows; the
+    products it lacks are computed once (`compute(missing ids)`, rows in that order), merged in and the
+    file rewritten atomically. Behind the views of fsl/episodes/shift.py and their cached activations."""
+    ids, values = np.empty(0, dtype=np.int64), None
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as data:
+            ids, values = data["ids"], data[key]
+    missing = np.setdiff1d(np.unique(product_ids), ids)
+    if len(missing):
+        new = compute(missing)
+        ids = np.concatenate([ids, missing])
+        values = new if values is None else np.concatenate([values, new])
+        order = np.argsort(ids)
+        ids, values = ids[order], values[order]
+        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            np.savez(f, ids=ids, **{key: values})
+    return ids, values
