@@ -126,7 +126,7 @@ def make_store(catalog, store_root: Path, real_stores: Path, seed: int = 0):
     """A complete store for the synthetic catalog: real rows resampled with noise, unit norm per part."""
     from fsl.files import write_json
     from fsl.paths import store_path
-    from fsl.store.features import DTYPE, STORE_VERSION, _array_record
+    from fsl.store.features import DTYPE, STORE_VERSION, array_record
 
     rng = np.random.default_rng(seed)
     real = real_features(real_stores)
@@ -165,7 +165,7 @@ def make_store(catalog, store_root: Path, real_stores: Path, seed: int = 0):
         "text_variants": {"plain": {"template": "{productDisplayName}", "mask_column": None}},
         "complete": True,
     }
-    manifest["arrays"] = {key: _array_record(path / f"{key}.npy") for key in ("ids", "image", "text-plain")}
+    manifest["arrays"] = {key: array_record(path / f"{key}.npy") for key in ("ids", "image", "text-plain")}
     write_json(path / "manifest.json", manifest)
     return path
 

@@ -21,7 +21,8 @@ from fsl.errors import FslError
 
 TEMP_SUFFIX = ".tmp"
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets run as a formula
-IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".webp"})  # the files fsl reads as photos
+# the files fsl reads as photos (a GIF or multi-page TIFF: its first frame)
+IMAGE_SUFFIXES = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
@@ -67,15 +68,39 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def check_replaceable_folder(folder: Path, marker: str | None) -> None:
+    """A folder a save may write: a new one, an empty one, or one this kind of save wrote itself (it
+    holds `marker`). Anything else (a file, a folder of other files, the folder the process runs in
+    or one above it) is refused, naming it: a save never deletes what it did not write."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise FslError(f"cannot save to {folder}: it is a file or a link, not a folder; choose a new folder name")
+    if Path.cwd().resolve().is_relative_to(folder.resolve()):
+        raise FslError(f"cannot save to {folder}: this program runs in it (or in a folder inside it); choose another")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    if marker is None or not (folder / marker).is_file():
+        raise FslError(
+            f"cannot save to {folder}: it holds files fsl did not write"
+            + (f" (no {marker})" if marker else "")
+            + "; choose a new or empty folder, nothing there was touched"
+        )
+
+
 @contextmanager
-def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
+def atomic_folder(folder: str | os.PathLike, marker: str | None = None) -> Iterator[Path]:
     """Yield an empty staging folder beside `folder`; on success it replaces `folder` whole (the old
-    one kept aside until the new one is in place), so a failed write loses nothing."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    one kept aside until the new one is in place), so a failed write loses nothing. `folder` must be
+    new, empty, or one such a save wrote (holding `marker`): see check_replaceable_folder."""
+    folder = Path(os.path.abspath(folder))
+    check_replaceable_folder(folder, marker)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError as error:
+        raise disk_error(error, folder) from None
     try:
         yield staging
+        check_replaceable_folder(folder, marker)  # it may have been filled while we wrote
         if folder.exists():
             retired = folder.with_name(f".{folder.name}.replaced")
             shutil.rmtree(retired, ignore_errors=True)
@@ -84,6 +109,8 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(retired, ignore_errors=True)
         else:
             staging.rename(folder)
+    except OSError as error:
+        raise disk_error(error, folder) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

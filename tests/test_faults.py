@@ -136,11 +136,11 @@ def arrays_as_text(path: Path) -> None:
 
 
 def ids_as_objects(path: Path) -> None:
-    from fsl.store.features import _array_record
+    from fsl.store.features import array_record
 
     np.save(path / "ids.npy", np.load(path / "ids.npy").astype(object), allow_pickle=True)
     manifest = json.loads((path / "manifest.json").read_text())  # even with a matching checksum
-    manifest["arrays"]["ids"] = _array_record(path / "ids.npy")
+    manifest["arrays"]["ids"] = array_record(path / "ids.npy")
     (path / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -148,9 +148,9 @@ def shuffle_ids(path: Path) -> None:
     ids = np.load(path / "ids.npy")
     np.save(path / "ids.npy", ids[::-1].copy())
     manifest = json.loads((path / "manifest.json").read_text())  # even with a matching checksum
-    from fsl.store.features import _array_record
+    from fsl.store.features import array_record
 
-    manifest["arrays"]["ids"] = _array_record(path / "ids.npy")
+    manifest["arrays"]["ids"] = array_record(path / "ids.npy")
     (path / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -186,7 +186,7 @@ def test_full_verification_reads_every_byte(store, tiny_clip, monkeypatch):
     manifest = json.loads((good.path / "manifest.json").read_text())
     flip_a_byte(good.path)
     for key, record in manifest["arrays"].items():
-        record["sample_sha256"] = features._sample_digest(good.path / f"{key}.npy")
+        record["sample_sha256"] = features.sample_digest(good.path / f"{key}.npy")
     (good.path / "manifest.json").write_text(json.dumps(manifest))
     FeatureStore.open(good.path, tiny_clip.id, catalog.fingerprint)  # the sample misses the flipped byte
     with pytest.raises(FslError, match="does not match its sha256 checksum"):
@@ -614,7 +614,7 @@ def test_nan_rows_a_sampled_checksum_cannot_see_are_refused_when_gathered(twelve
     from fsl.episodes.frozen import EpisodeSet
     from fsl.harness.experiment import run_experiment
     from fsl.paths import episode_set_path
-    from fsl.store.features import _array_record
+    from fsl.store.features import array_record
 
     root, catalog = twelve_classes
     shutil.copytree(root / "store", tmp_path / "store")
@@ -627,7 +627,7 @@ def test_nan_rows_a_sampled_checksum_cannot_see_are_refused_when_gathered(twelve
     image.flush()
     del image
     manifest = json.loads((path / "manifest.json").read_text())
-    manifest["arrays"]["image"] = _array_record(path / "image.npy")
+    manifest["arrays"]["image"] = array_record(path / "image.npy")
     (path / "manifest.json").write_text(json.dumps(manifest))
     config = ExperimentConfig(
         name="pn",

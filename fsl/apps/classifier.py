@@ -17,6 +17,7 @@ or one fitted on the support itself (`calibrate_on_support`: leave one category 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 from collections.abc import Sequence
@@ -28,12 +29,19 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from fsl.apps.support import category_folder_name, embed_image, open_image, read_support_folder
+from fsl.apps.support import (
+    category_folder_name,
+    check_category_name,
+    embed_image,
+    open_image,
+    read_support_folder,
+    usable_photo,
+)
 from fsl.config import EncoderConfig, ExperimentConfig, config_from_dict
 from fsl.data.catalog import label_word_pattern, mask_label_words
 from fsl.encoders.factory import encoder_from_config
-from fsl.errors import FslError
-from fsl.files import atomic_folder, read_json, write_csv, write_json
+from fsl.errors import FslError, shown
+from fsl.files import atomic_folder, check_record, read_json, write_csv, write_json
 from fsl.harness.calibration import (
     FALSE_ACCEPT,
     UNKNOWN,
@@ -43,7 +51,7 @@ from fsl.harness.calibration import (
     find_calibration,
 )
 from fsl.harness.experiment import head_for_features
-from fsl.store.content import ContentCache
+from fsl.store.content import ContentCache, file_digest
 
 # The heads a support folder can use by name. Chosen on validation classes (docs/results.md): the
 # linear probe on image features, or with a text for every photo its fused, label-masked sibling.
@@ -128,11 +136,24 @@ class FewShotClassifier:
         self.texts: list[str] = []
         self.labels: list[int] = []
         self._image_features: list[np.ndarray] = []
-        if calibration == "auto":
-            calibration = find_calibration(config_key(self.config, self.encoder.id), calibration_dir)
-        self.calibration: Calibration | None = calibration
+        self.calibration: Calibration | None = self._calibration(calibration, calibration_dir)
         self.head = None
         self._fitted_on = -1  # how many examples the head was built for
+
+    def _calibration(self, calibration: object, calibration_dir: str | os.PathLike | None) -> Calibration | None:
+        """The `calibration` argument as a Calibration or None, checked now rather than at the first answer."""
+        if calibration == "auto":
+            return find_calibration(config_key(self.config, self.encoder.id), calibration_dir)
+        if calibration is None or isinstance(calibration, Calibration):
+            return calibration
+        if isinstance(calibration, (str, os.PathLike)) and Path(calibration).suffix == ".json":
+            if not Path(calibration).is_file():
+                raise FslError(f"calibration {calibration}: no such file")
+            return Calibration.load(calibration)
+        raise FslError(
+            f'calibration {shown(calibration)}: expected "auto" (the one fitted for this head and encoder), '
+            'None (no "unknown" answer), a Calibration, or the path of a calibration .json file'
+        )
 
     # Teaching -----------------------------------------------------------------------------------
 
@@ -171,6 +192,9 @@ class FewShotClassifier:
     ) -> FewShotClassifier:
         """Teach `category` (new or not) more example photos, with their product texts for a fused head
         (`checked`: the files were opened already, as a support folder's are when it is read)."""
+        check_category_name(category)
+        if isinstance(photos, (str, os.PathLike, Image.Image)):
+            raise FslError(f"{category}: give a list of photos, not a single {type(photos).__name__}")
         texts = list(texts) if texts is not None else [""] * len(photos)
         if len(texts) != len(photos):
             raise FslError(f"{category}: {len(photos)} photos but {len(texts)} texts; give one text per photo")
@@ -187,11 +211,20 @@ class FewShotClassifier:
     ) -> FewShotClassifier:
         """Teach examples already embedded by this classifier's encoder ([n, image_dim]); the demo's
         examples come this way."""
+        check_category_name(category)
+        image_features = np.asarray(image_features, dtype=np.float32)
+        width = self.image_dim if self._image_features else image_features.shape[-1] if image_features.ndim else 0
+        if image_features.ndim != 2 or len(image_features) == 0 or image_features.shape[1] != width:
+            raise FslError(
+                f"{category}: expected features of shape [examples, {width or 'image_dim'}], got {image_features.shape}"
+            )
+        if not np.isfinite(image_features).all():
+            raise FslError(f"{category}: the features hold NaN or infinite values")
         if category not in self.classes:
             self.classes.append(category)
         label = self.classes.index(category)
         n = len(image_features)
-        self._image_features += list(np.asarray(image_features, dtype=np.float32))
+        self._image_features += list(image_features)
         self.texts += list(texts) if texts is not None else [""] * n
         self.photos += [str(p) if isinstance(p, (str, os.PathLike)) else None for p in (photos or [None] * n)]
         self.labels += [label] * n
@@ -202,10 +235,15 @@ class FewShotClassifier:
         caller did: `checked`), PIL images directly."""
         files = [p for p in photos if not isinstance(p, Image.Image)]
         for path in [] if checked else files:
-            open_image(path)  # a clear FslError for a missing, oversized or unreadable file
+            open_image(path)  # a clear FslError for a missing, unreadable or degenerate file
+        images = {  # every PIL image checked (and made RGB) before anything is embedded
+            i: usable_photo(photo, f"photo {i + 1} (a PIL image)")
+            for i, photo in enumerate(photos)
+            if isinstance(photo, Image.Image)
+        }
         cached = iter(self.cache.images(files)) if files else iter(())
         return np.stack(
-            [embed_image(self.encoder, p) if isinstance(p, Image.Image) else next(cached) for p in photos]
+            [embed_image(self.encoder, images[i]) if i in images else next(cached) for i in range(len(photos))]
         ).astype(np.float32)
 
     # Answering ----------------------------------------------------------------------------------
@@ -321,18 +359,33 @@ class FewShotClassifier:
             score,
             validation.temperature if validation else 1.0,
         )
+        self.calibration.support_digest = self.support_digest()
         return self.calibration
+
+    def support_digest(self) -> str:
+        """What a calibration fitted on the support was fitted on: each example's category, content (its
+        file's bytes, else its features) and text, in any order. A saved classifier whose photos
+        changed since no longer matches its calibration."""
+        rows = sorted(
+            f"{self.classes[label]}\t{file_digest(photo) if photo else hashlib.sha256(features.tobytes()).hexdigest()}"
+            f"\t{text}"
+            for photo, label, text, features in zip(self.photos, self.labels, self.texts, self._image_features)
+        )
+        return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
 
     # Saving -------------------------------------------------------------------------------------
 
     def save(self, folder: str | os.PathLike) -> Path:
         """A support folder (the example photos, copied; texts.csv) with classifier.json (head,
-        encoder, calibration), replacing `folder` whole once complete. Examples given as features or
-        PIL images have no file to save: an error names them."""
+        encoder, calibration), replacing `folder` whole once complete. `folder` must be new, empty or a
+        classifier saved before (it holds classifier.json): a folder of other files is never replaced.
+        Examples given as features or PIL images have no file to save: an error names them."""
         unsaved = sum(p is None for p in self.photos)
         if unsaved:
             raise FslError(f"{unsaved} examples were given without a photo file; only photo files can be saved")
-        with atomic_folder(folder) as staging:
+        if len(self.classes) < 2:
+            raise FslError(f"{len(self.classes)} categories taught; a classifier needs at least two to be saved")
+        with atomic_folder(folder, MANIFEST) as staging:
             rows = []
             for i, (photo, label, text) in enumerate(zip(self.photos, self.labels, self.texts)):
                 name = f"{i:04d}-{Path(photo).name}"
@@ -355,18 +408,48 @@ class FewShotClassifier:
         return Path(folder)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, cache_root: str | os.PathLike | None = None) -> FewShotClassifier:
-        """A classifier saved by `save`: the same head, encoder, calibration and examples."""
+    def load(
+        cls,
+        folder: str | os.PathLike,
+        cache_root: str | os.PathLike | None = None,
+        calibration: Calibration | None | str = "saved",
+    ) -> FewShotClassifier:
+        """A classifier saved by `save`: the same head, encoder, calibration and examples. `calibration`:
+        "saved" (its own, checked: fitted for this head and encoder and, when fitted on the support, on
+        these very examples), or anything the constructor takes in its place."""
         manifest_path = Path(folder) / MANIFEST
         manifest = read_json(manifest_path, "classifier manifest")
-        if not isinstance(manifest, dict) or not {"head", "encoder", "calibration"} <= set(manifest):
-            raise FslError(f"{manifest_path} is not a saved classifier (expected head, encoder, calibration)")
+        fix = "save the classifier again"
+        check_record(manifest, {"head": (dict,), "encoder": (dict,), "calibration": (dict, type(None))},
+                     manifest_path, "saved classifier", fix)  # fmt: skip
         config = config_from_dict(manifest["head"], str(manifest_path))
-        record = manifest["calibration"]
         try:
             encoder = EncoderConfig(**manifest["encoder"])
-            calibration = None if record is None else Calibration(**record, path=str(manifest_path))
         except TypeError as error:
-            raise FslError(f"{manifest_path} is damaged ({error}); save the classifier again") from None
+            raise FslError(f"{manifest_path} is damaged ({error}); {fix}") from None
+        record = manifest["calibration"]
+        saved = calibration == "saved"
+        alternative = 'or load it with calibration="auto" (the shipped one) or None'
+        if saved and record is not None:
+            calibration = Calibration.from_record(record, manifest_path, f"{fix}, {alternative}")
+        elif saved:
+            calibration = None
         classifier = cls.from_folder(folder, config, encoder=encoder, calibration=calibration, cache_root=cache_root)
+        if saved and classifier.calibration is not None:
+            classifier.check_saved_calibration(manifest_path, alternative)
         return classifier
+
+    def check_saved_calibration(self, path: Path, alternative: str) -> None:
+        """A saved calibration answers only for what it was fitted for: this head and encoder and, when
+        fitted on the support, the same examples (photos replaced since would keep a stale threshold)."""
+        calibration = self.calibration
+        if calibration.key != config_key(self.config, self.encoder.id):
+            raise FslError(
+                f"{path}: the calibration was fitted for encoder {calibration.encoder} and head {calibration.config}, "
+                f"not for this classifier ({self.encoder.id}, {self.config.name}); recalibrate, {alternative}"
+            )
+        if calibration.support_digest and calibration.support_digest != self.support_digest():
+            raise FslError(
+                f"{path}: the calibration was fitted on the support's photos as they were, and they have changed "
+                f"since (added, removed or edited); recalibrate (calibrate_on_support), {alternative}"
+            )

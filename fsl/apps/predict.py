@@ -204,15 +204,28 @@ def parse_classes(text: str | None, catalog: Catalog) -> list[str] | None:
     return classes
 
 
-def photo_files(images: str | os.PathLike) -> tuple[Path, list[Path]]:
-    """--images: the folder and its photos, or an error naming it."""
+def photo_files(images: str | os.PathLike) -> tuple[Path, list[Path], list[dict]]:
+    """--images: the folder, its photos, and a CSV row (file, error) for every other file in it (a
+    .heic, a broken link), so that each file shows in the CSV and the count; an error when the
+    folder holds no photo at all."""
     folder = Path(images)
     if not folder.is_dir():
         raise FslError(f"--images {folder} is not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and not p.is_dir())
+    files = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise FslError(f"no photos ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
-    return folder, files
+    others = [
+        {
+            "file": p.name,
+            "error": f"not a photo fsl reads ({p.suffix or 'no suffix'})"
+            if p.is_file()
+            else "a broken or looping link, or not a file",
+        }
+        for p in entries
+        if p not in files
+    ]
+    return folder, files, others
 
 
 def check_out(out: str | os.PathLike) -> None:
@@ -245,6 +258,7 @@ def write_predictions(records: list[dict], folder: Path, out: str | os.PathLike,
         + [f"{kind}_{r}" for r in range(1, top_k + 1) for kind in ("label", "confidence")]
         + ["nearest_id", "nearest_label", "error"]
     )
+    records = sorted(records, key=lambda record: record["file"])
     contact_sheet(records, folder, Path(out).with_suffix(".png"))
     return write_csv(pd.DataFrame(records).reindex(columns=columns), out)
 
@@ -274,7 +288,7 @@ def support_classifier(
     """The classifier of a support folder (the default head, or a config's, which with texts missing
     falls back to its image part), the folder as read, and a note when the head is not the one asked for."""
     support = read_support_folder(support_folder)
-    _, files = photo_files(images)
+    _, files, _ = photo_files(images)
     coverage = text_coverage(files, read_texts(texts), support, texts is not None)
     config, note = choose_config(None, config_path, support, coverage)
     classifier = FewShotClassifier.from_folder(support_folder, config, classes, calibration_dir=calibration_dir)
@@ -292,10 +306,10 @@ def predict_with_support(
     """Classify every photo of `images` among a support folder's categories; needs no catalog. With
     `catalog_store` (a catalog and its embedded store) each photo also gets its nearest catalog product.
     Returns the CSV written and its records."""
-    folder, files = photo_files(images)
+    folder, files, others = photo_files(images)
     check_out(out)
     text_of = read_texts(texts)
-    records, readable = [], []
+    records, readable = list(others), []
     for path in files:
         try:
             open_image(path)
@@ -401,7 +415,7 @@ def predict_folder(
     needs the catalog's store); writes the CSV (top-k labels and confidences per photo, the answer
     after the unknown rule, the nearest catalog product, an `error` cell for unreadable ones) and a
     contact sheet beside it."""
-    folder, files = photo_files(images)
+    folder, files, others = photo_files(images)
     check_out(out)
     text_of = read_texts(texts)
     only = parse_classes(classes, catalog)
@@ -428,7 +442,7 @@ def predict_folder(
     )
     print(f"{classifier.describe()}; {source}")
 
-    records, queries = [], []
+    records, queries = list(others), []
     for path in files:
         try:
             image = embed_image(classifier.encoder, open_image(path))
@@ -479,9 +493,8 @@ def contact_sheet(records: list[dict], folder: Path, path: Path, limit: int = 60
         if record["error"]:
             caption, colour = "unreadable", CAPTION_COLOURS["error"]
         else:
-            with Image.open(folder / record["file"]) as image:
-                thumbnail = image.convert("RGB")
-                thumbnail.thumbnail((THUMBNAIL - 8, THUMBNAIL - 8))
+            thumbnail = open_image(folder / record["file"])  # RGB, the way the photo looks
+            thumbnail.thumbnail((THUMBNAIL - 8, THUMBNAIL - 8))
             sheet.paste(
                 thumbnail, (left + (THUMBNAIL - thumbnail.width) // 2, top + (THUMBNAIL - thumbnail.height) // 2)
             )

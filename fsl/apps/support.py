@@ -20,40 +20,64 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from fsl.encoders.base import Encoder
-from fsl.errors import FslError
+from fsl.encoders.base import Encoder, as_rgb
+from fsl.errors import FslError, shown
 from fsl.files import IMAGE_SUFFIXES, atomic_folder, write_csv
+from fsl.harness.calibration import UNKNOWN
 from fsl.store.content import ContentCache
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
+MIN_SIDE = 16  # pixels: anything smaller (an icon, a tracking pixel) shows no product
+MAX_ASPECT = 10  # a longer side over 10 times the shorter: a banner or a scan line, not a product photo
 IMAGE_WEIGHT = 0.7  # as the fused experiments, chosen on validation classes
 TEMPERATURE = 0.05  # text-only queries: uncalibrated
 
 
+def usable_photo(image: Image.Image, name: str) -> Image.Image:
+    """`image` as RGB, the way it looks (fsl/encoders/base.as_rgb), or an FslError saying why it cannot
+    be a product photo: no pixels, too large, too small, a thin strip, or one flat colour. Such
+    "photos" would still be embedded and, as support examples, move every answer."""
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise FslError(
+            f"{name} is {width}×{height} pixels; up to {MAX_IMAGE_PIXELS // 1_000_000} megapixels are accepted"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise FslError(f"{name} is {width}×{height} pixels; a photo needs at least {MIN_SIDE} on each side")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise FslError(
+            f"{name} is {width}×{height} pixels, a strip rather than a product photo (sides over {MAX_ASPECT}:1)"
+        )
+    try:
+        rgb = as_rgb(image)
+        flat = all(low == high for low, high in rgb.getextrema())
+    except (OSError, ValueError) as error:
+        raise FslError(f"{name} has the pixel mode {image.mode!r}, which cannot be read as a photo ({error})") from None
+    if flat:
+        raise FslError(f"{name} is blank: every pixel has the same colour")
+    return rgb.copy() if rgb is image else rgb
+
+
 def open_image(path: str | os.PathLike) -> Image.Image:
-    """A product photo as RGB, or an FslError that says what is wrong with the file."""
+    """A product photo as RGB (usable_photo), or an FslError that says what is wrong with the file."""
     path = Path(path)
     name = path.name
     if not path.is_file():
-        raise FslError(f"{name} was not found")
+        raise FslError(f"{name} was not found" + (" (a broken link)" if path.is_symlink() else ""))
     if path.stat().st_size > MAX_IMAGE_BYTES:
         raise FslError(
             f"{name} is {path.stat().st_size / 2**20:.0f} MB; images up to {MAX_IMAGE_BYTES // 2**20} MB are accepted"
         )
     try:
         with Image.open(path) as image:
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise FslError(
-                    f"{name} is {image.width}×{image.height} pixels; up to "
-                    f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels are accepted"
-                )
-            return image.convert("RGB")
+            return usable_photo(image, name)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise FslError(f"{name} is not an image this app can read ({type(error).__name__})") from None
 
 
 def embed_image(encoder: Encoder, image: Image.Image) -> np.ndarray:
+    """[image_dim] of a photo already checked by usable_photo (RGB)."""
     return encoder.embed_pixels(encoder.image_transform(image).unsqueeze(0))[0]
 
 
@@ -179,8 +203,22 @@ class SupportFolder:
         )
 
 
+def check_category_name(name: object) -> str:
+    """A taught category's name: text, not blank, and not the answer kept for "none of these" (a
+    category called "unknown" would be counted with the photos of no taught category)."""
+    if not isinstance(name, str) or not name.strip():
+        raise FslError(f"a category needs a name: text that is not blank (got {shown(name)})")
+    if name.strip().lower() == UNKNOWN:
+        raise FslError(
+            f'"{name}" cannot name a category: "{UNKNOWN}" is the answer for a photo of none of the taught '
+            "categories; rename it"
+        )
+    return name
+
+
 def category_folder_name(name: str) -> str:
     """A category name that can be a folder name: no separators, no leading dot, not too long."""
+    check_category_name(name)
     if not name or name.startswith(".") or len(name) > 100 or any(c in name for c in "/\\\0") or not name.isprintable():
         raise FslError(
             f"the category name {name!r} cannot be a folder name: up to 100 printable characters, "
@@ -208,6 +246,7 @@ def read_support_folder(folder: str | os.PathLike, photos_required: bool = True)
             support.category_texts.setdefault(file.rstrip("/"), []).append(text)
     seen: dict[str, Path] = {}
     for category in categories:
+        check_category_name(category.name)
         usable = []
         for inner in sorted(p for p in category.iterdir() if p.is_dir() and not p.name.startswith(".")):
             support.skipped.append(
@@ -217,7 +256,10 @@ def read_support_folder(folder: str | os.PathLike, photos_required: bool = True)
                     "or make it a category of its own)",
                 )
             )
-        for path in sorted(p for p in category.iterdir() if p.is_file() and not p.name.startswith(".")):
+        for path in sorted(p for p in category.iterdir() if not p.is_dir() and not p.name.startswith(".")):
+            if not path.is_file():
+                support.skipped.append((path.relative_to(root).as_posix(), "a broken or looping link, or not a file"))
+                continue
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 support.skipped.append(
                     (path.relative_to(root).as_posix(), f"not a photo ({path.suffix or 'no suffix'})")

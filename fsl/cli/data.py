@@ -56,10 +56,11 @@ def cmd_embed(args) -> None:
         from fsl.store.open import open_store
 
         started = time.perf_counter()
-        store = open_store(catalog, config, args.store_root)
+        store = open_store(catalog, config, args.store_root, full_check=args.verify)
+        state = "warm" + (", every byte and value checked" if args.verify else "")
         print(
             f"{len(store.ids)} products in the {config.name} store {store.encoder_id} "
-            f"({'warm' if warm else f'derived in {time.perf_counter() - started:.1f} s'}): {store.path}"
+            f"({state if warm else f'derived in {time.perf_counter() - started:.1f} s'}): {store.path}"
         )
         return
     options = dict(
@@ -196,7 +197,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     embed.add_argument(
         "--verify",
         action="store_true",
-        help="check every byte of a warm store against its sha256 checksums (rebuilt if damaged)",
+        help="check every byte and value of a warm store (and of the activations an adapted store comes from) "
+        "against its sha256 checksums and for NaN; rebuilt if damaged",
     )
     embed.set_defaults(run=cmd_embed)
 

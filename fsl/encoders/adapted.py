@@ -84,8 +84,7 @@ class AdaptedEncoder(Encoder):
         state, self.adaptation = load_adaptation(pretrained)
         self.id = adapted_id(pretrained)
         self.base = OfflineEncoder(device)
-        self.top = ImageTop(self.base.image_model, self.adaptation["cut"])
-        self.top.load_state_dict(state)
+        self.top = adapted_top(self.base.image_model, state, self.adaptation["cut"], pretrained)
         self.top.requires_grad_(False).eval()
         self.image_dim, self.text_dim = self.base.image_dim, self.base.text_dim
         self.image_transform = self.base.image_transform
@@ -136,7 +135,25 @@ def load_adaptation(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
         state = load_file(str(weights))
     except (SafetensorError, OSError) as error:
         raise FslError(f"{weights} cannot be loaded ({type(error).__name__}); it is damaged. Adapt again") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise FslError(f"{weights} holds NaN or infinite weights ({bad[0]}); it is damaged. Adapt again")
     return state, meta
+
+
+def adapted_top(model: nn.Module, state: dict[str, torch.Tensor], cut: int, folder: str | os.PathLike) -> ImageTop:
+    """The top of `model` at `cut` holding an adaptation's weights (the model's own modules, changed in
+    place); weights of other names or shapes than that top's are an error naming the folder."""
+    top = ImageTop(model, cut)
+    try:
+        top.load_state_dict(state)
+    except RuntimeError as error:
+        detail = str(error).split("\n\t", 1)[-1].splitlines()[0][:200]
+        raise FslError(
+            f"{Path(folder) / WEIGHTS_FILE} does not fit the tower's last {cut} block(s) ({detail}); it is damaged "
+            "or from another model. Adapt again"
+        ) from None
+    return top
 
 
 def adaptation_digest(folder: str | os.PathLike) -> str:

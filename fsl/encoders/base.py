@@ -38,6 +38,34 @@ def pad_to_square(image: Image.Image, fill: tuple[int, int, int] = (255, 255, 25
     return canvas
 
 
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+WITH_ALPHA = ("RGBA", "LA", "PA")
+PREMULTIPLIED = {"La": "LA", "RGBa": "RGBA"}  # Pillow converts these only to their plain-alpha twins
+
+
+def as_rgb(image: Image.Image) -> Image.Image:
+    """A photo in any Pillow mode as 8-bit RGB, the way it looks: 16-bit and 32-bit grey scaled to
+    8 bits (Pillow's own conversion clips them, so a 16-bit photo turns white), floats read as 0-1
+    when they lie there, and transparency composited over white (the catalog's backdrop) rather
+    than dropped to whatever colour the hidden pixels hold."""
+    if image.mode in SIXTEEN_BIT or image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = float(values.max()) if values.size else 0.0
+        if image.mode in SIXTEEN_BIT or (image.mode == "I" and 255 < top <= 65535):
+            values = values / 257.0
+        elif image.mode == "I" and top > 65535:
+            values = values * (255.0 / top)
+        elif image.mode == "F" and top <= 1.0:
+            values = values * 255.0
+        image = Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), "L")
+    if image.mode in PREMULTIPLIED:
+        image = image.convert(PREMULTIPLIED[image.mode])
+    if image.mode in WITH_ALPHA or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 class ImageFiles(Dataset):
     """Decode and preprocess photos in DataLoader workers, overlapping the forward pass; `render`, if
     given, changes each photo first (the re-rendered queries of fsl/episodes/shift.py)."""
@@ -56,7 +84,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         with Image.open(self.paths[index]) as image:
-            image = image.convert("RGB")
+            image = as_rgb(image)
             return self.transform(self.render(image) if self.render else image)
 
 

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import struct
+import sys
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ def _repeats(rows: np.ndarray) -> int | None:
     ordered = np.sort(rows, axis=1)
     repeated = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
     return int(np.flatnonzero(repeated)[0]) if repeated.any() else None
+
+
+_UNVERIFIED: set[Path] = set()  # episode files already said to have no recorded digest
 
 
 def digests_bytes(digests: dict[str, str]) -> bytes:
@@ -164,8 +168,19 @@ class EpisodeSet:
                 raise _damaged(path, f"episode {episode} has {what}")
 
     def check_digest(self, recorded: str | None, path: Path) -> None:
-        """The file is byte for byte the one drawn (`recorded`: its digest in digests.json, if any)."""
-        if recorded is not None and recorded != self.digest:
+        """The file is byte for byte the one drawn (`recorded`: its digest in digests.json). Without a
+        recorded digest it cannot be checked: said once per file, never passed over in silence."""
+        if recorded is None:
+            if path not in _UNVERIFIED:
+                _UNVERIFIED.add(path)
+                print(
+                    f"fsl: note: {path} is unverified: no digest of it is recorded in digests.json beside it, so an "
+                    f"edit since it was drawn would go unnoticed (draw the sets again with `fsl episodes --force` "
+                    "to record one)",
+                    file=sys.stderr,
+                )
+            return
+        if recorded != self.digest:
             raise _damaged(path, f"its digest {self.digest} is not the {recorded} recorded when it was drawn")
 
     def check_labels(self, ids: np.ndarray, labels: np.ndarray, path: Path) -> None:

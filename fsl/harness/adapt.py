@@ -21,6 +21,7 @@ import math
 import os
 
 import numpy as np
+import psutil
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
@@ -102,6 +103,33 @@ def as_plain_convolutions(top: nn.Module, names: list[str]) -> None:
                 setattr(parent, name, plain)
 
 
+MEMORY_SHARE = 0.7  # of the memory available when the run starts, what one step may take
+
+
+def check_step_memory(model: nn.Module, activations: np.ndarray, what: str, products: int) -> None:
+    """Refuse a step too large for this machine before it runs (the kernel would kill it without a
+    word): what the forward of two products keeps for the backward pass, measured, scaled to the
+    step's `products` and doubled for their gradients, against the memory available now."""
+    saved = 0
+
+    def count(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += tensor.numel() * tensor.element_size()
+        return tensor
+
+    maps = torch.from_numpy(np.asarray(activations[:2], dtype=np.float32))
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
+        model(maps)
+    per_product = 2 * saved / len(maps) + 2 * maps[0].numel() * 4
+    available = psutil.virtual_memory().available
+    if products * per_product > MEMORY_SHARE * available:
+        raise FslError(
+            f"adapt {what} = {products} products a step needs about {products * per_product / 2**30:.1f} GiB; "
+            f"{available / 2**30:.1f} GiB is available. Lower it (about {int(MEMORY_SHARE * available / per_product)} "
+            "fit)"
+        )
+
+
 def merged_top(model: nn.Module) -> ImageTop:
     """The plain ImageTop a trained model stands for: LoRA adapters merged into the weights."""
     if isinstance(model, ImageTop):
@@ -121,6 +149,13 @@ class BaseBatches:
         self.rows = np.flatnonzero(np.isin(labels, base))
         if len(self.rows) == 0:
             raise FslError("no product of a base class to adapt on")
+        where = f"split {config.split_seed} has {len(base)} base classes and {len(self.rows)} base-class products"
+        if config.objective != "episodic" and config.batch_size > len(self.rows):
+            raise FslError(
+                f"adapt batch_size {config.batch_size} is more than the products to draw from ({where}); lower it"
+            )
+        if config.objective != "supervised" and config.n_way > len(base):
+            raise FslError(f"adapt n_way {config.n_way} is more than the classes to draw from ({where})")
         self.base = list(base)
         self.classes = torch.as_tensor(np.searchsorted(self.base, labels[self.rows]))
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -131,7 +166,7 @@ class BaseBatches:
             else near_duplicates.group_index(catalog.products["id"].to_numpy())[self.rows]
         )
         self.sampler = EpisodeSampler(
-            self.rows, labels[self.rows], self.base, min(config.n_way, len(self.base)), config.k_shot,
+            self.rows, labels[self.rows], self.base, config.n_way, config.k_shot,
             config.q_query, config.seed, groups,
         )  # fmt: skip
         self.batch_size = config.batch_size
@@ -245,12 +280,16 @@ def adapt(
     if not np.array_equal(store.ids, catalog.products["id"].to_numpy()):
         raise FslError(f"feature store {store.path} rows do not follow the catalog; re-run `fsl embed`")
     validation = Validation(catalog, config, store, None, episodes_root)  # checked before the long caching
+    batches = BaseBatches(catalog, config, base, episodes_root)  # likewise
     activations = cached_activations(catalog, encoder, config.cut, store_root, progress=progress)
     validation.activations = activations
-    batches = BaseBatches(catalog, config, base, episodes_root)
 
     torch.manual_seed(config.seed)
     model = trainable_top(encoder, config)
+    episode = config.n_way * (config.k_shot + config.q_query)
+    step_sizes = {"supervised": ("batch_size", config.batch_size), "episodic": ("n_way x (k_shot + q_query)", episode)}
+    for objective in config.objective.split("+"):
+        check_step_memory(model, activations, *step_sizes[objective])
     # the cosine classifier's weights start at the frozen top's base-class means ("imprinting"), so
     # step 0's supervised loss is already meaningful and the first steps do not wreck the features
     start_features = F.normalize(top_features(model, activations, batches.rows), dim=-1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from sklearn.metrics import roc_auc_score
 from fsl.config import ExperimentConfig
 from fsl.data.catalog import Catalog
 from fsl.episodes.sampler import Episodes
-from fsl.errors import FslError
+from fsl.errors import FslError, shown
 from fsl.files import NUMBER, check_record, read_json, write_json
 from fsl.harness.evaluate import episode_logits
 from fsl.harness.experiment import (
@@ -65,6 +66,7 @@ class Calibration:
     novel: dict = field(default_factory=dict)  # reported after the calibration was saved; {} until then
     score: str = DEFAULT_SCORE  # which known-ness score the threshold applies to (fsl/harness/open_set.py)
     fitted_on: str = "validation classes"  # in words: what the temperature and threshold were fitted on
+    support_digest: str = ""  # fitted on a support: the digest of its examples (support_digest), "" otherwise
     path: str = field(default="", compare=False)  # the file it was read from (not saved)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -96,21 +98,44 @@ class Calibration:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Calibration:
+        return cls.from_record(read_json(path, "calibration"), path)
+
+    @classmethod
+    def from_record(cls, record: object, path: str | os.PathLike, fix: str = "rerun `fsl calibrate`") -> Calibration:
+        """A calibration from its JSON record (a calibration file, or a saved classifier's), every field
+        checked: types, a finite temperature > 0, a finite threshold (within 0-1 for max-softmax), a
+        false-accept target within (0, 1), a known score. Anything else names the file and the field."""
         fields = {"config": (str,), "key": (str,), "encoder": (str,), "temperature": NUMBER, "threshold": NUMBER,
                   "false_accept": NUMBER}  # fmt: skip
-        values = check_record(read_json(path, "calibration"), fields, path, "calibration", "rerun `fsl calibrate`")
+        values = check_record(record, fields, path, "calibration", fix)
+        optional = {"validation": (dict,), "novel": (dict,), "score": (str,), "fitted_on": (str,),
+                    "support_digest": (str,)}  # fmt: skip
+        check_record(values, {k: v for k, v in optional.items() if k in values}, path, "calibration", fix)
         check_score(values.get("score", DEFAULT_SCORE), f"{path}: score")
-        try:
-            calibration = cls(**{**values, "path": str(path)})
-        except TypeError as error:
-            raise FslError(f"{path} is not a calibration file ({error}); rerun `fsl calibrate`") from None
-        bounded = calibration.score != "max-softmax" or 0 <= calibration.threshold <= 1
-        if not (calibration.temperature > 0 and bounded and np.isfinite(calibration.threshold)):
+        numbers = {name: finite(values[name]) for name in ("temperature", "threshold", "false_accept")}
+        bounded = values.get("score", DEFAULT_SCORE) != "max-softmax" or 0 <= numbers["threshold"] <= 1
+        if not (numbers["temperature"] > 0 and math.isfinite(numbers["threshold"]) and bounded
+                and 0 < numbers["false_accept"] < 1):  # fmt: skip
             raise FslError(
-                f"{path}: temperature {calibration.temperature} or threshold {calibration.threshold} "
-                "is out of range; rerun `fsl calibrate`"
+                f"{path}: the calibration is damaged (temperature {shown(values['temperature'])}, threshold "
+                f"{shown(values['threshold'])}, false_accept {shown(values['false_accept'])}: expected a finite "
+                f"temperature > 0, a finite threshold, within 0-1 for max-softmax, and a false-accept target "
+                f"between 0 and 1); {fix}"
             )
-        return calibration
+        try:
+            return cls(**{**values, **numbers, "path": str(path)})
+        except TypeError as error:
+            raise FslError(f"{path} is not a calibration ({error}); {fix}") from None
+
+
+def finite(value: int | float) -> float:
+    """A JSON number as a float; NaN for one that is not finite or too large for a float (a
+    400-digit integer), so that every range check refuses it."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return math.nan
+    return number if math.isfinite(number) else math.nan
 
 
 def config_key(config: ExperimentConfig, encoder_id: str, checkpoint: str | os.PathLike | None = None) -> str:

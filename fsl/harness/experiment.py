@@ -67,10 +67,11 @@ def check_alignment(store: FeatureStore, episode_set: EpisodeSet) -> None:
     for key, fix in (("alignment", "Align on that split (fsl align --split-seed N)"),
                      ("adaptation", "Adapt on that split (fsl adapt RECIPE --split-seeds N)")):  # fmt: skip
         trained = store.manifest.get(key)
-        if trained and trained["split_seed"] != episode_set.meta.get("split_seed"):
+        seeds = trained.get("split_seeds", [trained["split_seed"]]) if trained else []
+        if trained and episode_set.meta.get("split_seed") not in seeds:
             raise FslError(
                 f"feature store {store.path.name} was trained ({key}) on the base classes of split seed "
-                f"{trained['split_seed']}; episode set {episode_set.name!r} comes from split seed "
+                f"{' or '.join(map(str, seeds))}; episode set {episode_set.name!r} comes from split seed "
                 f"{episode_set.meta.get('split_seed')}, whose test classes it may have trained on. {fix}"
             )
 

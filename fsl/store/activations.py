@@ -5,6 +5,7 @@ record after every chunk (a killed run resumes), renamed into place when complet
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Callable
@@ -20,9 +21,9 @@ from fsl.data.catalog import Catalog
 from fsl.encoders.adapted import check_cut, image_bottom, top_features
 from fsl.encoders.offline import OfflineEncoder
 from fsl.errors import FslError
-from fsl.files import read_json, write_json
+from fsl.files import check_record, read_json, write_json
 from fsl.paths import FEATURES_ROOT, store_path
-from fsl.store.features import writer_lock
+from fsl.store.features import RECORD_TYPES, array_record, non_finite_rows, npy_header, sample_digest, writer_lock
 from fsl.store.rows import cached_by_id
 
 DTYPE = np.float16
@@ -39,6 +40,46 @@ def bottom_activations(encoder: OfflineEncoder, pixels: torch.Tensor, cut: int) 
     return image_bottom(encoder.image_model, pixels.to(encoder.device), cut).cpu().numpy().astype(DTYPE)
 
 
+def activation_shape(encoder: OfflineEncoder, cut: int) -> tuple[int, ...]:
+    """One product's activations at the cut ([C, 7, 7]): the bottom run on a blank photo."""
+    pixels = encoder.image_transform(Image.new("RGB", (224, 224), "white")).unsqueeze(0)
+    return bottom_activations(encoder, pixels, cut).shape[1:]
+
+
+def activations_problem(path: Path, shape: tuple[int, ...], full_check: bool = False) -> str | None:
+    """What is wrong with a cached activations file, or None: its header (float16, `shape`: one row
+    per catalog product, the channels at the cut), its size, its record's checksum (sampled; every
+    byte with full_check) and its values (finite, always: NaN here would make NaN features)."""
+    header = npy_header(path)
+    if header is None or header[1] != DTYPE or tuple(header[0]) != shape:
+        return f"its header says {header and header[0]} of {header and header[1]}, expected {shape} of float16"
+    record_file = path.with_suffix(".json")
+    try:
+        record = read_json(record_file, "activations record") if record_file.is_file() else None
+        if record is not None:
+            check_record(record, RECORD_TYPES, record_file, "activations record", "")
+    except FslError:
+        return f"its record {record_file.name} is damaged"
+    if record is not None:
+        if path.stat().st_size != record["bytes"]:
+            return f"it has {path.stat().st_size} bytes, its record says {record['bytes']} (truncated or replaced)"
+        if full_check:
+            with open(path, "rb") as f:
+                if hashlib.file_digest(f, "sha256").hexdigest() != record["sha256"]:
+                    return "it does not match its sha256 checksum"
+        elif sample_digest(path) != record["sample_sha256"]:
+            return "it does not match its checksum"
+    try:
+        bad = non_finite_rows(np.load(path, mmap_mode="r"))
+    except (OSError, ValueError) as error:
+        return f"it cannot be read ({error})"
+    if len(bad):
+        return f"{len(bad)} product(s) have NaN or infinite activations (e.g. row {bad[0]})"
+    if record is None:  # written before records were: checked whole just now, so recorded now
+        write_json(record_file, array_record(path))
+    return None
+
+
 def cached_activations(
     catalog: Catalog,
     encoder: OfflineEncoder,
@@ -47,20 +88,22 @@ def cached_activations(
     batch_size: int = 32,
     num_workers: int | None = None,
     progress: bool = True,
+    full_check: bool = False,
 ) -> np.ndarray:
     """The catalog's activations at the cut, memory-mapped, rows in catalog (= store) order; computed
-    (resumably) the first time."""
+    (resumably) the first time, checked every time (activations_problem) and computed again, with a
+    note, when damaged."""
     final = activations_path(catalog, cut, store_root)
-    if final.is_file():
-        return np.load(final, mmap_mode="r")
+    shape = (len(catalog), *activation_shape(encoder, cut))
+    sound = _sound(final, shape, full_check)
+    if sound is not None:
+        return sound
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.with_suffix(".partial.npy")
     record_file = final.with_suffix(".progress.json")
     with writer_lock(final.parent):
         if final.is_file():  # another process finished it while we waited
             return np.load(final, mmap_mode="r")
-        probe = next(iter(encoder.image_batches(catalog.image_paths[:1], 1, 0)))
-        shape = (len(catalog), *bottom_activations(encoder, probe, cut).shape[1:])
         record = read_json(record_file, "activations progress") if record_file.is_file() and partial.is_file() else {}
         done = record.get("rows_done", 0) if record.get("shape") == list(shape) else 0
         if done:
@@ -81,11 +124,28 @@ def cached_activations(
             write_json(record_file, {"rows_done": stop, "shape": list(shape), "cut": cut})
         bar.close()
         del out
+        write_json(final.with_suffix(".json"), array_record(partial))
         os.replace(partial, final)
         record_file.unlink(missing_ok=True)
-    if not final.is_file():
-        raise FslError(f"the cached activations at {final} were not written")
-    return np.load(final, mmap_mode="r")
+    sound = _sound(final, shape, False)
+    if sound is None:
+        raise FslError(f"the cached activations at {final} were not written whole; run the command again")
+    return sound
+
+
+def _sound(path: Path, shape: tuple[int, ...], full_check: bool) -> np.ndarray | None:
+    """The activations at `path`, memory-mapped, or None when there are none or they are damaged
+    (then said, and removed so that they are computed again)."""
+    if not path.is_file():
+        return None
+    problem = activations_problem(path, shape, full_check)
+    if problem is None:
+        return np.load(path, mmap_mode="r")
+    print(f"fsl: the cached activations {path} are damaged ({problem}); computing them again", file=sys.stderr)
+    with writer_lock(path.parent):
+        path.unlink(missing_ok=True)
+        path.with_suffix(".json").unlink(missing_ok=True)
+    return None
 
 
 def view_activations(

@@ -171,7 +171,7 @@ MANIFEST_TYPES = {"version": (int,), "encoder_id": (str,), "catalog_fingerprint"
 RECORD_TYPES = {"bytes": (int,), "sha256": (str,), "sample_sha256": (str,)}
 
 
-def _npy_header(file: Path) -> tuple[tuple, np.dtype] | None:
+def npy_header(file: Path) -> tuple[tuple, np.dtype] | None:
     """(shape, dtype) from a .npy file's header without loading it, or None if it has none."""
     try:
         with open(file, "rb") as f:
@@ -187,7 +187,7 @@ def _array_keys(manifest: dict) -> list[str]:
     return ["ids", "image"] + [f"text-{name}" for name in manifest["text_variants"]]
 
 
-def _sample_digest(file: Path) -> str:
+def sample_digest(file: Path) -> str:
     """sha256 of a few spread-out blocks (header and tail included): cheap enough for every open."""
     size = file.stat().st_size
     digest = hashlib.sha256()
@@ -201,10 +201,10 @@ def _sample_digest(file: Path) -> str:
     return digest.hexdigest()
 
 
-def _array_record(file: Path) -> dict:
+def array_record(file: Path) -> dict:
     with open(file, "rb") as f:
         full = hashlib.file_digest(f, "sha256").hexdigest()
-    return {"bytes": file.stat().st_size, "sha256": full, "sample_sha256": _sample_digest(file)}
+    return {"bytes": file.stat().st_size, "sha256": full, "sample_sha256": sample_digest(file)}
 
 
 def store_problem(path: Path, manifest: dict, full_check: bool = False) -> str | None:
@@ -227,17 +227,30 @@ def store_problem(path: Path, manifest: dict, full_check: bool = False) -> str |
             with open(file, "rb") as f:
                 if hashlib.file_digest(f, "sha256").hexdigest() != record["sha256"]:
                     return f"{file.name} does not match its sha256 checksum"
-        elif _sample_digest(file) != record["sample_sha256"]:
+        elif sample_digest(file) != record["sample_sha256"]:
             return f"{file.name} does not match its checksum"
     for key in _array_keys(manifest):
-        header = _npy_header(path / f"{key}.npy")
+        header = npy_header(path / f"{key}.npy")
         wanted = np.dtype("<i8") if key == "ids" else DTYPE
         if header is None or header[1] != wanted:
             return f"{key}.npy is not an array of {wanted} (its header says {header and header[1]})"
     ids = np.load(path / "ids.npy", mmap_mode="r")
     if ids.shape != (manifest["products"],) or not np.all(np.diff(ids) > 0):
         return f"ids.npy must hold {manifest['products']} product ids in increasing order"
+    if full_check:  # a value written non-finite has a matching checksum: only reading it tells
+        for key in _array_keys(manifest)[1:]:
+            rows = non_finite_rows(np.load(path / f"{key}.npy", mmap_mode="r"))
+            if len(rows):
+                return f"{key}.npy has NaN or infinite values in {len(rows)} row(s) (e.g. product {ids[rows[0]]})"
     return None
+
+
+def non_finite_rows(values: np.ndarray, block: int = 65_536) -> np.ndarray:
+    """The rows of a (memory-mapped) array holding a NaN or infinite value, read block by block."""
+    flat = values.reshape(len(values), -1)
+    bad = [start + np.flatnonzero(~np.isfinite(flat[start : start + block]).all(axis=1))
+           for start in range(0, len(flat), block)]  # fmt: skip
+    return np.concatenate(bad) if bad else np.empty(0, dtype=np.int64)
 
 
 def _holder_of(handle, patience_s: float = 1.0) -> str:
@@ -408,7 +421,7 @@ def _upgrade_v1(path: Path, manifest: dict, catalog: Catalog) -> dict | None:
     if not np.array_equal(ids, np.asarray(catalog.ids)) or any(s != (len(ids), dims[k]) for k, s in shapes.items()):
         _say(f"feature store {path} (version 1) does not fit the catalog; rebuilding it")
         return None
-    arrays = {key: _array_record(path / f"{key}.npy") for key in _array_keys(manifest)}
+    arrays = {key: array_record(path / f"{key}.npy") for key in _array_keys(manifest)}
     manifest = {**manifest, "version": STORE_VERSION, "dtype": DTYPE.str, "arrays": arrays}
     write_json(path / "manifest.json", manifest)
     _say(f"feature store {path} upgraded to version {STORE_VERSION} (checksums added)")
@@ -537,7 +550,7 @@ def _join_chunks(path: Path, manifest: dict, n_chunks: int, chunk_size: int, chu
                     f.write(np.ascontiguousarray(chunk[key], dtype=DTYPE).tobytes())
             f.flush()
             os.fsync(f.fileno())
-    arrays = {key: _array_record(path / f"{key}.npy") for key in _array_keys(manifest)}
+    arrays = {key: array_record(path / f"{key}.npy") for key in _array_keys(manifest)}
     write_json(path / "manifest.json", {**manifest, "complete": True, "arrays": arrays})
     shutil.rmtree(path / "chunks", ignore_errors=True)
 
@@ -549,8 +562,27 @@ def _add_text_variants(
         features = encoder.encode_texts(catalog.texts(variant.template, variant.mask_column), progress=progress)
         write_npy(path / f"text-{variant.name}.npy", features.astype(DTYPE))
         manifest["text_variants"][variant.name] = {"template": variant.template, "mask_column": variant.mask_column}
-        manifest["arrays"][f"text-{variant.name}"] = _array_record(path / f"text-{variant.name}.npy")
+        manifest["arrays"][f"text-{variant.name}"] = array_record(path / f"text-{variant.name}.npy")
     write_json(path / "manifest.json", manifest)
+
+
+def sound_derived_store(path: Path, encoder_id: str, catalog_fingerprint: str, full_check: bool = False):
+    """The complete derived store at `path` (aligned, adapted), or None when it must be derived: none
+    yet, or damaged (said, and marked for deriving again). full_check reads every byte and value."""
+    try:
+        manifest = _read_manifest(path)
+        problem = None if not manifest or not manifest.get("complete") else store_problem(path, manifest, full_check)
+    except FslError as error:
+        manifest, problem = {}, str(error)
+    if problem is None and manifest and manifest.get("complete"):
+        if full_check:
+            _say(f"verified every byte and value of {path}")
+        return FeatureStore.open(path, encoder_id, catalog_fingerprint)
+    if problem is not None:
+        _say(f"feature store {path} is damaged ({problem}); deriving it again")
+        with writer_lock(path):
+            (path / "manifest.json").unlink(missing_ok=True)
+    return None
 
 
 def derive_store(
@@ -592,8 +624,17 @@ def derive_store(
                 }
                 np.lib.format.write_array_header_1_0(f, header)
                 for start in range(0, len(source.ids), block):
-                    out = transform("image" if key == "image" else "text", values[start : start + block], start)
-                    f.write(np.ascontiguousarray(out, dtype=DTYPE).tobytes())
-        manifest["arrays"] = {key: _array_record(path / f"{key}.npy") for key in _array_keys(manifest)}
+                    out = np.ascontiguousarray(
+                        transform("image" if key == "image" else "text", values[start : start + block], start), DTYPE
+                    )
+                    bad = non_finite_rows(out)
+                    if len(bad):
+                        raise FslError(
+                            f"deriving {path} from {source.path} gave NaN or infinite {key} features (e.g. product "
+                            f"{source.ids[start + bad[0]]}); nothing was marked complete. Check the source with "
+                            "`fsl embed --verify` (offline encoder), then run the command again"
+                        )
+                    f.write(out.tobytes())
+        manifest["arrays"] = {key: array_record(path / f"{key}.npy") for key in _array_keys(manifest)}
         write_json(path / "manifest.json", {**manifest, "complete": True})
     return FeatureStore.open(path, encoder_id, source.catalog_fingerprint)

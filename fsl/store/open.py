@@ -13,28 +13,33 @@ import torch
 
 from fsl.config import EncoderConfig
 from fsl.data.catalog import Catalog
-from fsl.encoders.adapted import ImageTop, load_adaptation, top_features
+from fsl.encoders.adapted import adapted_top, load_adaptation, top_features
 from fsl.encoders.aligned import load_alignment
 from fsl.encoders.factory import encoder_from_config
 from fsl.encoders.offline import OfflineEncoder
 from fsl.errors import FslError
+from fsl.files import write_json
 from fsl.paths import FEATURES_ROOT, store_path
 from fsl.store.activations import cached_activations
-from fsl.store.features import FeatureStore, derive_store, embed_catalog, is_complete
+from fsl.store.features import FeatureStore, derive_store, embed_catalog, sound_derived_store, writer_lock
 
 # The aligned feature store ---------------------------------------------------------------------
 
 
-def aligned_store(catalog, alignment: str | os.PathLike, store_root, encoder_id: str, runtime: str = "auto"):
+def aligned_store(
+    catalog, alignment: str | os.PathLike, store_root, encoder_id: str, runtime: str = "auto", full_check: bool = False
+):
     """The catalog's store in the aligned space, computed from the offline store's features (embedded
-    first if needed) without decoding a photo; the manifest names the alignment's split."""
+    first if needed) without decoding a photo; the manifest names the alignment's split. A damaged
+    one is derived again (full_check: every byte and value read)."""
 
     path = store_path(store_root, encoder_id, catalog.fingerprint)
-    if is_complete(path):
-        return FeatureStore.open(path, encoder_id, catalog.fingerprint)
+    warm = sound_derived_store(path, encoder_id, catalog.fingerprint, full_check)
+    if warm is not None:
+        return warm
     model, meta = load_alignment(alignment)
     _note_other_catalog(alignment, meta, catalog)
-    source = open_store(catalog, EncoderConfig("offline", runtime=runtime), store_root)
+    source = open_store(catalog, EncoderConfig("offline", runtime=runtime), store_root, full_check)
 
     def project(key: str, block: np.ndarray, start: int) -> np.ndarray:
         with torch.no_grad():
@@ -63,22 +68,25 @@ def _note_other_catalog(checkpoint, meta: dict, catalog) -> None:
 # The adapted feature store ---------------------------------------------------------------------
 
 
-def adapted_store(catalog, adaptation: str | os.PathLike, store_root, encoder_id: str, runtime: str = "auto"):
+def adapted_store(
+    catalog, adaptation: str | os.PathLike, store_root, encoder_id: str, runtime: str = "auto", full_check: bool = False
+):
     """The catalog's store through an adapted image tower: the adapted top run on the activations cached
     at its cut (computed first if needed), the offline texts as they are; the manifest names the
-    adaptation's split, so episodes of another split are refused."""
+    splits whose adaptation has these weights, so episodes of another split are refused. A damaged
+    store is derived again (full_check: every byte and value of it and of the activations read)."""
     path = store_path(store_root, encoder_id, catalog.fingerprint)
-    if is_complete(path):
-        return FeatureStore.open(path, encoder_id, catalog.fingerprint)
     state, meta = load_adaptation(adaptation)
+    warm = sound_derived_store(path, encoder_id, catalog.fingerprint, full_check)
+    if warm is not None:
+        return with_split(warm, meta["split_seed"])
     _note_other_catalog(adaptation, meta, catalog)
-    source = open_store(catalog, EncoderConfig("offline", runtime=runtime), store_root)
+    source = open_store(catalog, EncoderConfig("offline", runtime=runtime), store_root, full_check)
     if not np.array_equal(source.ids, catalog.products["id"].to_numpy()):  # the cache's rows are the catalog's
         raise FslError(f"feature store {source.path} rows do not follow the catalog; re-run `fsl embed`")
     encoder = OfflineEncoder()
-    top = ImageTop(copy.deepcopy(encoder.image_model), meta["cut"])
-    top.load_state_dict(state)
-    activations = cached_activations(catalog, encoder, meta["cut"], store_root)
+    top = adapted_top(copy.deepcopy(encoder.image_model), state, meta["cut"], adaptation)
+    activations = cached_activations(catalog, encoder, meta["cut"], store_root, full_check=full_check)
 
     def image_through_top(key: str, block: np.ndarray, start: int) -> np.ndarray:
         if key == "text":
@@ -88,19 +96,40 @@ def adapted_store(catalog, adaptation: str | os.PathLike, store_root, encoder_id
 
     extra = {
         "adaptation": {
-            key: meta[key]
-            for key in ("split_seed", "label_column", "catalog_fingerprint", "towers", "cut", "mode", "objective")
+            **{
+                key: meta[key]
+                for key in ("split_seed", "label_column", "catalog_fingerprint", "towers", "cut", "mode", "objective")
+            },
+            "split_seeds": [meta["split_seed"]],
         }
     }
     return derive_store(source, path, encoder_id, source.manifest["image_dim"], source.manifest["text_dim"],
                         image_through_top, extra)  # fmt: skip
 
 
-def open_store(catalog: Catalog, config: EncoderConfig, store_root: str | os.PathLike = FEATURES_ROOT) -> FeatureStore:
+def with_split(store: FeatureStore, split_seed: int) -> FeatureStore:
+    """An adapted store serving one more split: the adaptations of two splits can hold the very same
+    weights (both kept their frozen start), and then share one store (its id is the weights' digest).
+    Each may run on its own split's episodes, so the manifest lists every split it stands for."""
+    trained = store.manifest["adaptation"]
+    seeds = trained.get("split_seeds", [trained["split_seed"]])
+    if split_seed in seeds:
+        return store
+    manifest = {**store.manifest, "adaptation": {**trained, "split_seeds": sorted([*seeds, split_seed])}}
+    with writer_lock(store.path):
+        write_json(store.path / "manifest.json", manifest)
+    return FeatureStore.open(store.path, store.encoder_id, store.catalog_fingerprint)
+
+
+def open_store(
+    catalog: Catalog, config: EncoderConfig, store_root: str | os.PathLike = FEATURES_ROOT, full_check: bool = False
+) -> FeatureStore:
     """The catalog's features by this encoder: loaded when warm, embedded (resumably) when not; an
-    aligned store is computed from the offline store's features, an adapted one from the cached activations."""
+    aligned store is computed from the offline store's features, an adapted one from the cached
+    activations. A damaged store is rebuilt, saying so; full_check reads every byte (`--verify`)."""
+    encoder_id = encoder_from_config(config).id
     if config.name == "aligned":
-        return aligned_store(catalog, config.pretrained, store_root, encoder_from_config(config).id, config.runtime)
+        return aligned_store(catalog, config.pretrained, store_root, encoder_id, config.runtime, full_check)
     if config.name == "adapted":
-        return adapted_store(catalog, config.pretrained, store_root, encoder_from_config(config).id, config.runtime)
-    return embed_catalog(catalog, encoder_from_config(config), store_root)
+        return adapted_store(catalog, config.pretrained, store_root, encoder_id, config.runtime, full_check)
+    return embed_catalog(catalog, encoder_from_config(config), store_root, full_check=full_check)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import numpy as np
 
 from fsl.errors import FslError
 from fsl.files import atomic_path
-from fsl.store.features import FeatureStore
+from fsl.store.features import FeatureStore, non_finite_rows
 
 
 def check_finite(values: np.ndarray, ids: np.ndarray, source: str) -> np.ndarray:
@@ -70,14 +72,17 @@ def cached_by_id(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(sorted ids, their rows) for at least `product_ids`, from an .npz of `ids` and `key` rows; the
     products it lacks are computed once (`compute(missing ids)`, rows in that order), merged in and the
-    file rewritten atomically. Behind the views of fsl/episodes/shift.py and their cached activations."""
-    ids, values = np.empty(0, dtype=np.int64), None
-    if cache.is_file():
-        with np.load(cache, allow_pickle=False) as data:
-            ids, values = data["ids"], data[key]
+    file rewritten atomically. A damaged file (unreadable, ids not sorted and unique, rows not matching
+    them or not finite, rows of another shape than `compute` makes) is said and computed again whole.
+    Behind the views of fsl/episodes/shift.py and their cached activations."""
+    ids, values = _read_cached(cache, key)
     missing = np.setdiff1d(np.unique(product_ids), ids)
     if len(missing):
-        new = compute(missing)
+        new = np.asarray(compute(missing))
+        if values is not None and values.shape[1:] != new.shape[1:]:
+            print(f"fsl: {cache} holds rows of another shape ({values.shape[1:]}); computing it again", file=sys.stderr)
+            cache.unlink(missing_ok=True)
+            return cached_by_id(cache, key, product_ids, compute)
         ids = np.concatenate([ids, missing])
         values = new if values is None else np.concatenate([values, new])
         order = np.argsort(ids)
@@ -85,3 +90,28 @@ def cached_by_id(
         with atomic_path(cache) as tmp, open(tmp, "wb") as f:
             np.savez(f, ids=ids, **{key: values})
     return ids, values
+
+
+def _read_cached(cache: Path, key: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(ids, rows) of a cache file, or (no ids, None) when there is none or it is damaged (said)."""
+    empty = np.empty(0, dtype=np.int64), None
+    if not cache.is_file():
+        return empty
+    try:
+        with np.load(cache, allow_pickle=False) as data:
+            ids, values = np.asarray(data["ids"]), np.asarray(data[key])
+        sound = (
+            ids.ndim == 1
+            and ids.dtype.kind == "i"
+            and np.all(np.diff(ids) > 0)
+            and len(values) == len(ids)
+            and values.ndim >= 2
+            and len(non_finite_rows(values)) == 0
+        )
+        problem = None if sound else "ids not sorted and unique, or rows missing or not finite"
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
+        problem = f"it cannot be read: {type(error).__name__}"
+    if problem is None:
+        return ids, values
+    print(f"fsl: the cache {cache} is damaged ({problem}); computing it again", file=sys.stderr)
+    return empty

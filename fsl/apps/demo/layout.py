@@ -209,7 +209,7 @@ def launch(backend: DemoBackend, host: str = "127.0.0.1", port: int | None = Non
     if port is not None:
         check_port_free(host, port)
     app = build_app(backend)
-    allowed = [str(Path(p).parent) for p in backend.catalog.image_paths[:1]] + [str(ensure_dir(backend.saved_root))]
+    allowed = photo_folders(backend.catalog.image_paths) + [str(ensure_dir(backend.saved_root))]
     _, url, _ = app.launch(
         server_name=host,
         server_port=port,
@@ -220,6 +220,24 @@ def launch(backend: DemoBackend, host: str = "127.0.0.1", port: int | None = Non
         max_file_size=MAX_IMAGE_BYTES,
     )
     return app, url
+
+
+MANY_FOLDERS = 64  # beyond this many photo folders, the one folder that holds them all
+
+
+def photo_folders(image_paths) -> list[str]:
+    """The folders Gradio may serve catalog photos from: where the photos really are. Gradio resolves
+    links before it checks a path, so a dump whose photos are links into another folder (a dataset
+    cache, git-annex) needs that folder, not images/. Many folders collapse into the one holding
+    them all, unless that is the file system's root or a home folder (then only the first few)."""
+    folders = sorted({str(Path(p).resolve().parent) for p in image_paths})
+    if len(folders) <= MANY_FOLDERS:
+        return folders
+    common = Path(os.path.commonpath(folders))
+    if len(common.parts) > 2 and common != Path.home():
+        return [str(common)]
+    print(f"fsl demo: catalog photos lie in {len(folders)} folders; only those of the first {MANY_FOLDERS} are shown")
+    return folders[:MANY_FOLDERS]
 
 
 def check_port_free(host: str, port: int) -> None:
