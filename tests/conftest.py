@@ -149,3 +149,32 @@ def twelve_classes(tmp_path_factory):
         benchmarks={"val-2w5s": ("val", 2, 5), "novel-5w5s": ("novel", 5, 5), "novel-allway-5s": ("novel", None, 5)},
     )
     return root, catalog
+
+
+TINY_PROBE = """name: linear-probe-image
+method: linear_probe
+method_options: {init: prototypes, C: 10}
+fusion: image
+encoder: {name: clip, model: FSL-Tiny, pretrained: none}
+"""
+
+
+@pytest.fixture(scope="session")
+def own_folders(small_dump, tmp_path_factory):
+    """support/ (3 categories x 4 photos) and query/ (3 of each, and 3 of a fourth category)."""
+    from fsl.data.prepared import load_catalog
+
+    root = tmp_path_factory.mktemp("own")
+    catalog = load_catalog(small_dump)
+    classes = sorted(set(catalog.labels()))
+    for index, name in enumerate(classes):
+        photos = [p for p, label in zip(catalog.image_paths, catalog.labels()) if label == name]
+        if index < 3:
+            (root / "support" / name).mkdir(parents=True)
+            for photo in photos[:4]:
+                shutil.copy(photo, root / "support" / name / photo.name)
+        (root / "query").mkdir(exist_ok=True)
+        for photo in photos[4:7]:
+            shutil.copy(photo, root / "query" / photo.name)
+    (root / "tiny.yaml").write_text(TINY_PROBE)
+    return root

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -277,3 +278,149 @@ def test_your_own_categories_through_an_adapted_tower(slice_, tmp_path):
     assert len(answers) == 3 and all(a.best in set(products["articleType"]) for a in answers)
     said = classifier.describe()  # the offline tower's shipped calibration is not borrowed for another tower
     assert said.startswith("head linear-probe-image, encoder adapted:") and "uncalibrated" in said
+
+
+# Nothing silently wrong in what adaptation derives ---------------------------------------------------
+
+
+@pytest.fixture
+def own_store(slice_, tmp_path):
+    """A copy of the slice's offline store and its activations, free to damage."""
+    import shutil
+
+    root, catalog, _ = slice_
+    return shutil.copytree(root / "offline-store", tmp_path / "store")
+
+
+@pytest.mark.parametrize("damage", ["nan", "truncated", "other shape", "flipped bytes"])
+def test_damaged_activations_are_computed_again_never_used(slice_, own_store, offline_encoder, damage, capsys):
+    from fsl.store.activations import activations_path
+
+    _, catalog, good = slice_
+    path = activations_path(catalog, 1, own_store)
+    if damage == "nan":
+        rows = np.load(path, mmap_mode="r+")
+        rows[5, 0, 0, 0] = np.nan
+        rows.flush()
+        del rows
+    elif damage == "truncated":
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size // 2)
+    elif damage == "other shape":
+        np.save(path, np.zeros((len(catalog), 4, 7, 7), dtype=np.float16))
+    else:
+        data = bytearray(path.read_bytes())
+        data[-100:] = bytes(100)
+        path.write_bytes(bytes(data))
+    again = cached_activations(catalog, offline_encoder, 1, own_store, progress=False)
+    assert "are damaged" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(good))
+
+
+def test_an_adaptation_with_bad_weights_is_refused_by_name(slice_, tmp_path, offline_encoder):
+    import copy
+
+    from safetensors.torch import save_file
+
+    from fsl.encoders.adapted import adapted_top
+
+    run(slice_, tmp_path)
+    folder = tmp_path / "adapt" / "tiny" / "best"
+    state = load_file(str(folder / WEIGHTS_FILE))
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    for label, changed in (
+        ("NaN or infinite", {**state, key: torch.full_like(state[key], float("nan"))}),
+        ("does not fit", {k: v for k, v in state.items() if k != key}),
+        ("does not fit", {**state, key: torch.zeros(3, 3)}),
+    ):
+        save_file(changed, str(folder / WEIGHTS_FILE))
+        with pytest.raises(FslError, match=label):
+            weights, meta = load_adaptation(folder)
+            adapted_top(copy.deepcopy(offline_encoder.image_model), weights, meta["cut"], folder)
+
+
+def test_verify_rebuilds_an_adapted_store_with_nan_rows_and_a_damaged_view_cache(slice_, own_store, tmp_path, capsys):
+    from fsl.episodes.shift import view_image_features
+    from fsl.store.features import array_record
+    from fsl.store.rows import store_features
+
+    _, catalog, _ = slice_
+    run(slice_, tmp_path)
+    config = EncoderConfig("adapted", pretrained=str(tmp_path / "adapt" / "tiny" / "best"))
+    store = open_store(catalog, config, own_store)
+    clean = np.array(store.image)
+    rows = np.load(store.path / "image.npy", mmap_mode="r+")  # NaN written where the checksum cannot see it
+    rows[7] = np.nan
+    rows.flush()
+    del rows
+    manifest = json.loads((store.path / "manifest.json").read_text())
+    manifest["arrays"]["image"] = array_record(store.path / "image.npy")
+    (store.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FslError, match="fsl embed --verify"):
+        np.asarray(store_features(open_store(catalog, config, own_store)))
+    verified = open_store(catalog, config, own_store, full_check=True)  # what `fsl embed --verify` runs
+    assert "NaN or infinite values" in capsys.readouterr().err
+    np.testing.assert_allclose(np.asarray(verified.image), clean, atol=1e-6)
+    # a damaged view cache (re-rendered or flipped photos) is computed again, not a traceback
+    ids = catalog.products["id"].to_numpy()[:4]
+    first = view_image_features(verified, catalog, AdaptedEncoder(pretrained=config.pretrained), ids, "flip", False)[1]
+    cache = verified.path / "flip-v1.npz"
+    for payload in (b"", b"PK\x03\x04 not a zip", cache.read_bytes()[:200]):
+        cache.write_bytes(payload)
+        again = view_image_features(verified, catalog, AdaptedEncoder(pretrained=config.pretrained), ids, "flip", False)
+        np.testing.assert_allclose(again[1], first, atol=1e-6)
+        assert "is damaged" in capsys.readouterr().err
+
+
+def test_two_splits_whose_adaptations_kept_the_same_weights_share_a_store(slice_, own_store, tmp_path):
+    import shutil
+
+    from fsl.harness.experiment import check_alignment
+
+    _, catalog, _ = slice_
+    run(slice_, tmp_path)
+    split0 = tmp_path / "adapt" / "tiny" / "best"
+    split1 = tmp_path / "adapt" / "split1" / "tiny" / "best"
+    shutil.copytree(split0, split1)  # the same frozen-start weights, trained (and kept) on split 1
+    meta = json.loads((split1 / "adapt.json").read_text())
+    (split1 / "adapt.json").write_text(json.dumps({**meta, "split_seed": 1}))
+    first = open_store(catalog, EncoderConfig("adapted", pretrained=str(split1)), own_store)
+    second = open_store(catalog, EncoderConfig("adapted", pretrained=str(split0)), own_store)
+    assert first.path == second.path and second.manifest["adaptation"]["split_seeds"] == [0, 1]
+
+    class Split:
+        name = "novel-5w5s"
+
+        def __init__(self, seed):
+            self.meta = {"split_seed": seed}
+
+    check_alignment(second, Split(0))
+    check_alignment(second, Split(1))
+    with pytest.raises(FslError, match="split seed 0 or 1; episode set 'novel-5w5s' comes from split seed 2"):
+        check_alignment(second, Split(2))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [({"batch_size": 100_000}, "batch_size 100000 is more than the products"),
+     ({"objective": "episodic", "n_way": 50}, "n_way 50 is more than the classes")],
+)  # fmt: skip
+def test_steps_larger_than_the_split_are_refused_before_the_activations_are_cached(
+    slice_, tmp_path, change, message, monkeypatch
+):
+    monkeypatch.setattr(fsl.harness.adapt, "cached_activations", lambda *a, **k: pytest.fail("cached first"))
+    with pytest.raises(FslError, match=message):
+        run(slice_, tmp_path, dataclasses.replace(TINY, **change))
+
+
+def test_a_step_too_large_for_memory_is_refused_before_it_runs(slice_, offline_encoder, monkeypatch):
+    from types import SimpleNamespace
+
+    from fsl.harness.adapt import check_step_memory, trainable_top
+
+    _, _, activations = slice_
+    model = trainable_top(offline_encoder, TINY)
+    check_step_memory(model, activations, "batch_size", 16)  # fits
+    monkeypatch.setattr(fsl.harness.adapt.psutil, "virtual_memory", lambda: SimpleNamespace(available=2**30))
+    with pytest.raises(FslError, match=r"batch_size = 5000 products a step needs about .* GiB; 1.0 GiB is available"):
+        check_step_memory(model, activations, "batch_size", 5000)

@@ -24,14 +24,9 @@ from fsl.harness.experiment import head_for_features
 from fsl.harness.open_set import known_scores, mahalanobis, nearest_support
 from fsl.paths import SHIPPED_CALIBRATION_DIR
 from fsl.store.content import ContentCache
+from tests.conftest import TINY_PROBE
 
 TINY = EncoderConfig("clip", "FSL-Tiny", "none")
-TINY_PROBE = """name: linear-probe-image
-method: linear_probe
-method_options: {init: prototypes, C: 10}
-fusion: image
-encoder: {name: clip, model: FSL-Tiny, pretrained: none}
-"""
 
 
 # The "none of these" scores ------------------------------------------------------------------------
@@ -100,27 +95,6 @@ def test_calibrating_on_the_support_separates_taught_from_held_out_categories():
 
 
 # One classifier behind the CLI, the demo and the API ------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def own_folders(small_dump, tmp_path_factory):
-    """support/ (3 categories x 4 photos) and query/ (3 of each, and 3 of a fourth category)."""
-    from fsl.data.prepared import load_catalog
-
-    root = tmp_path_factory.mktemp("own")
-    catalog = load_catalog(small_dump)
-    classes = sorted(set(catalog.labels()))
-    for index, name in enumerate(classes):
-        photos = [p for p, label in zip(catalog.image_paths, catalog.labels()) if label == name]
-        if index < 3:
-            (root / "support" / name).mkdir(parents=True)
-            for photo in photos[:4]:
-                shutil.copy(photo, root / "support" / name / photo.name)
-        (root / "query").mkdir(exist_ok=True)
-        for photo in photos[4:7]:
-            shutil.copy(photo, root / "query" / photo.name)
-    (root / "tiny.yaml").write_text(TINY_PROBE)
-    return root
 
 
 def test_the_same_support_gives_the_same_answers_in_predict_the_demo_and_the_api(own_folders, tmp_path, monkeypatch):
