@@ -328,6 +328,12 @@ def test_an_adaptation_with_bad_weights_is_refused_by_name(slice_, tmp_path, off
     folder = tmp_path / "adapt" / "tiny" / "best"
     state = load_file(str(folder / WEIGHTS_FILE))
     key = next(k for k, v in state.items() if v.is_floating_point())
+    save_file({**state, key: state[key] * 1.01}, str(folder / WEIGHTS_FILE))  # finite, right shapes, other bytes
+    with pytest.raises(FslError, match="does not match the sha256 recorded"):
+        load_adaptation(folder)
+    meta = json.loads((folder / "adapt.json").read_text())
+    del meta["weights_sha256"]  # as adaptations saved before it was recorded: the other checks still hold
+    (folder / "adapt.json").write_text(json.dumps(meta))
     for label, changed in (
         ("NaN or infinite", {**state, key: torch.full_like(state[key], float("nan"))}),
         ("does not fit", {k: v for k, v in state.items() if k != key}),

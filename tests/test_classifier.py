@@ -85,13 +85,15 @@ def test_an_empty_classifier_is_not_saved(own_folders, tmp_path):
 
 @pytest.mark.parametrize(
     "damage",
-    ["empty file", "nan", "inf", "wrong length", "float64", "2-d", "zero vector", "not unit length", "text file"],
-)
+    ["empty file", "nan", "inf", "wrong length", "float64", "2-d", "zero vector", "not unit length", "text file",
+     "plain npy", "sign flipped", "no vector"],
+)  # fmt: skip
 def test_a_bad_cache_entry_is_embedded_again_with_a_note(classifier, own_folders, damage, capsys):
     photos = queries(own_folders)
     clean = labels_of(classifier.predict(photos))
-    entry = next(classifier.cache.folder.glob("*.npy"))
-    good = np.load(entry)
+    entry = next(classifier.cache.folder.glob("*.npz"))
+    with np.load(entry) as stored:
+        good = stored["vector"]
     bad = {
         "nan": np.where(np.arange(len(good)) == 3, np.nan, good).astype(np.float32),
         "inf": np.where(np.arange(len(good)) == 0, np.inf, good).astype(np.float32),
@@ -105,15 +107,25 @@ def test_a_bad_cache_entry_is_embedded_again_with_a_note(classifier, own_folders
         entry.write_bytes(b"")
     elif damage == "text file":
         entry.write_text("hello")
+    elif damage == "plain npy":
+        with open(entry, "wb") as f:
+            np.save(f, good)
+    elif damage == "sign flipped":  # still a finite unit vector: only the zip's CRC-32 sees it
+        data = bytearray(entry.read_bytes())
+        at = data.index(good[0].tobytes()) + 3  # the high byte of the first value
+        data[at] ^= 0x80
+        entry.write_bytes(bytes(data))
     else:
-        np.save(entry, bad[damage])
+        with open(entry, "wb") as f:
+            np.savez(f, **({"other": good} if damage == "no vector" else {"vector": bad[damage]}))
     capsys.readouterr()
     again = FewShotClassifier.from_folder(
         own_folders / "support", classifier.config, cache_root=classifier.cache.folder.parent
     )
     assert labels_of(again.predict(photos)) == clean
     assert again.cache.repaired == 1 and "are bad" in capsys.readouterr().err
-    np.testing.assert_array_equal(np.load(entry), good)  # healed: the next run reads it as it was
+    with np.load(entry) as healed:  # the next run reads it as it was
+        np.testing.assert_array_equal(healed["vector"], good)
 
 
 # Saved calibrations ---------------------------------------------------------------------------------

@@ -361,3 +361,25 @@ def test_a_second_visitor_saving_under_a_taken_name_is_refused_and_the_first_set
     status, archive, _ = second.predict("taken-name", api_name="/save")
     assert "exists already" in status and archive is None
     assert sorted(p.name for p in (backend.saved_root / "taken-name").iterdir()) == ["Bags", "Watches"]
+
+
+def test_a_dump_whose_photos_are_links_is_served_from_where_they_lie(tmp_path):
+    """Gradio resolves a link before it checks the path against the folders it may serve: a dump of
+    linked photos (a dataset cache, git-annex) needs the folders the links point into."""
+    import os
+
+    from gradio.utils import is_allowed_file
+
+    from fsl.apps.demo.layout import MANY_FOLDERS, photo_folders
+
+    (tmp_path / "objects").mkdir()
+    (tmp_path / "dump" / "images").mkdir(parents=True)
+    links = []
+    for i in range(3):
+        Image.new("RGB", (32, 32), "red").save(tmp_path / "objects" / f"{i}.jpg")
+        links.append(tmp_path / "dump" / "images" / f"{i}.jpg")
+        os.symlink(tmp_path / "objects" / f"{i}.jpg", links[-1])
+    assert not is_allowed_file(links[0], [], [str(links[0].parent)], [])[0]  # images/ alone is refused
+    assert all(is_allowed_file(link, [], photo_folders(links), [])[0] for link in links)
+    scattered = [tmp_path / "objects" / f"k{i}" / "p.jpg" for i in range(MANY_FOLDERS + 1)]
+    assert photo_folders(scattered) == [str((tmp_path / "objects").resolve())]  # many folders: the one above

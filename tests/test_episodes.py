@@ -324,3 +324,23 @@ def test_an_episode_file_replaced_by_another_valid_draw_is_refused_by_its_record
     shutil.copy(next(p for p in other if p.name == path.name), path)
     with pytest.raises(FslError, match="is not the .* recorded when it was drawn"):
         load_episode_set(config, catalog, "novel-5w5s", episodes_root)
+
+
+def test_an_episode_file_without_a_recorded_digest_is_said_to_be_unverified(twelve_classes, tmp_path, capsys):
+    import shutil
+    from pathlib import Path
+
+    from fsl.config import EncoderConfig, ExperimentConfig
+    from fsl.harness.experiment import load_episode_set
+    from fsl.paths import episode_digests_path
+
+    root, catalog = twelve_classes
+    config = ExperimentConfig(name="pn", encoder=EncoderConfig("clip", "FSL-Tiny", "none"))
+    episodes_root = Path(shutil.copytree(root / "episodes", tmp_path / "episodes"))
+    capsys.readouterr()
+    load_episode_set(config, catalog, "novel-5w5s", episodes_root)
+    assert "unverified" not in capsys.readouterr().err
+    episode_digests_path(catalog, episodes_root).unlink()
+    load_episode_set(config, catalog, "novel-5w5s", episodes_root)
+    load_episode_set(config, catalog, "novel-5w5s", episodes_root)
+    assert capsys.readouterr().err.count("novel-5w5s.npz is unverified") == 1  # said once, not per load

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -336,3 +337,27 @@ def test_a_short_write_is_a_message_naming_the_file(tmp_path):
         with atomic_path(target):
             raise OSError("600 requested and 496 written")
     assert not target.exists() and not list(tmp_path.iterdir())
+
+
+def test_every_file_of_the_images_folder_has_a_row(own_folders, tmp_path, monkeypatch):
+    import os
+
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FSL_DATA", raising=False)
+    images = shutil.copytree(own_folders / "query", tmp_path / "images")
+    photo = Image.open(next(images.iterdir())).convert("RGB")
+    photo.save(images / "still.gif")
+    photo.save(images / "scan.tif")
+    (images / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    os.symlink(images / "gone.jpg", images / "dangling.jpg")
+    Image.fromarray(np.asarray(photo.convert("L"), dtype=np.uint16) * 257).save(images / "deep.png")
+    assert main(["predict", "--support", str(own_folders / "support"), "--images", str(images),
+                 "--config", str(own_folders / "tiny.yaml"), "--out", "p.csv"]) == 0  # fmt: skip
+    rows = pd.read_csv("p.csv", keep_default_na=False).set_index("file")
+    assert len(rows) == len(list(images.iterdir())) and list(rows.index) == sorted(rows.index)
+    assert rows.loc["phone.heic", "error"].startswith("not a photo fsl reads (.heic)")
+    assert "broken or looping link" in rows.loc["dangling.jpg", "error"]
+    for readable in ("still.gif", "scan.tif", "deep.png"):
+        assert rows.loc[readable, "error"] == "" and rows.loc[readable, "label_1"], readable

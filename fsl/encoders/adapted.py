@@ -106,17 +106,19 @@ class AdaptedEncoder(Encoder):
 
 def save_adaptation(folder: Path, top: ImageTop, meta: dict) -> None:
     """The top's weights (LoRA adapters merged into them) and the sidecar naming encoder, cut, mode,
-    objective and split; a NaN anywhere refuses the save."""
+    objective, split and the weights' sha256; a NaN anywhere refuses the save."""
     state = {k: v.detach().contiguous().clone() for k, v in top.state_dict().items()}
     if any(v.is_floating_point() and not torch.isfinite(v).all() for v in state.values()):
         raise FslError(f"refusing to save {folder}: the adapted weights hold NaN or infinite values")
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp))
-    write_json(folder / SIDECAR_FILE, meta)
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    write_json(folder / SIDECAR_FILE, {**meta, "weights_sha256": digest})
 
 
 def load_adaptation(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """The top's weights and their sidecar; a missing or damaged one is an error naming the folder."""
+    """The top's weights and their sidecar; a missing or damaged one (its sha256, finite values) is an
+    error naming the folder."""
     folder = Path(folder)
     weights, sidecar = folder / WEIGHTS_FILE, folder / SIDECAR_FILE
     if not (weights.is_file() and sidecar.is_file()):
@@ -131,6 +133,9 @@ def load_adaptation(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     if meta["towers"] != TOWERS:
         raise FslError(f"{folder} adapts the towers {meta['towers']!r}, not {TOWERS!r}")
     check_cut(meta["cut"])
+    recorded = meta.get("weights_sha256")  # (absent from adaptations saved before it was recorded)
+    if recorded is not None and hashlib.sha256(weights.read_bytes()).hexdigest() != recorded:
+        raise FslError(f"{weights} does not match the sha256 recorded in {SIDECAR_FILE}; it is damaged. Adapt again")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as error:

@@ -11,13 +11,14 @@ import hashlib
 import json
 import os
 import sys
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from fsl.errors import FslError
-from fsl.files import write_json, write_npy
+from fsl.files import atomic_path, write_json
 from fsl.paths import content_cache_dir
 
 SMALL_BATCH = 64  # below this many photos, decoding in worker processes costs more than it saves
@@ -32,19 +33,24 @@ def text_digest(text: str) -> str:
 
 
 UNIT_NORM_TOLERANCE = 1e-3  # an entry's length may differ from 1 by float32 rounding, never more
+ENTRY_KEY = "vector"  # the one array of an entry's .npz
 DIMS_FILE = "dims.json"  # the vector length of each kind, recorded by the first entries written
 
 
 class ContentCache:
-    """One encoder's features of files and texts, one small .npy per content digest (written
+    """One encoder's features of files and texts, one small .npz per content digest (written
     atomically, so two processes sharing the cache never read half a file). Every entry is checked
-    when read: one float32 unit vector of the encoder's length, finite. A bad entry (what a crash,
-    a full disk or a hand edit leaves) is embedded again, with a note, never used."""
+    when read: its zip CRC-32 (a flipped byte), then one float32 unit vector of the encoder's length,
+    finite. A bad entry (what a crash, a full disk or a hand edit leaves) is embedded again, with a
+    note, never used."""
 
     def __init__(self, encoder, root: str | os.PathLike | None = None):
         self.encoder = encoder  # an Encoder or LazyEncoder: built only on a miss
         self.folder = content_cache_dir(encoder.id, root)
         self.hits = self.misses = self.repaired = 0
+
+    def entry(self, digest: str) -> Path:
+        return self.folder / f"{digest}.npz"
 
     def _dims(self) -> dict[str, int]:
         """{"image": n, "text": m} as recorded by this cache's first writes ({} before any)."""
@@ -64,13 +70,14 @@ class ContentCache:
     def _read(self, digest: str, kind: str, dim: int | None) -> np.ndarray | None:
         """The entry of `digest`, or None when there is none or it is bad (then said, to be redone);
         `dim` is known whenever an entry exists (_cached)."""
-        path = self.folder / f"{digest}.npy"
+        path = self.entry(digest)
         if not path.is_file():
             return None
         try:
-            vector = np.load(path, allow_pickle=False)
+            with np.load(path, allow_pickle=False) as entry:
+                vector = entry[ENTRY_KEY]  # read whole, so the zip's CRC-32 is checked
             problem = entry_problem(vector, dim)
-        except (OSError, ValueError, EOFError) as error:
+        except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile) as error:
             problem = f"it cannot be read ({type(error).__name__})"
         if problem is None:
             return vector
@@ -80,7 +87,7 @@ class ContentCache:
 
     def _cached(self, digests: list[str], kind: str) -> tuple[list[np.ndarray | None], list[int]]:
         dim = self._dims().get(kind)
-        if dim is None and any((self.folder / f"{d}.npy").is_file() for d in digests):
+        if dim is None and any(self.entry(d).is_file() for d in digests):
             dim = int(getattr(self.encoder, f"{kind}_dim"))  # entries older than dims.json: ask the encoder once
             self._record_dim(kind, dim)
         found = [self._read(d, kind, dim) for d in digests]
@@ -93,7 +100,8 @@ class ContentCache:
         """The rows of every digest, the `fresh` ones (of the `missing` digests) written to the cache."""
         for i, row in zip(missing, fresh):
             found[i] = row
-            write_npy(self.folder / f"{digests[i]}.npy", row)
+            with atomic_path(self.entry(digests[i])) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **{ENTRY_KEY: row})
         if len(fresh):
             self._record_dim(kind, int(fresh.shape[1]))
         return np.stack(found).astype(np.float32)

@@ -74,7 +74,7 @@ def adapted_store(
     """The catalog's store through an adapted image tower: the adapted top run on the activations cached
     at its cut (computed first if needed), the offline texts as they are; the manifest names the
     splits whose adaptation has these weights, so episodes of another split are refused. A damaged
-    store is derived again (full_check: every byte and value of it and of the activations read)."""
+    store is derived again (full_check: every byte and value of it read; the activations' are, always)."""
     path = store_path(store_root, encoder_id, catalog.fingerprint)
     state, meta = load_adaptation(adaptation)
     warm = sound_derived_store(path, encoder_id, catalog.fingerprint, full_check)
@@ -86,7 +86,7 @@ def adapted_store(
         raise FslError(f"feature store {source.path} rows do not follow the catalog; re-run `fsl embed`")
     encoder = OfflineEncoder()
     top = adapted_top(copy.deepcopy(encoder.image_model), state, meta["cut"], adaptation)
-    activations = cached_activations(catalog, encoder, meta["cut"], store_root, full_check=full_check)
+    activations = cached_activations(catalog, encoder, meta["cut"], store_root)
 
     def image_through_top(key: str, block: np.ndarray, start: int) -> np.ndarray:
         if key == "text":
