@@ -6,7 +6,7 @@ import dataclasses
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -225,6 +225,10 @@ def _build(cls, values: Any, source: str, where: str):
             value = _coerce(key, value)
             _check_value(key, value, source, where)
         kwargs[key] = value
+    required = [f.name for f in dataclasses.fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    absent = [name for name in required if name not in kwargs]
+    if absent:
+        raise FslError(f"{source}: {where}{absent[0]} is missing; it has no default")
     return cls(**kwargs)
 
 

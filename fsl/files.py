@@ -8,7 +8,10 @@ import os
 import re
 import shutil
 import stat
+import struct
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +27,10 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets run as a f
 # the files fsl reads as photos (a GIF or multi-page TIFF: its first frame)
 IMAGE_SUFFIXES = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+# What reading a damaged .npy or .npz can raise (a cut file, a bad CRC-32, a compression method the zip
+# module lacks, a header that is no array, a missing key): each means "damaged", never a traceback.
+ARRAY_READ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, NotImplementedError, zipfile.BadZipFile,
+                     zlib.error, struct.error)  # fmt: skip
 
 
 def check_writable_target(target: Path) -> None:

@@ -232,3 +232,214 @@ def test_mutated_sidecars_are_refused_or_read_as_written(tmp_path):
         assert refused > CASES // 3, source.name
         target.write_bytes(original)
     assert torch.isfinite(next(head.parameters())).all()
+
+
+# The third pass: the Python API and every derived cache ------------------------------------------------
+
+
+def answers_of(classifier, photos) -> list[tuple[str, float]]:
+    return [(a.label, round(a.confidence, 5)) for a in classifier.predict(photos)]
+
+
+def test_mutated_classifier_json_is_refused_or_loads_a_sound_classifier(own_folders, tmp_path):
+    """classifier.json (head, encoder, calibration): a message, or a classifier whose calibration is in
+    range and whose answers are categories or "unknown" with confidences that sum to 1."""
+    from fsl.apps.classifier import FewShotClassifier
+    from fsl.config import load_config
+
+    cache = tmp_path / "cache"
+    classifier = FewShotClassifier.from_folder(own_folders / "support", load_config(own_folders / "tiny.yaml"),
+                                               cache_root=cache)  # fmt: skip
+    classifier.calibrate_on_support(score="energy")
+    folder = classifier.save(tmp_path / "saved")
+    photos = sorted((own_folders / "query").iterdir())[:4]
+    original = (folder / "classifier.json").read_bytes()
+    record = json.loads(original)
+    rng = np.random.default_rng(SEED + 5)
+    values = [None, True, -1, 0, 10**400, 1.5, "x", [], {}, float("nan"), float("inf")]
+    outcomes = {"loaded": 0, "message": 0}
+    for case in range(CASES):
+        if case % 2:
+            payload = mutated(original, rng)
+        else:  # one value of the calibration (or one of the three parts) replaced
+            edited = json.loads(original)
+            part = edited["calibration"] if rng.random() < 0.7 else edited
+            key = list(part)[int(rng.integers(0, len(part)))]
+            part[key] = values[int(rng.integers(0, len(values)))]
+            payload = json.dumps(edited).encode()
+        (folder / "classifier.json").write_bytes(payload)
+        try:
+            loaded = FewShotClassifier.load(folder, cache_root=cache)
+            answers = loaded.predict(photos)
+        except FslError:
+            outcomes["message"] += 1
+            continue
+        outcomes["loaded"] += 1
+        if loaded.calibration is not None:
+            assert np.isfinite(loaded.calibration.temperature) and loaded.calibration.temperature > 0
+            assert np.isfinite(loaded.calibration.threshold)
+        for answer in answers:
+            assert answer.label in [*loaded.classes, "unknown"]
+            assert abs(sum(c for _, c in answer.top) - 1) < 1e-4
+    assert outcomes["message"] > CASES // 3 and outcomes["loaded"] > 0, outcomes
+    (folder / "classifier.json").write_bytes(original)
+    assert FewShotClassifier.load(folder, cache_root=cache).calibration.threshold == record["calibration"]["threshold"]
+
+
+def test_mutated_calibrations_in_the_users_cache_are_refused_or_in_range(tmp_path):
+    """A calibration under $FSL_CACHE is found by what it was fitted for: a damaged one is a message
+    naming it, never a temperature or threshold out of range."""
+    from fsl.harness.calibration import find_calibration
+
+    shipped = next((Path(__file__).resolve().parents[1] / "fsl" / "calibration").glob("*.json"))
+    original = shipped.read_bytes()
+    key = json.loads(original)["key"]
+    rng = np.random.default_rng(SEED + 6)
+    refused = 0
+    for payload in sidecar_cases(original, rng):
+        (tmp_path / "mine.json").write_bytes(payload)
+        try:
+            found = find_calibration(key, tmp_path)
+        except FslError as error:
+            assert "mine.json" in str(error)
+            refused += 1
+            continue
+        if found is not None:
+            assert found.temperature > 0 and np.isfinite(found.temperature) and np.isfinite(found.threshold)
+            assert found.score != "max-softmax" or 0 <= found.threshold <= 1
+    assert refused > CASES // 3
+
+
+def test_mutated_content_cache_entries_are_embedded_again_never_used(own_folders, tmp_path):
+    """Any edit of a cached vector (a crash, a full disk, a flipped bit) is seen: the photo's features
+    are always those of a clean run."""
+    from fsl.apps.classifier import FewShotClassifier
+    from fsl.config import load_config
+
+    classifier = FewShotClassifier(load_config(own_folders / "tiny.yaml"), cache_root=tmp_path / "cache")
+    photo = sorted((own_folders / "query").iterdir())[0]
+    clean = classifier.embed_photos([photo])
+    entry = next(classifier.cache.folder.glob("*.npz"))
+    original = entry.read_bytes()
+    rng = np.random.default_rng(SEED + 7)
+    for _ in range(CASES):
+        entry.write_bytes(mutated(original, rng))
+        np.testing.assert_array_equal(classifier.embed_photos([photo]), clean)
+    assert classifier.cache.repaired >= CASES * 0.9  # a mutation that leaves the bytes as they were is the rest
+
+
+def test_mutated_activations_are_always_seen(small_dump, offline_encoder, tmp_path):
+    """The cached activations at the cut: any change of their bytes is damage, found on open."""
+    from fsl.data.prepared import load_catalog
+    from fsl.store.activations import activation_shape, activations_path, activations_problem, cached_activations
+
+    catalog = load_catalog(small_dump)
+    cached_activations(catalog, offline_encoder, 1, tmp_path / "store", progress=False)
+    path = activations_path(catalog, 1, tmp_path / "store")
+    shape = (len(catalog), *activation_shape(offline_encoder, 1))
+    original = path.read_bytes()
+    assert activations_problem(path, shape) is None
+    rng = np.random.default_rng(SEED + 8)
+    for _ in range(CASES):
+        payload = mutated(original, rng)
+        path.write_bytes(payload)
+        assert payload == original or activations_problem(path, shape) is not None
+    path.write_bytes(original)
+
+
+def test_mutated_adaptations_are_refused_or_load_their_exact_weights(tmp_path, offline_encoder):
+    """top.safetensors and adapt.json: a message, or the very weights that were saved."""
+    import copy
+
+    import torch
+
+    from fsl.encoders.adapted import ImageTop, adapted_top, load_adaptation, save_adaptation
+
+    top = ImageTop(copy.deepcopy(offline_encoder.image_model), 1)
+    meta = {"towers": "offline:efficientnet-lite0+all-MiniLM-L6-v2", "cut": 1, "mode": "full", "objective": "episodic",
+            "split_seed": 0, "label_column": "articleType", "catalog_fingerprint": "fp"}  # fmt: skip
+    save_adaptation(tmp_path / "best", top, meta)
+    saved = {k: v.clone() for k, v in top.state_dict().items()}
+    rng = np.random.default_rng(SEED + 9)
+    for name in ("top.safetensors", "adapt.json"):
+        file = tmp_path / "best" / name
+        original = file.read_bytes()
+        cases = (
+            (mutated(original, rng) for _ in range(CASES)) if name.endswith("tensors") else sidecar_cases(original, rng)
+        )
+        refused = 0
+        for payload in cases:
+            file.write_bytes(payload)
+            try:
+                state, loaded_meta = load_adaptation(tmp_path / "best")
+                loaded = adapted_top(copy.deepcopy(offline_encoder.image_model), state, loaded_meta["cut"], file.parent)
+            except FslError:
+                refused += 1
+                continue
+            for key, value in loaded.state_dict().items():
+                assert torch.equal(value, saved[key]), key
+        assert refused > CASES // 3, name
+        file.write_bytes(original)
+
+
+def test_mutated_view_caches_are_computed_again(twelve_classes, tiny_clip, tmp_path):
+    """The features of a view (re-rendered, flipped photos) cached beside a store: any damage is said
+    and the view computed again; what comes back equals a clean run."""
+    import shutil
+
+    from fsl.episodes.shift import view_image_features
+    from fsl.store.features import FeatureStore
+
+    root, catalog = twelve_classes
+    store_dir = next((root / "store").iterdir())
+    store = FeatureStore.open(shutil.copytree(store_dir, tmp_path / store_dir.name))
+    ids = catalog.products["id"].to_numpy()[:3]
+    clean = view_image_features(store, catalog, tiny_clip, ids, "flip", progress=False)[1]
+    cache = store.path / "flip-v1.npz"
+    original = cache.read_bytes()
+    rng = np.random.default_rng(SEED + 10)
+    for _ in range(CASES // 4):  # each damaged case embeds the three photos again
+        cache.write_bytes(mutated(original, rng))
+        got_ids, again = view_image_features(store, catalog, tiny_clip, ids, "flip", progress=False)
+        assert list(got_ids) == sorted(ids)
+        np.testing.assert_allclose(again, clean, atol=1e-6)
+
+
+def random_image(rng: np.random.Generator, mode: str, width: int, height: int):
+    """A Pillow image of `mode`: random pixels (or one flat value), integers and floats over their range."""
+    from PIL import Image
+
+    flat = rng.random() < 0.2
+    deep = {"I": (np.int32, 2**31 - 1), "F": (np.float32, 1.0 if rng.random() < 0.5 else 1e6),
+            "I;16": (np.uint16, 65535), "I;16B": (">u2", 65535)}  # fmt: skip
+    if mode in deep:
+        dtype, top = deep[mode]
+        values = np.full((height, width), top) if flat else rng.uniform(0, top, (height, width))
+        return Image.fromarray(values.astype(dtype))
+    pixels = np.full((height, width, 4), 200, np.uint8) if flat else rng.integers(0, 256, (height, width, 4), np.uint8)
+    return Image.fromarray(pixels, "RGBA").convert(mode)
+
+
+def test_random_pil_images_give_an_answer_or_a_message(own_folders, tmp_path):
+    """Photos as Pillow images of a random mode, size and bit depth through FewShotClassifier.predict:
+    an answer among the categories, or an FslError; never another exception."""
+    from fsl.apps.classifier import FewShotClassifier
+    from fsl.config import load_config
+
+    classifier = FewShotClassifier.from_folder(own_folders / "support", load_config(own_folders / "tiny.yaml"),
+                                               cache_root=tmp_path / "cache")  # fmt: skip
+    modes = ["1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
+             "I", "F", "I;16", "I;16B"]  # fmt: skip
+    rng = np.random.default_rng(SEED + 11)
+    outcomes = {"answer": 0, "message": 0}
+    for _ in range(CASES):
+        width, height = (int(v) for v in rng.choice([0, 1, 15, 16, 64, 200, 1500], 2))
+        image = random_image(rng, modes[int(rng.integers(0, len(modes)))], width, height)
+        try:
+            (answer,) = classifier.predict([image])
+        except FslError:
+            outcomes["message"] += 1
+            continue
+        outcomes["answer"] += 1
+        assert answer.best in classifier.classes and np.isfinite(answer.confidence)
+    assert outcomes["answer"] > 10 and outcomes["message"] > 10, outcomes

@@ -6,10 +6,8 @@ import hashlib
 import io
 import json
 import os
-import struct
 import sys
 import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from fsl.episodes.near_duplicates import NearDuplicates
 from fsl.episodes.sampler import Episodes, EpisodeSampler
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
-from fsl.files import read_json, write_bytes
+from fsl.files import ARRAY_READ_ERRORS, read_json, write_bytes
 
 SAMPLER_VERSION = 2  # 2: queries never share a near-duplicate group with their episode's support
 
@@ -123,17 +121,7 @@ class EpisodeSet:
                 int(meta["q_query"]),
             )
             episode_set = cls(str(meta.pop("name")), episodes, meta, file_digest(payload))
-        except (
-            OSError,
-            ValueError,
-            KeyError,
-            TypeError,
-            EOFError,
-            NotImplementedError,  # a compression method the zip module lacks
-            zipfile.BadZipFile,
-            zlib.error,
-            struct.error,
-        ) as error:
+        except ARRAY_READ_ERRORS as error:
             raise _damaged(path, f"it cannot be read ({type(error).__name__}: {str(error)[:120]})") from None
         episode_set.check_structure(path)
         if catalog_fingerprint is not None:

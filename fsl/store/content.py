@@ -11,14 +11,13 @@ import hashlib
 import json
 import os
 import sys
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from fsl.errors import FslError
-from fsl.files import atomic_path, write_json
+from fsl.files import ARRAY_READ_ERRORS, atomic_path, write_json
 from fsl.paths import content_cache_dir
 
 SMALL_BATCH = 64  # below this many photos, decoding in worker processes costs more than it saves
@@ -77,7 +76,7 @@ class ContentCache:
             with np.load(path, allow_pickle=False) as entry:
                 vector = entry[ENTRY_KEY]  # read whole, so the zip's CRC-32 is checked
             problem = entry_problem(vector, dim)
-        except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile) as error:
+        except ARRAY_READ_ERRORS as error:
             problem = f"it cannot be read ({type(error).__name__})"
         if problem is None:
             return vector

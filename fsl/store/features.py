@@ -13,7 +13,6 @@ import shutil
 import socket
 import sys
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +24,16 @@ from tqdm.auto import tqdm
 from fsl.data.catalog import DEFAULT_TEXT_TEMPLATE, Catalog
 from fsl.encoders.base import Encoder
 from fsl.errors import FslError
-from fsl.files import atomic_path, check_record, disk_error, read_json, remove_stale_temp_files, write_json, write_npy
+from fsl.files import (
+    ARRAY_READ_ERRORS,
+    atomic_path,
+    check_record,
+    disk_error,
+    read_json,
+    remove_stale_temp_files,
+    write_json,
+    write_npy,
+)
 from fsl.paths import FEATURES_ROOT, store_path
 
 STORE_VERSION = 2  # 2: checksums, dtype and row count in the manifest
@@ -85,7 +93,7 @@ class FeatureStore:
         try:
             with np.load(cache_file) as cached_arrays:
                 cached = dict(cached_arrays)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        except ARRAY_READ_ERRORS:
             cached = {}  # no cache yet, or a damaged one: it is only a cache
         keys = [hashlib.sha256(t.encode()).hexdigest()[:32] for t in texts]
         missing = list(dict.fromkeys(t for t, k in zip(texts, keys) if k not in cached))
@@ -516,7 +524,7 @@ def _check_chunks(path: Path, manifest: dict, n_chunks: int, chunk_size: int, ch
                         raise ValueError(f"{key} has shape {block.shape}, expected {(rows, dim)}")
                     if not np.isfinite(block).all():
                         raise ValueError(f"{key} holds NaN or infinite values")
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        except ARRAY_READ_ERRORS as error:
             chunk_file(i).unlink(missing_ok=True)
             raise FslError(
                 f"chunk {i} of {path} is damaged ({error}); it was removed: run `fsl embed` again to redo it"

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import sys
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from fsl.errors import FslError
-from fsl.files import atomic_path
+from fsl.files import ARRAY_READ_ERRORS, atomic_path
 from fsl.store.features import FeatureStore, non_finite_rows
 
 
@@ -109,7 +108,7 @@ def _read_cached(cache: Path, key: str) -> tuple[np.ndarray, np.ndarray | None]:
             and len(non_finite_rows(values)) == 0
         )
         problem = None if sound else "ids not sorted and unique, or rows missing or not finite"
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
+    except ARRAY_READ_ERRORS as error:
         problem = f"it cannot be read: {type(error).__name__}"
     if problem is None:
         return ids, values
