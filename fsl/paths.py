@@ -9,7 +9,28 @@ import re
 from pathlib import Path
 from typing import Protocol
 
-CACHE_DIR = Path(os.environ.get("FSL_CACHE", ".fsl"))  # feature stores, reports, the synthetic sample
+import platformdirs
+
+LEGACY_CACHE_DIR = Path(".fsl")  # where fsl kept its caches before: the folder it ran from
+USER_CACHE_DIR = Path(platformdirs.user_cache_dir("fsl", appauthor=False))  # ~/.cache/fsl on Linux
+
+
+def cache_dir() -> tuple[Path, str]:
+    """Where every cache lives (feature stores, embeddings of your photos, ONNX exports, reports), and
+    a note when it is not where the docs say: $FSL_CACHE when set; else a ./.fsl an older fsl left in
+    the folder it runs from (used as it is: nothing is moved silently); else the platform's user cache
+    folder, as pip, torch hub and Hugging Face use, so every working folder shares one cache."""
+    if os.environ.get("FSL_CACHE"):
+        return Path(os.environ["FSL_CACHE"]), ""
+    if LEGACY_CACHE_DIR.is_dir():
+        return LEGACY_CACHE_DIR, (
+            f"fsl: note: using the caches in {LEGACY_CACHE_DIR.resolve()}, where an older fsl kept them; the "
+            f"default is now {USER_CACHE_DIR}, shared by every folder (move them there, or set FSL_CACHE)"
+        )
+    return USER_CACHE_DIR, ""
+
+
+CACHE_DIR, CACHE_NOTE = cache_dir()  # feature stores, reports, the synthetic sample, your photos' features
 FEATURES_ROOT = CACHE_DIR / "features"
 ONNX_DIR = CACHE_DIR / "onnx"
 SAMPLE_DIR = CACHE_DIR / "sample"

@@ -12,6 +12,9 @@ import pandas as pd
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub on CI: fail fast, never retry
+# Each test's caches in the folder it runs from, as the tests were written (and never in the user's own
+# cache): a test that moves to an empty folder starts cold. The default (the user cache) has its own test.
+os.environ["FSL_CACHE"] = ".fsl"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared/data/fashion-product-images"
 SYNTHETIC = "synthetic"  # FSL_TEST_DATA=synthetic: run on the drawn sample even where real data is present
 NEEDS_REAL_DATA = (

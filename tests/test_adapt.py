@@ -430,3 +430,43 @@ def test_a_step_too_large_for_memory_is_refused_before_it_runs(slice_, offline_e
     monkeypatch.setattr(fsl.harness.adapt.psutil, "virtual_memory", lambda: SimpleNamespace(available=2**30))
     with pytest.raises(FslError, match=r"batch_size = 5000 products a step needs about .* GiB; 1.0 GiB is available"):
         check_step_memory(model, activations, "batch_size", 5000)
+
+
+def test_fsl_eval_runs_while_fsl_adapt_caches_the_activations(slice_, tmp_path):
+    """The activations have their own file and lock: reading the store never waits on their caching."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    from fsl.cli.main import main
+    from fsl.store.activations import activations_path
+
+    root, catalog, _ = slice_
+    store = shutil.copytree(root / "offline-store", tmp_path / "store")
+    partial = activations_path(catalog, 1, store).with_suffix(".partial.npy")
+    for cached in partial.parent.glob("activations-cut1*"):
+        cached.unlink()  # so that the adaptation caches them again
+    (tmp_path / "tiny.yaml").write_text("name: tiny\nsteps: 2\nval_every: 2\nbatch_size: 8\nn_way: 3\nk_shot: 2\n"
+                                        "q_query: 2\nval_episodes: [val-2w5s]\n")  # fmt: skip
+    (tmp_path / "eval.yaml").write_text("name: pn\nmethod: protonet\nfusion: image\nepisodes: [novel-5w5s]\n"
+                                        "encoder: {name: offline}\n")  # fmt: skip
+    folders = ["--data", str(root / "dump"), "--episodes-dir", str(root / "episodes"), "--store-root", str(store)]
+    adapting = subprocess.Popen(
+        [sys.executable, "-m", "fsl.cli", "adapt", str(tmp_path / "tiny.yaml"), *folders, "--out",
+         str(tmp_path / "adapt"), "--runs", str(tmp_path / "runs")],  # fmt: skip
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not partial.is_file() and adapting.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert partial.is_file(), "fsl adapt never started caching"
+        assert main(["eval", str(tmp_path / "eval.yaml"), *folders, "--results", str(tmp_path / "results"),
+                     "--runs", str(tmp_path / "eval-runs")]) == 0  # fmt: skip
+        out, err = adapting.communicate(timeout=300)
+    finally:
+        adapting.kill()
+    assert adapting.returncode == 0, err[-2000:]
+    assert "caching the activations at cut 1" in err and "step 2/2, validation score" in out + err
+    assert list((tmp_path / "results").glob("pn*.csv"))

@@ -361,3 +361,29 @@ def test_every_file_of_the_images_folder_has_a_row(own_folders, tmp_path, monkey
     assert "broken or looping link" in rows.loc["dangling.jpg", "error"]
     for readable in ("still.gif", "scan.tif", "deep.png"):
         assert rows.loc[readable, "error"] == "" and rows.loc[readable, "label_1"], readable
+
+
+def test_caches_default_to_the_user_cache_so_a_second_folder_embeds_nothing(own_folders, tmp_path):
+    """Without FSL_CACHE the caches live in the platform's user cache folder (XDG_CACHE_HOME here), not
+    in the folder fsl runs from; a ./.fsl an older fsl left behind is used as it is, with a note."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("FSL_CACHE", "FSL_DATA")}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), HF_HUB_OFFLINE="1")
+    command = [sys.executable, "-m", "fsl.cli", "predict", "--support", str(own_folders / "support"), "--images",
+               str(own_folders / "query"), "--config", str(own_folders / "tiny.yaml"), "--out", "p.csv"]  # fmt: skip
+    said = {}
+    for folder in ("first", "second", "old"):
+        (tmp_path / folder).mkdir()
+        if folder == "old":
+            (tmp_path / folder / ".fsl").mkdir()
+        run = subprocess.run(command, cwd=tmp_path / folder, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        said[folder] = run.stdout + run.stderr
+    photos = len(list((own_folders / "query").iterdir())) + len(list((own_folders / "support").rglob("*.jpg")))
+    assert f"(0 embeddings cached, {photos} computed)" in said["first"]
+    assert f"({photos} embeddings cached, 0 computed)" in said["second"]
+    assert (tmp_path / "xdg" / "fsl" / "embeddings").is_dir() and not (tmp_path / "first" / ".fsl").exists()
+    assert "where an older fsl kept them" in said["old"] and f"(0 embeddings cached, {photos} computed)" in said["old"]

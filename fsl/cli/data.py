@@ -162,7 +162,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--report",
         default=str(PREPARE_REPORT),
         metavar="CSV",
-        help="where the per-row report goes (default .fsl/prepare-report.csv)",
+        help=f"where the per-row report goes (default {PREPARE_REPORT})",
     )
     prepare.set_defaults(run=cmd_prepare)
 

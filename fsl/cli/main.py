@@ -7,6 +7,7 @@ import sys
 
 from fsl.cli import apps, data, experiments, spaces
 from fsl.errors import FslError
+from fsl.paths import CACHE_NOTE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if CACHE_NOTE:
+        print(CACHE_NOTE, file=sys.stderr)
     try:
         args.run(args)
     except FslError as error:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
-from tqdm.auto import trange
+from tqdm.auto import tqdm, trange
 
 from fsl.config import AdaptConfig, EncoderConfig, ExperimentConfig
 from fsl.data.catalog import Catalog
@@ -374,6 +374,11 @@ def adapt(
                 writer.add_scalar(f"val/{key}", value, step)
             if scores["score"] > best["score"]:
                 best = {**scores, "step": step}
+            tqdm.write(
+                f"{config.name}: step {step}/{config.steps}, validation score {scores['score']:.4f} "
+                f"(best {best['score']:.4f} at step {best['step']}; the frozen start {start_scores['score']:.4f})"
+            )
+            if best["step"] == step:
                 save_adaptation(
                     folder / "best",
                     merged_top(model),

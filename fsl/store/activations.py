@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from fsl.encoders.offline import OfflineEncoder
 from fsl.errors import FslError
 from fsl.files import check_record, read_json, write_json
 from fsl.paths import FEATURES_ROOT, store_path
-from fsl.store.features import RECORD_TYPES, array_record, non_finite_rows, npy_header, writer_lock
+from fsl.store.features import RECORD_TYPES, array_record, file_lock, holder_name, non_finite_rows, npy_header
 from fsl.store.rows import cached_by_id
 
 DTYPE = np.float16
@@ -39,6 +40,13 @@ def activations_path(catalog: Catalog, cut: int, store_root: str | os.PathLike =
 @torch.inference_mode()
 def bottom_activations(encoder: OfflineEncoder, pixels: torch.Tensor, cut: int) -> np.ndarray:
     return image_bottom(encoder.image_model, pixels.to(encoder.device), cut).cpu().numpy().astype(DTYPE)
+
+
+def activations_lock(path: Path):
+    """One writer per activations file, apart from the store's own lock: reading the store (`fsl eval`,
+    `fsl sweep`, the demo) never waits on the caching, which takes minutes."""
+    return file_lock(path.with_suffix(".lock"), wait=False, holder=holder_name("fsl adapt (caching activations)"),
+                     what=f"the cached activations {path}")  # fmt: skip
 
 
 def activation_shape(encoder: OfflineEncoder, cut: int) -> tuple[int, ...]:
@@ -99,7 +107,7 @@ def cached_activations(
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.with_suffix(".partial.npy")
     record_file = final.with_suffix(".progress.json")
-    with writer_lock(final.parent):
+    with activations_lock(final):
         if final.is_file():  # another process finished it while we waited
             return np.load(final, mmap_mode="r")
         record = read_json(record_file, "activations progress") if record_file.is_file() and partial.is_file() else {}
@@ -110,7 +118,14 @@ def cached_activations(
         else:
             out = np.lib.format.open_memmap(partial, mode="w+", dtype=DTYPE, shape=shape)
         paths = catalog.image_paths
-        bar = tqdm(total=shape[0], initial=done, desc=f"activations at cut {cut}", unit="photo", disable=not progress)
+        print(
+            f"fsl: caching the activations at cut {cut} of {shape[0] - done} photo(s), once ({final}); the store "
+            "stays readable meanwhile (fsl eval, sweep, demo). The expected time follows the first chunk",
+            file=sys.stderr,
+        )
+        bar = tqdm(total=shape[0], initial=done, desc=f"activations at cut {cut}", unit="photo",
+                   disable=None if progress else True)  # fmt: skip
+        started = time.perf_counter()
         for start in range(done, shape[0], CHUNK):
             stop = min(start + CHUNK, shape[0])
             row = start
@@ -120,6 +135,13 @@ def cached_activations(
                 bar.update(len(pixels))
             out.flush()
             write_json(record_file, {"rows_done": stop, "shape": list(shape), "cut": cut})
+            if start == done and stop < shape[0]:
+                rate = (stop - done) / (time.perf_counter() - started)
+                print(
+                    f"fsl: {rate:.1f} photos/s: about {(shape[0] - stop) / rate / 60:.0f} min more for the "
+                    f"other {shape[0] - stop} (resumable: a stopped run goes on from its last chunk)",
+                    file=sys.stderr,
+                )
         bar.close()
         del out
         write_json(final.with_suffix(".json"), array_record(partial))
@@ -140,7 +162,7 @@ def _sound(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     if problem is None:
         return np.load(path, mmap_mode="r")
     print(f"fsl: the cached activations {path} are damaged ({problem}); computing them again", file=sys.stderr)
-    with writer_lock(path.parent):
+    with activations_lock(path):
         path.unlink(missing_ok=True)
         path.with_suffix(".json").unlink(missing_ok=True)
     return None

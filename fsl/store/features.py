@@ -274,8 +274,9 @@ def _holder_of(handle, patience_s: float = 1.0) -> str:
 
 
 @contextmanager
-def _file_lock(file: Path, shared: bool = False, wait: bool = True, holder: str = "") -> Iterator[None]:
-    """An flock on `file`; the OS drops it when the process dies, even by kill -9."""
+def file_lock(file: Path, shared: bool = False, wait: bool = True, holder: str = "", what: str = "") -> Iterator[None]:
+    """An flock on `file`; the OS drops it when the process dies, even by kill -9. Refused at once
+    (wait=False) it is a message naming `what` is locked (default: the store the file is in) and who holds it."""
     file.parent.mkdir(parents=True, exist_ok=True)
     with open(file, "a+") as handle:
         mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
@@ -284,7 +285,7 @@ def _file_lock(file: Path, shared: bool = False, wait: bool = True, holder: str 
         except BlockingIOError:
             who = _holder_of(handle)
             raise FslError(
-                f"feature store {file.parent} is being written by {who}; wait for it to finish "
+                f"{what or f'feature store {file.parent}'} is being written by {who}; wait for it to finish "
                 "(or stop it), then run the command again"
             ) from None
         if holder:
@@ -298,12 +299,16 @@ def _file_lock(file: Path, shared: bool = False, wait: bool = True, holder: str 
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def holder_name(who: str) -> str:
+    """What a lock's holder writes into it: the command, its pid and host, and since when."""
+    return f"{who} (pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})"
+
+
 def writer_lock(path: Path, rank: int = 0, world_size: int = 1):
     """One writer per store: a second `fsl embed` fails at once, naming the first. The ranks of
     one torchrun job share it (each writes its own chunks)."""
     who = "fsl embed" + (f" rank {rank} of {world_size}" if world_size > 1 else "")
-    holder = f"{who} (pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})"
-    return _file_lock(path / "writer.lock", shared=world_size > 1, wait=False, holder=holder)
+    return file_lock(path / "writer.lock", shared=world_size > 1, wait=False, holder=holder_name(who))
 
 
 def is_complete(path: Path) -> bool:
@@ -357,6 +362,9 @@ def embed_catalog(
     check_embed_options(chunk_size, batch_size, num_workers, rank, world_size)
     path = store_path(root, encoder.id, catalog.fingerprint)
     variants = {v.name: v for v in text_variants}
+    ready = _ready_store(path, catalog, encoder, variants, full_check)
+    if ready is not None:  # nothing to write: no lock, so readers never wait on (or stop) one another
+        return ready
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -368,7 +376,7 @@ def embed_catalog(
         n_chunks = -(-len(catalog) // chunk_size)
         chunk_dir = path / "chunks"
         chunk_file = lambda i: chunk_dir / f"chunk-{i:05d}.npz"  # noqa: E731
-        with _file_lock(path / "join.lock"):
+        with file_lock(path / "join.lock"):
             manifest = _start_manifest(path, catalog, encoder, variants, chunk_size, n_chunks)
             if world_size == 1:  # nobody else writes here: leftovers of a killed run can go
                 remove_stale_temp_files(chunk_dir)
@@ -378,11 +386,29 @@ def embed_catalog(
             _embed_chunks(catalog, encoder, variants, mine, chunk_size, chunk_file, batch_size, num_workers, progress)
         if not join:
             return None
-        with _file_lock(path / "join.lock"):
+        with file_lock(path / "join.lock"):
             if not (_read_manifest(path) or {}).get("complete"):
                 if not all(chunk_file(i).exists() for i in range(n_chunks)):
                     return None
                 _join_chunks(path, manifest, n_chunks, chunk_size, chunk_file)
+    return FeatureStore.open(path, encoder.id, catalog.fingerprint)
+
+
+def _ready_store(path: Path, catalog: Catalog, encoder: Encoder, variants: dict, full_check: bool):
+    """The store at `path` when it is complete, sound and has every text variant, read without the
+    writer lock; None when anything must be written (then embed_catalog takes the lock and looks again)."""
+    try:
+        manifest = _read_manifest(path)
+    except FslError:
+        return None
+    if not manifest or not manifest.get("complete") or manifest.get("version") != STORE_VERSION:
+        return None
+    if any(name not in manifest["text_variants"] for name in variants) or store_problem(path, manifest, full_check):
+        return None
+    if not np.array_equal(np.load(path / "ids.npy"), np.asarray(catalog.ids)):
+        return None
+    if full_check:
+        _say(f"verified every byte and value of {path} against its sha256 checksums")
     return FeatureStore.open(path, encoder.id, catalog.fingerprint)
 
 
