@@ -10,7 +10,7 @@ from pathlib import Path
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
-ANSWERED = ("Best guess", "None of these")
+ANSWERED = ("Best guess", "Unknown")
 
 
 def drive_demo(

@@ -187,7 +187,7 @@ def test_predictions_of_several_clients_run_side_by_side(served, backend, monkey
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(answers) == 4 and all("Best guess" in status or "None of these" in status for _, _, status, _ in answers)
+    assert len(answers) == 4 and all("Best guess" in status or "Unknown" in status for _, _, status, _ in answers)
     assert time.perf_counter() - started < 3.0
 
 
@@ -200,7 +200,7 @@ def test_a_person_in_a_real_browser_teaches_predicts_saves_and_loads(served, bac
     watches = photos(catalog, "Watches")
     shot = tmp_path / "demo.png"
     before, after = drive_demo(url, watches[:4], watches[-1], shot, backend.saved_root / ".zips" / "browser-set.zip")
-    assert any(word in before for word in ("Best guess", "None of these"))
+    assert any(word in before for word in ("Best guess", "Unknown"))
     assert after.split("\n")[0] == before.split("\n")[0]  # the same answer from the categories loaded back
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
@@ -343,7 +343,7 @@ def test_a_category_outside_the_taught_ones_is_none_of_these(served):
     teach(session, "Watches", photos(catalog, "Watches")[:5])
     teach(session, "Bags", photos(catalog, "Handbags")[:5])
     answers = [answer_of(session, q) for q in photos(catalog, "Casual Shoes")[:8]]
-    assert sum(a == "none of these" for a, _, _ in answers) >= 5
+    assert sum(a == "unknown" for a, _, _ in answers) >= 5
     assert all("fitted on validation classes" in status and "offline" in status for _, _, status in answers)
     known = [answer_of(session, q)[0] for q in photos(catalog, "Watches")[5:9] + photos(catalog, "Handbags")[5:9]]
     assert sum(a in ("Watches", "Bags") for a in known) >= 6
@@ -383,3 +383,69 @@ def test_a_dump_whose_photos_are_links_is_served_from_where_they_lie(tmp_path):
     assert all(is_allowed_file(link, [], photo_folders(links), [])[0] for link in links)
     scattered = [tmp_path / "objects" / f"k{i}" / "p.jpg" for i in range(MANY_FOLDERS + 1)]
     assert photo_folders(scattered) == [str((tmp_path / "objects").resolve())]  # many folders: the one above
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_demo(folder: Path, env: dict, *options: str):
+    """`fsl demo` in `folder`, as a user starts it; returns (process, url, what it printed) once it serves."""
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fsl.cli", "demo", "--port", str(port), *options],
+        cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            break
+        lines.append(line)
+        if line.startswith("demo ready"):
+            return process, f"http://127.0.0.1:{port}/", "".join(lines)
+    process.kill()
+    raise AssertionError("fsl demo did not start:\n" + "".join(lines)[-3000:])
+
+
+def test_the_demo_starts_from_an_empty_folder_without_a_catalog_and_answers(own_folders, small_dump, tmp_path):
+    """No dump, no FSL_DATA: Teach and Predict work from uploads; a catalog at hand but not embedded
+    is left as it is (search off, said), never embedded to start."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "FSL_DATA"}
+    env.update(FSL_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    (tmp_path / "empty").mkdir()
+    process, url, said = start_demo(tmp_path / "empty", env, "--model", "FSL-Tiny", "--encoder", "clip",
+                                    "--pretrained", "none")  # fmt: skip
+    try:
+        session = client(url)
+        categories = sorted(p for p in (own_folders / "support").iterdir())
+        for category in categories:
+            status, *_ = teach(session, category.name, sorted(category.iterdir()))
+            assert status.startswith("✅"), status
+        query = sorted((own_folders / "support" / categories[0].name).iterdir())[0]
+        answer, label, status, neighbours = session.predict(
+            gradio_client.handle_file(str(query)), "", TAUGHT, api_name="/predict"
+        )
+        assert label["label"] in {c.name for c in categories} and neighbours == []
+        gallery, status = session.predict(None, "a watch", 4, api_name="/search")
+        assert gallery == [] and "No catalog to search" in status
+    finally:
+        process.kill()
+    env["FSL_DATA"] = str(small_dump)
+    (tmp_path / "with-catalog").mkdir()
+    process, _, said = start_demo(tmp_path / "with-catalog", env, "--model", "FSL-Tiny", "--encoder", "clip",
+                                  "--pretrained", "none")  # fmt: skip
+    process.kill()
+    assert "is not embedded with this encoder" in said and "catalog search and examples are off" in said
+    assert not list((tmp_path / "cache" / "features").glob("*"))  # nothing was embedded

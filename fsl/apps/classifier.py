@@ -328,10 +328,11 @@ class FewShotClassifier:
         self._ready()
         return self.answer_features(self.embed_photos(photos), texts)
 
-    def describe(self) -> str:
-        """Which head, encoder and calibration answer, in words (the first line `fsl predict` prints)."""
+    def describe(self, paths: bool = True) -> str:
+        """Which head, encoder and calibration answer, in words (the first line `fsl predict` prints;
+        `paths`: name the calibration's file, as a terminal may and a web page should not)."""
         if self.calibration is not None:
-            said = self.calibration.describe()
+            said = self.calibration.describe(paths)
         else:
             said = (
                 f'uncalibrated (raw softmax, no "{UNKNOWN}" answer): no calibration was fitted for {self.config.name} '

@@ -173,9 +173,9 @@ class CatalogClassifier:
         )
         return self.calibration.probabilities(logits), scores >= self.calibration.threshold
 
-    def describe(self) -> str:
+    def describe(self, paths: bool = True) -> str:
         if self.calibration:
-            return f"head {self.name}; {self.calibration.describe()}"
+            return f"head {self.name}; {self.calibration.describe(paths)}"
         return (
             f'head {self.name}, uncalibrated (raw softmax, no "{UNKNOWN}" answer): `fsl calibrate` an '
             f"experiment config with this head and fusion ({self.config.method}, {self.config.fusion}) to fit it"

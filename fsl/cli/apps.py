@@ -25,21 +25,40 @@ def cmd_demo(args) -> None:
     from fsl.apps.demo.backend import make_backend
     from fsl.apps.demo.layout import launch
     from fsl.apps.predict import CatalogClassifier
+    from fsl.data.catalog import resolve_data_dir
     from fsl.data.prepared import load_catalog
 
     # Requests are served side by side: one torch thread each is faster per photo and uses half the CPU.
     torch.set_num_threads(1)
     started = time.perf_counter()
 
-    catalog = load_catalog(args.data)
+    # Teach and Predict need no catalog; one at hand (--data, FSL_DATA) adds search once it is embedded
+    # (the demo never embeds a catalog to start); --checkpoint classifies among its classes, so needs it.
+    catalog, why_not = None, ""
+    try:
+        resolve_data_dir(args.data)
+        catalog = load_catalog(args.data)
+    except FslError:
+        if args.checkpoint:
+            raise
+        why_not = "no catalog at hand (--data DIR or FSL_DATA adds search over one)"
     classifier = (
         CatalogClassifier(catalog, args.checkpoint, None, store_root=args.store_root) if args.checkpoint else None
     )
     backend = make_backend(
-        catalog, encoder_config(args), args.store_root, classifier=classifier, calibration_dir=args.calibration_dir
+        catalog,
+        encoder_config(args),
+        args.store_root,
+        classifier=classifier,
+        calibration_dir=args.calibration_dir,
+        embed=classifier is not None,
+        catalog_note=why_not,
     )
-    print(f"demo ready in {time.perf_counter() - started:.1f} s on http://{args.host}:{args.port} (Ctrl+C to stop)")
-    launch(backend, args.host, args.port)
+    if backend.catalog_note:
+        print(f"fsl demo: {backend.catalog_note}")
+    app, url = launch(backend, args.host, args.port, block=False)
+    print(f"demo ready in {time.perf_counter() - started:.1f} s on {url} (Ctrl+C to stop)", flush=True)
+    app.block_thread()
 
 
 def cmd_predict(args) -> None:
@@ -103,8 +122,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
         "demo",
         help="the Gradio app: teach, predict, search",
-        description="Serve the demo: teach new categories from a few photos or texts, "
-        "predict with confidences, search the embedded catalog.",
+        description="Serve the demo: teach new categories from a few photos or texts and predict, with "
+        "confidences and an 'unknown' answer, from nothing but uploads; with a catalog already embedded "
+        "(--data or FSL_DATA, then `fsl embed`), also search it and load example categories from it.",
     )
     add_data_option(demo)
     add_encoder_options(demo)
@@ -117,7 +137,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--calibration-dir",
         metavar="DIR",
         help=f"look up calibrations only in DIR (default: your own in {USER_CALIBRATION_DIR}, then the shipped "
-        f"ones in {SHIPPED_CALIBRATION_DIR}): calibrated confidences and the 'none of these' answer",
+        f"ones in {SHIPPED_CALIBRATION_DIR}): calibrated confidences and the 'unknown' answer",
     )
     demo.set_defaults(run=cmd_demo)
 
@@ -159,7 +179,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--calibration-dir",
         metavar="DIR",
         help=f"look up calibrations only in DIR (default: your own in {USER_CALIBRATION_DIR}, then the shipped "
-        f"ones in {SHIPPED_CALIBRATION_DIR}): calibrated confidences and the 'none of these' answer",
+        f"ones in {SHIPPED_CALIBRATION_DIR}): calibrated confidences and the 'unknown' answer",
     )
     predict.add_argument(
         "--calibrate-on-support",

@@ -88,8 +88,20 @@ class Calibration:
             return f'"{UNKNOWN}" below {self.threshold:.0%} confidence'
         return f'"{UNKNOWN}" when the {self.score} score is below {self.threshold:.4g}'
 
-    def describe(self) -> str:
-        where = f"calibration {self.path}" if self.path else f"calibration {self.config}"
+    def verdict(self, score: float) -> str:
+        """A score beside the threshold, in the rule's terms and with the digits that tell them apart
+        ("93.6% < 94%", not "94%" against "below 94%"; "energy -3.21 < -2.9")."""
+        percent = self.score == "max-softmax"
+        for digits in range(0, 5) if percent else range(2, 8):
+            shown = [f"{v:.{digits}%}" if percent else f"{v:.{digits}g}" for v in (score, self.threshold)]
+            if shown[0] != shown[1]:
+                break
+        relation = "<" if score < self.threshold else ">="
+        return f"{'' if percent else self.score + ' '}{shown[0]} {relation} {shown[1]}"
+
+    def describe(self, paths: bool = True) -> str:
+        """The calibration in words; `paths`: name the file it was read from (not on a web page)."""
+        where = f"calibration {self.path}" if self.path and paths else f"calibration {self.config}"
         return f"{where}, fitted on {self.fitted_on}: temperature {self.temperature:.3g}, {self.rule()}"
 
     def save(self, root: str | os.PathLike = USER_CALIBRATION_DIR) -> Path:

@@ -1,4 +1,5 @@
-"""The demo's shared state: the encoder, the catalog store and its search index, saved category sets."""
+"""The demo's shared state: the encoder, the saved category sets and, where a catalog is already
+embedded, its store and search index (the demo needs neither: teaching and predicting work from uploads)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ from fsl.encoders.base import Encoder
 from fsl.encoders.factory import encoder_from_config
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
-from fsl.harness.calibration import Calibration
-from fsl.paths import DEFAULT_EPISODES_DIR, DEMO_SAVED_DIR, FEATURES_ROOT, split_file
+from fsl.harness.calibration import UNKNOWN, Calibration
+from fsl.paths import DEFAULT_EPISODES_DIR, DEMO_SAVED_DIR, FEATURES_ROOT, split_file, store_path
 from fsl.store.content import ContentCache
-from fsl.store.features import FeatureStore
+from fsl.store.features import FeatureStore, is_complete
 from fsl.store.open import open_store
 
 TAUGHT = "taught categories"
@@ -30,7 +31,9 @@ EXAMPLES_PER_CATEGORY = 5
 MAX_TEXT_LINES = 100  # per teach request: more would hold the queue for everyone
 MAX_TEXT_CHARS = 2000  # per query text
 CONCURRENT_REQUESTS = 8  # predictions and searches served side by side (the model is shared read-only)
-NONE_OF_THESE = "none of these"
+EMBED_RATE = (
+    90  # products embedded per second, for estimates (offline encoder, ONNX Runtime, 2 cores: docs/benchmarks.md)
+)
 MAX_ZIP_BYTES = 200 * 1024 * 1024  # unpacked size of an uploaded category set
 MAX_ZIP_FILES = 2000
 
@@ -41,14 +44,15 @@ class DemoBackend:
     shares), the catalog and its stored features, and the taught categories' classifier."""
 
     encoder: Encoder
-    catalog: Catalog
-    store: FeatureStore
+    catalog: Catalog | None  # None: no catalog at hand, or not embedded (see catalog_note)
+    store: FeatureStore | None
     example_classes: list[str]
     classifier: CatalogClassifier | None = None  # a trained head over the catalog's classes, if given
     calibration: Calibration | None = None  # the default head's, as `fsl predict --support` finds it
     saved_root: Path = DEMO_SAVED_DIR
     index: SearchIndex | None = None  # search and nearest examples: set by make_backend
     cache: ContentCache | None = None
+    catalog_note: str = ""  # why there is no catalog search, in words ("" when there is)
 
     def taught_classifier(self, categories: list[Category]) -> FewShotClassifier:
         """The categories' photo examples in the classifier `fsl predict --support` and the Python API
@@ -62,7 +66,7 @@ class DemoBackend:
     def text_only_note(self) -> str:
         return (
             f"_Cosine to the categories' text examples, encoder `{self.encoder.id}`; uncalibrated "
-            f"(fixed temperature {TEMPERATURE}, no “{NONE_OF_THESE}”)._"
+            f"(fixed temperature {TEMPERATURE}, no “{UNKNOWN}”)._"
         )
 
     def saved_sets(self) -> list[str]:
@@ -134,25 +138,31 @@ def add_product(category: Category, example: tuple[np.ndarray, np.ndarray, str, 
 
 
 def make_backend(
-    catalog: Catalog,
+    catalog: Catalog | None,
     encoder_config,
     store_root=None,
     episodes_root=None,
     classifier: CatalogClassifier | None = None,
     calibration_dir: str | os.PathLike | None = None,
     saved_root: str | os.PathLike = DEMO_SAVED_DIR,
+    embed: bool = True,
+    catalog_note: str = "",
 ) -> DemoBackend:
-    """The encoder and store of the same config as the CLI; example classes from the novel split."""
-
-    store = open_store(catalog, encoder_config, store_root or FEATURES_ROOT)
-    counts = catalog.labels("articleType").value_counts()
-    if split_file(catalog, "articleType", 0, episodes_root or DEFAULT_EPISODES_DIR).is_file():
-        split = ClassSplit.load(catalog, "articleType", 0, episodes_root or DEFAULT_EPISODES_DIR).table
-        novel = split[split["split"] == "novel"].sort_values("count", ascending=False)["class"].tolist()
-    else:
-        novel = counts.index.tolist()
-    examples = [c for c in novel if counts.get(c, 0) >= 2 * EXAMPLES_PER_CATEGORY][:EXAMPLE_CATEGORIES]
+    """The encoder and calibration of the same config as the CLI, and the catalog's store, search index
+    and example classes (from the novel split) when there is a catalog: embedded first when `embed`,
+    otherwise only used when already embedded (`fsl demo` never embeds a catalog to start)."""
+    store_root = store_root or FEATURES_ROOT
     encoder = encoder_from_config(encoder_config)
+    if catalog is not None and not embed and not is_complete(store_path(store_root, encoder.id, catalog.fingerprint)):
+        catalog, catalog_note = (
+            None,
+            (
+                f"the catalog of {len(catalog)} products is not embedded with this encoder (`fsl embed`, about "
+                f"{max(1, round(len(catalog) / EMBED_RATE / 60))} min here), so catalog search and examples are off"
+            ),
+        )
+    store = open_store(catalog, encoder_config, store_root) if catalog is not None else None
+    examples = example_classes(catalog, episodes_root or DEFAULT_EPISODES_DIR) if catalog is not None else []
     encoder.load()  # weights and image runtime now, not in the first visitor's request
     calibration = FewShotClassifier(DEFAULT_HEAD, encoder_config, calibration_dir=calibration_dir).calibration
     return DemoBackend(
@@ -163,6 +173,18 @@ def make_backend(
         classifier,
         calibration,
         Path(saved_root),
-        open_index(store, IMAGE_WEIGHT),
+        open_index(store, IMAGE_WEIGHT) if store is not None else None,
         ContentCache(encoder),
+        catalog_note if catalog is None else "",
     )
+
+
+def example_classes(catalog: Catalog, episodes_root: str | os.PathLike) -> list[str]:
+    """The classes "Load example categories" teaches: the largest novel classes (or the largest ones)."""
+    counts = catalog.labels("articleType").value_counts()
+    if split_file(catalog, "articleType", 0, episodes_root).is_file():
+        split = ClassSplit.load(catalog, "articleType", 0, episodes_root).table
+        novel = split[split["split"] == "novel"].sort_values("count", ascending=False)["class"].tolist()
+    else:
+        novel = counts.index.tolist()
+    return [c for c in novel if counts.get(c, 0) >= 2 * EXAMPLES_PER_CATEGORY][:EXAMPLE_CATEGORIES]

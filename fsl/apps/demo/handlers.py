@@ -17,7 +17,6 @@ from fsl.apps.demo.backend import (
     MAX_TEXT_LINES,
     MAX_ZIP_BYTES,
     MAX_ZIP_FILES,
-    NONE_OF_THESE,
     TAUGHT,
     DemoBackend,
     add_product,
@@ -32,6 +31,7 @@ from fsl.apps.support import (
 )
 from fsl.errors import FslError
 from fsl.files import safe_name
+from fsl.harness.calibration import UNKNOWN
 
 
 def summary(categories: list[Category]) -> pd.DataFrame:
@@ -293,17 +293,17 @@ def predict(
         return "", {}, "⚠️ You gave a photo, but fewer than two categories were taught with photos.", []
     answer = classifier.answer_features(image[None])[0]
     result = dict(answer.top)
-    who = f"_{as_text(classifier.describe())}._" + (
+    who = f"_{as_text(classifier.describe(paths=False))}._" + (
         f" Categories taught by text only are not among the answers: {', '.join(map(as_text, left_out))}."
         if left_out
         else ""
     )
     if answer.label != answer.best:
         message = (
-            f"**{NONE_OF_THESE.capitalize()}**: the closest, {as_text(answer.best)} ({answer.confidence:.0%}), "
-            f"is not close enough ({classifier.calibration.rule()}).\n\n{who}"
+            f"**{UNKNOWN.capitalize()}**: the closest is {as_text(answer.best)}, but not close enough "
+            f"({classifier.calibration.verdict(answer.known_score)}, the calibration's rule).\n\n{who}"
         )
-        return NONE_OF_THESE, result, message, nearest
+        return UNKNOWN, result, message, nearest
     return answer.best, result, f"Best guess: **{as_text(answer.best)}** ({answer.confidence:.0%}).\n\n{who}", nearest
 
 
@@ -331,22 +331,24 @@ def predict_with_classifier(backend: DemoBackend, image_path: str | None, text: 
     top = probabilities[0].topk(min(5, len(classifier.classes)))
     result = {classifier.classes[int(i)]: float(p) for p, i in zip(top.values, top.indices)}
     best = next(iter(result))
-    answer = best if known is None or bool(known[0]) else NONE_OF_THESE
+    answer = best if known is None or bool(known[0]) else UNKNOWN
     lead = (
-        f"**{NONE_OF_THESE.capitalize()}** (closest: {as_text(best)}, {result[best]:.0%})"
+        f"**{UNKNOWN.capitalize()}**: the closest is {as_text(best)}, but not close enough"
         if answer != best
         else f"Best guess: **{as_text(best)}** ({result[best]:.0%})"
     )
     return (
         answer,
         result,
-        f"{lead}.\n\n_{classifier.describe()}; encoder `{backend.encoder.id}`._",
+        f"{lead}.\n\n_{classifier.describe(paths=False)}; encoder `{backend.encoder.id}`._",
         backend.nearest(image, text_feature, k),
     )
 
 
 def search(backend: DemoBackend, image_path: str | None, text: str | None, k: int = 8):
     """Returns (gallery, message, the results' catalog rows: what "add to a category" picks from)."""
+    if backend.index is None:
+        return [], f"⚠️ No catalog to search: {backend.catalog_note or 'start the demo with --data DIR'}.", []
     if not image_path and not (text and text.strip()):
         return [], "⚠️ Search by a photo, a text, or both.", []
     try:

@@ -27,6 +27,7 @@ from fsl.apps.support import (
     MAX_IMAGE_BYTES,
 )
 from fsl.errors import FslError
+from fsl.harness.calibration import UNKNOWN
 
 
 def build_app(backend: DemoBackend):
@@ -40,14 +41,14 @@ def build_app(backend: DemoBackend):
         image.preprocess = lambda payload: None if payload is None else payload.path
         return image
 
-    describe_calibration = f"calibrated ({backend.calibration.describe()})" if backend.calibration else "uncalibrated"
     with gr.Blocks(title="fsl: few-shot fashion") as app:
         gr.Markdown(
-            "# Few-shot fashion classifier\nTeach new categories from a few photos or product "
-            f"texts, then predict: photos are answered by {DEFAULT_HEAD}, the head `fsl predict --support` and "
-            f"the Python API use. Features: `{backend.encoder.id}`; catalog of {len(backend.catalog)} products; "
-            f"confidences {describe_calibration}."
+            "# Few-shot fashion classifier\nTeach a few categories with example photos (or product texts), "
+            f"then show it a new photo: it answers with a category, or “{UNKNOWN}” when the photo looks like none "
+            "of them."
         )
+        with gr.Accordion("About the model", open=False):
+            gr.Markdown(about(backend))
         state = gr.State([])
         found = gr.State([])  # catalog rows of the last search
         with gr.Tab("Teach"):
@@ -60,7 +61,9 @@ def build_app(backend: DemoBackend):
                     texts = gr.Textbox(label="Example product texts (one per line)", lines=3)
                     with gr.Row():
                         teach_button = gr.Button("Teach category", variant="primary", elem_id="teach-button")
-                        examples_button = gr.Button("Load example categories", elem_id="examples-button")
+                        examples_button = gr.Button(
+                            "Load example categories", elem_id="examples-button", visible=bool(backend.example_classes)
+                        )
                         clear_button = gr.Button("Clear all", elem_id="clear-button")
                     teach_status = gr.Markdown(elem_id="teach-status")
                     with gr.Accordion("Remove", open=False):
@@ -107,7 +110,7 @@ def build_app(backend: DemoBackend):
                     label = gr.Label(label="Confidence", num_top_classes=5, elem_id="confidence")
                     predict_status = gr.Markdown(elem_id="predict-status")
                     neighbours = gr.Gallery(label="Nearest catalog examples", columns=4, height=220)
-        with gr.Tab("Search"):
+        with gr.Tab("Search", visible=backend.index is not None):
             with gr.Row():
                 with gr.Column():
                     search_image = photo_input(label="Find products like this photo")
@@ -209,7 +212,8 @@ def launch(backend: DemoBackend, host: str = "127.0.0.1", port: int | None = Non
     if port is not None:
         check_port_free(host, port)
     app = build_app(backend)
-    allowed = photo_folders(backend.catalog.image_paths) + [str(ensure_dir(backend.saved_root))]
+    photos = photo_folders(backend.catalog.image_paths) if backend.catalog is not None else []
+    allowed = photos + [str(ensure_dir(backend.saved_root))]
     _, url, _ = app.launch(
         server_name=host,
         server_port=port,
@@ -220,6 +224,27 @@ def launch(backend: DemoBackend, host: str = "127.0.0.1", port: int | None = Non
         max_file_size=MAX_IMAGE_BYTES,
     )
     return app, url
+
+
+def about(backend: DemoBackend) -> str:
+    """What answers, in words and without machine paths: the "About the model" fold."""
+    calibration = backend.calibration
+    rule = (
+        f"Confidences are calibrated on {calibration.fitted_on.split(' (')[0]} (temperature "
+        f"{calibration.temperature:.3g}); the answer is “{UNKNOWN}” when {calibration.rule().split(' ', 1)[1]}."
+        if calibration
+        else f"No calibration was fitted for this head and encoder: confidences are the raw softmax, and no photo "
+        f"is answered “{UNKNOWN}”."
+    )
+    catalog = (
+        f"Catalog: {len(backend.catalog)} products, searchable in the Search tab."
+        if backend.catalog is not None
+        else f"No catalog search: {backend.catalog_note or 'start the demo with --data DIR to search a catalog'}."
+    )
+    return (
+        f"- Photos are answered by the head **{DEFAULT_HEAD}** on the features of the encoder "
+        f"`{backend.encoder.id}`, as `fsl predict --support` and the Python API answer them.\n- {rule}\n- {catalog}"
+    )
 
 
 MANY_FOLDERS = 64  # beyond this many photo folders, the one folder that holds them all
