@@ -157,3 +157,13 @@ def test_a_damaged_calibration_file_is_a_message_naming_it(tmp_path):
     (tmp_path / "x.json").write_text('{"config": "x", "temperature": -1}')
     with pytest.raises(FslError, match=r"x.json: the calibration is damaged \(it lacks .key.\); rerun `fsl calibrate`"):
         find_calibration("anything", tmp_path)
+
+
+def test_a_verdict_shows_score_and_threshold_with_the_digits_that_tell_them_apart():
+    from fsl.harness.calibration import Calibration
+
+    softmax = Calibration("c", "k", "e", 1.0, 0.94, 0.2)
+    assert softmax.verdict(0.9364) == "93.6% < 94.0%"  # never "94%" beside "unknown below 94%"
+    assert softmax.verdict(0.9399) == "93.99% < 94.00%" and softmax.verdict(0.5) == "50% < 94%"
+    energy = Calibration("c", "k", "e", 1.0, -2.9, 0.2, score="energy")
+    assert energy.verdict(-3.21) == "energy -3.2 < -2.9" and energy.verdict(-2.5, named=False) == "-2.5 >= -2.9"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -129,6 +130,8 @@ def test_photos_of_a_category_not_in_the_support_are_mostly_unknown(small_dump, 
     assert (unknown == "unknown").mean() > 0.5  # a category not in the support: "none of these", mostly
     assert (known == pd.Series(truth)).mean() >= 0.6  # the taught ones are still answered, mostly right
     assert set(table["answer"]) <= {*CLASSES, "unknown"}
+    threshold = json.loads((CALIBRATION / "linear-probe-image.json").read_text())["threshold"]
+    assert ((table["score"] < threshold) == (table["answer"] == "unknown")).all()  # the score the rule used
 
 
 def test_without_a_calibration_confidences_are_raw_and_it_says_so(small_dump, folders, tmp_path, capsys):

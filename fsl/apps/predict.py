@@ -163,7 +163,8 @@ class CatalogClassifier:
     @torch.no_grad()
     def probabilities(self, queries: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[Q, image_dim + text_dim] -> ([Q, classes] probabilities, calibrated where a calibration was
-        found; [Q] whether each is answered, None when uncalibrated: no "unknown" answer)."""
+        found; [Q] the calibration's known-ness scores, each answered when at or above its threshold,
+        None when uncalibrated: no "unknown" answer)."""
         query = torch.from_numpy(queries)
         logits = self.head(self.support, self.support_labels, query.unsqueeze(0), len(self.classes))[0]
         if self.calibration is None:
@@ -171,7 +172,7 @@ class CatalogClassifier:
         scores = self.calibration.scores(
             logits, self.head.embed(self.support[0]), self.support_labels[0], self.head.embed(query)
         )
-        return self.calibration.probabilities(logits), scores >= self.calibration.threshold
+        return self.calibration.probabilities(logits), scores
 
     def describe(self, paths: bool = True) -> str:
         if self.calibration:
@@ -251,15 +252,18 @@ def report_support(support: SupportFolder) -> None:
         )
 
 
-def write_predictions(records: list[dict], folder: Path, out: str | os.PathLike, top_k: int) -> Path:
-    """The CSV (fixed columns) and its contact sheet."""
+def write_predictions(
+    records: list[dict], folder: Path, out: str | os.PathLike, top_k: int, calibration: Calibration | None
+) -> Path:
+    """The CSV (fixed columns; `score`: the calibration's known-ness score, the answer "unknown" below
+    its threshold) and its contact sheet."""
     columns = (
-        ["file", "answer"]
+        ["file", "answer", "score"]
         + [f"{kind}_{r}" for r in range(1, top_k + 1) for kind in ("label", "confidence")]
         + ["nearest_id", "nearest_label", "error"]
     )
     records = sorted(records, key=lambda record: record["file"])
-    contact_sheet(records, folder, Path(out).with_suffix(".png"))
+    contact_sheet(records, folder, Path(out).with_suffix(".png"), calibration)
     return write_csv(pd.DataFrame(records).reindex(columns=columns), out)
 
 
@@ -326,14 +330,14 @@ def predict_with_support(
         if record["error"]:
             continue
         answer = next(answers)
-        record["answer"] = answer.label
+        record["answer"], record["score"] = answer.label, answer.known_score
         for rank, (label, confidence) in enumerate(answer.top[:top_k], 1):
             record[f"label_{rank}"] = label
             record[f"confidence_{rank}"] = round(confidence, 4)
     if catalog_store is not None and readable:
         catalog, store = catalog_store
         add_nearest(records, list(features), catalog, store, classifier.config.label_column)
-    return write_predictions(records, folder, out, top_k), records
+    return write_predictions(records, folder, out, top_k, classifier.calibration), records
 
 
 def catalog_store_if_any(data: str | os.PathLike | None, encoder_id: str, store_root: str | os.PathLike):
@@ -452,7 +456,7 @@ def predict_folder(
         queries.append(classifier.features(image, text_of.get(path.name, "")))
         records.append({"file": path.name, "error": ""})
     if queries:
-        probabilities, known = classifier.probabilities(np.stack(queries))
+        probabilities, scores = classifier.probabilities(np.stack(queries))
         top = probabilities.topk(min(top_k, len(classifier.classes)), dim=-1)
         good = iter(range(len(queries)))
         for record in records:
@@ -462,7 +466,9 @@ def predict_folder(
             for rank, (value, index) in enumerate(zip(top.values[i], top.indices[i]), 1):
                 record[f"label_{rank}"] = classifier.classes[int(index)]
                 record[f"confidence_{rank}"] = round(float(value), 4)
-            record["answer"] = record["label_1"] if known is None or bool(known[i]) else UNKNOWN
+            known = scores is None or bool(scores[i] >= classifier.calibration.threshold)
+            record["answer"] = record["label_1"] if known else UNKNOWN
+            record["score"] = None if scores is None else round(float(scores[i]), 6)
         image_dim = classifier.store.manifest["image_dim"]
         add_nearest(
             records, [q[:image_dim] for q in queries], catalog, classifier.store, classifier.config.label_column
@@ -471,7 +477,7 @@ def predict_folder(
     if classifier.calibration and answered:
         unknown = sum(r["answer"] == UNKNOWN for r in answered)
         print(f'{unknown} of {len(answered)} photos answered "{UNKNOWN}" ({classifier.calibration.rule()})')
-    return write_predictions(records, folder, out, top_k)
+    return write_predictions(records, folder, out, top_k, classifier.calibration)
 
 
 THUMBNAIL = 160  # pixels, the side of each photo's cell in the contact sheet
@@ -479,9 +485,12 @@ CAPTION = 30  # pixels of caption below each photo: the answer, then the file na
 CAPTION_COLOURS = {"answer": (0, 0, 0), "unknown": (120, 120, 120), "error": (200, 30, 30)}
 
 
-def contact_sheet(records: list[dict], folder: Path, path: Path, limit: int = 60, columns: int = 6) -> Path:
-    """Each photo (the first `limit`) with its answer and confidence, or why it could not be read: a
-    grid of thumbnails drawn with Pillow (matplotlib's layout took longer than classifying)."""
+def contact_sheet(
+    records: list[dict], folder: Path, path: Path, calibration: Calibration | None, limit: int = 60, columns: int = 6
+) -> Path:
+    """Each photo (the first `limit`) with its answer and confidence (for "unknown", its score beside
+    the threshold), or why it could not be read: a grid of thumbnails drawn with Pillow (matplotlib's
+    layout took longer than classifying)."""
     shown = records[:limit]
     columns = min(columns, len(shown))
     rows = -(-len(shown) // columns)
@@ -499,7 +508,11 @@ def contact_sheet(records: list[dict], folder: Path, path: Path, limit: int = 60
                 thumbnail, (left + (THUMBNAIL - thumbnail.width) // 2, top + (THUMBNAIL - thumbnail.height) // 2)
             )
             unknown = record["answer"] == UNKNOWN
-            caption = f"{record['answer']} ({record['confidence_1']:.0%}{' ' + record['label_1'] if unknown else ''})"
+            caption = (
+                f"{UNKNOWN} ({calibration.verdict(record['score'], named=False)})"
+                if unknown
+                else f"{record['answer']} ({record['confidence_1']:.0%})"
+            )
             colour = CAPTION_COLOURS["unknown" if unknown else "answer"]
         draw.text((left + 4, top + THUMBNAIL), caption[:28], fill=colour, font=font)
         draw.text((left + 4, top + THUMBNAIL + 14), record["file"][:28], fill=CAPTION_COLOURS["unknown"], font=font)

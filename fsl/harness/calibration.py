@@ -88,16 +88,16 @@ class Calibration:
             return f'"{UNKNOWN}" below {self.threshold:.0%} confidence'
         return f'"{UNKNOWN}" when the {self.score} score is below {self.threshold:.4g}'
 
-    def verdict(self, score: float) -> str:
+    def verdict(self, score: float, named: bool = True) -> str:
         """A score beside the threshold, in the rule's terms and with the digits that tell them apart
-        ("93.6% < 94%", not "94%" against "below 94%"; "energy -3.21 < -2.9")."""
+        ("93.6% < 94.0%", not "94%" against "below 94%"; "energy -3.2 < -2.9"; `named`: with the score's name)."""
         percent = self.score == "max-softmax"
         for digits in range(0, 5) if percent else range(2, 8):
             shown = [f"{v:.{digits}%}" if percent else f"{v:.{digits}g}" for v in (score, self.threshold)]
             if shown[0] != shown[1]:
                 break
         relation = "<" if score < self.threshold else ">="
-        return f"{'' if percent else self.score + ' '}{shown[0]} {relation} {shown[1]}"
+        return f"{'' if percent or not named else self.score + ' '}{shown[0]} {relation} {shown[1]}"
 
     def describe(self, paths: bool = True) -> str:
         """The calibration in words; `paths`: name the file it was read from (not on a web page)."""

@@ -327,13 +327,15 @@ def predict_with_classifier(backend: DemoBackend, image_path: str | None, text: 
         image, text_feature = backend.embed(image_path, text)
     except FslError as error:
         return "", {}, f"⚠️ {error}.", []
-    probabilities, known = classifier.probabilities(classifier.features(image, (text or "").strip())[None])
+    probabilities, scores = classifier.probabilities(classifier.features(image, (text or "").strip())[None])
     top = probabilities[0].topk(min(5, len(classifier.classes)))
     result = {classifier.classes[int(i)]: float(p) for p, i in zip(top.values, top.indices)}
     best = next(iter(result))
-    answer = best if known is None or bool(known[0]) else UNKNOWN
+    known = scores is None or bool(scores[0] >= classifier.calibration.threshold)
+    answer = best if known else UNKNOWN
     lead = (
-        f"**{UNKNOWN.capitalize()}**: the closest is {as_text(best)}, but not close enough"
+        f"**{UNKNOWN.capitalize()}**: the closest is {as_text(best)}, but not close enough "
+        f"({classifier.calibration.verdict(float(scores[0]))}, the calibration's rule)"
         if answer != best
         else f"Best guess: **{as_text(best)}** ({result[best]:.0%})"
     )
