@@ -48,6 +48,7 @@ SHIPPED_CALIBRATION_DIR = Path(__file__).parent / "calibration"
 USER_CALIBRATION_DIR = CACHE_DIR / "calibration"
 CONTENT_CACHE_DIR = CACHE_DIR / "embeddings"  # features of users' own photos and texts, by content
 RESULTS_DIR = Path("results")
+EVAL_RUNS_DIR = Path("runs/eval")  # TensorBoard logs of evaluations (`fsl eval`, the quickstart)
 NEAR_DUPLICATES_FILE = "near-duplicates.json"
 DIGESTS_FILE = "digests.json"  # each frozen episode file's digest, recorded when it was drawn
 

@@ -72,3 +72,6 @@ def test_analyse_writes_pictures_and_tensorboard_figures_and_compare_shows_per_c
     assert "a_minus_b_points" in out and "a: proto-image" in out
     difference = per_class_difference([pd.read_csv(f) for f in files])
     assert len(difference) == len(pd.read_csv(files[0]))
+    a, b = "a: proto-image (%)", "b: proto-concat (%)"  # points beside points, never fractions
+    assert difference[a].between(0, 100).all() and difference[a].max() > 1
+    assert (difference[a] - difference[b] - difference["a_minus_b_points"]).abs().max() < 1e-9

@@ -160,6 +160,7 @@ def test_quickstart_runs_end_to_end_on_the_sample_and_says_numbers_mean_nothing(
     assert closing[0] == "What next (each command: --help):"
     assert [line.split()[1] for line in closing[1:4]] == ["eval", "train", "demo"] and "tensorboard" in closing[4]
     assert "Loading weights" not in done.stdout + done.stderr and "Loaded pretrained" not in done.stdout
+    assert len(list((tmp_path / "runs" / "eval").rglob("events.out.tfevents.*"))) >= 3  # what `tensorboard` shows
 
 
 def test_predict_classifies_a_folder_into_a_csv_and_reports_bad_files(small_dump, tmp_path, capsys):

@@ -12,9 +12,17 @@ from fsl.data.sample import SAMPLE_NOTICE, make_sample_catalog
 from fsl.episodes.standard import draw_standard_episodes, near_duplicates_for
 from fsl.errors import FslError
 from fsl.harness.experiment import run_experiment
-from fsl.harness.results import format_table, plot_summary, results_frame, save_results, summary_table
+from fsl.harness.results import (
+    format_table,
+    log_to_tensorboard,
+    plot_summary,
+    results_frame,
+    save_results,
+    summary_table,
+)
 from fsl.paths import (
     DEFAULT_EPISODES_DIR,
+    EVAL_RUNS_DIR,
     PREPARE_REPORT,
     RESULTS_DIR,
     SAMPLE_DIR,
@@ -34,9 +42,11 @@ def quickstart(
     encoder: str = "offline",
     experiments: Path = Path("experiments"),
     out: Path = RESULTS_DIR / "quickstart",
+    runs: Path = EVAL_RUNS_DIR,
 ) -> None:
-    """Prepare, embed, draw episodes and evaluate three heads on the dump, else on the synthetic sample;
-    a synthetic run writes beside `out` (OUT-synthetic), never over a real run's results."""
+    """Prepare, embed, draw episodes and evaluate three heads on the dump, else on the synthetic sample,
+    logging each to TensorBoard under `runs` as `fsl eval` does; a synthetic run writes beside `out`
+    (OUT-synthetic), never over a real run's results."""
     try:
         root, sample = resolve_data_dir(data), False
     except FslError as missing:
@@ -72,7 +82,12 @@ def quickstart(
     if sample:
         out = out.with_name(f"{out.name}-synthetic")
     save_results(results, out / "results.csv")
-    print(f"per-episode results: {out / 'results.csv'}; plot: {plot_summary(summary, out / 'accuracy.png')}")
+    for result in results:  # what `fsl eval` logs, so the TensorBoard line below has something to show
+        log_to_tensorboard(result, runs)
+    print(
+        f"per-episode results: {out / 'results.csv'}; plot: {plot_summary(summary, out / 'accuracy.png')}; "
+        f"TensorBoard scalars and hparams: {runs}"
+    )
     if sample:
         _banner(SAMPLE_NOTICE)
     print(what_next(data_flag="" if not data else f" --data {data}"))

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from fsl.cli.common import add_experiment_options, non_negative_int, positive_int
 from fsl.errors import FslError
-from fsl.paths import RESULTS_DIR
+from fsl.paths import EVAL_RUNS_DIR, RESULTS_DIR
 
 if TYPE_CHECKING:  # the CLI imports its heavy modules only in the command that needs them
     from fsl.config import ExperimentConfig
@@ -271,7 +271,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         description="Evaluate each experiment (YAML) on its frozen episode sets: "
         "mean accuracy ± 95% CI, per-episode CSV, TensorBoard.",
     )
-    add_experiment_options(evaluate, "runs/eval")
+    add_experiment_options(evaluate, str(EVAL_RUNS_DIR))
     evaluate.add_argument("--results", default=str(RESULTS_DIR), help="per-episode CSVs go here (default results/)")
     evaluate.add_argument(
         "--splits",

@@ -141,7 +141,9 @@ class Encoder(ABC):
         distinct = list(dict.fromkeys(texts))
         out = np.empty((len(distinct), self.text_dim), dtype=np.float32)
         embed = self.text_runtime or self._embed_texts
-        for start in tqdm(range(0, len(distinct), batch_size), desc="texts", unit="batch", disable=not progress):
+        for start in tqdm(
+            range(0, len(distinct), batch_size), desc="texts", unit="batch", disable=None if progress else True
+        ):
             batch = distinct[start : start + batch_size]
             with _TEXT_LOCK:  # a Hugging Face fast tokenizer must not be used by two threads at once
                 out[start : start + len(batch)] = F.normalize(embed(batch).float(), dim=-1).numpy()
@@ -177,7 +179,7 @@ class Encoder(ABC):
             self.image_batches(paths, batch_size, num_workers, render),
             desc="images",
             unit="batch",
-            disable=not progress,
+            disable=None if progress else True,
         ):
             out[start : start + len(pixels)] = self.embed_pixels(pixels)
             start += len(pixels)

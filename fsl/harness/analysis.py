@@ -5,6 +5,7 @@ for, with that class's support photos), and a TensorBoard projector view of the 
 from __future__ import annotations
 
 import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,8 +99,9 @@ def per_class_difference(tables: list[pd.DataFrame]) -> pd.DataFrame:
     joined = a[["class", "accuracy"]].merge(b[["class", "accuracy"]], on="class", suffixes=("_a", "_b"))
     if joined.empty:
         raise FslError("the two per-class files share no class: were they made on the same episode set?")
-    joined["a_minus_b_points"] = 100 * (joined["accuracy_a"] - joined["accuracy_b"])
-    joined = joined.rename(columns={"accuracy_a": f"a: {names[0]}", "accuracy_b": f"b: {names[1]}"})
+    joined[["accuracy_a", "accuracy_b"]] *= 100  # points, as the difference beside them
+    joined["a_minus_b_points"] = joined["accuracy_a"] - joined["accuracy_b"]
+    joined = joined.rename(columns={"accuracy_a": f"a: {names[0]} (%)", "accuracy_b": f"b: {names[1]} (%)"})
     return joined.reindex(joined["a_minus_b_points"].abs().sort_values(ascending=False).index).reset_index(drop=True)
 
 
@@ -132,7 +134,7 @@ def _pyplot():
 
 def _save(fig, path: Path) -> Path:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")  # a long title or label is never cut
     return path
 
 
@@ -170,11 +172,14 @@ def per_class_figure(table: pd.DataFrame, title: str):
     ax.barh(labels, 100 * table["accuracy"], xerr=100 * table["ci95"].fillna(0), capsize=2, color="tab:blue")
     ax.set_xlim(0, 100)
     ax.set_xlabel(
-        f"accuracy % (95% CI over the up to {int(table['episodes'].max())} episodes a class is in; "
-        "distinct query photos beside each class)",
+        textwrap.fill(
+            f"accuracy % (95% CI over the up to {int(table['episodes'].max())} episodes a class is in; "
+            "distinct query photos beside each class)",
+            70,
+        ),
         fontsize=8,
     )
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 60, break_on_hyphens=False), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig

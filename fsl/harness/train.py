@@ -149,7 +149,7 @@ def train(
             save_head(folder / "best", head, {**meta, "step": 0, "val_accuracy": best})
             writer.add_scalar("val/accuracy", best, 0)
             print(f"step 0 (untrained): {settings.val_episodes} {100 * best:.1f}%")
-        bar = trange(start, settings.steps, desc=f"train {config.name}", disable=not progress)
+        bar = trange(start, settings.steps, desc=f"train {config.name}", disable=None if progress else True)
         report = bar.write if progress else print  # bar.write keeps the bar below the lines
         for step in bar:
             head.train()

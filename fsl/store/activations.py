@@ -194,7 +194,10 @@ def view_activations(
         )
         batches = encoder.image_batches([str(p) for p in paths], 32, None, render)
         return np.concatenate(
-            [bottom_activations(encoder, pixels, cut) for pixels in tqdm(batches, desc=view, disable=not progress)]
+            [
+                bottom_activations(encoder, pixels, cut)
+                for pixels in tqdm(batches, desc=view, disable=None if progress else True)
+            ]
         )
 
     ids, maps = cached_by_id(cache, "activations", product_ids, through_bottom)

@@ -500,7 +500,7 @@ def _embed_chunks(catalog, encoder, variants, chunks, chunk_size, chunk_file, ba
         total=len(pending_paths),
         desc="embedding",
         unit="product",
-        disable=not progress,
+        disable=None if progress else True,
         bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]",
     )
     buffered: list[np.ndarray] = []
