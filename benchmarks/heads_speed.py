@@ -9,7 +9,8 @@ steps and rate). For easyfsl also the ratio to the same method in a bare loop ov
 (no loader: the tensor work alone). Heads no peer library implements (GDA, Tip-Adapter(-F), LP++,
 cosine prototypes, zero-shot) get their speed only. Offline encoder, image + masked text (concat,
 image weight 0.7), the first --episodes episodes of each novel set. Prints each ratio with MISSED
-beside any below its target, and the paired accuracy difference against the peer.
+beside any below its target (ProtoNet's: at most 3x the time of gathering its episodes' rows, the
+memory-read limit), and the paired accuracy difference against the peer.
 
     python benchmarks/heads_speed.py [--data DIR] [--episodes 200] [--heads linear_probe protonet ...]
                                      [--settings novel-5w5s ...]
@@ -40,7 +41,11 @@ from fsl.store.rows import store_features, store_rows
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 SETTINGS = ["novel-5w1s", "novel-5w5s", "novel-15w5s", "novel-allway-5s"]
-TARGETS = {"linear_probe": 10.0, "protonet": 30.0, "maml": 10.0}  # our speed / the peer's; 10 for the rest
+TARGETS = {"linear_probe": 10.0, "maml": 10.0}  # our speed / the peer's; 10 for the rest but ProtoNet
+# ProtoNet's work is little more than reading its rows, so its target is set against that memory-read limit
+# (the time to gather every episode's support and query rows, as run_episodes does): at most this many times it.
+# (Its old target, 30x easyfsl, lay below the copy cost itself on 2 cores: docs/benchmarks.md.)
+READ_LIMIT_TARGETS = {"protonet": 3.0}
 BEST_OF_TWO = (
     "linear_probe",
     "protonet",
@@ -88,6 +93,19 @@ def learn2learn_maml(flat: np.ndarray, ids, episode_set: EpisodeSet, head) -> np
         with torch.no_grad():
             accuracy.append((learner(torch.from_numpy(flat[q])).argmax(-1) == query_labels).double().mean().item())
     return np.array(accuracy)
+
+
+def gather_seconds(features, ids, episode_set: EpisodeSet, batch: int = 64) -> float:
+    """The memory-read limit of a head: the best of two runs of only gathering every episode's support
+    and query rows from the store, in run_episodes' batches, with nothing computed on them."""
+    episodes = episode_set.episodes
+    support, query = store_rows(ids, episodes.support), store_rows(ids, episodes.query)
+
+    def gather():
+        for start in range(0, len(episodes), batch):
+            np.asarray(features[support[start : start + batch]]), np.asarray(features[query[start : start + batch]])
+
+    return timed(gather, repeat=2)[1]
 
 
 def timed(function, repeat: int = 1, warm_up=None):
@@ -201,7 +219,7 @@ def main() -> None:
         f"first {args.episodes} episodes of each novel set; offline encoder, image + masked text "
         f"({flat.shape[1]}-d, concat 0.7); torch threads {torch.get_num_threads()}\n"
     )
-    widths = (15, 17, 9, 32, 9, 20, 10, 40)
+    widths = (15, 17, 9, 32, 9, 36, 10, 40)
     titles = (
         "setting",
         "head",
@@ -247,8 +265,14 @@ def main() -> None:
                 )
                 ratio = peer_seconds / seconds
                 difference, ci = paired_difference(ours, theirs)
-                target = TARGETS.get(name, 10.0)
-                mark = "" if ratio >= target else " MISSED"
+                if name in READ_LIMIT_TARGETS:
+                    reads = seconds / gather_seconds(features, store.ids, episode_set)
+                    limit = READ_LIMIT_TARGETS[name]
+                    said = f"{ratio:.1f}x; {reads:.1f}x the row reads (<={limit:.0f})"
+                    mark = "" if reads <= limit else " MISSED"
+                else:
+                    target = TARGETS.get(name, 10.0)
+                    said, mark = f"{ratio:.1f}x (>={target:.0f})", "" if ratio >= target else " MISSED"
                 bare_ratio = "—"
                 if bare is not None:
                     _, bare_seconds = timed(
@@ -258,7 +282,7 @@ def main() -> None:
                 cells[1:] = [
                     label,
                     f"{n / peer_seconds:.0f}",
-                    f"{ratio:.1f}x (>={target:.0f}){mark}",
+                    f"{said}{mark}",
                     bare_ratio,
                     f"{100 * ours.mean():.1f} / {100 * theirs.mean():.1f}, "
                     f"{100 * difference:+.2f} ± {100 * ci:.2f} points",
