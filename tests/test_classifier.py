@@ -265,3 +265,11 @@ def test_every_file_of_a_support_folder_that_is_not_used_is_listed(own_folders, 
     skipped = dict(read_support_folder(support).skipped)
     for name in ("dangling.jpg", "loop-a.jpg", "loop-b.jpg", "pixel.png", "blank.png", "strip.png"):
         assert f"{category.name}/{name}" in skipped, name
+
+
+def test_calibrating_on_too_small_a_support_says_what_it_needs_in_plain_words(own_folders, tmp_path):
+    clf = FewShotClassifier(load_config(own_folders / "tiny.yaml"), cache_root=tmp_path / "cache")
+    clf.add_examples("Watches", queries(own_folders)[:3]).add_examples("Belts", queries(own_folders)[3:5])
+    with pytest.raises(FslError) as error:
+        clf.calibrate_on_support()
+    assert "the taught examples: 2 categories, the smallest with 2 photo(s)" in str(error.value)

@@ -73,8 +73,12 @@ def test_calibrating_on_the_support_separates_taught_from_held_out_categories():
     features, labels = clustered_support()
     config = NAMED_HEADS["linear-probe-image"]
     head = head_for_features(config, 16, 0, "test").eval()
-    fitted = calibrate_on_support(config, head, features, labels, "key", "test", "of a test", score="max-softmax")
-    again = calibrate_on_support(config, head, features, labels, "key", "test", "of a test", score="max-softmax")
+    fitted = calibrate_on_support(
+        config, head, features, labels, "key", "test", "the support of a test", score="max-softmax"
+    )
+    again = calibrate_on_support(
+        config, head, features, labels, "key", "test", "the support of a test", score="max-softmax"
+    )
     assert (fitted.threshold, fitted.temperature) == (again.threshold, again.temperature)  # deterministic
     figures = fitted.validation
     assert figures["auroc"] > 0.9  # well separated clusters: taught photos score above untaught ones

@@ -347,7 +347,8 @@ class FewShotClassifier:
         (leave one category out; fsl/harness/calibration.py), use them from now on and return them."""
         self._ready()
         validation = find_calibration(config_key(self.config, self.encoder.id))
-        where = getattr(getattr(self, "support_folder", None), "root", None)
+        folder = getattr(self.support_folder, "root", None)
+        where = f"the support folder {folder}" if folder else "the taught examples"
         self.calibration = calibrate_on_support(
             self.config,
             self.head,
@@ -355,7 +356,7 @@ class FewShotClassifier:
             torch.as_tensor(self.labels),
             config_key(self.config, self.encoder.id),
             self.encoder.id,
-            f"of {where}" if where else "taught",
+            where,
             false_accept,
             score,
             validation.temperature if validation else 1.0,

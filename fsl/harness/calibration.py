@@ -420,7 +420,8 @@ def calibrate_on_support(
         raise FslError(
             f"calibrating on the support needs at least {MIN_SUPPORT_CATEGORIES} categories of at least "
             f"{MIN_SUPPORT_PHOTOS} photos each (one category plays the unknown one in turn, one photo per "
-            f"category is held out); {where} has {n_classes} categories, the smallest with {int(counts.min())}"
+            f"category is held out); {where}: {n_classes} categories, the smallest with {int(counts.min())} "
+            "photo(s). Teach more photos or categories first"
         )
     position = torch.zeros_like(labels)  # each photo's index within its category: fold f holds out position f
     for c in range(n_classes):
@@ -477,7 +478,7 @@ def calibrate_on_support(
         false_accept,
         figures,
         score=chosen,
-        fitted_on=f"the support {where} (leave one category out: {n_classes} categories, {len(labels)} photos)",
+        fitted_on=f"{where} (leave one category out: {n_classes} categories, {len(labels)} photos)",
     )
 
 
