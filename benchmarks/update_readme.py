@@ -87,6 +87,15 @@ BLOCKS = {
     "analysis": "docs/usage.md",
 }
 ANALYSED = "linear-probe-fused-masked"  # the best honest inductive head: what it gets wrong, in docs/usage.md
+# Each picture names its split, encoder and the command that made it, on it and under it.
+MADE_BY = "`python benchmarks/update_readme.py --results results`"
+ENCODER_NAMED = "offline encoder (EfficientNet-Lite0 + MiniLM)"
+ON_SPLIT_0 = f"split 0, {ENCODER_NAMED}; made by {MADE_BY}"  # written on the pictures
+HEADLINE_PICTURE = f"Picture: split 0 (the table: five splits), {ENCODER_NAMED}; made by {MADE_BY}"
+RESULTS_PICTURE = f"Picture: every config on split 0, {ENCODER_NAMED}; made by {MADE_BY}"
+ANALYSIS_PICTURES = (
+    f"Both pictures: split 0, {ENCODER_NAMED}; made by `fsl analyse experiments/{ANALYSED}.yaml` and {MADE_BY}"
+)
 
 
 TRANSDUCTIVE_HEADER = (
@@ -349,7 +358,12 @@ def headline_markdown(frame) -> str:
             f"| {name} | {' | '.join(cell(method, s, 'accuracy', 'ci95') for s in sets)} | "
             f"{'baseline' if method == BASELINE else difference} |"
         )
-    return "\n".join(lines + ["", "![accuracy per head, split 0](docs/headline.png)"])
+    return "\n".join(lines + ["", "![accuracy per head, split 0](docs/headline.png)", "", f"*{HEADLINE_PICTURE}.*"])
+
+
+def plain(caption: str) -> str:
+    """A caption as a picture writes it: no Markdown backticks."""
+    return caption.replace("`", "")
 
 
 def analysis_markdown(catalog) -> str:
@@ -362,8 +376,8 @@ def analysis_markdown(catalog) -> str:
     matrix = confusion_matrix(p)
     plt = _pyplot()
     for name, fig in (
-        ("confusion", confusion_figure(matrix, f"{ANALYSED} on novel-allway-5s")),
-        ("confusions", confusion_gallery_figure(p, catalog)),
+        ("confusion", confusion_figure(matrix, f"{ANALYSED} on novel-allway-5s; {plain(ON_SPLIT_0)}")),
+        ("confusions", confusion_gallery_figure(p, catalog, note=plain(ON_SPLIT_0))),
     ):
         fig.savefig(ROOT / "docs" / f"{name}.png", dpi=110)
         plt.close(fig)
@@ -396,6 +410,8 @@ def analysis_markdown(catalog) -> str:
             "Its most frequent confusions, each a query photo next to support photos of the class it was taken for:",
             "",
             "![most frequent confusions](confusions.png)",
+            "",
+            f"*{ANALYSIS_PICTURES}.*",
         ]
     )
 
@@ -625,14 +641,18 @@ def main() -> None:
         frame = with_split(frame)
         first = frame[frame["split"] == 0]
         if "headline" in args.only:
-            plot_summary(summary_table(first[first["method"].isin(HEADLINE)]), ROOT / "docs" / "headline.png")
+            plot_summary(
+                summary_table(first[first["method"].isin(HEADLINE)]),
+                ROOT / "docs" / "headline.png",
+                provenance=plain(ON_SPLIT_0),
+            )
             blocks["headline"] = headline_markdown(frame)
         if "adaptation" in args.only:
             blocks["adaptation"] = adaptation_markdown(frame)
         if "adaptation-shift" in args.only:
             blocks["adaptation-shift"] = adaptation_shift_markdown(robustness)
         if "results" in args.only:
-            plot_summary(summary_table(first), ROOT / "docs" / "results.png")
+            plot_summary(summary_table(first), ROOT / "docs" / "results.png", provenance=plain(ON_SPLIT_0))
             blocks["results"] = results_markdown(catalog, frame, encoders)
         if "robustness" in args.only:
             splits = sorted(robustness["split"].unique())
@@ -674,7 +694,9 @@ def results_markdown(catalog, frame, encoders) -> str:
             + "\n\n**Split 0 alone** (mean ± 95% CI over its 600 episodes):\n\n"
         )
     first = frame[frame["split"] == 0]
-    return block + markdown(catalog, first) + "\n\n![accuracy per method, split 0](results.png)"
+    return (
+        block + markdown(catalog, first) + f"\n\n![accuracy per method, split 0](results.png)\n\n*{RESULTS_PICTURE}.*"
+    )
 
 
 if __name__ == "__main__":

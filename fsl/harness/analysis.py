@@ -185,8 +185,9 @@ def per_class_figure(table: pd.DataFrame, title: str):
     return fig
 
 
-def confusion_gallery_figure(p: Predictions, catalog: Catalog, k: int = 6, shown_support: int = 3):
-    """One row per frequent confusion: a query photo, then support photos of the class it was taken for."""
+def confusion_gallery_figure(p: Predictions, catalog: Catalog, k: int = 6, shown_support: int = 3, note: str = ""):
+    """One row per frequent confusion: a query photo, then support photos of the class it was taken for
+    (`note`: where the figure comes from, under its title)."""
     from PIL import Image
 
     plt = _pyplot()
@@ -212,7 +213,8 @@ def confusion_gallery_figure(p: Predictions, catalog: Catalog, k: int = 6, shown
         axes[row][0].set_title(f"{true} → {predicted}\n({count} queries)", fontsize=8, color="tab:red")
         for column in range(1, len(photos)):
             axes[row][column].set_title(f"support: {predicted}", fontsize=7)
-    fig.suptitle(f"{p.method}: most frequent confusions on {p.episode_set.name}", fontsize=10)
+    title = f"{p.method}: most frequent confusions on {p.episode_set.name}"
+    fig.suptitle(title + (f"\n{textwrap.fill(note, 90, break_on_hyphens=False)}" if note else ""), fontsize=9)
     fig.tight_layout()
     return fig
 

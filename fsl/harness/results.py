@@ -219,11 +219,14 @@ FUSION_COLOURS = {
 }
 
 
-def plot_summary(summary: pd.DataFrame, path: str | os.PathLike, interval: str = "over episodes") -> Path:
+def plot_summary(
+    summary: pd.DataFrame, path: str | os.PathLike, interval: str = "over episodes", provenance: str = ""
+) -> Path:
     """Accuracy in % with 95% CI bars, axes from 0: one panel per episode set on one shared x-axis; bars
     grouped by head, coloured by fusion; transductive heads hatched (they see every query of an episode).
     Differences between heads are judged by `plot_paired`, not by overlapping bars. One row per config
-    and episode set: several class splits are first combined by `across_splits`."""
+    and episode set: several class splits are first combined by `across_splits`. `provenance` (the
+    split(s), the encoder, the command that made it) is written on the picture, top left."""
     if "split" in summary.columns and summary.duplicated(["method", "episode_set"]).any():
         raise FslError("plot_summary takes one row per config and episode set: combine splits with across_splits")
     import matplotlib
@@ -277,7 +280,9 @@ def plot_summary(summary: pd.DataFrame, path: str | os.PathLike, interval: str =
     if legend:
         fig.legend(handles=legend, loc="upper right", fontsize=8, ncol=len(legend), frameon=False)
     fig.supxlabel(f"accuracy % (mean ± 95% CI {interval}, as the tables print it); heads grouped", fontsize=9)
-    top = 1 - 0.45 / fig.get_figheight()  # room for the legend above the panels
+    if provenance:
+        fig.text(0.01, 1 - 0.08 / fig.get_figheight(), provenance, fontsize=7, va="top", color="dimgray")
+    top = 1 - (0.6 if provenance else 0.45) / fig.get_figheight()  # room for the legend above the panels
     fig.tight_layout(rect=(0, 0, 1, top))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
