@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -252,18 +253,17 @@ def report_support(support: SupportFolder) -> None:
         )
 
 
-def write_predictions(
-    records: list[dict], folder: Path, out: str | os.PathLike, top_k: int, calibration: Calibration | None
-) -> Path:
+def write_predictions(records: list[dict], folder: Path, out: str | os.PathLike, top_k: int, classifier) -> Path:
     """The CSV (fixed columns; `score`: the calibration's known-ness score, the answer "unknown" below
-    its threshold) and its contact sheet."""
+    its threshold) and its contact sheet, which names the classifier that answered (`classifier`:
+    a FewShotClassifier or a CatalogClassifier)."""
     columns = (
         ["file", "answer", "score"]
         + [f"{kind}_{r}" for r in range(1, top_k + 1) for kind in ("label", "confidence")]
         + ["nearest_id", "nearest_label", "error"]
     )
     records = sorted(records, key=lambda record: record["file"])
-    contact_sheet(records, folder, Path(out).with_suffix(".png"), calibration)
+    contact_sheet(records, folder, Path(out).with_suffix(".png"), classifier.calibration, classifier.describe(False))
     return write_csv(pd.DataFrame(records).reindex(columns=columns), out)
 
 
@@ -337,7 +337,7 @@ def predict_with_support(
     if catalog_store is not None and readable:
         catalog, store = catalog_store
         add_nearest(records, list(features), catalog, store, classifier.config.label_column)
-    return write_predictions(records, folder, out, top_k, classifier.calibration), records
+    return write_predictions(records, folder, out, top_k, classifier), records
 
 
 def catalog_store_if_any(data: str | os.PathLike | None, encoder_id: str, store_root: str | os.PathLike):
@@ -477,7 +477,7 @@ def predict_folder(
     if classifier.calibration and answered:
         unknown = sum(r["answer"] == UNKNOWN for r in answered)
         print(f'{unknown} of {len(answered)} photos answered "{UNKNOWN}" ({classifier.calibration.rule()})')
-    return write_predictions(records, folder, out, top_k, classifier.calibration)
+    return write_predictions(records, folder, out, top_k, classifier)
 
 
 THUMBNAIL = 160  # pixels, the side of each photo's cell in the contact sheet
@@ -486,17 +486,27 @@ CAPTION_COLOURS = {"answer": (0, 0, 0), "unknown": (120, 120, 120), "error": (20
 
 
 def contact_sheet(
-    records: list[dict], folder: Path, path: Path, calibration: Calibration | None, limit: int = 60, columns: int = 6
+    records: list[dict],
+    folder: Path,
+    path: Path,
+    calibration: Calibration | None,
+    about: str = "",
+    limit: int = 60,
+    columns: int = 6,
 ) -> Path:
     """Each photo (the first `limit`) with its answer and confidence (for "unknown", its score beside
-    the threshold), or why it could not be read: a grid of thumbnails drawn with Pillow (matplotlib's
-    layout took longer than classifying)."""
+    the threshold), or why it could not be read, and under them `about` (which head, encoder and
+    calibration answered): a grid of thumbnails drawn with Pillow (matplotlib's layout took longer
+    than classifying)."""
     shown = records[:limit]
     columns = min(columns, len(shown))
     rows = -(-len(shown) // columns)
-    sheet = Image.new("RGB", (columns * THUMBNAIL, rows * (THUMBNAIL + CAPTION)), "white")
+    footer = textwrap.wrap(about, columns * THUMBNAIL // 6)
+    sheet = Image.new("RGB", (columns * THUMBNAIL, rows * (THUMBNAIL + CAPTION) + 14 * len(footer) + 6), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=11)
+    for i, line in enumerate(footer):
+        draw.text((4, rows * (THUMBNAIL + CAPTION) + 14 * i), line, fill=CAPTION_COLOURS["unknown"], font=font)
     for i, record in enumerate(shown):
         left, top = (i % columns) * THUMBNAIL, (i // columns) * (THUMBNAIL + CAPTION)
         if record["error"]:
