@@ -9,7 +9,7 @@ demo's Teach and Predict tabs and the Python API.
 
 It needs no catalog: photos and texts are embedded once and cached by content (fsl/store/content.py),
 so a second run loads no weights. The head is any experiment config that learns from the support
-alone; the default, linear-probe-image, was chosen on validation classes (docs/results.md).
+alone; the default, linear-probe-image, leads the image-only inductive heads of docs/results.md.
 Confidences and the "unknown" answer come from a calibration: the one `fsl calibrate` fitted for
 this head and encoder on validation classes (shipped with the package, or your own under the cache),
 or one fitted on the support itself (`calibrate_on_support`: leave one category out)."""
@@ -53,8 +53,8 @@ from fsl.harness.calibration import (
 from fsl.harness.experiment import head_for_features
 from fsl.store.content import ContentCache, file_digest
 
-# The heads a support folder can use by name. Chosen on validation classes (docs/results.md): the
-# linear probe on image features, or with a text for every photo its fused, label-masked sibling.
+# The heads a support folder can use by name. The default: the linear probe on image features (the best
+# image-only inductive head of docs/results.md), or with a text for every photo its fused, label-masked sibling.
 LINEAR_PROBE = {"init": "prototypes", "C": 10}
 NAMED_HEADS = {
     config.name: config

@@ -30,7 +30,7 @@ MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
 MIN_SIDE = 16  # pixels: anything smaller (an icon, a tracking pixel) shows no product
 MAX_ASPECT = 10  # a longer side over 10 times the shorter: a banner or a scan line, not a product photo
-IMAGE_WEIGHT = 0.7  # as the fused experiments, chosen on validation classes
+IMAGE_WEIGHT = 0.7  # as the fused experiments (set by hand; the validation sweep in docs/results.md prefers 0.9)
 TEMPERATURE = 0.05  # text-only queries: uncalibrated
 
 
