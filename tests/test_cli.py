@@ -199,6 +199,7 @@ def test_predict_classifies_a_folder_into_a_csv_and_reports_bad_files(small_dump
     assert list(table.columns) == [
         "file",
         "answer",
+        "score",
         "label_1",
         "confidence_1",
         "label_2",
