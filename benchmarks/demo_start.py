@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,13 +16,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from demo_load import free_port  # a sibling script (benchmarks/ is on sys.path)
+
 TARGET_S = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def seconds_to_page(folder: Path, cache: Path, encoder: str) -> float:

@@ -89,6 +89,15 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1  # a green CI run must have tested on the real data
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now, for a server a test starts."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def pick_classes(preferred: list[str], n: int) -> list[str]:
     """`n` articleTypes: the `preferred` ones the source has, topped up with its largest others."""
     counts = real_styles()["articleType"].value_counts()

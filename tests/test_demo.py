@@ -7,7 +7,7 @@ from PIL import Image
 
 from fsl.config import EncoderConfig
 from fsl.data.prepared import load_catalog
-from tests.conftest import make_slice
+from tests.conftest import free_port, make_slice
 
 gradio_client = pytest.importorskip("gradio_client")
 CLASSES = ["Watches", "Handbags", "Casual Shoes"]
@@ -383,14 +383,6 @@ def test_a_dump_whose_photos_are_links_is_served_from_where_they_lie(tmp_path):
     assert all(is_allowed_file(link, [], photo_folders(links), [])[0] for link in links)
     scattered = [tmp_path / "objects" / f"k{i}" / "p.jpg" for i in range(MANY_FOLDERS + 1)]
     assert photo_folders(scattered) == [str((tmp_path / "objects").resolve())]  # many folders: the one above
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_demo(folder: Path, env: dict, *options: str):

@@ -20,7 +20,7 @@ import pytest
 from sybil import Sybil
 from sybil.parsers.markdown import CodeBlockParser, PythonCodeBlockParser, SkipParser
 
-from tests.conftest import data_source, make_slice, real_styles
+from tests.conftest import data_source, free_port, make_slice, real_styles
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = ["README.md", "docs/usage.md", "docs/methods.md"]
@@ -59,14 +59,6 @@ def serve(command: list[str], line: str) -> None:
         process.kill()
         process.wait()
     assert any(text.startswith("demo ready") for text in said), f"`{line}` did not serve:\n{''.join(said)[-3000:]}"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 SYBIL = Sybil(parsers=[SkipParser(), PythonCodeBlockParser(), CodeBlockParser("bash", run_shell)])

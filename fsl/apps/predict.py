@@ -330,7 +330,8 @@ def predict_with_support(
         if record["error"]:
             continue
         answer = next(answers)
-        record["answer"], record["score"] = answer.label, answer.known_score
+        record["answer"] = answer.label
+        record["score"] = None if answer.known_score is None else round(answer.known_score, 6)
         for rank, (label, confidence) in enumerate(answer.top[:top_k], 1):
             record[f"label_{rank}"] = label
             record[f"confidence_{rank}"] = round(confidence, 4)

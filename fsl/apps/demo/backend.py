@@ -31,9 +31,7 @@ EXAMPLES_PER_CATEGORY = 5
 MAX_TEXT_LINES = 100  # per teach request: more would hold the queue for everyone
 MAX_TEXT_CHARS = 2000  # per query text
 CONCURRENT_REQUESTS = 8  # predictions and searches served side by side (the model is shared read-only)
-EMBED_RATE = (
-    90  # products embedded per second, for estimates (offline encoder, ONNX Runtime, 2 cores: docs/benchmarks.md)
-)
+EMBED_RATE = 90  # products embedded a second, for estimates (offline encoder, 2 cores: docs/benchmarks.md)
 MAX_ZIP_BYTES = 200 * 1024 * 1024  # unpacked size of an uploaded category set
 MAX_ZIP_FILES = 2000
 
@@ -154,13 +152,12 @@ def make_backend(
     store_root = store_root or FEATURES_ROOT
     encoder = encoder_from_config(encoder_config)
     if catalog is not None and not embed and not is_complete(store_path(store_root, encoder.id, catalog.fingerprint)):
-        catalog, catalog_note = (
-            None,
-            (
-                f"the catalog of {len(catalog)} products is not embedded with this encoder (`fsl embed`, about "
-                f"{max(1, round(len(catalog) / EMBED_RATE / 60))} min here), so catalog search and examples are off"
-            ),
+        minutes = max(1, round(len(catalog) / EMBED_RATE / 60))
+        catalog_note = (
+            f"the catalog of {len(catalog)} products is not embedded with this encoder (`fsl embed`, about "
+            f"{minutes} min here), so catalog search and examples are off"
         )
+        catalog = None
     store = open_store(catalog, encoder_config, store_root) if catalog is not None else None
     examples = example_classes(catalog, episodes_root or DEFAULT_EPISODES_DIR) if catalog is not None else []
     encoder.load()  # weights and image runtime now, not in the first visitor's request
