@@ -21,6 +21,7 @@ NEAR_DUPLICATE_THRESHOLD = 0.98
 TEST_TIME_VIEWS = ("flip",)  # the photo views test-time augmentation can average in (fsl/episodes/shift.py)
 # The "none of these" scores a calibration can threshold (fsl/harness/open_set.py)
 UNKNOWN_SCORES = ("max-softmax", "energy", "nearest-support", "mahalanobis")
+UNKNOWN = "unknown"  # the answer for a photo of none of the taught categories (so no category may be named so)
 
 
 @dataclass(frozen=True)

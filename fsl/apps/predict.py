@@ -28,14 +28,14 @@ from fsl.apps.support import (
     read_support_folder,
     read_texts,
 )
-from fsl.config import ExperimentConfig, config_from_dict, load_config
+from fsl.config import UNKNOWN, ExperimentConfig, config_from_dict, load_config
 from fsl.data.catalog import Catalog, label_word_pattern, mask_label_words, resolve_data_dir
 from fsl.data.prepared import load_catalog
 from fsl.encoders.factory import encoder_from_config
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
 from fsl.files import IMAGE_SUFFIXES, atomic_path, check_writable_target, write_csv
-from fsl.harness.calibration import UNKNOWN, Calibration, config_key, find_calibration
+from fsl.harness.calibration import Calibration, config_key, find_calibration
 from fsl.harness.checkpoints import read_meta
 from fsl.harness.experiment import experiment_head
 from fsl.paths import FEATURES_ROOT, checkpoint_dir, store_path

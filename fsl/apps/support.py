@@ -20,10 +20,10 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from fsl.config import UNKNOWN
 from fsl.encoders.base import Encoder, as_rgb
 from fsl.errors import FslError, shown
 from fsl.files import IMAGE_SUFFIXES, atomic_folder, write_csv
-from fsl.harness.calibration import UNKNOWN
 from fsl.store.content import ContentCache
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024

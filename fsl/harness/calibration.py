@@ -28,7 +28,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import roc_auc_score
 
-from fsl.config import ExperimentConfig
+from fsl.config import UNKNOWN, ExperimentConfig
 from fsl.data.catalog import Catalog
 from fsl.episodes.sampler import Episodes
 from fsl.errors import FslError, shown
@@ -45,7 +45,6 @@ from fsl.harness.open_set import DEFAULT_SCORE, SCORES, best_score, check_score,
 from fsl.paths import DEFAULT_EPISODES_DIR, FEATURES_ROOT, USER_CALIBRATION_DIR, calibration_dirs, checkpoint_dir
 from fsl.store.rows import store_rows
 
-UNKNOWN = "unknown"
 KNOWN_WAYS = 5  # classes taught in an open-set episode; the rest of the episode's classes are unknown
 FALSE_ACCEPT = 0.2  # default target: 1 in 5 photos of an untaught class still gets a (wrong) answer
 TEMPERATURE_SET = "val-5w5s"

@@ -14,12 +14,13 @@ from fsl.apps.classifier import DEFAULT_HEAD, FewShotClassifier
 from fsl.apps.index import SearchIndex, open_index
 from fsl.apps.predict import CatalogClassifier
 from fsl.apps.support import IMAGE_WEIGHT, TEMPERATURE, Category, open_image
+from fsl.config import UNKNOWN
 from fsl.data.catalog import Catalog
 from fsl.encoders.base import Encoder
 from fsl.encoders.factory import encoder_from_config
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
-from fsl.harness.calibration import UNKNOWN, Calibration
+from fsl.harness.calibration import Calibration
 from fsl.paths import DEFAULT_EPISODES_DIR, DEMO_SAVED_DIR, FEATURES_ROOT, split_file, store_path
 from fsl.store.content import ContentCache
 from fsl.store.features import FeatureStore, is_complete

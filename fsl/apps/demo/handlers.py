@@ -29,9 +29,9 @@ from fsl.apps.support import (
     read_support_folder,
     save_categories,
 )
+from fsl.config import UNKNOWN
 from fsl.errors import FslError
 from fsl.files import safe_name
-from fsl.harness.calibration import UNKNOWN
 
 
 def summary(categories: list[Category]) -> pd.DataFrame:

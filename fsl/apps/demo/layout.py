@@ -26,8 +26,8 @@ from fsl.apps.demo.handlers import (
 from fsl.apps.support import (
     MAX_IMAGE_BYTES,
 )
+from fsl.config import UNKNOWN
 from fsl.errors import FslError
-from fsl.harness.calibration import UNKNOWN
 
 
 def build_app(backend: DemoBackend):
