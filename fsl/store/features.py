@@ -394,22 +394,33 @@ def embed_catalog(
     return FeatureStore.open(path, encoder.id, catalog.fingerprint)
 
 
+def _complete_store(path: Path, full_check: bool) -> tuple[dict | None, str | None]:
+    """(the manifest of the complete store at `path`, or None when there is none yet; what is wrong with
+    it, or None): the one check behind a warm store read without the lock and a derived one."""
+    try:
+        manifest = _read_manifest(path)
+    except FslError as error:
+        return None, str(error)
+    if not manifest or not manifest.get("complete"):
+        return None, None
+    return manifest, store_problem(path, manifest, full_check)
+
+
+def _open_checked(path: Path, encoder_id: str, catalog_fingerprint: str, full_check: bool) -> FeatureStore:
+    if full_check:
+        _say(f"verified every byte and value of {path}")
+    return FeatureStore.open(path, encoder_id, catalog_fingerprint)
+
+
 def _ready_store(path: Path, catalog: Catalog, encoder: Encoder, variants: dict, full_check: bool):
     """The store at `path` when it is complete, sound and has every text variant, read without the
     writer lock; None when anything must be written (then embed_catalog takes the lock and looks again)."""
-    try:
-        manifest = _read_manifest(path)
-    except FslError:
-        return None
-    if not manifest or not manifest.get("complete") or manifest.get("version") != STORE_VERSION:
-        return None
-    if any(name not in manifest["text_variants"] for name in variants) or store_problem(path, manifest, full_check):
+    manifest, problem = _complete_store(path, full_check)
+    if manifest is None or problem or any(name not in manifest["text_variants"] for name in variants):
         return None
     if not np.array_equal(np.load(path / "ids.npy"), np.asarray(catalog.ids)):
         return None
-    if full_check:
-        _say(f"verified every byte and value of {path} against its sha256 checksums")
-    return FeatureStore.open(path, encoder.id, catalog.fingerprint)
+    return _open_checked(path, encoder.id, catalog.fingerprint, full_check)
 
 
 def _warm_store(
@@ -603,19 +614,12 @@ def _add_text_variants(
 def sound_derived_store(path: Path, encoder_id: str, catalog_fingerprint: str, full_check: bool = False):
     """The complete derived store at `path` (aligned, adapted), or None when it must be derived: none
     yet, or damaged (said, and marked for deriving again). full_check reads every byte and value."""
-    try:
-        manifest = _read_manifest(path)
-        problem = None if not manifest or not manifest.get("complete") else store_problem(path, manifest, full_check)
-    except FslError as error:
-        manifest, problem = {}, str(error)
-    if problem is None and manifest and manifest.get("complete"):
-        if full_check:
-            _say(f"verified every byte and value of {path}")
-        return FeatureStore.open(path, encoder_id, catalog_fingerprint)
-    if problem is not None:
-        _say(f"feature store {path} is damaged ({problem}); deriving it again")
-        with writer_lock(path):
-            (path / "manifest.json").unlink(missing_ok=True)
+    manifest, problem = _complete_store(path, full_check)
+    if problem is None:
+        return None if manifest is None else _open_checked(path, encoder_id, catalog_fingerprint, full_check)
+    _say(f"feature store {path} is damaged ({problem}); deriving it again")
+    with writer_lock(path):
+        (path / "manifest.json").unlink(missing_ok=True)
     return None
 
 
