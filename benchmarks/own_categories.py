@@ -3,8 +3,8 @@ folder, with no catalog (FSL_DATA cleared) and a cold, then warm, embedding cach
 from the dump's photos (fsl/data/sample.py): the README's (Watches, Handbags, Sunglasses taught, 5
 photos each; 10 other photos of each and 10 Flip Flops as queries) and a harder one with close
 untaught neighbours (Briefs, Dresses, Heels, Kurtas, Tops taught; Belts, Clutches, Sports Shoes not;
-20 queries each). Each is answered with the shipped calibration (fitted on validation classes) and
-with `--calibrate-on-support`. Offline encoder. Targets (issue 26): the README example in under 30 s
+20 queries each). Each is answered with the shipped calibration (fitted on base and validation
+classes) and with `--calibrate-on-support`. Offline encoder. Targets (issue 26): the README example in under 30 s
 from a cold cache, under 3 s beyond start-up when warm; MISSED is printed beside a missed one.
 
     python benchmarks/own_categories.py [--data DIR] [--seed 0] [--contact-sheet docs/contact-sheet.png]

@@ -522,31 +522,34 @@ def from_results(configs, folders: list[Path]):
 
 
 def calibration_markdown(folder: Path) -> str:
-    """ECE before -> after on the novel sets, the unknown rule on validation and novel classes, and the
-    "none of these" scores compared (chosen on validation; the spread over category sets)."""
+    """ECE before -> after on the novel sets, the unknown rule on selection and novel classes (every
+    taught count), the "none of these" scores compared, their rank agreement and the power line."""
     calibrations = [Calibration.load(path) for path in sorted(folder.glob("*.json"))]
     if not calibrations:
         return "No calibration yet: run `fsl calibrate experiments/NAME.yaml --calibration-dir fsl/calibration`."
     sets = [name for name in REPORT_SETS if name in calibrations[0].novel]
+    first = calibrations[0].validation
+    counts = first.get("taught_counts", [])
     lines = [
-        f"Encoder: `{', '.join(sorted({c.encoder for c in calibrations}))}`. Temperature, score and threshold chosen "
-        "on validation classes (val-5w5s; open-set val-allway-5s: 5 classes taught, the 6th unknown, target "
-        f"{calibrations[0].false_accept:.0%} false accepts); figures on novel classes, 600 frozen episodes. "
-        "ECE: expected calibration error of the top answer, 15 bins, in points, raw softmax → calibrated. "
-        "Open set: novel-15w5s episodes with 5 classes taught and the queries of all 15 (10 classes unknown).",
+        f"Encoder: `{', '.join(sorted({c.encoder for c in calibrations}))}`. Temperature, score and thresholds "
+        f"chosen on base and validation classes of split 0 ({first['temperature_set']}; open-set "
+        f"{first['open_set']}: {', '.join(map(str, counts))} classes taught, the rest of each episode unknown; a "
+        f"threshold for each count, {calibrations[0].false_accept:.0%} false accepts); figures on novel classes, "
+        "600 frozen episodes. ECE: expected calibration error of the top answer, 15 bins, in points, raw softmax → "
+        "calibrated. Open set: novel-15w5s episodes with 5 classes taught and the queries of all 15 (10 classes "
+        "unknown).",
         "",
         "| config | T | unknown rule | "
         + " | ".join(f"ECE {s.removeprefix('novel-')}" for s in sets)
-        + " | AUROC val / novel | taught: right and answered (without the rule) | taught answered unknown"
-        " | untaught accepted (val / novel) |",
+        + " | AUROC selection / novel | taught: right and answered (without the rule) | taught answered unknown"
+        " | untaught accepted (selection / novel) |",
         "|---" * (5 + len(sets) + 2) + "|",
     ]
     for c in calibrations:
         v, n = c.validation, next(f for name, f in c.novel.items() if "auroc" in f)
         ece = " | ".join(f"{100 * c.novel[s]['ece_before']:.1f} → {100 * c.novel[s]['ece_after']:.1f}" for s in sets)
-        rule = (
-            f"confidence below {c.threshold:.0%}" if c.score == "max-softmax" else f"{c.score} below {c.threshold:.4g}"
-        )
+        shown = (lambda t: f"{t:.0%}") if c.score == "max-softmax" else (lambda t: f"{t:.4g}")
+        rule = f"{c.score} below {shown(c.threshold_at(5))} at 5 taught"
         lines.append(
             f"| {c.config} | {c.temperature:.3g} | {rule} | {ece} | {v['auroc']:.3f} / {n['auroc']:.3f}"
             f" | {100 * n['known_accuracy']:.1f}% ({100 * n['known_accuracy_without_rule']:.1f}%)"
@@ -555,12 +558,30 @@ def calibration_markdown(folder: Path) -> str:
         )
     lines += [
         "",
-        'The "none of these" scores (fsl/harness/open_set.py), each config\'s chosen one in bold (best AUROC on '
-        "validation). AUROC taught vs untaught pooled over episodes (one threshold serves every category set), "
-        "then per category set: the mean and the 10th-percentile episode (a user's one set of categories can sit "
-        "far from the mean); false accepts at the threshold that answers 80% of taught photos.",
+        "Each count of taught classes, on novel classes (novel-15w5s episodes teaching that many): taught photos "
+        "right and answered / untaught photos accepted, at the threshold fitted for that count.",
         "",
-        "| config | score | AUROC val | AUROC novel | per set: mean / 10th pct (novel) "
+        "| config | " + " | ".join(f"{count} taught" for count in counts) + " |",
+        "|---" * (1 + len(counts)) + "|",
+    ]
+    for c in calibrations:
+        by_taught = next(f for f in c.novel.values() if "auroc" in f).get("by_taught", {})
+        cells = [by_taught.get(str(count)) for count in counts]
+        lines.append(
+            f"| {c.config} | "
+            + " | ".join(
+                "" if f is None else f"{100 * f['known_accuracy']:.1f}% / {100 * f['false_accept']:.1f}%" for f in cells
+            )  # fmt: skip
+            + " |"
+        )
+    lines += [
+        "",
+        'The "none of these" scores (fsl/harness/open_set.py), each config\'s chosen one in bold (best pooled AUROC '
+        "on the selection episodes). AUROC taught vs untaught pooled over episodes (one threshold serves every "
+        "category set), then per category set: the mean and the 10th-percentile episode (a user's one set of "
+        "categories can sit far from the mean); false accepts at the threshold that answers 80% of taught photos.",
+        "",
+        "| config | score | AUROC selection | AUROC novel | per set: mean / 10th pct (novel) "
         "| false accepts at 80% taught (novel) |",
         "|---|---|---|---|---|---|",
     ]
@@ -573,6 +594,16 @@ def calibration_markdown(folder: Path) -> str:
                 f"{novel[score]['episode_auroc_mean']:.3f} / {novel[score]['episode_auroc_p10']:.3f} | "
                 f"{100 * novel[score]['false_accept_at_taught_answered']:.1f}% |"
             )
+    agreement = [next(f for f in c.novel.values() if "auroc" in f).get("rank_agreement") for c in calibrations]
+    lines += ["", "Whether the selection episodes rank the four scores as novel classes do (Spearman over the four "
+              "AUROCs; 1: the same order), and the chosen score against the runner-up, paired over the selection "
+              "episodes' per-episode AUROCs:", ""]  # fmt: skip
+    for c, rho in zip(calibrations, agreement):
+        rho_text = "n/a" if rho is None else f"{rho:+.2f}"
+        lines.append(f"- {c.config}: Spearman {rho_text}; {c.validation.get('power', {}).get('verdict', '')}")
+    known = [rho for rho in agreement if rho is not None]
+    if known:
+        lines.append(f"- mean Spearman over the {len(known)} configs: {np.mean(known):+.2f}")
     return "\n".join(lines)
 
 

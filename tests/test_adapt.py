@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import fsl.harness.adapt
+from fsl.apps.classifier import DEFAULT_HEAD
 from fsl.config import AdaptConfig, EncoderConfig
 from fsl.encoders.adapted import WEIGHTS_FILE, AdaptedEncoder, load_adaptation
 from fsl.episodes.splits import ClassSplit
@@ -277,7 +278,7 @@ def test_your_own_categories_through_an_adapted_tower(slice_, tmp_path):
     answers = classifier.predict(queries)
     assert len(answers) == 3 and all(a.best in set(products["articleType"]) for a in answers)
     said = classifier.describe()  # the offline tower's shipped calibration is not borrowed for another tower
-    assert said.startswith("head linear-probe-image, encoder adapted:") and "uncalibrated" in said
+    assert said.startswith(f"head {DEFAULT_HEAD}, encoder adapted:") and "uncalibrated" in said
 
 
 # Nothing silently wrong in what adaptation derives ---------------------------------------------------
@@ -470,3 +471,58 @@ def test_fsl_eval_runs_while_fsl_adapt_caches_the_activations(slice_, tmp_path):
     assert adapting.returncode == 0, err[-2000:]
     assert "caching the activations at cut 1" in err and "step 2/2, validation score" in out + err
     assert list((tmp_path / "results").glob("pn*.csv"))
+
+
+def test_recipes_compared_on_class_folds_never_train_on_a_fold_held_classes(slice_, tmp_path):
+    """Two recipes x two folds of the slice's base ∪ validation classes: each fold trains on the other
+    fold's classes only (its batches checked), is scored on its own, and the power line compares them."""
+    from fsl.episodes.folds import class_folds
+    from fsl.harness.select import compare_recipes
+
+    root, catalog, _ = slice_
+    split = ClassSplit.load(catalog, "articleType", 0, root / "episodes")
+    labels = catalog.labels().to_numpy()
+    folds = class_folds(split, labels, k=2)
+    for fold in folds:
+        batches = BaseBatches(catalog, TINY, list(fold.train), root / "episodes")
+        seen = set()
+        for _ in range(30):
+            rows, _ = batches.supervised()
+            episode = batches.episode()
+            seen |= set(labels[rows]) | set(labels[np.concatenate([episode.support[0], episode.query[0]])])
+        assert seen <= set(fold.train) and not seen & (set(fold.held) | set(split.classes("novel")))
+    recipes = [TINY, dataclasses.replace(TINY, name="tiny-lr", lr=1e-3)]
+    summary = compare_recipes(catalog, recipes, 2, root / "offline-store", root / "episodes", tmp_path / "adapt",
+                              tmp_path / "runs", tmp_path / "folds.json", progress=False)  # fmt: skip
+    assert [row["recipe"] for row in summary["recipes"]] == ["tiny", "tiny-lr"]
+    assert [f["held"] for f in summary["folds"]] == [list(f.held) for f in folds]
+    for row in summary["recipes"]:
+        assert [f["fold"] for f in row["folds"]] == [0, 1] and 0 <= row["mean"] <= 1
+        for fold in folds:  # each fold's run trained on the fold's training classes, and said so
+            sidecar = json.loads((tmp_path / "adapt" / row["recipe"] / f"fold{fold.index}/best/adapt.json").read_text())
+            assert sidecar["base_classes"] == list(fold.train) and sidecar["fold"]["held"] == list(fold.held)
+    best = max(summary["recipes"], key=lambda row: row["mean"])
+    assert summary["chosen"] == best["recipe"] and summary["power"]["chosen"] == best["recipe"]
+    assert json.loads((tmp_path / "folds.json").read_text())["chosen"] == summary["chosen"]
+    with pytest.raises(FslError, match="distinct names"):
+        compare_recipes(catalog, [TINY, TINY], 2, root / "offline-store", root / "episodes", tmp_path / "adapt")
+
+
+def test_fsl_adapt_folds_prints_the_comparison_and_the_power_line(slice_, tmp_path, capsys):
+    from fsl.cli.main import main
+
+    root, _, _ = slice_
+    (tmp_path / "a.yaml").write_text("name: a\nsteps: 2\nval_every: 2\nbatch_size: 8\nn_way: 3\nk_shot: 2\n"
+                                     "q_query: 2\nobjective: episodic\n")  # fmt: skip
+    (tmp_path / "b.yaml").write_text((tmp_path / "a.yaml").read_text().replace("name: a", "name: b\nlr: 0.001"))
+    folders = ["--data", str(root / "dump"), "--episodes-dir", str(root / "episodes"), "--store-root",
+               str(root / "offline-store"), "--out", str(tmp_path / "adapt"),
+               "--runs", str(tmp_path / "runs")]  # fmt: skip
+    assert main(["adapt", str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml"), *folders, "--folds", "2", "--no-final",
+                 "--results", str(tmp_path / "res")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "split 0, 2 class folds of base and validation classes" in out and "<- chosen" in out
+    assert "separable" in out and (tmp_path / "res/adapt-folds/split0.json").is_file()
+    assert not (tmp_path / "adapt" / "a" / "best").exists()  # --no-final: the folds only
+    assert main(["adapt", str(tmp_path / "a.yaml"), *folders, "--no-final"]) == 2
+    assert "--no-final goes with --folds" in capsys.readouterr().err

@@ -49,7 +49,7 @@ def test_the_threshold_accepts_the_target_share_of_unknowns_and_auroc_ranks_them
     assert 0.19 <= (unknown >= threshold).mean() <= 0.2
     probabilities = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.55, 0.45]])
     confidence = probabilities.max(-1).values.numpy()  # the max-softmax score
-    figures = open_set_figures(probabilities, confidence, np.array([0, 1, -1, -1]), threshold=0.7)
+    figures = open_set_figures(probabilities.argmax(-1).numpy(), confidence, np.array([0, 1, -1, -1]), threshold=0.7)
     assert figures["auroc"] == 1.0  # every known query is more confident than every unknown one
     assert figures["known_unknown_rate"] == 0.0 and figures["false_accept"] == 0.0
     assert figures["known_accuracy"] == 0.5  # the second is answered, but wrong
@@ -88,6 +88,8 @@ def open_set_slice(twelve_classes, tmp_path_factory):
         [
             ("val-3w5s", "val", 3),
             ("val-allway-5s", "val", None),
+            ("select-5w5s", "select", 5),
+            ("select-allway-5s", "select", None),
             ("novel-3w5s", "novel", 3),
             ("novel-allway-5s", "novel", None),
         ]
@@ -128,7 +130,15 @@ def test_calibrate_reads_validation_classes_only_until_it_has_saved(open_set_sli
         open_novel_set="novel-allway-5s",
     )
     first_save = events.index("saved")
-    assert set(events[:first_save]) == {"val"} and "novel" in events[first_save:]
+    assert set(events[:first_save]) == {"val", "select"} and "novel" in events[first_save:]
+    # open-set selection over base ∪ validation classes (7 here: 15-way is not drawn)
+    assert calibration.validation["open_set"] == "select-allway-5s"
+    assert calibration.validation["taught_counts"] == [2, 3, 5, 6]  # 8 taught: all but one of 7
+    assert set(calibration.validation["by_taught"]) == {"2", "3", "5", "6"}
+    power = calibration.validation["power"]  # the chosen score against the runner-up, paired
+    assert power["chosen"] == calibration.score and power["runner_up"] != calibration.score
+    assert power["separable"] == (power["difference"] - power["ci"] > 0) and "AUROC, paired over" in power["verdict"]
+    assert power["verdict"].startswith("separable" if power["separable"] else "not separable")
     assert calibration.validation["nll_after"] <= calibration.validation["nll_before"]
     assert calibration.temperature > 0
     compared = calibration.validation["scores"]  # every "none of these" score, compared on validation only
@@ -136,7 +146,9 @@ def test_calibrate_reads_validation_classes_only_until_it_has_saved(open_set_sli
     assert calibration.score == max(compared, key=lambda name: compared[name]["auroc"])
     assert calibration.validation["false_accept"] <= 0.2 + 1e-9  # the threshold's target, on validation
     assert set(calibration.novel) == {"novel-3w5s", "open-novel-allway-5s"}
-    assert 0 <= calibration.novel["open-novel-allway-5s"]["auroc"] <= 1
+    reported = calibration.novel["open-novel-allway-5s"]
+    assert 0 <= reported["auroc"] <= 1 and reported["taught"] == 4 and set(reported["by_taught"]) == {"2", "3", "4"}
+    assert reported["rank_agreement"] is None or -1 <= reported["rank_agreement"] <= 1
 
     found = find_calibration(config_key(config, calibration.encoder), tmp_path)
     assert found == calibration  # saved whole, found by what it was fitted for
@@ -149,8 +161,24 @@ def test_calibrate_reads_validation_classes_only_until_it_has_saved(open_set_sli
     assert softmax.score == "max-softmax" and 0 < softmax.threshold <= 1
     with pytest.raises(FslError, match="validation classes only"):
         calibrate(config, catalog, root / "store", root / "ckpt", episodes_root, tmp_path, temperature_set="novel-3w5s")
+    centred = ExperimentConfig(name="lp", method="linear_probe", fusion="image", encoder=config.encoder,
+                               method_options={"centering": "base"})  # fmt: skip
+    with pytest.raises(FslError, match="'select-5w5s' holds base classes, which lp learned from"):
+        calibrate(
+            centred, catalog, root / "store", root / "ckpt", episodes_root, tmp_path, temperature_set="select-5w5s"
+        )
     with pytest.raises(FslError, match="between 0 and 1"):
         calibrate(config, catalog, root / "store", root / "ckpt", episodes_root, tmp_path, false_accept=1.5)
+
+
+def test_rank_agreement_is_spearman_over_the_scores_aurocs():
+    from fsl.harness.calibration import rank_agreement
+
+    selection = {name: {"auroc": a} for name, a in zip("abcd", (0.9, 0.8, 0.7, 0.6))}
+    assert rank_agreement(selection, {name: {"auroc": a} for name, a in zip("abcd", (0.99, 0.5, 0.4, 0.1))}) == 1.0
+    assert rank_agreement(selection, {name: {"auroc": a} for name, a in zip("abcd", (0.1, 0.2, 0.3, 0.4))}) == -1.0
+    assert rank_agreement(selection, {name: {"auroc": 0.5} for name in "abcd"}) is None  # all tied: no order
+    assert rank_agreement({"a": {"auroc": 1}, "b": {"auroc": 0}}, {"a": {"auroc": 1}, "b": {"auroc": 0}}) is None
 
 
 def test_a_damaged_calibration_file_is_a_message_naming_it(tmp_path):
@@ -167,3 +195,34 @@ def test_a_verdict_shows_score_and_threshold_with_the_digits_that_tell_them_apar
     assert softmax.verdict(0.9399) == "93.99% < 94.00%" and softmax.verdict(0.5) == "50% < 94%"
     energy = Calibration("c", "k", "e", 1.0, -2.9, 0.2, score="energy")
     assert energy.verdict(-3.21) == "energy -3.2 < -2.9" and energy.verdict(-2.5, named=False) == "-2.5 >= -2.9"
+    mahalanobis = Calibration("c", "k", "e", 1.0, -5751.3, 0.2, score="mahalanobis")
+    assert mahalanobis.verdict(-6310.7, named=False) == "-6311 < -5751"  # whole numbers written out, not 6.3e+03
+    assert mahalanobis.verdict(-5751.34) == "mahalanobis -5751.34 < -5751.3"
+
+
+def test_a_threshold_per_taught_count_is_interpolated_and_checked_when_read(tmp_path):
+    import json
+
+    per_count = Calibration("c", "k", "e", 1.0, -5.0, 0.2, score="mahalanobis",
+                            thresholds={"2": -8.0, "8": -2.0, "3": -6.0})  # fmt: skip
+    assert per_count.threshold_at(2) == -8.0 and per_count.threshold_at(8) == -2.0
+    assert per_count.threshold_at(1) == -8.0 and per_count.threshold_at(40) == -2.0  # the nearest outside
+    between = per_count.threshold_at(5)  # log(5) between log(3) and log(8)
+    assert between == pytest.approx(-6.0 + 4.0 * (np.log(5) - np.log(3)) / (np.log(8) - np.log(3)))
+    assert per_count.threshold_at(None) == -5.0  # no count: every count pooled
+    assert per_count.known(np.array([-7.0, -5.5]), 2).tolist() == [True, True]
+    assert per_count.known(np.array([-7.0, -5.5]), 3).tolist() == [False, True]
+    assert per_count.verdict(-2.5, taught=8) == "mahalanobis -2.5 < -2"
+    assert "for 3 categories" in per_count.rule(3) and "-8 for 2, -6 for 3, -2 for 8" in per_count.rule()
+    plain = Calibration("c", "k", "e", 1.0, 0.9, 0.2)  # without thresholds: one for every count
+    assert plain.threshold_at(2) == plain.threshold_at(9) == 0.9 and plain.rule(4) == '"unknown" below 90% confidence'
+
+    record = {k: v for k, v in per_count.__dict__.items() if k != "path"}
+    for bad in ({"x": -1.0}, {"2": "low"}, {"2": float("nan")}, {"0": 1.0}, {"2": True}):
+        (tmp_path / "c.json").write_text(json.dumps({**record, "thresholds": bad}))
+        with pytest.raises(FslError, match=r"c.json: the calibration is damaged \(thresholds\["):
+            Calibration.load(tmp_path / "c.json")
+    softmax = {**record, "score": "max-softmax", "threshold": 0.9, "thresholds": {"2": 1.5}}
+    (tmp_path / "c.json").write_text(json.dumps(softmax))
+    with pytest.raises(FslError, match="thresholds"):
+        Calibration.load(tmp_path / "c.json")

@@ -273,3 +273,21 @@ def test_calibrating_on_too_small_a_support_says_what_it_needs_in_plain_words(ow
     with pytest.raises(FslError) as error:
         clf.calibrate_on_support()
     assert "the taught examples: 2 categories, the smallest with 2 photo(s)" in str(error.value)
+
+
+def test_the_default_heads_are_the_ones_selection_chose_among_the_shipped_calibrations():
+    """The default head of your own categories (photos only, and photos with texts) is the shipped
+    calibrated head that answers the most taught photos right on the selection episodes at its
+    thresholds; a refit that changes the ranking must change the default too."""
+    from fsl.apps.classifier import DEFAULT_HEAD, FUSED_DEFAULT_HEAD, NAMED_HEADS
+    from fsl.harness.calibration import Calibration, best_for_own_categories
+    from fsl.paths import SHIPPED_CALIBRATION_DIR
+
+    shipped = [Calibration.load(path) for path in sorted(SHIPPED_CALIBRATION_DIR.glob("*.json"))]
+    named = [c for c in shipped if c.config in NAMED_HEADS]
+    image_only = [c for c in named if NAMED_HEADS[c.config].fusion == "image"]
+    fused = [c for c in named if NAMED_HEADS[c.config].fusion != "image"]
+    assert len(image_only) >= 2 and len(fused) >= 2
+    assert best_for_own_categories(image_only).config == DEFAULT_HEAD
+    assert best_for_own_categories(fused).config == FUSED_DEFAULT_HEAD
+    assert all(c.validation["open_set"].startswith("select-") for c in named)  # chosen without novel classes

@@ -88,6 +88,9 @@ def test_episodes_eval_compare_end_to_end_and_reproducible(twelve_class_dump, tm
         "articleType-novel-5w1s.npz",
         "articleType-novel-5w5s.npz",
         "articleType-novel-allway-5s.npz",
+        "articleType-select-5w1s.npz",  # the selection sets over base ∪ validation classes (too few for 15-way)
+        "articleType-select-5w5s.npz",
+        "articleType-select-allway-5s.npz",
         "articleType-val-allway-5s.npz",
     ]
     groups_file = files[0].parent / "near-duplicates.json"

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 
-from fsl.apps.classifier import NAMED_HEADS, FewShotClassifier
+from fsl.apps.classifier import DEFAULT_HEAD, NAMED_HEADS, FewShotClassifier
 from fsl.cli.main import main
-from fsl.config import EncoderConfig, load_config
+from fsl.config import EncoderConfig, load_config, to_yaml
 from fsl.errors import FslError
 from fsl.harness.calibration import calibrate_on_support, config_key, find_calibration
 from fsl.harness.experiment import head_for_features
@@ -108,7 +108,8 @@ def test_the_same_support_gives_the_same_answers_in_predict_the_demo_and_the_api
 
     monkeypatch.chdir(tmp_path)  # an empty folder: no catalog, no dump, the cache under ./.fsl
     monkeypatch.delenv("FSL_DATA", raising=False)
-    config = load_config(own_folders / "tiny.yaml")
+    config = dataclasses.replace(NAMED_HEADS[DEFAULT_HEAD], encoder=TINY)  # the demo's head, on the tiny encoder
+    (tmp_path / "default.yaml").write_text(to_yaml(config))
     probe = FewShotClassifier.from_folder(own_folders / "support", config)
     fitted = dataclasses.replace(probe.calibrate_on_support(score="max-softmax"), temperature=0.05)
     probe.calibration = fitted
@@ -123,7 +124,7 @@ def test_the_same_support_gives_the_same_answers_in_predict_the_demo_and_the_api
 
     out = tmp_path / "p.csv"
     argv = ["predict", "--support", str(own_folders / "support"), "--images", str(own_folders / "query")]
-    argv += ["--config", str(own_folders / "tiny.yaml"), "--calibration-dir", str(tmp_path / "calibrations")]
+    argv += ["--config", str(tmp_path / "default.yaml"), "--calibration-dir", str(tmp_path / "calibrations")]
     assert main([*argv, "--out", str(out)]) == 0
     table = pd.read_csv(out).set_index("file")
     assert table["nearest_id"].isna().all()  # no catalog: no catalog extras
@@ -137,7 +138,7 @@ def test_the_same_support_gives_the_same_answers_in_predict_the_demo_and_the_api
         label, confidences, message, _ = handlers.predict(backend, categories, str(path), None)
         assert label == answer.label  # "unknown" in all three
         assert confidences[answer.best] == pytest.approx(answer.confidence, abs=1e-5)  # one query vs a batch
-        assert r"head linear\-probe\-image" in message  # (escaped for Markdown)
+        assert f"head {DEFAULT_HEAD}".replace("-", r"\-") in message  # (escaped for Markdown)
     assert {a.label for a in answers} <= {*api.classes, "unknown"}
     assert 0 < sum(a.label == "unknown" for a in answers) < len(answers)  # both kinds of answer were compared
 
@@ -197,10 +198,10 @@ def test_a_head_that_needs_the_catalog_says_so_without_one(own_folders, tmp_path
 
 def test_the_shipped_calibrations_travel_with_the_package(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    default = NAMED_HEADS["linear-probe-image"]
+    default = NAMED_HEADS[DEFAULT_HEAD]
     found = find_calibration(config_key(default, "offline:efficientnet-lite0+all-MiniLM-L6-v2"))
     assert found is not None and Path(found.path).parent == SHIPPED_CALIBRATION_DIR
-    assert "fitted on validation classes" in found.describe() and found.path in found.describe()
+    assert "fitted on base and validation classes" in found.describe() and found.path in found.describe()
     assert find_calibration(config_key(default, "offline:efficientnet-lite0+all-MiniLM-L6-v2"), tmp_path) is None
 
 
@@ -214,10 +215,7 @@ def test_the_readme_example_from_an_empty_folder_without_the_catalog(tmp_path, m
     monkeypatch.delenv("FSL_DATA", raising=False)
     assert main(["predict", "--support", "support", "--images", "query", "--out", "p.csv"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert (
-        first.startswith("head linear-probe-image")
-        and str(SHIPPED_CALIBRATION_DIR / "linear-probe-image.json") in first
-    )
+    assert first.startswith(f"head {DEFAULT_HEAD}") and str(SHIPPED_CALIBRATION_DIR / f"{DEFAULT_HEAD}.json") in first
     assert "catalog extras off: no catalog" in first
     table = pd.read_csv("p.csv").set_index("file").join(truth)
     taught, untaught = table[table["taught"]], table[~table["taught"]]
@@ -227,7 +225,7 @@ def test_the_readme_example_from_an_empty_folder_without_the_catalog(tmp_path, m
         main(["predict", "--support", "support", "--images", "query", "--out", "p.csv", "--calibrate-on-support"]) == 0
     )
     printed = capsys.readouterr()
-    assert "calibrated on the support: AUROC" in printed.err and "linear-probe-image@support" in printed.out
+    assert "calibrated on the support: AUROC" in printed.err and f"{DEFAULT_HEAD}@support" in printed.out
 
 
 # Small catalogs ------------------------------------------------------------------------------------

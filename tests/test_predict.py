@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -10,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fsl.apps.classifier import DEFAULT_HEAD
 from fsl.cli.main import main
+from fsl.harness.calibration import Calibration
 
 CLASSES = ["Watches", "Handbags", "Casual Shoes"]
 REPO = Path(__file__).resolve().parents[1]
@@ -120,17 +121,17 @@ def test_photos_of_a_category_not_in_the_support_are_mostly_unknown(small_dump, 
     )
     printed = capsys.readouterr().out
     assert (
-        f"head linear-probe-image, encoder offline:efficientnet-lite0+all-MiniLM-L6-v2; calibration {CALIBRATION}"
+        f"head {DEFAULT_HEAD}, encoder offline:efficientnet-lite0+all-MiniLM-L6-v2; calibration {CALIBRATION}"
         in printed
     )
-    assert "fitted on validation classes" in printed and ' "unknown"' in printed
+    assert "fitted on base and validation classes" in printed and ' "unknown"' in printed
     table = pd.read_csv(out).set_index("file")
     unknown = table.loc[[p.name for p in tshirts], "answer"]
     known = table.loc[list(truth), "answer"]
     assert (unknown == "unknown").mean() > 0.5  # a category not in the support: "none of these", mostly
     assert (known == pd.Series(truth)).mean() >= 0.6  # the taught ones are still answered, mostly right
     assert set(table["answer"]) <= {*CLASSES, "unknown"}
-    threshold = json.loads((CALIBRATION / "linear-probe-image.json").read_text())["threshold"]
+    threshold = Calibration.load(CALIBRATION / f"{DEFAULT_HEAD}.json").threshold_at(len(CLASSES))  # for 3 taught
     assert ((table["score"] < threshold) == (table["answer"] == "unknown")).all()  # the score the rule used
 
 
@@ -183,7 +184,8 @@ def test_a_fused_head_without_texts_falls_back_to_its_image_part_and_says_so(sma
     ) in captured.err
     # the image-only head's calibration
     assert "linear-probe-fused-masked--image-part, encoder" in captured.out
-    assert f"calibration {CALIBRATION / 'linear-probe-image.json'}, fitted on validation classes" in captured.out
+    fitted = f"calibration {CALIBRATION / 'linear-probe-image.json'}, fitted on base and validation classes"
+    assert fitted in captured.out
     texts = tmp_path / "texts.csv"
     pd.DataFrame({"file": list(truth)[:3], "text": ["a product"] * 3}).to_csv(texts, index=False)
     assert (

@@ -301,3 +301,28 @@ def test_eval_says_which_splits_it_will_run_and_how_long_the_last_run_took(
     assert "pn: splits 0 1" in first and "--splits 0` runs split 0 alone" in first and "last run" not in first
     assert main(["eval", str(config), *common, "--splits", "1"]) == 0
     assert "pn: split 1 (last run, splits 0 1: " in capsys.readouterr().err
+
+
+def test_selection_sets_pool_base_and_validation_classes_and_leave_the_standard_files_byte_identical(
+    twelve_classes, tmp_path
+):
+    from fsl.episodes.frozen import EpisodeSet
+    from fsl.episodes.splits import ClassSplit
+    from fsl.episodes.standard import draw_standard_episodes
+
+    _, catalog = twelve_classes
+    options = {"stratify": None, "n_episodes": 20, "q_query": 5, "benchmarks": BENCHMARKS}
+    draw_standard_episodes(catalog, tmp_path / "without", selection={}, **options)
+    draw_standard_episodes(catalog, tmp_path / "with", **options)
+    without, with_ = tmp_path / "without" / catalog.fingerprint, tmp_path / "with" / catalog.fingerprint
+    for path in without.glob("*.npz"):  # adding the selection sets changed no standard or shifted file
+        assert (with_ / path.name).read_bytes() == path.read_bytes(), path.name
+    split = ClassSplit.load(catalog, "articleType", 0, tmp_path / "with")
+    pool = split.classes("select")
+    assert pool == sorted(split.classes("base") + split.classes("val")) and not set(pool) & set(split.classes("novel"))
+    selection = EpisodeSet.load(with_ / "articleType-select-5w5s.npz", catalog.fingerprint)
+    assert selection.meta["split"] == "select" and selection.meta["classes"] == pool
+    drawn = np.unique(np.concatenate([selection.episodes.support.ravel(), selection.episodes.query.ravel()]))
+    label_of = pd.Series(catalog.labels().to_numpy(), index=catalog.products["id"].to_numpy())
+    assert set(label_of.loc[drawn]) <= set(pool)
+    assert not (with_ / "articleType-select-15w5s.npz").exists()  # 7 pool classes: too few for 15-way

@@ -9,7 +9,7 @@ from fsl.cli.main import main
 from fsl.config import load_config
 from fsl.episodes.frozen import EpisodeSet
 from fsl.errors import FslError
-from fsl.harness.sweep import parse_grid, sweep
+from fsl.harness.sweep import parse_grid, parse_space, sweep
 
 PROBE = """\
 method: linear_probe
@@ -48,10 +48,12 @@ def test_a_two_value_sweep_chooses_on_validation_and_never_reads_novel_sets(twel
         tmp_path / "ckpt",
         tmp_path / "runs",
         progress=False,
+        results_root=tmp_path / "res",
     )
     assert reads and all(name.startswith("articleType-val-") for name in reads)
     assert result.chosen.method_options["C"] == 10  # C = 1e-6 leaves every logit at 0: chance
-    assert result.scores[1][1] > result.scores[0][1]
+    by_c = {point["method_options.C"]: mean for point, mean, _ in result.scores}  # in trial order: one each
+    assert len(result.scores) == 2 and by_c[10] > by_c[1e-6]
     assert "{'method_options.C': 10} - {'method_options.C': 1e-06}: " in result.verdict and "paired" in result.verdict
 
 
@@ -90,10 +92,10 @@ def test_the_cli_writes_the_choice_then_tests_it_and_the_results_say_how_it_was_
     assert all("val-" in name for name in reads[:first_novel]) and first_novel >= 2
     chosen = tmp_path / "res/sweeps/probe.yaml"
     text = chosen.read_text()
-    assert "chosen by `fsl sweep` on validation classes only (val-2w5s)" in text and "C': 1e-06" in text
+    assert "chosen by `fsl sweep` on selection episodes only (val-2w5s)" in text and "C': 1e-06" in text
     assert load_config(chosen).method_options["C"] == 10
     sidecar = (tmp_path / "res" / "probe--method_options.C-10.config.yaml").read_text()
-    assert sidecar.startswith("# chosen on: validation (val-2w5s), by fsl sweep")
+    assert sidecar.startswith("# chosen on: selection episodes (val-2w5s), by fsl sweep (study probe in sqlite:///")
 
 
 def test_a_sweep_refuses_to_choose_on_novel_episodes_before_scoring_anything(twelve_classes, tmp_path, reads):
@@ -113,6 +115,7 @@ def test_a_sweep_refuses_to_choose_on_novel_episodes_before_scoring_anything(twe
             tmp_path / "ckpt",
             tmp_path / "runs",
             progress=False,
+            results_root=tmp_path / "res",
         )
     assert reads == ["articleType-novel-5w5s"]  # looked at once to refuse it, never scored
 
@@ -138,6 +141,7 @@ def test_bad_grids_fail_before_any_work(twelve_classes, tmp_path, grid, message,
             root / "episodes",
             root / "store",
             progress=False,
+            results_root=tmp_path / "res",
         )
     assert reads == []
 
@@ -150,10 +154,8 @@ def test_a_sweep_says_when_its_best_points_are_not_separable_and_logs_under_runs
     base = rng.uniform(0.6, 1.0, 300)  # per-episode accuracies of one point
     close = np.clip(base + rng.normal(0, 0.05, 300), 0, 1)  # another point, the same on average
     clear = np.clip(base + 0.1, 0, 1)
-    assert "not separable on validation" in separability(
-        [{"C": 1}, {"C": 2}], [base, close], int(close.mean() > base.mean())
-    )
-    assert separability([{"C": 1}, {"C": 2}], [base, clear], 1).startswith("the chosen point beats the runner-up")
+    assert "not separable (" in separability([{"C": 1}, {"C": 2}], [base, close], int(close.mean() > base.mean()))
+    assert separability([{"C": 1}, {"C": 2}], [base, clear], 1).startswith("separable ({'C': 2} - {'C': 1}: +")
     assert build_parser().parse_args(["sweep", "x.yaml", "--grid", "method_options.C=1,2"]).runs == "runs/sweep"
 
 
@@ -173,5 +175,187 @@ def test_a_bad_value_last_in_a_grid_is_refused_before_any_point_runs(twelve_clas
             tmp_path / "ckpt",
             tmp_path / "runs",
             progress=False,
+            results_root=tmp_path / "res",
         )
     assert reads == []  # no episode set was read
+
+
+def sweep_probe(twelve_classes, tmp_path, config: str = PROBE, name: str = "probe", **options):
+    root, catalog = twelve_classes
+    (tmp_path / f"{name}.yaml").write_text(config)
+    options = {"grid": [], "results_root": tmp_path / "res", "progress": False} | options
+    grid = options.pop("grid")
+    return sweep(load_config(tmp_path / f"{name}.yaml"), grid, catalog, ("val-2w5s",), root / "episodes",
+                 root / "store", tmp_path / "ckpt", tmp_path / "runs", **options)  # fmt: skip
+
+
+def test_tpe_trials_over_a_range_live_in_sqlite_and_a_finished_study_is_not_run_again(twelve_classes, tmp_path):
+    import optuna
+
+    space = parse_space(["method_options.C=log:1e-6:10"])
+    result = sweep_probe(twelve_classes, tmp_path, space=space, trials=4)
+    storage = f"sqlite:///{(tmp_path / 'res/sweeps/studies.db').resolve()}"
+    assert result.study == f"probe in {storage}"
+    study = optuna.load_study(study_name="probe", storage=storage)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 4 and all(1e-6 <= t.params["method_options.C"] <= 10 for t in complete)
+    best = max(complete, key=lambda t: (t.value, -t.number))
+    assert result.chosen.method_options["C"] == best.params["method_options.C"]
+    assert "paired" in result.verdict and len(best.user_attrs["accuracy"]) == 30  # per episode, for the power line
+    again = sweep_probe(twelve_classes, tmp_path, space=space, trials=4)  # resumed: nothing left to run
+    assert len(optuna.load_study(study_name="probe", storage=storage).trials) == 4
+    assert again.chosen == result.chosen
+
+
+def test_a_study_of_another_question_a_bad_storage_and_a_bad_space_are_one_line_messages(twelve_classes, tmp_path):
+    sweep_probe(twelve_classes, tmp_path, grid=parse_grid(["method_options.C=1,10"]))
+    with pytest.raises(FslError, match=r"study 'probe' in sqlite:///.* was started for another question \(its space"):
+        sweep_probe(twelve_classes, tmp_path, grid=parse_grid(["method_options.C=1,100"]))
+    assert sweep_probe(twelve_classes, tmp_path, grid=parse_grid(["method_options.C=1,100"]), study_name="other")
+    with pytest.raises(FslError, match=r"^--storage 'nosuchdb://x': cannot open it as an Optuna storage \(.*\)$"):
+        sweep_probe(twelve_classes, tmp_path, grid=parse_grid(["method_options.C=1"]), storage="nosuchdb://x")
+    with pytest.raises(FslError, match="head linear_probe has no option 'Cc'"):
+        sweep_probe(twelve_classes, tmp_path, space=parse_space(["method_options.Cc=log:1:2"]), trials=2)
+    with pytest.raises(FslError, match="--space needs --trials N"):
+        sweep_probe(twelve_classes, tmp_path, space=parse_space(["method_options.C=log:1:2"]))
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("method_options.C=log:0:1", "LOW > 0"),
+        ("method_options.C=float:2:1", "LOW < HIGH"),
+        ("method_options.C=int:1:x", "two numbers"),
+        ("method_options.C=uniform:1:2", "KIND is float, log"),
+        ("method_options.C", "expected KEY=KIND:LOW:HIGH"),
+    ],
+)
+def test_bad_spaces_are_refused_naming_the_argument(text, message):
+    with pytest.raises(FslError, match=message):
+        parse_space([text])
+
+
+WORKER = """\
+import sys, time
+import fsl.harness.sweep as sweeping
+from fsl.config import load_config
+from fsl.data.prepared import load_catalog
+
+root, storage, delay, heartbeat = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+real = sweeping.run_experiment
+sweeping.run_experiment = lambda *a, **k: (time.sleep(delay), real(*a, **k))[1]  # a trial long enough to meet
+result = sweeping.sweep(load_config(root + "/probe.yaml"), sweeping.parse_grid(["method_options.C=0.001,0.1,1,10"]),
+                        load_catalog(root + "/dump"), ("val-2w5s",), root + "/episodes", root + "/store",
+                        root + "/ckpt", root + "/runs", progress=True, storage=storage, study_name="shared",
+                        heartbeat_s=heartbeat, grace_s=2 * heartbeat)
+print("chosen", result.chosen.method_options["C"])
+"""
+
+
+def run_workers(twelve_classes, tmp_path, count: int, delay: float, heartbeat: int = 30):
+    import subprocess
+    import sys
+
+    root, _ = twelve_classes
+    (tmp_path / "probe.yaml").write_text(PROBE)
+    for name in ("dump", "episodes", "store"):
+        if not (tmp_path / name).exists():
+            (tmp_path / name).symlink_to(root / name)
+    (tmp_path / "worker.py").write_text(WORKER)
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    command = [sys.executable, str(tmp_path / "worker.py"), str(tmp_path), storage, str(delay), str(heartbeat)]
+    return storage, [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for _ in range(count)]  # fmt: skip
+
+
+def trials_by_state(storage: str) -> dict[str, list]:
+    import optuna
+
+    trials = optuna.load_study(study_name="shared", storage=storage).trials  # once the workers made the file
+    return {state: [t.params.get("method_options.C") for t in trials if t.state.name == state]
+            for state in ("COMPLETE", "RUNNING", "FAIL", "PRUNED")}  # fmt: skip
+
+
+def test_two_workers_on_one_sqlite_study_run_each_point_once_and_agree(twelve_classes, tmp_path):
+    storage, workers = run_workers(twelve_classes, tmp_path, 2, delay=1.5)
+    outputs = [worker.communicate(timeout=300) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    states = trials_by_state(storage)
+    assert sorted(states["COMPLETE"]) == [0.001, 0.1, 1, 10]  # every point scored, each once
+    chosen = {out.strip().splitlines()[-1] for out, _ in outputs}
+    assert len(chosen) == 1  # both workers report the same choice
+    ran = [line for out, _ in outputs for line in out.splitlines() if line.startswith("  trial ")]
+    assert len(ran) == 4 and all("trial" in out for out, _ in outputs)  # the work was shared, none twice
+
+
+def running_trials(database) -> int:
+    """Trials running in a study's SQLite file, read without Optuna (which would race the worker
+    creating its schema); 0 before the file has its tables."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+            return connection.execute("SELECT count(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_a_sweep_killed_mid_trial_resumes_and_runs_the_lost_point_again(twelve_classes, tmp_path):
+    import os
+    import signal
+    import time
+
+    storage, (first,) = run_workers(twelve_classes, tmp_path, 1, delay=3.0, heartbeat=1)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.2)
+        if running_trials(tmp_path / "studies.db"):
+            break
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    lost = trials_by_state(storage)["RUNNING"]
+    assert len(lost) == 1
+    _, (second,) = run_workers(twelve_classes, tmp_path, 1, delay=0.0, heartbeat=1)
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err[-2000:]
+    states = trials_by_state(storage)
+    assert sorted(states["COMPLETE"]) == [0.001, 0.1, 1, 10] and states["FAIL"] == lost and not states["RUNNING"]
+
+
+def test_a_trained_config_reports_its_validation_points_and_the_median_pruner_stops_a_hopeless_one(
+    twelve_classes, tmp_path, monkeypatch
+):
+    """The wiring, with training and scoring stood in for: each validation point reaches Optuna as an
+    intermediate value; a trial below the median of the earlier ones is pruned and never chosen."""
+    import optuna
+
+    import fsl.harness.sweep as sweeping
+    from fsl.harness.evaluate import EvalResult
+
+    meta = (
+        "method: protonet\nmethod_options: {projection: linear}\nfusion: image\nepisodes: [novel-5w5s]\n"
+        "encoder: {name: clip, model: FSL-Tiny, pretrained: none}\n"
+        "train: {steps: 20, lr: 0.001, val_every: 10, val_episodes: val-2w5s}\n"
+    )
+    quality = {0.001: 0.8, 0.002: 0.9, 0.003: 0.3}  # train.lr -> what its validation points say
+    trained = []
+
+    def fake_train(config, *args, on_validation=None, **kwargs):
+        trained.append(config.train.lr)
+        for step in (10, 20):
+            on_validation(step, quality[config.train.lr])  # raises TrialPruned for a hopeless one
+
+    def fake_run(config, *args, **kwargs):
+        return [EvalResult(config.name, "val-2w5s", np.full(30, quality[config.train.lr]), {})]
+
+    monkeypatch.setattr(sweeping, "train", fake_train)
+    monkeypatch.setattr(sweeping, "run_experiment", fake_run)
+    grid = parse_grid(["train.lr=0.001,0.002,0.003"])  # in this order under seed 5: lr 0.003 after two to judge by
+    result = sweep_probe(twelve_classes, tmp_path, meta, "meta", grid=grid, seed=5)
+    study = optuna.load_study(study_name="meta", storage=f"sqlite:///{(tmp_path / 'res/sweeps/studies.db').resolve()}")
+    states = {t.params["train.lr"]: t.state.name for t in study.trials}
+    assert states[0.003] == "PRUNED" and sorted(trained) == [0.001, 0.002, 0.003]
+    assert [t.params["train.lr"] for t in sorted(study.trials, key=lambda t: t.number)] == [0.001, 0.002, 0.003]
+    assert all(t.intermediate_values for t in study.trials)  # every trial reported its points
+    assert result.chosen.train.lr == 0.002
+    assert [p["train.lr"] for p, _, _ in result.scores] == [0.001, 0.002]  # a pruned point is never a candidate

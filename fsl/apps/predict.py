@@ -263,7 +263,14 @@ def write_predictions(records: list[dict], folder: Path, out: str | os.PathLike,
         + ["nearest_id", "nearest_label", "error"]
     )
     records = sorted(records, key=lambda record: record["file"])
-    contact_sheet(records, folder, Path(out).with_suffix(".png"), classifier.calibration, classifier.describe(False))
+    contact_sheet(
+        records,
+        folder,
+        Path(out).with_suffix(".png"),
+        classifier.calibration,
+        classifier.describe(False),
+        len(classifier.classes),
+    )
     return write_csv(pd.DataFrame(records).reindex(columns=columns), out)
 
 
@@ -467,7 +474,7 @@ def predict_folder(
             for rank, (value, index) in enumerate(zip(top.values[i], top.indices[i]), 1):
                 record[f"label_{rank}"] = classifier.classes[int(index)]
                 record[f"confidence_{rank}"] = round(float(value), 4)
-            known = scores is None or bool(scores[i] >= classifier.calibration.threshold)
+            known = scores is None or bool(classifier.calibration.known(scores[i], len(classifier.classes)))
             record["answer"] = record["label_1"] if known else UNKNOWN
             record["score"] = None if scores is None else round(float(scores[i]), 6)
         image_dim = classifier.store.manifest["image_dim"]
@@ -477,7 +484,8 @@ def predict_folder(
     answered = [r for r in records if not r["error"]]
     if classifier.calibration and answered:
         unknown = sum(r["answer"] == UNKNOWN for r in answered)
-        print(f'{unknown} of {len(answered)} photos answered "{UNKNOWN}" ({classifier.calibration.rule()})')
+        rule = classifier.calibration.rule(len(classifier.classes))
+        print(f'{unknown} of {len(answered)} photos answered "{UNKNOWN}" ({rule})')
     return write_predictions(records, folder, out, top_k, classifier)
 
 
@@ -492,6 +500,7 @@ def contact_sheet(
     path: Path,
     calibration: Calibration | None,
     about: str = "",
+    taught: int | None = None,
     limit: int = 60,
     columns: int = 6,
 ) -> Path:
@@ -520,7 +529,7 @@ def contact_sheet(
             )
             unknown = record["answer"] == UNKNOWN
             caption = (
-                f"{UNKNOWN} ({calibration.verdict(record['score'], named=False)})"
+                f"{UNKNOWN} ({calibration.verdict(record['score'], named=False, taught=taught)})"
                 if unknown
                 else f"{record['answer']} ({record['confidence_1']:.0%})"
             )

@@ -188,26 +188,39 @@ def cmd_sweep(args) -> None:
     from fsl.data.prepared import load_catalog
     from fsl.harness.evaluate import percent
     from fsl.harness.experiment import run_experiment
-    from fsl.harness.sweep import parse_grid, sweep, write_chosen
+    from fsl.harness.sweep import parse_grid, parse_space, sweep, write_chosen
 
     config = _one_config(args)
-    grid = parse_grid(args.grid)
+    grid, space = parse_grid(args.grid or []), parse_space(args.space or [])
     catalog = load_catalog(args.data)
-    print(f"sweeping {config.name} on {', '.join(args.on)} (validation classes):")
+    print(f"sweeping {config.name} on {', '.join(args.on)} (selection episodes):")
     result = sweep(
-        config, grid, catalog, tuple(args.on), args.episodes_dir, args.store_root, args.checkpoints, args.runs
+        config,
+        grid,
+        catalog,
+        tuple(args.on),
+        args.episodes_dir,
+        args.store_root,
+        args.checkpoints,
+        args.runs,
+        space=space,
+        trials=args.trials,
+        storage=args.storage,
+        study_name=args.study,
+        results_root=args.results,
     )
     chosen = write_chosen(result, Path(args.results) / "sweeps" / f"{config.name}.yaml")
     _, mean, ci = max(result.scores, key=lambda score: score[1])  # the first best, as the sweep chose
     print(f"chosen: {result.chosen.name} ({', '.join(args.on)}: {percent(mean, ci)}); {result.verdict}")
-    print(f"config written to {chosen}")
+    print(f"config written to {chosen} (study {result.study})")
     if args.no_test:
         return
     print(f"now, and only now, on the test sets: {', '.join(result.chosen.episodes)}")
     results = run_experiment(
         result.chosen, catalog, args.episodes_dir, args.store_root, checkpoints_root=args.checkpoints
     )
-    _save(results, result.chosen, args, chosen_on=f"validation ({', '.join(args.on)}), by fsl sweep", catalog=catalog)
+    chosen_on = f"selection episodes ({', '.join(args.on)}), by fsl sweep (study {result.study}); {result.verdict}"
+    _save(results, result.chosen, args, chosen_on=chosen_on, catalog=catalog)
     _print_tables(results)
 
 
@@ -308,25 +321,44 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
     sweeping = commands.add_parser(
         "sweep",
-        help="choose config values on validation classes, then test once",
-        description="Run a grid of config values on validation-class episodes only, "
-        "write the best as a config (with the grid and scores as a "
-        "comment), then evaluate that one config on its novel sets.",
+        help="choose config values on selection episodes (an Optuna study), then test once",
+        description="Score a grid of config values (--grid), or --trials points of ranges searched by TPE "
+        "(--space), on selection episodes only (validation classes, or base and validation classes for "
+        "configs that learn nothing from base classes); write the best as a config (with every point's "
+        "score and the chosen point against the runner-up as a comment), then evaluate that one config on "
+        "its novel sets. The study is an Optuna study in SQLite beside the results (--storage: any "
+        "database Optuna takes, so several machines run one study with the same command); a killed "
+        "sweep resumes where it stopped.",
     )
     add_experiment_options(sweeping, "runs/sweep")
     sweeping.add_argument(
         "--grid",
         action="append",
-        required=True,
         metavar="KEY=V1,V2,...",
         help="values to try for one key (method_options.C=0.1,1,10); repeat for a full grid",
     )
+    sweeping.add_argument(
+        "--space",
+        action="append",
+        metavar="KEY=KIND:LOW:HIGH",
+        help="a range TPE searches (method_options.C=log:1e-3:1e2; KIND float, log, int, or choice:V1,V2); "
+        "needs --trials",
+    )
+    sweeping.add_argument("--trials", type=int, metavar="N", help="with --space: how many points TPE tries")
+    sweeping.add_argument(
+        "--storage",
+        metavar="URL",
+        help="the Optuna storage (default sqlite:///RESULTS/sweeps/studies.db; postgresql://... for several machines)",
+    )
+    sweeping.add_argument("--study", metavar="NAME", help="the study's name (default: the config's name)")
     sweeping.add_argument(
         "--on",
         nargs="+",
         default=["val-5w5s"],
         metavar="SET",
-        help="validation episode sets that choose (default val-5w5s); novel sets are refused",
+        help="selection episode sets that choose (default val-5w5s; select-5w5s and the other select-* sets "
+        "hold base and validation classes, for configs that learn nothing from base classes); novel sets "
+        "are refused",
     )
     sweeping.add_argument(
         "--results", default=str(RESULTS_DIR), help="results and the chosen config go here (default results/)"

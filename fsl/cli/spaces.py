@@ -22,6 +22,7 @@ from fsl.paths import (
     ALIGN_DIR,
     DEFAULT_EPISODES_DIR,
     FEATURES_ROOT,
+    RESULTS_DIR,
     SHIPPED_CALIBRATION_DIR,
     USER_CALIBRATION_DIR,
 )
@@ -68,28 +69,57 @@ def cmd_adapt(args) -> None:
     from fsl.config import load_adapt_config, override, parse_assignment
     from fsl.data.prepared import load_catalog
     from fsl.harness.adapt import adapt, check_adapt_config
+    from fsl.harness.select import compare_recipes
 
-    recipe = load_adapt_config(args.recipe)
+    recipes = [load_adapt_config(path) for path in args.recipe]
     if args.set:
-        recipe = override(recipe, [parse_assignment(text) for text in args.set])
-    recipes = [check_adapt_config(dataclasses.replace(recipe, split_seed=seed)) for seed in args.split_seeds]
+        recipes = [override(recipe, [parse_assignment(text) for text in args.set]) for recipe in recipes]
+    by_split = {
+        seed: [check_adapt_config(dataclasses.replace(recipe, split_seed=seed)) for recipe in recipes]
+        for seed in args.split_seeds
+    }
+    if args.folds is None and args.no_final:
+        raise FslError("--no-final goes with --folds (without folds every recipe is a final run)")
     catalog = load_catalog(args.data)
-    for recipe in recipes:  # one adaptation per split, chosen on that split's validation classes
-        summary = adapt(
-            catalog, recipe, args.store_root, args.episodes_dir, args.out, args.runs, resume=not args.restart
-        )
-        best, start = summary["best"], summary["start"]
-        sets = [name for name in start if name != "score"]
-        chosen = (
-            "step 0: no step beat the frozen tower on the validation classes"
-            if summary["best_step"] == 0
-            else f"step {summary['best_step']} of {summary['steps']}"
-        )
-        print(
-            f"{recipe.name} (split {recipe.split_seed}): chosen at {chosen}; validation "
-            + ", ".join(f"{name} {100 * best[name]:.1f}% (frozen {100 * start[name]:.1f}%)" for name in sets)
-            + f"; use it with --encoder adapted --pretrained {summary['folder']}"
-        )
+    for seed, candidates in by_split.items():
+        if args.folds is not None:  # the recipe is chosen on class folds, then trained on every base class
+            out = Path(args.results) / "adapt-folds" / f"split{seed}.json"
+            summary = compare_recipes(catalog, candidates, args.folds, args.store_root, args.episodes_dir,
+                                      args.out, args.runs, out, resume=not args.restart)  # fmt: skip
+            print(f"split {seed}, {args.folds} class folds of base and validation classes (fused-masked protonet, "
+                  "per-episode accuracy on each fold's held-out classes):")  # fmt: skip
+            for row in summary["recipes"]:
+                steps = ", ".join(str(f["step"]) for f in row["folds"])
+                mark = "  <- chosen" if row["recipe"] == summary["chosen"] else ""
+                print(
+                    f"  {row['recipe']}: {100 * row['mean']:.1f} ± {100 * row['ci']:.1f}% (chosen steps {steps}){mark}"
+                )
+            print(f"  {summary['power']['verdict']}; written to {out}")
+            if args.no_final:
+                continue
+            candidates = [next(r for r in candidates if r.name == summary["chosen"])]
+        for recipe in candidates:  # one adaptation per split, its step chosen on that split's validation classes
+            report_adaptation(
+                recipe,
+                adapt(
+                    catalog, recipe, args.store_root, args.episodes_dir, args.out, args.runs, resume=not args.restart
+                ),
+            )
+
+
+def report_adaptation(recipe, summary: dict) -> None:
+    best, start = summary["best"], summary["start"]
+    sets = [name for name in start if name != "score"]
+    chosen = (
+        "step 0: no step beat the frozen tower on the validation classes"
+        if summary["best_step"] == 0
+        else f"step {summary['best_step']} of {summary['steps']}"
+    )
+    print(
+        f"{recipe.name} (split {recipe.split_seed}): chosen at {chosen}; validation "
+        + ", ".join(f"{name} {100 * best[name]:.1f}% (frozen {100 * start[name]:.1f}%)" for name in sets)
+        + f"; use it with --encoder adapted --pretrained {summary['folder']}"
+    )
 
 
 def cmd_calibrate(args) -> None:
@@ -181,7 +211,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "Writes checkpoints/adapt/NAME/{best,last} (split s: checkpoints/adapt/split<s>/NAME), TensorBoard "
         "under runs/adapt; resumes from last.",
     )
-    adapting.add_argument("recipe", metavar="RECIPE", help="experiments/adapt/*.yaml")
+    adapting.add_argument("recipe", metavar="RECIPE", nargs="+", help="experiments/adapt/*.yaml (one or more)")
     add_data_option(adapting)
     adapting.add_argument(
         "--set",
@@ -204,15 +234,29 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     adapting.add_argument("--out", default=str(ADAPT_DIR), help=f"where adaptations go (default {ADAPT_DIR})")
     adapting.add_argument("--runs", default="runs/adapt", help="TensorBoard log dir (default runs/adapt)")
     adapting.add_argument("--restart", action="store_true", help="start over instead of resuming from last")
+    adapting.add_argument(
+        "--folds",
+        type=positive_int,
+        metavar="K",
+        help="choose among the recipes on K class folds of base and validation classes (4 is a good start): "
+        "each recipe trains K times, fold f on the other folds' classes, scored on fold f's; the best mean "
+        "is then trained on every base class. Writes RESULTS/adapt-folds/split<s>.json",
+    )
+    adapting.add_argument("--no-final", action="store_true", help="with --folds: choose only, train no final run")
+    adapting.add_argument(
+        "--results", default=str(RESULTS_DIR), help=f"where --folds writes its comparison (default {RESULTS_DIR}/)"
+    )
     adapting.set_defaults(run=cmd_adapt)
 
     calibrating = commands.add_parser(
         "calibrate",
-        help="calibrated confidences and a 'none of these' threshold, on validation classes",
-        description="Fit a temperature (softmax(logits / T)) on val-5w5s and an 'unknown' threshold on open-set "
-        "episodes of the validation classes (5 taught, the rest unknown) for a target false-accept "
-        "rate; save them (used by fsl predict and the demo), then report expected calibration error "
-        "before and after, and AUROC known vs unknown, on the novel sets.",
+        help="calibrated confidences and a 'none of these' threshold, chosen without novel classes",
+        description="Fit a temperature (softmax(logits / T)) on select-5w5s and choose the 'unknown' score and "
+        "its threshold on open-set episodes of select-15w5s (2, 3, 5 or 8 classes taught, the rest unknown) "
+        "for a target false-accept rate: both sets are drawn over the base and validation classes; a config "
+        "that learned from base classes uses val-5w5s and val-allway-5s instead. Saves them (used by fsl "
+        "predict and the demo), then reports expected calibration error before and after, AUROC known vs "
+        "unknown and the scores' rank agreement on the novel sets.",
     )
     add_experiment_options(calibrating, "runs/calibrate")
     calibrating.add_argument(

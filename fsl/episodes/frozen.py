@@ -275,3 +275,12 @@ STANDARD_BENCHMARKS = {
     "novel-allway-5s": ("novel", None, 5),  # the original notebook's setting
     "val-allway-5s": ("val", None, 5),  # every validation class: open-set calibration (fsl calibrate)
 }
+# Selection sets over base ∪ validation classes (splits.POOLS), for the choices that learn nothing from
+# base classes; drawn with seeds of their own, so adding them left every standard file byte-identical.
+SELECTION_BENCHMARKS = {
+    "select-5w1s": ("select", 5, 1),
+    "select-5w5s": ("select", 5, 5),
+    "select-15w5s": ("select", 15, 5),  # open-set selection: a few classes taught, the others unknown
+    "select-allway-5s": ("select", None, 5),
+}
+SELECTION_SEED_OFFSET = 900  # seed * 1000 + 900 + i: clear of the standard and shifted sets' seeds

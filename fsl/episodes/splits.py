@@ -18,6 +18,10 @@ DEFAULT_FRACTIONS = (
     0.45,
 )  # base, val, novel: the 39 real classes with >= 20 photos leave 17 novel, enough for 15-way
 SPLITS = ("base", "val", "novel")
+# Pools of splits. "select": the base and validation classes together, where the choices that learn
+# nothing from base classes (temperature, "none of these" score and threshold, head options) are
+# scored: 22 classes instead of 6 in split 0, so a choice has classes enough to see a difference.
+POOLS = {"select": ("base", "val")}
 
 
 # Class splits ----------------------------------------------------------------------------------
@@ -33,9 +37,10 @@ class ClassSplit:
     table: pd.DataFrame  # columns: class, count, split, parent
 
     def classes(self, split: str) -> list[str]:
-        if split not in SPLITS:
-            raise FslError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
-        return sorted(self.table.loc[self.table["split"] == split, "class"])
+        """The classes of a split, or of a pool of splits (POOLS)."""
+        if split not in SPLITS and split not in POOLS:
+            raise FslError(f"unknown split {split!r}; choose one of {[*SPLITS, *POOLS]}")
+        return sorted(self.table.loc[self.table["split"].isin(POOLS.get(split, (split,))), "class"])
 
     @property
     def name(self) -> str:

@@ -9,7 +9,15 @@ from pathlib import Path
 from fsl.config import EncoderConfig
 from fsl.data.catalog import Catalog
 from fsl.encoders.factory import encoder_from_config
-from fsl.episodes.frozen import STANDARD_BENCHMARKS, digests_bytes, draw_episode_set, file_digest, read_digests
+from fsl.episodes.frozen import (
+    SELECTION_BENCHMARKS,
+    SELECTION_SEED_OFFSET,
+    STANDARD_BENCHMARKS,
+    digests_bytes,
+    draw_episode_set,
+    file_digest,
+    read_digests,
+)
 from fsl.episodes.near_duplicates import (
     NEAR_DUPLICATE_THRESHOLD,
     NearDuplicates,
@@ -62,10 +70,12 @@ def draw_standard_episodes(
     stratify: str | None = "masterCategory",
     benchmarks: dict = STANDARD_BENCHMARKS,
     force: bool = False,
+    selection: dict = SELECTION_BENCHMARKS,
     near_duplicates: NearDuplicates | None = None,
 ) -> tuple[ClassSplit, list[Path]]:
-    """The split (saved as CSV) and one frozen file per standard benchmark the split allows; with
-    `near_duplicates`, their groups (saved beside them) are never split between support and queries.
+    """The split (saved as CSV) and one frozen file per standard benchmark the split allows, and per
+    `selection` set (over base ∪ validation classes); with `near_duplicates`, their groups (saved beside
+    them) are never split between support and queries.
 
     Frozen files are test sets: one that exists with other content is never replaced unless `force`."""
     if type(n_episodes) is not int or n_episodes < 1 or type(q_query) is not int or q_query < 1:
@@ -78,7 +88,9 @@ def draw_standard_episodes(
     files = {out / f"{split.name}-split.csv": split.to_bytes()}
     if near_duplicates is not None:
         files[near_duplicates_path(catalog, root)] = near_duplicates.to_bytes()
-    for offset, (name, (split_name, n_way, k_shot)) in enumerate(benchmarks.items()):
+    seeds = {name: seed * 1000 + offset for offset, name in enumerate(benchmarks)}
+    seeds |= {name: seed * 1000 + SELECTION_SEED_OFFSET + offset for offset, name in enumerate(selection)}
+    for name, (split_name, n_way, k_shot) in (benchmarks | selection).items():
         available = len(split.classes(split_name))
         if (n_way or available) > available or available < 2:
             print(f"skipping {name}: the {split_name} split has only {available} class(es)")
@@ -94,7 +106,7 @@ def draw_standard_episodes(
             k_shot,
             q_query,
             n_episodes,
-            seed=seed * 1000 + offset,
+            seed=seeds[name],
             near_duplicates=near_duplicates,
         )
         files[out / f"{episode_set.name}.npz"] = episode_set.to_bytes()

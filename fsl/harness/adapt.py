@@ -31,8 +31,18 @@ from tqdm.auto import tqdm, trange
 
 from fsl.config import AdaptConfig, EncoderConfig, ExperimentConfig
 from fsl.data.catalog import Catalog
-from fsl.encoders.adapted import TOWERS, ImageTop, check_cut, save_adaptation, top_features
+from fsl.encoders.adapted import (
+    TOWERS,
+    ImageTop,
+    adapted_top,
+    check_cut,
+    load_adaptation,
+    save_adaptation,
+    top_features,
+)
 from fsl.encoders.offline import OfflineEncoder
+from fsl.episodes.folds import ClassFold, check_fold, fold_episodes
+from fsl.episodes.frozen import EpisodeSet
 from fsl.episodes.sampler import EpisodeSampler
 from fsl.episodes.splits import ClassSplit
 from fsl.episodes.standard import saved_near_duplicates
@@ -140,6 +150,12 @@ def merged_top(model: nn.Module) -> ImageTop:
 # Base-class batches -----------------------------------------------------------------------------
 
 
+def near_duplicate_index(catalog: Catalog, episodes_root) -> np.ndarray | None:
+    """[P] each catalog product's near-duplicate group number, where the split's sets were drawn with them."""
+    near_duplicates = saved_near_duplicates(catalog, episodes_root)
+    return None if near_duplicates is None else near_duplicates.group_index(catalog.products["id"].to_numpy())
+
+
 class BaseBatches:
     """Rows of base-class products only: supervised batches and episodic tasks. Validation and
     novel products are never among `rows`, so no batch can hold one (a test checks it)."""
@@ -159,12 +175,8 @@ class BaseBatches:
         self.base = list(base)
         self.classes = torch.as_tensor(np.searchsorted(self.base, labels[self.rows]))
         self.generator = torch.Generator().manual_seed(config.seed)
-        near_duplicates = saved_near_duplicates(catalog, episodes_root)
-        groups = (
-            None
-            if near_duplicates is None
-            else near_duplicates.group_index(catalog.products["id"].to_numpy())[self.rows]
-        )
+        groups = near_duplicate_index(catalog, episodes_root)
+        groups = None if groups is None else groups[self.rows]
         self.sampler = EpisodeSampler(
             self.rows, labels[self.rows], self.base, config.n_way, config.k_shot,
             config.q_query, config.seed, groups,
@@ -220,40 +232,55 @@ def augment(maps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 # Training ---------------------------------------------------------------------------------------
 
 
-class Validation:
-    """The fused-masked protonet on the validation-class episode sets: the mean accuracy over sets is
-    the score that chooses the checkpoint."""
+def validation_sets(catalog: Catalog, config: AdaptConfig, episodes_root) -> dict[str, EpisodeSet]:
+    """The recipe's validation-class episode sets, checked to hold validation classes only."""
+    experiment = validation_experiment(config)
+    check_validation_only(
+        experiment, catalog, config.val_episodes, episodes_root, "fsl adapt", "val_episodes=[val-5w5s]"
+    )
+    return {name: load_episode_set(experiment, catalog, name, episodes_root) for name in config.val_episodes}
 
-    def __init__(self, catalog: Catalog, config: AdaptConfig, store, activations: np.ndarray, episodes_root):
-        experiment = ExperimentConfig(
-            name="adapt-validation",
-            method="protonet",
-            fusion="concat",
-            fusion_options={"image_weight": config.image_weight},
-            text_variant=config.text_variant,
-            label_column=config.label_column,
-        )
-        check_validation_only(
-            experiment, catalog, config.val_episodes, episodes_root, "fsl adapt", "val_episodes=[val-5w5s]"
-        )
-        self.names = list(config.val_episodes)
-        self.sets = [load_episode_set(experiment, catalog, name, episodes_root) for name in self.names]
+
+def validation_experiment(config: AdaptConfig) -> ExperimentConfig:
+    """The head that scores a checkpoint: the fused-masked protonet of the README's main heads."""
+    return ExperimentConfig(
+        name="adapt-validation",
+        method="protonet",
+        fusion="concat",
+        fusion_options={"image_weight": config.image_weight},
+        text_variant=config.text_variant,
+        label_column=config.label_column,
+    )
+
+
+class Validation:
+    """The fused-masked protonet on held-out episode sets (validation classes, or a class fold's held
+    classes): the mean accuracy over sets is the score that chooses the checkpoint."""
+
+    def __init__(self, config: AdaptConfig, store, activations: np.ndarray, sets: dict[str, EpisodeSet]):
+        self.sets = sets
         self.ids = store.ids
         ids = np.unique(
-            np.concatenate([np.concatenate([s.episodes.support.ravel(), s.episodes.query.ravel()]) for s in self.sets])
+            np.concatenate(
+                [np.concatenate([s.episodes.support.ravel(), s.episodes.query.ravel()]) for s in sets.values()]
+            )
         )
         self.rows = np.searchsorted(store.ids, ids)
         self.features = np.zeros((len(store.ids), 1280 + store.manifest["text_dim"]), dtype=np.float32)
         self.features[self.rows, 1280:] = store.text(config.text_variant)[self.rows]
-        self.head = head_for_features(experiment, 1280, store.manifest["text_dim"], TOWERS)
+        self.head = head_for_features(validation_experiment(config), 1280, store.manifest["text_dim"], TOWERS)
         self.activations = activations
 
-    def score(self, top: nn.Module) -> dict[str, float]:
+    def accuracies(self, top: nn.Module) -> dict[str, np.ndarray]:
+        """Each set's per-episode accuracies under `top` (paired across tops: the same episodes)."""
         self.features[self.rows, :1280] = F.normalize(top_features(top, self.activations, self.rows), dim=-1).numpy()
-        scores = {
-            name: float(np.mean(run_episodes(self.head, self.features, self.ids, episode_set, progress=False)))
-            for name, episode_set in zip(self.names, self.sets)
+        return {
+            name: run_episodes(self.head, self.features, self.ids, episode_set, progress=False)
+            for name, episode_set in self.sets.items()
         }
+
+    def score(self, top: nn.Module) -> dict[str, float]:
+        scores = {name: float(np.mean(values)) for name, values in self.accuracies(top).items()}
         return {**scores, "score": float(np.mean(list(scores.values())))}
 
 
@@ -266,20 +293,32 @@ def adapt(
     runs_root: str | os.PathLike = "runs/adapt",
     resume: bool = True,
     progress: bool = True,
+    fold: ClassFold | None = None,
 ) -> dict:
-    """Train the top on split `config.split_seed`'s base classes; returns {"best" (validation figures),
-    "best_step", "start" (step 0's figures), "steps", "folder"}. The checkpoints of split s live under
-    split_root(root, s), like fsl train's."""
+    """Train the top on split `config.split_seed`'s base classes, or on a class fold's training classes
+    (scored on its held ones: fsl/episodes/folds.py); returns {"best" (validation figures), "best_step",
+    "start" (step 0's figures), "steps", "folder", "accuracies" (the chosen top's per-episode accuracies
+    on each scoring set)}. The checkpoints of split s live under split_root(root, s), like fsl train's;
+    a fold's under NAME/fold<f>."""
     check_adapt_config(config)
     episodes_root = split_root(episodes_root, config.split_seed)
     folder = split_root(root, config.split_seed) / config.name
+    run_name = config.name
     split = ClassSplit.load(catalog, config.label_column, config.split_seed, episodes_root)
     base = split.classes("base")
     encoder = OfflineEncoder()
     store = open_store(catalog, EncoderConfig("offline"), store_root)
     if not np.array_equal(store.ids, catalog.products["id"].to_numpy()):
         raise FslError(f"feature store {store.path} rows do not follow the catalog; re-run `fsl embed`")
-    validation = Validation(catalog, config, store, None, episodes_root)  # checked before the long caching
+    if fold is None:
+        sets = validation_sets(catalog, config, episodes_root)  # checked before the long caching
+    else:
+        check_fold(fold, split)
+        base, folder, run_name = list(fold.train), folder / f"fold{fold.index}", f"{config.name}/fold{fold.index}"
+        held = fold_episodes(fold, split, store.ids, catalog.labels(config.label_column).to_numpy(),
+                             catalog.fingerprint, near_duplicate_index(catalog, episodes_root))  # fmt: skip
+        sets = {held.name.removeprefix(f"{config.label_column}-"): held}
+    validation = Validation(config, store, None, sets)
     batches = BaseBatches(catalog, config, base, episodes_root)  # likewise
     activations = cached_activations(catalog, encoder, config.cut, store_root, progress=progress)
     validation.activations = activations
@@ -310,13 +349,15 @@ def adapt(
         "label_column": config.label_column,
         "catalog_fingerprint": catalog.fingerprint,
         "base_classes": base,
-        "trained_on": f"{len(batches.rows)} products of the {len(base)} base classes",
+        "trained_on": f"{len(batches.rows)} products of the {len(base)} "
+        + ("base classes" if fold is None else f"training classes of class fold {fold.index}"),
+        **({} if fold is None else {"fold": {"index": fold.index, "held": list(fold.held)}}),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "config": dataclasses.asdict(config),
     }
     saved_config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
     state = load_train_state(folder / "last") if resume else None
-    writer = SummaryWriter(str(split_root(runs_root, config.split_seed) / config.name))
+    writer = SummaryWriter(str(split_root(runs_root, config.split_seed) / run_name))
     if state is not None:
         if state.get("config") != saved_config or state.get("catalog_fingerprint") != catalog.fingerprint:
             raise FslError(
@@ -405,10 +446,13 @@ def adapt(
             )
     writer.add_scalar("val/chosen_step", best["step"], config.steps)
     writer.close()
+    chosen_top = adapted_top(copy.deepcopy(encoder.image_model), load_adaptation(folder / "best")[0], config.cut,
+                             folder / "best")  # fmt: skip
     return {
         "best": best,
         "best_step": best["step"],
         "start": start_scores,
         "steps": config.steps,
         "folder": folder / "best",
+        "accuracies": validation.accuracies(chosen_top),
     }

@@ -1,11 +1,15 @@
-"""Confidences that mean something, and a "none of these" answer, fitted on validation classes only.
+"""Confidences that mean something, and a "none of these" answer, fitted without novel classes.
 
 Temperature scaling (Guo et al., ICML 2017): one scalar T per config minimises the negative
-log-likelihood of validation-episode queries; softmax(logits / T) is the confidence shown. The
+log-likelihood of selection-episode queries; softmax(logits / T) is the confidence shown. The
 "none of these" rule thresholds a known-ness score (fsl/harness/open_set.py: the calibrated top
 confidence, energy, distance to the support, Mahalanobis): `fsl calibrate` compares the scores on
-open-set validation episodes (5 validation classes taught, the queries of the others unknown) and
-keeps the best, and its threshold accepts a target fraction of the unknown queries (false accepts).
+open-set selection episodes (2, 3, 5 or 8 classes taught, the queries of the others unknown), keeps
+the best, and sets a threshold for each count of taught classes that accepts a target fraction of
+the unknown queries (false accepts): with more taught classes an untaught photo is nearer one of them.
+Selection episodes are drawn over base and validation classes (22 in split 0, not 6: enough to
+rank the scores as novel classes do) for a head that learns nothing from base classes, over
+validation classes for one that did.
 
 `fsl calibrate` saves the calibration before it reads a novel-class episode; the novel figures
 (ECE before and after, AUROC known vs unknown, accuracy and unknown rate at the threshold) are only
@@ -20,12 +24,14 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
+from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from fsl.config import UNKNOWN, ExperimentConfig
@@ -40,15 +46,30 @@ from fsl.harness.experiment import (
     class_text_table,
     experiment_head,
     load_episode_set,
+    selection_sets,
 )
 from fsl.harness.open_set import DEFAULT_SCORE, SCORES, best_score, check_score, compare_scores, known_scores
-from fsl.paths import DEFAULT_EPISODES_DIR, FEATURES_ROOT, USER_CALIBRATION_DIR, calibration_dirs, checkpoint_dir
+from fsl.harness.select import power_line
+from fsl.paths import (
+    DEFAULT_EPISODES_DIR,
+    FEATURES_ROOT,
+    USER_CALIBRATION_DIR,
+    calibration_dirs,
+    checkpoint_dir,
+    episode_set_path,
+)
 from fsl.store.rows import store_rows
 
-KNOWN_WAYS = 5  # classes taught in an open-set episode; the rest of the episode's classes are unknown
+KNOWN_WAYS = 5  # classes taught in a reported open-set episode; the rest of the episode's classes are unknown
+# Open-set selection episodes teach each of these many classes (those below the set's ways): a user
+# teaches two categories or eight, and a score chosen at one count alone can collapse at another.
+TAUGHT_COUNTS = (2, 3, 5, 8)
 FALSE_ACCEPT = 0.2  # default target: 1 in 5 photos of an untaught class still gets a (wrong) answer
-TEMPERATURE_SET = "val-5w5s"
-OPEN_VAL_SET = "val-allway-5s"
+# (over base ∪ validation classes, validation classes only): the first for configs that learned nothing
+# from base classes, the second for those that did (experiment.selection_sets); of each, the first set
+# drawn is used (a small catalog's pool may hold too few classes for 15-way episodes)
+TEMPERATURE_SETS = (("select-5w5s",), ("val-5w5s",))
+OPEN_SELECTION_SETS = (("select-15w5s", "select-allway-5s"), ("val-allway-5s",))
 REPORT_SETS = ("novel-5w1s", "novel-5w5s", "novel-15w5s")
 OPEN_NOVEL_SET = "novel-15w5s"
 
@@ -66,7 +87,24 @@ class Calibration:
     score: str = DEFAULT_SCORE  # which known-ness score the threshold applies to (fsl/harness/open_set.py)
     fitted_on: str = "validation classes"  # in words: what the temperature and threshold were fitted on
     support_digest: str = ""  # fitted on a support: the digest of its examples (support_digest), "" otherwise
+    # thresholds by the number of categories taught ("2", "3", "5", "8"), each for the false-accept target:
+    # with more categories an untaught photo is nearer one of them, so one threshold lets more through
+    thresholds: dict = field(default_factory=dict)
     path: str = field(default="", compare=False)  # the file it was read from (not saved)
+
+    def threshold_at(self, taught: int | None = None) -> float:
+        """The threshold for `taught` categories: the fitted one at that count, interpolated in log(count)
+        between two fitted counts, the nearest fitted one outside them; `threshold` (every count pooled)
+        without per-count thresholds or a count."""
+        if not self.thresholds or taught is None:
+            return self.threshold
+        fitted = sorted((int(count), value) for count, value in self.thresholds.items())
+        counts = np.log([count for count, _ in fitted])
+        return float(np.interp(np.log(max(taught, 1)), counts, [value for _, value in fitted]))
+
+    def known(self, scores: torch.Tensor | np.ndarray, taught: int | None) -> np.ndarray:
+        """[Q] whether each score clears the threshold for `taught` categories (else the answer is "unknown")."""
+        return np.asarray(scores) >= self.threshold_at(taught)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits / self.temperature, dim=-1)
@@ -82,20 +120,33 @@ class Calibration:
         The feature scores read the head's embedded support [S, D], its labels [S] and queries [Q, D]."""
         return known_scores(self.score, logits, self.temperature, support, support_labels, query)
 
-    def rule(self) -> str:
-        if self.score == "max-softmax":
-            return f'"{UNKNOWN}" below {self.threshold:.0%} confidence'
-        return f'"{UNKNOWN}" when the {self.score} score is below {self.threshold:.4g}'
+    def rule(self, taught: int | None = None) -> str:
+        """The rule in words, at `taught` categories where the thresholds depend on it."""
+        percent = self.score == "max-softmax"
 
-    def verdict(self, score: float, named: bool = True) -> str:
-        """A score beside the threshold, in the rule's terms and with the digits that tell them apart
-        ("93.6% < 94.0%", not "94%" against "below 94%"; "energy -3.2 < -2.9"; `named`: with the score's name)."""
+        def shown(value: float) -> str:
+            return f"{value:.0%}" if percent else f"{value:.4g}"
+
+        if self.thresholds and taught is None:
+            each = ", ".join(f"{shown(value)} for {count}" for count, value in sorted(
+                self.thresholds.items(), key=lambda item: int(item[0])))  # fmt: skip
+            below = f"below its threshold for the number of categories taught ({each})"
+        else:
+            count = f" for {taught} categories" if self.thresholds else ""
+            below = f"below {shown(self.threshold_at(taught))}{count}"
+        return f'"{UNKNOWN}" {below} confidence' if percent else f'"{UNKNOWN}" when the {self.score} score is {below}'
+
+    def verdict(self, score: float, named: bool = True, taught: int | None = None) -> str:
+        """A score beside the threshold (for `taught` categories), in the rule's terms and with the digits
+        that tell them apart ("93.6% < 94.0%", not "94%" against "below 94%"; "energy -3.2 < -2.9"; `named`:
+        with the score's name)."""
+        threshold = self.threshold_at(taught)
         percent = self.score == "max-softmax"
         for digits in range(0, 5) if percent else range(2, 8):
-            shown = [f"{v:.{digits}%}" if percent else f"{v:.{digits}g}" for v in (score, self.threshold)]
+            shown = [f"{v:.{digits}%}" if percent else plain_number(v, digits) for v in (score, threshold)]
             if shown[0] != shown[1]:
                 break
-        relation = "<" if score < self.threshold else ">="
+        relation = "<" if score < threshold else ">="
         return f"{'' if percent or not named else self.score + ' '}{shown[0]} {relation} {shown[1]}"
 
     def describe(self, paths: bool = True) -> str:
@@ -114,13 +165,13 @@ class Calibration:
     @classmethod
     def from_record(cls, record: object, path: str | os.PathLike, fix: str = "rerun `fsl calibrate`") -> Calibration:
         """A calibration from its JSON record (a calibration file, or a saved classifier's), every field
-        checked: types, a finite temperature > 0, a finite threshold (within 0-1 for max-softmax), a
+        checked: types, a finite temperature > 0, finite thresholds (within 0-1 for max-softmax), a
         false-accept target within (0, 1), a known score. Anything else names the file and the field."""
         fields = {"config": (str,), "key": (str,), "encoder": (str,), "temperature": NUMBER, "threshold": NUMBER,
                   "false_accept": NUMBER}  # fmt: skip
         values = check_record(record, fields, path, "calibration", fix)
         optional = {"validation": (dict,), "novel": (dict,), "score": (str,), "fitted_on": (str,),
-                    "support_digest": (str,)}  # fmt: skip
+                    "support_digest": (str,), "thresholds": (dict,)}  # fmt: skip
         check_record(values, {k: v for k, v in optional.items() if k in values}, path, "calibration", fix)
         check_score(values.get("score", DEFAULT_SCORE), f"{path}: score")
         numbers = {name: finite(values[name]) for name in ("temperature", "threshold", "false_accept")}
@@ -133,10 +184,28 @@ class Calibration:
                 f"temperature > 0, a finite threshold, within 0-1 for max-softmax, and a false-accept target "
                 f"between 0 and 1); {fix}"
             )
+        thresholds = values.get("thresholds", {})
+        for count, value in thresholds.items():
+            number = finite(value) if isinstance(value, NUMBER) and not isinstance(value, bool) else math.nan
+            if not (
+                count.isdigit()
+                and int(count) >= 1
+                and math.isfinite(number)
+                and (values.get("score", DEFAULT_SCORE) != "max-softmax" or 0 <= number <= 1)
+            ):
+                raise FslError(
+                    f"{path}: the calibration is damaged (thresholds[{shown(count)}] = {shown(value)}: expected a "
+                    f"count of categories and a finite threshold); {fix}"
+                )
         try:
             return cls(**{**values, **numbers, "path": str(path)})
         except TypeError as error:
             raise FslError(f"{path} is not a calibration ({error}); {fix}") from None
+
+
+def plain_number(value: float, digits: int) -> str:
+    """`digits` significant digits, whole numbers written out ("-6311", not "-6.3e+03")."""
+    return f"{value:.0f}" if abs(value) >= 10**digits else f"{value:.{digits}g}"
 
 
 def finite(value: int | float) -> float:
@@ -224,9 +293,12 @@ def threshold_for(unknown_confidence: np.ndarray, false_accept: float) -> float:
     return float(np.quantile(np.asarray(unknown_confidence, dtype=np.float64), 1 - false_accept, method="higher"))
 
 
-def open_set_figures(probabilities: torch.Tensor, scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
-    """AUROC of known vs unknown by the known-ness score, and what the threshold does to each kind."""
-    predicted = probabilities.argmax(-1).numpy()
+def open_set_figures(
+    predicted: np.ndarray, scores: np.ndarray, labels: np.ndarray, threshold: float | np.ndarray
+) -> dict:
+    """AUROC of known vs unknown by the known-ness score, and what the threshold (one, or one per
+    query) does to each kind (predicted: each query's top class)."""
+    predicted = np.asarray(predicted)
     known = labels >= 0
     accepted = scores >= threshold
     correct = predicted == labels
@@ -236,7 +308,6 @@ def open_set_figures(probabilities: torch.Tensor, scores: np.ndarray, labels: np
         "known_accuracy_without_rule": float(correct[known].mean()),
         "known_unknown_rate": float((~accepted)[known].mean()),  # taught classes answered "unknown"
         "false_accept": float(accepted[~known].mean()),  # untaught classes given a taught name
-        "threshold": threshold,
     }
 
 
@@ -245,19 +316,57 @@ def open_set_figures(probabilities: torch.Tensor, scores: np.ndarray, labels: np
 
 @dataclass
 class OpenSetScores:
-    """One open-set episode set under a head: logits [E, Q, N], each score's values [E, Q] and the
-    query labels [E, Q] (-1: a class outside the support)."""
+    """Open-set episodes under a head, pooled over the taught counts they were built with, one entry
+    per episode: each query's predicted class, each score's values, the query labels (-1: a class
+    outside the support) and the number of classes the episode taught."""
 
-    logits: torch.Tensor
-    scores: dict[str, np.ndarray]
-    labels: np.ndarray
+    predicted: list[np.ndarray]
+    scores: dict[str, list[np.ndarray]]
+    labels: list[np.ndarray]
+    taught: list[int]
 
-    def figures(self, score: str, temperature: float, threshold: float) -> dict:
-        probabilities = torch.softmax(self.logits.reshape(-1, self.logits.shape[-1]) / temperature, -1)
-        return open_set_figures(probabilities, self.scores[score].ravel(), self.labels.ravel(), threshold)
+    def only(self, taught: int) -> OpenSetScores:
+        """The episodes that taught `taught` classes."""
+        keep = [e for e, count in enumerate(self.taught) if count == taught]
+        return OpenSetScores(
+            [self.predicted[e] for e in keep],
+            {name: [values[e] for e in keep] for name, values in self.scores.items()},
+            [self.labels[e] for e in keep],
+            [taught] * len(keep),
+        )
+
+    def figures(self, score: str, threshold_at: Callable[[int], float]) -> dict:
+        """The rule over every query, each episode judged by the threshold for its taught count, and per
+        taught count where there are several."""
+        thresholds = [np.full(len(labels), threshold_at(count)) for labels, count in zip(self.labels, self.taught)]
+        figures = open_set_figures(
+            np.concatenate(self.predicted),
+            np.concatenate(self.scores[score]),
+            np.concatenate(self.labels),
+            np.concatenate(thresholds),
+        )
+        counts = sorted(set(self.taught))
+        if len(counts) > 1:
+            figures["by_taught"] = {str(c): self.only(c).figures(score, threshold_at) for c in counts}
+        else:
+            figures["threshold"] = threshold_at(counts[0])
+        return figures
+
+    def unknown_scores(self, score: str) -> np.ndarray:
+        """The score's values on the queries of untaught classes."""
+        return np.concatenate(self.scores[score])[np.concatenate(self.labels) < 0]
 
     def comparison(self) -> dict[str, dict]:
-        return compare_scores({k: list(v) for k, v in self.scores.items()}, list(self.labels >= 0))
+        return compare_scores(self.scores, [labels >= 0 for labels in self.labels])
+
+    def power(self, chosen: str) -> dict:
+        """The chosen score against the runner-up, paired over the same episodes' per-episode AUROCs
+        (select.power_line)."""
+        known = [labels >= 0 for labels in self.labels]
+        usable = [e for e, k in enumerate(known) if 0 < k.sum() < len(k)]
+        names = sorted(self.scores)
+        each = [np.array([roc_auc_score(known[e], self.scores[name][e]) for e in usable]) for name in names]
+        return power_line(names, each, names.index(chosen), unit="AUROC")
 
 
 def set_logits(
@@ -297,23 +406,36 @@ def calibrate(
     episodes_root=DEFAULT_EPISODES_DIR,
     root: str | os.PathLike = USER_CALIBRATION_DIR,
     false_accept: float = FALSE_ACCEPT,
-    temperature_set: str = TEMPERATURE_SET,
-    open_val_set: str = OPEN_VAL_SET,
+    temperature_set: str = "auto",
+    open_selection_set: str = "auto",
     report_sets: tuple[str, ...] = REPORT_SETS,
     open_novel_set: str = OPEN_NOVEL_SET,
     known: int = KNOWN_WAYS,
     score: str = "auto",
+    taught_counts: tuple[int, ...] = TAUGHT_COUNTS,
 ) -> Calibration:
-    """Fit T, choose the known-ness score (`auto`: the best AUROC on the open validation set) and its
-    "unknown" threshold on validation episodes, save, then report on novel ones."""
+    """Fit T, choose the known-ness score (`auto`: the best pooled AUROC on the open-set selection
+    episodes, every taught count together) and its "unknown" threshold, save, then report on novel
+    classes. `auto` sets: over base ∪ validation classes where the config learned nothing from base
+    classes (experiment.selection_sets), else over validation classes."""
 
     if not 0 < false_accept < 1:
-        raise FslError(f"--false-accept must lie strictly between 0 and 1, got {false_accept}")
+        raise FslError(f"false_accept must lie strictly between 0 and 1, got {false_accept}")
     if score != "auto":
         check_score(score)
+
+    def first_drawn(candidates: tuple[str, ...]) -> str:
+        drawn = (n for n in candidates if episode_set_path(catalog, config.label_column, n, episodes_root).is_file())
+        return next(drawn, candidates[-1])
+
+    if temperature_set == "auto":
+        temperature_set = first_drawn(selection_sets(config, *TEMPERATURE_SETS))
+    if open_selection_set == "auto":
+        open_selection_set = first_drawn(selection_sets(config, *OPEN_SELECTION_SETS))
     check_validation_only(
-        config, catalog, (temperature_set, open_val_set), episodes_root, "fsl calibrate", "the val-* sets"
+        config, catalog, (temperature_set, open_selection_set), episodes_root, "fsl calibrate", "the val-* sets"
     )
+    split_seed = load_episode_set(config, catalog, temperature_set, episodes_root).meta["split_seed"]
     store, features, head = experiment_head(
         config, catalog, store_root or FEATURES_ROOT, checkpoints_root, episodes_root
     )
@@ -326,30 +448,31 @@ def calibrate(
         logits = set_logits(head, features, store, config, episodes, episode_set.meta["classes"], config.batch_size)
         return logits.reshape(-1, logits.shape[-1]), torch.as_tensor(np.tile(episodes.query_labels, len(episodes)))
 
-    def open_set_of(name: str, temperature: float) -> OpenSetScores:
+    def open_set_of(name: str, temperature: float, counts: tuple[int, ...]) -> OpenSetScores:
         episode_set = load_episode_set(config, catalog, name, episodes_root)
         check_alignment(store, episode_set)
-        episodes, labels = open_set_episodes(episode_set.episodes, min(known, episode_set.episodes.n_way - 1))
-        logits = set_logits(head, features, store, config, episodes, episode_set.meta["classes"], config.batch_size)
-        scores = episode_scores(head, features, store, episodes, logits, temperature)
-        return OpenSetScores(logits, scores, np.tile(labels, (len(episodes), 1)))
+        n_way = episode_set.episodes.n_way  # a count at or above it teaches all but one class instead
+        counts = tuple(sorted({min(count, n_way - 1) for count in counts}))
+        open_set = OpenSetScores([], {}, [], [])
+        for count in counts:
+            episodes, query_labels = open_set_episodes(episode_set.episodes, count)
+            classes = episode_set.meta["classes"]
+            logits = set_logits(head, features, store, config, episodes, classes, config.batch_size)
+            for score_name, values in episode_scores(head, features, store, episodes, logits, temperature).items():
+                open_set.scores.setdefault(score_name, []).extend(values)
+            open_set.predicted.extend(logits.argmax(-1).numpy())
+            open_set.labels.extend([query_labels] * len(episodes))
+            open_set.taught.extend([count] * len(episodes))
+        return open_set
 
     logits, labels = logits_of(temperature_set)
     temperature = fit_temperature(logits, labels)
-    open_val = open_set_of(open_val_set, temperature)
-    comparison = open_val.comparison()
+    open_selection = open_set_of(open_selection_set, temperature, taught_counts)
+    comparison = open_selection.comparison()
     chosen = best_score(comparison) if score == "auto" else score
-    threshold = threshold_for(open_val.scores[chosen][open_val.labels < 0], false_accept)
-    validation = {
-        "temperature_set": temperature_set,
-        "open_set": open_val_set,
-        "nll_before": float(torch.nn.functional.cross_entropy(logits, labels)),
-        "nll_after": float(torch.nn.functional.cross_entropy(logits / temperature, labels)),
-        "ece_before": expected_calibration_error(torch.softmax(logits, -1), labels),
-        "ece_after": expected_calibration_error(torch.softmax(logits / temperature, -1), labels),
-        "scores": comparison,
-        **open_val.figures(chosen, temperature, threshold),
-    }
+    threshold = threshold_for(open_selection.unknown_scores(chosen), false_accept)  # every count pooled
+    counts = sorted(set(open_selection.taught))
+    thresholds = {str(c): threshold_for(open_selection.only(c).unknown_scores(chosen), false_accept) for c in counts}
     calibration = Calibration(
         config.name,
         config_key(config, store.encoder_id, checkpoint),
@@ -357,9 +480,26 @@ def calibrate(
         temperature,
         threshold,
         false_accept,
-        validation,
         score=chosen,
-        fitted_on=f"validation classes ({temperature_set}, open-set {open_val_set}; {catalog.fingerprint} split 0)",
+        thresholds=thresholds,
+    )
+    validation = {
+        "temperature_set": temperature_set,
+        "open_set": open_selection_set,
+        "taught_counts": counts,
+        "nll_before": float(torch.nn.functional.cross_entropy(logits, labels)),
+        "nll_after": float(torch.nn.functional.cross_entropy(logits / temperature, labels)),
+        "ece_before": expected_calibration_error(torch.softmax(logits, -1), labels),
+        "ece_after": expected_calibration_error(torch.softmax(logits / temperature, -1), labels),
+        "scores": comparison,
+        "power": open_selection.power(chosen),
+        **open_selection.figures(chosen, calibration.threshold_at),
+    }
+    pool = "base and validation classes" if temperature_set.startswith("select") else "validation classes"
+    calibration.validation = validation
+    calibration.fitted_on = (
+        f"{pool} ({temperature_set}, open-set {open_selection_set} teaching {'/'.join(map(str, counts))} classes, "
+        f"a threshold for each; {catalog.fingerprint} split {split_seed})"
     )
     calibration.save(root)  # chosen: only now is a novel-class episode read, to report
 
@@ -369,13 +509,38 @@ def calibrate(
             "ece_before": expected_calibration_error(torch.softmax(logits, -1), labels),
             "ece_after": expected_calibration_error(calibration.probabilities(logits), labels),
         }
-    open_novel = open_set_of(open_novel_set, temperature)
+    open_novel = open_set_of(open_novel_set, temperature, tuple(sorted({known, *counts})))
+    reported = open_novel.only(max(c for c in open_novel.taught if c <= known))  # comparable across versions
     calibration.novel[f"open-{open_novel_set}"] = {
-        "scores": open_novel.comparison(),
-        **open_novel.figures(chosen, temperature, threshold),
+        "taught": reported.taught[0],
+        "scores": reported.comparison(),
+        **reported.figures(chosen, calibration.threshold_at),
+        "by_taught": open_novel.figures(chosen, calibration.threshold_at)["by_taught"],
+        "rank_agreement": rank_agreement(comparison, reported.comparison()),
     }
     calibration.save(root)
     return calibration
+
+
+def rank_agreement(selection: dict[str, dict], novel: dict[str, dict]) -> float | None:
+    """Spearman's rank correlation between the scores' AUROCs on the selection episodes and on the
+    reported novel episodes: whether selection ranks the scores as the test set would.
+    None with fewer than three scores, or where either side ties them all."""
+    names = sorted(set(selection) & set(novel))
+    if len(names) < 3:
+        return None
+    correlation = spearmanr([selection[n]["auroc"] for n in names], [novel[n]["auroc"] for n in names]).statistic
+    return None if not math.isfinite(correlation) else float(correlation)
+
+
+def best_for_own_categories(calibrations: list[Calibration]) -> Calibration:
+    """Of calibrated heads fitted for one false-accept target, the one that answers the most taught
+    photos right on its selection episodes (every taught count): how the default head of your own
+    categories is chosen, never on novel classes."""
+    targets = {c.false_accept for c in calibrations}
+    if len(targets) != 1:
+        raise FslError(f"heads are compared at one false-accept target; these were fitted for {sorted(targets)}")
+    return max(calibrations, key=lambda c: (c.validation.get("known_accuracy", -1.0), c.config))
 
 
 # A user's own support -----------------------------------------------------------------------------
@@ -494,11 +659,11 @@ def format_calibration(calibration: Calibration) -> str:
         if "ece_before" in figures:
             lines.append(f"  {name}: ECE {100 * figures['ece_before']:.1f} -> {100 * figures['ece_after']:.1f} points")
     for name, figures in [
-        (f"{v['open_set']} (validation)", v),
+        (f"{v['open_set']} (selection)", v),
         *[(k, f) for k, f in calibration.novel.items() if "auroc" in f],
     ]:
         for score, compared in figures.get("scores", {}).items():
-            mark = "  <- chosen on validation" if score == calibration.score else ""
+            mark = "  <- chosen" if score == calibration.score else ""
             lines.append(
                 f"  {name}, {score} score: AUROC {compared['auroc']:.3f} (per category set: mean "
                 f"{compared['episode_auroc_mean']:.3f}, 10th percentile {compared['episode_auroc_p10']:.3f}); "
@@ -510,4 +675,17 @@ def format_calibration(calibration: Calibration) -> str:
             f'{100 * figures["known_unknown_rate"]:.1f}% "unknown"; untaught classes '
             f"{100 * figures['false_accept']:.1f}% falsely accepted"
         )
+        for count, each in figures.get("by_taught", {}).items():
+            lines.append(
+                f"    {count} classes taught: {100 * each['known_accuracy']:.1f}% right and answered, "
+                f"{100 * each['false_accept']:.1f}% of untaught accepted"
+            )
+    if "power" in v:
+        lines.append(f"  the chosen score against the runner-up: {v['power']['verdict']}")
+    for name, figures in calibration.novel.items():
+        if figures.get("rank_agreement") is not None:
+            lines.append(
+                f"  the scores' ranking, selection vs {name}: Spearman {figures['rank_agreement']:+.2f} "
+                "(1: the same order)"
+            )
     return "\n".join(lines)

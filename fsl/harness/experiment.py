@@ -6,6 +6,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ from fsl.episodes.shift import (
     view_image_features,
 )
 from fsl.episodes.splits import ClassSplit
-from fsl.episodes.standard import STANDARD_BENCHMARKS, saved_near_duplicates
+from fsl.episodes.standard import SELECTION_BENCHMARKS, STANDARD_BENCHMARKS, saved_near_duplicates
 from fsl.errors import FslError
 from fsl.harness.checkpoints import load_head
 from fsl.harness.evaluate import EvalResult, run_episodes
@@ -44,12 +45,10 @@ from fsl.store.open import open_store
 from fsl.store.rows import store_features, store_rows
 
 
-def check_runnable(config: ExperimentConfig) -> None:
-    """Build the config's fusion and head on tiny dimensions: a bad method or option fails now, not
-    after earlier configs have run for minutes."""
-
+def tiny_head(config: ExperimentConfig) -> FewShotHead:
+    """The config's fusion and head built on tiny dimensions: its options checked, its capabilities read."""
     try:
-        create_head(
+        return create_head(
             config.method,
             create_fusion(config.fusion, 4, 4, **config.fusion_options),
             shared_space=config.encoder.name in ("clip", "aligned"),
@@ -59,6 +58,31 @@ def check_runnable(config: ExperimentConfig) -> None:
         raise FslError(f"experiment {config.name!r}: {error}") from None
     except (TypeError, ValueError) as error:
         raise FslError(f"experiment {config.name!r}: bad options ({error})") from None
+
+
+def check_runnable(config: ExperimentConfig) -> None:
+    """A bad method or option fails now, not after earlier configs have run for minutes."""
+    tiny_head(config)
+
+
+def learns_from_base(config: ExperimentConfig) -> bool:
+    """Whether the config learned anything from base classes (a trained head, an aligned or adapted
+    encoder, a head fitted on base products): then base-class episodes are its training data, and its
+    choices are scored on validation classes (or class folds), never on the selection pool."""
+    return (
+        config.train is not None
+        or config.encoder.name in ("aligned", "adapted")
+        or tiny_head(config).needs_base_classes
+    )
+
+
+Choice = TypeVar("Choice")
+
+
+def selection_sets(config: ExperimentConfig, pooled: Choice, validation: Choice) -> Choice:
+    """The episode set a choice is scored on: `pooled` (over base ∪ validation classes) where the
+    config learned nothing from base classes, else `validation`."""
+    return validation if learns_from_base(config) else pooled
 
 
 def check_alignment(store: FeatureStore, episode_set: EpisodeSet) -> None:
@@ -182,8 +206,9 @@ def load_episode_set(
 def why_not_drawn(catalog: Catalog, column: str, name: str, root: str | os.PathLike, split_seed: int) -> str:
     """Why an episode set is absent from one split's root, in words: a split too small for it (`fsl
     episodes` skips those), or not drawn yet."""
-    if name in STANDARD_BENCHMARKS:
-        split_name, n_way, _ = STANDARD_BENCHMARKS[name]
+    known = STANDARD_BENCHMARKS | SELECTION_BENCHMARKS
+    if name in known:
+        split_name, n_way, _ = known[name]
         try:
             available = len(ClassSplit.load(catalog, column, split_seed, root).classes(split_name))
         except FslError:
@@ -353,12 +378,21 @@ def check_validation_only(
     config: ExperimentConfig, catalog: Catalog, names, episodes_root, who: str, instead: str
 ) -> None:
     """Every selection (a checkpoint, a grid point, a temperature, a threshold) reads validation-class
-    episodes only: a set drawn from any other classes is refused, naming it, before any work starts."""
+    episodes, or the selection pool (base ∪ validation classes) where the config learned nothing from
+    base classes: a set drawn from any other classes is refused, naming it, before any work starts."""
+    allowed = ("val",) if learns_from_base(config) else ("val", "select")
     for name in names:
         episode_set = load_episode_set(config, catalog, name, episodes_root)
-        if episode_set.meta.get("split") != "val":
+        split = episode_set.meta.get("split")
+        if split == "select" and split not in allowed:
             raise FslError(
-                f"{who} chooses on validation classes only; {name!r} is drawn from the "
-                f"{episode_set.meta.get('split')!r} classes (a test set), which are read only to report. "
+                f"{who}: {name!r} holds base classes, which {config.name} learned from (a trained head, an "
+                f"aligned or adapted encoder, or base-class statistics); it chooses on validation classes. "
                 f"Choose with {instead}"
+            )
+        if split not in allowed:
+            also = " (or base ∪ validation ones: the select-* sets)" if "select" in allowed else ""
+            raise FslError(
+                f"{who} chooses on validation classes only; {name!r} is drawn from the {split!r} classes (a test "
+                f"set), which are read only to report. Choose with {instead}{also}"
             )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +98,11 @@ def train(
     runs_root: str | os.PathLike = "runs/train",
     resume: bool = True,
     progress: bool = True,
+    on_validation: Callable[[int, float], None] | None = None,
 ) -> dict:
-    """Meta-train the config's head; returns {"best_val_accuracy", "best_step", "steps"}."""
+    """Meta-train the config's head; returns {"best_val_accuracy", "best_step", "steps"}. Each
+    validation point is also passed to `on_validation(step, accuracy)`: a sweep's pruner reads them,
+    and may stop the run by raising."""
     settings = config.train
     if settings is None:
         raise FslError(f"experiment {config.name!r} has no train: section, so nothing to train")
@@ -192,6 +196,8 @@ def train(
                         "sampler_rng": [s.generator.get_state() for s in sources],
                     },
                 )
+                if on_validation is not None:
+                    on_validation(step + 1, accuracy)
         hparams = {
             "head": config.method,
             "fusion": config.fusion,

@@ -299,9 +299,10 @@ def predict(
         else ""
     )
     if answer.label != answer.best:
+        verdict = classifier.calibration.verdict(answer.known_score, taught=len(classifier.classes))
         message = (
             f"**{UNKNOWN.capitalize()}**: the closest is {as_text(answer.best)}, but not close enough "
-            f"({classifier.calibration.verdict(answer.known_score)}, the calibration's rule).\n\n{who}"
+            f"({verdict}, the calibration's rule).\n\n{who}"
         )
         return UNKNOWN, result, message, nearest
     return answer.best, result, f"Best guess: **{as_text(answer.best)}** ({answer.confidence:.0%}).\n\n{who}", nearest
@@ -331,11 +332,11 @@ def predict_with_classifier(backend: DemoBackend, image_path: str | None, text: 
     top = probabilities[0].topk(min(5, len(classifier.classes)))
     result = {classifier.classes[int(i)]: float(p) for p, i in zip(top.values, top.indices)}
     best = next(iter(result))
-    known = scores is None or bool(scores[0] >= classifier.calibration.threshold)
+    known = scores is None or bool(classifier.calibration.known(scores[0], len(classifier.classes)))
     answer = best if known else UNKNOWN
     lead = (
         f"**{UNKNOWN.capitalize()}**: the closest is {as_text(best)}, but not close enough "
-        f"({classifier.calibration.verdict(float(scores[0]))}, the calibration's rule)"
+        f"({classifier.calibration.verdict(float(scores[0]), taught=len(classifier.classes))}, the calibration's rule)"
         if answer != best
         else f"Best guess: **{as_text(best)}** ({result[best]:.0%})"
     )

@@ -1,0 +1,127 @@
+"""Class folds of the selection pool (base ∪ validation classes), for choices that learn from base classes.
+
+A choice that trains on base classes (an adaptation recipe, a meta-trained head, an alignment) cannot
+be scored on those classes, and a split's few validation classes saturate (98% at 6 classes). Folds
+give it more classes to see: the pool is cut into k folds; fold f trains on the other folds' classes
+and is scored on its own, held out; the choice is the mean over folds. Novel classes are never in the
+pool. Classes whose products share a near-duplicate group (the same photo filed under two classes)
+go to one fold, so no held-out photo has a twin among the training products."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from fsl.episodes.frozen import SAMPLER_VERSION, EpisodeSet, file_digest
+from fsl.episodes.sampler import EpisodeSampler
+from fsl.episodes.splits import ClassSplit
+from fsl.errors import FslError
+
+DEFAULT_FOLDS = 4
+FOLD_SEED_OFFSET = 700  # split seed * 1000 + 700 + f: the folds' scoring episodes, clear of the frozen sets' seeds
+
+
+@dataclass(frozen=True)
+class ClassFold:
+    """One fold: the classes it trains on and the ones it holds out (scored on, never trained on)."""
+
+    index: int
+    train: tuple[str, ...]
+    held: tuple[str, ...]
+
+
+def linked_classes(classes: list[str], labels: np.ndarray, groups: np.ndarray | None) -> list[list[str]]:
+    """The pool's classes as components: two classes are linked when a near-duplicate group holds
+    products of both (labels and groups: one entry per catalog product)."""
+    parent = {c: c for c in classes}
+
+    def root(c: str) -> str:
+        while parent[c] != c:
+            parent[c] = parent[parent[c]]
+            c = parent[c]
+        return c
+
+    if groups is not None:
+        in_pool = np.isin(labels, classes)
+        frame = pd.DataFrame({"group": np.asarray(groups)[in_pool], "label": np.asarray(labels)[in_pool]})
+        for members in frame.groupby("group")["label"].unique():
+            for other in members[1:]:
+                parent[root(other)] = root(members[0])
+    components: dict[str, list[str]] = {}
+    for c in classes:
+        components.setdefault(root(c), []).append(c)
+    return sorted(components.values(), key=lambda members: (-len(members), members))
+
+
+def class_folds(
+    split: ClassSplit, labels, groups: np.ndarray | None = None, k: int = DEFAULT_FOLDS, seed: int = 0
+) -> list[ClassFold]:
+    """k folds of the split's base ∪ validation classes, near-duplicate-linked classes together,
+    sizes as even as the links allow (largest component first, each to the fold with fewest classes,
+    ties broken by a seeded order)."""
+    pool = split.classes("select")
+    if type(k) is not int or not 2 <= k <= len(pool) // 2:
+        raise FslError(
+            f"folds must be a whole number from 2 to {len(pool) // 2} (each fold holds at least 2 of the "
+            f"{len(pool)} base and validation classes); got {k!r}"
+        )
+    components = linked_classes(pool, np.asarray(labels), groups)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(k)  # which fold wins a tie
+    held: list[list[str]] = [[] for _ in range(k)]
+    for members in components:
+        target = min(range(k), key=lambda f: (len(held[f]), order[f]))
+        held[target].extend(members)
+    if min(len(h) for h in held) < 2:
+        raise FslError(
+            f"near-duplicate links tie the pool's classes into too few groups for {k} folds of 2 classes or more; "
+            "use fewer folds"
+        )
+    return [ClassFold(f, tuple(c for c in pool if c not in held[f]), tuple(sorted(held[f]))) for f in range(k)]
+
+
+def fold_episodes(
+    fold: ClassFold,
+    split: ClassSplit,
+    ids: np.ndarray,
+    labels,
+    catalog_fingerprint: str,
+    groups: np.ndarray | None = None,
+    n_way: int = 5,
+    k_shot: int = 5,
+    q_query: int = 15,
+    n_episodes: int = 300,
+) -> EpisodeSet:
+    """Scoring episodes over a fold's held classes (min(n_way, classes)-way), seeded by split and fold,
+    so every recipe compared on the fold meets the very same episodes (paired)."""
+    seed = split.seed * 1000 + FOLD_SEED_OFFSET + fold.index
+    sampler = EpisodeSampler(ids, labels, list(fold.held), min(n_way, len(fold.held)), k_shot, q_query, seed, groups)
+    meta = {
+        "label_column": split.column,
+        "split": f"fold{fold.index}",
+        "split_seed": split.seed,
+        "classes": list(fold.held),
+        "train_classes": list(fold.train),
+        "seed": seed,
+        "sampler_version": SAMPLER_VERSION,
+        "catalog_fingerprint": catalog_fingerprint,
+    }
+    episode_set = EpisodeSet(
+        f"{split.column}-fold{fold.index}-{sampler.n_way}w{k_shot}s", sampler.sample(n_episodes), meta
+    )
+    episode_set.digest = file_digest(episode_set.to_bytes())
+    return episode_set
+
+
+def check_fold(fold: ClassFold, split: ClassSplit) -> None:
+    """A fold never trains on its held classes, and neither side holds a novel (test) class."""
+    novel = set(split.classes("novel"))
+    if set(fold.train) & set(fold.held):
+        raise FslError(f"fold {fold.index} trains on classes it holds out: {sorted(set(fold.train) & set(fold.held))}")
+    if novel & (set(fold.train) | set(fold.held)):
+        raise FslError(
+            f"fold {fold.index} holds novel classes, which are read only to report: "
+            f"{sorted(novel & (set(fold.train) | set(fold.held)))}"
+        )

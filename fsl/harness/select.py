@@ -1,0 +1,114 @@
+"""Selection with power: the chosen point against the runner-up (the power line), and choices that
+learn from base classes made on class folds (fsl/episodes/folds.py).
+
+A choice is only as good as the episodes that made it: each says whether the chosen option beats the
+runner-up with a paired interval clear of zero ("separable"), or is only the better mean. Recipes of
+`fsl adapt` are compared on k class folds of base ∪ validation classes: each recipe is trained k times
+(fold f on the other folds' classes, one activation cache for all) and scored on fold f's held-out
+classes; the choice is the best mean over every fold's episodes, paired across recipes."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+from torch.utils.tensorboard import SummaryWriter
+
+from fsl.config import AdaptConfig
+from fsl.data.catalog import Catalog
+from fsl.episodes.folds import DEFAULT_FOLDS, class_folds
+from fsl.episodes.splits import ClassSplit
+from fsl.errors import FslError
+from fsl.files import write_json
+from fsl.harness.adapt import adapt, check_adapt_config, near_duplicate_index
+from fsl.harness.evaluate import mean_ci, paired_difference
+from fsl.paths import ADAPT_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT, split_root
+
+
+def power_line(names: list[str], accuracies: list[np.ndarray], best: int, unit: str = "points") -> dict:
+    """The chosen option against the runner-up (the next best mean), paired over the same episodes:
+    {"chosen", "runner_up", "difference", "ci", "episodes", "separable", "verdict"} (power_verdict)."""
+    if len(names) < 2:
+        return {"chosen": names[best], "verdict": "one option: nothing to compare", "separable": None}
+    second = max((i for i in range(len(names)) if i != best), key=lambda i: accuracies[i].mean())
+    difference, ci = paired_difference(accuracies[best], accuracies[second])
+    line = {"chosen": names[best], "runner_up": names[second], "difference": float(difference), "ci": float(ci),
+            "episodes": len(accuracies[best]), "separable": bool(difference - ci > 0)}  # fmt: skip
+    return {**line, "verdict": power_verdict(line, unit)}
+
+
+def power_verdict(line: dict, unit: str = "points") -> str:
+    """A power line in words: "separable" (the interval of the difference above zero), "not separable",
+    or "reversed" (below zero: possible where the choice was made by another criterion, e.g. a pooled
+    AUROC, and these episodes do not back it)."""
+    difference, ci = line["difference"], line["ci"]
+    shown = f"{100 * difference:+.2f} ± {100 * ci:.2f}" if unit == "points" else f"{difference:+.3f} ± {ci:.3f}"
+    said = f"{line['chosen']} - {line['runner_up']}: {shown} {unit}, paired over {line['episodes']} episodes"
+    if difference - ci > 0:
+        return f"separable ({said})"
+    if difference + ci < 0:
+        return f"reversed ({said}): the runner-up is better on these episodes; the choice rests on its criterion"
+    return f"not separable ({said}): the choice is the better mean"
+
+
+def compare_recipes(
+    catalog: Catalog,
+    recipes: list[AdaptConfig],
+    folds: int = DEFAULT_FOLDS,
+    store_root: str | os.PathLike = FEATURES_ROOT,
+    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+    root: str | os.PathLike = ADAPT_DIR,
+    runs_root: str | os.PathLike = "runs/adapt",
+    results: str | os.PathLike | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Each recipe trained and scored on every class fold of its split; the best mean wins (the first
+    on ties). Returns (and with `results`, writes as JSON) the folds, each recipe's per-fold chosen
+    step and score, its mean ± 95% interval over every fold episode, and the power line."""
+    if len({recipe.name for recipe in recipes}) < len(recipes):
+        raise FslError("the recipes compared need distinct names (--set appends the change to the name)")
+    seeds = {recipe.split_seed for recipe in recipes}
+    if len(seeds) != 1:
+        raise FslError(f"recipes compared on class folds share one split; got split seeds {sorted(seeds)}")
+    for recipe in recipes:
+        check_adapt_config(recipe)
+    split_seed = seeds.pop()
+    split = ClassSplit.load(catalog, recipes[0].label_column, split_seed, split_root(episodes_root, split_seed))
+    labels = catalog.labels(recipes[0].label_column).to_numpy()
+    fold_list = class_folds(
+        split, labels, near_duplicate_index(catalog, split_root(episodes_root, split_seed)), folds, split_seed
+    )
+    rows, accuracies = [], []
+    for recipe in recipes:
+        per_fold, episodes = [], []
+        for fold in fold_list:
+            summary = adapt(catalog, recipe, store_root, episodes_root, root, runs_root, resume, progress, fold=fold)
+            (values,) = summary["accuracies"].values()
+            episodes.append(values)
+            per_fold.append({"fold": fold.index, "step": summary["best_step"], "score": float(values.mean()),
+                             "start": summary["start"]["score"]})  # fmt: skip
+        accuracies.append(np.concatenate(episodes))
+        mean, ci = mean_ci(accuracies[-1])
+        rows.append({"recipe": recipe.name, "mean": mean, "ci": ci, "folds": per_fold,
+                     "config": {k: list(v) if isinstance(v, tuple) else v
+                                for k, v in dataclasses.asdict(recipe).items()}})  # fmt: skip
+    best = max(range(len(rows)), key=lambda i: (rows[i]["mean"], -i))
+    summary = {
+        "split_seed": split_seed,
+        "folds": [{"index": f.index, "held": list(f.held), "train": list(f.train)} for f in fold_list],
+        "recipes": rows,
+        "chosen": rows[best]["recipe"],
+        "power": power_line([r["recipe"] for r in rows], accuracies, best),
+        "scored_on": "class folds of base and validation classes (novel classes never read)",
+    }
+    writer = SummaryWriter(str(split_root(runs_root, split_seed) / "folds"))
+    for i, row in enumerate(rows):
+        writer.add_scalar("folds/mean_accuracy", row["mean"], i)
+    writer.add_text("folds/power", summary["power"]["verdict"])
+    writer.close()
+    if results is not None:
+        write_json(Path(results), summary)
+    return summary

@@ -1,0 +1,87 @@
+"""Class folds of base ∪ validation classes (fsl/episodes/folds.py) and the power line (harness/select.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fsl.episodes.folds import ClassFold, check_fold, class_folds, fold_episodes
+from fsl.episodes.splits import ClassSplit
+from fsl.errors import FslError
+from fsl.harness.select import power_line
+
+
+def toy_split(n_base=10, n_val=4, n_novel=6) -> tuple[ClassSplit, np.ndarray]:
+    """A split of named classes and a catalog of 20 products per class (labels, one per product)."""
+    names = [f"c{i:02d}" for i in range(n_base + n_val + n_novel)]
+    kinds = ["base"] * n_base + ["val"] * n_val + ["novel"] * n_novel
+    table = pd.DataFrame({"class": names, "count": 20, "split": kinds, "parent": ""})
+    return ClassSplit("articleType", 3, 20, table), np.repeat(names, 20)
+
+
+def test_folds_cover_the_pool_once_hold_no_novel_class_and_are_even():
+    split, labels = toy_split()
+    folds = class_folds(split, labels, k=4, seed=0)
+    pool = set(split.classes("base")) | set(split.classes("val"))
+    held = [set(fold.held) for fold in folds]
+    assert set().union(*held) == pool and sum(map(len, held)) == len(pool)  # every pool class held once
+    assert all(set(fold.train) == pool - set(fold.held) for fold in folds)  # trains on the rest, never its own
+    assert sorted(map(len, held)) == [3, 3, 4, 4]
+    for fold in folds:
+        check_fold(fold, split)
+    assert class_folds(split, labels, k=4, seed=0) == folds  # seeded
+    with pytest.raises(FslError, match="fold 0 holds novel classes"):
+        check_fold(ClassFold(0, ("c00",), ("c19", "c01")), split)
+    with pytest.raises(FslError, match="trains on classes it holds out"):
+        check_fold(ClassFold(0, ("c00", "c01"), ("c01", "c02")), split)
+
+
+def test_classes_sharing_a_near_duplicate_group_stay_in_one_fold():
+    split, labels = toy_split()
+    groups = np.arange(len(labels))
+    twin_a, twin_b = np.flatnonzero(labels == "c00")[0], np.flatnonzero(labels == "c11")[0]
+    groups[twin_b] = groups[twin_a]  # one photo filed under c00 and c11
+    twin_c = np.flatnonzero(labels == "c05")[3]
+    groups[twin_c] = groups[twin_a]  # and under c05
+    for seed in range(5):
+        folds = class_folds(split, labels, groups, k=4, seed=seed)
+        (together,) = [fold for fold in folds if "c00" in fold.held]
+        assert {"c00", "c05", "c11"} <= set(together.held)
+    before = class_folds(split, labels, groups, k=4)
+    groups[np.flatnonzero(labels == "c19")[0]] = groups[np.flatnonzero(labels == "c02")[0]]
+    assert class_folds(split, labels, groups, k=4) == before  # a twin in a novel class links no pool classes
+
+
+@pytest.mark.parametrize("k", [1, 8, "4"])
+def test_impossible_fold_counts_are_refused(k):
+    split, labels = toy_split()
+    with pytest.raises(FslError, match="folds must be a whole number from 2 to 7"):
+        class_folds(split, labels, k=k)
+
+
+def test_fold_episodes_draw_from_held_classes_only_and_are_the_same_for_every_caller():
+    split, labels = toy_split()
+    ids = np.arange(1000, 1000 + len(labels))
+    fold = class_folds(split, labels, k=4)[1]
+    first = fold_episodes(fold, split, ids, labels, "fp", n_episodes=40)
+    drawn = np.unique(np.concatenate([first.episodes.support.ravel(), first.episodes.query.ravel()]))
+    assert set(labels[drawn - 1000]) <= set(fold.held)
+    assert first.meta["split"] == "fold1" and first.episodes.n_way == min(5, len(fold.held))
+    again = fold_episodes(fold, split, ids, labels, "fp", n_episodes=40)
+    assert again.digest == first.digest  # paired: every recipe meets the very same episodes
+
+
+def test_the_power_line_says_separable_only_when_the_paired_interval_clears_zero():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.6, 1.0, 400)
+    close = np.clip(base + rng.normal(0, 0.05, 400), 0, 1)
+    clear = np.clip(base + 0.05, 0, 1)
+    line = power_line(["a", "b", "c"], [base, clear, close], 1)
+    assert line["separable"] and line["runner_up"] in {"a", "c"} and line["verdict"].startswith("separable (b - ")
+    assert line["difference"] - line["ci"] > 0
+    tie = power_line(["a", "c"], [base, close], int(close.mean() > base.mean()))
+    assert not tie["separable"] and "not separable" in tie["verdict"] and "paired over 400 episodes" in tie["verdict"]
+    assert power_line(["a"], [base], 0)["verdict"] == "one option: nothing to compare"
+    worse = power_line(["b", "a"], [base, clear], 0)  # chosen by another criterion, worse on these episodes
+    assert not worse["separable"] and worse["verdict"].startswith("reversed (b - a: -")
