@@ -529,7 +529,10 @@ def rank_agreement(selection: dict[str, dict], novel: dict[str, dict]) -> float 
     names = sorted(set(selection) & set(novel))
     if len(names) < 3:
         return None
-    correlation = spearmanr([selection[n]["auroc"] for n in names], [novel[n]["auroc"] for n in names]).statistic
+    ours, theirs = [selection[n]["auroc"] for n in names], [novel[n]["auroc"] for n in names]
+    if len(set(ours)) < 2 or len(set(theirs)) < 2:  # a side that ties every score has no order to agree with
+        return None
+    correlation = spearmanr(ours, theirs).statistic
     return None if not math.isfinite(correlation) else float(correlation)
 
 
