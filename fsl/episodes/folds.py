@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from fsl.episodes.frozen import SAMPLER_VERSION, EpisodeSet, file_digest
 from fsl.episodes.sampler import EpisodeSampler
@@ -35,23 +37,19 @@ class ClassFold:
 def linked_classes(classes: list[str], labels: np.ndarray, groups: np.ndarray | None) -> list[list[str]]:
     """The pool's classes as components: two classes are linked when a near-duplicate group holds
     products of both (labels and groups: one entry per catalog product)."""
-    parent = {c: c for c in classes}
-
-    def root(c: str) -> str:
-        while parent[c] != c:
-            parent[c] = parent[parent[c]]
-            c = parent[c]
-        return c
-
+    index = {c: i for i, c in enumerate(classes)}
+    edges: list[tuple[int, int]] = []
     if groups is not None:
         in_pool = np.isin(labels, classes)
         frame = pd.DataFrame({"group": np.asarray(groups)[in_pool], "label": np.asarray(labels)[in_pool]})
         for members in frame.groupby("group")["label"].unique():
-            for other in members[1:]:
-                parent[root(other)] = root(members[0])
-    components: dict[str, list[str]] = {}
+            edges += [(index[members[0]], index[other]) for other in members[1:]]
+    rows, cols = (np.array([edge[i] for edge in edges], dtype=np.int64) for i in (0, 1))
+    graph = coo_matrix((np.ones(len(edges)), (rows, cols)), shape=(len(classes), len(classes)))
+    _, component = connected_components(graph, directed=False)
+    components: dict[int, list[str]] = {}
     for c in classes:
-        components.setdefault(root(c), []).append(c)
+        components.setdefault(int(component[index[c]]), []).append(c)
     return sorted(components.values(), key=lambda members: (-len(members), members))
 
 
