@@ -157,8 +157,9 @@ def test_calibrate_reads_validation_classes_only_until_it_has_saved(open_set_sli
 
     softmax = calibrate(config, catalog, root / "store", root / "ckpt", episodes_root, tmp_path / "s",
                         temperature_set="val-3w5s", report_sets=(), open_novel_set="novel-allway-5s",
-                        score="max-softmax")  # fmt: skip
+                        score="max-softmax", taught_counts=(4,))  # fmt: skip
     assert softmax.score == "max-softmax" and 0 < softmax.threshold <= 1
+    assert list(softmax.thresholds) == ["4"] and softmax.novel["open-novel-allway-5s"]["by_taught"] == {}  # one count
     with pytest.raises(FslError, match="validation classes only"):
         calibrate(config, catalog, root / "store", root / "ckpt", episodes_root, tmp_path, temperature_set="novel-3w5s")
     centred = ExperimentConfig(name="lp", method="linear_probe", fusion="image", encoder=config.encoder,

@@ -515,7 +515,7 @@ def calibrate(
         "taught": reported.taught[0],
         "scores": reported.comparison(),
         **reported.figures(chosen, calibration.threshold_at),
-        "by_taught": open_novel.figures(chosen, calibration.threshold_at)["by_taught"],
+        "by_taught": open_novel.figures(chosen, calibration.threshold_at).get("by_taught", {}),  # one count: none
         "rank_agreement": rank_agreement(comparison, reported.comparison()),
     }
     calibration.save(root)
