@@ -359,3 +359,12 @@ def test_a_trained_config_reports_its_validation_points_and_the_median_pruner_st
     assert all(t.intermediate_values for t in study.trials)  # every trial reported its points
     assert result.chosen.train.lr == 0.002
     assert [p["train.lr"] for p, _, _ in result.scores] == [0.001, 0.002]  # a pruned point is never a candidate
+
+
+def test_a_zero_or_negative_trial_count_is_refused_while_the_arguments_are_read(capsys):
+    from fsl.cli.main import main
+
+    for bad in ("0", "-3"):
+        with pytest.raises(SystemExit) as exited:
+            main(["sweep", "x.yaml", "--space", "method_options.C=log:1:2", "--trials", bad])
+        assert exited.value.code == 2 and "--trials" in capsys.readouterr().err

@@ -344,7 +344,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         help="a range TPE searches (method_options.C=log:1e-3:1e2; KIND float, log, int, or choice:V1,V2); "
         "needs --trials",
     )
-    sweeping.add_argument("--trials", type=int, metavar="N", help="with --space: how many points TPE tries")
+    sweeping.add_argument("--trials", type=positive_int, metavar="N", help="with --space: how many points TPE tries")
     sweeping.add_argument(
         "--storage",
         metavar="URL",

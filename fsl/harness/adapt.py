@@ -279,9 +279,14 @@ class Validation:
             for name, episode_set in self.sets.items()
         }
 
-    def score(self, top: nn.Module) -> dict[str, float]:
-        scores = {name: float(np.mean(values)) for name, values in self.accuracies(top).items()}
+    @staticmethod
+    def summary(accuracies: dict[str, np.ndarray]) -> dict[str, float]:
+        """Each set's mean accuracy and their mean, "score", which chooses the checkpoint."""
+        scores = {name: float(np.mean(values)) for name, values in accuracies.items()}
         return {**scores, "score": float(np.mean(list(scores.values())))}
+
+    def score(self, top: nn.Module) -> dict[str, float]:
+        return self.summary(self.accuracies(top))
 
 
 def adapt(
@@ -370,11 +375,13 @@ def adapt(
         batches.set_state(state["batches"])
         augment_generator.set_state(state["augment"])
         done, best, start_scores = int(state["step"]), state["best"], state["start"]
+        best_accuracies = None  # not saved: the chosen top is scored again at the end
         print(
             f"resuming {config.name} at step {done} (best validation score {best['score']:.4f} at step {best['step']})"
         )
     else:
-        start_scores = validation.score(model)
+        best_accuracies = validation.accuracies(model)  # kept while best, so the chosen top is not scored again
+        start_scores = validation.summary(best_accuracies)
         best, done = {**start_scores, "step": 0}, 0
         save_adaptation(
             folder / "best", merged_top(model), {**meta, "start": start_scores, "step": 0, "validation": start_scores}
@@ -410,11 +417,12 @@ def adapt(
         optimizer.step()
         writer.add_scalar(f"train/loss_{objective}", loss.item(), step)
         if step % config.val_every == 0 or step == config.steps:
-            scores = validation.score(model)
+            accuracies = validation.accuracies(model)
+            scores = validation.summary(accuracies)
             for key, value in scores.items():
                 writer.add_scalar(f"val/{key}", value, step)
             if scores["score"] > best["score"]:
-                best = {**scores, "step": step}
+                best, best_accuracies = {**scores, "step": step}, accuracies
             tqdm.write(
                 f"{config.name}: step {step}/{config.steps}, validation score {scores['score']:.4f} "
                 f"(best {best['score']:.4f} at step {best['step']}; the frozen start {start_scores['score']:.4f})"
@@ -446,13 +454,15 @@ def adapt(
             )
     writer.add_scalar("val/chosen_step", best["step"], config.steps)
     writer.close()
-    chosen_top = adapted_top(copy.deepcopy(encoder.image_model), load_adaptation(folder / "best")[0], config.cut,
-                             folder / "best")  # fmt: skip
+    if best_accuracies is None:  # resumed: the chosen top's per-episode accuracies were not kept
+        chosen_top = adapted_top(copy.deepcopy(encoder.image_model), load_adaptation(folder / "best")[0], config.cut,
+                                 folder / "best")  # fmt: skip
+        best_accuracies = validation.accuracies(chosen_top)
     return {
         "best": best,
         "best_step": best["step"],
         "start": start_scores,
         "steps": config.steps,
         "folder": folder / "best",
-        "accuracies": validation.accuracies(chosen_top),
+        "accuracies": best_accuracies,
     }
