@@ -32,7 +32,7 @@ from fsl.config import EncoderConfig, ExperimentConfig, load_config
 from fsl.data.prepared import load_catalog
 from fsl.episodes.frozen import EpisodeSet
 from fsl.harness.evaluate import gather, paired_difference, run_episodes
-from fsl.harness.experiment import class_text_table
+from fsl.inference.heads import class_text_table
 from fsl.methods import EXAMPLE_OPTIONS, HEADS, create_head
 from fsl.methods.fusion import create_fusion
 from fsl.paths import episodes_dir_for

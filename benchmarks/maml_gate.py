@@ -20,11 +20,11 @@ from fsl.config import load_config
 from fsl.data.prepared import load_catalog
 from fsl.episodes.frozen import draw_episode_set
 from fsl.episodes.splits import ClassSplit
-from fsl.episodes.standard import MIN_COUNT, saved_near_duplicates
+from fsl.episodes.standard import MIN_COUNT, load_episode_set, saved_near_duplicates
 from fsl.errors import FslError
 from fsl.files import read_csv
 from fsl.harness.evaluate import episode_logits, mean_ci, percent
-from fsl.harness.experiment import build_head, experiment_head, load_episode_set
+from fsl.inference.heads import build_head, experiment_head
 from fsl.paths import episodes_dir_for, split_root
 from fsl.store.rows import store_rows
 

@@ -2,7 +2,7 @@
 
 Before (issue 33): the own-categories default linear-probe-image, its score and one threshold chosen on
 the six validation classes (val-5w5s for the temperature; open-set val-allway-5s teaching 5 classes).
-After: the default chosen on selection episodes (cosine-prototypes-image), its score and a threshold per
+After: the default chosen on selection episodes (DEFAULT_HEAD), its score and a threshold per
 taught count chosen on base ∪ validation classes (select-5w5s; open-set select-15w5s teaching 2, 3, 5
 and 8 classes). Each is fitted on each split's own classes (never its novel ones) and judged on that
 split's novel classes (novel-15w5s, 5 taught, the other 10 classes untaught, 600 frozen episodes):
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fsl.apps.classifier import DEFAULT_HEAD, NAMED_HEADS
 from fsl.data.prepared import load_catalog
 from fsl.files import write_json
 from fsl.harness.calibration import calibrate
 from fsl.harness.evaluate import mean_ci
+from fsl.inference.heads import DEFAULT_HEAD, NAMED_HEADS
 from fsl.paths import DEFAULT_EPISODES_DIR, split_root
 
 BEFORE = {"head": "linear-probe-image", "temperature_set": "val-5w5s", "open_selection_set": "val-allway-5s",

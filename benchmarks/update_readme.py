@@ -43,7 +43,7 @@ from fsl.harness.analysis import (
     per_class_accuracy,
     predict_episodes,
 )
-from fsl.harness.calibration import REPORT_SETS, Calibration
+from fsl.harness.calibration import REPORT_SETS
 from fsl.harness.evaluate import mean_ci, paired_difference
 from fsl.harness.experiment import run_experiment
 from fsl.harness.results import (
@@ -55,6 +55,7 @@ from fsl.harness.results import (
     summary_table,
     with_split,
 )
+from fsl.inference.calibration import Calibration
 from fsl.methods import HEADS
 from fsl.paths import ADAPT_DIR, FEATURES_ROOT, SHIPPED_CALIBRATION_DIR
 
@@ -576,7 +577,7 @@ def calibration_markdown(folder: Path) -> str:
         )
     lines += [
         "",
-        'The "none of these" scores (fsl/harness/open_set.py), each config\'s chosen one in bold (best pooled AUROC '
+        'The "none of these" scores (fsl/inference/open_set.py), each config\'s chosen one in bold (best pooled AUROC '
         "on the selection episodes). AUROC taught vs untaught pooled over episodes (one threshold serves every "
         "category set), then per category set: the mean and the 10th-percentile episode (a user's one set of "
         "categories can sit far from the mean); false accepts at the threshold that answers 80% of taught photos.",

@@ -19,7 +19,7 @@ RUNTIMES = ("auto", "onnx", "eager")
 # Photos whose image features reach this cosine are one near-duplicate group (fsl.episodes.near_duplicates)
 NEAR_DUPLICATE_THRESHOLD = 0.98
 TEST_TIME_VIEWS = ("flip",)  # the photo views test-time augmentation can average in (fsl/episodes/shift.py)
-# The "none of these" scores a calibration can threshold (fsl/harness/open_set.py)
+# The "none of these" scores a calibration can threshold (fsl/inference/open_set.py)
 UNKNOWN_SCORES = ("max-softmax", "energy", "nearest-support", "mahalanobis")
 UNKNOWN = "unknown"  # the answer for a photo of none of the taught categories (so no category may be named so)
 

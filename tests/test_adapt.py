@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file
 
 import fsl.harness.adapt
-from fsl.apps.classifier import DEFAULT_HEAD
 from fsl.config import AdaptConfig, EncoderConfig
 from fsl.encoders.adapted import WEIGHTS_FILE, AdaptedEncoder, load_adaptation
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
 from fsl.harness.adapt import BaseBatches, adapt, check_adapt_config
+from fsl.inference.heads import DEFAULT_HEAD
 from fsl.store.activations import cached_activations
 from fsl.store.open import open_store
 

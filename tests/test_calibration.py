@@ -9,18 +9,9 @@ import torch
 
 from fsl.episodes.sampler import Episodes
 from fsl.errors import FslError
-from fsl.harness.calibration import (
-    Calibration,
-    calibrate,
-    config_key,
-    expected_calibration_error,
-    find_calibration,
-    fit_temperature,
-    open_set_episodes,
-    open_set_figures,
-    threshold_for,
-)
-from fsl.harness.open_set import SCORES
+from fsl.harness.calibration import calibrate, expected_calibration_error, open_set_episodes, open_set_figures
+from fsl.inference.calibration import Calibration, config_key, find_calibration, fit_temperature, threshold_for
+from fsl.inference.open_set import SCORES
 
 
 def overconfident_scores(n=6000, n_way=5, scale=3.0, seed=0):
@@ -189,7 +180,7 @@ def test_a_damaged_calibration_file_is_a_message_naming_it(tmp_path):
 
 
 def test_a_verdict_shows_score_and_threshold_with_the_digits_that_tell_them_apart():
-    from fsl.harness.calibration import Calibration
+    from fsl.inference.calibration import Calibration
 
     softmax = Calibration("c", "k", "e", 1.0, 0.94, 0.2)
     assert softmax.verdict(0.9364) == "93.6% < 94.0%"  # never "94%" beside "unknown below 94%"

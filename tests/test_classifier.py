@@ -279,8 +279,9 @@ def test_the_default_heads_are_the_ones_selection_chose_among_the_shipped_calibr
     """The default head of your own categories (photos only, and photos with texts) is the shipped
     calibrated head that answers the most taught photos right on the selection episodes at its
     thresholds; a refit that changes the ranking must change the default too."""
-    from fsl.apps.classifier import DEFAULT_HEAD, FUSED_DEFAULT_HEAD, NAMED_HEADS
-    from fsl.harness.calibration import Calibration, best_for_own_categories
+    from fsl.harness.calibration import best_for_own_categories
+    from fsl.inference.calibration import Calibration
+    from fsl.inference.heads import DEFAULT_HEAD, FUSED_DEFAULT_HEAD, NAMED_HEADS
     from fsl.paths import SHIPPED_CALIBRATION_DIR
 
     shipped = [Calibration.load(path) for path in sorted(SHIPPED_CALIBRATION_DIR.glob("*.json"))]

@@ -280,7 +280,7 @@ def test_damaged_or_edited_episode_files_are_refused_with_a_message(twelve_class
     from pathlib import Path
 
     from fsl.config import EncoderConfig, ExperimentConfig
-    from fsl.harness.experiment import load_episode_set
+    from fsl.episodes.standard import load_episode_set
     from fsl.paths import episode_set_path
 
     root, catalog = twelve_classes
@@ -309,8 +309,7 @@ def test_an_episode_file_replaced_by_another_valid_draw_is_refused_by_its_record
 
     from fsl.config import EncoderConfig, ExperimentConfig
     from fsl.episodes.frozen import read_digests
-    from fsl.episodes.standard import draw_standard_episodes
-    from fsl.harness.experiment import load_episode_set
+    from fsl.episodes.standard import draw_standard_episodes, load_episode_set
     from fsl.paths import episode_digests_path, episode_set_path
 
     root, catalog = twelve_classes
@@ -331,7 +330,7 @@ def test_an_episode_file_without_a_recorded_digest_is_said_to_be_unverified(twel
     from pathlib import Path
 
     from fsl.config import EncoderConfig, ExperimentConfig
-    from fsl.harness.experiment import load_episode_set
+    from fsl.episodes.standard import load_episode_set
     from fsl.paths import episode_digests_path
 
     root, catalog = twelve_classes

@@ -23,7 +23,7 @@ from fsl.config import load_config
 from fsl.data.prepared import load_catalog
 from fsl.errors import FslError
 from fsl.files import atomic_path, write_csv
-from fsl.harness.checkpoints import load_head, save_head
+from fsl.inference.checkpoints import load_head, save_head
 from fsl.paths import store_path
 from fsl.store.features import FeatureStore, embed_catalog, writer_lock
 

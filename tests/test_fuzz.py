@@ -66,7 +66,7 @@ def test_mutated_styles_csv_gives_a_catalog_or_a_message(small_dump, tmp_path, m
 
 def test_mutated_episode_files_are_refused_or_identical(twelve_classes, tmp_path):
     from fsl.config import EncoderConfig, ExperimentConfig
-    from fsl.harness.experiment import load_episode_set
+    from fsl.episodes.standard import load_episode_set
     from fsl.paths import episode_set_path
 
     root, catalog = twelve_classes
@@ -192,8 +192,8 @@ def test_mutated_sidecars_are_refused_or_read_as_written(tmp_path):
     import torch
 
     from fsl.encoders.aligned import Projections, load_alignment, save_alignment
-    from fsl.harness.calibration import Calibration
-    from fsl.harness.checkpoints import load_head, save_head
+    from fsl.inference.calibration import Calibration
+    from fsl.inference.checkpoints import load_head, save_head
     from fsl.methods import create_head
     from fsl.methods.fusion import create_fusion
 
@@ -289,7 +289,7 @@ def test_mutated_classifier_json_is_refused_or_loads_a_sound_classifier(own_fold
 def test_mutated_calibrations_in_the_users_cache_are_refused_or_in_range(tmp_path):
     """A calibration under $FSL_CACHE is found by what it was fitted for: a damaged one is a message
     naming it, never a temperature or threshold out of range."""
-    from fsl.harness.calibration import find_calibration
+    from fsl.inference.calibration import find_calibration
 
     shipped = next((Path(__file__).resolve().parents[1] / "fsl" / "calibration").glob("*.json"))
     original = shipped.read_bytes()

@@ -21,6 +21,7 @@ LAYERS = [
     "store",
     "episodes",
     "methods",
+    "inference",
     "harness",
     "apps",
     "cli",
@@ -103,3 +104,44 @@ def test_heads_depend_on_torch_and_their_fusion_only():
     assert reached <= {"fsl.errors"} | {module for module in graph if module.startswith("fsl.methods.")}, (
         f"importing the heads loads {sorted(reached)}"
     )
+
+
+# The apps that answer photos (everything under apps/ but quickstart, which runs the research job
+# `fsl quickstart` and so imports the harness by design).
+JOB_APPS = {"fsl.apps.quickstart"}
+
+
+def harness_reached_from(graph: nx.DiGraph, module: str) -> list[str]:
+    return sorted(m for m in nx.descendants(graph, module) | {module} if m.startswith("fsl.harness"))
+
+
+def test_the_answer_time_layer_never_reaches_the_harness():
+    graph, _ = package_graph()
+    inference = [module for module in graph if module.startswith("fsl.inference")]
+    assert len(inference) >= 5
+    reached = {module: harness_reached_from(graph, module) for module in inference}
+    assert not any(reached.values()), f"the answer-time layer loads research jobs: {reached}"
+
+
+def test_apps_answer_photos_through_the_answer_time_layer_alone():
+    """No app but the research job's reaches the harness (directly or through another module), and
+    FewShotClassifier, predict and the demo import the support-set core that answers."""
+    graph, _ = package_graph()
+    apps = [module for module in graph if module.startswith("fsl.apps.") and module not in JOB_APPS]
+    reached = {module: harness_reached_from(graph, module) for module in apps}
+    assert not any(reached.values()), f"apps reaching the harness: { {m: r for m, r in reached.items() if r} }"
+    for module in ("fsl.apps.classifier", "fsl.apps.predict", "fsl.apps.demo.backend"):
+        assert "fsl.inference.classifier" in graph.successors(module), f"{module} does not answer through the core"
+
+
+def test_scores_and_softmax_live_in_the_answer_time_layer_not_in_apps():
+    """Turning logits into confidences or a "none of these" answer is the core's job: no app calls a
+    softmax, a known-ness score or a head's forward pass of its own."""
+    found = []
+    for path in (PACKAGE / "apps").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            called = node.func if isinstance(node, ast.Call) else None
+            name = getattr(called, "attr", None) or getattr(called, "id", None)
+            if name in {"softmax", "log_softmax", "known_scores", "probabilities", "scores", "known", "classify"}:
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {name}()")
+    assert not found, f"scoring outside fsl/inference: {found}"

@@ -219,7 +219,7 @@ def test_simpleshot_centres_on_the_mean_of_base_class_products_only(twelve_class
     from fsl.config import EncoderConfig, ExperimentConfig
     from fsl.episodes.frozen import EpisodeSet
     from fsl.files import read_csv
-    from fsl.harness.experiment import experiment_head
+    from fsl.inference.heads import experiment_head
     from fsl.paths import episodes_dir_for
 
     root, catalog = twelve_classes
@@ -310,32 +310,21 @@ def test_pt_map_predicts_as_easyfsl_on_non_negative_features():
             torch.testing.assert_close(predicted[e], reference, atol=1e-3, rtol=1e-2)
 
 
-def test_cosine_prototypes_is_the_demo_s_scorer_batched():
-    """The head `fsl calibrate` fits for the demo gives the demo's own scores (teach.scores)."""
-    from fsl.apps.support import Category, scores
-
+def test_cosine_prototypes_weights_the_cosines_to_each_modality_s_normalised_mean():
+    """Cosine prototypes (the default own-categories head, and the demo's text-only scorer) is, per
+    query and class, w·cos(image, mean image) + (1-w)·cos(text, mean text), written out in numpy."""
     support, labels, query, _ = toy_episodes(n_episodes=1, n_way=3, k_shot=4, q_query=2)
     support, query = F.normalize(support, dim=-1), F.normalize(query, dim=-1)
-    for fusion, weight in (("concat", 0.7), ("image", 1.0)):
+    for fusion, weight in (("concat", 0.7), ("concat", 0.0), ("image", 1.0)):
         options = {"image_weight": weight} if fusion == "concat" else {}
         head = create_head("cosine_prototypes", create_fusion(fusion, IMAGE_DIM, TEXT_DIM, **options))
-        logits = head(support, labels, query, 3)[0]
-        categories = [
-            Category(
-                str(c),
-                [f[:IMAGE_DIM].numpy() for f in support[0][labels[0] == c]],
-                [f[IMAGE_DIM:].numpy() for f in support[0][labels[0] == c]] if fusion == "concat" else [],
-            )
-            for c in range(3)
-        ]
-        for q in range(len(query[0])):
-            theirs = scores(
-                categories,
-                query[0, q, :IMAGE_DIM].numpy(),
-                query[0, q, IMAGE_DIM:].numpy() if fusion == "concat" else None,
-                weight,
-            )
-            np.testing.assert_allclose(logits[q].numpy(), [theirs[str(c)] for c in range(3)], atol=1e-5)
+        logits = head(support, labels, query, 3)[0].numpy()
+        expected = np.zeros_like(logits)
+        for part, share in ((slice(0, IMAGE_DIM), weight), (slice(IMAGE_DIM, None), 1 - weight)):
+            means = np.stack([support[0][labels[0] == c][:, part].mean(0).numpy() for c in range(3)])
+            means /= np.linalg.norm(means, axis=1, keepdims=True)
+            expected += share * (query[0][:, part].numpy() @ means.T)
+        np.testing.assert_allclose(logits, expected, atol=1e-5)
     with pytest.raises(FslError, match="use fusion image or concat"):
         create_head("cosine_prototypes", create_fusion("gate", IMAGE_DIM, TEXT_DIM))
 
@@ -345,9 +334,9 @@ def test_the_named_support_heads_are_the_experiment_files():
     `fsl calibrate experiments/...` fitted."""
     from pathlib import Path
 
-    from fsl.apps.classifier import NAMED_HEADS
     from fsl.config import load_config
-    from fsl.harness.calibration import config_key
+    from fsl.inference.calibration import config_key
+    from fsl.inference.heads import NAMED_HEADS
 
     experiments = Path(__file__).resolve().parents[1] / "experiments"
     for config in NAMED_HEADS.values():
@@ -638,6 +627,37 @@ def test_every_registered_head_gives_finite_logits_of_the_contract_shape(name):
     logits = head(support, labels, query, 4, class_text if head.needs_class_text else None)
     assert logits.shape == (3, 20, 4) and torch.isfinite(logits).all()
     assert isinstance(HEADS[name].transductive, bool)
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n, h in __import__("fsl.methods", fromlist=["HEADS"]).HEADS.items() if not h.uses_class_names)
+)
+def test_an_image_only_head_embeds_and_answers_alike_with_or_without_a_text_part(name):
+    """Under image fusion a head reads the image part alone: built on a store's [image | text] features
+    (how `fsl calibrate` fits it) or on a support folder's [image] features (how your own categories are
+    answered), it embeds (what the "none of these" scores read) and answers the same. Cosine prototypes
+    once embedded the raw [image | text], so its shipped threshold was fitted on features no photo of a
+    support folder has. (Heads that read class names need the text tower, and no support folder.)"""
+    from fsl.methods import EXAMPLE_OPTIONS
+
+    support, labels, query, _ = toy_episodes(n_episodes=2, n_way=4, k_shot=3, q_query=5)
+    base, base_labels = torch.randn(40, IMAGE_DIM + TEXT_DIM), torch.arange(40) % 4
+    outputs = []
+    for text_dim in (TEXT_DIM, 0):
+        width = IMAGE_DIM + text_dim
+        torch.manual_seed(0)
+        head = create_head(name, create_fusion("image", IMAGE_DIM, text_dim), **EXAMPLE_OPTIONS[name])
+        if head.needs_base_classes:
+            head.fit_base(base[:, :width], base_labels)
+        class_text = torch.randn(2, 4, TEXT_DIM, generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(0)
+        logits = head(
+            support[..., :width], labels, query[..., :width], 4, class_text if head.needs_class_text else None
+        )
+        outputs.append((head.embed(query[..., :width]), logits))
+    (embedded, logits), (embedded_alone, logits_alone) = outputs
+    torch.testing.assert_close(embedded, embedded_alone)
+    torch.testing.assert_close(logits, logits_alone, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", sorted(__import__("fsl.methods", fromlist=["HEADS"]).HEADS))

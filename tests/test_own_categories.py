@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 
-from fsl.apps.classifier import DEFAULT_HEAD, NAMED_HEADS, FewShotClassifier
+from fsl.apps.classifier import FewShotClassifier
 from fsl.cli.main import main
 from fsl.config import EncoderConfig, load_config, to_yaml
 from fsl.errors import FslError
-from fsl.harness.calibration import calibrate_on_support, config_key, find_calibration
-from fsl.harness.experiment import head_for_features
-from fsl.harness.open_set import known_scores, mahalanobis, nearest_support
+from fsl.inference.calibration import calibrate_on_support, config_key, find_calibration
+from fsl.inference.heads import DEFAULT_HEAD, NAMED_HEADS, head_for_features
+from fsl.inference.open_set import known_scores, mahalanobis, nearest_support
 from fsl.paths import SHIPPED_CALIBRATION_DIR
 from fsl.store.content import ContentCache
 from tests.conftest import TINY_PROBE

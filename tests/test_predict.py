@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fsl.apps.classifier import DEFAULT_HEAD
 from fsl.cli.main import main
-from fsl.harness.calibration import Calibration
+from fsl.inference.calibration import Calibration
+from fsl.inference.heads import DEFAULT_HEAD
 
 CLASSES = ["Watches", "Handbags", "Casual Shoes"]
 REPO = Path(__file__).resolve().parents[1]
@@ -392,3 +392,69 @@ def test_caches_default_to_the_user_cache_so_a_second_folder_embeds_nothing(own_
     assert f"({photos} embeddings cached, 0 computed)" in said["second"]
     assert (tmp_path / "xdg" / "fsl" / "embeddings").is_dir() and not (tmp_path / "first" / ".fsl").exists()
     assert "where an older fsl kept them" in said["old"] and f"(0 embeddings cached, {photos} computed)" in said["old"]
+
+
+def test_the_api_fsl_predict_the_demo_and_a_catalog_head_answer_alike_through_one_core(
+    small_dump, folders, tmp_path, monkeypatch
+):
+    """One support folder, four ways in: FewShotClassifier.predict, `fsl predict --support`, the demo's
+    Predict tab (categories taught from the same photos) and a catalog head given the folder
+    (CatalogClassifier, what `fsl predict --checkpoint/--config --support` uses). Each photo gets the
+    same answer, confidences and "none of these" score from each, every one through the core."""
+    from fsl.apps.classifier import FewShotClassifier
+    from fsl.apps.demo.backend import TAUGHT, make_backend
+    from fsl.apps.demo.handlers import predict as demo_predict
+    from fsl.apps.predict import CatalogClassifier
+    from fsl.apps.support import Category, read_support_folder
+    from fsl.config import EncoderConfig
+    from fsl.data.prepared import load_catalog
+    from fsl.inference.classifier import SupportSetClassifier
+
+    answered = []
+    core_answer = SupportSetClassifier.answer
+
+    def spy(self, queries):
+        answers = core_answer(self, queries)
+        answered.extend(answers)
+        return answers
+
+    monkeypatch.setattr(SupportSetClassifier, "answer", spy)
+    root, _ = folders
+    support = root / "support"
+    photos = sorted((root / "photos").iterdir())
+
+    api = FewShotClassifier.from_folder(support, calibration_dir=CALIBRATION).predict(photos)
+    assert api[0].known_score is not None and answered == api  # calibrated, and answered by the core
+    assert predict(small_dump, root, support, tmp_path / "cli.csv") == 0
+    cli = pd.read_csv(tmp_path / "cli.csv").set_index("file")
+    assert len(answered) == 2 * len(photos)
+
+    backend = make_backend(None, EncoderConfig("offline"), calibration_dir=CALIBRATION, saved_root=tmp_path / "saved")
+    categories = [
+        Category(folder.name, [backend.embed(str(p), None)[0] for p in sorted(folder.iterdir())])
+        for folder in sorted(support.iterdir())
+    ]
+    demo = [demo_predict(backend, categories, str(photo), None, TAUGHT) for photo in photos]
+    assert len(answered) == 3 * len(photos)
+
+    catalog_head = CatalogClassifier(
+        load_catalog(small_dump),
+        None,
+        str(REPO / "experiments" / "linear-probe-image.yaml"),  # the default head, as a catalog config
+        store_root=tmp_path / "store",
+        support=read_support_folder(support),
+        texts="no --texts were given",
+        calibration_dir=CALIBRATION,
+    )
+    catalog = catalog_head.answer_features(catalog_head.embed_photos(photos))
+    assert len(answered) == 4 * len(photos)
+
+    for photo, ours, (demo_label, demo_confidences, _, _), theirs in zip(photos, api, demo, catalog):
+        row = cli.loc[photo.name]
+        assert ours.label == row["answer"] == demo_label == theirs.label
+        assert ours.top[0][0] == row["label_1"] == next(iter(demo_confidences)) == theirs.top[0][0]
+        assert ours.confidence == pytest.approx(row["confidence_1"], abs=1e-4)
+        assert dict(ours.top) == pytest.approx(demo_confidences, abs=1e-5)
+        assert dict(ours.top) == pytest.approx(dict(theirs.top), abs=1e-5)
+        assert ours.known_score == pytest.approx(row["score"], rel=1e-5)
+        assert ours.known_score == pytest.approx(theirs.known_score, rel=1e-4)

@@ -9,12 +9,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fsl.config import EncoderConfig, ExperimentConfig, TrainConfig
 from fsl.data.prepared import load_catalog
-from fsl.episodes.standard import draw_standard_episodes
+from fsl.episodes.standard import draw_standard_episodes, load_episode_set
 from fsl.errors import FslError
-from fsl.harness.checkpoints import load_head
 from fsl.harness.evaluate import run_episodes
-from fsl.harness.experiment import build_head, load_episode_set, run_experiment
+from fsl.harness.experiment import run_experiment
 from fsl.harness.train import train
+from fsl.inference.checkpoints import load_head
+from fsl.inference.heads import build_head
 from fsl.store.open import open_store
 from fsl.store.rows import store_features
 from tests.conftest import make_slice
@@ -213,8 +214,8 @@ def small_episodes(cfg: ExperimentConfig) -> ExperimentConfig:
 
 def test_no_product_of_a_validation_or_novel_class_enters_a_training_episode(workspace):
     from fsl.episodes.sampler import EpisodeSampler
-    from fsl.harness.experiment import base_classes
     from fsl.harness.train import training_samplers
+    from fsl.inference.heads import base_classes
 
     root, catalog = workspace
     cfg = small_episodes(config(4, train_sources=("subCategory", "baseColour", "gender", "usage", "season")))
@@ -285,7 +286,7 @@ def test_training_refuses_to_choose_its_checkpoint_on_a_test_set(workspace, tmp_
 
 
 def test_a_checkpoint_of_another_shape_is_a_message_not_a_size_mismatch_traceback(tmp_path):
-    from fsl.harness.checkpoints import load_head, save_head
+    from fsl.inference.checkpoints import load_head, save_head
     from fsl.methods import create_head
     from fsl.methods.fusion import create_fusion
 

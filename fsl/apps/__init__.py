@@ -1,1 +1,2 @@
-"""What users run on top of the harness: predict, the support folders behind it, search, the demo, quickstart."""
+"""What users run: predict, the Python API, the support folders behind them, search, the demo (each answering
+through fsl/inference), and quickstart (the research job end to end)."""

@@ -22,7 +22,6 @@ import hashlib
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,87 +29,19 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from fsl.apps.support import (
-    category_folder_name,
-    check_category_name,
-    embed_image,
-    open_image,
-    read_support_folder,
-    usable_photo,
-)
-from fsl.config import EncoderConfig, ExperimentConfig, config_from_dict
-from fsl.data.catalog import label_word_pattern, mask_label_words
+from fsl.apps.support import SupportFolder, category_folder_name, check_category_name, read_support_folder
+from fsl.config import UNKNOWN, EncoderConfig, ExperimentConfig, config_from_dict
+from fsl.data.catalog import label_word_pattern
 from fsl.encoders.factory import encoder_from_config
 from fsl.errors import FslError, shown
 from fsl.files import atomic_folder, check_record, read_json, write_csv, write_json
-from fsl.harness.calibration import (
-    FALSE_ACCEPT,
-    UNKNOWN,
-    Calibration,
-    calibrate_on_support,
-    config_key,
-    find_calibration,
-)
-from fsl.harness.experiment import head_for_features
+from fsl.inference.calibration import FALSE_ACCEPT, Calibration, calibrate_on_support, config_key, find_calibration
+from fsl.inference.classifier import Answer, HeadInputs, SupportSetClassifier
+from fsl.inference.heads import DEFAULT_HEAD, FUSED_DEFAULT_HEAD, NAMED_HEADS, head_config, head_for_features
+from fsl.inference.photos import embed_photos
 from fsl.store.content import ContentCache, file_digest
 
-# The heads a support folder can use by name. The defaults (photos only; a text for every photo) are the
-# shipped calibrated heads that answer the most taught photos right on the selection episodes at a 20%
-# false-accept target (harness.calibration.best_for_own_categories; a test keeps them in step):
-# cosine prototypes with the Mahalanobis "none of these" score, 88.1% against the linear probe's 79.3%.
-LINEAR_PROBE = {"init": "prototypes", "C": 10}
-NAMED_HEADS = {
-    config.name: config
-    for config in (
-        ExperimentConfig(name="linear-probe-image", method="linear_probe", method_options=LINEAR_PROBE),
-        ExperimentConfig(
-            name="linear-probe-fused-masked",
-            method="linear_probe",
-            method_options=LINEAR_PROBE,
-            fusion="concat",
-            fusion_options={"image_weight": 0.7},
-        ),
-        ExperimentConfig(name="cosine-prototypes-image", method="cosine_prototypes", text_variant="plain"),
-        ExperimentConfig(
-            name="cosine-prototypes-fused-masked",
-            method="cosine_prototypes",
-            fusion="concat",
-            fusion_options={"image_weight": 0.7},
-        ),
-    )
-}
-DEFAULT_HEAD = "cosine-prototypes-image"
-FUSED_DEFAULT_HEAD = "linear-probe-fused-masked"
 MANIFEST = "classifier.json"
-
-
-def needs_catalog(config: ExperimentConfig) -> bool:
-    """Whether the head learns from the catalog's base classes or reads class names: then it needs
-    the catalog's store, and a support folder alone cannot teach it."""
-    head = head_for_features(config, 8, 8 if config.fusion != "image" else 0, encoder_from_config(config.encoder).id)
-    return head.needs_base_classes or head.needs_class_text
-
-
-def head_config(head: str | ExperimentConfig) -> ExperimentConfig:
-    """A head by name (NAMED_HEADS) or as an experiment config; heads that need the catalog's base
-    classes or class names cannot learn from a support folder alone."""
-    if isinstance(head, str):
-        if head not in NAMED_HEADS:
-            raise FslError(f"head {head!r}: choose one of {', '.join(NAMED_HEADS)}, or pass an experiment config")
-        return NAMED_HEADS[head]
-    return head
-
-
-@dataclass
-class Answer:
-    """One photo's answer: `label` is a category or "unknown" (the calibration's rule); `best` the
-    closest category whatever the rule; `top` the categories and confidences, best first."""
-
-    label: str
-    best: str
-    confidence: float
-    top: list[tuple[str, float]]
-    known_score: float | None = None  # the calibration's "none of these" score, where calibrated
 
 
 class FewShotClassifier:
@@ -140,8 +71,8 @@ class FewShotClassifier:
         self.labels: list[int] = []
         self._image_features: list[np.ndarray] = []
         self.calibration: Calibration | None = self._calibration(calibration, calibration_dir)
-        self.head = None
-        self._fitted_on = -1  # how many examples the head was built for
+        self.core: SupportSetClassifier | None = None  # what answers (inference/classifier.py), built on demand
+        self._fitted_on = -1  # how many examples the core was built for
 
     def _calibration(self, calibration: object, calibration_dir: str | os.PathLike | None) -> Calibration | None:
         """The `calibration` argument as a Calibration or None, checked now rather than at the first answer."""
@@ -171,7 +102,17 @@ class FewShotClassifier:
         """Categories from a support folder (one sub-folder of photos per category, optional texts.csv;
         only `classes`, if given). Without `head`: DEFAULT_HEAD, or FUSED_DEFAULT_HEAD when every photo
         has a text. `options`: those of the constructor."""
-        support = read_support_folder(folder)
+        return cls.from_support(read_support_folder(folder), head, classes, **options)
+
+    @classmethod
+    def from_support(
+        cls,
+        support: SupportFolder,
+        head: str | ExperimentConfig | None = None,
+        classes: Sequence[str] | None = None,
+        **options,
+    ) -> FewShotClassifier:
+        """Categories from a support folder already read (`from_folder`)."""
         if classes:
             unknown = sorted(set(classes) - set(support.classes))
             if unknown:
@@ -236,91 +177,48 @@ class FewShotClassifier:
     def embed_photos(self, photos: Sequence[str | os.PathLike | Image.Image], checked: bool = False) -> np.ndarray:
         """[n, image_dim]: files through the content cache (each checked readable first, unless the
         caller did: `checked`), PIL images directly."""
-        files = [p for p in photos if not isinstance(p, Image.Image)]
-        for path in [] if checked else files:
-            open_image(path)  # a clear FslError for a missing, unreadable or degenerate file
-        images = {  # every PIL image checked (and made RGB) before anything is embedded
-            i: usable_photo(photo, f"photo {i + 1} (a PIL image)")
-            for i, photo in enumerate(photos)
-            if isinstance(photo, Image.Image)
-        }
-        cached = iter(self.cache.images(files)) if files else iter(())
-        return np.stack(
-            [embed_image(self.encoder, images[i]) if i in images else next(cached) for i in range(len(photos))]
-        ).astype(np.float32)
+        return embed_photos(self.cache, self.encoder, photos, checked)
 
     # Answering ----------------------------------------------------------------------------------
 
-    def features(self, image_features: np.ndarray, texts: Sequence[str]) -> torch.Tensor:
+    def features(self, image_features: np.ndarray, texts: Sequence[str] | None = None) -> torch.Tensor:
         """[n, image_dim (+ text_dim)] as the head reads them: an image-only head gets no text part;
         a fused head gets the texts with the category names masked (as in training: masked-articleType)."""
-        image = torch.from_numpy(np.asarray(image_features, dtype=np.float32))
-        if not self.fused:
-            return image
-        if not all(texts):
-            missing = sum(not t for t in texts)
-            raise FslError(
-                f"{self.config.name} reads a photo and its product text, but {missing} of {len(texts)} have no text; "
-                f"give every photo a text, or use {DEFAULT_HEAD}"
-            )
-        if self.masked:
-            pattern = label_word_pattern(self.classes)
-            texts = [mask_label_words(t, pattern) for t in texts]
-        text = self.cache.texts(list(texts))
-        return torch.cat([image, torch.from_numpy(text)], dim=1)
+        mask = label_word_pattern(self.classes) if self.masked else None
+        return HeadInputs(self.config.name, self.fused, 0, self.cache.texts, mask)(image_features, texts)
 
-    def _ready(self):
+    def _ready(self) -> SupportSetClassifier:
+        """The core that answers: built again when examples were added since, with the current calibration."""
         if len(self.classes) < 2:
             raise FslError(f"{len(self.classes)} categories taught; a choice needs at least two")
         empty = [c for i, c in enumerate(self.classes) if i not in self.labels]
         if empty:
             raise FslError(f"no examples for {', '.join(empty)}")
-        if self._fitted_on != len(self.labels):  # heads keep no state between calls: built once per support
+        if self._fitted_on != len(self.labels):
             support = self.features(np.stack(self._image_features), self.texts)
             text_dim = support.shape[1] - self.image_dim
-            self.head = head_for_features(self.config, self.image_dim, text_dim, self.encoder.id).eval()
-            if self.head.needs_base_classes or self.head.needs_class_text:
+            head = head_for_features(self.config, self.image_dim, text_dim, self.encoder.id)
+            if head.needs_base_classes or head.needs_class_text:
                 raise FslError(
                     f"{self.config.name} learns from the catalog's base classes or class names; a support folder "
                     f"alone cannot teach it (choose one of {', '.join(NAMED_HEADS)})"
                 )
-            self._support, self._fitted_on = support, len(self.labels)
-        return self.head
+            self.core = SupportSetClassifier(head, self.classes, support, torch.as_tensor(self.labels), None)
+            self._fitted_on = len(self.labels)
+        self.core.calibration = self.calibration
+        return self.core
 
     @property
     def image_dim(self) -> int:
         return len(self._image_features[0])
 
-    @torch.no_grad()
     def logits(self, queries: torch.Tensor) -> torch.Tensor:
         """[Q, D] query features -> [Q, categories]."""
-        head = self._ready()
-        labels = torch.as_tensor(self.labels)
-        return head(self._support[None], labels[None], queries[None], len(self.classes))[0]
+        return self._ready().logits(queries)
 
-    @torch.no_grad()
     def answer_features(self, image_features: np.ndarray, texts: Sequence[str] | None = None) -> list[Answer]:
         """Answers for queries already embedded ([Q, image_dim]), with their texts for a fused head."""
-        if texts is not None and len(texts) != len(image_features):
-            raise FslError(f"{len(image_features)} photos but {len(texts)} texts; give one text per photo")
-        queries = self.features(image_features, list(texts) if texts is not None else [""] * len(image_features))
-        logits = self.logits(queries)
-        if self.calibration is None:
-            probabilities, known, scores = torch.softmax(logits, -1), None, None
-        else:
-            probabilities = self.calibration.probabilities(logits)
-            support, query = self.head.embed(self._support), self.head.embed(queries)
-            labels = torch.as_tensor(self.labels)
-            scores = self.calibration.scores(logits, support, labels, query)
-            known = self.calibration.known(scores, len(self.classes))
-        answers = []
-        order = probabilities.argsort(-1, descending=True)
-        for i in range(len(queries)):
-            top = [(self.classes[int(j)], float(probabilities[i, j])) for j in order[i]]
-            best, confidence = top[0]
-            label = best if known is None or bool(known[i]) else UNKNOWN
-            answers.append(Answer(label, best, confidence, top, None if scores is None else float(scores[i])))
-        return answers
+        return self._ready().answer(self.features(image_features, texts))
 
     def predict(
         self, photos: Sequence[str | os.PathLike | Image.Image], texts: Sequence[str] | None = None
@@ -347,16 +245,16 @@ class FewShotClassifier:
 
     def calibrate_on_support(self, false_accept: float = FALSE_ACCEPT, score: str = "auto") -> Calibration:
         """Fit the temperature, the "none of these" score and its threshold on the support itself
-        (leave one category out; fsl/harness/calibration.py), use them from now on and return them."""
+        (leave one category out; fsl/inference/calibration.py), use them from now on and return them."""
         self._ready()
         validation = find_calibration(config_key(self.config, self.encoder.id))
         folder = getattr(self.support_folder, "root", None)
         where = f"the support folder {folder}" if folder else "the taught examples"
         self.calibration = calibrate_on_support(
             self.config,
-            self.head,
-            self._support,
-            torch.as_tensor(self.labels),
+            self.core.head,
+            self.core.support,
+            self.core.labels,
             config_key(self.config, self.encoder.id),
             self.encoder.id,
             where,

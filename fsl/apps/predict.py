@@ -10,6 +10,8 @@ import os
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,28 +19,23 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from fsl.apps.classifier import DEFAULT_HEAD, FUSED_DEFAULT_HEAD, NAMED_HEADS, FewShotClassifier
+from fsl.apps.classifier import FewShotClassifier
 from fsl.apps.index import open_index
-from fsl.apps.support import (
-    IMAGE_WEIGHT,
-    SupportFolder,
-    embed_image,
-    embed_text,
-    open_image,
-    read_support_folder,
-    read_texts,
-)
+from fsl.apps.support import IMAGE_WEIGHT, SupportFolder, read_support_folder, read_texts
 from fsl.config import UNKNOWN, ExperimentConfig, config_from_dict, load_config
-from fsl.data.catalog import Catalog, label_word_pattern, mask_label_words, resolve_data_dir
+from fsl.data.catalog import Catalog, label_word_pattern, resolve_data_dir
 from fsl.data.prepared import load_catalog
 from fsl.encoders.factory import encoder_from_config
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
 from fsl.files import IMAGE_SUFFIXES, atomic_path, check_writable_target, write_csv
-from fsl.harness.calibration import Calibration, config_key, find_calibration
-from fsl.harness.checkpoints import read_meta
-from fsl.harness.experiment import experiment_head
+from fsl.inference.calibration import Calibration, config_key, find_calibration
+from fsl.inference.checkpoints import read_meta
+from fsl.inference.classifier import Answer, HeadInputs, SupportSetClassifier, answer_record
+from fsl.inference.heads import DEFAULT_HEAD, FUSED_DEFAULT_HEAD, NAMED_HEADS, experiment_head
+from fsl.inference.photos import embed_photos, open_image
 from fsl.paths import FEATURES_ROOT, checkpoint_dir, store_path
+from fsl.store.content import ContentCache
 from fsl.store.features import FeatureStore, is_complete
 
 
@@ -88,13 +85,29 @@ def choose_config(
     )
 
 
-def text_coverage(files: list[Path], text_of: dict[str, str], support: SupportFolder | None, given: bool) -> str:
+@dataclass
+class PhotoFolder:
+    """--images as read once: the folder, its photos, a CSV row (file, error) for every other file
+    in it, and each photo's product text from --texts (by file name)."""
+
+    folder: Path
+    files: list[Path]
+    others: list[dict]
+    text_of: dict[str, str]
+
+
+def read_photo_folder(images: str | os.PathLike, texts: str | os.PathLike | None = None) -> PhotoFolder:
+    """--images and --texts, read once; an error when the folder holds no photo at all."""
+    return PhotoFolder(*photo_files(images), read_texts(texts))
+
+
+def text_coverage(photos: PhotoFolder, support: SupportFolder | None, given: bool) -> str:
     """ "all" when every query (and support photo) has a text, else why not, in words."""
     if not given:
         return "no --texts were given"
-    missing = sum(not text_of.get(path.name) for path in files)
+    missing = sum(not photos.text_of.get(path.name) for path in photos.files)
     if missing:
-        return f"{missing} of {len(files)} photos have no text in --texts"
+        return f"{missing} of {len(photos.files)} photos have no text in --texts"
     if support is not None and support.photos_without_text:
         return f"{support.photos_without_text} support photos have no text in {support.root / 'texts.csv'}"
     return "all"
@@ -103,7 +116,8 @@ def text_coverage(files: list[Path], text_of: dict[str, str], support: SupportFo
 class CatalogClassifier:
     """A head (trained, or configured) with a support set: `shots` catalog examples per class of the
     catalog (or of `classes`), or the examples of a support folder. What `fsl predict` and the demo's
-    checkpoint mode classify with. Confidences are calibrated where `fsl calibrate` fitted this head."""
+    checkpoint mode classify with, through the support-set core (fsl/inference/classifier.py).
+    Confidences are calibrated where `fsl calibrate` fitted this head."""
 
     def __init__(
         self,
@@ -116,18 +130,17 @@ class CatalogClassifier:
         texts: str = "all",
         classes: list[str] | None = None,
         calibration_dir: str | os.PathLike | None = None,
+        cache_root: str | os.PathLike | None = None,
     ):
         config, self.note = choose_config(checkpoint, config_path, support, texts)
         # a config with a train: section gets its trained checkpoint, never a silently untrained head
-        self.store, features, self.head = experiment_head(config, catalog, store_root, checkpoint=checkpoint)
-        self.head.eval()
+        self.store, features, head = experiment_head(config, catalog, store_root, checkpoint=checkpoint)
         self.config = config
         self.encoder = encoder_from_config(config.encoder)
+        self.cache = ContentCache(self.encoder, cache_root)
         self.name = Path(checkpoint).parent.name if checkpoint else config.name
         weights = checkpoint or (checkpoint_dir(config.name) / "best" if config.train is not None else None)
-        self.calibration: Calibration | None = find_calibration(
-            config_key(config, self.store.encoder_id, weights), calibration_dir
-        )
+        calibration = find_calibration(config_key(config, self.store.encoder_id, weights), calibration_dir)
         self.fused = config.fusion != "image"
         masked = config.text_variant.startswith("masked-")  # mask query texts as the support texts were
         if support is None:
@@ -135,45 +148,41 @@ class CatalogClassifier:
             unknown = sorted(set(classes or []) - set(labels))
             if unknown:
                 raise FslError(f"--classes: {', '.join(unknown)}: not {config.label_column} classes of the catalog")
-            self.classes, rows = support_rows(labels, shots, only=classes)
-            self.support = torch.from_numpy(np.asarray(features[rows], dtype=np.float32)).unsqueeze(0)
-            self.support_labels = torch.arange(len(self.classes)).repeat_interleave(shots).unsqueeze(0)
-            self.mask = catalog.label_mask(config.text_variant.split("-", 1)[1]) if masked else None
+            names, rows = support_rows(labels, shots, only=classes)
+            mask = catalog.label_mask(config.text_variant.split("-", 1)[1]) if masked else None
         else:  # your own categories: their names are the label words to mask
             if classes:
                 unknown = sorted(set(classes) - set(support.classes))
                 if unknown:
                     raise FslError(f"--classes: {', '.join(unknown)}: not among the categories of {support.root}")
                 support = support.restrict(sorted(set(classes)))
-            self.classes = support.classes
-            self.mask = label_word_pattern(support.classes) if masked else None
-            rows = [self.features(embed_image(self.encoder, open_image(p)), support.text_of(p)) for p in support.photos]
-            self.support = torch.from_numpy(np.stack(rows)).unsqueeze(0)
-            self.support_labels = torch.as_tensor(support.labels).unsqueeze(0)
+            names = support.classes
+            mask = label_word_pattern(names) if masked else None
+        self.inputs = HeadInputs(self.name, self.fused, self.store.manifest["text_dim"], self.cache.texts, mask)
+        if support is None:
+            support_features = torch.from_numpy(np.asarray(features[rows], dtype=np.float32))
+            support_labels = torch.arange(len(names)).repeat_interleave(shots)
+        else:
+            image = self.embed_photos(support.photos, checked=True)  # read_support_folder opened each
+            support_features = self.inputs(image, [support.text_of(p) for p in support.photos])
+            support_labels = torch.as_tensor(support.labels)
+        self.core = SupportSetClassifier(head, names, support_features, support_labels, calibration)
 
-    def features(self, image: np.ndarray, text: str) -> np.ndarray:
-        """One query's [image | text] features; an image-only head never reads the text part."""
-        text = mask_label_words(text, self.mask) if self.mask and text and self.fused else text
-        text_feature = (
-            embed_text(self.encoder, text)
-            if text and self.fused
-            else np.zeros(self.store.manifest["text_dim"], dtype=np.float32)
-        )
-        return np.concatenate([image, text_feature])
+    @property
+    def classes(self) -> list[str]:
+        return self.core.classes
 
-    @torch.no_grad()
-    def probabilities(self, queries: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """[Q, image_dim + text_dim] -> ([Q, classes] probabilities, calibrated where a calibration was
-        found; [Q] the calibration's known-ness scores, each answered when at or above its threshold,
-        None when uncalibrated: no "unknown" answer)."""
-        query = torch.from_numpy(queries)
-        logits = self.head(self.support, self.support_labels, query.unsqueeze(0), len(self.classes))[0]
-        if self.calibration is None:
-            return torch.softmax(logits, -1), None
-        scores = self.calibration.scores(
-            logits, self.head.embed(self.support[0]), self.support_labels[0], self.head.embed(query)
-        )
-        return self.calibration.probabilities(logits), scores
+    @property
+    def calibration(self) -> Calibration | None:
+        return self.core.calibration
+
+    def embed_photos(self, photos: Sequence[str | os.PathLike], checked: bool = False) -> np.ndarray:
+        """[n, image_dim] of photo files, through the content cache."""
+        return embed_photos(self.cache, self.encoder, photos, checked)
+
+    def answer_features(self, image_features: np.ndarray, texts: Sequence[str] | None = None) -> list[Answer]:
+        """Answers for photos already embedded ([Q, image_dim]), with their texts for a fused head."""
+        return self.core.answer(self.inputs(image_features, texts))
 
     def describe(self, paths: bool = True) -> str:
         if self.calibration:
@@ -288,40 +297,19 @@ def add_nearest(records: list[dict], image_features: list[np.ndarray], catalog: 
             record["nearest_label"] = products.at[row, column]
 
 
-def support_classifier(
-    support_folder: str | os.PathLike,
-    images: str | os.PathLike,
-    texts: str | None = None,
-    config_path: str | None = None,
-    classes: list[str] | None = None,
-    calibration_dir: str | os.PathLike | None = None,
-) -> tuple[FewShotClassifier, SupportFolder, str | None]:
-    """The classifier of a support folder (the default head, or a config's, which with texts missing
-    falls back to its image part), the folder as read, and a note when the head is not the one asked for."""
-    support = read_support_folder(support_folder)
-    _, files, _ = photo_files(images)
-    coverage = text_coverage(files, read_texts(texts), support, texts is not None)
-    config, note = choose_config(None, config_path, support, coverage)
-    classifier = FewShotClassifier.from_folder(support_folder, config, classes, calibration_dir=calibration_dir)
-    return classifier, support, note
-
-
-def predict_with_support(
-    classifier: FewShotClassifier,
-    images: str | os.PathLike,
-    texts: str | None = None,
+def answer_photos(
+    classifier: FewShotClassifier | CatalogClassifier,
+    photos: PhotoFolder,
     out: str | os.PathLike = "results/predictions.csv",
     top_k: int = 3,
-    catalog_store: tuple[Catalog, object] | None = None,
+    catalog_store: tuple[Catalog, FeatureStore] | None = None,
 ) -> tuple[Path, list[dict]]:
-    """Classify every photo of `images` among a support folder's categories; needs no catalog. With
-    `catalog_store` (a catalog and its embedded store) each photo also gets its nearest catalog product.
-    Returns the CSV written and its records."""
-    folder, files, others = photo_files(images)
-    check_out(out)
-    text_of = read_texts(texts)
-    records, readable = list(others), []
-    for path in files:
+    """Every photo of `photos` answered by `classifier` (its own categories, or a catalog head's
+    classes): a CSV row each, with an `error` cell for a file that cannot be read. With
+    `catalog_store` (a catalog and its embedded store) each photo also gets its nearest catalog
+    product. Returns the CSV written and its records."""
+    records, readable = list(photos.others), []
+    for path in photos.files:
         try:
             open_image(path)
         except FslError as error:
@@ -329,23 +317,16 @@ def predict_with_support(
             continue
         records.append({"file": path.name, "error": ""})
         readable.append(path)
-    features = classifier.embed_photos(readable, checked=True) if readable else np.empty((0, 0), dtype=np.float32)
-    answers = iter(
-        classifier.answer_features(features, [text_of.get(p.name, "") for p in readable]) if readable else []
-    )
-    for record in records:
-        if record["error"]:
-            continue
-        answer = next(answers)
-        record["answer"] = answer.label
-        record["score"] = None if answer.known_score is None else round(answer.known_score, 6)
-        for rank, (label, confidence) in enumerate(answer.top[:top_k], 1):
-            record[f"label_{rank}"] = label
-            record[f"confidence_{rank}"] = round(confidence, 4)
-    if catalog_store is not None and readable:
-        catalog, store = catalog_store
-        add_nearest(records, list(features), catalog, store, classifier.config.label_column)
-    return write_predictions(records, folder, out, top_k, classifier), records
+    if readable:
+        features = classifier.embed_photos(readable, checked=True)
+        answers = iter(classifier.answer_features(features, [photos.text_of.get(p.name, "") for p in readable]))
+        for record in records:
+            if not record["error"]:
+                record.update(answer_record(next(answers), top_k))
+        if catalog_store is not None:
+            catalog, store = catalog_store
+            add_nearest(records, list(features), catalog, store, classifier.config.label_column)
+    return write_predictions(records, photos.folder, out, top_k, classifier), records
 
 
 def catalog_store_if_any(data: str | os.PathLike | None, encoder_id: str, store_root: str | os.PathLike):
@@ -381,7 +362,10 @@ def predict_own_categories(
     Prints the head, encoder and calibration first, then what was answered and how fast."""
     started = time.perf_counter()
     check_out(out)
-    classifier, support, note = support_classifier(support_folder, images, texts, config_path, classes, calibration_dir)
+    support = read_support_folder(support_folder)
+    photos = read_photo_folder(images, texts)
+    config, note = choose_config(None, config_path, support, text_coverage(photos, support, texts is not None))
+    classifier = FewShotClassifier.from_support(support, config, classes, calibration_dir=calibration_dir)
     report_support(support)
     if note:
         print(f"fsl predict: {note}", file=sys.stderr)
@@ -399,7 +383,7 @@ def predict_own_categories(
         f"{classifier.describe()}; {len(classifier.classes)} categories from {support.root} "
         f"({len(classifier.labels)} examples); {extras}"
     )
-    written, records = predict_with_support(classifier, images, texts, out, top_k, catalog_store)
+    written, records = answer_photos(classifier, photos, out, top_k, catalog_store)
     answered = [r for r in records if not r["error"]]
     unknown = sum(r["answer"] == UNKNOWN for r in answered)
     print(
@@ -427,9 +411,8 @@ def predict_folder(
     needs the catalog's store); writes the CSV (top-k labels and confidences per photo, the answer
     after the unknown rule, the nearest catalog product, an `error` cell for unreadable ones) and a
     contact sheet beside it."""
-    folder, files, others = photo_files(images)
+    photos = read_photo_folder(images, texts)
     check_out(out)
-    text_of = read_texts(texts)
     only = parse_classes(classes, catalog)
     support = read_support_folder(support_folder) if support_folder is not None else None
     if support is not None:
@@ -441,7 +424,7 @@ def predict_folder(
         shots,
         store_root,
         support,
-        text_coverage(files, text_of, support, texts is not None),
+        text_coverage(photos, support, texts is not None),
         only,
         calibration_dir,
     )
@@ -454,39 +437,13 @@ def predict_folder(
     )
     print(f"{classifier.describe()}; {source}")
 
-    records, queries = list(others), []
-    for path in files:
-        try:
-            image = embed_image(classifier.encoder, open_image(path))
-        except FslError as error:
-            records.append({"file": path.name, "error": str(error)})
-            continue
-        queries.append(classifier.features(image, text_of.get(path.name, "")))
-        records.append({"file": path.name, "error": ""})
-    if queries:
-        probabilities, scores = classifier.probabilities(np.stack(queries))
-        top = probabilities.topk(min(top_k, len(classifier.classes)), dim=-1)
-        good = iter(range(len(queries)))
-        for record in records:
-            if record["error"]:
-                continue
-            i = next(good)
-            for rank, (value, index) in enumerate(zip(top.values[i], top.indices[i]), 1):
-                record[f"label_{rank}"] = classifier.classes[int(index)]
-                record[f"confidence_{rank}"] = round(float(value), 4)
-            known = scores is None or bool(classifier.calibration.known(scores[i], len(classifier.classes)))
-            record["answer"] = record["label_1"] if known else UNKNOWN
-            record["score"] = None if scores is None else round(float(scores[i]), 6)
-        image_dim = classifier.store.manifest["image_dim"]
-        add_nearest(
-            records, [q[:image_dim] for q in queries], catalog, classifier.store, classifier.config.label_column
-        )
+    written, records = answer_photos(classifier, photos, out, top_k, (catalog, classifier.store))
     answered = [r for r in records if not r["error"]]
     if classifier.calibration and answered:
         unknown = sum(r["answer"] == UNKNOWN for r in answered)
         rule = classifier.calibration.rule(len(classifier.classes))
         print(f'{unknown} of {len(answered)} photos answered "{UNKNOWN}" ({rule})')
-    return write_predictions(records, folder, out, top_k, classifier)
+    return written
 
 
 THUMBNAIL = 160  # pixels, the side of each photo's cell in the contact sheet

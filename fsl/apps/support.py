@@ -2,8 +2,8 @@
 
 A support folder (`fsl predict --support`, the Python API, the demo's saved sets) holds one
 sub-folder of example photos per category, and optionally `texts.csv` (file,text; a `file` cell
-`Category/` is a text example without a photo). Photos are answered by fsl/apps/classifier.py; a
-query given as a text only is scored here, by cosine to the categories' text examples (uncalibrated).
+`Category/` is a text example without a photo). Photos are answered by fsl/apps/classifier.py, a
+query given as a text only by the demo (fsl/apps/demo/backend.py), both through fsl/inference/.
 """
 
 from __future__ import annotations
@@ -17,72 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from PIL import Image
 
 from fsl.config import UNKNOWN
-from fsl.encoders.base import Encoder, as_rgb
 from fsl.errors import FslError, shown
 from fsl.files import IMAGE_SUFFIXES, atomic_folder, write_csv
+from fsl.inference.photos import open_image
 from fsl.store.content import ContentCache
 
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
-MAX_IMAGE_PIXELS = 40_000_000
-MIN_SIDE = 16  # pixels: anything smaller (an icon, a tracking pixel) shows no product
-MAX_ASPECT = 10  # a longer side over 10 times the shorter: a banner or a scan line, not a product photo
 IMAGE_WEIGHT = 0.7  # as the fused experiments (set by hand; the validation sweep in docs/results.md prefers 0.9)
-TEMPERATURE = 0.05  # text-only queries: uncalibrated
-
-
-def usable_photo(image: Image.Image, name: str) -> Image.Image:
-    """`image` as RGB, the way it looks (fsl/encoders/base.as_rgb), or an FslError saying why it cannot
-    be a product photo: no pixels, too large, too small, a thin strip, or one flat colour. Such
-    "photos" would still be embedded and, as support examples, move every answer."""
-    width, height = image.size
-    if width * height > MAX_IMAGE_PIXELS:
-        raise FslError(
-            f"{name} is {width}×{height} pixels; up to {MAX_IMAGE_PIXELS // 1_000_000} megapixels are accepted"
-        )
-    if min(width, height) < MIN_SIDE:
-        raise FslError(f"{name} is {width}×{height} pixels; a photo needs at least {MIN_SIDE} on each side")
-    if max(width, height) > MAX_ASPECT * min(width, height):
-        raise FslError(
-            f"{name} is {width}×{height} pixels, a strip rather than a product photo (sides over {MAX_ASPECT}:1)"
-        )
-    try:
-        rgb = as_rgb(image)
-        flat = all(low == high for low, high in rgb.getextrema())
-    except (OSError, ValueError) as error:
-        raise FslError(f"{name} has the pixel mode {image.mode!r}, which cannot be read as a photo ({error})") from None
-    if flat:
-        raise FslError(f"{name} is blank: every pixel has the same colour")
-    return rgb.copy() if rgb is image else rgb
-
-
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """A product photo as RGB (usable_photo), or an FslError that says what is wrong with the file."""
-    path = Path(path)
-    name = path.name
-    if not path.is_file():
-        raise FslError(f"{name} was not found" + (" (a broken link)" if path.is_symlink() else ""))
-    if path.stat().st_size > MAX_IMAGE_BYTES:
-        raise FslError(
-            f"{name} is {path.stat().st_size / 2**20:.0f} MB; images up to {MAX_IMAGE_BYTES // 2**20} MB are accepted"
-        )
-    try:
-        with Image.open(path) as image:
-            return usable_photo(image, name)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise FslError(f"{name} is not an image this app can read ({type(error).__name__})") from None
-
-
-def embed_image(encoder: Encoder, image: Image.Image) -> np.ndarray:
-    """[image_dim] of a photo already checked by usable_photo (RGB)."""
-    return encoder.embed_pixels(encoder.image_transform(image).unsqueeze(0))[0]
-
-
-def embed_text(encoder: Encoder, text: str) -> np.ndarray:
-    return encoder.encode_texts([text], progress=False)[0]
 
 
 @dataclass
@@ -102,45 +44,6 @@ class Category:
     @property
     def size(self) -> int:
         return len(self.image_features) + len(self.text_features)
-
-    def prototype(self, modality: str) -> np.ndarray | None:
-        features = self.image_features if modality == "image" else self.text_features
-        if not features:
-            return None
-        mean = np.mean(features, axis=0)
-        return mean / np.linalg.norm(mean)
-
-
-def scores(
-    categories: list[Category], image: np.ndarray | None, text: np.ndarray | None, image_weight: float = IMAGE_WEIGHT
-) -> dict[str, float]:
-    """Weighted cosine similarity to each category on the modalities query and category share."""
-    out = {}
-    for category in categories:
-        total, weights = 0.0, 0.0
-        for modality, query, weight in (("image", image, image_weight), ("text", text, 1 - image_weight)):
-            prototype = category.prototype(modality)
-            if query is not None and prototype is not None:
-                total += weight * float(query @ prototype)
-                weights += weight
-        if weights:
-            out[category.name] = total / weights
-    return out
-
-
-def confidences(
-    categories: list[Category],
-    image: np.ndarray | None,
-    text: np.ndarray | None,
-    image_weight: float = IMAGE_WEIGHT,
-    temperature: float = TEMPERATURE,
-) -> dict[str, float]:
-    """Softmax over the categories that can be compared with the query; {} when none can."""
-    raw = scores(categories, image, text, image_weight)
-    if not raw:
-        return {}
-    values = torch.softmax(torch.tensor(list(raw.values()), dtype=torch.float64) / temperature, dim=0).tolist()
-    return dict(sorted(zip(raw, values), key=lambda item: -item[1]))
 
 
 # Taught categories on disk ---------------------------------------------------------------------

@@ -62,10 +62,10 @@ def cmd_demo(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from fsl.apps.classifier import needs_catalog
     from fsl.apps.predict import predict_folder, predict_own_categories
     from fsl.config import load_config
     from fsl.data.prepared import load_catalog
+    from fsl.inference.heads import needs_catalog
 
     if not (args.checkpoint or args.config or args.support):
         raise FslError(

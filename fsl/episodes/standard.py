@@ -1,18 +1,19 @@
-"""The standard benchmarks of a catalog: its class split, the frozen sets each split allows, and the
-near-duplicate groups they are drawn with."""
+"""The standard benchmarks of a catalog: its class split, the frozen sets each split allows, the
+near-duplicate groups they are drawn with, and a set read back checked."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from fsl.config import EncoderConfig
+from fsl.config import EncoderConfig, ExperimentConfig
 from fsl.data.catalog import Catalog
 from fsl.encoders.factory import encoder_from_config
 from fsl.episodes.frozen import (
     SELECTION_BENCHMARKS,
     SELECTION_SEED_OFFSET,
     STANDARD_BENCHMARKS,
+    EpisodeSet,
     digests_bytes,
     draw_episode_set,
     file_digest,
@@ -27,7 +28,14 @@ from fsl.episodes.shift import draw_subpopulation_sets, draw_temporal_sets
 from fsl.episodes.splits import ClassSplit, split_classes
 from fsl.errors import FslError
 from fsl.files import write_bytes
-from fsl.paths import DEFAULT_EPISODES_DIR, FEATURES_ROOT, episode_digests_path, episodes_dir_for, near_duplicates_path
+from fsl.paths import (
+    DEFAULT_EPISODES_DIR,
+    FEATURES_ROOT,
+    episode_digests_path,
+    episode_set_path,
+    episodes_dir_for,
+    near_duplicates_path,
+)
 from fsl.store.open import open_store
 
 MIN_COUNT = 20  # 5 shots + 15 queries: every class of a split serves every standard benchmark
@@ -132,3 +140,21 @@ def draw_standard_episodes(
     if not written:
         print(f"episode sets under {out} are unchanged (same split and seed give the same bytes)")
     return split, written
+
+
+def load_episode_set(
+    config: ExperimentConfig, catalog: Catalog, name: str, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR
+) -> EpisodeSet:
+    """A frozen set of the config's label column, checked: byte for byte the file drawn (its digest in
+    digests.json), every product present under its slot's class, and no query a near-duplicate of its
+    support (by the groups it was drawn with)."""
+    path = episode_set_path(catalog, config.label_column, name, episodes_root)
+    episode_set = EpisodeSet.load(path, catalog.fingerprint)
+    episode_set.check_digest(read_digests(episode_digests_path(catalog, episodes_root)).get(path.name), path)
+    ids = catalog.products["id"].to_numpy()
+    episode_set.check_labels(ids, catalog.labels(config.label_column).to_numpy(), path)
+    drawn_with = episode_set.meta.get("near_duplicates") or {}
+    saved = saved_near_duplicates(catalog, episodes_root)
+    if saved is not None and drawn_with.get("sha256") == saved.digest:
+        episode_set.check_near_duplicates(saved.group_index(ids), ids, path)
+    return episode_set

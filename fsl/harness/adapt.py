@@ -45,11 +45,12 @@ from fsl.episodes.folds import ClassFold, check_fold, fold_episodes
 from fsl.episodes.frozen import EpisodeSet
 from fsl.episodes.sampler import EpisodeSampler
 from fsl.episodes.splits import ClassSplit
-from fsl.episodes.standard import saved_near_duplicates
+from fsl.episodes.standard import load_episode_set, saved_near_duplicates
 from fsl.errors import FslError
-from fsl.harness.checkpoints import load_train_state, save_train_state
 from fsl.harness.evaluate import run_episodes
-from fsl.harness.experiment import check_validation_only, head_for_features, load_episode_set
+from fsl.harness.experiment import check_validation_only
+from fsl.inference.checkpoints import load_train_state, save_train_state
+from fsl.inference.heads import head_for_features
 from fsl.paths import ADAPT_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT, split_root
 from fsl.store.activations import cached_activations
 from fsl.store.open import open_store

@@ -30,7 +30,7 @@ from fsl.encoders.aligned import TOWERS, Projections, load_alignment, save_align
 from fsl.encoders.factory import encoder_from_config
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
-from fsl.harness.checkpoints import load_train_state, save_train_state
+from fsl.inference.checkpoints import load_train_state, save_train_state
 from fsl.paths import ALIGN_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT
 from fsl.store.open import open_store
 

@@ -15,10 +15,11 @@ import pandas as pd
 from fsl.config import ExperimentConfig
 from fsl.data.catalog import Catalog
 from fsl.episodes.frozen import EpisodeSet
+from fsl.episodes.standard import load_episode_set
 from fsl.errors import FslError
 from fsl.files import atomic_path, write_csv
 from fsl.harness.evaluate import mean_ci, run_episodes
-from fsl.harness.experiment import class_text_table, experiment_head, load_episode_set
+from fsl.inference.heads import class_text_table, experiment_head
 
 
 @dataclass

@@ -9,14 +9,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-import pandas as pd
-import torch
 
 from fsl.config import ExperimentConfig
 from fsl.data.catalog import Catalog
 from fsl.encoders.adapted import adaptation_for_split
-from fsl.encoders.factory import encoder_from_config, shared_space
-from fsl.episodes.frozen import EpisodeSet, file_digest, read_digests
+from fsl.encoders.factory import encoder_from_config
+from fsl.episodes.frozen import EpisodeSet, file_digest
 from fsl.episodes.shift import (
     RERENDERED,
     SHIFTED_PAIRS,
@@ -24,40 +22,21 @@ from fsl.episodes.shift import (
     view_image_features,
 )
 from fsl.episodes.splits import ClassSplit
-from fsl.episodes.standard import SELECTION_BENCHMARKS, STANDARD_BENCHMARKS, saved_near_duplicates
+from fsl.episodes.standard import SELECTION_BENCHMARKS, STANDARD_BENCHMARKS, load_episode_set
 from fsl.errors import FslError
-from fsl.harness.checkpoints import load_head
 from fsl.harness.evaluate import EvalResult, run_episodes
-from fsl.methods import FewShotHead, create_head
-from fsl.methods.fusion import create_fusion
+from fsl.inference.heads import class_text_table, experiment_head, tiny_head
 from fsl.paths import (
     DEFAULT_CHECKPOINTS,
     DEFAULT_EPISODES_DIR,
     FEATURES_ROOT,
     available_splits,
-    checkpoint_dir,
-    episode_digests_path,
     episode_set_path,
     split_root,
 )
 from fsl.store.features import FeatureStore
 from fsl.store.open import open_store
-from fsl.store.rows import store_features, store_rows
-
-
-def tiny_head(config: ExperimentConfig) -> FewShotHead:
-    """The config's fusion and head built on tiny dimensions: its options checked, its capabilities read."""
-    try:
-        return create_head(
-            config.method,
-            create_fusion(config.fusion, 4, 4, **config.fusion_options),
-            shared_space=config.encoder.name in ("clip", "aligned"),
-            **config.method_options,
-        )
-    except FslError as error:
-        raise FslError(f"experiment {config.name!r}: {error}") from None
-    except (TypeError, ValueError) as error:
-        raise FslError(f"experiment {config.name!r}: bad options ({error})") from None
+from fsl.store.rows import store_rows
 
 
 def check_runnable(config: ExperimentConfig) -> None:
@@ -143,25 +122,6 @@ def splits_for(
     return splits
 
 
-def build_head(config: ExperimentConfig, store: FeatureStore) -> FewShotHead:
-    """The config's fusion and head, sized for the store's features."""
-    return head_for_features(config, store.manifest["image_dim"], store.manifest["text_dim"], store.encoder_id)
-
-
-def head_for_features(config: ExperimentConfig, image_dim: int, text_dim: int, encoder_id: str) -> FewShotHead:
-    """The config's fusion and head for [image | text] features of these sizes (no store needed:
-    a support folder's own features)."""
-    fusion = create_fusion(config.fusion, image_dim, text_dim, **config.fusion_options)
-    return create_head(config.method, fusion, shared_space=shared_space(encoder_id), **config.method_options)
-
-
-def class_text_table(config: ExperimentConfig, classes: list[str], store: FeatureStore) -> torch.Tensor:
-    """[C, Dt] text-tower embeddings of the class names, put through the config's prompt (cached in the store)."""
-    prompts = [config.class_prompt.format(name) for name in classes]
-    encoder = encoder_from_config(config.encoder)
-    return torch.from_numpy(store.short_texts(prompts, lambda texts: encoder.encode_texts(texts, progress=False)))
-
-
 def flat_options(config: ExperimentConfig) -> dict:
     """method_options and fusion_options as TensorBoard hparams (`method_options.C`: 10)."""
     flat = {}
@@ -183,24 +143,6 @@ def episode_set_digest(
         catalog, config.label_column, name.removesuffix(RERENDERED), split_root(episodes_root, split_seed)
     )
     return file_digest(path.read_bytes()) if path.is_file() else None
-
-
-def load_episode_set(
-    config: ExperimentConfig, catalog: Catalog, name: str, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR
-) -> EpisodeSet:
-    """A frozen set of the config's label column, checked: byte for byte the file drawn (its digest in
-    digests.json), every product present under its slot's class, and no query a near-duplicate of its
-    support (by the groups it was drawn with)."""
-    path = episode_set_path(catalog, config.label_column, name, episodes_root)
-    episode_set = EpisodeSet.load(path, catalog.fingerprint)
-    episode_set.check_digest(read_digests(episode_digests_path(catalog, episodes_root)).get(path.name), path)
-    ids = catalog.products["id"].to_numpy()
-    episode_set.check_labels(ids, catalog.labels(config.label_column).to_numpy(), path)
-    drawn_with = episode_set.meta.get("near_duplicates") or {}
-    saved = saved_near_duplicates(catalog, episodes_root)
-    if saved is not None and drawn_with.get("sha256") == saved.digest:
-        episode_set.check_near_duplicates(saved.group_index(ids), ids, path)
-    return episode_set
 
 
 def why_not_drawn(catalog: Catalog, column: str, name: str, root: str | os.PathLike, split_seed: int) -> str:
@@ -236,47 +178,6 @@ def episode_sets_to_run(
             + "; ".join(f"{name} ({why})" for name, why in skipped)
         )
     return present, skipped
-
-
-def base_classes(
-    catalog: Catalog, config: ExperimentConfig, split_seed: int, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR
-) -> list[str]:
-    """The base (training) classes of a saved class split."""
-    return ClassSplit.load(catalog, config.label_column, split_seed, episodes_root).classes("base")
-
-
-def base_products(
-    config: ExperimentConfig, catalog: Catalog, features, episodes_root
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw features [n, D] and class indices [n] of the base-class products of the split the config's
-    episodes come from: what SimpleShot's centring and GDA's covariance prior may know, never a val
-    or novel class."""
-    split_seed = load_episode_set(config, catalog, config.episodes[0], episodes_root).meta["split_seed"]
-    classes = base_classes(catalog, config, split_seed, episodes_root)
-    labels = catalog.labels(config.label_column)
-    rows = np.flatnonzero(labels.isin(classes).to_numpy())
-    codes = pd.Categorical(labels.iloc[rows], categories=classes).codes
-    return (torch.from_numpy(np.asarray(features[rows], dtype=np.float32)), torch.from_numpy(codes.astype(np.int64)))
-
-
-def experiment_head(
-    config: ExperimentConfig,
-    catalog: Catalog,
-    store_root: str | os.PathLike = FEATURES_ROOT,
-    checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS,
-    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
-    checkpoint: str | os.PathLike | None = None,
-):
-    """(store, its features as the config sees them, the head): a trained head loads `checkpoint`, or
-    its best one; a head that learns from the base classes gets their products."""
-    store = open_store(catalog, config.encoder, store_root)
-    head = build_head(config, store)
-    features = store_features(store, config.text_variant)
-    if checkpoint is not None or config.train is not None:
-        load_head(checkpoint or checkpoint_dir(config.name, checkpoints_root) / "best", head, store.encoder_id)
-    if head.needs_base_classes:
-        head.fit_base(*base_products(config, catalog, features, episodes_root))
-    return store, features, head
 
 
 def test_time_features(store, catalog: Catalog, config: ExperimentConfig, features, episodes, progress: bool = True):

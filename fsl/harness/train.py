@@ -19,18 +19,12 @@ from fsl.config import ExperimentConfig
 from fsl.data.catalog import Catalog
 from fsl.episodes.sampler import EpisodeSampler
 from fsl.episodes.splits import distinct_photos
-from fsl.episodes.standard import saved_near_duplicates
+from fsl.episodes.standard import load_episode_set, saved_near_duplicates
 from fsl.errors import FslError
-from fsl.harness.checkpoints import load_head, load_train_state, save_head, save_train_state
 from fsl.harness.evaluate import mean_ci, percent, run_episodes
-from fsl.harness.experiment import (
-    base_classes,
-    build_head,
-    check_alignment,
-    check_validation_only,
-    flat_options,
-    load_episode_set,
-)
+from fsl.harness.experiment import check_alignment, check_validation_only, flat_options
+from fsl.inference.checkpoints import load_head, load_train_state, save_head, save_train_state
+from fsl.inference.heads import base_classes, build_head
 from fsl.paths import DEFAULT_CHECKPOINTS, DEFAULT_EPISODES_DIR, FEATURES_ROOT, checkpoint_dir
 from fsl.store.open import open_store
 from fsl.store.rows import store_features

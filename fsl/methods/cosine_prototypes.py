@@ -1,7 +1,7 @@
 """Cosine similarity to each class's mean image feature and mean text feature, weighted by the
-fusion's image weight (the demo scores a text-only query this way, in `fsl/apps/support.py`), batched
-here so that it is evaluated and calibrated (`fsl calibrate`) on the same frozen episodes as every
-other head. Prototypical-network
+fusion's image weight (the demo answers a text-only query with it at image weight 0), batched so
+that it is evaluated and calibrated (`fsl calibrate`) on the same frozen episodes as every other
+head. Prototypical-network
 scoring with cosine similarity (Snell et al., 2017; Chen et al., ICLR 2019, "A Closer Look at
 Few-shot Classification") kept per modality. Nothing to train."""
 
@@ -31,13 +31,20 @@ class CosinePrototypes(FewShotHead):
         self.image_weight = fusion.image_weight if isinstance(fusion, Concat) else 1.0
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
-        return features  # raw [image | text]: the two parts are compared apart
+        """The parts compared: raw [image | text] under concat (each part is compared apart), the image
+        part alone under image fusion. What the "none of these" scores read, so an image-only head is
+        calibrated on the features it answers with: a support folder has no text part at all."""
+        return features if isinstance(self.fusion, Concat) else self.fusion(features)
 
     def classify(self, support, support_labels, query, n_way, class_text=None):
         """Cosines lie in [-1, 1]: `fsl calibrate` fits the temperature that makes them confidences."""
+        if isinstance(self.fusion, Concat):
+            weights = (self.image_weight, 1 - self.image_weight)
+            parts = zip(self.fusion.split(support), self.fusion.split(query), weights)
+        else:
+            parts = [(support, query, 1.0)]
         scores = 0.0
-        pairs = zip(self.fusion.split(support), self.fusion.split(query), (self.image_weight, 1 - self.image_weight))
-        for support_part, query_part, weight in pairs:
+        for support_part, query_part, weight in parts:
             if weight:
                 prototypes = F.normalize(mean_prototypes(support_part, support_labels, n_way), dim=-1)  # [E, N, Dp]
                 scores = scores + weight * inner_products(query_part, prototypes)  # [E, Q, N]

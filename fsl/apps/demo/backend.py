@@ -9,18 +9,22 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from fsl.apps.classifier import DEFAULT_HEAD, FewShotClassifier
+from fsl.apps.classifier import FewShotClassifier
 from fsl.apps.index import SearchIndex, open_index
 from fsl.apps.predict import CatalogClassifier
-from fsl.apps.support import IMAGE_WEIGHT, TEMPERATURE, Category, open_image
-from fsl.config import UNKNOWN
+from fsl.apps.support import IMAGE_WEIGHT, Category
+from fsl.config import UNKNOWN, ExperimentConfig
 from fsl.data.catalog import Catalog
 from fsl.encoders.base import Encoder
 from fsl.encoders.factory import encoder_from_config
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
-from fsl.harness.calibration import Calibration
+from fsl.inference.calibration import Calibration
+from fsl.inference.classifier import SupportSetClassifier
+from fsl.inference.heads import DEFAULT_HEAD, head_for_features
+from fsl.inference.photos import open_image
 from fsl.paths import DEFAULT_EPISODES_DIR, DEMO_SAVED_DIR, FEATURES_ROOT, split_file, store_path
 from fsl.store.content import ContentCache
 from fsl.store.features import FeatureStore, is_complete
@@ -35,6 +39,12 @@ CONCURRENT_REQUESTS = 8  # predictions and searches served side by side (the mod
 EMBED_RATE = 90  # products embedded a second, for estimates (offline encoder, 2 cores: docs/benchmarks.md)
 MAX_ZIP_BYTES = 200 * 1024 * 1024  # unpacked size of an uploaded category set
 MAX_ZIP_FILES = 2000
+# A query given as a text only: cosine to each category's mean text example, uncalibrated (no text-only
+# calibration exists), at a fixed temperature that spreads cosines in [-1, 1] into readable confidences
+TEXT_EXAMPLES_HEAD = ExperimentConfig(
+    name="cosine-to-text-examples", method="cosine_prototypes", fusion="concat", fusion_options={"image_weight": 0.0}
+)
+TEXT_ONLY_TEMPERATURE = 0.05
 
 
 @dataclass
@@ -62,10 +72,28 @@ class DemoBackend:
                 classifier.add_features(category.name, np.stack(category.image_features), photos=category.thumbnails)
         return classifier
 
+    def text_classifier(self, categories: list[Category]) -> SupportSetClassifier | None:
+        """The categories' text examples under cosine prototypes, for a query given as a text only;
+        None when fewer than two categories have text examples."""
+        taught = [category for category in categories if category.text_features]
+        if len(taught) < 2:
+            return None
+        support = np.concatenate([np.stack(category.text_features) for category in taught])
+        labels = np.repeat(np.arange(len(taught)), [len(category.text_features) for category in taught])
+        head = head_for_features(TEXT_EXAMPLES_HEAD, 0, support.shape[1], self.encoder.id)
+        return SupportSetClassifier(
+            head,
+            [c.name for c in taught],
+            torch.from_numpy(support),
+            torch.from_numpy(labels),
+            None,
+            TEXT_ONLY_TEMPERATURE,
+        )
+
     def text_only_note(self) -> str:
         return (
             f"_Cosine to the categories' text examples, encoder `{self.encoder.id}`; uncalibrated "
-            f"(fixed temperature {TEMPERATURE}, no “{UNKNOWN}”)._"
+            f"(fixed temperature {TEXT_ONLY_TEMPERATURE}, no “{UNKNOWN}”)._"
         )
 
     def saved_sets(self) -> list[str]:

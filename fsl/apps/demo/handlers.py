@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from fsl.apps.demo.backend import (
     MAX_TEXT_LINES,
@@ -24,7 +25,6 @@ from fsl.apps.demo.backend import (
 from fsl.apps.support import (
     Category,
     category_folder_name,
-    confidences,
     load_categories,
     read_support_folder,
     save_categories,
@@ -277,9 +277,10 @@ def predict(
         return "", {}, f"⚠️ {error}.", []
     nearest = backend.nearest(image, text_feature, k)
     if image is None:  # a text only: cosine to the text examples, uncalibrated
-        result = confidences(categories, None, text_feature)
-        if not result:
-            return "", {}, "⚠️ You gave a text, but no category was taught with text examples.", []
+        text_classifier = backend.text_classifier(categories)
+        if text_classifier is None:
+            return "", {}, "⚠️ You gave a text, but fewer than two categories were taught with text examples.", []
+        result = dict(text_classifier.answer(torch.from_numpy(text_feature[None]))[0].top)
         best = next(iter(result))
         return (
             best,
@@ -328,20 +329,17 @@ def predict_with_classifier(backend: DemoBackend, image_path: str | None, text: 
         image, text_feature = backend.embed(image_path, text)
     except FslError as error:
         return "", {}, f"⚠️ {error}.", []
-    probabilities, scores = classifier.probabilities(classifier.features(image, (text or "").strip())[None])
-    top = probabilities[0].topk(min(5, len(classifier.classes)))
-    result = {classifier.classes[int(i)]: float(p) for p, i in zip(top.values, top.indices)}
-    best = next(iter(result))
-    known = scores is None or bool(classifier.calibration.known(scores[0], len(classifier.classes)))
-    answer = best if known else UNKNOWN
+    answer = classifier.answer_features(image[None], [(text or "").strip()])[0]
+    result = dict(answer.top[:5])
+    taught = len(classifier.classes)
     lead = (
-        f"**{UNKNOWN.capitalize()}**: the closest is {as_text(best)}, but not close enough "
-        f"({classifier.calibration.verdict(float(scores[0]), taught=len(classifier.classes))}, the calibration's rule)"
-        if answer != best
-        else f"Best guess: **{as_text(best)}** ({result[best]:.0%})"
+        f"**{UNKNOWN.capitalize()}**: the closest is {as_text(answer.best)}, but not close enough "
+        f"({classifier.calibration.verdict(answer.known_score, taught=taught)}, the calibration's rule)"
+        if answer.label != answer.best
+        else f"Best guess: **{as_text(answer.best)}** ({answer.confidence:.0%})"
     )
     return (
-        answer,
+        answer.label,
         result,
         f"{lead}.\n\n_{classifier.describe(paths=False)}; encoder `{backend.encoder.id}`._",
         backend.nearest(image, text_feature, k),

@@ -6,7 +6,6 @@ import os
 import socket
 from pathlib import Path
 
-from fsl.apps.classifier import DEFAULT_HEAD
 from fsl.apps.demo.backend import CONCURRENT_REQUESTS, TAUGHT, DemoBackend
 from fsl.apps.demo.handlers import (
     ensure_dir,
@@ -23,11 +22,10 @@ from fsl.apps.demo.handlers import (
     teach_from_search,
     thumbnails,
 )
-from fsl.apps.support import (
-    MAX_IMAGE_BYTES,
-)
 from fsl.config import UNKNOWN
 from fsl.errors import FslError
+from fsl.inference.heads import DEFAULT_HEAD
+from fsl.inference.photos import MAX_IMAGE_BYTES
 
 
 def build_app(backend: DemoBackend):
