@@ -292,3 +292,31 @@ def test_the_default_heads_are_the_ones_selection_chose_among_the_shipped_calibr
     assert best_for_own_categories(image_only).config == DEFAULT_HEAD
     assert best_for_own_categories(fused).config == FUSED_DEFAULT_HEAD
     assert all(c.validation["open_set"].startswith("select-") for c in named)  # chosen without novel classes
+
+
+# Errors in the caller's words -----------------------------------------------------------------------
+
+
+def test_library_errors_name_the_parameter_and_the_cli_names_its_flag(own_folders, tmp_path, capsys):
+    """A Python caller reads the argument it passed (`classes`, `texts`, `false_accept`), never a CLI
+    flag; `fsl predict` puts its own flag in the same place."""
+    from fsl.apps.support import read_texts
+    from fsl.cli.main import main
+
+    tiny = load_config(own_folders / "tiny.yaml")
+    with pytest.raises(FslError) as caught:
+        FewShotClassifier.from_folder(own_folders / "support", tiny, classes=["Nope", "Other"])
+    assert str(caught.value).startswith("classes: Nope, Other: not among") and caught.value.parameter == "classes"
+    with pytest.raises(FslError, match=r"^texts \S+ is not a file$"):
+        read_texts(tmp_path / "missing.csv")
+    classifier = FewShotClassifier.from_folder(own_folders / "support", tiny, cache_root=tmp_path / "cache")
+    with pytest.raises(FslError, match=r"^false_accept must lie strictly between 0 and 1, got 2$"):
+        classifier.calibrate_on_support(false_accept=2)
+    for flag, value, said in (
+        ("--texts", str(tmp_path / "missing.csv"), "--texts "),
+        ("--classes", "Nope,Other", "--classes: Nope, Other"),
+    ):
+        folders = ["--support", str(own_folders / "support"), "--images", str(own_folders / "query")]
+        argv = ["predict", *folders, "--config", str(own_folders / "tiny.yaml"), "--out", str(tmp_path / "o.csv")]
+        assert main([*argv, flag, value]) == 2
+        assert f"fsl predict: error: {said}" in capsys.readouterr().err

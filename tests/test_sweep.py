@@ -212,11 +212,11 @@ def test_a_study_of_another_question_a_bad_storage_and_a_bad_space_are_one_line_
     with pytest.raises(FslError, match=r"study 'probe' in sqlite:///.* was started for another question \(its space"):
         sweep_probe(twelve_classes, tmp_path, grid=parse_grid(["method_options.C=1,100"]))
     assert sweep_probe(twelve_classes, tmp_path, grid=parse_grid(["method_options.C=1,100"]), study_name="other")
-    with pytest.raises(FslError, match=r"^--storage 'nosuchdb://x': cannot open it as an Optuna storage \(.*\)$"):
+    with pytest.raises(FslError, match=r"^storage 'nosuchdb://x': cannot open it as an Optuna storage \(.*\)$"):
         sweep_probe(twelve_classes, tmp_path, grid=parse_grid(["method_options.C=1"]), storage="nosuchdb://x")
     with pytest.raises(FslError, match="head linear_probe has no option 'Cc'"):
         sweep_probe(twelve_classes, tmp_path, space=parse_space(["method_options.Cc=log:1:2"]), trials=2)
-    with pytest.raises(FslError, match="--space needs --trials N"):
+    with pytest.raises(FslError, match="^trials: a search space needs how many points TPE tries"):
         sweep_probe(twelve_classes, tmp_path, space=parse_space(["method_options.C=log:1:2"]))
 
 

@@ -116,7 +116,7 @@ class FewShotClassifier:
         if classes:
             unknown = sorted(set(classes) - set(support.classes))
             if unknown:
-                raise FslError(f"--classes: {', '.join(unknown)}: not among the categories of {support.root}")
+                raise FslError(f"classes: {', '.join(unknown)}: not among the categories of {support.root}", "classes")
             support = support.restrict(sorted(set(classes)))
         if head is None:
             head = FUSED_DEFAULT_HEAD if support.photos_without_text == 0 and support.texts else DEFAULT_HEAD

@@ -49,7 +49,9 @@ def support_rows(
     if only is not None:
         short = [c for c in only if c in counts.index and counts[c] < shots]
         if short:
-            raise FslError(f"--classes: {', '.join(short)} have fewer than {shots} catalog examples; lower --shots")
+            raise FslError(
+                f"classes: {', '.join(short)} have fewer than {shots} catalog examples; ask for fewer shots", "classes"
+            )
         classes = sorted(set(only))
     if len(classes) < 2:
         raise FslError(f"fewer than two classes have {shots} catalog examples; lower --shots")
@@ -147,14 +149,18 @@ class CatalogClassifier:
             labels = catalog.labels(config.label_column)
             unknown = sorted(set(classes or []) - set(labels))
             if unknown:
-                raise FslError(f"--classes: {', '.join(unknown)}: not {config.label_column} classes of the catalog")
+                raise FslError(
+                    f"classes: {', '.join(unknown)}: not {config.label_column} classes of the catalog", "classes"
+                )
             names, rows = support_rows(labels, shots, only=classes)
             mask = catalog.label_mask(config.text_variant.split("-", 1)[1]) if masked else None
         else:  # your own categories: their names are the label words to mask
             if classes:
                 unknown = sorted(set(classes) - set(support.classes))
                 if unknown:
-                    raise FslError(f"--classes: {', '.join(unknown)}: not among the categories of {support.root}")
+                    raise FslError(
+                        f"classes: {', '.join(unknown)}: not among the categories of {support.root}", "classes"
+                    )
                 support = support.restrict(sorted(set(classes)))
             names = support.classes
             mask = label_word_pattern(names) if masked else None
@@ -200,7 +206,7 @@ def split_classes_of(
     try:
         return ClassSplit.load(catalog, column, 0, episodes_root).classes(split_name)
     except FslError as error:
-        raise FslError(f"--classes split:{split_name}: {error}") from None
+        raise FslError(f"classes split:{split_name}: {error}", "classes") from None
 
 
 def parse_classes(text: str | None, catalog: Catalog) -> list[str] | None:
@@ -211,7 +217,7 @@ def parse_classes(text: str | None, catalog: Catalog) -> list[str] | None:
         return split_classes_of(catalog, text.removeprefix("split:"))
     classes = [c.strip() for c in text.split(",") if c.strip()]
     if len(set(classes)) < 2:
-        raise FslError(f"--classes {text!r}: name at least two classes, comma-separated, or split:novel")
+        raise FslError(f"classes {text!r}: name at least two classes, comma-separated, or split:novel", "classes")
     return classes
 
 
@@ -221,7 +227,7 @@ def photo_files(images: str | os.PathLike) -> tuple[Path, list[Path], list[dict]
     folder holds no photo at all."""
     folder = Path(images)
     if not folder.is_dir():
-        raise FslError(f"--images {folder} is not a folder")
+        raise FslError(f"images {folder} is not a folder", "images")
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and not p.is_dir())
     files = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
@@ -242,7 +248,7 @@ def photo_files(images: str | os.PathLike) -> tuple[Path, list[Path], list[dict]
 def check_out(out: str | os.PathLike) -> None:
     """--out: a .csv path that can be written (checked before any work), with a contact sheet beside it."""
     if Path(out).suffix.lower() != ".csv":
-        raise FslError(f"--out {out}: expected a .csv file (the contact sheet goes beside it, as .png)")
+        raise FslError(f"out {out}: expected a .csv file (the contact sheet goes beside it, as .png)", "out")
     check_writable_target(Path(out))  # refuse a device, FIFO or link as output
     check_writable_target(Path(out).with_suffix(".png"))
 

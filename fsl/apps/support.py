@@ -52,22 +52,25 @@ class Category:
 def read_text_rows(path: str | os.PathLike) -> list[tuple[str, str]]:
     """A CSV with columns file,text as (file, text) rows; a malformed one is an error naming it."""
     if not Path(path).is_file():
-        raise FslError(f"--texts {path} is not a file")
+        raise FslError(f"texts {path} is not a file", "texts")
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise FslError(
-            f"--texts {path} is not a readable CSV ({str(error).strip().splitlines()[-1]}); "
-            "expected the columns file,text"
+            f"texts {path} is not a readable CSV ({str(error).strip().splitlines()[-1]}); "
+            "expected the columns file,text",
+            "texts",
         ) from None
     if not {"file", "text"} <= set(table.columns):
-        raise FslError(f"--texts {path} needs the columns file,text (found {list(table.columns)})")
+        raise FslError(f"texts {path} needs the columns file,text (found {list(table.columns)})", "texts")
     photos = table[~table["file"].str.endswith("/")]  # "Category/" rows may repeat: each is one more text
     conflicting = photos[photos.duplicated("file", keep=False)].groupby("file")["text"].nunique()
     if (conflicting > 1).any():
         file = conflicting[conflicting > 1].index[0]
         lines = [i + 2 for i in photos.index[photos["file"] == file][:2]]  # + header, 1-based
-        raise FslError(f"--texts {path} gives {file!r} two different texts (lines {lines[0]} and {lines[1]}); keep one")
+        raise FslError(
+            f"texts {path} gives {file!r} two different texts (lines {lines[0]} and {lines[1]}); keep one", "texts"
+        )
     return list(zip(table["file"], table["text"]))
 
 
@@ -135,12 +138,15 @@ def read_support_folder(folder: str | os.PathLike, photos_required: bool = True)
     categories taught from texts only: photos_required=False.)"""
     root = Path(folder)
     if not root.is_dir():
-        raise FslError(f"--support {root} is not a folder (expected one sub-folder of example photos per category)")
+        raise FslError(
+            f"support {root} is not a folder (expected one sub-folder of example photos per category)", "support"
+        )
     categories = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(categories) < 2:
         raise FslError(
-            f"--support {root} has {len(categories)} category folder(s); a choice needs at least two "
-            f"(one sub-folder of example photos per category)"
+            f"support {root} has {len(categories)} category folder(s); a choice needs at least two "
+            f"(one sub-folder of example photos per category)",
+            "support",
         )
     rows = read_text_rows(root / "texts.csv") if (root / "texts.csv").is_file() else []
     support = SupportFolder(root, [], [], [], {f: t for f, t in rows if not f.endswith("/")})

@@ -25,14 +25,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def in_flags(error: FslError, parser: argparse.ArgumentParser, command: str) -> str:
+    """The message with the parameter it names (as the library names it) replaced by the command's flag."""
+    message = str(error)
+    if error.parameter is None or not message.startswith(error.parameter):
+        return message
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    for action in commands.choices[command]._actions:  # noqa: SLF001 - argparse lists its options nowhere else
+        flags = [flag for flag in action.option_strings if flag.startswith("--")]
+        if action.dest == error.parameter and flags:
+            return flags[0] + message[len(error.parameter) :]
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if CACHE_NOTE:
         print(CACHE_NOTE, file=sys.stderr)
     try:
         args.run(args)
     except FslError as error:
-        print(f"fsl {args.command}: error: {error}", file=sys.stderr)
+        print(f"fsl {args.command}: error: {in_flags(error, parser, args.command)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fsl {args.command}: interrupted; run it again to resume", file=sys.stderr)

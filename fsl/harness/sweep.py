@@ -149,7 +149,9 @@ def open_study(
         except Exception as error:  # noqa: BLE001 - sqlalchemy, a missing driver, a refused connection: one line
             if attempt == 2:
                 first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise FslError(f"--storage {shown(storage)}: cannot open it as an Optuna storage ({first})") from None
+                raise FslError(
+                    f"storage {shown(storage)}: cannot open it as an Optuna storage ({first})", "storage"
+                ) from None
             time.sleep(0.5 + attempt)
     started_for = study.user_attrs.get("identity")
     if started_for is None:
@@ -227,9 +229,9 @@ def sweep(
     if not grid and not space:
         raise FslError("a sweep needs --grid KEY=V1,V2,... or --space KEY=KIND:LOW:HIGH (with --trials N)")
     if space and trials is None:
-        raise FslError("--space needs --trials N: how many points TPE tries")
+        raise FslError("trials: a search space needs how many points TPE tries (a whole number >= 1)", "trials")
     if trials is not None and (type(trials) is not int or trials < 1):
-        raise FslError(f"--trials must be a whole number >= 1, got {shown(trials)}")
+        raise FslError(f"trials must be a whole number >= 1, got {shown(trials)}", "trials")
     keys = [key for key, _ in grid] + list(space)
     if len(set(keys)) < len(keys):
         raise FslError(f"a key is in --grid or --space twice: {sorted(k for k in keys if keys.count(k) > 1)}")

@@ -197,7 +197,7 @@ def config_key(config: ExperimentConfig, encoder_id: str, checkpoint: str | os.P
 
 
 def find_calibration(key: str, chosen: str | os.PathLike | None = None) -> Calibration | None:
-    """The calibration fitted for `key` (see config_key), if any: in `chosen` (--calibration-dir)
+    """The calibration fitted for `key` (see config_key), if any: in `chosen` (a calibration folder)
     when given, else the user's own first, then the shipped ones."""
     for root in calibration_dirs(chosen):
         for path in sorted(Path(root).glob("*.json")):
@@ -258,7 +258,7 @@ def calibrate_on_support(
     if score != "auto":
         check_score(score)
     if not 0 < false_accept < 1:
-        raise FslError(f"--false-accept must lie strictly between 0 and 1, got {false_accept}")
+        raise FslError(f"false_accept must lie strictly between 0 and 1, got {false_accept}", "false_accept")
     labels = torch.as_tensor(labels)
     n_classes = int(labels.max()) + 1
     counts = torch.bincount(labels, minlength=n_classes)

@@ -28,9 +28,9 @@ DEFAULT_SCORE = "max-softmax"
 TAUGHT_ANSWERED = 0.8  # the fixed share of taught-category photos answered at which false accepts are compared
 
 
-def check_score(name: str, source: str = "--score") -> str:
+def check_score(name: str, source: str = "score") -> str:
     if name not in SCORES:
-        raise FslError(f"{source} {name!r}: choose one of {', '.join(SCORES)}")
+        raise FslError(f"{source} {name!r}: choose one of {', '.join(SCORES)}", "score" if source == "score" else None)
     return name
 
 
