@@ -154,7 +154,9 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_earlier_checkpoints(slice
 def test_the_frozen_start_is_chosen_when_no_step_beats_it(slice_, tmp_path, monkeypatch):
     scores = iter([0.9, 0.5, 0.4])
     monkeypatch.setattr(
-        fsl.harness.adapt.Validation, "score", lambda self, top: {"val-2w5s": (s := next(scores)), "score": s}
+        fsl.harness.adapt.Validation,
+        "summary",
+        staticmethod(lambda accuracies: {"val-2w5s": (s := next(scores)), "score": s}),
     )
     summary = run(slice_, tmp_path)
     assert summary["best_step"] == 0

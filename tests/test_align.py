@@ -151,3 +151,54 @@ def test_retrieval_figures_count_what_they_say():
     assert figures["text_recall@1"] == 0.5  # products 0 and 3 find themselves first, 1 and 2 do not
     assert figures["class_recall@1"] == 1.0 and figures["class_recall@2"] == 1.0
     assert figures["class_precision@2"] == 0.75
+
+
+def align_run(twelve_classes, out, steps=40, **changes):
+    from fsl.harness.align import AlignConfig, align
+
+    root, catalog = twelve_classes
+    config = AlignConfig(**{"name": "loop", "dim": 16, "steps": steps, "batch_size": 32, "val_every": 20, **changes})
+    return align(catalog, config, root / "offline-store", root / "episodes", out / "ckpt", out / "runs", progress=False)
+
+
+def test_alignment_resumes_to_the_weights_of_an_unstopped_run_and_stops_at_a_non_finite_loss(
+    twelve_classes, tmp_path, monkeypatch
+):
+    """The one training loop (fsl/harness/loop.py) gives `fsl align` what train and adapt have: a run
+    stopped mid-way goes on to the very weights of an uninterrupted one, a last/ saved with other
+    settings is refused rather than continued, and a non-finite loss stops the run before it is saved."""
+    from safetensors.torch import load_file
+
+    import fsl.harness.align
+
+    straight = align_run(twelve_classes, tmp_path / "straight")
+    real, calls = fsl.harness.align.contrastive_loss, []
+
+    def stopped_at_step_30(*args):
+        calls.append(1)
+        if len(calls) == 30:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(fsl.harness.align, "contrastive_loss", stopped_at_step_30)
+    with pytest.raises(KeyboardInterrupt):
+        align_run(twelve_classes, tmp_path / "stopped")
+    last = tmp_path / "stopped/ckpt/loop/last"
+    assert torch.load(last / "train_state.pt", weights_only=True)["step"] == 20
+    resumed = align_run(twelve_classes, tmp_path / "stopped")  # calls go on past 30: no second stop
+    assert resumed["best_step"] == straight["best_step"] and resumed["best"] == pytest.approx(straight["best"])
+    ours, theirs = (
+        load_file(str(last / "projections.safetensors")),
+        load_file(str(tmp_path / "straight/ckpt/loop/last/projections.safetensors")),
+    )
+    for key in theirs:
+        torch.testing.assert_close(ours[key], theirs[key])
+    with pytest.raises(FslError, match="saved by a run with other settings or another catalog; pass --restart"):
+        align_run(twelve_classes, tmp_path / "stopped", dim=8)
+
+    monkeypatch.setattr(fsl.harness.align, "contrastive_loss", lambda *args: real(*args) * float("nan"))
+    with pytest.raises(
+        FslError, match=r"align loop stopped at step 1: the loss is nan\. Nothing of this step was saved"
+    ):
+        align_run(twelve_classes, tmp_path / "diverged")
+    assert not (tmp_path / "diverged/ckpt/loop/last").exists()

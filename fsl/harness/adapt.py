@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -26,8 +27,6 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
-from tqdm.auto import tqdm, trange
 
 from fsl.config import AdaptConfig, EncoderConfig, ExperimentConfig
 from fsl.data.catalog import Catalog
@@ -49,7 +48,7 @@ from fsl.episodes.standard import load_episode_set, saved_near_duplicates
 from fsl.errors import FslError
 from fsl.harness.evaluate import run_episodes
 from fsl.harness.experiment import check_validation_only
-from fsl.inference.checkpoints import load_train_state, save_train_state
+from fsl.harness.loop import Schedule, Trainable, run_loop
 from fsl.inference.heads import head_for_features
 from fsl.paths import ADAPT_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT, split_root
 from fsl.store.activations import cached_activations
@@ -286,9 +285,6 @@ class Validation:
         scores = {name: float(np.mean(values)) for name, values in accuracies.items()}
         return {**scores, "score": float(np.mean(list(scores.values())))}
 
-    def score(self, top: nn.Module) -> dict[str, float]:
-        return self.summary(self.accuracies(top))
-
 
 def adapt(
     catalog: Catalog,
@@ -341,11 +337,10 @@ def adapt(
     means = torch.zeros(len(base), start_features.shape[1]).index_add_(0, batches.classes, start_features)
     classifier = nn.Parameter(F.normalize(means, dim=-1))
     log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
-    parameters = [p for p in model.parameters() if p.requires_grad] + [classifier, log_scale]
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    augment_generator = torch.Generator().manual_seed(config.seed + 1)
+    job = Adaptation(config, model, (classifier, log_scale), activations, batches, validation, {})
+    optimizer = torch.optim.AdamW(job.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
-    meta = {
+    job.meta = {
         "towers": TOWERS,
         "cut": config.cut,
         "mode": config.mode,
@@ -362,108 +357,83 @@ def adapt(
         "config": dataclasses.asdict(config),
     }
     saved_config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
-    state = load_train_state(folder / "last") if resume else None
-    writer = SummaryWriter(str(split_root(runs_root, config.split_seed) / run_name))
-    if state is not None:
-        if state.get("config") != saved_config or state.get("catalog_fingerprint") != catalog.fingerprint:
-            raise FslError(
-                f"{folder / 'last'} was adapted with other settings or another catalog; pass --restart to start over"
-            )
-        model.load_state_dict(state["model"])
-        classifier.data.copy_(state["classifier"])
-        log_scale.data.copy_(state["log_scale"])
-        optimizer.load_state_dict(state["optimizer"])
-        batches.set_state(state["batches"])
-        augment_generator.set_state(state["augment"])
-        done, best, start_scores = int(state["step"]), state["best"], state["start"]
-        best_accuracies = None  # not saved: the chosen top is scored again at the end
-        print(
-            f"resuming {config.name} at step {done} (best validation score {best['score']:.4f} at step {best['step']})"
-        )
-    else:
-        best_accuracies = validation.accuracies(model)  # kept while best, so the chosen top is not scored again
-        start_scores = validation.summary(best_accuracies)
-        best, done = {**start_scores, "step": 0}, 0
-        save_adaptation(
-            folder / "best", merged_top(model), {**meta, "start": start_scores, "step": 0, "validation": start_scores}
-        )
-        for key, value in start_scores.items():
-            writer.add_scalar(f"val/{key}", value, 0)
-
-    for step in trange(done + 1, config.steps + 1, desc=f"adapt {config.name}", disable=None if progress else True,
-                       initial=done, total=config.steps):  # fmt: skip
-        objective = objective_at(config, step)
-        if objective == "supervised":
-            rows, classes = batches.supervised()
-        else:
-            episode = batches.episode()
-            rows = np.concatenate([episode.support[0], episode.query[0]])
-        maps = torch.from_numpy(np.asarray(activations[rows], dtype=np.float32))
-        if config.flip:
-            maps = augment(maps, augment_generator)
-        features = model(maps)
-        if objective == "supervised":
-            loss = cosine_classifier_loss(features, classes, classifier, log_scale.exp())
-        else:
-            n_support = episode.support.shape[1]
-            loss = prototypical_loss(features[:n_support], features[n_support:], episode.n_way, log_scale.exp())
-        if not torch.isfinite(loss):
-            writer.close()
-            raise FslError(
-                f"adaptation {config.name} stopped at step {step}: the loss is {loss.item()}; nothing of this step "
-                f"was saved (best and last hold the earlier ones). Lower lr (now {config.lr})"
-            )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        writer.add_scalar(f"train/loss_{objective}", loss.item(), step)
-        if step % config.val_every == 0 or step == config.steps:
-            accuracies = validation.accuracies(model)
-            scores = validation.summary(accuracies)
-            for key, value in scores.items():
-                writer.add_scalar(f"val/{key}", value, step)
-            if scores["score"] > best["score"]:
-                best, best_accuracies = {**scores, "step": step}, accuracies
-            tqdm.write(
-                f"{config.name}: step {step}/{config.steps}, validation score {scores['score']:.4f} "
-                f"(best {best['score']:.4f} at step {best['step']}; the frozen start {start_scores['score']:.4f})"
-            )
-            if best["step"] == step:
-                save_adaptation(
-                    folder / "best",
-                    merged_top(model),
-                    {**meta, "start": start_scores, "step": step, "validation": scores},
-                )
-            save_adaptation(
-                folder / "last", merged_top(model), {**meta, "start": start_scores, "step": step, "validation": scores}
-            )
-            save_train_state(
-                folder / "last",
-                {
-                    "model": model.state_dict(),
-                    "classifier": classifier.detach(),
-                    "log_scale": log_scale.detach(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": step,
-                    "best": best,
-                    "start": start_scores,
-                    "batches": batches.state(),
-                    "augment": augment_generator.get_state(),
-                    "config": saved_config,
-                    "catalog_fingerprint": catalog.fingerprint,
-                },
-            )
-    writer.add_scalar("val/chosen_step", best["step"], config.steps)
-    writer.close()
-    if best_accuracies is None:  # resumed: the chosen top's per-episode accuracies were not kept
+    identity = {"config": saved_config, "catalog_fingerprint": catalog.fingerprint}
+    best, start = run_loop(job, optimizer, Schedule(config.steps, config.val_every, config.lr, "lr"), folder,
+                           split_root(runs_root, config.split_seed) / run_name, identity, resume, progress)  # fmt: skip
+    if job.best_step != best["step"]:  # resumed after the chosen step: its per-episode accuracies were not kept
         chosen_top = adapted_top(copy.deepcopy(encoder.image_model), load_adaptation(folder / "best")[0], config.cut,
                                  folder / "best")  # fmt: skip
-        best_accuracies = validation.accuracies(chosen_top)
+        job.best_accuracies = validation.accuracies(chosen_top)
     return {
         "best": best,
         "best_step": best["step"],
-        "start": start_scores,
+        "start": start,
         "steps": config.steps,
         "folder": folder / "best",
-        "accuracies": best_accuracies,
+        "accuracies": job.best_accuracies,
     }
+
+
+class Adaptation(Trainable):
+    """The image tower's top on base-class batches (supervised: a cosine classifier over the base
+    classes; episodic: the prototypical loss), from the cached activations at the cut; scored by the
+    fused-masked protonet on the held-out episodes. Keeps the per-episode accuracies of the step saved
+    as best, so the chosen top is not scored again."""
+
+    task = "adapt"
+
+    def __init__(self, config, model, classifier_and_scale, activations, batches, validation, meta):
+        self.name, self.config, self.model, self.meta = config.name, config, model, meta
+        self.classifier, self.log_scale = classifier_and_scale
+        self.activations, self.batches, self.validation = activations, batches, validation
+        self.augment_generator = torch.Generator().manual_seed(config.seed + 1)
+        self.last_accuracies: dict[str, np.ndarray] | None = None  # of the latest validation point
+        self.best_accuracies: dict[str, np.ndarray] | None = None  # of the step saved as best
+        self.best_step = -1
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad] + [self.classifier, self.log_scale]
+
+    def loss(self, step: int) -> tuple[str, torch.Tensor]:
+        objective = objective_at(self.config, step)
+        if objective == "supervised":
+            rows, classes = self.batches.supervised()
+        else:
+            episode = self.batches.episode()
+            rows = np.concatenate([episode.support[0], episode.query[0]])
+        maps = torch.from_numpy(np.asarray(self.activations[rows], dtype=np.float32))
+        if self.config.flip:
+            maps = augment(maps, self.augment_generator)
+        features = self.model(maps)
+        if objective == "supervised":
+            return "loss_supervised", cosine_classifier_loss(features, classes, self.classifier, self.log_scale.exp())
+        n_support = episode.support.shape[1]
+        return "loss_episodic", prototypical_loss(
+            features[:n_support], features[n_support:], episode.n_way, self.log_scale.exp()
+        )
+
+    def validate(self) -> dict[str, float]:
+        self.last_accuracies = self.validation.accuracies(self.model)
+        return self.validation.summary(self.last_accuracies)
+
+    def save(self, folder: Path, step: int, figures: dict, start: dict | None) -> None:
+        if folder.name == "best":
+            self.best_accuracies, self.best_step = self.last_accuracies, step
+        meta = {**self.meta, "start": start, "step": step, "validation": figures}
+        save_adaptation(folder, merged_top(self.model), meta)
+
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "classifier": self.classifier.detach(),
+            "log_scale": self.log_scale.detach(),
+            "batches": self.batches.state(),
+            "augment": self.augment_generator.get_state(),
+        }
+
+    def load_state(self, state: dict, folder: Path) -> None:
+        self.model.load_state_dict(state["model"])
+        self.classifier.data.copy_(state["classifier"])
+        self.log_scale.data.copy_(state["log_scale"])
+        self.batches.set_state(state["batches"])
+        self.augment_generator.set_state(state["augment"])

@@ -23,14 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import trange
 
 from fsl.config import EncoderConfig
 from fsl.encoders.aligned import TOWERS, Projections, load_alignment, save_alignment
 from fsl.encoders.factory import encoder_from_config
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
-from fsl.inference.checkpoints import load_train_state, save_train_state
+from fsl.harness.loop import Schedule, Trainable, run_loop
 from fsl.paths import ALIGN_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT
 from fsl.store.open import open_store
 
@@ -98,8 +97,6 @@ def align(
 ) -> dict:
     """Train the projections; returns {"best_val_accuracy" (the validation score), "best_step", "steps",
     "best" (the validation figures), "folder"}."""
-    from torch.utils.tensorboard import SummaryWriter
-
     for key in ("dim", "steps", "batch_size", "val_every"):
         if type(getattr(config, key)) is not int or getattr(config, key) < 1:
             raise FslError(f"align {key} must be a positive whole number, got {getattr(config, key)!r}")
@@ -150,89 +147,79 @@ def align(
         "config": dataclasses.asdict(config),
         "trained_on": f"{len(rows)} products of the base classes",
     }
-    state = load_train_state(folder / "last") if resume else None
-    start, best = 0, {"accuracy": -1.0, "step": 0}
-    if state is not None:
-        if state.get("config") != dataclasses.asdict(config) or state.get("catalog_fingerprint") != catalog.fingerprint:
-            raise FslError(
-                f"{folder / 'last'} was trained with other settings or another catalog; pass --restart to start over"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, best = state["step"], state["best"]
-        torch.set_rng_state(state["rng"])
-    writer = SummaryWriter(str(Path(runs_root) / config.name))
-
     val_texts = torch.from_numpy(np.asarray(store.text(f"masked-{config.label_column}")[val_rows], dtype=np.float32))
-
-    def validate() -> dict[str, float]:
-        """On validation-class products: zero-shot photo accuracy among the validation classes, averaged
-        over classes (one large class cannot carry it), and masked text -> own photo recall@10; the
-        score that chooses the step is their mean (six classes alone made a noisy judge)."""
-        with torch.no_grad():
-            images = model.embed_image(val_image)
-            predicted = (images @ model.embed_text(val_prompts).T).argmax(-1)
-            recall = retrieval_figures(
-                images, model.embed_text(val_texts), model.embed_text(val_prompts), val_classes, ks=(10,)
-            )["text_recall@10"]
-        correct = (predicted == val_classes).float()
-        zero_shot = float(torch.stack([correct[val_classes == c].mean() for c in val_classes.unique()]).mean())
-        return {"zero_shot": zero_shot, "text_recall@10": recall, "score": (zero_shot + recall) / 2}
-
-    for step in trange(
-        start + 1,
-        config.steps + 1,
-        desc=f"align {config.name}",
-        disable=None if progress else True,
-        initial=start,
-        total=config.steps,
-    ):
-        batch = torch.randint(len(rows), (config.batch_size,))
-        variant = torch.rand(config.batch_size, 1) < 0.5
-        text = torch.where(variant, texts[0][batch], texts[1][batch])
-        loss = contrastive_loss(
-            model.embed_image(image[batch]),
-            model.embed_text(text),
-            model.embed_text(base_prompts),
-            classes[batch],
-            model.scale,
-            config.prompt_weight,
-        )
-        if not torch.isfinite(loss):
-            raise FslError(f"alignment stopped at step {step}: the loss is {loss.item()}; lower --lr")
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        writer.add_scalar("align/loss", loss.item(), step)
-        if step % config.val_every == 0 or step == config.steps:
-            scores = validate()
-            for key, value in scores.items():
-                writer.add_scalar(f"align/val_{key}", value, step)
-            writer.add_scalar("align/temperature", 1 / model.scale.item(), step)
-            if scores["score"] > best["accuracy"]:
-                best = {"accuracy": scores["score"], "step": step, **scores}
-                save_alignment(folder / "best", model, {**meta, "step": step, "validation": scores})
-            save_alignment(folder / "last", model, {**meta, "step": step})
-            save_train_state(
-                folder / "last",
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": step,
-                    "best": best,
-                    "rng": torch.get_rng_state(),
-                    "config": dataclasses.asdict(config),
-                    "catalog_fingerprint": catalog.fingerprint,
-                },
-            )
-    writer.close()
+    validation = (val_image, val_texts, val_prompts, val_classes)
+    job = Alignment(config, model, (image, texts, classes, base_prompts), validation, meta)
+    identity = {"config": dataclasses.asdict(config), "catalog_fingerprint": catalog.fingerprint}
+    best, _ = run_loop(job, optimizer, Schedule(config.steps, config.val_every, config.lr, "lr"), folder,
+                       Path(runs_root) / config.name, identity, resume, progress, start_is_candidate=False)  # fmt: skip
     return {
-        "best_val_accuracy": best["accuracy"],
+        "best_val_accuracy": best["score"],
         "best_step": best["step"],
         "steps": config.steps,
         "best": best,
         "folder": folder / "best",
     }
+
+
+class Alignment(Trainable):
+    """The projections on base-class products, each photo with its text (plain or masked at random)
+    and the base classes' prompts; scored on the validation classes' products."""
+
+    task = "align"
+
+    def __init__(self, config: AlignConfig, model: Projections, train: tuple, validation: tuple, meta: dict):
+        self.name, self.config, self.model, self.meta = config.name, config, model, meta
+        self.image, self.texts, self.classes, self.prompts = train
+        self.val_image, self.val_texts, self.val_prompts, self.val_classes = validation
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.model.parameters())
+
+    def loss(self, step: int) -> tuple[str, torch.Tensor]:
+        batch = torch.randint(len(self.image), (self.config.batch_size,))
+        variant = torch.rand(self.config.batch_size, 1) < 0.5
+        text = torch.where(variant, self.texts[0][batch], self.texts[1][batch])
+        return "loss", contrastive_loss(
+            self.model.embed_image(self.image[batch]),
+            self.model.embed_text(text),
+            self.model.embed_text(self.prompts),
+            self.classes[batch],
+            self.model.scale,
+            self.config.prompt_weight,
+        )
+
+    def validate(self) -> dict[str, float]:
+        """On validation-class products: zero-shot photo accuracy among the validation classes, averaged
+        over classes (one large class cannot carry it), and masked text -> own photo recall@10; the
+        score that chooses the step is their mean (six classes alone made a noisy judge)."""
+        with torch.no_grad():
+            images = self.model.embed_image(self.val_image)
+            predicted = (images @ self.model.embed_text(self.val_prompts).T).argmax(-1)
+            recall = retrieval_figures(
+                images,
+                self.model.embed_text(self.val_texts),
+                self.model.embed_text(self.val_prompts),
+                self.val_classes,
+                ks=(10,),
+            )["text_recall@10"]
+        correct = (predicted == self.val_classes).float()
+        zero_shot = float(
+            torch.stack([correct[self.val_classes == c].mean() for c in self.val_classes.unique()]).mean()
+        )
+        temperature = 1 / self.model.scale.item()
+        return {"zero_shot": zero_shot, "text_recall@10": recall, "temperature": temperature,
+                "score": (zero_shot + recall) / 2}  # fmt: skip
+
+    def save(self, folder: Path, step: int, figures: dict, start: dict | None) -> None:
+        save_alignment(folder, self.model, {**self.meta, "step": step, "validation": figures})
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "rng": torch.get_rng_state()}
+
+    def load_state(self, state: dict, folder: Path) -> None:
+        self.model.load_state_dict(state["model"])
+        torch.set_rng_state(state["rng"])
 
 
 # Reporting (novel classes, after the step was chosen) ------------------------------------------

@@ -12,8 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.tensorboard import SummaryWriter
-from tqdm.auto import trange
 
 from fsl.config import ExperimentConfig
 from fsl.data.catalog import Catalog
@@ -21,25 +19,14 @@ from fsl.episodes.sampler import EpisodeSampler
 from fsl.episodes.splits import distinct_photos
 from fsl.episodes.standard import load_episode_set, saved_near_duplicates
 from fsl.errors import FslError
-from fsl.harness.evaluate import mean_ci, percent, run_episodes
+from fsl.harness.evaluate import mean_ci, run_episodes
 from fsl.harness.experiment import check_alignment, check_validation_only, flat_options
-from fsl.inference.checkpoints import load_head, load_train_state, save_head, save_train_state
+from fsl.harness.loop import Schedule, Trainable, run_loop
+from fsl.inference.checkpoints import load_head, save_head
 from fsl.inference.heads import base_classes, build_head
 from fsl.paths import DEFAULT_CHECKPOINTS, DEFAULT_EPISODES_DIR, FEATURES_ROOT, checkpoint_dir
 from fsl.store.open import open_store
 from fsl.store.rows import store_features
-
-
-def check_finite(name: str, step: int, loss: torch.Tensor, head: torch.nn.Module, lr: float) -> None:
-    """Stop at the first non-finite loss or weight: nothing after it could be trusted or saved."""
-    bad = [] if torch.isfinite(loss) else [f"the loss is {loss.item()}"]
-    bad += [f"{n} holds NaN/inf" for n, p in head.named_parameters() if not torch.isfinite(p).all()][:3]
-    if bad:
-        raise FslError(
-            f"training {name} stopped at step {step}: {'; '.join(bad)}. The likely cause is a "
-            f"learning rate too high for this head (train.lr = {lr:g}); lower it (e.g. --restart with "
-            "a 10x smaller lr). Checkpoints saved before this step are finite and kept"
-        )
 
 
 def training_samplers(
@@ -117,8 +104,6 @@ def train(
     samplers = training_samplers(config, catalog, classes, episodes_root)
     torch.manual_seed(settings.seed)
     optimizer = torch.optim.Adam(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-
-    folder = checkpoint_dir(config.name, checkpoints_root)
     meta = {
         "encoder_id": store.encoder_id,
         "catalog_fingerprint": catalog.fingerprint,
@@ -129,81 +114,82 @@ def train(
         "base_classes": classes,
         "config": dataclasses.asdict(config),
     }
-    start, best, best_step = 0, -1.0, 0
-    state = load_train_state(folder / "last") if resume else None
-    if state is not None:
-        load_head(folder / "last", head, store.encoder_id)
-        optimizer.load_state_dict(state["optimizer"])
-        rng = state["sampler_rng"]  # one state per source (a single tensor: a run from before sources)
-        for sampler, saved in zip(samplers.values(), rng if isinstance(rng, list) else [rng]):
-            sampler.generator.set_state(saved)
-        start, best, best_step = int(state["step"]), float(state["best"]), int(state["best_step"])
-        print(f"resuming {config.name} at step {start} (best val accuracy {best:.4f} at step {best_step})")
-
-    sources = list(samplers.values())
-    with SummaryWriter(str(Path(runs_root) / config.name)) as writer:
-        if state is None:  # step 0, the untrained start, is a candidate too: a chosen head never loses to it
-            best, best_step = mean_ci(run_episodes(head, features.numpy(), store.ids, val_set, progress=False))[0], 0
-            save_head(folder / "best", head, {**meta, "step": 0, "val_accuracy": best})
-            writer.add_scalar("val/accuracy", best, 0)
-            print(f"step 0 (untrained): {settings.val_episodes} {100 * best:.1f}%")
-        bar = trange(start, settings.steps, desc=f"train {config.name}", disable=None if progress else True)
-        report = bar.write if progress else print  # bar.write keeps the bar below the lines
-        for step in bar:
-            head.train()
-            episodes = sources[step % len(sources)].sample(settings.episodes_per_step)  # the sources in turn
-            logits = head(
-                features[torch.from_numpy(episodes.support)],
-                torch.as_tensor(episodes.support_labels).expand(len(episodes), -1),
-                features[torch.from_numpy(episodes.query)],
-                episodes.n_way,
-            )
-            loss = F.cross_entropy(logits.flatten(0, 1), torch.as_tensor(episodes.query_labels).repeat(len(episodes)))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            check_finite(config.name, step + 1, loss, head, settings.lr)
-            writer.add_scalar("train/loss", loss.item(), step + 1)
-            writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step + 1)
-
-            if (step + 1) % settings.val_every == 0 or step + 1 == settings.steps:
-                per_episode = run_episodes(head, features.numpy(), store.ids, val_set, progress=False)
-                accuracy, ci = mean_ci(per_episode)
-                writer.add_scalar("val/accuracy", accuracy, step + 1)
-                improved = accuracy > best
-                if improved:
-                    best, best_step = accuracy, step + 1
-                    save_head(folder / "best", head, {**meta, "step": best_step, "val_accuracy": best})
-                report(
-                    f"step {step + 1}/{settings.steps}: loss {loss.item():.4f}, {settings.val_episodes} "
-                    f"{percent(accuracy, ci)}"
-                    + (" (new best)" if improved else f" (best {100 * best:.1f}% at step {best_step})")
-                )
-                save_head(folder / "last", head, {**meta, "step": step + 1, "val_accuracy": accuracy})
-                save_train_state(
-                    folder / "last",
-                    {
-                        "optimizer": optimizer.state_dict(),
-                        "step": step + 1,
-                        "best": best,
-                        "best_step": best_step,
-                        "sampler_rng": [s.generator.get_state() for s in sources],
-                    },
-                )
-                if on_validation is not None:
-                    on_validation(step + 1, accuracy)
-        hparams = {
-            "head": config.method,
-            "fusion": config.fusion,
-            "text_variant": config.text_variant,
-            **{
-                f"train.{k}": v if not isinstance(v, tuple) else ",".join(v)
-                for k, v in dataclasses.asdict(settings).items()
-            },
-            **flat_options(config),
-        }
-        writer.add_scalar("val/chosen_step", best_step, settings.steps)  # 0: the untrained start won
-        writer.add_hparams(hparams, {"hparam/best_val_accuracy": best}, run_name="hparams")
-    if best_step == 0:
+    job = EpisodicTraining(config, head, features, store, val_set, list(samplers.values()), meta)
+    # a run may be resumed with more steps; anything else about it must be what last/ was trained with
+    same_run = dataclasses.replace(config, train=dataclasses.replace(settings, steps=0))
+    identity = {"config": plain(dataclasses.asdict(same_run)), "catalog_fingerprint": catalog.fingerprint}
+    hparams = {
+        "head": config.method,
+        "fusion": config.fusion,
+        "text_variant": config.text_variant,
+        **{
+            f"train.{k}": v if not isinstance(v, tuple) else ",".join(v)
+            for k, v in dataclasses.asdict(settings).items()
+        },
+        **flat_options(config),
+    }
+    best, _ = run_loop(
+        job,
+        optimizer,
+        Schedule(settings.steps, settings.val_every, settings.lr, "train.lr"),
+        checkpoint_dir(config.name, checkpoints_root),
+        Path(runs_root) / config.name,
+        identity,
+        resume,
+        progress,
+        on_validation=on_validation,
+        hparams=hparams,
+    )
+    if best["step"] == 0:
         print(f"{config.name}: no training step beat the untrained start on {settings.val_episodes}; best is step 0")
-    return {"best_val_accuracy": best, "best_step": best_step, "steps": settings.steps}
+    return {"best_val_accuracy": best["accuracy"], "best_step": best["step"], "steps": settings.steps}
+
+
+def plain(value):
+    """Tuples as lists, all the way down: a record that compares equal after a save and a load."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+class EpisodicTraining(Trainable):
+    """A head's meta-parameters on base-class episodes, the label column's and each source's in turn;
+    scored on the validation episodes."""
+
+    task = "train"
+
+    def __init__(self, config, head, features, store, val_set, sources, meta):
+        self.name, self.config, self.head, self.features = config.name, config, head, features
+        self.store, self.val_set, self.sources, self.meta = store, val_set, sources, meta
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.head.parameters())
+
+    def loss(self, step: int) -> tuple[str, torch.Tensor]:
+        self.head.train()
+        episodes = self.sources[(step - 1) % len(self.sources)].sample(self.config.train.episodes_per_step)
+        logits = self.head(
+            self.features[torch.from_numpy(episodes.support)],
+            torch.as_tensor(episodes.support_labels).expand(len(episodes), -1),
+            self.features[torch.from_numpy(episodes.query)],
+            episodes.n_way,
+        )
+        return "loss", F.cross_entropy(
+            logits.flatten(0, 1), torch.as_tensor(episodes.query_labels).repeat(len(episodes))
+        )
+
+    def validate(self) -> dict[str, float]:
+        per_episode = run_episodes(self.head, self.features.numpy(), self.store.ids, self.val_set, progress=False)
+        accuracy = mean_ci(per_episode)[0]
+        return {"accuracy": accuracy, "score": accuracy}
+
+    def save(self, folder: Path, step: int, figures: dict, start: dict | None) -> None:
+        save_head(folder, self.head, {**self.meta, "step": step, "val_accuracy": figures["accuracy"]})
+
+    def state(self) -> dict:
+        return {"sampler_rng": [sampler.generator.get_state() for sampler in self.sources]}
+
+    def load_state(self, state: dict, folder: Path) -> None:
+        load_head(folder, self.head, self.store.encoder_id)
+        for sampler, saved in zip(self.sources, state["sampler_rng"]):
+            sampler.generator.set_state(saved)
