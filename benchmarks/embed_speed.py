@@ -25,7 +25,7 @@ from fsl.encoders.base import ImageFiles
 from fsl.encoders.factory import create_encoder
 from fsl.encoders.onnx import MIN_COSINE
 from fsl.paths import CACHE_DIR
-from fsl.store.features import embed_catalog
+from fsl.store.embed import embed_catalog
 
 TARGET = 1.5  # the adopted path, times eager
 

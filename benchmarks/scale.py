@@ -126,7 +126,7 @@ def make_store(catalog, store_root: Path, real_stores: Path, seed: int = 0):
     """A complete store for the synthetic catalog: real rows resampled with noise, unit norm per part."""
     from fsl.files import write_json
     from fsl.paths import store_path
-    from fsl.store.features import DTYPE, STORE_VERSION, array_record
+    from fsl.store.manifest import DTYPE, STORE_VERSION, array_record
 
     rng = np.random.default_rng(seed)
     real = real_features(real_stores)

@@ -350,7 +350,7 @@ def test_an_adaptation_with_bad_weights_is_refused_by_name(slice_, tmp_path, off
 
 def test_verify_rebuilds_an_adapted_store_with_nan_rows_and_a_damaged_view_cache(slice_, own_store, tmp_path, capsys):
     from fsl.episodes.shift import view_image_features
-    from fsl.store.features import array_record
+    from fsl.store.manifest import array_record
     from fsl.store.rows import store_features
 
     _, catalog, _ = slice_

@@ -25,7 +25,9 @@ from fsl.errors import FslError
 from fsl.files import atomic_path, write_csv
 from fsl.inference.checkpoints import load_head, save_head
 from fsl.paths import store_path
-from fsl.store.features import FeatureStore, embed_catalog, writer_lock
+from fsl.store.embed import embed_catalog
+from fsl.store.features import FeatureStore
+from fsl.store.locks import writer_lock
 
 HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"
 TINY = ["--encoder", "clip", "--model", "FSL-Tiny", "--pretrained", "none"]
@@ -136,7 +138,7 @@ def arrays_as_text(path: Path) -> None:
 
 
 def ids_as_objects(path: Path) -> None:
-    from fsl.store.features import array_record
+    from fsl.store.manifest import array_record
 
     np.save(path / "ids.npy", np.load(path / "ids.npy").astype(object), allow_pickle=True)
     manifest = json.loads((path / "manifest.json").read_text())  # even with a matching checksum
@@ -148,7 +150,7 @@ def shuffle_ids(path: Path) -> None:
     ids = np.load(path / "ids.npy")
     np.save(path / "ids.npy", ids[::-1].copy())
     manifest = json.loads((path / "manifest.json").read_text())  # even with a matching checksum
-    from fsl.store.features import array_record
+    from fsl.store.manifest import array_record
 
     manifest["arrays"]["ids"] = array_record(path / "ids.npy")
     (path / "manifest.json").write_text(json.dumps(manifest))
@@ -179,14 +181,14 @@ def test_a_damaged_store_is_refused_on_open_and_rebuilt_by_embed(store, tiny_cli
 
 def test_full_verification_reads_every_byte(store, tiny_clip, monkeypatch):
     catalog, good = store
-    import fsl.store.features as features
+    import fsl.store.manifest as manifest_module
 
-    monkeypatch.setattr(features, "SAMPLE_BLOCKS", 1)  # the cheap check now reads one block only
-    monkeypatch.setattr(features, "BLOCK_BYTES", 128)
+    monkeypatch.setattr(manifest_module, "SAMPLE_BLOCKS", 1)  # the cheap check now reads one block only
+    monkeypatch.setattr(manifest_module, "BLOCK_BYTES", 128)
     manifest = json.loads((good.path / "manifest.json").read_text())
     flip_a_byte(good.path)
     for key, record in manifest["arrays"].items():
-        record["sample_sha256"] = features.sample_digest(good.path / f"{key}.npy")
+        record["sample_sha256"] = manifest_module.sample_digest(good.path / f"{key}.npy")
     (good.path / "manifest.json").write_text(json.dumps(manifest))
     FeatureStore.open(good.path, tiny_clip.id, catalog.fingerprint)  # the sample misses the flipped byte
     with pytest.raises(FslError, match="does not match its sha256 checksum"):
@@ -199,7 +201,7 @@ from pathlib import Path
 import numpy as np
 from fsl.data.prepared import load_catalog
 from fsl.encoders.factory import create_encoder
-from fsl.store.features import embed_catalog
+from fsl.store.embed import embed_catalog
 
 dump, root, flag = sys.argv[1:4]
 real_load, loads = np.load, []
@@ -246,10 +248,10 @@ def test_kill_9_mid_join_loses_nothing_and_the_next_run_completes(tiny_clip, sma
 
 
 def test_full_disk_before_the_join_is_a_message_and_keeps_the_chunks(tiny_clip, small_dump, tmp_path, monkeypatch):
-    import fsl.store.features as features
+    import fsl.store.embed as embedding
 
     catalog = load_catalog(small_dump)
-    monkeypatch.setattr(features.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1000))
+    monkeypatch.setattr(embedding.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1000))
     with pytest.raises(FslError, match=r"needs \d+ MiB but the disk has 0 MiB free"):
         embed_catalog(catalog, tiny_clip, tmp_path, chunk_size=8, num_workers=0, progress=False)
     path = store_path(tmp_path, tiny_clip.id, catalog.fingerprint)
@@ -284,9 +286,9 @@ def test_disk_full_while_writing_is_a_message_and_leaves_no_temp_file(tiny_clip,
         handle = real_open(file, mode, *args, **kwargs)
         return FullDisk(handle) if ".image.npy." in str(file) and "w" in mode else handle
 
-    import fsl.store.features as features
+    import fsl.store.embed as embedding
 
-    monkeypatch.setattr(features, "open", failing_open, raising=False)
+    monkeypatch.setattr(embedding, "open", failing_open, raising=False)
     with pytest.raises(FslError, match=r"cannot write .*image.npy: the disk is full; nothing was left half-written"):
         embed_catalog(catalog, tiny_clip, tmp_path, chunk_size=8, num_workers=0, progress=False)
     path = store_path(tmp_path, tiny_clip.id, catalog.fingerprint)
@@ -614,7 +616,7 @@ def test_nan_rows_a_sampled_checksum_cannot_see_are_refused_when_gathered(twelve
     from fsl.episodes.frozen import EpisodeSet
     from fsl.harness.experiment import run_experiment
     from fsl.paths import episode_set_path
-    from fsl.store.features import array_record
+    from fsl.store.manifest import array_record
 
     root, catalog = twelve_classes
     shutil.copytree(root / "store", tmp_path / "store")

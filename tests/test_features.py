@@ -13,7 +13,8 @@ import pytest
 from fsl.data.prepared import load_catalog
 from fsl.errors import FslError
 from fsl.paths import store_path
-from fsl.store.features import DEFAULT_TEXT_VARIANTS, FeatureStore, TextVariant, embed_catalog
+from fsl.store.embed import embed_catalog
+from fsl.store.features import DEFAULT_TEXT_VARIANTS, FeatureStore, TextVariant
 from tests.conftest import make_slice
 
 
@@ -186,7 +187,7 @@ def test_torchrun_with_two_processes_builds_the_store_one_process_builds(small_d
 def test_chunk_texts_advance_the_progress_bar_in_slices_and_equal_one_call(tiny_clip):
     """The embedding bar moves while a chunk's texts are encoded (not in one jump at the chunk's end),
     and slicing changes nothing: each variant's rows equal encoding them all at once."""
-    from fsl.store.features import _encode_chunk_texts
+    from fsl.store.embed import encode_chunk_texts
 
     texts = {
         "plain": [f"Acme Men Blue Shirt {i}" for i in range(10)],
@@ -201,7 +202,7 @@ def test_chunk_texts_advance_the_progress_bar_in_slices_and_equal_one_call(tiny_
             self.steps.append(n)
 
     bar = Bar()
-    arrays = _encode_chunk_texts(tiny_clip, texts, 2, 9, bar, step=3)
+    arrays = encode_chunk_texts(tiny_clip, texts, 2, 9, bar, step=3)
     assert bar.steps == [1.5, 1.5, 0.5]  # 7 products in slices of 3: half of each counted with its texts
     for name in texts:
         whole = tiny_clip.encode_texts(texts[name][2:9], progress=False)

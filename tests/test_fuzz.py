@@ -91,7 +91,8 @@ def test_mutated_episode_files_are_refused_or_identical(twelve_classes, tmp_path
 
 def test_mutated_store_manifests_are_refused_or_open_the_same_store(small_dump, tiny_clip, tmp_path):
     from fsl.data.prepared import load_catalog
-    from fsl.store.features import FeatureStore, embed_catalog
+    from fsl.store.embed import embed_catalog
+    from fsl.store.features import FeatureStore
 
     catalog = load_catalog(small_dump)
     store = embed_catalog(catalog, tiny_clip, tmp_path / "store", chunk_size=16, num_workers=0, progress=False)

@@ -36,7 +36,8 @@ from fsl.inference.heads import DEFAULT_HEAD, FUSED_DEFAULT_HEAD, NAMED_HEADS, e
 from fsl.inference.photos import embed_photos, open_image
 from fsl.paths import FEATURES_ROOT, checkpoint_dir, store_path
 from fsl.store.content import ContentCache
-from fsl.store.features import FeatureStore, is_complete
+from fsl.store.features import FeatureStore
+from fsl.store.manifest import is_complete
 
 
 def support_rows(

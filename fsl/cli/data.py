@@ -39,7 +39,9 @@ def cmd_embed(args) -> None:
     from fsl.data.prepared import load_catalog
     from fsl.encoders.factory import encoder_from_config
     from fsl.paths import store_path
-    from fsl.store.features import TextVariant, embed_catalog, is_complete
+    from fsl.store.embed import embed_catalog
+    from fsl.store.features import TextVariant
+    from fsl.store.manifest import is_complete
 
     rank, world_size = env_int("RANK", 0), env_int("WORLD_SIZE", 1)  # set by torchrun
     catalog = load_catalog(args.data)
@@ -97,7 +99,7 @@ def _embed_under_torchrun(catalog, encoder, root, variants, rank: int, world_siz
 
     import torch.distributed as dist
 
-    from fsl.store.features import embed_catalog
+    from fsl.store.embed import embed_catalog
 
     # a long timeout: ranks embed for as long as their share takes before the first barrier
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=datetime.timedelta(hours=24))

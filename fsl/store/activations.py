@@ -25,7 +25,8 @@ from fsl.encoders.offline import OfflineEncoder
 from fsl.errors import FslError
 from fsl.files import check_record, read_json, write_json
 from fsl.paths import FEATURES_ROOT, store_path
-from fsl.store.features import RECORD_TYPES, array_record, file_lock, holder_name, non_finite_rows, npy_header
+from fsl.store.locks import file_lock, holder_name
+from fsl.store.manifest import RECORD_TYPES, array_record, non_finite_rows, npy_header
 from fsl.store.rows import cached_by_id
 
 DTYPE = np.float16

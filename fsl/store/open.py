@@ -21,7 +21,10 @@ from fsl.errors import FslError
 from fsl.files import write_json
 from fsl.paths import FEATURES_ROOT, store_path
 from fsl.store.activations import cached_activations
-from fsl.store.features import FeatureStore, derive_store, embed_catalog, sound_derived_store, writer_lock
+from fsl.store.derive import derive_store, sound_derived_store
+from fsl.store.embed import embed_catalog
+from fsl.store.features import FeatureStore
+from fsl.store.locks import writer_lock
 
 # The aligned feature store ---------------------------------------------------------------------
 

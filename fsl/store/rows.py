@@ -10,7 +10,8 @@ import numpy as np
 
 from fsl.errors import FslError
 from fsl.files import ARRAY_READ_ERRORS, atomic_path
-from fsl.store.features import FeatureStore, non_finite_rows
+from fsl.store.features import FeatureStore
+from fsl.store.manifest import non_finite_rows
 
 
 def check_finite(values: np.ndarray, ids: np.ndarray, source: str) -> np.ndarray:

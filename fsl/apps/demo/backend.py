@@ -27,7 +27,8 @@ from fsl.inference.heads import DEFAULT_HEAD, head_for_features
 from fsl.inference.photos import open_image
 from fsl.paths import DEFAULT_EPISODES_DIR, DEMO_SAVED_DIR, FEATURES_ROOT, split_file, store_path
 from fsl.store.content import ContentCache
-from fsl.store.features import FeatureStore, is_complete
+from fsl.store.features import FeatureStore
+from fsl.store.manifest import is_complete
 from fsl.store.open import open_store
 
 TAUGHT = "taught categories"
