@@ -28,7 +28,7 @@ class Trainable(ABC):
     """One job's weights, data and objective, as the loop drives them."""
 
     name: str  # the run's, in messages and the progress bar
-    task: str  # what stops in a message: "training", "alignment", "adaptation"
+    task: str  # the command, in the progress bar and in messages: "train", "align", "adapt"
 
     @abstractmethod
     def parameters(self) -> list[torch.nn.Parameter]:
@@ -151,6 +151,7 @@ def run_loop(
 
 
 def stopped(job: Trainable, step: int, problems: list[str], schedule: Schedule) -> str:
+    """Why a diverging run stopped, and what to change."""
     return (
         f"{job.task} {job.name} stopped at step {step}: {'; '.join(problems)}. Nothing of this step was saved "
         f"(best/ and last/ hold earlier steps). The likely cause is a learning rate too high "
