@@ -247,9 +247,12 @@ sweeping.run_experiment = lambda *a, **k: (time.sleep(delay), real(*a, **k))[1] 
 result = sweeping.sweep(load_config(root + "/probe.yaml"), sweeping.parse_grid(["method_options.C=0.001,0.1,1,10"]),
                         load_catalog(root + "/dump"), ("val-2w5s",), root + "/episodes", root + "/store",
                         root + "/ckpt", root + "/runs", progress=True, storage=storage, study_name="shared",
-                        heartbeat_s=heartbeat, grace_s=2 * heartbeat)
+                        heartbeat_s=heartbeat, grace_s=10 * heartbeat)
 print("chosen", result.chosen.method_options["C"])
 """
+# A grace of ten heartbeats (the shipped default is three): with two, a worker whose heartbeat thread misses
+# two beats (two cores shared with other heavy jobs) has its own trial failed as stale under it; the likely
+# cause of the one 300 s timeout this test met, in a CI run beside a benchmark (it passes alone in 20 s).
 
 
 def run_workers(twelve_classes, tmp_path, count: int, delay: float, heartbeat: int = 30):
