@@ -145,3 +145,30 @@ def test_scores_and_softmax_live_in_the_answer_time_layer_not_in_apps():
             if name in {"softmax", "log_softmax", "known_scores", "probabilities", "scores", "known", "classify"}:
                 found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {name}()")
     assert not found, f"scoring outside fsl/inference: {found}"
+
+
+def test_fsl_paths_is_the_only_place_a_default_location_is_spelled():
+    """A path parameter's default, or an option's `default=`, that names a location comes from
+    fsl/paths.py, so moving where runs, results, checkpoints or episodes go is a one-line change."""
+    locations = ("runs", "results", "checkpoints", "episodes", ".fsl")
+    path_words = ("root", "dir", "out", "results", "runs", "checkpoints", "path", "folder")
+    spelled = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "paths.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                arguments = node.args.args[len(node.args.args) - len(node.args.defaults) :] + node.args.kwonlyargs
+                values = node.args.defaults + node.args.kw_defaults
+                defaults = [
+                    v for a, v in zip(arguments, values) if v is not None and any(w in a.arg for w in path_words)
+                ]
+            elif isinstance(node, ast.Call):
+                defaults = [k.value for k in node.keywords if k.arg == "default"]
+            else:
+                continue
+            for value in defaults:
+                if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                    if value.value.split("/")[0] in locations:
+                        spelled.append(f"{path.relative_to(PACKAGE)}:{value.lineno} {value.value!r}")
+    assert not spelled, f"default locations spelled outside fsl/paths.py: {spelled}"

@@ -34,7 +34,7 @@ from fsl.inference.checkpoints import read_meta
 from fsl.inference.classifier import Answer, HeadInputs, SupportSetClassifier, answer_record
 from fsl.inference.heads import DEFAULT_HEAD, FUSED_DEFAULT_HEAD, NAMED_HEADS, experiment_head
 from fsl.inference.photos import embed_photos, open_image
-from fsl.paths import FEATURES_ROOT, checkpoint_dir, store_path
+from fsl.paths import DEFAULT_EPISODES_DIR, FEATURES_ROOT, PREDICTIONS_FILE, checkpoint_dir, store_path
 from fsl.store.content import ContentCache
 from fsl.store.features import FeatureStore
 from fsl.store.manifest import is_complete
@@ -201,7 +201,10 @@ class CatalogClassifier:
 
 
 def split_classes_of(
-    catalog: Catalog, split_name: str, column: str = "articleType", episodes_root: str | os.PathLike = "episodes"
+    catalog: Catalog,
+    split_name: str,
+    column: str = "articleType",
+    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
 ) -> list[str]:
     """--classes split:novel -> the classes of that split of the catalog's seed-0 class split."""
     try:
@@ -307,7 +310,7 @@ def add_nearest(records: list[dict], image_features: list[np.ndarray], catalog: 
 def answer_photos(
     classifier: FewShotClassifier | CatalogClassifier,
     photos: PhotoFolder,
-    out: str | os.PathLike = "results/predictions.csv",
+    out: str | os.PathLike = PREDICTIONS_FILE,
     top_k: int = 3,
     catalog_store: tuple[Catalog, FeatureStore] | None = None,
 ) -> tuple[Path, list[dict]]:
@@ -355,7 +358,7 @@ def predict_own_categories(
     support_folder: str | os.PathLike,
     images: str | os.PathLike,
     texts: str | None = None,
-    out: str | os.PathLike = "results/predictions.csv",
+    out: str | os.PathLike = PREDICTIONS_FILE,
     top_k: int = 3,
     config_path: str | None = None,
     classes: list[str] | None = None,
@@ -406,7 +409,7 @@ def predict_folder(
     config_path: str | None,
     images: str | os.PathLike,
     texts: str | None = None,
-    out: str | os.PathLike = "results/predictions.csv",
+    out: str | os.PathLike = PREDICTIONS_FILE,
     top_k: int = 3,
     shots: int = 5,
     store_root: str | os.PathLike = FEATURES_ROOT,

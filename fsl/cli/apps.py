@@ -16,7 +16,7 @@ from fsl.cli.common import (
 )
 from fsl.errors import FslError
 from fsl.files import IMAGE_SUFFIXES
-from fsl.paths import FEATURES_ROOT, SHIPPED_CALIBRATION_DIR, USER_CALIBRATION_DIR
+from fsl.paths import FEATURES_ROOT, PREDICTIONS_FILE, SHIPPED_CALIBRATION_DIR, USER_CALIBRATION_DIR
 
 
 def cmd_demo(args) -> None:
@@ -162,9 +162,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--config", help="an experiment YAML (for heads without training)")
     predict.add_argument("--images", required=True, help=f"folder of photos ({', '.join(sorted(IMAGE_SUFFIXES))})")
     predict.add_argument("--texts", help="CSV with columns file,text giving each photo's product text")
-    predict.add_argument(
-        "--out", default="results/predictions.csv", help="CSV to write (default results/predictions.csv)"
-    )
+    predict.add_argument("--out", default=str(PREDICTIONS_FILE), help=f"CSV to write (default {PREDICTIONS_FILE})")
     predict.add_argument("--top-k", type=positive_int, default=3, help="labels per photo (default 3)")
     predict.add_argument(
         "--shots", type=positive_int, default=5, help="catalog examples per class as support (default 5)"

@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 
 from fsl.cli.common import add_experiment_options, non_negative_int, positive_int
 from fsl.errors import FslError
-from fsl.paths import EVAL_RUNS_DIR, RESULTS_DIR
+from fsl.paths import (
+    ANALYSIS_DIR,
+    ANALYSIS_RUNS_DIR,
+    COMPARE_PLOT,
+    EVAL_RUNS_DIR,
+    RESULTS_DIR,
+    SWEEP_RUNS_DIR,
+    TRAIN_RUNS_DIR,
+)
 
 if TYPE_CHECKING:  # the CLI imports its heavy modules only in the command that needs them
     from fsl.config import ExperimentConfig
@@ -308,7 +316,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "episodes; validation episodes choose the checkpoint. Resumes "
         "from checkpoints/NAME/last unless --restart.",
     )
-    add_experiment_options(training, "runs/train")
+    add_experiment_options(training, str(TRAIN_RUNS_DIR))
     training.add_argument("--restart", action="store_true", help="ignore an earlier run's last checkpoint")
     training.add_argument(
         "--splits",
@@ -330,7 +338,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "database Optuna takes, so several machines run one study with the same command); a killed "
         "sweep resumes where it stopped.",
     )
-    add_experiment_options(sweeping, "runs/sweep")
+    add_experiment_options(sweeping, str(SWEEP_RUNS_DIR))
     sweeping.add_argument(
         "--grid",
         action="append",
@@ -373,7 +381,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "accuracy (CSV + PNG), the confusion matrix and a gallery of the "
         "most frequent confusions per episode set, also as TensorBoard figures.",
     )
-    add_experiment_options(analysing, "runs/analysis")
+    add_experiment_options(analysing, str(ANALYSIS_RUNS_DIR))
     analysing.add_argument(
         "--episodes",
         nargs="+",
@@ -381,9 +389,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         metavar="SET",
         help="episode sets to analyse (default novel-allway-5s, every novel class at once)",
     )
-    analysing.add_argument(
-        "--results", default="results/analysis", help="where the files go (default results/analysis/)"
-    )
+    analysing.add_argument("--results", default=str(ANALYSIS_DIR), help=f"where the files go (default {ANALYSIS_DIR}/)")
     analysing.add_argument(
         "--projector",
         type=positive_int,
@@ -405,5 +411,5 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         help="per-episode CSVs written by `fsl eval`, or per-class CSVs of `fsl analyse` "
         "(then: the per-class differences)",
     )
-    compare.add_argument("--plot", default="results/compare.png", help="PNG to write (default results/compare.png)")
+    compare.add_argument("--plot", default=str(COMPARE_PLOT), help=f"PNG to write (default {COMPARE_PLOT})")
     compare.set_defaults(run=cmd_compare)

@@ -19,7 +19,10 @@ from fsl.config import UNKNOWN_SCORES
 from fsl.errors import FslError
 from fsl.paths import (
     ADAPT_DIR,
+    ADAPT_RUNS_DIR,
     ALIGN_DIR,
+    ALIGN_RUNS_DIR,
+    CALIBRATE_RUNS_DIR,
     DEFAULT_EPISODES_DIR,
     FEATURES_ROOT,
     RESULTS_DIR,
@@ -196,7 +199,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     aligning.add_argument("--store-root", default=str(FEATURES_ROOT), metavar="DIR", help=STORE_HELP)
     aligning.add_argument("--out", default=str(ALIGN_DIR), help="where alignments go (default checkpoints/align)")
-    aligning.add_argument("--runs", default="runs/align", help="TensorBoard log dir (default runs/align)")
+    aligning.add_argument("--runs", default=str(ALIGN_RUNS_DIR), help=f"TensorBoard log dir (default {ALIGN_RUNS_DIR})")
     aligning.add_argument("--restart", action="store_true", help="start over instead of resuming from last")
     aligning.set_defaults(run=cmd_align)
 
@@ -232,7 +235,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     adapting.add_argument("--store-root", default=str(FEATURES_ROOT), metavar="DIR", help=STORE_HELP)
     adapting.add_argument("--out", default=str(ADAPT_DIR), help=f"where adaptations go (default {ADAPT_DIR})")
-    adapting.add_argument("--runs", default="runs/adapt", help="TensorBoard log dir (default runs/adapt)")
+    adapting.add_argument("--runs", default=str(ADAPT_RUNS_DIR), help=f"TensorBoard log dir (default {ADAPT_RUNS_DIR})")
     adapting.add_argument("--restart", action="store_true", help="start over instead of resuming from last")
     adapting.add_argument(
         "--folds",
@@ -258,7 +261,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "predict and the demo), then reports expected calibration error before and after, AUROC known vs "
         "unknown and the scores' rank agreement on the novel sets.",
     )
-    add_experiment_options(calibrating, "runs/calibrate")
+    add_experiment_options(calibrating, str(CALIBRATE_RUNS_DIR))
     calibrating.add_argument(
         "--false-accept",
         type=float,

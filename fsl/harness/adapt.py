@@ -50,7 +50,7 @@ from fsl.harness.evaluate import run_episodes
 from fsl.harness.experiment import check_validation_only
 from fsl.harness.loop import Schedule, Trainable, run_loop
 from fsl.inference.heads import head_for_features
-from fsl.paths import ADAPT_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT, split_root
+from fsl.paths import ADAPT_DIR, ADAPT_RUNS_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT, split_root
 from fsl.store.activations import cached_activations
 from fsl.store.open import open_store
 
@@ -292,7 +292,7 @@ def adapt(
     store_root: str | os.PathLike = FEATURES_ROOT,
     episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
     root: str | os.PathLike = ADAPT_DIR,
-    runs_root: str | os.PathLike = "runs/adapt",
+    runs_root: str | os.PathLike = ADAPT_RUNS_DIR,
     resume: bool = True,
     progress: bool = True,
     fold: ClassFold | None = None,

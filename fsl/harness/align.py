@@ -30,7 +30,7 @@ from fsl.encoders.factory import encoder_from_config
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
 from fsl.harness.loop import Schedule, Trainable, run_loop
-from fsl.paths import ALIGN_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT
+from fsl.paths import ALIGN_DIR, ALIGN_RUNS_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT
 from fsl.store.open import open_store
 
 
@@ -91,7 +91,7 @@ def align(
     store_root=None,
     episodes_root=DEFAULT_EPISODES_DIR,
     root: str | os.PathLike = ALIGN_DIR,
-    runs_root: str | os.PathLike = "runs/align",
+    runs_root: str | os.PathLike = ALIGN_RUNS_DIR,
     resume: bool = True,
     progress: bool = True,
 ) -> dict:

@@ -40,6 +40,7 @@ from fsl.inference.calibration import FALSE_ACCEPT, Calibration, config_key, fit
 from fsl.inference.heads import class_text_table, experiment_head
 from fsl.inference.open_set import SCORES, best_score, check_score, compare_scores, known_scores
 from fsl.paths import (
+    DEFAULT_CHECKPOINTS,
     DEFAULT_EPISODES_DIR,
     FEATURES_ROOT,
     USER_CALIBRATION_DIR,
@@ -199,7 +200,7 @@ def calibrate(
     config: ExperimentConfig,
     catalog: Catalog,
     store_root=None,
-    checkpoints_root="checkpoints",
+    checkpoints_root=DEFAULT_CHECKPOINTS,
     episodes_root=DEFAULT_EPISODES_DIR,
     root: str | os.PathLike = USER_CALIBRATION_DIR,
     false_accept: float = FALSE_ACCEPT,

@@ -24,7 +24,7 @@ from fsl.errors import FslError
 from fsl.files import write_json
 from fsl.harness.adapt import adapt, check_adapt_config, near_duplicate_index
 from fsl.harness.evaluate import mean_ci, paired_difference
-from fsl.paths import ADAPT_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT, split_root
+from fsl.paths import ADAPT_DIR, ADAPT_RUNS_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT, split_root
 
 
 def power_line(names: list[str], accuracies: list[np.ndarray], best: int, unit: str = "points") -> dict:
@@ -60,7 +60,7 @@ def compare_recipes(
     store_root: str | os.PathLike = FEATURES_ROOT,
     episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
     root: str | os.PathLike = ADAPT_DIR,
-    runs_root: str | os.PathLike = "runs/adapt",
+    runs_root: str | os.PathLike = ADAPT_RUNS_DIR,
     results: str | os.PathLike | None = None,
     resume: bool = True,
     progress: bool = True,

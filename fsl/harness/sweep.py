@@ -38,7 +38,7 @@ from fsl.harness.evaluate import EvalResult, mean_ci, percent
 from fsl.harness.experiment import check_runnable, check_validation_only, run_experiment
 from fsl.harness.select import power_line
 from fsl.harness.train import train
-from fsl.paths import DEFAULT_CHECKPOINTS, DEFAULT_EPISODES_DIR, FEATURES_ROOT, RESULTS_DIR
+from fsl.paths import DEFAULT_CHECKPOINTS, DEFAULT_EPISODES_DIR, FEATURES_ROOT, RESULTS_DIR, SWEEP_RUNS_DIR
 
 HEARTBEAT_S = 30  # a running trial says it is alive this often; silent for GRACE_S, it is failed and run again
 GRACE_S = 90
@@ -209,7 +209,7 @@ def sweep(
     episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
     store_root: str | os.PathLike | None = None,
     checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS,
-    runs_root: str | os.PathLike = "runs/sweep",
+    runs_root: str | os.PathLike = SWEEP_RUNS_DIR,
     progress: bool = True,
     space: dict[str, Any] | None = None,
     trials: int | None = None,

@@ -24,7 +24,7 @@ from fsl.harness.experiment import check_alignment, check_validation_only, flat_
 from fsl.harness.loop import Schedule, Trainable, run_loop
 from fsl.inference.checkpoints import load_head, save_head
 from fsl.inference.heads import base_classes, build_head
-from fsl.paths import DEFAULT_CHECKPOINTS, DEFAULT_EPISODES_DIR, FEATURES_ROOT, checkpoint_dir
+from fsl.paths import DEFAULT_CHECKPOINTS, DEFAULT_EPISODES_DIR, FEATURES_ROOT, TRAIN_RUNS_DIR, checkpoint_dir
 from fsl.store.open import open_store
 from fsl.store.rows import store_features
 
@@ -76,7 +76,7 @@ def train(
     episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
     store_root: str | os.PathLike = FEATURES_ROOT,
     checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS,
-    runs_root: str | os.PathLike = "runs/train",
+    runs_root: str | os.PathLike = TRAIN_RUNS_DIR,
     resume: bool = True,
     progress: bool = True,
     on_validation: Callable[[int, float], None] | None = None,
