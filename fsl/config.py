@@ -266,8 +266,9 @@ def config_from_dict(values: dict, source: str) -> ExperimentConfig:
     return _build(ExperimentConfig, values, source, "")
 
 
-def parse_assignment(text: str, option: str = "--set") -> tuple[str, Any]:
-    """`key.sub=value` -> ("key.sub", value typed as YAML types it: 10 -> int, 3e-4 -> float, [a, b] -> list)."""
+def parse_assignment(text: str, option: str = "assignment") -> tuple[str, Any]:
+    """`key.sub=value` -> ("key.sub", value typed as YAML types it: 10 -> int, 3e-4 -> float, [a, b] -> list).
+    `option`: what an error calls the text (the CLI passes its flag, `--set`)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise FslError(f"{option} {shown(text)}: expected KEY=VALUE, e.g. method_options.C=10")
@@ -277,12 +278,14 @@ def parse_assignment(text: str, option: str = "--set") -> tuple[str, Any]:
     return key.strip(), value
 
 
-def override(config: Config, assignments: list[tuple[str, Any]], source: str = "--set") -> Config:
+def override(config: Config, assignments: list[tuple[str, Any]], source: str = "assignments") -> Config:
     """The config (an experiment or an adaptation recipe) with dotted keys set (`train.lr`,
-    `method_options.C`), checked as a YAML file would be.
+    `method_options.C`), checked as a YAML file would be. `source`: what an error calls the
+    assignments, a parameter's name (`grid`: the CLI puts its flag there) or the CLI's flag (`--set`).
 
     A changed config gets a changed name (`NAME--train.lr-0.0003`), so its results and checkpoints never
     overwrite the original's, unless `name` itself is set."""
+    parameter = source if source.isidentifier() else None
     values = dataclasses.asdict(config)
     suffixes = []
     for key, value in assignments:
@@ -290,18 +293,21 @@ def override(config: Config, assignments: list[tuple[str, Any]], source: str = "
         target = values
         for depth, part in enumerate(parts[:-1]):
             if part not in target and depth == 0:
-                raise FslError(f"{source} {key}=...: unknown key {part!r}; known keys are {sorted(values)}")
+                raise FslError(f"{source} {key}=...: unknown key {part!r}; known keys are {sorted(values)}", parameter)
             if target.get(part) is None:
                 target[part] = {}
             if not isinstance(target[part], dict):
-                raise FslError(f"{source} {key}=...: {'.'.join(parts[: depth + 1])} is not a section")
+                raise FslError(f"{source} {key}=...: {'.'.join(parts[: depth + 1])} is not a section", parameter)
             target = target[part]
         target[parts[-1]] = value
         if key != "name":
             suffixes.append(re.sub(r"[^A-Za-z0-9.+-]+", "_", f"{key}-{value}"))
     if suffixes and not any(key == "name" for key, _ in assignments):
         values["name"] = "--".join([config.name, *suffixes])
-    return _build(type(config), values, source, "")
+    try:
+        return _build(type(config), values, source, "")
+    except FslError as error:
+        raise FslError(str(error), error.parameter or parameter) from None
 
 
 def to_yaml(config: ExperimentConfig, header: str = "") -> str:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fsl.cli.main import main
-from fsl.config import load_config
+from fsl.config import load_config, override
 from fsl.episodes.frozen import EpisodeSet
 from fsl.errors import FslError
 from fsl.harness.sweep import parse_grid, parse_space, sweep
@@ -238,7 +238,7 @@ def test_bad_spaces_are_refused_naming_the_argument(text, message):
 WORKER = """\
 import sys, time
 import fsl.harness.sweep as sweeping
-from fsl.config import load_config
+from fsl.config import load_config, override
 from fsl.data.prepared import load_catalog
 
 root, storage, delay, heartbeat = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
@@ -371,3 +371,26 @@ def test_a_zero_or_negative_trial_count_is_refused_while_the_arguments_are_read(
         with pytest.raises(SystemExit) as exited:
             main(["sweep", "x.yaml", "--space", "method_options.C=log:1:2", "--trials", bad])
         assert exited.value.code == 2 and "--trials" in capsys.readouterr().err
+
+
+def test_a_bad_grid_key_names_the_parameter_to_a_caller_and_the_flag_on_the_command_line(
+    twelve_classes, tmp_path, capsys
+):
+    """Library words: `sweep(grid=...)` says "grid ...", `fsl sweep --grid` says "--grid ..."; `override`'s
+    own default says "assignments"."""
+    root, _ = twelve_classes
+    with pytest.raises(FslError) as caught:
+        sweep_probe(twelve_classes, tmp_path, grid=parse_grid(["trian.lr=1,2"]))
+    assert str(caught.value).startswith("grid trian.lr=...: unknown key 'trian'") and caught.value.parameter == "grid"
+    with pytest.raises(FslError, match=r"^assignments trian\.lr=\.\.\.: unknown key"):
+        override(load_config(tmp_path / "probe.yaml"), [("trian.lr", 1)])
+    folders = [
+        "--data",
+        str(root / "dump"),
+        "--episodes-dir",
+        str(root / "episodes"),
+        "--store-root",
+        str(root / "store"),
+    ]
+    assert main(["sweep", str(tmp_path / "probe.yaml"), "--grid", "trian.lr=1,2", "--on", "val-2w5s", *folders]) == 2
+    assert "fsl sweep: error: --grid trian.lr=...: unknown key 'trian'" in capsys.readouterr().err

@@ -69,8 +69,8 @@ def _configs(args) -> list:
     from fsl.config import load_config, override, parse_assignment
     from fsl.harness.experiment import check_runnable
 
-    assignments = [parse_assignment(text) for text in args.set or []]
-    configs = [override(load_config(path), assignments) for path in args.configs]
+    assignments = [parse_assignment(text, "--set") for text in args.set or []]
+    configs = [override(load_config(path), assignments, "--set") for path in args.configs]
     for config in configs:
         check_runnable(config)
     return configs

@@ -76,7 +76,9 @@ def cmd_adapt(args) -> None:
 
     recipes = [load_adapt_config(path) for path in args.recipe]
     if args.set:
-        recipes = [override(recipe, [parse_assignment(text) for text in args.set]) for recipe in recipes]
+        recipes = [
+            override(recipe, [parse_assignment(text, "--set") for text in args.set], "--set") for recipe in recipes
+        ]
     by_split = {
         seed: [check_adapt_config(dataclasses.replace(recipe, split_seed=seed)) for recipe in recipes]
         for seed in args.split_seeds

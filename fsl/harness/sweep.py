@@ -227,22 +227,26 @@ def sweep(
     store_root = store_root or FEATURES_ROOT
     space = dict(space or {})
     if not grid and not space:
-        raise FslError("a sweep needs --grid KEY=V1,V2,... or --space KEY=KIND:LOW:HIGH (with --trials N)")
+        raise FslError(
+            "grid: a sweep needs a grid of values (KEY=V1,V2,...) or a space (KEY=KIND:LOW:HIGH, with trials)", "grid"
+        )
     if space and trials is None:
         raise FslError("trials: a search space needs how many points TPE tries (a whole number >= 1)", "trials")
     if trials is not None and (type(trials) is not int or trials < 1):
         raise FslError(f"trials must be a whole number >= 1, got {shown(trials)}", "trials")
     keys = [key for key, _ in grid] + list(space)
     if len(set(keys)) < len(keys):
-        raise FslError(f"a key is in --grid or --space twice: {sorted(k for k in keys if keys.count(k) > 1)}")
+        raise FslError(
+            f"grid: a key is in the grid or the space twice: {sorted(k for k in keys if keys.count(k) > 1)}", "grid"
+        )
     for key, values in grid:  # every grid value and both ends of every range checked before any work
         for value in values:
-            check_runnable(override(config, [(key, value)], "--grid"))
+            check_runnable(override(config, [(key, value)], "grid"))
     for key, distribution in space.items():
         ends = distribution.choices if isinstance(distribution, CategoricalDistribution) else (
             distribution.low, distribution.high)  # fmt: skip
         for value in ends:
-            check_runnable(override(config, [(key, value)], "--space"))
+            check_runnable(override(config, [(key, value)], "space"))
     check_validation_only(config, catalog, on, episodes_root, "fsl sweep", "--on val-5w5s (or select-5w5s)")
 
     n_points = math.prod(len(values) for _, values in grid)
@@ -270,7 +274,7 @@ def sweep(
         if not claims_its_point(study, trial, trials):
             trial.set_user_attr(SKIPPED, "another trial holds or has scored this point")
             raise optuna.TrialPruned()
-        candidate = override(config, list(values.items()), "--grid")
+        candidate = override(config, list(values.items()), "grid" if trials is None else "space")
         if candidate.train is not None:  # each validation point is an intermediate value: the median pruner reads it
 
             def report(step: int, accuracy: float) -> None:
@@ -330,7 +334,7 @@ def study_result(
     accuracies = [np.asarray(t.user_attrs["accuracy"]) for t in unique]
     scores = [(point, *mean_ci(acc)) for point, acc in zip(points, accuracies)]
     best = max(range(len(points)), key=lambda i: (scores[i][1], -i))
-    chosen = override(config, list(points[best].items()), "--grid")
+    chosen = override(config, list(points[best].items()), "grid")  # a point that ran: its values were checked
     lines = [f"chosen by `fsl sweep` on selection episodes only ({', '.join(on)}), mean accuracy:"]
     lines += [
         f"  {'->' if i == best else '  '} {point}: {percent(mean, ci)}" for i, (point, mean, ci) in enumerate(scores)
