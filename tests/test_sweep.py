@@ -57,18 +57,18 @@ def test_a_two_value_sweep_chooses_on_validation_and_never_reads_novel_sets(twel
     assert "{'method_options.C': 10} - {'method_options.C': 1e-06}: " in result.verdict and "paired" in result.verdict
 
 
+def catalog_options(root: Path) -> list[str]:
+    """The command-line options that point fsl at the twelve-class slice."""
+    return ["--data", str(root / "dump"), "--episodes-dir", str(root / "episodes"), "--store-root", str(root / "store")]
+
+
 def test_the_cli_writes_the_choice_then_tests_it_and_the_results_say_how_it_was_chosen(
     twelve_classes, tmp_path, reads, capsys
 ):
     root, _ = twelve_classes
     (tmp_path / "probe.yaml").write_text(PROBE)
     common = [
-        "--data",
-        str(root / "dump"),
-        "--episodes-dir",
-        str(root / "episodes"),
-        "--store-root",
-        str(root / "store"),
+        *catalog_options(root),
         "--results",
         str(tmp_path / "res"),
         "--runs",
@@ -384,13 +384,6 @@ def test_a_bad_grid_key_names_the_parameter_to_a_caller_and_the_flag_on_the_comm
     assert str(caught.value).startswith("grid trian.lr=...: unknown key 'trian'") and caught.value.parameter == "grid"
     with pytest.raises(FslError, match=r"^assignments trian\.lr=\.\.\.: unknown key"):
         override(load_config(tmp_path / "probe.yaml"), [("trian.lr", 1)])
-    folders = [
-        "--data",
-        str(root / "dump"),
-        "--episodes-dir",
-        str(root / "episodes"),
-        "--store-root",
-        str(root / "store"),
-    ]
-    assert main(["sweep", str(tmp_path / "probe.yaml"), "--grid", "trian.lr=1,2", "--on", "val-2w5s", *folders]) == 2
+    argv = ["sweep", str(tmp_path / "probe.yaml"), "--grid", "trian.lr=1,2", "--on", "val-2w5s"]
+    assert main([*argv, *catalog_options(root)]) == 2
     assert "fsl sweep: error: --grid trian.lr=...: unknown key 'trian'" in capsys.readouterr().err

@@ -337,10 +337,7 @@ def adapt(
     means = torch.zeros(len(base), start_features.shape[1]).index_add_(0, batches.classes, start_features)
     classifier = nn.Parameter(F.normalize(means, dim=-1))
     log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
-    job = Adaptation(config, model, (classifier, log_scale), activations, batches, validation, {})
-    optimizer = torch.optim.AdamW(job.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
-    job.meta = {
+    meta = {
         "towers": TOWERS,
         "cut": config.cut,
         "mode": config.mode,
@@ -356,8 +353,9 @@ def adapt(
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "config": dataclasses.asdict(config),
     }
-    saved_config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
-    identity = {"config": saved_config, "catalog_fingerprint": catalog.fingerprint}
+    job = Adaptation(config, model, (classifier, log_scale), activations, batches, validation, meta)
+    optimizer = torch.optim.AdamW(job.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    identity = {"config": dataclasses.asdict(config), "catalog_fingerprint": catalog.fingerprint}
     best, start = run_loop(job, optimizer, Schedule(config.steps, config.val_every, config.lr, "lr"), folder,
                            split_root(runs_root, config.split_seed) / run_name, identity, resume, progress)  # fmt: skip
     if job.best_step != best["step"]:  # resumed after the chosen step: its per-episode accuracies were not kept

@@ -89,6 +89,7 @@ def run_loop(
     (the chosen step's figures with its "step", the untrained start's figures or None). `identity`:
     what the run is (its config, its catalog), saved with the state; a last/ saved for another is
     refused rather than continued. `hparams`: written to TensorBoard's hparams view with the best score."""
+    identity = plain(identity)  # as it reads back from the saved state
     state = load_train_state(folder / "last") if resume else None
     best, start, done = {"score": -math.inf, "step": 0}, None, 0
     with SummaryWriter(str(runs)) as writer:
@@ -148,6 +149,13 @@ def run_loop(
         if hparams is not None:
             writer.add_hparams(hparams, {"hparam/best_val_score": best["score"]}, run_name="hparams")
     return best, start
+
+
+def plain(value):
+    """Tuples as lists, all the way down: a record that compares equal after a save and a load."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def stopped(job: Trainable, step: int, problems: list[str], schedule: Schedule) -> str:

@@ -117,7 +117,7 @@ def train(
     job = EpisodicTraining(config, head, features, store, val_set, list(samplers.values()), meta)
     # a run may be resumed with more steps; anything else about it must be what last/ was trained with
     same_run = dataclasses.replace(config, train=dataclasses.replace(settings, steps=0))
-    identity = {"config": plain(dataclasses.asdict(same_run)), "catalog_fingerprint": catalog.fingerprint}
+    identity = {"config": dataclasses.asdict(same_run), "catalog_fingerprint": catalog.fingerprint}
     hparams = {
         "head": config.method,
         "fusion": config.fusion,
@@ -143,13 +143,6 @@ def train(
     if best["step"] == 0:
         print(f"{config.name}: no training step beat the untrained start on {settings.val_episodes}; best is step 0")
     return {"best_val_accuracy": best["accuracy"], "best_step": best["step"], "steps": settings.steps}
-
-
-def plain(value):
-    """Tuples as lists, all the way down: a record that compares equal after a save and a load."""
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 class EpisodicTraining(Trainable):

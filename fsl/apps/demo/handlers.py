@@ -299,14 +299,18 @@ def predict(
         if left_out
         else ""
     )
-    if answer.label != answer.best:
-        verdict = classifier.calibration.verdict(answer.known_score, taught=len(classifier.classes))
-        message = (
-            f"**{UNKNOWN.capitalize()}**: the closest is {as_text(answer.best)}, but not close enough "
-            f"({verdict}, the calibration's rule).\n\n{who}"
-        )
-        return UNKNOWN, result, message, nearest
-    return answer.best, result, f"Best guess: **{as_text(answer.best)}** ({answer.confidence:.0%}).\n\n{who}", nearest
+    return answer.label, result, f"{lead_line(answer, classifier)}.\n\n{who}", nearest
+
+
+def lead_line(answer, classifier) -> str:
+    """The first line under a photo's answer: the best guess, or why it is "unknown" in the rule's terms."""
+    if answer.label == answer.best:
+        return f"Best guess: **{as_text(answer.best)}** ({answer.confidence:.0%})"
+    verdict = classifier.calibration.verdict(answer.known_score, taught=len(classifier.classes))
+    return (
+        f"**{UNKNOWN.capitalize()}**: the closest is {as_text(answer.best)}, but not close enough "
+        f"({verdict}, the calibration's rule)"
+    )
 
 
 def predict_with_classifier(backend: DemoBackend, image_path: str | None, text: str | None, k: int):
@@ -331,17 +335,10 @@ def predict_with_classifier(backend: DemoBackend, image_path: str | None, text: 
         return "", {}, f"⚠️ {error}.", []
     answer = classifier.answer_features(image[None], [(text or "").strip()])[0]
     result = dict(answer.top[:5])
-    taught = len(classifier.classes)
-    lead = (
-        f"**{UNKNOWN.capitalize()}**: the closest is {as_text(answer.best)}, but not close enough "
-        f"({classifier.calibration.verdict(answer.known_score, taught=taught)}, the calibration's rule)"
-        if answer.label != answer.best
-        else f"Best guess: **{as_text(answer.best)}** ({answer.confidence:.0%})"
-    )
     return (
         answer.label,
         result,
-        f"{lead}.\n\n_{classifier.describe(paths=False)}; encoder `{backend.encoder.id}`._",
+        f"{lead_line(answer, classifier)}.\n\n_{classifier.describe(paths=False)}; encoder `{backend.encoder.id}`._",
         backend.nearest(image, text_feature, k),
     )
 
