@@ -31,7 +31,7 @@ from fsl.encoders.offline import OfflineEncoder
 from fsl.files import write_json
 from fsl.harness.experiment import run_experiment
 from fsl.harness.select import compare_recipes
-from fsl.paths import ADAPT_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT
+from fsl.paths import ADAPT_DIR, Workspace
 from fsl.store.activations import cached_activations
 from fsl.store.open import open_store
 
@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--out", default="results/fold-selection.json")
     parser.add_argument("--adapt-root", default=str(ADAPT_DIR / "fold-selection"))
+    parser.add_argument("--runs", default="runs/fold-selection", help="TensorBoard root of the fold runs")
     args = parser.parse_args()
     torch.set_num_threads(2)
 
@@ -75,8 +76,8 @@ def main() -> None:
     candidates = recipes()
 
     started = time.perf_counter()
-    folds = compare_recipes(catalog, candidates, args.folds, FEATURES_ROOT, DEFAULT_EPISODES_DIR, args.adapt_root,
-                            "runs/fold-selection", progress=False)  # fmt: skip
+    workspace = Workspace(runs=args.runs)
+    folds = compare_recipes(candidates, catalog, workspace, args.folds, args.adapt_root, progress=False)
     folds_s = time.perf_counter() - started
 
     rows, novel_s = [], 0.0

@@ -25,7 +25,7 @@ from fsl.errors import FslError
 from fsl.files import read_csv
 from fsl.harness.evaluate import episode_logits, mean_ci, percent
 from fsl.inference.heads import build_head, experiment_head
-from fsl.paths import episodes_dir_for, split_root
+from fsl.paths import Workspace, episodes_dir_for
 from fsl.store.rows import store_rows
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -41,9 +41,9 @@ if __name__ == "__main__":
     args = parser.parse_args()
     catalog = load_catalog(args.data)
     config = load_config(CONFIG)
-    root = split_root("episodes", args.split)
+    root = Workspace().episodes_of(args.split)
     folder = episodes_dir_for(catalog, root)
-    store, features, _ = experiment_head(config, catalog, episodes_root=root)
+    store, features, _ = experiment_head(config, catalog, Workspace(), args.split)
     near_duplicates = saved_near_duplicates(catalog, root)
     split = ClassSplit(
         config.label_column,
@@ -85,9 +85,7 @@ if __name__ == "__main__":
             cells += [percent(*mean_ci(accuracy)), f"{F.cross_entropy(logits.flatten(0, 1), targets).item():.4f}"]
         print(f"{weight:>12}  {cells[0]:>19}  {cells[1]:>24}  {cells[2]:>18}  {cells[3]:>15}")
     try:
-        _, _, trained = experiment_head(
-            load_config(TRAINED), catalog, episodes_root=root, checkpoints_root=split_root("checkpoints", args.split)
-        )
+        _, _, trained = experiment_head(load_config(TRAINED), catalog, Workspace(), args.split)
     except FslError as error:
         raise SystemExit(f"the trained gate: {error} (run `fsl train {TRAINED.name}`)") from None
     for name, episode_set in (("base-5w5s", base), ("val-5w5s", val)):

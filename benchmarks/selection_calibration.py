@@ -26,7 +26,6 @@ from fsl.files import write_json
 from fsl.harness.calibration import calibrate
 from fsl.harness.evaluate import mean_ci
 from fsl.inference.heads import DEFAULT_HEAD, NAMED_HEADS
-from fsl.paths import DEFAULT_EPISODES_DIR, split_root
 
 BEFORE = {"head": "linear-probe-image", "temperature_set": "val-5w5s", "open_selection_set": "val-allway-5s",
           "taught_counts": (5,)}  # fmt: skip
@@ -37,8 +36,7 @@ TARGET_UNTAUGHT, TARGET_TAUGHT = 0.15, 0.88
 
 def figures(rule: dict, catalog, split: int, folder: Path) -> dict:
     options = {k: v for k, v in rule.items() if k != "head"}
-    calibration = calibrate(NAMED_HEADS[rule["head"]], catalog, episodes_root=split_root(DEFAULT_EPISODES_DIR, split),
-                            root=folder, report_sets=(), **options)  # fmt: skip
+    calibration = calibrate(NAMED_HEADS[rule["head"]], catalog, out=folder, split_seed=split, report_sets=(), **options)
     reported = calibration.novel["open-novel-15w5s"]
     return {"taught": reported["known_accuracy"], "untaught": reported["false_accept"], "score": calibration.score}
 

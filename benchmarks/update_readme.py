@@ -1,24 +1,34 @@
-"""Regenerate every generated table of the README and docs/ from a real run (never typed by hand): the
-README's headline (a dozen heads, five-split means and paired differences, docs/headline.png); the
-README's adaptation table (frozen vs adapted image towers, five splits, paired); docs/adaptation.md's
-record of each adaptation run (from checkpoints/adapt); docs/results.md (every experiments/*.yaml on the
-frozen episodes of $FSL_DATA, mean ± 95% CI, inductive and transductive heads apart, paired differences
-against the image-only prototype baseline, docs/results.png); docs/calibration.md from
-fsl/calibration/*.json (what `fsl calibrate` wrote); docs/robustness.md (shifted query sets, `fsl eval
---shifted`); docs/methods.md from the head registry (each head's paper and options, and the configs that
-use it); docs/usage.md's paragraph on what the best inductive head gets wrong, with docs/confusion.png
-and docs/confusions.png.
+"""Regenerate every generated block of the README and docs/ (never typed by hand), in two steps.
 
-    python benchmarks/update_readme.py [--data DIR] [--results results] [--only BLOCK ...]
+1. Summaries (small files under results/summary/, committed): from a real run, what every block shows
+   and nothing more. accuracy.csv: per config, class split and episode set, the mean accuracy over its
+   frozen episodes ± 95% CI and the paired difference to the baseline on the same episodes (from the
+   per-episode CSVs `fsl eval experiments/*.yaml --shifted` wrote, or by running every experiment);
+   configs.csv: each config's head, fusion, kind and encoder; provenance.json: the catalog;
+   adaptation-runs.json: each adaptation's sidecar (checkpoints/adapt); analysis-classes.csv and
+   analysis-confusions.csv: what the analysed head gets wrong (with docs/confusion.png and
+   docs/confusions.png); scale.json: what benchmarks/scale.py measured.
+2. Blocks, from the summaries alone: the README's headline (five-split means and paired differences,
+   docs/headline.png) and adaptation tables; docs/results.md (every config, inductive and
+   transductive heads apart, docs/results.png); docs/robustness.md (shifted query sets);
+   docs/adaptation.md's runs and robustness; docs/usage.md's analysis; docs/scale.md's table; and,
+   from their own committed inputs, docs/methods.md (the head registry and configs) and
+   docs/calibration.md (fsl/calibration/*.json). tests/test_docs_generated.py checks that every block
+   equals what step 2 makes of the committed files, so no block is ever moved verbatim, stale.
 
-With --results, the per-episode CSVs that `fsl eval experiments/*.yaml` just wrote are used instead
-of running every experiment again (each must be newer than its config). --only regenerates some
-blocks (e.g. `--only headline methods` needs the results of the headline configs only).
+    python benchmarks/update_readme.py --results results [--checkpoints checkpoints] [--only BLOCK ...]
+    python benchmarks/update_readme.py --summaries-only [--only BLOCK ...]    # step 2 alone, no data
+
+Without --results, step 1 runs every experiment itself (split 0). With --results, each per-episode CSV
+must be newer than its config (and its checkpoint). --only limits both steps to some blocks; a summary
+keeps the rows of the configs it did not refresh.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import inspect
 import re
 import sys
@@ -34,7 +44,7 @@ from fsl.encoders.factory import encoder_id
 from fsl.episodes.frozen import STANDARD_BENCHMARKS
 from fsl.episodes.shift import SHIFTED_PAIRS, SUBPOPULATIONS
 from fsl.errors import FslError
-from fsl.files import atomic_path, read_json
+from fsl.files import atomic_path, read_csv, read_json, write_csv, write_json
 from fsl.harness.analysis import (
     _pyplot,
     confusion_figure,
@@ -46,20 +56,13 @@ from fsl.harness.analysis import (
 from fsl.harness.calibration import REPORT_SETS
 from fsl.harness.evaluate import mean_ci, paired_difference
 from fsl.harness.experiment import run_experiment
-from fsl.harness.results import (
-    across_splits,
-    load_results,
-    plot_summary,
-    results_frame,
-    split_drops,
-    summary_table,
-    with_split,
-)
+from fsl.harness.results import load_results, plot_summary, results_frame, with_split
 from fsl.inference.calibration import Calibration
 from fsl.methods import HEADS
-from fsl.paths import ADAPT_DIR, FEATURES_ROOT, SHIPPED_CALIBRATION_DIR
+from fsl.paths import ADAPT_DIR, DEFAULT_CHECKPOINTS, SHIPPED_CALIBRATION_DIR, Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
+SUMMARY_DIR = ROOT / "results" / "summary"  # committed: what every block is made from
 BASELINE = "protonet-image"
 # The README's headline: the best-known config of each head family with five-split results and no
 # training step, inductive first (a fixed list, not chosen on the test results it reports).
@@ -86,7 +89,9 @@ BLOCKS = {
     "robustness": "docs/robustness.md",
     "methods": "docs/methods.md",
     "analysis": "docs/usage.md",
+    "scale": "docs/scale.md",
 }
+FROM_ACCURACY = ("headline", "adaptation", "adaptation-shift", "results", "robustness")  # accuracy.csv's blocks
 ANALYSED = "linear-probe-fused-masked"  # the best honest inductive head: what it gets wrong, in docs/usage.md
 # Each picture names its split, encoder and the command that made it, on it and under it.
 MADE_BY = "`python benchmarks/update_readme.py --results results`"
@@ -104,10 +109,193 @@ TRANSDUCTIVE_HEADER = (
 )
 
 
-def kinds(frame) -> dict[str, bool]:
-    """method -> transductive, inductive methods first (files from before the column: inductive)."""
-    column = frame["transductive"] if "transductive" in frame.columns else False
-    flags = frame.assign(t=np.asarray(column).astype(str) == "True").groupby("method", sort=False)["t"].first()
+# Step 1: summaries ---------------------------------------------------------------------------------
+
+
+def summarise(frame: pd.DataFrame, encoders: dict[str, str]) -> pd.DataFrame:
+    """Per config, class split and episode set (in the frame's order): its episodes' mean accuracy
+    ± 95% CI, and the paired difference to BASELINE on the same episodes where both ran; with the head,
+    fusion, transductive flag and encoder. Every across-split figure is made from these split means."""
+    frame = with_split(frame)
+    keys = ["method", "split", "episode_set"]
+    ordered = {
+        key: group.sort_values("episode")["accuracy"].to_numpy() for key, group in frame.groupby(keys, sort=False)
+    }
+    rows = []
+    for (method, split, episode_set), accuracy in ordered.items():
+        first = frame[(frame["method"] == method)].iloc[0]
+        mean, ci = mean_ci(accuracy)
+        theirs = ordered.get((BASELINE, split, episode_set))
+        paired = len(accuracy) and theirs is not None and len(theirs) == len(accuracy)
+        difference, difference_ci = paired_difference(accuracy, theirs) if paired else (np.nan, np.nan)
+        rows.append(
+            {
+                "method": method,
+                "split": int(split),
+                "episode_set": episode_set,
+                "episodes": len(accuracy),
+                "accuracy": mean,
+                "ci95": ci,
+                "vs_baseline": difference,
+                "vs_baseline_ci95": difference_ci,
+                "head": first.get("head", ""),
+                "fusion": first.get("fusion", ""),
+                "transductive": str(first.get("transductive", False)) == "True",
+                "encoder": encoders.get(method, ""),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def merged(old: pd.DataFrame | None, new: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """The refreshed configs' rows replace theirs in the committed summary; configs in `order`
+    (experiments/*.yaml sorted), each config's rows as they were written."""
+    kept = old[~old["method"].isin(set(new["method"]))] if old is not None else new.iloc[:0]
+    both = pd.concat([kept, new], ignore_index=True)
+    rank = {name: i for i, name in enumerate(order)}
+    position = both["method"].map(lambda m: rank.get(m, len(rank)))
+    return both.iloc[np.argsort(position.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+DESCRIBED = ["head", "fusion", "transductive", "encoder"]  # one row per config in configs.csv
+DECIMALS = 8  # of the fractions kept: far below the 0.001 a table shows, so only an exact tie can move
+
+
+def write_summary(summary: pd.DataFrame, folder: Path = SUMMARY_DIR) -> None:
+    """accuracy.csv (a row per config, split and set) and configs.csv (what each config is), rounded."""
+    numbers = ["accuracy", "ci95", "vs_baseline", "vs_baseline_ci95"]
+    write_csv(summary.drop(columns=DESCRIBED).round({c: DECIMALS for c in numbers}), folder / "accuracy.csv")
+    write_csv(summary.groupby("method", sort=False)[DESCRIBED].first().reset_index(), folder / "configs.csv")
+
+
+def read_summary(folder: Path = SUMMARY_DIR) -> pd.DataFrame:
+    """The summary written by write_summary, each row with its config's description."""
+    path = folder / "accuracy.csv"
+    if not path.is_file():
+        raise FslError(f"no {path}: run `python benchmarks/update_readme.py --results results` first")
+    text = {"method": str, "episode_set": str, "head": str, "fusion": str, "encoder": str}
+    accuracy = read_csv(path, dtype=text, keep_default_na=False, na_values=[""])
+    configs = read_csv(folder / "configs.csv", dtype=text, keep_default_na=False)
+    return accuracy.merge(configs, on="method", how="left", validate="many_to_one")
+
+
+def from_results(configs, folders: list[Path], checkpoints: Path):
+    """The per-episode results of every config, as `fsl eval` wrote them into the first folder; a missing
+    file, or one older than its config or its trained checkpoint, is an error. A config's file in a
+    further folder adds the sets it holds, replacing those sets' rows of the first."""
+    paths = []
+    for config in configs:
+        path = folders[0] / f"{config.name}.csv"
+        sources = [ROOT / "experiments" / f"{config.name}.yaml"]
+        if config.train is not None:
+            sources.append(checkpoints / config.name / "best" / "head.safetensors")
+        if config.encoder.name == "adapted":
+            sources.append(Path(located(config, checkpoints).encoder.pretrained) / WEIGHTS_FILE)
+        if not path.is_file() or any(not f.is_file() or path.stat().st_mtime < f.stat().st_mtime for f in sources):
+            raise FslError(
+                f"{path} is missing or older than {' or '.join(map(str, sources))}: "
+                "run `fsl eval experiments/*.yaml` (after `fsl train`) first"
+            )
+        paths.append(path)
+    frame = with_split(load_results(paths))
+    for folder in folders[1:]:
+        extra = [folder / f"{c.name}.csv" for c in configs if (folder / f"{c.name}.csv").is_file()]
+        if extra:
+            added = with_split(load_results(extra))
+            keys = ["method", "split", "episode_set"]
+            replaced = frame.set_index(keys).index.isin(added.set_index(keys).index)
+            frame = pd.concat([frame[~replaced], added], ignore_index=True)
+    return frame
+
+
+def located(config, checkpoints: Path):
+    """The config with its aligned or adapted encoder read from `checkpoints` (--checkpoints) rather than
+    the checkpoints/ folder its YAML names."""
+    pretrained = Path(config.encoder.pretrained or "")
+    if config.encoder.name not in ("aligned", "adapted") or pretrained.parts[:1] != DEFAULT_CHECKPOINTS.parts:
+        return config
+    moved = checkpoints / pretrained.relative_to(DEFAULT_CHECKPOINTS)
+    return dataclasses.replace(config, encoder=dataclasses.replace(config.encoder, pretrained=str(moved)))
+
+
+def adaptation_runs(root: Path) -> list[dict]:
+    """What docs/adaptation.md records of every adaptation the table used, from each best checkpoint's
+    sidecar: recipe, split, mode, objective, size, the chosen step and the validation scores."""
+    runs = []
+    for recipe in ADAPTATIONS:
+        for meta in sorted(
+            (read_json(p) for p in root.glob(f"**/{recipe}/best/adapt.json")), key=lambda m: m["split_seed"]
+        ):
+            keep = ("split_seed", "mode", "objective", "trainable_parameters", "step", "start", "validation")
+            runs.append({"recipe": recipe, **{k: meta.get(k) for k in keep}, "steps": meta["config"]["steps"]})
+    return runs
+
+
+def analysis_summary(catalog, workspace: Workspace) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """The analysed head on split 0's all-way set: per class its accuracy ± interval (the table's order),
+    the classes it is taken for in 10% of its queries or more, and the episodes; draws the confusion
+    matrix and gallery pictures on the way."""
+    config = load_config(ROOT / "experiments" / f"{ANALYSED}.yaml")
+    p = predict_episodes(config, catalog, "novel-allway-5s", workspace)
+    table = per_class_accuracy(p).set_index("class")
+    matrix = confusion_matrix(p)
+    plt = _pyplot()
+    for name, fig in (
+        ("confusion", confusion_figure(matrix, f"{ANALYSED} on novel-allway-5s; {plain(ON_SPLIT_0)}")),
+        ("confusions", confusion_gallery_figure(p, catalog, note=plain(ON_SPLIT_0))),
+    ):
+        fig.savefig(ROOT / "docs" / f"{name}.png", dpi=110)
+        plt.close(fig)
+    taken = []
+    for name in table.index:
+        shares = (matrix.loc[name].drop(name) / table.at[name, "queries"]).sort_values(ascending=False)
+        taken += [
+            {"class": name, "taken_for": other, "share": share} for other, share in shares.items() if share >= 0.1
+        ]
+    classes = table[["accuracy", "ci95", "queries"]].reset_index()
+    return classes, pd.DataFrame(taken, columns=["class", "taken_for", "share"]), len(p.episode_set.episodes)
+
+
+def refresh_summaries(args, only: set[str], folder: Path = SUMMARY_DIR) -> None:
+    """Step 1 for the blocks in `only`: per-episode results, sidecars and predictions into summaries."""
+    catalog = load_catalog(args.data)
+    all_configs = [load_config(path) for path in sorted((ROOT / "experiments").glob("*.yaml"))]
+    checkpoints = Path(args.checkpoints)
+    workspace = Workspace(episodes=ROOT / "episodes", checkpoints=checkpoints)
+    provenance = read_json(folder / "provenance.json") if (folder / "provenance.json").is_file() else {}
+    if "adaptation-runs" in only:
+        write_json(folder / "adaptation-runs.json", adaptation_runs(checkpoints / ADAPT_DIR.name))
+    if "analysis" in only:
+        classes, taken, episodes = analysis_summary(catalog, workspace)
+        write_csv(classes, folder / "analysis-classes.csv")
+        write_csv(taken, folder / "analysis-confusions.csv")
+        provenance["analysis_episodes"] = episodes
+    if only & set(FROM_ACCURACY):
+        adapted = {f"adapted-{r}-{h}" for r in ADAPTATIONS for h in ADAPTED_HEADS} | set(ADAPTED_HEADS)
+        wanted = set(HEADLINE) | (adapted if {"adaptation", "adaptation-shift"} & only else set())
+        every = bool({"results", "robustness"} & only)
+        configs = [c for c in all_configs if every or c.name in wanted]
+        located_configs = [located(c, checkpoints) for c in configs]
+        if args.results:
+            frame = from_results(configs, [Path(f) for f in args.results], checkpoints)
+        else:
+            results = []
+            for config in located_configs:
+                results += run_experiment(config, catalog, workspace, shifted=every, progress=False)
+            frame = results_frame(results)
+        encoders = {c.name: encoder_id(c.encoder.name, c.encoder.model, c.encoder.pretrained) for c in located_configs}
+        old = read_summary(folder) if (folder / "accuracy.csv").is_file() else None
+        write_summary(merged(old, summarise(frame, encoders), [c.name for c in all_configs]), folder)
+        provenance.update({"catalog": catalog.fingerprint, "products": len(catalog)})
+    write_json(folder / "provenance.json", provenance)
+
+
+# Step 2: blocks from the summaries -----------------------------------------------------------------
+
+
+def kinds(summary) -> dict[str, bool]:
+    """method -> transductive, inductive methods first."""
+    flags = summary.assign(t=summary["transductive"].astype(str) == "True").groupby("method", sort=False)["t"].first()
     return dict(sorted(flags.items(), key=lambda item: item[1]))
 
 
@@ -122,37 +310,63 @@ def rows_by_kind(methods: dict[str, bool], cells, width: int) -> list[str]:
     return lines
 
 
-def markdown(catalog, frame) -> str:
-    summary = summary_table(frame).set_index(["method", "episode_set"])
-    sets = list(dict.fromkeys(frame["episode_set"]))
-    methods = kinds(frame)
+def across(summary: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+    """Per method and episode set: the mean of its split means ± a t interval over the splits
+    (split-to-split variation, which one split's episode CIs do not show); with `baseline`, the paired
+    difference to it per split (on the same episodes: the difference of the split means), combined the
+    same way where every split has one."""
+    rows = []
+    for (method, episode_set), group in summary.groupby(["method", "episode_set"], sort=False):
+        mean, ci = mean_ci(group["accuracy"].to_numpy())
+        row = {"method": method, "episode_set": episode_set, "splits": len(group), "accuracy": mean, "ci95": ci}
+        if baseline is not None:
+            theirs = summary[(summary["method"] == baseline) & (summary["episode_set"] == episode_set)]
+            theirs = theirs.set_index("split")
+            differences = [
+                r.accuracy - theirs.at[r.split, "accuracy"]
+                for r in group.itertuples()
+                if r.split in theirs.index and theirs.at[r.split, "episodes"] == r.episodes
+            ]
+            if differences and len(differences) == len(group):
+                row["difference"], row["difference_ci95"] = mean_ci(np.asarray(differences))
+        rows.append(row)
+    return pd.DataFrame(rows)
 
-    def accuracy(method):
-        return [
-            "—"
-            if (method, name) not in summary.index
-            else f"{100 * summary.at[(method, name), 'accuracy']:.1f} ± {100 * summary.at[(method, name), 'ci95']:.1f}"
-            for name in sets
-        ]
 
-    base = frame[frame["method"] == BASELINE]
+def split_drops(summary: pd.DataFrame, method: str, shifted: str, control: str) -> dict[int, float]:
+    """Per class split: shifted minus control accuracy (the same support, paired episode by episode: the
+    difference of their means), for the splits where both sets ran."""
+    ours = summary[summary["method"] == method].set_index(["episode_set", "split"])
+    drops = {}
+    for split in dict.fromkeys(summary.loc[summary["method"] == method, "split"]):
+        if (shifted, split) in ours.index and (control, split) in ours.index:
+            if ours.at[(shifted, split), "episodes"] == ours.at[(control, split), "episodes"]:
+                drops[int(split)] = float(ours.at[(shifted, split), "accuracy"] - ours.at[(control, split), "accuracy"])
+    return dict(sorted(drops.items()))
 
-    def paired(method):
-        group, cells = frame[frame["method"] == method], []
-        for name in sets:
-            a = group[group["episode_set"] == name].sort_values("episode")["accuracy"].to_numpy()
-            b = base[base["episode_set"] == name].sort_values("episode")["accuracy"].to_numpy()
-            cells.append(
-                "—"
-                if len(a) == 0 or len(a) != len(b)
-                else "{:+.1f} ± {:.1f}".format(*(100 * v for v in paired_difference(a, b)))
-            )
-        return cells
+
+def split_0_markdown(first: pd.DataFrame) -> str:
+    """Split 0 alone: mean ± 95% CI over its episodes, and the paired difference to the baseline."""
+    table = first.set_index(["method", "episode_set"])
+    sets = list(dict.fromkeys(first["episode_set"]))
+    methods = kinds(first)
+
+    def cell(method, name, mean_key, ci_key, signed=""):
+        if (method, name) not in table.index or pd.isna(table.at[(method, name), mean_key]):
+            return "—"
+        return f"{100 * table.at[(method, name), mean_key]:{signed}.1f} ± {100 * table.at[(method, name), ci_key]:.1f}"
+
+    def cells(method, mean_key, ci_key, signed=""):
+        return [cell(method, name, mean_key, ci_key, signed) for name in sets]
 
     header = [f"| experiment | {' | '.join(sets)} |", "|---|" + "---|" * len(sets)]
-    lines = header + rows_by_kind(methods, accuracy, len(sets))
+    lines = header + rows_by_kind(methods, lambda m: cells(m, "accuracy", "ci95"), len(sets))
     lines += ["", f"Paired difference against `{BASELINE}` on the same episodes (points, 95% CI):", "", *header]
-    lines += rows_by_kind({m: t for m, t in methods.items() if m != BASELINE}, paired, len(sets))
+    lines += rows_by_kind(
+        {m: t for m, t in methods.items() if m != BASELINE},
+        lambda m: cells(m, "vs_baseline", "vs_baseline_ci95", "+"),
+        len(sets),
+    )
     return "\n".join(lines)
 
 
@@ -168,26 +382,27 @@ META_PAIRS = {
 }  # meta-trained head: its untrained counterpart
 
 
-def across_markdown(frame) -> str:
+def across_markdown(summary) -> str:
     """The several-split table: mean over splits ± t interval over the split means, and the paired
     difference to the baseline computed per split then combined; configs run on fewer splits say so."""
-    splits = frame.groupby("method")["split"].nunique()
-    most = int(splits.max())
-    table = across_splits(frame, BASELINE).set_index(["method", "episode_set"])
-    sets = list(dict.fromkeys(frame["episode_set"]))
-    methods = kinds(frame)
+    most = int(summary.groupby("method")["split"].nunique().max())
+    table = across(summary, BASELINE).set_index(["method", "episode_set"])
+    sets = list(dict.fromkeys(summary["episode_set"]))
+    methods = kinds(summary)
 
-    def cell(method, name, mean_key, ci_key, signed=False):
-        if (method, name) not in table.index or pd.isna(table.at[(method, name), mean_key]):
+    def only_split(method) -> int:
+        return int(summary[summary["method"] == method]["split"].iloc[0])
+
+    def cell(frame, method, name, mean_key, ci_key, signed=False):
+        if (method, name) not in frame.index or pd.isna(frame.at[(method, name), mean_key]):
             return "—"
-        mean, ci = 100 * table.at[(method, name), mean_key], 100 * table.at[(method, name), ci_key]
-        if table.at[(method, name), "splits"] < most:
-            only = int(frame[frame["method"] == method]["split"].iloc[0])
-            return f"{mean:{'+' if signed else ''}.1f} (split {only} only)"
+        mean, ci = 100 * frame.at[(method, name), mean_key], 100 * frame.at[(method, name), ci_key]
+        if frame.at[(method, name), "splits"] < most:
+            return f"{mean:{'+' if signed else ''}.1f} (split {only_split(method)} only)"
         return f"{mean:{'+' if signed else ''}.1f} ± {ci:.1f}"
 
     header = [f"| experiment | {' | '.join(sets)} |", "|---|" + "---|" * len(sets)]
-    lines = header + rows_by_kind(methods, lambda m: [cell(m, n, "accuracy", "ci95") for n in sets], len(sets))
+    lines = header + rows_by_kind(methods, lambda m: [cell(table, m, n, "accuracy", "ci95") for n in sets], len(sets))
     lines += [
         "",
         f"Paired difference against `{BASELINE}`, per split on the same episodes, then the mean over splits "
@@ -197,7 +412,7 @@ def across_markdown(frame) -> str:
     ]
     lines += rows_by_kind(
         {m: t for m, t in methods.items() if m != BASELINE},
-        lambda m: [cell(m, n, "difference", "difference_ci95", True) for n in sets],
+        lambda m: [cell(table, m, n, "difference", "difference_ci95", True) for n in sets],
         len(sets),
     )
     pairs = {a: b for a, b in META_PAIRS.items() if a in methods and b in methods}
@@ -209,19 +424,10 @@ def across_markdown(frame) -> str:
             *header,
         ]
         for trained, untrained in pairs.items():
-            paired = across_splits(frame[frame["method"].isin([trained, untrained])], untrained).set_index(
-                ["method", "episode_set"]
-            )
-
-            def difference(name):
-                if (trained, name) not in paired.index or pd.isna(paired.at[(trained, name), "difference"]):
-                    return "—"
-                mean, ci = (100 * paired.at[(trained, name), k] for k in ("difference", "difference_ci95"))
-                if paired.at[(trained, name), "splits"] < most:
-                    return f"{mean:+.1f} (split {int(frame[frame['method'] == trained]['split'].iloc[0])} only)"
-                return f"{mean:+.1f} ± {ci:.1f}"
-
-            lines.append(f"| {trained} − {untrained} | " + " | ".join(difference(n) for n in sets) + " |")
+            paired = across(summary[summary["method"].isin([trained, untrained])], untrained)
+            paired = paired.set_index(["method", "episode_set"])
+            cells = [cell(paired, trained, n, "difference", "difference_ci95", True) for n in sets]
+            lines.append(f"| {trained} − {untrained} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -229,12 +435,12 @@ ADAPTED_HEADS = ("linear-probe-fused-masked", "protonet-fused-masked", "linear-p
 ADAPTATIONS = ("supervised", "episodic", "lora")  # experiments/adapt/*.yaml; configs adapted-RECIPE-HEAD
 
 
-def adaptation_markdown(frame) -> str:
+def adaptation_markdown(summary) -> str:
     """The README's adaptation table: per head, the frozen encoder's accuracy, then each adapted tower's
     paired difference to it (per split on the same episodes, then mean ± t interval over the splits)."""
     sets = ("novel-5w1s", "novel-5w5s", "novel-15w5s")
-    present = set(frame["method"])
-    splits = sorted(frame[frame["method"].str.startswith("adapted-")]["split"].unique())
+    present = set(summary["method"])
+    splits = sorted(summary[summary["method"].str.startswith("adapted-")]["split"].unique())
     lines = [
         f"Offline encoder, {len(splits)} class splits; split s's image tower adapted on its base classes and chosen "
         "on its validation classes. Frozen: accuracy, mean ± 95% t interval over the splits (%). Adapted: the "
@@ -244,7 +450,7 @@ def adaptation_markdown(frame) -> str:
         "|---|---|" + "---|" * len(sets),
     ]
     for head in (h for h in ADAPTED_HEADS if h in present):
-        frozen = across_splits(frame[frame["method"] == head]).set_index("episode_set")
+        frozen = across(summary[summary["method"] == head]).set_index("episode_set")
         cells = [
             f"{100 * frozen.at[s, 'accuracy']:.1f} ± {100 * frozen.at[s, 'ci95']:.1f}" if s in frozen.index else "—"
             for s in sets
@@ -254,7 +460,7 @@ def adaptation_markdown(frame) -> str:
             adapted = f"adapted-{recipe}-{head}"
             if adapted not in present:
                 continue
-            paired = across_splits(frame[frame["method"].isin([adapted, head])], head)
+            paired = across(summary[summary["method"].isin([adapted, head])], head)
             paired = paired[paired["method"] == adapted].set_index("episode_set")
 
             def cell(name):
@@ -266,35 +472,31 @@ def adaptation_markdown(frame) -> str:
     return "\n".join(lines)
 
 
-def adaptation_runs_markdown(root: Path) -> str:
+def adaptation_runs_markdown(runs: list[dict]) -> str:
     """docs/adaptation.md's record of every adaptation the table used: its chosen step and the validation
-    scores of the frozen start and the chosen step, read from each best checkpoint's sidecar."""
+    scores of the frozen start and the chosen step."""
     lines = [
         "| recipe | split | mode, objective | trainable parameters | chosen step | validation (fused-masked protonet): "
         "frozen → chosen |",
         "|---|---|---|---|---|---|",
     ]
-    for recipe in ADAPTATIONS:
-        for meta in sorted(
-            (read_json(p) for p in root.glob(f"**/{recipe}/best/adapt.json")), key=lambda m: m["split_seed"]
-        ):
-            start = meta["start"]
-            scores = meta.get("validation", {})
-            figures = ", ".join(
-                f"{name} {100 * start[name]:.1f} → {100 * scores[name]:.1f}"
-                if name in start
-                else f"{name} {100 * scores[name]:.1f}"
-                for name in scores
-                if name != "score"
-            )
-            lines.append(
-                f"| {recipe} | {meta['split_seed']} | {meta['mode']}, {meta['objective']} | "
-                f"{meta['trainable_parameters']:,} | {meta['step']} of {meta['config']['steps']} | {figures} |"
-            )
+    for run in runs:
+        start, scores = run["start"], run.get("validation") or {}
+        figures = ", ".join(
+            f"{name} {100 * start[name]:.1f} → {100 * scores[name]:.1f}"
+            if name in start
+            else f"{name} {100 * scores[name]:.1f}"
+            for name in scores
+            if name != "score"
+        )
+        lines.append(
+            f"| {run['recipe']} | {run['split_seed']} | {run['mode']}, {run['objective']} | "
+            f"{run['trainable_parameters']:,} | {run['step']} of {run['steps']} | {figures} |"
+        )
     return "\n".join(lines)
 
 
-def adaptation_shift_markdown(frame) -> str:
+def adaptation_shift_markdown(summary) -> str:
     """docs/adaptation.md's robustness comparison: per head and adapted tower, the change of each shift's
     paired drop against the frozen tower's (adapted drop minus frozen drop, per split, then mean ± t
     interval over the splits; above 0: adaptation makes the head more robust)."""
@@ -306,11 +508,12 @@ def adaptation_shift_markdown(frame) -> str:
     for head in ADAPTED_HEADS:
         for recipe in ADAPTATIONS:
             adapted = f"adapted-{recipe}-{head}"
-            if adapted not in set(frame["method"]) or head not in set(frame["method"]):
+            if adapted not in set(summary["method"]) or head not in set(summary["method"]):
                 continue
             cells, subpopulation = [], {}
             for heading, shifted, control in ROBUSTNESS_COLUMNS:
-                ours, theirs = split_drops(frame, adapted, shifted, control), split_drops(frame, head, shifted, control)
+                ours = split_drops(summary, adapted, shifted, control)
+                theirs = split_drops(summary, head, shifted, control)
                 changes = [ours[s] - theirs[s] for s in ours if s in theirs]
                 if heading in SUBPOPULATIONS:
                     for split in ours:
@@ -328,13 +531,13 @@ def adaptation_shift_markdown(frame) -> str:
     return "\n".join(lines)
 
 
-def headline_markdown(frame) -> str:
+def headline_markdown(summary) -> str:
     """The README's table: per headline config, the five-split mean ± t interval of each standard
     set, and its paired difference to the baseline (per split on the same episodes, then combined)."""
-    frame = frame[frame["method"].isin(HEADLINE)]
-    table = across_splits(frame, BASELINE).set_index(["method", "episode_set"])
-    sets = [name for name in ("novel-5w1s", "novel-5w5s", "novel-15w5s") if name in set(frame["episode_set"])]
-    splits = int(frame.groupby("method")["split"].nunique().min())
+    summary = summary[summary["method"].isin(HEADLINE)]
+    table = across(summary, BASELINE).set_index(["method", "episode_set"])
+    sets = [name for name in ("novel-5w1s", "novel-5w5s", "novel-15w5s") if name in set(summary["episode_set"])]
+    splits = int(summary.groupby("method")["split"].nunique().min())
 
     def cell(method, name, mean_key, ci_key, signed=""):
         if (method, name) not in table.index or pd.isna(table.at[(method, name), mean_key]):
@@ -350,7 +553,7 @@ def headline_markdown(frame) -> str:
         f"| head config | {' | '.join(s.removeprefix('novel-') for s in sets)} | vs {BASELINE} |",
         "|---|" + "---|" * (len(sets) + 1),
     ]
-    transductive_of = kinds(frame)
+    transductive_of = kinds(summary)
     for method in (m for m in HEADLINE if m in transductive_of):  # the list's order: inductive first
         transductive = transductive_of[method]
         name = f"{method} (transductive)" if transductive else method
@@ -367,27 +570,14 @@ def plain(caption: str) -> str:
     return caption.replace("`", "")
 
 
-def analysis_markdown(catalog) -> str:
-    """docs/usage.md's paragraph on what the analysed head gets wrong on the all-way set, with the
-    confusion matrix and gallery pictures: written from `fsl analyse`'s own tables, so its figures
-    are the pictures' figures."""
-    config = load_config(ROOT / "experiments" / f"{ANALYSED}.yaml")
-    p = predict_episodes(config, catalog, "novel-allway-5s", ROOT / "episodes", FEATURES_ROOT, ROOT / "checkpoints")
-    table = per_class_accuracy(p).set_index("class")
-    matrix = confusion_matrix(p)
-    plt = _pyplot()
-    for name, fig in (
-        ("confusion", confusion_figure(matrix, f"{ANALYSED} on novel-allway-5s; {plain(ON_SPLIT_0)}")),
-        ("confusions", confusion_gallery_figure(p, catalog, note=plain(ON_SPLIT_0))),
-    ):
-        fig.savefig(ROOT / "docs" / f"{name}.png", dpi=110)
-        plt.close(fig)
+def analysis_markdown(classes: pd.DataFrame, taken: pd.DataFrame, episodes: int) -> str:
+    """docs/usage.md's paragraph on what the analysed head gets wrong on the all-way set, next to the
+    confusion matrix and gallery pictures drawn from the same predictions."""
+    table = classes.set_index("class")
 
-    def taken_for(name: str, least: float = 0.1) -> str:
-        row = matrix.loc[name].drop(name) / table.at[name, "queries"]
-        shares = [
-            f"{other} {100 * share:.0f}%" for other, share in row.sort_values(ascending=False).items() if share >= least
-        ]
+    def taken_for(name: str) -> str:
+        rows = taken[taken["class"] == name]
+        shares = [f"{other} {100 * share:.0f}%" for other, share in zip(rows["taken_for"], rows["share"])]
         return f", taken for {' and '.join(shares)}" if shares else ""
 
     weakest = [name for name in table.index if table.at[name, "accuracy"] < 1][:3]
@@ -396,7 +586,6 @@ def analysis_markdown(catalog) -> str:
         for name in weakest
     ]
     perfect = sorted(name for name in table.index if table.at[name, "accuracy"] == 1)
-    episodes = len(p.episode_set.episodes)
     return "\n".join(
         [
             f"What the best honest inductive head (`{ANALYSED}`: image + label-masked text) gets wrong on the "
@@ -453,17 +642,18 @@ ROBUSTNESS_COLUMNS = [
     ("temporal", "novel-5w5s-temporal", "novel-5w5s-temporal-control"),
     *[(kind, f"novel-{kind}-5s", f"novel-{kind}-5s-control") for kind in SUBPOPULATIONS],
 ]
+SHIFTED_SETS = set(SHIFTED_PAIRS) | set(SHIFTED_PAIRS.values())
 
 
-def shifted_markdown(frame) -> str:
+def shifted_markdown(summary) -> str:
     """Per head: the paired drop on each shift (shifted minus its control, per split on the same
     episodes, then mean ± 95% t interval over the splits), and the mean over the sub-population
     columns (per split, then over splits)."""
-    present = set(frame["episode_set"])
+    present = set(summary["episode_set"])
     columns = [c for c in ROBUSTNESS_COLUMNS if c[1] in present]
     if not columns:
         return "No shifted results yet: run `fsl eval experiments/*.yaml --shifted`."
-    methods = kinds(frame[frame["episode_set"].isin([c[1] for c in columns])])
+    methods = kinds(summary[summary["episode_set"].isin([c[1] for c in columns])])
 
     def cell(drops: list[float]) -> str:
         if not drops:
@@ -474,7 +664,7 @@ def shifted_markdown(frame) -> str:
     def cells(method):
         out, subpopulation = [], {}
         for heading, shifted, control in columns:
-            drops = split_drops(frame, method, shifted, control)
+            drops = split_drops(summary, method, shifted, control)
             out.append(cell(list(drops.values())))
             if heading in SUBPOPULATIONS:
                 for split, drop in drops.items():
@@ -492,34 +682,107 @@ def shifted_markdown(frame) -> str:
     )
 
 
-def from_results(configs, folders: list[Path]):
-    """The results of every config, as `fsl eval` wrote them into the first folder; a missing file, or
-    one older than its config or its trained checkpoint, is an error. A config's file in a further
-    folder adds the sets it holds, replacing those sets' rows of the first."""
-    paths = []
-    for config in configs:
-        path = folders[0] / f"{config.name}.csv"
-        sources = [ROOT / "experiments" / f"{config.name}.yaml"]
-        if config.train is not None:
-            sources.append(ROOT / "checkpoints" / config.name / "best" / "head.safetensors")
-        if config.encoder.name == "adapted":
-            sources.append(ROOT / config.encoder.pretrained / WEIGHTS_FILE)
-        if not path.is_file() or any(not f.is_file() or path.stat().st_mtime < f.stat().st_mtime for f in sources):
-            raise FslError(
-                f"{path} is missing or older than {' or '.join(map(str, sources))}: "
-                "run `fsl eval experiments/*.yaml` (after `fsl train`) first"
-            )
-        paths.append(path)
-    encoders = {encoder_id(c.encoder.name, c.encoder.model, c.encoder.pretrained) for c in configs}
-    frame = with_split(load_results(paths))
-    for folder in folders[1:]:
-        extra = [folder / f"{c.name}.csv" for c in configs if (folder / f"{c.name}.csv").is_file()]
-        if extra:
-            added = with_split(load_results(extra))
-            keys = ["method", "split", "episode_set"]
-            replaced = frame.set_index(keys).index.isin(added.set_index(keys).index)
-            frame = pd.concat([frame[~replaced], added], ignore_index=True)
-    return frame, sorted(encoders)
+def robustness_markdown(summary) -> str:
+    """docs/robustness.md's block: what the drops are, then the table."""
+    shown = summary[summary["episode_set"].isin(SHIFTED_SETS - set(STANDARD_BENCHMARKS))]
+    encoders = sorted(set(summary.loc[summary["method"].isin(set(shown["method"])), "encoder"]))
+    splits = sorted(summary["split"].unique())
+    return (
+        f"Encoder: `{', '.join(encoders)}`; class splits {', '.join(map(str, splits))}. Each cell: the paired "
+        "drop in accuracy (points) of the shifted queries against their control, computed per split on the "
+        "same episodes, then the mean over splits ± a 95% t interval over them, and (in brackets) how many "
+        "splits had the set. Rendering sensitivity: the same episodes with every query photo re-rendered "
+        "(grey 3:4 backdrop, halved, JPEG 40). Temporal: support from before 2012, queries from 2012 on, "
+        "control queries from before. Sub-populations (gender, brand, usage, season): support and control "
+        "queries from one side of each class, shifted queries from the other (see above). The last column: "
+        "per split, the mean of the four sub-population drops, then over the splits that have all four."
+        "\n\n" + shifted_markdown(summary)
+    )
+
+
+def results_markdown(summary, provenance: dict) -> str:
+    """docs/results.md's block: every config over the splits it ran on, then split 0 alone."""
+    encoders = sorted(set(summary["encoder"]))
+    n_splits = summary["split"].nunique()
+    block = (
+        f"Encoder: `{', '.join(encoders)}`; catalog `{provenance['catalog']}` ({provenance['products']} products); "
+        f"600 frozen novel-class episodes per column and split, 15 queries per class. Accuracy in %.\n\n"
+    )
+    if n_splits > 1:
+        block += (
+            f"**Over {n_splits} class splits** (`fsl episodes --split-seeds "
+            f"{' '.join(str(s) for s in sorted(summary['split'].unique()))}`: the same fractions and "
+            "stratification, other classes novel): the mean of the split means ± a 95% t interval over the "
+            "splits, which shows how much the choice of novel classes moves a number.\n\n"
+            + across_markdown(summary)
+            + "\n\n**Split 0 alone** (mean ± 95% CI over its 600 episodes):\n\n"
+        )
+    first = summary[summary["split"] == 0]
+    return block + split_0_markdown(first) + f"\n\n![accuracy per method, split 0](results.png)\n\n*{RESULTS_PICTURE}.*"
+
+
+def scale_markdown(rows: list[dict]) -> str:
+    """docs/scale.md's table, as benchmarks/scale.py prints it."""
+    return sibling("scale").table(rows)
+
+
+def sibling(name: str):
+    """Another script of benchmarks/ (not a package), loaded by path."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def standard_only(summary: pd.DataFrame) -> pd.DataFrame:
+    """The standard benchmark sets, without the shifted sets and their controls."""
+    shifted = summary["episode_set"].isin(SHIFTED_SETS) & ~summary["episode_set"].isin(STANDARD_BENCHMARKS)
+    return summary[~shifted]
+
+
+def blocks_from_summaries(names, folder: Path = SUMMARY_DIR, calibrations: Path = SHIPPED_CALIBRATION_DIR) -> dict:
+    """Step 2: each named block from the committed summaries (and the configs, the head registry and
+    the shipped calibrations), touching no data: what tests/test_docs_generated.py compares."""
+    blocks = {}
+    provenance = read_json(folder / "provenance.json") if (folder / "provenance.json").is_file() else {}
+    summary = read_summary(folder) if set(names) & set(FROM_ACCURACY) else None
+    for name in names:
+        if name == "methods":
+            blocks[name] = methods_markdown([load_config(p) for p in sorted((ROOT / "experiments").glob("*.yaml"))])
+        elif name == "calibration":
+            blocks[name] = calibration_markdown(calibrations)
+        elif name == "adaptation-runs":
+            blocks[name] = adaptation_runs_markdown(read_json(folder / "adaptation-runs.json"))
+        elif name == "analysis":
+            classes = read_csv(folder / "analysis-classes.csv", keep_default_na=False)
+            taken = read_csv(folder / "analysis-confusions.csv", keep_default_na=False)
+            blocks[name] = analysis_markdown(classes, taken, provenance["analysis_episodes"])
+        elif name == "scale":
+            blocks[name] = scale_markdown(read_json(folder / "scale.json")["rows"])
+        elif name == "headline":
+            blocks[name] = headline_markdown(standard_only(summary))
+        elif name == "adaptation":
+            blocks[name] = adaptation_markdown(standard_only(summary))
+        elif name == "adaptation-shift":
+            blocks[name] = adaptation_shift_markdown(summary)
+        elif name == "results":
+            blocks[name] = results_markdown(standard_only(summary), provenance)
+        elif name == "robustness":
+            blocks[name] = robustness_markdown(summary)
+    return blocks
+
+
+def draw_pictures(names, folder: Path = SUMMARY_DIR) -> None:
+    """docs/headline.png and docs/results.png: split 0 of the summaries, one bar per config and set."""
+    if not set(names) & {"headline", "results"}:
+        return
+    first = standard_only(read_summary(folder))
+    first = first[first["split"] == 0].drop(columns=["split", "vs_baseline", "vs_baseline_ci95", "encoder"])
+    if "headline" in names:
+        chosen = first[first["method"].isin(HEADLINE)]
+        plot_summary(chosen, ROOT / "docs" / "headline.png", provenance=plain(ON_SPLIT_0))
+    if "results" in names:
+        plot_summary(first, ROOT / "docs" / "results.png", provenance=plain(ON_SPLIT_0))
 
 
 def calibration_markdown(folder: Path) -> str:
@@ -630,6 +893,9 @@ def main() -> None:
         help="use the per-episode CSVs `fsl eval` wrote here instead of re-running; further folders add the "
         "sets a config ran there (e.g. only its shifted sets), replacing the same sets of the first",
     )
+    parser.add_argument("--checkpoints", default=str(ROOT / DEFAULT_CHECKPOINTS), metavar="DIR",
+                        help="trained heads and checkpoints/adapt (default: the repository's)")  # fmt: skip
+    parser.add_argument("--summaries-only", action="store_true", help="step 2 alone: blocks from results/summary/")
     parser.add_argument(
         "--only",
         nargs="+",
@@ -639,97 +905,19 @@ def main() -> None:
         help=f"regenerate only these blocks ({', '.join(BLOCKS)}; default all)",
     )
     args = parser.parse_args()
-    catalog = load_catalog(args.data)
-    all_configs = [load_config(path) for path in sorted((ROOT / "experiments").glob("*.yaml"))]
-    needs_all = bool({"results", "robustness"} & set(args.only))
-    adapted = {f"adapted-{r}-{h}" for r in ADAPTATIONS for h in ADAPTED_HEADS} | set(ADAPTED_HEADS)
-    needed = set(HEADLINE) | (adapted if {"adaptation", "adaptation-shift"} & set(args.only) else set())
-    configs = [c for c in all_configs if needs_all or c.name in needed]
-    if args.results and set(args.only) <= {"robustness", "methods", "analysis", "calibration"}:
-        configs = [c for c in configs if (Path(args.results[0]) / f"{c.name}.csv").is_file()]  # the ones run
-    blocks = {}
-    if "methods" in args.only:
-        blocks["methods"] = methods_markdown(all_configs)
-    if "analysis" in args.only:
-        blocks["analysis"] = analysis_markdown(catalog)
-    if "calibration" in args.only:
-        blocks["calibration"] = calibration_markdown(SHIPPED_CALIBRATION_DIR)
-    if "adaptation-runs" in args.only:
-        blocks["adaptation-runs"] = adaptation_runs_markdown(ROOT / ADAPT_DIR)
-    if set(args.only) & {"headline", "adaptation", "adaptation-shift", "results", "robustness"}:
-        if args.results:
-            frame, encoders = from_results(configs, [Path(folder) for folder in args.results])
-        else:
-            results = []
-            for config in configs:
-                results += run_experiment(config, catalog, ROOT / "episodes", progress=False, shifted=needs_all)
-            frame, encoders = results_frame(results), sorted({r.hparams["encoder"] for r in results})
-        shifted = frame[
-            frame["episode_set"].isin(list(SHIFTED_PAIRS) + list(SHIFTED_PAIRS.values()))
-            & ~frame["episode_set"].isin(STANDARD_BENCHMARKS)
-        ]
-        frame = frame.drop(shifted.index)
-        robustness = with_split(pd.concat([shifted, frame]))
-        frame = with_split(frame)
-        first = frame[frame["split"] == 0]
-        if "headline" in args.only:
-            plot_summary(
-                summary_table(first[first["method"].isin(HEADLINE)]),
-                ROOT / "docs" / "headline.png",
-                provenance=plain(ON_SPLIT_0),
-            )
-            blocks["headline"] = headline_markdown(frame)
-        if "adaptation" in args.only:
-            blocks["adaptation"] = adaptation_markdown(frame)
-        if "adaptation-shift" in args.only:
-            blocks["adaptation-shift"] = adaptation_shift_markdown(robustness)
-        if "results" in args.only:
-            plot_summary(summary_table(first), ROOT / "docs" / "results.png", provenance=plain(ON_SPLIT_0))
-            blocks["results"] = results_markdown(catalog, frame, encoders)
-        if "robustness" in args.only:
-            splits = sorted(robustness["split"].unique())
-            shown = set(shifted["method"])
-            encoders = sorted({encoder_id(c.encoder.name, c.encoder.model, c.encoder.pretrained) for c in configs
-                               if c.name in shown})  # fmt: skip
-            blocks["robustness"] = (
-                f"Encoder: `{', '.join(encoders)}`; class splits {', '.join(map(str, splits))}. Each cell: the paired "
-                "drop in accuracy (points) of the shifted queries against their control, computed per split on the "
-                "same episodes, then the mean over splits ± a 95% t interval over them, and (in brackets) how many "
-                "splits had the set. Rendering sensitivity: the same episodes with every query photo re-rendered "
-                "(grey 3:4 backdrop, halved, JPEG 40). Temporal: support from before 2012, queries from 2012 on, "
-                "control queries from before. Sub-populations (gender, brand, usage, season): support and control "
-                "queries from one side of each class, shifted queries from the other (see above). The last column: "
-                "per split, the mean of the four sub-population drops, then over the splits that have all four."
-                "\n\n" + shifted_markdown(robustness)
-            )
-    for name, block in blocks.items():
+    only = set(args.only)
+    if not args.summaries_only:
+        refresh_summaries(args, only - {"scale"})  # scale.json is written by benchmarks/scale.py
+    draw_pictures(only)
+    for name, block in blocks_from_summaries(args.only).items():
         target = ROOT / BLOCKS[name]
         with atomic_path(target) as tmp:
             tmp.write_text(fill(target.read_text(), name, block, target))
         print(f"{target.relative_to(ROOT)}: {name} block regenerated")
 
 
-def results_markdown(catalog, frame, encoders) -> str:
-    """docs/results.md's block: every config over the splits it ran on, then split 0 alone."""
-    n_splits = frame["split"].nunique()
-    block = (
-        f"Encoder: `{', '.join(encoders)}`; catalog `{catalog.fingerprint}` ({len(catalog)} products); "
-        f"600 frozen novel-class episodes per column and split, 15 queries per class. Accuracy in %.\n\n"
-    )
-    if n_splits > 1:
-        block += (
-            f"**Over {n_splits} class splits** (`fsl episodes --split-seeds "
-            f"{' '.join(str(s) for s in sorted(frame['split'].unique()))}`: the same fractions and "
-            "stratification, other classes novel): the mean of the split means ± a 95% t interval over the "
-            "splits, which shows how much the choice of novel classes moves a number.\n\n"
-            + across_markdown(frame)
-            + "\n\n**Split 0 alone** (mean ± 95% CI over its 600 episodes):\n\n"
-        )
-    first = frame[frame["split"] == 0]
-    return (
-        block + markdown(catalog, first) + f"\n\n![accuracy per method, split 0](results.png)\n\n*{RESULTS_PICTURE}.*"
-    )
-
-
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FslError as error:
+        sys.exit(f"update_readme: {error}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Protocol
 
@@ -49,16 +50,8 @@ USER_CALIBRATION_DIR = CACHE_DIR / "calibration"
 CONTENT_CACHE_DIR = CACHE_DIR / "embeddings"  # features of users' own photos and texts, by content
 RESULTS_DIR = Path("results")
 PREDICTIONS_FILE = RESULTS_DIR / "predictions.csv"  # `fsl predict --out`
-ANALYSIS_DIR = RESULTS_DIR / "analysis"  # `fsl analyse --results`
 COMPARE_PLOT = RESULTS_DIR / "compare.png"  # `fsl compare --plot`
-RUNS_DIR = Path("runs")  # TensorBoard logs, a folder per command
-EVAL_RUNS_DIR = RUNS_DIR / "eval"  # evaluations (`fsl eval`, the quickstart)
-TRAIN_RUNS_DIR = RUNS_DIR / "train"
-ALIGN_RUNS_DIR = RUNS_DIR / "align"
-ADAPT_RUNS_DIR = RUNS_DIR / "adapt"
-SWEEP_RUNS_DIR = RUNS_DIR / "sweep"
-CALIBRATE_RUNS_DIR = RUNS_DIR / "calibrate"
-ANALYSIS_RUNS_DIR = RUNS_DIR / "analysis"
+RUNS_DIR = Path("runs")  # TensorBoard logs: runs/<command>, e.g. runs/train (Workspace.runs_of)
 NEAR_DUPLICATES_FILE = "near-duplicates.json"
 DIGESTS_FILE = "digests.json"  # each frozen episode file's digest, recorded when it was drawn
 
@@ -113,6 +106,51 @@ def available_splits(
         if seed.isdigit() and int(seed) > 0 and split_file(catalog, column, int(seed), folder).is_file():
             seeds.append(int(seed))
     return sorted(seeds)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where fsl's jobs read and write, passed whole and by name (`workspace=`) rather than as five
+    roots in five orders: episode sets and their class splits, feature stores, trained heads (and the
+    alignments and adaptations beside them), results files, TensorBoard logs. It holds roots only;
+    class split s's folders come from the methods below (split 0 at the root, split s in split<s>/),
+    so no parameter means a root in one function and a split's folder in another. The CLI builds one
+    from its flags in one place (fsl/cli/common.py: workspace_from). Caches follow $FSL_CACHE."""
+
+    episodes: Path = DEFAULT_EPISODES_DIR
+    features: Path = FEATURES_ROOT
+    checkpoints: Path = DEFAULT_CHECKPOINTS
+    results: Path = RESULTS_DIR
+    runs: Path = RUNS_DIR
+
+    def __post_init__(self) -> None:
+        for field in fields(self):  # str or PathLike in, Path out
+            object.__setattr__(self, field.name, Path(getattr(self, field.name)))
+
+    def episodes_of(self, split_seed: int) -> Path:
+        """Class split `split_seed`'s episode sets and split file."""
+        return split_root(self.episodes, split_seed)
+
+    def checkpoints_of(self, split_seed: int) -> Path:
+        """The heads trained on class split `split_seed`."""
+        return split_root(self.checkpoints, split_seed)
+
+    def runs_of(self, command: str, split_seed: int = 0) -> Path:
+        """TensorBoard logs of `fsl COMMAND` on one class split: runs/<command>[/split<s>]."""
+        return split_root(self.runs / command, split_seed)
+
+    @property
+    def alignments(self) -> Path:
+        return self.checkpoints / ALIGN_DIR.name
+
+    @property
+    def adaptations(self) -> Path:
+        return self.checkpoints / ADAPT_DIR.name
+
+    @property
+    def analysis(self) -> Path:
+        """`fsl analyse`'s tables and pictures, a folder per config."""
+        return self.results / "analysis"
 
 
 def checkpoint_dir(name: str, root: str | os.PathLike = DEFAULT_CHECKPOINTS) -> Path:

@@ -17,6 +17,7 @@ from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
 from fsl.harness.adapt import BaseBatches, adapt, check_adapt_config
 from fsl.inference.heads import DEFAULT_HEAD
+from fsl.paths import Workspace
 from fsl.store.activations import cached_activations
 from fsl.store.open import open_store
 
@@ -36,10 +37,8 @@ def slice_(twelve_classes, offline_encoder):
 
 def run(slice_, tmp_path, config: AdaptConfig = TINY, **kwargs) -> dict:
     root, catalog, _ = slice_
-    return adapt(
-        catalog, config, root / "offline-store", root / "episodes", tmp_path / "adapt", tmp_path / "runs",
-        progress=False, **kwargs,
-    )  # fmt: skip
+    workspace = Workspace(episodes=root / "episodes", features=root / "offline-store", runs=tmp_path / "runs")
+    return adapt(config, catalog, workspace, tmp_path / "adapt", progress=False, **kwargs)
 
 
 def test_cached_activations_equal_the_towers_own_intermediate_output(slice_, offline_encoder):
@@ -213,7 +212,7 @@ def test_fsl_eval_runs_an_adapted_config_on_the_split_it_was_adapted_for(slice_,
         encoder=EncoderConfig("adapted", pretrained=pretrained),
         episodes=("novel-5w5s",),
     )
-    (result,) = run_experiment(config, catalog, root / "episodes", root / "offline-store", progress=False)
+    (result,) = run_experiment(config, catalog, Workspace(root / "episodes", root / "offline-store"), progress=False)
     assert result.hparams["encoder"].startswith("adapted:") and 0 < result.accuracy.mean() <= 1
     # split s reads split s's adaptation, laid out as fsl train's checkpoints
     assert config_for_split(config, 0).encoder.pretrained == pretrained
@@ -296,7 +295,7 @@ def own_store(slice_, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["nan", "truncated", "other shape", "flipped bytes"])
-def test_damaged_activations_are_computed_again_never_used(slice_, own_store, offline_encoder, damage, capsys):
+def test_damaged_activations_are_computed_again_never_used(slice_, own_store, offline_encoder, damage, caplog):
     from fsl.store.activations import activations_path
 
     _, catalog, good = slice_
@@ -316,7 +315,7 @@ def test_damaged_activations_are_computed_again_never_used(slice_, own_store, of
         data[-100:] = bytes(100)
         path.write_bytes(bytes(data))
     again = cached_activations(catalog, offline_encoder, 1, own_store, progress=False)
-    assert "are damaged" in capsys.readouterr().err
+    assert "are damaged" in caplog.text
     np.testing.assert_array_equal(np.asarray(again), np.asarray(good))
 
 
@@ -348,7 +347,7 @@ def test_an_adaptation_with_bad_weights_is_refused_by_name(slice_, tmp_path, off
             adapted_top(copy.deepcopy(offline_encoder.image_model), weights, meta["cut"], folder)
 
 
-def test_verify_rebuilds_an_adapted_store_with_nan_rows_and_a_damaged_view_cache(slice_, own_store, tmp_path, capsys):
+def test_verify_rebuilds_an_adapted_store_with_nan_rows_and_a_damaged_view_cache(slice_, own_store, tmp_path, caplog):
     from fsl.episodes.shift import view_image_features
     from fsl.store.manifest import array_record
     from fsl.store.rows import store_features
@@ -368,7 +367,7 @@ def test_verify_rebuilds_an_adapted_store_with_nan_rows_and_a_damaged_view_cache
     with pytest.raises(FslError, match="fsl embed --verify"):
         np.asarray(store_features(open_store(catalog, config, own_store)))
     verified = open_store(catalog, config, own_store, full_check=True)  # what `fsl embed --verify` runs
-    assert "NaN or infinite values" in capsys.readouterr().err
+    assert "NaN or infinite values" in caplog.text
     np.testing.assert_allclose(np.asarray(verified.image), clean, atol=1e-6)
     # a damaged view cache (re-rendered or flipped photos) is computed again, not a traceback
     ids = catalog.products["id"].to_numpy()[:4]
@@ -378,7 +377,8 @@ def test_verify_rebuilds_an_adapted_store_with_nan_rows_and_a_damaged_view_cache
         cache.write_bytes(payload)
         again = view_image_features(verified, catalog, AdaptedEncoder(pretrained=config.pretrained), ids, "flip", False)
         np.testing.assert_allclose(again[1], first, atol=1e-6)
-        assert "is damaged" in capsys.readouterr().err
+        assert "is damaged" in caplog.text
+        caplog.clear()
 
 
 def test_two_splits_whose_adaptations_kept_the_same_weights_share_a_store(slice_, own_store, tmp_path):
@@ -494,8 +494,10 @@ def test_recipes_compared_on_class_folds_never_train_on_a_fold_held_classes(slic
             seen |= set(labels[rows]) | set(labels[np.concatenate([episode.support[0], episode.query[0]])])
         assert seen <= set(fold.train) and not seen & (set(fold.held) | set(split.classes("novel")))
     recipes = [TINY, dataclasses.replace(TINY, name="tiny-lr", lr=1e-3)]
-    summary = compare_recipes(catalog, recipes, 2, root / "offline-store", root / "episodes", tmp_path / "adapt",
-                              tmp_path / "runs", tmp_path / "folds.json", progress=False)  # fmt: skip
+    workspace = Workspace(episodes=root / "episodes", features=root / "offline-store", runs=tmp_path / "runs")
+    summary = compare_recipes(
+        recipes, catalog, workspace, 2, tmp_path / "adapt", tmp_path / "folds.json", progress=False
+    )
     assert [row["recipe"] for row in summary["recipes"]] == ["tiny", "tiny-lr"]
     assert [f["held"] for f in summary["folds"]] == [list(f.held) for f in folds]
     for row in summary["recipes"]:
@@ -507,7 +509,9 @@ def test_recipes_compared_on_class_folds_never_train_on_a_fold_held_classes(slic
     assert summary["chosen"] == best["recipe"] and summary["power"]["chosen"] == best["recipe"]
     assert json.loads((tmp_path / "folds.json").read_text())["chosen"] == summary["chosen"]
     with pytest.raises(FslError, match="distinct names"):
-        compare_recipes(catalog, [TINY, TINY], 2, root / "offline-store", root / "episodes", tmp_path / "adapt")
+        compare_recipes(
+            [TINY, TINY], catalog, Workspace(root / "episodes", root / "offline-store"), 2, tmp_path / "adapt"
+        )
 
 
 def test_fsl_adapt_folds_prints_the_comparison_and_the_power_line(slice_, tmp_path, capsys):

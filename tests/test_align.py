@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fsl.errors import FslError
+from fsl.paths import Workspace
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +26,10 @@ def aligned(twelve_classes, tmp_path_factory):
     fsl.harness.align.training_rows = lambda labels, base: recorded.append(real(labels, base)) or recorded[-1]
     try:
         summary = align(
-            catalog,
             AlignConfig(name="tiny", dim=32, steps=120, batch_size=64, val_every=40),
-            root / "offline-store",
-            root / "episodes",
+            catalog,
+            Workspace(episodes=root / "episodes", features=root / "offline-store", runs=out / "runs"),
             out / "ckpt",
-            out / "runs",
             progress=False,
         )
     finally:
@@ -125,7 +124,7 @@ def test_an_aligned_store_refuses_another_tower_or_split(aligned, tmp_path):
         episodes=("novel-5w5s",),
         encoder=EncoderConfig("aligned", pretrained=str(summary["folder"]), runtime="eager"),
     )
-    (result,) = run_experiment(config, catalog, root / "episodes", root / "offline-store", progress=False)
+    (result,) = run_experiment(config, catalog, Workspace(root / "episodes", root / "offline-store"), progress=False)
     assert 0 <= result.accuracy.mean() <= 1  # zero-shot on photos runs: image and text share one space
     draw_standard_episodes(
         catalog,
@@ -137,7 +136,7 @@ def test_an_aligned_store_refuses_another_tower_or_split(aligned, tmp_path):
         benchmarks={"novel-5w5s": ("novel", 5, 5)},
     )
     with pytest.raises(FslError, match=r"trained \(alignment\) on the base classes of split seed 0"):
-        run_experiment(dataclasses.replace(config), catalog, tmp_path / "seed1", root / "offline-store", progress=False)
+        run_experiment(dataclasses.replace(config), catalog, Workspace(tmp_path / "seed1", root / "offline-store"))
 
 
 def test_retrieval_figures_count_what_they_say():
@@ -158,7 +157,8 @@ def align_run(twelve_classes, out, steps=40, **changes):
 
     root, catalog = twelve_classes
     config = AlignConfig(**{"name": "loop", "dim": 16, "steps": steps, "batch_size": 32, "val_every": 20, **changes})
-    return align(catalog, config, root / "offline-store", root / "episodes", out / "ckpt", out / "runs", progress=False)
+    workspace = Workspace(episodes=root / "episodes", features=root / "offline-store", runs=out / "runs")
+    return align(config, catalog, workspace, out / "ckpt", progress=False)
 
 
 def test_alignment_resumes_to_the_weights_of_an_unstopped_run_and_stops_at_a_non_finite_loss(

@@ -9,6 +9,7 @@ from fsl.cli.main import main
 from fsl.config import EncoderConfig, ExperimentConfig
 from fsl.harness.analysis import confusion_matrix, per_class_accuracy, per_class_difference, predict_episodes
 from fsl.harness.experiment import run_experiment
+from fsl.paths import Workspace
 
 TINY = EncoderConfig("clip", "FSL-Tiny", "none")
 
@@ -21,8 +22,9 @@ def config(fusion: str = "image") -> ExperimentConfig:
 
 def test_per_class_accuracy_sums_back_and_confusion_rows_are_query_counts(twelve_classes):
     root, catalog = twelve_classes
-    p = predict_episodes(config(), catalog, "novel-allway-5s", root / "episodes", root / "store", root / "ckpt")
-    (overall,) = run_experiment(config(), catalog, root / "episodes", root / "store", progress=False)
+    workspace = Workspace(root / "episodes", root / "store", root / "ckpt")
+    p = predict_episodes(config(), catalog, "novel-allway-5s", workspace)
+    (overall,) = run_experiment(config(), catalog, workspace, progress=False)
     table = per_class_accuracy(p)
     assert table["correct"].sum() / table["queries"].sum() == pytest.approx(overall.accuracy.mean(), abs=1e-12)
     matrix = confusion_matrix(p)
@@ -59,14 +61,14 @@ def test_analyse_writes_pictures_and_tensorboard_figures_and_compare_shows_per_c
         )
         assert main(["analyse", str(tmp_path / f"proto-{fusion}.yaml"), *common, "--projector", "20"]) == 0
     for kind in ("per-class", "confusion", "confusions"):
-        assert (tmp_path / "a/proto-image" / f"novel-allway-5s-{kind}.png").stat().st_size > 5000
-    events = EventAccumulator(str(tmp_path / "runs/proto-image"), size_guidance={"images": 0})
+        assert (tmp_path / "a/analysis/proto-image" / f"novel-allway-5s-{kind}.png").stat().st_size > 5000
+    events = EventAccumulator(str(tmp_path / "runs/analysis/proto-image"), size_guidance={"images": 0})
     events.Reload()
     assert "analysis/novel-allway-5s/confusion" in events.Tags()["images"]
-    assert (tmp_path / "runs/projector/projector_config.pbtxt").is_file()
+    assert (tmp_path / "runs/analysis/projector/projector_config.pbtxt").is_file()
 
     capsys.readouterr()
-    files = [str(tmp_path / f"a/proto-{f}/novel-allway-5s-per-class.csv") for f in ("image", "concat")]
+    files = [str(tmp_path / f"a/analysis/proto-{f}/novel-allway-5s-per-class.csv") for f in ("image", "concat")]
     assert main(["compare", *files]) == 0
     out = capsys.readouterr().out
     assert "a_minus_b_points" in out and "a: proto-image" in out

@@ -12,6 +12,7 @@ from fsl.errors import FslError
 from fsl.harness.calibration import calibrate, expected_calibration_error, open_set_episodes, open_set_figures
 from fsl.inference.calibration import Calibration, config_key, find_calibration, fit_temperature, threshold_for
 from fsl.inference.open_set import SCORES
+from fsl.paths import Workspace
 
 
 def overconfident_scores(n=6000, n_way=5, scale=3.0, seed=0):
@@ -109,12 +110,11 @@ def test_calibrate_reads_validation_classes_only_until_it_has_saved(open_set_sli
     config = ExperimentConfig(
         name="pn", method="protonet", fusion="image", encoder=EncoderConfig("clip", "FSL-Tiny", "none")
     )
+    workspace = Workspace(episodes_root, root / "store", root / "ckpt")
     calibration = calibrate(
         config,
         catalog,
-        root / "store",
-        root / "ckpt",
-        episodes_root,
+        workspace,
         tmp_path,
         temperature_set="val-3w5s",
         report_sets=("novel-3w5s",),
@@ -146,21 +146,19 @@ def test_calibrate_reads_validation_classes_only_until_it_has_saved(open_set_sli
     other = ExperimentConfig(name="pn", method="protonet", fusion="image", method_options={"metric": "cosine"})
     assert find_calibration(config_key(other, calibration.encoder), tmp_path) is None
 
-    softmax = calibrate(config, catalog, root / "store", root / "ckpt", episodes_root, tmp_path / "s",
+    softmax = calibrate(config, catalog, workspace, tmp_path / "s",
                         temperature_set="val-3w5s", report_sets=(), open_novel_set="novel-allway-5s",
                         score="max-softmax", taught_counts=(4,))  # fmt: skip
     assert softmax.score == "max-softmax" and 0 < softmax.threshold <= 1
     assert list(softmax.thresholds) == ["4"] and softmax.novel["open-novel-allway-5s"]["by_taught"] == {}  # one count
     with pytest.raises(FslError, match="validation classes only"):
-        calibrate(config, catalog, root / "store", root / "ckpt", episodes_root, tmp_path, temperature_set="novel-3w5s")
+        calibrate(config, catalog, workspace, tmp_path, temperature_set="novel-3w5s")
     centred = ExperimentConfig(name="lp", method="linear_probe", fusion="image", encoder=config.encoder,
                                method_options={"centering": "base"})  # fmt: skip
     with pytest.raises(FslError, match="'select-5w5s' holds base classes, which lp learned from"):
-        calibrate(
-            centred, catalog, root / "store", root / "ckpt", episodes_root, tmp_path, temperature_set="select-5w5s"
-        )
+        calibrate(centred, catalog, workspace, tmp_path, temperature_set="select-5w5s")
     with pytest.raises(FslError, match="between 0 and 1"):
-        calibrate(config, catalog, root / "store", root / "ckpt", episodes_root, tmp_path, false_accept=1.5)
+        calibrate(config, catalog, workspace, tmp_path, false_accept=1.5)
 
 
 def test_rank_agreement_is_spearman_over_the_scores_aurocs():

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fsl.cli.main import main
+from fsl.cli.main import main, report_to_stderr
 from fsl.episodes.frozen import EpisodeSet
 from tests.conftest import make_slice
 
@@ -21,6 +22,18 @@ text_variant: masked-articleType
 episodes: [novel-5w1s, novel-5w5s]
 encoder: {{name: clip, model: FSL-Tiny, pretrained: none}}
 """
+
+
+def test_the_cli_reports_library_notes_on_stderr_once_each(capsys):
+    """The library logs; the CLI owns the one handler that writes "fsl: ..." lines to the stderr of the
+    moment (however often main() runs in one process), and progress below a warning is shown too."""
+    report_to_stderr()
+    report_to_stderr()
+    logging.getLogger("fsl.store.rows").warning("the cache x is damaged")
+    logging.getLogger("fsl.harness.loop").info("step 0")
+    logging.getLogger("other.library").warning("not ours")
+    err = capsys.readouterr().err
+    assert err.count("fsl: the cache x is damaged\n") == 1 and "fsl: step 0\n" in err and "fsl: not ours" not in err
 
 
 def test_prepare_prints_a_summary_and_writes_the_report(small_dump, tmp_path, capsys):
@@ -82,7 +95,7 @@ def test_episodes_eval_compare_end_to_end_and_reproducible(twelve_class_dump, tm
         "0.9999",
     ]
     assert main(draw) == 0
-    assert "near-duplicate photos (image cosine >= 0.9999, clip:FSL-Tiny" in capsys.readouterr().out
+    assert "fsl: near-duplicate photos (image cosine >= 0.9999, clip:FSL-Tiny" in capsys.readouterr().err
     files = sorted((tmp_path / "eps").glob("*/*.npz"))
     assert [f.name for f in files] == [
         "articleType-novel-5w1s.npz",
@@ -96,7 +109,7 @@ def test_episodes_eval_compare_end_to_end_and_reproducible(twelve_class_dump, tm
     groups_file = files[0].parent / "near-duplicates.json"
     first = [f.read_bytes() for f in [*files, groups_file]]
     assert main(draw) == 0
-    assert "near-duplicate photos" not in capsys.readouterr().out  # read back, not recomputed
+    assert "near-duplicate photos" not in capsys.readouterr().err  # read back, not recomputed
     assert [f.read_bytes() for f in [*files, groups_file]] == first  # same config and seed: the same bytes
     loaded = EpisodeSet.load(files[0])
     assert len(loaded.episodes) == 50 and loaded.meta["near_duplicates"]["threshold"] == 0.9999
@@ -127,7 +140,7 @@ def test_episodes_eval_compare_end_to_end_and_reproducible(twelve_class_dump, tm
     assert len(first_results) == 100 and first_results["accuracy"].between(0, 1).all()
     assert main(run) == 0
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "res" / "tiny-image.csv"), first_results)
-    assert any((tmp_path / "runs" / "tiny-image").rglob("events.out.tfevents.*"))
+    assert any((tmp_path / "runs" / "eval" / "tiny-image").rglob("events.out.tfevents.*"))  # runs/<command>
 
     assert main(["compare", "res/tiny-image.csv", "res/tiny-concat.csv", "--plot", "cmp.png"]) == 0
     out = capsys.readouterr().out

@@ -7,6 +7,7 @@ from PIL import Image
 
 from fsl.config import EncoderConfig
 from fsl.data.prepared import load_catalog
+from fsl.paths import Workspace
 from tests.conftest import free_port, make_slice
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -26,14 +27,12 @@ def backend(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("demo")
     catalog = load_catalog(make_slice(root / "dump", CLASSES, 12))
-    classifier = CatalogClassifier(
-        catalog, None, str(EXPERIMENTS / "protonet-fused-masked.yaml"), store_root=root / "store"
-    )
+    workspace = Workspace(episodes=root / "episodes", features=root / "store")
+    classifier = CatalogClassifier(catalog, None, str(EXPERIMENTS / "protonet-fused-masked.yaml"), workspace=workspace)
     return make_backend(
         catalog,
         EncoderConfig("offline"),
-        root / "store",
-        root / "episodes",
+        workspace,
         classifier,
         calibration_dir=CALIBRATION,
         saved_root=root / "saved",

@@ -24,7 +24,7 @@ from fsl.data.prepared import load_catalog
 from fsl.errors import FslError
 from fsl.files import atomic_path, write_csv
 from fsl.inference.checkpoints import load_head, save_head
-from fsl.paths import store_path
+from fsl.paths import Workspace, store_path
 from fsl.store.embed import embed_catalog
 from fsl.store.features import FeatureStore
 from fsl.store.locks import writer_lock
@@ -168,14 +168,14 @@ def shuffle_ids(path: Path) -> None:
         (ids_as_objects, "ids.npy is not an array of int64"),
     ],
 )
-def test_a_damaged_store_is_refused_on_open_and_rebuilt_by_embed(store, tiny_clip, tmp_path, capsys, damage, message):
+def test_a_damaged_store_is_refused_on_open_and_rebuilt_by_embed(store, tiny_clip, tmp_path, caplog, damage, message):
     catalog, good = store
     expected = np.array(good.image)
     damage(good.path)
     with pytest.raises(FslError, match=message):
         FeatureStore.open(good.path, tiny_clip.id, catalog.fingerprint)
     rebuilt = embed_catalog(catalog, tiny_clip, tmp_path / "store", chunk_size=16, num_workers=0, progress=False)
-    assert "rebuilding it" in capsys.readouterr().err
+    assert "rebuilding it" in caplog.text
     np.testing.assert_array_equal(rebuilt.image, expected)
 
 
@@ -549,7 +549,7 @@ def test_frozen_episodes_are_never_replaced_silently(six_classes, tmp_path, caps
     assert main([*data, "--episodes", "20"]) == 0
     files = sorted(tmp_path.rglob("*.npz"))
     before = [f.read_bytes() for f in files]
-    assert main([*data, "--episodes", "20"]) == 0 and "unchanged" in capsys.readouterr().out
+    assert main([*data, "--episodes", "20"]) == 0 and "unchanged" in capsys.readouterr().err
     assert main([*data, "--episodes", "30"]) == 2
     assert "never replaced silently" in capsys.readouterr().err
     assert [f.read_bytes() for f in files] == before
@@ -584,8 +584,8 @@ def test_a_split_with_one_class_gets_no_one_way_episode_set(six_classes, tmp_pat
         )
         == 0
     )
-    out = capsys.readouterr().out
-    assert "skipping" in out and "1 class(es)" in out
+    said = capsys.readouterr().err  # the library's notes, as the CLI reports them
+    assert "fsl: skipping" in said and "1 class(es)" in said
 
 
 def test_a_port_in_use_is_a_message(tmp_path):
@@ -639,4 +639,4 @@ def test_nan_rows_a_sampled_checksum_cannot_see_are_refused_when_gathered(twelve
         encoder=EncoderConfig("clip", "FSL-Tiny", "none"),
     )
     with pytest.raises(FslError, match=rf"NaN or infinite features \(e.g. id {victim}\).*fsl embed --verify"):
-        run_experiment(config, catalog, root / "episodes", tmp_path / "store", progress=False)
+        run_experiment(config, catalog, Workspace(root / "episodes", tmp_path / "store"), progress=False)

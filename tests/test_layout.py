@@ -4,9 +4,20 @@
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
 import networkx as nx
+
+from fsl.harness.adapt import adapt
+from fsl.harness.align import align
+from fsl.harness.analysis import analyse, predict_episodes
+from fsl.harness.calibration import calibrate
+from fsl.harness.experiment import run_experiment
+from fsl.harness.select import compare_recipes
+from fsl.harness.sweep import sweep
+from fsl.harness.train import train
+from fsl.inference.heads import experiment_head
 
 PACKAGE = Path(__file__).resolve().parent.parent / "fsl"
 
@@ -172,3 +183,39 @@ def test_fsl_paths_is_the_only_place_a_default_location_is_spelled():
                     if value.value.split("/")[0] in locations:
                         spelled.append(f"{path.relative_to(PACKAGE)}:{value.lineno} {value.value!r}")
     assert not spelled, f"default locations spelled outside fsl/paths.py: {spelled}"
+
+
+def test_the_library_reports_through_logging_not_print():
+    """Progress and notes below apps/ go through `logging` (logger "fsl.<module>"): the CLI decides
+    where they go (stderr, "fsl: ..."), and a Python caller can silence, capture or redirect them."""
+    printed = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.relative_to(PACKAGE).parts[0] in {"apps", "cli"}:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
+                printed.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert not printed, f"print() below apps/: {printed}"
+
+
+WORKSPACE_ROOTS = {"episodes_root", "store_root", "checkpoints_root", "runs_root", "results_root"}
+
+
+ROOTS = {"episodes_root", "store_root", "checkpoints_root", "runs_root", "results_root"}  # the Workspace's
+
+
+def test_jobs_take_config_catalog_and_one_workspace_by_name():
+    """Every job (and the head an experiment answers with) reads (config, catalog, workspace, ...):
+    no root passed positionally in one order here and another there, and no episodes, store,
+    checkpoints, runs or results root left as a parameter above the store: the Workspace names them."""
+    jobs = (run_experiment, train, calibrate, analyse, adapt, align, sweep, compare_recipes, experiment_head)
+    for job in (*jobs, predict_episodes):
+        names = list(inspect.signature(job).parameters)
+        assert names[1] == "catalog" and "workspace" in names[2:4], f"{job.__name__}{names}"
+    rooted = []
+    for path in (path for layer in ("inference", "harness", "apps") for path in (PACKAGE / layer).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                arguments = node.args.args + node.args.kwonlyargs
+                rooted += [f"{path.relative_to(PACKAGE)}:{node.name}({a.arg})" for a in arguments if a.arg in ROOTS]
+    assert not rooted, f"roots passed outside the Workspace: {rooted}"

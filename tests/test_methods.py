@@ -12,6 +12,7 @@ from fsl.methods import create_head
 from fsl.methods.fusion import create_fusion
 from fsl.methods.maml import MAML
 from fsl.methods.protonet import ProtoNet
+from fsl.paths import Workspace
 
 IMAGE_DIM, TEXT_DIM = 12, 8
 
@@ -230,7 +231,9 @@ def test_simpleshot_centres_on_the_mean_of_base_class_products_only(twelve_class
         episodes=("novel-5w5s",),
         encoder=EncoderConfig("clip", "FSL-Tiny", "none"),
     )
-    store, features, head = experiment_head(config, catalog, root / "store", root / "ckpt", root / "episodes")
+    store, features, head = experiment_head(
+        config, catalog, Workspace(root / "episodes", root / "store", root / "ckpt")
+    )
     seed = EpisodeSet.load(episodes_dir_for(catalog, root / "episodes") / "articleType-novel-5w5s.npz").meta[
         "split_seed"
     ]
@@ -250,7 +253,7 @@ def test_simpleshot_centred_on_base_classes_beats_chance_on_real_photos(twelve_c
     root, catalog = twelve_classes
     config = ExperimentConfig(name="ss", method="simpleshot", fusion="concat", episodes=("novel-5w5s",),
                               encoder=EncoderConfig("clip", "FSL-Tiny", "none"))  # fmt: skip
-    (result,) = run_experiment(config, catalog, root / "episodes", root / "store", progress=False)
+    (result,) = run_experiment(config, catalog, Workspace(root / "episodes", root / "store"), progress=False)
     assert result.accuracy.mean() > 0.2  # chance is 0.2 at 5-way
 
 

@@ -12,6 +12,7 @@ import pytest
 from fsl.cli.main import main
 from fsl.inference.calibration import Calibration
 from fsl.inference.heads import DEFAULT_HEAD
+from fsl.paths import Workspace
 
 CLASSES = ["Watches", "Handbags", "Casual Shoes"]
 REPO = Path(__file__).resolve().parents[1]
@@ -441,7 +442,7 @@ def test_the_api_fsl_predict_the_demo_and_a_catalog_head_answer_alike_through_on
         load_catalog(small_dump),
         None,
         str(REPO / "experiments" / "linear-probe-image.yaml"),  # the default head, as a catalog config
-        store_root=tmp_path / "store",
+        workspace=Workspace(features=tmp_path / "store"),
         support=read_support_folder(support),
         texts="no --texts were given",
         calibration_dir=CALIBRATION,

@@ -3,6 +3,7 @@ and the encoder's preprocessing keeping a non-square product in frame."""
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 
 from fsl.episodes.shift import ReplacedImages, brand_of, draw_subpopulation_sets, draw_temporal_sets, rerender
 from fsl.episodes.splits import ClassSplit
+from fsl.paths import Workspace
 
 
 def dated_catalog(late_per_class=12):
@@ -78,7 +80,8 @@ def test_replaced_images_swap_the_image_part_of_the_listed_rows_only():
         replaced[np.array([0])]
 
 
-def test_eval_shifted_runs_the_same_episodes_with_rerendered_queries_embedded_once(twelve_classes, capsys):
+def test_eval_shifted_runs_the_same_episodes_with_rerendered_queries_embedded_once(twelve_classes, caplog):
+    caplog.set_level(logging.INFO, logger="fsl")
     from fsl.config import EncoderConfig, ExperimentConfig
     from fsl.harness.experiment import run_experiment
     from fsl.store.open import open_store
@@ -93,16 +96,18 @@ def test_eval_shifted_runs_the_same_episodes_with_rerendered_queries_embedded_on
     )
     results = {
         r.episode_set: r
-        for r in run_experiment(config, catalog, root / "episodes", root / "store", progress=False, shifted=True)
+        for r in run_experiment(
+            config, catalog, Workspace(root / "episodes", root / "store"), shifted=True, progress=False
+        )
     }
     assert set(results) == {"novel-5w5s", "novel-5w5s+rerendered"}  # no temporal or 15-way set drawn here
-    said = capsys.readouterr().err
-    assert "embedding the rerendered view" in said and "no shifted set novel-5w5s-temporal" in said
+    assert "embedding the rerendered view" in caplog.text and "no shifted set novel-5w5s-temporal" in caplog.text
     assert not np.array_equal(results["novel-5w5s"].accuracy, results["novel-5w5s+rerendered"].accuracy)
     cache = open_store(catalog, config.encoder, root / "store").path / "rerendered-v1.npz"
     stamp = cache.stat().st_mtime_ns
-    again = run_experiment(config, catalog, root / "episodes", root / "store", progress=False, shifted=True)
-    assert "rerendered view" not in capsys.readouterr().err and cache.stat().st_mtime_ns == stamp  # cached
+    caplog.clear()
+    again = run_experiment(config, catalog, Workspace(root / "episodes", root / "store"), shifted=True, progress=False)
+    assert "rerendered view" not in caplog.text and cache.stat().st_mtime_ns == stamp  # cached
     np.testing.assert_array_equal(again[1].accuracy, results["novel-5w5s+rerendered"].accuracy)
 
 
@@ -174,15 +179,14 @@ def test_subpopulation_sets_take_support_and_control_from_one_side_and_shifted_q
     assert all(again[name].to_bytes() == sets[name].to_bytes() for name in sets)  # frozen: the same bytes
 
 
-def test_a_subpopulation_shift_with_too_few_classes_is_skipped_with_a_note(capsys):
+def test_a_subpopulation_shift_with_too_few_classes_is_skipped_with_a_note(caplog):
     catalog, split = subpopulation_catalog(kids_per_class=4)
     assert draw_subpopulation_sets(catalog, split, seed=3, n_episodes=10) == {}
-    assert "skipping novel-gender-5s: only 0 novel class(es) have 15 products of gender Men/Women" in (
-        capsys.readouterr().out
-    )
+    assert "skipping novel-gender-5s: only 0 novel class(es) have 15 products of gender Men/Women" in caplog.text
 
 
-def test_test_time_views_average_the_mirrored_photo_into_support_and_queries(twelve_classes, capsys):
+def test_test_time_views_average_the_mirrored_photo_into_support_and_queries(twelve_classes, caplog):
+    caplog.set_level(logging.INFO, logger="fsl")
     import dataclasses
 
     from fsl.config import EncoderConfig, ExperimentConfig
@@ -192,14 +196,15 @@ def test_test_time_views_average_the_mirrored_photo_into_support_and_queries(twe
     root, catalog = twelve_classes
     config = ExperimentConfig(name="pn", method="protonet", fusion="image", episodes=("novel-5w5s",),
                               encoder=EncoderConfig("clip", "FSL-Tiny", "none"))  # fmt: skip
-    plain = run_experiment(config, catalog, root / "episodes", root / "store", progress=False)[0]
+    plain = run_experiment(config, catalog, Workspace(root / "episodes", root / "store"), progress=False)[0]
     flipped = dataclasses.replace(config, test_time_views=("flip",))
-    first = run_experiment(flipped, catalog, root / "episodes", root / "store", progress=False)[0]
-    assert "embedding the flip view" in capsys.readouterr().err
+    first = run_experiment(flipped, catalog, Workspace(root / "episodes", root / "store"), progress=False)[0]
+    assert "embedding the flip view" in caplog.text
     assert not np.array_equal(plain.accuracy, first.accuracy)
     cache = open_store(catalog, config.encoder, root / "store").path / "flip-v1.npz"
     with np.load(cache) as data:
         assert len(data["ids"]) > 0 and np.allclose(np.linalg.norm(data["image"], axis=1), 1, atol=1e-5)
-    again = run_experiment(flipped, catalog, root / "episodes", root / "store", progress=False)[0]
-    assert "flip view" not in capsys.readouterr().err  # embedded once
+    caplog.clear()
+    again = run_experiment(flipped, catalog, Workspace(root / "episodes", root / "store"), progress=False)[0]
+    assert "flip view" not in caplog.text  # embedded once
     np.testing.assert_array_equal(again.accuracy, first.accuracy)

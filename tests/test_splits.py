@@ -8,6 +8,7 @@ import pandas as pd
 
 from fsl.harness.evaluate import mean_ci, paired_difference
 from fsl.harness.results import across_splits, results_frame, summary_table
+from fsl.paths import Workspace
 
 BENCHMARKS = {"val-2w5s": ("val", 2, 5), "novel-5w5s": ("novel", 5, 5)}
 
@@ -54,7 +55,7 @@ def test_split_seeds_write_reproducible_files_and_every_split_is_evaluated(twelv
     results = [
         r
         for seed in (0, 1, 2)
-        for r in run_experiment(config, catalog, episodes, root / "store", progress=False, split_seed=seed)
+        for r in run_experiment(config, catalog, Workspace(episodes, root / "store"), seed, progress=False)
     ]
     frame = results_frame(results)
     assert sorted(frame["split"].unique()) == [0, 1, 2]

@@ -5,11 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fsl.cli.common import workspace_from
 from fsl.cli.main import main
 from fsl.config import load_config, override
 from fsl.episodes.frozen import EpisodeSet
 from fsl.errors import FslError
 from fsl.harness.sweep import parse_grid, parse_space, sweep
+from fsl.paths import Workspace
 
 PROBE = """\
 method: linear_probe
@@ -40,15 +42,11 @@ def test_a_two_value_sweep_chooses_on_validation_and_never_reads_novel_sets(twel
     config_path.write_text(PROBE)
     result = sweep(
         load_config(config_path),
-        parse_grid(["method_options.C=0.000001,10"]),
         catalog,
-        ("val-2w5s",),
-        root / "episodes",
-        root / "store",
-        tmp_path / "ckpt",
-        tmp_path / "runs",
+        workspace_of(root, tmp_path),
+        parse_grid(["method_options.C=0.000001,10"]),
+        on=("val-2w5s",),
         progress=False,
-        results_root=tmp_path / "res",
     )
     assert reads and all(name.startswith("articleType-val-") for name in reads)
     assert result.chosen.method_options["C"] == 10  # C = 1e-6 leaves every logit at 0: chance
@@ -107,15 +105,11 @@ def test_a_sweep_refuses_to_choose_on_novel_episodes_before_scoring_anything(twe
     ):
         sweep(
             load_config(config_path),
-            parse_grid(["method_options.C=1,10"]),
             catalog,
-            ("novel-5w5s",),
-            root / "episodes",
-            root / "store",
-            tmp_path / "ckpt",
-            tmp_path / "runs",
+            workspace_of(root, tmp_path),
+            parse_grid(["method_options.C=1,10"]),
+            on=("novel-5w5s",),
             progress=False,
-            results_root=tmp_path / "res",
         )
     assert reads == ["articleType-novel-5w5s"]  # looked at once to refuse it, never scored
 
@@ -135,13 +129,11 @@ def test_bad_grids_fail_before_any_work(twelve_classes, tmp_path, grid, message,
     with pytest.raises(FslError, match=message):
         sweep(
             load_config(config_path),
-            parse_grid(grid),
             catalog,
-            ("val-2w5s",),
-            root / "episodes",
-            root / "store",
+            workspace_of(root, tmp_path),
+            parse_grid(grid),
+            on=("val-2w5s",),
             progress=False,
-            results_root=tmp_path / "res",
         )
     assert reads == []
 
@@ -156,7 +148,8 @@ def test_a_sweep_says_when_its_best_points_are_not_separable_and_logs_under_runs
     clear = np.clip(base + 0.1, 0, 1)
     assert "not separable (" in separability([{"C": 1}, {"C": 2}], [base, close], int(close.mean() > base.mean()))
     assert separability([{"C": 1}, {"C": 2}], [base, clear], 1).startswith("separable ({'C': 2} - {'C': 1}: +")
-    assert build_parser().parse_args(["sweep", "x.yaml", "--grid", "method_options.C=1,2"]).runs == "runs/sweep"
+    args = build_parser().parse_args(["sweep", "x.yaml", "--grid", "method_options.C=1,2"])
+    assert workspace_from(args).runs_of("sweep") == Path("runs/sweep")
 
 
 def test_a_bad_value_last_in_a_grid_is_refused_before_any_point_runs(twelve_classes, tmp_path, reads):
@@ -167,26 +160,25 @@ def test_a_bad_value_last_in_a_grid_is_refused_before_any_point_runs(twelve_clas
     with pytest.raises(FslError, match="head linear_probe C must be a finite number in"):
         sweep(
             load_config(config_path),
-            parse_grid(["method_options.C=1,10,abc"]),
             catalog,
-            ("val-2w5s",),
-            root / "episodes",
-            root / "store",
-            tmp_path / "ckpt",
-            tmp_path / "runs",
+            workspace_of(root, tmp_path),
+            parse_grid(["method_options.C=1,10,abc"]),
+            on=("val-2w5s",),
             progress=False,
-            results_root=tmp_path / "res",
         )
     assert reads == []  # no episode set was read
+
+
+def workspace_of(root: Path, tmp_path: Path) -> Workspace:
+    """The slice's episodes and store; this test's own checkpoints, results and runs."""
+    return Workspace(root / "episodes", root / "store", tmp_path / "ckpt", tmp_path / "res", tmp_path / "runs")
 
 
 def sweep_probe(twelve_classes, tmp_path, config: str = PROBE, name: str = "probe", **options):
     root, catalog = twelve_classes
     (tmp_path / f"{name}.yaml").write_text(config)
-    options = {"grid": [], "results_root": tmp_path / "res", "progress": False} | options
-    grid = options.pop("grid")
-    return sweep(load_config(tmp_path / f"{name}.yaml"), grid, catalog, ("val-2w5s",), root / "episodes",
-                 root / "store", tmp_path / "ckpt", tmp_path / "runs", **options)  # fmt: skip
+    options = {"grid": [], "on": ("val-2w5s",), "progress": False} | options
+    return sweep(load_config(tmp_path / f"{name}.yaml"), catalog, workspace_of(root, tmp_path), **options)
 
 
 def test_tpe_trials_over_a_range_live_in_sqlite_and_a_finished_study_is_not_run_again(twelve_classes, tmp_path):
@@ -236,18 +228,20 @@ def test_bad_spaces_are_refused_naming_the_argument(text, message):
 
 
 WORKER = """\
-import sys, time
+import logging, sys, time
 import fsl.harness.sweep as sweeping
 from fsl.config import load_config, override
 from fsl.data.prepared import load_catalog
+from fsl.paths import Workspace
 
 root, storage, delay, heartbeat = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+logging.basicConfig(level=logging.INFO, format="fsl: %(message)s")  # a Python caller that shows the progress
 real = sweeping.run_experiment
 sweeping.run_experiment = lambda *a, **k: (time.sleep(delay), real(*a, **k))[1]  # a trial long enough to meet
-result = sweeping.sweep(load_config(root + "/probe.yaml"), sweeping.parse_grid(["method_options.C=0.001,0.1,1,10"]),
-                        load_catalog(root + "/dump"), ("val-2w5s",), root + "/episodes", root + "/store",
-                        root + "/ckpt", root + "/runs", progress=True, storage=storage, study_name="shared",
-                        heartbeat_s=heartbeat, grace_s=10 * heartbeat)
+workspace = Workspace(root + "/episodes", root + "/store", root + "/ckpt", root + "/res", root + "/runs")
+result = sweeping.sweep(load_config(root + "/probe.yaml"), load_catalog(root + "/dump"), workspace,
+                        sweeping.parse_grid(["method_options.C=0.001,0.1,1,10"]), on=("val-2w5s",), progress=True,
+                        storage=storage, study_name="shared", heartbeat_s=heartbeat, grace_s=10 * heartbeat)
 print("chosen", result.chosen.method_options["C"])
 """
 # A grace of ten heartbeats (the shipped default is three): with two, a worker whose heartbeat thread misses
@@ -287,8 +281,8 @@ def test_two_workers_on_one_sqlite_study_run_each_point_once_and_agree(twelve_cl
     assert sorted(states["COMPLETE"]) == [0.001, 0.1, 1, 10]  # every point scored, each once
     chosen = {out.strip().splitlines()[-1] for out, _ in outputs}
     assert len(chosen) == 1  # both workers report the same choice
-    ran = [line for out, _ in outputs for line in out.splitlines() if line.startswith("  trial ")]
-    assert len(ran) == 4 and all("trial" in out for out, _ in outputs)  # the work was shared, none twice
+    ran = [line for _, err in outputs for line in err.splitlines() if line.startswith("fsl: trial ")]
+    assert len(ran) == 4 and all("fsl: trial " in err for _, err in outputs)  # the work was shared, none twice
 
 
 def running_trials(database) -> int:

@@ -16,6 +16,7 @@ from fsl.harness.experiment import run_experiment
 from fsl.harness.train import train
 from fsl.inference.checkpoints import load_head
 from fsl.inference.heads import build_head
+from fsl.paths import Workspace
 from fsl.store.open import open_store
 from fsl.store.rows import store_features
 from tests.conftest import make_slice
@@ -60,16 +61,8 @@ def config(steps: int, name: str = "proto-proj", train_sources: tuple[str, ...] 
 
 def run(workspace, cfg, tag, resume=True):
     root, catalog = workspace
-    return train(
-        cfg,
-        catalog,
-        root / "episodes",
-        root / "store",
-        root / tag / "ckpt",
-        root / tag / "runs",
-        resume=resume,
-        progress=False,
-    )
+    workspace = Workspace(root / "episodes", root / "store", root / tag / "ckpt", runs=root / tag / "runs")
+    return train(cfg, catalog, workspace, resume=resume, progress=False)
 
 
 def test_training_logs_to_tensorboard_and_saves_best_and_last(workspace):
@@ -78,7 +71,7 @@ def test_training_logs_to_tensorboard_and_saves_best_and_last(workspace):
     assert 0 <= summary["best_val_accuracy"] <= 1 and summary["best_step"] in (0, 5, 10, 15, 20)
     for kind in ("best", "last"):
         assert (root / "a/ckpt/proto-proj" / kind / "head.safetensors").is_file()
-    events = EventAccumulator(str(root / "a/runs/proto-proj"))
+    events = EventAccumulator(str(root / "a/runs/train/proto-proj"))
     events.Reload()
     assert len(events.Scalars("train/loss")) == 20 and len(events.Scalars("val/accuracy")) == 5
     validation = events.Scalars("val/accuracy")
@@ -119,7 +112,7 @@ def test_checkpoint_round_trip_gives_identical_predictions_and_refuses_another_e
     with pytest.raises(FslError, match="trained on features of encoder 'clip:FSL-Tiny:random', not 'offline:x'"):
         load_head(root / "d/ckpt/proto-proj/best", fresh, "offline:x")
     results = run_experiment(
-        cfg, catalog, root / "episodes", root / "store", progress=False, checkpoints_root=root / "d/ckpt"
+        cfg, catalog, Workspace(root / "episodes", root / "store", root / "d/ckpt"), progress=False
     )
     assert len(results[0].accuracy) == 40
 
@@ -128,7 +121,7 @@ def test_untrained_or_untrainable_configs_are_clear_errors(workspace):
     root, catalog = workspace
     with pytest.raises(FslError, match="no checkpoint at .*fsl train"):
         run_experiment(
-            config(5, name="never-trained"), catalog, root / "episodes", root / "store", checkpoints_root=root / "none"
+            config(5, name="never-trained"), catalog, Workspace(root / "episodes", root / "store", root / "none")
         )
     with pytest.raises(FslError, match="has no train: section"):
         run(workspace, dataclasses.replace(config(5), train=None), "e")
@@ -155,14 +148,16 @@ def test_warm_eval_and_train_build_no_encoder(workspace, monkeypatch):
 
     root, catalog = workspace
     zero_shot = ExperimentConfig(name="zs", method="zero_shot", fusion="text", episodes=("novel-5w5s",), encoder=TINY)
-    run_experiment(zero_shot, catalog, root / "episodes", root / "store", progress=False)  # caches the prompts
+    run_experiment(
+        zero_shot, catalog, Workspace(root / "episodes", root / "store"), progress=False
+    )  # caches the prompts
     encoder_from_config.cache_clear()
 
     def no_model(*args, **kwargs):
         raise AssertionError("a warm command built the encoder")
 
     monkeypatch.setattr(ClipEncoder, "__init__", no_model)
-    assert run_experiment(zero_shot, catalog, root / "episodes", root / "store", progress=False)
+    assert run_experiment(zero_shot, catalog, Workspace(root / "episodes", root / "store"), progress=False)
     assert run(workspace, config(5, name="warm"), "w")["steps"] == 5
 
 
@@ -185,26 +180,15 @@ def test_each_split_trains_its_own_checkpoint_on_its_own_base_classes(workspace,
             benchmarks={"val-2w5s": ("val", 2, 5), "novel-5w5s": ("novel", 5, 5)},
         )
     cfg = config(5, name="per-split")
-    train(
-        cfg,
-        catalog,
-        split_root(episodes, 1),
-        root / "store",
-        split_root(tmp_path / "ckpt", 1),
-        tmp_path / "runs",
-        progress=False,
-    )
+    workspace = Workspace(episodes, root / "store", tmp_path / "ckpt", runs=tmp_path / "runs")
+    train(cfg, catalog, workspace, 1, progress=False)
     meta = json.loads((tmp_path / "ckpt" / "split1" / "per-split" / "best" / "head.json").read_text())
     split = pd.read_csv(split_root(episodes, 1) / catalog.fingerprint / "articleType-seed1-split.csv")
     assert sorted(meta["base_classes"]) == sorted(split.loc[split["split"] == "base", "class"])
-    (result,) = run_experiment(
-        cfg, catalog, episodes, root / "store", progress=False, checkpoints_root=tmp_path / "ckpt", split_seed=1
-    )
+    (result,) = run_experiment(cfg, catalog, workspace, 1, progress=False)
     assert result.hparams["split"] == 1
     with pytest.raises(FslError, match="checkpoint"):  # split 0 was never trained: said, not guessed
-        run_experiment(
-            cfg, catalog, episodes, root / "store", progress=False, checkpoints_root=tmp_path / "ckpt", split_seed=0
-        )
+        run_experiment(cfg, catalog, workspace, 0, progress=False)
 
 
 def small_episodes(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -34,7 +34,7 @@ from fsl.inference.checkpoints import read_meta
 from fsl.inference.classifier import Answer, HeadInputs, SupportSetClassifier, answer_record
 from fsl.inference.heads import DEFAULT_HEAD, FUSED_DEFAULT_HEAD, NAMED_HEADS, experiment_head
 from fsl.inference.photos import embed_photos, open_image
-from fsl.paths import DEFAULT_EPISODES_DIR, FEATURES_ROOT, PREDICTIONS_FILE, checkpoint_dir, store_path
+from fsl.paths import PREDICTIONS_FILE, Workspace, checkpoint_dir, store_path
 from fsl.store.content import ContentCache
 from fsl.store.features import FeatureStore
 from fsl.store.manifest import is_complete
@@ -128,7 +128,7 @@ class CatalogClassifier:
         checkpoint: str | None,
         config_path: str | None,
         shots: int = 5,
-        store_root: str | os.PathLike = FEATURES_ROOT,
+        workspace: Workspace = Workspace(),
         support: SupportFolder | None = None,
         texts: str = "all",
         classes: list[str] | None = None,
@@ -137,12 +137,13 @@ class CatalogClassifier:
     ):
         config, self.note = choose_config(checkpoint, config_path, support, texts)
         # a config with a train: section gets its trained checkpoint, never a silently untrained head
-        self.store, features, head = experiment_head(config, catalog, store_root, checkpoint=checkpoint)
+        self.store, features, head = experiment_head(config, catalog, workspace, checkpoint=checkpoint)
         self.config = config
         self.encoder = encoder_from_config(config.encoder)
         self.cache = ContentCache(self.encoder, cache_root)
         self.name = Path(checkpoint).parent.name if checkpoint else config.name
-        weights = checkpoint or (checkpoint_dir(config.name) / "best" if config.train is not None else None)
+        trained = checkpoint_dir(config.name, workspace.checkpoints) / "best"
+        weights = checkpoint or (trained if config.train is not None else None)
         calibration = find_calibration(config_key(config, self.store.encoder_id, weights), calibration_dir)
         self.fused = config.fusion != "image"
         masked = config.text_variant.startswith("masked-")  # mask query texts as the support texts were
@@ -201,24 +202,21 @@ class CatalogClassifier:
 
 
 def split_classes_of(
-    catalog: Catalog,
-    split_name: str,
-    column: str = "articleType",
-    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+    catalog: Catalog, split_name: str, workspace: Workspace = Workspace(), column: str = "articleType"
 ) -> list[str]:
     """--classes split:novel -> the classes of that split of the catalog's seed-0 class split."""
     try:
-        return ClassSplit.load(catalog, column, 0, episodes_root).classes(split_name)
+        return ClassSplit.load(catalog, column, 0, workspace.episodes_of(0)).classes(split_name)
     except FslError as error:
         raise FslError(f"classes split:{split_name}: {error}", "classes") from None
 
 
-def parse_classes(text: str | None, catalog: Catalog) -> list[str] | None:
+def parse_classes(text: str | None, catalog: Catalog, workspace: Workspace = Workspace()) -> list[str] | None:
     """--classes "Watches,Handbags" or "split:novel"."""
     if text is None:
         return None
     if text.startswith("split:"):
-        return split_classes_of(catalog, text.removeprefix("split:"))
+        return split_classes_of(catalog, text.removeprefix("split:"), workspace)
     classes = [c.strip() for c in text.split(",") if c.strip()]
     if len(set(classes)) < 2:
         raise FslError(f"classes {text!r}: name at least two classes, comma-separated, or split:novel", "classes")
@@ -339,7 +337,7 @@ def answer_photos(
     return write_predictions(records, photos.folder, out, top_k, classifier), records
 
 
-def catalog_store_if_any(data: str | os.PathLike | None, encoder_id: str, store_root: str | os.PathLike):
+def catalog_store_if_any(data: str | os.PathLike | None, encoder_id: str, workspace: Workspace):
     """((catalog, its store), "") when a catalog is at hand (--data, $FSL_DATA or the default folder)
     and already embedded with this encoder, else (None, why not): own categories need neither, and
     the catalog is never embedded for a few photos."""
@@ -348,7 +346,7 @@ def catalog_store_if_any(data: str | os.PathLike | None, encoder_id: str, store_
     except FslError:
         return None, "no catalog (--data or FSL_DATA)"
     catalog = load_catalog(data)
-    path = store_path(store_root, encoder_id, catalog.fingerprint)
+    path = store_path(workspace.features, encoder_id, catalog.fingerprint)
     if not is_complete(path):
         return None, "the catalog is not embedded with this encoder (`fsl embed`)"
     return (catalog, FeatureStore.open(path, encoder_id, catalog.fingerprint)), ""
@@ -365,7 +363,7 @@ def predict_own_categories(
     calibration_dir: str | os.PathLike | None = None,
     calibrate_false_accept: float | None = None,
     data: str | os.PathLike | None = None,
-    store_root: str | os.PathLike = FEATURES_ROOT,
+    workspace: Workspace = Workspace(),
 ) -> Path:
     """`fsl predict --support`: every photo of `images` among a support folder's categories, with
     the folders alone; with `calibrate_false_accept`, the threshold fitted on the support itself.
@@ -387,7 +385,7 @@ def predict_own_categories(
             f"category out), taught photos answered {figures['taught_answered']:.0%}",
             file=sys.stderr,
         )
-    catalog_store, why_not = catalog_store_if_any(data, classifier.encoder.id, store_root)
+    catalog_store, why_not = catalog_store_if_any(data, classifier.encoder.id, workspace)
     extras = "nearest catalog example on" if catalog_store else f"catalog extras off: {why_not}"
     print(
         f"{classifier.describe()}; {len(classifier.classes)} categories from {support.root} "
@@ -412,7 +410,7 @@ def predict_folder(
     out: str | os.PathLike = PREDICTIONS_FILE,
     top_k: int = 3,
     shots: int = 5,
-    store_root: str | os.PathLike = FEATURES_ROOT,
+    workspace: Workspace = Workspace(),
     support_folder: str | os.PathLike | None = None,
     classes: str | None = None,
     calibration_dir: str | os.PathLike | None = None,
@@ -423,7 +421,7 @@ def predict_folder(
     contact sheet beside it."""
     photos = read_photo_folder(images, texts)
     check_out(out)
-    only = parse_classes(classes, catalog)
+    only = parse_classes(classes, catalog, workspace)
     support = read_support_folder(support_folder) if support_folder is not None else None
     if support is not None:
         report_support(support)
@@ -432,7 +430,7 @@ def predict_folder(
         checkpoint,
         config_path,
         shots,
-        store_root,
+        workspace,
         support,
         text_coverage(photos, support, texts is not None),
         only,

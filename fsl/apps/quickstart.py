@@ -20,15 +20,7 @@ from fsl.harness.results import (
     save_results,
     summary_table,
 )
-from fsl.paths import (
-    DEFAULT_EPISODES_DIR,
-    EVAL_RUNS_DIR,
-    PREPARE_REPORT,
-    RESULTS_DIR,
-    SAMPLE_DIR,
-    SAMPLE_EPISODES_DIR,
-    episodes_dir_for,
-)
+from fsl.paths import PREPARE_REPORT, SAMPLE_DIR, SAMPLE_EPISODES_DIR, Workspace, episodes_dir_for
 
 QUICKSTART_CONFIGS = ("protonet-image.yaml", "protonet-text-masked.yaml", "protonet-fused-masked.yaml")
 
@@ -41,12 +33,12 @@ def quickstart(
     data: str | None = None,
     encoder: str = "offline",
     experiments: Path = Path("experiments"),
-    out: Path = RESULTS_DIR / "quickstart",
-    runs: Path = EVAL_RUNS_DIR,
+    workspace: Workspace = Workspace(),
 ) -> None:
-    """Prepare, embed, draw episodes and evaluate three heads on the dump, else on the synthetic sample,
-    logging each to TensorBoard under `runs` as `fsl eval` does; a synthetic run writes beside `out`
-    (OUT-synthetic), never over a real run's results."""
+    """Prepare, embed, draw episodes and evaluate three heads on the dump, else on the synthetic sample
+    (its episodes apart, in the cache), logging each to TensorBoard under runs/eval as `fsl eval` does;
+    results go to results/quickstart, a synthetic run's to results/quickstart-synthetic, never over a
+    real run's results."""
     try:
         root, sample = resolve_data_dir(data), False
     except FslError as missing:
@@ -59,7 +51,9 @@ def quickstart(
     print(catalog.summary())
     print(f"report of skipped and repaired rows: {catalog.save_report(PREPARE_REPORT)}")
 
-    episodes_root = SAMPLE_EPISODES_DIR if sample else DEFAULT_EPISODES_DIR
+    if sample:
+        workspace = dataclasses.replace(workspace, episodes=SAMPLE_EPISODES_DIR)
+    episodes_root = workspace.episodes
     if not episodes_dir_for(catalog, episodes_root).is_dir():
         draw_standard_episodes(
             catalog,
@@ -76,11 +70,11 @@ def quickstart(
         config = dataclasses.replace(
             config, encoder=EncoderConfig(encoder), episodes=tuple(e for e in config.episodes if e in available)
         )
-        results += run_experiment(config, catalog, episodes_root)
+        results += run_experiment(config, catalog, workspace)
     summary = summary_table(results_frame(results))
     print(format_table(summary))
-    if sample:
-        out = out.with_name(f"{out.name}-synthetic")
+    out = workspace.results / ("quickstart-synthetic" if sample else "quickstart")
+    runs = workspace.runs_of("eval")
     save_results(results, out / "results.csv")
     for result in results:  # what `fsl eval` logs, so the TensorBoard line below has something to show
         log_to_tensorboard(result, runs)

@@ -13,6 +13,7 @@ from fsl.cli.common import (
     encoder_config,
     port_number,
     positive_int,
+    workspace_from,
 )
 from fsl.errors import FslError
 from fsl.files import IMAGE_SUFFIXES
@@ -42,13 +43,12 @@ def cmd_demo(args) -> None:
         if args.checkpoint:
             raise
         why_not = "no catalog at hand (--data DIR or FSL_DATA adds search over one)"
-    classifier = (
-        CatalogClassifier(catalog, args.checkpoint, None, store_root=args.store_root) if args.checkpoint else None
-    )
+    workspace = workspace_from(args)
+    classifier = CatalogClassifier(catalog, args.checkpoint, None, workspace=workspace) if args.checkpoint else None
     backend = make_backend(
         catalog,
         encoder_config(args),
-        args.store_root,
+        workspace,
         classifier=classifier,
         calibration_dir=args.calibration_dir,
         embed=classifier is not None,
@@ -90,7 +90,7 @@ def cmd_predict(args) -> None:
             args.calibration_dir,
             args.false_accept if args.calibrate_on_support else None,
             args.data,
-            args.store_root,
+            workspace_from(args),
         )
     else:
         catalog = load_catalog(args.data)
@@ -103,7 +103,7 @@ def cmd_predict(args) -> None:
             args.out,
             args.top_k,
             args.shots,
-            args.store_root,
+            workspace_from(args),
             args.support,
             args.classes,
             args.calibration_dir,

@@ -6,7 +6,7 @@ import argparse
 import os
 
 from fsl.errors import FslError
-from fsl.paths import DEFAULT_CHECKPOINTS, DEFAULT_EPISODES_DIR, FEATURES_ROOT
+from fsl.paths import DEFAULT_CHECKPOINTS, DEFAULT_EPISODES_DIR, FEATURES_ROOT, RESULTS_DIR, RUNS_DIR, Workspace
 
 STORE_HELP = f"where feature stores live (default {FEATURES_ROOT}; set FSL_CACHE to move every cache)"
 
@@ -97,7 +97,7 @@ def add_encoder_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--store-root", default=str(FEATURES_ROOT), metavar="DIR", help=STORE_HELP)
 
 
-def add_experiment_options(parser: argparse.ArgumentParser, runs: str) -> None:
+def add_experiment_options(parser: argparse.ArgumentParser) -> None:
     """What `eval` and `train` share: configs and where their inputs and outputs live."""
     parser.add_argument("configs", nargs="+", metavar="CONFIG", help="experiments/*.yaml")
     add_data_option(parser)
@@ -106,13 +106,33 @@ def add_experiment_options(parser: argparse.ArgumentParser, runs: str) -> None:
     )
     parser.add_argument("--store-root", default=str(FEATURES_ROOT), metavar="DIR", help=STORE_HELP)
     parser.add_argument("--checkpoints", default=str(DEFAULT_CHECKPOINTS), help="trained heads (default checkpoints/)")
-    parser.add_argument("--runs", default=runs, help=f"TensorBoard log dir (default {runs})")
+    add_runs_option(parser, parser.prog.split()[-1])
     parser.add_argument(
         "--set",
         action="append",
         metavar="KEY=VALUE",
         help="override a config value, dotted for sections (method_options.C=10, train.lr=3e-4); "
         "repeatable; the run's name gets the change appended",
+    )
+
+
+def add_runs_option(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument(
+        "--runs",
+        default=str(RUNS_DIR),
+        help=f"TensorBoard root (default {RUNS_DIR}/; this command logs under {RUNS_DIR}/{command})",
+    )
+
+
+def workspace_from(args: argparse.Namespace) -> Workspace:
+    """The workspace a command's flags name (--episodes-dir, --store-root, --checkpoints, --results,
+    --runs; a command without one of them gets the default): the one place flags become locations."""
+    return Workspace(
+        episodes=getattr(args, "episodes_dir", DEFAULT_EPISODES_DIR),
+        features=getattr(args, "store_root", FEATURES_ROOT),
+        checkpoints=getattr(args, "checkpoints", DEFAULT_CHECKPOINTS),
+        results=getattr(args, "results", RESULTS_DIR),
+        runs=getattr(args, "runs", RUNS_DIR),
     )
 
 

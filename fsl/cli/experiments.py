@@ -8,17 +8,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fsl.cli.common import add_experiment_options, non_negative_int, positive_int
+from fsl.cli.common import add_experiment_options, non_negative_int, positive_int, workspace_from
 from fsl.errors import FslError
-from fsl.paths import (
-    ANALYSIS_DIR,
-    ANALYSIS_RUNS_DIR,
-    COMPARE_PLOT,
-    EVAL_RUNS_DIR,
-    RESULTS_DIR,
-    SWEEP_RUNS_DIR,
-    TRAIN_RUNS_DIR,
-)
+from fsl.paths import COMPARE_PLOT, RESULTS_DIR
 
 if TYPE_CHECKING:  # the CLI imports its heavy modules only in the command that needs them
     from fsl.config import ExperimentConfig
@@ -43,19 +35,20 @@ def _save(results, config, args, chosen_on: str = "as written (no selection)", c
     from fsl.files import write_bytes, write_csv
     from fsl.harness.results import earlier_results, log_to_tensorboard, results_frame
 
-    path = Path(args.results) / f"{config.name}.csv"
+    workspace = workspace_from(args)
+    path = workspace.results / f"{config.name}.csv"
     resolved = to_yaml(config, f"chosen on: {chosen_on}").encode()
     ran = results_frame(results)
     current = None
     if catalog is not None:
         from fsl.harness.experiment import episode_set_digest
 
-        current = lambda split, name: episode_set_digest(config, catalog, name, split, args.episodes_dir)  # noqa: E731
+        current = lambda split, name: episode_set_digest(config, catalog, name, split, workspace)  # noqa: E731
     kept = earlier_results(path, resolved, ran, current)
     write_csv(pd.concat([kept, ran], ignore_index=True), path)
     write_bytes(path.with_suffix(".config.yaml"), resolved)
     for result in results:
-        log_to_tensorboard(result, args.runs)
+        log_to_tensorboard(result, workspace.runs_of("eval"))
     said = (
         f"; kept {kept.groupby(['split', 'episode_set']).ngroups} earlier set(s) of the same config"
         if len(kept)
@@ -90,9 +83,7 @@ def _announce(command: str, configs: list, catalog, args) -> dict[str, list[int]
     from fsl.harness.timings import plan_line
 
     plan = {
-        config.name: list(args.splits)
-        if args.splits is not None
-        else splits_for(config, catalog, args.episodes_dir, args.store_root)
+        config.name: list(args.splits) if args.splits is not None else splits_for(config, catalog, workspace_from(args))
         for config in configs
     }
     print(
@@ -113,25 +104,18 @@ def cmd_eval(args) -> None:
 
     configs = _configs(args)
     catalog = load_catalog(args.data)
+    workspace = workspace_from(args)
     plan = _announce("eval", configs, catalog, args)
     for config in configs:  # a config with no episode set on a split is an error before any work
         for split in plan[config.name]:
-            episode_sets_to_run(config, catalog, args.episodes_dir, split)
+            episode_sets_to_run(config, catalog, workspace, split)
     results = []
     for config in configs:
         started = time.perf_counter()
         splits = plan[config.name]
         ran = []
         for split in splits:
-            ran += run_experiment(
-                config,
-                catalog,
-                args.episodes_dir,
-                args.store_root,
-                checkpoints_root=args.checkpoints,
-                shifted=args.shifted,
-                split_seed=split,
-            )
+            ran += run_experiment(config, catalog, workspace, split, shifted=args.shifted)
         results += ran
         _save(ran, config, args, catalog=catalog)
         record_run("eval", config.name, splits, time.perf_counter() - started)
@@ -148,10 +132,10 @@ def cmd_train(args) -> None:
     from fsl.harness.experiment import check_validation_only
     from fsl.harness.timings import record_run
     from fsl.harness.train import train
-    from fsl.paths import split_root
 
     configs = _configs(args)
     catalog = load_catalog(args.data)
+    workspace = workspace_from(args)
     plan = _announce("train", configs, catalog, args)
     for config in configs:  # every run's selection set checked before the first one trains
         for split in plan[config.name]:
@@ -159,7 +143,7 @@ def cmd_train(args) -> None:
                 config,
                 catalog,
                 (config.train.val_episodes,) if config.train else (),
-                split_root(args.episodes_dir, split),
+                workspace.episodes_of(split),
                 "fsl train",
                 "train.val_episodes=val-5w5s",
             )
@@ -167,17 +151,9 @@ def cmd_train(args) -> None:
     for config in configs:  # one config's failure does not stop the others
         started, splits = time.perf_counter(), plan[config.name]
         for split in splits:  # one checkpoint per split, selected on that split's validation classes
-            checkpoints = split_root(args.checkpoints, split)
+            checkpoints = workspace.checkpoints_of(split)
             try:
-                summary = train(
-                    config,
-                    catalog,
-                    split_root(args.episodes_dir, split),
-                    args.store_root,
-                    checkpoints,
-                    split_root(args.runs, split),
-                    resume=not args.restart,
-                )
+                summary = train(config, catalog, workspace, split, resume=not args.restart)
             except FslError as error:
                 print(f"fsl train: error: {error}", file=sys.stderr)
                 failed.append(f"{config.name} (split {split})")
@@ -202,31 +178,26 @@ def cmd_sweep(args) -> None:
     grid, space = parse_grid(args.grid or []), parse_space(args.space or [])
     catalog = load_catalog(args.data)
     print(f"sweeping {config.name} on {', '.join(args.on)} (selection episodes):")
+    workspace = workspace_from(args)
     result = sweep(
         config,
-        grid,
         catalog,
+        workspace,
+        grid,
+        space,
+        args.trials,
         tuple(args.on),
-        args.episodes_dir,
-        args.store_root,
-        args.checkpoints,
-        args.runs,
-        space=space,
-        trials=args.trials,
         storage=args.storage,
         study_name=args.study,
-        results_root=args.results,
     )
-    chosen = write_chosen(result, Path(args.results) / "sweeps" / f"{config.name}.yaml")
+    chosen = write_chosen(result, workspace.results / "sweeps" / f"{config.name}.yaml")
     _, mean, ci = max(result.scores, key=lambda score: score[1])  # the first best, as the sweep chose
     print(f"chosen: {result.chosen.name} ({', '.join(args.on)}: {percent(mean, ci)}); {result.verdict}")
     print(f"config written to {chosen} (study {result.study})")
     if args.no_test:
         return
     print(f"now, and only now, on the test sets: {', '.join(result.chosen.episodes)}")
-    results = run_experiment(
-        result.chosen, catalog, args.episodes_dir, args.store_root, checkpoints_root=args.checkpoints
-    )
+    results = run_experiment(result.chosen, catalog, workspace)
     chosen_on = f"selection episodes ({', '.join(args.on)}), by fsl sweep (study {result.study}); {result.verdict}"
     _save(results, result.chosen, args, chosen_on=chosen_on, catalog=catalog)
     _print_tables(results)
@@ -273,13 +244,15 @@ def cmd_analyse(args) -> None:
 
     config = _one_config(args)
     catalog = load_catalog(args.data)
-    for path in analyse(
-        config, catalog, args.episodes, args.results, args.runs, args.episodes_dir, args.store_root, args.checkpoints
-    ):
+    workspace = workspace_from(args)
+    for path in analyse(config, catalog, args.episodes, workspace):
         print(f"wrote {path}")
     if args.projector:
         logdir = projector(
-            open_store(catalog, config.encoder, args.store_root), catalog, Path(args.runs) / "projector", args.projector
+            open_store(catalog, config.encoder, workspace.features),
+            catalog,
+            workspace.runs_of("analysis") / "projector",
+            args.projector,
         )
         print(f"projector: tensorboard --logdir {logdir} --host 127.0.0.1 (PROJECTOR tab)")
 
@@ -292,7 +265,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         description="Evaluate each experiment (YAML) on its frozen episode sets: "
         "mean accuracy ± 95% CI, per-episode CSV, TensorBoard.",
     )
-    add_experiment_options(evaluate, str(EVAL_RUNS_DIR))
+    add_experiment_options(evaluate)
     evaluate.add_argument("--results", default=str(RESULTS_DIR), help="per-episode CSVs go here (default results/)")
     evaluate.add_argument(
         "--splits",
@@ -316,7 +289,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "episodes; validation episodes choose the checkpoint. Resumes "
         "from checkpoints/NAME/last unless --restart.",
     )
-    add_experiment_options(training, str(TRAIN_RUNS_DIR))
+    add_experiment_options(training)
     training.add_argument("--restart", action="store_true", help="ignore an earlier run's last checkpoint")
     training.add_argument(
         "--splits",
@@ -338,7 +311,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "database Optuna takes, so several machines run one study with the same command); a killed "
         "sweep resumes where it stopped.",
     )
-    add_experiment_options(sweeping, str(SWEEP_RUNS_DIR))
+    add_experiment_options(sweeping)
     sweeping.add_argument(
         "--grid",
         action="append",
@@ -381,7 +354,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "accuracy (CSV + PNG), the confusion matrix and a gallery of the "
         "most frequent confusions per episode set, also as TensorBoard figures.",
     )
-    add_experiment_options(analysing, str(ANALYSIS_RUNS_DIR))
+    add_experiment_options(analysing)
     analysing.add_argument(
         "--episodes",
         nargs="+",
@@ -389,7 +362,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         metavar="SET",
         help="episode sets to analyse (default novel-allway-5s, every novel class at once)",
     )
-    analysing.add_argument("--results", default=str(ANALYSIS_DIR), help=f"where the files go (default {ANALYSIS_DIR}/)")
+    analysing.add_argument(
+        "--results",
+        default=str(RESULTS_DIR),
+        help=f"results root: the files go in DIR/analysis/NAME (default {RESULTS_DIR}/)",
+    )
     analysing.add_argument(
         "--projector",
         type=positive_int,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from fsl.cli import apps, data, experiments, spaces
@@ -25,6 +26,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class CurrentStderr(logging.StreamHandler):
+    """A log handler that writes to sys.stderr as it is when a record comes (a redirect, a test's
+    capture), not as it was when the handler was made."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def report_to_stderr() -> None:
+    """The library's progress and notes (logger "fsl", INFO and up) go to stderr as "fsl: ..." lines:
+    the CLI owns where they go; a Python caller configures logging as it likes."""
+    logger = logging.getLogger("fsl")
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(handler, CurrentStderr) for handler in logger.handlers):
+        handler = CurrentStderr()
+        handler.setFormatter(logging.Formatter("fsl: %(message)s"))
+        logger.addHandler(handler)
+
+
 def in_flags(error: FslError, parser: argparse.ArgumentParser, command: str) -> str:
     """The message with the parameter it names (as the library names it) replaced by the command's flag."""
     message = str(error)
@@ -41,6 +66,7 @@ def in_flags(error: FslError, parser: argparse.ArgumentParser, command: str) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    report_to_stderr()
     if CACHE_NOTE:
         print(CACHE_NOTE, file=sys.stderr)
     try:

@@ -10,19 +10,18 @@ from fsl.cli.common import (
     STORE_HELP,
     add_data_option,
     add_experiment_options,
+    add_runs_option,
     non_negative_int,
     positive_float,
     positive_int,
+    workspace_from,
 )
 from fsl.cli.experiments import _configs
 from fsl.config import UNKNOWN_SCORES
 from fsl.errors import FslError
 from fsl.paths import (
     ADAPT_DIR,
-    ADAPT_RUNS_DIR,
     ALIGN_DIR,
-    ALIGN_RUNS_DIR,
-    CALIBRATE_RUNS_DIR,
     DEFAULT_EPISODES_DIR,
     FEATURES_ROOT,
     RESULTS_DIR,
@@ -47,7 +46,8 @@ def cmd_align(args) -> None:
         split_seed=args.split_seed,
     )
     catalog = load_catalog(args.data)
-    summary = align(catalog, config, args.store_root, args.episodes_dir, args.out, args.runs, resume=not args.restart)
+    workspace = workspace_from(args)
+    summary = align(config, catalog, workspace, args.out, resume=not args.restart)
     best = summary["best"]
     print(
         f"{config.name}: chosen at step {summary['best_step']} of {summary['steps']} on the validation classes: "
@@ -56,7 +56,7 @@ def cmd_align(args) -> None:
     )
     from fsl.harness.align import novel_retrieval
 
-    figures = novel_retrieval(catalog, summary["folder"], args.store_root, args.episodes_dir)
+    figures = novel_retrieval(summary["folder"], catalog, workspace)
     print(
         f"text-to-photo retrieval among the {figures['products']} products of the {figures['classes']} novel classes "
         "(never seen in alignment; class-name prompts: a photo of the class in the top k, and the share of the top k "
@@ -86,11 +86,13 @@ def cmd_adapt(args) -> None:
     if args.folds is None and args.no_final:
         raise FslError("--no-final goes with --folds (without folds every recipe is a final run)")
     catalog = load_catalog(args.data)
+    workspace = workspace_from(args)
     for seed, candidates in by_split.items():
         if args.folds is not None:  # the recipe is chosen on class folds, then trained on every base class
-            out = Path(args.results) / "adapt-folds" / f"split{seed}.json"
-            summary = compare_recipes(catalog, candidates, args.folds, args.store_root, args.episodes_dir,
-                                      args.out, args.runs, out, resume=not args.restart)  # fmt: skip
+            out = workspace.results / "adapt-folds" / f"split{seed}.json"
+            summary = compare_recipes(
+                candidates, catalog, workspace, args.folds, args.out, out, resume=not args.restart
+            )
             print(f"split {seed}, {args.folds} class folds of base and validation classes (fused-masked protonet, "
                   "per-episode accuracy on each fold's held-out classes):")  # fmt: skip
             for row in summary["recipes"]:
@@ -104,12 +106,7 @@ def cmd_adapt(args) -> None:
                 continue
             candidates = [next(r for r in candidates if r.name == summary["chosen"])]
         for recipe in candidates:  # one adaptation per split, its step chosen on that split's validation classes
-            report_adaptation(
-                recipe,
-                adapt(
-                    catalog, recipe, args.store_root, args.episodes_dir, args.out, args.runs, resume=not args.restart
-                ),
-            )
+            report_adaptation(recipe, adapt(recipe, catalog, workspace, args.out, resume=not args.restart))
 
 
 def report_adaptation(recipe, summary: dict) -> None:
@@ -139,11 +136,9 @@ def cmd_calibrate(args) -> None:
         calibration = calibrate(
             config,
             catalog,
-            args.store_root,
-            args.checkpoints,
-            args.episodes_dir,
+            workspace_from(args),
             args.calibration_dir,
-            args.false_accept,
+            false_accept=args.false_accept,
             score=args.score,
         )
         print(format_calibration(calibration))
@@ -200,8 +195,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--episodes-dir", default=str(DEFAULT_EPISODES_DIR), help="root of the class splits (default episodes/)"
     )
     aligning.add_argument("--store-root", default=str(FEATURES_ROOT), metavar="DIR", help=STORE_HELP)
-    aligning.add_argument("--out", default=str(ALIGN_DIR), help="where alignments go (default checkpoints/align)")
-    aligning.add_argument("--runs", default=str(ALIGN_RUNS_DIR), help=f"TensorBoard log dir (default {ALIGN_RUNS_DIR})")
+    aligning.add_argument("--out", default=str(ALIGN_DIR), help=f"where alignments go (default {ALIGN_DIR})")
+    add_runs_option(aligning, "align")
     aligning.add_argument("--restart", action="store_true", help="start over instead of resuming from last")
     aligning.set_defaults(run=cmd_align)
 
@@ -237,7 +232,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     adapting.add_argument("--store-root", default=str(FEATURES_ROOT), metavar="DIR", help=STORE_HELP)
     adapting.add_argument("--out", default=str(ADAPT_DIR), help=f"where adaptations go (default {ADAPT_DIR})")
-    adapting.add_argument("--runs", default=str(ADAPT_RUNS_DIR), help=f"TensorBoard log dir (default {ADAPT_RUNS_DIR})")
+    add_runs_option(adapting, "adapt")
     adapting.add_argument("--restart", action="store_true", help="start over instead of resuming from last")
     adapting.add_argument(
         "--folds",
@@ -263,7 +258,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "predict and the demo), then reports expected calibration error before and after, AUROC known vs "
         "unknown and the scores' rank agreement on the novel sets.",
     )
-    add_experiment_options(calibrating, str(CALIBRATE_RUNS_DIR))
+    add_experiment_options(calibrating)
     calibrating.add_argument(
         "--false-accept",
         type=float,

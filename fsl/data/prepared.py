@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,8 @@ from fsl.data.catalog import REPORT_COLUMNS, Catalog, fingerprint_of, image_prob
 from fsl.errors import FslError
 from fsl.files import atomic_path
 from fsl.paths import prepared_path
+
+logger = logging.getLogger(__name__)
 
 
 def load_catalog(data_dir: str | os.PathLike | None = None, refresh: bool = False) -> Catalog:
@@ -115,10 +117,7 @@ def save_prepared(catalog: Catalog, stats: list, digests: list[str]) -> Path | N
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
     except FslError as error:
-        print(
-            f"fsl: note: the prepared catalog was not saved ({error}); the next command reads the dump again",
-            file=sys.stderr,
-        )
+        logger.warning(f"the prepared catalog was not saved ({error}); the next command reads the dump again")
         return None
     return path
 
@@ -135,7 +134,7 @@ def open_prepared(root: Path) -> Catalog | None:
         table = pq.read_table(path)
         meta = json.loads(table.schema.metadata[b"fsl"])
     except (OSError, KeyError, ValueError, pa.ArrowException) as error:
-        print(f"fsl: the prepared catalog {path} cannot be read ({error}); reading the dump again", file=sys.stderr)
+        logger.warning(f"the prepared catalog {path} cannot be read ({error}); reading the dump again")
         return None
     if meta.get("version") != VERSION or meta.get("root") != str(Path(root).resolve()):
         return None
@@ -167,10 +166,7 @@ def open_prepared(root: Path) -> Catalog | None:
             raise _changed(
                 root, f"{len(changed)} photo(s) differ, e.g. {Path(frame.at[changed[0], 'image_path']).name}"
             )
-        print(
-            f"fsl: re-checked {len(moved)} photo(s) whose size or mtime changed: their content is unchanged",
-            file=sys.stderr,
-        )
+        logger.info(f"re-checked {len(moved)} photo(s) whose size or mtime changed: their content is unchanged")
     products = frame.drop(columns=PHOTO_COLUMNS)
     catalog = Catalog(root, products, report, meta["data_rows"], known_fingerprint=meta["fingerprint"])
     if len(moved) or restamped:  # same content under new times (a copy, a checkout): remember the new times

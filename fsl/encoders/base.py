@@ -5,8 +5,8 @@ Downstream code sees only arrays and `encoder.id`; subclasses supply the two tow
 from __future__ import annotations
 
 import io
+import logging
 import os
-import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from fsl.encoders.onnx import OnnxImageTower, OnnxMismatch, OnnxTextTower
+
+logger = logging.getLogger(__name__)
 
 _TEXT_LOCK = threading.Lock()
 
@@ -197,7 +199,7 @@ def quiet_loading() -> Iterator[None]:
     """The weight packages print their own loading chatter; one line from us says it instead."""
     from transformers.utils import logging as transformers_logging
 
-    print("fsl: loading the encoder's weights", file=sys.stderr)
+    logger.info("loading the encoder's weights")
     bars = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
     try:

@@ -3,7 +3,7 @@ built encoder that warm commands never load."""
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -15,6 +15,8 @@ from fsl.encoders.clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, ClipEnco
 from fsl.encoders.offline import OfflineEncoder
 from fsl.errors import FslError
 from fsl.paths import ONNX_DIR
+
+logger = logging.getLogger(__name__)
 
 ENCODERS: dict[str, Callable[..., Encoder]] = {
     "clip": ClipEncoder,
@@ -78,7 +80,7 @@ class LazyEncoder:
                 said = self._built.use_onnx(ONNX_DIR)
                 if self.config.runtime == "onnx" and self._built.runtime is None:
                     raise FslError(f"runtime onnx was asked for, but: {said}")
-                print(f"fsl: {said}", file=sys.stderr)
+                logger.info(f"{said}")
         return self._built
 
 

@@ -4,7 +4,7 @@ agree with eager PyTorch's."""
 from __future__ import annotations
 
 import io
-import sys
+import logging
 import warnings
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
@@ -18,6 +18,8 @@ from PIL import Image
 
 from fsl.files import atomic_path
 from fsl.paths import onnx_path
+
+logger = logging.getLogger(__name__)
 
 MIN_COSINE = 0.999  # an accelerated tower is used only if its features agree with eager's this well
 
@@ -114,7 +116,7 @@ def checked_session(path: Path, export: Callable[[Path], None], agree: Callable)
     except (OnnxMismatch, RuntimeError, ValueError) as error:
         if fresh:
             raise
-        print(f"fsl: the cached {path.name} is stale ({str(error)[:120]}); exporting it again", file=sys.stderr)
+        logger.warning(f"the cached {path.name} is stale ({str(error)[:120]}); exporting it again")
         path.unlink()
         export(path)
         session = _session(path)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,8 @@ from fsl.episodes.sampler import Episodes, EpisodeSampler
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
 from fsl.files import ARRAY_READ_ERRORS, read_json, write_bytes
+
+logger = logging.getLogger(__name__)
 
 SAMPLER_VERSION = 2  # 2: queries never share a near-duplicate group with their episode's support
 
@@ -161,11 +163,10 @@ class EpisodeSet:
         if recorded is None:
             if path not in _UNVERIFIED:
                 _UNVERIFIED.add(path)
-                print(
-                    f"fsl: note: {path} is unverified: no digest of it is recorded in digests.json beside it, so an "
+                logger.warning(
+                    f"{path} is unverified: no digest of it is recorded in digests.json beside it, so an "
                     f"edit since it was drawn would go unnoticed (draw the sets again with `fsl episodes --force` "
-                    "to record one)",
-                    file=sys.stderr,
+                    "to record one)"
                 )
             return
         if recorded != self.digest:

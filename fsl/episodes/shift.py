@@ -5,7 +5,7 @@ Each shifted set has a control on the same episodes, so the paired difference is
 from __future__ import annotations
 
 import io
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,8 @@ from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
 from fsl.store.activations import adapted_view_features
 from fsl.store.rows import cached_by_id
+
+logger = logging.getLogger(__name__)
 
 RERENDERED = "+rerendered"
 RENDER_VERSION = "v1"
@@ -136,7 +138,7 @@ def draw_paired_sets(
     classes = [c for c in split.classes(split_name) if len(first[c]) >= k_shot + q and len(second[c]) >= q]
     n_way = min(n_way, len(classes))
     if n_way < min_ways:
-        print(
+        logger.warning(
             f"skipping {name}: only {len(classes)} {split_name} class(es) have {k_shot + q} products of "
             f"{shift[0]} and {q} of {shift[1]}"
         )
@@ -257,7 +259,7 @@ def view_image_features(
         rows = catalog.products.set_index("id").loc[missing, "image_path"]
         if rows.isna().any():
             raise FslError(f"products {rows.index[rows.isna()][:5].tolist()} have no photo to render as {view}")
-        print(f"fsl: embedding the {view} view of {len(missing)} photo(s) once (cached in {cache})", file=sys.stderr)
+        logger.info(f"embedding the {view} view of {len(missing)} photo(s) once (cached in {cache})")
         if store.manifest.get("adaptation"):  # the view's activations at the cut, then the adapted top
             return adapted_view_features(store, catalog, encoder, missing, f"{view}-{version}", render, progress)
         return encoder.encode_images([str(path) for path in rows], progress=progress, render=render)

@@ -3,6 +3,7 @@ near-duplicate groups they are drawn with, and a set read back checked."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -38,6 +39,8 @@ from fsl.paths import (
 )
 from fsl.store.open import open_store
 
+logger = logging.getLogger(__name__)
+
 MIN_COUNT = 20  # 5 shots + 15 queries: every class of a split serves every standard benchmark
 
 
@@ -61,7 +64,7 @@ def near_duplicates_for(
         return saved
     store = open_store(catalog, encoder, store_root)
     found = near_duplicate_groups(store.ids, store.image, store.encoder_id, catalog.fingerprint, threshold)
-    print(
+    logger.info(
         f"near-duplicate photos (image cosine >= {threshold:g}, {store.encoder_id}): {len(found.groups)} groups "
         f"of {sum(map(len, found.groups))} products"
     )
@@ -101,7 +104,7 @@ def draw_standard_episodes(
     for name, (split_name, n_way, k_shot) in (benchmarks | selection).items():
         available = len(split.classes(split_name))
         if (n_way or available) > available or available < 2:
-            print(f"skipping {name}: the {split_name} split has only {available} class(es)")
+            logger.warning(f"skipping {name}: the {split_name} split has only {available} class(es)")
             continue
         episode_set = draw_episode_set(
             f"{column}-{name}",
@@ -138,7 +141,7 @@ def draw_standard_episodes(
         if not path.exists() or path.read_bytes() != payload
     ]
     if not written:
-        print(f"episode sets under {out} are unchanged (same split and seed give the same bytes)")
+        logger.info(f"episode sets under {out} are unchanged (same split and seed give the same bytes)")
     return split, written
 
 

@@ -50,7 +50,7 @@ from fsl.harness.evaluate import run_episodes
 from fsl.harness.experiment import check_validation_only
 from fsl.harness.loop import Schedule, Trainable, run_loop
 from fsl.inference.heads import head_for_features
-from fsl.paths import ADAPT_DIR, ADAPT_RUNS_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT, split_root
+from fsl.paths import Workspace, split_root
 from fsl.store.activations import cached_activations
 from fsl.store.open import open_store
 
@@ -150,9 +150,9 @@ def merged_top(model: nn.Module) -> ImageTop:
 # Base-class batches -----------------------------------------------------------------------------
 
 
-def near_duplicate_index(catalog: Catalog, episodes_root) -> np.ndarray | None:
+def near_duplicate_index(catalog: Catalog, split_episodes) -> np.ndarray | None:
     """[P] each catalog product's near-duplicate group number, where the split's sets were drawn with them."""
-    near_duplicates = saved_near_duplicates(catalog, episodes_root)
+    near_duplicates = saved_near_duplicates(catalog, split_episodes)
     return None if near_duplicates is None else near_duplicates.group_index(catalog.products["id"].to_numpy())
 
 
@@ -160,7 +160,7 @@ class BaseBatches:
     """Rows of base-class products only: supervised batches and episodic tasks. Validation and
     novel products are never among `rows`, so no batch can hold one (a test checks it)."""
 
-    def __init__(self, catalog: Catalog, config: AdaptConfig, base: list[str], episodes_root):
+    def __init__(self, catalog: Catalog, config: AdaptConfig, base: list[str], split_episodes):
         labels = catalog.labels(config.label_column).to_numpy()
         self.rows = np.flatnonzero(np.isin(labels, base))
         if len(self.rows) == 0:
@@ -175,7 +175,7 @@ class BaseBatches:
         self.base = list(base)
         self.classes = torch.as_tensor(np.searchsorted(self.base, labels[self.rows]))
         self.generator = torch.Generator().manual_seed(config.seed)
-        groups = near_duplicate_index(catalog, episodes_root)
+        groups = near_duplicate_index(catalog, split_episodes)
         groups = None if groups is None else groups[self.rows]
         self.sampler = EpisodeSampler(
             self.rows, labels[self.rows], self.base, config.n_way, config.k_shot,
@@ -232,13 +232,13 @@ def augment(maps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 # Training ---------------------------------------------------------------------------------------
 
 
-def validation_sets(catalog: Catalog, config: AdaptConfig, episodes_root) -> dict[str, EpisodeSet]:
+def validation_sets(catalog: Catalog, config: AdaptConfig, split_episodes) -> dict[str, EpisodeSet]:
     """The recipe's validation-class episode sets, checked to hold validation classes only."""
     experiment = validation_experiment(config)
     check_validation_only(
-        experiment, catalog, config.val_episodes, episodes_root, "fsl adapt", "val_episodes=[val-5w5s]"
+        experiment, catalog, config.val_episodes, split_episodes, "fsl adapt", "val_episodes=[val-5w5s]"
     )
-    return {name: load_episode_set(experiment, catalog, name, episodes_root) for name in config.val_episodes}
+    return {name: load_episode_set(experiment, catalog, name, split_episodes) for name in config.val_episodes}
 
 
 def validation_experiment(config: AdaptConfig) -> ExperimentConfig:
@@ -287,12 +287,10 @@ class Validation:
 
 
 def adapt(
-    catalog: Catalog,
     config: AdaptConfig,
-    store_root: str | os.PathLike = FEATURES_ROOT,
-    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
-    root: str | os.PathLike = ADAPT_DIR,
-    runs_root: str | os.PathLike = ADAPT_RUNS_DIR,
+    catalog: Catalog,
+    workspace: Workspace = Workspace(),
+    out: str | os.PathLike | None = None,
     resume: bool = True,
     progress: bool = True,
     fold: ClassFold | None = None,
@@ -300,29 +298,29 @@ def adapt(
     """Train the top on split `config.split_seed`'s base classes, or on a class fold's training classes
     (scored on its held ones: fsl/episodes/folds.py); returns {"best" (validation figures), "best_step",
     "start" (step 0's figures), "steps", "folder", "accuracies" (the chosen top's per-episode accuracies
-    on each scoring set)}. The checkpoints of split s live under split_root(root, s), like fsl train's;
-    a fold's under NAME/fold<f>."""
+    on each scoring set)}. The checkpoints of split s live under split_root(out, s) (`out`: the
+    workspace's adaptations, checkpoints/adapt, unless given), like fsl train's; a fold's under NAME/fold<f>."""
     check_adapt_config(config)
-    episodes_root = split_root(episodes_root, config.split_seed)
-    folder = split_root(root, config.split_seed) / config.name
+    split_episodes = workspace.episodes_of(config.split_seed)
+    folder = split_root(out if out is not None else workspace.adaptations, config.split_seed) / config.name
     run_name = config.name
-    split = ClassSplit.load(catalog, config.label_column, config.split_seed, episodes_root)
+    split = ClassSplit.load(catalog, config.label_column, config.split_seed, split_episodes)
     base = split.classes("base")
     encoder = OfflineEncoder()
-    store = open_store(catalog, EncoderConfig("offline"), store_root)
+    store = open_store(catalog, EncoderConfig("offline"), workspace.features)
     if not np.array_equal(store.ids, catalog.products["id"].to_numpy()):
         raise FslError(f"feature store {store.path} rows do not follow the catalog; re-run `fsl embed`")
     if fold is None:
-        sets = validation_sets(catalog, config, episodes_root)  # checked before the long caching
+        sets = validation_sets(catalog, config, split_episodes)  # checked before the long caching
     else:
         check_fold(fold, split)
         base, folder, run_name = list(fold.train), folder / f"fold{fold.index}", f"{config.name}/fold{fold.index}"
         held = fold_episodes(fold, split, store.ids, catalog.labels(config.label_column).to_numpy(),
-                             catalog.fingerprint, near_duplicate_index(catalog, episodes_root))  # fmt: skip
+                             catalog.fingerprint, near_duplicate_index(catalog, split_episodes))  # fmt: skip
         sets = {held.name.removeprefix(f"{config.label_column}-"): held}
     validation = Validation(config, store, None, sets)
-    batches = BaseBatches(catalog, config, base, episodes_root)  # likewise
-    activations = cached_activations(catalog, encoder, config.cut, store_root, progress=progress)
+    batches = BaseBatches(catalog, config, base, split_episodes)  # likewise
+    activations = cached_activations(catalog, encoder, config.cut, workspace.features, progress=progress)
     validation.activations = activations
 
     torch.manual_seed(config.seed)
@@ -356,8 +354,9 @@ def adapt(
     job = Adaptation(config, model, (classifier, log_scale), activations, batches, validation, meta)
     optimizer = torch.optim.AdamW(job.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     identity = {"config": dataclasses.asdict(config), "catalog_fingerprint": catalog.fingerprint}
-    best, start = run_loop(job, optimizer, Schedule(config.steps, config.val_every, config.lr, "lr"), folder,
-                           split_root(runs_root, config.split_seed) / run_name, identity, resume, progress)  # fmt: skip
+    schedule = Schedule(config.steps, config.val_every, config.lr, "lr")
+    runs = workspace.runs_of("adapt", config.split_seed) / run_name
+    best, start = run_loop(job, optimizer, schedule, folder, runs, identity, resume, progress)
     if job.best_step != best["step"]:  # resumed after the chosen step: its per-episode accuracies were not kept
         chosen_top = adapted_top(copy.deepcopy(encoder.image_model), load_adaptation(folder / "best")[0], config.cut,
                                  folder / "best")  # fmt: skip

@@ -25,12 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from fsl.config import EncoderConfig
+from fsl.data.catalog import Catalog
 from fsl.encoders.aligned import TOWERS, Projections, load_alignment, save_alignment
 from fsl.encoders.factory import encoder_from_config
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
 from fsl.harness.loop import Schedule, Trainable, run_loop
-from fsl.paths import ALIGN_DIR, ALIGN_RUNS_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT
+from fsl.paths import Workspace
 from fsl.store.open import open_store
 
 
@@ -86,17 +87,16 @@ def training_rows(labels: np.ndarray, base: list[str]) -> np.ndarray:
 
 
 def align(
-    catalog,
-    config: AlignConfig = AlignConfig(),
-    store_root=None,
-    episodes_root=DEFAULT_EPISODES_DIR,
-    root: str | os.PathLike = ALIGN_DIR,
-    runs_root: str | os.PathLike = ALIGN_RUNS_DIR,
+    config: AlignConfig,
+    catalog: Catalog,
+    workspace: Workspace = Workspace(),
+    out: str | os.PathLike | None = None,
     resume: bool = True,
     progress: bool = True,
 ) -> dict:
-    """Train the projections; returns {"best_val_accuracy" (the validation score), "best_step", "steps",
-    "best" (the validation figures), "folder"}."""
+    """Train the projections on split `config.split_seed`'s base classes, into out/NAME (`out`: the
+    workspace's alignments, checkpoints/align, unless given); returns {"best_val_accuracy" (the
+    validation score), "best_step", "steps", "best" (the validation figures), "folder"}."""
     for key in ("dim", "steps", "batch_size", "val_every"):
         if type(getattr(config, key)) is not int or getattr(config, key) < 1:
             raise FslError(f"align {key} must be a positive whole number, got {getattr(config, key)!r}")
@@ -107,10 +107,10 @@ def align(
         or not config.prompt_weight >= 0
     ):
         raise FslError(f"align lr must be positive and finite, hidden and weight_decay >= 0 (got {config})")
-    store = open_store(catalog, EncoderConfig("offline"), store_root or FEATURES_ROOT)
+    store = open_store(catalog, EncoderConfig("offline"), workspace.features)
     if store.encoder_id != TOWERS:
         raise FslError(f"alignment needs the offline towers' store, got {store.encoder_id}")
-    split = ClassSplit.load(catalog, config.label_column, config.split_seed, episodes_root)
+    split = ClassSplit.load(catalog, config.label_column, config.split_seed, workspace.episodes_of(config.split_seed))
     labels = catalog.labels(config.label_column).to_numpy()
     rows = training_rows(labels, split.classes("base"))
     val_rows = np.flatnonzero(np.isin(labels, split.classes("val")))
@@ -133,7 +133,7 @@ def align(
     torch.manual_seed(config.seed)
     model = Projections(image.shape[1], texts[0].shape[1], config.dim, config.hidden)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    folder = Path(root) / config.name
+    folder = Path(out if out is not None else workspace.alignments) / config.name
     meta = {
         "towers": TOWERS,
         "catalog_fingerprint": catalog.fingerprint,
@@ -151,8 +151,9 @@ def align(
     validation = (val_image, val_texts, val_prompts, val_classes)
     job = Alignment(config, model, (image, texts, classes, base_prompts), validation, meta)
     identity = {"config": dataclasses.asdict(config), "catalog_fingerprint": catalog.fingerprint}
-    best, _ = run_loop(job, optimizer, Schedule(config.steps, config.val_every, config.lr, "lr"), folder,
-                       Path(runs_root) / config.name, identity, resume, progress, start_is_candidate=False)  # fmt: skip
+    schedule = Schedule(config.steps, config.val_every, config.lr, "lr")
+    runs = workspace.runs_of("align", config.split_seed) / config.name
+    best, _ = run_loop(job, optimizer, schedule, folder, runs, identity, resume, progress, start_is_candidate=False)
     return {
         "best_val_accuracy": best["score"],
         "best_step": best["step"],
@@ -250,14 +251,15 @@ def retrieval_figures(
 
 
 def novel_retrieval(
-    catalog, alignment: str | os.PathLike, store_root=None, episodes_root=DEFAULT_EPISODES_DIR, seed: int = 0
+    alignment: str | os.PathLike, catalog: Catalog, workspace: Workspace = Workspace(), seed: int = 0
 ) -> dict[str, dict]:
     """Retrieval on novel-class products (never seen in alignment): the trained projections next to
     random projections of the same sizes (the baseline: no learning)."""
 
     model, meta = load_alignment(alignment)
-    store = open_store(catalog, EncoderConfig("offline"), store_root or FEATURES_ROOT)
-    novel = ClassSplit.load(catalog, meta["label_column"], meta["split_seed"], episodes_root).classes("novel")
+    store = open_store(catalog, EncoderConfig("offline"), workspace.features)
+    split_seed, column = meta["split_seed"], meta["label_column"]
+    novel = ClassSplit.load(catalog, column, split_seed, workspace.episodes_of(split_seed)).classes("novel")
     labels = catalog.labels(meta["label_column"]).to_numpy()
     rows = np.flatnonzero(np.isin(labels, novel))
     encoder = encoder_from_config(EncoderConfig("offline"))

@@ -20,6 +20,7 @@ from fsl.errors import FslError
 from fsl.files import atomic_path, write_csv
 from fsl.harness.evaluate import mean_ci, run_episodes
 from fsl.inference.heads import class_text_table, experiment_head
+from fsl.paths import Workspace
 
 
 @dataclass
@@ -39,14 +40,13 @@ def predict_episodes(
     config: ExperimentConfig,
     catalog: Catalog,
     name: str,
-    episodes_root,
-    store_root,
-    checkpoints_root,
+    workspace: Workspace = Workspace(),
+    split_seed: int = 0,
     progress: bool = False,
 ) -> Predictions:
-    """Run a config on one frozen episode set, keeping every query's prediction."""
-    store, features, head = experiment_head(config, catalog, store_root, checkpoints_root, episodes_root)
-    episode_set = load_episode_set(config, catalog, name, episodes_root)
+    """Run a config on one frozen episode set of a class split, keeping every query's prediction."""
+    store, features, head = experiment_head(config, catalog, workspace, split_seed)
+    episode_set = load_episode_set(config, catalog, name, workspace.episodes_of(split_seed))
     episodes = episode_set.episodes
     class_text = class_text_table(config, episode_set.meta["classes"], store) if head.needs_class_text else None
     labels = np.empty(episodes.query.shape, dtype=np.int64)  # [E, Q]
@@ -221,25 +221,18 @@ def confusion_gallery_figure(p: Predictions, catalog: Catalog, k: int = 6, shown
 
 
 def analyse(
-    config: ExperimentConfig,
-    catalog: Catalog,
-    names: list[str],
-    out: str | os.PathLike,
-    runs: str | os.PathLike,
-    episodes_root,
-    store_root,
-    checkpoints_root,
+    config: ExperimentConfig, catalog: Catalog, names: list[str], workspace: Workspace = Workspace()
 ) -> list[Path]:
-    """Per-class accuracy (CSV + PNG), confusion matrix and confusion gallery (PNG) per episode set,
-    also as TensorBoard figures under runs/<name>."""
+    """Per-class accuracy (CSV + PNG), confusion matrix and confusion gallery (PNG) per episode set of
+    split 0, under results/analysis/<config>, also as TensorBoard figures under runs/analysis/<config>."""
     from torch.utils.tensorboard import SummaryWriter
 
     plt = _pyplot()
-    out = Path(out) / config.name
+    out = workspace.analysis / config.name
     written = []
-    with SummaryWriter(str(Path(runs) / config.name)) as writer:
+    with SummaryWriter(str(workspace.runs_of("analysis") / config.name)) as writer:
         for name in names:
-            p = predict_episodes(config, catalog, name, episodes_root, store_root, checkpoints_root)
+            p = predict_episodes(config, catalog, name, workspace)
             table = per_class_accuracy(p)
             written.append(write_csv(table, out / f"{name}-per-class.csv"))
             figures = {

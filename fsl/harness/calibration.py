@@ -39,14 +39,7 @@ from fsl.harness.select import power_line
 from fsl.inference.calibration import FALSE_ACCEPT, Calibration, config_key, fit_temperature, threshold_for
 from fsl.inference.heads import class_text_table, experiment_head
 from fsl.inference.open_set import SCORES, best_score, check_score, compare_scores, known_scores
-from fsl.paths import (
-    DEFAULT_CHECKPOINTS,
-    DEFAULT_EPISODES_DIR,
-    FEATURES_ROOT,
-    USER_CALIBRATION_DIR,
-    checkpoint_dir,
-    episode_set_path,
-)
+from fsl.paths import USER_CALIBRATION_DIR, Workspace, checkpoint_dir, episode_set_path
 from fsl.store.rows import store_rows
 
 KNOWN_WAYS = 5  # classes taught in a reported open-set episode; the rest of the episode's classes are unknown
@@ -199,10 +192,9 @@ def episode_scores(
 def calibrate(
     config: ExperimentConfig,
     catalog: Catalog,
-    store_root=None,
-    checkpoints_root=DEFAULT_CHECKPOINTS,
-    episodes_root=DEFAULT_EPISODES_DIR,
-    root: str | os.PathLike = USER_CALIBRATION_DIR,
+    workspace: Workspace = Workspace(),
+    out: str | os.PathLike = USER_CALIBRATION_DIR,
+    split_seed: int = 0,
     false_accept: float = FALSE_ACCEPT,
     temperature_set: str = "auto",
     open_selection_set: str = "auto",
@@ -213,17 +205,18 @@ def calibrate(
     taught_counts: tuple[int, ...] = TAUGHT_COUNTS,
 ) -> Calibration:
     """Fit T, choose the known-ness score (`auto`: the best pooled AUROC on the open-set selection
-    episodes, every taught count together) and its "unknown" threshold, save, then report on novel
-    classes. `auto` sets: over base ∪ validation classes where the config learned nothing from base
-    classes (experiment.selection_sets), else over validation classes."""
-
+    episodes, every taught count together) and its "unknown" threshold on class split `split_seed`,
+    save under `out`, then report on novel classes. `auto` sets: over base ∪ validation classes where
+    the config learned nothing from base classes (experiment.selection_sets), else over validation
+    classes."""
+    split_episodes = workspace.episodes_of(split_seed)
     if not 0 < false_accept < 1:
         raise FslError(f"false_accept must lie strictly between 0 and 1, got {false_accept}")
     if score != "auto":
         check_score(score)
 
     def first_drawn(candidates: tuple[str, ...]) -> str:
-        drawn = (n for n in candidates if episode_set_path(catalog, config.label_column, n, episodes_root).is_file())
+        drawn = (n for n in candidates if episode_set_path(catalog, config.label_column, n, split_episodes).is_file())
         return next(drawn, candidates[-1])
 
     if temperature_set == "auto":
@@ -231,23 +224,21 @@ def calibrate(
     if open_selection_set == "auto":
         open_selection_set = first_drawn(selection_sets(config, *OPEN_SELECTION_SETS))
     check_validation_only(
-        config, catalog, (temperature_set, open_selection_set), episodes_root, "fsl calibrate", "the val-* sets"
+        config, catalog, (temperature_set, open_selection_set), split_episodes, "fsl calibrate", "the val-* sets"
     )
-    split_seed = load_episode_set(config, catalog, temperature_set, episodes_root).meta["split_seed"]
-    store, features, head = experiment_head(
-        config, catalog, store_root or FEATURES_ROOT, checkpoints_root, episodes_root
-    )
-    checkpoint = checkpoint_dir(config.name, checkpoints_root) / "best" if config.train is not None else None
+    store, features, head = experiment_head(config, catalog, workspace, split_seed)
+    trained = checkpoint_dir(config.name, workspace.checkpoints_of(split_seed)) / "best"
+    checkpoint = trained if config.train is not None else None
 
     def logits_of(name: str):
-        episode_set = load_episode_set(config, catalog, name, episodes_root)
+        episode_set = load_episode_set(config, catalog, name, split_episodes)
         check_alignment(store, episode_set)
         episodes = episode_set.episodes
         logits = set_logits(head, features, store, config, episodes, episode_set.meta["classes"], config.batch_size)
         return logits.reshape(-1, logits.shape[-1]), torch.as_tensor(np.tile(episodes.query_labels, len(episodes)))
 
     def open_set_of(name: str, temperature: float, counts: tuple[int, ...]) -> OpenSetScores:
-        episode_set = load_episode_set(config, catalog, name, episodes_root)
+        episode_set = load_episode_set(config, catalog, name, split_episodes)
         check_alignment(store, episode_set)
         n_way = episode_set.episodes.n_way  # a count at or above it teaches all but one class instead
         counts = tuple(sorted({min(count, n_way - 1) for count in counts}))
@@ -299,7 +290,7 @@ def calibrate(
         f"{pool} ({temperature_set}, open-set {open_selection_set} teaching {'/'.join(map(str, counts))} classes, "
         f"a threshold for each; {catalog.fingerprint} split {split_seed})"
     )
-    calibration.save(root)  # chosen: only now is a novel-class episode read, to report
+    calibration.save(out)  # chosen: only now is a novel-class episode read, to report
 
     for name in report_sets:
         logits, labels = logits_of(name)
@@ -316,7 +307,7 @@ def calibrate(
         "by_taught": open_novel.figures(chosen, calibration.threshold_at).get("by_taught", {}),  # one count: none
         "rank_agreement": rank_agreement(comparison, reported.comparison()),
     }
-    calibration.save(root)
+    calibration.save(out)
     return calibration
 
 

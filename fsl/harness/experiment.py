@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,17 +26,12 @@ from fsl.episodes.standard import SELECTION_BENCHMARKS, STANDARD_BENCHMARKS, loa
 from fsl.errors import FslError
 from fsl.harness.evaluate import EvalResult, run_episodes
 from fsl.inference.heads import class_text_table, experiment_head, tiny_head
-from fsl.paths import (
-    DEFAULT_CHECKPOINTS,
-    DEFAULT_EPISODES_DIR,
-    FEATURES_ROOT,
-    available_splits,
-    episode_set_path,
-    split_root,
-)
+from fsl.paths import Workspace, available_splits, episode_set_path
 from fsl.store.features import FeatureStore
 from fsl.store.open import open_store
 from fsl.store.rows import store_rows
+
+logger = logging.getLogger(__name__)
 
 
 def check_runnable(config: ExperimentConfig) -> None:
@@ -89,34 +84,27 @@ def config_for_split(config: ExperimentConfig, split_seed: int) -> ExperimentCon
     return dataclasses.replace(config, encoder=encoder)
 
 
-def splits_for(
-    config: ExperimentConfig,
-    catalog: Catalog,
-    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
-    store_root: str | os.PathLike = FEATURES_ROOT,
-) -> list[int]:
+def splits_for(config: ExperimentConfig, catalog: Catalog, workspace: Workspace = Workspace()) -> list[int]:
     """Every split drawn for the catalog, less those the config's store cannot serve: an aligned space
     trained on one split's base classes has seen the other splits' novel classes, and an adapted tower
     runs only on the splits it was adapted for (said, then skipped)."""
-    splits = available_splits(catalog, episodes_root, config.label_column)
+    splits = available_splits(catalog, workspace.episodes, config.label_column)
     if not splits:
-        raise FslError(f"no class split under {episodes_root} for this catalog; run `fsl episodes` first")
+        raise FslError(f"no class split under {workspace.episodes} for this catalog; run `fsl episodes` first")
     if config.encoder.name == "adapted" and config.encoder.pretrained:
         missing = [s for s in splits if not Path(adaptation_for_split(config.encoder.pretrained, s)).is_dir()]
         if missing and len(missing) < len(splits):
-            print(
-                f"fsl: {config.name}: no adaptation for split(s) {', '.join(map(str, missing))} "
-                f"(e.g. {adaptation_for_split(config.encoder.pretrained, missing[0])}); they are skipped",
-                file=sys.stderr,
+            logger.warning(
+                f"{config.name}: no adaptation for split(s) {', '.join(map(str, missing))} "
+                f"(e.g. {adaptation_for_split(config.encoder.pretrained, missing[0])}); they are skipped"
             )
         return [s for s in splits if s not in missing] or splits  # none at all: the store says why
-    store = open_store(catalog, config.encoder, store_root)
+    store = open_store(catalog, config.encoder, workspace.features)
     alignment = store.manifest.get("alignment")
     if alignment and len(splits) > 1:
-        print(
-            f"fsl: {config.name}: its aligned space was trained on split {alignment['split_seed']}; "
-            f"the other splits ({', '.join(str(s) for s in splits if s != alignment['split_seed'])}) are skipped",
-            file=sys.stderr,
+        logger.warning(
+            f"{config.name}: its aligned space was trained on split {alignment['split_seed']}; "
+            f"the other splits ({', '.join(str(s) for s in splits if s != alignment['split_seed'])}) are skipped"
         )
         splits = [s for s in splits if s == alignment["split_seed"]]
     return splits
@@ -132,15 +120,11 @@ def flat_options(config: ExperimentConfig) -> dict:
 
 
 def episode_set_digest(
-    config: ExperimentConfig,
-    catalog: Catalog,
-    name: str,
-    split_seed: int,
-    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+    config: ExperimentConfig, catalog: Catalog, name: str, split_seed: int, workspace: Workspace = Workspace()
 ) -> str | None:
     """The digest of the episode file a set name (shifted names too) of a split runs on now, or None."""
     path = episode_set_path(
-        catalog, config.label_column, name.removesuffix(RERENDERED), split_root(episodes_root, split_seed)
+        catalog, config.label_column, name.removesuffix(RERENDERED), workspace.episodes_of(split_seed)
     )
     return file_digest(path.read_bytes()) if path.is_file() else None
 
@@ -161,11 +145,11 @@ def why_not_drawn(catalog: Catalog, column: str, name: str, root: str | os.PathL
 
 
 def episode_sets_to_run(
-    config: ExperimentConfig, catalog: Catalog, episodes_root: str | os.PathLike, split_seed: int = 0
+    config: ExperimentConfig, catalog: Catalog, workspace: Workspace = Workspace(), split_seed: int = 0
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """(the config's episode sets this split has, [(set, why not) for the others]); an error naming
     them when it has none, so a small catalog runs what it can and says what it skipped."""
-    root = split_root(episodes_root, split_seed)
+    root = workspace.episodes_of(split_seed)
     present, skipped = [], []
     for name in config.episodes:
         if episode_set_path(catalog, config.label_column, name, root).is_file():
@@ -197,22 +181,20 @@ def test_time_features(store, catalog: Catalog, config: ExperimentConfig, featur
 def run_experiment(
     config: ExperimentConfig,
     catalog: Catalog,
-    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
-    store_root: str | os.PathLike = FEATURES_ROOT,
-    progress: bool = True,
-    checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS,
-    shifted: bool = False,
+    workspace: Workspace = Workspace(),
     split_seed: int = 0,
+    shifted: bool = False,
+    progress: bool = True,
 ) -> list[EvalResult]:
     """One config's head on each of its frozen episode sets of one class split (a trained head: the
     checkpoint trained on that split); with `shifted`, on the shifted query sets of fsl/episodes/shift.py and
     their controls too (a set named X+rerendered is set X with re-rendered query photos)."""
     config = config_for_split(config, split_seed)
-    names, skipped = episode_sets_to_run(config, catalog, episodes_root, split_seed)
+    names, skipped = episode_sets_to_run(config, catalog, workspace, split_seed)
     for name, why in skipped:
-        print(f"fsl: {config.name}: skipped {name}: {why}", file=sys.stderr)
-    episodes_root, checkpoints_root = split_root(episodes_root, split_seed), split_root(checkpoints_root, split_seed)
-    store, features, head = experiment_head(config, catalog, store_root, checkpoints_root, episodes_root)
+        logger.warning(f"{config.name}: skipped {name}: {why}")
+    split_episodes = workspace.episodes_of(split_seed)
+    store, features, head = experiment_head(config, catalog, workspace, split_seed)
     hparams = {
         "split": split_seed,
         "head": config.method,
@@ -224,24 +206,20 @@ def run_experiment(
     }
     if shifted:
         for name in (name for pair in SHIFTED_PAIRS.items() for name in pair if name not in names):
-            path = episode_set_path(catalog, config.label_column, name.removesuffix(RERENDERED), episodes_root)
+            path = episode_set_path(catalog, config.label_column, name.removesuffix(RERENDERED), split_episodes)
             if path.is_file():
                 names.append(name)
             else:
-                print(
-                    f"fsl: {config.name}: no shifted set {name} for this catalog ({path.name} was not drawn)",
-                    file=sys.stderr,
-                )
+                logger.warning(f"{config.name}: no shifted set {name} for this catalog ({path.name} was not drawn)")
     results = []
     for name in names:
-        episode_set = load_episode_set(config, catalog, name.removesuffix(RERENDERED), episodes_root)  # same episodes
+        episode_set = load_episode_set(config, catalog, name.removesuffix(RERENDERED), split_episodes)  # same episodes
         check_alignment(store, episode_set)
         class_text = class_text_table(config, episode_set.meta["classes"], store) if head.needs_class_text else None
         query_features, set_features = None, features
         if config.test_time_views:
             if name.endswith(RERENDERED):
-                print(f"fsl: {config.name}: skipped {name}: test-time views of re-rendered photos are not embedded",
-                      file=sys.stderr)  # fmt: skip
+                logger.warning(f"{config.name}: skipped {name}: test-time views of re-rendered photos are not embedded")
                 continue
             set_features = test_time_features(store, catalog, config, features, episode_set.episodes, progress)
         if name.endswith(RERENDERED):
@@ -276,14 +254,14 @@ def run_experiment(
 
 
 def check_validation_only(
-    config: ExperimentConfig, catalog: Catalog, names, episodes_root, who: str, instead: str
+    config: ExperimentConfig, catalog: Catalog, names, split_episodes, who: str, instead: str
 ) -> None:
     """Every selection (a checkpoint, a grid point, a temperature, a threshold) reads validation-class
     episodes, or the selection pool (base ∪ validation classes) where the config learned nothing from
     base classes: a set drawn from any other classes is refused, naming it, before any work starts."""
     allowed = ("val",) if learns_from_base(config) else ("val", "select")
     for name in names:
-        episode_set = load_episode_set(config, catalog, name, episodes_root)
+        episode_set = load_episode_set(config, catalog, name, split_episodes)
         split = episode_set.meta.get("split")
         if split == "select" and split not in allowed:
             raise FslError(

@@ -9,6 +9,7 @@ last/ written atomically, and a hook that a sweep's pruner reads (and may stop t
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from abc import ABC, abstractmethod
@@ -22,6 +23,8 @@ from tqdm.auto import tqdm, trange
 
 from fsl.errors import FslError
 from fsl.inference.checkpoints import load_train_state, save_train_state
+
+logger = logging.getLogger(__name__)
 
 
 class Trainable(ABC):
@@ -102,7 +105,7 @@ def run_loop(
             job.load_state(state["job"], folder / "last")
             optimizer.load_state_dict(state["optimizer"])
             done, best, start = int(state["step"]), state["best"], state["start"]
-            print(
+            logger.info(
                 f"resuming {job.name} at step {done} (best validation score {best['score']:.4f} at step {best['step']})"
             )
         elif start_is_candidate:  # a chosen step never loses to the untrained start
@@ -111,7 +114,7 @@ def run_loop(
             job.save(folder / "best", 0, start, start)
             for key, value in start.items():
                 writer.add_scalar(f"val/{key}", value, 0)
-            print(f"{job.name}: step 0 (the untrained start), validation score {start['score']:.4f}")
+            logger.info(f"{job.name}: step 0 (the untrained start), validation score {start['score']:.4f}")
         bar = trange(done + 1, schedule.steps + 1, desc=f"{job.task} {job.name}", disable=None if progress else True,
                      initial=done, total=schedule.steps)  # fmt: skip
         for step in bar:

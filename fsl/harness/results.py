@@ -4,8 +4,8 @@ across-split means, plots and TensorBoard scalars."""
 from __future__ import annotations
 
 import itertools
+import logging
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,8 @@ import pandas as pd
 from fsl.errors import FslError
 from fsl.files import atomic_path, read_csv, write_csv
 from fsl.harness.evaluate import EvalResult, mean_ci, paired_difference, percent
+
+logger = logging.getLogger(__name__)
 
 DESCRIBING = ("head", "fusion", "transductive")  # what a plot groups, colours and marks by
 # results_frame also records `episodes_sha`, the digest of the episode file each row ran on: pairing
@@ -343,10 +345,9 @@ def earlier_results(path: Path, resolved_config: bytes, new, current_draw=None):
             }
         )
         if stale:
-            print(
-                f"fsl: {path}: dropped earlier rows of {', '.join(f'split {s} {e}' for s, e in stale)}: their "
-                "episode files were redrawn since (or the rows predate recording which draw they ran on)",
-                file=sys.stderr,
+            logger.warning(
+                f"{path}: dropped earlier rows of {', '.join(f'split {s} {e}' for s, e in stale)}: their "
+                "episode files were redrawn since (or the rows predate recording which draw they ran on)"
             )
     return old[keep][list(new.columns)]
 

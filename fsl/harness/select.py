@@ -24,7 +24,7 @@ from fsl.errors import FslError
 from fsl.files import write_json
 from fsl.harness.adapt import adapt, check_adapt_config, near_duplicate_index
 from fsl.harness.evaluate import mean_ci, paired_difference
-from fsl.paths import ADAPT_DIR, ADAPT_RUNS_DIR, DEFAULT_EPISODES_DIR, FEATURES_ROOT, split_root
+from fsl.paths import Workspace
 
 
 def power_line(names: list[str], accuracies: list[np.ndarray], best: int, unit: str = "points") -> dict:
@@ -54,13 +54,11 @@ def power_verdict(line: dict, unit: str = "points") -> str:
 
 
 def compare_recipes(
-    catalog: Catalog,
     recipes: list[AdaptConfig],
+    catalog: Catalog,
+    workspace: Workspace = Workspace(),
     folds: int = DEFAULT_FOLDS,
-    store_root: str | os.PathLike = FEATURES_ROOT,
-    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
-    root: str | os.PathLike = ADAPT_DIR,
-    runs_root: str | os.PathLike = ADAPT_RUNS_DIR,
+    out: str | os.PathLike | None = None,
     results: str | os.PathLike | None = None,
     resume: bool = True,
     progress: bool = True,
@@ -76,16 +74,16 @@ def compare_recipes(
     for recipe in recipes:
         check_adapt_config(recipe)
     split_seed = seeds.pop()
-    split = ClassSplit.load(catalog, recipes[0].label_column, split_seed, split_root(episodes_root, split_seed))
+    split = ClassSplit.load(catalog, recipes[0].label_column, split_seed, workspace.episodes_of(split_seed))
     labels = catalog.labels(recipes[0].label_column).to_numpy()
     fold_list = class_folds(
-        split, labels, near_duplicate_index(catalog, split_root(episodes_root, split_seed)), folds, split_seed
+        split, labels, near_duplicate_index(catalog, workspace.episodes_of(split_seed)), folds, split_seed
     )
     rows, accuracies = [], []
     for recipe in recipes:
         per_fold, episodes = [], []
         for fold in fold_list:
-            summary = adapt(catalog, recipe, store_root, episodes_root, root, runs_root, resume, progress, fold=fold)
+            summary = adapt(recipe, catalog, workspace, out, resume, progress, fold=fold)
             (values,) = summary["accuracies"].values()
             episodes.append(values)
             per_fold.append({"fold": fold.index, "step": summary["best_step"], "score": float(values.mean()),
@@ -104,7 +102,7 @@ def compare_recipes(
         "power": power_line([r["recipe"] for r in rows], accuracies, best),
         "scored_on": "class folds of base and validation classes (novel classes never read)",
     }
-    writer = SummaryWriter(str(split_root(runs_root, split_seed) / "folds"))
+    writer = SummaryWriter(str(workspace.runs_of("adapt", split_seed) / "folds"))
     for i, row in enumerate(rows):
         writer.add_scalar("folds/mean_accuracy", row["mean"], i)
     writer.add_text("folds/power", summary["power"]["verdict"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import math
 import os
 import time
@@ -38,7 +39,9 @@ from fsl.harness.evaluate import EvalResult, mean_ci, percent
 from fsl.harness.experiment import check_runnable, check_validation_only, run_experiment
 from fsl.harness.select import power_line
 from fsl.harness.train import train
-from fsl.paths import DEFAULT_CHECKPOINTS, DEFAULT_EPISODES_DIR, FEATURES_ROOT, RESULTS_DIR, SWEEP_RUNS_DIR
+from fsl.paths import Workspace
+
+logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 30  # a running trial says it is alive this often; silent for GRACE_S, it is failed and run again
 GRACE_S = 90
@@ -114,9 +117,9 @@ def write_chosen(result: SweepResult, path: str | os.PathLike) -> Path:
 # The study -------------------------------------------------------------------------------------
 
 
-def default_storage(results_root: str | os.PathLike) -> str:
+def default_storage(workspace: Workspace) -> str:
     """SQLite beside the results: one embedded file, nothing to run."""
-    path = Path(results_root) / "sweeps" / "studies.db"
+    path = workspace.results / "sweeps" / "studies.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path.resolve()}"
 
@@ -203,19 +206,15 @@ def still_to_score(study: optuna.Study, n_points: int, n_trials: int | None) -> 
 
 def sweep(
     config: ExperimentConfig,
-    grid: list[tuple[str, list[Any]]],
     catalog: Catalog,
-    on: tuple[str, ...] = ("val-5w5s",),
-    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
-    store_root: str | os.PathLike | None = None,
-    checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS,
-    runs_root: str | os.PathLike = SWEEP_RUNS_DIR,
-    progress: bool = True,
+    workspace: Workspace = Workspace(),
+    grid: list[tuple[str, list[Any]]] | None = None,
     space: dict[str, Any] | None = None,
     trials: int | None = None,
+    on: tuple[str, ...] = ("val-5w5s",),
+    progress: bool = True,
     storage: str | None = None,
     study_name: str | None = None,
-    results_root: str | os.PathLike = RESULTS_DIR,
     seed: int = 0,
     heartbeat_s: int = HEARTBEAT_S,
     grace_s: int = GRACE_S,
@@ -223,9 +222,9 @@ def sweep(
     """Score points of the config on the `on` (selection) sets in an Optuna study; the best mean
     accuracy wins (the lowest trial number on ties). A grid alone runs every point once; `space`
     with `trials` runs that many TPE trials (grid keys join the space as choices). A config with a
-    train: section is trained at every point (its checkpoint chosen on its own validation episodes)."""
-    store_root = store_root or FEATURES_ROOT
-    space = dict(space or {})
+    train: section is trained at every point (its checkpoint chosen on its own validation episodes). The
+    study lives in the workspace's results (results/sweeps/studies.db) unless `storage` names another."""
+    grid, space = list(grid or []), dict(space or {})
     if not grid and not space:
         raise FslError(
             "grid: a sweep needs a grid of values (KEY=V1,V2,...) or a space (KEY=KIND:LOW:HIGH, with trials)", "grid"
@@ -247,7 +246,7 @@ def sweep(
             distribution.low, distribution.high)  # fmt: skip
         for value in ends:
             check_runnable(override(config, [(key, value)], "space"))
-    check_validation_only(config, catalog, on, episodes_root, "fsl sweep", "--on val-5w5s (or select-5w5s)")
+    check_validation_only(config, catalog, on, workspace.episodes, "fsl sweep", "--on val-5w5s (or select-5w5s)")
 
     n_points = math.prod(len(values) for _, values in grid)
     if trials is None:  # a grid: every point once
@@ -263,10 +262,10 @@ def sweep(
     }
     # a trained config reports each validation point; the median of earlier trials there stops a hopeless one
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if config.train is not None else optuna.pruners.NopPruner()
-    storage = storage or default_storage(results_root)
+    storage = storage or default_storage(workspace)
     name = study_name or config.name
     study = open_study(storage, name, identity, sampler, heartbeat_s, grace_s, pruner)
-    writer = SummaryWriter(str(Path(runs_root) / name))
+    writer = SummaryWriter(str(workspace.runs_of("sweep") / name))
 
     def objective(trial: optuna.Trial) -> float:
         values = {key: trial.suggest_categorical(key, vals) for key, vals in grid} if trials is None else {
@@ -282,17 +281,16 @@ def sweep(
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"step {step}: {100 * accuracy:.1f}%, below the median of earlier trials")
 
-            train(candidate, catalog, episodes_root, store_root, checkpoints_root, runs_root, progress=progress,
-                  on_validation=report)  # fmt: skip
+            train(candidate, catalog, workspace, progress=progress, on_validation=report)
         results: list[EvalResult] = run_experiment(
-            dataclasses.replace(candidate, episodes=on), catalog, episodes_root, store_root, progress, checkpoints_root
+            dataclasses.replace(candidate, episodes=on), catalog, workspace, progress=progress
         )
         accuracy = np.concatenate([r.accuracy for r in results])  # pooled over the `on` sets
         trial.set_user_attr("accuracy", accuracy.tolist())
         mean, ci = mean_ci(accuracy)
         writer.add_scalar("sweep/selection_accuracy", mean, trial.number)
         if progress:
-            print(f"  trial {trial.number} {values}: {', '.join(on)} {percent(mean, ci)}")
+            logger.info(f"trial {trial.number} {values}: {', '.join(on)} {percent(mean, ci)}")
         return mean
 
     def stop_when_done(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:

@@ -5,7 +5,7 @@ under runs/train/<name>; checkpoints/<name>/{best,last}; an interrupted run resu
 from __future__ import annotations
 
 import dataclasses
-import os
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,20 +24,22 @@ from fsl.harness.experiment import check_alignment, check_validation_only, flat_
 from fsl.harness.loop import Schedule, Trainable, run_loop
 from fsl.inference.checkpoints import load_head, save_head
 from fsl.inference.heads import base_classes, build_head
-from fsl.paths import DEFAULT_CHECKPOINTS, DEFAULT_EPISODES_DIR, FEATURES_ROOT, TRAIN_RUNS_DIR, checkpoint_dir
+from fsl.paths import Workspace, checkpoint_dir
 from fsl.store.open import open_store
 from fsl.store.rows import store_features
 
+logger = logging.getLogger(__name__)
+
 
 def training_samplers(
-    config: ExperimentConfig, catalog: Catalog, base: list[str], episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR
+    config: ExperimentConfig, catalog: Catalog, base: list[str], split_episodes: Path
 ) -> dict[str, EpisodeSampler]:
     """One sampler of catalog rows per source of training episodes: the label column's base classes,
     then each of `train.sources` (another label column), whose classes are its values among the
     base-class products only, so no validation or novel product ever enters a training episode.
     Near-duplicate groups, where the episode sets were drawn with them, apply to all."""
     settings = config.train
-    near_duplicates = saved_near_duplicates(catalog, episodes_root)
+    near_duplicates = saved_near_duplicates(catalog, split_episodes)
     groups = None if near_duplicates is None else near_duplicates.group_index(catalog.products["id"].to_numpy())
     rows = np.flatnonzero(catalog.labels(config.label_column).isin(base).to_numpy())  # base-class products
     columns = (config.label_column, *settings.sources)
@@ -73,35 +75,35 @@ def training_samplers(
 def train(
     config: ExperimentConfig,
     catalog: Catalog,
-    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
-    store_root: str | os.PathLike = FEATURES_ROOT,
-    checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS,
-    runs_root: str | os.PathLike = TRAIN_RUNS_DIR,
+    workspace: Workspace = Workspace(),
+    split_seed: int = 0,
     resume: bool = True,
     progress: bool = True,
     on_validation: Callable[[int, float], None] | None = None,
 ) -> dict:
-    """Meta-train the config's head; returns {"best_val_accuracy", "best_step", "steps"}. Each
+    """Meta-train the config's head on class split `split_seed`'s base classes, its checkpoint chosen
+    on that split's validation classes; returns {"best_val_accuracy", "best_step", "steps"}. Each
     validation point is also passed to `on_validation(step, accuracy)`: a sweep's pruner reads them,
     and may stop the run by raising."""
+    split_episodes = workspace.episodes_of(split_seed)
     settings = config.train
     if settings is None:
         raise FslError(f"experiment {config.name!r} has no train: section, so nothing to train")
     check_validation_only(
-        config, catalog, (settings.val_episodes,), episodes_root, "fsl train", "train.val_episodes=val-5w5s"
+        config, catalog, (settings.val_episodes,), split_episodes, "fsl train", "train.val_episodes=val-5w5s"
     )
-    store = open_store(catalog, config.encoder, store_root)
+    store = open_store(catalog, config.encoder, workspace.features)
     head = build_head(config, store)
     if not head.meta_trainable:
         raise FslError(f"{config.method} with fusion {config.fusion!r} has no meta-parameters to train")
     # training samples rows at random for many steps: hold the features in memory once
     features = torch.from_numpy(np.asarray(store_features(store, config.text_variant), dtype=np.float32))
-    val_set = load_episode_set(config, catalog, settings.val_episodes, episodes_root)
+    val_set = load_episode_set(config, catalog, settings.val_episodes, split_episodes)
     check_alignment(store, val_set)  # an aligned space trained on another split's classes would leak them
-    classes = base_classes(catalog, config, val_set.meta["split_seed"], episodes_root)
+    classes = base_classes(catalog, config, val_set.meta["split_seed"], split_episodes)
     if not np.array_equal(store.ids, catalog.products["id"].to_numpy()):
         raise FslError(f"feature store {store.path} rows do not follow the catalog; re-run `fsl embed`")
-    samplers = training_samplers(config, catalog, classes, episodes_root)
+    samplers = training_samplers(config, catalog, classes, split_episodes)
     torch.manual_seed(settings.seed)
     optimizer = torch.optim.Adam(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     meta = {
@@ -132,8 +134,8 @@ def train(
         job,
         optimizer,
         Schedule(settings.steps, settings.val_every, settings.lr, "train.lr"),
-        checkpoint_dir(config.name, checkpoints_root),
-        Path(runs_root) / config.name,
+        checkpoint_dir(config.name, workspace.checkpoints_of(split_seed)),
+        workspace.runs_of("train", split_seed) / config.name,
         identity,
         resume,
         progress,
@@ -141,7 +143,9 @@ def train(
         hparams=hparams,
     )
     if best["step"] == 0:
-        print(f"{config.name}: no training step beat the untrained start on {settings.val_episodes}; best is step 0")
+        logger.warning(
+            f"{config.name}: no training step beat the untrained start on {settings.val_episodes}; best is step 0"
+        )
     return {"best_val_accuracy": best["accuracy"], "best_step": best["step"], "steps": settings.steps}
 
 

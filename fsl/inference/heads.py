@@ -5,6 +5,7 @@ them, and the heads your own categories can use by name."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ from fsl.errors import FslError
 from fsl.inference.checkpoints import load_head
 from fsl.methods import FewShotHead, create_head
 from fsl.methods.fusion import create_fusion
-from fsl.paths import DEFAULT_CHECKPOINTS, DEFAULT_EPISODES_DIR, FEATURES_ROOT, checkpoint_dir
+from fsl.paths import Workspace, checkpoint_dir
 from fsl.store.features import FeatureStore
 from fsl.store.open import open_store
 from fsl.store.rows import store_features
@@ -88,21 +89,19 @@ def class_text_table(config: ExperimentConfig, classes: list[str], store: Featur
     return torch.from_numpy(store.short_texts(prompts, lambda texts: encoder.encode_texts(texts, progress=False)))
 
 
-def base_classes(
-    catalog: Catalog, config: ExperimentConfig, split_seed: int, episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR
-) -> list[str]:
-    """The base (training) classes of a saved class split."""
-    return ClassSplit.load(catalog, config.label_column, split_seed, episodes_root).classes("base")
+def base_classes(catalog: Catalog, config: ExperimentConfig, split_seed: int, split_episodes: Path) -> list[str]:
+    """The base (training) classes of a saved class split (its file in `split_episodes`, the split's folder)."""
+    return ClassSplit.load(catalog, config.label_column, split_seed, split_episodes).classes("base")
 
 
 def base_products(
-    config: ExperimentConfig, catalog: Catalog, features, episodes_root
+    config: ExperimentConfig, catalog: Catalog, features, split_episodes: Path
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw features [n, D] and class indices [n] of the base-class products of the split the config's
     episodes come from: what SimpleShot's centring and GDA's covariance prior may know, never a val
     or novel class."""
-    split_seed = load_episode_set(config, catalog, config.episodes[0], episodes_root).meta["split_seed"]
-    classes = base_classes(catalog, config, split_seed, episodes_root)
+    split_seed = load_episode_set(config, catalog, config.episodes[0], split_episodes).meta["split_seed"]
+    classes = base_classes(catalog, config, split_seed, split_episodes)
     labels = catalog.labels(config.label_column)
     rows = np.flatnonzero(labels.isin(classes).to_numpy())
     codes = pd.Categorical(labels.iloc[rows], categories=classes).codes
@@ -112,20 +111,21 @@ def base_products(
 def experiment_head(
     config: ExperimentConfig,
     catalog: Catalog,
-    store_root: str | os.PathLike = FEATURES_ROOT,
-    checkpoints_root: str | os.PathLike = DEFAULT_CHECKPOINTS,
-    episodes_root: str | os.PathLike = DEFAULT_EPISODES_DIR,
+    workspace: Workspace = Workspace(),
+    split_seed: int = 0,
     checkpoint: str | os.PathLike | None = None,
 ):
-    """(store, its features as the config sees them, the head): a trained head loads `checkpoint`, or
-    its best one; a head that learns from the base classes gets their products."""
-    store = open_store(catalog, config.encoder, store_root)
+    """(store, its features as the config sees them, the head) on class split `split_seed`: a trained
+    head loads `checkpoint`, or its best one of that split; a head that learns from the base classes
+    gets that split's base products."""
+    store = open_store(catalog, config.encoder, workspace.features)
     head = build_head(config, store)
     features = store_features(store, config.text_variant)
     if checkpoint is not None or config.train is not None:
-        load_head(checkpoint or checkpoint_dir(config.name, checkpoints_root) / "best", head, store.encoder_id)
+        best = checkpoint_dir(config.name, workspace.checkpoints_of(split_seed)) / "best"
+        load_head(checkpoint or best, head, store.encoder_id)
     if head.needs_base_classes:
-        head.fit_base(*base_products(config, catalog, features, episodes_root))
+        head.fit_base(*base_products(config, catalog, features, workspace.episodes_of(split_seed)))
     return store, features, head
 
 

@@ -7,8 +7,8 @@ record; checked whole whenever opened, and computed again, saying so, when damag
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +28,8 @@ from fsl.paths import FEATURES_ROOT, store_path
 from fsl.store.locks import file_lock, holder_name
 from fsl.store.manifest import RECORD_TYPES, array_record, non_finite_rows, npy_header
 from fsl.store.rows import cached_by_id
+
+logger = logging.getLogger(__name__)
 
 DTYPE = np.float16
 CHUNK = 256  # products between progress records
@@ -114,15 +116,14 @@ def cached_activations(
         record = read_json(record_file, "activations progress") if record_file.is_file() and partial.is_file() else {}
         done = record.get("rows_done", 0) if record.get("shape") == list(shape) else 0
         if done:
-            print(f"fsl: resuming the cached activations at product {done} of {shape[0]}", file=sys.stderr)
+            logger.info(f"resuming the cached activations at product {done} of {shape[0]}")
             out = np.lib.format.open_memmap(partial, mode="r+")
         else:
             out = np.lib.format.open_memmap(partial, mode="w+", dtype=DTYPE, shape=shape)
         paths = catalog.image_paths
-        print(
-            f"fsl: caching the activations at cut {cut} of {shape[0] - done} photo(s), once ({final}); the store "
-            "stays readable meanwhile (fsl eval, sweep, demo). The expected time follows the first chunk",
-            file=sys.stderr,
+        logger.info(
+            f"caching the activations at cut {cut} of {shape[0] - done} photo(s), once ({final}); the store "
+            "stays readable meanwhile (fsl eval, sweep, demo). The expected time follows the first chunk"
         )
         bar = tqdm(total=shape[0], initial=done, desc=f"activations at cut {cut}", unit="photo",
                    disable=None if progress else True)  # fmt: skip
@@ -138,10 +139,9 @@ def cached_activations(
             write_json(record_file, {"rows_done": stop, "shape": list(shape), "cut": cut})
             if start == done and stop < shape[0]:
                 rate = (stop - done) / (time.perf_counter() - started)
-                print(
-                    f"fsl: {rate:.1f} photos/s: about {(shape[0] - stop) / rate / 60:.0f} min more for the "
-                    f"other {shape[0] - stop} (resumable: a stopped run goes on from its last chunk)",
-                    file=sys.stderr,
+                logger.info(
+                    f"{rate:.1f} photos/s: about {(shape[0] - stop) / rate / 60:.0f} min more for the "
+                    f"other {shape[0] - stop} (resumable: a stopped run goes on from its last chunk)"
                 )
         bar.close()
         del out
@@ -159,7 +159,7 @@ def _sound(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     problem = activations_problem(path, shape)
     if problem is None:
         return np.load(path, mmap_mode="r")
-    print(f"fsl: the cached activations {path} are damaged ({problem}); computing them again", file=sys.stderr)
+    logger.warning(f"the cached activations {path} are damaged ({problem}); computing them again")
     with activations_lock(path):
         path.unlink(missing_ok=True)
         path.with_suffix(".json").unlink(missing_ok=True)
@@ -186,10 +186,7 @@ def view_activations(
         paths = catalog.products.set_index("id").loc[missing, "image_path"]
         if paths.isna().any():
             raise FslError(f"products {paths.index[paths.isna()][:5].tolist()} have no photo to render as {view}")
-        print(
-            f"fsl: the {view} view of {len(missing)} photo(s) through the frozen bottom, once ({cache})",
-            file=sys.stderr,
-        )
+        logger.info(f"the {view} view of {len(missing)} photo(s) through the frozen bottom, once ({cache})")
         batches = encoder.image_batches([str(p) for p in paths], 32, None, render)
         return np.concatenate(
             [

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +19,8 @@ import numpy as np
 from fsl.errors import FslError
 from fsl.files import ARRAY_READ_ERRORS, atomic_path, write_json
 from fsl.paths import content_cache_dir
+
+logger = logging.getLogger(__name__)
 
 SMALL_BATCH = 64  # below this many photos, decoding in worker processes costs more than it saves
 
@@ -80,7 +82,7 @@ class ContentCache:
             problem = f"it cannot be read ({type(error).__name__})"
         if problem is None:
             return vector
-        print(f"fsl: note: the cached {kind} features {path} are bad ({problem}); embedding again", file=sys.stderr)
+        logger.warning(f"the cached {kind} features {path} are bad ({problem}); embedding again")
         self.repaired += 1
         return None
 

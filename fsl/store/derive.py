@@ -4,6 +4,7 @@ like any other."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,9 +16,11 @@ from fsl.files import (
     write_json,
     write_npy,
 )
-from fsl.store.features import FeatureStore, open_checked, say
+from fsl.store.features import FeatureStore, open_checked
 from fsl.store.locks import writer_lock
 from fsl.store.manifest import DTYPE, array_keys, array_record, complete_store, non_finite_rows
+
+logger = logging.getLogger(__name__)
 
 
 def sound_derived_store(path: Path, encoder_id: str, catalog_fingerprint: str, full_check: bool = False):
@@ -26,7 +29,7 @@ def sound_derived_store(path: Path, encoder_id: str, catalog_fingerprint: str, f
     manifest, problem = complete_store(path, full_check)
     if problem is None:
         return None if manifest is None else open_checked(path, encoder_id, catalog_fingerprint, full_check)
-    say(f"feature store {path} is damaged ({problem}); deriving it again")
+    logger.warning(f"feature store {path} is damaged ({problem}); deriving it again")
     with writer_lock(path):
         (path / "manifest.json").unlink(missing_ok=True)
     return None

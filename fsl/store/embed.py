@@ -5,6 +5,7 @@ message, text variants added to a store that lacks them."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -24,7 +25,7 @@ from fsl.files import (
     write_npy,
 )
 from fsl.paths import FEATURES_ROOT, store_path
-from fsl.store.features import DEFAULT_TEXT_VARIANTS, FeatureStore, TextVariant, open_checked, say
+from fsl.store.features import DEFAULT_TEXT_VARIANTS, FeatureStore, TextVariant, open_checked
 from fsl.store.locks import file_lock, writer_lock
 from fsl.store.manifest import (
     DTYPE,
@@ -35,6 +36,8 @@ from fsl.store.manifest import (
     read_manifest,
     store_problem,
 )
+
+logger = logging.getLogger(__name__)
 
 TEXT_STEP = 128  # products whose texts are encoded in one call (2 variants: one 256-text batch)
 
@@ -128,7 +131,7 @@ def warm_store(
     try:
         manifest = read_manifest(path)
     except FslError as error:
-        say(f"{error}; rebuilding it")
+        logger.warning(f"{error}; rebuilding it")
         (path / "manifest.json").unlink()
         return None
     if not manifest or not manifest.get("complete"):
@@ -141,11 +144,11 @@ def warm_store(
     if problem is None and not np.array_equal(np.load(path / "ids.npy"), np.asarray(catalog.ids)):
         problem = "its ids are not the catalog's"
     if problem:
-        say(f"feature store {path} is damaged ({problem}); rebuilding it")
+        logger.warning(f"feature store {path} is damaged ({problem}); rebuilding it")
         write_json(path / "manifest.json", {**manifest, "complete": False, "chunk_size": None})
         return None
     if full_check:
-        say(f"verified every byte of {path} against its sha256 checksums")
+        logger.info(f"verified every byte of {path} against its sha256 checksums")
     missing = [v for name, v in variants.items() if name not in manifest["text_variants"]]
     if missing:
         add_text_variants(path, manifest, catalog, encoder, missing, progress)
@@ -296,14 +299,14 @@ def upgrade_v1(path: Path, manifest: dict, catalog: Catalog) -> dict | None:
         ids = np.load(path / "ids.npy")
         shapes = {key: np.load(path / f"{key}.npy", mmap_mode="r").shape for key in array_keys(manifest)[1:]}
     except (OSError, ValueError) as error:
-        say(f"feature store {path} (version 1) cannot be read ({error}); rebuilding it")
+        logger.warning(f"feature store {path} (version 1) cannot be read ({error}); rebuilding it")
         return None
     dims = {key: manifest["image_dim"] if key == "image" else manifest["text_dim"] for key in shapes}
     if not np.array_equal(ids, np.asarray(catalog.ids)) or any(s != (len(ids), dims[k]) for k, s in shapes.items()):
-        say(f"feature store {path} (version 1) does not fit the catalog; rebuilding it")
+        logger.warning(f"feature store {path} (version 1) does not fit the catalog; rebuilding it")
         return None
     arrays = {key: array_record(path / f"{key}.npy") for key in array_keys(manifest)}
     manifest = {**manifest, "version": STORE_VERSION, "dtype": DTYPE.str, "arrays": arrays}
     write_json(path / "manifest.json", manifest)
-    say(f"feature store {path} upgraded to version {STORE_VERSION} (checksums added)")
+    logger.warning(f"feature store {path} upgraded to version {STORE_VERSION} (checksums added)")
     return manifest

@@ -6,9 +6,9 @@ fsl/store/manifest.py's; a store computed from another's is fsl/store/derive.py'
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,8 @@ from fsl.files import (
     atomic_path,
 )
 from fsl.store.manifest import DTYPE, read_manifest, store_problem
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -119,11 +121,7 @@ class FeatureStore:
         return cls(path, manifest, np.load(path / "ids.npy"), np.load(path / "image.npy", mmap_mode="r"), texts)
 
 
-def say(message: str) -> None:
-    print(f"fsl: {message}", file=sys.stderr)
-
-
 def open_checked(path: Path, encoder_id: str, catalog_fingerprint: str, full_check: bool) -> FeatureStore:
     if full_check:
-        say(f"verified every byte and value of {path}")
+        logger.info(f"verified every byte and value of {path}")
     return FeatureStore.open(path, encoder_id, catalog_fingerprint)

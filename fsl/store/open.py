@@ -5,8 +5,8 @@ decoding a photo."""
 from __future__ import annotations
 
 import copy
+import logging
 import os
-import sys
 
 import numpy as np
 import torch
@@ -25,6 +25,8 @@ from fsl.store.derive import derive_store, sound_derived_store
 from fsl.store.embed import embed_catalog
 from fsl.store.features import FeatureStore
 from fsl.store.locks import writer_lock
+
+logger = logging.getLogger(__name__)
 
 # The aligned feature store ---------------------------------------------------------------------
 
@@ -62,10 +64,7 @@ def aligned_store(
 
 def _note_other_catalog(checkpoint, meta: dict, catalog) -> None:
     if meta["catalog_fingerprint"] != catalog.fingerprint:
-        print(
-            f"fsl: note: {checkpoint} was trained on catalog {meta['catalog_fingerprint']}, not {catalog.fingerprint}",
-            file=sys.stderr,
-        )
+        logger.warning(f"{checkpoint} was trained on catalog {meta['catalog_fingerprint']}, not {catalog.fingerprint}")
 
 
 # The adapted feature store ---------------------------------------------------------------------

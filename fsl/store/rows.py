@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +12,8 @@ from fsl.errors import FslError
 from fsl.files import ARRAY_READ_ERRORS, atomic_path
 from fsl.store.features import FeatureStore
 from fsl.store.manifest import non_finite_rows
+
+logger = logging.getLogger(__name__)
 
 
 def check_finite(values: np.ndarray, ids: np.ndarray, source: str) -> np.ndarray:
@@ -80,7 +82,7 @@ def cached_by_id(
     if len(missing):
         new = np.asarray(compute(missing))
         if values is not None and values.shape[1:] != new.shape[1:]:
-            print(f"fsl: {cache} holds rows of another shape ({values.shape[1:]}); computing it again", file=sys.stderr)
+            logger.warning(f"{cache} holds rows of another shape ({values.shape[1:]}); computing it again")
             cache.unlink(missing_ok=True)
             return cached_by_id(cache, key, product_ids, compute)
         ids = np.concatenate([ids, missing])
@@ -113,5 +115,5 @@ def _read_cached(cache: Path, key: str) -> tuple[np.ndarray, np.ndarray | None]:
         problem = f"it cannot be read: {type(error).__name__}"
     if problem is None:
         return ids, values
-    print(f"fsl: the cache {cache} is damaged ({problem}); computing it again", file=sys.stderr)
+    logger.warning(f"the cache {cache} is damaged ({problem}); computing it again")
     return empty

@@ -25,7 +25,7 @@ from fsl.inference.calibration import Calibration
 from fsl.inference.classifier import SupportSetClassifier
 from fsl.inference.heads import DEFAULT_HEAD, head_for_features
 from fsl.inference.photos import open_image
-from fsl.paths import DEFAULT_EPISODES_DIR, DEMO_SAVED_DIR, FEATURES_ROOT, split_file, store_path
+from fsl.paths import DEMO_SAVED_DIR, Workspace, split_file, store_path
 from fsl.store.content import ContentCache
 from fsl.store.features import FeatureStore
 from fsl.store.manifest import is_complete
@@ -168,8 +168,7 @@ def add_product(category: Category, example: tuple[np.ndarray, np.ndarray, str, 
 def make_backend(
     catalog: Catalog | None,
     encoder_config,
-    store_root=None,
-    episodes_root=None,
+    workspace: Workspace = Workspace(),
     classifier: CatalogClassifier | None = None,
     calibration_dir: str | os.PathLike | None = None,
     saved_root: str | os.PathLike = DEMO_SAVED_DIR,
@@ -179,17 +178,17 @@ def make_backend(
     """The encoder and calibration of the same config as the CLI, and the catalog's store, search index
     and example classes (from the novel split) when there is a catalog: embedded first when `embed`,
     otherwise only used when already embedded (`fsl demo` never embeds a catalog to start)."""
-    store_root = store_root or FEATURES_ROOT
     encoder = encoder_from_config(encoder_config)
-    if catalog is not None and not embed and not is_complete(store_path(store_root, encoder.id, catalog.fingerprint)):
+    embedded = catalog is not None and is_complete(store_path(workspace.features, encoder.id, catalog.fingerprint))
+    if catalog is not None and not embed and not embedded:
         minutes = max(1, round(len(catalog) / EMBED_RATE / 60))
         catalog_note = (
             f"the catalog of {len(catalog)} products is not embedded with this encoder (`fsl embed`, about "
             f"{minutes} min here), so catalog search and examples are off"
         )
         catalog = None
-    store = open_store(catalog, encoder_config, store_root) if catalog is not None else None
-    examples = example_classes(catalog, episodes_root or DEFAULT_EPISODES_DIR) if catalog is not None else []
+    store = open_store(catalog, encoder_config, workspace.features) if catalog is not None else None
+    examples = example_classes(catalog, workspace) if catalog is not None else []
     encoder.load()  # weights and image runtime now, not in the first visitor's request
     calibration = FewShotClassifier(DEFAULT_HEAD, encoder_config, calibration_dir=calibration_dir).calibration
     return DemoBackend(
@@ -206,11 +205,12 @@ def make_backend(
     )
 
 
-def example_classes(catalog: Catalog, episodes_root: str | os.PathLike) -> list[str]:
-    """The classes "Load example categories" teaches: the largest novel classes (or the largest ones)."""
+def example_classes(catalog: Catalog, workspace: Workspace) -> list[str]:
+    """The classes "Load example categories" teaches: the largest novel classes of split 0 (or the
+    largest ones)."""
     counts = catalog.labels("articleType").value_counts()
-    if split_file(catalog, "articleType", 0, episodes_root).is_file():
-        split = ClassSplit.load(catalog, "articleType", 0, episodes_root).table
+    if split_file(catalog, "articleType", 0, workspace.episodes_of(0)).is_file():
+        split = ClassSplit.load(catalog, "articleType", 0, workspace.episodes_of(0)).table
         novel = split[split["split"] == "novel"].sort_values("count", ascending=False)["class"].tolist()
     else:
         novel = counts.index.tolist()
