@@ -56,7 +56,7 @@ from fsl.harness.analysis import (
 from fsl.harness.calibration import REPORT_SETS
 from fsl.harness.evaluate import mean_ci, paired_difference
 from fsl.harness.experiment import run_experiment
-from fsl.harness.results import load_results, plot_summary, results_frame, with_split
+from fsl.harness.results import across_splits, load_results, plot_summary, results_frame, split_drops, with_split
 from fsl.inference.calibration import Calibration
 from fsl.methods import HEADS
 from fsl.paths import ADAPT_DIR, DEFAULT_CHECKPOINTS, SHIPPED_CALIBRATION_DIR, Workspace
@@ -176,7 +176,7 @@ def read_summary(folder: Path = SUMMARY_DIR) -> pd.DataFrame:
     text = {"method": str, "episode_set": str, "head": str, "fusion": str, "encoder": str}
     accuracy = read_csv(path, dtype=text, keep_default_na=False, na_values=[""])
     configs = read_csv(folder / "configs.csv", dtype=text, keep_default_na=False)
-    return accuracy.merge(configs, on="method", how="left", validate="many_to_one")
+    return split_means(accuracy.merge(configs, on="method", how="left", validate="many_to_one"))
 
 
 def from_results(configs, folders: list[Path], checkpoints: Path):
@@ -310,39 +310,11 @@ def rows_by_kind(methods: dict[str, bool], cells, width: int) -> list[str]:
     return lines
 
 
-def across(summary: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
-    """Per method and episode set: the mean of its split means ± a t interval over the splits
-    (split-to-split variation, which one split's episode CIs do not show); with `baseline`, the paired
-    difference to it per split (on the same episodes: the difference of the split means), combined the
-    same way where every split has one."""
-    rows = []
-    for (method, episode_set), group in summary.groupby(["method", "episode_set"], sort=False):
-        mean, ci = mean_ci(group["accuracy"].to_numpy())
-        row = {"method": method, "episode_set": episode_set, "splits": len(group), "accuracy": mean, "ci95": ci}
-        if baseline is not None:
-            theirs = summary[(summary["method"] == baseline) & (summary["episode_set"] == episode_set)]
-            theirs = theirs.set_index("split")
-            differences = [
-                r.accuracy - theirs.at[r.split, "accuracy"]
-                for r in group.itertuples()
-                if r.split in theirs.index and theirs.at[r.split, "episodes"] == r.episodes
-            ]
-            if differences and len(differences) == len(group):
-                row["difference"], row["difference_ci95"] = mean_ci(np.asarray(differences))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def split_drops(summary: pd.DataFrame, method: str, shifted: str, control: str) -> dict[int, float]:
-    """Per class split: shifted minus control accuracy (the same support, paired episode by episode: the
-    difference of their means), for the splits where both sets ran."""
-    ours = summary[summary["method"] == method].set_index(["episode_set", "split"])
-    drops = {}
-    for split in dict.fromkeys(summary.loc[summary["method"] == method, "split"]):
-        if (shifted, split) in ours.index and (control, split) in ours.index:
-            if ours.at[(shifted, split), "episodes"] == ours.at[(control, split), "episodes"]:
-                drops[int(split)] = float(ours.at[(shifted, split), "accuracy"] - ours.at[(control, split), "accuracy"])
-    return dict(sorted(drops.items()))
+def split_means(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary as harness.results' per-episode tables read it: each split's mean as its one
+    "episode", so `across_splits` (mean over splits ± t interval, paired differences per split) and
+    `split_drops` work on it unchanged."""
+    return summary.assign(episode=0)
 
 
 def split_0_markdown(first: pd.DataFrame) -> str:
@@ -386,7 +358,7 @@ def across_markdown(summary) -> str:
     """The several-split table: mean over splits ± t interval over the split means, and the paired
     difference to the baseline computed per split then combined; configs run on fewer splits say so."""
     most = int(summary.groupby("method")["split"].nunique().max())
-    table = across(summary, BASELINE).set_index(["method", "episode_set"])
+    table = across_splits(summary, BASELINE).set_index(["method", "episode_set"])
     sets = list(dict.fromkeys(summary["episode_set"]))
     methods = kinds(summary)
 
@@ -424,7 +396,7 @@ def across_markdown(summary) -> str:
             *header,
         ]
         for trained, untrained in pairs.items():
-            paired = across(summary[summary["method"].isin([trained, untrained])], untrained)
+            paired = across_splits(summary[summary["method"].isin([trained, untrained])], untrained)
             paired = paired.set_index(["method", "episode_set"])
             cells = [cell(paired, trained, n, "difference", "difference_ci95", True) for n in sets]
             lines.append(f"| {trained} − {untrained} | " + " | ".join(cells) + " |")
@@ -450,7 +422,7 @@ def adaptation_markdown(summary) -> str:
         "|---|---|" + "---|" * len(sets),
     ]
     for head in (h for h in ADAPTED_HEADS if h in present):
-        frozen = across(summary[summary["method"] == head]).set_index("episode_set")
+        frozen = across_splits(summary[summary["method"] == head]).set_index("episode_set")
         cells = [
             f"{100 * frozen.at[s, 'accuracy']:.1f} ± {100 * frozen.at[s, 'ci95']:.1f}" if s in frozen.index else "—"
             for s in sets
@@ -460,7 +432,7 @@ def adaptation_markdown(summary) -> str:
             adapted = f"adapted-{recipe}-{head}"
             if adapted not in present:
                 continue
-            paired = across(summary[summary["method"].isin([adapted, head])], head)
+            paired = across_splits(summary[summary["method"].isin([adapted, head])], head)
             paired = paired[paired["method"] == adapted].set_index("episode_set")
 
             def cell(name):
@@ -535,7 +507,7 @@ def headline_markdown(summary) -> str:
     """The README's table: per headline config, the five-split mean ± t interval of each standard
     set, and its paired difference to the baseline (per split on the same episodes, then combined)."""
     summary = summary[summary["method"].isin(HEADLINE)]
-    table = across(summary, BASELINE).set_index(["method", "episode_set"])
+    table = across_splits(summary, BASELINE).set_index(["method", "episode_set"])
     sets = [name for name in ("novel-5w1s", "novel-5w5s", "novel-15w5s") if name in set(summary["episode_set"])]
     splits = int(summary.groupby("method")["split"].nunique().min())
 

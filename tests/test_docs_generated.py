@@ -81,13 +81,13 @@ def test_the_summaries_give_the_figures_the_per_episode_results_give():
                 rows += [{"method": method, "split": split, "episode_set": episode_set, "episode": e,
                           "accuracy": a, "transductive": False} for e, a in enumerate(accuracy)]  # fmt: skip
     frame = pd.DataFrame(rows)
-    summary = UPDATE_README.summarise(frame, {})
-    ours = UPDATE_README.across(summary, UPDATE_README.BASELINE).set_index(["method", "episode_set"])
+    summary = UPDATE_README.split_means(UPDATE_README.summarise(frame, {}))
+    ours = across_splits(summary, UPDATE_README.BASELINE).set_index(["method", "episode_set"])
     theirs = across_splits(frame, UPDATE_README.BASELINE).set_index(["method", "episode_set"])
     for column in ("accuracy", "ci95", "difference", "difference_ci95"):
         np.testing.assert_allclose(ours[column], theirs.loc[ours.index, column], atol=1e-12)
     for method in ("other", "third"):
-        ours = UPDATE_README.split_drops(summary, method, "novel-5w5s+rerendered", "novel-5w5s")
+        ours = split_drops(summary, method, "novel-5w5s+rerendered", "novel-5w5s")
         theirs = split_drops(frame, method, "novel-5w5s+rerendered", "novel-5w5s")
         assert ours.keys() == theirs.keys()
         np.testing.assert_allclose(list(ours.values()), list(theirs.values()), atol=1e-12)
