@@ -14,6 +14,7 @@ read only after the study ends, for the chosen point only."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import logging
 import math
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_S = 30  # a running trial says it is alive this often; silent for GRACE_S, it is failed and run again
 GRACE_S = 90
 SKIPPED = "skipped"  # user attr of a trial that was not run: another trial holds its point
+STARTED = "started"  # user attr: the number of the trial whose objective began (a retried trial copies attrs)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep prints its own lines
 
@@ -195,6 +197,27 @@ def claims_its_point(study: optuna.Study, trial: optuna.Trial, n_trials: int | N
     return trial.number in sorted(t.number for t in live)[: max(0, n_trials - len(done))]
 
 
+def fail_unstarted_trials(study: optuna.Study, grace_s: int) -> None:
+    """Fail the running trials whose objective has not begun `grace_s` seconds after they were created,
+    and queue their point again. Optuna's heartbeat never fails a trial that has no heartbeat yet (optuna
+    PR #4055 tests that on purpose), so a worker killed between creating a trial and its first beat leaves
+    a trial that every other worker would wait on forever. Starts are the creating machine's clock: the grace
+    covers small skews between machines."""
+    now = datetime.datetime.now()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        began = trial.user_attrs.get(STARTED) == trial.number
+        if began or now - trial.datetime_start < datetime.timedelta(seconds=grace_s):
+            continue
+        try:  # through the storage, as optuna.storages.fail_stale_trials does (study.tell runs the sampler's hooks)
+            if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker finished or failed it first
+        pointless = isinstance(study.sampler, optuna.samplers.GridSampler) and "grid_id" not in trial.system_attrs
+        if not pointless:  # a grid trial holds its point from its creation: run that point again
+            RetryHeartbeatStaleTrialCallback(max_retry=3)(study, study._storage.get_trial(trial._trial_id))
+
+
 def still_to_score(study: optuna.Study, n_points: int, n_trials: int | None) -> tuple[int, int]:
     """(the grid's `n_points` not yet scored, or the `n_trials` of TPE not yet run; trials running now)."""
     trials = counted(study)
@@ -268,6 +291,7 @@ def sweep(
     writer = SummaryWriter(str(workspace.runs_of("sweep") / name))
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr(STARTED, trial.number)  # its heartbeat runs from here: see fail_unstarted_trials
         values = {key: trial.suggest_categorical(key, vals) for key, vals in grid} if trials is None else {
             key: suggest(trial, key, distribution) for key, distribution in space.items()}  # fmt: skip
         if not claims_its_point(study, trial, trials):
@@ -303,7 +327,10 @@ def sweep(
             study.optimize(objective, n_trials=left - running, callbacks=[stop_when_done])
         elif running:  # another worker's trials, or a dead worker's: wait until they end or the heartbeat fails them
             time.sleep(min(heartbeat_s, 5))
-            optuna.storages.fail_stale_trials(study)  # failed trials are queued again (RetryFailedTrialCallback)
+            with warnings.catch_warnings():  # both "experimental" in Optuna 5; they are what resumes a killed sweep
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # their points queued again (the retry callback)
+                fail_unstarted_trials(study, grace_s)
         else:
             break
     return study_result(study, config, grid, on, f"{name} in {storage}", writer)
