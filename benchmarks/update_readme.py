@@ -53,7 +53,7 @@ from fsl.harness.analysis import (
     per_class_accuracy,
     predict_episodes,
 )
-from fsl.harness.calibration import REPORT_SETS
+from fsl.harness.calibration import HARD_NOVEL_SET, OPEN_NOVEL_SET, REPORT_SETS
 from fsl.harness.evaluate import mean_ci, paired_difference
 from fsl.harness.experiment import run_experiment
 from fsl.harness.results import across_splits, load_results, plot_summary, results_frame, split_drops, with_split
@@ -810,6 +810,29 @@ def calibration_markdown(folder: Path) -> str:
             )  # fmt: skip
             + " |"
         )
+    hard = f"open-{HARD_NOVEL_SET}"
+    if all(hard in c.novel for c in calibrations):
+        lines += [
+            "",
+            f"Close neighbours: {HARD_NOVEL_SET} episodes (5 classes taught, 2 untaught, each untaught class a "
+            "sibling of a taught one: the same subCategory) against random untaught classes (novel-15w5s teaching "
+            "5, 10 untaught), at the threshold for 5 taught: taught photos right and answered / untaught photos "
+            "accepted, and the chosen score's AUROC pooled and per category set (mean / 10th percentile).",
+            "",
+            "| config | random: taught / untaught accepted | hard: taught / untaught accepted | AUROC random / hard "
+            "| per set, hard: mean / 10th pct |",
+            "|---|---|---|---|---|",
+        ]
+        for c in calibrations:
+            r = c.novel[f"open-{OPEN_NOVEL_SET}"]
+            h = c.novel[hard]
+            chosen = h["scores"][c.score]
+            lines.append(
+                f"| {c.config} | {100 * r['known_accuracy']:.1f}% / {100 * r['false_accept']:.1f}% "
+                f"| {100 * h['known_accuracy']:.1f}% / {100 * h['false_accept']:.1f}% "
+                f"| {r['auroc']:.3f} / {h['auroc']:.3f} "
+                f"| {chosen['episode_auroc_mean']:.3f} / {chosen['episode_auroc_p10']:.3f} |"
+            )
     lines += [
         "",
         'The "none of these" scores (fsl/inference/open_set.py), each config\'s chosen one in bold (best pooled AUROC '

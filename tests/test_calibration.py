@@ -151,6 +151,15 @@ def test_calibrate_reads_validation_classes_only_until_it_has_saved(open_set_sli
                         score="max-softmax", taught_counts=(4,))  # fmt: skip
     assert softmax.score == "max-softmax" and 0 < softmax.threshold <= 1
     assert list(softmax.thresholds) == ["4"] and softmax.novel["open-novel-allway-5s"]["by_taught"] == {}  # one count
+    monkeypatch.setattr("fsl.harness.calibration.HARD_NOVEL_SET", "novel-3w5s")  # a hard set drawn: reported too
+    events.clear()
+    hard = calibrate(config, catalog, workspace, tmp_path / "h",
+                     temperature_set="val-3w5s", report_sets=(), open_novel_set="novel-allway-5s")  # fmt: skip
+    assert "novel" not in events[: events.index("saved")] and events.count("novel") == 2  # read after saving
+    figures = hard.novel["open-novel-3w5s"]
+    assert figures["taught"] == 2 and set(figures["scores"]) == set(SCORES) and 0 <= figures["false_accept"] <= 1
+    assert figures["threshold"] == hard.threshold_at(2)
+    assert (hard.thresholds, hard.score) == (calibration.thresholds, calibration.score)  # reporting chose nothing
     with pytest.raises(FslError, match="validation classes only"):
         calibrate(config, catalog, workspace, tmp_path, temperature_set="novel-3w5s")
     centred = ExperimentConfig(name="lp", method="linear_probe", fusion="image", encoder=config.encoder,

@@ -342,3 +342,48 @@ def test_an_episode_file_without_a_recorded_digest_is_said_to_be_unverified(twel
     load_episode_set(config, catalog, "novel-5w5s", episodes_root)
     load_episode_set(config, catalog, "novel-5w5s", episodes_root)
     assert caplog.text.count("novel-5w5s.npz is unverified") == 1  # said once, not per load
+
+
+def test_sibling_picks_put_a_sibling_of_two_taught_classes_among_the_untaught():
+    from fsl.episodes.siblings import HARD_TAUGHT, sibling_picks
+
+    classes = [f"class{i:02d}" for i in range(12)]
+    parents = {name: ["shoes", "shoes", "shoes", "bags", "bags", "tops"][i % 6] for i, name in enumerate(classes)}
+    picks = sibling_picks(classes, parents, 200, seed=3)
+    assert picks.shape == (200, 7) and (np.sort(picks, 1)[:, 1:] != np.sort(picks, 1)[:, :-1]).all()
+    parent = np.vectorize(lambda index: parents[classes[index]])(picks)
+    assert (parent[:, HARD_TAUGHT:] == parent[:, :2]).all()  # slot 5 is a sibling of slot 0, slot 6 of slot 1
+    assert (parent[:, 0] != parent[:, 1]).all()  # from two families
+    assert {"shoes", "bags", "tops"} <= set(parent[:, 0]) | set(parent[:, 1])  # every family takes its turn
+    assert (sibling_picks(classes, parents, 200, seed=3) == picks).all()
+    lone = {name: "shoes" if i < 2 else f"only{i}" for i, name in enumerate(classes)}
+    assert sibling_picks(classes, lone, 10, seed=3) is None  # one family of siblings: no hard episode
+
+
+@pytest.mark.real_data
+def test_committed_hard_open_set_episodes_hold_siblings_and_redraw_byte_identically():
+    from pathlib import Path
+
+    from fsl.data.prepared import load_catalog
+    from fsl.episodes.siblings import HARD_SEED_OFFSET, HARD_TAUGHT, draw_hard_sets, parents_of
+    from fsl.episodes.splits import ClassSplit
+    from fsl.episodes.standard import saved_near_duplicates
+    from fsl.paths import episodes_dir_for, split_root
+    from tests.conftest import REAL_DATA
+
+    catalog = load_catalog(REAL_DATA)
+    root = Path(__file__).resolve().parents[1] / "episodes"
+    parents = parents_of(catalog, "articleType")
+    for seed in range(5):
+        folder = episodes_dir_for(catalog, split_root(root, seed))
+        for pool in ("select", "novel"):
+            episode_set = EpisodeSet.load(folder / f"articleType-{pool}-hard-7w5s.npz", catalog.fingerprint)
+            names = np.asarray(episode_set.meta["classes"])[episode_set.episodes.classes]
+            parent = np.vectorize(parents.get)(names)
+            assert episode_set.meta["split"] == pool and len(episode_set.episodes) == 600
+            assert (parent[:, HARD_TAUGHT:] == parent[:, :2]).all(), (seed, pool)
+        if seed == 0:  # the file is what the drawing code makes of the split
+            split = ClassSplit.load(catalog, "articleType", 0, split_root(root, 0))
+            drawn = draw_hard_sets(catalog, split, HARD_SEED_OFFSET, 600, 15, saved_near_duplicates(catalog, root))
+            for stem, episode_set in drawn.items():
+                assert episode_set.to_bytes() == (folder / f"{stem}.npz").read_bytes(), stem

@@ -20,7 +20,9 @@ from fsl.cli.main import main
 from fsl.config import EncoderConfig, load_config, to_yaml
 from fsl.errors import FslError
 from fsl.inference.calibration import calibrate_on_support, config_key, find_calibration
+from fsl.inference.classifier import SupportSetClassifier
 from fsl.inference.heads import DEFAULT_HEAD, NAMED_HEADS, head_for_features
+from fsl.inference.negatives import KnownNegatives
 from fsl.inference.open_set import known_scores, mahalanobis, nearest_support
 from fsl.paths import SHIPPED_CALIBRATION_DIR
 from fsl.store.content import ContentCache
@@ -96,6 +98,59 @@ def test_calibrating_on_the_support_separates_taught_from_held_out_categories():
     with pytest.raises(FslError, match="the smallest with 2"):
         keep = torch.cat([torch.arange(0, 20, 5), torch.arange(1, 20, 5)])  # 2 photos per category
         calibrate_on_support(config, head, features[keep], labels[keep], "key", "test", "x")
+
+
+def test_known_negatives_turn_away_a_photo_nearer_a_catalog_class_and_say_which_it_looks_like():
+    features, labels = clustered_support(categories=3, photos=10, seed=1)
+    support, support_labels = features[labels < 2][::2], labels[labels < 2][::2]  # 5 photos of "Heels", "Tops"
+    queries = features[1::2]  # the other photos: 5 of each taught category, 5 of an untaught one
+    means = torch.stack([features[labels == c].mean(0) for c in range(3)])
+    negatives = KnownNegatives(
+        ("Sports Shoes", "HEELS", "Stilettos"),  # the untaught one; a taught one by name; one by its features
+        torch.stack([means[2], means[0], means[1] + 0.001]),
+    )
+    head = head_for_features(NAMED_HEADS["linear-probe-image"], 16, 0, "test").eval()
+    plain = SupportSetClassifier(head, ["Heels", "Tops"], support, support_labels, None).answer(queries)
+    core = SupportSetClassifier(head, ["Heels", "Tops"], support, support_labels, None, negatives=negatives)
+    answers = core.answer(queries)
+    assert core.negative_rule.left_out == ["HEELS", "Stilettos"] and core.negative_rule.negatives.names == (
+        "Sports Shoes",
+    )
+    assert all(a.label in ("Heels", "Tops") for a in plain)  # without negatives, the untaught photos get a name
+    untaught = answers[10:]
+    assert all(a.label == "unknown" and a.looks_like == "Sports Shoes" for a in untaught)
+    assert [a.label for a in answers[:10]] == [a.label for a in plain[:10]]  # taught photos keep their answers
+    assert all(a.looks_like is None for a in answers[:10])
+    never = SupportSetClassifier(
+        head, ["Heels", "Tops"], support, support_labels, None, negatives=dataclasses.replace(negatives, margin=4.0)
+    )
+    assert [a.label for a in never.answer(queries)] == [a.label for a in plain]  # no excess reaches 4 (cosines)
+
+
+def test_a_photos_lead_towards_a_negative_is_judged_against_its_own_categorys_support():
+    """The reference of each taught category is the largest lead among its support photos, each against
+    its category's mean without it (checked against a plain loop); a query's excess is its lead less the
+    reference of its nearest taught category, so one lead can be ordinary beside one category (whose
+    support also leans towards a catalog class) and too much beside another."""
+    generator = torch.Generator().manual_seed(3)
+    support, labels = torch.randn(12, 8, generator=generator), torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2])
+    negatives = KnownNegatives(("a", "b"), torch.randn(2, 8, generator=generator), same_as=1.1)
+    rule = negatives.for_support(support, labels, ["x", "y", "z"])
+    unit, prototypes = F.normalize(support.double(), dim=-1), F.normalize(negatives.prototypes.double(), dim=-1)
+    expected = []
+    for c in range(3):
+        leads = []
+        for j in torch.nonzero(labels == c).flatten().tolist():
+            means = [unit[(labels == k) & (torch.arange(12) != j)].mean(0) for k in range(3)]
+            nearest_taught = max(float(unit[j] @ F.normalize(m, dim=0)) for m in means)
+            leads.append(float((unit[j] @ prototypes.T).max()) - nearest_taught)
+        expected.append(max(leads))
+    assert torch.allclose(rule.references, torch.tensor(expected, dtype=torch.float64))
+    queries = torch.randn(20, 8, generator=generator)
+    excess, lead, nearest = rule.judge(queries)
+    closest = (F.normalize(queries.double(), dim=-1) @ rule.class_means.T).argmax(1)
+    assert torch.allclose(excess, lead - rule.references[closest]) and nearest.max() <= 1
+    assert len(set(rule.references.tolist())) == 3  # each category its own reference
 
 
 # One classifier behind the CLI, the demo and the API ------------------------------------------------

@@ -102,9 +102,16 @@ class EpisodeSampler:
                 self.groups[i, : counts[i]] = torch.as_tensor(numbered[labels == c])
         self.generator = torch.Generator().manual_seed(seed)
 
-    def sample(self, n_episodes: int) -> Episodes:
+    def sample(self, n_episodes: int, picked: np.ndarray | None = None) -> Episodes:
+        """`n_episodes` episodes; `picked` ([E, N] indices into the class list) chooses each episode's
+        classes in order, where a set's kind fixes them (hard open-set episodes: episodes.siblings)."""
         n_classes, width = self.members.shape
-        picked = torch.rand(n_episodes, n_classes, generator=self.generator).topk(self.n_way, dim=1).indices
+        if picked is None:
+            picked = torch.rand(n_episodes, n_classes, generator=self.generator).topk(self.n_way, dim=1).indices
+        else:
+            picked = torch.as_tensor(np.asarray(picked), dtype=torch.int64)
+            if picked.shape != (n_episodes, self.n_way) or picked.min() < 0 or picked.max() >= n_classes:
+                raise FslError(f"picked classes must be [{n_episodes}, {self.n_way}] indices below {n_classes}")
         keys = torch.rand(n_episodes, self.n_way, width, generator=self.generator)
         keys.masked_fill_(torch.arange(width) >= self.counts[picked].unsqueeze(-1), 2.0)  # padding last
         if self.groups is None:

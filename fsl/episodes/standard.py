@@ -26,6 +26,7 @@ from fsl.episodes.near_duplicates import (
     near_duplicate_groups,
 )
 from fsl.episodes.shift import draw_subpopulation_sets, draw_temporal_sets
+from fsl.episodes.siblings import HARD_SEED_OFFSET, draw_hard_sets
 from fsl.episodes.splits import ClassSplit, split_classes
 from fsl.errors import FslError
 from fsl.files import write_bytes
@@ -121,9 +122,12 @@ def draw_standard_episodes(
             near_duplicates=near_duplicates,
         )
         files[out / f"{episode_set.name}.npz"] = episode_set.to_bytes()
-    shifted = draw_temporal_sets(catalog, split, seed * 1000 + len(benchmarks), n_episodes, near_duplicates)
-    shifted |= draw_subpopulation_sets(catalog, split, seed * 1000 + len(benchmarks) + 1, n_episodes, near_duplicates)
-    for name, episode_set in shifted.items():
+    drawn_apart = draw_temporal_sets(catalog, split, seed * 1000 + len(benchmarks), n_episodes, near_duplicates)
+    drawn_apart |= draw_subpopulation_sets(
+        catalog, split, seed * 1000 + len(benchmarks) + 1, n_episodes, near_duplicates
+    )
+    drawn_apart |= draw_hard_sets(catalog, split, seed * 1000 + HARD_SEED_OFFSET, n_episodes, q_query, near_duplicates)
+    for name, episode_set in drawn_apart.items():
         files[out / f"{name}.npz"] = episode_set.to_bytes()
     changed = [path for path, payload in files.items() if path.exists() and path.read_bytes() != payload]
     if changed and not force:

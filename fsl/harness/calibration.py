@@ -12,7 +12,8 @@ rank the scores as novel classes do) for a head that learns nothing from base cl
 validation classes for one that did.
 
 `fsl calibrate` saves the calibration before it reads a novel-class episode; the novel figures
-(ECE before and after, AUROC known vs unknown, accuracy and unknown rate at the threshold) are only
+(ECE before and after, AUROC known vs unknown, accuracy and unknown rate at the threshold, on random
+open-set episodes and on hard ones whose untaught classes are siblings of taught ones) are only
 reported. What a calibration is at answer time (reading, finding, applying it, and fitting one on a
 user's own support) lives in fsl/inference/calibration.py; this module is the job that fits one."""
 
@@ -31,6 +32,7 @@ from sklearn.metrics import roc_auc_score
 from fsl.config import ExperimentConfig
 from fsl.data.catalog import Catalog
 from fsl.episodes.sampler import Episodes
+from fsl.episodes.siblings import HARD_TAUGHT
 from fsl.episodes.standard import load_episode_set
 from fsl.errors import FslError
 from fsl.harness.evaluate import episode_logits
@@ -53,6 +55,7 @@ TEMPERATURE_SETS = (("select-5w5s",), ("val-5w5s",))
 OPEN_SELECTION_SETS = (("select-15w5s", "select-allway-5s"), ("val-allway-5s",))
 REPORT_SETS = ("novel-5w1s", "novel-5w5s", "novel-15w5s")
 OPEN_NOVEL_SET = "novel-15w5s"
+HARD_NOVEL_SET = "novel-hard-7w5s"  # close neighbours: every untaught class a sibling of a taught one
 
 
 # The statistics --------------------------------------------------------------------------------
@@ -307,6 +310,13 @@ def calibrate(
         "by_taught": open_novel.figures(chosen, calibration.threshold_at).get("by_taught", {}),  # one count: none
         "rank_agreement": rank_agreement(comparison, reported.comparison()),
     }
+    if episode_set_path(catalog, config.label_column, HARD_NOVEL_SET, split_episodes).is_file():
+        hard = open_set_of(HARD_NOVEL_SET, temperature, (HARD_TAUGHT,))
+        calibration.novel[f"open-{HARD_NOVEL_SET}"] = {
+            "taught": hard.taught[0],  # HARD_TAUGHT, or all but one class of a smaller set
+            "scores": hard.comparison(),
+            **hard.figures(chosen, calibration.threshold_at),
+        }
     calibration.save(out)
     return calibration
 

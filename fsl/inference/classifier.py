@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from fsl.config import UNKNOWN
 from fsl.data.catalog import mask_label_words
 from fsl.errors import FslError
 from fsl.inference.calibration import Calibration
+from fsl.inference.negatives import KnownNegatives, NegativeRule, turned_away
 from fsl.methods import FewShotHead
 
 
@@ -33,6 +34,7 @@ class Answer:
     confidence: float
     top: list[tuple[str, float]]
     known_score: float | None = None  # the calibration's "none of these" score, where calibrated
+    looks_like: str | None = None  # the known negative an "unknown" photo is nearer than any category
 
 
 def answer_record(answer: Answer, top_k: int) -> dict:
@@ -79,8 +81,10 @@ class HeadInputs:
 class SupportSetClassifier:
     """A head (built, trained or fitted as its config asks) with its taught examples' features
     [S, D] and labels [S] over `classes`; `calibration` None answers with softmax(logits /
-    `uncalibrated_temperature`) and never "unknown". Heads keep no state between calls, so the support
-    is read again for each batch."""
+    `uncalibrated_temperature`) and never "unknown". With `negatives` (catalog classes, in the features
+    the head reads), a photo that leads towards one of them more than its nearest category's own support
+    does is "unknown" too, and says which it looks like (`negative_rule`: fsl/inference/negatives.py).
+    Heads keep no state between calls, so the support is read again for each batch."""
 
     def __init__(
         self,
@@ -90,6 +94,7 @@ class SupportSetClassifier:
         labels: torch.Tensor,
         calibration: Calibration | None,
         uncalibrated_temperature: float = 1.0,
+        negatives: KnownNegatives | None = None,
     ):
         if len(classes) < 2:
             raise FslError(f"{len(classes)} categories taught; a choice needs at least two")
@@ -99,6 +104,11 @@ class SupportSetClassifier:
         self.labels = torch.as_tensor(labels)
         self.calibration = calibration
         self.uncalibrated_temperature = uncalibrated_temperature
+        self.negative_rule: NegativeRule | None = None
+        if negatives is not None and negatives.names:
+            with torch.no_grad():
+                embedded = replace(negatives, prototypes=self.head.embed(negatives.prototypes))
+                self.negative_rule = embedded.for_support(self.head.embed(support), self.labels, self.classes)
 
     @torch.no_grad()
     def logits(self, queries: torch.Tensor) -> torch.Tensor:
@@ -109,14 +119,17 @@ class SupportSetClassifier:
     def answer(self, queries: torch.Tensor) -> list[Answer]:
         """One Answer per query [Q, D]: every category by calibrated confidence, and the label after
         the calibration's rule for this many taught categories."""
-        logits = self.logits(queries)
+        logits, embedded = self.logits(queries), self.head.embed(queries)
         if self.calibration is None:
             probabilities, scores, known = torch.softmax(logits / self.uncalibrated_temperature, -1), None, None
         else:
             probabilities = self.calibration.probabilities(logits)
-            support, query = self.head.embed(self.support), self.head.embed(queries)
-            scores = self.calibration.scores(logits, support, self.labels, query)
+            scores = self.calibration.scores(logits, self.head.embed(self.support), self.labels, embedded)
             known = self.calibration.known(scores, len(self.classes))
+        rule = self.negative_rule if self.negative_rule is not None and self.negative_rule.negatives.names else None
+        if rule is not None:
+            excess, lead, nearest = rule.judge(embedded)
+            away = turned_away(excess, lead, rule.negatives.margin)
         # ranked by logits, not probabilities: a confident head underflows the others' probabilities to 0,
         # and their order (the second and third guesses) is still the logits'
         order = torch.argsort(logits, dim=-1, descending=True, stable=True)
@@ -124,6 +137,12 @@ class SupportSetClassifier:
         for i in range(len(queries)):
             top = [(self.classes[int(j)], float(probabilities[i, j])) for j in order[i]]
             best, confidence = top[0]
-            label = best if known is None or bool(known[i]) else UNKNOWN
-            answers.append(Answer(label, best, confidence, top, None if scores is None else float(scores[i])))
+            other = rule is not None and bool(away[i])
+            label = best if (known is None or bool(known[i])) and not other else UNKNOWN
+            looks_like = None
+            if rule is not None and label == UNKNOWN and lead[i] > 0:  # nearer a catalog class than any taught one
+                looks_like = rule.negatives.names[int(nearest[i])]
+            answers.append(
+                Answer(label, best, confidence, top, None if scores is None else float(scores[i]), looks_like)
+            )
         return answers
