@@ -44,6 +44,7 @@ from fsl.episodes.splits import ClassSplit
 from fsl.episodes.standard import load_episode_set
 from fsl.harness.calibration import calibrate
 from fsl.harness.evaluate import mean_ci
+from fsl.harness.select import power_line
 from fsl.inference.calibration import config_key, find_calibration
 from fsl.inference.classifier import SupportSetClassifier
 from fsl.inference.heads import DEFAULT_HEAD, NAMED_HEADS, head_for_features
@@ -72,15 +73,18 @@ class Queries:
     excess: np.ndarray
     episode: np.ndarray
 
-    def rates(self, threshold: float, margin: float, rule: str = "support") -> tuple[np.ndarray, np.ndarray]:
-        """Per episode: taught photos right and answered, untaught photos answered unknown; `rule`
-        "support" is the product's (negatives.turned_away), "lead" a fixed margin on the lead itself."""
+    def turned_away(self, margin: float, rule: str = "support") -> np.ndarray:
+        """[queries] answered "unknown" by the negatives: `rule` "support" is the product's
+        (negatives.turned_away), "lead" a fixed margin on the lead itself; none at OFF."""
         if margin == OFF:
-            away = np.zeros(len(self.lead), dtype=bool)
-        elif rule == "lead":
-            away = self.lead > margin
-        else:
-            away = turned_away(torch.from_numpy(self.excess), torch.from_numpy(self.lead), margin).numpy()
+            return np.zeros(len(self.lead), dtype=bool)
+        if rule == "lead":
+            return self.lead > margin
+        return turned_away(torch.from_numpy(self.excess), torch.from_numpy(self.lead), margin).numpy()
+
+    def rates(self, threshold: float, away: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per episode: taught photos right and answered, untaught photos answered unknown, with the
+        threshold and the negatives' `away` mask."""
         answered = (self.score >= threshold) & ~away
         count = self.episode.max() + 1
         right = np.bincount(self.episode, answered & self.correct & self.taught, count)
@@ -89,16 +93,27 @@ class Queries:
             self.episode, ~self.taught, count
         )
 
-    def best_under_floor(self, margins, rule: str = "support") -> tuple[float, float, str]:
+    def rule_rates(self, threshold: float, margin: float, rule: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.rates(threshold, self.turned_away(margin, rule))
+
+    def best_under_floor(self, margins, rule: str = "support") -> tuple[tuple[float, float, str], str]:
         """(threshold, margin, rule) turning the most untaught photos away with TAUGHT_FLOOR of taught
-        ones right."""
-        best, chosen = -1.0, (float(np.quantile(self.score[self.taught], 0)), OFF, rule)
+        ones right, and the power line of the margin: the chosen one against the runner-up margin (each
+        at its best threshold), paired over these episodes' untaught photos answered unknown."""
+        thresholds = np.quantile(self.score[self.taught], QUANTILES)
+        options = {}  # margin -> (untaught answered unknown per episode, threshold)
         for margin in margins:
-            for threshold in np.quantile(self.score[self.taught], QUANTILES):
-                right, away = self.rates(threshold, margin, rule)
-                if right.mean() >= TAUGHT_FLOOR and away.mean() > best:
-                    best, chosen = away.mean(), (float(threshold), float(margin), rule)
-        return chosen
+            away = self.turned_away(margin, rule)
+            for threshold in thresholds:
+                right, unknown = self.rates(threshold, away)
+                if right.mean() >= TAUGHT_FLOOR and unknown.mean() > options.get(margin, (np.zeros(1),))[0].mean():
+                    options[margin] = (unknown, float(threshold))
+        if not options:
+            return (float(thresholds[0]), OFF, rule), "no margin reaches the floor"
+        names = list(options)
+        best = max(range(len(names)), key=lambda i: options[names[i]][0].mean())
+        power = power_line([f"margin {m:g}" for m in names], [options[m][0] for m in names], best)["verdict"]
+        return (options[names[best]][1], float(names[best]), rule), power
 
 
 def queries_of(head, calibration, features, rows, episode_set, negatives: KnownNegatives, exclude_untaught: bool):
@@ -141,7 +156,8 @@ def cell(values: np.ndarray) -> str:
 def curve(queries: Queries, margin: float, rule: str) -> str:
     """Untaught answered unknown where the threshold answers each CURVE share of taught photos right."""
     thresholds = np.quantile(queries.score[queries.taught], QUANTILES)
-    rates = [queries.rates(threshold, margin, rule) for threshold in thresholds]
+    away = queries.turned_away(margin, rule)
+    rates = [queries.rates(threshold, away) for threshold in thresholds]
     points = []
     for target in CURVE:
         reached = [away.mean() for right, away in rates if right.mean() >= target]
@@ -185,19 +201,23 @@ def main() -> None:
 
         selection = queries_of(head, calibration, image, rows, load("select-hard-7w5s"),
                                KnownNegatives(tuple(pool), class_means(image, labels, pool)), True)  # fmt: skip
-        rules = {
-            today: (calibration.threshold_at(HARD_TAUGHT), OFF, "support"),
+        chosen = {
             "threshold re-chosen": selection.best_under_floor([OFF]),
             "+ negatives, a fixed margin on the lead": selection.best_under_floor(LEAD_MARGINS, "lead"),
             "+ negatives, over the support's own leads": selection.best_under_floor(MARGINS),
         }
+        rules = {today: (calibration.threshold_at(HARD_TAUGHT), OFF, "support")}
+        for rule, (setting, power) in chosen.items():
+            rules[rule] = setting
+            if setting[1] != OFF:
+                print(f"| {split_seed} | select-hard (choosing) | {rule}: the margin's power line | {power} | |")
         negatives = KnownNegatives(tuple(base), class_means(image, labels, base))
         for kind, name in (("hard (siblings)", "novel-hard-7w5s"), ("random", "novel-15w5s")):
             reported = queries_of(head, calibration, image, rows, load(name), negatives, False)
-            base_right, base_away = reported.rates(*rules[today])
-            for rule, chosen in rules.items():
-                right, away = reported.rates(*chosen)
-                label = rule if chosen[1] == OFF else f"{rule} (margin {chosen[1]:g})"
+            base_right, base_away = reported.rule_rates(*rules[today])
+            for rule, setting in rules.items():
+                right, away = reported.rule_rates(*setting)
+                label = rule if setting[1] == OFF else f"{rule} (margin {setting[1]:g})"
                 paired = "" if rule == today else f" (paired {cell(right - base_right)} / {cell(away - base_away)})"
                 print(f"| {split_seed} | {kind} | {label}{paired} | {cell(right)} | {cell(away)} |", flush=True)
                 split_means.setdefault((kind, rule), []).append(

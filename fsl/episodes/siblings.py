@@ -20,7 +20,7 @@ from fsl.data.catalog import Catalog
 from fsl.episodes.frozen import EpisodeSet, episode_meta
 from fsl.episodes.near_duplicates import NearDuplicates
 from fsl.episodes.sampler import EpisodeSampler
-from fsl.episodes.splits import ClassSplit
+from fsl.episodes.splits import ClassSplit, parent_of_each
 
 HARD_TAUGHT = 5
 HARD_UNTAUGHT = 2  # one sibling of each of two taught classes, from two different families
@@ -33,12 +33,11 @@ HARD_SEED_OFFSET = 950  # seed * 1000 + 950 + i: clear of the standard, shifted 
 
 
 def parents_of(catalog: Catalog, column: str) -> dict[str, str] | None:
-    """Each class of `column` with its parent category (the parent its products most often have), or
-    None where the column has no parent (gender, colour, season, usage)."""
+    """Each class of `column` with its parent category (splits.parent_of_each), or None where the
+    column has no parent (gender, colour, season, usage)."""
     if column not in PARENT_COLUMN:
         return None
-    products = catalog.products
-    return products.groupby(column)[PARENT_COLUMN[column]].agg(lambda values: values.mode().iloc[0]).to_dict()
+    return parent_of_each(catalog.labels(column), catalog.labels(PARENT_COLUMN[column])).to_dict()
 
 
 def families(classes: list[str], parents: dict[str, str]) -> list[list[int]]:

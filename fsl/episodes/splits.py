@@ -69,6 +69,12 @@ def distinct_photos(labels, groups: np.ndarray | None = None) -> pd.Series:
     return pd.Series(np.arange(len(labels)) if groups is None else np.asarray(groups)).groupby(labels).nunique()
 
 
+def parent_of_each(labels: pd.Series, parents: pd.Series) -> pd.Series:
+    """Each class's parent category: the one its products most often have (a product filed under
+    another parent now and then does not move its class)."""
+    return parents.groupby(labels).agg(lambda values: values.mode().iloc[0])
+
+
 def split_classes(
     labels: pd.Series,
     min_count: int,
@@ -91,11 +97,7 @@ def split_classes(
         raise FslError(
             f"no {labels.name} class has {min_count} examples (largest: {counts.idxmax()} with {counts.max()})"
         )
-    parent_of = (
-        parents.groupby(labels).agg(lambda s: s.mode().iloc[0])
-        if parents is not None
-        else pd.Series("", index=eligible.index)
-    )
+    parent_of = parent_of_each(labels, parents) if parents is not None else pd.Series("", index=eligible.index)
     rng = np.random.default_rng(seed)
     rows = []
     for parent, group in sorted(pd.Series(eligible.index).groupby(parent_of.reindex(eligible.index).values)):
