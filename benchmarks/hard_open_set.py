@@ -4,11 +4,15 @@ without a catalog's classes as known negatives (fsl/inference/negatives.py), aga
 open-set episodes the project reported until now.
 
 Per split, DEFAULT_HEAD (image features) answers through the one support-set core, as `fsl predict
---support` does. Known negatives are the class means of the split's base classes (novel episodes) or
-of the selection pool's classes outside the episode (selection episodes `select-hard-7w5s`, over base
-∪ validation classes). Four rules, paired on the same episodes:
+--support` does. Known negatives are the class means of the selection pool's classes (base ∪
+validation: every class but the novel ones, as `fsl calibrate` uses them), on selection episodes
+(`select-hard-7w5s`, over that pool) those outside the episode. Six rules, paired on the same episodes:
 
 - today: the calibration's "unknown" threshold for 5 taught categories, no negatives;
+- today's threshold + negatives: the same threshold, and the negatives at the product's margin;
+- as shipped: the negatives at the product's margin, with the calibration's threshold for 5 taught
+  fitted with negatives answering (`fsl calibrate`: the same false-accept target on the open-set
+  selection episodes, so it lets more taught photos through); what `fsl predict --support` does;
 - threshold re-chosen: the threshold that turns the most untaught photos away on the selection
   episodes while answering TAUGHT_FLOOR of the taught ones right;
 - + negatives, a fixed margin on the lead: "unknown" where a photo's cosine to the nearest negative
@@ -48,7 +52,7 @@ from fsl.harness.select import power_line
 from fsl.inference.calibration import config_key, find_calibration
 from fsl.inference.classifier import SupportSetClassifier
 from fsl.inference.heads import DEFAULT_HEAD, NAMED_HEADS, head_for_features
-from fsl.inference.negatives import KnownNegatives, turned_away
+from fsl.inference.negatives import MARGIN, KnownNegatives, turned_away
 from fsl.paths import Workspace
 from fsl.store.open import open_store
 from fsl.store.rows import store_rows
@@ -186,6 +190,8 @@ def main() -> None:
     print("| split | set | rule | taught: right and answered | untaught: answered unknown |")
     print("|---|---|---|---|---|")
     today = "today (threshold alone)"
+    beside = "today's threshold + negatives"
+    shipped = "as shipped: + negatives, threshold fitted with them"
     curves, split_means = [], {}
     for split_seed in args.splits:
         if split_seed == 0:
@@ -194,7 +200,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as folder:
                 calibration = calibrate(config, catalog, workspace, folder, split_seed, report_sets=())
         split = ClassSplit.load(catalog, "articleType", split_seed, workspace.episodes_of(split_seed))
-        pool, base = split.classes("select"), split.classes("base")
+        pool = split.classes("select")
 
         def load(name: str):
             return load_episode_set(config, catalog, name, workspace.episodes_of(split_seed))
@@ -206,12 +212,16 @@ def main() -> None:
             "+ negatives, a fixed margin on the lead": selection.best_under_floor(LEAD_MARGINS, "lead"),
             "+ negatives, over the support's own leads": selection.best_under_floor(MARGINS),
         }
-        rules = {today: (calibration.threshold_at(HARD_TAUGHT), OFF, "support")}
+        rules = {
+            today: (calibration.threshold_at(HARD_TAUGHT), OFF, "support"),
+            beside: (calibration.threshold_at(HARD_TAUGHT), MARGIN, "support"),
+            shipped: (calibration.answering_with_negatives().threshold_at(HARD_TAUGHT), MARGIN, "support"),
+        }
         for rule, (setting, power) in chosen.items():
             rules[rule] = setting
             if setting[1] != OFF:
                 print(f"| {split_seed} | select-hard (choosing) | {rule}: the margin's power line | {power} | |")
-        negatives = KnownNegatives(tuple(base), class_means(image, labels, base))
+        negatives = KnownNegatives(tuple(pool), class_means(image, labels, pool))
         for kind, name in (("hard (siblings)", "novel-hard-7w5s"), ("random", "novel-15w5s")):
             reported = queries_of(head, calibration, image, rows, load(name), negatives, False)
             base_right, base_away = reported.rule_rates(*rules[today])
@@ -239,7 +249,7 @@ def main() -> None:
     print("|---|---|" + "---|" * len(CURVE))
     for split_seed, reported, rules in curves:
         for rule, (_, margin, kind) in rules.items():
-            if rule != "threshold re-chosen":  # the same curve as today's
+            if rule not in ("threshold re-chosen", beside, shipped):  # curves of today's and the own leads' rules
                 label = "threshold alone" if margin == OFF else f"{rule} (margin {margin:g})"
                 print(f"| {split_seed} | {label} | {curve(reported, margin, kind)} |")
 

@@ -833,6 +833,32 @@ def calibration_markdown(folder: Path) -> str:
                 f"| {r['auroc']:.3f} / {h['auroc']:.3f} "
                 f"| {chosen['episode_auroc_mean']:.3f} / {chosen['episode_auroc_p10']:.3f} |"
             )
+    if all("with_negatives" in c.validation and "with_negatives" in c.novel.get(hard, {}) for c in calibrations):
+        lines += [
+            "",
+            "With known negatives (fsl/inference/negatives.py): the classes the selection episodes are drawn over "
+            "(base and validation, never novel), each where an episode does not hold it, answer a photo nearer one "
+            'of them than any taught category "unknown"; the thresholds are fitted again with them answering, for '
+            "the same false-accept target. At 5 taught: taught photos right and answered / untaught photos accepted, "
+            "the threshold alone → with the negatives (what `fsl predict --support` does for an image-only head).",
+            "",
+            "| config | selection | random (novel-15w5s) | hard (novel-hard-7w5s) |",
+            "|---|---|---|---|",
+        ]
+        for c in calibrations:
+            random = c.novel[f"open-{OPEN_NOVEL_SET}"]  # (teaching 5)
+            pairs = [
+                (c.validation["by_taught"]["5"], c.validation["with_negatives"]["by_taught"]["5"]),
+                (random, random["with_negatives"]),
+                (c.novel[hard], c.novel[hard]["with_negatives"]),
+            ]
+            cells = []
+            for alone, beside in pairs:
+                cells.append(
+                    f"{100 * alone['known_accuracy']:.1f}% / {100 * alone['false_accept']:.1f}% → "
+                    f"{100 * beside['known_accuracy']:.1f}% / {100 * beside['false_accept']:.1f}%"
+                )
+            lines.append(f"| {c.config} | " + " | ".join(cells) + " |")
     lines += [
         "",
         'The "none of these" scores (fsl/inference/open_set.py), each config\'s chosen one in bold (best pooled AUROC '

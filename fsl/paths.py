@@ -47,6 +47,9 @@ ADAPT_DIR = DEFAULT_CHECKPOINTS / "adapt"
 # a user's own under the cache, looked up first. Both are found from any working directory.
 SHIPPED_CALIBRATION_DIR = Path(__file__).parent / "calibration"
 USER_CALIBRATION_DIR = CACHE_DIR / "calibration"
+# Known negatives (each catalog class's mean features, by encoder): shipped ones, and a user's own first.
+SHIPPED_NEGATIVES_DIR = Path(__file__).parent / "negatives"
+USER_NEGATIVES_DIR = CACHE_DIR / "negatives"
 CONTENT_CACHE_DIR = CACHE_DIR / "embeddings"  # features of users' own photos and texts, by content
 RESULTS_DIR = Path("results")
 PREDICTIONS_FILE = RESULTS_DIR / "predictions.csv"  # `fsl predict --out`
@@ -167,6 +170,16 @@ def calibration_dirs(chosen: str | os.PathLike | None = None) -> list[Path]:
     """Where calibrations are looked up: only `chosen` (--calibration-dir) when given, else the user's
     own, then the shipped ones."""
     return [Path(chosen)] if chosen is not None else [USER_CALIBRATION_DIR, SHIPPED_CALIBRATION_DIR]
+
+
+def negatives_dirs(chosen: str | os.PathLike | None = None) -> list[Path]:
+    """Where known negatives are looked up: only `chosen` when given, else the user's own, then the shipped."""
+    return [Path(chosen)] if chosen is not None else [USER_NEGATIVES_DIR, SHIPPED_NEGATIVES_DIR]
+
+
+def negatives_path(root: str | os.PathLike, encoder_id: str) -> Path:
+    """One encoder's known negatives file under a negatives folder."""
+    return Path(root) / f"{re.sub(r'[^A-Za-z0-9.+-]+', '_', encoder_id)}.safetensors"
 
 
 def content_cache_dir(encoder_id: str, root: str | os.PathLike | None = None) -> Path:

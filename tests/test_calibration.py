@@ -9,7 +9,13 @@ import torch
 
 from fsl.episodes.sampler import Episodes
 from fsl.errors import FslError
-from fsl.harness.calibration import calibrate, expected_calibration_error, open_set_episodes, open_set_figures
+from fsl.harness.calibration import (
+    OpenSetScores,
+    calibrate,
+    expected_calibration_error,
+    open_set_episodes,
+    open_set_figures,
+)
 from fsl.inference.calibration import Calibration, config_key, find_calibration, fit_temperature, threshold_for
 from fsl.inference.open_set import SCORES
 from fsl.paths import Workspace
@@ -45,6 +51,23 @@ def test_the_threshold_accepts_the_target_share_of_unknowns_and_auroc_ranks_them
     assert figures["auroc"] == 1.0  # every known query is more confident than every unknown one
     assert figures["known_unknown_rate"] == 0.0 and figures["false_accept"] == 0.0
     assert figures["known_accuracy"] == 0.5  # the second is answered, but wrong
+
+
+def test_thresholds_fitted_beside_known_negatives_keep_the_target_and_answer_more_taught_photos():
+    rng = np.random.default_rng(0)
+    labels = [np.array([0, 1, 0, 1, -1, -1, -1, -1])] * 400  # 4 taught queries, 4 untaught, per episode
+    scores = [np.where(row >= 0, 1.0, 0.0) + rng.normal(size=8) for row in labels]
+    away = [(row < 0) & (rng.random(8) < 0.6) | (row >= 0) & (rng.random(8) < 0.05) for row in labels]
+    open_set = OpenSetScores([np.where(row >= 0, row, 0) for row in labels], {"s": scores}, labels, [2] * 400, away)
+    plain = threshold_for(open_set.unknown_scores("s"), 0.2)
+    beside = open_set.with_negatives("s")
+    fitted = threshold_for(beside.unknown_scores("s"), 0.2)
+    assert fitted < plain  # the negatives turn untaught photos away: the threshold can let more through
+    alone, combined = open_set.figures("s", lambda _: plain), beside.figures("s", lambda _: fitted)
+    assert combined["false_accept"] <= 0.2 + 1e-9 and alone["false_accept"] <= 0.2 + 1e-9  # the same target
+    assert combined["known_accuracy"] > alone["known_accuracy"]  # more taught photos right and answered
+    taught_away = np.concatenate(away)[np.concatenate(labels) >= 0]
+    assert combined["known_unknown_rate"] >= taught_away.mean()  # a taught photo turned away is "unknown" too
 
 
 def test_open_set_episodes_teach_the_first_classes_and_keep_every_query():
@@ -136,6 +159,11 @@ def test_calibrate_reads_validation_classes_only_until_it_has_saved(open_set_sli
     assert set(compared) == set(SCORES)
     assert calibration.score == max(compared, key=lambda name: compared[name]["auroc"])
     assert calibration.validation["false_accept"] <= 0.2 + 1e-9  # the threshold's target, on validation
+    beside = calibration.with_negatives  # the same target with the known negatives answering too
+    assert set(beside["thresholds"]) == set(calibration.thresholds)
+    assert all(beside["thresholds"][c] <= calibration.thresholds[c] for c in calibration.thresholds)
+    assert calibration.validation["with_negatives"]["false_accept"] <= 0.2 + 1e-9
+    assert calibration.answering_with_negatives().thresholds == beside["thresholds"]
     assert set(calibration.novel) == {"novel-3w5s", "open-novel-allway-5s"}
     reported = calibration.novel["open-novel-allway-5s"]
     assert 0 <= reported["auroc"] <= 1 and reported["taught"] == 4 and set(reported["by_taught"]) == {"2", "3", "4"}
@@ -221,6 +249,15 @@ def test_a_threshold_per_taught_count_is_interpolated_and_checked_when_read(tmp_
         (tmp_path / "c.json").write_text(json.dumps({**record, "thresholds": bad}))
         with pytest.raises(FslError, match=r"c.json: the calibration is damaged \(thresholds\["):
             Calibration.load(tmp_path / "c.json")
+    for bad in ({"threshold": -1.0, "thresholds": {"2": "low"}}, {"thresholds": {"2": -1.0}}, {"threshold": True}):
+        (tmp_path / "c.json").write_text(json.dumps({**record, "with_negatives": bad}))  # those fitted beside negatives
+        with pytest.raises(FslError, match=r"c.json: the calibration (with_negatives )?is damaged"):
+            Calibration.load(tmp_path / "c.json")
+    beside = {"threshold": -9.0, "thresholds": {"2": -9.0, "8": -3.0}}
+    (tmp_path / "c.json").write_text(json.dumps({**record, "with_negatives": beside}))
+    answering = Calibration.load(tmp_path / "c.json").answering_with_negatives()
+    assert answering.threshold_at(2) == -9.0 and answering.threshold_at(None) == -9.0 and answering.with_negatives == {}
+    assert per_count.answering_with_negatives() is per_count  # fitted without them: unchanged
     softmax = {**record, "score": "max-softmax", "threshold": 0.9, "thresholds": {"2": 1.5}}
     (tmp_path / "c.json").write_text(json.dumps(softmax))
     with pytest.raises(FslError, match="thresholds"):

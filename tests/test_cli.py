@@ -216,6 +216,7 @@ def test_predict_classifies_a_folder_into_a_csv_and_reports_bad_files(small_dump
         "file",
         "answer",
         "score",
+        "looks_like",
         "label_1",
         "confidence_1",
         "label_2",

@@ -15,16 +15,19 @@ import torch
 import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 
+import fsl.paths
 from fsl.apps.classifier import FewShotClassifier
+from fsl.apps.support import read_support_folder
 from fsl.cli.main import main
 from fsl.config import EncoderConfig, load_config, to_yaml
 from fsl.errors import FslError
-from fsl.inference.calibration import calibrate_on_support, config_key, find_calibration
+from fsl.harness.negatives import catalog_negatives
+from fsl.inference.calibration import Calibration, calibrate_on_support, config_key, find_calibration
 from fsl.inference.classifier import SupportSetClassifier
 from fsl.inference.heads import DEFAULT_HEAD, NAMED_HEADS, head_for_features
-from fsl.inference.negatives import KnownNegatives
+from fsl.inference.negatives import CatalogNegatives, KnownNegatives, find_negatives
 from fsl.inference.open_set import known_scores, mahalanobis, nearest_support
-from fsl.paths import SHIPPED_CALIBRATION_DIR
+from fsl.paths import SHIPPED_CALIBRATION_DIR, SHIPPED_NEGATIVES_DIR, Workspace
 from fsl.store.content import ContentCache
 from tests.conftest import TINY_PROBE
 
@@ -126,6 +129,17 @@ def test_known_negatives_turn_away_a_photo_nearer_a_catalog_class_and_say_which_
     )
     assert [a.label for a in never.answer(queries)] == [a.label for a in plain]  # no excess reaches 4 (cosines)
 
+    # beside negatives that answer, the calibration's thresholds fitted with them (fsl calibrate) decide
+    calibration = Calibration("c", "k", "test", 1.0, 0.9, 0.2, score="max-softmax", thresholds={"2": 0.9},
+                              with_negatives={"threshold": 0.6, "thresholds": {"2": 0.6}})  # fmt: skip
+    for given, threshold in ((negatives, 0.6), (None, 0.9)):
+        calibrated = SupportSetClassifier(
+            head, ["Heels", "Tops"], support, support_labels, calibration, negatives=given
+        )
+        assert calibrated.answering_calibration.threshold_at(2) == threshold
+        for answer in calibrated.answer(queries):
+            assert (answer.label == answer.best) == (answer.confidence >= threshold and answer.looks_like is None)
+
 
 def test_a_photos_lead_towards_a_negative_is_judged_against_its_own_categorys_support():
     """The reference of each taught category is the largest lead among its support photos, each against
@@ -151,6 +165,89 @@ def test_a_photos_lead_towards_a_negative_is_judged_against_its_own_categorys_su
     closest = (F.normalize(queries.double(), dim=-1) @ rule.class_means.T).argmax(1)
     assert torch.allclose(excess, lead - rule.references[closest]) and nearest.max() <= 1
     assert len(set(rule.references.tolist())) == 3  # each category its own reference
+
+
+def same_negatives(a: CatalogNegatives, b: CatalogNegatives) -> bool:
+    return (a.names, a.encoder, a.catalog, a.column) == (b.names, b.encoder, b.catalog, b.column) and all(
+        torch.equal(getattr(a, part), getattr(b, part)) for part in ("image", "text", "counts")
+    )
+
+
+def test_a_catalogs_negatives_are_its_class_means_and_travel_in_one_file(small_dump, tmp_path):
+    from fsl.data.prepared import load_catalog
+    from fsl.store.open import open_store
+
+    catalog = load_catalog(small_dump)
+    workspace = Workspace(features=tmp_path / "store")
+    negatives = catalog_negatives(TINY, catalog, workspace, min_count=2)
+    store = open_store(catalog, TINY, workspace.features)
+    labels = catalog.labels().to_numpy()  # the store's rows are the catalog's, in order
+    assert negatives.names == tuple(sorted(set(labels))) and negatives.counts.tolist() == [10] * 4
+    for name, image, text in zip(negatives.names, negatives.image, negatives.text):
+        assert torch.allclose(image, torch.from_numpy(np.asarray(store.image)[labels == name].mean(0)), atol=1e-6)
+        assert torch.allclose(text, torch.from_numpy(store.text()[labels == name].mean(0)), atol=1e-6)
+    with pytest.raises(FslError, match="no articleType class of the catalog has 11 products"):
+        catalog_negatives(TINY, catalog, workspace, min_count=11)
+
+    path = negatives.save(tmp_path / "negatives")
+    found = find_negatives(negatives.encoder, tmp_path / "negatives")
+    assert found.path == path and same_negatives(found, negatives)
+    assert find_negatives(negatives.encoder, tmp_path / "elsewhere") is None
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(FslError, match=f"{path} is not a known-negatives file"):
+        find_negatives(negatives.encoder, tmp_path / "negatives")
+
+
+@pytest.mark.real_data  # the offline encoder's features of real photos
+def test_your_own_categories_meet_the_catalog_negatives_in_the_api_fsl_predict_and_a_saved_classifier(
+    own_folders, small_dump, tmp_path, monkeypatch
+):
+    from fsl.data.prepared import load_catalog
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FSL_DATA", raising=False)
+    catalog = load_catalog(small_dump)  # its 4 classes: the 3 taught and the one the queries add
+    # the offline encoder: the tiny random CLIP puts every photo within the same-as cosine of every other
+    config = NAMED_HEADS[DEFAULT_HEAD]
+    made = catalog_negatives(config.encoder, catalog, Workspace(features=tmp_path / "store"), min_count=2)
+    monkeypatch.setattr(fsl.paths, "USER_NEGATIVES_DIR", tmp_path / "negatives")  # as `fsl negatives` leaves them
+    made.save(tmp_path / "negatives")  # found before the shipped ones
+    queries = sorted((own_folders / "query").iterdir())
+    support = read_support_folder(own_folders / "support")
+    untaught = (set(made.names) - set(support.classes)).pop()
+    truth = [label for path in queries for label in catalog.labels()[catalog.products["id"] == int(path.stem)]]
+
+    api = FewShotClassifier.from_support(support, config, calibration=None, cache_root=tmp_path / "cache")
+    assert same_negatives(api.negatives, made)  # found for this encoder, with no catalog at hand
+    rule = api._ready().negative_rule
+    assert rule.left_out == support.classes and rule.negatives.names == (untaught,)  # a taught class is no negative
+    assert f"left out as taught categories: {', '.join(support.classes)}" in api.describe()
+    answers = api.predict(queries)
+    plain = FewShotClassifier.from_support(
+        support, config, calibration=None, cache_root=tmp_path / "cache", negatives=None
+    ).predict(queries)
+    assert all(a.label != "unknown" and a.looks_like is None for a in plain)  # uncalibrated: always a name
+    turned = [(a, t) for a, t in zip(answers, truth) if a.looks_like]
+    assert all(a.label == "unknown" and a.looks_like == untaught for a, _ in turned)
+    assert sum(t == untaught for _, t in turned) >= 2  # most of the 3 untaught photos
+    assert [a.label for a in answers if not a.looks_like] == [
+        p.label for p, a in zip(plain, answers) if not a.looks_like
+    ]
+
+    argv = ["predict", "--support", str(own_folders / "support"), "--images", str(own_folders / "query")]
+    argv += ["--calibration-dir", str(tmp_path / "none")]
+    assert main([*argv, "--out", "with.csv"]) == 0
+    table = pd.read_csv("with.csv", keep_default_na=False).set_index("file")
+    assert [table.at[q.name, "looks_like"] for q in queries] == [a.looks_like or "" for a in answers]
+    assert main([*argv, "--out", "without.csv", "--no-catalog-negatives"]) == 0
+    table = pd.read_csv("without.csv", keep_default_na=False).set_index("file")
+    assert (table["looks_like"] == "").all() and (table["answer"] != "unknown").all()
+
+    api.save(tmp_path / "saved")
+    loaded = FewShotClassifier.load(tmp_path / "saved", cache_root=tmp_path / "cache")
+    assert [(a.label, a.looks_like) for a in loaded.predict(queries)] == [(a.label, a.looks_like) for a in answers]
+    with pytest.raises(FslError, match="made with encoder"):
+        FewShotClassifier(config, encoder=TINY, negatives=made)
 
 
 # One classifier behind the CLI, the demo and the API ------------------------------------------------
@@ -251,13 +348,17 @@ def test_a_head_that_needs_the_catalog_says_so_without_one(own_folders, tmp_path
 # Calibrations from any folder, and the README's example ----------------------------------------------
 
 
-def test_the_shipped_calibrations_travel_with_the_package(tmp_path, monkeypatch):
+def test_the_shipped_calibrations_and_negatives_travel_with_the_package(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     default = NAMED_HEADS[DEFAULT_HEAD]
     found = find_calibration(config_key(default, "offline:efficientnet-lite0+all-MiniLM-L6-v2"))
     assert found is not None and Path(found.path).parent == SHIPPED_CALIBRATION_DIR
     assert "fitted on base and validation classes" in found.describe() and found.path in found.describe()
     assert find_calibration(config_key(default, "offline:efficientnet-lite0+all-MiniLM-L6-v2"), tmp_path) is None
+    shipped = find_negatives("offline:efficientnet-lite0+all-MiniLM-L6-v2")  # the catalog's classes, no catalog
+    assert shipped is not None and shipped.path.parent == SHIPPED_NEGATIVES_DIR
+    assert (shipped.image.shape, shipped.text.shape) == ((len(shipped.names), 1280), (len(shipped.names), 384))
+    assert {"Sports Shoes", "Flip Flops", "Heels"} <= set(shipped.names) and (shipped.counts >= 20).all()
 
 
 @pytest.mark.real_data  # the shipped calibration was fitted on real photos with the offline encoder

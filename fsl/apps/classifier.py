@@ -13,7 +13,9 @@ alone; the default is the calibrated head that answers the most taught photos ri
 untaught ones let through, on selection episodes (docs/calibration.md). Confidences and the "unknown"
 answer come from a calibration: the one `fsl calibrate` fitted for this head and encoder on base and
 validation classes (shipped with the package, or your own under the cache), or one fitted on the
-support itself (`calibrate_on_support`: leave one category out)."""
+support itself (`calibrate_on_support`: leave one category out). Known negatives (fsl/inference/negatives.py:
+the classes of a catalog, the shipped one for the offline encoder) answer a photo nearer one of them than
+any taught category "unknown", and say which it looks like."""
 
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from fsl.files import atomic_folder, check_record, read_json, write_csv, write_j
 from fsl.inference.calibration import FALSE_ACCEPT, Calibration, calibrate_on_support, config_key, find_calibration
 from fsl.inference.classifier import Answer, HeadInputs, SupportSetClassifier
 from fsl.inference.heads import DEFAULT_HEAD, FUSED_DEFAULT_HEAD, NAMED_HEADS, head_config, head_for_features
+from fsl.inference.negatives import CatalogNegatives, find_negatives
 from fsl.inference.photos import embed_photos
 from fsl.store.content import ContentCache, file_digest
 
@@ -54,10 +57,14 @@ class FewShotClassifier:
         calibration: Calibration | None | str = "auto",
         calibration_dir: str | os.PathLike | None = None,
         cache_root: str | os.PathLike | None = None,
+        negatives: CatalogNegatives | None | str = "auto",
     ):
         """`calibration`: "auto" finds the one fitted for this head and encoder (your own under the
         cache first, then the shipped ones; only `calibration_dir` when given), None for raw softmax
-        and no "unknown" answer, or a Calibration."""
+        and no "unknown" threshold, or a Calibration. `negatives`: "auto" finds the known negatives made
+        for this encoder (`fsl negatives` under the cache first, then the shipped ones) for an image-only
+        head (measured: docs/calibration.md; a fused head's are not yet, so "auto" leaves them off), None
+        for none, or CatalogNegatives (or the path of their .safetensors file) for any head."""
         self.config = head_config(head)
         self.encoder_config = encoder or self.config.encoder
         self.encoder = encoder_from_config(self.encoder_config)  # built on the first photo not in the cache
@@ -71,6 +78,8 @@ class FewShotClassifier:
         self.labels: list[int] = []
         self._image_features: list[np.ndarray] = []
         self.calibration: Calibration | None = self._calibration(calibration, calibration_dir)
+        self.negatives_choice = negatives if isinstance(negatives, str) and negatives == "auto" else None
+        self.negatives: CatalogNegatives | None = self._negatives(negatives)
         self.core: SupportSetClassifier | None = None  # what answers (inference/classifier.py), built on demand
         self._fitted_on = -1  # how many examples the core was built for
 
@@ -86,8 +95,32 @@ class FewShotClassifier:
             return Calibration.load(calibration)
         raise FslError(
             f'calibration {shown(calibration)}: expected "auto" (the one fitted for this head and encoder), '
-            'None (no "unknown" answer), a Calibration, or the path of a calibration .json file'
+            'None (no "unknown" threshold), a Calibration, or the path of a calibration .json file'
         )
+
+    def _negatives(self, negatives: object) -> CatalogNegatives | None:
+        """The `negatives` argument as CatalogNegatives or None, checked now rather than at the first answer."""
+        if isinstance(negatives, str) and negatives == "auto":
+            return None if self.fused else find_negatives(self.encoder.id)
+        if negatives is None or isinstance(negatives, CatalogNegatives):
+            found = negatives
+        elif isinstance(negatives, (str, os.PathLike)) and Path(negatives).suffix == ".safetensors":
+            if not Path(negatives).is_file():
+                raise FslError(f"negatives {negatives}: no such file", "negatives")
+            found = CatalogNegatives.load(negatives)
+        else:
+            raise FslError(
+                f'negatives {shown(negatives)}: expected "auto" (those made for this encoder), None (no known '
+                "negatives), CatalogNegatives, or the path of a known-negatives .safetensors file",
+                "negatives",
+            )
+        if found is not None and found.encoder != self.encoder.id:
+            raise FslError(
+                f"{found.path or 'the known negatives'} were made with encoder {found.encoder}, not {self.encoder.id}; "
+                "make them with `fsl negatives` for this encoder",
+                "negatives",
+            )
+        return found
 
     # Teaching -----------------------------------------------------------------------------------
 
@@ -203,10 +236,26 @@ class FewShotClassifier:
                     f"{self.config.name} learns from the catalog's base classes or class names; a support folder "
                     f"alone cannot teach it (choose one of {', '.join(NAMED_HEADS)})"
                 )
-            self.core = SupportSetClassifier(head, self.classes, support, torch.as_tensor(self.labels), None)
+            negatives = None
+            if self.negatives is not None:
+                negatives = self.negatives.for_head(self.fused)
+                if negatives.prototypes.shape[1] != support.shape[1]:
+                    raise FslError(
+                        f"{self.negatives.path or 'the known negatives'} hold {negatives.prototypes.shape[1]} "
+                        f"features per class, the head reads {support.shape[1]}; make them again with `fsl negatives`",
+                        "negatives",
+                    )
+            self.core = SupportSetClassifier(
+                head, self.classes, support, torch.as_tensor(self.labels), None, negatives=negatives
+            )
             self._fitted_on = len(self.labels)
         self.core.calibration = self.calibration
         return self.core
+
+    @property
+    def complete(self) -> bool:
+        """Whether every category taught has examples, and there are two at least: the classifier can answer."""
+        return len(self.classes) >= 2 and len(set(self.labels)) == len(self.classes)
 
     @property
     def image_dim(self) -> int:
@@ -229,17 +278,35 @@ class FewShotClassifier:
         self._ready()
         return self.answer_features(self.embed_photos(photos), texts)
 
+    @property
+    def answering_calibration(self) -> Calibration | None:
+        """The calibration the rule answers with: beside known negatives that answer, its thresholds fitted
+        with them (`fsl calibrate`)."""
+        return self._ready().answering_calibration
+
     def describe(self, paths: bool = True) -> str:
         """Which head, encoder and calibration answer, in words (the first line `fsl predict` prints;
         `paths`: name the calibration's file, as a terminal may and a web page should not)."""
         if self.calibration is not None:
-            said = self.calibration.describe(paths)
+            said = (self.answering_calibration if self.complete else self.calibration).describe(paths)
         else:
             said = (
-                f'uncalibrated (raw softmax, no "{UNKNOWN}" answer): no calibration was fitted for {self.config.name} '
-                f"with encoder {self.encoder.id}; `fsl calibrate` one, or use --calibrate-on-support"
+                f'uncalibrated (raw softmax, no "{UNKNOWN}" threshold): no calibration was fitted for '
+                f"{self.config.name} with encoder {self.encoder.id}; `fsl calibrate` one, or use --calibrate-on-support"
             )
-        return f"head {self.config.name}, encoder {self.encoder.id}; {said}"
+        return f"head {self.config.name}, encoder {self.encoder.id}; {said}; {self.describe_negatives()}"
+
+    def describe_negatives(self) -> str:
+        """The known negatives in words, with the ones left out as taught categories once the support
+        is complete."""
+        if self.negatives is None:
+            why = "off for a fused head (not yet measured)" if self.fused and self.negatives_choice else "off"
+            return f"known negatives {why}"
+        said = self.negatives.describe()
+        rule = self._ready().negative_rule if self.complete else None
+        if rule is not None and rule.left_out:
+            said += f"; left out as taught categories: {', '.join(rule.left_out)}"
+        return said
 
     # Calibrating on the support -----------------------------------------------------------------
 
@@ -306,9 +373,20 @@ class FewShotClassifier:
                 "head": dataclasses.asdict(self.config),
                 "encoder": dataclasses.asdict(self.encoder_config),
                 "calibration": calibration,
+                "negatives": self.saved_negatives(),
             }
             write_json(staging / MANIFEST, record)
         return Path(folder)
+
+    def saved_negatives(self) -> str | None:
+        """What classifier.json records of the known negatives: "auto", the file they came from, or None."""
+        if self.negatives is None or self.negatives_choice == "auto":
+            return self.negatives_choice
+        if self.negatives.path is None:
+            raise FslError(
+                "known negatives given without a file cannot be saved; save them first (CatalogNegatives.save)"
+            )
+        return str(Path(self.negatives.path).resolve())
 
     @classmethod
     def load(
@@ -337,7 +415,12 @@ class FewShotClassifier:
             calibration = Calibration.from_record(record, manifest_path, f"{fix}, {alternative}")
         elif saved:
             calibration = None
-        classifier = cls.from_folder(folder, config, encoder=encoder, calibration=calibration, cache_root=cache_root)
+        negatives = manifest.get("negatives", "auto")  # (absent: saved before known negatives existed)
+        if not (negatives is None or isinstance(negatives, str)):
+            raise FslError(f"{manifest_path} is damaged (negatives {shown(negatives)}); {fix}")
+        classifier = cls.from_folder(
+            folder, config, encoder=encoder, calibration=calibration, cache_root=cache_root, negatives=negatives
+        )
         if saved and classifier.calibration is not None:
             classifier.check_saved_calibration(manifest_path, alternative)
         return classifier

@@ -33,6 +33,7 @@ from fsl.inference.calibration import Calibration, config_key, find_calibration
 from fsl.inference.checkpoints import read_meta
 from fsl.inference.classifier import Answer, HeadInputs, SupportSetClassifier, answer_record
 from fsl.inference.heads import DEFAULT_HEAD, FUSED_DEFAULT_HEAD, NAMED_HEADS, experiment_head
+from fsl.inference.negatives import KnownNegatives, find_negatives
 from fsl.inference.photos import embed_photos, open_image
 from fsl.paths import PREDICTIONS_FILE, Workspace, checkpoint_dir, store_path
 from fsl.store.content import ContentCache
@@ -120,7 +121,8 @@ class CatalogClassifier:
     """A head (trained, or configured) with a support set: `shots` catalog examples per class of the
     catalog (or of `classes`), or the examples of a support folder. What `fsl predict` and the demo's
     checkpoint mode classify with, through the support-set core (fsl/inference/classifier.py).
-    Confidences are calibrated where `fsl calibrate` fitted this head."""
+    Confidences are calibrated where `fsl calibrate` fitted this head; a support folder's categories
+    meet the known negatives made for the encoder, as with `fsl predict --support`."""
 
     def __init__(
         self,
@@ -134,6 +136,7 @@ class CatalogClassifier:
         classes: list[str] | None = None,
         calibration_dir: str | os.PathLike | None = None,
         cache_root: str | os.PathLike | None = None,
+        catalog_negatives: bool = True,
     ):
         config, self.note = choose_config(checkpoint, config_path, support, texts)
         # a config with a train: section gets its trained checkpoint, never a silently untrained head
@@ -174,7 +177,13 @@ class CatalogClassifier:
             image = self.embed_photos(support.photos, checked=True)  # read_support_folder opened each
             support_features = self.inputs(image, [support.text_of(p) for p in support.photos])
             support_labels = torch.as_tensor(support.labels)
-        self.core = SupportSetClassifier(head, names, support_features, support_labels, calibration)
+        # your own categories meet the known negatives as `fsl predict --support` does (an image-only head's)
+        own = support is not None and catalog_negatives and not self.fused
+        self.negatives = find_negatives(self.store.encoder_id) if own else None
+        known = None
+        if self.negatives is not None:
+            known = KnownNegatives(self.negatives.names, self.inputs(self.negatives.image.numpy()))
+        self.core = SupportSetClassifier(head, names, support_features, support_labels, calibration, negatives=known)
 
     @property
     def classes(self) -> list[str]:
@@ -183,6 +192,11 @@ class CatalogClassifier:
     @property
     def calibration(self) -> Calibration | None:
         return self.core.calibration
+
+    @property
+    def answering_calibration(self) -> Calibration | None:
+        """The calibration the rule answers with (beside known negatives, its thresholds fitted with them)."""
+        return self.core.answering_calibration
 
     def embed_photos(self, photos: Sequence[str | os.PathLike], checked: bool = False) -> np.ndarray:
         """[n, image_dim] of photo files, through the content cache."""
@@ -194,11 +208,13 @@ class CatalogClassifier:
 
     def describe(self, paths: bool = True) -> str:
         if self.calibration:
-            return f"head {self.name}; {self.calibration.describe(paths)}"
+            return f"head {self.name}; {self.answering_calibration.describe(paths)}" + (
+                f"; {self.negatives.describe()}" if self.negatives else ""
+            )
         return (
-            f'head {self.name}, uncalibrated (raw softmax, no "{UNKNOWN}" answer): `fsl calibrate` an '
+            f'head {self.name}, uncalibrated (raw softmax, no "{UNKNOWN}" threshold): `fsl calibrate` an '
             f"experiment config with this head and fusion ({self.config.method}, {self.config.fusion}) to fit it"
-        )
+        ) + (f"; {self.negatives.describe()}" if self.negatives else "")
 
 
 def split_classes_of(
@@ -275,7 +291,7 @@ def write_predictions(records: list[dict], folder: Path, out: str | os.PathLike,
     its threshold) and its contact sheet, which names the classifier that answered (`classifier`:
     a FewShotClassifier or a CatalogClassifier)."""
     columns = (
-        ["file", "answer", "score"]
+        ["file", "answer", "score", "looks_like"]
         + [f"{kind}_{r}" for r in range(1, top_k + 1) for kind in ("label", "confidence")]
         + ["nearest_id", "nearest_label", "error"]
     )
@@ -284,7 +300,7 @@ def write_predictions(records: list[dict], folder: Path, out: str | os.PathLike,
         records,
         folder,
         Path(out).with_suffix(".png"),
-        classifier.calibration,
+        classifier.answering_calibration,
         classifier.describe(False),
         len(classifier.classes),
     )
@@ -364,16 +380,20 @@ def predict_own_categories(
     calibrate_false_accept: float | None = None,
     data: str | os.PathLike | None = None,
     workspace: Workspace = Workspace(),
+    catalog_negatives: bool = True,
 ) -> Path:
     """`fsl predict --support`: every photo of `images` among a support folder's categories, with
-    the folders alone; with `calibrate_false_accept`, the threshold fitted on the support itself.
+    the folders alone; with `calibrate_false_accept`, the threshold fitted on the support itself;
+    with `catalog_negatives`, the known negatives made for the encoder, where they apply.
     Prints the head, encoder and calibration first, then what was answered and how fast."""
     started = time.perf_counter()
     check_out(out)
     support = read_support_folder(support_folder)
     photos = read_photo_folder(images, texts)
     config, note = choose_config(None, config_path, support, text_coverage(photos, support, texts is not None))
-    classifier = FewShotClassifier.from_support(support, config, classes, calibration_dir=calibration_dir)
+    classifier = FewShotClassifier.from_support(
+        support, config, classes, calibration_dir=calibration_dir, negatives="auto" if catalog_negatives else None
+    )
     report_support(support)
     if note:
         print(f"fsl predict: {note}", file=sys.stderr)
@@ -394,9 +414,11 @@ def predict_own_categories(
     written, records = answer_photos(classifier, photos, out, top_k, catalog_store)
     answered = [r for r in records if not r["error"]]
     unknown = sum(r["answer"] == UNKNOWN for r in answered)
+    alike = sum(bool(r["looks_like"]) for r in answered)
     print(
         f"{len(answered)} photos answered in {time.perf_counter() - started:.1f} s "
         f'({classifier.cache.hits} embeddings cached, {classifier.cache.misses} computed); {unknown} "{UNKNOWN}"'
+        + (f" ({alike} of them nearer a known negative than any category: the looks_like column)" if alike else "")
     )
     return written
 
@@ -414,6 +436,7 @@ def predict_folder(
     support_folder: str | os.PathLike | None = None,
     classes: str | None = None,
     calibration_dir: str | os.PathLike | None = None,
+    catalog_negatives: bool = True,
 ) -> Path:
     """Classify every photo of `images` with a catalog head (a trained checkpoint, or a config that
     needs the catalog's store); writes the CSV (top-k labels and confidences per photo, the answer
@@ -435,6 +458,7 @@ def predict_folder(
         text_coverage(photos, support, texts is not None),
         only,
         calibration_dir,
+        catalog_negatives=catalog_negatives,
     )
     if classifier.note:
         print(f"fsl predict: {classifier.note}", file=sys.stderr)
@@ -449,7 +473,7 @@ def predict_folder(
     answered = [r for r in records if not r["error"]]
     if classifier.calibration and answered:
         unknown = sum(r["answer"] == UNKNOWN for r in answered)
-        rule = classifier.calibration.rule(len(classifier.classes))
+        rule = classifier.answering_calibration.rule(len(classifier.classes))
         print(f'{unknown} of {len(answered)} photos answered "{UNKNOWN}" ({rule})')
     return written
 
@@ -469,10 +493,10 @@ def contact_sheet(
     limit: int = 60,
     columns: int = 6,
 ) -> Path:
-    """Each photo (the first `limit`) with its answer and confidence (for "unknown", its score beside
-    the threshold), or why it could not be read, and under them `about` (which head, encoder and
-    calibration answered): a grid of thumbnails drawn with Pillow (matplotlib's layout took longer
-    than classifying)."""
+    """Each photo (the first `limit`) with its answer and confidence (for "unknown", the known negative
+    it looks like, else its score beside the threshold), or why it could not be read, and under them
+    `about` (which head, encoder and calibration answered): a grid of thumbnails drawn with Pillow
+    (matplotlib's layout took longer than classifying)."""
     shown = records[:limit]
     columns = min(columns, len(shown))
     rows = -(-len(shown) // columns)
@@ -493,11 +517,12 @@ def contact_sheet(
                 thumbnail, (left + (THUMBNAIL - thumbnail.width) // 2, top + (THUMBNAIL - thumbnail.height) // 2)
             )
             unknown = record["answer"] == UNKNOWN
-            caption = (
-                f"{UNKNOWN} ({calibration.verdict(record['score'], named=False, taught=taught)})"
-                if unknown
-                else f"{record['answer']} ({record['confidence_1']:.0%})"
-            )
+            if unknown and record.get("looks_like"):
+                caption = f"{UNKNOWN}: like {record['looks_like']}"
+            elif unknown:
+                caption = f"{UNKNOWN} ({calibration.verdict(record['score'], named=False, taught=taught)})"
+            else:
+                caption = f"{record['answer']} ({record['confidence_1']:.0%})"
             colour = CAPTION_COLOURS["unknown" if unknown else "answer"]
         draw.text((left + 4, top + THUMBNAIL), caption[:28], fill=colour, font=font)
         draw.text((left + 4, top + THUMBNAIL + 14), record["file"][:28], fill=CAPTION_COLOURS["unknown"], font=font)

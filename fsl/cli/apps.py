@@ -53,6 +53,7 @@ def cmd_demo(args) -> None:
         calibration_dir=args.calibration_dir,
         embed=classifier is not None,
         catalog_note=why_not,
+        catalog_negatives=not args.no_catalog_negatives,
     )
     if backend.catalog_note:
         print(f"fsl demo: {backend.catalog_note}")
@@ -74,6 +75,8 @@ def cmd_predict(args) -> None:
         )
     if args.calibrate_on_support and not args.support:
         raise FslError("--calibrate-on-support needs --support DIR (the categories it is fitted on)")
+    if args.no_catalog_negatives and not args.support:
+        raise FslError("--no-catalog-negatives needs --support DIR: a catalog head answers among the catalog's classes")
     if not 0 < args.false_accept < 1:
         raise FslError(f"--false-accept must lie strictly between 0 and 1, got {args.false_accept}")
     config = load_config(args.config) if args.config else None
@@ -91,6 +94,7 @@ def cmd_predict(args) -> None:
             args.false_accept if args.calibrate_on_support else None,
             args.data,
             workspace_from(args),
+            not args.no_catalog_negatives,
         )
     else:
         catalog = load_catalog(args.data)
@@ -107,6 +111,7 @@ def cmd_predict(args) -> None:
             args.support,
             args.classes,
             args.calibration_dir,
+            not args.no_catalog_negatives,
         )
     print(f"wrote {out} and the contact sheet {Path(out).with_suffix('.png')}")
 
@@ -138,6 +143,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help=f"look up calibrations only in DIR (default: your own in {USER_CALIBRATION_DIR}, then the shipped "
         f"ones in {SHIPPED_CALIBRATION_DIR}): calibrated confidences and the 'unknown' answer",
+    )
+    demo.add_argument(
+        "--no-catalog-negatives",
+        action="store_true",
+        help="teach without the known negatives (by default a photo nearer a catalog class than any taught "
+        "category is 'unknown', and says which class it looks like)",
     )
     demo.set_defaults(run=cmd_demo)
 
@@ -192,6 +203,13 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         metavar="RATE",
         help="with --calibrate-on-support: share of an untaught category's photos the threshold may accept "
         "(default 0.2)",
+    )
+    predict.add_argument(
+        "--no-catalog-negatives",
+        action="store_true",
+        help="with --support: answer without the known negatives (by default a photo nearer a catalog class than "
+        "any of your categories is 'unknown', and says which class it looks like; the offline encoder's ship "
+        "with fsl, `fsl negatives` makes them for another)",
     )
     predict.add_argument("--store-root", default=str(FEATURES_ROOT), metavar="DIR", help=STORE_HELP)
     predict.set_defaults(run=cmd_predict)

@@ -1,5 +1,6 @@
-"""`fsl align`, `fsl adapt` and `fsl calibrate`: an image-text space, an adapted image tower and calibrated
-confidences, trained on base classes and chosen on validation classes."""
+"""`fsl align`, `fsl adapt`, `fsl calibrate` and `fsl negatives`: an image-text space, an adapted image
+tower and calibrated confidences, trained on base classes and chosen on validation classes, and a
+catalog's classes as known negatives."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from pathlib import Path
 from fsl.cli.common import (
     STORE_HELP,
     add_data_option,
+    add_encoder_options,
     add_experiment_options,
     add_runs_option,
+    encoder_config,
     non_negative_int,
     positive_float,
     positive_int,
@@ -26,7 +29,9 @@ from fsl.paths import (
     FEATURES_ROOT,
     RESULTS_DIR,
     SHIPPED_CALIBRATION_DIR,
+    SHIPPED_NEGATIVES_DIR,
     USER_CALIBRATION_DIR,
+    USER_NEGATIVES_DIR,
 )
 
 
@@ -143,6 +148,18 @@ def cmd_calibrate(args) -> None:
         )
         print(format_calibration(calibration))
         print(f"wrote {Path(args.calibration_dir) / (config.name + '.json')}")
+
+
+def cmd_negatives(args) -> None:
+    from fsl.data.prepared import load_catalog
+    from fsl.harness.negatives import catalog_negatives
+
+    negatives = catalog_negatives(
+        encoder_config(args), load_catalog(args.data), workspace_from(args), args.column, args.min_count
+    )
+    path = negatives.save(args.out)
+    print(f"{negatives.describe()}, encoder {negatives.encoder}: {', '.join(negatives.names)}")
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB); fsl predict --support, the API and the demo use it")
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -281,3 +298,27 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         f"by fsl predict and the demo, from any folder; the shipped ones are in {SHIPPED_CALIBRATION_DIR})",
     )
     calibrating.set_defaults(run=cmd_calibrate)
+
+    negatives = commands.add_parser(
+        "negatives",
+        help="a catalog's classes as known negatives for your own categories",
+        description="Average each class's image and text features in the catalog's store (embedded first if "
+        "needed) into one file per encoder: fsl predict --support, the Python API and the demo answer a photo "
+        "nearer one of these classes than any taught category 'unknown', and say which class it looks like. "
+        "A class that is a taught category (the same name, or a near-identical mean) is left out for that "
+        "support. The offline encoder's, from Fashion Product Images, ship with fsl.",
+    )
+    add_data_option(negatives)
+    add_encoder_options(negatives)
+    negatives.add_argument("--column", default="articleType", help="label column of the classes (default articleType)")
+    negatives.add_argument(
+        "--min-count", type=positive_int, default=20, help="products a class needs to be one (default 20)"
+    )
+    negatives.add_argument(
+        "--out",
+        default=str(USER_NEGATIVES_DIR),
+        metavar="DIR",
+        help=f"where the file goes (default {USER_NEGATIVES_DIR}: found before the shipped ones in "
+        f"{SHIPPED_NEGATIVES_DIR})",
+    )
+    negatives.set_defaults(run=cmd_negatives)

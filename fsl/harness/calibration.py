@@ -40,6 +40,7 @@ from fsl.harness.experiment import check_alignment, check_validation_only, selec
 from fsl.harness.select import power_line
 from fsl.inference.calibration import FALSE_ACCEPT, Calibration, config_key, fit_temperature, threshold_for
 from fsl.inference.heads import class_text_table, experiment_head
+from fsl.inference.negatives import KnownNegatives, turned_away
 from fsl.inference.open_set import SCORES, best_score, check_score, compare_scores, known_scores
 from fsl.paths import USER_CALIBRATION_DIR, Workspace, checkpoint_dir, episode_set_path
 from fsl.store.rows import store_rows
@@ -118,6 +119,7 @@ class OpenSetScores:
     scores: dict[str, list[np.ndarray]]
     labels: list[np.ndarray]
     taught: list[int]
+    away: list[np.ndarray]  # whether the known negatives answer each query "unknown"
 
     def only(self, taught: int) -> OpenSetScores:
         """The episodes that taught `taught` classes."""
@@ -127,7 +129,15 @@ class OpenSetScores:
             {name: [values[e] for e in keep] for name, values in self.scores.items()},
             [self.labels[e] for e in keep],
             [taught] * len(keep),
+            [self.away[e] for e in keep],
         )
+
+    def with_negatives(self, score: str) -> OpenSetScores:
+        """These episodes answered with the known negatives too: `score` alone, pushed below every
+        threshold where the negatives turn a query away (so a threshold on it is the combined rule)."""
+        floor = min(values.min() for values in self.scores[score]) - 1.0
+        pushed = [np.where(away, floor, values) for values, away in zip(self.scores[score], self.away)]
+        return OpenSetScores(self.predicted, {score: pushed}, self.labels, self.taught, self.away)
 
     def figures(self, score: str, threshold_at: Callable[[int], float]) -> dict:
         """The rule over every query, each episode judged by the threshold for its taught count, and per
@@ -192,6 +202,40 @@ def episode_scores(
     return out
 
 
+@torch.no_grad()
+def episode_turned_away(
+    head, features, store, episodes: Episodes, names: list[list[str]], negatives: KnownNegatives
+) -> np.ndarray:
+    """[E, Q] whether the known negatives answer each query of `episodes` "unknown", as the one core
+    does (fsl/inference/negatives.py): `negatives` (prototypes embedded by the head) less every class
+    of the episode (`names` [E][N']: its taught classes first, then the untaught ones), judged against
+    its taught support."""
+    support_rows, query_rows = store_rows(store.ids, episodes.support), store_rows(store.ids, episodes.query)
+    labels = torch.as_tensor(episodes.support_labels)
+    out = np.zeros(episodes.query.shape[:2], dtype=bool)
+    for e in range(len(episodes)):
+        kept = negatives.without(names[e])
+        if not kept.names:
+            continue
+        support = head.embed(torch.from_numpy(np.asarray(features[support_rows[e]], dtype=np.float32)))
+        query = head.embed(torch.from_numpy(np.asarray(features[query_rows[e]], dtype=np.float32)))
+        rule = kept.for_support(support, labels, names[e][: episodes.n_way])
+        if rule.negatives.names:  # (none where every one is left out as a taught category)
+            excess, lead, _ = rule.judge(query)
+            out[e] = turned_away(excess, lead, kept.margin).numpy()
+    return out
+
+
+def catalog_class_negatives(head, features, store, catalog: Catalog, column: str, classes: list[str]) -> KnownNegatives:
+    """`classes` of the catalog as known negatives: each one's mean features, embedded by the head."""
+    labels = catalog.labels(column).to_numpy()[store_rows(catalog.products["id"].to_numpy(), store.ids)]
+    means = np.stack(
+        [np.asarray(features[np.flatnonzero(labels == name)], dtype=np.float32).mean(0) for name in classes]
+    )
+    with torch.no_grad():
+        return KnownNegatives(tuple(classes), head.embed(torch.from_numpy(means)))
+
+
 def calibrate(
     config: ExperimentConfig,
     catalog: Catalog,
@@ -230,6 +274,10 @@ def calibrate(
         config, catalog, (temperature_set, open_selection_set), split_episodes, "fsl calibrate", "the val-* sets"
     )
     store, features, head = experiment_head(config, catalog, workspace, split_seed)
+    # known negatives: the classes the open-set selection episodes are drawn over (never a novel one),
+    # each where an episode does not hold it
+    drawn_over = list(load_episode_set(config, catalog, open_selection_set, split_episodes).meta["classes"])
+    negatives = catalog_class_negatives(head, features, store, catalog, config.label_column, drawn_over)
     trained = checkpoint_dir(config.name, workspace.checkpoints_of(split_seed)) / "best"
     checkpoint = trained if config.train is not None else None
 
@@ -245,16 +293,18 @@ def calibrate(
         check_alignment(store, episode_set)
         n_way = episode_set.episodes.n_way  # a count at or above it teaches all but one class instead
         counts = tuple(sorted({min(count, n_way - 1) for count in counts}))
-        open_set = OpenSetScores([], {}, [], [])
+        open_set = OpenSetScores([], {}, [], [], [])
+        classes = episode_set.meta["classes"]
+        names = [[classes[c] for c in row] for row in episode_set.episodes.classes]  # taught first
         for count in counts:
             episodes, query_labels = open_set_episodes(episode_set.episodes, count)
-            classes = episode_set.meta["classes"]
             logits = set_logits(head, features, store, config, episodes, classes, config.batch_size)
             for score_name, values in episode_scores(head, features, store, episodes, logits, temperature).items():
                 open_set.scores.setdefault(score_name, []).extend(values)
             open_set.predicted.extend(logits.argmax(-1).numpy())
             open_set.labels.extend([query_labels] * len(episodes))
             open_set.taught.extend([count] * len(episodes))
+            open_set.away.extend(episode_turned_away(head, features, store, episodes, names, negatives))
         return open_set
 
     logits, labels = logits_of(temperature_set)
@@ -265,6 +315,11 @@ def calibrate(
     threshold = threshold_for(open_selection.unknown_scores(chosen), false_accept)  # every count pooled
     counts = sorted(set(open_selection.taught))
     thresholds = {str(c): threshold_for(open_selection.only(c).unknown_scores(chosen), false_accept) for c in counts}
+    beside = open_selection.with_negatives(chosen)  # the same target, the known negatives answering too
+    with_negatives = {
+        "threshold": threshold_for(beside.unknown_scores(chosen), false_accept),
+        "thresholds": {str(c): threshold_for(beside.only(c).unknown_scores(chosen), false_accept) for c in counts},
+    }
     calibration = Calibration(
         config.name,
         config_key(config, store.encoder_id, checkpoint),
@@ -274,7 +329,9 @@ def calibrate(
         false_accept,
         score=chosen,
         thresholds=thresholds,
+        with_negatives=with_negatives,
     )
+    answering = calibration.answering_with_negatives()
     validation = {
         "temperature_set": temperature_set,
         "open_set": open_selection_set,
@@ -286,6 +343,7 @@ def calibrate(
         "scores": comparison,
         "power": open_selection.power(chosen),
         **open_selection.figures(chosen, calibration.threshold_at),
+        "with_negatives": beside.figures(chosen, answering.threshold_at),
     }
     pool = "base and validation classes" if temperature_set.startswith("select") else "validation classes"
     calibration.validation = validation
@@ -309,6 +367,7 @@ def calibrate(
         **reported.figures(chosen, calibration.threshold_at),
         "by_taught": open_novel.figures(chosen, calibration.threshold_at).get("by_taught", {}),  # one count: none
         "rank_agreement": rank_agreement(comparison, reported.comparison()),
+        "with_negatives": reported.with_negatives(chosen).figures(chosen, answering.threshold_at),
     }
     if episode_set_path(catalog, config.label_column, HARD_NOVEL_SET, split_episodes).is_file():
         hard = open_set_of(HARD_NOVEL_SET, temperature, (HARD_TAUGHT,))
@@ -316,6 +375,7 @@ def calibrate(
             "taught": hard.taught[0],  # HARD_TAUGHT, or all but one class of a smaller set
             "scores": hard.comparison(),
             **hard.figures(chosen, calibration.threshold_at),
+            "with_negatives": hard.with_negatives(chosen).figures(chosen, answering.threshold_at),
         }
     calibration.save(out)
     return calibration

@@ -48,7 +48,24 @@ class Calibration:
     # thresholds by the number of categories taught ("2", "3", "5", "8"), each for the false-accept target:
     # with more categories an untaught photo is nearer one of them, so one threshold lets more through
     thresholds: dict = field(default_factory=dict)
+    # the same target reached with known negatives answering too (fsl/inference/negatives.py): they turn
+    # some untaught photos away, so the thresholds can let more taught ones through. {"threshold": pooled,
+    # "thresholds": by count}; {} where fitted without them
+    with_negatives: dict = field(default_factory=dict)
     path: str = field(default="", compare=False)  # the file it was read from (not saved)
+
+    def answering_with_negatives(self) -> Calibration:
+        """The calibration as it answers beside known negatives: its thresholds fitted with them, where
+        `fsl calibrate` fitted them (else unchanged)."""
+        if not self.with_negatives:
+            return self
+        return dataclasses.replace(
+            self,
+            threshold=self.with_negatives["threshold"],
+            thresholds=self.with_negatives["thresholds"],
+            fitted_on=f"{self.fitted_on}, thresholds fitted with the known negatives",
+            with_negatives={},
+        )
 
     def threshold_at(self, taught: int | None = None) -> float:
         """The threshold for `taught` categories: the fitted one at that count, interpolated in log(count)
@@ -129,7 +146,7 @@ class Calibration:
                   "false_accept": NUMBER}  # fmt: skip
         values = check_record(record, fields, path, "calibration", fix)
         optional = {"validation": (dict,), "novel": (dict,), "score": (str,), "fitted_on": (str,),
-                    "support_digest": (str,), "thresholds": (dict,)}  # fmt: skip
+                    "support_digest": (str,), "thresholds": (dict,), "with_negatives": (dict,)}  # fmt: skip
         check_record(values, {k: v for k, v in optional.items() if k in values}, path, "calibration", fix)
         check_score(values.get("score", DEFAULT_SCORE), f"{path}: score")
         numbers = {name: finite(values[name]) for name in ("temperature", "threshold", "false_accept")}
@@ -142,8 +159,14 @@ class Calibration:
                 f"temperature > 0, a finite threshold, within 0-1 for max-softmax, and a false-accept target "
                 f"between 0 and 1); {fix}"
             )
-        thresholds = values.get("thresholds", {})
-        for count, value in thresholds.items():
+        negatives = values.get("with_negatives", {})
+        if negatives:
+            check_record(
+                negatives, {"threshold": NUMBER, "thresholds": (dict,)}, path, "calibration with_negatives", fix
+            )
+            if not math.isfinite(finite(negatives["threshold"])):
+                raise FslError(f"{path}: the calibration is damaged (with_negatives.threshold is not finite); {fix}")
+        for count, value in [*values.get("thresholds", {}).items(), *negatives.get("thresholds", {}).items()]:
             number = finite(value) if isinstance(value, NUMBER) and not isinstance(value, bool) else math.nan
             if not (
                 count.isdigit()

@@ -39,8 +39,13 @@ class Answer:
 
 def answer_record(answer: Answer, top_k: int) -> dict:
     """The CSV cells of one answer (`fsl predict`): the answer after the rule, the known-ness score
-    (None when uncalibrated) and the `top_k` best categories with their confidences."""
-    record = {"answer": answer.label, "score": None if answer.known_score is None else round(answer.known_score, 6)}
+    (None when uncalibrated), the known negative an "unknown" photo looks like ("" when none) and the
+    `top_k` best categories with their confidences."""
+    record = {
+        "answer": answer.label,
+        "score": None if answer.known_score is None else round(answer.known_score, 6),
+        "looks_like": answer.looks_like or "",
+    }
     for rank, (label, confidence) in enumerate(answer.top[:top_k], 1):
         record[f"label_{rank}"] = label
         record[f"confidence_{rank}"] = round(confidence, 4)
@@ -110,6 +115,18 @@ class SupportSetClassifier:
                 embedded = replace(negatives, prototypes=self.head.embed(negatives.prototypes))
                 self.negative_rule = embedded.for_support(self.head.embed(support), self.labels, self.classes)
 
+    @property
+    def negatives_answer(self) -> bool:
+        """Whether known negatives can answer "unknown": some were given and not all left out as taught."""
+        return self.negative_rule is not None and bool(self.negative_rule.negatives.names)
+
+    @property
+    def answering_calibration(self) -> Calibration | None:
+        """The calibration the rule answers with: beside known negatives, its thresholds fitted with them."""
+        if self.calibration is None or not self.negatives_answer:
+            return self.calibration
+        return self.calibration.answering_with_negatives()
+
     @torch.no_grad()
     def logits(self, queries: torch.Tensor) -> torch.Tensor:
         """[Q, D] query features -> [Q, categories]."""
@@ -118,15 +135,17 @@ class SupportSetClassifier:
     @torch.no_grad()
     def answer(self, queries: torch.Tensor) -> list[Answer]:
         """One Answer per query [Q, D]: every category by calibrated confidence, and the label after
-        the calibration's rule for this many taught categories."""
+        the calibration's rule for this many taught categories (`answering_calibration`) and the
+        known negatives."""
         logits, embedded = self.logits(queries), self.head.embed(queries)
-        if self.calibration is None:
+        calibration = self.answering_calibration
+        if calibration is None:
             probabilities, scores, known = torch.softmax(logits / self.uncalibrated_temperature, -1), None, None
         else:
-            probabilities = self.calibration.probabilities(logits)
-            scores = self.calibration.scores(logits, self.head.embed(self.support), self.labels, embedded)
-            known = self.calibration.known(scores, len(self.classes))
-        rule = self.negative_rule if self.negative_rule is not None and self.negative_rule.negatives.names else None
+            probabilities = calibration.probabilities(logits)
+            scores = calibration.scores(logits, self.head.embed(self.support), self.labels, embedded)
+            known = calibration.known(scores, len(self.classes))
+        rule = self.negative_rule if self.negatives_answer else None
         if rule is not None:
             excess, lead, nearest = rule.judge(embedded)
             away = turned_away(excess, lead, rule.negatives.margin)

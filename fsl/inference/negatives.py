@@ -15,17 +15,28 @@ on some splits' novel classes and cost 21 points of them on another: benchmarks/
 
 A negative that is a taught category under its own or another name is left out: its name is a
 taught one, case aside, or its prototype lies within `same_as` cosine of a taught category's mean.
+
+`CatalogNegatives` is the file that carries them (safetensors: each class's mean image and text
+features for one encoder; `fsl negatives` writes one from any catalog, and the offline encoder's, from
+the Fashion Product Images catalog, ships with the package), so a support folder alone finds them.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from fsl.errors import FslError
+from fsl.files import atomic_path
+from fsl.paths import USER_NEGATIVES_DIR, negatives_dirs, negatives_path
 
 MARGIN = 0.005  # over the taught category's own support leads: chosen on split 0's select-hard-7w5s episodes
 SAME_AS = 0.95  # a negative this close to a taught category's mean is that category, not a negative
@@ -110,3 +121,83 @@ def turned_away(excess: torch.Tensor, lead: torch.Tensor, margin: float) -> torc
     """[Q] whether the negatives answer a photo "unknown": nearer a negative than any taught category,
     by more than its nearest category's own support leads plus `margin`."""
     return (excess > margin) & (lead > 0)
+
+
+@dataclass(frozen=True, eq=False)  # (tensors: compared by identity)
+class CatalogNegatives:
+    """Every class of a catalog as a known negative for one encoder: `names` [B], the mean `image`
+    [B, Di] and `text` [B, Dt] features of each class's products, how many products each (`counts`),
+    the catalog's fingerprint and the label column the classes come from."""
+
+    names: tuple[str, ...]
+    image: torch.Tensor
+    text: torch.Tensor
+    counts: torch.Tensor
+    encoder: str
+    catalog: str
+    column: str
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        sizes = {len(self.names), len(self.image), len(self.text), len(self.counts)}
+        where = self.path or "known negatives"
+        if len(sizes) != 1 or self.image.ndim != 2 or self.text.ndim != 2:
+            raise FslError(
+                f"{where}: {len(self.names)} names, image {tuple(self.image.shape)}, text {tuple(self.text.shape)}, "
+                f"counts {tuple(self.counts.shape)}: expected one row of each per class; run `fsl negatives` again"
+            )
+        if not (torch.isfinite(self.image).all() and torch.isfinite(self.text).all()):
+            raise FslError(f"{where}: the prototypes hold NaN or infinite values; run `fsl negatives` again")
+
+    def for_head(self, fused: bool) -> KnownNegatives:
+        """The prototypes in the features a head reads: [image] for an image-only head, [image | text]
+        for a fused one."""
+        prototypes = torch.cat([self.image, self.text], 1) if fused else self.image
+        return KnownNegatives(self.names, prototypes.float())
+
+    def describe(self) -> str:
+        """Which negatives, in words (the first line `fsl predict` prints)."""
+        return f"{len(self.names)} known negatives ({self.column} classes of catalog {self.catalog})"
+
+    def save(self, root: str | os.PathLike = USER_NEGATIVES_DIR) -> Path:
+        """Written atomically to the encoder's file under `root`; returns its path."""
+        path = negatives_path(root, self.encoder)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"image": self.image.float().contiguous(), "text": self.text.float().contiguous(),
+                   "counts": self.counts.long().contiguous()}  # fmt: skip
+        meta = {"names": json.dumps(list(self.names)), "encoder": self.encoder, "catalog": self.catalog,
+                "column": self.column}  # fmt: skip
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CatalogNegatives:
+        """A file `save` wrote; a damaged or foreign one is an error naming it."""
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as file:
+                meta = file.metadata() or {}
+                tensors = {name: file.get_tensor(name) for name in ("image", "text", "counts")}
+            names = json.loads(meta["names"])
+            fields_ = (meta["encoder"], meta["catalog"], meta["column"])
+        except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as error:
+            raise FslError(
+                f"{path} is not a known-negatives file ({type(error).__name__}: {error}); run `fsl negatives` again"
+            ) from None
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise FslError(f"{path}: its class names are damaged; run `fsl negatives` again")
+        return cls(tuple(names), tensors["image"], tensors["text"], tensors["counts"], *fields_, path=path)
+
+
+def find_negatives(encoder_id: str, chosen: str | os.PathLike | None = None) -> CatalogNegatives | None:
+    """The known negatives made for this encoder, if any: in `chosen` (a folder) when given, else the
+    user's own (`fsl negatives`) first, then the shipped ones."""
+    for root in negatives_dirs(chosen):
+        path = negatives_path(root, encoder_id)
+        if path.is_file():
+            negatives = CatalogNegatives.load(path)
+            if negatives.encoder != encoder_id:
+                raise FslError(f"{path} holds negatives for encoder {negatives.encoder}, not {encoder_id}; remove it")
+            return negatives
+    return None

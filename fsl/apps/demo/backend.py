@@ -24,6 +24,7 @@ from fsl.errors import FslError
 from fsl.inference.calibration import Calibration
 from fsl.inference.classifier import SupportSetClassifier
 from fsl.inference.heads import DEFAULT_HEAD, head_for_features
+from fsl.inference.negatives import CatalogNegatives
 from fsl.inference.photos import open_image
 from fsl.paths import DEMO_SAVED_DIR, Workspace, split_file, store_path
 from fsl.store.content import ContentCache
@@ -63,11 +64,15 @@ class DemoBackend:
     index: SearchIndex | None = None  # search and nearest examples: set by make_backend
     cache: ContentCache | None = None
     catalog_note: str = ""  # why there is no catalog search, in words ("" when there is)
+    # the default head's known negatives, as `fsl predict --support` finds them
+    negatives: CatalogNegatives | None = None
 
     def taught_classifier(self, categories: list[Category]) -> FewShotClassifier:
         """The categories' photo examples in the classifier `fsl predict --support` and the Python API
         use: the same head, calibration and features, so the same support gives the same answers."""
-        classifier = FewShotClassifier(DEFAULT_HEAD, self.encoder.config, calibration=self.calibration)
+        classifier = FewShotClassifier(
+            DEFAULT_HEAD, self.encoder.config, calibration=self.calibration, negatives=self.negatives
+        )
         for category in categories:
             if category.image_features:
                 classifier.add_features(category.name, np.stack(category.image_features), photos=category.thumbnails)
@@ -174,10 +179,12 @@ def make_backend(
     saved_root: str | os.PathLike = DEMO_SAVED_DIR,
     embed: bool = True,
     catalog_note: str = "",
+    catalog_negatives: bool = True,
 ) -> DemoBackend:
-    """The encoder and calibration of the same config as the CLI, and the catalog's store, search index
-    and example classes (from the novel split) when there is a catalog: embedded first when `embed`,
-    otherwise only used when already embedded (`fsl demo` never embeds a catalog to start)."""
+    """The encoder, calibration and known negatives (unless not `catalog_negatives`) of the same config
+    as the CLI, and the catalog's store, search index and example classes (from the novel split) when
+    there is a catalog: embedded first when `embed`, otherwise only used when already embedded (`fsl
+    demo` never embeds a catalog to start)."""
     encoder = encoder_from_config(encoder_config)
     embedded = catalog is not None and is_complete(store_path(workspace.features, encoder.id, catalog.fingerprint))
     if catalog is not None and not embed and not embedded:
@@ -190,18 +197,21 @@ def make_backend(
     store = open_store(catalog, encoder_config, workspace.features) if catalog is not None else None
     examples = example_classes(catalog, workspace) if catalog is not None else []
     encoder.load()  # weights and image runtime now, not in the first visitor's request
-    calibration = FewShotClassifier(DEFAULT_HEAD, encoder_config, calibration_dir=calibration_dir).calibration
+    default = FewShotClassifier(
+        DEFAULT_HEAD, encoder_config, calibration_dir=calibration_dir, negatives="auto" if catalog_negatives else None
+    )
     return DemoBackend(
         encoder,
         catalog,
         store,
         examples,
         classifier,
-        calibration,
+        default.calibration,
         Path(saved_root),
         open_index(store, IMAGE_WEIGHT) if store is not None else None,
         ContentCache(encoder),
         catalog_note if catalog is None else "",
+        default.negatives,
     )
 
 

@@ -303,10 +303,16 @@ def predict(
 
 
 def lead_line(answer, classifier) -> str:
-    """The first line under a photo's answer: the best guess, or why it is "unknown" in the rule's terms."""
+    """The first line under a photo's answer: the best guess, or why it is "unknown": the catalog class it
+    looks like, or the calibration's rule."""
     if answer.label == answer.best:
         return f"Best guess: **{as_text(answer.best)}** ({answer.confidence:.0%})"
-    verdict = classifier.calibration.verdict(answer.known_score, taught=len(classifier.classes))
+    if answer.looks_like:
+        return (
+            f"**{UNKNOWN.capitalize()}**: it looks like {as_text(answer.looks_like)}, a catalog class nearer than any "
+            f"taught category (the closest taught is {as_text(answer.best)})"
+        )
+    verdict = classifier.answering_calibration.verdict(answer.known_score, taught=len(classifier.classes))
     return (
         f"**{UNKNOWN.capitalize()}**: the closest is {as_text(answer.best)}, but not close enough "
         f"({verdict}, the calibration's rule)"

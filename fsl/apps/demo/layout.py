@@ -227,13 +227,20 @@ def launch(backend: DemoBackend, host: str = "127.0.0.1", port: int | None = Non
 def about(backend: DemoBackend) -> str:
     """What answers, in words and without machine paths: the "About the model" fold."""
     calibration = backend.calibration
+    if calibration is not None and backend.negatives is not None:
+        calibration = calibration.answering_with_negatives()
     rule = (
         f"Confidences are calibrated on {calibration.fitted_on.split(' (')[0]} (temperature "
         f"{calibration.temperature:.3g}); the answer is “{UNKNOWN}” when {calibration.rule().split(' ', 1)[1]}."
         if calibration
         else f"No calibration was fitted for this head and encoder: confidences are the raw softmax, and no photo "
-        f"is answered “{UNKNOWN}”."
+        f"is answered “{UNKNOWN}” by a threshold."
     )
+    if backend.negatives is not None:
+        rule += (
+            f" A photo nearer one of {len(backend.negatives.names)} catalog classes than any taught category is "
+            f"“{UNKNOWN}” too, and the answer says which class it looks like."
+        )
     catalog = (
         f"Catalog: {len(backend.catalog)} products, searchable in the Search tab."
         if backend.catalog is not None
