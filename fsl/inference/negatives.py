@@ -11,7 +11,7 @@ the largest lead among its support photos, each against its category's mean with
 nearer a negative than any taught category, whose lead exceeds that of its nearest category's
 support by more than `margin` (>= 0), is answered "unknown", and the answer names the negative it
 looks like. (A fixed margin on the lead itself, chosen on selection episodes, held the taught photos
-on some splits' novel classes and cost 21 points of them on another: benchmarks/hard_open_set.py.)
+on some splits' novel classes and cost 28 points of them on another: benchmarks/hard_open_set.py.)
 
 A negative that is a taught category under its own or another name is left out: its name is a
 taught one, case aside, or its prototype lies within `same_as` cosine of a taught category's mean.
@@ -180,14 +180,14 @@ class CatalogNegatives:
                 meta = file.metadata() or {}
                 tensors = {name: file.get_tensor(name) for name in ("image", "text", "counts")}
             names = json.loads(meta["names"])
-            fields_ = (meta["encoder"], meta["catalog"], meta["column"])
+            made_by = (meta["encoder"], meta["catalog"], meta["column"])
         except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as error:
             raise FslError(
                 f"{path} is not a known-negatives file ({type(error).__name__}: {error}); run `fsl negatives` again"
             ) from None
         if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
             raise FslError(f"{path}: its class names are damaged; run `fsl negatives` again")
-        return cls(tuple(names), tensors["image"], tensors["text"], tensors["counts"], *fields_, path=path)
+        return cls(tuple(names), tensors["image"], tensors["text"], tensors["counts"], *made_by, path=path)
 
 
 def find_negatives(encoder_id: str, chosen: str | os.PathLike | None = None) -> CatalogNegatives | None:
