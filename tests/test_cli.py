@@ -249,6 +249,9 @@ def test_predict_classifies_a_folder_into_a_csv_and_reports_bad_files(small_dump
         == 2
     )
     assert "needs the columns file,text" in capsys.readouterr().err
+    argv = ["predict", "--config", str(tmp_path / "tiny.yaml"), "--images", str(images), "--no-catalog-negatives"]
+    assert main(argv) == 2  # checked before any work: a catalog head answers among the catalog's classes
+    assert "--no-catalog-negatives needs --support DIR" in capsys.readouterr().err
 
 
 def test_every_help_renders_clean(capsys):
