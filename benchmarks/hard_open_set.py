@@ -48,6 +48,7 @@ from fsl.episodes.splits import ClassSplit
 from fsl.episodes.standard import load_episode_set
 from fsl.harness.calibration import calibrate
 from fsl.harness.evaluate import mean_ci
+from fsl.harness.negatives import class_means, labels_by_row
 from fsl.harness.select import power_line
 from fsl.inference.calibration import config_key, find_calibration
 from fsl.inference.classifier import SupportSetClassifier
@@ -147,11 +148,6 @@ def queries_of(head, calibration, features, rows, episode_set, negatives: KnownN
     return Queries(*(np.concatenate(column) for column in zip(*parts)))
 
 
-def class_means(features: np.ndarray, labels: np.ndarray, classes: list[str]) -> torch.Tensor:
-    """[B, D] mean feature of each class's products."""
-    return torch.from_numpy(np.stack([features[labels == c].mean(0) for c in classes]))
-
-
 def cell(values: np.ndarray) -> str:
     mean, ci = mean_ci(values)
     return f"{100 * mean:.1f} ± {100 * ci:.1f}"
@@ -179,7 +175,7 @@ def main() -> None:
     workspace = Workspace()
     store = open_store(catalog, config.encoder, workspace.features)
     image = np.asarray(store.image, dtype=np.float32)
-    labels = catalog.labels("articleType").to_numpy()[store_rows(catalog.products["id"].to_numpy(), store.ids)]
+    labels = labels_by_row(catalog, store, "articleType")
     head = head_for_features(config, image.shape[1], 0, store.encoder_id)
 
     def rows(ids: np.ndarray) -> np.ndarray:

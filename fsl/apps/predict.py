@@ -207,14 +207,13 @@ class CatalogClassifier:
         return self.core.answer(self.inputs(image_features, texts))
 
     def describe(self, paths: bool = True) -> str:
-        if self.calibration:
-            return f"head {self.name}; {self.answering_calibration.describe(paths)}" + (
-                f"; {self.negatives.describe()}" if self.negatives else ""
-            )
-        return (
-            f'head {self.name}, uncalibrated (raw softmax, no "{UNKNOWN}" threshold): `fsl calibrate` an '
+        said = (
+            f"head {self.name}; {self.answering_calibration.describe(paths)}"
+            if self.calibration
+            else f'head {self.name}, uncalibrated (raw softmax, no "{UNKNOWN}" threshold): `fsl calibrate` an '
             f"experiment config with this head and fusion ({self.config.method}, {self.config.fusion}) to fit it"
-        ) + (f"; {self.negatives.describe()}" if self.negatives else "")
+        )
+        return f"{said}; {self.negatives.describe()}" if self.negatives else said
 
 
 def split_classes_of(

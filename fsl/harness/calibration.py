@@ -37,6 +37,7 @@ from fsl.episodes.standard import load_episode_set
 from fsl.errors import FslError
 from fsl.harness.evaluate import episode_logits
 from fsl.harness.experiment import check_alignment, check_validation_only, selection_sets
+from fsl.harness.negatives import class_means, labels_by_row
 from fsl.harness.select import power_line
 from fsl.inference.calibration import FALSE_ACCEPT, Calibration, config_key, fit_temperature, threshold_for
 from fsl.inference.heads import class_text_table, experiment_head
@@ -187,53 +188,35 @@ def set_logits(
 
 @torch.no_grad()
 def episode_scores(
-    head, features, store, episodes: Episodes, logits: torch.Tensor, temperature: float, scores=SCORES
-) -> dict[str, np.ndarray]:
+    head,
+    features,
+    store,
+    episodes: Episodes,
+    logits: torch.Tensor,
+    temperature: float,
+    names: list[list[str]],
+    negatives: KnownNegatives,
+    scores=SCORES,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Each known-ness score of every query of `episodes` ([E, Q] per score), from the head's logits
-    and its embedded features (the feature scores compare a query with its episode's support)."""
+    and its embedded features (the feature scores compare a query with its episode's support), and
+    [E, Q] whether the known negatives answer each query "unknown" as the one core does
+    (fsl/inference/negatives.py): `negatives` (prototypes embedded by the head) less every class of
+    the episode (`names` [E][N']: its taught classes first, then the untaught ones)."""
     support_rows, query_rows = store_rows(store.ids, episodes.support), store_rows(store.ids, episodes.query)
     labels = torch.as_tensor(episodes.support_labels)
     out = {name: np.empty(logits.shape[:2]) for name in scores}
+    away = np.zeros(episodes.query.shape[:2], dtype=bool)
     for e in range(len(episodes)):
         support = head.embed(torch.from_numpy(np.asarray(features[support_rows[e]], dtype=np.float32)))
         query = head.embed(torch.from_numpy(np.asarray(features[query_rows[e]], dtype=np.float32)))
         for name in scores:
             out[name][e] = known_scores(name, logits[e], temperature, support, labels, query).numpy()
-    return out
-
-
-@torch.no_grad()
-def episode_turned_away(
-    head, features, store, episodes: Episodes, names: list[list[str]], negatives: KnownNegatives
-) -> np.ndarray:
-    """[E, Q] whether the known negatives answer each query of `episodes` "unknown", as the one core
-    does (fsl/inference/negatives.py): `negatives` (prototypes embedded by the head) less every class
-    of the episode (`names` [E][N']: its taught classes first, then the untaught ones), judged against
-    its taught support."""
-    support_rows, query_rows = store_rows(store.ids, episodes.support), store_rows(store.ids, episodes.query)
-    labels = torch.as_tensor(episodes.support_labels)
-    out = np.zeros(episodes.query.shape[:2], dtype=bool)
-    for e in range(len(episodes)):
-        kept = negatives.without(names[e])
-        if not kept.names:
-            continue
-        support = head.embed(torch.from_numpy(np.asarray(features[support_rows[e]], dtype=np.float32)))
-        query = head.embed(torch.from_numpy(np.asarray(features[query_rows[e]], dtype=np.float32)))
-        rule = kept.for_support(support, labels, names[e][: episodes.n_way])
-        if rule.negatives.names:  # (none where every one is left out as a taught category)
+        rule = negatives.without(names[e]).for_support(support, labels, names[e][: episodes.n_way])
+        if rule.negatives.names:  # (none where every one is in the episode or left out as a taught category)
             excess, lead, _ = rule.judge(query)
-            out[e] = turned_away(excess, lead, kept.margin).numpy()
-    return out
-
-
-def catalog_class_negatives(head, features, store, catalog: Catalog, column: str, classes: list[str]) -> KnownNegatives:
-    """`classes` of the catalog as known negatives: each one's mean features, embedded by the head."""
-    labels = catalog.labels(column).to_numpy()[store_rows(catalog.products["id"].to_numpy(), store.ids)]
-    means = np.stack(
-        [np.asarray(features[np.flatnonzero(labels == name)], dtype=np.float32).mean(0) for name in classes]
-    )
-    with torch.no_grad():
-        return KnownNegatives(tuple(classes), head.embed(torch.from_numpy(means)))
+            away[e] = turned_away(excess, lead, negatives.margin).numpy()
+    return out, away
 
 
 def calibrate(
@@ -277,7 +260,9 @@ def calibrate(
     # known negatives: the classes the open-set selection episodes are drawn over (never a novel one),
     # each where an episode does not hold it
     drawn_over = list(load_episode_set(config, catalog, open_selection_set, split_episodes).meta["classes"])
-    negatives = catalog_class_negatives(head, features, store, catalog, config.label_column, drawn_over)
+    means = class_means(features, labels_by_row(catalog, store, config.label_column), drawn_over)
+    with torch.no_grad():
+        negatives = KnownNegatives(tuple(drawn_over), head.embed(means))
     trained = checkpoint_dir(config.name, workspace.checkpoints_of(split_seed)) / "best"
     checkpoint = trained if config.train is not None else None
 
@@ -299,12 +284,13 @@ def calibrate(
         for count in counts:
             episodes, query_labels = open_set_episodes(episode_set.episodes, count)
             logits = set_logits(head, features, store, config, episodes, classes, config.batch_size)
-            for score_name, values in episode_scores(head, features, store, episodes, logits, temperature).items():
+            scores, away = episode_scores(head, features, store, episodes, logits, temperature, names, negatives)
+            for score_name, values in scores.items():
                 open_set.scores.setdefault(score_name, []).extend(values)
             open_set.predicted.extend(logits.argmax(-1).numpy())
             open_set.labels.extend([query_labels] * len(episodes))
             open_set.taught.extend([count] * len(episodes))
-            open_set.away.extend(episode_turned_away(head, features, store, episodes, names, negatives))
+            open_set.away.extend(away)
         return open_set
 
     logits, labels = logits_of(temperature_set)

@@ -20,6 +20,18 @@ from fsl.store.open import open_store
 from fsl.store.rows import store_rows
 
 
+def labels_by_row(catalog: Catalog, store, column: str) -> np.ndarray:
+    """[P] the `column` class of each of the store's rows."""
+    return catalog.labels(column).to_numpy()[store_rows(catalog.products["id"].to_numpy(), store.ids)]
+
+
+def class_means(features, labels: np.ndarray, classes: list[str]) -> torch.Tensor:
+    """[B, D] the mean of each class's rows of `features` (a store's, memory-mapped or not)."""
+    return torch.from_numpy(
+        np.stack([np.asarray(features[np.flatnonzero(labels == name)], dtype=np.float32).mean(0) for name in classes])
+    )
+
+
 def catalog_negatives(
     encoder: EncoderConfig,
     catalog: Catalog,
@@ -30,21 +42,16 @@ def catalog_negatives(
     """The mean image and text features of each `column` class with >= `min_count` products, from the
     catalog's store by `encoder` (embedded first if it is not yet)."""
     store = open_store(catalog, encoder, workspace.features)
-    labels = catalog.labels(column).to_numpy()[store_rows(catalog.products["id"].to_numpy(), store.ids)]
+    labels = labels_by_row(catalog, store, column)
     names, counts = np.unique(labels, return_counts=True)
-    kept = [(name, count) for name, count in zip(names, counts) if count >= min_count]
+    kept = [str(name) for name, count in zip(names, counts) if count >= min_count]
     if not kept:
         raise FslError(f"no {column} class of the catalog has {min_count} products; lower --min-count", "min-count")
-    image, text = np.asarray(store.image), np.asarray(store.text())
-
-    def means(features: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.stack([features[labels == name].mean(0) for name, _ in kept]).astype(np.float32))
-
     return CatalogNegatives(
-        tuple(str(name) for name, _ in kept),
-        means(image),
-        means(text),
-        torch.tensor([int(count) for _, count in kept]),
+        tuple(kept),
+        class_means(store.image, labels, kept),
+        class_means(store.text(), labels, kept),
+        torch.tensor([int(count) for count in counts[counts >= min_count]]),
         store.encoder_id,
         catalog.fingerprint,
         column,
