@@ -78,7 +78,10 @@ class AdaptConfig:
     fsl.harness.adapt.check_adapt_config before any work."""
 
     name: str = "supervised"
-    cut: int = 1  # the last `cut` MBConv blocks and the head convolution are trained
+    # the frozen towers: the offline pair, or a CLIP model (name clip, model, pretrained as `fsl embed`'s)
+    encoder: EncoderConfig = EncoderConfig()
+    towers: str = "image"  # which tower(s) learn: image, text (CLIP) or both (CLIP, under the fused loss)
+    cut: int = 1  # the last `cut` blocks are trained (offline: MBConv blocks and the head convolution)
     mode: str = "full"
     rank: int = 8  # LoRA rank (mode lora)
     objective: str = "supervised"
@@ -113,6 +116,7 @@ STRINGS = {
     "val_episodes",
     "mode",
     "objective",
+    "towers",
 }
 PATH_PARTS = {"name", "text_variant", "label_column", "val_episodes"}  # they become parts of file names
 

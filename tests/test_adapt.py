@@ -417,7 +417,7 @@ def test_two_splits_whose_adaptations_kept_the_same_weights_share_a_store(slice_
 def test_steps_larger_than_the_split_are_refused_before_the_activations_are_cached(
     slice_, tmp_path, change, message, monkeypatch
 ):
-    monkeypatch.setattr(fsl.harness.adapt, "cached_activations", lambda *a, **k: pytest.fail("cached first"))
+    monkeypatch.setattr(fsl.harness.adapt, "cached_tower", lambda *a, **k: pytest.fail("cached first"))
     with pytest.raises(FslError, match=message):
         run(slice_, tmp_path, dataclasses.replace(TINY, **change))
 
@@ -429,10 +429,14 @@ def test_a_step_too_large_for_memory_is_refused_before_it_runs(slice_, offline_e
 
     _, _, activations = slice_
     model = trainable_top(offline_encoder, TINY)
-    check_step_memory(model, activations, "batch_size", 16)  # fits
+
+    def forward(rows):
+        return model(torch.from_numpy(np.asarray(activations[rows], dtype=np.float32)))
+
+    check_step_memory(forward, "batch_size", 16)  # fits
     monkeypatch.setattr(fsl.harness.adapt.psutil, "virtual_memory", lambda: SimpleNamespace(available=2**30))
     with pytest.raises(FslError, match=r"batch_size = 5000 products a step needs about .* GiB; 1.0 GiB is available"):
-        check_step_memory(model, activations, "batch_size", 5000)
+        check_step_memory(forward, "batch_size", 5000)
 
 
 def test_fsl_eval_runs_while_fsl_adapt_caches_the_activations(slice_, tmp_path):

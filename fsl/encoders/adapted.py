@@ -1,7 +1,8 @@
-"""The offline image tower cut in two: a frozen bottom whose output is cached once per product, and a
-top (the last MBConv block(s) and the head convolution) that `fsl adapt` trains on base classes.
-This module holds the cut, the adapted weights' load/save (safetensors + sidecar, digest) and the
-encoder that applies them; the training job is fsl/harness/adapt.py."""
+"""Towers cut in two: a frozen bottom whose output is cached once per product, and a top that `fsl adapt`
+trains on base classes. The offline image tower's top is its last MBConv block(s) and head convolution
+(here); a CLIP tower's, its last transformer blocks (fsl/encoders/clip_cut.py). This module holds the
+cut, the adapted weights' load/save (safetensors + sidecar, digest) and the encoder that applies them;
+the training job is fsl/harness/adapt.py."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fsl.encoders.base import Encoder
+from fsl.encoders.clip import ClipEncoder
+from fsl.encoders.clip_cut import TOPS, TOWER_NAMES
 from fsl.encoders.offline import OfflineEncoder
 from fsl.errors import FslError
 from fsl.files import atomic_path, check_record, read_json, write_json
@@ -57,12 +60,32 @@ class ImageTop(nn.Module):
 
 @torch.no_grad()
 def top_features(top: nn.Module, activations: np.ndarray, rows: np.ndarray, batch: int = 256) -> torch.Tensor:
-    """The top's 1280-d features of the given catalog rows, unnormalised."""
+    """The top's features of the given catalog rows ([R, 1280] for the offline image tower), unnormalised."""
     out = [
         top(torch.from_numpy(np.asarray(activations[rows[i : i + batch]], dtype=np.float32)))
         for i in range(0, len(rows), batch)
     ]
     return torch.cat(out) if out else torch.empty(0, 1280)
+
+
+class ClipTops(nn.Module):
+    """The tops of a CLIP model's adapted towers at one cut (`image`, `text` or both), its own modules:
+    loading weights into them changes the model in place. Saved with keys `image.*` and `text.*`."""
+
+    def __init__(self, model: nn.Module, cut: int, towers: list[str]):
+        super().__init__()
+        if not towers or not set(towers) <= set(TOWER_NAMES):
+            raise FslError(f"adapted CLIP towers must be some of {list(TOWER_NAMES)}, got {towers!r}")
+        self.cut = cut
+        self.tops = nn.ModuleDict({tower: TOPS[tower](model, cut) for tower in TOWER_NAMES if tower in towers})
+
+    def forward(self, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{tower: [B, T, W] cached tokens} -> {tower: [B, D] features}, unnormalised."""
+        return {tower: self.tops[tower](inputs) for tower, inputs in tokens.items()}
+
+    def train(self, mode: bool = True) -> ClipTops:
+        """Always in inference mode: the weights must mean the same at test time."""
+        return super().train(False)
 
 
 def image_bottom(model: nn.Module, pixels: torch.Tensor, cut: int) -> torch.Tensor:
@@ -75,16 +98,28 @@ def image_bottom(model: nn.Module, pixels: torch.Tensor, cut: int) -> torch.Tens
 
 
 class AdaptedEncoder(Encoder):
-    """The offline pair with the image tower's top replaced by the weights `fsl adapt` trained; the text
-    tower is the offline one, unchanged."""
+    """A pair of towers with the tops `fsl adapt` trained: the offline pair with its image tower's top
+    replaced (its text tower unchanged), or a CLIP model with its adapted towers' last blocks replaced
+    (the LoRA adapters merged into them); the frozen towers are rebuilt from what the sidecar names."""
 
     def __init__(self, device: str = "cpu", pretrained: str | None = None):
         if not pretrained:
             raise FslError("the adapted encoder needs --pretrained checkpoints/adapt/NAME/best (from `fsl adapt`)")
         state, self.adaptation = load_adaptation(pretrained)
         self.id = adapted_id(pretrained)
-        self.base = OfflineEncoder(device)
-        self.top = adapted_top(self.base.image_model, state, self.adaptation["cut"], pretrained)
+        if self.adaptation["towers"] == TOWERS:
+            self.base = OfflineEncoder(device)
+            self.top = adapted_top(self.base.image_model, state, self.adaptation["cut"], pretrained)
+        else:
+            clip = self.adaptation["encoder"]
+            self.base = ClipEncoder(clip["model"], clip.get("pretrained"), device)
+            if self.base.id != self.adaptation["towers"]:
+                raise FslError(
+                    f"{pretrained} adapts {self.adaptation['towers']}, but its weights now load as {self.base.id} "
+                    "(the checkpoint file changed?); adapt again"
+                )
+            self.top = adapted_top(self.base.model, state, self.adaptation["cut"], pretrained,
+                                   self.adaptation["adapted"])  # fmt: skip
         self.top.requires_grad_(False).eval()
         self.image_dim, self.text_dim = self.base.image_dim, self.base.text_dim
         self.image_transform = self.base.image_transform
@@ -104,9 +139,9 @@ class AdaptedEncoder(Encoder):
 # Checkpoints -----------------------------------------------------------------------------------
 
 
-def save_adaptation(folder: Path, top: ImageTop, meta: dict) -> None:
-    """The top's weights (LoRA adapters merged into them) and the sidecar naming encoder, cut, mode,
-    objective, split and the weights' sha256; a NaN anywhere refuses the save."""
+def save_adaptation(folder: Path, top: nn.Module, meta: dict) -> None:
+    """The top's weights (LoRA adapters merged into them; ImageTop or ClipTops) and the sidecar naming
+    the towers, cut, mode, objective, split and the weights' sha256; a NaN anywhere refuses the save."""
     state = {k: v.detach().contiguous().clone() for k, v in top.state_dict().items()}
     if any(v.is_floating_point() and not torch.isfinite(v).all() for v in state.values()):
         raise FslError(f"refusing to save {folder}: the adapted weights hold NaN or infinite values")
@@ -130,9 +165,15 @@ def load_adaptation(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     meta = check_record(
         read_json(sidecar, "adaptation sidecar"), fields, sidecar, "adaptation sidecar", "adapt again with --restart"
     )
-    if meta["towers"] != TOWERS:
-        raise FslError(f"{folder} adapts the towers {meta['towers']!r}, not {TOWERS!r}")
-    check_cut(meta["cut"])
+    if meta["towers"] == TOWERS:
+        check_cut(meta["cut"])
+    elif meta["towers"].startswith("clip:"):
+        clip = meta.get("encoder")
+        adapted = meta.get("adapted")
+        if not (isinstance(clip, dict) and isinstance(clip.get("model"), str) and isinstance(adapted, list)):
+            raise FslError(f"{sidecar} adapts CLIP towers but does not say which model or towers; adapt again")
+    else:
+        raise FslError(f"{folder} adapts the towers {meta['towers']!r}, neither {TOWERS!r} nor a CLIP model's")
     recorded = meta.get("weights_sha256")  # (absent from adaptations saved before it was recorded)
     if recorded is not None and hashlib.sha256(weights.read_bytes()).hexdigest() != recorded:
         raise FslError(f"{weights} does not match the sha256 recorded in {SIDECAR_FILE}; it is damaged. Adapt again")
@@ -146,16 +187,23 @@ def load_adaptation(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     return state, meta
 
 
-def adapted_top(model: nn.Module, state: dict[str, torch.Tensor], cut: int, folder: str | os.PathLike) -> ImageTop:
+def adapted_top(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    cut: int,
+    folder: str | os.PathLike,
+    towers: list[str] | None = None,
+) -> ImageTop | ClipTops:
     """The top of `model` at `cut` holding an adaptation's weights (the model's own modules, changed in
-    place); weights of other names or shapes than that top's are an error naming the folder."""
-    top = ImageTop(model, cut)
+    place): the offline image tower's, or with `towers` a CLIP model's; weights of other names or shapes
+    than that top's are an error naming the folder."""
+    top = ImageTop(model, cut) if towers is None else ClipTops(model, cut, towers)
     try:
         top.load_state_dict(state)
     except RuntimeError as error:
         detail = str(error).split("\n\t", 1)[-1].splitlines()[0][:200]
         raise FslError(
-            f"{Path(folder) / WEIGHTS_FILE} does not fit the tower's last {cut} block(s) ({detail}); it is damaged "
+            f"{Path(folder) / WEIGHTS_FILE} does not fit the towers' last {cut} block(s) ({detail}); it is damaged "
             "or from another model. Adapt again"
         ) from None
     return top
@@ -169,10 +217,16 @@ def adaptation_digest(folder: str | os.PathLike) -> str:
 
 
 def adapted_id(pretrained: str | os.PathLike | None) -> str:
-    """The adapted encoder's id: the offline towers' and the adapted weights' digest."""
+    """The adapted encoder's id: the frozen towers' (`efficientnet-lite0+...` for the offline pair,
+    `clip:MODEL:WEIGHTS` for CLIP, as the sidecar names them) and the adapted weights' digest."""
     if not pretrained:
         raise FslError("the adapted encoder needs --pretrained checkpoints/adapt/NAME/best (from `fsl adapt`)")
-    return f"adapted:{TOWERS.removeprefix('offline:')}:{adaptation_digest(pretrained)}"
+    digest = adaptation_digest(pretrained)
+    sidecar = Path(pretrained) / SIDECAR_FILE
+    towers = read_json(sidecar, "adaptation sidecar").get("towers") if sidecar.is_file() else None
+    if isinstance(towers, str) and towers.startswith("clip:"):
+        return f"adapted:{towers}:{digest}"
+    return f"adapted:{TOWERS.removeprefix('offline:')}:{digest}"
 
 
 def adaptation_for_split(pretrained: str | os.PathLike, split_seed: int) -> str:

@@ -91,4 +91,4 @@ def encoder_from_config(config: EncoderConfig) -> LazyEncoder:
 
 def shared_space(encoder_id: str) -> bool:
     """Whether image and text features live in one space (class-name texts compare with photos)."""
-    return encoder_id.startswith(("clip:", "aligned:"))
+    return encoder_id.startswith(("clip:", "aligned:", "adapted:clip:"))

@@ -1,13 +1,16 @@
-"""Encoder adaptation: the offline image tower's last MBConv block(s) and head convolution learn on
-base-class products, from activations cached at the cut (fsl/store/activations.py), so a step runs
-only the layers being trained and no photo is decoded.
+"""Encoder adaptation: a tower's last layers learn on base-class products, from activations cached at
+the cut (fsl/store/activations.py), so a step runs only the layers being trained and no photo is
+decoded. The offline pair adapts its image tower (the last MBConv block(s) and head convolution); a
+CLIP model its image tower, its text tower or both (the last transformer blocks: fsl/encoders/clip_cut.py),
+both under the fused loss of the fused-masked heads.
 
 Objectives: `supervised` (cross-entropy of a cosine classifier over the base classes, its weights
 imprinted from the class means: Tian et al., ECCV 2020), `episodic` (the prototypical loss on N-way
 K-shot base episodes: P>M>F's meta-training stage, Hu et al., CVPR 2022) and `supervised+episodic`
 (the first half of the steps one, the second the other). Modes: `full` (the layers' weights and
-batch-norm affines) and `lora` (PEFT low-rank adapters on the 1x1 convolutions, merged into the
-weights when saved: CLIP-LoRA's recipe, Zanella & Ben Ayed 2024).
+norm affines) and `lora` (PEFT low-rank adapters, merged into the weights when saved: CLIP-LoRA's
+recipe, Zanella & Ben Ayed 2024; on the offline tower's 1x1 convolutions, on CLIP's attention
+projections).
 
 Selection reads validation classes only: step 0 (the frozen tower) is scored first, so a chosen
 checkpoint is never worse than its start on validation, and the run says when the start won.
@@ -19,6 +22,7 @@ import copy
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,17 +32,21 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from fsl.config import AdaptConfig, EncoderConfig, ExperimentConfig
+from fsl.config import AdaptConfig, ExperimentConfig
 from fsl.data.catalog import Catalog
 from fsl.encoders.adapted import (
     TOWERS,
+    ClipTops,
     ImageTop,
     adapted_top,
     check_cut,
     load_adaptation,
     save_adaptation,
-    top_features,
 )
+from fsl.encoders.base import Encoder
+from fsl.encoders.clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS
+from fsl.encoders.clip_cut import CLIP_LORA_TARGETS, check_clip_cut
+from fsl.encoders.factory import create_encoder
 from fsl.encoders.offline import OfflineEncoder
 from fsl.episodes.folds import ClassFold, check_fold, fold_episodes
 from fsl.episodes.frozen import EpisodeSet
@@ -51,18 +59,37 @@ from fsl.harness.experiment import check_validation_only
 from fsl.harness.loop import Schedule, Trainable, run_loop
 from fsl.inference.heads import head_for_features
 from fsl.paths import Workspace, split_root
-from fsl.store.activations import cached_activations
+from fsl.store.activations import ClipCut, OfflineImageCut, cached_tower
+from fsl.store.features import FeatureStore, TextVariant
 from fsl.store.open import open_store
 
 MODES = ("full", "lora")
 OBJECTIVES = ("supervised", "episodic", "supervised+episodic")
 LORA_TARGETS = ["_expand_conv", "_project_conv", "conv_head"]  # the 1x1 convolutions (depthwise ones are left)
+ENCODERS = ("offline", "clip")
+TOWER_CHOICES = {"image": ["image"], "text": ["text"], "both": ["image", "text"]}
 
 
 def check_adapt_config(config: AdaptConfig) -> AdaptConfig:
-    """Every option checked before any work."""
-    check_cut(config.cut)
-    for key in ("rank", "steps", "batch_size", "n_way", "k_shot", "q_query", "val_every"):
+    """Every option checked before any work (a CLIP cut's depth: once the model is built)."""
+    if config.encoder.name not in ENCODERS:
+        raise FslError(f"adapt encoder must be one of {list(ENCODERS)}, got {config.encoder.name!r}")
+    if config.towers not in TOWER_CHOICES:
+        raise FslError(f"adapt towers must be one of {list(TOWER_CHOICES)}, got {config.towers!r}")
+    if config.encoder.name == "offline":
+        check_cut(config.cut)
+        if config.towers != "image":
+            raise FslError(
+                "the offline pair adapts its image tower only (towers: image); a CLIP model adapts text or both"
+            )
+        if config.encoder.model or config.encoder.pretrained:
+            raise FslError("adapt encoder offline takes no model or pretrained weights (those name a CLIP model)")
+    elif config.flip:
+        raise FslError(
+            "adapt flip mirrors the offline tower's 7x7 maps; a CLIP tower's cached tokens carry their positions "
+            "and cannot be mirrored: set flip: false"
+        )
+    for key in ("cut", "rank", "steps", "batch_size", "n_way", "k_shot", "q_query", "val_every"):
         value = getattr(config, key)
         if type(value) is not int or value < 1:
             raise FslError(f"adapt {key} must be a positive whole number, got {value!r}")
@@ -90,15 +117,67 @@ def check_adapt_config(config: AdaptConfig) -> AdaptConfig:
 # What is trained --------------------------------------------------------------------------------
 
 
-def trainable_top(encoder: OfflineEncoder, config: AdaptConfig) -> nn.Module:
-    """A copy of the tower's top: every parameter trainable (full), or frozen with LoRA adapters (lora)."""
-    top = ImageTop(copy.deepcopy(encoder.image_model), config.cut)
+def adapted_towers(config: AdaptConfig) -> list[str]:
+    return TOWER_CHOICES[config.towers]
+
+
+def frozen_encoder(config: AdaptConfig) -> Encoder:
+    """The frozen towers a recipe adapts: the offline pair, or its CLIP model with its weights."""
+    if config.encoder.name == "offline":
+        return OfflineEncoder()
+    return create_encoder("clip", model=clip_model(config)["model"], pretrained=clip_model(config)["pretrained"])
+
+
+def clip_model(config: AdaptConfig) -> dict:
+    """The CLIP model and weights a recipe names, defaults filled in (what the sidecar records)."""
+    return {
+        "name": "clip",
+        "model": config.encoder.model or DEFAULT_CLIP_MODEL,
+        "pretrained": config.encoder.pretrained or DEFAULT_CLIP_WEIGHTS,
+    }
+
+
+def frozen_model(encoder: Encoder) -> nn.Module:
+    """The module whose last layers are cut off and trained."""
+    return encoder.image_model if isinstance(encoder, OfflineEncoder) else encoder.model
+
+
+def trainable_top(encoder: Encoder, config: AdaptConfig) -> nn.Module:
+    """A copy of the towers' top: every parameter trainable (full), or frozen with LoRA adapters (lora):
+    the offline image tower's ImageTop, or the ClipTops of a CLIP model's adapted towers."""
+    if isinstance(encoder, OfflineEncoder):
+        top, targets = ImageTop(copy.deepcopy(encoder.image_model), config.cut), LORA_TARGETS
+    else:
+        top, targets = ClipTops(copy.deepcopy(encoder.model), config.cut, adapted_towers(config)), CLIP_LORA_TARGETS
     if config.mode == "full":
         return top.requires_grad_(True)
     top.requires_grad_(False)
-    as_plain_convolutions(top, LORA_TARGETS)
-    lora = LoraConfig(r=config.rank, lora_alpha=2 * config.rank, target_modules=LORA_TARGETS, lora_dropout=0.0)
+    if isinstance(top, ImageTop):
+        as_plain_convolutions(top, LORA_TARGETS)
+    lora = LoraConfig(r=config.rank, lora_alpha=2 * config.rank, target_modules=targets, lora_dropout=0.0)
     return get_peft_model(top, lora)
+
+
+def tower_cuts(encoder: Encoder, config: AdaptConfig, store: FeatureStore) -> dict:
+    """Each adapted tower's cut, as the activations cache reads it; a CLIP text tower's of the recipe's
+    text variant (the texts its fused heads read)."""
+    if isinstance(encoder, OfflineEncoder):
+        return {"image": OfflineImageCut(encoder, config.cut)}
+    variants = store.manifest.get("text_variants", {})
+    if "text" in adapted_towers(config) and config.text_variant not in variants:
+        raise FslError(
+            f"the store {store.path} has no text variant {config.text_variant!r} (it has {sorted(variants)}); "
+            "embed it with `fsl embed --mask-labels COLUMN`, or set text_variant"
+        )
+    return {
+        tower: ClipCut(
+            encoder,
+            tower,
+            check_clip_cut(encoder.model, tower, config.cut),
+            TextVariant(**variants[config.text_variant]) if tower == "text" else None,
+        )  # fmt: skip
+        for tower in adapted_towers(config)
+    }
 
 
 def as_plain_convolutions(top: nn.Module, names: list[str]) -> None:
@@ -116,10 +195,10 @@ def as_plain_convolutions(top: nn.Module, names: list[str]) -> None:
 MEMORY_SHARE = 0.7  # of the memory available when the run starts, what one step may take
 
 
-def check_step_memory(model: nn.Module, activations: np.ndarray, what: str, products: int) -> None:
+def check_step_memory(forward: Callable[[np.ndarray], torch.Tensor], what: str, products: int) -> None:
     """Refuse a step too large for this machine before it runs (the kernel would kill it without a
-    word): what the forward of two products keeps for the backward pass, measured, scaled to the
-    step's `products` and doubled for their gradients, against the memory available now."""
+    word): what the forward of two products (`forward(rows)`) keeps for the backward pass, measured,
+    scaled to the step's `products` and doubled for their gradients, against the memory available now."""
     saved = 0
 
     def count(tensor: torch.Tensor) -> torch.Tensor:
@@ -127,10 +206,9 @@ def check_step_memory(model: nn.Module, activations: np.ndarray, what: str, prod
         saved += tensor.numel() * tensor.element_size()
         return tensor
 
-    maps = torch.from_numpy(np.asarray(activations[:2], dtype=np.float32))
     with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
-        model(maps)
-    per_product = 2 * saved / len(maps) + 2 * maps[0].numel() * 4
+        forward(np.arange(2))
+    per_product = 2 * saved / 2
     available = psutil.virtual_memory().available
     if products * per_product > MEMORY_SHARE * available:
         raise FslError(
@@ -140,9 +218,9 @@ def check_step_memory(model: nn.Module, activations: np.ndarray, what: str, prod
         )
 
 
-def merged_top(model: nn.Module) -> ImageTop:
-    """The plain ImageTop a trained model stands for: LoRA adapters merged into the weights."""
-    if isinstance(model, ImageTop):
+def merged_top(model: nn.Module) -> ImageTop | ClipTops:
+    """The plain top a trained model stands for: LoRA adapters merged into the weights."""
+    if isinstance(model, (ImageTop, ClipTops)):
         return model
     return copy.deepcopy(model).merge_and_unload()
 
@@ -206,6 +284,59 @@ def objective_at(config: AdaptConfig, step: int) -> str:
     return "supervised" if step <= config.steps // 2 else "episodic"
 
 
+# What the loss and the validation read ----------------------------------------------------------
+
+
+class TowerFeatures:
+    """Catalog rows' features under a trained top: each adapted tower's top run on its cached
+    activations; a tower that does not learn gives its frozen store features. The loss reads the
+    image features alone where only the image tower learns, else the fused-masked heads' fusion
+    [√w·image, √(1-w)·text] of unit vectors, so the text tower learns what those heads read."""
+
+    def __init__(self, config: AdaptConfig, model: nn.Module, activations: dict[str, np.ndarray], store):
+        self.config, self.model, self.activations, self.store = config, model, activations, store
+        self.offline = config.encoder.name == "offline"
+
+    def tops(self, rows: np.ndarray, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """{tower: [B, D]} the adapted towers' features of `rows`, unnormalised (offline image maps
+        mirrored at random with a `generator` and the recipe's flip)."""
+        inputs = {
+            tower: torch.from_numpy(np.asarray(cached[rows], dtype=np.float32))
+            for tower, cached in self.activations.items()
+        }
+        if self.offline:
+            maps = inputs["image"]
+            if generator is not None and self.config.flip:
+                maps = augment(maps, generator)
+            return {"image": self.model(maps)}
+        return self.model(inputs)
+
+    @torch.no_grad()
+    def features(self, rows: np.ndarray, batch: int = 256) -> dict[str, torch.Tensor]:
+        """{tower: [R, D]} the adapted towers' unit features of `rows`, batched, without gradients."""
+        parts = [self.tops(rows[i : i + batch]) for i in range(0, len(rows), batch)]
+        return {tower: F.normalize(torch.cat([p[tower] for p in parts]), dim=-1) for tower in self.activations}
+
+    def for_loss(self, rows: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:
+        """[B, D] what the objectives compare (see the class)."""
+        adapted = self.tops(rows, generator)
+        if set(adapted) == {"image"}:
+            return adapted["image"]
+        frozen = {"image": self.store.image, "text": self.store.text(self.config.text_variant)}
+        image, text = (
+            F.normalize(adapted[tower], dim=-1)
+            if tower in adapted
+            else torch.from_numpy(np.asarray(frozen[tower][rows], dtype=np.float32))
+            for tower in ("image", "text")
+        )
+        weight = self.config.image_weight
+        return torch.cat([math.sqrt(weight) * image, math.sqrt(1 - weight) * text], dim=-1)
+
+    @torch.no_grad()
+    def for_loss_without_gradients(self, rows: np.ndarray, batch: int = 256) -> torch.Tensor:
+        return torch.cat([self.for_loss(rows[i : i + batch]) for i in range(0, len(rows), batch)])
+
+
 # Losses -----------------------------------------------------------------------------------------
 
 
@@ -257,7 +388,7 @@ class Validation:
     """The fused-masked protonet on held-out episode sets (validation classes, or a class fold's held
     classes): the mean accuracy over sets is the score that chooses the checkpoint."""
 
-    def __init__(self, config: AdaptConfig, store, activations: np.ndarray, sets: dict[str, EpisodeSet]):
+    def __init__(self, config: AdaptConfig, store, sets: dict[str, EpisodeSet]):
         self.sets = sets
         self.ids = store.ids
         ids = np.unique(
@@ -266,14 +397,17 @@ class Validation:
             )
         )
         self.rows = np.searchsorted(store.ids, ids)
-        self.features = np.zeros((len(store.ids), 1280 + store.manifest["text_dim"]), dtype=np.float32)
-        self.features[self.rows, 1280:] = store.text(config.text_variant)[self.rows]
-        self.head = head_for_features(validation_experiment(config), 1280, store.manifest["text_dim"], TOWERS)
-        self.activations = activations
+        self.image_dim, text_dim = store.manifest["image_dim"], store.manifest["text_dim"]
+        self.features = np.zeros((len(store.ids), self.image_dim + text_dim), dtype=np.float32)
+        self.features[self.rows, : self.image_dim] = store.image[self.rows]
+        self.features[self.rows, self.image_dim :] = store.text(config.text_variant)[self.rows]
+        self.head = head_for_features(validation_experiment(config), self.image_dim, text_dim, store.encoder_id)
 
-    def accuracies(self, top: nn.Module) -> dict[str, np.ndarray]:
-        """Each set's per-episode accuracies under `top` (paired across tops: the same episodes)."""
-        self.features[self.rows, :1280] = F.normalize(top_features(top, self.activations, self.rows), dim=-1).numpy()
+    def accuracies(self, towers: TowerFeatures) -> dict[str, np.ndarray]:
+        """Each set's per-episode accuracies under the towers' top (paired across tops: the same episodes)."""
+        for tower, values in towers.features(self.rows).items():
+            columns = slice(None, self.image_dim) if tower == "image" else slice(self.image_dim, None)
+            self.features[self.rows, columns] = values.numpy()
         return {
             name: run_episodes(self.head, self.features, self.ids, episode_set, progress=False)
             for name, episode_set in self.sets.items()
@@ -306,10 +440,11 @@ def adapt(
     run_name = config.name
     split = ClassSplit.load(catalog, config.label_column, config.split_seed, split_episodes)
     base = split.classes("base")
-    encoder = OfflineEncoder()
-    store = open_store(catalog, EncoderConfig("offline"), workspace.features)
+    encoder = frozen_encoder(config)
+    store = open_store(catalog, config.encoder, workspace.features)
     if not np.array_equal(store.ids, catalog.products["id"].to_numpy()):
         raise FslError(f"feature store {store.path} rows do not follow the catalog; re-run `fsl embed`")
+    cuts = tower_cuts(encoder, config, store)
     if fold is None:
         sets = validation_sets(catalog, config, split_episodes)  # checked before the long caching
     else:
@@ -318,25 +453,28 @@ def adapt(
         held = fold_episodes(fold, split, store.ids, catalog.labels(config.label_column).to_numpy(),
                              catalog.fingerprint, near_duplicate_index(catalog, split_episodes))  # fmt: skip
         sets = {held.name.removeprefix(f"{config.label_column}-"): held}
-    validation = Validation(config, store, None, sets)
+    validation = Validation(config, store, sets)
     batches = BaseBatches(catalog, config, base, split_episodes)  # likewise
-    activations = cached_activations(catalog, encoder, config.cut, workspace.features, progress=progress)
-    validation.activations = activations
+    activations = {
+        tower: cached_tower(catalog, cut, workspace.features, progress=progress) for tower, cut in cuts.items()
+    }
 
     torch.manual_seed(config.seed)
     model = trainable_top(encoder, config)
+    towers = TowerFeatures(config, model, activations, store)
     episode = config.n_way * (config.k_shot + config.q_query)
     step_sizes = {"supervised": ("batch_size", config.batch_size), "episodic": ("n_way x (k_shot + q_query)", episode)}
     for objective in config.objective.split("+"):
-        check_step_memory(model, activations, *step_sizes[objective])
+        check_step_memory(towers.for_loss, *step_sizes[objective])
     # the cosine classifier's weights start at the frozen top's base-class means ("imprinting"), so
     # step 0's supervised loss is already meaningful and the first steps do not wreck the features
-    start_features = F.normalize(top_features(model, activations, batches.rows), dim=-1)
+    start_features = F.normalize(towers.for_loss_without_gradients(batches.rows), dim=-1)
     means = torch.zeros(len(base), start_features.shape[1]).index_add_(0, batches.classes, start_features)
     classifier = nn.Parameter(F.normalize(means, dim=-1))
     log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
     meta = {
-        "towers": TOWERS,
+        "towers": TOWERS if towers.offline else encoder.id,
+        **({} if towers.offline else {"encoder": clip_model(config), "adapted": adapted_towers(config)}),
         "cut": config.cut,
         "mode": config.mode,
         "rank": config.rank if config.mode == "lora" else 0,
@@ -351,16 +489,17 @@ def adapt(
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "config": dataclasses.asdict(config),
     }
-    job = Adaptation(config, model, (classifier, log_scale), activations, batches, validation, meta)
+    job = Adaptation(config, towers, (classifier, log_scale), batches, validation, meta)
     optimizer = torch.optim.AdamW(job.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     identity = {"config": dataclasses.asdict(config), "catalog_fingerprint": catalog.fingerprint}
     schedule = Schedule(config.steps, config.val_every, config.lr, "lr")
     runs = workspace.runs_of("adapt", config.split_seed) / run_name
     best, start = run_loop(job, optimizer, schedule, folder, runs, identity, resume, progress)
     if job.best_step != best["step"]:  # resumed after the chosen step: its per-episode accuracies were not kept
-        chosen_top = adapted_top(copy.deepcopy(encoder.image_model), load_adaptation(folder / "best")[0], config.cut,
-                                 folder / "best")  # fmt: skip
-        job.best_accuracies = validation.accuracies(chosen_top)
+        trained = None if towers.offline else adapted_towers(config)
+        state = load_adaptation(folder / "best")[0]
+        chosen_top = adapted_top(copy.deepcopy(frozen_model(encoder)), state, config.cut, folder / "best", trained)
+        job.best_accuracies = validation.accuracies(TowerFeatures(config, chosen_top, activations, store))
     return {
         "best": best,
         "best_step": best["step"],
@@ -372,17 +511,18 @@ def adapt(
 
 
 class Adaptation(Trainable):
-    """The image tower's top on base-class batches (supervised: a cosine classifier over the base
-    classes; episodic: the prototypical loss), from the cached activations at the cut; scored by the
+    """The towers' top on base-class batches (supervised: a cosine classifier over the base classes;
+    episodic: the prototypical loss), from the cached activations at the cut; scored by the
     fused-masked protonet on the held-out episodes. Keeps the per-episode accuracies of the step saved
     as best, so the chosen top is not scored again."""
 
     task = "adapt"
 
-    def __init__(self, config, model, classifier_and_scale, activations, batches, validation, meta):
-        self.name, self.config, self.model, self.meta = config.name, config, model, meta
+    def __init__(self, config, towers: TowerFeatures, classifier_and_scale, batches, validation, meta):
+        self.name, self.config, self.towers, self.meta = config.name, config, towers, meta
+        self.model = towers.model
         self.classifier, self.log_scale = classifier_and_scale
-        self.activations, self.batches, self.validation = activations, batches, validation
+        self.batches, self.validation = batches, validation
         self.augment_generator = torch.Generator().manual_seed(config.seed + 1)
         self.last_accuracies: dict[str, np.ndarray] | None = None  # of the latest validation point
         self.best_accuracies: dict[str, np.ndarray] | None = None  # of the step saved as best
@@ -398,10 +538,7 @@ class Adaptation(Trainable):
         else:
             episode = self.batches.episode()
             rows = np.concatenate([episode.support[0], episode.query[0]])
-        maps = torch.from_numpy(np.asarray(self.activations[rows], dtype=np.float32))
-        if self.config.flip:
-            maps = augment(maps, self.augment_generator)
-        features = self.model(maps)
+        features = self.towers.for_loss(rows, self.augment_generator)
         if objective == "supervised":
             return "loss_supervised", cosine_classifier_loss(features, classes, self.classifier, self.log_scale.exp())
         n_support = episode.support.shape[1]
@@ -410,7 +547,7 @@ class Adaptation(Trainable):
         )
 
     def validate(self) -> dict[str, float]:
-        self.last_accuracies = self.validation.accuracies(self.model)
+        self.last_accuracies = self.validation.accuracies(self.towers)
         return self.validation.summary(self.last_accuracies)
 
     def save(self, folder: Path, step: int, figures: dict, start: dict | None) -> None:

@@ -1,8 +1,9 @@
-"""Cached activations: the frozen bottom of the offline image tower run once per product, its output at
-the cut kept beside the offline feature store (float16, [products, C, 7, 7]), so adapting the top
-never decodes a photo or runs the bottom again. Written in place into a partial file with a progress
-record after every chunk (a killed run resumes), renamed into place when complete with a sha256
-record; checked whole whenever opened, and computed again, saying so, when damaged."""
+"""Cached activations: the frozen bottom of a tower cut in two run once per product, its output at the
+cut kept beside the tower's feature store (float16: the offline image tower's [products, C, 7, 7] maps,
+a CLIP tower's [products, tokens, width]), so adapting the top never decodes a photo or runs the bottom
+again. Written in place into a partial file with a progress record after every chunk (a killed run
+resumes), renamed into place when complete with a sha256 record; checked whole whenever opened, and
+computed again, saying so, when damaged."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +23,13 @@ from tqdm.auto import tqdm
 
 from fsl.data.catalog import Catalog
 from fsl.encoders.adapted import check_cut, image_bottom, top_features
+from fsl.encoders.clip import ClipEncoder
+from fsl.encoders.clip_cut import check_clip_cut, clip_image_bottom, clip_text_bottom, text_end_positions
 from fsl.encoders.offline import OfflineEncoder
 from fsl.errors import FslError
 from fsl.files import check_record, read_json, write_json
 from fsl.paths import FEATURES_ROOT, store_path
+from fsl.store.features import TextVariant
 from fsl.store.locks import file_lock, holder_name
 from fsl.store.manifest import RECORD_TYPES, array_record, non_finite_rows, npy_header
 from fsl.store.rows import cached_by_id
@@ -35,9 +40,104 @@ DTYPE = np.float16
 CHUNK = 256  # products between progress records
 
 
+# The towers a cache can hold the bottom of --------------------------------------------------------
+
+
+@dataclass
+class OfflineImageCut:
+    """The offline image tower at `cut` MBConv blocks from its end: photos in, [C, 7, 7] maps out."""
+
+    encoder: OfflineEncoder
+    cut: int
+    what = "photo"
+
+    @property
+    def encoder_id(self) -> str:
+        return self.encoder.id
+
+    @property
+    def file_name(self) -> str:
+        return f"activations-cut{check_cut(self.cut)}.npy"
+
+    def shape(self, catalog: Catalog) -> tuple[int, ...]:
+        """One product's activations at the cut: the bottom run on a blank photo."""
+        return activation_shape(self.encoder, self.cut)
+
+    def inputs(self, catalog: Catalog, start: int, stop: int, batch_size: int, num_workers: int | None) -> Iterator:
+        return iter(self.encoder.image_batches(catalog.image_paths[start:stop], batch_size, num_workers))
+
+    def bottom(self, pixels: torch.Tensor) -> np.ndarray:
+        return bottom_activations(self.encoder, pixels, self.cut)
+
+
+@dataclass
+class ClipCut:
+    """A CLIP tower at `cut` transformer blocks from its end: photos in, or a text variant's product
+    texts, and [tokens, width] out (texts: cut off after the catalog's longest, zeros after each end)."""
+
+    encoder: ClipEncoder
+    tower: str
+    cut: int
+    text_variant: TextVariant | None = None
+
+    def __post_init__(self):
+        check_clip_cut(self.encoder.model, self.tower, self.cut)
+        if (self.tower == "text") != (self.text_variant is not None):
+            raise FslError("a CLIP text tower's cache is of one text variant; an image tower's of none")
+        self.what = "photo" if self.tower == "image" else "text"
+        self._length: int | None = None
+
+    @property
+    def encoder_id(self) -> str:
+        return self.encoder.id
+
+    @property
+    def file_name(self) -> str:
+        variant = "" if self.text_variant is None else f"-{self.text_variant.name}"
+        return f"{self.tower}-tokens-cut{self.cut}{variant}.npy"
+
+    def token_ids(self, catalog: Catalog, start: int, stop: int) -> torch.Tensor:
+        texts = catalog.texts(self.text_variant.template, self.text_variant.mask_column)[start:stop]
+        return self.encoder.tokenizer(texts)
+
+    def text_length(self, catalog: Catalog) -> int:
+        """The tokens kept per text: up to the catalog's longest text's end-of-text token."""
+        if self._length is None:
+            model, step = self.encoder.model, 4096
+            ends = [int(text_end_positions(model, self.token_ids(catalog, s, s + step)).max())
+                    for s in range(0, len(catalog), step)]  # fmt: skip
+            self._length = max(ends, default=0) + 1
+        return self._length
+
+    def shape(self, catalog: Catalog) -> tuple[int, ...]:
+        model = self.encoder.model
+        if self.tower == "text":
+            return (self.text_length(catalog), model.transformer.width)
+        pixels = self.encoder.image_transform(Image.new("RGB", (224, 224), "white")).unsqueeze(0)
+        return tuple(self.bottom(pixels).shape[1:])
+
+    def inputs(self, catalog: Catalog, start: int, stop: int, batch_size: int, num_workers: int | None) -> Iterator:
+        if self.tower == "image":
+            return iter(self.encoder.image_batches(catalog.image_paths[start:stop], batch_size, num_workers))
+        ids = self.token_ids(catalog, start, stop)
+        return iter(ids[i : i + batch_size] for i in range(0, len(ids), batch_size))
+
+    @torch.inference_mode()
+    def bottom(self, batch: torch.Tensor) -> np.ndarray:
+        model, device = self.encoder.model, self.encoder.device
+        if self.tower == "image":
+            return clip_image_bottom(model, batch.to(device), self.cut).cpu().numpy().astype(DTYPE)
+        return clip_text_bottom(model, batch.to(device), self.cut, self._length).cpu().numpy().astype(DTYPE)
+
+
 def activations_path(catalog: Catalog, cut: int, store_root: str | os.PathLike = FEATURES_ROOT) -> Path:
     """Beside the offline store of this catalog: activations-cut<cut>.npy, one row per store product."""
-    return store_path(store_root, OfflineEncoder.id, catalog.fingerprint) / f"activations-cut{check_cut(cut)}.npy"
+    return cut_path(catalog, OfflineImageCut(None, cut), OfflineEncoder.id, store_root)
+
+
+def cut_path(catalog: Catalog, tower, encoder_id: str, store_root: str | os.PathLike = FEATURES_ROOT) -> Path:
+    """Beside the store of `encoder_id` for this catalog: the tower's file, one row per store product."""
+    return store_path(store_root, encoder_id, catalog.fingerprint) / tower.file_name
 
 
 @torch.inference_mode()
@@ -99,11 +199,23 @@ def cached_activations(
     num_workers: int | None = None,
     progress: bool = True,
 ) -> np.ndarray:
-    """The catalog's activations at the cut, memory-mapped, rows in catalog (= store) order; computed
-    (resumably) the first time, checked every time (activations_problem) and computed again, with a
-    note, when damaged."""
-    final = activations_path(catalog, cut, store_root)
-    shape = (len(catalog), *activation_shape(encoder, cut))
+    """The catalog's offline image activations at the cut (cached_tower)."""
+    return cached_tower(catalog, OfflineImageCut(encoder, cut), store_root, batch_size, num_workers, progress)
+
+
+def cached_tower(
+    catalog: Catalog,
+    tower: OfflineImageCut | ClipCut,
+    store_root: str | os.PathLike = FEATURES_ROOT,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """The catalog's activations at a tower's cut, memory-mapped, rows in catalog (= store) order;
+    computed (resumably) the first time, checked every time (activations_problem) and computed again,
+    with a note, when damaged."""
+    final = cut_path(catalog, tower, tower.encoder_id, store_root)
+    shape = (len(catalog), *tower.shape(catalog))
     sound = _sound(final, shape)
     if sound is not None:
         return sound
@@ -120,27 +232,26 @@ def cached_activations(
             out = np.lib.format.open_memmap(partial, mode="r+")
         else:
             out = np.lib.format.open_memmap(partial, mode="w+", dtype=DTYPE, shape=shape)
-        paths = catalog.image_paths
         logger.info(
-            f"caching the activations at cut {cut} of {shape[0] - done} photo(s), once ({final}); the store "
-            "stays readable meanwhile (fsl eval, sweep, demo). The expected time follows the first chunk"
+            f"caching the activations at cut {tower.cut} of {shape[0] - done} {tower.what}(s), once ({final}); "
+            "the store stays readable meanwhile (fsl eval, sweep, demo). The expected time follows the first chunk"
         )
-        bar = tqdm(total=shape[0], initial=done, desc=f"activations at cut {cut}", unit="photo",
+        bar = tqdm(total=shape[0], initial=done, desc=f"activations at cut {tower.cut}", unit=tower.what,
                    disable=None if progress else True)  # fmt: skip
         started = time.perf_counter()
         for start in range(done, shape[0], CHUNK):
             stop = min(start + CHUNK, shape[0])
             row = start
-            for pixels in encoder.image_batches(paths[start:stop], batch_size, num_workers):
-                out[row : row + len(pixels)] = bottom_activations(encoder, pixels, cut)
-                row += len(pixels)
-                bar.update(len(pixels))
+            for batch in tower.inputs(catalog, start, stop, batch_size, num_workers):
+                out[row : row + len(batch)] = tower.bottom(batch)
+                row += len(batch)
+                bar.update(len(batch))
             out.flush()
-            write_json(record_file, {"rows_done": stop, "shape": list(shape), "cut": cut})
+            write_json(record_file, {"rows_done": stop, "shape": list(shape), "cut": tower.cut})
             if start == done and stop < shape[0]:
                 rate = (stop - done) / (time.perf_counter() - started)
                 logger.info(
-                    f"{rate:.1f} photos/s: about {(shape[0] - stop) / rate / 60:.0f} min more for the "
+                    f"{rate:.1f} {tower.what}s/s: about {(shape[0] - stop) / rate / 60:.0f} min more for the "
                     f"other {shape[0] - stop} (resumable: a stopped run goes on from its last chunk)"
                 )
         bar.close()

@@ -46,8 +46,8 @@ def derive_store(
     block: int = 65_536,
 ) -> FeatureStore:
     """A store whose features are a function of another store's (projected into an aligned space, or
-    the image rows recomputed by an adapted top): same ids and text variants, each array transformed
-    block by block (`transform(kind, rows, first row)`) and written
+    rows recomputed by an adapted top): same ids and text variants, each array transformed block by
+    block (`transform(key, rows, first row)`, key "image" or "text-VARIANT") and written
     atomically, the manifest (with checksums) written last, under the store's writer lock."""
     path.mkdir(parents=True, exist_ok=True)
     with writer_lock(path):
@@ -74,9 +74,7 @@ def derive_store(
                 }
                 np.lib.format.write_array_header_1_0(f, header)
                 for start in range(0, len(source.ids), block):
-                    out = np.ascontiguousarray(
-                        transform("image" if key == "image" else "text", values[start : start + block], start), DTYPE
-                    )
+                    out = np.ascontiguousarray(transform(key, values[start : start + block], start), DTYPE)
                     bad = non_finite_rows(out)
                     if len(bad):
                         raise FslError(

@@ -15,15 +15,16 @@ from fsl.config import EncoderConfig
 from fsl.data.catalog import Catalog
 from fsl.encoders.adapted import adapted_top, load_adaptation, top_features
 from fsl.encoders.aligned import load_alignment
+from fsl.encoders.clip import ClipEncoder
 from fsl.encoders.factory import encoder_from_config
 from fsl.encoders.offline import OfflineEncoder
 from fsl.errors import FslError
 from fsl.files import write_json
 from fsl.paths import FEATURES_ROOT, store_path
-from fsl.store.activations import cached_activations
+from fsl.store.activations import ClipCut, OfflineImageCut, cached_tower
 from fsl.store.derive import derive_store, sound_derived_store
 from fsl.store.embed import embed_catalog
-from fsl.store.features import FeatureStore
+from fsl.store.features import FeatureStore, TextVariant
 from fsl.store.locks import writer_lock
 
 logger = logging.getLogger(__name__)
@@ -73,28 +74,49 @@ def _note_other_catalog(checkpoint, meta: dict, catalog) -> None:
 def adapted_store(
     catalog, adaptation: str | os.PathLike, store_root, encoder_id: str, runtime: str = "auto", full_check: bool = False
 ):
-    """The catalog's store through an adapted image tower: the adapted top run on the activations cached
-    at its cut (computed first if needed), the offline texts as they are; the manifest names the
-    splits whose adaptation has these weights, so episodes of another split are refused. A damaged
-    store is derived again (full_check: every byte and value of it read; the activations' are, always)."""
+    """The catalog's store through adapted towers: each adapted top run on the activations cached at its
+    cut (computed first if needed), the frozen towers' features as they are (the offline texts; a CLIP
+    tower that did not learn); the manifest names the splits whose adaptation has these weights, so
+    episodes of another split are refused. A damaged store is derived again (full_check: every byte
+    and value of it read; the activations' are, always)."""
     path = store_path(store_root, encoder_id, catalog.fingerprint)
     state, meta = load_adaptation(adaptation)
     warm = sound_derived_store(path, encoder_id, catalog.fingerprint, full_check)
     if warm is not None:
         return with_split(warm, meta["split_seed"])
     _note_other_catalog(adaptation, meta, catalog)
-    source = open_store(catalog, EncoderConfig("offline", runtime=runtime), store_root, full_check)
+    offline = meta["towers"] == OfflineEncoder.id
+    clip = None if offline else meta["encoder"]
+    if offline:
+        frozen = EncoderConfig("offline", runtime=runtime)
+    else:
+        frozen = EncoderConfig("clip", clip["model"], clip["pretrained"], runtime=runtime)
+    source = open_store(catalog, frozen, store_root, full_check)
     if not np.array_equal(source.ids, catalog.products["id"].to_numpy()):  # the cache's rows are the catalog's
         raise FslError(f"feature store {source.path} rows do not follow the catalog; re-run `fsl embed`")
-    encoder = OfflineEncoder()
-    top = adapted_top(copy.deepcopy(encoder.image_model), state, meta["cut"], adaptation)
-    activations = cached_activations(catalog, encoder, meta["cut"], store_root)
+    if offline:
+        encoder = OfflineEncoder()
+        top = adapted_top(copy.deepcopy(encoder.image_model), state, meta["cut"], adaptation)
+        cuts = {"image": OfflineImageCut(encoder, meta["cut"])}
+        tops = {"image": top}
+    else:
+        encoder = ClipEncoder(clip["model"], clip["pretrained"])
+        top = adapted_top(copy.deepcopy(encoder.model), state, meta["cut"], adaptation, meta["adapted"])
+        tops = dict(top.tops.items())
+        variants = {f"text-{name}": TextVariant(**v) for name, v in source.manifest["text_variants"].items()}
+        cuts = {
+            key: ClipCut(encoder, "image" if key == "image" else "text", meta["cut"], variants.get(key))
+            for key in ["image", *variants]
+            if ("image" if key == "image" else "text") in tops
+        }
 
-    def image_through_top(key: str, block: np.ndarray, start: int) -> np.ndarray:
-        if key == "text":
+    def through_top(key: str, block: np.ndarray, start: int) -> np.ndarray:
+        if key not in cuts:
             return block
+        activations = cached_tower(catalog, cuts[key], store_root)
         rows = np.arange(start, start + len(block))
-        return torch.nn.functional.normalize(top_features(top, activations, rows), dim=-1).numpy()
+        tower = "image" if key == "image" else "text"
+        return torch.nn.functional.normalize(top_features(tops[tower], activations, rows), dim=-1).numpy()
 
     extra = {
         "adaptation": {
@@ -102,11 +124,12 @@ def adapted_store(
                 key: meta[key]
                 for key in ("split_seed", "label_column", "catalog_fingerprint", "towers", "cut", "mode", "objective")
             },
+            **({} if offline else {"adapted": meta["adapted"]}),
             "split_seeds": [meta["split_seed"]],
         }
     }
     return derive_store(source, path, encoder_id, source.manifest["image_dim"], source.manifest["text_dim"],
-                        image_through_top, extra)  # fmt: skip
+                        through_top, extra)  # fmt: skip
 
 
 def with_split(store: FeatureStore, split_seed: int) -> FeatureStore:
