@@ -12,13 +12,14 @@ from safetensors.torch import load_file
 
 import fsl.harness.adapt
 from fsl.config import AdaptConfig, EncoderConfig
-from fsl.encoders.adapted import WEIGHTS_FILE, AdaptedEncoder, load_adaptation
+from fsl.encoders.adapted import WEIGHTS_FILE, AdaptedEncoder, TextTop, load_adaptation
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
 from fsl.harness.adapt import BaseBatches, adapt, check_adapt_config
 from fsl.inference.heads import DEFAULT_HEAD
 from fsl.paths import Workspace
-from fsl.store.activations import cached_activations
+from fsl.store.activations import OfflineTextCut, cached_activations, cached_tower
+from fsl.store.features import TextVariant
 from fsl.store.open import open_store
 
 TINY = AdaptConfig(
@@ -536,3 +537,65 @@ def test_fsl_adapt_folds_prints_the_comparison_and_the_power_line(slice_, tmp_pa
     assert not (tmp_path / "adapt" / "a" / "best").exists()  # --no-final: the folds only
     assert main(["adapt", str(tmp_path / "a.yaml"), *folders, "--no-final"]) == 2
     assert "--no-final goes with --folds" in capsys.readouterr().err
+
+
+# The offline text tower (MiniLM) and both towers -------------------------------------------------------
+
+MASKED = TextVariant(mask_column="articleType")
+
+
+@pytest.mark.parametrize("cut", [1, 3])
+def test_cached_text_tokens_equal_minilms_own_intermediate_output(slice_, offline_encoder, cut):
+    root, catalog, _ = slice_
+    cached = cached_tower(catalog, OfflineTextCut(offline_encoder, cut, MASKED), root / "offline-store", progress=False)
+    texts = catalog.texts(MASKED.template, MASKED.mask_column)[:6]
+    bert = offline_encoder.text_model[0].auto_model
+    tokens = offline_encoder.text_model.tokenizer(texts, padding=True, return_tensors="pt")
+    seen = []
+    hook = bert.encoder.layer[-cut].register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
+    try:
+        with torch.no_grad():
+            bert(**tokens)
+    finally:
+        hook.remove()
+    for row, length in enumerate(tokens["attention_mask"].sum(1).tolist()):  # its tokens, then zeros (padding)
+        np.testing.assert_allclose(cached[row, :length].astype(np.float32), seen[0][row, :length], atol=2e-2)
+        assert not cached[row, length:].any()
+    whole = offline_encoder.encode_texts(texts, progress=False)
+    with torch.no_grad():
+        through_top = TextTop(offline_encoder.text_model, cut)(torch.from_numpy(cached[:6].astype(np.float32)))
+    cosine = torch.nn.functional.cosine_similarity(through_top, torch.from_numpy(whole), dim=-1)
+    assert cosine.min() > 0.999
+
+
+def test_both_offline_towers_adapt_with_lora_and_their_store_equals_embedding_through_the_adapted_pair(
+    slice_, tmp_path
+):
+    root, catalog, _ = slice_
+    config = dataclasses.replace(TINY, name="both", towers="both", mode="lora", rank=2, objective="episodic", lr=1e-2)
+    summary = run(slice_, tmp_path, config)
+    last = str(summary["folder"].parent / "last")
+    state, meta = load_adaptation(last)
+    assert meta["adapted"] == ["image", "text"] and not any("lora" in key for key in state)
+    assert {key.split(".")[1] for key in state} == {"image", "text"}
+    store = open_store(catalog, EncoderConfig("adapted", pretrained=last, runtime="eager"), root / "offline-store")
+    encoder = AdaptedEncoder(pretrained=last)
+    photos = encoder.encode_images(catalog.image_paths[:8], num_workers=0, progress=False)
+    assert (photos * np.asarray(store.image[:8])).sum(-1).min() > 0.999
+    frozen = open_store(catalog, EncoderConfig("offline"), root / "offline-store")
+    for variant in ("plain", "masked-articleType"):
+        recipe = store.manifest["text_variants"][variant]
+        texts = catalog.texts(recipe["template"], recipe["mask_column"])[:8]
+        assert (encoder.encode_texts(texts, progress=False) * np.asarray(store.text(variant)[:8])).sum(-1).min() > 0.999
+        assert not np.allclose(np.asarray(store.text(variant)[:8]), np.asarray(frozen.text(variant)[:8]), atol=1e-4)
+
+
+def test_a_text_only_adaptation_leaves_the_image_tower_as_it_was(slice_, tmp_path):
+    root, catalog, _ = slice_
+    summary = run(slice_, tmp_path, dataclasses.replace(TINY, name="text", towers="text", lr=1e-3))
+    last = str(summary["folder"].parent / "last")
+    assert load_adaptation(last)[1]["adapted"] == ["text"]
+    store = open_store(catalog, EncoderConfig("adapted", pretrained=last), root / "offline-store")
+    frozen = open_store(catalog, EncoderConfig("offline"), root / "offline-store")
+    np.testing.assert_array_equal(store.image, frozen.image)
+    assert not np.allclose(np.asarray(store.text("plain")), np.asarray(frozen.text("plain")), atol=1e-4)

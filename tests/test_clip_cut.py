@@ -206,7 +206,8 @@ def test_a_non_finite_clip_loss_stops_the_run_and_keeps_the_earlier_checkpoints(
         ({"flip": True}, "cannot be mirrored: set flip: false"),
         ({"cut": 3}, "cut must be a whole number of last transformer blocks from 1 to 2"),
         ({"towers": "all"}, "towers must be one of"),
-        ({"encoder": EncoderConfig("offline"), "towers": "text"}, "the offline pair adapts its image tower only"),
+        ({"encoder": EncoderConfig("offline"), "towers": "text", "cut": 7}, "MiniLM's last layers from 1 to 6"),
+        ({"encoder": EncoderConfig("offline", "ViT-B-32")}, "offline takes no model or pretrained weights"),
         ({"text_variant": "masked-gender"}, "has no text variant 'masked-gender'"),
     ],
 )

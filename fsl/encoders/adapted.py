@@ -1,11 +1,17 @@
 """Towers cut in two: a frozen bottom whose output is cached once per product, and a top that `fsl adapt`
-trains on base classes. The offline image tower's top is its last MBConv block(s) and head convolution
-(here); a CLIP tower's, its last transformer blocks (fsl/encoders/clip_cut.py). This module holds the
-cut, the adapted weights' load/save (safetensors + sidecar, digest) and the encoder that applies them;
-the training job is fsl/harness/adapt.py."""
+trains on base classes. The offline image tower's top is its last MBConv block(s) and head convolution,
+its text tower's (MiniLM) its last transformer layer(s) (both here); a CLIP tower's, its last
+transformer blocks (fsl/encoders/clip_cut.py). This module holds the cuts, the adapted weights'
+load/save (safetensors + sidecar, digest) and the encoder that applies them; the training job is
+fsl/harness/adapt.py.
+
+Padding never reaches a text's feature (MiniLM's attention mask and mean pooling leave it out; CLIP's
+causal mask keeps it from the end-of-text token), so cached text tokens hold zeros there and a
+text's tokens are its positions that are not all zeros."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from pathlib import Path
@@ -15,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
 
 from fsl.encoders.base import Encoder
 from fsl.encoders.clip import ClipEncoder
@@ -26,12 +33,19 @@ from fsl.paths import split_root
 
 TOWERS = OfflineEncoder.id
 MAX_CUT = 6  # the last six MBConv blocks of EfficientNet-Lite0 all run at 7x7 (blocks 10-15)
+TEXT_LAYERS = 6  # all-MiniLM-L6-v2's transformer layers
 WEIGHTS_FILE, SIDECAR_FILE = "top.safetensors", "adapt.json"
 
 
 def check_cut(cut: int) -> int:
     if type(cut) is not int or not 1 <= cut <= MAX_CUT:
         raise FslError(f"adapt cut must be a whole number of last MBConv blocks from 1 to {MAX_CUT}, got {cut!r}")
+    return cut
+
+
+def check_text_cut(cut: int) -> int:
+    if type(cut) is not int or not 1 <= cut <= TEXT_LAYERS:
+        raise FslError(f"adapt cut must be a whole number of MiniLM's last layers from 1 to {TEXT_LAYERS}, got {cut!r}")
     return cut
 
 
@@ -68,24 +82,77 @@ def top_features(top: nn.Module, activations: np.ndarray, rows: np.ndarray, batc
     return torch.cat(out) if out else torch.empty(0, 1280)
 
 
-class ClipTops(nn.Module):
-    """The tops of a CLIP model's adapted towers at one cut (`image`, `text` or both), its own modules:
-    loading weights into them changes the model in place. Saved with keys `image.*` and `text.*`."""
+class TextTop(nn.Module):
+    """MiniLM from the input of its last `cut` layers ([B, L, 384] token states, zeros at padding) to the
+    384-d feature sentence-transformers computes: those layers under the attention mask the zeros
+    give, then the mean over the text's tokens."""
 
-    def __init__(self, model: nn.Module, cut: int, towers: list[str]):
+    def __init__(self, text_model: nn.Module, cut: int):
         super().__init__()
-        if not towers or not set(towers) <= set(TOWER_NAMES):
-            raise FslError(f"adapted CLIP towers must be some of {list(TOWER_NAMES)}, got {towers!r}")
-        self.cut = cut
-        self.tops = nn.ModuleDict({tower: TOPS[tower](model, cut) for tower in TOWER_NAMES if tower in towers})
+        self.cut = check_text_cut(cut)
+        bert = text_model[0].auto_model
+        self.layers = nn.ModuleList(bert.encoder.layer[-cut:])
+        self.bert_config = bert.config
 
-    def forward(self, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """{tower: [B, T, W] cached tokens} -> {tower: [B, D] features}, unnormalised."""
-        return {tower: self.tops[tower](inputs) for tower, inputs in tokens.items()}
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        present = tokens.abs().amax(dim=-1) > 0
+        mask = create_bidirectional_mask(config=self.bert_config, inputs_embeds=tokens, attention_mask=present.long())
+        x = tokens
+        for layer in self.layers:
+            x = layer(x, attention_mask=mask)
+            x = x[0] if isinstance(x, tuple) else x
+        weights = present.unsqueeze(-1).to(x.dtype)
+        return (x * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
 
-    def train(self, mode: bool = True) -> ClipTops:
+    def train(self, mode: bool = True) -> TextTop:
+        """Always in inference mode (no dropout): the weights must mean the same at test time."""
+        return super().train(False)
+
+
+def text_bottom(text_model: nn.Module, token_ids: torch.Tensor, attention_mask: torch.Tensor, cut: int) -> torch.Tensor:
+    """MiniLM's embeddings and all but its last `cut` layers: [B, L] token ids -> [B, L, 384] token
+    states at the cut, zeros at padding."""
+    bert = text_model[0].auto_model
+    x = bert.embeddings(input_ids=token_ids)
+    mask = create_bidirectional_mask(config=bert.config, inputs_embeds=x, attention_mask=attention_mask)
+    for layer in bert.encoder.layer[: TEXT_LAYERS - check_text_cut(cut)]:
+        x = layer(x, attention_mask=mask)
+        x = x[0] if isinstance(x, tuple) else x
+    return x.masked_fill(~attention_mask.bool().unsqueeze(-1), 0.0)
+
+
+class Tops(nn.Module):
+    """The tops of a pair's adapted towers at one cut (`image`, `text` or both), the towers' own modules:
+    loading weights into them changes the towers in place. Saved with keys `tops.image.*`, `tops.text.*`."""
+
+    def __init__(self, tops: dict[str, nn.Module]):
+        super().__init__()
+        self.tops = nn.ModuleDict(tops)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{tower: its cached activations} -> {tower: [B, D] features}, unnormalised."""
+        return {tower: self.tops[tower](values) for tower, values in inputs.items()}
+
+    def train(self, mode: bool = True) -> Tops:
         """Always in inference mode: the weights must mean the same at test time."""
         return super().train(False)
+
+
+def cut_tops(encoder: Encoder, cut: int, towers: list[str], copy_weights: bool = False) -> Tops:
+    """The tops of `encoder`'s `towers` at `cut`: its own modules (changed by whatever changes the tops),
+    or with `copy_weights` a copy of them (to train while the encoder stays frozen)."""
+    if not towers or not set(towers) <= set(TOWER_NAMES) or len(set(towers)) < len(towers):
+        raise FslError(f"adapted towers must be some of {list(TOWER_NAMES)}, got {towers!r}")
+    if isinstance(encoder, OfflineEncoder):
+        sources, classes = (
+            {"image": encoder.image_model, "text": encoder.text_model},
+            {"image": ImageTop, "text": TextTop},
+        )
+    else:
+        sources, classes = {"image": encoder.model, "text": encoder.model}, TOPS
+    if copy_weights:
+        sources = copy.deepcopy(sources)  # one copy of a model both towers share
+    return Tops({tower: classes[tower](sources[tower], cut) for tower in TOWER_NAMES if tower in towers})
 
 
 def image_bottom(model: nn.Module, pixels: torch.Tensor, cut: int) -> torch.Tensor:
@@ -98,9 +165,9 @@ def image_bottom(model: nn.Module, pixels: torch.Tensor, cut: int) -> torch.Tens
 
 
 class AdaptedEncoder(Encoder):
-    """A pair of towers with the tops `fsl adapt` trained: the offline pair with its image tower's top
-    replaced (its text tower unchanged), or a CLIP model with its adapted towers' last blocks replaced
-    (the LoRA adapters merged into them); the frozen towers are rebuilt from what the sidecar names."""
+    """A pair of towers with the tops `fsl adapt` trained (LoRA adapters merged into them) in place of
+    their own: the offline pair's or a CLIP model's, one tower or both (a tower that did not learn is
+    the frozen one); the frozen towers are rebuilt from what the sidecar names."""
 
     def __init__(self, device: str = "cpu", pretrained: str | None = None):
         if not pretrained:
@@ -109,7 +176,9 @@ class AdaptedEncoder(Encoder):
         self.id = adapted_id(pretrained)
         if self.adaptation["towers"] == TOWERS:
             self.base = OfflineEncoder(device)
-            self.top = adapted_top(self.base.image_model, state, self.adaptation["cut"], pretrained)
+            adapted = self.adaptation.get("adapted")
+            source = self.base.image_model if adapted is None else self.base
+            self.top = adapted_top(source, state, self.adaptation["cut"], pretrained, adapted)
         else:
             clip = self.adaptation["encoder"]
             self.base = ClipEncoder(clip["model"], clip.get("pretrained"), device)
@@ -118,8 +187,7 @@ class AdaptedEncoder(Encoder):
                     f"{pretrained} adapts {self.adaptation['towers']}, but its weights now load as {self.base.id} "
                     "(the checkpoint file changed?); adapt again"
                 )
-            self.top = adapted_top(self.base.model, state, self.adaptation["cut"], pretrained,
-                                   self.adaptation["adapted"])  # fmt: skip
+            self.top = adapted_top(self.base, state, self.adaptation["cut"], pretrained, self.adaptation["adapted"])
         self.top.requires_grad_(False).eval()
         self.image_dim, self.text_dim = self.base.image_dim, self.base.text_dim
         self.image_transform = self.base.image_transform
@@ -140,7 +208,7 @@ class AdaptedEncoder(Encoder):
 
 
 def save_adaptation(folder: Path, top: nn.Module, meta: dict) -> None:
-    """The top's weights (LoRA adapters merged into them; ImageTop or ClipTops) and the sidecar naming
+    """The top's weights (LoRA adapters merged into them; ImageTop or Tops) and the sidecar naming
     the towers, cut, mode, objective, split and the weights' sha256; a NaN anywhere refuses the save."""
     state = {k: v.detach().contiguous().clone() for k, v in top.state_dict().items()}
     if any(v.is_floating_point() and not torch.isfinite(v).all() for v in state.values()):
@@ -165,12 +233,17 @@ def load_adaptation(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     meta = check_record(
         read_json(sidecar, "adaptation sidecar"), fields, sidecar, "adaptation sidecar", "adapt again with --restart"
     )
+    adapted = meta.get("adapted")  # absent: the offline image tower alone (the first adaptations' layout)
+    if adapted is not None and not (isinstance(adapted, list) and adapted and set(adapted) <= set(TOWER_NAMES)):
+        raise FslError(f"{sidecar} names no towers it adapted ({adapted!r}); it is damaged. Adapt again")
     if meta["towers"] == TOWERS:
-        check_cut(meta["cut"])
+        if adapted is None or "image" in adapted:
+            check_cut(meta["cut"])
+        else:
+            check_text_cut(meta["cut"])
     elif meta["towers"].startswith("clip:"):
         clip = meta.get("encoder")
-        adapted = meta.get("adapted")
-        if not (isinstance(clip, dict) and isinstance(clip.get("model"), str) and isinstance(adapted, list)):
+        if not (isinstance(clip, dict) and isinstance(clip.get("model"), str) and adapted is not None):
             raise FslError(f"{sidecar} adapts CLIP towers but does not say which model or towers; adapt again")
     else:
         raise FslError(f"{folder} adapts the towers {meta['towers']!r}, neither {TOWERS!r} nor a CLIP model's")
@@ -188,16 +261,21 @@ def load_adaptation(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
 
 
 def adapted_top(
-    model: nn.Module,
+    source: nn.Module | Encoder,
     state: dict[str, torch.Tensor],
     cut: int,
     folder: str | os.PathLike,
     towers: list[str] | None = None,
-) -> ImageTop | ClipTops:
-    """The top of `model` at `cut` holding an adaptation's weights (the model's own modules, changed in
-    place): the offline image tower's, or with `towers` a CLIP model's; weights of other names or shapes
-    than that top's are an error naming the folder."""
-    top = ImageTop(model, cut) if towers is None else ClipTops(model, cut, towers)
+    copy_weights: bool = False,
+) -> ImageTop | Tops:
+    """The top at `cut` holding an adaptation's weights: without `towers`, the offline image model's
+    (`source`); with them, those towers' of the encoder `source` (cut_tops). Its own modules, changed in
+    place, unless `copy_weights`; weights of other names or shapes than that top's are an error naming
+    the folder."""
+    if towers is None:
+        top = ImageTop(copy.deepcopy(source) if copy_weights else source, cut)
+    else:
+        top = cut_tops(source, cut, towers, copy_weights)
     try:
         top.load_state_dict(state)
     except RuntimeError as error:

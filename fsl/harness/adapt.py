@@ -1,16 +1,16 @@
 """Encoder adaptation: a tower's last layers learn on base-class products, from activations cached at
 the cut (fsl/store/activations.py), so a step runs only the layers being trained and no photo is
-decoded. The offline pair adapts its image tower (the last MBConv block(s) and head convolution); a
-CLIP model its image tower, its text tower or both (the last transformer blocks: fsl/encoders/clip_cut.py),
-both under the fused loss of the fused-masked heads.
+decoded. A pair adapts its image tower, its text tower or both (`towers`): the offline pair's last
+MBConv block(s) and head convolution and MiniLM's last layer(s); a CLIP model's last transformer blocks
+(fsl/encoders/clip_cut.py). Where the text tower learns, under the fused loss of the fused-masked heads.
 
 Objectives: `supervised` (cross-entropy of a cosine classifier over the base classes, its weights
 imprinted from the class means: Tian et al., ECCV 2020), `episodic` (the prototypical loss on N-way
 K-shot base episodes: P>M>F's meta-training stage, Hu et al., CVPR 2022) and `supervised+episodic`
 (the first half of the steps one, the second the other). Modes: `full` (the layers' weights and
 norm affines) and `lora` (PEFT low-rank adapters, merged into the weights when saved: CLIP-LoRA's
-recipe, Zanella & Ben Ayed 2024; on the offline tower's 1x1 convolutions, on CLIP's attention
-projections).
+recipe, Zanella & Ben Ayed 2024; on the offline image tower's 1x1 convolutions, on the attention
+projections of MiniLM's and CLIP's layers).
 
 Selection reads validation classes only: step 0 (the frozen tower) is scored first, so a chosen
 checkpoint is never worse than its start on validation, and the run says when the start won.
@@ -36,16 +36,18 @@ from fsl.config import AdaptConfig, ExperimentConfig
 from fsl.data.catalog import Catalog
 from fsl.encoders.adapted import (
     TOWERS,
-    ClipTops,
     ImageTop,
+    Tops,
     adapted_top,
     check_cut,
+    check_text_cut,
+    cut_tops,
     load_adaptation,
     save_adaptation,
 )
 from fsl.encoders.base import Encoder
 from fsl.encoders.clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS
-from fsl.encoders.clip_cut import CLIP_LORA_TARGETS, check_clip_cut
+from fsl.encoders.clip_cut import CLIP_LORA_TARGETS
 from fsl.encoders.factory import create_encoder
 from fsl.encoders.offline import OfflineEncoder
 from fsl.episodes.folds import ClassFold, check_fold, fold_episodes
@@ -59,13 +61,14 @@ from fsl.harness.experiment import check_validation_only
 from fsl.harness.loop import Schedule, Trainable, run_loop
 from fsl.inference.heads import head_for_features
 from fsl.paths import Workspace, split_root
-from fsl.store.activations import ClipCut, OfflineImageCut, cached_tower
+from fsl.store.activations import cached_tower, tower_cut
 from fsl.store.features import FeatureStore, TextVariant
 from fsl.store.open import open_store
 
 MODES = ("full", "lora")
 OBJECTIVES = ("supervised", "episodic", "supervised+episodic")
 LORA_TARGETS = ["_expand_conv", "_project_conv", "conv_head"]  # the 1x1 convolutions (depthwise ones are left)
+TEXT_LORA_TARGETS = ["query", "key", "value"]  # MiniLM's attention projections
 ENCODERS = ("offline", "clip")
 TOWER_CHOICES = {"image": ["image"], "text": ["text"], "both": ["image", "text"]}
 
@@ -77,11 +80,10 @@ def check_adapt_config(config: AdaptConfig) -> AdaptConfig:
     if config.towers not in TOWER_CHOICES:
         raise FslError(f"adapt towers must be one of {list(TOWER_CHOICES)}, got {config.towers!r}")
     if config.encoder.name == "offline":
-        check_cut(config.cut)
-        if config.towers != "image":
-            raise FslError(
-                "the offline pair adapts its image tower only (towers: image); a CLIP model adapts text or both"
-            )
+        if "image" in adapted_towers(config):
+            check_cut(config.cut)
+        if "text" in adapted_towers(config):
+            check_text_cut(config.cut)
         if config.encoder.model or config.encoder.pretrained:
             raise FslError("adapt encoder offline takes no model or pretrained weights (those name a CLIP model)")
     elif config.flip:
@@ -137,32 +139,35 @@ def clip_model(config: AdaptConfig) -> dict:
     }
 
 
-def frozen_model(encoder: Encoder) -> nn.Module:
-    """The module whose last layers are cut off and trained."""
-    return encoder.image_model if isinstance(encoder, OfflineEncoder) else encoder.model
+def image_alone(config: AdaptConfig) -> bool:
+    """The offline image tower alone: trained and saved as a plain ImageTop (the first adaptations' layout)."""
+    return config.encoder.name == "offline" and config.towers == "image"
 
 
 def trainable_top(encoder: Encoder, config: AdaptConfig) -> nn.Module:
     """A copy of the towers' top: every parameter trainable (full), or frozen with LoRA adapters (lora):
-    the offline image tower's ImageTop, or the ClipTops of a CLIP model's adapted towers."""
-    if isinstance(encoder, OfflineEncoder):
-        top, targets = ImageTop(copy.deepcopy(encoder.image_model), config.cut), LORA_TARGETS
+    the offline image tower's ImageTop, or the Tops of the recipe's towers."""
+    if image_alone(config):
+        top = ImageTop(copy.deepcopy(encoder.image_model), config.cut)
     else:
-        top, targets = ClipTops(copy.deepcopy(encoder.model), config.cut, adapted_towers(config)), CLIP_LORA_TARGETS
+        top = cut_tops(encoder, config.cut, adapted_towers(config), copy_weights=True)
     if config.mode == "full":
         return top.requires_grad_(True)
     top.requires_grad_(False)
-    if isinstance(top, ImageTop):
-        as_plain_convolutions(top, LORA_TARGETS)
+    if isinstance(encoder, OfflineEncoder):
+        targets = {"image": LORA_TARGETS, "text": TEXT_LORA_TARGETS}
+        targets = [name for tower in adapted_towers(config) for name in targets[tower]]
+        if "image" in adapted_towers(config):
+            as_plain_convolutions(top, LORA_TARGETS)
+    else:
+        targets = CLIP_LORA_TARGETS
     lora = LoraConfig(r=config.rank, lora_alpha=2 * config.rank, target_modules=targets, lora_dropout=0.0)
     return get_peft_model(top, lora)
 
 
 def tower_cuts(encoder: Encoder, config: AdaptConfig, store: FeatureStore) -> dict:
-    """Each adapted tower's cut, as the activations cache reads it; a CLIP text tower's of the recipe's
-    text variant (the texts its fused heads read)."""
-    if isinstance(encoder, OfflineEncoder):
-        return {"image": OfflineImageCut(encoder, config.cut)}
+    """Each adapted tower's cut, as the activations cache reads it; a text tower's of the recipe's text
+    variant (the texts its fused heads read)."""
     variants = store.manifest.get("text_variants", {})
     if "text" in adapted_towers(config) and config.text_variant not in variants:
         raise FslError(
@@ -170,12 +175,9 @@ def tower_cuts(encoder: Encoder, config: AdaptConfig, store: FeatureStore) -> di
             "embed it with `fsl embed --mask-labels COLUMN`, or set text_variant"
         )
     return {
-        tower: ClipCut(
-            encoder,
-            tower,
-            check_clip_cut(encoder.model, tower, config.cut),
-            TextVariant(**variants[config.text_variant]) if tower == "text" else None,
-        )  # fmt: skip
+        tower: tower_cut(
+            encoder, tower, config.cut, TextVariant(**variants[config.text_variant]) if tower == "text" else None
+        )
         for tower in adapted_towers(config)
     }
 
@@ -218,9 +220,9 @@ def check_step_memory(forward: Callable[[np.ndarray], torch.Tensor], what: str, 
         )
 
 
-def merged_top(model: nn.Module) -> ImageTop | ClipTops:
+def merged_top(model: nn.Module) -> ImageTop | Tops:
     """The plain top a trained model stands for: LoRA adapters merged into the weights."""
-    if isinstance(model, (ImageTop, ClipTops)):
+    if isinstance(model, (ImageTop, Tops)):
         return model
     return copy.deepcopy(model).merge_and_unload()
 
@@ -295,7 +297,7 @@ class TowerFeatures:
 
     def __init__(self, config: AdaptConfig, model: nn.Module, activations: dict[str, np.ndarray], store):
         self.config, self.model, self.activations, self.store = config, model, activations, store
-        self.offline = config.encoder.name == "offline"
+        self.offline, self.image_alone = config.encoder.name == "offline", image_alone(config)
 
     def tops(self, rows: np.ndarray, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """{tower: [B, D]} the adapted towers' features of `rows`, unnormalised (offline image maps
@@ -304,12 +306,9 @@ class TowerFeatures:
             tower: torch.from_numpy(np.asarray(cached[rows], dtype=np.float32))
             for tower, cached in self.activations.items()
         }
-        if self.offline:
-            maps = inputs["image"]
-            if generator is not None and self.config.flip:
-                maps = augment(maps, generator)
-            return {"image": self.model(maps)}
-        return self.model(inputs)
+        if self.offline and "image" in inputs and generator is not None and self.config.flip:
+            inputs["image"] = augment(inputs["image"], generator)
+        return {"image": self.model(inputs["image"])} if self.image_alone else self.model(inputs)
 
     @torch.no_grad()
     def features(self, rows: np.ndarray, batch: int = 256) -> dict[str, torch.Tensor]:
@@ -474,7 +473,8 @@ def adapt(
     log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
     meta = {
         "towers": TOWERS if towers.offline else encoder.id,
-        **({} if towers.offline else {"encoder": clip_model(config), "adapted": adapted_towers(config)}),
+        **({} if towers.offline else {"encoder": clip_model(config)}),
+        **({} if towers.image_alone else {"adapted": adapted_towers(config)}),
         "cut": config.cut,
         "mode": config.mode,
         "rank": config.rank if config.mode == "lora" else 0,
@@ -496,9 +496,9 @@ def adapt(
     runs = workspace.runs_of("adapt", config.split_seed) / run_name
     best, start = run_loop(job, optimizer, schedule, folder, runs, identity, resume, progress)
     if job.best_step != best["step"]:  # resumed after the chosen step: its per-episode accuracies were not kept
-        trained = None if towers.offline else adapted_towers(config)
+        trained, source = (None, encoder.image_model) if towers.image_alone else (adapted_towers(config), encoder)
         state = load_adaptation(folder / "best")[0]
-        chosen_top = adapted_top(copy.deepcopy(frozen_model(encoder)), state, config.cut, folder / "best", trained)
+        chosen_top = adapted_top(source, state, config.cut, folder / "best", trained, copy_weights=True)
         job.best_accuracies = validation.accuracies(TowerFeatures(config, chosen_top, activations, store))
     return {
         "best": best,

@@ -22,7 +22,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from fsl.data.catalog import Catalog
-from fsl.encoders.adapted import check_cut, image_bottom, top_features
+from fsl.encoders.adapted import check_cut, check_text_cut, image_bottom, text_bottom, top_features
+from fsl.encoders.base import Encoder
 from fsl.encoders.clip import ClipEncoder
 from fsl.encoders.clip_cut import check_clip_cut, clip_image_bottom, clip_text_bottom, text_end_positions
 from fsl.encoders.offline import OfflineEncoder
@@ -68,6 +69,59 @@ class OfflineImageCut:
 
     def bottom(self, pixels: torch.Tensor) -> np.ndarray:
         return bottom_activations(self.encoder, pixels, self.cut)
+
+
+@dataclass
+class OfflineTextCut:
+    """The offline text tower (MiniLM) at `cut` layers from its end: a text variant's product texts in,
+    [tokens, 384] out (cut off after the catalog's longest text, zeros at padding)."""
+
+    encoder: OfflineEncoder
+    cut: int
+    text_variant: TextVariant
+    what = "text"
+
+    def __post_init__(self):
+        check_text_cut(self.cut)
+        self._length: int | None = None
+
+    @property
+    def encoder_id(self) -> str:
+        return self.encoder.id
+
+    @property
+    def file_name(self) -> str:
+        return f"text-tokens-cut{self.cut}-{self.text_variant.name}.npy"
+
+    def texts(self, catalog: Catalog) -> list[str]:
+        return catalog.texts(self.text_variant.template, self.text_variant.mask_column)
+
+    def shape(self, catalog: Catalog) -> tuple[int, ...]:
+        if self._length is None:
+            tokenizer, limit = self.encoder.text_model.tokenizer, self.encoder.text_model.max_seq_length
+            ids = tokenizer(self.texts(catalog), truncation=True, max_length=limit)["input_ids"]
+            self._length = max(map(len, ids), default=1)
+        return (self._length, self.encoder.text_dim)
+
+    def inputs(self, catalog: Catalog, start: int, stop: int, batch_size: int, num_workers: int | None) -> Iterator:
+        tokenizer = self.encoder.text_model.tokenizer
+        texts = self.texts(catalog)[start:stop]
+        for i in range(0, len(texts), batch_size):
+            yield tokenizer(texts[i : i + batch_size], padding="max_length", truncation=True,
+                            max_length=self._length, return_tensors="pt")["input_ids"]  # fmt: skip
+
+    @torch.inference_mode()
+    def bottom(self, token_ids: torch.Tensor) -> np.ndarray:
+        mask = (token_ids != self.encoder.text_model.tokenizer.pad_token_id).long()
+        model, device = self.encoder.text_model, self.encoder.device
+        return text_bottom(model, token_ids.to(device), mask.to(device), self.cut).cpu().numpy().astype(DTYPE)
+
+
+def tower_cut(encoder: Encoder, tower: str, cut: int, text_variant: TextVariant | None = None):
+    """What the cache needs of one of `encoder`'s towers cut at `cut` (a text tower: of one text variant)."""
+    if isinstance(encoder, OfflineEncoder):
+        return OfflineImageCut(encoder, cut) if tower == "image" else OfflineTextCut(encoder, cut, text_variant)
+    return ClipCut(encoder, tower, cut, text_variant if tower == "text" else None)
 
 
 @dataclass
@@ -205,7 +259,7 @@ def cached_activations(
 
 def cached_tower(
     catalog: Catalog,
-    tower: OfflineImageCut | ClipCut,
+    tower: OfflineImageCut | OfflineTextCut | ClipCut,
     store_root: str | os.PathLike = FEATURES_ROOT,
     batch_size: int = 32,
     num_workers: int | None = None,

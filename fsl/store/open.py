@@ -4,7 +4,6 @@ decoding a photo."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 
@@ -21,7 +20,7 @@ from fsl.encoders.offline import OfflineEncoder
 from fsl.errors import FslError
 from fsl.files import write_json
 from fsl.paths import FEATURES_ROOT, store_path
-from fsl.store.activations import ClipCut, OfflineImageCut, cached_tower
+from fsl.store.activations import cached_tower, tower_cut
 from fsl.store.derive import derive_store, sound_derived_store
 from fsl.store.embed import embed_catalog
 from fsl.store.features import FeatureStore, TextVariant
@@ -86,29 +85,23 @@ def adapted_store(
         return with_split(warm, meta["split_seed"])
     _note_other_catalog(adaptation, meta, catalog)
     offline = meta["towers"] == OfflineEncoder.id
-    clip = None if offline else meta["encoder"]
     if offline:
         frozen = EncoderConfig("offline", runtime=runtime)
     else:
-        frozen = EncoderConfig("clip", clip["model"], clip["pretrained"], runtime=runtime)
+        frozen = EncoderConfig("clip", meta["encoder"]["model"], meta["encoder"]["pretrained"], runtime=runtime)
     source = open_store(catalog, frozen, store_root, full_check)
     if not np.array_equal(source.ids, catalog.products["id"].to_numpy()):  # the cache's rows are the catalog's
         raise FslError(f"feature store {source.path} rows do not follow the catalog; re-run `fsl embed`")
-    if offline:
-        encoder = OfflineEncoder()
-        top = adapted_top(copy.deepcopy(encoder.image_model), state, meta["cut"], adaptation)
-        cuts = {"image": OfflineImageCut(encoder, meta["cut"])}
-        tops = {"image": top}
+    encoder = OfflineEncoder() if offline else ClipEncoder(meta["encoder"]["model"], meta["encoder"]["pretrained"])
+    if "adapted" not in meta:  # the offline image tower alone
+        tops = {"image": adapted_top(encoder.image_model, state, meta["cut"], adaptation, copy_weights=True)}
     else:
-        encoder = ClipEncoder(clip["model"], clip["pretrained"])
-        top = adapted_top(copy.deepcopy(encoder.model), state, meta["cut"], adaptation, meta["adapted"])
-        tops = dict(top.tops.items())
-        variants = {f"text-{name}": TextVariant(**v) for name, v in source.manifest["text_variants"].items()}
-        cuts = {
-            key: ClipCut(encoder, "image" if key == "image" else "text", meta["cut"], variants.get(key))
-            for key in ["image", *variants]
-            if ("image" if key == "image" else "text") in tops
-        }
+        tops = dict(
+            adapted_top(encoder, state, meta["cut"], adaptation, meta["adapted"], copy_weights=True).tops.items()
+        )
+    variants = {f"text-{name}": TextVariant(**v) for name, v in source.manifest["text_variants"].items()}
+    cuts = {key: tower_cut(encoder, "image" if key == "image" else "text", meta["cut"], variants.get(key))
+            for key in ["image", *variants] if ("image" if key == "image" else "text") in tops}  # fmt: skip
 
     def through_top(key: str, block: np.ndarray, start: int) -> np.ndarray:
         if key not in cuts:
@@ -124,7 +117,7 @@ def adapted_store(
                 key: meta[key]
                 for key in ("split_seed", "label_column", "catalog_fingerprint", "towers", "cut", "mode", "objective")
             },
-            **({} if offline else {"adapted": meta["adapted"]}),
+            **({"adapted": meta["adapted"]} if "adapted" in meta else {}),
             "split_seeds": [meta["split_seed"]],
         }
     }
