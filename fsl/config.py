@@ -80,7 +80,7 @@ class AdaptConfig:
     name: str = "supervised"
     # the frozen towers: the offline pair, or a CLIP model (name clip, model, pretrained as `fsl embed`'s)
     encoder: EncoderConfig = EncoderConfig()
-    towers: str = "image"  # which tower(s) learn: image, text (CLIP) or both (CLIP, under the fused loss)
+    towers: str = "image"  # which tower(s) learn: image, text or both (a learning text tower: the fused loss)
     cut: int = 1  # the last `cut` blocks are trained (offline: MBConv blocks and the head convolution)
     mode: str = "full"
     rank: int = 8  # LoRA rank (mode lora)
@@ -92,7 +92,7 @@ class AdaptConfig:
     n_way: int = 10  # episodic steps: one N-way K-shot Q-query base episode each
     k_shot: int = 5
     q_query: int = 10
-    flip: bool = True  # augment: mirror half the activation maps (a mirrored photo's map is close to it)
+    flip: bool = True  # augment: mirror half the offline image maps (a mirrored photo's map is close to it)
     val_every: int = 25
     val_episodes: tuple[str, ...] = ("val-5w5s", "val-allway-5s")
     image_weight: float = 0.7  # validation judges the fused-masked features of the README's main heads

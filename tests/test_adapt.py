@@ -247,6 +247,25 @@ def test_a_views_features_through_an_adapted_tower_come_from_its_cached_activati
     assert list((root / "offline-store").glob("*/flip-v1-activations-cut1.npz"))  # kept for the next tower
 
 
+@pytest.mark.parametrize("towers", ["both", "text"])
+def test_a_views_features_follow_the_towers_that_learned(slice_, tmp_path, towers):
+    """Both towers: the view through the adapted image top; the text tower alone: the frozen photo's view."""
+    from PIL import ImageOps
+
+    from fsl.episodes.shift import view_image_features
+
+    root, catalog, _ = slice_
+    summary = run(slice_, tmp_path, dataclasses.replace(TINY, name=towers, towers=towers, lr=1e-3))
+    pretrained = str(summary["folder"].parent / "last")
+    store = open_store(catalog, EncoderConfig("adapted", pretrained=pretrained), root / "offline-store")
+    encoder = AdaptedEncoder(pretrained=pretrained)
+    ids = catalog.products["id"].to_numpy()[[2, 5]]
+    got_ids, image = view_image_features(store, catalog, encoder, ids, "flip", progress=False)
+    paths = [str(p) for p in catalog.products.set_index("id").loc[got_ids, "image_path"]]
+    expected = encoder.encode_images(paths, num_workers=0, progress=False, render=ImageOps.mirror)
+    assert (image * expected).sum(-1).min() > 0.999
+
+
 def test_fsl_adapt_refuses_a_bad_override_before_any_work(tmp_path, capsys):
     from pathlib import Path
 

@@ -219,11 +219,14 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
     adapting = commands.add_parser(
         "adapt",
-        help="train the image tower's last layers on base classes (episodic, supervised; full or LoRA)",
-        description="Train the offline image tower's last MBConv block(s) and head convolution on base-split "
-        "products only, from activations cached at the cut (computed once, kept beside the offline store). "
-        "Objectives: supervised (cosine classifier over the base classes), episodic (prototypical loss on base "
-        "episodes), or both in sequence; modes: full or lora (PEFT). Step 0 (the frozen tower) and every "
+        help="train a tower's last layers on base classes (image, text or both; offline or CLIP; full or LoRA)",
+        description="Train the last layers of a pair's image tower, text tower or both (recipe `towers`) on "
+        "base-split products only, from activations cached at the cut (computed once, kept beside the store): "
+        "the offline pair's last MBConv block(s) and MiniLM layer(s), or a CLIP model's last transformer "
+        "blocks (recipe `encoder: {name: clip, model, pretrained}`). A learning text tower reads the "
+        "fused-masked heads' features. Objectives: supervised (cosine classifier over the base classes), "
+        "episodic (prototypical loss on base episodes), or both in sequence; modes: full or lora (PEFT, "
+        "merged when saved). Step 0 (the frozen tower) and every "
         "val_every steps are scored on validation-class episodes (fused-masked protonet); the best is kept. "
         "Writes checkpoints/adapt/NAME/{best,last} (split s: checkpoints/adapt/split<s>/NAME), TensorBoard "
         "under runs/adapt; resumes from last.",

@@ -18,7 +18,7 @@ from fsl.episodes.near_duplicates import NearDuplicates
 from fsl.episodes.sampler import Episodes
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
-from fsl.store.activations import adapted_view_features
+from fsl.store.activations import adapted_view_features, adapts_offline_image_tower
 from fsl.store.rows import cached_by_id
 
 logger = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ def view_image_features(
         if rows.isna().any():
             raise FslError(f"products {rows.index[rows.isna()][:5].tolist()} have no photo to render as {view}")
         logger.info(f"embedding the {view} view of {len(missing)} photo(s) once (cached in {cache})")
-        if store.manifest.get("adaptation"):  # the view's activations at the cut, then the adapted top
+        if adapts_offline_image_tower(store):  # the view's activations at the cut, then the adapted top
             return adapted_view_features(store, catalog, encoder, missing, f"{view}-{version}", render, progress)
         return encoder.encode_images([str(path) for path in rows], progress=progress, render=render)
 

@@ -127,7 +127,8 @@ def frozen_encoder(config: AdaptConfig) -> Encoder:
     """The frozen towers a recipe adapts: the offline pair, or its CLIP model with its weights."""
     if config.encoder.name == "offline":
         return OfflineEncoder()
-    return create_encoder("clip", model=clip_model(config)["model"], pretrained=clip_model(config)["pretrained"])
+    clip = clip_model(config)
+    return create_encoder("clip", model=clip["model"], pretrained=clip["pretrained"])
 
 
 def clip_model(config: AdaptConfig) -> dict:
@@ -210,7 +211,7 @@ def check_step_memory(forward: Callable[[np.ndarray], torch.Tensor], what: str, 
 
     with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
         forward(np.arange(2))
-    per_product = 2 * saved / 2
+    per_product = saved  # two products' saved tensors, doubled for their gradients, over two products
     available = psutil.virtual_memory().available
     if products * per_product > MEMORY_SHARE * available:
         raise FslError(

@@ -22,7 +22,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from fsl.data.catalog import Catalog
-from fsl.encoders.adapted import check_cut, check_text_cut, image_bottom, text_bottom, top_features
+from fsl.encoders.adapted import ImageTop, check_cut, check_text_cut, image_bottom, text_bottom, top_features
 from fsl.encoders.base import Encoder
 from fsl.encoders.clip import ClipEncoder
 from fsl.encoders.clip_cut import check_clip_cut, clip_image_bottom, clip_text_bottom, text_end_positions
@@ -367,9 +367,21 @@ def view_activations(
 def adapted_view_features(
     store, catalog: Catalog, encoder, product_ids: np.ndarray, view: str, render: Callable, progress: bool = True
 ) -> np.ndarray:
-    """A view's image features through an adapted tower (`encoder`: an AdaptedEncoder, or the lazy one
-    that builds it): the view's cached activations, then the adapted top; unit vectors."""
+    """A view's image features through an adapted offline image tower (`encoder`: an AdaptedEncoder, or
+    the lazy one that builds it): the view's cached activations, then the adapted top; unit vectors."""
     adapted = encoder.load(images=False) if hasattr(encoder, "load") else encoder
     cut = adapted.adaptation["cut"]
+    top = adapted.top if isinstance(adapted.top, ImageTop) else adapted.top.tops["image"]
     maps = view_activations(catalog, adapted.base, cut, view, render, product_ids, Path(store.path).parent, progress)
-    return F.normalize(top_features(adapted.top, maps, np.arange(len(maps))), dim=-1).numpy()
+    return F.normalize(top_features(top, maps, np.arange(len(maps))), dim=-1).numpy()
+
+
+def adapts_offline_image_tower(store) -> bool:
+    """Whether a store's image features come from an adapted offline image tower (whose views are best
+    computed from cached activations); a CLIP tower's, or a frozen image tower's, are embedded."""
+    adaptation = store.manifest.get("adaptation")
+    return (
+        bool(adaptation)
+        and adaptation["towers"] == OfflineEncoder.id
+        and "image" in adaptation.get("adapted", ["image"])
+    )

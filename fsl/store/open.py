@@ -99,9 +99,10 @@ def adapted_store(
         tops = dict(
             adapted_top(encoder, state, meta["cut"], adaptation, meta["adapted"], copy_weights=True).tops.items()
         )
-    variants = {f"text-{name}": TextVariant(**v) for name, v in source.manifest["text_variants"].items()}
-    cuts = {key: tower_cut(encoder, "image" if key == "image" else "text", meta["cut"], variants.get(key))
-            for key in ["image", *variants] if ("image" if key == "image" else "text") in tops}  # fmt: skip
+    cuts = {"image": tower_cut(encoder, "image", meta["cut"])} if "image" in tops else {}  # by the store's keys
+    if "text" in tops:
+        for name, variant in source.manifest["text_variants"].items():
+            cuts[f"text-{name}"] = tower_cut(encoder, "text", meta["cut"], TextVariant(**variant))
 
     def through_top(key: str, block: np.ndarray, start: int) -> np.ndarray:
         if key not in cuts:
