@@ -84,6 +84,7 @@ class OfflineTextCut:
     def __post_init__(self):
         check_text_cut(self.cut)
         self._length: int | None = None
+        self._texts: list[str] | None = None
 
     @property
     def encoder_id(self) -> str:
@@ -94,7 +95,10 @@ class OfflineTextCut:
         return f"text-tokens-cut{self.cut}-{self.text_variant.name}.npy"
 
     def texts(self, catalog: Catalog) -> list[str]:
-        return catalog.texts(self.text_variant.template, self.text_variant.mask_column)
+        """The variant's product texts, made once (every chunk reads its slice)."""
+        if self._texts is None:
+            self._texts = catalog.texts(self.text_variant.template, self.text_variant.mask_column)
+        return self._texts
 
     def shape(self, catalog: Catalog) -> tuple[int, ...]:
         if self._length is None:
@@ -140,6 +144,7 @@ class ClipCut:
             raise FslError("a CLIP text tower's cache is of one text variant; an image tower's of none")
         self.what = "photo" if self.tower == "image" else "text"
         self._length: int | None = None
+        self._texts: list[str] | None = None
 
     @property
     def encoder_id(self) -> str:
@@ -151,8 +156,9 @@ class ClipCut:
         return f"{self.tower}-tokens-cut{self.cut}{variant}.npy"
 
     def token_ids(self, catalog: Catalog, start: int, stop: int) -> torch.Tensor:
-        texts = catalog.texts(self.text_variant.template, self.text_variant.mask_column)[start:stop]
-        return self.encoder.tokenizer(texts)
+        if self._texts is None:  # made once: every chunk reads its slice
+            self._texts = catalog.texts(self.text_variant.template, self.text_variant.mask_column)
+        return self.encoder.tokenizer(self._texts[start:stop])
 
     def text_length(self, catalog: Catalog) -> int:
         """The tokens kept per text: up to the catalog's longest text's end-of-text token."""
