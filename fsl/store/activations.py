@@ -44,8 +44,30 @@ CHUNK = 256  # products between progress records
 # The towers a cache can hold the bottom of --------------------------------------------------------
 
 
+class TowerCut:
+    """What every cut tower shares: the encoder beside whose store its cache sits, and (a text tower)
+    its variant's product texts, made once since every chunk reads its slice."""
+
+    encoder: Encoder
+    text_variant: TextVariant | None = None
+    _texts: list[str] | None = None
+
+    @property
+    def encoder_id(self) -> str:
+        return self.encoder.id
+
+    def texts(self, catalog: Catalog) -> list[str]:
+        if self._texts is None:
+            self._texts = catalog.texts(self.text_variant.template, self.text_variant.mask_column)
+        return self._texts
+
+
+def offline_activations_file(cut: int) -> str:
+    return f"activations-cut{check_cut(cut)}.npy"
+
+
 @dataclass
-class OfflineImageCut:
+class OfflineImageCut(TowerCut):
     """The offline image tower at `cut` MBConv blocks from its end: photos in, [C, 7, 7] maps out."""
 
     encoder: OfflineEncoder
@@ -53,12 +75,8 @@ class OfflineImageCut:
     what = "photo"
 
     @property
-    def encoder_id(self) -> str:
-        return self.encoder.id
-
-    @property
     def file_name(self) -> str:
-        return f"activations-cut{check_cut(self.cut)}.npy"
+        return offline_activations_file(self.cut)
 
     def shape(self, catalog: Catalog) -> tuple[int, ...]:
         """One product's activations at the cut: the bottom run on a blank photo."""
@@ -72,7 +90,7 @@ class OfflineImageCut:
 
 
 @dataclass
-class OfflineTextCut:
+class OfflineTextCut(TowerCut):
     """The offline text tower (MiniLM) at `cut` layers from its end: a text variant's product texts in,
     [tokens, 384] out (cut off after the catalog's longest text, zeros at padding)."""
 
@@ -84,21 +102,10 @@ class OfflineTextCut:
     def __post_init__(self):
         check_text_cut(self.cut)
         self._length: int | None = None
-        self._texts: list[str] | None = None
-
-    @property
-    def encoder_id(self) -> str:
-        return self.encoder.id
 
     @property
     def file_name(self) -> str:
         return f"text-tokens-cut{self.cut}-{self.text_variant.name}.npy"
-
-    def texts(self, catalog: Catalog) -> list[str]:
-        """The variant's product texts, made once (every chunk reads its slice)."""
-        if self._texts is None:
-            self._texts = catalog.texts(self.text_variant.template, self.text_variant.mask_column)
-        return self._texts
 
     def shape(self, catalog: Catalog) -> tuple[int, ...]:
         if self._length is None:
@@ -129,7 +136,7 @@ def tower_cut(encoder: Encoder, tower: str, cut: int, text_variant: TextVariant 
 
 
 @dataclass
-class ClipCut:
+class ClipCut(TowerCut):
     """A CLIP tower at `cut` transformer blocks from its end: photos in, or a text variant's product
     texts, and [tokens, width] out (texts: cut off after the catalog's longest, zeros after each end)."""
 
@@ -144,11 +151,6 @@ class ClipCut:
             raise FslError("a CLIP text tower's cache is of one text variant; an image tower's of none")
         self.what = "photo" if self.tower == "image" else "text"
         self._length: int | None = None
-        self._texts: list[str] | None = None
-
-    @property
-    def encoder_id(self) -> str:
-        return self.encoder.id
 
     @property
     def file_name(self) -> str:
@@ -156,9 +158,7 @@ class ClipCut:
         return f"{self.tower}-tokens-cut{self.cut}{variant}.npy"
 
     def token_ids(self, catalog: Catalog, start: int, stop: int) -> torch.Tensor:
-        if self._texts is None:  # made once: every chunk reads its slice
-            self._texts = catalog.texts(self.text_variant.template, self.text_variant.mask_column)
-        return self.encoder.tokenizer(self._texts[start:stop])
+        return self.encoder.tokenizer(self.texts(catalog)[start:stop])
 
     def text_length(self, catalog: Catalog) -> int:
         """The tokens kept per text: up to the catalog's longest text's end-of-text token."""
@@ -192,12 +192,12 @@ class ClipCut:
 
 def activations_path(catalog: Catalog, cut: int, store_root: str | os.PathLike = FEATURES_ROOT) -> Path:
     """Beside the offline store of this catalog: activations-cut<cut>.npy, one row per store product."""
-    return cut_path(catalog, OfflineImageCut(None, cut), OfflineEncoder.id, store_root)
+    return store_path(store_root, OfflineEncoder.id, catalog.fingerprint) / offline_activations_file(cut)
 
 
-def cut_path(catalog: Catalog, tower, encoder_id: str, store_root: str | os.PathLike = FEATURES_ROOT) -> Path:
-    """Beside the store of `encoder_id` for this catalog: the tower's file, one row per store product."""
-    return store_path(store_root, encoder_id, catalog.fingerprint) / tower.file_name
+def cut_path(catalog: Catalog, tower: TowerCut, store_root: str | os.PathLike = FEATURES_ROOT) -> Path:
+    """Beside the store of the tower's encoder for this catalog: its file, one row per store product."""
+    return store_path(store_root, tower.encoder_id, catalog.fingerprint) / tower.file_name
 
 
 @torch.inference_mode()
@@ -265,7 +265,7 @@ def cached_activations(
 
 def cached_tower(
     catalog: Catalog,
-    tower: OfflineImageCut | OfflineTextCut | ClipCut,
+    tower: TowerCut,
     store_root: str | os.PathLike = FEATURES_ROOT,
     batch_size: int = 32,
     num_workers: int | None = None,
@@ -274,7 +274,7 @@ def cached_tower(
     """The catalog's activations at a tower's cut, memory-mapped, rows in catalog (= store) order;
     computed (resumably) the first time, checked every time (activations_problem) and computed again,
     with a note, when damaged."""
-    final = cut_path(catalog, tower, tower.encoder_id, store_root)
+    final = cut_path(catalog, tower, store_root)
     shape = (len(catalog), *tower.shape(catalog))
     sound = _sound(final, shape)
     if sound is not None:

@@ -103,14 +103,14 @@ def adapted_store(
     if "text" in tops:
         for name, variant in source.manifest["text_variants"].items():
             cuts[f"text-{name}"] = tower_cut(encoder, "text", meta["cut"], TextVariant(**variant))
+    activations = {key: cached_tower(catalog, cut, store_root) for key, cut in cuts.items()}  # checked once each
 
     def through_top(key: str, block: np.ndarray, start: int) -> np.ndarray:
-        if key not in cuts:
+        if key not in activations:
             return block
-        activations = cached_tower(catalog, cuts[key], store_root)
         rows = np.arange(start, start + len(block))
         tower = "image" if key == "image" else "text"
-        return torch.nn.functional.normalize(top_features(tops[tower], activations, rows), dim=-1).numpy()
+        return torch.nn.functional.normalize(top_features(tops[tower], activations[key], rows), dim=-1).numpy()
 
     extra = {
         "adaptation": {
