@@ -1,18 +1,21 @@
 """Does class-fold selection rank adaptation recipes the way novel classes do, and what does it cost?
 
-Six recipes of `fsl adapt` (the three shipped ones and three variants of the ablation in
-docs/adaptation.md) are compared on split 0 on 4 class folds of base ∪ validation classes (`fsl
-adapt ... --folds 4`: each recipe trained four times, fold f on the other folds' classes, scored on
-fold f's held-out classes). Each fold's tower never saw a novel class, so it is then read once on the
-novel classes to report (its adapted store under the fused-masked protonet that selection uses,
-novel-5w1s and novel-5w5s, 600 frozen episodes each; the recipe's figure: the mean over its four
-towers). Printed: each recipe's fold and novel figures beside its figure on the six validation
-classes (docs/adaptation.md's ablation, 2026-12-03: today's selection), Spearman's rank correlation
-of folds vs novel and of validation vs novel (issue 33's target: 0.6 or more for the folds), the
-power line of the fold choice, and the wall time of the four-fold comparison (one activation cache
-shared by every fold and recipe). Offline encoder, real data, this 2-core CPU.
+Seven recipes of `fsl adapt` (the three shipped ones, three variants of the ablation in
+docs/adaptation.md, and both towers together) are compared on split 0 on 4 class folds of base ∪
+validation classes (`fsl adapt ... --folds 4`: each recipe trained four times, fold f on the other
+folds' classes, its step chosen on half of fold f's held-out episodes at 5-way 1 and 5 shots and
+all-way 5 shots, its score read on the other half). Each fold's tower never saw a novel class, so it
+is then read once on the novel classes to report (its adapted store under the fused-masked protonet
+that selection uses, novel-5w1s, novel-5w5s and novel-15w5s, 600 frozen episodes each; the recipe's
+figure: the mean over its four towers and the three sets). Printed: each recipe's fold and novel
+figures beside its figure on the six validation classes (docs/adaptation.md's ablation: the old
+selection), Spearman's rank correlation of folds vs novel and of validation vs novel (issue 33's
+target: 0.6 or more for the folds), the power lines of the fold choice (over episodes and over
+folds), and the wall time of the four-fold comparison (one activation cache shared by every fold and
+recipe). Offline encoder, real data, this 2-core CPU. Fold runs resume from --adapt-root.
 
     python benchmarks/fold_selection.py [--data DIR] [--folds 4] [--out results/fold-selection.json]
+        [--adapt-root DIR] [--runs DIR]
 """
 
 from __future__ import annotations
@@ -36,18 +39,19 @@ from fsl.store.activations import cached_activations
 from fsl.store.open import open_store
 
 TARGET = 0.6
-NOVEL_SETS = ("novel-5w1s", "novel-5w5s")
+NOVEL_SETS = ("novel-5w1s", "novel-5w5s", "novel-15w5s")
 # each recipe's chosen-step score on split 0's six validation classes (mean of val-5w5s and
-# val-allway-5s, %), from docs/adaptation.md's ablation (measured 2026-12-03 with these recipes)
+# val-allway-5s, %), from docs/adaptation.md's ablation (measured 2026-12-03 with these recipes;
+# episodic-both from benchmarks/adapt_towers.py, 2026-12-05)
 SIX_CLASS = {"episodic": (98.4, 98.0), "episodic--lr-3e-05": (98.3, 97.8), "episodic--lr-0.0003": (98.1, 97.6),
              "episodic--objective-supervised+episodic": (98.2, 97.8), "lora": (98.6, 98.3),
-             "supervised": (95.6, 94.8)}  # fmt: skip
+             "supervised": (95.6, 94.8), "episodic-both": (98.1, 97.5)}  # fmt: skip
 
 
 def recipes() -> list:
-    """The shipped recipes and three variants of the ablation (names say what changed)."""
-    episodic, lora, supervised = (load_adapt_config(f"experiments/adapt/{n}.yaml")
-                                  for n in ("episodic", "lora", "supervised"))  # fmt: skip
+    """The shipped recipes, three variants of the ablation (names say what changed) and both towers."""
+    episodic, lora, supervised, both = (load_adapt_config(f"experiments/adapt/{n}.yaml")
+                                        for n in ("episodic", "lora", "supervised", "episodic-both"))  # fmt: skip
     return [
         episodic,
         override(episodic, [("lr", 3e-5)]),
@@ -55,6 +59,7 @@ def recipes() -> list:
         override(episodic, [("objective", "supervised+episodic")]),
         lora,
         supervised,
+        both,
     ]
 
 
@@ -110,17 +115,17 @@ def main() -> None:
     by_validation = float(spearmanr([row["validation"] for row in rows], novel).statistic)
     print(f"\nsplit 0, offline encoder, {len(rows)} recipes; fused-masked protonet throughout (accuracy, %)\n")
     print(f"| recipe | {args.folds} class folds (mean ± 95%) | chosen steps | 6 validation classes (2026-12-03) | "
-          "novel 5w1s | novel 5w5s |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+          "novel 5w1s | novel 5w5s | novel 15w5s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         mark = " (chosen)" if row["recipe"] == folds["chosen"] else ""
         print(f"| {row['recipe']}{mark} | {100 * row['folds']:.1f} ± {100 * row['folds_ci']:.1f} | "
               f"{', '.join(map(str, row['steps']))} | {100 * row['validation']:.2f} | "
-              f"{100 * row['novel']['novel-5w1s']:.1f} | {100 * row['novel']['novel-5w5s']:.1f} |")  # fmt: skip
+              + " | ".join(f"{100 * row['novel'][name]:.1f}" for name in NOVEL_SETS) + " |")  # fmt: skip
     flag = "" if by_folds >= TARGET else "  MISSED"
     print(f"\nrank agreement with novel classes (Spearman): class folds {by_folds:+.2f} (target {TARGET}){flag}; "
           f"6 validation classes {by_validation:+.2f}")  # fmt: skip
-    print(f"power line of the fold choice: {folds['power']['verdict']}")
+    print(f"power line of the fold choice: {folds['power']['verdict']}; {folds['power_over_folds']['verdict']}")
     print(f"wall time: activation cache {cache_s:.0f} s (once; 0 when warm), {args.folds}-fold comparison of "
           f"{len(rows)} recipes {folds_s:.0f} s ({folds_s / len(rows) / args.folds:.0f} s a fold run; finished runs "
           f"resumed count too), novel report {novel_s:.0f} s")  # fmt: skip

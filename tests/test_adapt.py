@@ -10,7 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import fsl.episodes.folds
 import fsl.harness.adapt
+import fsl.harness.select
 from fsl.config import AdaptConfig, EncoderConfig
 from fsl.encoders.adapted import WEIGHTS_FILE, AdaptedEncoder, TextTop, load_adaptation
 from fsl.episodes.splits import ClassSplit
@@ -154,9 +156,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_earlier_checkpoints(slice
 def test_the_frozen_start_is_chosen_when_no_step_beats_it(slice_, tmp_path, monkeypatch):
     scores = iter([0.9, 0.5, 0.4])
     monkeypatch.setattr(
-        fsl.harness.adapt.Validation,
-        "summary",
-        staticmethod(lambda accuracies: {"val-2w5s": (s := next(scores)), "score": s}),
+        fsl.harness.adapt.Validation, "summary", lambda self, accuracies: {"val-2w5s": (s := next(scores)), "score": s}
     )
     summary = run(slice_, tmp_path)
     assert summary["best_step"] == 0
@@ -536,6 +536,50 @@ def test_recipes_compared_on_class_folds_never_train_on_a_fold_held_classes(slic
         compare_recipes(
             [TINY, TINY], catalog, Workspace(root / "episodes", root / "offline-store"), 2, tmp_path / "adapt"
         )
+
+
+def test_a_recipe_that_wins_only_on_the_episodes_that_chose_its_step_is_not_chosen(slice_, tmp_path, monkeypatch):
+    """Fold scores are read on the other half of each set's episodes: "lucky" leads on the choosing
+    half (even episodes) and trails on the reporting half (odd), so "steady" is chosen, and each
+    fold's figures and the power line are the reporting half's."""
+    root, catalog, _ = slice_
+    pattern = {"lucky": (1.0, 0.5), "steady": (0.8, 0.7)}  # (even, odd) episodes
+
+    def fake_adapt(recipe, catalog, workspace, out, resume, progress, fold):
+        even, odd = pattern[recipe.name]
+        odd = odd - (0.15 if recipe.name == "steady" and fold.index == 1 else 0.0)  # steady leads by 0.2, then 0.05
+        values = np.tile([even, odd], 50)
+        return {"accuracies": {"5w5s": values, "5w1s": values, "allway-5s": values}, "best_step": 2,
+                "best": {"score": even}, "start": {"score": 0.1}}  # fmt: skip
+
+    monkeypatch.setattr(fsl.harness.select, "adapt", fake_adapt)
+    recipes = [dataclasses.replace(TINY, name="lucky"), dataclasses.replace(TINY, name="steady")]
+    workspace = Workspace(episodes=root / "episodes", runs=tmp_path / "runs")
+    summary = fsl.harness.select.compare_recipes(recipes, catalog, workspace, 2, progress=False)
+    assert summary["chosen"] == "steady" and summary["power"]["separable"]
+    lucky, steady = summary["recipes"]
+    assert lucky["mean"] == pytest.approx(0.5) and steady["mean"] == pytest.approx(0.625)
+    assert lucky["folds"][0]["score"] == pytest.approx(0.5) and lucky["folds"][0]["chosen_on"] == 1.0
+    assert steady["settings"] == pytest.approx({"5w5s": 0.625, "5w1s": 0.625, "allway-5s": 0.625})
+    assert summary["power"]["episodes"] == 2 * 3 * 50  # two folds, three settings, the reporting halves
+    # the episodes of a fold share its classes: over the two folds' class sets the lead is not separable
+    over_folds = summary["power_over_folds"]
+    assert over_folds["differences"] == pytest.approx([0.2, 0.05]) and not over_folds["separable"]
+    assert over_folds["verdict"].startswith("over the 2 folds' class sets: not separable (steady - lucky: +12.50")
+
+
+def test_a_fold_run_scored_on_other_episodes_is_not_resumed(slice_, tmp_path, monkeypatch):
+    """A fold run's saved state names the episodes it was scored on: a run of another scoring protocol
+    (here: other 1-shot settings) is refused, never continued with its step chosen the old way."""
+    root, catalog, _ = slice_
+    split = ClassSplit.load(catalog, "articleType", 0, root / "episodes")
+    fold = fsl.episodes.folds.class_folds(split, catalog.labels().to_numpy(), k=2)[0]
+    config = dataclasses.replace(TINY, steps=2, val_every=2)
+    first = run(slice_, tmp_path, config, fold=fold)
+    assert run(slice_, tmp_path, config, fold=fold)["best_step"] == first["best_step"]  # same episodes: resumed
+    monkeypatch.setitem(fsl.episodes.folds.FOLD_SETTINGS, "5w1s", (5, 2))
+    with pytest.raises(FslError, match="saved by a run with other settings"):
+        run(slice_, tmp_path, config, fold=fold)
 
 
 def test_fsl_adapt_folds_prints_the_comparison_and_the_power_line(slice_, tmp_path, capsys):

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fsl.episodes.folds import ClassFold, check_fold, class_folds, fold_episodes
+from fsl.episodes.folds import CHOOSE, REPORT, ClassFold, check_fold, class_folds, fold_episodes, fold_sets
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
 from fsl.harness.select import power_line
@@ -70,6 +70,22 @@ def test_fold_episodes_draw_from_held_classes_only_and_are_the_same_for_every_ca
     assert first.meta["split"] == "fold1" and first.episodes.n_way == min(5, len(fold.held))
     again = fold_episodes(fold, split, ids, labels, "fp", n_episodes=40)
     assert again.digest == first.digest  # paired: every recipe meets the very same episodes
+
+
+def test_a_fold_is_scored_at_one_and_five_shots_and_on_every_held_class_with_halves_apart():
+    split, labels = toy_split(n_base=14, n_val=6)
+    ids = np.arange(1000, 1000 + len(labels))
+    fold = class_folds(split, labels, k=2)[0]  # 10 held classes
+    sets = fold_sets(fold, split, ids, labels, "fp")
+    shapes = {name: (s.episodes.n_way, s.episodes.k_shot) for name, s in sets.items()}
+    assert shapes == {"5w5s": (5, 5), "5w1s": (5, 1), "allway-5s": (10, 5)}
+    assert len({s.meta["seed"] for s in sets.values()}) == 3  # each setting its own episodes
+    for episode_set in sets.values():
+        drawn = np.concatenate([episode_set.episodes.support.ravel(), episode_set.episodes.query.ravel()])
+        assert set(labels[drawn - 1000]) <= set(fold.held)
+    episodes = np.arange(300)
+    chose, read = set(episodes[CHOOSE]), set(episodes[REPORT])
+    assert not chose & read and len(chose) == len(read) == 150  # the step never chosen on the reported episodes
 
 
 def test_the_power_line_says_separable_only_when_the_paired_interval_clears_zero():

@@ -99,14 +99,18 @@ def cmd_adapt(args) -> None:
                 candidates, catalog, workspace, args.folds, args.out, out, resume=not args.restart
             )
             print(f"split {seed}, {args.folds} class folds of base and validation classes (fused-masked protonet, "
-                  "per-episode accuracy on each fold's held-out classes):")  # fmt: skip
+                  "per-episode accuracy on each fold's held-out classes; steps chosen on half of the episodes, "
+                  "scores read on the other half):")  # fmt: skip
             for row in summary["recipes"]:
                 steps = ", ".join(str(f["step"]) for f in row["folds"])
+                settings = ", ".join(f"{setting} {100 * value:.1f}" for setting, value in row["settings"].items())
                 mark = "  <- chosen" if row["recipe"] == summary["chosen"] else ""
                 print(
-                    f"  {row['recipe']}: {100 * row['mean']:.1f} ± {100 * row['ci']:.1f}% (chosen steps {steps}){mark}"
+                    f"  {row['recipe']}: {100 * row['mean']:.1f} ± {100 * row['ci']:.1f}% ({settings}; "
+                    f"chosen steps {steps}){mark}"
                 )
-            print(f"  {summary['power']['verdict']}; written to {out}")
+            print(f"  {summary['power']['verdict']}")
+            print(f"  {summary['power_over_folds']['verdict']}; written to {out}")
             if args.no_final:
                 continue
             candidates = [next(r for r in candidates if r.name == summary["chosen"])]

@@ -5,7 +5,12 @@ be scored on those classes, and a split's few validation classes saturate (98% a
 give it more classes to see: the pool is cut into k folds; fold f trains on the other folds' classes
 and is scored on its own, held out; the choice is the mean over folds. Novel classes are never in the
 pool. Classes whose products share a near-duplicate group (the same photo filed under two classes)
-go to one fold, so no held-out photo has a twin among the training products."""
+go to one fold, so no held-out photo has a twin among the training products.
+
+A fold is scored as the README's result table reads a tower (FOLD_SETTINGS: 5-way 1- and 5-shot, and
+every held class at 5 shots, where a gain that grows with the ways shows), and its step is chosen on
+half of each set's episodes and its score read on the other half (CHOOSE, REPORT): a score read on the
+episodes that chose the step would be the best of many noisy points, flattering every recipe."""
 
 from __future__ import annotations
 
@@ -22,7 +27,11 @@ from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
 
 DEFAULT_FOLDS = 4
-FOLD_SEED_OFFSET = 700  # split seed * 1000 + 700 + f: the folds' scoring episodes, clear of the frozen sets' seeds
+MAX_FOLDS = 50  # each scoring setting's seeds take 50 values
+FOLD_SEED_OFFSET = 700  # split seed * 1000 + 700 + MAX_FOLDS * setting + f: below the selection sets' 900
+# name: (n_way, or None for every held class; k_shot), in seed order
+FOLD_SETTINGS = {"5w5s": (5, 5), "5w1s": (5, 1), "allway-5s": (None, 5)}
+CHOOSE, REPORT = slice(0, None, 2), slice(1, None, 2)  # a scoring set's episodes: choosing the step, reporting
 
 
 @dataclass(frozen=True)
@@ -60,10 +69,10 @@ def class_folds(
     sizes as even as the links allow (largest component first, each to the fold with fewest classes,
     ties broken by a seeded order)."""
     pool = split.classes("select")
-    if type(k) is not int or not 2 <= k <= len(pool) // 2:
+    if type(k) is not int or not 2 <= k <= min(len(pool) // 2, MAX_FOLDS):
         raise FslError(
-            f"folds must be a whole number from 2 to {len(pool) // 2} (each fold holds at least 2 of the "
-            f"{len(pool)} base and validation classes); got {k!r}"
+            f"folds must be a whole number from 2 to {min(len(pool) // 2, MAX_FOLDS)} (each fold holds at least "
+            f"2 of the {len(pool)} base and validation classes); got {k!r}"
         )
     components = linked_classes(pool, np.asarray(labels), groups)
     rng = np.random.default_rng(seed)
@@ -87,15 +96,17 @@ def fold_episodes(
     labels,
     catalog_fingerprint: str,
     groups: np.ndarray | None = None,
-    n_way: int = 5,
-    k_shot: int = 5,
+    setting: str = "5w5s",
     q_query: int = 15,
     n_episodes: int = 300,
 ) -> EpisodeSet:
-    """Scoring episodes over a fold's held classes (min(n_way, classes)-way), seeded by split and fold,
-    so every recipe compared on the fold meets the very same episodes (paired)."""
-    seed = split.seed * 1000 + FOLD_SEED_OFFSET + fold.index
-    sampler = EpisodeSampler(ids, labels, list(fold.held), min(n_way, len(fold.held)), k_shot, q_query, seed, groups)
+    """Scoring episodes over a fold's held classes in one of FOLD_SETTINGS (ways capped at the held
+    classes), seeded by split, setting and fold, so every recipe compared on the fold meets the very
+    same episodes (paired)."""
+    n_way, k_shot = FOLD_SETTINGS[setting]
+    n_way = len(fold.held) if n_way is None else min(n_way, len(fold.held))
+    seed = split.seed * 1000 + FOLD_SEED_OFFSET + MAX_FOLDS * list(FOLD_SETTINGS).index(setting) + fold.index
+    sampler = EpisodeSampler(ids, labels, list(fold.held), n_way, k_shot, q_query, seed, groups)
     meta = {
         "label_column": split.column,
         "split": f"fold{fold.index}",
@@ -106,11 +117,19 @@ def fold_episodes(
         "sampler_version": SAMPLER_VERSION,
         "catalog_fingerprint": catalog_fingerprint,
     }
-    episode_set = EpisodeSet(
-        f"{split.column}-fold{fold.index}-{sampler.n_way}w{k_shot}s", sampler.sample(n_episodes), meta
-    )
+    episode_set = EpisodeSet(f"{split.column}-fold{fold.index}-{n_way}w{k_shot}s", sampler.sample(n_episodes), meta)
     episode_set.digest = file_digest(episode_set.to_bytes())
     return episode_set
+
+
+def fold_sets(
+    fold: ClassFold, split: ClassSplit, ids: np.ndarray, labels, catalog_fingerprint: str, groups=None
+) -> dict[str, EpisodeSet]:
+    """A fold's scoring sets, one per FOLD_SETTINGS entry, named by setting."""
+    return {
+        setting: fold_episodes(fold, split, ids, labels, catalog_fingerprint, groups, setting)
+        for setting in FOLD_SETTINGS
+    }
 
 
 def check_fold(fold: ClassFold, split: ClassSplit) -> None:

@@ -50,7 +50,7 @@ from fsl.encoders.clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS
 from fsl.encoders.clip_cut import CLIP_LORA_TARGETS
 from fsl.encoders.factory import create_encoder
 from fsl.encoders.offline import OfflineEncoder
-from fsl.episodes.folds import ClassFold, check_fold, fold_episodes
+from fsl.episodes.folds import CHOOSE, ClassFold, check_fold, fold_sets
 from fsl.episodes.frozen import EpisodeSet
 from fsl.episodes.sampler import EpisodeSampler
 from fsl.episodes.splits import ClassSplit
@@ -386,10 +386,11 @@ def validation_experiment(config: AdaptConfig) -> ExperimentConfig:
 
 class Validation:
     """The fused-masked protonet on held-out episode sets (validation classes, or a class fold's held
-    classes): the mean accuracy over sets is the score that chooses the checkpoint."""
+    classes): the mean accuracy over sets, on each set's `choose` episodes (all, or a fold's choosing
+    half), is the score that chooses the checkpoint."""
 
-    def __init__(self, config: AdaptConfig, store, sets: dict[str, EpisodeSet]):
-        self.sets = sets
+    def __init__(self, config: AdaptConfig, store, sets: dict[str, EpisodeSet], choose: slice = slice(None)):
+        self.sets, self.choose = sets, choose
         self.ids = store.ids
         ids = np.unique(
             np.concatenate(
@@ -413,10 +414,10 @@ class Validation:
             for name, episode_set in self.sets.items()
         }
 
-    @staticmethod
-    def summary(accuracies: dict[str, np.ndarray]) -> dict[str, float]:
-        """Each set's mean accuracy and their mean, "score", which chooses the checkpoint."""
-        scores = {name: float(np.mean(values)) for name, values in accuracies.items()}
+    def summary(self, accuracies: dict[str, np.ndarray]) -> dict[str, float]:
+        """Each set's mean accuracy on its choosing episodes and their mean, "score", which chooses the
+        checkpoint."""
+        scores = {name: float(np.mean(values[self.choose])) for name, values in accuracies.items()}
         return {**scores, "score": float(np.mean(list(scores.values())))}
 
 
@@ -450,10 +451,9 @@ def adapt(
     else:
         check_fold(fold, split)
         base, folder, run_name = list(fold.train), folder / f"fold{fold.index}", f"{config.name}/fold{fold.index}"
-        held = fold_episodes(fold, split, store.ids, catalog.labels(config.label_column).to_numpy(),
-                             catalog.fingerprint, near_duplicate_index(catalog, split_episodes))  # fmt: skip
-        sets = {held.name.removeprefix(f"{config.label_column}-"): held}
-    validation = Validation(config, store, sets)
+        sets = fold_sets(fold, split, store.ids, catalog.labels(config.label_column).to_numpy(),
+                         catalog.fingerprint, near_duplicate_index(catalog, split_episodes))  # fmt: skip
+    validation = Validation(config, store, sets, slice(None) if fold is None else CHOOSE)
     batches = BaseBatches(catalog, config, base, split_episodes)  # likewise
     activations = {
         tower: cached_tower(catalog, cut, workspace.features, progress=progress) for tower, cut in cuts.items()
@@ -493,6 +493,8 @@ def adapt(
     job = Adaptation(config, towers, (classifier, log_scale), batches, validation, meta)
     optimizer = torch.optim.AdamW(job.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     identity = {"config": dataclasses.asdict(config), "catalog_fingerprint": catalog.fingerprint}
+    if fold is not None:  # a fold run scored on other episodes (another protocol) is not resumed
+        identity["scored_on"] = {name: episode_set.digest for name, episode_set in sets.items()}
     schedule = Schedule(config.steps, config.val_every, config.lr, "lr")
     runs = workspace.runs_of("adapt", config.split_seed) / run_name
     best, start = run_loop(job, optimizer, schedule, folder, runs, identity, resume, progress)

@@ -5,7 +5,10 @@ A choice is only as good as the episodes that made it: each says whether the cho
 runner-up with a paired interval clear of zero ("separable"), or is only the better mean. Recipes of
 `fsl adapt` are compared on k class folds of base ∪ validation classes: each recipe is trained k times
 (fold f on the other folds' classes, one activation cache for all) and scored on fold f's held-out
-classes; the choice is the best mean over every fold's episodes, paired across recipes."""
+classes in each of FOLD_SETTINGS; a fold's step is chosen on half of its episodes and its score read
+on the other half (folds.CHOOSE, REPORT); the choice is the best mean over every fold's reporting
+episodes, paired across recipes, with its power line over those episodes (these classes) and over the
+folds (fold_power_line: classes the folds did not hold)."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from fsl.config import AdaptConfig
 from fsl.data.catalog import Catalog
-from fsl.episodes.folds import DEFAULT_FOLDS, class_folds
+from fsl.episodes.folds import DEFAULT_FOLDS, FOLD_SETTINGS, REPORT, class_folds
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
 from fsl.files import write_json
@@ -53,6 +56,25 @@ def power_verdict(line: dict, unit: str = "points") -> str:
     return f"not separable ({said}): the choice is the better mean"
 
 
+def fold_power_line(rows: list[dict], power: dict) -> dict:
+    """The power line's difference fold by fold, with its t interval over the folds: a fold's episodes
+    share its held classes and its trained towers, so the interval over episodes speaks for these
+    classes only, and the one over folds (k - 1 degrees of freedom) for classes the folds did not hold.
+    {"differences", "difference", "ci", "folds", "separable", "verdict"}."""
+    if "runner_up" not in power:
+        return {"verdict": power["verdict"], "separable": None}
+    by_name = {row["recipe"]: [fold["score"] for fold in row["folds"]] for row in rows}
+    differences = np.subtract(by_name[power["chosen"]], by_name[power["runner_up"]])
+    difference, ci = mean_ci(differences)
+    shown = f"{power['chosen']} - {power['runner_up']}: {100 * difference:+.2f} ± {100 * ci:.2f} points"
+    separable = bool(difference - ci > 0)
+    verdict = f"over the {len(differences)} folds' class sets: " + (
+        f"separable ({shown})" if separable else f"not separable ({shown})"
+    )
+    return {"differences": differences.tolist(), "difference": difference, "ci": ci,
+            "folds": len(differences), "separable": separable, "verdict": verdict}  # fmt: skip
+
+
 def compare_recipes(
     recipes: list[AdaptConfig],
     catalog: Catalog,
@@ -65,7 +87,8 @@ def compare_recipes(
 ) -> dict:
     """Each recipe trained and scored on every class fold of its split; the best mean wins (the first
     on ties). Returns (and with `results`, writes as JSON) the folds, each recipe's per-fold chosen
-    step and score, its mean ± 95% interval over every fold episode, and the power line."""
+    step and score, its mean ± 95% interval over every fold's reporting episodes (and per setting),
+    and the power line."""
     if len({recipe.name for recipe in recipes}) < len(recipes):
         raise FslError("the recipes compared need distinct names (--set appends the change to the name)")
     seeds = {recipe.split_seed for recipe in recipes}
@@ -81,31 +104,38 @@ def compare_recipes(
     )
     rows, accuracies = [], []
     for recipe in recipes:
-        per_fold, episodes = [], []
+        per_fold, episodes = [], {setting: [] for setting in FOLD_SETTINGS}
         for fold in fold_list:
             summary = adapt(recipe, catalog, workspace, out, resume, progress, fold=fold)
-            (values,) = summary["accuracies"].values()
-            episodes.append(values)
-            per_fold.append({"fold": fold.index, "step": summary["best_step"], "score": float(values.mean()),
-                             "start": summary["start"]["score"]})  # fmt: skip
-        accuracies.append(np.concatenate(episodes))
+            reported = {setting: values[REPORT] for setting, values in summary["accuracies"].items()}
+            for setting, values in reported.items():
+                episodes[setting].append(values)
+            per_fold.append({"fold": fold.index, "step": summary["best_step"],
+                             "score": float(np.mean([v.mean() for v in reported.values()])),
+                             "chosen_on": summary["best"]["score"], "start": summary["start"]["score"]})  # fmt: skip
+        accuracies.append(np.concatenate([np.concatenate(values) for values in episodes.values()]))
         mean, ci = mean_ci(accuracies[-1])
-        rows.append({"recipe": recipe.name, "mean": mean, "ci": ci, "folds": per_fold,
+        settings = {setting: float(np.concatenate(values).mean()) for setting, values in episodes.items()}
+        rows.append({"recipe": recipe.name, "mean": mean, "ci": ci, "settings": settings, "folds": per_fold,
                      "config": {k: list(v) if isinstance(v, tuple) else v
                                 for k, v in dataclasses.asdict(recipe).items()}})  # fmt: skip
     best = max(range(len(rows)), key=lambda i: (rows[i]["mean"], -i))
+    power = power_line([r["recipe"] for r in rows], accuracies, best)
     summary = {
         "split_seed": split_seed,
         "folds": [{"index": f.index, "held": list(f.held), "train": list(f.train)} for f in fold_list],
         "recipes": rows,
         "chosen": rows[best]["recipe"],
-        "power": power_line([r["recipe"] for r in rows], accuracies, best),
-        "scored_on": "class folds of base and validation classes (novel classes never read)",
+        "power": power,
+        "power_over_folds": fold_power_line(rows, power),
+        "scored_on": "class folds of base and validation classes (novel classes never read); each fold's step "
+        "chosen on half of its episodes, its score read on the other half",
     }
     writer = SummaryWriter(str(workspace.runs_of("adapt", split_seed) / "folds"))
     for i, row in enumerate(rows):
         writer.add_scalar("folds/mean_accuracy", row["mean"], i)
     writer.add_text("folds/power", summary["power"]["verdict"])
+    writer.add_text("folds/power_over_folds", summary["power_over_folds"]["verdict"])
     writer.close()
     if results is not None:
         write_json(Path(results), summary)
