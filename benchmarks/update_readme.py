@@ -17,11 +17,13 @@
    equals what step 2 makes of the committed files, so no block is ever moved verbatim, stale.
 
     python benchmarks/update_readme.py --results results [--checkpoints checkpoints] [--only BLOCK ...]
+        [--configs NAME ...]
     python benchmarks/update_readme.py --summaries-only [--only BLOCK ...]    # step 2 alone, no data
 
 Without --results, step 1 runs every experiment itself (split 0). With --results, each per-episode CSV
-must be newer than its config (and its checkpoint). --only limits both steps to some blocks; a summary
-keeps the rows of the configs it did not refresh.
+must be newer than its config (and its checkpoint). --only limits both steps to some blocks, --configs
+step 1 to some configs (e.g. a new adaptation's: its rows added, nobody else's results needed); a
+summary keeps the rows of the configs it did not refresh, adaptation-runs.json the runs of the recipes.
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ BLOCKS = {
     "scale": "docs/scale.md",
 }
 FROM_ACCURACY = ("headline", "adaptation", "adaptation-shift", "results", "robustness")  # accuracy.csv's blocks
+ADAPTED_HEADS = ("linear-probe-fused-masked", "protonet-fused-masked", "linear-probe-image")
+# experiments/adapt/*.yaml; configs adapted-RECIPE-HEAD
+ADAPTATIONS = ("supervised", "episodic", "lora", "episodic-text", "episodic-both")
 ANALYSED = "linear-probe-fused-masked"  # the best honest inductive head: what it gets wrong, in docs/usage.md
 # Each picture names its split, encoder and the command that made it, on it and under it.
 MADE_BY = "`python benchmarks/update_readme.py --results results`"
@@ -150,7 +155,7 @@ def summarise(frame: pd.DataFrame, encoders: dict[str, str]) -> pd.DataFrame:
 def merged(old: pd.DataFrame | None, new: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     """The refreshed configs' rows replace theirs in the committed summary; configs in `order`
     (experiments/*.yaml sorted), each config's rows as they were written."""
-    kept = old[~old["method"].isin(set(new["method"]))] if old is not None else new.iloc[:0]
+    kept = old.loc[~old["method"].isin(set(new["method"])), list(new.columns)] if old is not None else new.iloc[:0]
     both = pd.concat([kept, new], ignore_index=True)
     rank = {name: i for i, name in enumerate(order)}
     position = both["method"].map(lambda m: rank.get(m, len(rank)))
@@ -218,11 +223,11 @@ def located(config, checkpoints: Path):
     return dataclasses.replace(config, encoder=dataclasses.replace(config.encoder, pretrained=str(moved)))
 
 
-def adaptation_runs(root: Path) -> list[dict]:
+def adaptation_runs(root: Path, recipes=ADAPTATIONS) -> list[dict]:
     """What docs/adaptation.md records of every adaptation the table used, from each best checkpoint's
     sidecar: recipe, split, mode, objective, size, the chosen step and the validation scores."""
     runs = []
-    for recipe in ADAPTATIONS:
+    for recipe in recipes:
         for meta in sorted(
             (read_json(p) for p in root.glob(f"**/{recipe}/best/adapt.json")), key=lambda m: m["split_seed"]
         ):
@@ -263,8 +268,19 @@ def refresh_summaries(args, only: set[str], folder: Path = SUMMARY_DIR) -> None:
     checkpoints = Path(args.checkpoints)
     workspace = Workspace(episodes=ROOT / "episodes", checkpoints=checkpoints)
     provenance = read_json(folder / "provenance.json") if (folder / "provenance.json").is_file() else {}
+    if args.configs:
+        unknown = sorted(set(args.configs) - {c.name for c in all_configs})
+        if unknown:
+            raise FslError(f"--configs names no experiments/NAME.yaml: {', '.join(unknown)}")
     if "adaptation-runs" in only:
-        write_json(folder / "adaptation-runs.json", adaptation_runs(checkpoints / ADAPT_DIR.name))
+        named = set(args.configs or ())
+        recipes = [r for r in ADAPTATIONS if not named or {f"adapted-{r}-{h}" for h in ADAPTED_HEADS} & named]
+        old = read_json(folder / "adaptation-runs.json") if (folder / "adaptation-runs.json").is_file() else []
+        new = adaptation_runs(checkpoints / ADAPT_DIR.name, recipes)
+        kept = [run for run in old if run["recipe"] not in recipes]
+        order = {recipe: i for i, recipe in enumerate(ADAPTATIONS)}
+        runs = sorted(kept + new, key=lambda run: order.get(run["recipe"], len(order)))  # stable: split order kept
+        write_json(folder / "adaptation-runs.json", runs)
     if "analysis" in only:
         classes, taken, episodes = analysis_summary(catalog, workspace)
         write_csv(classes, folder / "analysis-classes.csv")
@@ -274,7 +290,8 @@ def refresh_summaries(args, only: set[str], folder: Path = SUMMARY_DIR) -> None:
         adapted = {f"adapted-{r}-{h}" for r in ADAPTATIONS for h in ADAPTED_HEADS} | set(ADAPTED_HEADS)
         wanted = set(HEADLINE) | (adapted if {"adaptation", "adaptation-shift"} & only else set())
         every = bool({"results", "robustness"} & only)
-        configs = [c for c in all_configs if every or c.name in wanted]
+        named = set(args.configs or ()) | {BASELINE}  # the baseline pairs with every config
+        configs = [c for c in all_configs if (every or c.name in wanted) and (not args.configs or c.name in named)]
         located_configs = [located(c, checkpoints) for c in configs]
         if args.results:
             frame = from_results(configs, [Path(f) for f in args.results], checkpoints)
@@ -403,10 +420,6 @@ def across_markdown(summary) -> str:
     return "\n".join(lines)
 
 
-ADAPTED_HEADS = ("linear-probe-fused-masked", "protonet-fused-masked", "linear-probe-image")
-ADAPTATIONS = ("supervised", "episodic", "lora")  # experiments/adapt/*.yaml; configs adapted-RECIPE-HEAD
-
-
 def adaptation_markdown(summary) -> str:
     """The README's adaptation table: per head, the frozen encoder's accuracy, then each adapted tower's
     paired difference to it (per split on the same episodes, then mean ± t interval over the splits)."""
@@ -414,11 +427,11 @@ def adaptation_markdown(summary) -> str:
     present = set(summary["method"])
     splits = sorted(summary[summary["method"].str.startswith("adapted-")]["split"].unique())
     lines = [
-        f"Offline encoder, {len(splits)} class splits; split s's image tower adapted on its base classes and chosen "
-        "on its validation classes. Frozen: accuracy, mean ± 95% t interval over the splits (%). Adapted: the "
-        "paired difference to the frozen tower under the same head, per split, combined the same way (points).",
+        f"Offline encoder, {len(splits)} class splits; split s's towers adapted on its base classes, step chosen "
+        "on its validation classes. Frozen: mean ± 95% t over the splits (%); adapted: paired difference to "
+        "frozen, same head, per split, combined alike (points).",
         "",
-        f"| head | image tower | {' | '.join(s.removeprefix('novel-') for s in sets)} |",
+        f"| head | adaptation | {' | '.join(s.removeprefix('novel-') for s in sets)} |",
         "|---|---|" + "---|" * len(sets),
     ]
     for head in (h for h in ADAPTED_HEADS if h in present):
@@ -917,6 +930,9 @@ def main() -> None:
     parser.add_argument("--checkpoints", default=str(ROOT / DEFAULT_CHECKPOINTS), metavar="DIR",
                         help="trained heads and checkpoints/adapt (default: the repository's)")  # fmt: skip
     parser.add_argument("--summaries-only", action="store_true", help="step 2 alone: blocks from results/summary/")
+    parser.add_argument(
+        "--configs", nargs="+", metavar="NAME", help="step 1 for these configs only (experiments/NAME.yaml)"
+    )
     parser.add_argument(
         "--only",
         nargs="+",

@@ -91,3 +91,25 @@ def test_the_summaries_give_the_figures_the_per_episode_results_give():
         theirs = split_drops(frame, method, "novel-5w5s+rerendered", "novel-5w5s")
         assert ours.keys() == theirs.keys()
         np.testing.assert_allclose(list(ours.values()), list(theirs.values()), atol=1e-12)
+
+
+def test_refreshing_some_configs_keeps_every_other_row_and_the_columns(tmp_path):
+    """`update_readme.py --configs NAME`: the named config's rows join the committed summary, whose
+    other rows and columns stay byte for byte as they were (the split means read back carry helper
+    columns that must not be written)."""
+    folder = tmp_path / "summary"
+    folder.mkdir()
+    for path in (ROOT / "results" / "summary").iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    before = (folder / "accuracy.csv").read_text().splitlines()
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        [{"method": "new-config", "split": 0, "episode_set": "novel-5w5s", "episode": e, "accuracy": a,
+          "transductive": False} for e, a in enumerate(rng.uniform(0.5, 1.0, 20))]  # fmt: skip
+    )
+    old = UPDATE_README.read_summary(folder)
+    UPDATE_README.write_summary(UPDATE_README.merged(old, UPDATE_README.summarise(frame, {}), []), folder)
+    after = (folder / "accuracy.csv").read_text().splitlines()
+    assert after[0] == before[0]  # the same columns
+    assert [line for line in after if not line.startswith("new-config,")] == before
+    assert sum(line.startswith("new-config,0,novel-5w5s,20,") for line in after) == 1
