@@ -103,10 +103,8 @@ def test_refreshing_some_configs_keeps_every_other_row_and_the_columns(tmp_path)
         (folder / path.name).write_bytes(path.read_bytes())
     before = (folder / "accuracy.csv").read_text().splitlines()
     rng = np.random.default_rng(0)
-    frame = pd.DataFrame(
-        [{"method": "new-config", "split": 0, "episode_set": "novel-5w5s", "episode": e, "accuracy": a,
-          "transductive": False} for e, a in enumerate(rng.uniform(0.5, 1.0, 20))]  # fmt: skip
-    )
+    frame = pd.DataFrame({"method": "new-config", "split": 0, "episode_set": "novel-5w5s", "episode": np.arange(20),
+                          "accuracy": rng.uniform(0.5, 1.0, 20), "transductive": False})  # fmt: skip
     old = UPDATE_README.read_summary(folder)
     UPDATE_README.write_summary(UPDATE_README.merged(old, UPDATE_README.summarise(frame, {}), []), folder)
     after = (folder / "accuracy.csv").read_text().splitlines()
