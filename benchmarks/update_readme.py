@@ -268,12 +268,11 @@ def refresh_summaries(args, only: set[str], folder: Path = SUMMARY_DIR) -> None:
     checkpoints = Path(args.checkpoints)
     workspace = Workspace(episodes=ROOT / "episodes", checkpoints=checkpoints)
     provenance = read_json(folder / "provenance.json") if (folder / "provenance.json").is_file() else {}
-    if args.configs:
-        unknown = sorted(set(args.configs) - {c.name for c in all_configs})
-        if unknown:
-            raise FslError(f"--configs names no experiments/NAME.yaml: {', '.join(unknown)}")
+    named = set(args.configs or ())  # empty: every config
+    unknown = sorted(named - {c.name for c in all_configs})
+    if unknown:
+        raise FslError(f"--configs names no experiments/NAME.yaml: {', '.join(unknown)}")
     if "adaptation-runs" in only:
-        named = set(args.configs or ())
         recipes = [r for r in ADAPTATIONS if not named or {f"adapted-{r}-{h}" for h in ADAPTED_HEADS} & named]
         old = read_json(folder / "adaptation-runs.json") if (folder / "adaptation-runs.json").is_file() else []
         new = adaptation_runs(checkpoints / ADAPT_DIR.name, recipes)
@@ -290,8 +289,8 @@ def refresh_summaries(args, only: set[str], folder: Path = SUMMARY_DIR) -> None:
         adapted = {f"adapted-{r}-{h}" for r in ADAPTATIONS for h in ADAPTED_HEADS} | set(ADAPTED_HEADS)
         wanted = set(HEADLINE) | (adapted if {"adaptation", "adaptation-shift"} & only else set())
         every = bool({"results", "robustness"} & only)
-        named = set(args.configs or ()) | {BASELINE}  # the baseline pairs with every config
-        configs = [c for c in all_configs if (every or c.name in wanted) and (not args.configs or c.name in named)]
+        refreshed = named | {BASELINE}  # the baseline pairs with every config
+        configs = [c for c in all_configs if (every or c.name in wanted) and (not named or c.name in refreshed)]
         located_configs = [located(c, checkpoints) for c in configs]
         if args.results:
             frame = from_results(configs, [Path(f) for f in args.results], checkpoints)

@@ -204,6 +204,11 @@ class AdaptedEncoder(Encoder):
         return self.base.text_tower()
 
 
+def tops_by_tower(top: ImageTop | Tops) -> dict[str, nn.Module]:
+    """An adapted top's modules by tower name: the first layout (a plain ImageTop) is the image tower's."""
+    return {"image": top} if isinstance(top, ImageTop) else dict(top.tops.items())
+
+
 # Checkpoints -----------------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from fsl.data.catalog import Catalog
-from fsl.encoders.adapted import ImageTop, check_cut, check_text_cut, image_bottom, text_bottom, top_features
+from fsl.encoders.adapted import check_cut, check_text_cut, image_bottom, text_bottom, top_features, tops_by_tower
 from fsl.encoders.base import Encoder
 from fsl.encoders.clip import ClipEncoder
 from fsl.encoders.clip_cut import check_clip_cut, clip_image_bottom, clip_text_bottom, text_end_positions
@@ -377,9 +377,8 @@ def adapted_view_features(
     the lazy one that builds it): the view's cached activations, then the adapted top; unit vectors."""
     adapted = encoder.load(images=False) if hasattr(encoder, "load") else encoder
     cut = adapted.adaptation["cut"]
-    top = adapted.top if isinstance(adapted.top, ImageTop) else adapted.top.tops["image"]
     maps = view_activations(catalog, adapted.base, cut, view, render, product_ids, Path(store.path).parent, progress)
-    return F.normalize(top_features(top, maps, np.arange(len(maps))), dim=-1).numpy()
+    return F.normalize(top_features(tops_by_tower(adapted.top)["image"], maps, np.arange(len(maps))), dim=-1).numpy()
 
 
 def adapts_offline_image_tower(store) -> bool:

@@ -12,7 +12,7 @@ import torch
 
 from fsl.config import EncoderConfig
 from fsl.data.catalog import Catalog
-from fsl.encoders.adapted import adapted_top, load_adaptation, top_features
+from fsl.encoders.adapted import adapted_top, load_adaptation, top_features, tops_by_tower
 from fsl.encoders.aligned import load_alignment
 from fsl.encoders.clip import ClipEncoder
 from fsl.encoders.factory import encoder_from_config
@@ -93,12 +93,8 @@ def adapted_store(
     if not np.array_equal(source.ids, catalog.products["id"].to_numpy()):  # the cache's rows are the catalog's
         raise FslError(f"feature store {source.path} rows do not follow the catalog; re-run `fsl embed`")
     encoder = OfflineEncoder() if offline else ClipEncoder(meta["encoder"]["model"], meta["encoder"]["pretrained"])
-    if "adapted" not in meta:  # the offline image tower alone
-        tops = {"image": adapted_top(encoder.image_model, state, meta["cut"], adaptation, copy_weights=True)}
-    else:
-        tops = dict(
-            adapted_top(encoder, state, meta["cut"], adaptation, meta["adapted"], copy_weights=True).tops.items()
-        )
+    towers = encoder.image_model if "adapted" not in meta else encoder  # absent: the offline image tower alone
+    tops = tops_by_tower(adapted_top(towers, state, meta["cut"], adaptation, meta.get("adapted"), copy_weights=True))
     cuts = {"image": tower_cut(encoder, "image", meta["cut"])} if "image" in tops else {}  # by the store's keys
     if "text" in tops:
         for name, variant in source.manifest["text_variants"].items():
