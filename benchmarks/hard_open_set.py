@@ -42,6 +42,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from fsl.config import ExperimentConfig
+from fsl.data.catalog import Catalog
 from fsl.data.prepared import load_catalog
 from fsl.episodes.siblings import HARD_TAUGHT
 from fsl.episodes.splits import ClassSplit
@@ -50,11 +52,13 @@ from fsl.harness.calibration import calibrate
 from fsl.harness.evaluate import mean_ci
 from fsl.harness.negatives import class_means, labels_by_row
 from fsl.harness.select import power_line
-from fsl.inference.calibration import config_key, find_calibration
+from fsl.inference.calibration import Calibration, config_key, find_calibration
 from fsl.inference.classifier import SupportSetClassifier
 from fsl.inference.heads import DEFAULT_HEAD, NAMED_HEADS, head_for_features
 from fsl.inference.negatives import MARGIN, KnownNegatives, turned_away
+from fsl.methods import FewShotHead
 from fsl.paths import Workspace
+from fsl.store.features import FeatureStore
 from fsl.store.open import open_store
 from fsl.store.rows import store_rows
 
@@ -165,18 +169,49 @@ def curve(queries: Queries, margin: float, rule: str) -> str:
     return " | ".join(points)
 
 
+@dataclass
+class DefaultHead:
+    """The own-categories default over a catalog's store, as the close-neighbour benchmarks read it:
+    its image features, each row's articleType and the head built for them."""
+
+    catalog: Catalog
+    config: ExperimentConfig
+    workspace: Workspace
+    store: FeatureStore
+    image: np.ndarray
+    labels: np.ndarray
+    head: FewShotHead
+
+    @classmethod
+    def from_arguments(cls, doc: str) -> tuple[DefaultHead, argparse.Namespace]:
+        """The default head over --data's store, and the arguments (--splits) of a benchmark described by `doc`."""
+        parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+        parser.add_argument("--data")
+        parser.add_argument("--splits", type=int, nargs="+", default=[0])
+        args = parser.parse_args()
+        return cls.open(args.data), args
+
+    @classmethod
+    def open(cls, data: str | None) -> DefaultHead:
+        catalog, config, workspace = load_catalog(data), NAMED_HEADS[DEFAULT_HEAD], Workspace()
+        store = open_store(catalog, config.encoder, workspace.features)
+        image = np.asarray(store.image, dtype=np.float32)
+        labels = labels_by_row(catalog, store, "articleType")
+        return cls(catalog, config, workspace, store, image, labels,
+                   head_for_features(config, image.shape[1], 0, store.encoder_id))  # fmt: skip
+
+    def calibration(self, split_seed: int) -> Calibration:
+        """Split 0's shipped calibration; another split's fitted on its own selection classes."""
+        if split_seed == 0:
+            return find_calibration(config_key(self.config, self.store.encoder_id))
+        with tempfile.TemporaryDirectory() as folder:
+            return calibrate(self.config, self.catalog, self.workspace, folder, split_seed, report_sets=())
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data")
-    parser.add_argument("--splits", type=int, nargs="+", default=[0])
-    args = parser.parse_args()
-    catalog = load_catalog(args.data)
-    config = NAMED_HEADS[DEFAULT_HEAD]
-    workspace = Workspace()
-    store = open_store(catalog, config.encoder, workspace.features)
-    image = np.asarray(store.image, dtype=np.float32)
-    labels = labels_by_row(catalog, store, "articleType")
-    head = head_for_features(config, image.shape[1], 0, store.encoder_id)
+    setup, args = DefaultHead.from_arguments(__doc__)
+    catalog, config, workspace, store = setup.catalog, setup.config, setup.workspace, setup.store
+    image, labels, head = setup.image, setup.labels, setup.head
 
     def rows(ids: np.ndarray) -> np.ndarray:
         return store_rows(store.ids, ids)
@@ -190,11 +225,7 @@ def main() -> None:
     shipped = "as shipped: + negatives, threshold fitted with them"
     curves, split_means = [], {}
     for split_seed in args.splits:
-        if split_seed == 0:
-            calibration = find_calibration(config_key(config, store.encoder_id))
-        else:
-            with tempfile.TemporaryDirectory() as folder:
-                calibration = calibrate(config, catalog, workspace, folder, split_seed, report_sets=())
+        calibration = setup.calibration(split_seed)
         split = ClassSplit.load(catalog, "articleType", split_seed, workspace.episodes_of(split_seed))
         pool = split.classes("select")
 

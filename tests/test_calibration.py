@@ -69,6 +69,19 @@ def test_thresholds_fitted_beside_known_negatives_keep_the_target_and_answer_mor
     taught_away = np.concatenate(away)[np.concatenate(labels) >= 0]
     assert combined["known_unknown_rate"] >= taught_away.mean()  # a taught photo turned away is "unknown" too
 
+    # the trade-off curve: at each taught share, the threshold that reaches it (brute force over every
+    # threshold) and the most untaught photos answered "unknown" there; the negatives' curve lies above
+    flat = {k: np.concatenate(v) for k, v in (("s", scores), ("y", labels), ("a", away))}
+    right = np.concatenate(open_set.predicted) == flat["y"]
+    for negatives in (False, True):
+        answered_at = [(flat["s"] >= t) & ~(flat["a"] & negatives) for t in np.unique(flat["s"])]
+        points = [(float((a & right)[flat["y"] >= 0].mean()), float((~a)[flat["y"] < 0].mean())) for a in answered_at]
+        expected = [max(u for r, u in points if r >= target) for target in (0.5, 0.7, 0.9)]
+        assert open_set.curve("s", negatives, (0.5, 0.7, 0.9)) == pytest.approx(expected)
+    assert open_set.curve("s", False, (1.01,)) == [None]  # no threshold answers more than every taught photo
+    alone_curve, beside_curve = open_set.curve("s", False), open_set.curve("s", True)
+    assert all(b > a for a, b in zip(alone_curve, beside_curve)) and alone_curve == sorted(alone_curve, reverse=True)
+
 
 def test_open_set_episodes_teach_the_first_classes_and_keep_every_query():
     episodes = Episodes(
@@ -188,6 +201,11 @@ def test_calibrate_reads_validation_classes_only_until_it_has_saved(open_set_sli
     assert figures["taught"] == 2 and set(figures["scores"]) == set(SCORES) and 0 <= figures["false_accept"] <= 1
     assert figures["threshold"] == hard.threshold_at(2)
     assert (hard.thresholds, hard.score) == (calibration.thresholds, calibration.score)  # reporting chose nothing
+    assert set(figures["curves"]) == set(SCORES) and figures["curve_taught_right"] == [0.75, 0.8, 0.85, 0.9]
+    for rule in figures["curves"].values():
+        for curve in rule.values():
+            reached = [value for value in curve if value is not None]
+            assert len(curve) == 4 and reached == sorted(reached, reverse=True) and all(0 <= v <= 1 for v in reached)
     with pytest.raises(FslError, match="validation classes only"):
         calibrate(config, catalog, workspace, tmp_path, temperature_set="novel-3w5s")
     centred = ExperimentConfig(name="lp", method="linear_probe", fusion="image", encoder=config.encoder,

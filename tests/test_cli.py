@@ -215,6 +215,8 @@ def test_predict_classifies_a_folder_into_a_csv_and_reports_bad_files(small_dump
     assert list(table.columns) == [
         "file",
         "answer",
+        "level",
+        "candidates",
         "score",
         "looks_like",
         "label_1",
@@ -229,6 +231,8 @@ def test_predict_classifies_a_folder_into_a_csv_and_reports_bad_files(small_dump
     good = table[table["file"] != "broken.jpg"]
     assert len(good) == 3 and set(good["label_1"]) <= {"Tshirts", "Watches", "Casual Shoes", "Handbags"}
     assert (good["confidence_1"] >= good["confidence_2"]).all()
+    assert ((good["level"] == "unknown") == (good["answer"] == "unknown")).all()  # no two classes share a parent here
+    assert set(good["level"]) <= {"category", "unknown"} and (good["candidates"] == "").all()
     (tmp_path / "texts.csv").write_text("name,description\n")
     assert (
         main(

@@ -23,7 +23,7 @@ from fsl.config import EncoderConfig, load_config, to_yaml
 from fsl.errors import FslError
 from fsl.harness.negatives import catalog_negatives
 from fsl.inference.calibration import Calibration, calibrate_on_support, config_key, find_calibration
-from fsl.inference.classifier import SupportSetClassifier
+from fsl.inference.classifier import Hierarchy, SupportSetClassifier, answer_record
 from fsl.inference.heads import DEFAULT_HEAD, NAMED_HEADS, head_for_features
 from fsl.inference.negatives import CatalogNegatives, KnownNegatives, find_negatives
 from fsl.inference.open_set import known_scores, mahalanobis, nearest_support
@@ -411,3 +411,126 @@ def test_eval_runs_the_sets_a_small_catalog_has_and_names_the_ones_it_skipped(tw
     assert "none of its episode sets exist for split 0 of this catalog: novel-15w5s (the novel split" in (
         capsys.readouterr().err
     )
+
+
+def test_categories_under_a_parent_answer_the_parent_where_the_rule_accepts_it_and_not_one_of_them():
+    """Heels and Flats are near twins under Footwear: a photo between them is neither surely, but surely
+    footwear, so the answer is the parent, its categories likeliest first; Tops stay Tops, and a photo
+    of nothing taught stays "unknown" (the parents' rule refuses it too)."""
+    generator = torch.Generator().manual_seed(3)
+    centres = F.normalize(torch.randn(3, 16, generator=generator), dim=-1)
+    twins = F.normalize(centres[0] + torch.tensor([[0.05], [-0.05]]) * centres[2], dim=-1)  # Heels, Flats
+    means = torch.cat([twins, centres[1:2]])
+    labels = torch.arange(3).repeat_interleave(4)
+    support = F.normalize(means[labels] + 0.01 * torch.randn(12, 16, generator=generator), dim=-1)
+    basis = torch.linalg.qr(means.T).Q  # [16, 3]: the span of the taught means
+    elsewhere = torch.randn(16, generator=generator)
+    elsewhere = F.normalize(elsewhere - basis @ (basis.T @ elsewhere), dim=-1)  # as far from each taught mean
+    queries = torch.stack([centres[0], centres[1], elsewhere])
+    classes = ["Heels", "Flats", "Tops"]
+    head = head_for_features(NAMED_HEADS["cosine-prototypes-image"], 16, 0, "test").eval()
+    for score in ("max-softmax", "mahalanobis"):
+        calibration = Calibration("c", "k", "test", 0.05, 0.0, 0.2, score=score)
+        logits = SupportSetClassifier(head, classes, support, labels, None).logits(queries)
+        scores = calibration.scores(logits, support, labels, queries)
+        # the threshold between the twin photo's score and the Tops photo's: the first is refused as a category
+        calibration.threshold = float((scores[0] + scores[1]) / 2)
+        assert scores[0] < calibration.threshold <= scores[1] and scores[2] < calibration.threshold
+        flat = SupportSetClassifier(head, classes, support, labels, calibration).answer(queries)
+        nested = SupportSetClassifier(
+            head, classes, support, labels, calibration, hierarchy=Hierarchy(("Footwear", "Footwear", None))
+        ).answer(queries)
+        assert [a.label for a in flat] == ["unknown", "Tops", "unknown"]
+        twin = nested[0]
+        assert (twin.label, twin.level, twin.best) == ("Footwear", "parent", flat[0].best), score
+        assert twin.candidates == [name for name, _ in flat[0].top if name != "Tops"]
+        assert twin.confidence == pytest.approx(sum(c for name, c in twin.top if name != "Tops"), abs=1e-5)
+        assert [(a.label, a.level) for a in nested[1:]] == [("Tops", "category"), ("unknown", "unknown")]
+        assert answer_record(twin, 2)["candidates"] == " or ".join(twin.candidates)
+    # a parent of one category answers nothing a category would not: no hierarchy is kept
+    alone = SupportSetClassifier(head, classes, support, labels, calibration, hierarchy=Hierarchy(("A", "B", None)))
+    assert alone.hierarchy is None
+    with pytest.raises(FslError, match="Tops: a parent category cannot also be a category"):
+        SupportSetClassifier(head, classes, support, labels, calibration, hierarchy=Hierarchy(("Tops", "Tops", None)))
+    with pytest.raises(FslError, match="cannot name a parent"):
+        Hierarchy(("Unknown", None, None))
+    # a catalog's parent column: a class under a parent named like a class (Watches under Watches) is under none
+    catalog = {"Tshirts": "Topwear", "Shirts": "Topwear", "Watches": "Watches"}
+    assert Hierarchy.of_catalog(["Tshirts", "Shirts", "Watches"], catalog).parents == ("Topwear", "Topwear", None)
+    with pytest.raises(FslError, match="3 categories but 2 parents"):
+        SupportSetClassifier(head, classes, support, labels, calibration, hierarchy=Hierarchy(("A", "A")))
+
+
+def test_a_nested_support_folder_answers_parents_in_the_api_fsl_predict_a_saved_classifier_and_the_demo(
+    own_folders, tmp_path, monkeypatch
+):
+    """support/Group/{A,B}/ and support/C/: A and B are under Group. A calibration that refuses every
+    category (threshold 1 for 3 taught) and accepts every parent (0 for 2: Group, and C alone) answers
+    Group wherever Group is likelier than C, and "unknown" where C is: C has no parent to fall back on."""
+    from fsl.apps.demo import handlers
+    from fsl.apps.demo.backend import DemoBackend
+    from fsl.encoders.factory import encoder_from_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FSL_DATA", raising=False)
+    first, second, third = sorted(p.name for p in (own_folders / "support").iterdir() if p.is_dir())
+    nested = tmp_path / "support"
+    shutil.copytree(own_folders / "support" / first, nested / "Group" / first)
+    shutil.copytree(own_folders / "support" / second, nested / "Group" / second)
+    shutil.copytree(own_folders / "support" / third, nested / third)
+    (nested / "Group" / "notes.txt").write_text("not a photo")
+    (nested / "texts.csv").write_text(f"file,text\nGroup/{first}/,a text without a photo\n")
+    support = read_support_folder(nested)
+    assert support.classes == [first, second, third] and support.parents == {first: "Group", second: "Group"}
+    assert support.skipped == [("Group/notes.txt", "not a photo, beside the category folders of Group/")]
+    assert support.category_texts == {first: ["a text without a photo"]}
+
+    config = load_config(own_folders / "tiny.yaml")
+    calibration = Calibration(
+        "c", config_key(config, encoder_from_config(TINY).id), TINY.name, 0.05, 0.5, 0.2,
+        score="max-softmax", thresholds={"2": 0.0, "3": 1.0},
+    )  # fmt: skip
+    classifier = FewShotClassifier.from_folder(nested, config, calibration=calibration)
+    queries = sorted((own_folders / "query").iterdir())
+    answers = classifier.predict(queries)
+    probabilities = np.array([[dict(a.top)[c] for c in (first, second, third)] for a in answers])
+    group = probabilities[:, :2].sum(1) > probabilities[:, 2]
+    assert 0 < group.sum() < len(answers)  # both kinds of answer are compared
+    for answer, in_group, p in zip(answers, group, probabilities):
+        if in_group:
+            assert (answer.label, answer.level) == ("Group", "parent")
+            assert answer.candidates == sorted([first, second], key=lambda c: -dict(answer.top)[c])
+            assert answer.confidence == pytest.approx(p[:2].sum(), abs=1e-5)
+        else:
+            assert (answer.label, answer.level, answer.candidates) == ("unknown", "unknown", [])
+    assert "a parent answered where the rule refuses its categories but not it: Group" in classifier.describe()
+
+    calibration.save(tmp_path / "calibrations")
+    out = tmp_path / "p.csv"
+    argv = ["predict", "--support", str(nested), "--images", str(own_folders / "query"), "--out", str(out)]
+    assert (
+        main([*argv, "--config", str(own_folders / "tiny.yaml"), "--calibration-dir", str(tmp_path / "calibrations")])
+        == 0
+    )
+    table = pd.read_csv(out, keep_default_na=False).set_index("file")
+    for path, answer in zip(queries, answers):
+        assert (table.at[path.name, "answer"], table.at[path.name, "level"]) == (answer.label, answer.level)
+        assert table.at[path.name, "candidates"] == " or ".join(answer.candidates)
+
+    classifier.save(tmp_path / "saved")
+    assert sorted(p.name for p in (tmp_path / "saved" / "Group").iterdir()) == [first, second]
+    loaded = FewShotClassifier.load(tmp_path / "saved")
+    assert loaded.parents == classifier.parents
+    assert [(a.label, a.level) for a in loaded.predict(queries)] == [(a.label, a.level) for a in answers]
+
+    encoder = encoder_from_config(TINY)
+    backend = DemoBackend(encoder, None, None, [], calibration=calibration, cache=ContentCache(encoder))
+    categories, _ = handlers.load_folder(backend, nested, "support")
+    assert {c.name: c.parent for c in categories} == {first: "Group", second: "Group", third: None}
+    label, _, message, _ = handlers.predict(backend, categories, str(queries[int(np.argmax(group))]), None)
+    assert label == "Group" and "Surely one of them, but not surely which" in message
+
+    (nested / "Other" / first).mkdir(parents=True)  # the same category name under two parents
+    shutil.copy(next((nested / third).iterdir()), nested / "Other" / first / "x.jpg")
+    with pytest.raises(FslError, match=f"two category folders are named {first}"):
+        read_support_folder(nested)

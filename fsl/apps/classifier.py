@@ -38,7 +38,7 @@ from fsl.encoders.factory import encoder_from_config
 from fsl.errors import FslError, shown
 from fsl.files import atomic_folder, check_record, read_json, write_csv, write_json
 from fsl.inference.calibration import FALSE_ACCEPT, Calibration, calibrate_on_support, config_key, find_calibration
-from fsl.inference.classifier import Answer, HeadInputs, SupportSetClassifier
+from fsl.inference.classifier import Answer, HeadInputs, Hierarchy, SupportSetClassifier
 from fsl.inference.heads import DEFAULT_HEAD, FUSED_DEFAULT_HEAD, NAMED_HEADS, head_config, head_for_features
 from fsl.inference.negatives import CatalogNegatives, find_negatives
 from fsl.inference.photos import embed_photos
@@ -73,6 +73,7 @@ class FewShotClassifier:
         self.masked = self.config.text_variant.startswith("masked-")  # category names masked, as in training
         self.support_folder = None  # the SupportFolder it was read from, if any
         self.classes: list[str] = []
+        self.parents: dict[str, str] = {}  # category -> its parent category, for those under one
         self.photos: list[str | None] = []  # each example's file (None: given as features or a PIL image)
         self.texts: list[str] = []
         self.labels: list[int] = []
@@ -157,7 +158,8 @@ class FewShotClassifier:
         classifier.support_folder = support
         for index, name in enumerate(support.classes):
             photos = [p for p, label in zip(support.photos, support.labels) if label == index]
-            classifier.add_examples(name, photos, [support.text_of(p) for p in photos], checked=True)
+            texts = [support.text_of(p) for p in photos]
+            classifier.add_examples(name, photos, texts, checked=True, parent=support.parents.get(name))
         return classifier
 
     def add_examples(
@@ -166,9 +168,11 @@ class FewShotClassifier:
         photos: Sequence[str | os.PathLike | Image.Image],
         texts: Sequence[str] | None = None,
         checked: bool = False,
+        parent: str | None = None,
     ) -> FewShotClassifier:
         """Teach `category` (new or not) more example photos, with their product texts for a fused head
-        (`checked`: the files were opened already, as a support folder's are when it is read)."""
+        (`checked`: the files were opened already, as a support folder's are when it is read), under
+        `parent` if given (a category's parent, like a nested support folder's: `add_features`)."""
         check_category_name(category)
         if isinstance(photos, (str, os.PathLike, Image.Image)):
             raise FslError(f"{category}: give a list of photos, not a single {type(photos).__name__}")
@@ -177,7 +181,7 @@ class FewShotClassifier:
             raise FslError(f"{category}: {len(photos)} photos but {len(texts)} texts; give one text per photo")
         if not photos:
             raise FslError(f"{category}: no example photos given")
-        return self.add_features(category, self.embed_photos(photos, checked), texts, photos)
+        return self.add_features(category, self.embed_photos(photos, checked), texts, photos, parent)
 
     def add_features(
         self,
@@ -185,10 +189,16 @@ class FewShotClassifier:
         image_features: np.ndarray,
         texts: Sequence[str] | None = None,
         photos: Sequence[str | os.PathLike | Image.Image | None] | None = None,
+        parent: str | None = None,
     ) -> FewShotClassifier:
         """Teach examples already embedded by this classifier's encoder ([n, image_dim]); the demo's
-        examples come this way."""
+        examples come this way. `parent`: the category's parent category ("Footwear" for "Heels"), which
+        an answer names where the rule accepts it and not one of its categories; a category keeps one."""
         check_category_name(category)
+        if parent is not None:
+            check_category_name(parent)
+            if self.parents.get(category, parent) != parent:
+                raise FslError(f"{category} is under {self.parents[category]}, not {parent}: a category has one parent")
         image_features = np.asarray(image_features, dtype=np.float32)
         width = self.image_dim if self._image_features else image_features.shape[-1] if image_features.ndim else 0
         if image_features.ndim != 2 or len(image_features) == 0 or image_features.shape[1] != width:
@@ -199,6 +209,8 @@ class FewShotClassifier:
             raise FslError(f"{category}: the features hold NaN or infinite values")
         if category not in self.classes:
             self.classes.append(category)
+        if parent is not None:
+            self.parents[category] = parent
         label = self.classes.index(category)
         n = len(image_features)
         self._image_features += list(image_features)
@@ -250,6 +262,7 @@ class FewShotClassifier:
             )
             self._fitted_on = len(self.labels)
         self.core.calibration = self.calibration
+        self.core.use_hierarchy(Hierarchy(tuple(self.parents.get(c) for c in self.classes)) if self.parents else None)
         return self.core
 
     @property
@@ -294,7 +307,18 @@ class FewShotClassifier:
                 f'uncalibrated (raw softmax, no "{UNKNOWN}" threshold): no calibration was fitted for '
                 f"{self.config.name} with encoder {self.encoder.id}; `fsl calibrate` one, or use --calibrate-on-support"
             )
-        return f"head {self.config.name}, encoder {self.encoder.id}; {said}; {self.describe_negatives()}"
+        negatives, parents = self.describe_negatives(), self.describe_parents()
+        return f"head {self.config.name}, encoder {self.encoder.id}; {said}; {negatives}{parents}"
+
+    def describe_parents(self) -> str:
+        """The parents that can be answered, in words ("" when none: a flat support, or no calibration
+        to refuse a category with)."""
+        groups = Hierarchy(tuple(self.parents.get(c) for c in self.classes)).groups if self.parents else []
+        named = [f"{parent} ({', '.join(self.classes[m] for m in members)})"
+                 for parent, members in groups if parent is not None and len(members) >= 2]  # fmt: skip
+        if not named or self.calibration is None:
+            return ""
+        return f"; a parent answered where the rule refuses its categories but not it: {'; '.join(named)}"
 
     def describe_negatives(self) -> str:
         """The known negatives in words, with the ones left out as taught categories once the support
@@ -346,10 +370,11 @@ class FewShotClassifier:
     # Saving -------------------------------------------------------------------------------------
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """A support folder (the example photos, copied; texts.csv) with classifier.json (head,
-        encoder, calibration), replacing `folder` whole once complete. `folder` must be new, empty or a
-        classifier saved before (it holds classifier.json): a folder of other files is never replaced.
-        Examples given as features or PIL images have no file to save: an error names them."""
+        """A support folder (the example photos, copied, a category under a parent in the parent's
+        folder; texts.csv) with classifier.json (head, encoder, calibration), replacing `folder` whole
+        once complete. `folder` must be new, empty or a classifier saved before (it holds
+        classifier.json): a folder of other files is never replaced. Examples given as features or PIL
+        images have no file to save: an error names them."""
         unsaved = sum(p is None for p in self.photos)
         if unsaved:
             raise FslError(f"{unsaved} examples were given without a photo file; only photo files can be saved")
@@ -360,7 +385,10 @@ class FewShotClassifier:
             for i, (photo, label, text) in enumerate(zip(self.photos, self.labels, self.texts)):
                 name = f"{i:04d}-{Path(photo).name}"
                 category = category_folder_name(self.classes[label])
-                (staging / category).mkdir(exist_ok=True)
+                parent = self.parents.get(self.classes[label])
+                if parent is not None:
+                    category = f"{category_folder_name(parent)}/{category}"
+                (staging / category).mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(photo, staging / category / name)
                 if text:
                     rows.append({"file": f"{category}/{name}", "text": text})

@@ -26,12 +26,13 @@ from fsl.config import UNKNOWN, ExperimentConfig, config_from_dict, load_config
 from fsl.data.catalog import Catalog, label_word_pattern, resolve_data_dir
 from fsl.data.prepared import load_catalog
 from fsl.encoders.factory import encoder_from_config
+from fsl.episodes.siblings import parents_of
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
 from fsl.files import IMAGE_SUFFIXES, atomic_path, check_writable_target, write_csv
 from fsl.inference.calibration import Calibration, config_key, find_calibration
 from fsl.inference.checkpoints import read_meta
-from fsl.inference.classifier import Answer, HeadInputs, SupportSetClassifier, answer_record
+from fsl.inference.classifier import Answer, HeadInputs, Hierarchy, SupportSetClassifier, answer_record
 from fsl.inference.heads import DEFAULT_HEAD, FUSED_DEFAULT_HEAD, NAMED_HEADS, experiment_head
 from fsl.inference.negatives import KnownNegatives, find_negatives
 from fsl.inference.photos import embed_photos, open_image
@@ -159,6 +160,7 @@ class CatalogClassifier:
                 )
             names, rows = support_rows(labels, shots, only=classes)
             mask = catalog.label_mask(config.text_variant.split("-", 1)[1]) if masked else None
+            hierarchy = Hierarchy.of_catalog(names, parents_of(catalog, config.label_column) or {})
         else:  # your own categories: their names are the label words to mask
             if classes:
                 unknown = sorted(set(classes) - set(support.classes))
@@ -169,6 +171,7 @@ class CatalogClassifier:
                 support = support.restrict(sorted(set(classes)))
             names = support.classes
             mask = label_word_pattern(names) if masked else None
+            hierarchy = Hierarchy(tuple(support.parents.get(n) for n in names)) if support.parents else None
         self.inputs = HeadInputs(self.name, self.fused, self.store.manifest["text_dim"], self.cache.texts, mask)
         if support is None:
             support_features = torch.from_numpy(np.asarray(features[rows], dtype=np.float32))
@@ -183,7 +186,9 @@ class CatalogClassifier:
         known = None
         if self.negatives is not None:
             known = KnownNegatives(self.negatives.names, self.inputs(self.negatives.image.numpy()))
-        self.core = SupportSetClassifier(head, names, support_features, support_labels, calibration, negatives=known)
+        self.core = SupportSetClassifier(
+            head, names, support_features, support_labels, calibration, negatives=known, hierarchy=hierarchy
+        )
 
     @property
     def classes(self) -> list[str]:
@@ -286,11 +291,12 @@ def report_support(support: SupportFolder) -> None:
 
 
 def write_predictions(records: list[dict], folder: Path, out: str | os.PathLike, top_k: int, classifier) -> Path:
-    """The CSV (fixed columns; `score`: the calibration's known-ness score, the answer "unknown" below
-    its threshold) and its contact sheet, which names the classifier that answered (`classifier`:
+    """The CSV (fixed columns; `level`: whether the answer is a category, a parent of categories or
+    "unknown"; `score`: the calibration's known-ness score, the answer "unknown" below its threshold)
+    and its contact sheet, which names the classifier that answered (`classifier`:
     a FewShotClassifier or a CatalogClassifier)."""
     columns = (
-        ["file", "answer", "score", "looks_like"]
+        ["file", "answer", "level", "candidates", "score", "looks_like"]
         + [f"{kind}_{r}" for r in range(1, top_k + 1) for kind in ("label", "confidence")]
         + ["nearest_id", "nearest_label", "error"]
     )
@@ -414,10 +420,12 @@ def predict_own_categories(
     answered = [r for r in records if not r["error"]]
     unknown = sum(r["answer"] == UNKNOWN for r in answered)
     alike = sum(bool(r["looks_like"]) for r in answered)
+    coarse = sum(r["level"] == "parent" for r in answered)
     print(
         f"{len(answered)} photos answered in {time.perf_counter() - started:.1f} s "
         f'({classifier.cache.hits} embeddings cached, {classifier.cache.misses} computed); {unknown} "{UNKNOWN}"'
         + (f" ({alike} of them nearer a known negative than any category: the looks_like column)" if alike else "")
+        + (f"; {coarse} answered with a parent, not one of its categories (the level column)" if coarse else "")
     )
     return written
 
@@ -492,10 +500,10 @@ def contact_sheet(
     limit: int = 60,
     columns: int = 6,
 ) -> Path:
-    """Each photo (the first `limit`) with its answer and confidence (for "unknown", the known negative
-    it looks like, else its score beside the threshold), or why it could not be read, and under them
-    `about` (which head, encoder and calibration answered): a grid of thumbnails drawn with Pillow
-    (matplotlib's layout took longer than classifying)."""
+    """Each photo (the first `limit`) with its answer and confidence (for a parent, its categories; for
+    "unknown", the known negative it looks like, else its score beside the threshold), or why it could
+    not be read, and under them `about` (which head, encoder and calibration answered): a grid of
+    thumbnails drawn with Pillow (matplotlib's layout took longer than classifying)."""
     shown = records[:limit]
     columns = min(columns, len(shown))
     rows = -(-len(shown) // columns)
@@ -516,7 +524,9 @@ def contact_sheet(
                 thumbnail, (left + (THUMBNAIL - thumbnail.width) // 2, top + (THUMBNAIL - thumbnail.height) // 2)
             )
             unknown = record["answer"] == UNKNOWN
-            if unknown and record.get("looks_like"):
+            if record.get("level") == "parent":
+                caption = f"{record['answer']}: {record['candidates'].replace(' or ', '/')}?"
+            elif unknown and record.get("looks_like"):
                 caption = f"{UNKNOWN}: like {record['looks_like']}"
             elif unknown:
                 caption = f"{UNKNOWN} ({calibration.verdict(record['score'], named=False, taught=taught)})"

@@ -1,7 +1,8 @@
 """Support sets on disk and the demo's taught categories.
 
 A support folder (`fsl predict --support`, the Python API, the demo's saved sets) holds one
-sub-folder of example photos per category, and optionally `texts.csv` (file,text; a `file` cell
+sub-folder of example photos per category (or per category under a parent folder:
+`Shoes/Heels/`), and optionally `texts.csv` (file,text; a `file` cell
 `Category/` is a text example without a photo). Photos are answered by fsl/apps/classifier.py, a
 query given as a text only by the demo (fsl/apps/demo/backend.py), both through fsl/inference/.
 """
@@ -34,11 +35,17 @@ class Category:
     text_features: list[np.ndarray] = field(default_factory=list)
     thumbnails: list[str] = field(default_factory=list)  # the photos' paths: shown, and saved with the category
     texts: list[str] = field(default_factory=list)  # the text examples, as typed (parallel to text_features)
+    parent: str | None = None  # the parent category it was saved under (a nested support folder's), if any
 
     def copy(self) -> Category:
         """A copy whose example lists can change without changing this one (Gradio keeps the old state)."""
         return Category(
-            self.name, list(self.image_features), list(self.text_features), list(self.thumbnails), list(self.texts)
+            self.name,
+            list(self.image_features),
+            list(self.text_features),
+            list(self.thumbnails),
+            list(self.texts),
+            self.parent,
         )
 
     @property
@@ -91,6 +98,7 @@ class SupportFolder:
     texts: dict[str, str] = field(default_factory=dict)
     category_texts: dict[str, list[str]] = field(default_factory=dict)  # texts.csv rows "Category/": no photo
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
+    parents: dict[str, str] = field(default_factory=dict)  # category -> the parent folder it is in (nested only)
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # the same bytes in two categories
 
     def text_of(self, photo: Path) -> str:
@@ -105,7 +113,11 @@ class SupportFolder:
         keep = [self.classes.index(c) for c in classes]
         pairs = [(p, keep.index(label)) for p, label in zip(self.photos, self.labels) if label in keep]
         return dataclasses.replace(
-            self, classes=list(classes), photos=[p for p, _ in pairs], labels=[label for _, label in pairs]
+            self,
+            classes=list(classes),
+            photos=[p for p, _ in pairs],
+            labels=[label for _, label in pairs],
+            parents={c: p for c, p in self.parents.items() if c in classes},
         )
 
 
@@ -134,19 +146,15 @@ def category_folder_name(name: str) -> str:
 
 
 def read_support_folder(folder: str | os.PathLike, photos_required: bool = True) -> SupportFolder:
-    """Read and check a support folder; a bad one is an error naming the folder. (The demo loads
-    categories taught from texts only: photos_required=False.)"""
+    """Read and check a support folder; a bad one is an error naming the folder. A sub-folder holding
+    folders and no photo is a parent category (`support/Footwear/Heels/`): its folders are the
+    categories under it, and answers may name it where they cannot name one of them
+    (fsl/inference/classifier.py); a folder inside a category that holds photos is skipped, as it was
+    before parents. (The demo loads categories taught from texts only: photos_required=False.)"""
     root = Path(folder)
     if not root.is_dir():
         raise FslError(
             f"support {root} is not a folder (expected one sub-folder of example photos per category)", "support"
-        )
-    categories = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(categories) < 2:
-        raise FslError(
-            f"support {root} has {len(categories)} category folder(s); a choice needs at least two "
-            f"(one sub-folder of example photos per category)",
-            "support",
         )
     rows = read_text_rows(root / "texts.csv") if (root / "texts.csv").is_file() else []
     support = SupportFolder(root, [], [], [], {f: t for f, t in rows if not f.endswith("/")})
@@ -154,60 +162,115 @@ def read_support_folder(folder: str | os.PathLike, photos_required: bool = True)
         if file.endswith("/") and text:
             support.category_texts.setdefault(file.rstrip("/"), []).append(text)
     seen: dict[str, Path] = {}
-    for category in categories:
-        check_category_name(category.name)
-        usable = []
-        for inner in sorted(p for p in category.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    named: dict[str, Path] = {}  # category name -> its folder: a name answers for one folder only
+    for top in sub_folders(root):
+        check_category_name(top.name)
+        inner = sub_folders(top)
+        if not inner or any(p.suffix.lower() in IMAGE_SUFFIXES for p in top.iterdir() if not p.is_dir()):
+            read_category(support, top, None, seen, named, photos_required)
+            continue
+        for path in sorted(p for p in top.iterdir() if not p.is_dir() and not p.name.startswith(".")):
             support.skipped.append(
-                (
-                    f"{inner.relative_to(root).as_posix()}/",
-                    "a folder inside a category: its photos are not read (move them into the category, "
-                    "or make it a category of its own)",
-                )
+                (path.relative_to(root).as_posix(), f"not a photo, beside the category folders of {top.name}/")
             )
-        for path in sorted(p for p in category.iterdir() if not p.is_dir() and not p.name.startswith(".")):
-            if not path.is_file():
-                support.skipped.append((path.relative_to(root).as_posix(), "a broken or looping link, or not a file"))
-                continue
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                support.skipped.append(
-                    (path.relative_to(root).as_posix(), f"not a photo ({path.suffix or 'no suffix'})")
-                )
-                continue
-            try:
-                open_image(path)
-            except FslError as error:
-                support.skipped.append((path.relative_to(root).as_posix(), str(error)))
-                continue
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            if digest in seen and seen[digest].parent != category:
-                support.duplicates.append(
-                    (seen[digest].relative_to(root).as_posix(), path.relative_to(root).as_posix())
-                )
-            seen.setdefault(digest, path)
-            usable.append(path)
-        if not usable and (photos_required or not support.category_texts.get(category.name)):
-            raise FslError(
-                f"category folder {category} has no usable photo ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-                "add examples or remove the folder"
-            )
-        support.classes.append(category.name)
-        support.photos += usable
-        support.labels += [len(support.classes) - 1] * len(usable)
+        for category in inner:
+            read_category(support, category, top.name, seen, named, photos_required)
+    clash = sorted(set(support.parents.values()) & set(support.classes))
+    if clash:
+        raise FslError(
+            f"support {root}: {clash[0]} names both a parent folder and a category folder "
+            f"({named[clash[0]].relative_to(root).as_posix()}/); rename one",
+            "support",
+        )
+    if len(support.classes) < 2:
+        raise FslError(
+            f"support {root} has {len(support.classes)} category folder(s); a choice needs at least two "
+            f"(one sub-folder of example photos per category)",
+            "support",
+        )
+    support.category_texts = {  # "Footwear/Heels/" rows are Heels' texts
+        (folder.rsplit("/", 1)[-1] if folder.rsplit("/", 1)[-1] in support.parents else folder): texts
+        for folder, texts in support.category_texts.items()
+    }
     return support
 
 
+def sub_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def read_category(
+    support: SupportFolder,
+    category: Path,
+    parent: str | None,
+    seen: dict[str, Path],
+    named: dict[str, Path],
+    photos_required: bool,
+) -> None:
+    """One category folder's usable photos into `support` (under `parent`, if any); what is not usable
+    goes to `support.skipped`, the same bytes already in another category to `support.duplicates`."""
+    root = support.root
+    check_category_name(category.name)
+    if category.name in named:
+        raise FslError(
+            f"support {root}: two category folders are named {category.name} "
+            f"({named[category.name].relative_to(root).as_posix()}/ and {category.relative_to(root).as_posix()}/); "
+            "an answer names one category: rename one",
+            "support",
+        )
+    named[category.name] = category
+    usable = []
+    for inner in sub_folders(category):
+        support.skipped.append(
+            (
+                f"{inner.relative_to(root).as_posix()}/",
+                "a folder inside a category: its photos are not read (move them into the category, "
+                "or make it a category of its own)",
+            )
+        )
+    for path in sorted(p for p in category.iterdir() if not p.is_dir() and not p.name.startswith(".")):
+        if not path.is_file():
+            support.skipped.append((path.relative_to(root).as_posix(), "a broken or looping link, or not a file"))
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            support.skipped.append((path.relative_to(root).as_posix(), f"not a photo ({path.suffix or 'no suffix'})"))
+            continue
+        try:
+            open_image(path)
+        except FslError as error:
+            support.skipped.append((path.relative_to(root).as_posix(), str(error)))
+            continue
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest in seen and seen[digest].parent != category:
+            support.duplicates.append((seen[digest].relative_to(root).as_posix(), path.relative_to(root).as_posix()))
+        seen.setdefault(digest, path)
+        usable.append(path)
+    folder = category.relative_to(root).as_posix()
+    if not usable and (photos_required or not support.category_texts.get(folder)):
+        raise FslError(
+            f"category folder {category} has no usable photo ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+            "add examples or remove the folder"
+        )
+    support.classes.append(category.name)
+    if parent is not None:
+        support.parents[category.name] = parent
+    support.photos += usable
+    support.labels += [len(support.classes) - 1] * len(usable)
+
+
 def save_categories(categories: list[Category], folder: str | os.PathLike) -> Path:
-    """A support folder of the categories: their photos (copied) and texts; replaces `folder` whole,
-    after the new one is complete, so a failed save loses nothing."""
+    """A support folder of the categories: their photos (copied; under their parent's folder, if any) and
+    texts; replaces `folder` whole, after the new one is complete, so a failed save loses nothing."""
     with atomic_folder(folder) as staging:
         rows = []
         for category in categories:
             directory = staging / category_folder_name(category.name)
-            directory.mkdir()
+            if category.parent is not None:
+                directory = staging / category_folder_name(category.parent) / directory.name
+            directory.mkdir(parents=True)
             for i, photo in enumerate(category.thumbnails, 1):
                 shutil.copyfile(photo, directory / f"{i:03d}{Path(photo).suffix.lower() or '.jpg'}")
-            rows += [{"file": f"{directory.name}/", "text": text} for text in category.texts]
+            rows += [{"file": f"{directory.relative_to(staging).as_posix()}/", "text": text} for text in category.texts]
         if rows:
             write_csv(pd.DataFrame(rows, columns=["file", "text"]), staging / "texts.csv")
     return Path(folder)
@@ -227,6 +290,7 @@ def load_categories(support: SupportFolder, cache: ContentCache) -> list[Categor
                 list(cache.texts(texts)) if texts else [],
                 [str(p) for p in photos],
                 texts,
+                support.parents.get(name),
             )
         )
     return categories

@@ -165,7 +165,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--support",
         metavar="DIR",
         help="classify among your own categories: DIR has one sub-folder of example photos per "
-        "category (and optionally texts.csv: file,text); default head: the linear probe "
+        "category, or per category under a parent folder (DIR/Shoes/Heels/: an answer may be the parent), "
+        "and optionally texts.csv (file,text); default head: the linear probe "
         "(image, or image + masked text when texts are given)",
     )
     source = predict.add_mutually_exclusive_group()

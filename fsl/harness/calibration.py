@@ -58,6 +58,8 @@ OPEN_SELECTION_SETS = (("select-15w5s", "select-allway-5s"), ("val-allway-5s",))
 REPORT_SETS = ("novel-5w1s", "novel-5w5s", "novel-15w5s")
 OPEN_NOVEL_SET = "novel-15w5s"
 HARD_NOVEL_SET = "novel-hard-7w5s"  # close neighbours: every untaught class a sibling of a taught one
+# the trade-off curve: untaught photos answered "unknown" where a threshold answers this share of taught ones right
+CURVE_TAUGHT = (0.75, 0.8, 0.85, 0.9)
 
 
 # The statistics --------------------------------------------------------------------------------
@@ -156,6 +158,23 @@ class OpenSetScores:
         else:
             figures["threshold"] = threshold_at(counts[0])
         return figures
+
+    def curve(self, score: str, negatives: bool, taught_right: tuple[float, ...] = CURVE_TAUGHT) -> list[float | None]:
+        """The trade-off of a rule (`score` alone, or with the known negatives answering too): for each
+        share of taught photos right and answered, the most untaught photos answered "unknown" by any one
+        threshold that reaches it, pooled over episodes; None where no threshold reaches it."""
+        scores, labels = np.concatenate(self.scores[score]), np.concatenate(self.labels)
+        away = np.concatenate(self.away) if negatives else np.zeros(len(labels), dtype=bool)
+        known, right = labels >= 0, np.concatenate(self.predicted) == labels
+        order = np.argsort(-scores, kind="stable")  # a threshold at each score accepts every query above it
+        answered = ~away[order]
+        right_answered = np.cumsum(answered & right[order] & known[order]) / max(known.sum(), 1)
+        untaught_unknown = 1 - np.cumsum(answered & ~known[order]) / max((~known).sum(), 1)
+        curve = []
+        for target in taught_right:
+            reached = right_answered >= target
+            curve.append(float(untaught_unknown[reached].max()) if reached.any() else None)
+        return curve
 
     def unknown_scores(self, score: str) -> np.ndarray:
         """The score's values on the queries of untaught classes."""
@@ -362,6 +381,10 @@ def calibrate(
             "scores": hard.comparison(),
             **hard.figures(chosen, calibration.threshold_at),
             "with_negatives": hard.with_negatives(chosen).figures(chosen, answering.threshold_at),
+            "curve_taught_right": list(CURVE_TAUGHT),
+            "curves": {
+                name: {"alone": hard.curve(name, False), "with_negatives": hard.curve(name, True)} for name in SCORES
+            },
         }
     calibration.save(out)
     return calibration

@@ -75,7 +75,9 @@ class DemoBackend:
         )
         for category in categories:
             if category.image_features:
-                classifier.add_features(category.name, np.stack(category.image_features), photos=category.thumbnails)
+                classifier.add_features(
+                    category.name, np.stack(category.image_features), photos=category.thumbnails, parent=category.parent
+                )
         return classifier
 
     def text_classifier(self, categories: list[Category]) -> SupportSetClassifier | None:

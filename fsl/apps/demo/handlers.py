@@ -303,10 +303,16 @@ def predict(
 
 
 def lead_line(answer, classifier) -> str:
-    """The first line under a photo's answer: the best guess, or why it is "unknown": the catalog class it
-    looks like, or the calibration's rule."""
+    """The first line under a photo's answer: the best guess, the parent its categories are under where
+    the rule accepts it and none of them, or why it is "unknown": the catalog class it looks like, or the
+    calibration's rule."""
     if answer.label == answer.best:
         return f"Best guess: **{as_text(answer.best)}** ({answer.confidence:.0%})"
+    if answer.level == "parent":
+        return (
+            f"**{as_text(answer.label)}** ({answer.confidence:.0%}): {' or '.join(map(as_text, answer.candidates))}? "
+            "Surely one of them, but not surely which (the calibration's rule)"
+        )
     if answer.looks_like:
         return (
             f"**{UNKNOWN.capitalize()}**: it looks like {as_text(answer.looks_like)}, a catalog class nearer than any "
