@@ -94,9 +94,7 @@ def answer_set(head, calibration, image, ids, episode_set, n_taught, negatives, 
             negatives=negatives.without(classes) if choosing else negatives, hierarchy=hierarchy,
         )  # fmt: skip
         answers = core.answer(torch.from_numpy(image[store_rows(ids, episodes.query[e])]))
-        under = {}  # parent -> its taught categories
-        for name, parent in zip(taught, hierarchy.parents):
-            under.setdefault(parent, []).append(name) if parent is not None else None
+        under = {parent: [taught[m] for m in members] for parent, members in hierarchy.groups if parent is not None}
         for i, (answer, true) in enumerate(zip(answers, np.repeat(classes, q))):
             family = under.get(hierarchy.parents[taught.index(answer.best)], [answer.best])
             confidences = dict(answer.top)

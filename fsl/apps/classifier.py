@@ -262,8 +262,12 @@ class FewShotClassifier:
             )
             self._fitted_on = len(self.labels)
         self.core.calibration = self.calibration
-        self.core.use_hierarchy(Hierarchy(tuple(self.parents.get(c) for c in self.classes)) if self.parents else None)
+        self.core.use_hierarchy(self.hierarchy())
         return self.core
+
+    def hierarchy(self) -> Hierarchy | None:
+        """The taught categories under their parents (None when no category has one)."""
+        return Hierarchy(tuple(self.parents.get(c) for c in self.classes)) if self.parents else None
 
     @property
     def complete(self) -> bool:
@@ -313,7 +317,8 @@ class FewShotClassifier:
     def describe_parents(self) -> str:
         """The parents that can be answered, in words ("" when none: a flat support, or no calibration
         to refuse a category with)."""
-        groups = Hierarchy(tuple(self.parents.get(c) for c in self.classes)).groups if self.parents else []
+        hierarchy = self.hierarchy()
+        groups = hierarchy.groups if hierarchy is not None else []
         named = [f"{parent} ({', '.join(self.classes[m] for m in members)})"
                  for parent, members in groups if parent is not None and len(members) >= 2]  # fmt: skip
         if not named or self.calibration is None:

@@ -188,9 +188,9 @@ def read_support_folder(folder: str | os.PathLike, photos_required: bool = True)
             f"(one sub-folder of example photos per category)",
             "support",
         )
-    support.category_texts = {  # "Footwear/Heels/" rows are Heels' texts
-        (folder.rsplit("/", 1)[-1] if folder.rsplit("/", 1)[-1] in support.parents else folder): texts
-        for folder, texts in support.category_texts.items()
+    name_of = {folder.relative_to(root).as_posix(): name for name, folder in named.items()}
+    support.category_texts = {  # by category: "Shoes/Heels/" rows are Heels' texts
+        name_of.get(folder, folder): texts for folder, texts in support.category_texts.items()
     }
     return support
 

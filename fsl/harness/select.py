@@ -45,10 +45,11 @@ def power_line(names: list[str], accuracies: list[np.ndarray], best: int, unit: 
 def power_verdict(line: dict, unit: str = "points") -> str:
     """A power line in words: "separable" (the interval of the difference above zero), "not separable",
     or "reversed" (below zero: possible where the choice was made by another criterion, e.g. a pooled
-    AUROC, and these episodes do not back it)."""
+    AUROC, and these episodes do not back it). Paired over its "episodes", or its "folds"."""
     difference, ci = line["difference"], line["ci"]
     shown = f"{100 * difference:+.2f} ± {100 * ci:.2f}" if unit == "points" else f"{difference:+.3f} ± {ci:.3f}"
-    said = f"{line['chosen']} - {line['runner_up']}: {shown} {unit}, paired over {line['episodes']} episodes"
+    over = f"{line['folds']} folds" if "folds" in line else f"{line['episodes']} episodes"
+    said = f"{line['chosen']} - {line['runner_up']}: {shown} {unit}, paired over {over}"
     if difference - ci > 0:
         return f"separable ({said})"
     if difference + ci < 0:
@@ -60,19 +61,16 @@ def fold_power_line(rows: list[dict], power: dict) -> dict:
     """The power line's difference fold by fold, with its t interval over the folds: a fold's episodes
     share its held classes and its trained towers, so the interval over episodes speaks for these
     classes only, and the one over folds (k - 1 degrees of freedom) for classes the folds did not hold.
-    {"differences", "difference", "ci", "folds", "separable", "verdict"}."""
+    {"chosen", "runner_up", "differences", "difference", "ci", "folds", "separable", "verdict"}."""
     if "runner_up" not in power:
         return {"verdict": power["verdict"], "separable": None}
     by_name = {row["recipe"]: [fold["score"] for fold in row["folds"]] for row in rows}
     differences = np.subtract(by_name[power["chosen"]], by_name[power["runner_up"]])
     difference, ci = mean_ci(differences)
-    shown = f"{power['chosen']} - {power['runner_up']}: {100 * difference:+.2f} ± {100 * ci:.2f} points"
-    separable = bool(difference - ci > 0)
-    verdict = f"over the {len(differences)} folds' class sets: " + (
-        f"separable ({shown})" if separable else f"not separable ({shown})"
-    )
-    return {"differences": differences.tolist(), "difference": difference, "ci": ci,
-            "folds": len(differences), "separable": separable, "verdict": verdict}  # fmt: skip
+    line = {"chosen": power["chosen"], "runner_up": power["runner_up"], "differences": differences.tolist(),
+            "difference": difference, "ci": ci, "folds": len(differences),
+            "separable": bool(difference - ci > 0)}  # fmt: skip
+    return {**line, "verdict": f"over the {len(differences)} folds' class sets: {power_verdict(line)}"}
 
 
 def compare_recipes(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -120,7 +121,7 @@ class Hierarchy:
         class whose parent is named like a class (Watches under Watches) is under none."""
         return cls(tuple(None if parents.get(c, c) in classes else parents[c] for c in classes))
 
-    @property
+    @cached_property
     def groups(self) -> list[tuple[str | None, list[int]]]:
         """(parent, its categories) for every parent, and each category under none alone, in first-seen order."""
         grouped: dict[object, list[int]] = {}
@@ -217,14 +218,15 @@ class SupportSetClassifier:
             probabilities, scores, known = torch.softmax(logits / self.uncalibrated_temperature, -1), None, None
         else:
             probabilities = calibration.probabilities(logits)
-            scores = calibration.scores(logits, self.head.embed(self.support), self.labels, embedded)
+            support = self.head.embed(self.support)
+            scores = calibration.scores(logits, support, self.labels, embedded)
             known = calibration.known(scores, len(self.classes))
         rule = self.negative_rule if self.negatives_answer else None
         if rule is not None:
             excess, lead, nearest = rule.judge(embedded)
             away = turned_away(excess, lead, rule.negatives.margin)
         coarse = calibration is not None and self.hierarchy is not None
-        parents = self.parent_answers(logits, embedded, calibration) if coarse else None
+        parents = self.parent_answers(logits, support, embedded, calibration) if coarse else None
         # ranked by logits, not probabilities: a confident head underflows the others' probabilities to 0,
         # and their order (the second and third guesses) is still the logits'
         order = torch.argsort(logits, dim=-1, descending=True, stable=True)
@@ -238,29 +240,28 @@ class SupportSetClassifier:
             if rule is not None and label == UNKNOWN and lead[i] > 0:  # nearer a catalog class than any taught one
                 looks_like = rule.negatives.names[int(nearest[i])]
             if parents is not None and label == UNKNOWN and not other and parents[i] is not None:
-                label, confidence, candidates = parents[i]
-                level, candidates = "parent", [name for name, _ in top if name in candidates]
+                (label, confidence, candidates), level = parents[i], "parent"
             score = None if scores is None else float(scores[i])
             answers.append(Answer(label, best, confidence, top, score, looks_like, level, candidates))
         return answers
 
     def parent_answers(
-        self, logits: torch.Tensor, embedded: torch.Tensor, calibration: Calibration
-    ) -> list[tuple[str, float, set[str]] | None]:
-        """Per query: (its likeliest parent, that parent's confidence, its categories) where the rule read
-        over the parents accepts it and it holds two categories or more, else None."""
+        self, logits: torch.Tensor, support: torch.Tensor, embedded: torch.Tensor, calibration: Calibration
+    ) -> list[tuple[str, float, list[str]] | None]:
+        """Per query ([Q, N] logits; the head's embedded support and queries): (its likeliest parent, that
+        parent's confidence, its categories likeliest first) where the rule read over the parents accepts
+        it and it holds two categories or more, else None."""
         groups = self.hierarchy.groups
         parent_logits = self.hierarchy.parent_logits(logits, calibration.temperature)
-        scores = calibration.scores(
-            parent_logits, self.head.embed(self.support), self.hierarchy.group_labels(self.labels), embedded
-        )
+        scores = calibration.scores(parent_logits, support, self.hierarchy.group_labels(self.labels), embedded)
         known = calibration.known(scores, len(groups))
         probabilities = calibration.probabilities(parent_logits)
-        best = parent_logits.argmax(-1)
         out = []
-        for i, group in enumerate(best.tolist()):
+        for i, group in enumerate(parent_logits.argmax(-1).tolist()):
             parent, members = groups[group]
-            answerable = parent is not None and len(members) >= 2 and bool(known[i])
-            names = {self.classes[m] for m in members}
-            out.append((parent, float(probabilities[i, group]), names) if answerable else None)
+            if parent is None or len(members) < 2 or not known[i]:
+                out.append(None)
+                continue
+            likeliest = sorted(members, key=lambda m: -float(logits[i, m]))  # stable: ties keep their order
+            out.append((parent, float(probabilities[i, group]), [self.classes[m] for m in likeliest]))
         return out
