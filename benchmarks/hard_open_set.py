@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from fsl.config import ExperimentConfig
+from fsl.config import EncoderConfig, ExperimentConfig
 from fsl.data.catalog import Catalog
 from fsl.data.prepared import load_catalog
 from fsl.episodes.siblings import HARD_TAUGHT
@@ -50,6 +50,7 @@ from fsl.episodes.splits import ClassSplit
 from fsl.episodes.standard import load_episode_set
 from fsl.harness.calibration import calibrate
 from fsl.harness.evaluate import mean_ci
+from fsl.harness.experiment import config_for_split
 from fsl.harness.negatives import class_means, labels_by_row
 from fsl.harness.select import power_line
 from fsl.inference.calibration import Calibration, config_key, find_calibration
@@ -192,20 +193,25 @@ class DefaultHead:
         return cls.open(args.data), args
 
     @classmethod
-    def open(cls, data: str | None) -> DefaultHead:
+    def open(cls, data: str | None, encoder: EncoderConfig | None = None, split_seed: int = 0) -> DefaultHead:
+        """The default head on the offline encoder, or on `encoder` (an adapted one: split `split_seed`'s
+        adaptation, named as a config names split 0's)."""
         catalog, config, workspace = load_catalog(data), NAMED_HEADS[DEFAULT_HEAD], Workspace()
-        store = open_store(catalog, config.encoder, workspace.features)
+        if encoder is not None:
+            config = replace(config, name=f"{config.name}-{encoder.name}", encoder=encoder)
+        store = open_store(catalog, config_for_split(config, split_seed).encoder, workspace.features)
         image = np.asarray(store.image, dtype=np.float32)
         labels = labels_by_row(catalog, store, "articleType")
         return cls(catalog, config, workspace, store, image, labels,
                    head_for_features(config, image.shape[1], 0, store.encoder_id))  # fmt: skip
 
     def calibration(self, split_seed: int) -> Calibration:
-        """Split 0's shipped calibration; another split's fitted on its own selection classes."""
-        if split_seed == 0:
+        """Split 0's shipped calibration (the offline encoder's); another's fitted on its own selection
+        classes, as `fsl calibrate` fits it."""
+        if split_seed == 0 and self.config.encoder.name == "offline":
             return find_calibration(config_key(self.config, self.store.encoder_id))
         with tempfile.TemporaryDirectory() as folder:
-            return calibrate(self.config, self.catalog, self.workspace, folder, split_seed, report_sets=())
+            return calibrate(self.config, self.catalog, self.workspace, folder, split_seed, report=False)
 
 
 def main() -> None:

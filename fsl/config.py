@@ -100,6 +100,10 @@ class AdaptConfig:
     label_column: str = "articleType"
     split_seed: int = 0
     seed: int = 0
+    # the classes trained on: base (the split's; the step chosen on its validation classes), selection
+    # (base and validation: every class but the split's novel ones) or all (every class the split holds,
+    # for your own categories); the last two hold nothing out, so they run `steps` and keep the last
+    classes: str = "base"
 
 
 POSITIVE_INTS = {"batch_size", "steps", "episodes_per_step", "n_way", "k_shot", "q_query", "val_every", "cut", "rank"}
@@ -117,6 +121,7 @@ STRINGS = {
     "mode",
     "objective",
     "towers",
+    "classes",
 }
 PATH_PARTS = {"name", "text_variant", "label_column", "val_episodes"}  # they become parts of file names
 

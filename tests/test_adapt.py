@@ -602,6 +602,142 @@ def test_fsl_adapt_folds_prints_the_comparison_and_the_power_line(slice_, tmp_pa
     assert "--no-final goes with --folds" in capsys.readouterr().err
 
 
+# Towers for your own categories: trained on more than the base classes ---------------------------------
+
+
+@pytest.mark.parametrize("classes, pool", [("all", "all"), ("selection", "select")])
+def test_a_tower_on_more_classes_trains_on_them_and_keeps_its_last_step(slice_, tmp_path, monkeypatch, classes, pool):
+    """Nothing is held out, so no step is chosen: best/ is the last step, with no figures; the batches
+    hold every class of the pool (all: the novel ones too; selection: never a novel one)."""
+    root, catalog, _ = slice_
+    split = ClassSplit.load(catalog, "articleType", 0, root / "episodes")
+    labels, drawn = catalog.labels().to_numpy(), set()
+    original = BaseBatches.episode
+
+    def recorded(batches):
+        episode = original(batches)
+        drawn.update(labels[np.concatenate([episode.support[0], episode.query[0]])])
+        return episode
+
+    monkeypatch.setattr(BaseBatches, "episode", recorded)
+    config = dataclasses.replace(TINY, name=classes, classes=classes, objective="episodic", steps=40, val_every=20)
+    summary = run(slice_, tmp_path, config)
+    assert summary["best_step"] == 40 and summary["start"] is None and summary["best"] == {"step": 40}
+    assert drawn == set(split.classes(pool))  # 40 episodes of 3 ways drew every class of the pool
+    assert (classes == "all") == bool(drawn & set(split.classes("novel")))
+    _, meta = load_adaptation(summary["folder"])
+    assert meta["classes"] == classes and meta["base_classes"] == split.classes(pool) and meta["validation"] == {}
+    assert (
+        load_file(summary["folder"] / WEIGHTS_FILE).keys()
+        == load_file(summary["folder"].parent / "last" / WEIGHTS_FILE).keys()
+    )
+    for name, tensor in load_file(summary["folder"] / WEIGHTS_FILE).items():  # best/ is the last step's
+        assert torch.equal(tensor, load_file(summary["folder"].parent / "last" / WEIGHTS_FILE)[name])
+
+
+def test_a_tower_on_every_class_is_never_measured_on_them_and_calibrates_on_the_whole_pool(slice_, tmp_path):
+    """An all-classes tower's store refuses the novel sets (it trained on them); a config on a tower
+    that trained on the selection pool (or all) chooses on that pool, not on its 6 seen validation
+    classes; one on a base-class tower still chooses on validation classes; novel sets stay refused."""
+    from fsl.config import ExperimentConfig
+    from fsl.episodes.standard import load_episode_set
+    from fsl.harness.experiment import check_alignment, check_validation_only, selection_sets
+
+    root, catalog, _ = slice_
+    folders = {}
+    for classes in ("all", "selection", "base"):
+        run(slice_, tmp_path, dataclasses.replace(TINY, name=classes, classes=classes, steps=2, val_every=2))
+        folders[classes] = str(tmp_path / "adapt" / classes / "best")
+    configs = {
+        classes: ExperimentConfig(
+            name=f"lp-{classes}", method="linear_probe", encoder=EncoderConfig("adapted", pretrained=folder)
+        )
+        for classes, folder in folders.items()
+    }
+    novel, val = (
+        load_episode_set(configs["all"], catalog, name, root / "episodes") for name in ("novel-5w5s", "val-2w5s")
+    )
+    store = open_store(catalog, configs["all"].encoder, root / "offline-store")
+    assert store.manifest["adaptation"]["classes"] == "all"
+    with pytest.raises(
+        FslError, match="adapted on every class of the split .* 'articleType-novel-5w5s' holds classes it trained on"
+    ):
+        check_alignment(store, novel)
+    check_alignment(store, val)  # choosing on classes it saw is all it can do
+    check_alignment(open_store(catalog, configs["selection"].encoder, root / "offline-store"), novel)  # held out
+    assert [selection_sets(configs[c], "pool", "validation", 0) for c in ("all", "selection", "base")] == [
+        "pool",
+        "pool",
+        "validation",
+    ]
+    for config in configs.values():
+        with pytest.raises(FslError, match="read only to report"):
+            check_validation_only(config, catalog, ["novel-5w5s"], root / "episodes", "fsl calibrate", "val-*")
+
+
+def test_a_tower_on_every_class_is_calibrated_on_classes_it_saw_and_reports_no_novel_figures(
+    slice_, tmp_path, monkeypatch
+):
+    """fsl calibrate on an all-classes tower: it chooses on the pool, says the classes were seen, and
+    reads no novel set (each holds classes it trained on), so nothing flattering is reported."""
+    import shutil
+
+    from fsl.config import ExperimentConfig
+    from fsl.episodes.frozen import EpisodeSet
+    from fsl.episodes.standard import draw_standard_episodes
+    from fsl.harness.calibration import calibrate
+
+    root, catalog, _ = slice_
+    run(slice_, tmp_path, dataclasses.replace(TINY, name="all", classes="all", steps=2, val_every=2))
+    shutil.copytree(root / "episodes", tmp_path / "episodes")  # the same split, and a 4-way set over its pool
+    draw_standard_episodes(catalog, tmp_path / "episodes", n_episodes=30, q_query=5, stratify=None,
+                           benchmarks={"select-4w5s": ("select", 4, 5)}, selection={})  # fmt: skip
+    read, real_load = [], EpisodeSet.load.__func__
+    monkeypatch.setattr(EpisodeSet, "load", classmethod(lambda cls, path, fingerprint=None: (
+        read.append(path.name), real_load(cls, path, fingerprint))[1]))  # fmt: skip
+    encoder = EncoderConfig("adapted", pretrained=str(tmp_path / "adapt" / "all" / "best"))
+    config = ExperimentConfig(name="pn", method="protonet", fusion="image", encoder=encoder)
+    workspace = Workspace(tmp_path / "episodes", root / "offline-store", tmp_path / "ckpt")
+    calibration = calibrate(config, catalog, workspace, tmp_path / "cal", temperature_set="select-4w5s",
+                            open_selection_set="select-4w5s", report_sets=("novel-5w5s",))  # fmt: skip
+    assert calibration.novel == {} and "all seen by its tower (adapted on all classes)" in calibration.fitted_on
+    assert read and not [name for name in read if "novel" in name]
+    assert (tmp_path / "cal" / "pn.json").is_file()
+
+
+def test_fsl_adapt_all_classes_takes_its_steps_from_the_class_folds(slice_, tmp_path, monkeypatch, capsys):
+    """--all-classes with --folds: the chosen recipe trains on every class for the median of the steps
+    its folds chose; where the frozen tower won on most folds, nothing is trained."""
+    from fsl.cli.main import main
+
+    root, _, _ = slice_
+    steps = {"a": [2, 4, 6], "b": [0, 0, 4]}
+
+    def fake_compare(recipes, *args, **kwargs):
+        (recipe,) = recipes
+        assert recipe.classes == "all" and recipe.name == f"{recipe.name.split('--')[0]}--classes-all"
+        row = {"recipe": recipe.name, "mean": 0.9, "ci": 0.01, "settings": {},
+               "folds": [{"fold": i, "step": s} for i, s in enumerate(steps[recipe.name[0]])]}  # fmt: skip
+        verdict = {"verdict": "one recipe"}
+        return {"recipes": [row], "chosen": recipe.name, "power": verdict, "power_over_folds": verdict}
+
+    monkeypatch.setattr(fsl.harness.select, "compare_recipes", fake_compare)
+    folders = ["--data", str(root / "dump"), "--episodes-dir", str(root / "episodes"), "--store-root",
+               str(root / "offline-store"), "--out", str(tmp_path / "adapt"), "--runs", str(tmp_path / "runs"),
+               "--results", str(tmp_path / "res")]  # fmt: skip
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.yaml").write_text(f"name: {name}\nsteps: 50\nval_every: 2\nbatch_size: 8\nn_way: 3\n"
+                                               "k_shot: 2\nq_query: 2\nobjective: episodic\n")  # fmt: skip
+        assert main(["adapt", str(tmp_path / f"{name}.yaml"), *folders, "--all-classes", "--folds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "a--classes-all: 4 steps, the median of the folds' chosen steps" in out
+    assert "a--classes-all (split 0): trained 4 steps on its all classes" in out
+    _, meta = load_adaptation(tmp_path / "adapt" / "a--classes-all" / "best")
+    assert meta["step"] == 4 and meta["classes"] == "all"
+    assert "b--classes-all: the frozen tower won on most folds" in out
+    assert not (tmp_path / "adapt" / "b--classes-all").exists()
+
+
 # The offline text tower (MiniLM) and both towers -------------------------------------------------------
 
 MASKED = TextVariant(mask_column="articleType")

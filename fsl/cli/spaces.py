@@ -77,13 +77,14 @@ def cmd_adapt(args) -> None:
     from fsl.config import load_adapt_config, override, parse_assignment
     from fsl.data.prepared import load_catalog
     from fsl.harness.adapt import adapt, check_adapt_config
-    from fsl.harness.select import compare_recipes
+    from fsl.harness.select import compare_recipes, folds_step
 
     recipes = [load_adapt_config(path) for path in args.recipe]
-    if args.set:
-        recipes = [
-            override(recipe, [parse_assignment(text, "--set") for text in args.set], "--set") for recipe in recipes
-        ]
+    assignments = [parse_assignment(text, "--set") for text in args.set or []]
+    if args.all_classes:
+        assignments.append(("classes", "all"))
+    if assignments:
+        recipes = [override(recipe, assignments, "--set") for recipe in recipes]
     by_split = {
         seed: [check_adapt_config(dataclasses.replace(recipe, split_seed=seed)) for recipe in recipes]
         for seed in args.split_seeds
@@ -113,12 +114,28 @@ def cmd_adapt(args) -> None:
             print(f"  {summary['power_over_folds']['verdict']}; written to {out}")
             if args.no_final:
                 continue
-            candidates = [next(r for r in candidates if r.name == summary["chosen"])]
+            chosen = next(r for r in candidates if r.name == summary["chosen"])
+            if chosen.classes != "base":  # nothing held out to choose a step: the folds' median chosen step
+                steps = folds_step(summary)
+                if steps == 0:
+                    print(f"  {chosen.name}: the frozen tower won on most folds (median chosen step 0); nothing "
+                          "trained: the frozen tower is the one to use")  # fmt: skip
+                    continue
+                print(f"  {chosen.name}: {steps} steps, the median of the folds' chosen steps")
+                chosen = dataclasses.replace(chosen, steps=steps)
+            candidates = [chosen]
         for recipe in candidates:  # one adaptation per split, its step chosen on that split's validation classes
             report_adaptation(recipe, adapt(recipe, catalog, workspace, args.out, resume=not args.restart))
 
 
 def report_adaptation(recipe, summary: dict) -> None:
+    if recipe.classes != "base":
+        print(
+            f"{recipe.name} (split {recipe.split_seed}): trained {summary['steps']} steps on its {recipe.classes} "
+            "classes (nothing held out, so no step chosen and no figures); use it with --encoder adapted "
+            f"--pretrained {summary['folder']}"
+        )
+        return
     best, start = summary["best"], summary["start"]
     sets = [name for name in start if name != "score"]
     chosen = (
@@ -264,9 +281,17 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         metavar="K",
         help="choose among the recipes on K class folds of base and validation classes (4 is a good start): "
         "each recipe trains K times, fold f on the other folds' classes, scored on fold f's; the best mean "
-        "is then trained on every base class. Writes RESULTS/adapt-folds/split<s>.json",
+        "is then trained on every base class (with --all-classes: on every class, for the median of the "
+        "folds' chosen steps). Writes RESULTS/adapt-folds/split<s>.json",
     )
     adapting.add_argument("--no-final", action="store_true", help="with --folds: choose only, train no final run")
+    adapting.add_argument(
+        "--all-classes",
+        action="store_true",
+        help="train on every class of the split (base, validation and novel: a tower for your own categories, "
+        "--set classes=all; classes=selection leaves the novel ones out to measure it). Nothing is held out: it "
+        "runs the recipe's steps, or with --folds the median of the steps the class folds chose",
+    )
     adapting.add_argument(
         "--results", default=str(RESULTS_DIR), help=f"where --folds writes its comparison (default {RESULTS_DIR}/)"
     )
@@ -278,7 +303,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         description="Fit a temperature (softmax(logits / T)) on select-5w5s and choose the 'unknown' score and "
         "its threshold on open-set episodes of select-15w5s (2, 3, 5 or 8 classes taught, the rest unknown) "
         "for a target false-accept rate: both sets are drawn over the base and validation classes; a config "
-        "that learned from base classes uses val-5w5s and val-allway-5s instead. Saves them (used by fsl "
+        "that learned from base classes uses val-5w5s and val-allway-5s instead (a tower adapted on every "
+        "class, fsl adapt --all-classes, keeps the first pair: it saw them all). Saves them (used by fsl "
         "predict and the demo), then reports expected calibration error before and after, AUROC known vs "
         "unknown and the scores' rank agreement on the novel sets.",
     )

@@ -265,6 +265,15 @@ def load_adaptation(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     return state, meta
 
 
+def adaptation_classes(folder: str | os.PathLike) -> str:
+    """The classes an adaptation trained on, as its sidecar says: "base" (its split's; also an older
+    sidecar's), "selection" (every class but the split's novel ones), "all", or "fold"."""
+    sidecar = Path(folder) / SIDECAR_FILE
+    if not sidecar.is_file():
+        raise FslError(f"no adaptation at {folder} (expected {SIDECAR_FILE}); train one with `fsl adapt`")
+    return str(read_json(sidecar, "adaptation sidecar").get("classes", "base"))
+
+
 def adapted_top(
     source: nn.Module | Encoder,
     state: dict[str, torch.Tensor],

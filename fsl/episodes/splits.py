@@ -21,7 +21,8 @@ SPLITS = ("base", "val", "novel")
 # Pools of splits. "select": the base and validation classes together, where the choices that learn
 # nothing from base classes (temperature, "none of these" score and threshold, head options) are
 # scored: 22 classes instead of 6 in split 0, so a choice has classes enough to see a difference.
-POOLS = {"select": ("base", "val")}
+# "all": every class of the split, what a tower adapted for your own categories trains on.
+POOLS = {"select": ("base", "val"), "all": SPLITS}
 
 
 # Class splits ----------------------------------------------------------------------------------

@@ -71,6 +71,13 @@ LORA_TARGETS = ["_expand_conv", "_project_conv", "conv_head"]  # the 1x1 convolu
 TEXT_LORA_TARGETS = ["query", "key", "value"]  # MiniLM's attention projections
 ENCODERS = ("offline", "clip")
 TOWER_CHOICES = {"image": ["image"], "text": ["text"], "both": ["image", "text"]}
+# the classes a recipe trains on, as a ClassSplit names them (a split, or a pool of splits)
+CLASSES = {"base": "base", "selection": "select", "all": "all"}
+TRAINED_ON = {
+    "base": "base classes",
+    "selection": "base and validation classes (every class but the split's novel ones)",
+    "all": "classes of the split (base, validation and novel ones: a tower for your own categories)",
+}
 
 
 def check_adapt_config(config: AdaptConfig) -> AdaptConfig:
@@ -95,6 +102,8 @@ def check_adapt_config(config: AdaptConfig) -> AdaptConfig:
         value = getattr(config, key)
         if type(value) is not int or value < 1:
             raise FslError(f"adapt {key} must be a positive whole number, got {value!r}")
+    if config.classes not in CLASSES:
+        raise FslError(f"adapt classes must be one of {list(CLASSES)}, got {config.classes!r}")
     if config.mode not in MODES:
         raise FslError(f"adapt mode must be one of {list(MODES)}, got {config.mode!r}")
     if config.objective not in OBJECTIVES:
@@ -384,6 +393,17 @@ def validation_experiment(config: AdaptConfig) -> ExperimentConfig:
     )
 
 
+class NothingHeldOut:
+    """A run on every class it may see (`classes: selection | all`): no held-out episodes, so no
+    figures and no chosen step; the loop keeps the last (run_loop's choose_step)."""
+
+    def accuracies(self, towers: TowerFeatures) -> dict[str, np.ndarray]:
+        return {}
+
+    def summary(self, accuracies: dict[str, np.ndarray]) -> dict[str, float]:
+        return {}
+
+
 class Validation:
     """The fused-masked protonet on held-out episode sets (validation classes, or a class fold's held
     classes): the mean accuracy over sets, on each set's `choose` episodes (all, or a fold's choosing
@@ -434,7 +454,9 @@ def adapt(
     (scored on its held ones: fsl/episodes/folds.py); returns {"best" (validation figures), "best_step",
     "start" (step 0's figures), "steps", "folder", "accuracies" (the chosen top's per-episode accuracies
     on each scoring set)}. The checkpoints of split s live under split_root(out, s) (`out`: the
-    workspace's adaptations, checkpoints/adapt, unless given), like fsl train's; a fold's under NAME/fold<f>."""
+    workspace's adaptations, checkpoints/adapt, unless given), like fsl train's; a fold's under NAME/fold<f>.
+    A recipe on more classes than the base ones (`classes`) holds none out: it runs every step and
+    keeps the last, with no figures; its steps are the recipe's, or those class folds chose (fsl adapt --folds)."""
     check_adapt_config(config)
     split_episodes = workspace.episodes_of(config.split_seed)
     folder = split_root(out if out is not None else workspace.adaptations, config.split_seed) / config.name
@@ -446,14 +468,19 @@ def adapt(
     if not np.array_equal(store.ids, catalog.products["id"].to_numpy()):
         raise FslError(f"feature store {store.path} rows do not follow the catalog; re-run `fsl embed`")
     cuts = tower_cuts(encoder, config, store)
-    if fold is None:
+    holds_out = fold is not None or config.classes == "base"
+    if not holds_out:
+        base, sets = split.classes(CLASSES[config.classes]), {}
+    elif fold is None:
         sets = validation_sets(catalog, config, split_episodes)  # checked before the long caching
     else:
         check_fold(fold, split)
         base, folder, run_name = list(fold.train), folder / f"fold{fold.index}", f"{config.name}/fold{fold.index}"
         sets = fold_sets(fold, split, store.ids, catalog.labels(config.label_column).to_numpy(),
                          catalog.fingerprint, near_duplicate_index(catalog, split_episodes))  # fmt: skip
-    validation = Validation(config, store, sets, slice(None) if fold is None else CHOOSE)
+    validation = (
+        Validation(config, store, sets, slice(None) if fold is None else CHOOSE) if holds_out else NothingHeldOut()
+    )
     batches = BaseBatches(catalog, config, base, split_episodes)  # likewise
     activations = {
         tower: cached_tower(catalog, cut, workspace.features, progress=progress) for tower, cut in cuts.items()
@@ -483,9 +510,10 @@ def adapt(
         "split_seed": config.split_seed,
         "label_column": config.label_column,
         "catalog_fingerprint": catalog.fingerprint,
+        "classes": config.classes if fold is None else "fold",
         "base_classes": base,
         "trained_on": f"{len(batches.rows)} products of the {len(base)} "
-        + ("base classes" if fold is None else f"training classes of class fold {fold.index}"),
+        + (TRAINED_ON[config.classes] if fold is None else f"training classes of class fold {fold.index}"),
         **({} if fold is None else {"fold": {"index": fold.index, "held": list(fold.held)}}),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "config": dataclasses.asdict(config),
@@ -497,8 +525,9 @@ def adapt(
         identity["scored_on"] = {name: episode_set.digest for name, episode_set in sets.items()}
     schedule = Schedule(config.steps, config.val_every, config.lr, "lr")
     runs = workspace.runs_of("adapt", config.split_seed) / run_name
-    best, start = run_loop(job, optimizer, schedule, folder, runs, identity, resume, progress)
-    if job.best_step != best["step"]:  # resumed after the chosen step: its per-episode accuracies were not kept
+    best, start = run_loop(job, optimizer, schedule, folder, runs, identity, resume, progress, choose_step=holds_out)
+    # resumed after the chosen step: its per-episode accuracies were not kept
+    if holds_out and job.best_step != best["step"]:
         trained, source = (None, encoder.image_model) if towers.image_alone else (adapted_towers(config), encoder)
         state = load_adaptation(folder / "best")[0]
         chosen_top = adapted_top(source, state, config.cut, folder / "best", trained, copy_weights=True)

@@ -36,7 +36,7 @@ from fsl.episodes.siblings import HARD_TAUGHT
 from fsl.episodes.standard import load_episode_set
 from fsl.errors import FslError
 from fsl.harness.evaluate import episode_logits
-from fsl.harness.experiment import check_alignment, check_validation_only, selection_sets
+from fsl.harness.experiment import check_alignment, check_validation_only, config_for_split, selection_sets
 from fsl.harness.negatives import class_means, labels_by_row
 from fsl.harness.select import power_line
 from fsl.inference.calibration import FALSE_ACCEPT, Calibration, config_key, fit_temperature, threshold_for
@@ -252,13 +252,15 @@ def calibrate(
     known: int = KNOWN_WAYS,
     score: str = "auto",
     taught_counts: tuple[int, ...] = TAUGHT_COUNTS,
+    report: bool = True,
 ) -> Calibration:
     """Fit T, choose the known-ness score (`auto`: the best pooled AUROC on the open-set selection
     episodes, every taught count together) and its "unknown" threshold on class split `split_seed`,
-    save under `out`, then report on novel classes. `auto` sets: over base ∪ validation classes where
-    the config learned nothing from base classes (experiment.selection_sets), else over validation
-    classes."""
+    save under `out`, then report on novel classes (not with `report` False: a benchmark that reads
+    them its own way). `auto` sets: over base ∪ validation classes where the config learned nothing
+    from base classes (experiment.selection_sets), else over validation classes."""
     split_episodes = workspace.episodes_of(split_seed)
+    config = config_for_split(config, split_seed)  # an adapted encoder: that split's adaptation
     if not 0 < false_accept < 1:
         raise FslError(f"false_accept must lie strictly between 0 and 1, got {false_accept}")
     if score != "auto":
@@ -269,9 +271,9 @@ def calibrate(
         return next(drawn, candidates[-1])
 
     if temperature_set == "auto":
-        temperature_set = first_drawn(selection_sets(config, *TEMPERATURE_SETS))
+        temperature_set = first_drawn(selection_sets(config, *TEMPERATURE_SETS, split_seed))
     if open_selection_set == "auto":
-        open_selection_set = first_drawn(selection_sets(config, *OPEN_SELECTION_SETS))
+        open_selection_set = first_drawn(selection_sets(config, *OPEN_SELECTION_SETS, split_seed))
     check_validation_only(
         config, catalog, (temperature_set, open_selection_set), split_episodes, "fsl calibrate", "the val-* sets"
     )
@@ -351,12 +353,16 @@ def calibrate(
         "with_negatives": beside.figures(chosen, answering.threshold_at),
     }
     pool = "base and validation classes" if temperature_set.startswith("select") else "validation classes"
+    adapted_on = store.manifest.get("adaptation", {}).get("classes", "base")
+    seen = f", all seen by its tower (adapted on {adapted_on} classes)" if adapted_on in ("selection", "all") else ""
     calibration.validation = validation
     calibration.fitted_on = (
-        f"{pool} ({temperature_set}, open-set {open_selection_set} teaching {'/'.join(map(str, counts))} classes, "
-        f"a threshold for each; {catalog.fingerprint} split {split_seed})"
+        f"{pool}{seen} ({temperature_set}, open-set {open_selection_set} teaching {'/'.join(map(str, counts))} "
+        f"classes, a threshold for each; {catalog.fingerprint} split {split_seed})"
     )
     calibration.save(out)  # chosen: only now is a novel-class episode read, to report
+    if adapted_on == "all" or not report:  # all: its tower trained on the novel classes, none is left to report on
+        return calibration
 
     for name in report_sets:
         logits, labels = logits_of(name)

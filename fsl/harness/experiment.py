@@ -12,7 +12,7 @@ import numpy as np
 
 from fsl.config import ExperimentConfig
 from fsl.data.catalog import Catalog
-from fsl.encoders.adapted import adaptation_for_split
+from fsl.encoders.adapted import adaptation_classes, adaptation_for_split
 from fsl.encoders.factory import encoder_from_config
 from fsl.episodes.frozen import EpisodeSet, file_digest
 from fsl.episodes.shift import (
@@ -50,13 +50,33 @@ def learns_from_base(config: ExperimentConfig) -> bool:
     )
 
 
+def holds_nothing_out(config: ExperimentConfig, split_seed: int) -> bool:
+    """Whether the config's only learning is an adapted tower that trained on every class of the
+    selection pool (fsl adapt `classes: selection | all`): then its validation classes are no more
+    held out than its base ones, and its choices read the whole pool (22 classes, all seen, where
+    validation would give 6, also seen)."""
+    if config.encoder.name != "adapted" or not config.encoder.pretrained:
+        return False
+    if config.train is not None or tiny_head(config).needs_base_classes:
+        return False
+    folder = Path(adaptation_for_split(config.encoder.pretrained, split_seed))
+    return folder.is_dir() and adaptation_classes(folder) in ("selection", "all")
+
+
+def chooses_on_validation(config: ExperimentConfig, split_seed: int) -> bool:
+    """Whether the config's choices are scored on validation classes only: it learned from base
+    classes and holds its validation classes out of that learning."""
+    return learns_from_base(config) and not holds_nothing_out(config, split_seed)
+
+
 Choice = TypeVar("Choice")
 
 
-def selection_sets(config: ExperimentConfig, pooled: Choice, validation: Choice) -> Choice:
+def selection_sets(config: ExperimentConfig, pooled: Choice, validation: Choice, split_seed: int = 0) -> Choice:
     """The episode set a choice is scored on: `pooled` (over base ∪ validation classes) where the
-    config learned nothing from base classes, else `validation`."""
-    return validation if learns_from_base(config) else pooled
+    config learned nothing from base classes, or learned from all of them (holds_nothing_out), else
+    `validation`."""
+    return validation if chooses_on_validation(config, split_seed) else pooled
 
 
 def check_alignment(store: FeatureStore, episode_set: EpisodeSet) -> None:
@@ -71,6 +91,13 @@ def check_alignment(store: FeatureStore, episode_set: EpisodeSet) -> None:
                 f"feature store {store.path.name} was trained ({key}) on the base classes of split seed "
                 f"{' or '.join(map(str, seeds))}; episode set {episode_set.name!r} comes from split seed "
                 f"{episode_set.meta.get('split_seed')}, whose test classes it may have trained on. {fix}"
+            )
+        if trained and trained.get("classes") == "all" and episode_set.meta.get("split") not in ("val", "select"):
+            raise FslError(
+                f"feature store {store.path.name} was adapted on every class of the split (fsl adapt --all-classes), "
+                f"for your own categories: episode set {episode_set.name!r} holds classes it trained on, so its "
+                "figures would flatter it. Measure a tower on novel classes with one adapted on the others "
+                "(--set classes=selection)"
             )
 
 
@@ -258,11 +285,13 @@ def check_validation_only(
 ) -> None:
     """Every selection (a checkpoint, a grid point, a temperature, a threshold) reads validation-class
     episodes, or the selection pool (base ∪ validation classes) where the config learned nothing from
-    base classes: a set drawn from any other classes is refused, naming it, before any work starts."""
-    allowed = ("val",) if learns_from_base(config) else ("val", "select")
+    base classes or from all of them (holds_nothing_out): a set drawn from any other classes is
+    refused, naming it, before any work starts."""
     for name in names:
         episode_set = load_episode_set(config, catalog, name, split_episodes)
         split = episode_set.meta.get("split")
+        pooled = not chooses_on_validation(config, episode_set.meta.get("split_seed", 0))
+        allowed = ("val", "select") if pooled else ("val",)
         if split == "select" and split not in allowed:
             raise FslError(
                 f"{who}: {name!r} holds base classes, which {config.name} learned from (a trained head, an "

@@ -87,11 +87,14 @@ def run_loop(
     start_is_candidate: bool = True,
     on_validation: Callable[[int, float], None] | None = None,
     hparams: dict | None = None,
+    choose_step: bool = True,
 ) -> tuple[dict, dict | None]:
     """Train `job` for `schedule.steps`, resuming from `folder`/last unless `resume` is False; returns
     (the chosen step's figures with its "step", the untrained start's figures or None). `identity`:
     what the run is (its config, its catalog), saved with the state; a last/ saved for another is
-    refused rather than continued. `hparams`: written to TensorBoard's hparams view with the best score."""
+    refused rather than continued. `hparams`: written to TensorBoard's hparams view with the best score.
+    Without `choose_step` nothing is held out to choose with: every checkpoint is also best/, so the
+    run's is its last step (the untrained start is no candidate)."""
     identity = plain(identity)  # as it reads back from the saved state
     state = load_train_state(folder / "last") if resume else None
     best, start, done = {"score": -math.inf, "step": 0}, None, 0
@@ -105,10 +108,9 @@ def run_loop(
             job.load_state(state["job"], folder / "last")
             optimizer.load_state_dict(state["optimizer"])
             done, best, start = int(state["step"]), state["best"], state["start"]
-            logger.info(
-                f"resuming {job.name} at step {done} (best validation score {best['score']:.4f} at step {best['step']})"
-            )
-        elif start_is_candidate:  # a chosen step never loses to the untrained start
+            chosen = f"best validation score {best['score']:.4f} at step {best['step']}" if choose_step else "its last"
+            logger.info(f"resuming {job.name} at step {done} ({chosen})")
+        elif start_is_candidate and choose_step:  # a chosen step never loses to the untrained start
             start = job.validate()
             best = {**start, "step": 0}
             job.save(folder / "best", 0, start, start)
@@ -134,19 +136,19 @@ def run_loop(
             figures = job.validate()
             for key, value in figures.items():
                 writer.add_scalar(f"val/{key}", value, step)
-            improved = figures["score"] > best["score"]
+            improved = not choose_step or figures["score"] > best["score"]
             if improved:
                 best = {**figures, "step": step}
                 job.save(folder / "best", step, figures, start)
             against = " (new best)" if improved else f" (best {best['score']:.4f} at step {best['step']})"
+            scored = f"validation score {figures['score']:.4f}{against}" if choose_step else "saved (nothing held out)"
             (tqdm.write if progress else print)(
-                f"{job.name}: step {step}/{schedule.steps}, validation score {figures['score']:.4f}{against}; "
-                f"training loss {loss.item():.4f}"
+                f"{job.name}: step {step}/{schedule.steps}, {scored}; training loss {loss.item():.4f}"
             )
             job.save(folder / "last", step, figures, start)
             save_train_state(folder / "last", {"job": job.state(), "optimizer": optimizer.state_dict(), "step": step,
                                                "best": best, "start": start, **identity})  # fmt: skip
-            if on_validation is not None:
+            if on_validation is not None and choose_step:
                 on_validation(step, figures["score"])
         writer.add_scalar("val/chosen_step", best["step"], schedule.steps)  # 0: the untrained start won
         if hparams is not None:

@@ -73,6 +73,14 @@ def fold_power_line(rows: list[dict], power: dict) -> dict:
     return {**line, "verdict": f"over the {len(differences)} folds' class sets: {power_verdict(line)}"}
 
 
+def folds_step(summary: dict) -> int:
+    """The step count a run with nothing held out takes from a class-fold comparison: the median of
+    the chosen recipe's per-fold chosen steps (0 where the frozen tower won on most folds). A fold
+    trains on most of the classes the final run does, with the same step size (one episode)."""
+    row = next(r for r in summary["recipes"] if r["recipe"] == summary["chosen"])
+    return int(round(float(np.median([fold["step"] for fold in row["folds"]]))))
+
+
 def compare_recipes(
     recipes: list[AdaptConfig],
     catalog: Catalog,

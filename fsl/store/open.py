@@ -115,6 +115,7 @@ def adapted_store(
                 for key in ("split_seed", "label_column", "catalog_fingerprint", "towers", "cut", "mode", "objective")
             },
             **({"adapted": meta["adapted"]} if "adapted" in meta else {}),
+            "classes": meta.get("classes", "base"),  # an older sidecar's: its base classes
             "split_seeds": [meta["split_seed"]],
         }
     }
