@@ -56,19 +56,20 @@ SMALL_CLASSES = (10, 19)  # photos: below a split's 20, enough for 5 shots and 5
 EPISODES = 600
 
 
-def unknown_at(queries: Queries, taught_right: float) -> np.ndarray:
+def unknown_at(queries: Queries, taught_right: float) -> np.ndarray | None:
     """Per episode, untaught photos answered unknown (negatives answering) at the threshold that turns
-    the most of them away while answering `taught_right` of the taught photos right, over all episodes."""
+    the most of them away while answering `taught_right` of the taught photos right, over all
+    episodes; None where no threshold answers that many right (the negatives turn more away)."""
     away = queries.turned_away(MARGIN, "support")
-    best = np.zeros(queries.episode.max() + 1)
+    best = None
     for threshold in np.quantile(queries.score[queries.taught], QUANTILES):
         right, unknown = queries.rates(threshold, away)
-        if right.mean() >= taught_right and unknown.mean() > best.mean():
+        if right.mean() >= taught_right and (best is None or unknown.mean() > best.mean()):
             best = unknown
     return best
 
 
-def read(setup: DefaultHead, calibration, episode_set, negatives: KnownNegatives) -> list[np.ndarray]:
+def read(setup: DefaultHead, calibration, episode_set, negatives: KnownNegatives) -> list[np.ndarray | None]:
     """An episode set's per-episode figures (MEASURES, in order) for the default head of `setup`."""
     queries = queries_of(setup.head, calibration, setup.image, lambda ids: store_rows(setup.store.ids, ids),
                          episode_set, negatives, exclude_untaught=False)  # fmt: skip
@@ -81,7 +82,7 @@ def read(setup: DefaultHead, calibration, episode_set, negatives: KnownNegatives
     return [right, unknown, best_right, unknown_at(queries, TAUGHT_RIGHT)]
 
 
-def measures(setup: DefaultHead, split_seed: int) -> dict[str, list[np.ndarray]]:
+def measures(setup: DefaultHead, split_seed: int) -> dict[str, list[np.ndarray | None]]:
     """Each novel set's figures for the default head of `setup`, the split's selection classes its
     calibration and known negatives."""
     calibration = setup.calibration(split_seed)
@@ -95,7 +96,7 @@ def measures(setup: DefaultHead, split_seed: int) -> dict[str, list[np.ndarray]]
     }  # fmt: skip
 
 
-def small_classes(setup: DefaultHead) -> list[np.ndarray]:
+def small_classes(setup: DefaultHead) -> list[np.ndarray | None]:
     """The figures on the catalog's classes too small for a split (none trained on, none a negative):
     every one in each episode, HARD_TAUGHT of them taught; the catalog's split classes as negatives."""
     counts = setup.catalog.labels().value_counts()
@@ -106,6 +107,13 @@ def small_classes(setup: DefaultHead) -> list[np.ndarray]:
     pool = split.classes("all")
     negatives = KnownNegatives(tuple(pool), class_means(setup.image, setup.labels, pool))
     return read(setup, setup.calibration(0), episodes, negatives)
+
+
+def cells(old: np.ndarray | None, new: np.ndarray | None) -> str:
+    """Frozen, adapted and their paired difference; "–" where a side never reached the measure."""
+    if old is None or new is None:
+        return " | ".join(cell(v) if v is not None else "– (not reached)" for v in (old, new)) + " | –"
+    return f"{cell(old)} | {cell(new)} | {cell(new - old)}"
 
 
 def main() -> None:
@@ -135,8 +143,9 @@ def main() -> None:
         before, after = measures(frozen, split_seed), measures(adapted, split_seed)
         for name in SETS:
             for measure, old, new in zip(MEASURES, before[name], after[name]):
-                print(f"| {split_seed} | {name} | {measure} | {cell(old)} | {cell(new)} | {cell(new - old)} |")
-                split_means.setdefault((name, measure), []).append([old.mean(), new.mean(), (new - old).mean()])
+                print(f"| {split_seed} | {name} | {measure} | {cells(old, new)} |")
+                if old is not None and new is not None:  # the summary counts the splits that reached it
+                    split_means.setdefault((name, measure), []).append([old.mean(), new.mean(), (new - old).mean()])
         print(f"| {split_seed} | | (adapted, calibrated and read in {time.perf_counter() - started:.0f} s) | | | |",
               flush=True)  # fmt: skip
     if args.all_classes_tower:
@@ -148,14 +157,14 @@ def main() -> None:
         print("| measure | frozen | adapted on every class | adapted − frozen |")
         print("|---|---|---|---|")
         for measure, old, new in zip(MEASURES, before, after):
-            print(f"| {measure} | {cell(old)} | {cell(new)} | {cell(new - old)} |")
+            print(f"| {measure} | {cells(old, new)} |")
     if len(args.splits) > 1:
         print(f"\nOver the {len(args.splits)} splits: the mean of the split means ± a 95% t interval over them")
-        print("| set | measure | frozen | adapted | adapted − frozen (paired per split) |")
-        print("|---|---|---|---|---|")
+        print("| set | measure | splits | frozen | adapted | adapted − frozen (paired per split) |")
+        print("|---|---|---|---|---|---|")
         for (name, measure), values in split_means.items():
             columns = [cell(np.array(column)) for column in zip(*values)]
-            print(f"| {name} | {measure} | {' | '.join(columns)} |")
+            print(f"| {name} | {measure} | {len(values)} | {' | '.join(columns)} |")
 
 
 if __name__ == "__main__":
