@@ -302,6 +302,40 @@ def test_your_own_categories_through_an_adapted_tower(slice_, tmp_path):
     assert said.startswith(f"head {DEFAULT_HEAD}, encoder adapted:") and "uncalibrated" in said
 
 
+def test_fsl_predict_answers_your_own_categories_through_an_adapted_tower(slice_, tmp_path, capsys):
+    """`fsl predict --support --encoder adapted --pretrained DIR`: the default head on that tower
+    (the CSV's answers among the support's categories); --encoder without --support, or beside
+    --config, is refused before any work."""
+    import shutil
+
+    import pandas as pd
+
+    from fsl.cli.main import main
+
+    _, catalog, _ = slice_
+    run(slice_, tmp_path)
+    capsys.readouterr()
+    products, labels = catalog.products, sorted(catalog.products["articleType"].unique())[:3]
+    for label in labels:
+        rows = products[products["articleType"] == label]["image_path"]
+        (tmp_path / "support" / label).mkdir(parents=True)
+        (tmp_path / "query").mkdir(exist_ok=True)
+        for path in rows.iloc[:4]:
+            shutil.copy(path, tmp_path / "support" / label)
+        shutil.copy(rows.iloc[5], tmp_path / "query" / f"{label}.jpg")
+    tower = ["--encoder", "adapted", "--pretrained", str(tmp_path / "adapt" / "tiny" / "last")]
+    common = ["predict", "--images", str(tmp_path / "query"), "--out", str(tmp_path / "answers.csv")]
+    assert main([*common, "--support", str(tmp_path / "support"), *tower, "--store-root", str(tmp_path / "s")]) == 0
+    assert capsys.readouterr().out.startswith(f"head {DEFAULT_HEAD}, encoder adapted:")
+    answers = pd.read_csv(tmp_path / "answers.csv")
+    assert len(answers) == 3 and set(answers["label_1"]) <= set(labels)
+    assert main([*common, "--checkpoint", "checkpoints/head/best", *tower]) == 2
+    assert "--encoder goes with --support" in capsys.readouterr().err
+    config = ["--config", "experiments/protonet-image.yaml"]
+    assert main([*common, "--support", str(tmp_path / "support"), *config, *tower]) == 2
+    assert "--encoder goes without --config" in capsys.readouterr().err
+
+
 # Nothing silently wrong in what adaptation derives ---------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from fsl.apps.classifier import FewShotClassifier
 from fsl.apps.index import open_index
 from fsl.apps.support import IMAGE_WEIGHT, SupportFolder, read_support_folder, read_texts
-from fsl.config import UNKNOWN, ExperimentConfig, config_from_dict, load_config
+from fsl.config import UNKNOWN, EncoderConfig, ExperimentConfig, config_from_dict, load_config
 from fsl.data.catalog import Catalog, label_word_pattern, resolve_data_dir
 from fsl.data.prepared import load_catalog
 from fsl.encoders.factory import encoder_from_config
@@ -386,10 +386,12 @@ def predict_own_categories(
     data: str | os.PathLike | None = None,
     workspace: Workspace = Workspace(),
     catalog_negatives: bool = True,
+    encoder: EncoderConfig | None = None,
 ) -> Path:
     """`fsl predict --support`: every photo of `images` among a support folder's categories, with
     the folders alone; with `calibrate_false_accept`, the threshold fitted on the support itself;
-    with `catalog_negatives`, the known negatives made for the encoder, where they apply.
+    with `catalog_negatives`, the known negatives made for the encoder, where they apply; with
+    `encoder`, that encoder instead of the head's (a tower adapted for your own categories).
     Prints the head, encoder and calibration first, then what was answered and how fast."""
     started = time.perf_counter()
     check_out(out)
@@ -397,7 +399,12 @@ def predict_own_categories(
     photos = read_photo_folder(images, texts)
     config, note = choose_config(None, config_path, support, text_coverage(photos, support, texts is not None))
     classifier = FewShotClassifier.from_support(
-        support, config, classes, calibration_dir=calibration_dir, negatives="auto" if catalog_negatives else None
+        support,
+        config,
+        classes,
+        encoder=encoder,
+        calibration_dir=calibration_dir,
+        negatives="auto" if catalog_negatives else None,
     )
     report_support(support)
     if note:

@@ -64,7 +64,7 @@ def cmd_demo(args) -> None:
 
 def cmd_predict(args) -> None:
     from fsl.apps.predict import predict_folder, predict_own_categories
-    from fsl.config import load_config
+    from fsl.config import EncoderConfig, load_config
     from fsl.data.prepared import load_catalog
     from fsl.inference.heads import needs_catalog
 
@@ -79,6 +79,11 @@ def cmd_predict(args) -> None:
         raise FslError("--no-catalog-negatives needs --support DIR: a catalog head answers among the catalog's classes")
     if not 0 < args.false_accept < 1:
         raise FslError(f"--false-accept must lie strictly between 0 and 1, got {args.false_accept}")
+    if args.encoder and not args.support:
+        raise FslError("--encoder goes with --support: a catalog head answers with the encoder it was fitted on")
+    if args.encoder and args.config:
+        raise FslError("--encoder goes without --config: the config names its own encoder")
+    encoder = EncoderConfig(args.encoder, args.model, args.pretrained) if args.encoder else None
     config = load_config(args.config) if args.config else None
     if args.support and not args.checkpoint and (config is None or not needs_catalog(config)):
         classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
@@ -95,6 +100,7 @@ def cmd_predict(args) -> None:
             args.data,
             workspace_from(args),
             not args.no_catalog_negatives,
+            encoder,
         )
     else:
         catalog = load_catalog(args.data)
@@ -211,6 +217,19 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         help="with --support: answer without the known negatives (by default a photo nearer a catalog class than "
         "any of your categories is 'unknown', and says which class it looks like; the offline encoder's ship "
         "with fsl, `fsl negatives` makes them for another)",
+    )
+    predict.add_argument(
+        "--encoder",
+        choices=["offline", "clip", "aligned", "adapted"],
+        help="with --support: embed your categories and photos with this encoder instead of the default head's "
+        "(offline); adapted: a tower from `fsl adapt` (--all-classes trains one for your own categories), with "
+        "the calibration and known negatives `fsl calibrate` and `fsl negatives` made for it",
+    )
+    predict.add_argument("--model", help="with --encoder clip: the open_clip model (default ViT-B-32)")
+    predict.add_argument(
+        "--pretrained",
+        help="with --encoder: clip's weights (a tag or a local file), or the alignment or adaptation folder "
+        "(checkpoints/adapt/NAME/best)",
     )
     predict.add_argument("--store-root", default=str(FEATURES_ROOT), metavar="DIR", help=STORE_HELP)
     predict.set_defaults(run=cmd_predict)
