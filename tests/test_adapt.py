@@ -334,6 +334,8 @@ def test_fsl_predict_answers_your_own_categories_through_an_adapted_tower(slice_
     config = ["--config", "experiments/protonet-image.yaml"]
     assert main([*common, "--support", str(tmp_path / "support"), *config, *tower]) == 2
     assert "--encoder goes without --config" in capsys.readouterr().err
+    assert main([*common, "--support", str(tmp_path / "support"), *tower[2:]]) == 2  # --pretrained alone
+    assert "--model and --pretrained go with --encoder" in capsys.readouterr().err
 
 
 # Nothing silently wrong in what adaptation derives ---------------------------------------------------

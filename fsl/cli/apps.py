@@ -79,6 +79,8 @@ def cmd_predict(args) -> None:
         raise FslError("--no-catalog-negatives needs --support DIR: a catalog head answers among the catalog's classes")
     if not 0 < args.false_accept < 1:
         raise FslError(f"--false-accept must lie strictly between 0 and 1, got {args.false_accept}")
+    if (args.model or args.pretrained) and not args.encoder:
+        raise FslError("--model and --pretrained go with --encoder (which encoder they name)")
     if args.encoder and not args.support:
         raise FslError("--encoder goes with --support: a catalog head answers with the encoder it was fitted on")
     if args.encoder and args.config:
