@@ -14,7 +14,10 @@ rule; taught photos whose best guess is right (no threshold); untaught photos an
 one threshold answers 85% of taught photos right (the trade-off, free of where the threshold was fitted).
 
 The steps: the recipe's, or `--steps` (the class folds' choice, which `fsl adapt RECIPE --all-classes
---folds 4` prints). Offline encoder, real data; split 0's frozen calibration is the shipped one.
+--folds 4` prints). `--classes base` reads the README's tower instead (base classes only, its step
+chosen and its calibration fitted on the validation classes, which it never saw): whether a calibration
+held out from the tower's training keeps the frozen operating point. Offline encoder, real data; split
+0's frozen calibration is the shipped one.
 
 `--all-classes-tower DIR` (`fsl adapt RECIPE --all-classes`'s best/) also reads the tower users would
 get on the catalog's classes too small for any split (SMALL_CLASSES photos), which it never trained on:
@@ -22,6 +25,7 @@ EPISODES episodes, 5 of them taught (5 shots), the others untaught (5 queries ea
 tower; each calibrated on split 0's selection classes, the catalog's classes as known negatives.
 
     python benchmarks/adapted_default.py [--data DIR] [--splits 0 1 2 3 4] [--recipe PATH] [--steps N]
+                                         [--classes selection|base]
                                          [--all-classes-tower checkpoints/adapt/episodic--classes-all/best]
 """
 
@@ -122,15 +126,19 @@ def main() -> None:
     parser.add_argument("--splits", type=int, nargs="+", default=[0])
     parser.add_argument("--recipe", default="experiments/adapt/episodic.yaml")
     parser.add_argument("--steps", type=int, help="steps of each adaptation (default: the recipe's)")
+    parser.add_argument("--classes", choices=["selection", "base"], default="selection",
+                        help="what the tower trains on: every class but the novel ones (default), or the base "
+                        "classes alone, its step chosen and its calibration fitted on the validation classes it "
+                        "never saw")  # fmt: skip
     parser.add_argument("--out", default=str(ADAPT_DIR), help=f"where the adaptations go (default {ADAPT_DIR})")
     parser.add_argument("--all-classes-tower", help="an adaptation on every class (fsl adapt --all-classes)")
     args = parser.parse_args()
     recipe = load_adapt_config(args.recipe)
-    recipe = replace(recipe, name=f"{recipe.name}--classes-selection", classes="selection",
+    recipe = replace(recipe, name=f"{recipe.name}--classes-{args.classes}", classes=args.classes,
                      steps=args.steps or recipe.steps)  # fmt: skip
     frozen = DefaultHead.open(args.data)
     print(f"{DEFAULT_HEAD}, offline encoder: the frozen tower against the tower adapted by {args.recipe} "
-          f"({recipe.steps} steps) on every class but the split's novel ones; the shipped rule (known negatives, "
+          f"({recipe.steps} steps) on its {args.classes} classes; the shipped rule (known negatives, "
           "the threshold fitted with them) on the novel sets, paired on the same episodes (%)\n")  # fmt: skip
     print("| split | set | measure | frozen | adapted | adapted − frozen |")
     print("|---|---|---|---|---|---|")
