@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 from fsl.cli.common import (
-    STORE_HELP,
     add_data_option,
     add_encoder_options,
     encoder_config,
@@ -17,7 +16,7 @@ from fsl.cli.common import (
 )
 from fsl.errors import FslError
 from fsl.files import IMAGE_SUFFIXES
-from fsl.paths import FEATURES_ROOT, PREDICTIONS_FILE, SHIPPED_CALIBRATION_DIR, USER_CALIBRATION_DIR
+from fsl.paths import PREDICTIONS_FILE, SHIPPED_CALIBRATION_DIR, USER_CALIBRATION_DIR
 
 
 def cmd_demo(args) -> None:
@@ -64,7 +63,7 @@ def cmd_demo(args) -> None:
 
 def cmd_predict(args) -> None:
     from fsl.apps.predict import predict_folder, predict_own_categories
-    from fsl.config import EncoderConfig, load_config
+    from fsl.config import load_config
     from fsl.data.prepared import load_catalog
     from fsl.inference.heads import needs_catalog
 
@@ -85,7 +84,7 @@ def cmd_predict(args) -> None:
         raise FslError("--encoder goes with --support: a catalog head answers with the encoder it was fitted on")
     if args.encoder and args.config:
         raise FslError("--encoder goes without --config: the config names its own encoder")
-    encoder = EncoderConfig(args.encoder, args.model, args.pretrained) if args.encoder else None
+    encoder = encoder_config(args) if args.encoder else None
     config = load_config(args.config) if args.config else None
     if args.support and not args.checkpoint and (config is None or not needs_catalog(config)):
         classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
@@ -220,20 +219,13 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "any of your categories is 'unknown', and says which class it looks like; the offline encoder's ship "
         "with fsl, `fsl negatives` makes them for another)",
     )
-    predict.add_argument(
-        "--encoder",
-        choices=["offline", "clip", "aligned", "adapted"],
-        help="with --support: embed your categories and photos with this encoder instead of the default head's "
-        "(offline); adapted: a tower from `fsl adapt` (--all-classes trains one for your own categories), with "
-        "the calibration and known negatives `fsl calibrate` and `fsl negatives` made for it",
+    add_encoder_options(
+        predict,
+        default=None,
+        when="with --support, the encoder your categories and photos are embedded with (an adapted tower: "
+        "`fsl adapt --all-classes`, with the calibration and known negatives `fsl calibrate` and `fsl negatives` "
+        "made for it). ",
     )
-    predict.add_argument("--model", help="with --encoder clip: the open_clip model (default ViT-B-32)")
-    predict.add_argument(
-        "--pretrained",
-        help="with --encoder: clip's weights (a tag or a local file), or the alignment or adaptation folder "
-        "(checkpoints/adapt/NAME/best)",
-    )
-    predict.add_argument("--store-root", default=str(FEATURES_ROOT), metavar="DIR", help=STORE_HELP)
     predict.set_defaults(run=cmd_predict)
 
     quick = commands.add_parser(

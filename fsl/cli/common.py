@@ -69,15 +69,18 @@ def add_data_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_encoder_options(parser: argparse.ArgumentParser) -> None:
+def add_encoder_options(parser: argparse.ArgumentParser, default: str | None = "offline", when: str = "") -> None:
+    """--encoder and what names its weights, --device, --runtime and --store-root. `default` None: the
+    encoder is the head's unless given (`when` says where the option applies)."""
     group = parser.add_argument_group("encoder")
     group.add_argument(
         "--encoder",
-        default="offline",
+        default=default,
         choices=["offline", "clip", "aligned", "adapted"],
-        help="offline: EfficientNet-Lite0 + MiniLM from PyPI wheels (works air-gapped); "
+        help=f"{when}offline: EfficientNet-Lite0 + MiniLM from PyPI wheels (works air-gapped); "
         "clip: open_clip; aligned: the offline pair in one image-text space trained by "
-        "`fsl align`; adapted: the offline pair with the image tower's top trained by `fsl adapt` (default offline)",
+        "`fsl align`; adapted: the offline pair with the image tower's top trained by `fsl adapt` "
+        + ("(default offline)" if default == "offline" else "(default: the head's encoder, offline)"),
     )
     group.add_argument("--model", help="open_clip model name or hf-hub:ORG/REPO (clip only; default ViT-B-32)")
     group.add_argument(
