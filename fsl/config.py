@@ -93,6 +93,8 @@ class AdaptConfig:
     k_shot: int = 5
     q_query: int = 10
     flip: bool = True  # augment: mirror half the offline image maps (a mirrored photo's map is close to it)
+    crop: float = 1.0  # augment: a random square of this share of each offline image map's side (1: none)
+    mix: float = 0.0  # augment: each offline image map blended with one of its class, that one weighing up to `mix`
     val_every: int = 25
     val_episodes: tuple[str, ...] = ("val-5w5s", "val-allway-5s")
     image_weight: float = 0.7  # validation judges the fused-masked features of the README's main heads
@@ -107,8 +109,8 @@ class AdaptConfig:
 
 
 POSITIVE_INTS = {"batch_size", "steps", "episodes_per_step", "n_way", "k_shot", "q_query", "val_every", "cut", "rank"}
-POSITIVE_FLOATS = {"lr"}
-NON_NEGATIVE_FLOATS = {"weight_decay"}
+POSITIVE_FLOATS = {"lr", "crop"}
+NON_NEGATIVE_FLOATS = {"weight_decay", "mix"}
 NON_NEGATIVE_INTS = {"seed", "split_seed"}
 STRINGS = {
     "name",

@@ -17,7 +17,7 @@ from fsl.config import AdaptConfig, EncoderConfig
 from fsl.encoders.adapted import WEIGHTS_FILE, AdaptedEncoder, TextTop, load_adaptation
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
-from fsl.harness.adapt import BaseBatches, adapt, check_adapt_config
+from fsl.harness.adapt import BaseBatches, adapt, check_adapt_config, mix, random_crop
 from fsl.inference.heads import DEFAULT_HEAD
 from fsl.paths import Workspace
 from fsl.store.activations import OfflineTextCut, cached_activations, cached_tower
@@ -79,6 +79,62 @@ def test_every_training_batch_holds_base_class_products_only(slice_):
         seen |= set(labels[rows]) | set(labels[np.concatenate([episode.support[0], episode.query[0]])])
     assert seen == set(split.classes("base"))
     assert not seen & (set(split.classes("val")) | set(split.classes("novel")))
+
+
+def test_map_augmentations_crop_and_blend_within_a_class(slice_):
+    root, catalog, _ = slice_
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.randn(40, 3, 7, 7, generator=generator)
+    cropped = random_crop(maps, 0.7, generator)
+    assert cropped.shape == (40, 3, 5, 5)
+    places = set()
+    for original, crop in zip(maps, cropped):
+        found = [
+            (top, left)
+            for top in range(3)
+            for left in range(3)
+            if torch.equal(original[:, top : top + 5, left : left + 5], crop)
+        ]
+        assert found  # a square of the map itself, not a resampled one
+        places.add(found[0])
+    assert len(places) > 3  # each map cropped at its own place
+    # a blend weighs the partner by at most `mix`, the same weight over a whole map
+    zeros, ones = torch.zeros(40, 3, 7, 7), torch.ones(40, 3, 7, 7)
+    blended = mix(zeros, ones, 0.3, generator)
+    weights = blended.flatten(1)
+    assert torch.all(weights == weights[:, :1]) and 0 <= weights.min() and weights.max() <= 0.3
+    assert weights[:, 0].unique().numel() > 10
+    # partners: products of the same class, drawn over the class (not the product itself each time)
+    split = ClassSplit.load(catalog, "articleType", 0, root / "episodes")
+    batches = BaseBatches(catalog, TINY, split.classes("base"), root / "episodes")
+    labels = catalog.labels().to_numpy()
+    rows = batches.rows[::3]
+    partners = batches.partners(rows, generator)
+    assert list(labels[partners]) == list(labels[rows]) and np.isin(partners, batches.rows).all()
+    assert (partners != rows).mean() > 0.8
+
+
+def test_an_augmented_recipe_trains_on_its_augmented_maps(slice_, tmp_path, monkeypatch):
+    seen_shapes = []
+    real_augment = fsl.harness.adapt.augment
+
+    def recorded(maps, config, generator, partner_maps=None):
+        seen_shapes.append((tuple(maps.shape), partner_maps is not None))
+        return real_augment(maps, config, generator, partner_maps)
+
+    monkeypatch.setattr(fsl.harness.adapt, "augment", recorded)
+    plain = dataclasses.replace(TINY, name="plain", objective="episodic")
+    augmented = dataclasses.replace(plain, name="augmented", crop=0.7, mix=0.4)
+    run(slice_, tmp_path, plain)
+    assert seen_shapes and all(not partnered for _, partnered in seen_shapes)
+    seen_shapes.clear()
+    run(slice_, tmp_path, augmented)
+    assert len(seen_shapes) == augmented.steps and all(partnered for _, partnered in seen_shapes)
+    meta = load_adaptation(tmp_path / "adapt" / "augmented" / "last")[1]
+    assert (meta["config"]["crop"], meta["config"]["mix"]) == (0.7, 0.4)
+    # the same recipe and seeds, the maps augmented otherwise: other weights
+    weights = [load_file(tmp_path / "adapt" / name / "last" / WEIGHTS_FILE) for name in ("plain", "augmented")]
+    assert any(not torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
 
 
 def test_adapt_writes_best_and_last_with_a_sidecar_and_an_adapted_store(slice_, tmp_path):
@@ -171,6 +227,10 @@ def test_the_frozen_start_is_chosen_when_no_step_beats_it(slice_, tmp_path, monk
         ({"cut": 9}, "cut must be"),
         ({"lr": float("nan")}, "lr must be"),
         ({"image_weight": 1.5}, "image_weight must lie"),
+        ({"crop": 0}, "crop .* must lie in"),
+        ({"crop": 1.2}, "crop .* must lie in"),
+        ({"mix": 0.6}, "mix .* must lie in"),
+        ({"towers": "text", "mix": 0.3}, "towers 'text' does not train it"),
     ],
 )
 def test_bad_recipes_are_refused_before_any_work(change, message):

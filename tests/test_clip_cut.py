@@ -204,6 +204,8 @@ def test_a_non_finite_clip_loss_stops_the_run_and_keeps_the_earlier_checkpoints(
     "change, message",
     [
         ({"flip": True}, "cannot be mirrored: set flip: false"),
+        ({"crop": 0.7}, "leave crop at 1 and mix at 0"),
+        ({"mix": 0.3}, "leave crop at 1 and mix at 0"),
         ({"cut": 3}, "cut must be a whole number of last transformer blocks from 1 to 2"),
         ({"towers": "all"}, "towers must be one of"),
         ({"encoder": EncoderConfig("offline"), "towers": "text", "cut": 7}, "MiniLM's last layers from 1 to 6"),

@@ -10,7 +10,8 @@ K-shot base episodes: P>M>F's meta-training stage, Hu et al., CVPR 2022) and `su
 (the first half of the steps one, the second the other). Modes: `full` (the layers' weights and
 norm affines) and `lora` (PEFT low-rank adapters, merged into the weights when saved: CLIP-LoRA's
 recipe, Zanella & Ben Ayed 2024; on the offline image tower's 1x1 convolutions, on the attention
-projections of MiniLM's and CLIP's layers).
+projections of MiniLM's and CLIP's layers). The offline image maps are augmented where the recipe
+says: mirrored (`flip`), cropped (`crop`), blended with another product of their class (`mix`).
 
 Selection reads validation classes only: step 0 (the frozen tower) is scored first, so a chosen
 checkpoint is never worse than its start on validation, and the run says when the start won.
@@ -98,6 +99,11 @@ def check_adapt_config(config: AdaptConfig) -> AdaptConfig:
             "adapt flip mirrors the offline tower's 7x7 maps; a CLIP tower's cached tokens carry their positions "
             "and cannot be mirrored: set flip: false"
         )
+    elif config.crop != 1 or config.mix != 0:
+        raise FslError(
+            "adapt crop and mix augment the offline tower's 7x7 maps; a CLIP tower's cached tokens carry their "
+            "positions: leave crop at 1 and mix at 0"
+        )
     for key in ("cut", "rank", "steps", "batch_size", "n_way", "k_shot", "q_query", "val_every"):
         value = getattr(config, key)
         if type(value) is not int or value < 1:
@@ -118,6 +124,15 @@ def check_adapt_config(config: AdaptConfig) -> AdaptConfig:
         raise FslError(f"adapt image_weight must lie in [0, 1], got {config.image_weight!r}")
     if type(config.flip) is not bool:
         raise FslError(f"adapt flip must be true or false, got {config.flip!r}")
+    if not (type(config.crop) in (int, float) and 0 < config.crop <= 1):
+        raise FslError(f"adapt crop (the share of a map's side kept) must lie in (0, 1], got {config.crop!r}")
+    if not (type(config.mix) in (int, float) and 0 <= config.mix <= 0.5):
+        raise FslError(f"adapt mix (the most a map's class partner weighs) must lie in [0, 0.5], got {config.mix!r}")
+    if (config.crop != 1 or config.mix != 0) and "image" not in adapted_towers(config):
+        raise FslError(
+            f"adapt crop and mix augment the image tower's maps, and towers {config.towers!r} does not train it: "
+            "leave crop at 1 and mix at 0"
+        )
     if type(config.split_seed) is not int or config.split_seed < 0 or type(config.seed) is not int or config.seed < 0:
         raise FslError(
             f"adapt split_seed and seed must be whole numbers >= 0 (got {config.split_seed!r}, {config.seed!r})"
@@ -264,6 +279,10 @@ class BaseBatches:
             raise FslError(f"adapt n_way {config.n_way} is more than the classes to draw from ({where})")
         self.base = list(base)
         self.classes = torch.as_tensor(np.searchsorted(self.base, labels[self.rows]))
+        # positions in `rows` grouped by class, to draw a product of a given class (partners)
+        self.by_class = torch.argsort(self.classes, stable=True)
+        self.class_sizes = torch.bincount(self.classes, minlength=len(self.base))
+        self.class_starts = torch.cumsum(self.class_sizes, 0) - self.class_sizes
         self.generator = torch.Generator().manual_seed(config.seed)
         groups = near_duplicate_index(catalog, split_episodes)
         groups = None if groups is None else groups[self.rows]
@@ -272,6 +291,13 @@ class BaseBatches:
             config.q_query, config.seed, groups,
         )  # fmt: skip
         self.batch_size = config.batch_size
+
+    def partners(self, rows: np.ndarray, generator: torch.Generator) -> np.ndarray:
+        """[B] for each of `rows`, a product of its class drawn at random (it may be itself), what `mix`
+        blends its map with."""
+        classes = self.classes[np.searchsorted(self.rows, rows)]
+        drawn = (torch.rand(len(rows), generator=generator) * self.class_sizes[classes]).long()
+        return self.rows[self.by_class[self.class_starts[classes] + drawn].numpy()]
 
     def supervised(self) -> tuple[np.ndarray, torch.Tensor]:
         """A batch of base products (catalog rows) and their base-class numbers."""
@@ -309,16 +335,20 @@ class TowerFeatures:
         self.config, self.model, self.activations, self.store = config, model, activations, store
         self.offline, self.image_alone = config.encoder.name == "offline", image_alone(config)
 
-    def tops(self, rows: np.ndarray, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """{tower: [B, D]} the adapted towers' features of `rows`, unnormalised (offline image maps
-        mirrored at random with a `generator` and the recipe's flip)."""
-        inputs = {
-            tower: torch.from_numpy(np.asarray(cached[rows], dtype=np.float32))
-            for tower, cached in self.activations.items()
-        }
-        if self.offline and "image" in inputs and generator is not None and self.config.flip:
-            inputs["image"] = augment(inputs["image"], generator)
+    def tops(
+        self, rows: np.ndarray, generator: torch.Generator | None = None, partners: np.ndarray | None = None
+    ) -> dict[str, torch.Tensor]:
+        """{tower: [B, D]} the adapted towers' features of `rows`, unnormalised. With a `generator`, the
+        offline image maps are augmented as the recipe says (`augment`), blended with `partners`' maps
+        (products of the same classes) where it mixes."""
+        inputs = {tower: self.cached(tower, rows) for tower in self.activations}
+        if self.offline and "image" in inputs and generator is not None:
+            partner_maps = None if partners is None else self.cached("image", partners)
+            inputs["image"] = augment(inputs["image"], self.config, generator, partner_maps)
         return {"image": self.model(inputs["image"])} if self.image_alone else self.model(inputs)
+
+    def cached(self, tower: str, rows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.activations[tower][rows], dtype=np.float32))
 
     @torch.no_grad()
     def features(self, rows: np.ndarray, batch: int = 256) -> dict[str, torch.Tensor]:
@@ -326,9 +356,11 @@ class TowerFeatures:
         parts = [self.tops(rows[i : i + batch]) for i in range(0, len(rows), batch)]
         return {tower: F.normalize(torch.cat([p[tower] for p in parts]), dim=-1) for tower in self.activations}
 
-    def for_loss(self, rows: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:
+    def for_loss(
+        self, rows: np.ndarray, generator: torch.Generator | None = None, partners: np.ndarray | None = None
+    ) -> torch.Tensor:
         """[B, D] what the objectives compare (see the class)."""
-        adapted = self.tops(rows, generator)
+        adapted = self.tops(rows, generator, partners)
         if set(adapted) == {"image"}:
             return adapted["image"]
         frozen = {"image": self.store.image, "text": self.store.text(self.config.text_variant)}
@@ -363,10 +395,47 @@ def cosine_classifier_loss(
     return F.cross_entropy(scale * F.normalize(features, dim=-1) @ F.normalize(weights, dim=-1).T, classes)
 
 
-def augment(maps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def augment(
+    maps: torch.Tensor, config: AdaptConfig, generator: torch.Generator, partner_maps: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[B, C, H, W] maps of a training step augmented as the recipe says: blended with their class
+    partners' (`mix`), mirrored (`flip`), cropped (`crop`). The top pools over whatever map it is given,
+    so a crop is a photo seen closer, as a random-resized crop would show it, without decoding one."""
+    if config.mix > 0 and partner_maps is not None:
+        maps = mix(maps, partner_maps, config.mix, generator)
+    if config.flip:
+        maps = mirror(maps, generator)
+    if config.crop < 1:
+        maps = random_crop(maps, config.crop, generator)
+    return maps
+
+
+def mirror(maps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror about half of the activation maps left to right."""
     flip = torch.rand(len(maps), generator=generator) < 0.5
     return torch.where(flip[:, None, None, None], maps.flip(-1), maps)
+
+
+def mix(maps: torch.Tensor, partner_maps: torch.Tensor, most: float, generator: torch.Generator) -> torch.Tensor:
+    """Each map blended with its partner's (a product of the same class), the partner weighing a
+    uniform draw in [0, most]: a product between two of its class, its label unchanged (within-class
+    manifold mixup: no second label to weigh, so the prototypical loss takes it as it is)."""
+    weight = most * torch.rand(len(maps), 1, 1, 1, generator=generator)
+    return (1 - weight) * maps + weight * partner_maps
+
+
+def random_crop(maps: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """A random square of `share` of each map's side (at least one cell), at its own place in each map."""
+    count, channels, height, width = maps.shape
+    size_h, size_w = max(1, round(share * height)), max(1, round(share * width))
+    top = torch.randint(height - size_h + 1, (count, 1), generator=generator) + torch.arange(size_h)
+    left = torch.randint(width - size_w + 1, (count, 1), generator=generator) + torch.arange(size_w)
+    return maps[
+        torch.arange(count)[:, None, None, None],
+        torch.arange(channels)[None, :, None, None],
+        top[:, None, :, None],
+        left[:, None, None, :],
+    ]
 
 
 # Training ---------------------------------------------------------------------------------------
@@ -570,7 +639,8 @@ class Adaptation(Trainable):
         else:
             episode = self.batches.episode()
             rows = np.concatenate([episode.support[0], episode.query[0]])
-        features = self.towers.for_loss(rows, self.augment_generator)
+        partners = self.batches.partners(rows, self.augment_generator) if self.config.mix > 0 else None
+        features = self.towers.for_loss(rows, self.augment_generator, partners)
         if objective == "supervised":
             return "loss_supervised", cosine_classifier_loss(features, classes, self.classifier, self.log_scale.exp())
         n_support = episode.support.shape[1]
