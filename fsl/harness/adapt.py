@@ -401,7 +401,7 @@ def augment(
     """[B, C, H, W] maps of a training step augmented as the recipe says: blended with their class
     partners' (`mix`), mirrored (`flip`), cropped (`crop`). The top pools over whatever map it is given,
     so a crop is a photo seen closer, as a random-resized crop would show it, without decoding one."""
-    if config.mix > 0 and partner_maps is not None:
+    if partner_maps is not None:  # drawn only where the recipe mixes
         maps = mix(maps, partner_maps, config.mix, generator)
     if config.flip:
         maps = mirror(maps, generator)
