@@ -104,7 +104,7 @@ def main() -> None:
 
     rows, novel_s = [], 0.0
     started = time.perf_counter()
-    for recipe, fold_row in zip(candidates, folds["recipes"]):
+    for recipe, fold_row in zip(candidates, folds["candidates"]):
         novel = {name: [] for name in NOVEL_SETS}
         for fold in fold_row["folds"]:
             tower = Path(args.adapt_root) / recipe.name / f"fold{fold['fold']}" / "best"

@@ -618,15 +618,15 @@ def test_recipes_compared_on_class_folds_never_train_on_a_fold_held_classes(slic
     summary = compare_recipes(
         recipes, catalog, workspace, 2, tmp_path / "adapt", tmp_path / "folds.json", progress=False
     )
-    assert [row["recipe"] for row in summary["recipes"]] == ["tiny", "tiny-lr"]
+    assert [row["name"] for row in summary["candidates"]] == ["tiny", "tiny-lr"]
     assert [f["held"] for f in summary["folds"]] == [list(f.held) for f in folds]
-    for row in summary["recipes"]:
+    for row in summary["candidates"]:
         assert [f["fold"] for f in row["folds"]] == [0, 1] and 0 <= row["mean"] <= 1
         for fold in folds:  # each fold's run trained on the fold's training classes, and said so
-            sidecar = json.loads((tmp_path / "adapt" / row["recipe"] / f"fold{fold.index}/best/adapt.json").read_text())
+            sidecar = json.loads((tmp_path / "adapt" / row["name"] / f"fold{fold.index}/best/adapt.json").read_text())
             assert sidecar["base_classes"] == list(fold.train) and sidecar["fold"]["held"] == list(fold.held)
-    best = max(summary["recipes"], key=lambda row: row["mean"])
-    assert summary["chosen"] == best["recipe"] and summary["power"]["chosen"] == best["recipe"]
+    best = max(summary["candidates"], key=lambda row: row["mean"])
+    assert summary["chosen"] == best["name"] and summary["power"]["chosen"] == best["name"]
     assert json.loads((tmp_path / "folds.json").read_text())["chosen"] == summary["chosen"]
     with pytest.raises(FslError, match="distinct names"):
         compare_recipes(
@@ -653,7 +653,7 @@ def test_a_recipe_that_wins_only_on_the_episodes_that_chose_its_step_is_not_chos
     workspace = Workspace(episodes=root / "episodes", runs=tmp_path / "runs")
     summary = fsl.harness.select.compare_recipes(recipes, catalog, workspace, 2, progress=False)
     assert summary["chosen"] == "steady" and summary["power"]["separable"]
-    lucky, steady = summary["recipes"]
+    lucky, steady = summary["candidates"]
     assert lucky["mean"] == pytest.approx(0.5) and steady["mean"] == pytest.approx(0.625)
     assert lucky["folds"][0]["score"] == pytest.approx(0.5) and lucky["folds"][0]["chosen_on"] == 1.0
     assert steady["settings"] == pytest.approx({"5w5s": 0.625, "5w1s": 0.625, "allway-5s": 0.625})
@@ -812,10 +812,10 @@ def test_fsl_adapt_all_classes_takes_its_steps_from_the_class_folds(slice_, tmp_
     def fake_compare(recipes, *args, **kwargs):
         (recipe,) = recipes
         assert recipe.classes == "all" and recipe.name == f"{recipe.name.split('--')[0]}--classes-all"
-        row = {"recipe": recipe.name, "mean": 0.9, "ci": 0.01, "settings": {},
+        row = {"name": recipe.name, "mean": 0.9, "ci": 0.01, "settings": {},
                "folds": [{"fold": i, "step": s} for i, s in enumerate(steps[recipe.name[0]])]}  # fmt: skip
         verdict = {"verdict": "one recipe"}
-        return {"recipes": [row], "chosen": recipe.name, "power": verdict, "power_over_folds": verdict}
+        return {"candidates": [row], "chosen": recipe.name, "power": verdict, "power_over_folds": verdict}
 
     monkeypatch.setattr(fsl.harness.select, "compare_recipes", fake_compare)
     folders = ["--data", str(root / "dump"), "--episodes-dir", str(root / "episodes"), "--store-root",

@@ -86,6 +86,8 @@ def test_training_resumes_where_it_stopped_with_the_same_result(workspace):
     run(workspace, config(10), "b")
     resumed = run(workspace, config(20), "b")
     straight = run(workspace, config(20), "c")
+    for summary in (resumed, straight):  # a resumed run scores its chosen head again: the same accuracies
+        summary["accuracies"] = {name: values.tolist() for name, values in summary["accuracies"].items()}
     assert resumed == straight
     from safetensors.torch import load_file
 
@@ -281,3 +283,87 @@ def test_a_checkpoint_of_another_shape_is_a_message_not_a_size_mismatch_tracebac
         FslError, match=r"does not fit this head \(size mismatch for .*another fusion, method or options"
     ):
         load_head(tmp_path / "best", other, "enc")
+
+
+def test_a_fold_run_trains_on_the_folds_classes_and_chooses_its_step_on_half_of_its_held_episodes(workspace):
+    """`fsl train --folds`: fold f's head learns from the other folds' classes only (no held or novel
+    class in a training episode) and is scored on fold f's held classes in every FOLD_SETTINGS set; the
+    step is chosen on the choosing half of those episodes, and the chosen head's every episode is kept."""
+    import json
+
+    from fsl.episodes.folds import CHOOSE, FOLD_SETTINGS, class_folds
+    from fsl.episodes.splits import ClassSplit
+    from fsl.harness.train import training_samplers
+
+    root, catalog = workspace
+    split = ClassSplit.load(catalog, "articleType", 0, root / "episodes")
+    labels = catalog.labels().to_numpy()
+    fold = class_folds(split, labels, k=2)[1]
+    cfg = config(10, name="proto-fold")
+    for sampler in training_samplers(cfg, catalog, list(fold.train), root / "episodes").values():
+        episodes = sampler.sample(200)
+        seen = set(labels[np.concatenate([episodes.support.ravel(), episodes.query.ravel()])])
+        assert seen <= set(fold.train) and not seen & (set(fold.held) | set(split.classes("novel")))
+    workspace_ = Workspace(root / "episodes", root / "store", root / "f" / "ckpt", runs=root / "f" / "runs")
+    summary = train(cfg, catalog, workspace_, progress=False, fold=fold)
+    assert list(summary["accuracies"]) == list(FOLD_SETTINGS)
+    assert all(len(values) == 300 for values in summary["accuracies"].values())
+    chosen = np.mean([values[CHOOSE].mean() for values in summary["accuracies"].values()])
+    assert summary["best"]["score"] == pytest.approx(chosen) and summary["best_step"] in (0, 5, 10)
+    meta = json.loads((root / "f/ckpt/proto-fold/fold1/best/head.json").read_text())
+    assert meta["base_classes"] == list(fold.train) and meta["fold"]["held"] == list(fold.held)
+    resumed = train(cfg, catalog, workspace_, progress=False, fold=fold)  # the chosen head scored again
+    for name, values in summary["accuracies"].items():
+        np.testing.assert_array_equal(resumed["accuracies"][name], values)
+
+
+def test_heads_compared_on_class_folds_choose_the_best_mean_and_fsl_train_folds_writes_it(workspace, tmp_path, capsys):
+    """compare_heads trains each config on every fold and chooses the best mean over the folds'
+    reporting episodes, with its power line; `fsl train --folds 2 --no-final` prints and writes the
+    comparison and trains no final run; --no-final alone, and folds on an adapted store, are refused."""
+    import json
+
+    from fsl.cli.main import main
+    from fsl.config import to_yaml
+    from fsl.harness.experiment import check_learned_nothing
+    from fsl.harness.select import compare_heads
+
+    root, catalog = workspace
+    configs = [config(5, name="slow"), config(5, name="fast")]
+    configs[1] = dataclasses.replace(configs[1], train=dataclasses.replace(configs[1].train, lr=3e-2))
+    workspace_ = Workspace(root / "episodes", root / "store", tmp_path / "ckpt", runs=tmp_path / "runs")
+    summary = compare_heads(configs, catalog, workspace_, 0, 2, tmp_path / "folds.json", progress=False)
+    assert [row["name"] for row in summary["candidates"]] == ["slow", "fast"]
+    best = max(summary["candidates"], key=lambda row: row["mean"])
+    assert summary["chosen"] == best["name"] and summary["power"]["chosen"] == best["name"]
+    assert summary["power_over_folds"]["folds"] == 2
+    assert json.loads((tmp_path / "folds.json").read_text())["chosen"] == summary["chosen"]
+    with pytest.raises(FslError, match="distinct names"):
+        compare_heads([configs[0], configs[0]], catalog, workspace_, 0, 2)
+
+    for cfg in configs:
+        (tmp_path / f"{cfg.name}.yaml").write_text(to_yaml(cfg))
+    common = ["--data", str(root / "dump"), "--episodes-dir", str(root / "episodes"), "--store-root",
+              str(root / "store"), "--checkpoints", str(tmp_path / "cli"), "--runs", str(tmp_path / "cli-runs"),
+              "--results", str(tmp_path / "results"), "--splits", "0"]  # fmt: skip
+    yamls = [str(tmp_path / "slow.yaml"), str(tmp_path / "fast.yaml")]
+    assert main(["train", *yamls, *common, "--folds", "2", "--no-final"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 class folds" in printed and "<- chosen" in printed and "paired over 2 folds" in printed
+    written = json.loads((tmp_path / "results/train-folds/split0.json").read_text())
+    assert written["chosen"] == summary["chosen"]  # the same folds, episodes and seeds: the same choice
+    for name in ("slow", "fast"):  # --no-final: the folds only
+        assert (tmp_path / f"cli/{name}/fold1/best").is_dir() and not (tmp_path / f"cli/{name}/best").exists()
+    assert main(["train", *yamls, *common, "--folds", "2"]) == 0  # the folds resumed, the chosen one trained
+    other = next(name for name in ("slow", "fast") if name != summary["chosen"])
+    assert (tmp_path / f"cli/{summary['chosen']}/best/head.safetensors").is_file()
+    assert not (tmp_path / f"cli/{other}/best").exists()
+    assert main(["train", *yamls, *common, "--no-final"]) == 2
+    assert "--no-final goes with --folds" in capsys.readouterr().err
+
+    class Adapted:
+        manifest = {"adaptation": {"split_seed": 0}}
+        path = tmp_path / "adapted-store"
+
+    with pytest.raises(FslError, match="class folds hold base classes out, but feature store adapted-store"):
+        check_learned_nothing(Adapted(), "class folds")

@@ -127,6 +127,23 @@ def add_runs_option(parser: argparse.ArgumentParser, command: str) -> None:
     )
 
 
+def add_folds_options(parser: argparse.ArgumentParser, what: str, trained: str, written: str) -> None:
+    """--folds K, --no-final and --results of a command that chooses among candidates on class folds
+    (fsl adapt, fsl train): `what` the candidates, `trained` how the chosen one is trained after."""
+    parser.add_argument(
+        "--folds",
+        type=positive_int,
+        metavar="K",
+        help=f"choose among the {what}s on K class folds of base and validation classes (4 is a good start): "
+        f"each {what} trains K times, fold f on the other folds' classes, scored on fold f's; the best mean "
+        f"{trained}. Writes RESULTS/{written}/split<s>.json",
+    )
+    parser.add_argument("--no-final", action="store_true", help="with --folds: choose only, train no final run")
+    parser.add_argument(
+        "--results", default=str(RESULTS_DIR), help=f"where --folds writes its comparison (default {RESULTS_DIR}/)"
+    )
+
+
 def workspace_from(args: argparse.Namespace) -> Workspace:
     """The workspace a command's flags name (--episodes-dir, --store-root, --checkpoints, --results,
     --runs; a command without one of them gets the default): the one place flags become locations."""

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fsl.cli.common import add_experiment_options, non_negative_int, positive_int, workspace_from
+from fsl.cli.common import add_experiment_options, add_folds_options, non_negative_int, positive_int, workspace_from
 from fsl.errors import FslError
 from fsl.paths import COMPARE_PLOT, RESULTS_DIR
 
@@ -130,10 +130,13 @@ def cmd_eval(args) -> None:
 def cmd_train(args) -> None:
     from fsl.data.prepared import load_catalog
     from fsl.harness.experiment import check_validation_only
+    from fsl.harness.select import compare_heads
     from fsl.harness.timings import record_run
     from fsl.harness.train import train
 
     configs = _configs(args)
+    if args.folds is None and args.no_final:
+        raise FslError("--no-final goes with --folds (without folds every config is a final run)")
     catalog = load_catalog(args.data)
     workspace = workspace_from(args)
     plan = _announce("train", configs, catalog, args)
@@ -147,6 +150,18 @@ def cmd_train(args) -> None:
                 "fsl train",
                 "train.val_episodes=val-5w5s",
             )
+    if args.folds is not None:  # the head is chosen on class folds, then trained on every base class
+        splits = sorted({split for splits in plan.values() for split in splits})
+        chosen: dict[int, str] = {}
+        for split in splits:
+            out = workspace.results / "train-folds" / f"split{split}.json"
+            summary = compare_heads(configs, catalog, workspace, split, args.folds, out, resume=not args.restart)
+            print_fold_comparison(summary, split, args.folds, out, "each head as it answers")
+            chosen[split] = summary["chosen"]
+        if args.no_final:
+            return
+        plan = {name: [split for split in splits if chosen[split] == name] for name in plan}
+        configs = [config for config in configs if plan[config.name]]
     failed = []
     for config in configs:  # one config's failure does not stop the others
         started, splits = time.perf_counter(), plan[config.name]
@@ -166,6 +181,22 @@ def cmd_train(args) -> None:
             record_run("train", config.name, splits, time.perf_counter() - started)
     if failed:
         raise FslError(f"{len(failed)} training run(s) did not finish: {', '.join(failed)}")
+
+
+def print_fold_comparison(summary: dict, split: int, folds: int, out, scored: str) -> None:
+    """A class-fold comparison (fsl adapt --folds, fsl train --folds) as a table and its power lines."""
+    print(
+        f"split {split}, {folds} class folds of base and validation classes ({scored}, per-episode accuracy on "
+        "each fold's held-out classes; steps chosen on half of the episodes, scores read on the other half):"
+    )
+    for row in summary["candidates"]:
+        steps = ", ".join(str(f["step"]) for f in row["folds"])
+        settings = ", ".join(f"{setting} {100 * value:.1f}" for setting, value in row["settings"].items())
+        mark = "  <- chosen" if row["name"] == summary["chosen"] else ""
+        score = f"{100 * row['mean']:.1f} ± {100 * row['ci']:.1f}%"
+        print(f"  {row['name']}: {score} ({settings}; chosen steps {steps}){mark}")
+    print(f"  {summary['power']['verdict']}")
+    print(f"  {summary['power_over_folds']['verdict']}; written to {out}")
 
 
 def cmd_sweep(args) -> None:
@@ -291,6 +322,13 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     add_experiment_options(training)
     training.add_argument("--restart", action="store_true", help="ignore an earlier run's last checkpoint")
+    add_folds_options(
+        training,
+        "config",
+        "over folds is then trained on every base class, its step chosen on validation classes as without "
+        "--folds (needs a store of the frozen encoder)",
+        "train-folds",
+    )
     training.add_argument(
         "--splits",
         type=non_negative_int,

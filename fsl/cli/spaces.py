@@ -12,6 +12,7 @@ from fsl.cli.common import (
     add_data_option,
     add_encoder_options,
     add_experiment_options,
+    add_folds_options,
     add_runs_option,
     encoder_config,
     non_negative_int,
@@ -19,7 +20,7 @@ from fsl.cli.common import (
     positive_int,
     workspace_from,
 )
-from fsl.cli.experiments import _configs
+from fsl.cli.experiments import _configs, print_fold_comparison
 from fsl.config import UNKNOWN_SCORES
 from fsl.errors import FslError
 from fsl.paths import (
@@ -27,7 +28,6 @@ from fsl.paths import (
     ALIGN_DIR,
     DEFAULT_EPISODES_DIR,
     FEATURES_ROOT,
-    RESULTS_DIR,
     SHIPPED_CALIBRATION_DIR,
     SHIPPED_NEGATIVES_DIR,
     USER_CALIBRATION_DIR,
@@ -99,19 +99,7 @@ def cmd_adapt(args) -> None:
             summary = compare_recipes(
                 candidates, catalog, workspace, args.folds, args.out, out, resume=not args.restart
             )
-            print(f"split {seed}, {args.folds} class folds of base and validation classes (fused-masked protonet, "
-                  "per-episode accuracy on each fold's held-out classes; steps chosen on half of the episodes, "
-                  "scores read on the other half):")  # fmt: skip
-            for row in summary["recipes"]:
-                steps = ", ".join(str(f["step"]) for f in row["folds"])
-                settings = ", ".join(f"{setting} {100 * value:.1f}" for setting, value in row["settings"].items())
-                mark = "  <- chosen" if row["recipe"] == summary["chosen"] else ""
-                print(
-                    f"  {row['recipe']}: {100 * row['mean']:.1f} ± {100 * row['ci']:.1f}% ({settings}; "
-                    f"chosen steps {steps}){mark}"
-                )
-            print(f"  {summary['power']['verdict']}")
-            print(f"  {summary['power_over_folds']['verdict']}; written to {out}")
+            print_fold_comparison(summary, seed, args.folds, out, "each tower by the fused-masked protonet")
             if args.no_final:
                 continue
             chosen = next(r for r in candidates if r.name == summary["chosen"])
@@ -275,25 +263,19 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     adapting.add_argument("--out", default=str(ADAPT_DIR), help=f"where adaptations go (default {ADAPT_DIR})")
     add_runs_option(adapting, "adapt")
     adapting.add_argument("--restart", action="store_true", help="start over instead of resuming from last")
-    adapting.add_argument(
-        "--folds",
-        type=positive_int,
-        metavar="K",
-        help="choose among the recipes on K class folds of base and validation classes (4 is a good start): "
-        "each recipe trains K times, fold f on the other folds' classes, scored on fold f's; the best mean "
+    add_folds_options(
+        adapting,
+        "recipe",
         "is then trained on every base class (with --all-classes: on every class, for the median of the "
-        "folds' chosen steps). Writes RESULTS/adapt-folds/split<s>.json",
+        "folds' chosen steps)",
+        "adapt-folds",
     )
-    adapting.add_argument("--no-final", action="store_true", help="with --folds: choose only, train no final run")
     adapting.add_argument(
         "--all-classes",
         action="store_true",
         help="train on every class of the split (base, validation and novel: a tower for your own categories, "
         "--set classes=all; classes=selection leaves the novel ones out to measure it). Nothing is held out: it "
         "runs the recipe's steps, or with --folds the median of the steps the class folds chose",
-    )
-    adapting.add_argument(
-        "--results", default=str(RESULTS_DIR), help=f"where --folds writes its comparison (default {RESULTS_DIR}/)"
     )
     adapting.set_defaults(run=cmd_adapt)
 

@@ -7,6 +7,8 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
+
 from fsl.config import EncoderConfig, ExperimentConfig
 from fsl.data.catalog import Catalog
 from fsl.encoders.factory import encoder_from_config
@@ -49,6 +51,12 @@ def saved_near_duplicates(catalog: Catalog, root: str | os.PathLike = DEFAULT_EP
     """The near-duplicate groups the episode sets under `root` were drawn with, if any."""
     path = near_duplicates_path(catalog, root)
     return NearDuplicates.load(path, catalog.fingerprint) if path.is_file() else None
+
+
+def near_duplicate_index(catalog: Catalog, root: str | os.PathLike = DEFAULT_EPISODES_DIR) -> np.ndarray | None:
+    """[P] each catalog product's near-duplicate group number, where the sets under `root` were drawn with them."""
+    near_duplicates = saved_near_duplicates(catalog, root)
+    return None if near_duplicates is None else near_duplicates.group_index(catalog.products["id"].to_numpy())
 
 
 def near_duplicates_for(

@@ -55,7 +55,7 @@ from fsl.episodes.folds import CHOOSE, ClassFold, check_fold, fold_sets
 from fsl.episodes.frozen import EpisodeSet
 from fsl.episodes.sampler import EpisodeSampler
 from fsl.episodes.splits import ClassSplit
-from fsl.episodes.standard import load_episode_set, saved_near_duplicates
+from fsl.episodes.standard import load_episode_set, near_duplicate_index
 from fsl.errors import FslError
 from fsl.harness.evaluate import run_episodes
 from fsl.harness.experiment import check_validation_only
@@ -253,12 +253,6 @@ def merged_top(model: nn.Module) -> ImageTop | Tops:
 
 
 # Base-class batches -----------------------------------------------------------------------------
-
-
-def near_duplicate_index(catalog: Catalog, split_episodes) -> np.ndarray | None:
-    """[P] each catalog product's near-duplicate group number, where the split's sets were drawn with them."""
-    near_duplicates = saved_near_duplicates(catalog, split_episodes)
-    return None if near_duplicates is None else near_duplicates.group_index(catalog.products["id"].to_numpy())
 
 
 class BaseBatches:

@@ -101,6 +101,17 @@ def check_alignment(store: FeatureStore, episode_set: EpisodeSet) -> None:
             )
 
 
+def check_learned_nothing(store: FeatureStore, who: str) -> None:
+    """An aligned space or an adapted tower learned from every base class: class folds hold base classes
+    out, and a held class it trained on would flatter every fold's score, so such a store is refused."""
+    for key in ("alignment", "adaptation"):
+        if store.manifest.get(key):
+            raise FslError(
+                f"{who} hold base classes out, but feature store {store.path.name} was trained ({key}) on them, so "
+                "every fold's held classes would be classes it learned; compare on a store of the frozen encoder"
+            )
+
+
 def config_for_split(config: ExperimentConfig, split_seed: int) -> ExperimentConfig:
     """The config as it runs on one class split: an adapted encoder reads that split's adaptation."""
     if config.encoder.name != "adapted" or not config.encoder.pretrained:

@@ -14,19 +14,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
-from fsl.config import AdaptConfig
+from fsl.config import AdaptConfig, ExperimentConfig
 from fsl.data.catalog import Catalog
-from fsl.episodes.folds import DEFAULT_FOLDS, FOLD_SETTINGS, REPORT, class_folds
+from fsl.episodes.folds import DEFAULT_FOLDS, FOLD_SETTINGS, REPORT, ClassFold, class_folds
 from fsl.episodes.splits import ClassSplit
+from fsl.episodes.standard import near_duplicate_index
 from fsl.errors import FslError
 from fsl.files import write_json
-from fsl.harness.adapt import adapt, check_adapt_config, near_duplicate_index
+from fsl.harness.adapt import adapt, check_adapt_config
 from fsl.harness.evaluate import mean_ci, paired_difference
+from fsl.harness.loop import plain
+from fsl.harness.train import train
 from fsl.paths import Workspace
 
 
@@ -64,7 +68,7 @@ def fold_power_line(rows: list[dict], power: dict) -> dict:
     {"chosen", "runner_up", "differences", "difference", "ci", "folds", "separable", "verdict"}."""
     if "runner_up" not in power:
         return {"verdict": power["verdict"], "separable": None}
-    by_name = {row["recipe"]: [fold["score"] for fold in row["folds"]] for row in rows}
+    by_name = {row["name"]: [fold["score"] for fold in row["folds"]] for row in rows}
     differences = np.subtract(by_name[power["chosen"]], by_name[power["runner_up"]])
     difference, ci = mean_ci(differences)
     line = {"chosen": power["chosen"], "runner_up": power["runner_up"], "differences": differences.tolist(),
@@ -77,8 +81,70 @@ def folds_step(summary: dict) -> int:
     """The step count a run with nothing held out takes from a class-fold comparison: the median of
     the chosen recipe's per-fold chosen steps (0 where the frozen tower won on most folds). A fold
     trains on most of the classes the final run does, with the same step size (one episode)."""
-    row = next(r for r in summary["recipes"] if r["recipe"] == summary["chosen"])
+    row = next(r for r in summary["candidates"] if r["name"] == summary["chosen"])
     return int(round(float(np.median([fold["step"] for fold in row["folds"]]))))
+
+
+def compare_on_folds(
+    candidates: list[tuple[str, dict]],
+    fold_list: list[ClassFold],
+    run_fold: Callable[[int, ClassFold], dict],
+    split_seed: int,
+    runs: Path,
+    results: str | os.PathLike | None,
+    scored_on: str,
+) -> dict:
+    """Candidate i (a name and its config as a record) run on every fold by `run_fold(i, fold)`, which
+    trains on the fold's training classes and returns {"accuracies" (per FOLD_SETTINGS set, every
+    episode), "best_step", "best", "start"} with the step chosen on the CHOOSE half; scored here on the
+    REPORT half. The best mean wins (the first on ties). Returns (and with `results`, writes as JSON)
+    the folds, each candidate's per-fold chosen step and score, its mean ± 95% interval over every
+    fold's reporting episodes (and per setting), and the power lines over episodes and over folds."""
+    if len({name for name, _ in candidates}) < len(candidates):
+        raise FslError("the candidates compared on class folds need distinct names (--set appends the change to one)")
+    rows, accuracies = [], []
+    for i, (name, config) in enumerate(candidates):
+        per_fold, episodes = [], {setting: [] for setting in FOLD_SETTINGS}
+        for fold in fold_list:
+            summary = run_fold(i, fold)
+            reported = {setting: values[REPORT] for setting, values in summary["accuracies"].items()}
+            for setting, values in reported.items():
+                episodes[setting].append(values)
+            per_fold.append({"fold": fold.index, "step": summary["best_step"],
+                             "score": float(np.mean([v.mean() for v in reported.values()])),
+                             "chosen_on": summary["best"]["score"], "start": summary["start"]["score"]})  # fmt: skip
+        accuracies.append(np.concatenate([np.concatenate(values) for values in episodes.values()]))
+        mean, ci = mean_ci(accuracies[-1])
+        settings = {setting: float(np.concatenate(values).mean()) for setting, values in episodes.items()}
+        rows.append({"name": name, "mean": mean, "ci": ci, "settings": settings, "folds": per_fold, "config": config})
+    best = max(range(len(rows)), key=lambda i: (rows[i]["mean"], -i))
+    power = power_line([r["name"] for r in rows], accuracies, best)
+    summary = {
+        "split_seed": split_seed,
+        "folds": [{"index": f.index, "held": list(f.held), "train": list(f.train)} for f in fold_list],
+        "candidates": rows,
+        "chosen": rows[best]["name"],
+        "power": power,
+        "power_over_folds": fold_power_line(rows, power),
+        "scored_on": scored_on,
+    }
+    writer = SummaryWriter(str(runs))
+    for i, row in enumerate(rows):
+        writer.add_scalar("folds/mean_accuracy", row["mean"], i)
+    writer.add_text("folds/power", summary["power"]["verdict"])
+    writer.add_text("folds/power_over_folds", summary["power_over_folds"]["verdict"])
+    writer.close()
+    if results is not None:
+        write_json(Path(results), summary)
+    return summary
+
+
+def split_folds(catalog: Catalog, workspace: Workspace, label_column: str, split_seed: int, folds: int):
+    """The class split `split_seed` and its k class folds (near-duplicate groups kept together)."""
+    split = ClassSplit.load(catalog, label_column, split_seed, workspace.episodes_of(split_seed))
+    labels = catalog.labels(label_column).to_numpy()
+    groups = near_duplicate_index(catalog, workspace.episodes_of(split_seed))
+    return split, class_folds(split, labels, groups, folds, split_seed)
 
 
 def compare_recipes(
@@ -91,58 +157,59 @@ def compare_recipes(
     resume: bool = True,
     progress: bool = True,
 ) -> dict:
-    """Each recipe trained and scored on every class fold of its split; the best mean wins (the first
-    on ties). Returns (and with `results`, writes as JSON) the folds, each recipe's per-fold chosen
-    step and score, its mean ± 95% interval over every fold's reporting episodes (and per setting),
-    and the power line."""
-    if len({recipe.name for recipe in recipes}) < len(recipes):
-        raise FslError("the recipes compared need distinct names (--set appends the change to the name)")
+    """`fsl adapt --folds`: each recipe trained and scored on every class fold of its split, the tower
+    scored by the fused-masked protonet (compare_on_folds)."""
     seeds = {recipe.split_seed for recipe in recipes}
     if len(seeds) != 1:
         raise FslError(f"recipes compared on class folds share one split; got split seeds {sorted(seeds)}")
     for recipe in recipes:
         check_adapt_config(recipe)
     split_seed = seeds.pop()
-    split = ClassSplit.load(catalog, recipes[0].label_column, split_seed, workspace.episodes_of(split_seed))
-    labels = catalog.labels(recipes[0].label_column).to_numpy()
-    fold_list = class_folds(
-        split, labels, near_duplicate_index(catalog, workspace.episodes_of(split_seed)), folds, split_seed
+    _, fold_list = split_folds(catalog, workspace, recipes[0].label_column, split_seed, folds)
+    return compare_on_folds(
+        [(recipe.name, config_record(recipe)) for recipe in recipes],
+        fold_list,
+        lambda i, fold: adapt(recipes[i], catalog, workspace, out, resume, progress, fold=fold),
+        split_seed,
+        workspace.runs_of("adapt", split_seed) / "folds",
+        results,
+        "class folds of base and validation classes (novel classes never read), each tower scored by the "
+        "fused-masked protonet; each fold's step chosen on half of its episodes, its score read on the other half",
     )
-    rows, accuracies = [], []
-    for recipe in recipes:
-        per_fold, episodes = [], {setting: [] for setting in FOLD_SETTINGS}
-        for fold in fold_list:
-            summary = adapt(recipe, catalog, workspace, out, resume, progress, fold=fold)
-            reported = {setting: values[REPORT] for setting, values in summary["accuracies"].items()}
-            for setting, values in reported.items():
-                episodes[setting].append(values)
-            per_fold.append({"fold": fold.index, "step": summary["best_step"],
-                             "score": float(np.mean([v.mean() for v in reported.values()])),
-                             "chosen_on": summary["best"]["score"], "start": summary["start"]["score"]})  # fmt: skip
-        accuracies.append(np.concatenate([np.concatenate(values) for values in episodes.values()]))
-        mean, ci = mean_ci(accuracies[-1])
-        settings = {setting: float(np.concatenate(values).mean()) for setting, values in episodes.items()}
-        rows.append({"recipe": recipe.name, "mean": mean, "ci": ci, "settings": settings, "folds": per_fold,
-                     "config": {k: list(v) if isinstance(v, tuple) else v
-                                for k, v in dataclasses.asdict(recipe).items()}})  # fmt: skip
-    best = max(range(len(rows)), key=lambda i: (rows[i]["mean"], -i))
-    power = power_line([r["recipe"] for r in rows], accuracies, best)
-    summary = {
-        "split_seed": split_seed,
-        "folds": [{"index": f.index, "held": list(f.held), "train": list(f.train)} for f in fold_list],
-        "recipes": rows,
-        "chosen": rows[best]["recipe"],
-        "power": power,
-        "power_over_folds": fold_power_line(rows, power),
-        "scored_on": "class folds of base and validation classes (novel classes never read); each fold's step "
-        "chosen on half of its episodes, its score read on the other half",
-    }
-    writer = SummaryWriter(str(workspace.runs_of("adapt", split_seed) / "folds"))
-    for i, row in enumerate(rows):
-        writer.add_scalar("folds/mean_accuracy", row["mean"], i)
-    writer.add_text("folds/power", summary["power"]["verdict"])
-    writer.add_text("folds/power_over_folds", summary["power_over_folds"]["verdict"])
-    writer.close()
-    if results is not None:
-        write_json(Path(results), summary)
-    return summary
+
+
+def compare_heads(
+    configs: list[ExperimentConfig],
+    catalog: Catalog,
+    workspace: Workspace = Workspace(),
+    split_seed: int = 0,
+    folds: int = DEFAULT_FOLDS,
+    results: str | os.PathLike | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict:
+    """`fsl train --folds`: each config's head meta-trained on every class fold of the split (on the
+    fold's training classes) and scored as it answers, on the fold's held classes (compare_on_folds);
+    a fold whose chosen step is 0 says the untrained head was better there."""
+    columns = {config.label_column for config in configs}
+    if len(columns) != 1:
+        raise FslError(f"configs compared on class folds share one label column; got {sorted(columns)}")
+    for config in configs:
+        if config.train is None:
+            raise FslError(f"experiment {config.name!r} has no train: section, so nothing to compare on class folds")
+    _, fold_list = split_folds(catalog, workspace, columns.pop(), split_seed, folds)
+    return compare_on_folds(
+        [(config.name, config_record(config)) for config in configs],
+        fold_list,
+        lambda i, fold: train(configs[i], catalog, workspace, split_seed, resume, progress, fold=fold),
+        split_seed,
+        workspace.runs_of("train", split_seed) / "folds",
+        results,
+        "class folds of base and validation classes (novel classes never read), each head scored as it answers; "
+        "each fold's step chosen on half of its episodes, its score read on the other half",
+    )
+
+
+def config_record(config) -> dict:
+    """A config dataclass as JSON takes it (tuples as lists)."""
+    return plain(dataclasses.asdict(config))
