@@ -106,12 +106,14 @@ def main() -> None:
             validation[setting] = mean_drop([drops(variant, catalog, split, "val") for split in splits])
             if on_pool:
                 pooled[setting] = mean_drop([drops(variant, catalog, split, "select") for split in splits])
+            print(f"  {family}, {setting}: scored on the selection sets", flush=True)
         old = max(validation, key=validation.get)  # the smallest drop on the six validation classes
         new = max(pooled, key=pooled.get) if on_pool else old
         for setting, variant in options:  # only now is a novel-class episode read
             per_split = [drops(variant, catalog, split, "novel") for split in splits]
             novel[setting] = [np.mean([d for d, _ in s.values()]) for s in per_split]
             shifted[setting] = [np.mean([a for _, a in s.values()]) for s in per_split]
+        print(f"  {family}: read on the novel sets", flush=True)
         own = options[0][0]
         for setting, _ in options:
             change = np.asarray(novel[setting]) - np.asarray(novel[own])

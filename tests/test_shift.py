@@ -161,9 +161,12 @@ def test_subpopulation_sets_take_support_and_control_from_one_side_and_shifted_q
     products = catalog.products.set_index("id")
     sets = draw_subpopulation_sets(catalog, split, seed=3, n_episodes=30)
     for kind in ("gender", "brand", "usage", "season"):
-        for split_name, ways in (("novel", 5), ("val", 3)):
+        for split_name, ways in (("novel", 5), ("val", 3), ("select", 3)):  # select: base ∪ val, here val only
             shifted = sets[f"articleType-{split_name}-{kind}-5s"]
             control = sets[f"articleType-{split_name}-{kind}-5s-control"]
+            assert shifted.meta["split"] == split_name and set(shifted.meta["classes"]) <= set(
+                split.classes(split_name)
+            )
             np.testing.assert_array_equal(shifted.episodes.support, control.episodes.support)  # paired
             np.testing.assert_array_equal(shifted.episodes.classes, control.episodes.classes)
             assert shifted.episodes.n_way == ways and "G" not in shifted.meta["classes"]  # G has 4 of the others

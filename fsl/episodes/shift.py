@@ -204,11 +204,13 @@ def draw_subpopulation_sets(
     seed: int,
     n_episodes: int = 600,
     near_duplicates: NearDuplicates | None = None,
-    split_names: tuple[str, ...] = ("novel", "val"),
+    split_names: tuple[str, ...] = ("novel", "val", "select"),
 ) -> dict[str, EpisodeSet]:
-    """Every sub-population shift (SUBPOPULATIONS) of the novel classes, and of the validation classes
-    (where levers are chosen), with paired controls; a kind the catalog lacks the column for, or with
-    too few classes that have both sides, is skipped with a note."""
+    """Every sub-population shift (SUBPOPULATIONS) of the novel classes, and of the classes levers are
+    chosen on: the validation classes (for a head that learned from base classes) and the selection
+    pool of base ∪ validation classes (for one that did not: more classes, so more qualify for each
+    kind), with paired controls; a kind the catalog lacks the column for, or with too few classes that
+    have both sides, is skipped with a note."""
     sets = {}
     for offset, (kind, (column, sides, support_side, query_side)) in enumerate(SUBPOPULATIONS.items()):
         if column not in catalog.products:
