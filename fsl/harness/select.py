@@ -3,12 +3,13 @@ learn from base classes made on class folds (fsl/episodes/folds.py).
 
 A choice is only as good as the episodes that made it: each says whether the chosen option beats the
 runner-up with a paired interval clear of zero ("separable"), or is only the better mean. Recipes of
-`fsl adapt` are compared on k class folds of base ∪ validation classes: each recipe is trained k times
-(fold f on the other folds' classes, one activation cache for all) and scored on fold f's held-out
-classes in each of FOLD_SETTINGS; a fold's step is chosen on half of its episodes and its score read
-on the other half (folds.CHOOSE, REPORT); the choice is the best mean over every fold's reporting
-episodes, paired across recipes, with its power line over those episodes (these classes) and over the
-folds (fold_power_line: classes the folds did not hold)."""
+`fsl adapt` and meta-trained heads of `fsl train` are compared on k class folds of base ∪ validation
+classes (compare_on_folds): each candidate is trained k times (fold f on the other folds' classes;
+recipes share one activation cache) and scored on fold f's held-out classes in each of FOLD_SETTINGS;
+a fold's step is chosen on half of its episodes and its score read on the other half (folds.CHOOSE,
+REPORT); the choice is the best mean over every fold's reporting episodes, paired across candidates,
+with its power line over those episodes (these classes) and over the folds (fold_power_line: classes
+the folds did not hold)."""
 
 from __future__ import annotations
 
@@ -29,9 +30,11 @@ from fsl.errors import FslError
 from fsl.files import write_json
 from fsl.harness.adapt import adapt, check_adapt_config
 from fsl.harness.evaluate import mean_ci, paired_difference
+from fsl.harness.experiment import check_learned_nothing
 from fsl.harness.loop import plain
 from fsl.harness.train import train
 from fsl.paths import Workspace
+from fsl.store.open import open_store
 
 
 def power_line(names: list[str], accuracies: list[np.ndarray], best: int, unit: str = "points") -> dict:
@@ -139,12 +142,14 @@ def compare_on_folds(
     return summary
 
 
-def split_folds(catalog: Catalog, workspace: Workspace, label_column: str, split_seed: int, folds: int):
-    """The class split `split_seed` and its k class folds (near-duplicate groups kept together)."""
+def split_folds(
+    catalog: Catalog, workspace: Workspace, label_column: str, split_seed: int, folds: int
+) -> list[ClassFold]:
+    """Class split `split_seed`'s k class folds (near-duplicate groups kept together)."""
     split = ClassSplit.load(catalog, label_column, split_seed, workspace.episodes_of(split_seed))
     labels = catalog.labels(label_column).to_numpy()
     groups = near_duplicate_index(catalog, workspace.episodes_of(split_seed))
-    return split, class_folds(split, labels, groups, folds, split_seed)
+    return class_folds(split, labels, groups, folds, split_seed)
 
 
 def compare_recipes(
@@ -165,7 +170,7 @@ def compare_recipes(
     for recipe in recipes:
         check_adapt_config(recipe)
     split_seed = seeds.pop()
-    _, fold_list = split_folds(catalog, workspace, recipes[0].label_column, split_seed, folds)
+    fold_list = split_folds(catalog, workspace, recipes[0].label_column, split_seed, folds)
     return compare_on_folds(
         [(recipe.name, config_record(recipe)) for recipe in recipes],
         fold_list,
@@ -194,10 +199,11 @@ def compare_heads(
     columns = {config.label_column for config in configs}
     if len(columns) != 1:
         raise FslError(f"configs compared on class folds share one label column; got {sorted(columns)}")
-    for config in configs:
+    for config in configs:  # every candidate checked before the first trains
         if config.train is None:
             raise FslError(f"experiment {config.name!r} has no train: section, so nothing to compare on class folds")
-    _, fold_list = split_folds(catalog, workspace, columns.pop(), split_seed, folds)
+        check_learned_nothing(open_store(catalog, config.encoder, workspace.features), "class folds")
+    fold_list = split_folds(catalog, workspace, columns.pop(), split_seed, folds)
     return compare_on_folds(
         [(config.name, config_record(config)) for config in configs],
         fold_list,
