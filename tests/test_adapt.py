@@ -815,7 +815,8 @@ def test_fsl_adapt_all_classes_takes_its_steps_from_the_class_folds(slice_, tmp_
         row = {"name": recipe.name, "mean": 0.9, "ci": 0.01, "settings": {},
                "folds": [{"fold": i, "step": s} for i, s in enumerate(steps[recipe.name[0]])]}  # fmt: skip
         verdict = {"verdict": "one recipe"}
-        return {"candidates": [row], "chosen": recipe.name, "power": verdict, "power_over_folds": verdict}
+        return {"candidates": [row], "chosen": recipe.name, "power": verdict, "power_over_folds": verdict,
+                "failed": []}  # fmt: skip
 
     monkeypatch.setattr(fsl.harness.select, "compare_recipes", fake_compare)
     folders = ["--data", str(root / "dump"), "--episodes-dir", str(root / "episodes"), "--store-root",

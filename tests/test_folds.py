@@ -101,3 +101,34 @@ def test_the_power_line_says_separable_only_when_the_paired_interval_clears_zero
     assert power_line(["a"], [base], 0)["verdict"] == "one option: nothing to compare"
     worse = power_line(["b", "a"], [base, clear], 0)  # chosen by another criterion, worse on these episodes
     assert not worse["separable"] and worse["verdict"].startswith("reversed (b - a: -")
+
+
+def test_a_candidate_whose_fold_run_fails_is_left_out_named_and_the_others_still_compared(tmp_path):
+    """A diverging fold run (an FslError from run_fold) drops that candidate from the comparison with
+    its fold and error under "failed"; the others are compared and one chosen; when none finishes, the
+    comparison is an error naming why, not an empty choice."""
+    from fsl.harness.select import compare_on_folds
+
+    split, labels = toy_split()
+    folds = class_folds(split, labels, k=2, seed=0)
+    values = np.tile([0.9, 0.7], 50)
+
+    def run_fold(i, fold):
+        if i == 1 and fold.index == 1:
+            raise FslError("train diverging stopped at step 294: weight 2 holds NaN/inf")
+        accuracies = {setting: values - 0.1 * i for setting in ("5w5s", "5w1s", "allway-5s")}
+        return {"accuracies": accuracies, "best_step": 5, "best": {"score": 0.9}, "start": {"score": 0.5}}
+
+    candidates = [("steady", {}), ("diverging", {}), ("weaker", {})]
+    summary = compare_on_folds(candidates, folds, run_fold, 3, tmp_path / "runs", tmp_path / "c.json", "toy")
+    assert [row["name"] for row in summary["candidates"]] == ["steady", "weaker"]
+    assert summary["chosen"] == "steady" and summary["power"]["runner_up"] == "weaker"
+    assert summary["failed"] == [
+        {"name": "diverging", "fold": 1, "error": "train diverging stopped at step 294: weight 2 holds NaN/inf"}
+    ]
+
+    def always_fails(i, fold):
+        raise FslError(f"candidate {i} diverged")
+
+    with pytest.raises(FslError, match="no candidate finished its class folds: candidate 0 diverged; candidate 1"):
+        compare_on_folds(candidates[:2], folds, always_fails, 3, tmp_path / "runs", None, "toy")

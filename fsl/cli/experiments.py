@@ -150,6 +150,7 @@ def cmd_train(args) -> None:
                 "fsl train",
                 "train.val_episodes=val-5w5s",
             )
+    failed = []
     if args.folds is not None:  # the head is chosen on class folds, then trained on every base class
         splits = sorted({split for splits in plan.values() for split in splits})
         chosen: dict[int, str] = {}
@@ -158,11 +159,12 @@ def cmd_train(args) -> None:
             summary = compare_heads(configs, catalog, workspace, split, args.folds, out, resume=not args.restart)
             print_fold_comparison(summary, split, args.folds, out, "each head as it answers")
             chosen[split] = summary["chosen"]
+            failed += [f"{failure['name']} (split {split}, fold {failure['fold']})" for failure in summary["failed"]]
         if args.no_final:
-            return
-        plan = {name: [split for split in splits if chosen[split] == name] for name in plan}
-        configs = [config for config in configs if plan[config.name]]
-    failed = []
+            configs, plan = [], {}
+        else:
+            plan = {name: [split for split in splits if chosen[split] == name] for name in plan}
+            configs = [config for config in configs if plan[config.name]]
     for config in configs:  # one config's failure does not stop the others
         started, splits = time.perf_counter(), plan[config.name]
         for split in splits:  # one checkpoint per split, selected on that split's validation classes
@@ -195,6 +197,8 @@ def print_fold_comparison(summary: dict, split: int, folds: int, out, scored: st
         mark = "  <- chosen" if row["name"] == summary["chosen"] else ""
         score = f"{100 * row['mean']:.1f} ± {100 * row['ci']:.1f}%"
         print(f"  {row['name']}: {score} ({settings}; chosen steps {steps}){mark}")
+    for failure in summary["failed"]:
+        print(f"  {failure['name']}: left out, its fold {failure['fold']} run did not finish: {failure['error']}")
     print(f"  {summary['power']['verdict']}")
     print(f"  {summary['power_over_folds']['verdict']}; written to {out}")
 

@@ -93,6 +93,7 @@ def cmd_adapt(args) -> None:
         raise FslError("--no-final goes with --folds (without folds every recipe is a final run)")
     catalog = load_catalog(args.data)
     workspace = workspace_from(args)
+    failed = []
     for seed, candidates in by_split.items():
         if args.folds is not None:  # the recipe is chosen on class folds, then trained on every base class
             out = workspace.results / "adapt-folds" / f"split{seed}.json"
@@ -100,6 +101,7 @@ def cmd_adapt(args) -> None:
                 candidates, catalog, workspace, args.folds, args.out, out, resume=not args.restart
             )
             print_fold_comparison(summary, seed, args.folds, out, "each tower by the fused-masked protonet")
+            failed += [f"{failure['name']} (split {seed}, fold {failure['fold']})" for failure in summary["failed"]]
             if args.no_final:
                 continue
             chosen = next(r for r in candidates if r.name == summary["chosen"])
@@ -114,6 +116,10 @@ def cmd_adapt(args) -> None:
             candidates = [chosen]
         for recipe in candidates:  # one adaptation per split, its step chosen on that split's validation classes
             report_adaptation(recipe, adapt(recipe, catalog, workspace, args.out, resume=not args.restart))
+    if failed:
+        raise FslError(
+            f"{len(failed)} class-fold run(s) did not finish, left out of the comparison: {', '.join(failed)}"
+        )
 
 
 def report_adaptation(recipe, summary: dict) -> None:

@@ -102,24 +102,32 @@ def compare_on_folds(
     episode), "best_step", "best", "start"} with the step chosen on the CHOOSE half; scored here on the
     REPORT half. The best mean wins (the first on ties). Returns (and with `results`, writes as JSON)
     the folds, each candidate's per-fold chosen step and score, its mean ± 95% interval over every
-    fold's reporting episodes (and per setting), and the power lines over episodes and over folds."""
+    fold's reporting episodes (and per setting), and the power lines over episodes and over folds. A
+    candidate whose fold run fails (a diverging run) is left out of the comparison, named with its
+    error under "failed"; the others are still compared."""
     if len({name for name, _ in candidates}) < len(candidates):
         raise FslError("the candidates compared on class folds need distinct names (--set appends the change to one)")
-    rows, accuracies = [], []
+    rows, accuracies, failed = [], [], []
     for i, (name, config) in enumerate(candidates):
         per_fold, episodes = [], {setting: [] for setting in FOLD_SETTINGS}
-        for fold in fold_list:
-            summary = run_fold(i, fold)
-            reported = {setting: values[REPORT] for setting, values in summary["accuracies"].items()}
-            for setting, values in reported.items():
-                episodes[setting].append(values)
-            per_fold.append({"fold": fold.index, "step": summary["best_step"],
-                             "score": float(np.mean([v.mean() for v in reported.values()])),
-                             "chosen_on": summary["best"]["score"], "start": summary["start"]["score"]})  # fmt: skip
+        try:
+            for fold in fold_list:
+                summary = run_fold(i, fold)
+                reported = {setting: values[REPORT] for setting, values in summary["accuracies"].items()}
+                for setting, values in reported.items():
+                    episodes[setting].append(values)
+                score, chosen_on = float(np.mean([v.mean() for v in reported.values()])), summary["best"]["score"]
+                per_fold.append({"fold": fold.index, "step": summary["best_step"], "score": score,
+                                 "chosen_on": chosen_on, "start": summary["start"]["score"]})  # fmt: skip
+        except FslError as error:
+            failed.append({"name": name, "fold": fold.index, "error": str(error)})
+            continue
         accuracies.append(np.concatenate([np.concatenate(values) for values in episodes.values()]))
         mean, ci = mean_ci(accuracies[-1])
         settings = {setting: float(np.concatenate(values).mean()) for setting, values in episodes.items()}
         rows.append({"name": name, "mean": mean, "ci": ci, "settings": settings, "folds": per_fold, "config": config})
+    if not rows:
+        raise FslError("no candidate finished its class folds: " + "; ".join(f["error"] for f in failed))
     best = max(range(len(rows)), key=lambda i: (rows[i]["mean"], -i))
     power = power_line([r["name"] for r in rows], accuracies, best)
     summary = {
@@ -129,6 +137,7 @@ def compare_on_folds(
         "chosen": rows[best]["name"],
         "power": power,
         "power_over_folds": fold_power_line(rows, power),
+        "failed": failed,
         "scored_on": scored_on,
     }
     writer = SummaryWriter(str(runs))
