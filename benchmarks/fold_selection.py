@@ -16,10 +16,13 @@ folds), and the wall time of the four-fold comparison (one activation cache per 
 fold and recipe). Offline encoder, real data, this 2-core CPU. Fold runs resume from --adapt-root.
 
     python benchmarks/fold_selection.py [--data DIR] [--folds 4] [--out results/fold-selection.json]
-        [--adapt-root DIR] [--runs DIR] [--recipes NAME ...]
+        [--adapt-root DIR] [--runs DIR] [--recipes NAME ...] [--fold-by COLUMN]
 
 `--recipes` compares some of them only (their names as printed; the fold comparison and its power
-lines are then among those, the rank agreement too). The augmented recipes have no six-class figure
+lines are then among those, the rank agreement too). `--fold-by subCategory`: folds hold whole
+subCategories (`fsl adapt --folds 4 --fold-by subCategory`), so no held-out class has a sibling among
+the training classes; its fold towers go to fold<f>-by-subCategory beside the plain folds' (pass
+another --out). The augmented recipes have no six-class figure
 (they came after that selection): '–' there, and the validation Spearman leaves them out.
 """
 
@@ -31,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
+from fold_report import NOVEL_SETS, print_fold_report
 
 from fsl.config import EncoderConfig, ExperimentConfig, load_adapt_config, override
 from fsl.data.prepared import load_catalog
@@ -43,8 +46,6 @@ from fsl.paths import ADAPT_DIR, Workspace
 from fsl.store.activations import cached_activations
 from fsl.store.open import open_store
 
-TARGET = 0.6
-NOVEL_SETS = ("novel-5w1s", "novel-5w5s", "novel-15w5s")
 # each recipe's chosen-step score on split 0's six validation classes (mean of val-5w5s and
 # val-allway-5s, %), from docs/adaptation.md's ablation (measured 2026-12-03 with these recipes;
 # episodic-both from benchmarks/adapt_towers.py, 2026-12-05)
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--adapt-root", default=str(ADAPT_DIR / "fold-selection"))
     parser.add_argument("--runs", default="runs/fold-selection", help="TensorBoard root of the fold runs")
     parser.add_argument("--recipes", nargs="+", help="compare these recipes only (names as printed)")
+    parser.add_argument("--fold-by", help="folds hold whole groups of this column (e.g. subCategory)")
     args = parser.parse_args()
     candidates = recipes()
     if args.recipes:
@@ -99,7 +101,9 @@ def main() -> None:
 
     started = time.perf_counter()
     workspace = Workspace(runs=args.runs)
-    folds = compare_recipes(candidates, catalog, workspace, args.folds, args.adapt_root, progress=False)
+    folds = compare_recipes(
+        candidates, catalog, workspace, args.folds, args.adapt_root, progress=False, fold_by=args.fold_by
+    )
     folds_s = time.perf_counter() - started
 
     rows, novel_s = [], 0.0
@@ -107,9 +111,10 @@ def main() -> None:
     for recipe, fold_row in zip(candidates, folds["candidates"]):
         novel = {name: [] for name in NOVEL_SETS}
         for fold in fold_row["folds"]:
-            tower = Path(args.adapt_root) / recipe.name / f"fold{fold['fold']}" / "best"
+            by = "" if args.fold_by is None else f"-by-{args.fold_by}"
+            tower = Path(args.adapt_root) / recipe.name / f"fold{fold['fold']}{by}" / "best"
             config = ExperimentConfig(
-                name=f"fold-selection-{recipe.name}-fold{fold['fold']}",
+                name=f"fold-selection-{recipe.name}-fold{fold['fold']}{by}",
                 method="protonet",
                 fusion="concat",
                 fusion_options={"image_weight": recipe.image_weight},
@@ -128,25 +133,15 @@ def main() -> None:
         print(f"  {recipe.name}: read on novel classes", flush=True)
     novel_s = time.perf_counter() - started
 
-    novel = [row["novel_mean"] for row in rows]
-    by_folds = float(spearmanr([row["folds"] for row in rows], novel).statistic)
-    judged = [row for row in rows if row["validation"] is not None]
-    by_validation = float(
-        spearmanr([row["validation"] for row in judged], [row["novel_mean"] for row in judged]).statistic
-    )
     print(f"\nsplit 0, offline encoder, {len(rows)} recipes; fused-masked protonet throughout (accuracy, %)\n")
-    print(f"| recipe | {args.folds} class folds (mean ± 95%) | chosen steps | 6 validation classes (2026-12-03) | "
-          "novel 5w1s | novel 5w5s | novel 15w5s |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
-    for row in rows:
-        mark = " (chosen)" if row["recipe"] == folds["chosen"] else ""
-        print(f"| {row['recipe']}{mark} | {100 * row['folds']:.1f} ± {100 * row['folds_ci']:.1f} | "
-              f"{', '.join(map(str, row['steps']))} | {six_classes(row['validation'])} | "
-              + " | ".join(f"{100 * row['novel'][name]:.1f}" for name in NOVEL_SETS) + " |")  # fmt: skip
-    flag = "" if by_folds >= TARGET else "  MISSED"
-    print(f"\nrank agreement with novel classes (Spearman): class folds {by_folds:+.2f} (target {TARGET}){flag}; "
-          f"6 validation classes {by_validation:+.2f} (the {len(judged)} recipes measured there)")  # fmt: skip
-    print(f"power line of the fold choice: {folds['power']['verdict']}; {folds['power_over_folds']['verdict']}")
+    by_folds, by_validation = print_fold_report(
+        rows,
+        "recipe",
+        folds,
+        args.folds,
+        "6 validation classes (2026-12-03)",
+        lambda row: six_classes(row["validation"]),
+    )
     print(f"wall time: activation caches {cache_s:.0f} s (once per cut; 0 when warm), {args.folds}-fold comparison of "
           f"{len(rows)} recipes {folds_s:.0f} s ({folds_s / len(rows) / args.folds:.0f} s a fold run; finished runs "
           f"resumed count too), novel report {novel_s:.0f} s")  # fmt: skip

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
+from fold_report import NOVEL_SETS, print_fold_report
 
 from fsl.config import EncoderConfig, load_config
 from fsl.data.prepared import load_catalog
@@ -35,9 +35,6 @@ from fsl.harness.select import compare_heads
 from fsl.harness.train import train
 from fsl.paths import Workspace
 from fsl.store.open import open_store
-
-TARGET = 0.6
-NOVEL_SETS = ("novel-5w1s", "novel-5w5s", "novel-15w5s")
 
 
 def trainable_configs() -> list:
@@ -83,24 +80,13 @@ def main() -> None:
         print(f"  {config.name}: trained on base classes and read on novel classes", flush=True)
     final_s = time.perf_counter() - started
 
-    novel = [row["novel_mean"] for row in rows]
-    by_folds = float(spearmanr([row["folds"] for row in rows], novel).statistic)
-    by_validation = float(spearmanr([row["validation"] for row in rows], novel).statistic)
     untrained = sum(step == 0 for row in rows for step in row["steps"])
     print(f"\nsplit 0, offline encoder, {len(rows)} meta-trained heads, each scored as it answers (accuracy, %)\n")
-    print(f"| config | {args.folds} class folds (mean ± 95%) | chosen steps | 6 validation classes (chosen step) | "
-          "novel 5w1s | novel 5w5s | novel 15w5s |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
-    for row in rows:
-        mark = " (chosen)" if row["config"] == folds["chosen"] else ""
-        print(f"| {row['config']}{mark} | {100 * row['folds']:.1f} ± {100 * row['folds_ci']:.1f} | "
-              f"{', '.join(map(str, row['steps']))} | {100 * row['validation']:.1f} ({row['validation_step']}) | "
-              + " | ".join(f"{100 * row['novel'][name]:.1f}" for name in NOVEL_SETS) + " |")  # fmt: skip
-    flag = "" if by_folds >= TARGET else "  MISSED"
-    print(f"\nrank agreement with novel classes (Spearman): class folds {by_folds:+.2f} (target {TARGET}){flag}; "
-          f"6 validation classes {by_validation:+.2f}")  # fmt: skip
+    by_folds, by_validation = print_fold_report(
+        rows, "config", folds, args.folds, "6 validation classes (chosen step)",
+        lambda row: f"{100 * row['validation']:.1f} ({row['validation_step']})",
+    )  # fmt: skip
     print(f"the untrained start chosen on {untrained} of {len(rows) * args.folds} fold runs")
-    print(f"power line of the fold choice: {folds['power']['verdict']}; {folds['power_over_folds']['verdict']}")
     print(f"wall time: {args.folds}-fold comparison of {len(rows)} heads {folds_s:.0f} s "
           f"({folds_s / len(rows) / args.folds:.0f} s a fold run; finished runs resumed count too), final runs and "
           f"novel report {final_s:.0f} s")  # fmt: skip

@@ -816,7 +816,7 @@ def test_fsl_adapt_all_classes_takes_its_steps_from_the_class_folds(slice_, tmp_
                "folds": [{"fold": i, "step": s} for i, s in enumerate(steps[recipe.name[0]])]}  # fmt: skip
         verdict = {"verdict": "one recipe"}
         return {"candidates": [row], "chosen": recipe.name, "power": verdict, "power_over_folds": verdict,
-                "failed": []}  # fmt: skip
+                "failed": [], "fold_by": None}  # fmt: skip
 
     monkeypatch.setattr(fsl.harness.select, "compare_recipes", fake_compare)
     folders = ["--data", str(root / "dump"), "--episodes-dir", str(root / "episodes"), "--store-root",

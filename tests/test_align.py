@@ -202,3 +202,95 @@ def test_alignment_resumes_to_the_weights_of_an_unstopped_run_and_stops_at_a_non
     ):
         align_run(twelve_classes, tmp_path / "diverged")
     assert not (tmp_path / "diverged/ckpt/loop/last").exists()
+
+
+def test_alignments_compared_on_class_folds_train_on_each_folds_classes_and_score_zero_shot_on_its_held_ones(
+    twelve_classes, tmp_path, monkeypatch, capsys
+):
+    """`fsl align --folds`: fold f's projections learn from the products and prompts of the other folds'
+    classes only (never a held or novel class), its step is chosen on half of the held classes'
+    episodes and its score, zero-shot photo accuracy from the held classes' names, read on the other
+    half (recomputed here from the saved projections); the best mean is chosen, a resumed fold run
+    returns the same accuracies, and the CLI's candidates are every combination of the values given,
+    which without --folds are refused."""
+    import json
+
+    import fsl.harness.align
+    from fsl.cli.main import main
+    from fsl.config import EncoderConfig
+    from fsl.encoders.aligned import load_alignment
+    from fsl.encoders.factory import encoder_from_config
+    from fsl.episodes.folds import REPORT, fold_sets
+    from fsl.episodes.splits import ClassSplit
+    from fsl.episodes.standard import near_duplicate_index
+    from fsl.harness.align import AlignConfig, align
+    from fsl.harness.select import compare_alignments, split_folds
+    from fsl.store.open import open_store
+
+    root, catalog = twelve_classes
+    workspace = Workspace(episodes=root / "episodes", features=root / "offline-store", runs=tmp_path / "runs")
+    split = ClassSplit.load(catalog, "articleType", 0, root / "episodes")
+    labels = catalog.labels().to_numpy()
+    recorded, real = [], fsl.harness.align.training_rows
+    monkeypatch.setattr(
+        fsl.harness.align, "training_rows", lambda column, base: recorded.append(real(column, base)) or recorded[-1]
+    )
+    common = {"dim": 16, "steps": 40, "batch_size": 32, "val_every": 20}
+    configs = [AlignConfig(name=f"tiny--lr-{lr:g}", lr=lr, **common) for lr in (1e-3, 1e-2)]
+    summary = compare_alignments(
+        configs, catalog, workspace, 2, tmp_path / "ckpt", tmp_path / "folds.json", progress=False
+    )
+
+    folds = split_folds(catalog, workspace, "articleType", 0, 2)
+    assert len(recorded) == 4  # two candidates x two folds
+    for rows, fold in zip(recorded, folds * 2):
+        assert set(labels[rows]) == set(fold.train)
+        assert not set(labels[rows]) & (set(fold.held) | set(split.classes("novel")))
+    store = open_store(catalog, EncoderConfig("offline"), root / "offline-store")
+    encoder = encoder_from_config(EncoderConfig("offline"))
+    groups = near_duplicate_index(catalog, root / "episodes")
+    for row in summary["candidates"]:
+        for fold, figures in zip(folds, row["folds"]):
+            model, meta = load_alignment(tmp_path / "ckpt" / row["name"] / f"fold{fold.index}" / "best")
+            assert meta["fold"] == {"index": fold.index, "held": list(fold.held)} and meta["step"] == figures["step"]
+            prompts = store.short_texts(list(fold.held), lambda t: encoder.encode_texts(t, progress=False))
+            with torch.no_grad():
+                names = model.embed_text(torch.from_numpy(prompts))
+                photos = model.embed_image(torch.from_numpy(np.array(store.image, dtype=np.float32)))
+            scores = []
+            for episode_set in fold_sets(fold, split, store.ids, labels, catalog.fingerprint, groups).values():
+                episodes = episode_set.episodes
+                query = photos[np.searchsorted(store.ids, episodes.query)]  # [E, Q, D]
+                logits = torch.einsum("eqd,end->eqn", query, names[torch.as_tensor(episodes.classes)])
+                correct = logits.argmax(-1).numpy() == episodes.query_labels
+                scores.append(correct.mean(-1)[REPORT].mean())
+            assert figures["score"] == pytest.approx(np.mean(scores))
+    means = {row["name"]: row["mean"] for row in summary["candidates"]}
+    assert summary["chosen"] == max(means, key=means.get) and summary["power_over_folds"]["folds"] == 2
+    assert json.loads((tmp_path / "folds.json").read_text())["chosen"] == summary["chosen"]
+    again = align(configs[0], catalog, workspace, tmp_path / "ckpt", progress=False, fold=folds[1])  # resumed
+    unstopped = summary["candidates"][0]["folds"][1]
+    assert again["best_step"] == unstopped["step"]
+    assert np.mean([v[REPORT].mean() for v in again["accuracies"].values()]) == pytest.approx(unstopped["score"])
+
+    flags = ["--data", str(root / "dump"), "--episodes-dir", str(root / "episodes"), "--store-root",
+             str(root / "offline-store"), "--out", str(tmp_path / "ckpt"), "--runs", str(tmp_path / "runs"),
+             "--results", str(tmp_path / "results"), "--name", "tiny", "--dim", "16", "--steps", "40",
+             "--batch-size", "32", "--val-every", "20", "--lr", "1e-3", "1e-2"]  # fmt: skip
+    assert main(["align", *flags, "--folds", "2", "--no-final"]) == 0  # the same names: the folds resumed
+    printed = capsys.readouterr().out
+    assert "2 class folds" in printed and "tiny--lr-0.001" in printed and "tiny--lr-0.01" in printed
+    assert json.loads((tmp_path / "results/align-folds/split0.json").read_text())["chosen"] == summary["chosen"]
+    assert not (tmp_path / "ckpt" / summary["chosen"] / "best").exists()  # --no-final: no final run
+    assert main(["align", *flags, "--folds", "2"]) == 0
+    assert (tmp_path / "ckpt" / summary["chosen"] / "best" / "align.json").exists()
+    assert f"{summary['chosen']}: chosen at step" in capsys.readouterr().out
+    assert main(["align", *flags]) == 2
+    assert "go with --folds K" in capsys.readouterr().err
+    assert main(["align", *flags, "--folds", "2", "--no-final", "--fold-by", "subCategory"]) == 0
+    assert "each holding whole subCategory groups" in capsys.readouterr().out
+    by_parent = json.loads((tmp_path / "results/align-folds/split0-by-subCategory.json").read_text())
+    assert all(fold["by"] == "subCategory" for fold in by_parent["folds"])
+    assert (tmp_path / "ckpt" / "tiny--lr-0.01" / "fold1-by-subCategory" / "best" / "align.json").exists()
+    assert main(["align", *flags[:-1], "--fold-by", "subCategory"]) == 2
+    assert "--fold-by goes with --folds" in capsys.readouterr().err

@@ -53,6 +53,35 @@ def test_classes_sharing_a_near_duplicate_group_stay_in_one_fold():
     assert class_folds(split, labels, groups, k=4) == before  # a twin in a novel class links no pool classes
 
 
+def test_folds_by_a_coarser_column_hold_each_of_its_groups_whole():
+    """`--fold-by subCategory`: every class whose products are mostly of one parent goes to one fold
+    (a stray product filed under another parent does not link it there); the folds still cover the
+    pool once, are named apart from plain folds, and the label column itself or too few groups for k
+    folds are refused."""
+    split, labels = toy_split()
+    parent_of = {f"c{i:02d}": f"p{i // 3}" for i in range(20)}  # c00-c02 in p0, c03-c05 in p1, ...
+    parents = pd.Series([parent_of[label] for label in labels], name="subCategory")
+    parents[np.flatnonzero(labels == "c04")[0]] = "p0"  # one stray product of c04 filed under p0
+    pool = set(split.classes("base")) | set(split.classes("val"))
+    for seed in range(5):
+        folds = class_folds(split, labels, k=3, seed=seed, parents=parents)
+        assert sorted(c for fold in folds for c in fold.held) == sorted(pool)
+        for fold in folds:
+            check_fold(fold, split)
+            held_parents = {parent_of[c] for c in fold.held}
+            assert not held_parents & {parent_of[c] for c in fold.train}  # no held class has a training sibling
+            assert fold.name == f"fold{fold.index}-by-subCategory" and fold.record()["by"] == "subCategory"
+    (with_c03,) = [fold for fold in folds if "c03" in fold.held]
+    assert "c04" in with_c03.held and "c00" not in with_c03.held  # the stray product links nothing
+    plain = class_folds(split, labels, k=3, seed=0)
+    assert plain[0].name == "fold0" and "by" not in plain[0].record()
+    assert any({parent_of[c] for c in fold.held} & {parent_of[c] for c in fold.train} for fold in plain)
+    with pytest.raises(FslError, match="would hold each class alone"):
+        class_folds(split, labels, k=3, parents=pd.Series(labels, name="articleType"))
+    with pytest.raises(FslError, match="near-duplicate links and subCategory groups tie the pool's classes"):
+        class_folds(split, labels, k=3, parents=pd.Series(["a"] * 140 + ["b"] * 140 + ["c"] * 120, name="subCategory"))
+
+
 @pytest.mark.parametrize("k", [1, 8, "4"])
 def test_impossible_fold_counts_are_refused(k):
     split, labels = toy_split()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from fsl.errors import FslError
 from fsl.paths import DEFAULT_CHECKPOINTS, DEFAULT_EPISODES_DIR, FEATURES_ROOT, RESULTS_DIR, RUNS_DIR, Workspace
@@ -32,12 +33,27 @@ def bounded_int(text: str, low: int) -> int:
 
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0 (1e-3 and 0.001 alike)."""
+    value = finite_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    value = finite_float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
 
@@ -129,7 +145,7 @@ def add_runs_option(parser: argparse.ArgumentParser, command: str) -> None:
 
 def add_folds_options(parser: argparse.ArgumentParser, what: str, trained: str, written: str) -> None:
     """--folds K, --no-final and --results of a command that chooses among candidates on class folds
-    (fsl adapt, fsl train): `what` the candidates, `trained` how the chosen one is trained after."""
+    (fsl adapt, fsl train, fsl align): `what` the candidates, `trained` how the chosen one is trained after."""
     parser.add_argument(
         "--folds",
         type=positive_int,
@@ -140,8 +156,27 @@ def add_folds_options(parser: argparse.ArgumentParser, what: str, trained: str, 
     )
     parser.add_argument("--no-final", action="store_true", help="with --folds: choose only, train no final run")
     parser.add_argument(
+        "--fold-by",
+        choices=["masterCategory", "subCategory"],
+        help="with --folds: each fold holds whole groups of this coarser column (every class of one subCategory "
+        "in one fold), so a held-out class has no sibling among the training classes, as a novel class need not",
+    )
+    parser.add_argument(
         "--results", default=str(RESULTS_DIR), help=f"where --folds writes its comparison (default {RESULTS_DIR}/)"
     )
+
+
+def check_folds_options(args: argparse.Namespace, candidates: str) -> None:
+    """--no-final and --fold-by mean something only with --folds: refused without it."""
+    given = [flag for flag, value in (("--no-final", args.no_final), ("--fold-by", args.fold_by)) if value]
+    if args.folds is None and given:
+        raise FslError(f"{' and '.join(given)} goes with --folds (without folds every {candidates} is a final run)")
+
+
+def folds_results(args: argparse.Namespace, workspace: Workspace, command: str, split: int) -> Path:
+    """Where --folds writes a split's comparison: RESULTS/<command>-folds/split<s>[-by-<column>].json."""
+    by = "" if args.fold_by is None else f"-by-{args.fold_by}"
+    return workspace.results / f"{command}-folds" / f"split{split}{by}.json"
 
 
 def workspace_from(args: argparse.Namespace) -> Workspace:

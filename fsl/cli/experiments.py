@@ -8,7 +8,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fsl.cli.common import add_experiment_options, add_folds_options, non_negative_int, positive_int, workspace_from
+from fsl.cli.common import (
+    add_experiment_options,
+    add_folds_options,
+    check_folds_options,
+    folds_results,
+    non_negative_int,
+    positive_int,
+    workspace_from,
+)
 from fsl.errors import FslError
 from fsl.paths import COMPARE_PLOT, RESULTS_DIR
 
@@ -135,8 +143,7 @@ def cmd_train(args) -> None:
     from fsl.harness.train import train
 
     configs = _configs(args)
-    if args.folds is None and args.no_final:
-        raise FslError("--no-final goes with --folds (without folds every config is a final run)")
+    check_folds_options(args, "config")
     catalog = load_catalog(args.data)
     workspace = workspace_from(args)
     plan = _announce("train", configs, catalog, args)
@@ -155,8 +162,10 @@ def cmd_train(args) -> None:
         splits = sorted({split for splits in plan.values() for split in splits})
         chosen: dict[int, str] = {}
         for split in splits:
-            out = workspace.results / "train-folds" / f"split{split}.json"
-            summary = compare_heads(configs, catalog, workspace, split, args.folds, out, resume=not args.restart)
+            out = folds_results(args, workspace, "train", split)
+            summary = compare_heads(
+                configs, catalog, workspace, split, args.folds, out, not args.restart, fold_by=args.fold_by
+            )
             print_fold_comparison(summary, split, args.folds, out, "each head as it answers")
             chosen[split] = summary["chosen"]
             failed += [f"{failure['name']} (split {split}, fold {failure['fold']})" for failure in summary["failed"]]
@@ -187,9 +196,10 @@ def cmd_train(args) -> None:
 
 def print_fold_comparison(summary: dict, split: int, folds: int, out, scored: str) -> None:
     """A class-fold comparison (fsl adapt --folds, fsl train --folds) as a table and its power lines."""
+    whole = "" if summary["fold_by"] is None else f", each holding whole {summary['fold_by']} groups"
     print(
-        f"split {split}, {folds} class folds of base and validation classes ({scored}, per-episode accuracy on "
-        "each fold's held-out classes; steps chosen on half of the episodes, scores read on the other half):"
+        f"split {split}, {folds} class folds of base and validation classes{whole} ({scored}, per-episode accuracy "
+        "on each fold's held-out classes; steps chosen on half of the episodes, scores read on the other half):"
     )
     for row in summary["candidates"]:
         steps = ", ".join(str(f["step"]) for f in row["folds"])

@@ -5,6 +5,7 @@ catalog's classes as known negatives."""
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 from fsl.cli.common import (
@@ -14,7 +15,10 @@ from fsl.cli.common import (
     add_experiment_options,
     add_folds_options,
     add_runs_option,
+    check_folds_options,
     encoder_config,
+    folds_results,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -37,30 +41,72 @@ from fsl.paths import (
 
 def cmd_align(args) -> None:
     from fsl.data.prepared import load_catalog
-    from fsl.harness.align import AlignConfig, align
+    from fsl.harness.align import align
+    from fsl.harness.select import compare_alignments
 
-    config = AlignConfig(
-        name=args.name,
-        dim=args.dim,
-        hidden=args.hidden,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        val_every=args.val_every,
-        prompt_weight=args.prompt_weight,
-        split_seed=args.split_seed,
-    )
+    candidates = align_candidates(args)
+    check_folds_options(args, "alignment")
+    if args.folds is None and len(candidates) > 1:
+        raise FslError(
+            "several values of --dim, --hidden, --lr or --prompt-weight go with --folds K (each combination is a "
+            "candidate compared on class folds)"
+        )
     catalog = load_catalog(args.data)
     workspace = workspace_from(args)
-    summary = align(config, catalog, workspace, args.out, resume=not args.restart)
-    best = summary["best"]
-    print(
-        f"{config.name}: chosen at step {summary['best_step']} of {summary['steps']} on the validation classes: "
-        f"zero-shot photo accuracy {100 * best['zero_shot']:.1f}% (class-balanced), masked text -> own photo "
-        f"recall@10 {100 * best['text_recall@10']:.1f}%; use it with --encoder aligned --pretrained {summary['folder']}"
-    )
+    config = candidates[0]
+    if args.folds is not None:  # the settings chosen on class folds, then trained on every base class
+        out = folds_results(args, workspace, "align", args.split_seed)
+        summary = compare_alignments(
+            candidates, catalog, workspace, args.folds, args.out, out, not args.restart, fold_by=args.fold_by
+        )
+        print_fold_comparison(summary, args.split_seed, args.folds, out, "each space by zero-shot photo accuracy")
+        failed = [f"{failure['name']} (fold {failure['fold']})" for failure in summary["failed"]]
+        if not args.no_final:
+            config = next(candidate for candidate in candidates if candidate.name == summary["chosen"])
+            report_alignment(align(config, catalog, workspace, args.out, resume=not args.restart), catalog, workspace)
+        if failed:
+            raise FslError(
+                f"{len(failed)} class-fold run(s) did not finish, left out of the comparison: {', '.join(failed)}"
+            )
+        return
+    report_alignment(align(config, catalog, workspace, args.out, resume=not args.restart), catalog, workspace)
+
+
+def align_candidates(args) -> list:
+    """The alignments a command line names: every combination of the values given to --dim, --hidden,
+    --lr and --prompt-weight, each named NAME--KEY-VALUE for the keys given several values."""
+    from fsl.harness.align import AlignConfig
+
+    grid = {"dim": args.dim, "hidden": args.hidden, "lr": args.lr, "prompt_weight": args.prompt_weight}
+    varied = [key for key, values in grid.items() if len(set(values)) > 1]
+    candidates = []
+    for values in itertools.product(*(dict.fromkeys(values) for values in grid.values())):
+        setting = dict(zip(grid, values))
+        name = args.name + "".join(f"--{key.replace('_', '-')}-{setting[key]:g}" for key in varied)
+        candidates.append(
+            AlignConfig(
+                name=name,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                val_every=args.val_every,
+                split_seed=args.split_seed,
+                **setting,
+            )
+        )
+    return candidates
+
+
+def report_alignment(summary: dict, catalog, workspace) -> None:
+    """A trained alignment's chosen step and figures, and its retrieval on novel classes."""
     from fsl.harness.align import novel_retrieval
 
+    best = summary["best"]
+    print(
+        f"{summary['folder'].parent.name}: chosen at step {summary['best_step']} of {summary['steps']} on the "
+        f"validation classes: zero-shot photo accuracy {100 * best['zero_shot']:.1f}% (class-balanced), masked text "
+        f"-> own photo recall@10 {100 * best['text_recall@10']:.1f}%; use it with --encoder aligned --pretrained "
+        f"{summary['folder']}"
+    )
     figures = novel_retrieval(summary["folder"], catalog, workspace)
     print(
         f"text-to-photo retrieval among the {figures['products']} products of the {figures['classes']} novel classes "
@@ -89,16 +135,15 @@ def cmd_adapt(args) -> None:
         seed: [check_adapt_config(dataclasses.replace(recipe, split_seed=seed)) for recipe in recipes]
         for seed in args.split_seeds
     }
-    if args.folds is None and args.no_final:
-        raise FslError("--no-final goes with --folds (without folds every recipe is a final run)")
+    check_folds_options(args, "recipe")
     catalog = load_catalog(args.data)
     workspace = workspace_from(args)
     failed = []
     for seed, candidates in by_split.items():
         if args.folds is not None:  # the recipe is chosen on class folds, then trained on every base class
-            out = workspace.results / "adapt-folds" / f"split{seed}.json"
+            out = folds_results(args, workspace, "adapt", seed)
             summary = compare_recipes(
-                candidates, catalog, workspace, args.folds, args.out, out, resume=not args.restart
+                candidates, catalog, workspace, args.folds, args.out, out, not args.restart, fold_by=args.fold_by
             )
             print_fold_comparison(summary, seed, args.folds, out, "each tower by the fused-masked protonet")
             failed += [f"{failure['name']} (split {seed}, fold {failure['fold']})" for failure in summary["failed"]]
@@ -190,26 +235,37 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     add_data_option(aligning)
     aligning.add_argument("--name", default="offline-base", help="the alignment's name (default offline-base)")
-    aligning.add_argument("--dim", type=positive_int, default=256, help="size of the shared space (default 256)")
+    aligning.add_argument(
+        "--dim",
+        type=positive_int,
+        nargs="+",
+        default=[256],
+        help="size of the shared space (default 256; with --folds, several are candidates)",
+    )
     aligning.add_argument(
         "--hidden",
         type=non_negative_int,
-        default=0,
-        help="0: a linear map per tower (default); N: an MLP with N hidden units",
+        nargs="+",
+        default=[0],
+        help="0: a linear map per tower (default); N: an MLP with N hidden units (with --folds, several are "
+        "candidates)",
     )
     aligning.add_argument("--steps", type=positive_int, default=1000, help="training steps (default 1000)")
     aligning.add_argument("--batch-size", type=positive_int, default=512, help="products per step (default 512)")
     aligning.add_argument(
         "--lr",
         type=positive_float,
-        default=3e-4,
-        help="AdamW learning rate (default 3e-4, chosen on validation classes)",
+        nargs="+",
+        default=[3e-4],
+        help="AdamW learning rate (default 3e-4, chosen on validation classes; with --folds, several are candidates)",
     )
     aligning.add_argument(
         "--prompt-weight",
-        type=float,
-        default=1.0,
-        help="weight of the class-prompt term against the photo-text pairs (default 1; 0: pairs only)",
+        type=non_negative_float,
+        nargs="+",
+        default=[1.0],
+        help="weight of the class-prompt term against the photo-text pairs (default 1; 0: pairs only; with --folds, "
+        "several are candidates)",
     )
     aligning.add_argument(
         "--val-every",
@@ -230,6 +286,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     aligning.add_argument("--out", default=str(ALIGN_DIR), help=f"where alignments go (default {ALIGN_DIR})")
     add_runs_option(aligning, "align")
     aligning.add_argument("--restart", action="store_true", help="start over instead of resuming from last")
+    add_folds_options(
+        aligning,
+        "alignment",
+        "is then trained on every base class, its step chosen on validation classes as without --folds",
+        "align-folds",
+    )
     aligning.set_defaults(run=cmd_align)
 
     adapting = commands.add_parser(

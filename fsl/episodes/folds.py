@@ -5,7 +5,9 @@ be scored on those classes, and a split's few validation classes saturate (98% a
 give it more classes to see: the pool is cut into k folds; fold f trains on the other folds' classes
 and is scored on its own, held out; the choice is the mean over folds. Novel classes are never in the
 pool. Classes whose products share a near-duplicate group (the same photo filed under two classes)
-go to one fold, so no held-out photo has a twin among the training products.
+go to one fold, so no held-out photo has a twin among the training products. Folds may also hold
+whole groups of a coarser column (`--fold-by subCategory`: every class of Topwear in one fold), so a
+held-out class has no sibling among the training classes, as a novel class need not have one.
 
 A fold is scored as the README's result table reads a tower (FOLD_SETTINGS: 5-way 1- and 5-shot, and
 every held class at 5 shots, where a gain that grows with the ways shows), and its step is chosen on
@@ -41,17 +43,34 @@ class ClassFold:
     index: int
     train: tuple[str, ...]
     held: tuple[str, ...]
+    by: str | None = None  # the coarser column whose groups folds hold whole (None: classes alone)
+
+    @property
+    def name(self) -> str:
+        """Its checkpoint folder and run name: fold<f>, or fold<f>-by-<column>."""
+        return f"fold{self.index}" if self.by is None else f"fold{self.index}-by-{self.by}"
+
+    def record(self) -> dict:
+        """What a fold run's sidecar says of its fold."""
+        return {"index": self.index, "held": list(self.held), **({} if self.by is None else {"by": self.by})}
 
 
-def linked_classes(classes: list[str], labels: np.ndarray, groups: np.ndarray | None) -> list[list[str]]:
+def linked_classes(
+    classes: list[str], labels: np.ndarray, groups: np.ndarray | None, parents: np.ndarray | None = None
+) -> list[list[str]]:
     """The pool's classes as components: two classes are linked when a near-duplicate group holds
-    products of both (labels and groups: one entry per catalog product)."""
+    products of both, or (`parents`) when most products of each have the same parent value (labels,
+    groups and parents: one entry per catalog product)."""
     index = {c: i for i, c in enumerate(classes)}
     edges: list[tuple[int, int]] = []
-    if groups is not None:
-        in_pool = np.isin(labels, classes)
-        frame = pd.DataFrame({"group": np.asarray(groups)[in_pool], "label": np.asarray(labels)[in_pool]})
-        for members in frame.groupby("group")["label"].unique():
+    in_pool = np.isin(labels, classes)
+    for links in (groups, parents):
+        if links is None:
+            continue
+        frame = pd.DataFrame({"link": np.asarray(links)[in_pool], "label": np.asarray(labels)[in_pool]})
+        if links is parents:  # a class's parent: the value most of its products have
+            frame = frame.groupby("label")["link"].agg(lambda values: values.mode().iloc[0]).reset_index()
+        for members in frame.groupby("link")["label"].unique():
             edges += [(index[members[0]], index[other]) for other in members[1:]]
     rows, cols = (np.array([edge[i] for edge in edges], dtype=np.int64) for i in (0, 1))
     graph = coo_matrix((np.ones(len(edges)), (rows, cols)), shape=(len(classes), len(classes)))
@@ -63,18 +82,27 @@ def linked_classes(classes: list[str], labels: np.ndarray, groups: np.ndarray | 
 
 
 def class_folds(
-    split: ClassSplit, labels, groups: np.ndarray | None = None, k: int = DEFAULT_FOLDS, seed: int = 0
+    split: ClassSplit,
+    labels,
+    groups: np.ndarray | None = None,
+    k: int = DEFAULT_FOLDS,
+    seed: int = 0,
+    parents: pd.Series | None = None,
 ) -> list[ClassFold]:
-    """k folds of the split's base ∪ validation classes, near-duplicate-linked classes together,
-    sizes as even as the links allow (largest component first, each to the fold with fewest classes,
-    ties broken by a seeded order)."""
+    """k folds of the split's base ∪ validation classes, near-duplicate-linked classes together (and
+    with `parents`, a catalog column per product, classes of one parent value together), sizes as even
+    as the links allow (largest component first, each to the fold with fewest classes, ties broken by a
+    seeded order)."""
     pool = split.classes("select")
     if type(k) is not int or not 2 <= k <= min(len(pool) // 2, MAX_FOLDS):
         raise FslError(
             f"folds must be a whole number from 2 to {min(len(pool) // 2, MAX_FOLDS)} (each fold holds at least "
             f"2 of the {len(pool)} base and validation classes); got {k!r}"
         )
-    components = linked_classes(pool, np.asarray(labels), groups)
+    by = None if parents is None else str(parents.name)
+    if by == split.column:
+        raise FslError(f"folds by {by!r} would hold each class alone: name a coarser column (e.g. subCategory)")
+    components = linked_classes(pool, np.asarray(labels), groups, None if parents is None else parents.to_numpy())
     rng = np.random.default_rng(seed)
     order = rng.permutation(k)  # which fold wins a tie
     held: list[list[str]] = [[] for _ in range(k)]
@@ -82,11 +110,11 @@ def class_folds(
         target = min(range(k), key=lambda f: (len(held[f]), order[f]))
         held[target].extend(members)
     if min(len(h) for h in held) < 2:
+        links = "near-duplicate links" + ("" if by is None else f" and {by} groups")
         raise FslError(
-            f"near-duplicate links tie the pool's classes into too few groups for {k} folds of 2 classes or more; "
-            "use fewer folds"
+            f"{links} tie the pool's classes into too few groups for {k} folds of 2 classes or more; use fewer folds"
         )
-    return [ClassFold(f, tuple(c for c in pool if c not in held[f]), tuple(sorted(held[f]))) for f in range(k)]
+    return [ClassFold(f, tuple(c for c in pool if c not in held[f]), tuple(sorted(held[f])), by) for f in range(k)]
 
 
 def fold_episodes(
@@ -109,7 +137,7 @@ def fold_episodes(
     sampler = EpisodeSampler(ids, labels, list(fold.held), n_way, k_shot, q_query, seed, groups)
     meta = {
         "label_column": split.column,
-        "split": f"fold{fold.index}",
+        "split": fold.name,
         "split_seed": split.seed,
         "classes": list(fold.held),
         "train_classes": list(fold.train),
@@ -117,7 +145,7 @@ def fold_episodes(
         "sampler_version": SAMPLER_VERSION,
         "catalog_fingerprint": catalog_fingerprint,
     }
-    episode_set = EpisodeSet(f"{split.column}-fold{fold.index}-{n_way}w{k_shot}s", sampler.sample(n_episodes), meta)
+    episode_set = EpisodeSet(f"{split.column}-{fold.name}-{n_way}w{k_shot}s", sampler.sample(n_episodes), meta)
     episode_set.digest = file_digest(episode_set.to_bytes())
     return episode_set
 

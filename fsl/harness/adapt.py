@@ -538,7 +538,7 @@ def adapt(
         sets = validation_sets(catalog, config, split_episodes)  # checked before the long caching
     else:
         check_fold(fold, split)
-        base, folder, run_name = list(fold.train), folder / f"fold{fold.index}", f"{config.name}/fold{fold.index}"
+        base, folder, run_name = list(fold.train), folder / fold.name, f"{config.name}/{fold.name}"
         sets = fold_sets(fold, split, store.ids, catalog.labels(config.label_column).to_numpy(),
                          catalog.fingerprint, near_duplicate_index(catalog, split_episodes))  # fmt: skip
     validation = (
@@ -577,7 +577,7 @@ def adapt(
         "base_classes": base,
         "trained_on": f"{len(batches.rows)} products of the {len(base)} "
         + (TRAINED_ON[config.classes] if fold is None else f"training classes of class fold {fold.index}"),
-        **({} if fold is None else {"fold": {"index": fold.index, "held": list(fold.held)}}),
+        **({} if fold is None else {"fold": fold.record()}),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "config": dataclasses.asdict(config),
     }

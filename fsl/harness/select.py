@@ -3,13 +3,13 @@ learn from base classes made on class folds (fsl/episodes/folds.py).
 
 A choice is only as good as the episodes that made it: each says whether the chosen option beats the
 runner-up with a paired interval clear of zero ("separable"), or is only the better mean. Recipes of
-`fsl adapt` and meta-trained heads of `fsl train` are compared on k class folds of base ∪ validation
-classes (compare_on_folds): each candidate is trained k times (fold f on the other folds' classes;
-recipes share one activation cache) and scored on fold f's held-out classes in each of FOLD_SETTINGS;
-a fold's step is chosen on half of its episodes and its score read on the other half (folds.CHOOSE,
-REPORT); the choice is the best mean over every fold's reporting episodes, paired across candidates,
-with its power line over those episodes (these classes) and over the folds (fold_power_line: classes
-the folds did not hold)."""
+`fsl adapt`, meta-trained heads of `fsl train` and alignments of `fsl align` are compared on k class
+folds of base ∪ validation classes (compare_on_folds): each candidate is trained k times (fold f on the
+other folds' classes; recipes share one activation cache) and scored on fold f's held-out classes in
+each of FOLD_SETTINGS; a fold's step is chosen on half of its episodes and its score read on the other
+half (folds.CHOOSE, REPORT); the choice is the best mean over every fold's reporting episodes, paired
+across candidates, with its power line over those episodes (these classes) and over the folds
+(fold_power_line: classes the folds did not hold)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from fsl.episodes.standard import near_duplicate_index
 from fsl.errors import FslError
 from fsl.files import write_json
 from fsl.harness.adapt import adapt, check_adapt_config
+from fsl.harness.align import AlignConfig, align, check_align_config
 from fsl.harness.evaluate import mean_ci, paired_difference
 from fsl.harness.experiment import check_learned_nothing
 from fsl.harness.loop import plain
@@ -99,10 +100,11 @@ def compare_on_folds(
 ) -> dict:
     """Candidate i (a name and its config as a record) run on every fold by `run_fold(i, fold)`, which
     trains on the fold's training classes and returns {"accuracies" (per FOLD_SETTINGS set, every
-    episode), "best_step", "best", "start"} with the step chosen on the CHOOSE half; scored here on the
-    REPORT half. The best mean wins (the first on ties). Returns (and with `results`, writes as JSON)
-    the folds, each candidate's per-fold chosen step and score, its mean ± 95% interval over every
-    fold's reporting episodes (and per setting), and the power lines over episodes and over folds. A
+    episode), "best_step", "best", "start" (None where the untrained start is no candidate)} with the
+    step chosen on the CHOOSE half; scored here on the REPORT half. The best mean wins (the first on
+    ties). Returns (and with `results`, writes as JSON) the folds (and "fold_by", the column they hold
+    whole, or None), each candidate's per-fold chosen step and score, its mean ± 95% interval over
+    every fold's reporting episodes (and per setting), and the power lines over episodes and over folds. A
     candidate whose fold run fails (a diverging run) is left out of the comparison, named with its
     error under "failed"; the others are still compared."""
     if len({name for name, _ in candidates}) < len(candidates):
@@ -117,8 +119,9 @@ def compare_on_folds(
                 for setting, values in reported.items():
                     episodes[setting].append(values)
                 score, chosen_on = float(np.mean([v.mean() for v in reported.values()])), summary["best"]["score"]
+                start = None if summary["start"] is None else summary["start"]["score"]
                 per_fold.append({"fold": fold.index, "step": summary["best_step"], "score": score,
-                                 "chosen_on": chosen_on, "start": summary["start"]["score"]})  # fmt: skip
+                                 "chosen_on": chosen_on, "start": start})  # fmt: skip
         except FslError as error:
             failed.append({"name": name, "fold": fold.index, "error": str(error)})
             continue
@@ -132,7 +135,8 @@ def compare_on_folds(
     power = power_line([r["name"] for r in rows], accuracies, best)
     summary = {
         "split_seed": split_seed,
-        "folds": [{"index": f.index, "held": list(f.held), "train": list(f.train)} for f in fold_list],
+        "folds": [{**f.record(), "train": list(f.train)} for f in fold_list],
+        "fold_by": fold_list[0].by,
         "candidates": rows,
         "chosen": rows[best]["name"],
         "power": power,
@@ -152,13 +156,14 @@ def compare_on_folds(
 
 
 def split_folds(
-    catalog: Catalog, workspace: Workspace, label_column: str, split_seed: int, folds: int
+    catalog: Catalog, workspace: Workspace, label_column: str, split_seed: int, folds: int, by: str | None = None
 ) -> list[ClassFold]:
-    """Class split `split_seed`'s k class folds (near-duplicate groups kept together)."""
+    """Class split `split_seed`'s k class folds (near-duplicate groups kept together; with `by`, a
+    coarser catalog column, each of its groups held whole)."""
     split = ClassSplit.load(catalog, label_column, split_seed, workspace.episodes_of(split_seed))
     labels = catalog.labels(label_column).to_numpy()
     groups = near_duplicate_index(catalog, workspace.episodes_of(split_seed))
-    return class_folds(split, labels, groups, folds, split_seed)
+    return class_folds(split, labels, groups, folds, split_seed, None if by is None else catalog.labels(by))
 
 
 def compare_recipes(
@@ -170,6 +175,7 @@ def compare_recipes(
     results: str | os.PathLike | None = None,
     resume: bool = True,
     progress: bool = True,
+    fold_by: str | None = None,
 ) -> dict:
     """`fsl adapt --folds`: each recipe trained and scored on every class fold of its split, the tower
     scored by the fused-masked protonet (compare_on_folds)."""
@@ -179,7 +185,7 @@ def compare_recipes(
     for recipe in recipes:
         check_adapt_config(recipe)
     split_seed = seeds.pop()
-    fold_list = split_folds(catalog, workspace, recipes[0].label_column, split_seed, folds)
+    fold_list = split_folds(catalog, workspace, recipes[0].label_column, split_seed, folds, fold_by)
     return compare_on_folds(
         [(recipe.name, config_record(recipe)) for recipe in recipes],
         fold_list,
@@ -201,6 +207,7 @@ def compare_heads(
     results: str | os.PathLike | None = None,
     resume: bool = True,
     progress: bool = True,
+    fold_by: str | None = None,
 ) -> dict:
     """`fsl train --folds`: each config's head meta-trained on every class fold of the split (on the
     fold's training classes) and scored as it answers, on the fold's held classes (compare_on_folds);
@@ -212,7 +219,7 @@ def compare_heads(
         if config.train is None:
             raise FslError(f"experiment {config.name!r} has no train: section, so nothing to compare on class folds")
         check_learned_nothing(open_store(catalog, config.encoder, workspace.features), "class folds")
-    fold_list = split_folds(catalog, workspace, columns.pop(), split_seed, folds)
+    fold_list = split_folds(catalog, workspace, columns.pop(), split_seed, folds, fold_by)
     return compare_on_folds(
         [(config.name, config_record(config)) for config in configs],
         fold_list,
@@ -222,6 +229,40 @@ def compare_heads(
         results,
         "class folds of base and validation classes (novel classes never read), each head scored as it answers; "
         "each fold's step chosen on half of its episodes, its score read on the other half",
+    )
+
+
+def compare_alignments(
+    configs: list[AlignConfig],
+    catalog: Catalog,
+    workspace: Workspace = Workspace(),
+    folds: int = DEFAULT_FOLDS,
+    out: str | os.PathLike | None = None,
+    results: str | os.PathLike | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    fold_by: str | None = None,
+) -> dict:
+    """`fsl align --folds`: each alignment trained on every class fold of its split (on the fold's
+    training classes' products and prompts) and scored by zero-shot photo accuracy from the held
+    classes' names (compare_on_folds)."""
+    for key in ("split_seed", "label_column"):
+        values = {getattr(config, key) for config in configs}
+        if len(values) != 1:
+            raise FslError(f"alignments compared on class folds share one {key}; got {sorted(values)}")
+    for config in configs:  # every candidate checked before the first trains
+        check_align_config(config)
+    fold_list = split_folds(catalog, workspace, configs[0].label_column, configs[0].split_seed, folds, fold_by)
+    return compare_on_folds(
+        [(config.name, config_record(config)) for config in configs],
+        fold_list,
+        lambda i, fold: align(configs[i], catalog, workspace, out, resume, progress, fold=fold),
+        configs[0].split_seed,
+        workspace.runs_of("align", configs[0].split_seed) / "folds",
+        results,
+        "class folds of base and validation classes (novel classes never read), each space scored by zero-shot "
+        "photo accuracy from the held classes' names; each fold's step chosen on half of its episodes, its score "
+        "read on the other half",
     )
 
 

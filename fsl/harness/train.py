@@ -110,7 +110,7 @@ def train(
         split = ClassSplit.load(catalog, config.label_column, split_seed, split_episodes)
         check_fold(fold, split)
         check_learned_nothing(store, "class folds")
-        classes, folder, runs = list(fold.train), folder / f"fold{fold.index}", runs / f"fold{fold.index}"
+        classes, folder, runs = list(fold.train), folder / fold.name, runs / fold.name
         sets = fold_sets(fold, split, store.ids, catalog.labels(config.label_column).to_numpy(),
                          catalog.fingerprint, near_duplicate_index(catalog, split_episodes))  # fmt: skip
         choose = CHOOSE
@@ -132,7 +132,7 @@ def train(
         "text_variant": config.text_variant,
         "label_column": config.label_column,
         "base_classes": classes,
-        **({} if fold is None else {"fold": {"index": fold.index, "held": list(fold.held)}}),
+        **({} if fold is None else {"fold": fold.record()}),
         "config": dataclasses.asdict(config),
     }
     job = EpisodicTraining(config, head, features, store, sets, choose, list(samplers.values()), meta)
