@@ -14,7 +14,10 @@ lines of the fold choice; how often the folds chose the untrained start; the wal
 encoder, real data, this 2-core CPU. Runs resume from --root.
 
     python benchmarks/head_folds.py [--data DIR] [--folds 4] [--out results/head-folds.json]
-        [--root DIR] [--configs NAME ...]
+        [--root DIR] [--configs NAME ...] [--fold-by COLUMN]
+
+`--fold-by subCategory`: folds hold whole subCategories (`fsl train --folds 4 --fold-by subCategory`), so
+no held-out class has a sibling among the training classes (pass another --out).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ def main() -> None:
     parser.add_argument("--out", default="results/head-folds.json")
     parser.add_argument("--root", default="checkpoints/head-folds", help="checkpoints and TensorBoard runs")
     parser.add_argument("--configs", nargs="+", help="compare these configs only (names as printed)")
+    parser.add_argument("--fold-by", help="folds hold whole groups of this column (e.g. subCategory)")
     args = parser.parse_args()
     candidates = trainable_configs()
     if args.configs:
@@ -64,7 +68,7 @@ def main() -> None:
     root = Path(args.root)
     workspace = Workspace(checkpoints=root / "checkpoints", runs=root / "runs", results=root / "results")
     started = time.perf_counter()
-    folds = compare_heads(candidates, catalog, workspace, 0, args.folds, progress=False)
+    folds = compare_heads(candidates, catalog, workspace, 0, args.folds, progress=False, fold_by=args.fold_by)
     folds_s = time.perf_counter() - started
 
     rows = []
@@ -81,7 +85,9 @@ def main() -> None:
     final_s = time.perf_counter() - started
 
     untrained = sum(step == 0 for row in rows for step in row["steps"])
-    print(f"\nsplit 0, offline encoder, {len(rows)} meta-trained heads, each scored as it answers (accuracy, %)\n")
+    whole = "" if args.fold_by is None else f", folds holding whole {args.fold_by} groups"
+    print(f"\nsplit 0, offline encoder, {len(rows)} meta-trained heads{whole}, each scored as it answers "
+          "(accuracy, %)\n")  # fmt: skip
     by_folds, by_validation = print_fold_report(
         rows, "config", folds, args.folds, "6 validation classes (chosen step)",
         lambda row: f"{100 * row['validation']:.1f} ({row['validation_step']})",

@@ -48,6 +48,7 @@ def non_negative_float(text: str) -> float:
 
 
 def finite_float(text: str) -> float:
+    """argparse type: a number, not NaN or infinite."""
     try:
         value = float(text)
     except ValueError:
@@ -144,8 +145,9 @@ def add_runs_option(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def add_folds_options(parser: argparse.ArgumentParser, what: str, trained: str, written: str) -> None:
-    """--folds K, --no-final and --results of a command that chooses among candidates on class folds
-    (fsl adapt, fsl train, fsl align): `what` the candidates, `trained` how the chosen one is trained after."""
+    """--folds K, --no-final, --fold-by and --results of a command that chooses among candidates on class
+    folds (fsl adapt, fsl train, fsl align): `what` the candidates, `trained` how the chosen one is trained
+    after."""
     parser.add_argument(
         "--folds",
         type=positive_int,
