@@ -159,7 +159,7 @@ def align(
     else:
         groups = near_duplicate_index(catalog, split_episodes)
         sets = fold_sets(fold, split, store.ids, labels, catalog.fingerprint, groups)
-        validation = HeldOutZeroShot(store, sets, held_prompts)
+        validation = HeldOutZeroShot(store, sets, held_prompts, config.dim)
         identity = {"config": dataclasses.asdict(config), "catalog_fingerprint": catalog.fingerprint,
                     "scored_on": {name: episode_set.digest for name, episode_set in sets.items()}}  # fmt: skip
 
@@ -231,22 +231,22 @@ class HeldOutZeroShot:
     an aligned space on novel classes. The mean over sets of each set's choosing half is the score
     that chooses the step; the reporting half is left to the comparison (select.compare_on_folds)."""
 
-    def __init__(self, store, sets: dict[str, EpisodeSet], prompts: torch.Tensor):
+    def __init__(self, store, sets: dict[str, EpisodeSet], prompts: torch.Tensor, dim: int):
         self.sets, self.ids, self.prompts = sets, store.ids, prompts  # prompts in the held classes' order
         episode_ids = [np.concatenate([s.episodes.support.ravel(), s.episodes.query.ravel()]) for s in sets.values()]
         self.rows = np.searchsorted(store.ids, np.unique(np.concatenate(episode_ids)))
         self.image = torch.from_numpy(np.asarray(store.image[self.rows], dtype=np.float32))
+        # [photo, nothing] rows for image fusion, allocated once: each validation point rewrites its rows
+        self.features = np.zeros((len(self.ids), 2 * dim), dtype=np.float32)
+        self.head = ZeroShot(ImageOnly(dim, dim), shared_space=True)
 
     def accuracies(self, model: Projections) -> dict[str, np.ndarray]:
         """Each set's per-episode accuracies (paired across candidates: the same episodes)."""
         with torch.no_grad():
             images, prompts = model.embed_image(self.image), model.embed_text(self.prompts)
-        dim = images.shape[1]
-        features = np.zeros((len(self.ids), 2 * dim), dtype=np.float32)  # [photo, nothing]: image fusion
-        features[self.rows, :dim] = images.numpy()
-        head = ZeroShot(ImageOnly(dim, dim), shared_space=True)
+        self.features[self.rows, : images.shape[1]] = images.numpy()
         return {
-            name: run_episodes(head, features, self.ids, episode_set, progress=False, class_text=prompts)
+            name: run_episodes(self.head, self.features, self.ids, episode_set, progress=False, class_text=prompts)
             for name, episode_set in self.sets.items()
         }
 
