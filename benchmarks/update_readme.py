@@ -86,6 +86,7 @@ BLOCKS = {
     "adaptation": "README.md",
     "adaptation-runs": "docs/adaptation.md",
     "adaptation-shift": "docs/adaptation.md",
+    "adaptation-choice": "docs/adaptation.md",
     "results": "docs/results.md",
     "calibration": "docs/calibration.md",
     "robustness": "docs/robustness.md",
@@ -93,10 +94,12 @@ BLOCKS = {
     "analysis": "docs/usage.md",
     "scale": "docs/scale.md",
 }
-FROM_ACCURACY = ("headline", "adaptation", "adaptation-shift", "results", "robustness")  # accuracy.csv's blocks
+# the blocks read from accuracy.csv
+FROM_ACCURACY = ("headline", "adaptation", "adaptation-shift", "adaptation-choice", "results", "robustness")
 ADAPTED_HEADS = ("linear-probe-fused-masked", "protonet-fused-masked", "linear-probe-image")
 # experiments/adapt/*.yaml; configs adapted-RECIPE-HEAD
 ADAPTATIONS = ("supervised", "episodic", "lora", "episodic-text", "episodic-both")
+FOLD_CHOICE = "episodic-both"  # the recipe class folds by subCategory chose (docs/adaptation.md)
 ANALYSED = "linear-probe-fused-masked"  # the best honest inductive head: what it gets wrong, in docs/usage.md
 # Each picture names its split, encoder and the command that made it, on it and under it.
 MADE_BY = "`python benchmarks/update_readme.py --results results`"
@@ -287,7 +290,7 @@ def refresh_summaries(args, only: set[str], folder: Path = SUMMARY_DIR) -> None:
         provenance["analysis_episodes"] = episodes
     if only & set(FROM_ACCURACY):
         adapted = {f"adapted-{r}-{h}" for r in ADAPTATIONS for h in ADAPTED_HEADS} | set(ADAPTED_HEADS)
-        wanted = set(HEADLINE) | (adapted if {"adaptation", "adaptation-shift"} & only else set())
+        wanted = set(HEADLINE) | (adapted if {"adaptation", "adaptation-shift", "adaptation-choice"} & only else set())
         every = bool({"results", "robustness"} & only)
         refreshed = named | {BASELINE}  # the baseline pairs with every config
         configs = [c for c in all_configs if (every or c.name in wanted) and (not named or c.name in refreshed)]
@@ -442,17 +445,41 @@ def adaptation_markdown(summary) -> str:
         lines.append(f"| {head} | frozen | {' | '.join(cells)} |")
         for recipe in ADAPTATIONS:
             adapted = f"adapted-{recipe}-{head}"
-            if adapted not in present:
-                continue
-            paired = across_splits(summary[summary["method"].isin([adapted, head])], head)
-            paired = paired[paired["method"] == adapted].set_index("episode_set")
+            if adapted in present:
+                lines.append(f"| | {recipe} | {' | '.join(paired_cells(summary, adapted, head, sets))} |")
+    return "\n".join(lines)
 
-            def cell(name):
-                if name not in paired.index or pd.isna(paired.at[name, "difference"]):
-                    return "—"
-                return f"{100 * paired.at[name, 'difference']:+.1f} ± {100 * paired.at[name, 'difference_ci95']:.1f}"
 
-            lines.append(f"| | {recipe} | {' | '.join(cell(s) for s in sets)} |")
+def paired_cells(summary: pd.DataFrame, method: str, baseline: str, sets) -> list[str]:
+    """`method` minus `baseline` on each set: the paired difference per split (the same episodes), then
+    mean ± t interval over the splits (points; "—" where either is missing)."""
+    paired = across_splits(summary[summary["method"].isin([method, baseline])], baseline)
+    paired = paired[paired["method"] == method].set_index("episode_set")
+
+    def cell(name):
+        if name not in paired.index or pd.isna(paired.at[name, "difference"]):
+            return "—"
+        return f"{100 * paired.at[name, 'difference']:+.1f} ± {100 * paired.at[name, 'difference_ci95']:.1f}"
+
+    return [cell(name) for name in sets]
+
+
+def adaptation_choice_markdown(summary) -> str:
+    """docs/adaptation.md's check of the class folds' choice: the recipe they chose (FOLD_CHOICE) minus
+    the shipped episodic recipe under each adapted head, paired per split over the five splits."""
+    sets = ("novel-5w1s", "novel-5w5s", "novel-15w5s")
+    chosen, shipped = FOLD_CHOICE, "episodic"
+    splits = summary[summary["method"].str.startswith(f"adapted-{chosen}-")]["split"].nunique()
+    lines = [
+        f"Offline encoder, {splits} class splits: the class folds' choice ({chosen}) minus the shipped {shipped} "
+        "recipe, same head, paired per split on the same episodes, mean ± 95% t over the splits (points).",
+        "",
+        f"| head | {' | '.join(s.removeprefix('novel-') for s in sets)} |",
+        "|---|" + "---|" * len(sets),
+    ]
+    for head in ADAPTED_HEADS:
+        cells = paired_cells(summary, f"adapted-{chosen}-{head}", f"adapted-{shipped}-{head}", sets)
+        lines.append(f"| {head} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -749,6 +776,8 @@ def blocks_from_summaries(names, folder: Path = SUMMARY_DIR, calibrations: Path 
             blocks[name] = adaptation_markdown(standard_only(summary))
         elif name == "adaptation-shift":
             blocks[name] = adaptation_shift_markdown(summary)
+        elif name == "adaptation-choice":
+            blocks[name] = adaptation_choice_markdown(standard_only(summary))
         elif name == "results":
             blocks[name] = results_markdown(standard_only(summary), provenance)
         elif name == "robustness":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from fsl.config import AdaptConfig, EncoderConfig
 from fsl.encoders.adapted import WEIGHTS_FILE, AdaptedEncoder, TextTop, load_adaptation
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
+from fsl.files import read_json, write_json
 from fsl.harness.adapt import BaseBatches, adapt, check_adapt_config, mix, random_crop
 from fsl.inference.heads import DEFAULT_HEAD
 from fsl.paths import Workspace
@@ -279,6 +281,11 @@ def test_fsl_eval_runs_an_adapted_config_on_the_split_it_was_adapted_for(slice_,
     assert config_for_split(config, 0).encoder.pretrained == pretrained
     assert config_for_split(config, 3).encoder.pretrained == str(tmp_path / "adapt" / "split3" / "tiny" / "best")
     assert adaptation_for_split(pretrained, 3) == str(tmp_path / "adapt" / "split3" / "tiny" / "best")
+    # a folder whose sidecar names the split already (a class-fold tower of split 3) is read as named
+    fold_tower = tmp_path / "adapt" / "split3" / "tiny" / "fold0" / "best"
+    shutil.copytree(pretrained, fold_tower)
+    write_json(fold_tower / "adapt.json", {**read_json(fold_tower / "adapt.json"), "split_seed": 3})
+    assert adaptation_for_split(fold_tower, 3) == str(fold_tower)
     store = open_store(catalog, config.encoder, root / "offline-store")
 
     class OtherSplit:
@@ -692,7 +699,8 @@ def test_fsl_adapt_folds_prints_the_comparison_and_the_power_line(slice_, tmp_pa
                  "--results", str(tmp_path / "res")]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "split 0, 2 class folds of base and validation classes" in out and "<- chosen" in out
-    assert "separable" in out and (tmp_path / "res/adapt-folds/split0.json").is_file()
+    assert "separable" in out and (tmp_path / "res/adapt-folds/split0-by-subCategory.json").is_file()  # the default
+    assert (tmp_path / "adapt" / "a" / "fold1-by-subCategory" / "best").is_dir()
     assert not (tmp_path / "adapt" / "a" / "best").exists()  # --no-final: the folds only
     assert main(["adapt", str(tmp_path / "a.yaml"), *folders, "--no-final"]) == 2
     assert "--no-final goes with --folds" in capsys.readouterr().err

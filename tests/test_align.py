@@ -277,17 +277,17 @@ def test_alignments_compared_on_class_folds_train_on_each_folds_classes_and_scor
              str(root / "offline-store"), "--out", str(tmp_path / "ckpt"), "--runs", str(tmp_path / "runs"),
              "--results", str(tmp_path / "results"), "--name", "tiny", "--dim", "16", "--steps", "40",
              "--batch-size", "32", "--val-every", "20", "--lr", "1e-3", "1e-2"]  # fmt: skip
-    assert main(["align", *flags, "--folds", "2", "--no-final"]) == 0  # the same names: the folds resumed
+    assert main(["align", *flags, "--folds", "2", "--no-final", "--fold-by", "none"]) == 0  # the folds resumed
     printed = capsys.readouterr().out
     assert "2 class folds" in printed and "tiny--lr-0.001" in printed and "tiny--lr-0.01" in printed
     assert json.loads((tmp_path / "results/align-folds/split0.json").read_text())["chosen"] == summary["chosen"]
     assert not (tmp_path / "ckpt" / summary["chosen"] / "best").exists()  # --no-final: no final run
-    assert main(["align", *flags, "--folds", "2"]) == 0
+    assert main(["align", *flags, "--folds", "2", "--fold-by", "none"]) == 0
     assert (tmp_path / "ckpt" / summary["chosen"] / "best" / "align.json").exists()
     assert f"{summary['chosen']}: chosen at step" in capsys.readouterr().out
     assert main(["align", *flags]) == 2
     assert "go with --folds K" in capsys.readouterr().err
-    assert main(["align", *flags, "--folds", "2", "--no-final", "--fold-by", "subCategory"]) == 0
+    assert main(["align", *flags, "--folds", "2", "--no-final"]) == 0  # by default: folds by the label's parent
     assert "each holding whole subCategory groups" in capsys.readouterr().out
     by_parent = json.loads((tmp_path / "results/align-folds/split0-by-subCategory.json").read_text())
     assert all(fold["by"] == "subCategory" for fold in by_parent["folds"])

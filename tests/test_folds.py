@@ -6,7 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fsl.episodes.folds import CHOOSE, REPORT, ClassFold, check_fold, class_folds, fold_episodes, fold_sets
+from fsl.episodes.folds import (
+    CHOOSE,
+    REPORT,
+    ClassFold,
+    check_fold,
+    class_folds,
+    fold_column,
+    fold_episodes,
+    fold_sets,
+)
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
 from fsl.harness.select import power_line
@@ -78,8 +87,17 @@ def test_folds_by_a_coarser_column_hold_each_of_its_groups_whole():
     assert any({parent_of[c] for c in fold.held} & {parent_of[c] for c in fold.train} for fold in plain)
     with pytest.raises(FslError, match="would hold each class alone"):
         class_folds(split, labels, k=3, parents=pd.Series(labels, name="articleType"))
-    with pytest.raises(FslError, match="near-duplicate links and subCategory groups tie the pool's classes"):
+    with pytest.raises(FslError, match="subCategory groups tie the pool's classes .* or folds of classes alone"):
         class_folds(split, labels, k=3, parents=pd.Series(["a"] * 140 + ["b"] * 140 + ["c"] * 120, name="subCategory"))
+
+
+def test_folds_hold_the_label_columns_parent_unless_told_otherwise():
+    """`--fold-by` left out: the label column's parent; `none`: classes alone; a column named: that one."""
+    assert fold_column(None, "articleType") == "subCategory"
+    assert fold_column(None, "subCategory") == "masterCategory"
+    assert fold_column(None, "baseColour") is None  # no parent: classes alone
+    assert fold_column("none", "articleType") is None
+    assert fold_column("masterCategory", "articleType") == "masterCategory"
 
 
 @pytest.mark.parametrize("k", [1, 8, "4"])

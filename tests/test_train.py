@@ -347,14 +347,14 @@ def test_heads_compared_on_class_folds_choose_the_best_mean_and_fsl_train_folds_
               str(root / "store"), "--checkpoints", str(tmp_path / "cli"), "--runs", str(tmp_path / "cli-runs"),
               "--results", str(tmp_path / "results"), "--splits", "0"]  # fmt: skip
     yamls = [str(tmp_path / "slow.yaml"), str(tmp_path / "fast.yaml")]
-    assert main(["train", *yamls, *common, "--folds", "2", "--no-final"]) == 0
+    assert main(["train", *yamls, *common, "--folds", "2", "--no-final", "--fold-by", "none"]) == 0
     printed = capsys.readouterr().out
     assert "2 class folds" in printed and "<- chosen" in printed and "paired over 2 folds" in printed
     written = json.loads((tmp_path / "results/train-folds/split0.json").read_text())
     assert written["chosen"] == summary["chosen"]  # the same folds, episodes and seeds: the same choice
     for name in ("slow", "fast"):  # --no-final: the folds only
         assert (tmp_path / f"cli/{name}/fold1/best").is_dir() and not (tmp_path / f"cli/{name}/best").exists()
-    assert main(["train", *yamls, *common, "--folds", "2"]) == 0  # the folds resumed, the chosen one trained
+    assert main(["train", *yamls, *common, "--folds", "2", "--fold-by", "none"]) == 0  # resumed; the chosen trained
     other = next(name for name in ("slow", "fast") if name != summary["chosen"])
     assert (tmp_path / f"cli/{summary['chosen']}/best/head.safetensors").is_file()
     assert not (tmp_path / f"cli/{other}/best").exists()

@@ -159,9 +159,10 @@ def add_folds_options(parser: argparse.ArgumentParser, what: str, trained: str, 
     parser.add_argument("--no-final", action="store_true", help="with --folds: choose only, train no final run")
     parser.add_argument(
         "--fold-by",
-        choices=["masterCategory", "subCategory"],
+        choices=["masterCategory", "subCategory", "none"],
         help="with --folds: each fold holds whole groups of this coarser column (every class of one subCategory "
-        "in one fold), so a held-out class has no sibling among the training classes, as a novel class need not",
+        "in one fold), so a held-out class has no sibling among the training classes, as a novel class need "
+        "not; default: the label column's parent (subCategory for articleType); none: folds of classes alone",
     )
     parser.add_argument(
         "--results", default=str(RESULTS_DIR), help=f"where --folds writes its comparison (default {RESULTS_DIR}/)"
@@ -175,9 +176,9 @@ def check_folds_options(args: argparse.Namespace, candidates: str) -> None:
         raise FslError(f"{' and '.join(given)} goes with --folds (without folds every {candidates} is a final run)")
 
 
-def folds_results(args: argparse.Namespace, workspace: Workspace, command: str, split: int) -> Path:
+def folds_results(workspace: Workspace, command: str, split: int, fold_by: str | None) -> Path:
     """Where --folds writes a split's comparison: RESULTS/<command>-folds/split<s>[-by-<column>].json."""
-    by = "" if args.fold_by is None else f"-by-{args.fold_by}"
+    by = "" if fold_by is None else f"-by-{fold_by}"
     return workspace.results / f"{command}-folds" / f"split{split}{by}.json"
 
 

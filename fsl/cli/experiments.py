@@ -137,6 +137,7 @@ def cmd_eval(args) -> None:
 
 def cmd_train(args) -> None:
     from fsl.data.prepared import load_catalog
+    from fsl.episodes.folds import fold_column
     from fsl.harness.experiment import check_validation_only
     from fsl.harness.select import compare_heads
     from fsl.harness.timings import record_run
@@ -160,11 +161,12 @@ def cmd_train(args) -> None:
     failed = []
     if args.folds is not None:  # the head is chosen on class folds, then trained on every base class
         splits = sorted({split for splits in plan.values() for split in splits})
+        fold_by = fold_column(args.fold_by, configs[0].label_column)
         chosen: dict[int, str] = {}
         for split in splits:
-            out = folds_results(args, workspace, "train", split)
+            out = folds_results(workspace, "train", split, fold_by)
             summary = compare_heads(
-                configs, catalog, workspace, split, args.folds, out, not args.restart, fold_by=args.fold_by
+                configs, catalog, workspace, split, args.folds, out, not args.restart, fold_by=fold_by
             )
             print_fold_comparison(summary, split, args.folds, out, "each head as it answers")
             chosen[split] = summary["chosen"]

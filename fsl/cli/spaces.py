@@ -41,6 +41,7 @@ from fsl.paths import (
 
 def cmd_align(args) -> None:
     from fsl.data.prepared import load_catalog
+    from fsl.episodes.folds import fold_column
     from fsl.harness.align import align
     from fsl.harness.select import compare_alignments
 
@@ -55,9 +56,10 @@ def cmd_align(args) -> None:
     workspace = workspace_from(args)
     config = candidates[0]
     if args.folds is not None:  # the settings chosen on class folds, then trained on every base class
-        out = folds_results(args, workspace, "align", args.split_seed)
+        fold_by = fold_column(args.fold_by, config.label_column)
+        out = folds_results(workspace, "align", args.split_seed, fold_by)
         summary = compare_alignments(
-            candidates, catalog, workspace, args.folds, args.out, out, not args.restart, fold_by=args.fold_by
+            candidates, catalog, workspace, args.folds, args.out, out, not args.restart, fold_by=fold_by
         )
         print_fold_comparison(summary, args.split_seed, args.folds, out, "each space by zero-shot photo accuracy")
         failed = [f"{failure['name']} (fold {failure['fold']})" for failure in summary["failed"]]
@@ -122,6 +124,7 @@ def cmd_adapt(args) -> None:
 
     from fsl.config import load_adapt_config, override, parse_assignment
     from fsl.data.prepared import load_catalog
+    from fsl.episodes.folds import fold_column
     from fsl.harness.adapt import adapt, check_adapt_config
     from fsl.harness.select import compare_recipes, folds_step
 
@@ -141,9 +144,10 @@ def cmd_adapt(args) -> None:
     failed = []
     for seed, candidates in by_split.items():
         if args.folds is not None:  # the recipe is chosen on class folds, then trained on every base class
-            out = folds_results(args, workspace, "adapt", seed)
+            fold_by = fold_column(args.fold_by, candidates[0].label_column)
+            out = folds_results(workspace, "adapt", seed, fold_by)
             summary = compare_recipes(
-                candidates, catalog, workspace, args.folds, args.out, out, not args.restart, fold_by=args.fold_by
+                candidates, catalog, workspace, args.folds, args.out, out, not args.restart, fold_by=fold_by
             )
             print_fold_comparison(summary, seed, args.folds, out, "each tower by the fused-masked protonet")
             failed += [f"{failure['name']} (split {seed}, fold {failure['fold']})" for failure in summary["failed"]]

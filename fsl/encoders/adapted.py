@@ -323,6 +323,10 @@ def adapted_id(pretrained: str | os.PathLike | None) -> str:
 
 def adaptation_for_split(pretrained: str | os.PathLike, split_seed: int) -> str:
     """An adaptation is trained per class split, its checkpoints laid out as `fsl train`'s: a config's
-    `checkpoints/adapt/NAME/best` names split 0's, and split s reads `checkpoints/adapt/split<s>/NAME/best`."""
+    `checkpoints/adapt/NAME/best` names split 0's, and split s reads `checkpoints/adapt/split<s>/NAME/best`.
+    A folder whose sidecar already names split s (a split's own path, a class-fold tower) is that split's."""
     best = Path(pretrained)
+    sidecar = best / SIDECAR_FILE
+    if sidecar.is_file() and read_json(sidecar, "adaptation sidecar").get("split_seed") == split_seed:
+        return str(best)
     return str(split_root(best.parent.parent, split_seed) / best.parent.name / best.name)

@@ -25,6 +25,7 @@ from scipy.sparse.csgraph import connected_components
 
 from fsl.episodes.frozen import SAMPLER_VERSION, EpisodeSet, file_digest
 from fsl.episodes.sampler import EpisodeSampler
+from fsl.episodes.siblings import PARENT_COLUMN
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
 
@@ -81,6 +82,15 @@ def linked_classes(
     return sorted(components.values(), key=lambda members: (-len(members), members))
 
 
+def fold_column(choice: str | None, label_column: str) -> str | None:
+    """The column whose groups the folds hold whole (`--fold-by`): by default (None) the label column's
+    parent (subCategory for articleType; none for a column without one), so a held-out class has no
+    sibling among its fold's training classes, as a novel class need not; "none": classes alone."""
+    if choice is None:
+        return PARENT_COLUMN.get(label_column)
+    return None if choice == "none" else choice
+
+
 def class_folds(
     split: ClassSplit,
     labels,
@@ -111,9 +121,8 @@ def class_folds(
         held[target].extend(members)
     if min(len(h) for h in held) < 2:
         links = "near-duplicate links" + ("" if by is None else f" and {by} groups")
-        raise FslError(
-            f"{links} tie the pool's classes into too few groups for {k} folds of 2 classes or more; use fewer folds"
-        )
+        fix = "use fewer folds" + ("" if by is None else " or folds of classes alone (--fold-by none)")
+        raise FslError(f"{links} tie the pool's classes into too few groups for {k} folds of 2 classes or more; {fix}")
     return [ClassFold(f, tuple(c for c in pool if c not in held[f]), tuple(sorted(held[f])), by) for f in range(k)]
 
 
