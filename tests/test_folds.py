@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fsl.config import AdaptConfig
 from fsl.episodes.folds import (
     CHOOSE,
     REPORT,
@@ -18,7 +19,7 @@ from fsl.episodes.folds import (
 )
 from fsl.episodes.splits import ClassSplit
 from fsl.errors import FslError
-from fsl.harness.select import power_line
+from fsl.harness.select import power_line, shared_value
 
 
 def toy_split(n_base=10, n_val=4, n_novel=6) -> tuple[ClassSplit, np.ndarray]:
@@ -179,3 +180,10 @@ def test_a_candidate_whose_fold_run_fails_is_left_out_named_and_the_others_still
 
     with pytest.raises(FslError, match="no candidate finished its class folds: candidate 0 diverged; candidate 1"):
         compare_on_folds(candidates[:2], folds, always_fails, 3, tmp_path / "runs", None, "toy")
+
+
+def test_candidates_compared_on_folds_share_one_split_and_label_column():
+    """The folds are drawn once for every candidate, so candidates of two splits are refused by name."""
+    assert shared_value([AdaptConfig(name="a"), AdaptConfig(name="b")], "split_seed", "recipes") == 0
+    with pytest.raises(FslError, match=r"recipes compared on class folds share one split_seed; got \[0, 1\]"):
+        shared_value([AdaptConfig(name="a"), AdaptConfig(name="b", split_seed=1)], "split_seed", "recipes")

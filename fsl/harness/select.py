@@ -166,6 +166,14 @@ def split_folds(
     return class_folds(split, labels, groups, folds, split_seed, None if by is None else catalog.labels(by))
 
 
+def shared_value(candidates: list, key: str, what: str):
+    """The one value of `key` that every candidate has: the class folds are drawn once for all of them."""
+    values = {getattr(candidate, key) for candidate in candidates}
+    if len(values) != 1:
+        raise FslError(f"{what} compared on class folds share one {key}; got {sorted(values)}")
+    return values.pop()
+
+
 def compare_recipes(
     recipes: list[AdaptConfig],
     catalog: Catalog,
@@ -179,12 +187,9 @@ def compare_recipes(
 ) -> dict:
     """`fsl adapt --folds`: each recipe trained and scored on every class fold of its split, the tower
     scored by the fused-masked protonet (compare_on_folds)."""
-    seeds = {recipe.split_seed for recipe in recipes}
-    if len(seeds) != 1:
-        raise FslError(f"recipes compared on class folds share one split; got split seeds {sorted(seeds)}")
+    split_seed = shared_value(recipes, "split_seed", "recipes")
     for recipe in recipes:
         check_adapt_config(recipe)
-    split_seed = seeds.pop()
     fold_list = split_folds(catalog, workspace, recipes[0].label_column, split_seed, folds, fold_by)
     return compare_on_folds(
         [(recipe.name, config_record(recipe)) for recipe in recipes],
@@ -212,14 +217,12 @@ def compare_heads(
     """`fsl train --folds`: each config's head meta-trained on every class fold of the split (on the
     fold's training classes) and scored as it answers, on the fold's held classes (compare_on_folds);
     a fold whose chosen step is 0 says the untrained head was better there."""
-    columns = {config.label_column for config in configs}
-    if len(columns) != 1:
-        raise FslError(f"configs compared on class folds share one label column; got {sorted(columns)}")
+    label_column = shared_value(configs, "label_column", "configs")
     for config in configs:  # every candidate checked before the first trains
         if config.train is None:
             raise FslError(f"experiment {config.name!r} has no train: section, so nothing to compare on class folds")
         check_learned_nothing(open_store(catalog, config.encoder, workspace.features), "class folds")
-    fold_list = split_folds(catalog, workspace, columns.pop(), split_seed, folds, fold_by)
+    fold_list = split_folds(catalog, workspace, label_column, split_seed, folds, fold_by)
     return compare_on_folds(
         [(config.name, config_record(config)) for config in configs],
         fold_list,
@@ -246,19 +249,17 @@ def compare_alignments(
     """`fsl align --folds`: each alignment trained on every class fold of its split (on the fold's
     training classes' products and prompts) and scored by zero-shot photo accuracy from the held
     classes' names (compare_on_folds)."""
-    for key in ("split_seed", "label_column"):
-        values = {getattr(config, key) for config in configs}
-        if len(values) != 1:
-            raise FslError(f"alignments compared on class folds share one {key}; got {sorted(values)}")
+    split_seed = shared_value(configs, "split_seed", "alignments")
+    label_column = shared_value(configs, "label_column", "alignments")
     for config in configs:  # every candidate checked before the first trains
         check_align_config(config)
-    fold_list = split_folds(catalog, workspace, configs[0].label_column, configs[0].split_seed, folds, fold_by)
+    fold_list = split_folds(catalog, workspace, label_column, split_seed, folds, fold_by)
     return compare_on_folds(
         [(config.name, config_record(config)) for config in configs],
         fold_list,
         lambda i, fold: align(configs[i], catalog, workspace, out, resume, progress, fold=fold),
-        configs[0].split_seed,
-        workspace.runs_of("align", configs[0].split_seed) / "folds",
+        split_seed,
+        workspace.runs_of("align", split_seed) / "folds",
         results,
         "class folds of base and validation classes (novel classes never read), each space scored by zero-shot "
         "photo accuracy from the held classes' names; each fold's step chosen on half of its episodes, its score "
