@@ -201,11 +201,14 @@ def test_calibrate_reads_validation_classes_only_until_it_has_saved(open_set_sli
     assert figures["taught"] == 2 and set(figures["scores"]) == set(SCORES) and 0 <= figures["false_accept"] <= 1
     assert figures["threshold"] == hard.threshold_at(2)
     assert (hard.thresholds, hard.score) == (calibration.thresholds, calibration.score)  # reporting chose nothing
-    assert set(figures["curves"]) == set(SCORES) and figures["curve_taught_right"] == [0.75, 0.8, 0.85, 0.9]
-    for rule in figures["curves"].values():
-        for curve in rule.values():
-            reached = [value for value in curve if value is not None]
-            assert len(curve) == 4 and reached == sorted(reached, reverse=True) and all(0 <= v <= 1 for v in reached)
+    for described in (figures, hard.novel["open-novel-allway-5s"]):  # close neighbours, and random untaught classes
+        assert set(described["curves"]) == set(SCORES)
+        assert described["curve_taught_right"] == [0.75, 0.8, 0.85, 0.88, 0.9]  # 0.88: issue 33's floor
+        for rule in described["curves"].values():
+            for curve in rule.values():
+                reached = [value for value in curve if value is not None]
+                assert len(curve) == 5 and reached == sorted(reached, reverse=True)
+                assert all(0 <= v <= 1 for v in reached)
     with pytest.raises(FslError, match="validation classes only"):
         calibrate(config, catalog, workspace, tmp_path, temperature_set="novel-3w5s")
     centred = ExperimentConfig(name="lp", method="linear_probe", fusion="image", encoder=config.encoder,
