@@ -107,7 +107,7 @@ def main() -> None:
     best = [row["ceiling_untaught"] for row in rows["after"]]
     beyond = sum(value is None or value > TARGET_UNTAUGHT for value in best)
     reached = [value for value in best if value is not None]
-    mean = f"mean {cell(reached)} over {len(reached)} splits; " if reached else ""
+    mean = f"mean {cell(reached)} over {len(reached)} splits; " if len(reached) > 1 else ""  # one split: no interval
     print(f"  {mean}on {beyond} of {len(best)} splits no rule meets the target (at most {TARGET_UNTAUGHT:.0%})")
     write_json(Path(args.out), {"splits": args.splits, "before": BEFORE | {"rows": rows["before"]},
                                 "after": AFTER | {"rows": rows["after"]}})  # fmt: skip
