@@ -798,6 +798,19 @@ def draw_pictures(names, folder: Path = SUMMARY_DIR) -> None:
         plot_summary(first, ROOT / "docs" / "results.png", provenance=plain(ON_SPLIT_0))
 
 
+def floor_said(calibrations: list[Calibration]) -> str:
+    """The floors of taught photos right the calibrations keep, in words ("" where none keeps one)."""
+    floors = {c.taught_right: [] for c in calibrations if c.taught_right}
+    for c in calibrations:
+        if c.taught_right:
+            floors[c.taught_right].append(c.config)
+    return "".join(
+        f"; {', '.join(names)} each threshold lowered where needed to answer {floor:.0%} of taught photos right "
+        "(`fsl calibrate --taught-right`)"
+        for floor, names in sorted(floors.items())
+    )
+
+
 def curve_lines(calibrations: list[Calibration], key: str, heading: str, target: str) -> list[str]:
     """The trade-off curve of every rule on one novel open-set set (`key` in each calibration's novel
     figures): each score alone and with the known negatives, untaught photos answered "unknown" where one
@@ -834,10 +847,10 @@ def calibration_markdown(folder: Path) -> str:
         f"Encoder: `{', '.join(sorted({c.encoder for c in calibrations}))}`. Temperature, score and thresholds "
         f"chosen on base and validation classes of split 0 ({first['temperature_set']}; open-set "
         f"{first['open_set']}: {', '.join(map(str, counts))} classes taught, the rest of each episode unknown; a "
-        f"threshold for each count, {calibrations[0].false_accept:.0%} false accepts); figures on novel classes, "
-        "600 frozen episodes. ECE: expected calibration error of the top answer, 15 bins, in points, raw softmax → "
-        "calibrated. Open set: novel-15w5s episodes with 5 classes taught and the queries of all 15 (10 classes "
-        "unknown).",
+        f"threshold for each count, {calibrations[0].false_accept:.0%} false accepts{floor_said(calibrations)}); "
+        "figures on novel classes, 600 frozen episodes. ECE: expected calibration error of the top answer, 15 bins, "
+        "in points, raw softmax → calibrated. Open set: novel-15w5s episodes with 5 classes taught and the queries "
+        "of all 15 (10 classes unknown).",
         "",
         "| config | T | unknown rule | "
         + " | ".join(f"ECE {s.removeprefix('novel-')}" for s in sets)
@@ -850,6 +863,8 @@ def calibration_markdown(folder: Path) -> str:
         ece = " | ".join(f"{100 * c.novel[s]['ece_before']:.1f} → {100 * c.novel[s]['ece_after']:.1f}" for s in sets)
         shown = (lambda t: f"{t:.0%}") if c.score == "max-softmax" else (lambda t: f"{t:.4g}")
         rule = f"{c.score} below {shown(c.threshold_at(5))} at 5 taught"
+        if c.taught_right:
+            rule += f", kept to {c.taught_right:.0%} taught right"
         lines.append(
             f"| {c.config} | {c.temperature:.3g} | {rule} | {ece} | {v['auroc']:.3f} / {n['auroc']:.3f}"
             f" | {100 * n['known_accuracy']:.1f}% ({100 * n['known_accuracy_without_rule']:.1f}%)"
@@ -904,7 +919,7 @@ def calibration_markdown(folder: Path) -> str:
             "(base and validation, never novel), each where an episode does not hold it, answer a photo nearer one "
             'of them than any taught category "unknown"; the thresholds are fitted again with them answering, for '
             "the same false-accept target. At 5 taught: taught photos right and answered / untaught photos accepted, "
-            "the threshold alone → with the negatives (what `fsl predict --support` does for an image-only head).",
+            "the threshold alone → with the negatives (what `fsl predict --support` does).",
             "",
             "| config | selection | random (novel-15w5s) | hard (novel-hard-7w5s) |",
             "|---|---|---|---|",
@@ -923,6 +938,28 @@ def calibration_markdown(folder: Path) -> str:
                     f"{100 * beside['known_accuracy']:.1f}% / {100 * beside['false_accept']:.1f}%"
                 )
             lines.append(f"| {c.config} | " + " | ".join(cells) + " |")
+    floored = [c for c in calibrations if "without_floor" in c.validation]
+    if floored:
+        lines += [
+            "",
+            "The floor of taught photos right: the false-accept target alone → each threshold kept to the floor on "
+            "the selection episodes, with the known negatives answering (the thresholds they answer with). Taught "
+            "photos right and answered / untaught photos accepted, every taught count of the selection episodes "
+            "pooled, then novel-15w5s teaching 5.",
+            "",
+            "| config | floor | selection | random (novel-15w5s) |",
+            "|---|---|---|---|",
+        ]
+        for c in floored:
+            random = c.novel[f"open-{OPEN_NOVEL_SET}"]
+            cells = [
+                f"{100 * alone['with_negatives']['known_accuracy']:.1f}% / "
+                f"{100 * alone['with_negatives']['false_accept']:.1f}% → {100 * kept['known_accuracy']:.1f}% / "
+                f"{100 * kept['false_accept']:.1f}%"
+                for alone, kept in ((c.validation["without_floor"], c.validation["with_negatives"]),
+                                    (random["without_floor"], random["with_negatives"]))
+            ]  # fmt: skip
+            lines.append(f"| {c.config} | {c.taught_right:.0%} | " + " | ".join(cells) + " |")
     if all("curves" in c.novel.get(hard, {}) for c in calibrations):
         lines += curve_lines(
             calibrations, hard, f"The trade-off on close neighbours ({HARD_NOVEL_SET}, 5 taught)",

@@ -13,10 +13,18 @@ from fsl.harness.calibration import (
     OpenSetScores,
     calibrate,
     expected_calibration_error,
+    format_calibration,
     open_set_episodes,
     open_set_figures,
 )
-from fsl.inference.calibration import Calibration, config_key, find_calibration, fit_temperature, threshold_for
+from fsl.inference.calibration import (
+    Calibration,
+    config_key,
+    find_calibration,
+    fit_temperature,
+    threshold_for,
+    threshold_for_floor,
+)
 from fsl.inference.open_set import SCORES
 from fsl.paths import Workspace
 
@@ -81,6 +89,37 @@ def test_thresholds_fitted_beside_known_negatives_keep_the_target_and_answer_mor
     assert open_set.curve("s", False, (1.01,)) == [None]  # no threshold answers more than every taught photo
     alone_curve, beside_curve = open_set.curve("s", False), open_set.curve("s", True)
     assert all(b > a for a, b in zip(alone_curve, beside_curve)) and alone_curve == sorted(alone_curve, reverse=True)
+
+
+def test_a_floor_of_taught_photos_right_lowers_a_threshold_only_where_the_target_answers_fewer():
+    rng = np.random.default_rng(1)
+    labels = [np.array([0, 1, 0, 1, -1, -1, -1, -1])] * 300
+    predicted = [np.where(rng.random(8) < 0.9, np.where(row >= 0, row, 0), 1 - np.maximum(row, 0)) for row in labels]
+    scores = [np.where(row >= 0, 1.0, 0.0) + rng.normal(size=8) for row in labels]
+    away = [(row < 0) & (rng.random(8) < 0.5) | (row >= 0) & (rng.random(8) < 0.1) for row in labels]
+    open_set = OpenSetScores(predicted, {"s": scores}, labels, [2] * 300, away)
+    target = open_set.threshold("s", 0.2)
+    assert target == threshold_for(open_set.unknown_scores("s"), 0.2)  # no floor: the false-accept target
+    assert open_set.figures("s", lambda _: target)["known_accuracy"] < 0.8  # which answers fewer than 80% right
+    floored = open_set.threshold("s", 0.2, taught_right=0.8)
+    kept = open_set.figures("s", lambda _: floored)
+    assert floored < target and kept["known_accuracy"] >= 0.8
+    above = np.unique(np.concatenate(scores))
+    above = above[above > floored][0]  # the next threshold up breaks the floor: the highest that keeps it
+    assert open_set.figures("s", lambda _: above)["known_accuracy"] < 0.8
+    assert open_set.threshold("s", 0.2, taught_right=0.3) == target  # a floor the target keeps changes nothing
+    # beside the negatives, a photo they turn away is never answered: the floor counts only the others
+    beside = open_set.with_negatives("s")
+    floored_beside = beside.threshold("s", 0.2, taught_right=0.8)
+    assert beside.figures("s", lambda _: floored_beside)["known_accuracy"] >= 0.8
+    fitted = beside.thresholds("s", 0.2, taught_right=0.8)
+    assert fitted == {"threshold": floored_beside, "thresholds": {"2": floored_beside}}
+    # a floor above what the head names right: every right photo answered, the most any threshold keeps
+    right = np.concatenate(predicted) == np.concatenate(labels)
+    assert open_set.threshold("s", 0.2, taught_right=0.99) == np.concatenate(scores)[right].min()
+    assert threshold_for_floor(np.array([3.0, 1.0, 2.0]), 4, 0.5) == 2.0  # 2 of 4 right: the second highest
+    with pytest.raises(FslError, match="named none"):
+        threshold_for_floor(np.array([]), 4, 0.5)
 
 
 def test_open_set_episodes_teach_the_first_classes_and_keep_every_query():
@@ -209,6 +248,20 @@ def test_calibrate_reads_validation_classes_only_until_it_has_saved(open_set_sli
                 reached = [value for value in curve if value is not None]
                 assert len(curve) == 5 and reached == sorted(reached, reverse=True)
                 assert all(0 <= v <= 1 for v in reached)
+    floored = calibrate(config, catalog, workspace, tmp_path / "f",
+                        temperature_set="val-3w5s", report_sets=(), open_novel_set="novel-allway-5s",
+                        taught_right=0.99)  # fmt: skip
+    assert floored.taught_right == 0.99 and "at least 99% of taught photos right" in floored.fitted_on
+    assert all(floored.thresholds[c] <= calibration.thresholds[c] for c in calibration.thresholds)
+    assert all(floored.with_negatives["thresholds"][c] <= beside["thresholds"][c] for c in beside["thresholds"])
+    kept, alone = floored.validation, floored.validation["without_floor"]  # the target alone, reported beside
+    assert alone["known_accuracy"] == pytest.approx(calibration.validation["known_accuracy"])
+    assert kept["known_accuracy"] >= min(0.99, alone["known_accuracy"])  # kept, as far as the head names right
+    assert "without_floor" in floored.novel["open-novel-allway-5s"] and "without_floor" not in reported
+    assert Calibration.load(tmp_path / "f" / "pn.json") == floored  # the floor saved and read back
+    assert "the false-accept target alone (no floor)" in format_calibration(floored)
+    with pytest.raises(FslError, match=r"within \[0, 1\)"):
+        calibrate(config, catalog, workspace, tmp_path, taught_right=1.0)
     with pytest.raises(FslError, match="validation classes only"):
         calibrate(config, catalog, workspace, tmp_path, temperature_set="novel-3w5s")
     centred = ExperimentConfig(name="lp", method="linear_probe", fusion="image", encoder=config.encoder,
@@ -279,6 +332,10 @@ def test_a_threshold_per_taught_count_is_interpolated_and_checked_when_read(tmp_
     answering = Calibration.load(tmp_path / "c.json").answering_with_negatives()
     assert answering.threshold_at(2) == -9.0 and answering.threshold_at(None) == -9.0 and answering.with_negatives == {}
     assert per_count.answering_with_negatives() is per_count  # fitted without them: unchanged
+    for bad in (1.0, -0.1, "high", float("nan")):  # a floor of taught photos right lies within [0, 1)
+        (tmp_path / "c.json").write_text(json.dumps({**record, "taught_right": bad}))
+        with pytest.raises(FslError, match=r"c.json: the calibration is damaged \(taught_right"):
+            Calibration.load(tmp_path / "c.json")
     softmax = {**record, "score": "max-softmax", "threshold": 0.9, "thresholds": {"2": 1.5}}
     (tmp_path / "c.json").write_text(json.dumps(softmax))
     with pytest.raises(FslError, match="thresholds"):

@@ -294,6 +294,24 @@ def test_the_default_heads_are_the_ones_selection_chose_among_the_shipped_calibr
     assert all(c.validation["open_set"].startswith("select-") for c in named)  # chosen without novel classes
 
 
+def test_with_a_floor_of_taught_photos_right_the_default_is_the_head_that_lets_the_fewest_untaught_through():
+    from fsl.harness.calibration import best_for_own_categories
+    from fsl.inference.calibration import Calibration
+
+    def fitted(name: str, taught: float, untaught: float, floor: float = 0.88) -> Calibration:
+        validation = {"known_accuracy": taught, "false_accept": untaught}
+        return Calibration(name, name, "e", 1.0, 0.5, 0.2, validation, taught_right=floor)
+
+    heads = [fitted("keeps-it", 0.88, 0.3), fitted("fewer-through", 0.89, 0.25), fitted("below-it", 0.86, 0.1)]
+    assert (
+        best_for_own_categories(heads).config == "fewer-through"
+    )  # below the floor loses, however few it lets through
+    plain = [fitted("more-right", 0.85, 0.2, 0.0), fitted("fewer-right", 0.80, 0.2, 0.0)]
+    assert best_for_own_categories(plain).config == "more-right"  # no floor: the most taught photos right
+    with pytest.raises(FslError, match="compared at one target.*20% false accepts, 20% false accepts with 88%"):
+        best_for_own_categories([plain[0], heads[0]])
+
+
 # Errors in the caller's words -----------------------------------------------------------------------
 
 

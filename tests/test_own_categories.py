@@ -24,7 +24,7 @@ from fsl.errors import FslError
 from fsl.harness.negatives import catalog_negatives
 from fsl.inference.calibration import Calibration, calibrate_on_support, config_key, find_calibration
 from fsl.inference.classifier import Hierarchy, SupportSetClassifier, answer_record
-from fsl.inference.heads import DEFAULT_HEAD, NAMED_HEADS, head_for_features
+from fsl.inference.heads import DEFAULT_HEAD, FUSED_DEFAULT_HEAD, NAMED_HEADS, head_for_features
 from fsl.inference.negatives import CatalogNegatives, KnownNegatives, find_negatives
 from fsl.inference.open_set import known_scores, mahalanobis, nearest_support
 from fsl.paths import SHIPPED_CALIBRATION_DIR, SHIPPED_NEGATIVES_DIR, Workspace
@@ -242,6 +242,18 @@ def test_your_own_categories_meet_the_catalog_negatives_in_the_api_fsl_predict_a
     assert main([*argv, "--out", "without.csv", "--no-catalog-negatives"]) == 0
     table = pd.read_csv("without.csv", keep_default_na=False).set_index("file")
     assert (table["looks_like"] == "").all() and (table["answer"] != "unknown").all()
+
+    # a fused head meets them too, in [image | text]: each photo with its product's text
+    text_of = dict(zip(catalog.ids, catalog.texts()))
+    fused = FewShotClassifier(NAMED_HEADS[FUSED_DEFAULT_HEAD], calibration=None, cache_root=tmp_path / "cache")
+    assert same_negatives(fused.negatives, made) and "known negatives off" not in fused.describe()
+    for index, name in enumerate(support.classes):
+        photos = [photo for photo, label in zip(support.photos, support.labels) if label == index]
+        fused.add_examples(name, photos, texts=[text_of[int(photo.stem)] for photo in photos])
+    fused_answers = fused.predict(queries, texts=[text_of[int(path.stem)] for path in queries])
+    assert fused._ready().negative_rule.left_out == support.classes  # in fused features, as in image ones
+    assert all(a.label == "unknown" for a in fused_answers if a.looks_like)
+    assert {a.looks_like for a in fused_answers} <= {None, untaught}
 
     api.save(tmp_path / "saved")
     loaded = FewShotClassifier.load(tmp_path / "saved", cache_root=tmp_path / "cache")

@@ -62,9 +62,9 @@ class FewShotClassifier:
         """`calibration`: "auto" finds the one fitted for this head and encoder (your own under the
         cache first, then the shipped ones; only `calibration_dir` when given), None for raw softmax
         and no "unknown" threshold, or a Calibration. `negatives`: "auto" finds the known negatives made
-        for this encoder (`fsl negatives` under the cache first, then the shipped ones) for an image-only
-        head (measured: docs/calibration.md; a fused head's are not yet, so "auto" leaves them off), None
-        for none, or CatalogNegatives (or the path of their .safetensors file) for any head."""
+        for this encoder (`fsl negatives` under the cache first, then the shipped ones; measured for the
+        image-only and fused heads in docs/calibration.md), None for none, or CatalogNegatives (or the
+        path of their .safetensors file)."""
         self.config = head_config(head)
         self.encoder_config = encoder or self.config.encoder
         self.encoder = encoder_from_config(self.encoder_config)  # built on the first photo not in the cache
@@ -102,7 +102,7 @@ class FewShotClassifier:
     def _negatives(self, negatives: object) -> CatalogNegatives | None:
         """The `negatives` argument as CatalogNegatives or None, checked now rather than at the first answer."""
         if isinstance(negatives, str) and negatives == "auto":
-            return None if self.fused else find_negatives(self.encoder.id)
+            return find_negatives(self.encoder.id)
         if negatives is None or isinstance(negatives, CatalogNegatives):
             found = negatives
         elif isinstance(negatives, (str, os.PathLike)) and Path(negatives).suffix == ".safetensors":
@@ -329,8 +329,7 @@ class FewShotClassifier:
         """The known negatives in words, with the ones left out as taught categories once the support
         is complete."""
         if self.negatives is None:
-            why = "off for a fused head (not yet measured)" if self.fused and self.negatives_choice else "off"
-            return f"known negatives {why}"
+            return "known negatives off"
         said = self.negatives.describe()
         rule = self._ready().negative_rule if self.complete else None
         if rule is not None and rule.left_out:

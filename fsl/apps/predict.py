@@ -180,12 +180,15 @@ class CatalogClassifier:
             image = self.embed_photos(support.photos, checked=True)  # read_support_folder opened each
             support_features = self.inputs(image, [support.text_of(p) for p in support.photos])
             support_labels = torch.as_tensor(support.labels)
-        # your own categories meet the known negatives as `fsl predict --support` does (an image-only head's)
-        own = support is not None and catalog_negatives and not self.fused
+        # your own categories meet the known negatives as `fsl predict --support` does
+        own = support is not None and catalog_negatives
         self.negatives = find_negatives(self.store.encoder_id) if own else None
         known = None
-        if self.negatives is not None:
-            known = KnownNegatives(self.negatives.names, self.inputs(self.negatives.image.numpy()))
+        if self.negatives is not None:  # in the features the head reads: [image | text] for a fused head
+            fused = self.negatives.for_head(True).prototypes
+            known = KnownNegatives(
+                self.negatives.names, fused if self.fused else self.inputs(self.negatives.image.numpy())
+            )
         self.core = SupportSetClassifier(
             head, names, support_features, support_labels, calibration, negatives=known, hierarchy=hierarchy
         )

@@ -199,6 +199,8 @@ def cmd_calibrate(args) -> None:
 
     if not 0 < args.false_accept < 1:
         raise FslError(f"--false-accept must lie strictly between 0 and 1, got {args.false_accept}")
+    if not 0 <= args.taught_right < 1:
+        raise FslError(f"--taught-right must lie within [0, 1) (0: no floor), got {args.taught_right}")
     configs = _configs(args)
     catalog = load_catalog(args.data)
     for config in configs:
@@ -209,6 +211,7 @@ def cmd_calibrate(args) -> None:
             args.calibration_dir,
             false_accept=args.false_accept,
             score=args.score,
+            taught_right=args.taught_right,
         )
         print(format_calibration(calibration))
         print(f"wrote {Path(args.calibration_dir) / (config.name + '.json')}")
@@ -369,6 +372,15 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         default=0.2,
         metavar="RATE",
         help="share of photos of untaught classes the threshold may still accept, on validation classes (default 0.2)",
+    )
+    calibrating.add_argument(
+        "--taught-right",
+        type=float,
+        default=0.0,
+        metavar="FLOOR",
+        help="a floor of taught photos right and answered on the selection episodes: where the false-accept "
+        "target would answer fewer, each threshold is lowered to keep it (default 0: none; the shipped fused "
+        "heads keep 0.88, docs/calibration.md)",
     )
     calibrating.add_argument(
         "--score",

@@ -7,6 +7,8 @@ confidence, energy, distance to the support, Mahalanobis): `fsl calibrate` compa
 open-set selection episodes (2, 3, 5 or 8 classes taught, the queries of the others unknown), keeps
 the best, and sets a threshold for each count of taught classes that accepts a target fraction of
 the unknown queries (false accepts): with more taught classes an untaught photo is nearer one of them.
+With a floor of taught photos right (`taught_right`), a threshold that would answer fewer of the
+taught selection queries right is lowered to keep it: the floor is promised, the false accepts follow.
 Selection episodes are drawn over base and validation classes (22 in split 0, not 6: enough to
 rank the scores as novel classes do) for a head that learns nothing from base classes, over
 validation classes for one that did.
@@ -22,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -39,7 +41,14 @@ from fsl.harness.evaluate import episode_logits
 from fsl.harness.experiment import check_alignment, check_validation_only, config_for_split, selection_sets
 from fsl.harness.negatives import class_means, labels_by_row
 from fsl.harness.select import power_line
-from fsl.inference.calibration import FALSE_ACCEPT, Calibration, config_key, fit_temperature, threshold_for
+from fsl.inference.calibration import (
+    FALSE_ACCEPT,
+    Calibration,
+    config_key,
+    fit_temperature,
+    threshold_for,
+    threshold_for_floor,
+)
 from fsl.inference.heads import class_text_table, experiment_head
 from fsl.inference.negatives import KnownNegatives, turned_away
 from fsl.inference.open_set import SCORES, best_score, check_score, compare_scores, known_scores
@@ -124,6 +133,7 @@ class OpenSetScores:
     labels: list[np.ndarray]
     taught: list[int]
     away: list[np.ndarray]  # whether the known negatives answer each query "unknown"
+    negatives_answer: bool = False  # `with_negatives`: the queries they turn away are never answered
 
     def only(self, taught: int) -> OpenSetScores:
         """The episodes that taught `taught` classes."""
@@ -134,6 +144,7 @@ class OpenSetScores:
             [self.labels[e] for e in keep],
             [taught] * len(keep),
             [self.away[e] for e in keep],
+            self.negatives_answer,
         )
 
     def with_negatives(self, score: str) -> OpenSetScores:
@@ -141,7 +152,29 @@ class OpenSetScores:
         threshold where the negatives turn a query away (so a threshold on it is the combined rule)."""
         floor = min(values.min() for values in self.scores[score]) - 1.0
         pushed = [np.where(away, floor, values) for values, away in zip(self.scores[score], self.away)]
-        return OpenSetScores(self.predicted, {score: pushed}, self.labels, self.taught, self.away)
+        return OpenSetScores(self.predicted, {score: pushed}, self.labels, self.taught, self.away, True)
+
+    def threshold(self, score: str, false_accept: float, taught_right: float = 0.0) -> float:
+        """The threshold on `score` that accepts at most `false_accept` of the untaught queries, lowered
+        where that answers fewer than `taught_right` of the taught ones right (0: no floor)."""
+        threshold = threshold_for(self.unknown_scores(score), false_accept)
+        if taught_right > 0:
+            labels = np.concatenate(self.labels)
+            right = np.concatenate(self.predicted) == labels  # (a right answer is a taught class's)
+            if self.negatives_answer:
+                right &= ~np.concatenate(self.away)
+            values = np.concatenate(self.scores[score])[right]
+            threshold = min(threshold, threshold_for_floor(values, int((labels >= 0).sum()), taught_right))
+        return threshold
+
+    def thresholds(self, score: str, false_accept: float, taught_right: float = 0.0) -> dict:
+        """{"threshold": every taught count pooled, "thresholds": one per taught count} for the targets."""
+        return {
+            "threshold": self.threshold(score, false_accept, taught_right),
+            "thresholds": {
+                str(c): self.only(c).threshold(score, false_accept, taught_right) for c in sorted(set(self.taught))
+            },
+        }
 
     def figures(self, score: str, threshold_at: Callable[[int], float]) -> dict:
         """The rule over every query, each episode judged by the threshold for its taught count, and per
@@ -265,16 +298,21 @@ def calibrate(
     score: str = "auto",
     taught_counts: tuple[int, ...] = TAUGHT_COUNTS,
     report: bool = True,
+    taught_right: float = 0.0,
 ) -> Calibration:
     """Fit T, choose the known-ness score (`auto`: the best pooled AUROC on the open-set selection
     episodes, every taught count together) and its "unknown" threshold on class split `split_seed`,
     save under `out`, then report on novel classes (not with `report` False: a benchmark that reads
-    them its own way). `auto` sets: over base ∪ validation classes where the config learned nothing
+    them its own way). `taught_right` > 0: each threshold lowered where the false-accept target would
+    answer fewer of the taught selection queries right (the target alone is reported beside it,
+    `without_floor`). `auto` sets: over base ∪ validation classes where the config learned nothing
     from base classes (experiment.selection_sets), else over validation classes."""
     split_episodes = workspace.episodes_of(split_seed)
     config = config_for_split(config, split_seed)  # an adapted encoder: that split's adaptation
     if not 0 < false_accept < 1:
         raise FslError(f"false_accept must lie strictly between 0 and 1, got {false_accept}")
+    if not 0 <= taught_right < 1:
+        raise FslError(f"taught_right (a floor of taught photos right) must lie within [0, 1), got {taught_right}")
     if score != "auto":
         check_score(score)
 
@@ -331,26 +369,29 @@ def calibrate(
     open_selection = open_set_of(open_selection_set, temperature, taught_counts)
     comparison = open_selection.comparison()
     chosen = best_score(comparison) if score == "auto" else score
-    threshold = threshold_for(open_selection.unknown_scores(chosen), false_accept)  # every count pooled
     counts = sorted(set(open_selection.taught))
-    thresholds = {str(c): threshold_for(open_selection.only(c).unknown_scores(chosen), false_accept) for c in counts}
-    beside = open_selection.with_negatives(chosen)  # the same target, the known negatives answering too
-    with_negatives = {
-        "threshold": threshold_for(beside.unknown_scores(chosen), false_accept),
-        "thresholds": {str(c): threshold_for(beside.only(c).unknown_scores(chosen), false_accept) for c in counts},
-    }
+    beside = open_selection.with_negatives(chosen)  # the same targets, the known negatives answering too
+    alone = open_selection.thresholds(chosen, false_accept, taught_right)
     calibration = Calibration(
         config.name,
         config_key(config, store.encoder_id, checkpoint),
         store.encoder_id,
         temperature,
-        threshold,
+        alone["threshold"],
         false_accept,
         score=chosen,
-        thresholds=thresholds,
-        with_negatives=with_negatives,
+        thresholds=alone["thresholds"],
+        with_negatives=beside.thresholds(chosen, false_accept, taught_right),
+        taught_right=taught_right,
     )
     answering = calibration.answering_with_negatives()
+    # the false-accept target alone: what the floor changed, reported beside the rule (none without a floor)
+    unfloored = replace(
+        calibration,
+        **open_selection.thresholds(chosen, false_accept),
+        with_negatives=beside.thresholds(chosen, false_accept),
+        taught_right=0.0,
+    )
     validation = {
         "temperature_set": temperature_set,
         "open_set": open_selection_set,
@@ -364,6 +405,8 @@ def calibrate(
         **open_selection.figures(chosen, calibration.threshold_at),
         "with_negatives": beside.figures(chosen, answering.threshold_at),
     }
+    if taught_right:
+        validation["without_floor"] = without_floor(open_selection, chosen, unfloored)
     pool = "base and validation classes" if temperature_set.startswith("select") else "validation classes"
     adapted_on = store.manifest.get("adaptation", {}).get("classes", "base")
     seen = f", all seen by its tower (adapted on {adapted_on} classes)" if adapted_on in ("selection", "all") else ""
@@ -372,6 +415,8 @@ def calibrate(
         f"{pool}{seen} ({temperature_set}, open-set {open_selection_set} teaching {'/'.join(map(str, counts))} "
         f"classes, a threshold for each; {catalog.fingerprint} split {split_seed})"
     )
+    if taught_right:
+        calibration.fitted_on += f", each kept to answer at least {taught_right:.0%} of taught photos right"
     calibration.save(out)  # chosen: only now is a novel-class episode read, to report
     if adapted_on == "all" or not report:  # all: its tower trained on the novel classes, none is left to report on
         return calibration
@@ -393,6 +438,8 @@ def calibrate(
         "with_negatives": reported.with_negatives(chosen).figures(chosen, answering.threshold_at),
         **reported.curves(),
     }
+    if taught_right:
+        calibration.novel[f"open-{open_novel_set}"]["without_floor"] = without_floor(reported, chosen, unfloored)
     if episode_set_path(catalog, config.label_column, HARD_NOVEL_SET, split_episodes).is_file():
         hard = open_set_of(HARD_NOVEL_SET, temperature, (HARD_TAUGHT,))
         calibration.novel[f"open-{HARD_NOVEL_SET}"] = {
@@ -404,6 +451,20 @@ def calibrate(
         }
     calibration.save(out)
     return calibration
+
+
+def without_floor(open_set: OpenSetScores, score: str, unfloored: Calibration) -> dict:
+    """The figures of the false-accept target alone (no floor of taught photos right) on these episodes,
+    alone and beside the known negatives, with the thresholds: what a calibration's floor changed."""
+    answering = unfloored.answering_with_negatives()
+    return {
+        **open_set.figures(score, unfloored.threshold_at),
+        "thresholds": unfloored.thresholds,
+        "with_negatives": {
+            **open_set.with_negatives(score).figures(score, answering.threshold_at),
+            "thresholds": answering.thresholds,
+        },
+    }
 
 
 def rank_agreement(selection: dict[str, dict], novel: dict[str, dict]) -> float | None:
@@ -421,13 +482,25 @@ def rank_agreement(selection: dict[str, dict], novel: dict[str, dict]) -> float 
 
 
 def best_for_own_categories(calibrations: list[Calibration]) -> Calibration:
-    """Of calibrated heads fitted for one false-accept target, the one that answers the most taught
-    photos right on its selection episodes (every taught count): how the default head of your own
-    categories is chosen, never on novel classes."""
-    targets = {c.false_accept for c in calibrations}
+    """Of calibrated heads fitted for one false-accept target and one floor of taught photos right, the one
+    that answers the most taught photos right on its selection episodes (every taught count) or, with a
+    floor, that of those keeping it accepts the fewest untaught photos there: how the default head of your
+    own categories is chosen, never on novel classes."""
+    targets = {(c.false_accept, c.taught_right) for c in calibrations}
     if len(targets) != 1:
-        raise FslError(f"heads are compared at one false-accept target; these were fitted for {sorted(targets)}")
-    return max(calibrations, key=lambda c: (c.validation.get("known_accuracy", -1.0), c.config))
+        said = ", ".join(
+            f"{fa:.0%} false accepts" + (f" with {tr:.0%} taught right" if tr else "") for fa, tr in sorted(targets)
+        )
+        raise FslError(f"heads are compared at one target; these were fitted for {said}")
+    floor = calibrations[0].taught_right
+
+    def merit(c: Calibration) -> tuple:
+        taught = c.validation.get("known_accuracy", -1.0)
+        if not floor:
+            return (taught, c.config)
+        return (taught >= floor, -c.validation.get("false_accept", 1.0), taught, c.config)
+
+    return max(calibrations, key=merit)
 
 
 def format_calibration(calibration: Calibration) -> str:
@@ -466,6 +539,14 @@ def format_calibration(calibration: Calibration) -> str:
             )
     if "power" in v:
         lines.append(f"  the chosen score against the runner-up: {v['power']['verdict']}")
+    for name, figures in [("selection", v), *calibration.novel.items()]:
+        if "without_floor" in figures:
+            alone = figures["without_floor"]
+            lines.append(
+                f"  {name}, the false-accept target alone (no floor): taught classes "
+                f"{100 * alone['known_accuracy']:.1f}% right and answered, untaught "
+                f"{100 * alone['false_accept']:.1f}% accepted"
+            )
     for name, figures in calibration.novel.items():
         if figures.get("rank_agreement") is not None:
             lines.append(

@@ -52,6 +52,10 @@ class Calibration:
     # some untaught photos away, so the thresholds can let more taught ones through. {"threshold": pooled,
     # "thresholds": by count}; {} where fitted without them
     with_negatives: dict = field(default_factory=dict)
+    # a floor of taught photos right and answered on the selection episodes (0: none): where the false-accept
+    # target's threshold would answer fewer, the threshold is lowered to keep it (a user teaching categories
+    # wants most of their photos named; the floor is what they are promised, the false accepts what it costs)
+    taught_right: float = 0.0
     path: str = field(default="", compare=False)  # the file it was read from (not saved)
 
     def answering_with_negatives(self) -> Calibration:
@@ -146,10 +150,18 @@ class Calibration:
                   "false_accept": NUMBER}  # fmt: skip
         values = check_record(record, fields, path, "calibration", fix)
         optional = {"validation": (dict,), "novel": (dict,), "score": (str,), "fitted_on": (str,),
-                    "support_digest": (str,), "thresholds": (dict,), "with_negatives": (dict,)}  # fmt: skip
+                    "support_digest": (str,), "thresholds": (dict,), "with_negatives": (dict,),
+                    "taught_right": NUMBER}  # fmt: skip
         check_record(values, {k: v for k, v in optional.items() if k in values}, path, "calibration", fix)
         check_score(values.get("score", DEFAULT_SCORE), f"{path}: score")
         numbers = {name: finite(values[name]) for name in ("temperature", "threshold", "false_accept")}
+        if "taught_right" in values:
+            numbers["taught_right"] = finite(values["taught_right"])
+            if not 0 <= numbers["taught_right"] < 1:
+                raise FslError(
+                    f"{path}: the calibration is damaged (taught_right {shown(values['taught_right'])}: expected a "
+                    f"floor of taught photos right within [0, 1)); {fix}"
+                )
         bounded = values.get("score", DEFAULT_SCORE) != "max-softmax" or 0 <= numbers["threshold"] <= 1
         if not (numbers["temperature"] > 0 and math.isfinite(numbers["threshold"]) and bounded
                 and 0 < numbers["false_accept"] < 1):  # fmt: skip
@@ -246,6 +258,17 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def threshold_for(unknown_confidence: np.ndarray, false_accept: float) -> float:
     """The smallest threshold that accepts at most `false_accept` of the unknown queries."""
     return float(np.quantile(np.asarray(unknown_confidence, dtype=np.float64), 1 - false_accept, method="higher"))
+
+
+def threshold_for_floor(right_scores: np.ndarray, taught: int, taught_right: float) -> float:
+    """The highest threshold that answers at least `taught_right` of `taught` taught queries right, from
+    the scores of the ones the head names right (`right_scores`); the lowest of those where fewer are
+    right than the floor asks (every right one answered: the most any threshold keeps)."""
+    ranked = np.sort(np.asarray(right_scores, dtype=np.float64))[::-1]
+    if len(ranked) == 0:
+        raise FslError("a floor of taught photos right needs taught queries the head names right; it named none")
+    needed = math.ceil(taught_right * taught - 1e-9)  # (a floor of 0.88 on 100 queries: 88, not 89 by rounding)
+    return float(ranked[min(max(needed, 1), len(ranked)) - 1])
 
 
 # A user's own support -----------------------------------------------------------------------------
