@@ -466,3 +466,41 @@ def test_the_api_fsl_predict_the_demo_and_a_catalog_head_answer_alike_through_on
         assert dict(ours.top) == pytest.approx(dict(theirs.top), abs=1e-5)
         assert ours.known_score == pytest.approx(row["score"], rel=1e-5)
         assert ours.known_score == pytest.approx(theirs.known_score, rel=1e-4)
+
+
+@pytest.mark.real_data  # the offline encoder's features of real photos and their product texts
+def test_a_fused_head_meets_the_known_negatives_alike_in_the_api_and_as_a_catalog_config(small_dump, folders, tmp_path):
+    from fsl.apps.classifier import FewShotClassifier
+    from fsl.apps.predict import CatalogClassifier
+    from fsl.apps.support import read_support_folder
+    from fsl.data.prepared import load_catalog
+    from fsl.inference.heads import FUSED_DEFAULT_HEAD
+
+    root, _ = folders
+    catalog = load_catalog(small_dump)
+    text_of = dict(zip(catalog.ids, catalog.texts()))
+    shutil.copytree(root / "support", tmp_path / "support")
+    photos = sorted((tmp_path / "support").rglob("*.jpg"))
+    files = [p.relative_to(tmp_path / "support").as_posix() for p in photos]
+    texts = pd.DataFrame({"file": files, "text": [text_of[int(p.stem)] for p in photos]})
+    texts.to_csv(tmp_path / "support" / "texts.csv", index=False)
+    support = read_support_folder(tmp_path / "support")
+    queries = sorted((root / "photos").iterdir())
+    query_texts = [text_of[int(p.stem)] for p in queries]
+
+    api = FewShotClassifier.from_support(support, FUSED_DEFAULT_HEAD, calibration_dir=CALIBRATION)
+    assert api.negatives is not None and api.calibration.taught_right == 0.88  # on for a fused head, kept to 88%
+    catalog_head = CatalogClassifier(
+        catalog,
+        None,
+        str(REPO / "experiments" / f"{FUSED_DEFAULT_HEAD}.yaml"),
+        workspace=Workspace(features=tmp_path / "store"),
+        support=support,
+        texts="all",
+        calibration_dir=CALIBRATION,
+    )
+    assert catalog_head.negatives is not None
+    ours = api.predict(queries, texts=query_texts)
+    theirs = catalog_head.answer_features(catalog_head.embed_photos(queries), query_texts)
+    assert [(a.label, a.looks_like) for a in ours] == [(a.label, a.looks_like) for a in theirs]
+    assert [a.known_score for a in ours] == pytest.approx([a.known_score for a in theirs], rel=1e-4)

@@ -185,10 +185,11 @@ class CatalogClassifier:
         self.negatives = find_negatives(self.store.encoder_id) if own else None
         known = None
         if self.negatives is not None:  # in the features the head reads: [image | text] for a fused head
-            fused = self.negatives.for_head(True).prototypes
-            known = KnownNegatives(
-                self.negatives.names, fused if self.fused else self.inputs(self.negatives.image.numpy())
-            )
+            if self.fused:
+                prototypes = self.negatives.for_head(True).prototypes
+            else:  # (zeros for the text part of a store's features)
+                prototypes = self.inputs(self.negatives.image.numpy())
+            known = KnownNegatives(self.negatives.names, prototypes)
         self.core = SupportSetClassifier(
             head, names, support_features, support_labels, calibration, negatives=known, hierarchy=hierarchy
         )
