@@ -14,7 +14,7 @@ taught, the other 10 untaught, 600 frozen episodes), paired:
 - after: the floor, the known negatives answering (as `fsl predict --support` now answers).
 
 Then the best any rule could do at 88% taught right (selection_calibration.ceiling). Offline encoder,
-real data; the fused default reads each photo's product text (the catalog's productDisplayName).
+real data; the fused default reads each photo's product text (the catalog's title, gender, colour, usage).
 
     python benchmarks/taught_floor.py [--head linear-probe-fused-masked] [--taught-right 0.88] [--splits 0 1 2 3 4]
 """
