@@ -303,9 +303,8 @@ def test_with_a_floor_of_taught_photos_right_the_default_is_the_head_that_lets_t
         return Calibration(name, name, "e", 1.0, 0.5, 0.2, validation, taught_right=floor)
 
     heads = [fitted("keeps-it", 0.88, 0.3), fitted("fewer-through", 0.89, 0.25), fitted("below-it", 0.86, 0.1)]
-    assert (
-        best_for_own_categories(heads).config == "fewer-through"
-    )  # below the floor loses, however few it lets through
+    # below the floor loses, however few it lets through
+    assert best_for_own_categories(heads).config == "fewer-through"
     plain = [fitted("more-right", 0.85, 0.2, 0.0), fitted("fewer-right", 0.80, 0.2, 0.0)]
     assert best_for_own_categories(plain).config == "more-right"  # no floor: the most taught photos right
     with pytest.raises(FslError, match="compared at one target.*20% false accepts, 20% false accepts with 88%"):

@@ -385,13 +385,13 @@ def calibrate(
         taught_right=taught_right,
     )
     answering = calibration.answering_with_negatives()
-    # the false-accept target alone: what the floor changed, reported beside the rule (none without a floor)
-    unfloored = replace(
-        calibration,
-        **open_selection.thresholds(chosen, false_accept),
-        with_negatives=beside.thresholds(chosen, false_accept),
-        taught_right=0.0,
-    )
+    # the false-accept target alone: what the floor changed, reported beside the rule (without one, the rule)
+    unfloored = calibration
+    if taught_right:
+        targets = open_selection.thresholds(chosen, false_accept)
+        unfloored = replace(
+            calibration, **targets, with_negatives=beside.thresholds(chosen, false_accept), taught_right=0.0
+        )
     validation = {
         "temperature_set": temperature_set,
         "open_set": open_selection_set,
