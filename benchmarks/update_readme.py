@@ -916,7 +916,8 @@ def calibration_markdown(folder: Path) -> str:
         lines += [
             "",
             "With known negatives (fsl/inference/negatives.py): the classes the selection episodes are drawn over "
-            "(base and validation, never novel), each where an episode does not hold it, answer a photo nearer one "
+            "(base and validation, never novel; on a selection episode each query meets every one but the "
+            "episode's taught classes and its own), answer a photo nearer one "
             'of them than any taught category "unknown"; the thresholds are fitted again with them answering, for '
             "the same false-accept target. At 5 taught: taught photos right and answered / untaught photos accepted, "
             "the threshold alone → with the negatives (what `fsl predict --support` does).",

@@ -16,6 +16,7 @@ from fsl.harness.calibration import (
     format_calibration,
     open_set_episodes,
     open_set_figures,
+    selection_turned_away,
 )
 from fsl.inference.calibration import (
     Calibration,
@@ -25,6 +26,7 @@ from fsl.inference.calibration import (
     threshold_for,
     threshold_for_floor,
 )
+from fsl.inference.negatives import KnownNegatives
 from fsl.inference.open_set import SCORES
 from fsl.paths import Workspace
 
@@ -59,6 +61,22 @@ def test_the_threshold_accepts_the_target_share_of_unknowns_and_auroc_ranks_them
     assert figures["auroc"] == 1.0  # every known query is more confident than every unknown one
     assert figures["known_unknown_rate"] == 0.0 and figures["false_accept"] == 0.0
     assert figures["known_accuracy"] == 0.5  # the second is answered, but wrong
+
+
+def test_a_selection_query_meets_every_known_negative_but_the_taught_classes_and_its_own():
+    # selection classes are known negatives: a taught photo that looks like an untaught class of its
+    # own episode is turned away (as at answer time, where every negative is met), an untaught photo is
+    # never judged against its own class, and a class outside the episode is met by every query
+    axis = torch.eye(4)
+    negatives = KnownNegatives(("a", "b", "c"), axis[:3])
+    support = axis[0] + 0.05 * torch.tensor([[0.0, 0, 0, 1], [0, 0, 0, -1]])  # taught "a", two photos
+    labels = torch.tensor([0, 0])
+    # class-major queries, two each: "a" like b, "a" like a; "b" like b, "b" like c
+    query = torch.stack([axis[1], axis[0], axis[1], axis[2]])
+    away = selection_turned_away(negatives, support, labels, ["a", "b"], query, q_query=2)
+    assert away.tolist() == [True, False, False, True]
+    with pytest.raises(FslError, match="3 queries for 2 classes"):
+        selection_turned_away(negatives, support, labels, ["a", "b"], query[:3], q_query=2)
 
 
 def test_thresholds_fitted_beside_known_negatives_keep_the_target_and_answer_more_taught_photos():

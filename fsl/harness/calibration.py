@@ -250,6 +250,37 @@ def set_logits(
     return out
 
 
+def selection_turned_away(
+    negatives: KnownNegatives,
+    support: torch.Tensor,
+    labels: torch.Tensor,
+    names: list[str],
+    query: torch.Tensor,
+    q_query: int,
+) -> np.ndarray:
+    """[Q] whether the known negatives answer each query of one selection episode "unknown" as the one
+    core does (fsl/inference/negatives.py). `names`: the episode's classes, its taught ones first (as
+    many as the support's labels count), and its queries class-major, `q_query` each. Selection
+    classes are themselves known negatives; each query meets every one but the taught classes and its
+    own, as a photo at answer time meets every negative of a catalog that does not hold its category:
+    a taught photo meets the untaught classes of its episode too."""
+    taught = names[: int(labels.max()) + 1]
+    query_class = np.repeat(np.arange(len(names)), q_query)
+    if len(query_class) != len(query):
+        raise FslError(f"{len(query)} queries for {len(names)} classes of {q_query} queries each")
+    # (queries, the negatives they meet): the taught classes' together, then each untaught class's;
+    # for_support leaves the taught classes out of the negatives
+    groups = [(query_class < len(taught), negatives)]
+    groups += [(query_class == c, negatives.without([names[c]])) for c in range(len(taught), len(names))]
+    away = np.zeros(len(query), dtype=bool)
+    for rows, met in groups:
+        rule = met.for_support(support, labels, taught)
+        if rule.negatives.names and rows.any():
+            excess, lead, _ = rule.judge(query[rows])
+            away[rows] = turned_away(excess, lead, negatives.margin).numpy()
+    return away
+
+
 @torch.no_grad()
 def episode_scores(
     head,
@@ -264,9 +295,9 @@ def episode_scores(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Each known-ness score of every query of `episodes` ([E, Q] per score), from the head's logits
     and its embedded features (the feature scores compare a query with its episode's support), and
-    [E, Q] whether the known negatives answer each query "unknown" as the one core does
-    (fsl/inference/negatives.py): `negatives` (prototypes embedded by the head) less every class of
-    the episode (`names` [E][N']: its taught classes first, then the untaught ones)."""
+    [E, Q] whether the known negatives (prototypes embedded by the head) answer each query "unknown"
+    (selection_turned_away; `names` [E][N']: each episode's taught classes first, then the untaught
+    ones)."""
     support_rows, query_rows = store_rows(store.ids, episodes.support), store_rows(store.ids, episodes.query)
     labels = torch.as_tensor(episodes.support_labels)
     out = {name: np.empty(logits.shape[:2]) for name in scores}
@@ -276,10 +307,7 @@ def episode_scores(
         query = head.embed(torch.from_numpy(np.asarray(features[query_rows[e]], dtype=np.float32)))
         for name in scores:
             out[name][e] = known_scores(name, logits[e], temperature, support, labels, query).numpy()
-        rule = negatives.without(names[e]).for_support(support, labels, names[e][: episodes.n_way])
-        if rule.negatives.names:  # (none where every one is in the episode or left out as a taught category)
-            excess, lead, _ = rule.judge(query)
-            away[e] = turned_away(excess, lead, negatives.margin).numpy()
+        away[e] = selection_turned_away(negatives, support, labels, names[e], query, episodes.q_query)
     return out, away
 
 
@@ -329,7 +357,7 @@ def calibrate(
     )
     store, features, head = experiment_head(config, catalog, workspace, split_seed)
     # known negatives: the classes the open-set selection episodes are drawn over (never a novel one),
-    # each where an episode does not hold it
+    # each query meeting every one but its episode's taught classes and its own
     drawn_over = list(load_episode_set(config, catalog, open_selection_set, split_episodes).meta["classes"])
     means = class_means(features, labels_by_row(catalog, store, config.label_column), drawn_over)
     with torch.no_grad():
