@@ -17,6 +17,10 @@ from fsl.apps.classifier import FewShotClassifier
 from fsl.apps.support import read_support_folder
 from fsl.config import load_config
 from fsl.errors import FslError
+from fsl.harness.calibration import best_for_own_categories
+from fsl.inference.calibration import Calibration
+from fsl.inference.heads import DEFAULT_HEAD, FUSED_DEFAULT_HEAD, NAMED_HEADS
+from fsl.paths import SHIPPED_CALIBRATION_DIR
 
 
 @pytest.fixture
@@ -279,11 +283,6 @@ def test_the_default_heads_are_the_ones_selection_chose_among_the_shipped_calibr
     """The default head of your own categories (photos only, and photos with texts) is the shipped
     calibrated head that answers the most taught photos right on the selection episodes at its
     thresholds; a refit that changes the ranking must change the default too."""
-    from fsl.harness.calibration import best_for_own_categories
-    from fsl.inference.calibration import Calibration
-    from fsl.inference.heads import DEFAULT_HEAD, FUSED_DEFAULT_HEAD, NAMED_HEADS
-    from fsl.paths import SHIPPED_CALIBRATION_DIR
-
     shipped = [Calibration.load(path) for path in sorted(SHIPPED_CALIBRATION_DIR.glob("*.json"))]
     named = [c for c in shipped if c.config in NAMED_HEADS]
     image_only = [c for c in named if NAMED_HEADS[c.config].fusion == "image"]
@@ -295,9 +294,6 @@ def test_the_default_heads_are_the_ones_selection_chose_among_the_shipped_calibr
 
 
 def test_with_a_floor_of_taught_photos_right_the_default_is_the_head_that_lets_the_fewest_untaught_through():
-    from fsl.harness.calibration import best_for_own_categories
-    from fsl.inference.calibration import Calibration
-
     def fitted(name: str, taught: float, untaught: float, floor: float = 0.88) -> Calibration:
         validation = {"known_accuracy": taught, "false_accept": untaught}
         return Calibration(name, name, "e", 1.0, 0.5, 0.2, validation, taught_right=floor)

@@ -268,10 +268,11 @@ def selection_turned_away(
     query_class = np.repeat(np.arange(len(names)), q_query)
     if len(query_class) != len(query):
         raise FslError(f"{len(query)} queries for {len(names)} classes of {q_query} queries each")
-    # (queries, the negatives they meet): the taught classes' together, then each untaught class's;
-    # for_support leaves the taught classes out of the negatives
-    groups = [(query_class < len(taught), negatives)]
-    groups += [(query_class == c, negatives.without([names[c]])) for c in range(len(taught), len(names))]
+    # (queries, the negatives they meet): a query of a class that is itself a negative meets all but it;
+    # every other query meets them all (for_support leaves the taught classes out)
+    own = [c for c in range(len(taught), len(names)) if names[c] in negatives.names]
+    groups = [(~np.isin(query_class, own), negatives)]
+    groups += [(query_class == c, negatives.without([names[c]])) for c in own]
     away = np.zeros(len(query), dtype=bool)
     for rows, met in groups:
         rule = met.for_support(support, labels, taught)
